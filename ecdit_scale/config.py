@@ -1,0 +1,385 @@
+"""Configs as data: frozen, keyword-only dataclasses validated on construction.
+
+Everything a user can write in a YAML card lives here. Factories (``sizes``) return these
+configs; the torch model, the planner and the launcher all read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing error: one line naming the bad value and what would be valid."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Enums
+# ---------------------------------------------------------------------------------------------
+
+
+class FFNKind(str, enum.Enum):
+    DENSE = "dense"
+    TOKEN_CHOICE = "token-choice"
+    EXPERT_CHOICE = "expert-choice"
+
+
+class Conditioning(str, enum.Enum):
+    TEXT = "text"  # cross-attention to text-encoder tokens (PixArt-alpha style)
+    CLASS = "class"  # class-label embedding added to the timestep embedding (DiT)
+
+
+class AdaLN(str, enum.Enum):
+    ZERO = "zero"  # per-block adaLN-Zero MLP (DiT): Linear(d, 6d) in every block
+    SINGLE = "single"  # one shared Linear(d, 6d) + a per-block (6, d) table (PixArt-alpha)
+
+
+def _enum(cls: type[enum.Enum], value: Any, what: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        valid = ", ".join(m.value for m in cls)
+        raise ConfigError(f"{what}: {value!r} is not valid; choose one of {valid}") from None
+
+
+def _positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} = {value!r}: must be an integer >= {minimum}")
+
+
+# ---------------------------------------------------------------------------------------------
+# FFN / MoE
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FFNConfig:
+    """The feed-forward kind of the MoE blocks (the other blocks are dense FFNs).
+
+    expert-choice: each expert takes its top-C tokens of a routing group,
+    C = group_tokens * capacity_factor / num_experts (EC-DiT, Zhou et al. 2022).
+    token-choice: GShard top-k; each expert keeps at most
+    ceil(top_k * group_tokens * capacity_factor / num_experts) tokens, the rest are dropped;
+    a load-balancing loss with weight aux_loss_coef.
+    """
+
+    kind: FFNKind = FFNKind.DENSE
+    num_experts: int = 1
+    capacity_factor: float = 2.0
+    top_k: int = 2
+    group_size: int | None = None  # tokens per routing group; None = one sample's image tokens
+    moe_every: int = 2  # a MoE layer every n-th block ...
+    moe_offset: int = 1  # ... starting at this block index (EC-DiT: odd blocks)
+    aux_loss_coef: float = 0.01  # token choice only
+    drop_tokens: bool = True  # token choice only
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", _enum(FFNKind, self.kind, "ffn.kind"))
+        _positive_int("ffn.num_experts", self.num_experts)
+        _positive_int("ffn.top_k", self.top_k)
+        _positive_int("ffn.moe_every", self.moe_every)
+        _positive_int("ffn.moe_offset", self.moe_offset, minimum=0)
+        if self.group_size is not None:
+            _positive_int("ffn.group_size", self.group_size)
+        if not (isinstance(self.capacity_factor, (int, float)) and self.capacity_factor > 0):
+            raise ConfigError(f"ffn.capacity_factor = {self.capacity_factor!r}: must be > 0")
+        object.__setattr__(self, "capacity_factor", float(self.capacity_factor))
+        if self.aux_loss_coef < 0:
+            raise ConfigError(f"ffn.aux_loss_coef = {self.aux_loss_coef!r}: must be >= 0")
+        if self.kind is FFNKind.DENSE and self.num_experts != 1:
+            raise ConfigError(
+                f"ffn.num_experts = {self.num_experts} with kind dense: a dense FFN has 1 expert; "
+                "use kind expert-choice or token-choice for experts"
+            )
+        if self.kind is FFNKind.TOKEN_CHOICE and self.top_k > self.num_experts:
+            raise ConfigError(
+                f"ffn.top_k = {self.top_k} exceeds ffn.num_experts = {self.num_experts}"
+            )
+
+    @property
+    def is_moe(self) -> bool:
+        return self.kind is not FFNKind.DENSE
+
+    def experts_per_token(self) -> float:
+        """Average experts a token is processed by: f_c for expert choice, k for token choice."""
+        if self.kind is FFNKind.EXPERT_CHOICE:
+            return self.capacity_factor
+        if self.kind is FFNKind.TOKEN_CHOICE:
+            return float(self.top_k)
+        return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """An EC-DiT (or DiT) architecture. Units: sizes in elements, never bytes."""
+
+    name: str
+    family: str = "custom"
+    # input: a latent (or pixel) grid input_size x input_size x in_channels, patchified by patch_size
+    input_size: int = 32
+    in_channels: int = 4
+    patch_size: int = 2
+    vae_downsample: int = 8  # image pixels per latent pixel (1 = pixel space, no VAE)
+    learn_sigma: bool = False  # DiT predicts a variance too: out channels = 2 * in_channels
+    # transformer
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads (MHA)
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    adaln: AdaLN = AdaLN.ZERO
+    # conditioning
+    conditioning: Conditioning = Conditioning.TEXT
+    text_dim: int = 384  # width of the text-encoder tokens
+    text_tokens: int = 16  # text tokens per caption
+    text_encoder_params: int = 0  # frozen text encoder size (not part of the torch model)
+    count_text_encoder: bool = False  # include text_encoder_params in totals (the paper does)
+    num_classes: int = 1000  # class conditioning only
+    cond_dropout: float = 0.1  # classifier-free guidance: drop the condition with this prob.
+    timestep_freq_dim: int = 256  # sinusoidal timestep features fed to the timestep MLP
+    ffn: FFNConfig = field(default_factory=FFNConfig)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"name = {self.name!r}: must be a non-empty string")
+        object.__setattr__(self, "adaln", _enum(AdaLN, self.adaln, "adaln"))
+        object.__setattr__(
+            self, "conditioning", _enum(Conditioning, self.conditioning, "conditioning")
+        )
+        if isinstance(self.ffn, dict):
+            object.__setattr__(self, "ffn", _ffn_from_dict(self.ffn))
+        for name in ("input_size", "in_channels", "patch_size", "vae_downsample", "hidden_size",
+                     "depth", "num_heads", "text_dim", "text_tokens", "num_classes",
+                     "timestep_freq_dim"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("text_encoder_params", self.text_encoder_params, minimum=0)
+        kv = self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+        _positive_int("num_kv_heads", kv)
+        object.__setattr__(self, "num_kv_heads", kv)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"num_heads = {self.num_heads} does not divide hidden_size = {self.hidden_size}; "
+                f"pick heads among {_divisors(self.hidden_size)}"
+            )
+        if self.num_heads % kv:
+            raise ConfigError(
+                f"num_kv_heads = {kv} does not divide num_heads = {self.num_heads}; "
+                f"pick among {_divisors(self.num_heads)}"
+            )
+        if self.input_size % self.patch_size:
+            raise ConfigError(
+                f"patch_size = {self.patch_size} does not divide input_size = {self.input_size}; "
+                f"pick among {_divisors(self.input_size)}"
+            )
+        if self.timestep_freq_dim % 2:
+            raise ConfigError(f"timestep_freq_dim = {self.timestep_freq_dim}: must be even")
+        if not (self.mlp_ratio > 0 and float(self.mlp_ratio * self.hidden_size).is_integer()):
+            raise ConfigError(
+                f"mlp_ratio = {self.mlp_ratio}: mlp_ratio * hidden_size must be a positive integer"
+            )
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"cond_dropout = {self.cond_dropout}: must be in [0, 1)")
+        ffn = self.ffn
+        if ffn.is_moe:
+            if ffn.moe_offset >= self.depth:
+                raise ConfigError(
+                    f"ffn.moe_offset = {ffn.moe_offset} >= depth = {self.depth}: no block would "
+                    f"be MoE; use an offset in 0..{self.depth - 1}"
+                )
+            group = self.routing_group_tokens
+            if ffn.kind is FFNKind.EXPERT_CHOICE and group * ffn.capacity_factor < ffn.num_experts:
+                raise ConfigError(
+                    f"expert-choice capacity C = {group} tokens x f_c {ffn.capacity_factor} / "
+                    f"{ffn.num_experts} experts = {self.expert_capacity_raw:.3g} is below one token "
+                    f"per expert; raise ffn.group_size or capacity_factor, or use fewer experts"
+                )
+
+    # ----- derived quantities (named for what they return) -----
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.head_dim * self.num_kv_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_ratio * self.hidden_size)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.input_size * self.vae_downsample
+
+    @property
+    def has_cross_attention(self) -> bool:
+        return self.conditioning is Conditioning.TEXT
+
+    @property
+    def routing_group_tokens(self) -> int:
+        return self.ffn.group_size or self.tokens_per_image
+
+    @property
+    def expert_capacity_raw(self) -> float:
+        return self.routing_group_tokens * self.ffn.capacity_factor / self.ffn.num_experts
+
+    @property
+    def expert_capacity(self) -> int:
+        """Tokens each expert takes per routing group.
+
+        Expert choice: C = S * f_c / E (rounded down, at least 1). Token choice (GShard):
+        ceil(k * S * f / E).
+        """
+        ffn = self.ffn
+        s = self.routing_group_tokens
+        if ffn.kind is FFNKind.TOKEN_CHOICE:
+            return max(1, math.ceil(ffn.top_k * s * ffn.capacity_factor / ffn.num_experts))
+        return max(1, int(s * ffn.capacity_factor // ffn.num_experts))
+
+    def is_moe_block(self, index: int) -> bool:
+        ffn = self.ffn
+        return ffn.is_moe and index >= ffn.moe_offset and (index - ffn.moe_offset) % ffn.moe_every == 0
+
+    @property
+    def moe_block_indices(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.depth) if self.is_moe_block(i))
+
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe_block_indices)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ----- serialisation -----
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of model fields, got {type(data).__name__}")
+        data = dict(data)
+        data.pop("summary", None)  # cards carry derived numbers; they are recomputed, not read
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
+            )
+        if "name" not in data:
+            raise ConfigError(f"{source}: missing required field 'name'")
+        if "ffn" in data:
+            data["ffn"] = _ffn_from_dict(data["ffn"], source=source)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # wrong types that dataclasses reject
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def _ffn_from_dict(data: Any, *, source: str = "config") -> FFNConfig:
+    if isinstance(data, FFNConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: ffn must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(FFNConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown ffn field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    return FFNConfig(**data)
+
+
+def _divisors(n: int) -> str:
+    ds = [d for d in range(1, n + 1) if n % d == 0]
+    if len(ds) > 12:
+        ds = ds[:6] + ["..."] + ds[-3:]
+    return ", ".join(str(d) for d in ds)
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: atomic writes and YAML
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text so that readers see the old file or the whole new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(_to_plain(data), sort_keys=False, default_flow_style=False)
+
+
+def load_yaml_file(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: malformed YAML{where}") from None
+
+
+def load_model_config(path: str | os.PathLike) -> ModelConfig:
+    data = load_yaml_file(path)
+    if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
+        data = data["model"]
+    return ModelConfig.from_dict(data, source=str(path))
+
+
+def save_model_config(cfg: ModelConfig, path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, dump_yaml(cfg))
