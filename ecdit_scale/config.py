@@ -383,3 +383,98 @@ def load_model_config(path: str | os.PathLike) -> ModelConfig:
 
 def save_model_config(cfg: ModelConfig, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, dump_yaml(cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training run, parallel layout and cluster
+# ---------------------------------------------------------------------------------------------
+
+
+class Recompute(str, enum.Enum):
+    NONE = "none"  # keep every activation
+    SELECTIVE = "selective"  # recompute attention scores/softmax and GELU; keep linear inputs
+    FULL = "full"  # keep only each block's input; rerun the block forward in backward
+
+
+class Optimizer(str, enum.Enum):
+    ADAMW = "adamw"  # two fp32 moments
+    RMSPROP = "rmsprop"  # RMSProp with momentum (the paper): square average + momentum buffer
+    SGD = "sgd"  # momentum only
+
+
+class Precision(str, enum.Enum):
+    BF16 = "bf16"  # bf16 params/grads, fp32 master weights in the optimizer
+    FP32 = "fp32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """A training run: the paper's is 256x256 images, global batch 4096, 800K steps."""
+
+    global_batch: int = 4096
+    steps: int = 800_000
+    optimizer: Optimizer = Optimizer.RMSPROP
+    precision: Precision = Precision.BF16
+    lr: float = 1e-4
+    warmup_steps: int = 20_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", _enum(Optimizer, self.optimizer, "optimizer"))
+        object.__setattr__(self, "precision", _enum(Precision, self.precision, "precision"))
+        _positive_int("global_batch", self.global_batch)
+        _positive_int("steps", self.steps)
+        _positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        if not self.lr > 0:
+            raise ConfigError(f"lr = {self.lr!r}: must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelLayout:
+    """data x expert x tensor parallel; world = dp * tp and ep divides dp (DeepSpeed-MoE:
+    experts are sharded over ep ranks inside the data-parallel group; expert-data-parallel
+    size = dp / ep)."""
+
+    dp: int = 1
+    ep: int = 1
+    tp: int = 1
+    zero: int = 1
+    micro_batch: int = 1
+    recompute: Recompute = Recompute.NONE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recompute", _enum(Recompute, self.recompute, "recompute"))
+        for name in ("dp", "ep", "tp", "micro_batch"):
+            _positive_int(name, getattr(self, name))
+        if self.zero not in (0, 1, 2, 3):
+            raise ConfigError(f"zero = {self.zero!r}: ZeRO stage must be 0, 1, 2 or 3")
+        if self.dp % self.ep:
+            raise ConfigError(
+                f"ep = {self.ep} does not divide dp = {self.dp}: expert parallelism runs inside "
+                "the data-parallel group"
+            )
+
+    @property
+    def world(self) -> int:
+        return self.dp * self.tp
+
+    @property
+    def expert_dp(self) -> int:
+        return self.dp // self.ep
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    gpu: str = "h100-sxm"  # a key of the hardware catalog, or a name defined in a user YAML
+    nodes: int = 64
+    gpus_per_node: int = 8
+    price_per_gpu_hour: float = 2.5  # USD; an assumption the user should override
+
+    def __post_init__(self) -> None:
+        _positive_int("nodes", self.nodes)
+        _positive_int("gpus_per_node", self.gpus_per_node)
+        if self.price_per_gpu_hour < 0:
+            raise ConfigError(f"price_per_gpu_hour = {self.price_per_gpu_hour}: must be >= 0")
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.gpus_per_node
