@@ -27,6 +27,9 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+DERIVED_CARD_KEYS = ("summary", "flops_per_image")
+
+
 class FFNKind(str, enum.Enum):
     DENSE = "dense"
     TOKEN_CHOICE = "token-choice"
@@ -286,7 +289,8 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of model fields, got {type(data).__name__}")
         data = dict(data)
-        data.pop("summary", None)  # cards carry derived numbers; they are recomputed, not read
+        for derived in DERIVED_CARD_KEYS:  # cards carry derived numbers; recomputed, never read
+            data.pop(derived, None)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,0 +1,62 @@
+"""Shared CLI plumbing: the typer app, one-line errors, JSON output, rich console."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from ..config import ConfigError
+
+app = typer.Typer(
+    name="ecdit-scale",
+    help="Scaling-law simulator and planner for EC-DiT (expert-choice MoE diffusion transformers).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one line to stderr and exit non-zero. Never a traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "value"):
+        return obj.value
+    return str(obj)
+
+
+def main() -> None:
+    """Console-script entry: user errors become one line on stderr and exit code 2.
+
+    Set ECDIT_SCALE_DEBUG=1 to see the traceback instead.
+    """
+    try:
+        app()
+    except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
+        if os.environ.get("ECDIT_SCALE_DEBUG"):
+            raise
+        text = str(exc).strip().splitlines()
+        err_console.print(f"[bold red]error:[/] {text[0] if text else type(exc).__name__}",
+                          highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted; rerun the same command to resume where it stopped")
+        raise SystemExit(130) from None

@@ -1,0 +1,59 @@
+import pytest
+
+from ecdit_scale import sizes
+from ecdit_scale.config import ConfigError, FFNKind
+from ecdit_scale.params import count_params
+
+
+def test_ladder_covers_the_required_sizes():
+    names = set(sizes.names())
+    for size in ("xl", "xxl", "3xl", "m"):
+        assert f"ecdit-{size}" in names
+        for e in (8, 16, 32, 64):
+            assert f"ecdit-{size}-{e}e" in names and f"ecdit-{size}-{e}e-tc" in names
+    for s in ("s", "b", "l", "xl"):
+        for p in (2, 4, 8):
+            assert f"dit-{s}-{p}" in names
+    cpu = [count_params(c).total_params for c in sizes.REGISTRY.values() if c.family == "cpu"]
+    assert min(cpu) < 0.6e6 and 40e6 < max(c for c in cpu if c < 60e6)
+
+
+def test_m_moe_has_38_layers_and_dense_m_46():
+    assert sizes.get("ecdit-m-64e").depth == 38 and sizes.get("ecdit-m").depth == 46
+
+
+def test_token_choice_twins_match_expert_choice_compute():
+    ec, tc = sizes.get("ecdit-xl-32e"), sizes.get("ecdit-xl-32e-tc")
+    assert tc.ffn.kind is FFNKind.TOKEN_CHOICE and tc.ffn.top_k == 2
+    assert ec.expert_capacity * ec.ffn.num_experts == tc.expert_capacity * tc.ffn.num_experts
+
+
+def test_resolve_97b_returns_the_named_m64e():
+    r = sizes.resolve("97B")
+    assert r.config.name == "ecdit-m-64e" and not r.synthesised
+
+
+@pytest.mark.parametrize("target", ["1M", "3M", "20M", "350M", "2B", "20B", "150B", "200B"])
+@pytest.mark.parametrize("active", [False, True])
+def test_resolve_hits_any_target_within_3_percent(target, active):
+    r = sizes.resolve(target, active=active)
+    assert abs(r.relative_error) < 0.03, (r.config.name, r.achieved)
+
+
+def test_resolve_dense_kind():
+    r = sizes.resolve("5B", kind="dense")
+    assert r.config.ffn.kind is FFNKind.DENSE and abs(r.relative_error) < 0.03
+
+
+@pytest.mark.parametrize("bad, needle", [("97X", "not a parameter count"),
+                                         ("-1", "not a parameter count"),
+                                         ("0.5M", "between 1M and 200B"),
+                                         ("900B", "between 1M and 200B")])
+def test_bad_targets(bad, needle):
+    with pytest.raises(ConfigError, match=needle):
+        sizes.resolve(bad)
+
+
+def test_unknown_name_suggests():
+    with pytest.raises(ConfigError, match="did you mean"):
+        sizes.get("m-64e")
