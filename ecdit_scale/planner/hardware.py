@@ -1,0 +1,196 @@
+"""Accelerators and interconnects as data (``ecdit_scale/data/hardware.yaml``), every number
+with its source. Users add their own machines with a YAML file of the same fields; a calibrated
+profile (measured efficiency) is saved the same way.
+
+Units: FLOP/s, bytes, bytes/s; bandwidths per device and per direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import math
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, atomic_write_text, dump_yaml, load_yaml_file
+
+# An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
+# training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).
+DEFAULT_EFFICIENCY = 0.45
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accelerator:
+    name: str
+    peak_bf16_flops: float  # dense, no structured sparsity
+    memory_bytes: float  # usable HBM per device
+    memory_bw_bytes_per_s: float
+    intra_node_bw_bytes_per_s: float  # scale-up fabric, per device, one direction
+    inter_node_bw_bytes_per_s: float  # scale-out network, per device, one direction
+    devices_per_node: int
+    source: str
+    notes: str = ""
+    efficiency: float = DEFAULT_EFFICIENCY  # assumed sustained fraction of peak
+    calibrated_from: str | None = None  # the measurement a calibrated efficiency came from
+
+    def __post_init__(self) -> None:
+        where = f"accelerator {self.name!r}"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"accelerator name = {self.name!r}: must be a non-empty string")
+        for f in ("peak_bf16_flops", "memory_bytes", "memory_bw_bytes_per_s",
+                  "intra_node_bw_bytes_per_s", "inter_node_bw_bytes_per_s"):
+            object.__setattr__(self, f, _positive_number(where, f, getattr(self, f)))
+        n = self.devices_per_node
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"{where}: devices_per_node = {n!r}: must be an integer >= 1")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ConfigError(f"{where}: source must name the datasheet the numbers come from")
+        if not isinstance(self.notes, str):
+            raise ConfigError(f"{where}: notes must be a string")
+        eff = _positive_number(where, "efficiency", self.efficiency)
+        if eff > 1:
+            raise ConfigError(f"{where}: efficiency = {eff}: must be a fraction in (0, 1]")
+        object.__setattr__(self, "efficiency", eff)
+        if self.calibrated_from is not None and not isinstance(self.calibrated_from, str):
+            raise ConfigError(f"{where}: calibrated_from must be a string or null")
+
+    @property
+    def sustained_flops(self) -> float:
+        """peak_bf16_flops x efficiency: the FLOP/s the planner expects per device."""
+        return self.peak_bf16_flops * self.efficiency
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _positive_number(where: str, field: str, value: Any) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads "989.4e12" as a string; accept it
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value > 0):
+        raise ConfigError(f"{where}: {field} = {value!r}: must be a positive number")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing
+# ---------------------------------------------------------------------------------------------
+
+_FIELDS = {f.name for f in fields(Accelerator)}
+_REQUIRED = {f.name for f in fields(Accelerator) if f.default is dataclasses.MISSING}
+
+
+def accelerator_from_dict(data: Any, *, name: str | None = None,
+                          source: str = "hardware") -> Accelerator:
+    """One accelerator from a mapping of fields; ``name`` defaults to the mapping key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: accelerator {name!r} must be a mapping of fields, "
+                          f"got {type(data).__name__}")
+    data = dict(data)
+    if name is not None:
+        data.setdefault("name", name)
+    label = f"{source}: accelerator {data.get('name', name)!r}"
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{label}: unknown field(s) {', '.join(map(str, unknown))}; "
+                          f"valid fields: {', '.join(sorted(_FIELDS))}")
+    missing = sorted(_REQUIRED - set(data))
+    if missing:
+        raise ConfigError(f"{label}: missing required field(s) {', '.join(missing)}")
+    return Accelerator(**data)
+
+
+def _parse(data: Any, *, source: str) -> dict[str, Accelerator]:
+    """A single accelerator mapping (its keys are field names) or a mapping name -> fields."""
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{source}: expected a mapping of accelerator fields, or of names to "
+                          "such mappings")
+    if set(data) & _FIELDS:
+        acc = accelerator_from_dict(data, source=source)
+        return {acc.name: acc}
+    return {str(key): accelerator_from_dict(value, name=str(key), source=source)
+            for key, value in data.items()}
+
+
+def load_accelerators(path: str | os.PathLike) -> dict[str, Accelerator]:
+    """A user YAML: one accelerator's fields, or a mapping name -> fields."""
+    return _parse(load_yaml_file(path), source=str(path))
+
+
+def save_accelerator(acc: Accelerator, path: str | os.PathLike) -> Path:
+    """Write one accelerator (e.g. a calibrated profile) atomically; ``load_accelerators`` and
+    ``get_accelerator(path)`` read it back."""
+    return atomic_write_text(path, dump_yaml(acc.to_dict()))
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog() -> dict[str, Accelerator]:
+    text = importlib.resources.files("ecdit_scale").joinpath("data/hardware.yaml").read_text()
+    return _parse(yaml.safe_load(text), source="ecdit_scale/data/hardware.yaml")
+
+
+def catalog() -> dict[str, Accelerator]:
+    """The built-in catalog, keyed by name (a fresh dict; the entries are immutable)."""
+    return dict(_catalog())
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookup by name or file
+# ---------------------------------------------------------------------------------------------
+
+# Common spellings -> catalog keys (compared after lower-casing and dropping non-alphanumerics).
+ALIASES = {
+    "h100": "h100-sxm", "h100sxm5": "h100-sxm", "h10080gb": "h100-sxm",
+    "h200sxm": "h200", "a100": "a100-80gb", "a100sxm": "a100-80gb", "a10080g": "a100-80gb",
+    "b200sxm": "b200", "mi300": "mi300x", "v5p": "tpu-v5p",
+}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or os.sep in text or Path(text).is_file()
+
+
+def get_accelerator(name_or_path: str | os.PathLike) -> Accelerator:
+    """A catalog entry (case-insensitive; "H100", "v5p" ... work) or a user YAML file.
+
+    A file holding several accelerators is read as ``path:name``.
+    """
+    text = os.fspath(name_or_path)
+    if _looks_like_path(text) or (":" in text and Path(text.rsplit(":", 1)[0]).is_file()):
+        return _from_file(text)
+    entries = _catalog()
+    wanted = _canonical(text)
+    by_key = {_canonical(k): k for k in entries}
+    key = by_key.get(wanted) or by_key.get(_canonical(ALIASES.get(wanted, "")))
+    if key is None:
+        raise ConfigError(f"unknown accelerator {text!r}; choose one of {', '.join(entries)} "
+                          "or give the path of a YAML file with the same fields")
+    return entries[key]
+
+
+def _from_file(text: str) -> Accelerator:
+    path, name = text, None
+    if not Path(text).is_file() and ":" in text:
+        path, name = text.rsplit(":", 1)
+    accs = load_accelerators(path)
+    if name is None:
+        if len(accs) == 1:
+            return next(iter(accs.values()))
+        raise ConfigError(f"{path} defines {', '.join(accs)}; pick one as {path}:NAME")
+    if name not in accs:
+        raise ConfigError(f"{path}: no accelerator {name!r}; it defines {', '.join(accs)}")
+    return accs[name]
