@@ -1,0 +1,453 @@
+"""Scaling reports: report.md plus a self-contained report.html, and the PNG figures.
+
+The report is built once as a list of blocks (headings, paragraphs, tables, figures) and
+rendered twice: Markdown that links figures/*.png, and HTML that embeds every figure as a
+base64 data URI, so the file can be mailed or archived alone. Figures use matplotlib's
+object API (`matplotlib.figure.Figure`, Agg canvas), never pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .fit import Interval, ScalingFit, compute_frontier, predict_band
+from .table import atomic_output
+
+DEFAULT_TITLE = "EC-DiT scaling report"
+KIND_COLORS = {"dense": "tab:blue", "token-choice": "tab:orange", "expert-choice": "tab:green"}
+_DPI = 110
+_MAX_LOAD_PANELS = 12
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where write_report put things."""
+
+    markdown: Path
+    html: Path
+    figures_dir: Path
+    figures: tuple[Path, ...]
+
+    def to_dict(self) -> dict:
+        return {"markdown": str(self.markdown), "html": str(self.html),
+                "figures_dir": str(self.figures_dir), "figures": [str(p) for p in self.figures]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReportPaths:
+        return cls(markdown=Path(d["markdown"]), html=Path(d["html"]),
+                   figures_dir=Path(d["figures_dir"]), figures=tuple(map(Path, d["figures"])))
+
+
+# ---------------------------------------------------------------------------------------
+# Blocks: built once, rendered to Markdown and HTML
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class _Paragraph:
+    text: str
+    strong: bool = False
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class _Figure:
+    id: str
+    alt: str
+    path: Path
+
+
+def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEFAULT_TITLE,
+                 expert_load: Mapping[str, np.ndarray] | None = None) -> ReportPaths:
+    """Write out_dir/report.md, out_dir/report.html and out_dir/figures/*.png (all atomic)."""
+    out_dir = Path(out_dir)
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    blocks = _blocks(df, fit, figures_dir, title, expert_load)
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    with atomic_output(md_path) as tmp:
+        tmp.write_text(_render_markdown(blocks, out_dir))
+    with atomic_output(html_path) as tmp:
+        tmp.write_text(_render_html(blocks, title))
+    figures = tuple(b.path for b in blocks if isinstance(b, _Figure))
+    return ReportPaths(markdown=md_path, html=html_path, figures_dir=figures_dir, figures=figures)
+
+
+def plain_answer(fit: ScalingFit) -> str:
+    """One sentence: does expert choice reach dense's loss with less compute, and by how much."""
+    m = fit.multiplier("expert-choice", "dense")
+    if m is None:
+        return ("The run table has no power-law fit for both expert-choice and dense, so this "
+                "report cannot compare them.")
+    where = f"at loss {m.loss:.4g}"
+    if math.isfinite(m.reference_compute_flops):
+        where += (f", dense's predicted loss at {m.reference_compute_flops:.3g} FLOPs, the "
+                  "largest compute in the table")
+    if not m.defined:
+        return f"The compute multiplier of expert choice over dense is {m.note} ({where})."
+    ci = m.interval
+    if ci is None:
+        return (f"At this scale expert choice reaches dense's loss with {m.value:.2f}× less "
+                f"compute ({where}; no interval: the fit has no bootstrap samples).")
+    level = f"{100 * ci.level:.0f}% CI"
+    if ci.lo > 1:
+        return (f"At this scale expert choice reaches dense's loss with {m.value:.2f}× less "
+                f"compute ({level} {_num(ci.lo, 3)}–{_num(ci.hi, 3)}), {where}.")
+    if ci.hi < 1:
+        return (f"At this scale expert choice does not reach dense's loss with less compute: it "
+                f"needs {1 / m.value:.2f}× more (multiplier {m.value:.2f}, {level} "
+                f"{_num(ci.lo, 3)}–{_num(ci.hi, 3)}), {where}.")
+    return (f"At this scale the data do not show that expert choice reaches dense's loss with "
+            f"less compute: the multiplier is {m.value:.2f}× but its {level} "
+            f"{_num(ci.lo, 3)}–{_num(ci.hi, 3)} includes 1, {where}.")
+
+
+def _blocks(df, fit, figures_dir, title, expert_load) -> list:
+    blocks: list = [_Heading(title, 1), _Paragraph(_summary(df, fit)),
+                    _Heading("Answer"), _Paragraph(plain_answer(fit), strong=True)]
+    blocks += _loss_section(df, fit, figures_dir)
+    blocks += _held_out_section(fit, figures_dir)
+    blocks += _multiplier_section(fit)
+    blocks += _chinchilla_section(df, fit, figures_dir)
+    if expert_load:
+        blocks += _expert_load_section(expert_load, figures_dir)
+    if "alignment" in df.columns and df["alignment"].notna().any():
+        blocks += [_Heading("Alignment"), _figure_alignment(df, figures_dir)]
+    if fit.notes:
+        blocks += [_Heading("Notes")] + [_Paragraph(n) for n in fit.notes]
+    return blocks
+
+
+def _summary(df, fit) -> str:
+    counts = ", ".join(f"{(df['ffn_kind'] == k).sum()} {k}" for k in fit.kinds)
+    boot = (f"{fit.level:.0%} intervals from {fit.n_boot} bootstrap resamples of the runs"
+            if fit.n_boot else "no bootstrap intervals")
+    return (f"{len(df)} runs ({counts}); loss column {fit.loss_column}; {boot}. Fits: "
+            "log-space Huber loss (delta 1e-3) minimised by L-BFGS from a grid of starts "
+            "(Hoffmann et al. 2022, Approach 3; Besiroglu et al. 2024).")
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+
+def _loss_section(df, fit, figures_dir) -> list:
+    blocks: list = [_Heading("Loss against compute"),
+                    _Paragraph("L(C) = E + A·C^(-alpha), C in FLOPs; intervals are bootstrap "
+                               "percentiles.")]
+    if not fit.power_laws:
+        return blocks + [_Paragraph("No kind has enough runs for a power-law fit.")]
+    rows = [(k, str(f.n_runs), _ci(f.law.E, f.ci.get("E")), _ci(f.law.A, f.ci.get("A")),
+             _ci(f.law.alpha, f.ci.get("alpha"))) for k, f in fit.power_laws.items()]
+    blocks.append(_Table(("kind", "runs", "E", "A", "alpha"), tuple(rows)))
+    if fit.extrapolations:
+        rows = [(e.kind, _num(e.prediction.compute_flops, 3), _ci(e.prediction.loss,
+                 e.prediction.interval)) for e in fit.extrapolations]
+        blocks += [_Paragraph("Extrapolated loss:"),
+                   _Table(("kind", "compute_flops", "predicted loss"), tuple(rows))]
+    return blocks + [_figure_loss(df, fit, figures_dir), _figure_residuals(df, fit, figures_dir)]
+
+
+def _held_out_section(fit, figures_dir) -> list:
+    blocks: list = [_Heading("Held-out extrapolation error")]
+    if not fit.held_out:
+        return blocks + [_Paragraph("No kind has enough runs to hold any out.")]
+    rows = []
+    for kind, h in fit.held_out.items():
+        for r in h.runs:
+            rows.append((kind, r.name, _num(r.compute_flops, 3), _num(r.actual_loss),
+                         _ci(r.predicted_loss, r.interval), f"{100 * r.relative_error:+.2f}%"))
+    text = ("Each kind is refitted without its largest-compute runs, which are then predicted; "
+            "held-out extrapolation error = (predicted - actual) / actual.")
+    header = ("kind", "run", "compute_flops", "actual loss", "predicted loss", "relative error")
+    return blocks + [_Paragraph(text), _Table(header, tuple(rows)),
+                     _figure_held_out(fit, figures_dir)]
+
+
+def _multiplier_section(fit) -> list:
+    blocks: list = [_Heading("Effective compute multipliers"),
+                    _Paragraph("C_baseline(L) / C_kind(L) at equal loss L, from inverting the "
+                               "power laws; above 1 the kind needs less compute.")]
+    if not fit.multipliers:
+        return blocks + [_Paragraph("None: needs power-law fits for expert-choice and a baseline.")]
+    rows = [(f"{m.kind} over {m.baseline_kind}", _num(m.loss), _ci(m.value, m.interval),
+             m.note or "-") for m in fit.multipliers]
+    return blocks + [_Table(("comparison", "at loss", "multiplier", "note"), tuple(rows))]
+
+
+def _chinchilla_section(df, fit, figures_dir) -> list:
+    if not fit.chinchilla:
+        return []
+    rows = [(k, str(f.n_runs), *(_ci(getattr(f.law, c), f.ci.get(c))
+                                 for c in ("E", "A", "B", "alpha", "beta")))
+            for k, f in fit.chinchilla.items()]
+    c_max = fit.max_compute_flops
+    opt_rows = [(k, _num(o.flops_per_param_token),
+                 _ci(o.params_exponent, o.ci.get("params_exponent")),
+                 _ci(o.tokens_exponent, o.ci.get("tokens_exponent")),
+                 _num(float(o.params_opt(c_max)), 3), _num(float(o.tokens_opt(c_max)), 3))
+                for k, o in fit.compute_optimal.items()]
+    return [
+        _Heading("Chinchilla fit and compute-optimal allocation"),
+        _Paragraph("L(N, D) = E + A/N^alpha + B/D^beta with N = active parameters and D = tokens "
+                   "seen (Hoffmann et al. 2022, eq. 2). With C = k·N·D: N_opt = G·(C/k)^a, "
+                   "D_opt = (C/k)/N_opt, a = beta/(alpha+beta), b = alpha/(alpha+beta) (eq. 4)."),
+        _Table(("kind", "runs", "E", "A", "B", "alpha", "beta"), tuple(rows)),
+        _Table(("kind", "k (FLOPs per param·token)", "a (N exponent)", "b (D exponent)",
+                f"N_opt at {c_max:.3g} FLOPs", f"D_opt at {c_max:.3g} FLOPs"), tuple(opt_rows)),
+        _figure_compute_optimal(df, fit, figures_dir),
+    ]
+
+
+def _expert_load_section(expert_load, figures_dir) -> list:
+    rows = []
+    for name, counts in expert_load.items():
+        x = np.asarray(counts, dtype=float).ravel()
+        mean = x.mean() if x.size else math.nan
+        rows.append((str(name), str(x.size), _num(mean), _num(x.max() / mean if mean else math.nan),
+                     _num(x.std() / mean if mean else math.nan), f"{np.mean(x == 0):.1%}"))
+    return [_Heading("Expert load"),
+            _Paragraph("Per run: the distribution of tokens per expert (or experts per token); "
+                       "max/mean and the coefficient of variation (CV) measure imbalance."),
+            _Table(("run", "entries", "mean", "max/mean", "CV", "zeros"), tuple(rows)),
+            _figure_expert_load(expert_load, figures_dir)]
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, figures_dir: Path, name: str, alt: str) -> _Figure:
+    path = figures_dir / f"{name}.png"
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI, metadata={"Software": None})
+    return _Figure(id=f"fig-{name.replace('_', '-')}", alt=alt, path=path)
+
+
+def _compute_grid_flops(df, fit) -> np.ndarray:
+    c_hi = max([fit.max_compute_flops] + [e.prediction.compute_flops for e in fit.extrapolations])
+    return np.logspace(np.log10(df["compute_flops"].min()), np.log10(c_hi), 200)
+
+
+def _figure_loss(df, fit, figures_dir) -> _Figure:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    grid = _compute_grid_flops(df, fit)
+    for kind in fit.kinds:
+        color = KIND_COLORS.get(kind)
+        runs = df[df["ffn_kind"] == kind]
+        frontier = compute_frontier(runs, fit.loss_column)
+        ax.scatter(runs["compute_flops"], runs[fit.loss_column], s=14, color=color, alpha=0.3)
+        ax.scatter(frontier["compute_flops"], frontier[fit.loss_column], s=22, color=color,
+                   label=f"{kind} runs")
+        if kind in fit.power_laws:
+            band = predict_band(fit.power_laws[kind], grid)
+            ax.plot(grid, band.loss, color=color, label=f"{kind} fit")
+            ax.fill_between(grid, band.lo, band.hi, color=color, alpha=0.15, linewidth=0)
+    for e in fit.extrapolations:
+        p = e.prediction
+        _point_with_interval(ax, p.compute_flops, p.loss, p.interval, KIND_COLORS.get(e.kind), "D")
+    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel=fit.loss_column,
+           title="Loss against compute, fits with bootstrap bands")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, figures_dir, "loss_vs_compute", "Loss against compute per FFN kind with "
+                 "fitted power laws and bootstrap bands")
+
+
+def _point_with_interval(ax, x, y, interval, color, marker, label=None) -> None:
+    """A point and its bootstrap interval as a vertical bar (a percentile interval need not
+    contain the point estimate, so no symmetric error bars)."""
+    if interval is not None and math.isfinite(interval.lo) and math.isfinite(interval.hi):
+        ax.vlines(x, interval.lo, interval.hi, color=color, linewidth=1.5)
+    ax.plot([x], [y], marker=marker, color=color, linestyle="none", label=label)
+
+
+def _figure_residuals(df, fit, figures_dir) -> _Figure:
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    for kind, f in fit.power_laws.items():
+        runs = compute_frontier(df[df["ffn_kind"] == kind], fit.loss_column)
+        pred = f.law.loss(runs["compute_flops"].to_numpy())
+        resid = runs[fit.loss_column].to_numpy() / pred - 1
+        ax.scatter(runs["compute_flops"], 100 * resid, color=KIND_COLORS.get(kind), label=kind,
+                   s=18)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel="residual (% of fitted loss)",
+           title="Residuals of the power-law fits")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, figures_dir, "residuals", "Residuals of the loss-against-compute fits")
+
+
+def _figure_held_out(fit, figures_dir) -> _Figure:
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    values = []
+    for kind, h in fit.held_out.items():
+        for i, r in enumerate(h.runs):
+            _point_with_interval(ax, r.actual_loss, r.predicted_loss, r.interval,
+                                 KIND_COLORS.get(kind), "o", label=kind if i == 0 else None)
+            values += [r.actual_loss, r.predicted_loss]
+            values += [r.interval.lo, r.interval.hi] if r.interval else []
+    span = [min(values), max(values)]
+    ax.plot(span, span, color="black", linewidth=0.8, linestyle="--", label="predicted = actual")
+    ax.set(xlabel="actual loss", ylabel="predicted loss (fit without these runs)",
+           title="Held-out predictions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, figures_dir, "held_out", "Held-out runs: predicted against actual loss")
+
+
+def _figure_compute_optimal(df, fit, figures_dir) -> _Figure:
+    fig = Figure(figsize=(9, 3.8))
+    ax_n, ax_d = fig.subplots(1, 2)
+    grid = np.logspace(math.log10(fit.max_compute_flops) - 4, math.log10(fit.max_compute_flops) + 2)
+    for kind, o in fit.compute_optimal.items():
+        color = KIND_COLORS.get(kind)
+        ax_n.plot(grid, o.params_opt(grid), color=color, label=f"{kind} N_opt")
+        ax_d.plot(grid, o.tokens_opt(grid), color=color, label=f"{kind} D_opt")
+        runs = compute_frontier(df[df["ffn_kind"] == kind], fit.loss_column)
+        ax_n.scatter(runs["compute_flops"], runs["active_params"], color=color, s=14, alpha=0.6)
+        ax_d.scatter(runs["compute_flops"], runs["tokens_seen"], color=color, s=14, alpha=0.6)
+    ax_n.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="N_opt (active params)")
+    ax_d.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="D_opt (tokens)")
+    ax_n.legend(fontsize=8)
+    fig.suptitle("Compute-optimal frontier from the Chinchilla fit (dots: runs)")
+    fig.tight_layout()
+    return _save(fig, figures_dir, "compute_optimal", "Compute-optimal parameters and tokens "
+                 "against compute")
+
+
+def _figure_expert_load(expert_load, figures_dir) -> _Figure:
+    names = list(expert_load)[:_MAX_LOAD_PANELS]
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, name in zip(axes, names):
+        ax.hist(np.asarray(expert_load[name], dtype=float).ravel(), bins=20, color="tab:green")
+        ax.set_title(str(name), fontsize=9)
+        ax.set_xlabel("count", fontsize=8)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _save(fig, figures_dir, "expert_load", "Histograms of expert load per run")
+
+
+def _figure_alignment(df, figures_dir) -> _Figure:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for kind in (k for k in KIND_COLORS if (df["ffn_kind"] == k).any()):
+        runs = df[(df["ffn_kind"] == kind) & df["alignment"].notna()]
+        ax.scatter(runs["compute_flops"], runs["alignment"], color=KIND_COLORS[kind], label=kind,
+                   s=18)
+    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel="alignment score (0-1)", ylim=(0, 1),
+           title="GenEval-style alignment against compute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, figures_dir, "alignment", "Alignment score against compute per FFN kind")
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------
+
+
+def _render_markdown(blocks, out_dir: Path) -> str:
+    lines = []
+    for b in blocks:
+        if isinstance(b, _Heading):
+            lines += ["#" * b.level + " " + b.text, ""]
+        elif isinstance(b, _Paragraph):
+            lines += [f"**{b.text}**" if b.strong else b.text, ""]
+        elif isinstance(b, _Table):
+            lines += ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                      for row in b.rows]
+            lines.append("")
+        elif isinstance(b, _Figure):
+            lines += [f"![{b.alt}]({b.path.relative_to(out_dir).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+_HTML_STYLE = """
+body { font-family: sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; }
+img { max-width: 100%; }
+figure { margin: 1rem 0; }
+"""
+
+# Counts images that decoded, so a headless browser test can check every plot renders.
+_HTML_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesLoaded = images.filter(function (img) {
+    return img.complete && img.naturalWidth > 0;
+  }).length;
+});
+"""
+
+
+def _render_html(blocks, title: str) -> str:
+    body = []
+    for b in blocks:
+        if isinstance(b, _Heading):
+            body.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+        elif isinstance(b, _Paragraph):
+            text = html.escape(b.text)
+            body.append(f"<p><strong>{text}</strong></p>" if b.strong else f"<p>{text}</p>")
+        elif isinstance(b, _Table):
+            body.append(_html_table(b))
+        elif isinstance(b, _Figure):
+            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+            body.append(f'<figure><img id="{b.id}" alt="{html.escape(b.alt)}" '
+                        f'src="data:image/png;base64,{data}"></figure>')
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_HTML_STYLE}</style>\n</head>\n"
+            "<body>\n" + "\n".join(body) + f"\n<script>{_HTML_SCRIPT}</script>\n</body>\n</html>\n")
+
+
+def _html_table(t: _Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in t.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _num(x: float, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return f"{x:.{digits}g}"
+
+
+def _ci(value: float, interval: Interval | None) -> str:
+    if interval is None:
+        return _num(value)
+    return f"{_num(value)} ({_num(interval.lo)}–{_num(interval.hi)})"

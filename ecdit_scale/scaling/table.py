@@ -1,0 +1,162 @@
+"""Run tables: one row per training run, the input of every scaling fit.
+
+A run table is a pandas DataFrame (CSV or Parquet on disk) with the columns in
+`REQUIRED_COLUMNS`; `alignment`, `run_dir`, `experts` and `budget` are optional.
+`validate_run_table` turns every problem into a one-line `RunTableError` that names the
+offending rows, so a user can fix the CSV without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS = (
+    "name",
+    "ffn_kind",
+    "params",
+    "active_params",
+    "images_seen",
+    "tokens_seen",
+    "compute_flops",
+    "final_loss",
+    "smoothed_loss",
+)
+OPTIONAL_COLUMNS = ("alignment", "run_dir", "experts", "budget")
+FFN_KINDS = ("dense", "token-choice", "expert-choice")
+
+_POSITIVE_COLUMNS = {
+    "compute_flops": "compute must be > 0",
+    "params": "parameter counts must be > 0",
+    "active_params": "parameter counts must be > 0",
+    "images_seen": "images seen must be > 0",
+    "tokens_seen": "tokens seen must be > 0",
+}
+_LOSS_COLUMNS = ("final_loss", "smoothed_loss")
+_MAX_ROWS_LISTED = 5
+
+
+class RunTableError(ValueError):
+    """A run table that cannot be fitted; the message is one line naming the rows."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success move it over `path` (os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_run_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a run table from .csv or .parquet and validate it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        df = pd.read_csv(path)
+    elif suffix in (".parquet", ".pq"):
+        df = _read_parquet(path)
+    else:
+        raise RunTableError(f"run table: {path} has suffix {suffix!r}; use .csv or .parquet")
+    return validate_run_table(df)
+
+
+def save_run_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a run table to .csv or .parquet atomically (temp file + os.replace)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise RunTableError(f"run table: {path} has suffix {suffix!r}; use .csv or .parquet")
+    with atomic_output(path) as tmp:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+    return path
+
+
+def validate_run_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy with numeric columns as floats; raise RunTableError on any problem."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunTableError(
+            f"run table: missing columns {', '.join(missing)}; "
+            f"required: {', '.join(REQUIRED_COLUMNS)}"
+        )
+    if len(df) == 0:
+        raise RunTableError("run table: no rows; a fit needs at least 3 runs per ffn_kind")
+    df = df.reset_index(drop=True).copy()
+    df["name"] = df["name"].astype(str)
+    df["ffn_kind"] = df["ffn_kind"].astype(str).str.strip()
+    for column in (*_POSITIVE_COLUMNS, *_LOSS_COLUMNS):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+    if "alignment" in df.columns:
+        df["alignment"] = pd.to_numeric(df["alignment"], errors="coerce").astype(float)
+    problems = _problems(df)
+    if problems:
+        raise RunTableError("run table: " + "; ".join(problems))
+    return df
+
+
+def _problems(df: pd.DataFrame) -> list[str]:
+    problems = []
+    for column, hint in _POSITIVE_COLUMNS.items():
+        bad = ~(np.isfinite(df[column]) & (df[column] > 0))
+        if bad.any():
+            problems.append(f"non-positive {column} in rows {_rows(df, bad)}; {hint}")
+    for column in _LOSS_COLUMNS:
+        bad = ~np.isfinite(df[column])
+        if bad.any():
+            problems.append(f"NaN or non-finite {column} in rows {_rows(df, bad)}; "
+                            "loss must be a finite number")
+        bad = np.isfinite(df[column]) & (df[column] <= 0)
+        if bad.any():
+            problems.append(f"non-positive {column} in rows {_rows(df, bad)}; "
+                            "loss must be > 0 to be fitted in log space")
+    bad = ~df["ffn_kind"].isin(FFN_KINDS)
+    if bad.any():
+        kinds = sorted(set(df.loc[bad, "ffn_kind"]))
+        problems.append(f"unknown ffn_kind {', '.join(map(repr, kinds))} in rows "
+                        f"{_rows(df, bad)}; valid: {', '.join(FFN_KINDS)}")
+    bad = df["name"].duplicated(keep=False)
+    if bad.any():
+        problems.append(f"duplicate name in rows {_rows(df, bad)}; run names must be unique")
+    if "alignment" in df.columns:
+        a = df["alignment"]
+        bad = a.notna() & ~((a >= 0) & (a <= 1))
+        if bad.any():
+            problems.append(f"alignment outside 0..1 in rows {_rows(df, bad)}; "
+                            "alignment is a GenEval-style score in [0, 1]")
+    return problems
+
+
+def _rows(df: pd.DataFrame, mask: pd.Series) -> str:
+    """'3 (tiny-ec8-b2), 7 (small-dense-b1)' for the rows in mask, at most a few listed."""
+    idx = np.flatnonzero(mask.to_numpy())
+    listed = ", ".join(f"{i} ({df['name'].iat[i]})" for i in idx[:_MAX_ROWS_LISTED])
+    extra = len(idx) - _MAX_ROWS_LISTED
+    return listed + (f" and {extra} more" if extra > 0 else "")
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except ImportError as err:
+        raise RunTableError(
+            f"run table: reading {path} needs a Parquet engine (pip install pyarrow), "
+            "or save the table as .csv"
+        ) from err
