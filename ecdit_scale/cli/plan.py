@@ -1,0 +1,230 @@
+"""`ecdit-scale plan`: the main job. Pure planner code: torch is never imported here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .. import sizes
+from ..cards import load_card_or_name
+from ..config import (ClusterConfig, ConfigError, FFNConfig, FFNKind, ModelConfig, Optimizer,
+                      Recompute, TrainingConfig)
+from ..params import format_count
+from .common import app, console, print_json
+
+GIB = 2**30
+DEFAULT_TARGET = "97B"
+
+
+def _with_routing(cfg: ModelConfig, routing: FFNKind) -> ModelConfig:
+    """The same model with another FFN kind: dense, or the EC / TC twin at equal compute."""
+    if cfg.ffn.kind is routing:
+        return cfg
+    if routing is FFNKind.DENSE:
+        return cfg.replace(name=f"{cfg.name}-as-dense", ffn=FFNConfig())
+    experts = cfg.ffn.num_experts if cfg.ffn.is_moe else sizes.experts_for_target(1e9)
+    make = sizes.expert_choice if routing is FFNKind.EXPERT_CHOICE else sizes.token_choice
+    suffix = "ec" if routing is FFNKind.EXPERT_CHOICE else "tc"
+    return cfg.replace(name=f"{cfg.name}-as-{suffix}", ffn=make(experts))
+
+
+def _choice(value: Optional[str], enum_cls, option: str):
+    if value is None:
+        return None
+    valid = [m.value for m in enum_cls]
+    if value not in valid:
+        raise ConfigError(f"{option} {value!r}: choose one of {', '.join(valid)}")
+    return enum_cls(value)
+
+
+def _cluster(gpu: str, gpus: Optional[int], nodes: Optional[int], per_node: Optional[int],
+             price: float, acc) -> ClusterConfig:
+    per_node = per_node or acc.devices_per_node
+    if gpus is not None:
+        if gpus < 1:
+            raise ConfigError(f"--gpus {gpus}: must be >= 1")
+        if gpus <= per_node:
+            return ClusterConfig(gpu=gpu, nodes=1, gpus_per_node=gpus, price_per_gpu_hour=price)
+        if gpus % per_node:
+            raise ConfigError(f"--gpus {gpus} is not a multiple of {per_node} GPUs per node; "
+                              f"use {gpus // per_node * per_node} or {(gpus // per_node + 1) * per_node}")
+        if nodes is not None and nodes * per_node != gpus:
+            raise ConfigError(f"--gpus {gpus} contradicts --nodes {nodes} x {per_node} per node")
+        nodes = gpus // per_node
+    return ClusterConfig(gpu=gpu, nodes=nodes or ClusterConfig().nodes, gpus_per_node=per_node,
+                         price_per_gpu_hour=price)
+
+
+@app.command()
+def plan(
+    params: Optional[str] = typer.Option(None, "--params", help="Parameter target, e.g. 97B (default when no --model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A model name or YAML card instead of --params."),
+    active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
+    routing: Optional[str] = typer.Option(None, "--routing", help="dense | token-choice | expert-choice."),
+    gpu: str = typer.Option("h100-sxm", "--gpu", help="Accelerator name from the catalog, or a YAML profile (e.g. one saved by `validate`)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Total devices (default 64 nodes x 8)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes (default 64)."),
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="Devices per node (default: the accelerator's)."),
+    global_batch: int = typer.Option(4096, "--global-batch", help="Images per optimizer step."),
+    steps: int = typer.Option(800_000, "--steps", help="Optimizer steps of the run."),
+    optimizer: str = typer.Option("rmsprop", "--optimizer", help="rmsprop (the paper) | adamw | sgd."),
+    zero: Optional[int] = typer.Option(None, "--zero", help="Pin the ZeRO stage (0-3)."),
+    dp: Optional[int] = typer.Option(None, "--dp", help="Pin data-parallel size."),
+    ep: Optional[int] = typer.Option(None, "--ep", help="Pin expert-parallel size."),
+    tp: Optional[int] = typer.Option(None, "--tp", help="Pin tensor-parallel size (default 1: ecdit_scale.train has no tensor parallelism; pass --tp N for Megatron-style layouts)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Pin the micro-batch."),
+    recompute: Optional[str] = typer.Option(None, "--recompute", help="Pin recompute: none | selective | full."),
+    price: float = typer.Option(2.5, "--price", help="USD per GPU-hour (an assumption; set yours)."),
+    top: int = typer.Option(5, "--top", help="How many layouts to list."),
+    sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
+    inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
+    fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the predicted loss (default: the reference sweep's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for plan.yaml, ds_config.json, launch.sh, hostfile (default plan-MODEL/)."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Write the plan files."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Plan a training run: FLOPs, memory, layouts, step time, days, cost, DeepSpeed config."""
+    from ..planner.hardware import get_accelerator
+    from ..planner.inference import estimate_inference
+    from ..planner.plan import make_plan, write_plan_files
+
+    if model is not None and params is not None:
+        raise ConfigError("give --model or --params, not both")
+    kind = _choice(routing, FFNKind, "--routing")
+    opt = _choice(optimizer, Optimizer, "--optimizer")
+    rec = _choice(recompute, Recompute, "--recompute")
+    if model is not None:
+        cfg = load_card_or_name(model)
+        if kind is not None:
+            cfg = _with_routing(cfg, kind)
+        resolved = None
+    else:
+        resolved = sizes.resolve(params or DEFAULT_TARGET, active=active,
+                                 kind=kind or FFNKind.EXPERT_CHOICE)
+        cfg = resolved.config
+    acc = get_accelerator(gpu)
+    cluster = _cluster(gpu, gpus, nodes, gpus_per_node, price, acc)
+    training = TrainingConfig(global_batch=global_batch, steps=steps, optimizer=opt)
+    pin = {k: v for k, v in dict(dp=dp, ep=ep, zero=zero, micro_batch=micro_batch,
+                                 recompute=rec).items() if v is not None}
+    # The written plan must be launchable: our trainer runs data x expert parallelism, so tp=1
+    # unless the user asks for tensor parallelism; the fastest tp>1 layout is shown beside it.
+    the_plan = make_plan(cfg, training, cluster, acc, pin={**pin, "tp": tp or 1}, top=top)
+    tp_alt = None
+    if tp is None:
+        from ..planner.layouts import search_layouts
+        try:
+            tp_alt = search_layouts(cfg, training, cluster, acc, pin=pin or None, keep=1).best
+        except ConfigError:
+            tp_alt = None
+        if tp_alt is not None and tp_alt.layout.tp == 1:
+            tp_alt = None
+    infer = estimate_inference(cfg, acc, devices=inference_devices, steps=sampling_steps)
+    loss = _predicted_loss(fit, cfg, the_plan.flops_per_step["model"] * steps)
+
+    files = {}
+    if write:
+        out = out or Path(f"plan-{cfg.name}")
+        files = write_plan_files(the_plan, out)
+    data = the_plan.to_dict()
+    data["inference"] = infer.to_dict()
+    data["predicted_loss"] = loss
+    data["files"] = {k: str(v) for k, v in files.items()}
+    data["fastest_with_tensor_parallel"] = tp_alt.to_dict() if tp_alt is not None else None
+    if resolved is not None:
+        data["resolved"] = {"target": resolved.target, "active": resolved.active,
+                            "synthesised": resolved.synthesised, "achieved": resolved.achieved}
+    if json_out:
+        print_json(data)
+        return
+    _print_plan(the_plan, data, infer, loss, files, tp_alt)
+
+
+def _predicted_loss(fit_path: Optional[Path], cfg: ModelConfig, compute_flops: float) -> Optional[dict]:
+    from ..scaling.predict import predicted_loss
+    return predicted_loss(fit_path, cfg.ffn.kind.value, compute_flops)
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:,.1f} GiB"
+
+
+def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
+    cfg, b, lay = p.config, p.params, p.best.layout
+    resolved = data.get("resolved")
+    how = ""
+    if resolved:
+        how = (f" — {'synthesised' if resolved['synthesised'] else 'named config'} for "
+               f"{format_count(resolved['target'])} {'activated' if resolved['active'] else 'total'}")
+    console.rule(f"[bold]plan: {cfg.name}{how}")
+    console.print(f"model: d={cfg.hidden_size}, {cfg.depth} blocks, {cfg.num_heads} heads "
+                  f"({cfg.num_kv_heads} KV), FFN {cfg.ffn.kind.value}"
+                  + (f", {cfg.ffn.num_experts} experts in {cfg.num_moe_layers} MoE layers, "
+                     f"C={cfg.expert_capacity} tokens/expert/group" if cfg.ffn.is_moe else "")
+                  + f"; {cfg.image_size}x{cfg.image_size} images, {cfg.tokens_per_image} tokens")
+    console.print(f"params: total {b['total_params']:,} ({format_count(b['total_params'])}), "
+                  f"activated {b['active_params']:,} ({format_count(b['active_params'])}) [exact]")
+    f = p.flops_per_image
+    console.print(f"FLOPs per image: forward {f['forward']:.4g}, backward {f['backward']:.4g} "
+                  f"(forward MACs {f['forward_macs']:.4g}); per step: model "
+                  f"{p.flops_per_step['model']:.4g}, hardware {p.flops_per_step['hardware']:.4g} [exact]")
+    console.print(f"run: {p.training.steps:,} steps x {p.training.global_batch} images on "
+                  f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {p.accelerator.name} "
+                  f"({p.world} devices), optimizer {p.training.optimizer.value}")
+
+    mem = p.best.memory.to_dict()
+    mt = Table(title=f"memory per device, best layout ({p.best.describe()}) [estimated]")
+    mt.add_column("part")
+    mt.add_column("bytes", justify="right")
+    for key in ("params", "grads", "fp32_grads", "optimizer_states", "master_weights",
+                "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead"):
+        if mem[key]:
+            mt.add_row(key, _gib(mem[key]))
+    mt.add_row("total", f"{_gib(mem['total'])} of {_gib(p.accelerator.memory_bytes)}", style="bold")
+    console.print(mt)
+
+    lt = Table(title=f"top layouts of {p.search.num_feasible:,} that fit "
+                     f"({p.search.num_evaluated:,} evaluated) [estimated]")
+    for col in ("dp", "ep", "tp", "ZeRO", "micro", "accum", "recompute", "memory", "step s",
+                "a2a s", "MFU", "images/s"):
+        lt.add_column(col, justify="right")
+    for e in p.top:
+        L, s = e.layout, e.step
+        lt.add_row(str(L.dp), str(L.ep), str(L.tp), str(L.zero), str(L.micro_batch),
+                   str(e.grad_accum), L.recompute.value, _gib(e.memory.total), f"{s.total_s:.3f}",
+                   f"{s.a2a_s:.3f}", f"{s.mfu:.1%}", f"{s.images_per_s:,.0f}")
+    console.print(lt)
+    if p.search.rejected:
+        reasons = "; ".join(f"{n:,} {r}" for r, n in list(p.search.rejected.items())[:4])
+        console.print(f"rejected: {reasons}", style="dim")
+    st = p.best.step
+    console.print(f"step time: compute {st.compute_s:.3f} s + exposed comm {st.exposed_comm_s:.3f} s "
+                  f"(all-to-all {st.a2a_s:.3f}, gradient sync {st.grad_sync_s:.3f}, tensor-parallel "
+                  f"{st.tp_s:.3f}, ZeRO-3 gathers {st.zero3_gather_s:.3f}) + optimizer "
+                  f"{st.optimizer_s:.3f} s")
+    console.print(f"[bold]best:[/] step {p.step_s:.3f} s, MFU {p.mfu:.1%}, "
+                  f"{p.images_per_s:,.0f} images/s -> [bold]{p.days:,.1f} days[/], "
+                  f"{p.gpu_hours:,.0f} GPU-hours, ${p.cost_usd:,.0f} at "
+                  f"${p.cluster.price_per_gpu_hour:g}/GPU-hour [estimated]")
+    if tp_alt is not None:
+        s2 = tp_alt.step
+        console.print(f"with tensor parallelism ({tp_alt.describe()}): step {s2.total_s:.3f} s, "
+                      f"MFU {s2.mfu:.1%}, {p.training.steps * s2.total_s / 86400:,.1f} days — needs a "
+                      "Megatron-style model; rerun with --tp to plan it", style="dim")
+    console.print(f"inference: {infer.steps} sampling steps with CFG on {infer.devices} "
+                  f"{p.accelerator.name} (ep={infer.ep}, tp={infer.tp}): {infer.latency_s:.2f} s "
+                  f"per batch of {infer.batch}, {infer.bound}-bound, {_gib(infer.memory_bytes_per_device)}"
+                  f" per device [estimated]")
+    if loss:
+        iv = loss.get("interval")
+        band = f" (95% CI {iv[0]:.4f}-{iv[1]:.4f})" if iv else ""
+        console.print(f"predicted final loss: {loss['loss']:.4f}{band} from {loss['source']} "
+                      f"[extrapolated {loss['extrapolation_factor']:.2g}x beyond its largest run]")
+    for line in p.estimated:
+        console.print(f"estimated: {line}", style="dim")
+    if files:
+        console.print("wrote: " + ", ".join(str(v) for v in files.values()))
+        console.print(f"launch: bash {files['launch.sh']}  (edit the hostfile's placeholder hosts first)")

@@ -1,0 +1,97 @@
+"""The DeepSpeed JSON config of a layout, from plain arguments (the launcher uses it too).
+
+Key names are those of DeepSpeed 0.19.8 (``deepspeed/runtime/constants.py``,
+``deepspeed/runtime/zero/config.py``, ``deepspeed/runtime/lr_schedules.py``); the tests parse
+the result with ``deepspeed.runtime.config.DeepSpeedConfig``. No torch, no deepspeed import.
+
+- ``train_batch_size`` = micro_batch x gradient_accumulation_steps x data-parallel size:
+  DeepSpeed checks exactly this product (its world size is the data-parallel size).
+- ``optimizer``: omitted when the caller builds a torch optimizer itself (``client_optimizer``:
+  avoids DeepSpeed's JIT-compiled fused optimizers on CPU); otherwise a torch optimizer by
+  name (DeepSpeed falls back to ``getattr(torch.optim, type)`` for names it does not own:
+  "RMSprop", "SGD"), and "AdamW" with ``torch_adam`` so that no fused op is compiled.
+- ZeRO with an optimizer DeepSpeed has not tested (RMSprop, SGD, or any client optimizer)
+  needs ``zero_allow_untested_optimizer``.
+- ``scheduler``: WarmupLR, linear warm-up from 0 to ``lr`` over ``warmup_steps``, then flat
+  (omitted with ``scheduler=False`` when the caller sets the learning rate each step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ConfigError, Optimizer, Precision
+from .memory import ZERO_BUCKET_ELEMENTS
+
+RMSPROP_ALPHA = 0.999  # smoothing of the squared-gradient average (as ecdit_scale.train.worker)
+MOMENTUM = 0.9  # RMSProp / SGD momentum (the paper: "RMSProp with momentum")
+ADAM_BETAS = (0.9, 0.999)
+
+
+def optimizer_section(optimizer: Optimizer | str, *, lr: float, weight_decay: float = 0.0,
+                      eps: float = 1e-8) -> dict[str, Any]:
+    optimizer = Optimizer(optimizer)
+    if optimizer is Optimizer.ADAMW:
+        return {"type": "AdamW", "params": {"lr": lr, "betas": list(ADAM_BETAS), "eps": eps,
+                                            "weight_decay": weight_decay, "torch_adam": True}}
+    if optimizer is Optimizer.RMSPROP:
+        return {"type": "RMSprop", "params": {"lr": lr, "alpha": RMSPROP_ALPHA, "eps": eps,
+                                              "momentum": MOMENTUM,
+                                              "weight_decay": weight_decay}}
+    return {"type": "SGD", "params": {"lr": lr, "momentum": MOMENTUM,
+                                      "weight_decay": weight_decay}}
+
+
+def zero_section(stage: int, *, bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"zero stage {stage!r}: must be 0, 1, 2 or 3")
+    section: dict[str, Any] = {"stage": stage}
+    if stage in (1, 2):
+        section.update(overlap_comm=True, contiguous_gradients=True, reduce_scatter=True,
+                       reduce_bucket_size=bucket_elements, allgather_bucket_size=bucket_elements)
+    elif stage == 3:
+        section.update(overlap_comm=True, contiguous_gradients=True,
+                       reduce_bucket_size=bucket_elements,
+                       stage3_prefetch_bucket_size=bucket_elements // 4,
+                       stage3_param_persistence_threshold=100_000)
+    return section
+
+
+def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
+                     precision: Precision | str, optimizer: Optimizer | str, lr: float,
+                     warmup_steps: int, world: int, gradient_clipping: float = 1.0,
+                     client_optimizer: bool = False, scheduler: bool = True,
+                     weight_decay: float = 0.0,
+                     steps_per_print: int = 100,
+                     bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
+    """A DeepSpeed config dict. ``world`` is the data-parallel size (ranks that see different
+    samples: dp; equal to the number of processes without tensor parallelism).
+    ``client_optimizer``: the caller passes a torch optimizer to ``deepspeed.initialize`` (no
+    "optimizer" section); ``scheduler=False`` leaves the learning rate to the caller."""
+    for name, value in (("micro_batch", micro_batch), ("grad_accum", grad_accum),
+                        ("world", world)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} = {value!r}: must be an integer >= 1")
+    if warmup_steps < 0 or not lr > 0:
+        raise ConfigError(f"lr = {lr!r}, warmup_steps = {warmup_steps!r}: need lr > 0 and "
+                          "warmup_steps >= 0")
+    optimizer, precision = Optimizer(optimizer), Precision(precision)
+    config: dict[str, Any] = {
+        "train_batch_size": micro_batch * grad_accum * world,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": gradient_clipping,
+        "steps_per_print": steps_per_print,
+        "wall_clock_breakdown": False,
+        "bf16": {"enabled": precision is Precision.BF16},
+        "zero_optimization": zero_section(zero_stage, bucket_elements=bucket_elements),
+    }
+    if scheduler:
+        config["scheduler"] = {"type": "WarmupLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps,
+            "warmup_type": "linear"}}
+    if not client_optimizer:
+        config["optimizer"] = optimizer_section(optimizer, lr=lr, weight_decay=weight_decay)
+    if zero_stage > 0 and (client_optimizer or optimizer is not Optimizer.ADAMW):
+        config["zero_allow_untested_optimizer"] = True
+    return config

@@ -1,0 +1,461 @@
+"""Every valid (dp, ep, tp, ZeRO stage, micro-batch, recompute) layout: memory, step time, rank.
+
+Enumeration rules (world = nodes x gpus_per_node):
+- dp * tp = world; tp <= gpus per node (tensor parallelism stays on NVLink), tp divides the
+  number of query heads *and* of KV heads (each tp rank owns whole KV groups; replicating KV
+  heads across tp ranks is not modelled);
+- ep divides dp (DeepSpeed-MoE shards experts inside the data-parallel group) and the number of
+  experts; ep = 1 for dense models;
+- dp * micro_batch divides the global batch (gradient accumulation = global / (dp * micro));
+  micro-batches up to ``MAX_MICRO_BATCH``; a micro-batch must fill whole routing groups;
+- ZeRO 0/1/2/3 x recompute none/selective/full. ZeRO-3 with MoE is estimated but flagged:
+  DeepSpeed-MoE refuses it; such layouts rank after every supported one. tp > 1 layouts rank
+  normally but carry a flag: this project's trainer (``ecdit_scale.train``) has no tensor
+  parallelism, so they need a Megatron-style model (pin ``tp=1`` for a launchable plan).
+
+Step time (per optimizer step, seconds; ``StepTime``):
+- compute = hardware FLOPs per image x global batch / (world x peak x efficiency): each device
+  does 1/tp of its tp group's images' FLOPs, and tp groups split the batch;
+- expert all-to-all and tensor-parallel all-reduces sit on the critical path (not overlapped);
+- gradient reduction overlaps the backward pass: exposed = max(0, t_reduce - OVERLAP x
+  t_backward) per occurrence (ZeRO-0/1 reduce once per step, at the last micro-batch; ZeRO-2/3
+  in every micro-batch's backward); ZeRO-3 parameter gathers are prefetched behind the forward
+  and backward compute the same way; ZeRO-1/2's all-gather of updated parameters after the
+  optimizer step is exposed;
+- the optimizer step is memory-bound: bytes of master weights, states, fp32 grads and params
+  it reads and writes / HBM bandwidth.
+MFU = model FLOPs per image x global batch / (world x peak x step time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ..config import (ClusterConfig, ConfigError, ModelConfig, ParallelLayout, Precision,
+                      Recompute, TrainingConfig)
+from .comm import CommBreakdown, Links, comm_arrays
+from .flops import flops_per_image, training_flops_per_image
+from .memory import (RECOMPUTE_ORDER, MemoryBreakdown, ParamSplit, activation_bytes_per_sample,
+                     format_bytes, memory_arrays, moe_buffer_bytes_per_sample)
+
+OVERLAP = 0.8  # fraction of a backward (or forward) pass that overlapping communication can use
+MAX_MICRO_BATCH = 256
+ZERO_STAGES = (0, 1, 2, 3)
+ZERO3_MOE_FLAG = "zero3-moe: DeepSpeed-MoE does not support ZeRO-3 (estimate only)"
+TP_FLAG = ("tp>1: needs a Megatron-style tensor-parallel model; ecdit_scale.train runs "
+           "data x expert parallelism only")
+PIN_KEYS = ("dp", "ep", "tp", "zero", "micro_batch", "recompute")
+STEP_ASSUMPTIONS = (
+    f"compute at peak x efficiency; comm overlaps {OVERLAP:.0%} of backward (gradients) or "
+    "forward/backward (ZeRO-3 gathers); expert all-to-all and tp all-reduces are not overlapped",
+    "ranks placed tp innermost, then ep, then expert-data-parallel; rings over nodes run at "
+    "inter-node bandwidth per device",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepTime:
+    compute_s: float
+    a2a_s: float
+    grad_sync_s: float  # exposed gradient reduce + post-step parameter all-gather
+    zero3_gather_s: float  # exposed ZeRO-3 parameter gathers
+    tp_s: float
+    optimizer_s: float
+    exposed_comm_s: float  # a2a + tp + grad_sync + zero3_gather
+    total_s: float
+    mfu: float
+    images_per_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayoutEstimate:
+    layout: ParallelLayout
+    grad_accum: int
+    memory: MemoryBreakdown
+    step: StepTime
+    comm: CommBreakdown
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return describe_layout(self.layout)
+
+    def to_dict(self) -> dict[str, Any]:
+        lay = self.layout
+        return {
+            "layout": {"dp": lay.dp, "ep": lay.ep, "tp": lay.tp, "zero": lay.zero,
+                       "micro_batch": lay.micro_batch, "recompute": lay.recompute.value,
+                       "grad_accum": self.grad_accum, "expert_dp": lay.expert_dp,
+                       "world": lay.world},
+            "memory": self.memory.to_dict(),
+            "step": self.step.to_dict(),
+            "comm": self.comm.to_dict(),
+            "flags": list(self.flags),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejection:
+    layout: ParallelLayout
+    reason: str
+    memory_bytes: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    feasible: list[LayoutEstimate]  # ranked (step time, then memory); at most ``keep``
+    num_evaluated: int
+    num_feasible: int
+    rejected: dict[str, int]  # reason -> count
+    rejected_examples: list[Rejection]
+    world: int
+    accelerator: str
+    assumptions: tuple[str, ...] = STEP_ASSUMPTIONS
+
+    @property
+    def best(self) -> LayoutEstimate:
+        return self.feasible[0]
+
+    def to_dict(self, top: int | None = None) -> dict[str, Any]:
+        return {
+            "world": self.world, "accelerator": self.accelerator,
+            "num_evaluated": self.num_evaluated, "num_feasible": self.num_feasible,
+            "feasible": [e.to_dict() for e in self.feasible[:top]],
+            "rejected": dict(self.rejected),
+            "rejected_examples": [{"layout": describe_layout(r.layout), "reason": r.reason}
+                                  for r in self.rejected_examples],
+            "assumptions": list(self.assumptions),
+        }
+
+
+def describe_layout(lay: ParallelLayout) -> str:
+    return (f"dp={lay.dp} ep={lay.ep} tp={lay.tp} zero={lay.zero} micro_batch={lay.micro_batch} "
+            f"recompute={lay.recompute.value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Enumeration and pins
+# ---------------------------------------------------------------------------------------------
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _list(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def valid_tp(cfg: ModelConfig, world: int, gpus_per_node: int) -> list[int]:
+    return [t for t in divisors(world) if t <= gpus_per_node and cfg.num_heads % t == 0
+            and cfg.num_kv_heads % t == 0]
+
+
+def valid_ep(cfg: ModelConfig, dp: int) -> list[int]:
+    if not cfg.ffn.is_moe:
+        return [1]
+    return [e for e in divisors(cfg.ffn.num_experts) if dp % e == 0]
+
+
+def valid_micro_batches(cfg: ModelConfig, global_batch: int, dp: int) -> list[int]:
+    if global_batch % dp:
+        return []
+    group = cfg.routing_group_tokens if cfg.ffn.is_moe else 1
+    return [m for m in divisors(global_batch // dp)
+            if m <= MAX_MICRO_BATCH and (m * cfg.tokens_per_image) % group == 0]
+
+
+def _check_pins(pin: dict[str, Any] | None) -> dict[str, Any]:
+    pin = {k: v for k, v in (pin or {}).items() if v is not None}
+    unknown = sorted(set(pin) - set(PIN_KEYS))
+    if unknown:
+        raise ConfigError(f"cannot pin {', '.join(unknown)}; pinnable: {', '.join(PIN_KEYS)}")
+    for key in ("dp", "ep", "tp", "micro_batch"):
+        if key in pin and (isinstance(pin[key], bool) or not isinstance(pin[key], int)
+                           or pin[key] < 1):
+            raise ConfigError(f"--{key.replace('_', '-')} {pin[key]!r}: must be an integer >= 1")
+    if "zero" in pin and pin["zero"] not in ZERO_STAGES:
+        raise ConfigError(f"--zero {pin['zero']!r}: ZeRO stage must be 0, 1, 2 or 3")
+    if "recompute" in pin:
+        try:
+            pin["recompute"] = Recompute(pin["recompute"])
+        except ValueError:
+            raise ConfigError(f"--recompute {pin['recompute']!r}: choose one of "
+                              f"{', '.join(r.value for r in Recompute)}") from None
+    return pin
+
+
+def enumerate_shapes(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterConfig,
+                     pin: dict[str, Any] | None = None) -> list[tuple[int, int, int, list[int]]]:
+    """(dp, ep, tp, micro-batches) for every valid shape; a pin that breaks a rule raises
+    ConfigError naming it."""
+    pin = _check_pins(pin)
+    world, gpn, gb = cluster.world, cluster.gpus_per_node, training.global_batch
+    tps = valid_tp(cfg, world, gpn)
+    if "tp" in pin:
+        t = pin["tp"]
+        if world % t:
+            raise ConfigError(f"--tp {t} does not divide the world of {world} devices; "
+                              f"valid: {_list(tps)}")
+        if t > gpn:
+            raise ConfigError(f"--tp {t} exceeds {gpn} devices per node (tensor parallelism "
+                              f"stays inside a node); valid: {_list(tps)}")
+        if cfg.num_heads % t or cfg.num_kv_heads % t:
+            raise ConfigError(f"--tp {t} does not divide {cfg.num_heads} heads and "
+                              f"{cfg.num_kv_heads} KV heads; valid: {_list(tps)}")
+        tps = [t]
+    if "dp" in pin:
+        d = pin["dp"]
+        if world % d:
+            raise ConfigError(f"--dp {d} does not divide the world of {world} devices "
+                              f"({cluster.nodes} nodes x {gpn}); valid: "
+                              f"{_list([world // t for t in tps])}")
+        if world // d not in tps:
+            raise ConfigError(f"--dp {d} needs tp = {world // d} (dp x tp = {world}), which is "
+                              f"not valid here; valid dp: {_list([world // t for t in tps])}")
+        if gb % d:
+            ok = [world // t for t in tps if gb % (world // t) == 0]
+            hint = (f"pick dp among {_list(ok)}" if ok else
+                    f"no valid dp divides it; use a global batch that is a multiple of {d}")
+            raise ConfigError(f"global batch {gb} is not divisible by dp={d}; {hint}")
+        tps = [world // d]
+    if "ep" in pin:
+        e = pin["ep"]
+        experts = cfg.ffn.num_experts if cfg.ffn.is_moe else 1
+        if experts % e:
+            what = f"{experts} experts" if cfg.ffn.is_moe else "a dense model (1 expert)"
+            raise ConfigError(f"--ep {e} does not divide {what}; valid: "
+                              f"{_list(divisors(experts))}")
+    shapes: list[tuple[int, int, int, list[int]]] = []
+    skipped: list[str] = []  # why a tp (and its dp) was dropped under the pins
+    for t in tps:
+        d = world // t
+        eps = valid_ep(cfg, d)
+        if "ep" in pin:
+            if pin["ep"] not in eps:
+                skipped.append(f"--ep {pin['ep']} does not divide dp={d} (expert parallelism "
+                               f"runs inside the data-parallel group); valid: {_list(eps)}")
+                continue
+            eps = [pin["ep"]]
+        mbs = valid_micro_batches(cfg, gb, d)
+        if "micro_batch" in pin:
+            m = pin["micro_batch"]
+            if m not in mbs:
+                skipped.append(
+                    f"global batch {gb} not divisible by dp={d} x micro_batch={m} = {d * m}"
+                    + (f"; valid micro-batches for dp={d}: {_list(mbs)}" if mbs else
+                       f"; dp={d} does not divide it either"))
+                continue
+            mbs = [m]
+        if not mbs:
+            skipped.append(f"global batch {gb} is not divisible by dp={d}"
+                           if gb % d else f"no micro-batch of dp={d} fills whole routing groups")
+            continue
+        shapes.extend((d, e, t, mbs) for e in eps)
+    if not shapes:
+        if len(skipped) == 1:
+            raise ConfigError(skipped[0])
+        pinned = ", ".join(f"{k}={v.value if hasattr(v, 'value') else v}" for k, v in pin.items())
+        raise ConfigError(
+            f"no layout of {world} devices fits the rules"
+            + (f" with {pinned}" if pinned else "")
+            + f": {'; '.join(skipped[:2])}" + (" ..." if len(skipped) > 2 else ""))
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Columns:
+    dp: np.ndarray
+    ep: np.ndarray
+    tp: np.ndarray
+    zero: np.ndarray
+    mb: np.ndarray
+    rc: np.ndarray  # index into RECOMPUTE_ORDER
+
+    def __len__(self) -> int:
+        return len(self.dp)
+
+
+def _columns(shapes, zeros, recomputes) -> _Columns:
+    rc_codes = np.array([RECOMPUTE_ORDER.index(r) for r in recomputes])
+    zeros = np.array(zeros)
+    parts: list[list[np.ndarray]] = [[] for _ in range(6)]
+    for dp, ep, tp, mbs in shapes:
+        z, m, r = np.meshgrid(zeros, np.array(mbs), rc_codes, indexing="ij")
+        n = z.size
+        for col, arr in zip(parts, (np.full(n, dp), np.full(n, ep), np.full(n, tp),
+                                    z.ravel(), m.ravel(), r.ravel())):
+            col.append(arr)
+    cat = [np.concatenate(p).astype(np.int64) for p in parts]
+    return _Columns(*cat)
+
+
+class _Evaluator:
+    """Per-model constants computed once; ``__call__`` evaluates columns of layouts."""
+
+    def __init__(self, cfg: ModelConfig, training: TrainingConfig, cluster: ClusterConfig, acc):
+        self.cfg, self.training, self.cluster, self.acc = cfg, training, cluster, acc
+        self.split = ParamSplit.of(cfg)
+        self.links = Links.of(acc, cluster.gpus_per_node)
+        self.moe_buffer = moe_buffer_bytes_per_sample(cfg, precision=training.precision)
+        fwd = flops_per_image(cfg)
+        self.forward_flops = fwd.forward
+        self.backward_flops = fwd.backward
+        tf = [training_flops_per_image(cfg, r) for r in RECOMPUTE_ORDER]
+        self.model_flops = tf[0].model_flops
+        self.hw_flops = np.array([t.hardware_flops for t in tf])
+        self.recompute_flops = np.array([t.recompute_flops for t in tf])
+        self._act: dict[int, np.ndarray] = {}
+
+    def act_table(self, tps: np.ndarray) -> np.ndarray:
+        """(len(RECOMPUTE_ORDER), max tp + 1) activation bytes per sample."""
+        top = int(tps.max())
+        table = np.zeros((len(RECOMPUTE_ORDER), top + 1))
+        for t in np.unique(tps):
+            t = int(t)
+            if t not in self._act:
+                self._act[t] = np.array([activation_bytes_per_sample(
+                    self.cfg, r, tp=t, precision=self.training.precision).total
+                    for r in RECOMPUTE_ORDER])
+            table[:, t] = self._act[t]
+        return table
+
+    def __call__(self, c: _Columns) -> dict[str, np.ndarray]:
+        tr, acc = self.training, self.acc
+        world, gb = self.cluster.world, tr.global_batch
+        ga = gb // (c.dp * c.mb)
+        act = self.act_table(c.tp)[c.rc, c.tp]
+        mem = memory_arrays(self.split, act, self.moe_buffer, dp=c.dp, ep=c.ep, tp=c.tp,
+                            zero=c.zero, micro_batch=c.mb, optimizer=tr.optimizer,
+                            precision=tr.precision)
+        com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
+                          zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
+                          precision=tr.precision)
+        flops_s = acc.peak_bf16_flops * acc.efficiency
+        compute = self.hw_flops[c.rc] * gb / (world * flops_s)
+        t_fwd = self.forward_flops * c.mb / c.tp / flops_s
+        t_bwd = (self.backward_flops + self.recompute_flops[c.rc]) * c.mb / c.tp / flops_s
+        red, gat = com["grad_reduce_per_micro_s"], com["zero3_gather_per_micro_s"]
+        is3 = c.zero >= 3
+        fwd_passes = np.where(c.rc == RECOMPUTE_ORDER.index(Recompute.FULL), 2, 1)
+        bwd_comm = red + np.where(is3, gat * fwd_passes, 0.0)  # incl. re-gathers of recompute
+        bwd_exposed = np.maximum(0.0, bwd_comm - OVERLAP * t_bwd)
+        times = np.where(c.zero >= 2, ga, 1)
+        grad_exposed = times * np.where(is3, 0.0, bwd_exposed) + com["param_allgather_s"]
+        z3_exposed = np.where(is3, ga * (np.maximum(0.0, gat - OVERLAP * t_fwd) + bwd_exposed),
+                              0.0)
+        bf16 = Precision(tr.precision) is Precision.BF16
+        opt_bytes = (2 * (mem["optimizer_states"] + mem["master_weights"]) + mem["fp32_grads"]
+                     + (1 if bf16 else 2) * mem["params"])
+        optimizer_s = opt_bytes / acc.memory_bw_bytes_per_s
+        exposed = com["a2a_s"] + com["tp_s"] + grad_exposed + z3_exposed
+        total = compute + exposed + optimizer_s
+        step = dict(compute_s=compute, a2a_s=com["a2a_s"], grad_sync_s=grad_exposed,
+                    zero3_gather_s=z3_exposed, tp_s=com["tp_s"], optimizer_s=optimizer_s,
+                    exposed_comm_s=exposed, total_s=total,
+                    mfu=self.model_flops * gb / (world * acc.peak_bf16_flops * total),
+                    images_per_s=gb / total)
+        return {"ga": ga, "mem": mem, "comm": com, "step": step}
+
+
+def _estimate(cfg: ModelConfig, c: _Columns, ev: dict, i: int) -> LayoutEstimate:
+    layout = ParallelLayout(dp=int(c.dp[i]), ep=int(c.ep[i]), tp=int(c.tp[i]),
+                            zero=int(c.zero[i]), micro_batch=int(c.mb[i]),
+                            recompute=RECOMPUTE_ORDER[int(c.rc[i])])
+    mem = MemoryBreakdown(**{k: float(np.broadcast_to(ev["mem"][k], c.dp.shape)[i])
+                             for k in MemoryBreakdown._PARTS})
+    comm = CommBreakdown(**{k: float(np.broadcast_to(v, c.dp.shape)[i])
+                            for k, v in ev["comm"].items()})
+    step = StepTime(**{k: float(np.broadcast_to(v, c.dp.shape)[i]) for k, v in ev["step"].items()})
+    flags = (((ZERO3_MOE_FLAG,) if cfg.ffn.is_moe and layout.zero >= 3 else ())
+             + ((TP_FLAG,) if layout.tp > 1 else ()))
+    return LayoutEstimate(layout=layout, grad_accum=int(ev["ga"][i]), memory=mem, step=step,
+                          comm=comm, flags=flags)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+# ---------------------------------------------------------------------------------------------
+
+
+def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterConfig, acc, *,
+                   pin: dict[str, Any] | None = None, keep: int = 50,
+                   examples: int = 5) -> SearchResult:
+    """Rank every valid layout that fits ``acc.memory_bytes``; ``keep`` best are materialised.
+
+    Raises ConfigError (one line) when a pin breaks a rule or when no layout fits in memory.
+    """
+    pin = _check_pins(pin)
+    shapes = enumerate_shapes(cfg, training, cluster, pin)
+    zeros = [pin["zero"]] if "zero" in pin else list(ZERO_STAGES)
+    recomputes = [pin["recompute"]] if "recompute" in pin else list(RECOMPUTE_ORDER)
+    cols = _columns(shapes, zeros, recomputes)
+    ev = _Evaluator(cfg, training, cluster, acc)(cols)
+    mem_total = np.broadcast_to(ev["mem"]["total"], cols.dp.shape)
+    total_s = ev["step"]["total_s"]
+    fits = mem_total <= acc.memory_bytes
+    world = cluster.world
+    if not fits.any():
+        i = int(np.argmin(mem_total))
+        best = _estimate(cfg, cols, ev, i)
+        devices = f"{world} GPU" + ("s" if world > 1 else "")
+        raise ConfigError(
+            f"{cfg.name} on {devices}: best layout ({best.describe()}) needs "
+            f"{format_bytes(mem_total[i])} per device; the {acc.name} has "
+            f"{format_bytes(acc.memory_bytes)}")
+    unsupported = (cols.zero >= 3) & cfg.ffn.is_moe
+    order = np.lexsort((mem_total, total_s, unsupported))
+    order = order[fits[order]]
+    feasible = [_estimate(cfg, cols, ev, int(i)) for i in order[:keep]]
+    over = np.flatnonzero(~fits)
+    reason = f"exceeds {format_bytes(acc.memory_bytes)} of device memory"
+    rejected: Counter[str] = Counter()
+    if len(over):
+        rejected[reason] = int(len(over))
+    # examples: the rejected layouts that came closest to fitting
+    ex_idx = over[np.argsort(mem_total[over])[:examples]]
+    rejected_examples = [
+        Rejection(layout=_estimate(cfg, cols, ev, int(i)).layout,
+                  reason=f"needs {format_bytes(mem_total[i])} > {format_bytes(acc.memory_bytes)}",
+                  memory_bytes=float(mem_total[i]))
+        for i in ex_idx]
+    return SearchResult(feasible=feasible, num_evaluated=len(cols), num_feasible=int(fits.sum()),
+                        rejected=dict(rejected), rejected_examples=rejected_examples,
+                        world=world, accelerator=acc.name)
+
+
+def estimate_layout(cfg: ModelConfig, layout: ParallelLayout, training: TrainingConfig,
+                    cluster: ClusterConfig, acc) -> LayoutEstimate:
+    """Memory, communication and step time of one layout (fits or not)."""
+    if layout.world != cluster.world:
+        raise ConfigError(f"layout dp={layout.dp} x tp={layout.tp} = {layout.world} devices, "
+                          f"but the cluster has {cluster.world}")
+    pin = {"dp": layout.dp, "ep": layout.ep, "tp": layout.tp, "zero": layout.zero,
+           "micro_batch": layout.micro_batch, "recompute": layout.recompute}
+    shapes = enumerate_shapes(cfg, training, cluster, pin)
+    cols = _columns(shapes, [layout.zero], [layout.recompute])
+    ev = _Evaluator(cfg, training, cluster, acc)(cols)
+    return _estimate(cfg, cols, ev, 0)
+
+
+__all__ = ["StepTime", "LayoutEstimate", "Rejection", "SearchResult", "search_layouts",
+           "estimate_layout", "enumerate_shapes", "describe_layout", "valid_tp", "valid_ep",
+           "valid_micro_batches", "divisors", "OVERLAP", "PIN_KEYS", "ZERO3_MOE_FLAG", "TP_FLAG"]

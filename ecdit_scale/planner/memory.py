@@ -1,0 +1,424 @@
+"""Memory per device for training: model states (DeepSpeed ZeRO semantics), activations, buffers.
+
+Everything here is plain arithmetic that works on Python numbers *and* numpy arrays, so the
+layout search (``layouts.py``) evaluates thousands of layouts in one vectorised pass with the
+very formulas that ``memory_breakdown`` reports for one layout.
+
+Model states (bytes per parameter; DeepSpeed's mixed-precision recipe, as in its estimators
+``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``):
+
+    bf16 params 2 | bf16 grads 2 | fp32 grad copy 4 | fp32 master weights 4 | optimizer states K
+
+K = 8 for AdamW (two fp32 moments), 8 for RMSProp with momentum (square_avg + momentum buffer),
+4 for SGD with momentum. The fp32 gradient copy is what DeepSpeed makes of each rank's gradient
+partition for the optimizer step (``stage_1_and_2.py``: ``flat_grad_partition.to(fp32)``;
+``stage3.py``: ``_prepare_fp32_grad_for_sub_group``, at most ``sub_group_size`` = 1e9 elements
+at a time). ZeRO-1 partitions master weights, optimizer states and that fp32 copy over the
+data-parallel group; ZeRO-2 also the bf16 gradients; ZeRO-3 also the bf16 parameters.
+fp32 training: params 4, grads 4, no master copy, no fp32 copy.
+
+Which group: non-expert parameters are sharded by tensor parallelism (attention and FFN
+matrices, Megatron-style; embedders, adaLN, router and output head are *replicated* across tp
+ranks) and ZeRO-partitioned over dp. Expert parameters are sharded by ep (each rank holds
+E/ep experts) and by tp (each expert's hidden width), then ZeRO-partitioned over the
+*expert-data-parallel* group of dp/ep ranks (DeepSpeed-MoE), not over dp.
+
+The frozen text encoder is not resident: the project caches caption embeddings, so training
+reads text tokens, not captions.
+
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+Transformer Models", Table 2: sbh(34 + 5as/h) per GPT layer), re-derived for this block from
+what autograd saves in ``ecdit_scale.model`` (see ``block_activations``). Attention is assumed
+to run as flash / memory-efficient SDPA on GPU (PyTorch picks it for bf16), so no S x S score
+matrix is kept; ``flash_attention=False`` adds the softmax output h*S^2 (math attention, no
+recompute). No sequence parallelism: tensors outside the tp-sharded matmuls are replicated
+across tp ranks. Checked against the torch model (``tests/test_memory.py``): within 1% of the
+bytes autograd saves (bf16, CPU), and within 0.2% of what the CUDA allocator holds after the
+forward on an H200 at micro-batch 16 (ecdit-xl, ecdit-xl-8e, dit-xl-2, a 4-block ecdit-m-64e).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ..config import ModelConfig, Optimizer, ParallelLayout, Precision, Recompute, TrainingConfig
+from ..params import count_params
+from .flops import expert_slots_per_image
+
+GiB = 1024**3
+BF16_BYTES = 2
+FP32_BYTES = 4
+INDEX_BYTES = 8  # int64 routing indices
+
+OPTIMIZER_STATE_BYTES = {Optimizer.ADAMW: 8, Optimizer.RMSPROP: 8, Optimizer.SGD: 4}
+
+# Stated allowances (see MemoryBreakdown.assumptions)
+FRAGMENTATION = 0.10  # of everything else: allocator fragmentation and temporaries
+CONTEXT_BYTES = 1.5 * GiB  # CUDA context, cuBLAS/NCCL workspaces, framework
+ZERO_BUCKET_ELEMENTS = 200_000_000  # reduce/all-gather bucket size written into ds_config.json
+ZERO_BUCKETS = 2  # double-buffered with overlap_comm
+ZERO3_SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size
+ZERO3_LIVE_LAYERS = 2  # the layer being computed + the prefetched one (DeepSpeed: 4 B x largest)
+
+RECOMPUTE_ORDER = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
+
+ASSUMPTIONS = (
+    f"overhead = {FRAGMENTATION:.0%} fragmentation of all other terms + "
+    f"{CONTEXT_BYTES / GiB:.1f} GiB CUDA context/NCCL/framework",
+    "flash (memory-efficient) attention: no S x S scores are stored",
+    "text-encoder embeddings are precomputed (the frozen encoder is not resident)",
+    "tensor parallel shards attention/FFN/expert matrices (Megatron, no sequence parallelism); "
+    "embedders, adaLN, router and output head are replicated across tp ranks",
+    "expert params: sharded by ep, ZeRO-partitioned over the expert-data-parallel group dp/ep",
+    f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json)",
+    "DeepSpeed's fp32 copy of the gradient partition for the optimizer step is counted at "
+    "the same time as the activations (conservative)",
+)
+
+
+def _part(n: Any, group: Any, zero: Any, stage: int) -> Any:
+    """n elements, divided over ``group`` ranks where the ZeRO stage partitions them."""
+    return np.where(np.asarray(zero) >= stage, n / np.asarray(group), n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters per device
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParamSplit:
+    """A model's parameters by how they are sharded (element counts, whole model)."""
+
+    tp_sharded: int  # attention (self + cross) and dense FFN matrices
+    replicated: int  # embedders, adaLN, router, output head
+    experts: int  # all experts of all MoE layers
+    num_experts: int
+    largest_replicated_layer: int  # adaLN Linear(d, 6d) etc.: never tp-sharded
+    largest_tp_layer: int  # fc1 / q: divided by tp
+    expert_module_params: int  # one MoE layer's Experts module (all E experts)
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> "ParamSplit":
+        b = count_params(cfg)
+        d, f = cfg.hidden_size, cfg.mlp_hidden
+        return cls(
+            tp_sharded=b.self_attention + b.cross_attention + b.ffn,
+            replicated=b.embedders + b.adaln + b.router + b.output_head,
+            experts=b.experts,
+            num_experts=cfg.ffn.num_experts,
+            largest_replicated_layer=max(6 * d * d + 6 * d, cfg.text_dim * d + d),
+            largest_tp_layer=max(d * f + f, d * d + d),
+            expert_module_params=(cfg.ffn.num_experts * b.expert_params_per_expert
+                                  if cfg.ffn.is_moe else 0),
+        )
+
+    def non_expert_per_device(self, tp: Any) -> Any:
+        """Non-expert params a tp rank holds before ZeRO."""
+        return self.tp_sharded / np.asarray(tp) + self.replicated
+
+    def expert_per_device(self, ep: Any, tp: Any) -> Any:
+        """Expert params an (ep, tp) rank holds before ZeRO: E/ep experts, 1/tp of each."""
+        return self.experts / (np.asarray(ep) * np.asarray(tp))
+
+    def largest_layer_per_device(self, ep: Any, tp: Any) -> Any:
+        """The largest module ZeRO-3 gathers at once (DeepSpeed fetches per module)."""
+        return np.maximum(np.maximum(self.largest_replicated_layer,
+                                     self.largest_tp_layer / np.asarray(tp)),
+                          self.expert_module_params / (np.asarray(ep) * np.asarray(tp)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model states
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelStateBytes:
+    """Bytes per device of parameters, gradients and optimizer state."""
+
+    params: float
+    grads: float
+    fp32_grads: float
+    master_weights: float
+    optimizer_states: float
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.fp32_grads + self.master_weights + self.optimizer_states
+
+
+def _model_state_arrays(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: Any,
+                        optimizer: Optimizer, precision: Precision) -> dict[str, Any]:
+    k = OPTIMIZER_STATE_BYTES[Optimizer(optimizer)]
+    bf16 = Precision(precision) is Precision.BF16
+    w = BF16_BYTES if bf16 else FP32_BYTES
+
+    def both(stage: int) -> Any:
+        return _part(non_expert, dp, zero, stage) + _part(expert, expert_dp, zero, stage)
+
+    opt_elems = both(1)
+    fp32_copy = np.where(np.asarray(zero) >= 3, np.minimum(opt_elems, ZERO3_SUB_GROUP_ELEMENTS),
+                         opt_elems)
+    return dict(
+        params=w * both(3),
+        grads=w * both(2),
+        fp32_grads=FP32_BYTES * fp32_copy if bf16 else 0.0 * opt_elems,
+        master_weights=FP32_BYTES * opt_elems if bf16 else 0.0 * opt_elems,
+        optimizer_states=k * opt_elems,
+    )
+
+
+def model_state_bytes(total_params: int, *, num_devices: int, zero_stage: int,
+                      optimizer: Optimizer | str = Optimizer.ADAMW,
+                      precision: Precision | str = Precision.BF16,
+                      expert_params: int = 0, ep: int = 1) -> ModelStateBytes:
+    """Model states per device when ``total_params`` non-expert and ``expert_params`` expert
+    parameters are trained data-parallel on ``num_devices`` ranks (no tensor parallelism).
+
+    Compare with DeepSpeed (dense, AdamW, bf16, no offload):
+    ZeRO-2 ``2P + 18P/N`` (= 2 params + [2 grads + 4 fp32 grads + 4 master + 8 Adam] / N) — the
+    same count; ZeRO-3 ``18P/N + 4 x largest layer``: we count 20P/N (the persistent bf16
+    gradient partition *and* the fp32 copy made for the step; see ``tests/test_memory.py``) and
+    the gathered layers separately (``zero3_gather_buffer``).
+    """
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage = {zero_stage}: must be 0, 1, 2 or 3")
+    if num_devices % ep:
+        raise ValueError(f"ep = {ep} does not divide num_devices = {num_devices}")
+    arrays = _model_state_arrays(float(total_params), float(expert_params) / ep, dp=num_devices,
+                                 expert_dp=num_devices // ep, zero=zero_stage,
+                                 optimizer=Optimizer(optimizer), precision=Precision(precision))
+    return ModelStateBytes(**{k: float(v) for k, v in arrays.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockActivations:
+    """Bytes autograd keeps for ONE sample in one block, by part (no recomputation).
+
+    ``*_rep``: replicated across tp ranks; ``*_shard``: divided by tp. ``*_cheap``: the part
+    selective recomputation drops (LayerNorm outputs, GELU outputs, math-attention softmax).
+    """
+
+    attn_rep: float
+    attn_shard: float
+    attn_cheap_rep: float
+    attn_cheap_shard: float
+    cross_rep: float
+    cross_shard: float
+    cross_cheap_shard: float
+    dense_rep: float
+    dense_shard: float
+    dense_cheap_rep: float
+    dense_cheap_shard: float
+    moe_rep: float
+    moe_shard: float
+    moe_cheap_rep: float
+    moe_cheap_shard: float
+
+
+def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16,
+                      flash_attention: bool = True) -> BlockActivations:
+    """What ``ecdit_scale.model.dit.Block.forward`` saves for backward, per sample.
+
+    S image tokens, T text tokens, d width, F = mlp_hidden, h heads, a = activation bytes.
+    Self-attention: LN input, LN output (for modulate's scale gradient), modulated input
+    (q/k/v linear input), q, k and v (KV heads repeated to h heads before SDPA, as the model
+    does), SDPA output (= out-projection input) + fp32 log-sum-exp (h*S), out-projection output
+    (gate multiply): 4 S d replicated + 4 S d sharded. Cross-attention: its input S d, q S d,
+    k/v T d each, output S d (no gate: its projection output is not kept). Dense FFN: LN in/out,
+    modulated, fc1 output (GELU input) S F, GELU output S F, fc2 output (gate). MoE: the same
+    LN/modulate/gate tensors, router softmax S E (fp32), routing indices and gates per slot,
+    and per device after the all-to-all the expert input slots*d, hidden 2 slots*F, expert
+    output slots*d (kept for the combine weights); slots = f_c*S for expert choice, exactly
+    balanced across ranks.
+    """
+    a = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    S, T, d, F = cfg.tokens_per_image, cfg.text_tokens, cfg.hidden_size, cfg.mlp_hidden
+    h, E = cfg.num_heads, cfg.ffn.num_experts
+    slots = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
+    scores = 0.0 if flash_attention else a * h * S * S
+    cross_scores = 0.0 if flash_attention else a * h * S * T
+    cross = cfg.has_cross_attention
+    return BlockActivations(
+        attn_rep=a * 4 * S * d,
+        attn_shard=a * 4 * S * d + FP32_BYTES * h * S + scores,
+        attn_cheap_rep=a * S * d,  # LN output
+        attn_cheap_shard=scores,
+        cross_rep=a * S * d if cross else 0.0,
+        cross_shard=(a * (2 * S * d + 2 * T * d) + FP32_BYTES * h * S + cross_scores) if cross else 0.0,
+        cross_cheap_shard=cross_scores if cross else 0.0,
+        dense_rep=a * 4 * S * d,
+        dense_shard=a * 2 * S * F,
+        dense_cheap_rep=a * S * d,
+        dense_cheap_shard=a * S * F,
+        moe_rep=(a * (4 * S * d + 2 * slots * d) + FP32_BYTES * S * E
+                 + (INDEX_BYTES + FP32_BYTES) * slots) if slots else 0.0,
+        moe_shard=a * 2 * slots * F,
+        moe_cheap_rep=a * S * d if slots else 0.0,
+        moe_cheap_shard=a * slots * F,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivationBytes:
+    """Activation bytes per sample (multiply by the micro-batch) on one device."""
+
+    blocks: float  # all blocks (or, with full recompute, their inputs)
+    working_block: float  # full recompute: one block's activations while it is recomputed
+    outside_blocks: float  # embedders, caption MLP, final layer, loss, adaLN vectors
+
+    @property
+    def total(self) -> float:
+        return self.blocks + self.working_block + self.outside_blocks
+
+
+def activation_bytes_per_sample(cfg: ModelConfig, recompute: Recompute | str, *, tp: int = 1,
+                                precision: Precision = Precision.BF16,
+                                flash_attention: bool = True) -> ActivationBytes:
+    """Korthikanti et al. 2022 adapted to this block (see ``block_activations``).
+
+    none: everything every block saves. selective: drop what is cheap to recompute (LN outputs,
+    GELU outputs, attention softmax if not flash); keep every matmul input/output.
+    full: keep each block's input (S d) only, plus one block's full set during its backward.
+    """
+    recompute = Recompute(recompute)
+    a = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    b = block_activations(cfg, precision=precision, flash_attention=flash_attention)
+    S, T, d = cfg.tokens_per_image, cfg.text_tokens, cfg.hidden_size
+    n_moe = cfg.num_moe_layers
+    n_dense = cfg.depth - n_moe
+
+    def per_block(moe: bool, drop_cheap: bool) -> float:
+        rep = b.attn_rep + b.cross_rep + (b.moe_rep if moe else b.dense_rep)
+        shard = b.attn_shard + b.cross_shard + (b.moe_shard if moe else b.dense_shard)
+        if drop_cheap:
+            rep -= b.attn_cheap_rep + (b.moe_cheap_rep if moe else b.dense_cheap_rep)
+            shard -= b.attn_cheap_shard + b.cross_cheap_shard + (
+                b.moe_cheap_shard if moe else b.dense_cheap_shard)
+        return rep + shard / tp
+
+    p2c = cfg.patch_size**2 * cfg.out_channels
+    outside = (a * 3 * S * d  # final layer: LN in/out, modulated (linear input)
+               + 2 * FP32_BYTES * S * p2c  # fp32 prediction and target for the MSE loss
+               + a * 8 * d * (cfg.depth + 1))  # adaLN SiLU input + modulation vectors per block
+    if cfg.has_cross_attention:  # caption MLP: input, fc1 out, GELU out, text tokens (shared)
+        outside += a * T * (cfg.text_dim + 3 * d)
+    if recompute is Recompute.FULL:
+        working = max(per_block(True, False) if n_moe else 0.0,
+                      per_block(False, False) if n_dense else 0.0)
+        return ActivationBytes(blocks=a * S * d * cfg.depth, working_block=working,
+                               outside_blocks=outside)
+    drop = recompute is Recompute.SELECTIVE
+    blocks = n_moe * per_block(True, drop) + n_dense * per_block(False, drop)
+    return ActivationBytes(blocks=blocks, working_block=0.0, outside_blocks=outside)
+
+
+def moe_buffer_bytes_per_sample(cfg: ModelConfig, *, precision: Precision = Precision.BF16) -> float:
+    """Transient dispatch/all-to-all buffers of one MoE layer per sample: the gathered send
+    buffer and the combine receive buffer (slots x d each); the dispatched receive and combine
+    send tensors are saved activations, counted there."""
+    if not cfg.ffn.is_moe:
+        return 0.0
+    a = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    return 2.0 * a * expert_slots_per_image(cfg) * cfg.hidden_size
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole device
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryBreakdown:
+    """Bytes per device at the peak of a training step. ``total`` is the sum of the fields."""
+
+    params: float
+    grads: float  # bf16 (or fp32) gradients
+    fp32_grads: float  # DeepSpeed's fp32 copy of the gradient partition for the step
+    optimizer_states: float
+    master_weights: float
+    activations: float  # saved for backward, whole micro-batch
+    moe_buffers: float  # dispatch + all-to-all send/recv buffers of one MoE layer
+    zero3_gather_buffer: float  # gathered full layers (ZeRO-3 only)
+    zero_buckets: float  # gradient reduce / all-gather buckets
+    overhead: float  # fragmentation + CUDA context (see assumptions)
+    assumptions: tuple[str, ...] = ASSUMPTIONS
+
+    _PARTS = ("params", "grads", "fp32_grads", "optimizer_states", "master_weights",
+              "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead")
+
+    @property
+    def model_states(self) -> float:
+        return (self.params + self.grads + self.fp32_grads + self.optimizer_states
+                + self.master_weights)
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, name) for name in self._PARTS)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: float(getattr(self, name)) for name in self._PARTS}
+        out["model_states"] = float(self.model_states)
+        out["total"] = float(self.total)
+        out["assumptions"] = list(self.assumptions)
+        return out
+
+
+def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample: float, *,
+                  dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
+                  optimizer: Optimizer, precision: Precision) -> dict[str, Any]:
+    """Every MemoryBreakdown field (and ``total``) as arrays over layouts.
+
+    ``act_per_sample``: activation bytes per sample for each layout's (recompute, tp).
+    """
+    dp, ep, tp = np.asarray(dp), np.asarray(ep), np.asarray(tp)
+    zero, mb = np.asarray(zero), np.asarray(micro_batch)
+    states = _model_state_arrays(split.non_expert_per_device(tp), split.expert_per_device(ep, tp),
+                                 dp=dp, expert_dp=dp // ep, zero=zero, optimizer=optimizer,
+                                 precision=precision)
+    w = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    out = dict(states)
+    out["activations"] = mb * np.asarray(act_per_sample)
+    out["moe_buffers"] = mb * moe_buffer_per_sample + 0.0 * dp
+    out["zero3_gather_buffer"] = np.where(
+        zero >= 3, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
+    out["zero_buckets"] = np.where((zero >= 1) & (dp > 1),
+                                   ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w, 0.0)
+    subtotal = sum(out.values())
+    out["overhead"] = FRAGMENTATION * subtotal + CONTEXT_BYTES
+    out["total"] = subtotal + out["overhead"]
+    return out
+
+
+def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
+                     training: TrainingConfig | None = None, *,
+                     flash_attention: bool = True) -> MemoryBreakdown:
+    """Peak bytes per device of one layout (the same formulas the search vectorises)."""
+    training = training or TrainingConfig()
+    act = activation_bytes_per_sample(cfg, layout.recompute, tp=layout.tp,
+                                      precision=training.precision,
+                                      flash_attention=flash_attention).total
+    arrays = memory_arrays(ParamSplit.of(cfg), act,
+                           moe_buffer_bytes_per_sample(cfg, precision=training.precision),
+                           dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
+                           micro_batch=layout.micro_batch, optimizer=training.optimizer,
+                           precision=training.precision)
+    return MemoryBreakdown(**{f.name: float(arrays[f.name]) for f in fields(MemoryBreakdown)
+                              if f.name != "assumptions"})
+
+
+def format_bytes(n: float) -> str:
+    """Decimal units (GB = 1e9), as accelerator datasheets quote memory."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}" if n / scale < 1000 else f"{n / scale:.0f} {unit}"
+    return f"{n:.0f} B"

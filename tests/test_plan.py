@@ -1,0 +1,236 @@
+"""Plans: the 97B default plan, plan files, the DeepSpeed config, inference, and no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ecdit_scale import sizes
+from ecdit_scale.config import (ClusterConfig, ConfigError, Optimizer, Precision,
+                                load_model_config)
+from ecdit_scale.planner import plan as plan_mod
+from ecdit_scale.planner.deepspeed_config import deepspeed_config
+from ecdit_scale.planner.hardware import get_accelerator
+from ecdit_scale.planner.inference import estimate_inference
+from ecdit_scale.planner.plan import PLAN_FILES, make_plan, write_plan_files
+
+ROOT = Path(__file__).resolve().parents[1]
+M64 = sizes.resolve("97B").config
+H100 = get_accelerator("h100-sxm")
+
+
+@pytest.fixture(scope="module")
+def plan97():
+    return make_plan(M64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The default plan
+# ---------------------------------------------------------------------------------------------
+
+
+def test_97b_default_plan_headline_numbers(plan97):
+    p = plan97
+    assert p.model == "ecdit-m-64e" and p.world == 512  # ClusterConfig(): 64 x 8 h100-sxm
+    assert p.training.global_batch == 4096 and p.training.steps == 800_000
+    assert p.search.num_feasible >= 1 and 1 <= len(p.top) <= 5 and p.top[0] is p.best
+    assert 0 < p.mfu < 1 and p.days > 0
+    assert p.gpu_hours == pytest.approx(p.step_s * p.training.steps * p.world / 3600)
+    assert p.days == pytest.approx(p.step_s * p.training.steps / 86_400)
+    assert p.cost_usd == pytest.approx(p.gpu_hours * p.cluster.price_per_gpu_hour)
+    assert p.best.memory.total <= H100.memory_bytes
+    assert p.flops_per_step["hardware"] >= p.flops_per_step["model"] > 0
+    assert p.flops_per_image["forward_macs"] * 2 == pytest.approx(p.flops_per_image["forward"])
+    # MFU is model FLOPs over peak x step time
+    assert p.mfu == pytest.approx(p.flops_per_step["model"]
+                                  / (p.world * H100.peak_bf16_flops * p.step_s))
+    assert any("assumption" in e for e in p.estimated)  # the price is labelled
+
+
+def test_plan_to_dict_is_json(plan97):
+    d = json.loads(json.dumps(plan97.to_dict()))
+    assert d["model"] == "ecdit-m-64e" and d["best"]["layout"]["dp"] == plan97.best.layout.dp
+    assert d["params"]["total_params"] == plan97.params["total_params"]
+    assert d["estimated"] and d["assumptions"]
+
+
+def test_pinned_plan_uses_the_pins():
+    p = make_plan(M64, pin={"tp": 1, "ep": 64, "zero": 2})
+    lay = p.best.layout
+    assert (lay.tp, lay.ep, lay.zero) == (1, 64, 2) and not p.best.flags
+
+
+def test_plan_of_an_impossible_request_is_one_config_error():
+    with pytest.raises(ConfigError, match="on 1 GPU: best layout .* needs .* per device"):
+        make_plan(M64, cluster=ClusterConfig(nodes=1, gpus_per_node=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_plan_files_are_written_and_parse_back(plan97, tmp_path):
+    out = tmp_path / "plan"
+    paths = write_plan_files(plan97, out)
+    assert sorted(paths) == sorted(PLAN_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(PLAN_FILES)  # no temp files left
+    data = yaml.safe_load((out / "plan.yaml").read_text())
+    assert data["days"] == pytest.approx(plan97.days) and data["model"] == plan97.model
+    ds = json.loads((out / "ds_config.json").read_text())
+    lay = plan97.best.layout
+    assert ds["train_micro_batch_size_per_gpu"] == lay.micro_batch
+    assert ds["zero_optimization"]["stage"] == lay.zero
+    assert ds["train_batch_size"] == 4096 and "optimizer" not in ds  # the worker's own optimizer
+    assert load_model_config(out / "card.yaml") == M64
+    hosts = [ln for ln in (out / "hostfile").read_text().splitlines() if not ln.startswith("#")]
+    assert hosts[0] == "node-001 slots=8" and len(hosts) == 64
+    assert "PLACEHOLDER" in (out / "hostfile").read_text()
+    launch = (out / "launch.sh").read_text()
+    assert os.access(out / "launch.sh", os.X_OK)
+    assert ("deepspeed --hostfile hostfile --num_nodes 64 --num_gpus 8 --no_local_rank "
+            "--module ecdit_scale.train.worker --run-dir") in launch
+
+
+def test_hostfile_parses_with_deepspeed_runner(plan97):
+    pytest.importorskip("deepspeed")
+    from deepspeed.launcher.runner import _parse_hostfile
+
+    pool = _parse_hostfile(plan_mod.hostfile_text(plan97.cluster).splitlines())
+    assert len(pool) == 64 and set(pool.values()) == {8}
+
+
+def test_no_half_written_files_on_error(plan97, tmp_path, monkeypatch):
+    out = tmp_path / "plan"
+    out.mkdir()
+    (out / "plan.yaml").write_text("old plan\n")
+
+    def broken(cfg):
+        raise RuntimeError("card rendering failed")
+
+    monkeypatch.setattr(plan_mod, "card_text", broken)
+    with pytest.raises(RuntimeError):
+        write_plan_files(plan97, out)
+    assert [p.name for p in out.iterdir()] == ["plan.yaml"]
+    assert (out / "plan.yaml").read_text() == "old plan\n"
+
+
+def test_out_path_that_is_a_file_is_refused(plan97, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        write_plan_files(plan97, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSpeed config: parsed by DeepSpeed itself
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+@pytest.mark.parametrize("optimizer", list(Optimizer))
+@pytest.mark.parametrize("client", [False, True])
+def test_deepspeed_accepts_the_config(monkeypatch, zero, optimizer, client):
+    pytest.importorskip("deepspeed")
+    import deepspeed.runtime.config as dsc
+
+    world = 16  # DeepSpeedConfig takes its world size from torch.distributed: stand it in
+    monkeypatch.setattr(dsc.dist, "get_rank", lambda *a, **k: 0)
+    monkeypatch.setattr(dsc.dist, "get_world_size", lambda *a, **k: world)
+    cfg = deepspeed_config(micro_batch=4, grad_accum=8, zero_stage=zero, precision=Precision.BF16,
+                           optimizer=optimizer, lr=1e-4, warmup_steps=20_000, world=world,
+                           client_optimizer=client)
+    parsed = dsc.DeepSpeedConfig(json.loads(json.dumps(cfg)))
+    assert parsed.train_batch_size == 4 * 8 * world
+    assert parsed.train_micro_batch_size_per_gpu == 4
+    assert parsed.gradient_accumulation_steps == 8
+    assert parsed.zero_optimization_stage == zero and parsed.zero_enabled == (zero > 0)
+    assert parsed.bfloat16_config.enabled and parsed.gradient_clipping == 1.0
+    assert parsed.scheduler_name == "WarmupLR"
+    assert parsed.scheduler_params["warmup_num_steps"] == 20_000
+    if client:
+        assert parsed.optimizer_name is None
+    else:
+        import torch
+
+        name = parsed.optimizer_name
+        assert name == "adamw" or hasattr(torch.optim, name)  # DeepSpeed's fallback
+    if zero and (client or optimizer is not Optimizer.ADAMW):
+        assert parsed.zero_allow_untested_optimizer
+
+
+def test_deepspeed_config_rejects_nonsense():
+    with pytest.raises(ConfigError):
+        deepspeed_config(micro_batch=0, grad_accum=1, zero_stage=1, precision="bf16",
+                         optimizer="adamw", lr=1e-4, warmup_steps=0, world=1)
+    with pytest.raises(ConfigError):
+        deepspeed_config(micro_batch=1, grad_accum=1, zero_stage=5, precision="bf16",
+                         optimizer="adamw", lr=1e-4, warmup_steps=0, world=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------------------------
+
+
+def test_inference_97b_on_8_h100():
+    est = estimate_inference(M64, H100, devices=8, steps=50, cfg_guidance=True, batch=1)
+    assert est.ep == 8 and est.tp == 4  # 48 heads / 12 KV heads: tp 8 is not valid
+    assert est.fits and est.bound == "memory"  # batch 1 reads the weights every step
+    assert est.latency_s == pytest.approx(50 * est.step_s) and est.latency_s > 0
+    no_cfg = estimate_inference(M64, H100, devices=8, steps=50, cfg_guidance=False)
+    assert est.flops_per_step == pytest.approx(2 * no_cfg.flops_per_step)
+    big = estimate_inference(M64, H100, devices=8, steps=50, batch=256)
+    assert big.bound == "compute" and big.images_per_s > est.images_per_s
+    assert json.loads(json.dumps(est.to_dict()))["devices"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# No torch on the plan path
+# ---------------------------------------------------------------------------------------------
+
+
+def test_planner_never_imports_torch(tmp_path):
+    code = f"""
+import sys, importlib.util
+import ecdit_scale.planner.plan as p
+from ecdit_scale import sizes
+import ecdit_scale.planner.inference, ecdit_scale.planner.deepspeed_config
+plan = p.make_plan(sizes.resolve("97B").config)
+p.write_plan_files(plan, {str(tmp_path / 'out')!r})
+if importlib.util.find_spec("ecdit_scale.cli.plan") is not None:
+    import ecdit_scale.cli.plan  # the CLI's plan command module, once it exists
+bad = sorted(m for m in ("torch", "deepspeed", "ecdit_scale.model") if m in sys.modules)
+assert not bad, bad
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
+
+
+def test_plan_command_path_never_imports_torch(tmp_path):
+    """`ecdit-scale plan` end to end, when the CLI command exists."""
+    import importlib.util
+
+    if importlib.util.find_spec("ecdit_scale.cli.plan") is None:
+        pytest.skip("ecdit_scale.cli.plan not written yet")
+    code = f"""
+import sys
+from typer.testing import CliRunner
+from ecdit_scale.cli import app
+res = CliRunner().invoke(app, ["plan", "--params", "97B", "--out", {str(tmp_path / 'p')!r}])
+bad = sorted(m for m in ("torch", "deepspeed") if m in sys.modules)
+print(res.exit_code, bad)
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("[]"), res.stdout
