@@ -228,3 +228,22 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     if files:
         console.print("wrote: " + ", ".join(str(v) for v in files.values()))
         console.print(f"launch: bash {files['launch.sh']}  (edit the hostfile's placeholder hosts first)")
+
+
+plans_app = typer.Typer(help="The example plans checked in under plans/.", no_args_is_help=True)
+app.add_typer(plans_app, name="plans")
+
+
+@plans_app.command("export")
+def export_plans(
+    out: Path = typer.Option(Path("plans"), "--out", help="Folder for the example plans."),
+    check: bool = typer.Option(False, "--check", help="Only report stale files."),
+) -> None:
+    """Regenerate the example plans (M-64E on the default cluster, XL-32E on H200, a small one-node run)."""
+    from ..planner.examples import EXAMPLES, export_examples
+
+    changed = export_examples(out, check=check)
+    if check and changed:
+        raise ConfigError(f"{len(changed)} stale plan file(s), e.g. {changed[0]}; run `ecdit-scale plans export`")
+    verb = "stale" if check else "written"
+    console.print(f"{len(EXAMPLES)} example plans in {out}: {len(changed)} file(s) {verb}")
