@@ -1,0 +1,123 @@
+"""`ecdit-scale launch | validate | adaptive`: real DeepSpeed-MoE runs of small configs, and
+what they say about the planner and about expert choice.
+
+torch and deepspeed are imported inside the commands only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import app, console, err_console, fail, print_json
+
+
+@app.command("launch")
+def launch_cmd(
+    card: str = typer.Argument(..., help="A model name (`ecdit-scale models list`) or a YAML card."),
+    nproc: int = typer.Option(1, "--nproc", help="Ranks (per host with --hostfile). CPU: at most the cores."),
+    steps: int = typer.Option(100, "--steps", help="Optimizer steps."),
+    ep: int = typer.Option(1, "--ep", help="Expert-parallel size: divides the experts and the world."),
+    zero: int = typer.Option(1, "--zero", help="ZeRO stage 0, 1 or 2 (3: dense models only)."),
+    micro_batch: int = typer.Option(8, "--micro-batch", help="Images per rank per micro-step."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
+    dataset: str = typer.Option("emoji", "--dataset", help="emoji (OpenMoji) or shapes (GenEval-style)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples."),
+    holdout: int = typer.Option(64, "--holdout", help="Samples kept out of training (for `adaptive`)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/<model>-w<world>-...)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    hostfile: Optional[str] = typer.Option(None, "--hostfile", help="DeepSpeed hostfile for several machines."),
+    seed: int = typer.Option(0, "--seed"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default steps/10, at most 100)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or rmsprop (torch optimizers)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps (default steps/4) and at the end."),
+    tc_impl: str = typer.Option("ecdit", "--tc-impl", help="Token choice: ecdit (our TokenChoiceMoE) or deepspeed (DeepSpeed's MoE, TopKGate k=2)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    no_memory: bool = typer.Option(False, "--no-track-memory", help="CPU: skip counting live tensor bytes."),
+    json_out: bool = typer.Option(False, "--json", help="No progress bar; print the result as JSON."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True),
+) -> None:
+    """Train a small config for real with DeepSpeed-MoE (expert parallelism, ZeRO) and record it."""
+    from ..train.launch import LaunchRequest, launch
+
+    req = LaunchRequest(card=card, nproc=nproc, steps=steps, ep=ep, zero=zero,
+                        micro_batch=micro_batch, grad_accum=grad_accum, dataset=dataset,
+                        data_limit=limit, holdout=holdout, out=out, resume=resume, hostfile=hostfile, seed=seed,
+                        lr=lr, warmup_steps=warmup, optimizer=optimizer,
+                        checkpoint_every=checkpoint_every, tc_impl=tc_impl, device=device,
+                        track_memory=not no_memory, stop_after=stop_after)
+    result = launch(req, show_progress=not json_out, console=err_console)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        _print_result(result)
+    if not result.ok:
+        fail(result.message or f"run {result.status}; see {result.log}", code=1)
+
+
+def _print_result(result) -> None:
+    from ..train.records import RunDir
+
+    rd = RunDir(result.run_dir)
+    summary = rd.read_summary()
+    if result.ok:
+        console.print(
+            f"[bold green]done[/] {result.steps_done} steps in {result.wall_s:.1f} s: loss "
+            f"{result.first_loss:.4f} -> {result.final_loss:.4f}; "
+            f"{summary.get('median_step_s', float('nan')):.3f} s/step")
+        console.print(f"run directory: {result.run_dir}  (next: ecdit-scale validate "
+                      f"{result.run_dir})", highlight=False)
+
+
+def _quiet_deepspeed() -> None:
+    """Name DeepSpeed's accelerator so that importing it prints no detection warning (on
+    stdout, where --json output goes)."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+@app.command("validate")
+def validate_cmd(
+    runs: List[str] = typer.Argument(..., help="Run directories (from `launch`) or GPU result files (bench/results/*.json)."),
+    calibrate_on: Optional[str] = typer.Option(None, "--calibrate-on", help="Run whose measured efficiency calibrates the step-time predictions (default: the first)."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="CSV path (default: validation.csv in the first run directory)."),
+    save_profile: Optional[str] = typer.Option(None, "--save-profile", help="Save the calibrated accelerator profile (YAML) for `plan --gpu`."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Planner predictions next to measurements: parameters, FLOPs, memory, step time."""
+    from ..train.validate import validate
+
+    report = validate([Path(r) for r in runs], calibrate_on=calibrate_on,
+                      csv_path=csv, save_profile=save_profile)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    from ..train.validate import render
+
+    render(report, console)
+
+
+@app.command("adaptive")
+def adaptive_cmd(
+    run: str = typer.Argument(..., help="A run directory (from `launch`) of an MoE model."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default RUN/adaptive)."),
+    samples: int = typer.Option(32, "--samples", help="Held-out samples to analyse."),
+    timesteps: int = typer.Option(8, "--timesteps", help="Points on the timestep grid in (0, 1)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON summary."),
+) -> None:
+    """Adaptive compute of expert choice: experts per token by layer, timestep, caption length."""
+    _quiet_deepspeed()
+    from ..train.adaptive import analyse, render
+
+    result = analyse(Path(run), out=Path(out) if out else None, samples=samples,
+                     timesteps=timesteps)
+    if json_out:
+        print_json(result)
+        return
+    render(result, console)

@@ -1,0 +1,273 @@
+"""Expert parallelism, applied in one place: DeepSpeed-MoE's process groups, the all-to-all
+that moves expert slots between ranks, and the expert parameters as DeepSpeed sees them.
+
+The model (``ecdit_scale.model``) is single-device code. Its MoE layers lay tokens out
+expert-major, x_ECD (experts, slots, d), and hand them to ``layer.exchange``; ``shard_experts``
+plugs in an ``AllToAllExchange`` and keeps on each rank only its E/ep experts:
+
+    rank r of the expert-parallel group owns experts [r*E/ep, (r+1)*E/ep)
+    dispatch: (E, N, d) on every rank -> all-to-all -> (E/ep, ep*N, d): the owner's experts
+              with the slots of every rank in the group
+    combine:  the inverse all-to-all, back to (E, N, d) on the rank the tokens came from
+
+Process groups come from DeepSpeed (``deepspeed.utils.groups._create_expert_and_data_parallel``,
+a private helper: deepspeed is pinned). For expert-parallel size ep and world W, DeepSpeed makes
+expert-parallel groups of consecutive ranks [0..ep), [ep..2ep), ... (all-to-all) and
+expert-data-parallel groups of stride ep (gradient all-reduce and ZeRO partitions of expert
+parameters); the group name is ``ep_size_{ep}``.
+
+DeepSpeed's engine recognises MoE by ``isinstance(module, deepspeed.moe.layer.MoE)``: only then
+does it reduce expert gradients over the expert-data-parallel group, give ZeRO-1/2 its MoE
+param groups, and checkpoint experts one file per expert. ``DeepSpeedExperts`` is therefore a
+subclass of that ``MoE`` that holds our experts (not DeepSpeed's gate or dispatch) under the
+key path DeepSpeed's checkpointing parses, ``deepspeed_moe.experts.deepspeed_experts.<i>``,
+with ``param.allreduce = False`` and ``param.group_name`` set as DeepSpeed's own ``Experts`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from deepspeed.moe.layer import MoE as _DeepSpeedMoE
+from torch import nn
+
+from ..model.moe import Experts, LocalExchange, MoELayer
+
+
+def group_name(ep_size: int) -> str:
+    """DeepSpeed's name for the expert-parallel / expert-data-parallel groups of size ep."""
+    return f"ep_size_{ep_size}"
+
+
+@dataclass(frozen=True)
+class ExpertParallel:
+    """This rank's place in the expert-parallel layout."""
+
+    ep_size: int
+    ep_rank: int  # rank inside the expert-parallel group: owns experts [ep_rank*E/ep, ...)
+    expert_dp_size: int  # world / ep: replicas of each expert
+    group_name: str
+    group: object | None  # the expert-parallel ProcessGroup (all-to-all); None without dist
+
+    def local_expert_range(self, num_experts: int) -> range:
+        n = num_experts // self.ep_size
+        return range(self.ep_rank * n, (self.ep_rank + 1) * n)
+
+
+def create_groups(ep_size: int) -> ExpertParallel:
+    """Create (once) DeepSpeed's expert-parallel and expert-data-parallel groups of size ep.
+
+    Needs an initialised process group (``deepspeed.init_distributed``). Every rank must call it.
+    """
+    from deepspeed.utils import groups
+
+    world = dist.get_world_size()
+    if ep_size < 1 or world % ep_size:
+        raise ValueError(f"expert-parallel size {ep_size} must divide the world size {world}")
+    name = group_name(ep_size)
+    if name not in groups._get_expert_parallel_group_dict():
+        groups._create_expert_and_data_parallel(ep_size)
+    return ExpertParallel(
+        ep_size=ep_size,
+        ep_rank=groups._get_expert_parallel_rank(name),
+        expert_dp_size=groups._get_expert_data_parallel_world_size(name),
+        group_name=name,
+        group=groups._get_expert_parallel_group(name),
+    )
+
+
+def single_process() -> ExpertParallel:
+    """No expert parallelism (validation, analysis): every expert on this process."""
+    return ExpertParallel(ep_size=1, ep_rank=0, expert_dp_size=1, group_name=group_name(1),
+                          group=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The all-to-all
+# ---------------------------------------------------------------------------------------------
+
+
+class _AllToAll(torch.autograd.Function):
+    """Equal-split all-to-all along dim 0 over ``group``, differentiable.
+
+    With equal splits the exchange is its own transpose: chunk j of rank i goes to chunk i of
+    rank j, so the backward pass is the same all-to-all applied to the gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        dist.all_to_all_single(out, x, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _AllToAll.apply(grad, ctx.group), None
+
+
+def all_to_all(x: torch.Tensor, group) -> torch.Tensor:
+    return _AllToAll.apply(x, group)
+
+
+class AllToAllExchange(nn.Module):
+    """``MoELayer.exchange`` for expert parallelism: send each expert's slots to its owner."""
+
+    def __init__(self, ep: ExpertParallel):
+        super().__init__()
+        self.ep_size = ep.ep_size
+        self.group = ep.group
+
+    def dispatch(self, x_ECD: torch.Tensor) -> torch.Tensor:
+        E, N, D = x_ECD.shape
+        ep = self.ep_size
+        # chunk r of dim 0 (experts of rank r) goes to rank r; we receive (src rank, local e)
+        y = all_to_all(x_ECD, self.group).reshape(ep, E // ep, N, D)
+        return y.transpose(0, 1).reshape(E // ep, ep * N, D)
+
+    def combine(self, y_ECD: torch.Tensor) -> torch.Tensor:
+        El, epN, D = y_ECD.shape
+        ep = self.ep_size
+        x = y_ECD.reshape(El, ep, epN // ep, D).transpose(0, 1).reshape(ep * El, epN // ep, D)
+        return all_to_all(x, self.group)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experts as DeepSpeed-MoE sees them
+# ---------------------------------------------------------------------------------------------
+
+
+class ExpertFFN(nn.Module):
+    """One expert: the same GELU FFN as one slice of ``model.moe.Experts``."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.w_in_DF = nn.Parameter(torch.empty(d, hidden))
+        self.b_in_F = nn.Parameter(torch.zeros(hidden))
+        self.w_out_FD = nn.Parameter(torch.empty(hidden, d))
+        self.b_out_D = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x_ND: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(torch.addmm(self.b_in_F, x_ND, self.w_in_DF), approximate="tanh")
+        return torch.addmm(self.b_out_D, h, self.w_out_FD)
+
+
+# per-expert parameter name -> the batched ``Experts`` parameter it is a slice of
+_BATCHED = {"w_in_DF": "w_in_EDF", "b_in_F": "b_in_EF", "w_out_FD": "w_out_EFD",
+            "b_out_D": "b_out_ED"}
+
+
+class _Path(nn.Module):
+    """An empty container: DeepSpeed's checkpoint code parses the key path of expert tensors."""
+
+
+class DeepSpeedExperts(_DeepSpeedMoE):
+    """This rank's E/ep experts of one MoE layer, registered as a DeepSpeed ``MoE``.
+
+    Replaces ``MoELayer.experts``; forward maps (E/ep, N, d) -> (E/ep, N, d). Parameters live at
+    ``deepspeed_moe.experts.deepspeed_experts.<local id>.*`` (DeepSpeed turns local ids into
+    global ids ep_rank*E/ep + i in checkpoint files and back on load). Routing, dispatch and
+    combine stay in our ``MoELayer``; DeepSpeed's gate is not used.
+    """
+
+    def __init__(self, experts: Experts, *, num_experts: int, ep: ExpertParallel):
+        nn.Module.__init__(self)  # not MoE.__init__: it would build DeepSpeed's gate and experts
+        if num_experts % ep.ep_size:
+            raise ValueError(f"{num_experts} experts do not split over expert-parallel size "
+                             f"{ep.ep_size}")
+        self.num_experts = num_experts
+        self.ep_size = ep.ep_size
+        self.num_local_experts = num_experts // ep.ep_size
+        self.expert_group_name = ep.group_name
+        self.use_residual = False
+        self.enable_expert_tensor_parallelism = False
+        d, hidden = experts.w_in_EDF.shape[1], experts.w_in_EDF.shape[2]
+        local = nn.ModuleList(ExpertFFN(d, hidden) for _ in range(self.num_local_experts))
+        first = ep.local_expert_range(num_experts).start
+        have = experts.w_in_EDF.shape[0]
+        offset = first if have == num_experts else 0  # full set given: take our slice
+        with torch.no_grad():
+            for i, expert in enumerate(local):
+                for name, batched in _BATCHED.items():
+                    getattr(expert, name).copy_(getattr(experts, batched)[offset + i])
+        self.deepspeed_moe = _Path()
+        self.deepspeed_moe.experts = _Path()
+        self.deepspeed_moe.experts.deepspeed_experts = local
+        for p in local.parameters():
+            p.allreduce = False  # DeepSpeed: reduce over the expert-data-parallel group instead
+            p.group_name = ep.group_name
+
+    @property
+    def local_experts(self) -> nn.ModuleList:
+        return self.deepspeed_moe.experts.deepspeed_experts
+
+    def forward(self, x_END: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.stack([e(x_ND) for e, x_ND in zip(self.local_experts, x_END.unbind(0))])
+
+    def set_deepspeed_parallelism(self, use_data_before_expert_parallel_: bool = False) -> None:
+        """Called by ``deepspeed.initialize``; the groups already exist (``create_groups``)."""
+        from deepspeed.utils import groups
+
+        if self.expert_group_name not in groups._get_expert_parallel_group_dict():
+            groups._create_expert_and_data_parallel(
+                self.ep_size, use_data_before_expert_parallel_=use_data_before_expert_parallel_)
+
+
+def shard_experts(model: nn.Module, ep: ExpertParallel) -> nn.Module:
+    """Make every MoE layer of ``model`` expert-parallel (in place) and return the model.
+
+    The model must hold all E experts (built identically on every rank, same seed), so the
+    expert-parallel model computes the same function as the single-device one. Each rank keeps
+    its E/ep experts; with ep > 1 the layer's exchange becomes the all-to-all.
+    """
+    for layer in model.modules():
+        if isinstance(layer, MoELayer):
+            layer.experts = DeepSpeedExperts(layer.experts, num_experts=layer.num_experts, ep=ep)
+            layer.exchange = AllToAllExchange(ep) if ep.ep_size > 1 else LocalExchange()
+    return model
+
+
+def is_expert_param(p: torch.Tensor) -> bool:
+    return getattr(p, "allreduce", True) is False
+
+
+def param_counts(model: nn.Module, ep: ExpertParallel) -> dict[str, int]:
+    """Parameters on this rank, and the model total they stand for (experts x ep)."""
+    expert = sum(p.numel() for p in model.parameters() if is_expert_param(p))
+    shared = sum(p.numel() for p in model.parameters() if not is_expert_param(p))
+    return {"rank_params": expert + shared, "rank_expert_params": expert,
+            "shared_params": shared, "model_params": shared + expert * ep.ep_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints -> a single-device state dict
+# ---------------------------------------------------------------------------------------------
+
+_EXPERT_KEY = re.compile(
+    r"^(?P<layer>.+)\.experts\.deepspeed_moe\.experts\.deepspeed_experts\.(?P<e>\d+)\.(?P<p>\w+)$")
+
+
+def consolidate_checkpoint(tag_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Merge one DeepSpeed checkpoint tag (model states + one file per expert) into the state
+    dict of the single-device model (``build_model(cfg)``, batched ``Experts``)."""
+    tag_dir = Path(tag_dir)
+    model_files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if not model_files:
+        raise FileNotFoundError(f"{tag_dir}: no mp_rank_*_model_states.pt (not a checkpoint)")
+    state = dict(torch.load(model_files[0], map_location="cpu", weights_only=False)["module"])
+    slices: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    for f in sorted(tag_dir.glob("layer_*_expert_*_mp_rank_*_model_states.pt")):
+        for key, t in torch.load(f, map_location="cpu", weights_only=False).items():
+            m = _EXPERT_KEY.match(key)
+            if m is None:
+                continue
+            slices.setdefault((m["layer"], m["p"]), {})[int(m["e"])] = t
+    for (layer, pname), by_e in slices.items():
+        state[f"{layer}.experts.{_BATCHED[pname]}"] = torch.stack([by_e[e] for e in sorted(by_e)])
+    return state
