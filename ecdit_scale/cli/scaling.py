@@ -1,0 +1,190 @@
+"""`ecdit-scale sweep | fit | report`: scaling curves for dense, token and expert choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..config import ConfigError
+from .common import app, console, print_json
+
+
+def _csv_list(text: str, option: str) -> tuple[str, ...]:
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not items:
+        raise ConfigError(f"{option} {text!r}: give a comma-separated list")
+    return items
+
+
+@app.command()
+def sweep(
+    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="CPU-ladder sizes, comma-separated."),
+    variants: str = typer.Option("dense,tc8,ec8,ec16", "--variants", help="dense, tc8, ec8, tc16, ec16."),
+    steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
+    budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Budgets as fractions of --steps."),
+    nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
+    micro_batch: int = typer.Option(16, "--micro-batch"),
+    dataset: str = typer.Option("shapes", "--dataset", help="shapes (with alignment score) or emoji."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train the ladder x FFN kinds; skip finished runs, resume interrupted ones; write runs.csv."""
+    from ..train.sweep import SweepSpec, run_sweep
+
+    try:
+        fracs = tuple(float(b) for b in _csv_list(budgets, "--budgets"))
+    except ValueError:
+        raise ConfigError(f"--budgets {budgets!r}: fractions like 0.25,0.5,1") from None
+    spec = SweepSpec(sizes=_csv_list(sizes_, "--sizes"), variants=_csv_list(variants, "--variants"),
+                     steps=steps, budgets=fracs, nproc=nproc, micro_batch=micro_batch,
+                     dataset=dataset, lr=lr, seed=seed, out=str(out))
+    runs = spec.runs()
+    with Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  disable=json_out) as bar:
+        task = bar.add_task("", total=len(runs))
+
+        def on_event(state, run, i, n):
+            verb = {"done": "skip (finished)", "resume": "resume", "new": "train",
+                    "finished": "done"}[state]
+            bar.update(task, completed=i, description=f"{verb} {run.card if state != 'finished' else ''}")
+
+        result = run_sweep(spec, on_event=on_event)
+    summary = {"table": str(result.table_path), "rows": len(result.rows),
+               "launched": result.launched, "resumed": result.resumed,
+               "skipped": result.skipped, "failed": result.failed}
+    if json_out:
+        print_json(summary)
+    else:
+        console.print(f"{len(result.rows)} rows in {result.table_path}: launched "
+                      f"{len(result.launched)}, resumed {len(result.resumed)}, skipped "
+                      f"{len(result.skipped)}, failed {len(result.failed)}")
+        for f in result.failed:
+            console.print(f"failed: {f}", style="red")
+        console.print(f"next: ecdit-scale fit {result.table_path}")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def fit(
+    table: Path = typer.Argument(..., help="Run table (CSV or Parquet) with the required columns."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to save the fit (default: TABLE's folder/fit.yaml)."),
+    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples for the intervals."),
+    seed: int = typer.Option(0, "--seed"),
+    holdout: int = typer.Option(1, "--holdout", help="Largest-compute runs per kind held out for the check."),
+    extrapolate_to: Optional[float] = typer.Option(None, "--extrapolate-to", help="Compute (FLOPs) to predict; default: the 97B plan's run."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fit L(C) = E + A C^-alpha and L(N, D) per FFN kind, with bootstrap intervals."""
+    from ..scaling.fit import fit_run_table, save_fit
+    from ..scaling.report import plain_answer
+    from ..scaling.table import load_run_table
+
+    df = load_run_table(table)
+    if n_boot < 0:
+        raise ConfigError(f"--n-boot {n_boot}: must be >= 0")
+    target = extrapolate_to if extrapolate_to is not None else _default_plan_compute()
+    result = fit_run_table(df, n_boot=n_boot, seed=seed, extrapolate_to_flops=target,
+                           holdout=holdout, progress=not json_out)
+    path = save_fit(result, out or table.parent / "fit.yaml")
+    if json_out:
+        print_json({**result.to_dict(), "saved": str(path), "answer": plain_answer(result)})
+        return
+    _print_fit(result)
+    console.print(plain_answer(result), style="bold")
+    console.print(f"saved {path}; plot it with: ecdit-scale report {table} --fit {path}")
+
+
+def _default_plan_compute() -> float:
+    """Total model FLOPs of the default 97B plan's run (what `plan --params 97B` costs)."""
+    from .. import sizes
+    from ..config import Recompute, TrainingConfig
+    from ..planner.flops import training_flops_per_image
+
+    tr = TrainingConfig()
+    cfg = sizes.resolve("97B").config
+    return training_flops_per_image(cfg, Recompute.NONE).model_flops * tr.global_batch * tr.steps
+
+
+def _print_fit(result) -> None:
+    t = Table(title="L(C) = E + A * C^-alpha per FFN kind (constants unrounded; 95% bootstrap CI)")
+    for col in ("kind", "runs", "E", "A", "alpha", "held-out error"):
+        t.add_column(col)
+    for kind, f in result.power_laws.items():
+        ci = f.ci
+        def cell(name, value):
+            iv = ci.get(name)
+            return f"{value!r}" + (f"\n[{iv.lo:.4g}, {iv.hi:.4g}]" if iv else "")
+        ho = result.held_out.get(kind)
+        t.add_row(kind, str(f.n_runs), cell("E", f.law.E), cell("A", f.law.A),
+                  cell("alpha", f.law.alpha),
+                  f"{ho.max_abs_relative_error:.2%}" if ho else "n/a")
+    console.print(t)
+    for m in result.multipliers:
+        iv = f" (CI {m.interval.lo:.3g}-{m.interval.hi:.3g})" if m.interval else ""
+        val = f"{m.value:.3g}x{iv}" if m.defined else f"undefined: {m.note}"
+        console.print(f"compute multiplier {m.kind} over {m.baseline_kind}: {val}")
+    for e in result.extrapolations:
+        p = e.prediction
+        iv = f" (CI {p.interval.lo:.4g}-{p.interval.hi:.4g})" if p.interval else ""
+        console.print(f"extrapolated {e.kind} loss at {p.compute_flops:.3g} FLOPs: {p.loss:.4g}{iv} "
+                      f"[{p.compute_flops / result.max_compute_flops:.2g}x beyond the largest run]")
+    for n in result.notes:
+        console.print(f"note: {n}", style="dim")
+
+
+@app.command()
+def report(
+    table: Path = typer.Argument(..., help="Run table (CSV or Parquet)."),
+    fit_path: Optional[Path] = typer.Option(None, "--fit", help="A fit saved by `ecdit-scale fit` (default: TABLE's folder/fit.yaml, or fit now)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: TABLE's folder/report)."),
+    title: str = typer.Option("EC-DiT scaling report", "--title"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Markdown + self-contained HTML report with plots."""
+    from ..scaling.fit import fit_run_table, load_fit
+    from ..scaling.report import write_report
+    from ..scaling.table import load_run_table
+
+    df = load_run_table(table)
+    fit_path = fit_path or (table.parent / "fit.yaml")
+    if fit_path.is_file():
+        result = load_fit(fit_path)
+    else:
+        console.print(f"no fit at {fit_path}: fitting now (n_boot=100)")
+        result = fit_run_table(df, n_boot=100, progress=not json_out)
+    paths = write_report(df, result, out or table.parent / "report", title=title,
+                         expert_load=_expert_load(df))
+    if json_out:
+        print_json(paths.to_dict())
+        return
+    console.print(f"wrote {paths.markdown} and {paths.html} ({len(paths.figures)} figures)")
+
+
+def _expert_load(df):
+    """Experts-per-token histograms of each MoE run's last step (from its metrics.jsonl)."""
+    import numpy as np
+
+    from ..train.records import RunDir
+
+    if "run_dir" not in df.columns:
+        return None
+    load = {}
+    for run_dir in sorted(set(df["run_dir"].dropna())):
+        rd = RunDir(run_dir)
+        try:
+            metrics = rd.read_metrics()
+        except (OSError, ValueError):
+            continue
+        hist = metrics[-1].get("experts_per_token", {}).get("hist") if metrics else None
+        if hist and len(hist) > 2:
+            counts = np.asarray(hist, dtype=float)
+            load[Path(run_dir).name] = np.repeat(np.arange(len(counts)), counts.astype(int))
+    return load or None

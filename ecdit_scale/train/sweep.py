@@ -1,0 +1,187 @@
+"""`ecdit-scale sweep`: a ladder of small configs x FFN kinds, trained through the launcher,
+turned into one run table for `ecdit-scale fit`.
+
+Compute budgets are points along each run: the learning rate is constant after warm-up (the
+paper's schedule), so the loss after k steps of a run to K steps is the loss of a run to k
+steps (Kaplan et al. 2020 read budgets off one run the same way). Each (size, variant) trains
+once to its largest budget; every budget is one row of the table, with images seen, tokens
+seen and compute = steps x the planner's training FLOPs per step.
+
+Finished runs are skipped, interrupted ones resumed from their last checkpoint, and the
+table is rewritten atomically after every run, so an interrupted sweep loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import sizes
+from ..config import ConfigError, Recompute
+from ..params import count_params
+from ..planner.flops import training_flops_per_image
+from .launch import LaunchRequest, launch
+from .records import RunDir
+
+VARIANTS = ("dense", "tc8", "ec8", "tc16", "ec16")
+DEFAULT_SIZES = ("nano", "micro", "tiny")
+DEFAULT_VARIANTS = ("dense", "tc8", "ec8", "ec16")
+DEFAULT_BUDGETS = (0.25, 0.5, 1.0)
+SMOOTH_FRACTION = 0.1  # smoothed loss: mean flow loss over the last 10% of steps (>= 5 steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    sizes: tuple[str, ...] = DEFAULT_SIZES
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    steps: int = 300  # steps of the largest budget
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS  # fractions of ``steps``
+    nproc: int = 1
+    micro_batch: int = 16
+    dataset: str = "shapes"
+    data_limit: int | None = 2048
+    lr: float = 1e-3
+    seed: int = 0
+    alignment_samples: int = 64  # shapes only: sampled images scored for the final budget
+    sampling_steps: int = 16
+    out: str = "runs/sweep"
+
+    def __post_init__(self) -> None:
+        for s in self.sizes:
+            if s not in sizes.CPU_SIZES:
+                raise ConfigError(f"--sizes {s!r}: valid sizes are {', '.join(sizes.CPU_SIZES)}")
+        for v in self.variants:
+            if v not in VARIANTS:
+                raise ConfigError(f"--variants {v!r}: valid variants are {', '.join(VARIANTS)}")
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
+            raise ConfigError(f"--budgets {self.budgets}: fractions of --steps in (0, 1]")
+        if self.steps < 10:
+            raise ConfigError(f"--steps {self.steps}: a sweep run needs at least 10 steps")
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.nproc
+
+    def runs(self) -> list["SweepRun"]:
+        return [SweepRun(card=f"{s}-{v}", run_dir=Path(self.out) / f"{s}-{v}")
+                for s in self.sizes for v in self.variants]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    card: str
+    run_dir: Path
+
+
+@dataclass
+class SweepResult:
+    table_path: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def run_state(run: SweepRun, steps: int) -> str:
+    """done | resume | new."""
+    rd = RunDir(run.run_dir)
+    if not rd.exists():
+        return "new"
+    done = rd.read_summary().get("steps_done", 0) if (rd.path / "summary.json").exists() else 0
+    if done >= steps:
+        return "done"
+    return "resume" if rd.latest_checkpoint() is not None else "new"
+
+
+def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], None] | None = None,
+              ) -> SweepResult:
+    """Train every run of the spec (skip / resume / launch) and write the run table."""
+    import pandas as pd
+
+    from ..scaling.table import save_run_table
+
+    result = SweepResult(table_path=Path(spec.out) / "runs.csv")
+    runs = spec.runs()
+    for i, run in enumerate(runs):
+        state = run_state(run, spec.steps)
+        if on_event:
+            on_event(state, run, i, len(runs))
+        if state == "done":
+            result.skipped.append(run.card)
+        else:
+            req = LaunchRequest(card=run.card, nproc=spec.nproc, steps=spec.steps, ep=1,
+                                zero=1, micro_batch=spec.micro_batch, dataset=spec.dataset,
+                                data_limit=spec.data_limit, out=str(run.run_dir), lr=spec.lr,
+                                seed=spec.seed, resume=state == "resume")
+            res = launch(req, show_progress=False)
+            (result.resumed if state == "resume" else result.launched).append(run.card)
+            if not res.ok:
+                result.failed.append(f"{run.card}: {res.message or res.status}")
+                continue
+        result.rows.extend(table_rows(spec, run))
+        save_run_table(pd.DataFrame(result.rows), result.table_path)
+    if on_event:
+        on_event("finished", runs[-1], len(runs), len(runs))
+    return result
+
+
+def table_rows(spec: SweepSpec, run: SweepRun) -> list[dict[str, Any]]:
+    """One row per budget of a finished run."""
+    rd = RunDir(run.run_dir)
+    cfg = rd.model_config()
+    settings = rd.settings()
+    metrics = {int(m["step"]): m for m in rd.read_metrics()}
+    b = count_params(cfg)
+    flops_per_image = training_flops_per_image(cfg, Recompute.NONE).model_flops
+    gb = settings.global_batch
+    rows = []
+    for frac in spec.budgets:
+        step = max(1, round(frac * spec.steps))
+        window = [metrics[s]["flow_loss"] for s in range(step - max(5, math.ceil(SMOOTH_FRACTION * step)) + 1, step + 1)
+                  if s in metrics]
+        if step not in metrics or not window:
+            raise ConfigError(f"{rd.path}: metrics.jsonl has no step {step}; rerun the sweep to resume it")
+        images = step * gb
+        rows.append({
+            "name": f"{run.card}-b{frac:g}", "card": run.card, "ffn_kind": cfg.ffn.kind.value,
+            "experts": cfg.ffn.num_experts, "params": b.total_params,
+            "active_params": b.active_params, "images_seen": images,
+            "tokens_seen": images * cfg.tokens_per_image,
+            "compute_flops": images * flops_per_image, "steps": step, "budget": frac,
+            "final_loss": float(metrics[step]["flow_loss"]),
+            "smoothed_loss": float(np.mean(window)), "run_dir": str(rd.path),
+        })
+    if spec.dataset == "shapes" and spec.alignment_samples:
+        rows[-1]["alignment"] = alignment_of_run(rd, spec)
+    return rows
+
+
+def alignment_of_run(rd: RunDir, spec: SweepSpec) -> float:
+    """GenEval-style score of images sampled from the run's last checkpoint for held-out
+    shape captions (the same scorer as ecdit_scale.train.alignment)."""
+    import torch
+
+    from ..model import build_model, sample
+    from .alignment import geneval_score
+    from .data import build_dataset, to_uint8
+    from .expert_parallel import consolidate_checkpoint
+
+    cfg = rd.model_config()
+    latest = rd.latest_checkpoint()
+    if latest is None:
+        raise ConfigError(f"{rd.path}: no checkpoint to sample from")
+    model = build_model(cfg)
+    model.load_state_dict(consolidate_checkpoint(rd.checkpoints / latest[1]), strict=False)
+    model.eval()
+    # held-out scenes: seeds past the training set's (make_shapes is prefix-stable per seed)
+    ds = build_dataset("shapes", image_size=cfg.input_size, text_tokens=cfg.text_tokens,
+                       limit=spec.alignment_samples, seed=spec.seed + 1_000_003)
+    g = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        x = sample(model, ds.text, steps=spec.sampling_steps, guidance=4.0, generator=g)
+    return float(geneval_score(to_uint8(x.clamp(-1, 1)), list(ds.specs)))
