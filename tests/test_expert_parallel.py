@@ -11,7 +11,6 @@ import socket
 import pytest
 import torch
 
-from test_launch import ec_run  # noqa: F401  (session fixture shared with test_launch)
 
 
 def _free_port() -> int:
@@ -91,7 +90,7 @@ def test_all_to_all_matches_the_single_device_layer(tmp_path, kind):
 
 
 @pytest.mark.slow
-def test_after_training_experts_differ_and_shared_weights_agree(ec_run):  # noqa: F811
+def test_after_training_experts_differ_and_shared_weights_agree(ec_run):
     from ecdit_scale.train.records import RunDir
 
     sums = RunDir(ec_run).read_checksums()
@@ -109,7 +108,7 @@ def test_after_training_experts_differ_and_shared_weights_agree(ec_run):  # noqa
 
 
 @pytest.mark.slow
-def test_checkpoint_consolidates_to_the_single_device_model(ec_run):  # noqa: F811
+def test_checkpoint_consolidates_to_the_single_device_model(ec_run):
     from ecdit_scale.model import build_model
     from ecdit_scale.train.expert_parallel import consolidate_checkpoint
     from ecdit_scale.train.records import RunDir

@@ -149,3 +149,14 @@ def test_adaln_single_variant_builds_and_trains():
     x, _, cond = _inputs(cfg, batch=2)
     rectified_flow_loss(model, x, cond).loss.backward()
     assert model.blocks[0].scale_shift_table.grad is not None
+
+
+@pytest.mark.parametrize("name", ["nano-ec8", "nano-tc8"])
+def test_moe_runs_under_autocast(name):
+    cfg = sizes.get(name)
+    model = build_model(cfg)
+    x, t, cond = _inputs(cfg, batch=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, cond)
+    out.float().sum().backward()
+    assert torch.isfinite(out.float()).all()

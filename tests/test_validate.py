@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from test_launch import ROOT, cli, ec_run  # noqa: F401  (session fixture shared with test_launch)
+from conftest import ROOT, cli
 
 GPU_RESULTS = sorted((ROOT / "bench" / "results").glob("gpu_*.json"))
 
 
 @pytest.mark.slow
-def test_validate_cpu_run(ec_run, tmp_path):  # noqa: F811
+def test_validate_cpu_run(ec_run, tmp_path):
     out_csv, profile = tmp_path / "v.csv", tmp_path / "cpu.yaml"
     proc = cli("validate", str(ec_run), "--csv", str(out_csv), "--save-profile", str(profile),
                "--json")
@@ -41,7 +41,7 @@ def test_validate_cpu_run(ec_run, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_validate_table_and_default_csv(ec_run):  # noqa: F811
+def test_validate_table_and_default_csv(ec_run):
     proc = cli("validate", str(ec_run))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Predicted" in proc.stdout and "calibration" in proc.stdout

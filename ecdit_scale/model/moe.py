@@ -97,7 +97,8 @@ class MoELayer(nn.Module, abc.ABC):
         # combine: weight by the affinity and scatter-add back to the tokens
         y_GECD = y_ECD.reshape(E, G, C, D).transpose(0, 1)
         w_GEC = (gate_GEC * valid_GEC).to(y_GECD.dtype)
-        y_GSD = torch.zeros_like(x_GSD).scatter_add_(
+        # experts may run in a lower precision (autocast): combine in theirs, return in x's
+        y_GSD = torch.zeros_like(x_GSD, dtype=y_GECD.dtype).scatter_add_(
             1, idx_GEC.reshape(G, E * C, 1).expand(-1, -1, D),
             (y_GECD * w_GEC.unsqueeze(-1)).reshape(G, E * C, D))
         counts_GS = torch.zeros(G, self.group_tokens, dtype=torch.long, device=x_BSD.device)
@@ -108,7 +109,7 @@ class MoELayer(nn.Module, abc.ABC):
             dropped=dropped,
             aux_loss=self.aux_loss(probs_GSE, idx_GEC),
         )
-        return y_GSD.reshape(B, S, D)
+        return y_GSD.reshape(B, S, D).to(x_BSD.dtype)
 
 
 class ExpertChoiceMoE(MoELayer):

@@ -391,8 +391,9 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     out["moe_buffers"] = mb * moe_buffer_per_sample + 0.0 * dp
     out["zero3_gather_buffer"] = np.where(
         zero >= 3, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
-    out["zero_buckets"] = np.where((zero >= 1) & (dp > 1),
-                                   ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w, 0.0)
+    # DeepSpeed 0.19.8 allocates both buckets whenever ZeRO >= 1, even on one rank (measured
+    # on an H200: 916 MB of 2 x 2e8 bf16 elements for a 14M model; bench/results/)
+    out["zero_buckets"] = np.where(zero >= 1, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w + 0.0 * dp, 0.0)
     subtotal = sum(out.values())
     out["overhead"] = FRAGMENTATION * subtotal + CONTEXT_BYTES
     out["total"] = subtotal + out["overhead"]
