@@ -122,7 +122,8 @@ def plan(
             tp_alt = None
         if tp_alt is not None and tp_alt.layout.tp == 1:
             tp_alt = None
-    infer = estimate_inference(cfg, acc, devices=inference_devices, steps=sampling_steps)
+    infer = estimate_inference(cfg, acc, devices=min(inference_devices, cluster.world),
+                               steps=sampling_steps)
     loss = _predicted_loss(fit, cfg, the_plan.flops_per_step["model"] * steps)
 
     files = {}
@@ -146,6 +147,10 @@ def plan(
 def _predicted_loss(fit_path: Optional[Path], cfg: ModelConfig, compute_flops: float) -> Optional[dict]:
     from ..scaling.predict import predicted_loss
     return predicted_loss(fit_path, cfg.ffn.kind.value, compute_flops)
+
+
+def _duration(days: float) -> str:
+    return f"{days:,.1f} days" if days >= 1 else f"{days * 24:,.2f} hours"
 
 
 def _gib(x: float) -> str:
@@ -206,7 +211,7 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
                   f"{st.tp_s:.3f}, ZeRO-3 gathers {st.zero3_gather_s:.3f}) + optimizer "
                   f"{st.optimizer_s:.3f} s")
     console.print(f"[bold]best:[/] step {p.step_s:.3f} s, MFU {p.mfu:.1%}, "
-                  f"{p.images_per_s:,.0f} images/s -> [bold]{p.days:,.1f} days[/], "
+                  f"{p.images_per_s:,.0f} images/s -> [bold]{_duration(p.days)}[/], "
                   f"{p.gpu_hours:,.0f} GPU-hours, ${p.cost_usd:,.0f} at "
                   f"${p.cluster.price_per_gpu_hour:g}/GPU-hour [estimated]")
     if tp_alt is not None:
@@ -227,7 +232,12 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
         console.print(f"estimated: {line}", style="dim")
     if files:
         console.print("wrote: " + ", ".join(str(v) for v in files.values()))
+        lay, pl = p.best.layout, p
         console.print(f"launch: bash {files['launch.sh']}  (edit the hostfile's placeholder hosts first)")
+        console.print(f"or on this machine's devices: ecdit-scale launch {files['card.yaml']} --nproc "
+                      f"{pl.cluster.gpus_per_node} --ep {min(lay.ep, pl.cluster.gpus_per_node)} "
+                      f"--zero {lay.zero} --micro-batch {lay.micro_batch} --grad-accum "
+                      f"{p.best.grad_accum} --steps N", style="dim")
 
 
 plans_app = typer.Typer(help="The example plans checked in under plans/.", no_args_is_help=True)

@@ -422,7 +422,10 @@ def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterC
             f"{format_bytes(mem_total[i])} per device; the {acc.name} has "
             f"{format_bytes(acc.memory_bytes)}")
     unsupported = (cols.zero >= 3) & cfg.ffn.is_moe
-    order = np.lexsort((mem_total, total_s, unsupported))
+    # rank by step time; within 0.1% of each other (the model cannot tell them apart) prefer
+    # the larger micro-batch (fewer accumulation steps run faster on real kernels), then memory
+    step_bucket = np.round(np.log(total_s) / 1e-3)
+    order = np.lexsort((mem_total, -cols.mb, total_s, step_bucket, unsupported))
     order = order[fits[order]]
     feasible = [_estimate(cfg, cols, ev, int(i)) for i in order[:keep]]
     over = np.flatnonzero(~fits)
