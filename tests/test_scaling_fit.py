@@ -280,3 +280,14 @@ def test_nan_loss_and_unknown_kind_name_the_rows():
 
 def test_run_table_error_is_a_value_error():
     assert issubclass(RunTableError, ValueError)
+
+
+def test_frontier_without_budgets_is_the_lower_envelope():
+    from ecdit_scale.scaling.fit import compute_frontier
+
+    runs = pd.DataFrame({
+        "name": ["small-1", "small-2", "big-1", "big-2", "small-3"],
+        "compute_flops": [1.0, 2.0, 2.5, 5.0, 4.0],
+        "smoothed_loss": [3.0, 2.5, 2.7, 1.9, 2.2],
+    })
+    assert list(compute_frontier(runs)["name"]) == ["small-1", "small-2", "big-2", "small-3"]

@@ -25,7 +25,7 @@ def sweep(
     sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="CPU-ladder sizes, comma-separated."),
     variants: str = typer.Option("dense,tc8,ec8,ec16", "--variants", help="dense, tc8, ec8, tc16, ec16."),
     steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
-    budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Budgets as fractions of --steps."),
+    budgets: str = typer.Option("0.25,0.375,0.5,0.625,0.75,0.875,1", "--budgets", help="Compute budgets read off each run, as fractions of --steps."),
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),
     dataset: str = typer.Option("shapes", "--dataset", help="shapes (with alignment score) or emoji."),

@@ -750,8 +750,8 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
         runs = df[df["ffn_kind"] == kind]
         frontier = compute_frontier(runs, loss_column)
         if len(frontier) < len(runs):
-            notes.append(f"L(C) for {kind}: fitted to the lowest-loss run of each of "
-                         f"{len(frontier)} budgets (the compute frontier), {len(runs)} runs in all")
+            notes.append(f"L(C) for {kind}: fitted to the {len(frontier)} runs on the compute "
+                         f"frontier, of {len(runs)} in all")
         C, L = frontier["compute_flops"], frontier[loss_column]
         seeds = np.random.SeedSequence([seed, i]).spawn(3)
         opts = {"n_boot": n_boot, "level": level}
@@ -784,12 +784,19 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
 
 
 def compute_frontier(runs: pd.DataFrame, loss_column: str = "smoothed_loss") -> pd.DataFrame:
-    """The lowest-loss run of each `budget` when the table has that column (several model
-    sizes per compute budget, as in Hoffmann et al. 2022 Approach 1); else all runs."""
-    if "budget" not in runs.columns or runs["budget"].isna().any():
-        return runs
-    best = runs.groupby("budget", sort=False)[loss_column].idxmin()
-    return runs.loc[sorted(best)]
+    """The runs on the compute-efficient frontier.
+
+    With a ``budget`` column (several model sizes per compute budget, Hoffmann et al. 2022
+    Approach 1): the lowest-loss run of each budget. Without one (points read off runs of
+    several sizes, Kaplan et al. 2020 Fig. 2): the lower envelope, i.e. every run that no run
+    with at most its compute beats. Runs of one size alone are all on it."""
+    if "budget" in runs.columns and not runs["budget"].isna().any():
+        best = runs.groupby("budget", sort=False)[loss_column].idxmin()
+        return runs.loc[sorted(best)]
+    ordered = runs.sort_values(["compute_flops", loss_column])
+    best_so_far = ordered[loss_column].cummin()
+    on_frontier = ordered[loss_column] <= best_so_far
+    return ordered[on_frontier.to_numpy()].sort_index()
 
 
 def _attempt(notes: list[str], what: str, fit_fn: Callable[..., T], *args, **kwargs) -> T | None:

@@ -30,7 +30,7 @@ from .records import RunDir
 VARIANTS = ("dense", "tc8", "ec8", "tc16", "ec16")
 DEFAULT_SIZES = ("nano", "micro", "tiny")
 DEFAULT_VARIANTS = ("dense", "tc8", "ec8", "ec16")
-DEFAULT_BUDGETS = (0.25, 0.5, 1.0)
+DEFAULT_BUDGETS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 SMOOTH_FRACTION = 0.1  # smoothed loss: mean flow loss over the last 10% of steps (>= 5 steps)
 
 
@@ -39,7 +39,7 @@ class SweepSpec:
     sizes: tuple[str, ...] = DEFAULT_SIZES
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     steps: int = 300  # steps of the largest budget
-    budgets: tuple[float, ...] = DEFAULT_BUDGETS  # fractions of ``steps``
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS  # fractions of ``steps``, past warm-up
     nproc: int = 1
     micro_batch: int = 16
     dataset: str = "shapes"
@@ -152,7 +152,7 @@ def table_rows(spec: SweepSpec, run: SweepRun) -> list[dict[str, Any]]:
             "experts": cfg.ffn.num_experts, "params": b.total_params,
             "active_params": b.active_params, "images_seen": images,
             "tokens_seen": images * cfg.tokens_per_image,
-            "compute_flops": images * flops_per_image, "steps": step, "budget": frac,
+            "compute_flops": images * flops_per_image, "steps": step, "step_fraction": frac,
             "final_loss": float(metrics[step]["flow_loss"]),
             "smoothed_loss": float(np.mean(window)), "run_dir": str(rd.path),
         })
