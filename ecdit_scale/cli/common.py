@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-from ..config import ConfigError
+from ..config import ConfigError, json_default
 
 app = typer.Typer(
     name="ecdit-scale",
@@ -31,17 +31,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "value"):
-        return obj.value
-    return str(obj)
+    sys.stdout.write(json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 def main() -> None:

@@ -8,14 +8,13 @@ offending rows, so a user can fix the CSV without reading a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..config import atomic_output  # noqa: F401  (fit and report import it from here)
 
 REQUIRED_COLUMNS = (
     "name",
@@ -44,22 +43,6 @@ _MAX_ROWS_LISTED = 5
 
 class RunTableError(ValueError):
     """A run table that cannot be fitted; the message is one line naming the rows."""
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success move it over `path` (os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_run_table(path: str | os.PathLike) -> pd.DataFrame:

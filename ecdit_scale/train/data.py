@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ecdit_scale.config import ConfigError
+from ecdit_scale.config import ConfigError, atomic_output
 from ecdit_scale.train.alignment import PALETTE, SHAPES, Relation, SceneSpec, ShapeGroup, draw_shape
 
 DATASETS = ("emoji", "shapes")
@@ -49,17 +48,10 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> Path:
-    """Write an .npz so that readers see no file or the whole file (temp + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Write an .npz so that readers see no file or the whole file."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

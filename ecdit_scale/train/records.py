@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import ConfigError, atomic_write_text
+from ..config import ConfigError, atomic_write_text, json_default
 
 CHECKPOINT_TAG = "step{step}"
 _TAG_RE = re.compile(r"^step(\d+)$")
@@ -40,7 +40,7 @@ _TAG_RE = re.compile(r"^step(\d+)$")
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, default=_default) + "\n")
+    return atomic_write_text(path, json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -53,22 +53,10 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}: malformed JSON at line {exc.lineno}") from None
 
 
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "value"):
-        return obj.value
-    return str(obj)
-
-
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one whole line and fsync: a crash leaves complete lines, or one torn last line
     that ``read_jsonl`` ignores and ``truncate_metrics`` removes."""
-    line = json.dumps(record, default=_default, separators=(",", ":")) + "\n"
+    line = json.dumps(record, default=json_default, separators=(",", ":")) + "\n"
     with open(path, "a") as fh:
         fh.write(line)
         fh.flush()
