@@ -291,3 +291,41 @@ def test_frontier_without_budgets_is_the_lower_envelope():
         "smoothed_loss": [3.0, 2.5, 2.7, 1.9, 2.2],
     })
     assert list(compute_frontier(runs)["name"]) == ["small-1", "small-2", "big-2", "small-3"]
+
+
+def test_shared_exponent_fit_recovers_a_known_multiplier():
+    from ecdit_scale.scaling.shared import fit_shared_power_law
+
+    rng = np.random.default_rng(3)
+    E, alpha = 0.2, 0.3
+    C = np.geomspace(1e12, 1e14, 8)
+    rows = []
+    for kind, mult in (("dense", 1.0), ("token-choice", 1.25), ("expert-choice", 2.0)):
+        # kind k at compute C behaves like dense at mult * C: A_k = A_dense * mult^-alpha
+        loss = E + 900.0 * (mult * C) ** -alpha * np.exp(rng.normal(0, 0.003, len(C)))
+        rows += [(c, l, kind) for c, l in zip(C, loss)]
+    c, l, k = map(np.array, zip(*rows))
+    fit = fit_shared_power_law(c, l, k, n_boot=60, seed=0)
+    m = fit.multiplier("expert-choice", "dense")
+    assert m.value == pytest.approx(2.0, rel=0.05)
+    assert m.interval.contains(2.0)
+    assert fit.multiplier("expert-choice", "token-choice").value == pytest.approx(1.6, rel=0.05)
+    assert fit.law.alpha == pytest.approx(alpha, rel=0.1)
+
+
+def test_shared_fit_round_trips_in_the_saved_fit(tmp_path):
+    from ecdit_scale.scaling.fit import fit_run_table, load_fit, save_fit
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for kind, mult in (("dense", 1.0), ("expert-choice", 1.5)):
+        for i, c in enumerate(np.geomspace(1e12, 1e14, 6)):
+            loss = 0.3 + 500.0 * (mult * c) ** -0.3 * (1 + rng.normal(0, 0.002))
+            rows.append(dict(name=f"{kind}-{i}", ffn_kind=kind, params=1e6 * (i + 1),
+                             active_params=1e6 * (i + 1), images_seen=c / 1e9, tokens_seen=c / 1e7,
+                             compute_flops=c, final_loss=loss, smoothed_loss=loss))
+    fit = fit_run_table(pd.DataFrame(rows), n_boot=20)
+    again = load_fit(save_fit(fit, tmp_path / "fit.yaml"))
+    assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(
+        fit.shared_multiplier("expert-choice", "dense").value)
+    assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(1.5, rel=0.1)

@@ -96,7 +96,7 @@ def test_minimal_report_skips_missing_parts(tmp_path):
     paths = write_report(df, fit, tmp_path)
     assert {p.name for p in paths.figures} == {"loss_vs_compute.png", "residuals.png"}
     md = paths.markdown.read_text()
-    assert "cannot compare" in md
+    assert "cannot be compared" in md
     assert "skipped Chinchilla" in md and "skipped held-out check" in md
     assert len(IMG_TAG.findall(paths.html.read_text())) == 2
 
@@ -113,8 +113,8 @@ def answer_for(value, lo, hi, note="") -> str:
 def test_plain_answer_follows_the_interval():
     assert ("expert choice reaches dense's loss with 2.10× less compute (95% CI 1.6–2.7)"
             in answer_for(2.1, 1.6, 2.7))
-    assert "do not show" in answer_for(1.4, 0.8, 2.2)
-    assert "does not reach" in answer_for(0.5, 0.4, 0.7)
+    assert "do not separate" in answer_for(1.4, 0.8, 2.2)
+    assert "needs 2.00× more compute" in answer_for(0.5, 0.4, 0.7)
     assert "undefined" in answer_for(math.nan, 0, 0, note="undefined: loss below E")
 
 

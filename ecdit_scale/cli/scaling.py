@@ -127,10 +127,16 @@ def _print_fit(result) -> None:
                   cell("alpha", f.law.alpha),
                   f"{ho.max_abs_relative_error:.2%}" if ho else "n/a")
     console.print(t)
+    for base in ("dense", "token-choice"):
+        m = result.shared_multiplier("expert-choice", base)
+        if m is not None:
+            iv = f" (95% CI {m.interval.lo:.3g}-{m.interval.hi:.3g})" if m.interval else ""
+            console.print(f"[bold]compute multiplier expert-choice over {base}: {m.value:.3g}x{iv}[/] "
+                          f"(shared E={result.shared.law.E:.4g}, alpha={result.shared.law.alpha:.4g})")
     for m in result.multipliers:
         iv = f" (CI {m.interval.lo:.3g}-{m.interval.hi:.3g})" if m.interval else ""
         val = f"{m.value:.3g}x{iv}" if m.defined else f"undefined: {m.note}"
-        console.print(f"compute multiplier {m.kind} over {m.baseline_kind}: {val}")
+        console.print(f"per-kind fits, {m.kind} over {m.baseline_kind}: {val}")
     for e in result.extrapolations:
         p = e.prediction
         iv = f" (CI {p.interval.lo:.4g}-{p.interval.hi:.4g})" if p.interval else ""

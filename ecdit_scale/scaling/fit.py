@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -354,10 +354,18 @@ class ScalingFit:
     multipliers: tuple[Multiplier, ...] = ()
     extrapolations: tuple[Extrapolation, ...] = ()
     notes: tuple[str, ...] = ()
+    shared: Any = None  # scaling.shared.SharedFit: one E and alpha for every kind
 
     def multiplier(self, kind: str, baseline_kind: str) -> Multiplier | None:
+        """The per-kind fits' multiplier (at the largest compute's loss)."""
         return next((m for m in self.multipliers
                      if m.kind == kind and m.baseline_kind == baseline_kind), None)
+
+    def shared_multiplier(self, kind: str, baseline_kind: str) -> Multiplier | None:
+        """The shared-exponent fit's multiplier (the same at every loss)."""
+        if self.shared is None or kind not in self.shared.law.A or baseline_kind not in self.shared.law.A:
+            return None
+        return self.shared.multiplier(kind, baseline_kind)
 
     def to_dict(self) -> dict:
         return {
@@ -372,6 +380,10 @@ class ScalingFit:
             "multipliers": [m.to_dict() for m in self.multipliers],
             "extrapolations": [e.to_dict() for e in self.extrapolations],
             "notes": list(self.notes),
+            "shared": self.shared.to_dict() if self.shared is not None else None,
+            "shared_multipliers": [m.to_dict() for m in (
+                self.shared_multiplier("expert-choice", b) for b in ("dense", "token-choice"))
+                if m is not None],
         }
 
     @classmethod
@@ -390,7 +402,14 @@ class ScalingFit:
             multipliers=tuple(Multiplier.from_dict(m) for m in d["multipliers"]),
             extrapolations=tuple(Extrapolation.from_dict(e) for e in d["extrapolations"]),
             notes=tuple(d["notes"]),
+            shared=_shared_from_dict(d.get("shared")),
         )
+
+
+def _shared_from_dict(d: dict | None):
+    from .shared import SharedFit
+
+    return SharedFit.from_dict(d) if d else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -773,14 +792,26 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
             optimal[kind] = compute_optimal(chinchilla[kind], k, kind=kind)
             notes += _collinearity_note(runs, kind)
     max_compute_flops = float(df["compute_flops"].max())
+    shared = _shared_fit(df, kinds, loss_column, n_boot=n_boot, seed=seed, level=level,
+                         notes=notes)
     return ScalingFit(
         loss_column=loss_column, level=level, n_boot=n_boot, seed=seed, kinds=kinds,
         max_compute_flops=max_compute_flops, power_laws=power_laws, chinchilla=chinchilla,
         compute_optimal=optimal, held_out=held_out,
         multipliers=_expert_choice_multipliers(power_laws, max_compute_flops, notes),
         extrapolations=_extrapolations(power_laws, extrapolate_to_flops),
-        notes=tuple(notes),
+        notes=tuple(notes), shared=shared,
     )
+
+
+def _shared_fit(df, kinds, loss_column, *, n_boot, seed, level, notes):
+    """L_k(C) = E + A_k C^-alpha over the frontier runs of every kind (scaling.shared)."""
+    from .shared import fit_shared_power_law
+
+    frontier = pd.concat([compute_frontier(df[df["ffn_kind"] == k], loss_column) for k in kinds])
+    return _attempt(notes, "shared-exponent fit", fit_shared_power_law,
+                    frontier["compute_flops"], frontier[loss_column], frontier["ffn_kind"],
+                    n_boot=n_boot, seed=np.random.SeedSequence([seed, 99]), level=level)
 
 
 def compute_frontier(runs: pd.DataFrame, loss_column: str = "smoothed_loss") -> pd.DataFrame:

@@ -94,32 +94,43 @@ def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEF
 
 
 def plain_answer(fit: ScalingFit) -> str:
-    """One sentence: does expert choice reach dense's loss with less compute, and by how much."""
-    m = fit.multiplier("expert-choice", "dense")
+    """Does expert choice reach dense's (and token choice's) loss with less compute, and by
+    how much: from the shared-exponent fit when there is one, else the per-kind fits."""
+    answers = [_answer(fit, "dense")]
+    if "token-choice" in fit.kinds:
+        answers.append(_answer(fit, "token-choice"))
+    return " ".join(answers)
+
+
+def _answer(fit: ScalingFit, baseline: str) -> str:
+    name = {"dense": "dense", "token-choice": "token choice"}[baseline]
+    m = fit.shared_multiplier("expert-choice", baseline)
+    where = "(shared-exponent fit: the same at every loss)"
     if m is None:
-        return ("The run table has no power-law fit for both expert-choice and dense, so this "
-                "report cannot compare them.")
-    where = f"at loss {m.loss:.4g}"
-    if math.isfinite(m.reference_compute_flops):
-        where += (f", dense's predicted loss at {m.reference_compute_flops:.3g} FLOPs, the "
-                  "largest compute in the table")
+        m = fit.multiplier("expert-choice", baseline)
+        if m is None:
+            return f"No fit covers both expert-choice and {name}, so they cannot be compared."
+        where = f"at loss {m.loss:.4g}"
+        if math.isfinite(m.reference_compute_flops):
+            where += (f", {name}'s predicted loss at {m.reference_compute_flops:.3g} FLOPs, the "
+                      "largest compute in the table")
     if not m.defined:
-        return f"The compute multiplier of expert choice over dense is {m.note} ({where})."
+        return f"The compute multiplier of expert choice over {name} is {m.note} ({where})."
     ci = m.interval
     if ci is None:
-        return (f"At this scale expert choice reaches dense's loss with {m.value:.2f}× less "
-                f"compute ({where}; no interval: the fit has no bootstrap samples).")
+        return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
+                f"compute {where}; no interval (no bootstrap samples).")
     level = f"{100 * ci.level:.0f}% CI"
     if ci.lo > 1:
-        return (f"At this scale expert choice reaches dense's loss with {m.value:.2f}× less "
-                f"compute ({level} {_num(ci.lo, 3)}–{_num(ci.hi, 3)}), {where}.")
+        return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
+                f"compute ({level} {_num(ci.lo, 3)}–{_num(ci.hi, 3)}) {where}.")
     if ci.hi < 1:
-        return (f"At this scale expert choice does not reach dense's loss with less compute: it "
-                f"needs {1 / m.value:.2f}× more (multiplier {m.value:.2f}, {level} "
-                f"{_num(ci.lo, 3)}–{_num(ci.hi, 3)}), {where}.")
-    return (f"At this scale the data do not show that expert choice reaches dense's loss with "
-            f"less compute: the multiplier is {m.value:.2f}× but its {level} "
-            f"{_num(ci.lo, 3)}–{_num(ci.hi, 3)} includes 1, {where}.")
+        return (f"At this scale expert choice needs {1 / m.value:.2f}× more compute than {name} "
+                f"for the same loss (multiplier {m.value:.2f}, {level} {_num(ci.lo, 3)}–"
+                f"{_num(ci.hi, 3)}) {where}.")
+    return (f"At this scale the data do not separate expert choice from {name}: the compute "
+            f"multiplier is {m.value:.2f}× but its {level} {_num(ci.lo, 3)}–{_num(ci.hi, 3)} "
+            f"includes 1 {where}.")
 
 
 def _blocks(df, fit, figures_dir, title, expert_load) -> list:
@@ -187,13 +198,27 @@ def _held_out_section(fit, figures_dir) -> list:
 
 def _multiplier_section(fit) -> list:
     blocks: list = [_Heading("Effective compute multipliers"),
-                    _Paragraph("C_baseline(L) / C_kind(L) at equal loss L, from inverting the "
-                               "power laws; above 1 the kind needs less compute.")]
-    if not fit.multipliers:
-        return blocks + [_Paragraph("None: needs power-law fits for expert-choice and a baseline.")]
-    rows = [(f"{m.kind} over {m.baseline_kind}", _num(m.loss), _ci(m.value, m.interval),
-             m.note or "-") for m in fit.multipliers]
-    return blocks + [_Table(("comparison", "at loss", "multiplier", "note"), tuple(rows))]
+                    _Paragraph("C_baseline(L) / C_kind(L) at equal loss L; above 1 the kind "
+                               "needs less compute. The shared-exponent fit L_k(C) = E + "
+                               "A_k C^-alpha (one E and alpha for all kinds) gives one multiplier "
+                               "(A_b/A_k)^(1/alpha) at every loss; the per-kind fits invert two "
+                               "separate laws at one loss.")]
+    rows = []
+    for base in ("dense", "token-choice"):
+        m = fit.shared_multiplier("expert-choice", base)
+        if m is not None:
+            rows.append((f"expert-choice over {base}", "shared fit", "any",
+                         _ci(m.value, m.interval), m.note))
+    rows += [(f"{m.kind} over {m.baseline_kind}", "per-kind fits", _num(m.loss),
+              _ci(m.value, m.interval), m.note or "-") for m in fit.multipliers]
+    if not rows:
+        return blocks + [_Paragraph("None: needs fits for expert-choice and a baseline.")]
+    if fit.shared is not None:
+        law = fit.shared.law
+        consts = ", ".join([f"E = {law.E!r}", f"alpha = {law.alpha!r}"] +
+                           [f"A[{k}] = {v!r}" for k, v in law.A.items()])
+        blocks.append(_Paragraph(f"Shared fit: {consts}."))
+    return blocks + [_Table(("comparison", "fit", "at loss", "multiplier", "note"), tuple(rows))]
 
 
 def _chinchilla_section(df, fit, figures_dir) -> list:
@@ -247,8 +272,10 @@ def _save(fig: Figure, figures_dir: Path, name: str, alt: str) -> _Figure:
 
 
 def _compute_grid_flops(df, fit) -> np.ndarray:
-    c_hi = max([fit.max_compute_flops] + [e.prediction.compute_flops for e in fit.extrapolations])
-    return np.logspace(np.log10(df["compute_flops"].min()), np.log10(c_hi), 200)
+    """The table's compute range, widened by 2x each way (extrapolations are tabulated, not
+    plotted: a point 1e9x beyond the runs would squash them into one corner)."""
+    lo, hi = np.log10(df["compute_flops"].min() / 2), np.log10(fit.max_compute_flops * 2)
+    return np.logspace(lo, hi, 200)
 
 
 def _figure_loss(df, fit, figures_dir) -> _Figure:
@@ -261,17 +288,17 @@ def _figure_loss(df, fit, figures_dir) -> _Figure:
         frontier = compute_frontier(runs, fit.loss_column)
         ax.scatter(runs["compute_flops"], runs[fit.loss_column], s=14, color=color, alpha=0.3)
         ax.scatter(frontier["compute_flops"], frontier[fit.loss_column], s=22, color=color,
-                   label=f"{kind} runs")
+                   label=f"{kind} runs (frontier solid)")
         if kind in fit.power_laws:
             band = predict_band(fit.power_laws[kind], grid)
             ax.plot(grid, band.loss, color=color, label=f"{kind} fit")
             ax.fill_between(grid, band.lo, band.hi, color=color, alpha=0.15, linewidth=0)
-    for e in fit.extrapolations:
-        p = e.prediction
-        _point_with_interval(ax, p.compute_flops, p.loss, p.interval, KIND_COLORS.get(e.kind), "D")
-    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel=fit.loss_column,
-           title="Loss against compute, fits with bootstrap bands")
-    ax.legend(fontsize=8)
+        if fit.shared is not None and kind in fit.shared.law.A:
+            ax.plot(grid, fit.shared.law.loss(kind, grid), color=color, linestyle="--",
+                    label=f"{kind}, shared-exponent fit")
+    ax.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel=fit.loss_column,
+           title="Loss against compute: per-kind fits with bootstrap bands, shared fit dashed")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, figures_dir, "loss_vs_compute", "Loss against compute per FFN kind with "
                  "fitted power laws and bootstrap bands")
@@ -350,7 +377,7 @@ def _figure_expert_load(expert_load, figures_dir) -> _Figure:
     for ax, name in zip(axes, names):
         ax.hist(np.asarray(expert_load[name], dtype=float).ravel(), bins=20, color="tab:green")
         ax.set_title(str(name), fontsize=9)
-        ax.set_xlabel("count", fontsize=8)
+        ax.set_xlabel("experts per token", fontsize=8)
     for ax in axes[len(names):]:
         ax.set_visible(False)
     fig.tight_layout()
