@@ -26,6 +26,7 @@ with ``param.allreduce = False`` and ``param.group_name`` set as DeepSpeed's own
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from deepspeed.moe.layer import MoE as _DeepSpeedMoE
+
+# Name DeepSpeed's accelerator before its first import, or it prints a detection warning on
+# stdout (where --json output goes).
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+from deepspeed.moe.layer import MoE as _DeepSpeedMoE  # noqa: E402
 from torch import nn
 
 from ..model.moe import Experts, LocalExchange, MoELayer
