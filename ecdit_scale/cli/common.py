@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import ConfigError, json_default
 
@@ -26,7 +27,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line to stderr and exit non-zero. Never a traceback."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -45,7 +46,7 @@ def main() -> None:
         if os.environ.get("ECDIT_SCALE_DEBUG"):
             raise
         text = str(exc).strip().splitlines()
-        err_console.print(f"[bold red]error:[/] {text[0] if text else type(exc).__name__}",
+        err_console.print(f"[bold red]error:[/] {escape(text[0]) if text else type(exc).__name__}",
                           highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

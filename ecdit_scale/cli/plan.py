@@ -171,17 +171,17 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
                      f"C={cfg.expert_capacity} tokens/expert/group" if cfg.ffn.is_moe else "")
                   + f"; {cfg.image_size}x{cfg.image_size} images, {cfg.tokens_per_image} tokens")
     console.print(f"params: total {b['total_params']:,} ({format_count(b['total_params'])}), "
-                  f"activated {b['active_params']:,} ({format_count(b['active_params'])}) [exact]")
+                  f"activated {b['active_params']:,} ({format_count(b['active_params'])}) \\[exact]")
     f = p.flops_per_image
     console.print(f"FLOPs per image: forward {f['forward']:.4g}, backward {f['backward']:.4g} "
                   f"(forward MACs {f['forward_macs']:.4g}); per step: model "
-                  f"{p.flops_per_step['model']:.4g}, hardware {p.flops_per_step['hardware']:.4g} [exact]")
+                  f"{p.flops_per_step['model']:.4g}, hardware {p.flops_per_step['hardware']:.4g} \\[exact]")
     console.print(f"run: {p.training.steps:,} steps x {p.training.global_batch} images on "
                   f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {p.accelerator.name} "
                   f"({p.world} devices), optimizer {p.training.optimizer.value}")
 
     mem = p.best.memory.to_dict()
-    mt = Table(title=f"memory per device, best layout ({p.best.describe()}) [estimated]")
+    mt = Table(title=f"memory per device, best layout ({p.best.describe()}) \\[estimated]")
     mt.add_column("part")
     mt.add_column("bytes", justify="right")
     for key in ("params", "grads", "fp32_grads", "optimizer_states", "master_weights",
@@ -192,7 +192,7 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     console.print(mt)
 
     lt = Table(title=f"top layouts of {p.search.num_feasible:,} that fit "
-                     f"({p.search.num_evaluated:,} evaluated) [estimated]")
+                     f"({p.search.num_evaluated:,} evaluated) \\[estimated]")
     for col in ("dp", "ep", "tp", "ZeRO", "micro", "accum", "recompute", "memory", "step s",
                 "a2a s", "MFU", "images/s"):
         lt.add_column(col, justify="right")
@@ -213,7 +213,7 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     console.print(f"[bold]best:[/] step {p.step_s:.3f} s, MFU {p.mfu:.1%}, "
                   f"{p.images_per_s:,.0f} images/s -> [bold]{_duration(p.days)}[/], "
                   f"{p.gpu_hours:,.0f} GPU-hours, ${p.cost_usd:,.0f} at "
-                  f"${p.cluster.price_per_gpu_hour:g}/GPU-hour [estimated]")
+                  f"${p.cluster.price_per_gpu_hour:g}/GPU-hour \\[estimated]")
     if tp_alt is not None:
         s2 = tp_alt.step
         console.print(f"with tensor parallelism ({tp_alt.describe()}): step {s2.total_s:.3f} s, "
@@ -222,12 +222,12 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     console.print(f"inference: {infer.steps} sampling steps with CFG on {infer.devices} "
                   f"{p.accelerator.name} (ep={infer.ep}, tp={infer.tp}): {infer.latency_s:.2f} s "
                   f"per batch of {infer.batch}, {infer.bound}-bound, {_gib(infer.memory_bytes_per_device)}"
-                  f" per device [estimated]")
+                  f" per device \\[estimated]")
     if loss:
         iv = loss.get("interval")
         band = f" (95% CI {iv[0]:.4f}-{iv[1]:.4f})" if iv else ""
         console.print(f"predicted final loss: {loss['loss']:.4f}{band} from {loss['source']} "
-                      f"[extrapolated {loss['extrapolation_factor']:.2g}x beyond its largest run]")
+                      f"\\[extrapolated {loss['extrapolation_factor']:.2g}x beyond its largest run]")
     for line in p.estimated:
         console.print(f"estimated: {line}", style="dim")
     if files:
