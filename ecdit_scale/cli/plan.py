@@ -149,7 +149,13 @@ def _predicted_loss(fit_path: Optional[Path], cfg: ModelConfig, compute_flops: f
     return predicted_loss(fit_path, cfg.ffn.kind.value, compute_flops)
 
 
+def _amount(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
+
+
 def _duration(days: float) -> str:
+    if days * 24 < 0.1:
+        return f"{days * 86400:,.3g} s"
     return f"{days:,.1f} days" if days >= 1 else f"{days * 24:,.2f} hours"
 
 
@@ -199,8 +205,8 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     for e in p.top:
         L, s = e.layout, e.step
         lt.add_row(str(L.dp), str(L.ep), str(L.tp), str(L.zero), str(L.micro_batch),
-                   str(e.grad_accum), L.recompute.value, _gib(e.memory.total), f"{s.total_s:.3f}",
-                   f"{s.a2a_s:.3f}", f"{s.mfu:.1%}", f"{s.images_per_s:,.0f}")
+                   str(e.grad_accum), L.recompute.value, _gib(e.memory.total), f"{s.total_s:.3g}",
+                   f"{s.a2a_s:.3g}", f"{s.mfu:.1%}", f"{s.images_per_s:,.0f}")
     console.print(lt)
     if p.search.rejected:
         reasons = "; ".join(f"{n:,} {r}" for r, n in list(p.search.rejected.items())[:4])
@@ -210,9 +216,9 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
                   f"(all-to-all {st.a2a_s:.3f}, gradient sync {st.grad_sync_s:.3f}, tensor-parallel "
                   f"{st.tp_s:.3f}, ZeRO-3 gathers {st.zero3_gather_s:.3f}) + optimizer "
                   f"{st.optimizer_s:.3f} s")
-    console.print(f"[bold]best:[/] step {p.step_s:.3f} s, MFU {p.mfu:.1%}, "
+    console.print(f"[bold]best:[/] step {p.step_s:.3g} s, MFU {p.mfu:.1%}, "
                   f"{p.images_per_s:,.0f} images/s -> [bold]{_duration(p.days)}[/], "
-                  f"{p.gpu_hours:,.0f} GPU-hours, ${p.cost_usd:,.0f} at "
+                  f"{_amount(p.gpu_hours)} GPU-hours, ${_amount(p.cost_usd)} at "
                   f"${p.cluster.price_per_gpu_hour:g}/GPU-hour \\[estimated]")
     if tp_alt is not None:
         s2 = tp_alt.step
@@ -228,6 +234,11 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
         band = f" (95% CI {iv[0]:.4f}-{iv[1]:.4f})" if iv else ""
         console.print(f"predicted final loss: {loss['loss']:.4f}{band} from {loss['source']} "
                       f"\\[extrapolated {loss['extrapolation_factor']:.2g}x beyond its largest run]")
+    if p.step_s / max(p.best.grad_accum, 1) < 0.01:
+        console.print("warning: under 10 ms per micro-step the GPU is mostly waiting on kernel "
+                      "launches, which this model does not count (small-dense measured 26x its "
+                      "compute-only estimate on an H200: bench/results/); calibrate with "
+                      "`ecdit-scale validate --save-profile` and pass it as --gpu", style="yellow")
     for line in p.estimated:
         console.print(f"estimated: {line}", style="dim")
     if files:
