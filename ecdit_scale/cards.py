@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from . import sizes
-from .config import ConfigError, ModelConfig, atomic_write_text, dump_yaml, load_model_config
+from .config import ModelConfig, load_model_config
+from .errors import ConfigError
+from .files import atomic_write_text, dump_yaml
 from .params import count_params
 from .planner.flops import flops_per_image
 

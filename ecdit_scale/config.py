@@ -6,21 +6,16 @@ configs; the torch model, the planner and the launcher all read them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A user-facing error: one line naming the bad value and what would be valid."""
+from .errors import ConfigError
+from .files import atomic_write_text, dump_yaml, load_yaml_file, to_plain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +278,7 @@ class ModelConfig:
 
     # ----- serialisation -----
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> "ModelConfig":
@@ -327,77 +322,6 @@ def _divisors(n: int) -> str:
     if len(ds) > 12:
         ds = ds[:6] + ["..."] + ds[-3:]
     return ", ".join(str(d) for d in ds)
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# Files: atomic writes and YAML
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block succeeds, fsync it and move it
-    over ``path`` (os.replace), so readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def json_default(obj: Any) -> Any:
-    """json.dumps fallback for our dataclasses, numpy scalars/arrays and enums."""
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    return str(obj)
-
-
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(_to_plain(data), sort_keys=False, default_flow_style=False)
-
-
-def load_yaml_file(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: malformed YAML{where}") from None
 
 
 def load_model_config(path: str | os.PathLike) -> ModelConfig:

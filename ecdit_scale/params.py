@@ -119,11 +119,3 @@ def count_params(cfg: ModelConfig) -> ParamBreakdown:
         num_moe_layers=n_moe,
         experts_per_token=cfg.ffn.experts_per_token() if cfg.ffn.is_moe else 0.0,
     )
-
-
-def format_count(n: float) -> str:
-    """1234567 -> '1.23M'; used for display only."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}" if n / scale < 100 else f"{n / scale:.1f}{unit}"
-    return str(int(n))

@@ -20,7 +20,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from .config import AdaLN, ConfigError, Conditioning, FFNConfig, FFNKind, ModelConfig
+from .config import AdaLN, Conditioning, FFNConfig, FFNKind, ModelConfig
+from .errors import ConfigError
 from .params import count_params
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 import pytest
 
 from ecdit_scale import sizes
-from ecdit_scale.config import (ConfigError, FFNConfig, FFNKind, ModelConfig, ParallelLayout,
-                                load_model_config, save_model_config)
+from ecdit_scale.config import (FFNConfig, FFNKind, ModelConfig, ParallelLayout, load_model_config,
+                                save_model_config)
+from ecdit_scale.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", ["nano-ec8", "tiny-tc16", "dit-xl-2", "ecdit-m-64e", "ecdit-3xl"])

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from ecdit_scale.config import ConfigError, dump_yaml
+from ecdit_scale.errors import ConfigError
+from ecdit_scale.files import dump_yaml
 from ecdit_scale.planner.hardware import (
     DEFAULT_EFFICIENCY,
     Accelerator,

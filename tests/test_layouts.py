@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ecdit_scale import sizes
-from ecdit_scale.config import ClusterConfig, ConfigError, ParallelLayout, TrainingConfig
+from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
+from ecdit_scale.errors import ConfigError
 from ecdit_scale.planner.comm import Links, all_to_all_seconds, comm_breakdown, ring_seconds
 from ecdit_scale.planner.hardware import get_accelerator
 from ecdit_scale.planner.layouts import (TP_FLAG, ZERO3_MOE_FLAG, estimate_layout,
@@ -104,7 +105,7 @@ def test_97b_on_one_gpu_says_how_much_it_needs():
     with pytest.raises(ConfigError) as exc:
         search_layouts(M64, TRAIN, ClusterConfig(nodes=1, gpus_per_node=1), H100)
     text = _one_line(exc)
-    assert "on 1 GPU" in text and "needs" in text and "TB per device" in text
+    assert "on 1 GPU" in text and "needs" in text and "TiB per device" in text
     assert "the h100-sxm has 80 GB" in text
 
 

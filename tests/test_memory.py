@@ -7,11 +7,12 @@ import dataclasses
 
 import pytest
 
+from ecdit_scale.units import format_bytes
 from ecdit_scale import sizes
 from ecdit_scale.config import Optimizer, ParallelLayout, Precision, Recompute, TrainingConfig
 from ecdit_scale.params import count_params
 from ecdit_scale.planner.memory import (OPTIMIZER_STATE_BYTES, MemoryBreakdown, ParamSplit,
-                                        activation_bytes_per_sample, format_bytes,
+                                        activation_bytes_per_sample, 
                                         memory_breakdown, model_state_bytes)
 
 GPU_SETUPS = [(1, 1), (8, 1), (8, 4), (4, 16), (8, 128)]  # (gpus per node, nodes)
@@ -208,8 +209,8 @@ def test_breakdown_total_is_the_sum_of_its_parts_and_names_its_assumptions():
 
 
 def test_format_bytes():
-    assert format_bytes(80e9) == "80 GB"
-    assert format_bytes(1.5e12) == "1.5 TB"
+    assert format_bytes(80e9) == "74.5 GiB"
+    assert format_bytes(1.5 * 2**40) == "1.5 TiB"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from ecdit_scale import sizes
-from ecdit_scale.config import (ClusterConfig, ConfigError, Optimizer, Precision,
-                                load_model_config)
+from ecdit_scale.config import ClusterConfig, Optimizer, Precision, load_model_config
+from ecdit_scale.errors import ConfigError
 from ecdit_scale.planner import plan as plan_mod
 from ecdit_scale.planner.deepspeed_config import deepspeed_config
 from ecdit_scale.planner.hardware import get_accelerator

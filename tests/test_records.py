@@ -107,7 +107,7 @@ def test_checksums_are_read_by_rank(tmp_path):
 
 @pytest.mark.parametrize("bad", ["{", "[1, 2"])
 def test_malformed_json_is_a_config_error(tmp_path, bad):
-    from ecdit_scale.config import ConfigError
+    from ecdit_scale.errors import ConfigError
 
     (tmp_path / "x.json").write_text(bad)
     with pytest.raises(ConfigError, match="malformed JSON"):

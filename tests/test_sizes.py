@@ -1,7 +1,8 @@
 import pytest
 
 from ecdit_scale import sizes
-from ecdit_scale.config import ConfigError, FFNKind
+from ecdit_scale.config import FFNKind
+from ecdit_scale.errors import ConfigError
 from ecdit_scale.params import count_params
 
 

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import ConfigError, json_default
+from ..errors import ConfigError
+from ..files import json_default
 
 app = typer.Typer(
     name="ecdit-scale",

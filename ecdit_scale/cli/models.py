@@ -10,8 +10,10 @@ from rich.table import Table
 
 from .. import sizes
 from ..cards import card_dict, export_cards, load_card_or_name
-from ..config import ConfigError, FFNKind
-from ..params import count_params, format_count
+from ..config import FFNKind
+from ..errors import ConfigError
+from ..params import count_params
+from ..units import format_count
 from .common import app, console, print_json
 
 models_app = typer.Typer(help="Named EC-DiT configs, exact parameter counts, model cards.",

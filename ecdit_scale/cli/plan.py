@@ -10,12 +10,12 @@ from rich.table import Table
 
 from .. import sizes
 from ..cards import load_card_or_name
-from ..config import (ClusterConfig, ConfigError, FFNConfig, FFNKind, ModelConfig, Optimizer,
-                      Recompute, TrainingConfig)
-from ..params import format_count
+from ..config import (ClusterConfig, FFNConfig, FFNKind, ModelConfig, Optimizer, Recompute,
+                      TrainingConfig)
+from ..errors import ConfigError
+from ..units import format_amount, format_count, format_duration, format_gib
 from .common import app, console, print_json
 
-GIB = 2**30
 DEFAULT_TARGET = "97B"
 
 
@@ -149,20 +149,6 @@ def _predicted_loss(fit_path: Optional[Path], cfg: ModelConfig, compute_flops: f
     return predicted_loss(fit_path, cfg.ffn.kind.value, compute_flops)
 
 
-def _amount(x: float) -> str:
-    return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
-
-
-def _duration(days: float) -> str:
-    if days * 24 < 0.1:
-        return f"{days * 86400:,.3g} s"
-    return f"{days:,.1f} days" if days >= 1 else f"{days * 24:,.2f} hours"
-
-
-def _gib(x: float) -> str:
-    return f"{x / GIB:,.1f} GiB"
-
-
 def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     cfg, b, lay = p.config, p.params, p.best.layout
     resolved = data.get("resolved")
@@ -193,8 +179,8 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     for key in ("params", "grads", "fp32_grads", "optimizer_states", "master_weights",
                 "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead"):
         if mem[key]:
-            mt.add_row(key, _gib(mem[key]))
-    mt.add_row("total", f"{_gib(mem['total'])} of {_gib(p.accelerator.memory_bytes)}", style="bold")
+            mt.add_row(key, format_gib(mem[key]))
+    mt.add_row("total", f"{format_gib(mem['total'])} of {format_gib(p.accelerator.memory_bytes)}", style="bold")
     console.print(mt)
 
     lt = Table(title=f"top layouts of {p.search.num_feasible:,} that fit "
@@ -205,7 +191,7 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     for e in p.top:
         L, s = e.layout, e.step
         lt.add_row(str(L.dp), str(L.ep), str(L.tp), str(L.zero), str(L.micro_batch),
-                   str(e.grad_accum), L.recompute.value, _gib(e.memory.total), f"{s.total_s:.3g}",
+                   str(e.grad_accum), L.recompute.value, format_gib(e.memory.total), f"{s.total_s:.3g}",
                    f"{s.a2a_s:.3g}", f"{s.mfu:.1%}", f"{s.images_per_s:,.0f}")
     console.print(lt)
     if p.search.rejected:
@@ -217,8 +203,8 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
                   f"{st.tp_s:.3f}, ZeRO-3 gathers {st.zero3_gather_s:.3f}) + optimizer "
                   f"{st.optimizer_s:.3f} s")
     console.print(f"[bold]best:[/] step {p.step_s:.3g} s, MFU {p.mfu:.1%}, "
-                  f"{p.images_per_s:,.0f} images/s -> [bold]{_duration(p.days)}[/], "
-                  f"{_amount(p.gpu_hours)} GPU-hours, ${_amount(p.cost_usd)} at "
+                  f"{p.images_per_s:,.0f} images/s -> [bold]{format_duration(p.days)}[/], "
+                  f"{format_amount(p.gpu_hours)} GPU-hours, ${format_amount(p.cost_usd)} at "
                   f"${p.cluster.price_per_gpu_hour:g}/GPU-hour \\[estimated]")
     if tp_alt is not None:
         s2 = tp_alt.step
@@ -227,7 +213,7 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
                       "Megatron-style model; rerun with --tp to plan it", style="dim")
     console.print(f"inference: {infer.steps} sampling steps with CFG on {infer.devices} "
                   f"{p.accelerator.name} (ep={infer.ep}, tp={infer.tp}): {infer.latency_s:.2f} s "
-                  f"per batch of {infer.batch}, {infer.bound}-bound, {_gib(infer.memory_bytes_per_device)}"
+                  f"per batch of {infer.batch}, {infer.bound}-bound, {format_gib(infer.memory_bytes_per_device)}"
                   f" per device \\[estimated]")
     if loss:
         iv = loss.get("interval")

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ConfigError, Optimizer, Precision
+from ..config import Optimizer, Precision
+from ..errors import ConfigError
 from .memory import ZERO_BUCKET_ELEMENTS
 
 RMSPROP_ALPHA = 0.999  # smoothing of the squared-gradient average (as ecdit_scale.train.worker)

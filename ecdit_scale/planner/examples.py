@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import sizes
-from ..config import ClusterConfig, ConfigError, TrainingConfig, atomic_write_text
+from ..config import ClusterConfig, TrainingConfig
+from ..errors import ConfigError
+from ..files import atomic_write_text
 from .plan import make_plan, plan_files
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, atomic_write_text, dump_yaml, load_yaml_file
+from ..errors import ConfigError
+from ..files import atomic_write_text, dump_yaml, load_yaml_file
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
 # training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).

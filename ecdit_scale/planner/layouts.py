@@ -36,12 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (ClusterConfig, ConfigError, ModelConfig, ParallelLayout, Precision,
-                      Recompute, TrainingConfig)
+from ..config import (ClusterConfig, ModelConfig, ParallelLayout, Precision, Recompute,
+                      TrainingConfig)
+from ..errors import ConfigError
 from .comm import CommBreakdown, Links, comm_arrays
 from .flops import flops_per_image, training_flops_per_image
+from ..units import format_bytes
 from .memory import (RECOMPUTE_ORDER, MemoryBreakdown, ParamSplit, activation_bytes_per_sample,
-                     format_bytes, memory_arrays, moe_buffer_bytes_per_sample)
+                     memory_arrays, moe_buffer_bytes_per_sample)
 
 OVERLAP = 0.8  # fraction of a backward (or forward) pass that overlapping communication can use
 MAX_MICRO_BATCH = 256

@@ -415,11 +415,3 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                            precision=training.precision)
     return MemoryBreakdown(**{f.name: float(arrays[f.name]) for f in fields(MemoryBreakdown)
                               if f.name != "assumptions"})
-
-
-def format_bytes(n: float) -> str:
-    """Decimal units (GB = 1e9), as accelerator datasheets quote memory."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {unit}" if n / scale < 1000 else f"{n / scale:.0f} {unit}"
-    return f"{n:.0f} B"

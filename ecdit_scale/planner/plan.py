@@ -16,8 +16,9 @@ from typing import Any
 from ..cards import card_text
 import yaml
 
-from ..config import (ClusterConfig, ConfigError, ModelConfig, TrainingConfig, atomic_write_text,
-                      dump_yaml)
+from ..config import ClusterConfig, ModelConfig, TrainingConfig
+from ..errors import ConfigError
+from ..files import atomic_write_text, dump_yaml
 from ..params import count_params
 from .deepspeed_config import deepspeed_config
 from .flops import flops_per_image, training_flops_per_image

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .fit import load_fit, predict
 
 REFERENCE_FIT = "reference_fit.yaml"

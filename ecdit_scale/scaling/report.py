@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..units import format_number
 from .fit import Interval, ScalingFit, compute_frontier, predict_band
 from .table import atomic_output
 
@@ -123,13 +124,13 @@ def _answer(fit: ScalingFit, baseline: str) -> str:
     level = f"{100 * ci.level:.0f}% CI"
     if ci.lo > 1:
         return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
-                f"compute ({level} {_num(ci.lo, 3)}–{_num(ci.hi, 3)}) {where}.")
+                f"compute ({level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)}) {where}.")
     if ci.hi < 1:
         return (f"At this scale expert choice needs {1 / m.value:.2f}× more compute than {name} "
-                f"for the same loss (multiplier {m.value:.2f}, {level} {_num(ci.lo, 3)}–"
-                f"{_num(ci.hi, 3)}) {where}.")
+                f"for the same loss (multiplier {m.value:.2f}, {level} {format_number(ci.lo, 3)}–"
+                f"{format_number(ci.hi, 3)}) {where}.")
     return (f"At this scale the data do not separate expert choice from {name}: the compute "
-            f"multiplier is {m.value:.2f}× but its {level} {_num(ci.lo, 3)}–{_num(ci.hi, 3)} "
+            f"multiplier is {m.value:.2f}× but its {level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)} "
             f"includes 1 {where}.")
 
 
@@ -173,7 +174,7 @@ def _loss_section(df, fit, figures_dir) -> list:
              _ci(f.law.alpha, f.ci.get("alpha"))) for k, f in fit.power_laws.items()]
     blocks.append(_Table(("kind", "runs", "E", "A", "alpha"), tuple(rows)))
     if fit.extrapolations:
-        rows = [(e.kind, _num(e.prediction.compute_flops, 3), _ci(e.prediction.loss,
+        rows = [(e.kind, format_number(e.prediction.compute_flops, 3), _ci(e.prediction.loss,
                  e.prediction.interval)) for e in fit.extrapolations]
         blocks += [_Paragraph("Extrapolated loss:"),
                    _Table(("kind", "compute_flops", "predicted loss"), tuple(rows))]
@@ -187,7 +188,7 @@ def _held_out_section(fit, figures_dir) -> list:
     rows = []
     for kind, h in fit.held_out.items():
         for r in h.runs:
-            rows.append((kind, r.name, _num(r.compute_flops, 3), _num(r.actual_loss),
+            rows.append((kind, r.name, format_number(r.compute_flops, 3), format_number(r.actual_loss),
                          _ci(r.predicted_loss, r.interval), f"{100 * r.relative_error:+.2f}%"))
     text = ("Each kind is refitted without its largest-compute runs, which are then predicted; "
             "held-out extrapolation error = (predicted - actual) / actual.")
@@ -209,7 +210,7 @@ def _multiplier_section(fit) -> list:
         if m is not None:
             rows.append((f"expert-choice over {base}", "shared fit", "any",
                          _ci(m.value, m.interval), m.note))
-    rows += [(f"{m.kind} over {m.baseline_kind}", "per-kind fits", _num(m.loss),
+    rows += [(f"{m.kind} over {m.baseline_kind}", "per-kind fits", format_number(m.loss),
               _ci(m.value, m.interval), m.note or "-") for m in fit.multipliers]
     if not rows:
         return blocks + [_Paragraph("None: needs fits for expert-choice and a baseline.")]
@@ -228,10 +229,10 @@ def _chinchilla_section(df, fit, figures_dir) -> list:
                                  for c in ("E", "A", "B", "alpha", "beta")))
             for k, f in fit.chinchilla.items()]
     c_max = fit.max_compute_flops
-    opt_rows = [(k, _num(o.flops_per_param_token),
+    opt_rows = [(k, format_number(o.flops_per_param_token),
                  _ci(o.params_exponent, o.ci.get("params_exponent")),
                  _ci(o.tokens_exponent, o.ci.get("tokens_exponent")),
-                 _num(float(o.params_opt(c_max)), 3), _num(float(o.tokens_opt(c_max)), 3))
+                 format_number(float(o.params_opt(c_max)), 3), format_number(float(o.tokens_opt(c_max)), 3))
                 for k, o in fit.compute_optimal.items()]
     return [
         _Heading("Chinchilla fit and compute-optimal allocation"),
@@ -250,8 +251,8 @@ def _expert_load_section(expert_load, figures_dir) -> list:
     for name, counts in expert_load.items():
         x = np.asarray(counts, dtype=float).ravel()
         mean = x.mean() if x.size else math.nan
-        rows.append((str(name), str(x.size), _num(mean), _num(x.max() / mean if mean else math.nan),
-                     _num(x.std() / mean if mean else math.nan), f"{np.mean(x == 0):.1%}"))
+        rows.append((str(name), str(x.size), format_number(mean), format_number(x.max() / mean if mean else math.nan),
+                     format_number(x.std() / mean if mean else math.nan), f"{np.mean(x == 0):.1%}"))
     return [_Heading("Expert load"),
             _Paragraph("Per run: the distribution of tokens per expert (or experts per token); "
                        "max/mean and the coefficient of variation (CV) measure imbalance."),
@@ -466,15 +467,7 @@ def _html_table(t: _Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _num(x: float, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
-    return f"{x:.{digits}g}"
-
-
 def _ci(value: float, interval: Interval | None) -> str:
     if interval is None:
-        return _num(value)
-    return f"{_num(value)} ({_num(interval.lo)}–{_num(interval.hi)})"
+        return format_number(value)
+    return f"{format_number(value)} ({format_number(interval.lo)}–{format_number(interval.hi)})"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import atomic_output  # noqa: F401  (fit and report import it from here)
+from ..files import atomic_output
 
 REQUIRED_COLUMNS = (
     "name",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .records import RunDir, write_json
 
 DETAIL_BACKGROUND = 0.95  # pixels above this (in [-1, 1]) count as white background

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from ecdit_scale.config import ConfigError
+from ecdit_scale.errors import ConfigError
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ecdit_scale.config import ConfigError, atomic_output
+from ecdit_scale.errors import ConfigError
+from ecdit_scale.files import atomic_output
 from ecdit_scale.train.alignment import PALETTE, SHAPES, Relation, SceneSpec, ShapeGroup, draw_shape
 
 DATASETS = ("emoji", "shapes")

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, FFNKind, ModelConfig, load_model_config, save_model_config
+from ..config import FFNKind, ModelConfig, load_model_config, save_model_config
+from ..errors import ConfigError
 from .records import RunDir, RunSettings, read_jsonl, write_json
 
 DATASETS = ("emoji", "shapes")

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import ConfigError, atomic_write_text, json_default
+from ..errors import ConfigError
+from ..files import atomic_write_text, json_default
 
 CHECKPOINT_TAG = "step{step}"
 _TAG_RE = re.compile(r"^step(\d+)$")

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import sizes
-from ..config import ConfigError, Recompute
+from ..config import Recompute
+from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
 from .launch import LaunchRequest, launch

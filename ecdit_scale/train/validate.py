@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ModelConfig
+from ..config import ModelConfig
+from ..errors import ConfigError
 from .records import RunDir, RunSettings, read_json
 
 CPU_MATMUL_N = 512
@@ -409,7 +410,7 @@ CSV_FIELDS = ("name", "kind", "device", "model", "world", "ep", "zero", "micro_b
 
 
 def write_csv(report: Report, path: Path) -> Path:
-    from ..config import atomic_write_text
+    from ..files import atomic_write_text
     import io
 
     buf = io.StringIO()
@@ -464,8 +465,8 @@ def render(report: Report, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..params import format_count
-    from ..planner.memory import format_bytes
+    from ..units import format_count
+    from ..units import format_bytes
 
     def pair(pred, meas, err, fmt) -> str:
         p = "n/a" if pred is None else fmt(pred)

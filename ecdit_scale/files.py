@@ -1,0 +1,202 @@
+"""Files the tool reads and writes: atomic writes (files and whole folders), strict JSON,
+and YAML loaded with limits a hostile file cannot get past (size, aliases).
+
+Every writer in the package goes through here, so a reader sees the old file or folder or the
+whole new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .errors import ConfigError
+
+# A card, plan, profile or fit is a few KB; anything this large is not one of ours.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+# Our files use no anchors; a handful are allowed, a "billion laughs" document is not.
+MAX_YAML_ALIASES = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain data
+# ---------------------------------------------------------------------------------------------
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, enums, tuples -> dicts, values, lists (for YAML and JSON)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def json_default(obj: Any) -> Any:
+    """json.dumps fallback for our dataclasses, numpy scalars/arrays and enums."""
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return str(obj)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """Replace NaN and +-inf floats (at any depth) by None, so JSON stays strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def strict_json(data: Any, *, indent: int | None = 2, compact: bool = False) -> str:
+    """JSON that strict parsers accept: non-finite numbers become null."""
+    plain = json.loads(json.dumps(data, default=json_default))  # numpy, enums, dataclasses
+    seps = (",", ":") if compact else None
+    return json.dumps(finite_or_none(plain), indent=None if compact else indent,
+                      separators=seps, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, fsync it and move it
+    over ``path`` (os.replace), so readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; when the block succeeds, the folder
+    replaces ``path`` whole (files of an older ``path`` that the block did not write are kept
+    only if the block copied them). A failed block leaves ``path`` as it was."""
+    path = Path(path)
+    if str(path).strip() == "":
+        raise ConfigError("output folder '': give a folder name")
+    path = path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"{path}: exists and is not a folder")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "d")
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and (old / "d").exists() and not path.exists():
+            os.replace(old / "d", path)  # put the previous folder back
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+# ---------------------------------------------------------------------------------------------
+
+
+_BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LimitedLoader(_BASE_LOADER):  # type: ignore[misc, valid-type]
+    """Safe loader that refuses documents with more than MAX_YAML_ALIASES aliases."""
+
+    def compose_node(self, parent, index):  # noqa: D401 - PyYAML hook
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases; our files use none")
+        return super().compose_node(parent, index)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(to_plain(data), sort_keys=False, default_flow_style=False)
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    """Parse YAML text with the size and alias limits; errors name ``source``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {len(text) / 2**20:.1f} MiB is too large for a YAML file "
+                          f"of ours (limit {MAX_YAML_BYTES // 2**20} MiB)")
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: malformed YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+
+
+def read_text_file(path: str | os.PathLike, *, what: str = "file",
+                   max_bytes: int | None = None) -> str:
+    """Read a UTF-8 text file, with one-line errors for missing, binary or oversized files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise ConfigError(f"{path}: {size / 2**20:.1f} MiB is too large for a {what} "
+                          f"(limit {max_bytes / 2**20:.0f} MiB)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text {what} (binary data?)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def load_yaml_file(path: str | os.PathLike, *, what: str = "file") -> Any:
+    text = read_text_file(path, what=what, max_bytes=MAX_YAML_BYTES)
+    return parse_yaml(text, source=str(path))
