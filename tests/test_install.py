@@ -2,6 +2,7 @@
 installed (a GPU machine's CUDA build) is kept, while CI still gets this machine's CPU wheel
 through constraints.txt."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -67,6 +69,7 @@ def test_constraints_pin_a_torch_inside_the_range():
         f"constraints.txt pins torch {version}, outside pyproject's {_requirement('torch')}")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("pip") is None, reason="this environment has no pip")
 def test_an_installed_cuda_torch_is_not_replaced(tmp_path):
     """pip's own resolver, offline: with torch 2.11.0+cu130 installed (its metadata placed first
     on the path), installing the project installs the project and nothing else, torch included.
