@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ecdit_scale import sizes
-from ecdit_scale.cards import card_text, export_cards
+from ecdit_scale.planner.cards import card_text, export_cards
 from ecdit_scale.config import load_model_config
 from ecdit_scale.params import count_params
 

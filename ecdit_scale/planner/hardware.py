@@ -17,10 +17,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..checks import string_keys
 from ..errors import ConfigError
-from ..files import atomic_write_text, dump_yaml, load_yaml_file
+from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
 # training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).
@@ -97,6 +96,7 @@ def accelerator_from_dict(data: Any, *, name: str | None = None,
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: accelerator {name!r} must be a mapping of fields, "
                           f"got {type(data).__name__}")
+    string_keys(data, f"{source}: accelerator {name!r}" if name is not None else source)
     data = dict(data)
     if name is not None:
         data.setdefault("name", name)
@@ -137,7 +137,8 @@ def save_accelerator(acc: Accelerator, path: str | os.PathLike) -> Path:
 @functools.lru_cache(maxsize=1)
 def _catalog() -> dict[str, Accelerator]:
     text = importlib.resources.files("ecdit_scale").joinpath("data/hardware.yaml").read_text()
-    return _parse(yaml.safe_load(text), source="ecdit_scale/data/hardware.yaml")
+    source = "ecdit_scale/data/hardware.yaml"
+    return _parse(parse_yaml(text, source=source), source=source)
 
 
 def catalog() -> dict[str, Accelerator]:
