@@ -4,6 +4,7 @@ name the value and say what would be valid (finite numbers, bounded integers, ty
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 from .errors import ConfigError
@@ -11,9 +12,16 @@ from .errors import ConfigError
 MAX_SIZE = 2**20
 
 
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+for _name, _limit in (("maxlevel", 2), ("maxdict", 3), ("maxlist", 3), ("maxtuple", 3),
+                      ("maxset", 3), ("maxstring", 50), ("maxother", 50), ("maxlong", 50)):
+    setattr(_REPR, _name, _limit)
+
+
 def short(value: Any) -> str:
-    """repr of a value, cut to 60 characters (a hostile value must not flood the terminal)."""
-    text = repr(value)
+    """repr of a value, at most 60 characters; never walks a whole nested value (a hostile
+    file can make one huge)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -16,17 +16,23 @@ from .common import app, console, err_console, print_json
 def _loss_model(fit: Optional[Path]):
     """The planner's loss model: the scaling fit at ``fit`` (default: the reference sweep's).
     Any way a fit file can be broken becomes one line naming it."""
+    import yaml
+
+    from ..files import MAX_YAML_BYTES, read_text_file
     from ..scaling.predict import predicted_loss
 
     def predict(kind: str, compute_flops: float):
+        if fit is not None and fit.exists():  # binary, huge, unreadable: named here
+            read_text_file(fit, what="scaling fit", max_bytes=MAX_YAML_BYTES)
         try:
             return predicted_loss(fit, kind, compute_flops)
         except ConfigError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError,
-                UnicodeDecodeError, OverflowError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+                RecursionError, yaml.YAMLError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:100]
             raise ConfigError(f"--fit {fit}: not a readable scaling fit "
-                              f"({type(exc).__name__}: {str(exc)[:100]}); write one with "
+                              f"({type(exc).__name__}: {first}); write one with "
                               "`ecdit-scale fit TABLE --out FILE`") from None
     return predict
 
