@@ -191,6 +191,10 @@ def write_tree(texts: dict[str, str], out_dir: str | os.PathLike, *, keep_foreig
         raise ConfigError("--out '': give a folder name")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ConfigError(f"--out {out}: the current folder (or one above it) cannot be replaced "
+                          "as a whole; give a subfolder")
     foreign: list[str] = []
     if out.is_dir():
         for n, path in enumerate(sorted(out.rglob("*"))):

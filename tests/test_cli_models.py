@@ -188,6 +188,7 @@ def test_export_json_lists_what_it_wrote(tmp_path):
     (["plan", "--steps", "0"], "--steps = 0"),
     (["plan", "--sampling-steps", "0"], "--sampling-steps = 0"),
     (["plan", "--out", ""], "--out '': give a folder name"),
+    (["plan", "--model", "small-ec8", "--nodes", "1", "--out", "."], "cannot be replaced"),
     (["plan", "--gpus", "4", "--nodes", "2"], "contradicts"),
     (["plan", "--nodes", "x"], "Invalid value for '--nodes'"),
     (["plan", "--bogus"], "No such option: --bogus"),

@@ -17,13 +17,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..checks import string_keys
+from ..checks import short, string_keys
 from ..errors import ConfigError
 from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
 # training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).
 DEFAULT_EFFICIENCY = 0.45
+MAX_DEVICES_PER_NODE = 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +49,9 @@ class Accelerator:
                   "intra_node_bw_bytes_per_s", "inter_node_bw_bytes_per_s"):
             object.__setattr__(self, f, _positive_number(where, f, getattr(self, f)))
         n = self.devices_per_node
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"{where}: devices_per_node = {n!r}: must be an integer >= 1")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_DEVICES_PER_NODE:
+            raise ConfigError(f"{where}: devices_per_node = {short(n)}: must be an integer in "
+                              f"1..{MAX_DEVICES_PER_NODE}")
         if not isinstance(self.source, str) or not self.source.strip():
             raise ConfigError(f"{where}: source must name the datasheet the numbers come from")
         if not isinstance(self.notes, str):
@@ -108,7 +110,10 @@ def accelerator_from_dict(data: Any, *, name: str | None = None,
     missing = sorted(_REQUIRED - set(data))
     if missing:
         raise ConfigError(f"{label}: missing required field(s) {', '.join(missing)}")
-    return Accelerator(**data)
+    try:
+        return Accelerator(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _parse(data: Any, *, source: str) -> dict[str, Accelerator]:
