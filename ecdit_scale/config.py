@@ -10,12 +10,20 @@ import dataclasses
 import enum
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .files import atomic_write_text, dump_yaml, load_yaml_file, to_plain
+from .checks import MAX_SIZE
+from .checks import check_int as _positive_int
+from .checks import check_number as _number
+from .checks import check_type as _typed
+from .checks import short as _short
+from .checks import string_keys as _string_keys
+from .integers import divisor_hint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,19 +50,46 @@ class AdaLN(str, enum.Enum):
     SINGLE = "single"  # one shared Linear(d, 6d) + a per-block (6, d) table (PixArt-alpha)
 
 
+# Upper bounds for sizes: far above any real model, low enough that every derived number
+# (divisors, parameter counts, FLOPs) stays quick and finite.
+MAX_DEPTH = 4096
+MAX_NOTES_CHARS = 10_000
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
 def _enum(cls: type[enum.Enum], value: Any, what: str) -> Any:
     if isinstance(value, cls):
         return value
     try:
         return cls(value)
-    except ValueError:
+    except (ValueError, TypeError):
         valid = ", ".join(m.value for m in cls)
         raise ConfigError(f"{what}: {value!r} is not valid; choose one of {valid}") from None
 
 
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} = {value!r}: must be an integer >= {minimum}")
+# ---------------------------------------------------------------------------------------------
+# ZeRO: the one definition of the stages and what they allow
+# ---------------------------------------------------------------------------------------------
+
+
+ZERO_STAGES = (0, 1, 2, 3)
+# The stage from which ZeRO partitions each model state over the data-parallel group.
+ZERO_PARTITIONS_OPTIMIZER = 1  # optimizer states, master weights, fp32 gradient copy
+ZERO_PARTITIONS_GRADIENTS = 2
+ZERO_PARTITIONS_PARAMETERS = 3
+MOE_ZERO_STAGES = (0, 1, 2)  # DeepSpeed-MoE refuses ZeRO-3 (stage 3 partitions expert params)
+
+
+def check_zero_stage(stage: Any, *, name: str = "zero") -> int:
+    """``stage`` as an int if it is a ZeRO stage (0-3), else a ConfigError naming ``name``."""
+    if isinstance(stage, bool) or not isinstance(stage, int) or stage not in ZERO_STAGES:
+        raise ConfigError(f"{name} = {_short(stage)}: ZeRO stage must be 0, 1, 2 or 3")
+    return stage
+
+
+def zero_supports_moe(stage: int) -> bool:
+    """Whether DeepSpeed-MoE runs with this ZeRO stage (it refuses ZeRO-3)."""
+    return check_zero_stage(stage) in MOE_ZERO_STAGES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,17 +120,17 @@ class FFNConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", _enum(FFNKind, self.kind, "ffn.kind"))
-        _positive_int("ffn.num_experts", self.num_experts)
-        _positive_int("ffn.top_k", self.top_k)
-        _positive_int("ffn.moe_every", self.moe_every)
-        _positive_int("ffn.moe_offset", self.moe_offset, minimum=0)
+        _positive_int("ffn.num_experts", self.num_experts, maximum=2**16)
+        _positive_int("ffn.top_k", self.top_k, maximum=2**16)
+        _positive_int("ffn.moe_every", self.moe_every, maximum=MAX_DEPTH)
+        _positive_int("ffn.moe_offset", self.moe_offset, minimum=0, maximum=MAX_DEPTH)
         if self.group_size is not None:
-            _positive_int("ffn.group_size", self.group_size)
-        if not (isinstance(self.capacity_factor, (int, float)) and self.capacity_factor > 0):
-            raise ConfigError(f"ffn.capacity_factor = {self.capacity_factor!r}: must be > 0")
-        object.__setattr__(self, "capacity_factor", float(self.capacity_factor))
-        if self.aux_loss_coef < 0:
-            raise ConfigError(f"ffn.aux_loss_coef = {self.aux_loss_coef!r}: must be >= 0")
+            _positive_int("ffn.group_size", self.group_size, maximum=2**40)
+        object.__setattr__(self, "capacity_factor",
+                           _number("ffn.capacity_factor", self.capacity_factor, maximum=2**16))
+        object.__setattr__(self, "aux_loss_coef",
+                           _number("ffn.aux_loss_coef", self.aux_loss_coef, inclusive=True))
+        _typed("ffn.drop_tokens", self.drop_tokens, bool)
         if self.kind is FFNKind.DENSE and self.num_experts != 1:
             raise ConfigError(
                 f"ffn.num_experts = {self.num_experts} with kind dense: a dense FFN has 1 expert; "
@@ -157,45 +192,59 @@ class ModelConfig:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError(f"name = {self.name!r}: must be a non-empty string")
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError(f"name = {_short(self.name)}: must be 1-128 letters, digits, '.', "
+                              "'_', '+' or '-' (it names files and folders)")
+        _typed("family", self.family, str)
+        if len(self.family) > 128:
+            raise ConfigError(f"family = {_short(self.family)}: at most 128 characters")
+        _typed("notes", self.notes, str)
+        if len(self.notes) > MAX_NOTES_CHARS:
+            raise ConfigError(f"notes: {len(self.notes):,} characters; at most "
+                              f"{MAX_NOTES_CHARS:,} are allowed")
+        for name in ("learn_sigma", "qkv_bias", "count_text_encoder"):
+            _typed(name, getattr(self, name), bool)
         object.__setattr__(self, "adaln", _enum(AdaLN, self.adaln, "adaln"))
         object.__setattr__(
             self, "conditioning", _enum(Conditioning, self.conditioning, "conditioning")
         )
         if isinstance(self.ffn, dict):
             object.__setattr__(self, "ffn", _ffn_from_dict(self.ffn))
+        elif not isinstance(self.ffn, FFNConfig):
+            raise ConfigError(f"ffn = {_short(self.ffn)}: must be a mapping of ffn fields")
         for name in ("input_size", "in_channels", "patch_size", "vae_downsample", "hidden_size",
-                     "depth", "num_heads", "text_dim", "text_tokens", "num_classes",
-                     "timestep_freq_dim"):
+                     "num_heads", "text_dim", "text_tokens", "timestep_freq_dim"):
             _positive_int(name, getattr(self, name))
-        _positive_int("text_encoder_params", self.text_encoder_params, minimum=0)
+        _positive_int("depth", self.depth, maximum=MAX_DEPTH)
+        _positive_int("num_classes", self.num_classes, maximum=2**24)
+        _positive_int("text_encoder_params", self.text_encoder_params, minimum=0, maximum=10**13)
         kv = self.num_heads if self.num_kv_heads is None else self.num_kv_heads
         _positive_int("num_kv_heads", kv)
         object.__setattr__(self, "num_kv_heads", kv)
+        object.__setattr__(self, "mlp_ratio", _number("mlp_ratio", self.mlp_ratio, maximum=2**10))
+        object.__setattr__(self, "cond_dropout", _number("cond_dropout", self.cond_dropout,
+                                                         inclusive=True, maximum=1.0))
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"num_heads = {self.num_heads} does not divide hidden_size = {self.hidden_size}; "
-                f"pick heads among {_divisors(self.hidden_size)}"
+                f"pick heads among {divisor_hint(self.hidden_size)}"
             )
         if self.num_heads % kv:
             raise ConfigError(
                 f"num_kv_heads = {kv} does not divide num_heads = {self.num_heads}; "
-                f"pick among {_divisors(self.num_heads)}"
+                f"pick among {divisor_hint(self.num_heads)}"
             )
         if self.input_size % self.patch_size:
             raise ConfigError(
                 f"patch_size = {self.patch_size} does not divide input_size = {self.input_size}; "
-                f"pick among {_divisors(self.input_size)}"
+                f"pick among {divisor_hint(self.input_size)}"
             )
         if self.timestep_freq_dim % 2:
             raise ConfigError(f"timestep_freq_dim = {self.timestep_freq_dim}: must be even")
-        if not (self.mlp_ratio > 0 and float(self.mlp_ratio * self.hidden_size).is_integer()):
+        if not float(self.mlp_ratio * self.hidden_size).is_integer():
             raise ConfigError(
                 f"mlp_ratio = {self.mlp_ratio}: mlp_ratio * hidden_size must be a positive integer"
             )
-        if not 0.0 <= self.cond_dropout < 1.0:
-            raise ConfigError(f"cond_dropout = {self.cond_dropout}: must be in [0, 1)")
         ffn = self.ffn
         if ffn.is_moe:
             if ffn.moe_offset >= self.depth:
@@ -284,6 +333,7 @@ class ModelConfig:
     def from_dict(cls, data: Any, *, source: str = "config") -> "ModelConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of model fields, got {type(data).__name__}")
+        _string_keys(data, source)
         data = dict(data)
         for derived in DERIVED_CARD_KEYS:  # cards carry derived numbers; recomputed, never read
             data.pop(derived, None)
@@ -295,37 +345,33 @@ class ModelConfig:
             )
         if "name" not in data:
             raise ConfigError(f"{source}: missing required field 'name'")
-        if "ffn" in data:
-            data["ffn"] = _ffn_from_dict(data["ffn"], source=source)
         try:
+            if "ffn" in data:
+                data["ffn"] = _ffn_from_dict(data["ffn"])
             return cls(**data)
-        except TypeError as exc:  # wrong types that dataclasses reject
+        except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
 
-def _ffn_from_dict(data: Any, *, source: str = "config") -> FFNConfig:
+def _ffn_from_dict(data: Any) -> FFNConfig:
     if isinstance(data, FFNConfig):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: ffn must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"ffn = {_short(data)}: must be a mapping of ffn fields "
+                          f"({', '.join(f.name for f in fields(FFNConfig))})")
+    _string_keys(data, "ffn")
     known = {f.name for f in fields(FFNConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown ffn field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
+        raise ConfigError(f"unknown ffn field(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(sorted(known))}")
     return FFNConfig(**data)
 
 
-def _divisors(n: int) -> str:
-    ds = [d for d in range(1, n + 1) if n % d == 0]
-    if len(ds) > 12:
-        ds = ds[:6] + ["..."] + ds[-3:]
-    return ", ".join(str(d) for d in ds)
-
-
 def load_model_config(path: str | os.PathLike) -> ModelConfig:
-    data = load_yaml_file(path)
+    data = load_yaml_file(path, what="model card")
+    if data is None:
+        raise ConfigError(f"{path}: empty file; a model card is a mapping of model fields")
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         data = data["model"]
     return ModelConfig.from_dict(data, source=str(path))
@@ -371,11 +417,10 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", _enum(Optimizer, self.optimizer, "optimizer"))
         object.__setattr__(self, "precision", _enum(Precision, self.precision, "precision"))
-        _positive_int("global_batch", self.global_batch)
-        _positive_int("steps", self.steps)
-        _positive_int("warmup_steps", self.warmup_steps, minimum=0)
-        if not self.lr > 0:
-            raise ConfigError(f"lr = {self.lr!r}: must be > 0")
+        _positive_int("global_batch", self.global_batch, maximum=2**26)
+        _positive_int("steps", self.steps, maximum=10**12)
+        _positive_int("warmup_steps", self.warmup_steps, minimum=0, maximum=10**12)
+        object.__setattr__(self, "lr", _number("lr", self.lr))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,9 +439,8 @@ class ParallelLayout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "recompute", _enum(Recompute, self.recompute, "recompute"))
         for name in ("dp", "ep", "tp", "micro_batch"):
-            _positive_int(name, getattr(self, name))
-        if self.zero not in (0, 1, 2, 3):
-            raise ConfigError(f"zero = {self.zero!r}: ZeRO stage must be 0, 1, 2 or 3")
+            _positive_int(name, getattr(self, name), maximum=2**30)
+        check_zero_stage(self.zero)
         if self.dp % self.ep:
             raise ConfigError(
                 f"ep = {self.ep} does not divide dp = {self.dp}: expert parallelism runs inside "
@@ -420,10 +464,11 @@ class ClusterConfig:
     price_per_gpu_hour: float = 2.5  # USD; an assumption the user should override
 
     def __post_init__(self) -> None:
-        _positive_int("nodes", self.nodes)
-        _positive_int("gpus_per_node", self.gpus_per_node)
-        if self.price_per_gpu_hour < 0:
-            raise ConfigError(f"price_per_gpu_hour = {self.price_per_gpu_hour}: must be >= 0")
+        _typed("gpu", self.gpu, str)
+        _positive_int("nodes", self.nodes, maximum=2**17)
+        _positive_int("gpus_per_node", self.gpus_per_node, maximum=1024)
+        object.__setattr__(self, "price_per_gpu_hour", _number(
+            "price_per_gpu_hour", self.price_per_gpu_hour, inclusive=True, maximum=1e6))
 
     @property
     def world(self) -> int:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import errno
 import json
 import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -24,8 +25,9 @@ from .errors import ConfigError
 
 # A card, plan, profile or fit is a few KB; anything this large is not one of ours.
 MAX_YAML_BYTES = 4 * 1024 * 1024
-# Our files use no anchors; a handful are allowed, a "billion laughs" document is not.
-MAX_YAML_ALIASES = 64
+# Our files use no anchors; a handful are allowed, a "billion laughs" document is not (k
+# aliases can nest into about e^(k/e) values: 16 allow a few hundred).
+MAX_YAML_ALIASES = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,31 +114,111 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; when the block succeeds, the folder
     replaces ``path`` whole (files of an older ``path`` that the block did not write are kept
-    only if the block copied them). A failed block leaves ``path`` as it was."""
+    only if the block copied them). A failed block leaves ``path`` as it was. Concurrent
+    writers: the last one wins, and ``path`` always holds one writer's whole folder."""
     path = Path(path)
     if str(path).strip() == "":
         raise ConfigError("output folder '': give a folder name")
     path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = None
+    old: Path | None = None
     try:
         yield tmp
         os.chmod(tmp, 0o755)
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError(f"{path}: exists and is not a folder")
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "d")
-        os.replace(tmp, path)
+        for attempt in range(_SWAP_ATTEMPTS):
+            if path.exists() or path.is_symlink():
+                if not path.is_dir():
+                    raise ConfigError(f"{path}: exists and is not a folder")
+                if old is None:
+                    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                                dir=path.parent))
+                try:
+                    os.replace(path, old / str(attempt))
+                except FileNotFoundError:  # another writer moved it first
+                    continue
+            try:
+                os.replace(tmp, path)
+                break
+            except OSError as exc:  # another writer put its folder there in between
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        else:
+            raise ConfigError(f"{path}: other processes keep replacing this folder; try again")
     except BaseException:
-        if old is not None and (old / "d").exists() and not path.exists():
-            os.replace(old / "d", path)  # put the previous folder back
+        if old is not None and (old / "0").exists() and not path.exists():
+            os.replace(old / "0", path)  # put the previous folder back
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def same_text(path: str | os.PathLike, text: str) -> bool:
+    """Whether ``path`` is a file holding exactly ``text`` (False if unreadable)."""
+    try:
+        return Path(path).is_file() and Path(path).read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+_SWAP_ATTEMPTS = 10
+MAX_CARRIED_ENTRIES = 10_000
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)  # same file system (the new folder is created beside the old)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_tree(texts: dict[str, str], out_dir: str | os.PathLike, *, keep_foreign: bool,
+               generated: Callable[[str, Path], bool] = lambda rel, path: False,
+               mode: Callable[[str], int] = lambda rel: 0o644) -> dict[str, Path]:
+    """Write ``texts`` (relative path -> text) as the folder ``out_dir``, which appears whole
+    (``atomic_dir``). A file already there that is not in ``texts``: dropped when
+    ``generated(rel, path)`` says this tool wrote it (stale output); otherwise it is the user's,
+    and it is kept (``keep_foreign``: linked into the new folder) or the write is refused with
+    a one-line ConfigError naming it. Nothing of the user's is ever deleted."""
+    out = Path(out_dir)
+    if str(out_dir).strip() == "":
+        raise ConfigError("--out '': give a folder name")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ConfigError(f"--out {out}: the current folder (or one above it) cannot be replaced "
+                          "as a whole; give a subfolder")
+    foreign: list[str] = []
+    if out.is_dir():
+        for n, path in enumerate(sorted(out.rglob("*"))):
+            if n > MAX_CARRIED_ENTRIES:
+                raise ConfigError(f"--out {out}: holds over {MAX_CARRIED_ENTRIES:,} entries; "
+                                  "choose a new or empty folder")
+            if path.is_dir() and not path.is_symlink():
+                continue
+            rel = path.relative_to(out).as_posix()
+            if rel not in texts and not generated(rel, path):
+                foreign.append(rel)
+    if foreign and not keep_foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ConfigError(f"--out {out}: holds {foreign[0]}{more}, which this command does not "
+                          "write; choose a new or empty folder, or move those files")
+    with atomic_dir(out) as tmp:
+        for rel in foreign:
+            _link_or_copy(out / rel, tmp / rel)
+        for rel, text in texts.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(mode(rel))
+    return {rel: out / rel for rel in texts}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,15 +229,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 _BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _LimitedLoader(_BASE_LOADER):  # type: ignore[misc, valid-type]
-    """Safe loader that refuses documents with more than MAX_YAML_ALIASES aliases."""
-
-    def compose_node(self, parent, index):  # noqa: D401 - PyYAML hook
-        if self.check_event(yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_YAML_ALIASES:
+def _check_aliases(text: str) -> None:
+    """Count the aliases of a document (the C loader has no hook for it, so this scans the
+    parser's events first; only documents that could have an anchor pay for it)."""
+    if "&" not in text or "*" not in text:
+        return
+    aliases = 0
+    for event in yaml.parse(text, Loader=_BASE_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
                 raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases; our files use none")
-        return super().compose_node(parent, index)
 
 
 def dump_yaml(data: Any) -> str:
@@ -168,7 +252,8 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise ConfigError(f"{source}: {len(text) / 2**20:.1f} MiB is too large for a YAML file "
                           f"of ours (limit {MAX_YAML_BYTES // 2**20} MiB)")
     try:
-        return yaml.load(text, Loader=_LimitedLoader)
+        _check_aliases(text)
+        return yaml.load(text, Loader=_BASE_LOADER)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:

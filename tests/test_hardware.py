@@ -95,14 +95,22 @@ def test_user_yaml_with_several_entries(tmp_path):
     (lambda d: d.update(devices_per_node=2.5), "devices_per_node"),
     (lambda d: d.update(efficiency=1.5), "efficiency"),
     (lambda d: d.update(nvlink_gen=4), "nvlink_gen"),
+    (lambda d: d.update(devices_per_node=10**6), "devices_per_node = 1000000: must be an integer in 1..1024"),
+    (lambda d: d.update({7: 1}), "field name 7 is not a string"),
 ])
 def test_invalid_user_yaml_names_the_field(tmp_path, edit, field):
     data = get_accelerator("h100").to_dict()
     edit(data)
     path = tmp_path / "bad.yaml"
     path.write_text(dump_yaml(data))
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match=field) as exc:
         load_accelerators(path)
+    assert str(path) in str(exc.value)
+
+
+def test_sustained_flops_is_the_one_definition_of_usable_compute():
+    acc = get_accelerator("h100")
+    assert acc.sustained_flops == acc.peak_bf16_flops * acc.efficiency
 
 
 def test_missing_file_is_a_config_error(tmp_path):

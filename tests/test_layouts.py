@@ -106,7 +106,7 @@ def test_97b_on_one_gpu_says_how_much_it_needs():
         search_layouts(M64, TRAIN, ClusterConfig(nodes=1, gpus_per_node=1), H100)
     text = _one_line(exc)
     assert "on 1 GPU" in text and "needs" in text and "TiB per device" in text
-    assert "the h100-sxm has 80 GB" in text
+    assert "the h100-sxm has 74.5 GiB" in text
 
 
 def test_pinned_ep_not_dividing_the_experts():

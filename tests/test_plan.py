@@ -14,11 +14,12 @@ import yaml
 from ecdit_scale import sizes
 from ecdit_scale.config import ClusterConfig, Optimizer, Precision, load_model_config
 from ecdit_scale.errors import ConfigError
-from ecdit_scale.planner import plan as plan_mod
-from ecdit_scale.planner.deepspeed_config import deepspeed_config
+from ecdit_scale.planner import plan_files as plan_mod
+from ecdit_scale.planner.deepspeed_config import deepspeed_config, deepspeed_launch_command
 from ecdit_scale.planner.hardware import get_accelerator
 from ecdit_scale.planner.inference import estimate_inference
-from ecdit_scale.planner.plan import PLAN_FILES, make_plan, write_plan_files
+from ecdit_scale.planner.plan import LossEstimate, make_plan
+from ecdit_scale.planner.plan_files import PLAN_FILES, write_plan_files
 
 ROOT = Path(__file__).resolve().parents[1]
 M64 = sizes.resolve("97B").config
@@ -45,18 +46,27 @@ def test_97b_default_plan_headline_numbers(plan97):
     assert p.days == pytest.approx(p.step_s * p.training.steps / 86_400)
     assert p.cost_usd == pytest.approx(p.gpu_hours * p.cluster.price_per_gpu_hour)
     assert p.best.memory.total <= H100.memory_bytes
-    assert p.flops_per_step["hardware"] >= p.flops_per_step["model"] > 0
-    assert p.flops_per_image["forward_macs"] * 2 == pytest.approx(p.flops_per_image["forward"])
+    assert p.flops_per_step.hardware >= p.flops_per_step.model > 0
+    assert p.flops_per_image.forward_macs * 2 == pytest.approx(p.flops_per_image.forward)
     # MFU is model FLOPs over peak x step time
-    assert p.mfu == pytest.approx(p.flops_per_step["model"]
+    assert p.mfu == pytest.approx(p.flops_per_step.model
                                   / (p.world * H100.peak_bf16_flops * p.step_s))
+    assert p.compute_flops == pytest.approx(p.flops_per_step.model * p.training.steps)
+    # launchable: tp = 1; the tensor-parallel alternative is beside it, faster
+    assert p.best.layout.tp == 1 and all(e.layout.tp == 1 for e in p.top)
+    alt = p.tp_alternative
+    assert alt is not None and alt.layout.tp > 1 and alt.step.total_s < p.step_s
+    assert p.inference.devices == 8 and p.inference.model == p.model
     assert any("assumption" in e for e in p.estimated)  # the price is labelled
 
 
 def test_plan_to_dict_is_json(plan97):
     d = json.loads(json.dumps(plan97.to_dict()))
     assert d["model"] == "ecdit-m-64e" and d["best"]["layout"]["dp"] == plan97.best.layout.dp
-    assert d["params"]["total_params"] == plan97.params["total_params"]
+    assert d["params"]["total_params"] == plan97.params.total_params
+    assert d["fastest_with_tensor_parallel"]["layout"]["tp"] == plan97.tp_alternative.layout.tp
+    assert d["inference"]["latency_s"] == plan97.inference.latency_s
+    assert d["predicted_loss"] is None and d["resolved"] is None  # no loss model was given
     assert d["estimated"] and d["assumptions"]
 
 
@@ -200,10 +210,12 @@ def test_planner_never_imports_torch(tmp_path):
     code = f"""
 import sys, importlib.util
 import ecdit_scale.planner.plan as p
+import ecdit_scale.planner.plan_files as pf
 from ecdit_scale import sizes
 import ecdit_scale.planner.inference, ecdit_scale.planner.deepspeed_config
+import ecdit_scale.planner.examples, ecdit_scale.planner.request
 plan = p.make_plan(sizes.resolve("97B").config)
-p.write_plan_files(plan, {str(tmp_path / 'out')!r})
+pf.write_plan_files(plan, {str(tmp_path / 'out')!r})
 if importlib.util.find_spec("ecdit_scale.cli.plan") is not None:
     import ecdit_scale.cli.plan  # the CLI's plan command module, once it exists
 bad = sorted(m for m in ("torch", "deepspeed", "ecdit_scale.model") if m in sys.modules)
@@ -234,3 +246,102 @@ print(res.exit_code, bad)
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("[]"), res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# One Plan object: loss model, plan.yaml == --json, folders that appear whole
+# ---------------------------------------------------------------------------------------------
+
+SMALL = sizes.get("small-ec8")
+ONE_NODE = ClusterConfig(nodes=1)
+
+
+def _loss(kind, compute):
+    return {"loss": 0.5, "interval": [0.4, 0.6], "kind": kind, "compute_flops": compute,
+            "source": "test", "extrapolation_factor": 2.0, "law": {"E": 0.1, "A": 1.0, "alpha": 0.2}}
+
+
+def test_loss_model_gets_the_run_compute_and_becomes_typed():
+    seen = []
+    p = make_plan(SMALL, cluster=ONE_NODE, loss_model=lambda k, c: seen.append((k, c)) or _loss(k, c))
+    assert seen == [("expert-choice", p.compute_flops)]
+    assert isinstance(p.predicted_loss, LossEstimate) and p.predicted_loss.interval == (0.4, 0.6)
+    assert p.to_dict()["predicted_loss"]["law"]["alpha"] == 0.2
+    assert make_plan(SMALL, cluster=ONE_NODE, loss_model=lambda k, c: None).predicted_loss is None
+
+
+@pytest.mark.parametrize("bad", [{"loss": 1.0}, {**_loss("x", 1.0), "loss": float("nan")},
+                                 {**_loss("x", 1.0), "interval": [1.0]}])
+def test_a_broken_loss_prediction_is_one_config_error(bad):
+    with pytest.raises(ConfigError, match="loss"):
+        make_plan(SMALL, cluster=ONE_NODE, loss_model=lambda k, c: bad)
+
+
+def test_pinned_tp_has_no_alternative_and_top_must_be_positive():
+    assert make_plan(SMALL, cluster=ONE_NODE, pin={"tp": 1}).tp_alternative is None
+    with pytest.raises(ConfigError, match="--top"):
+        make_plan(SMALL, cluster=ONE_NODE, top=0)
+
+
+def test_plan_json_and_plan_yaml_are_the_same_object(tmp_path):
+    out = tmp_path / "p"
+    res = subprocess.run([sys.executable, "-m", "ecdit_scale", "plan", "--model", "small-ec8",
+                          "--nodes", "1", "--out", str(out), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    printed = json.loads(res.stdout)
+    assert printed == yaml.safe_load((out / "plan.yaml").read_text())
+    assert printed["inference"]["devices"] == 8 and printed["predicted_loss"]["loss"] > 0
+    assert "fastest_with_tensor_parallel" in printed and printed["compute_flops"] > 0
+
+
+def test_a_folder_with_other_files_is_refused_and_kept(tmp_path):
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("precious\n")
+    plan = make_plan(SMALL, cluster=ONE_NODE)
+    with pytest.raises(ConfigError, match="metrics.jsonl"):
+        write_plan_files(plan, out)
+    assert [p.name for p in out.iterdir()] == ["metrics.jsonl"]
+    with pytest.raises(ConfigError, match="folder name"):
+        write_plan_files(plan, "")
+
+
+def test_two_plans_into_one_folder_never_mix(tmp_path):
+    import threading
+
+    out = tmp_path / "p"
+    a = make_plan(SMALL, cluster=ONE_NODE)
+    b = make_plan(SMALL, cluster=ClusterConfig(nodes=2))
+    texts = {id(a): plan_mod.plan_files(a), id(b): plan_mod.plan_files(b)}
+    assert texts[id(a)]["hostfile"] != texts[id(b)]["hostfile"]
+    errors = []
+
+    def write(plan):
+        try:
+            for _ in range(5):
+                write_plan_files(plan, out)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    found = {p.name: p.read_text() for p in out.iterdir()}
+    assert found in (texts[id(a)], texts[id(b)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary folders left
+
+
+def test_deepspeed_launch_command_is_the_plans_and_the_launchers():
+    cmd = deepspeed_launch_command(num_gpus=8, num_nodes=2, hostfile="hostfile", run_dir="r")
+    assert cmd == ["deepspeed", "--hostfile", "hostfile", "--num_nodes", "2", "--num_gpus", "8",
+                   "--no_local_rank", "--module", "ecdit_scale.train.worker", "--run-dir", "r"]
+    local = deepspeed_launch_command(num_gpus=2, run_dir="r", master_port=1234,
+                                     launcher=(sys.executable, "-m", "deepspeed.launcher.runner"),
+                                     worker_args=("--resume",))
+    assert local[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
+    assert local[3:7] == ["--num_gpus", "2", "--master_port", "1234"] and local[-1] == "--resume"
+    assert "--hostfile" not in local and "--num_nodes" not in local

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import sizes
-from ..cards import card_dict, export_cards, load_card_or_name
+from ..planner.cards import card_dict, export_cards, load_card_or_name
 from ..config import FFNKind
 from ..errors import ConfigError
 from ..params import count_params
@@ -95,12 +96,12 @@ def show(
 
 def _print_card(card: dict[str, Any]) -> None:
     s = card["summary"]
-    head = Table(title=card["name"], show_header=False)
+    head = Table(title=escape(card["name"]), show_header=False)
     head.add_column("field")
     head.add_column("value")
     for key in ("family", "hidden_size", "depth", "num_heads", "num_kv_heads", "patch_size",
                 "input_size", "in_channels", "conditioning", "adaln"):
-        head.add_row(key, str(card[key]))
+        head.add_row(key, escape(str(card[key])))
     ffn = card["ffn"]
     head.add_row("ffn", ", ".join(f"{k}={v}" for k, v in ffn.items()))
     head.add_row("image tokens", str(s["tokens_per_image"]))
@@ -134,21 +135,25 @@ def _print_card(card: dict[str, Any]) -> None:
         console.print(f"paper reports {format_count(s['reported_total'])} total: "
                       f"{s['reported_total_error']:+.2%} here")
     if card.get("notes"):
-        console.print(card["notes"], style="dim")
+        console.print(escape(card["notes"]), style="dim", highlight=False)
 
 
 @models_app.command("export")
 def export(
-    out: Path = typer.Option(DEFAULT_CARDS_DIR, "--out", help="Folder for the YAML cards."),
+    out: str = typer.Option(str(DEFAULT_CARDS_DIR), "--out", help="Folder for the YAML cards (it appears whole; files you put there stay)."),
     check: bool = typer.Option(False, "--check", help="Only report stale or missing cards."),
+    json_out: bool = typer.Option(False, "--json", help="Print the cards written, unchanged, removed (or stale) as JSON."),
 ) -> None:
     """Write one YAML card per named size (the checked-in models/ folder)."""
     result = export_cards(out, check=check)
+    if check and result.stale:
+        raise ConfigError(f"{len(result.stale)} stale card(s) in {out}: "
+                          f"{', '.join(result.stale[:5])}; run `ecdit-scale models export`")
+    if json_out:
+        print_json({"out": out, **result.to_dict()})
+        return
     if check:
-        if result.stale:
-            raise ConfigError(f"{len(result.stale)} stale card(s) in {out}: "
-                              f"{', '.join(result.stale[:5])}; run `ecdit-scale models export`")
-        console.print(f"{len(result.written) + len(result.unchanged)} cards up to date in {out}")
+        console.print(f"{len(result.written) + len(result.unchanged)} cards up to date in {escape(out)}")
         return
     console.print(f"wrote {len(result.written)} card(s), {len(result.unchanged)} unchanged, "
-                  f"{len(result.removed)} removed in {out}")
+                  f"{len(result.removed)} removed in {escape(out)}")

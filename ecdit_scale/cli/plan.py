@@ -6,56 +6,35 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from .. import sizes
-from ..cards import load_card_or_name
-from ..config import (ClusterConfig, FFNConfig, FFNKind, ModelConfig, Optimizer, Recompute,
-                      TrainingConfig)
 from ..errors import ConfigError
 from ..units import format_amount, format_count, format_duration, format_gib
-from .common import app, console, print_json
+from .common import app, console, err_console, print_json
 
-DEFAULT_TARGET = "97B"
+def _loss_model(fit: Optional[Path]):
+    """The planner's loss model: the scaling fit at ``fit`` (default: the reference sweep's).
+    Any way a fit file can be broken becomes one line naming it."""
+    import yaml
 
+    from ..files import MAX_YAML_BYTES, read_text_file
+    from ..scaling.predict import predicted_loss
 
-def _with_routing(cfg: ModelConfig, routing: FFNKind) -> ModelConfig:
-    """The same model with another FFN kind: dense, or the EC / TC twin at equal compute."""
-    if cfg.ffn.kind is routing:
-        return cfg
-    if routing is FFNKind.DENSE:
-        return cfg.replace(name=f"{cfg.name}-as-dense", ffn=FFNConfig())
-    experts = cfg.ffn.num_experts if cfg.ffn.is_moe else sizes.experts_for_target(1e9)
-    make = sizes.expert_choice if routing is FFNKind.EXPERT_CHOICE else sizes.token_choice
-    suffix = "ec" if routing is FFNKind.EXPERT_CHOICE else "tc"
-    return cfg.replace(name=f"{cfg.name}-as-{suffix}", ffn=make(experts))
-
-
-def _choice(value: Optional[str], enum_cls, option: str):
-    if value is None:
-        return None
-    valid = [m.value for m in enum_cls]
-    if value not in valid:
-        raise ConfigError(f"{option} {value!r}: choose one of {', '.join(valid)}")
-    return enum_cls(value)
-
-
-def _cluster(gpu: str, gpus: Optional[int], nodes: Optional[int], per_node: Optional[int],
-             price: float, acc) -> ClusterConfig:
-    per_node = per_node or acc.devices_per_node
-    if gpus is not None:
-        if gpus < 1:
-            raise ConfigError(f"--gpus {gpus}: must be >= 1")
-        if gpus <= per_node:
-            return ClusterConfig(gpu=gpu, nodes=1, gpus_per_node=gpus, price_per_gpu_hour=price)
-        if gpus % per_node:
-            raise ConfigError(f"--gpus {gpus} is not a multiple of {per_node} GPUs per node; "
-                              f"use {gpus // per_node * per_node} or {(gpus // per_node + 1) * per_node}")
-        if nodes is not None and nodes * per_node != gpus:
-            raise ConfigError(f"--gpus {gpus} contradicts --nodes {nodes} x {per_node} per node")
-        nodes = gpus // per_node
-    return ClusterConfig(gpu=gpu, nodes=nodes or ClusterConfig().nodes, gpus_per_node=per_node,
-                         price_per_gpu_hour=price)
+    def predict(kind: str, compute_flops: float):
+        if fit is not None and fit.exists():  # binary, huge, unreadable: named here
+            read_text_file(fit, what="scaling fit", max_bytes=MAX_YAML_BYTES)
+        try:
+            return predicted_loss(fit, kind, compute_flops)
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+                RecursionError, yaml.YAMLError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:100]
+            raise ConfigError(f"--fit {fit}: not a readable scaling fit "
+                              f"({type(exc).__name__}: {first}); write one with "
+                              "`ecdit-scale fit TABLE --out FILE`") from None
+    return predict
 
 
 @app.command()
@@ -82,94 +61,62 @@ def plan(
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
     inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the predicted loss (default: the reference sweep's)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for plan.yaml, ds_config.json, launch.sh, hostfile (default plan-MODEL/)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (default plan-MODEL/); it appears whole."),
     write: bool = typer.Option(True, "--write/--no-write", help="Write the plan files."),
-    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml)."),
 ) -> None:
     """Plan a training run: FLOPs, memory, layouts, step time, days, cost, DeepSpeed config."""
     from ..planner.hardware import get_accelerator
-    from ..planner.inference import estimate_inference
-    from ..planner.plan import make_plan, write_plan_files
+    from ..planner.plan import make_plan
+    from ..planner.plan_files import write_plan_files
+    from ..planner.request import (check_plan_options, cluster_for_plan, model_for_plan,
+                                   pins_for_plan, training_for_plan)
 
-    if model is not None and params is not None:
-        raise ConfigError("give --model or --params, not both")
-    kind = _choice(routing, FFNKind, "--routing")
-    opt = _choice(optimizer, Optimizer, "--optimizer")
-    rec = _choice(recompute, Recompute, "--recompute")
-    if model is not None:
-        cfg = load_card_or_name(model)
-        if kind is not None:
-            cfg = _with_routing(cfg, kind)
-        resolved = None
-    else:
-        resolved = sizes.resolve(params or DEFAULT_TARGET, active=active,
-                                 kind=kind or FFNKind.EXPERT_CHOICE)
-        cfg = resolved.config
+    if out is not None and not out.strip():
+        raise ConfigError("--out '': give a folder name")
+    check_plan_options(top=top, sampling_steps=sampling_steps,
+                       inference_devices=inference_devices)
+    training = training_for_plan(global_batch=global_batch, steps=steps, optimizer=optimizer)
+    pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
+                        recompute=recompute)
+    cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing)
     acc = get_accelerator(gpu)
-    cluster = _cluster(gpu, gpus, nodes, gpus_per_node, price, acc)
-    training = TrainingConfig(global_batch=global_batch, steps=steps, optimizer=opt)
-    pin = {k: v for k, v in dict(dp=dp, ep=ep, zero=zero, micro_batch=micro_batch,
-                                 recompute=rec).items() if v is not None}
-    # The written plan must be launchable: our trainer runs data x expert parallelism, so tp=1
-    # unless the user asks for tensor parallelism; the fastest tp>1 layout is shown beside it.
-    the_plan = make_plan(cfg, training, cluster, acc, pin={**pin, "tp": tp or 1}, top=top)
-    tp_alt = None
-    if tp is None:
-        from ..planner.layouts import search_layouts
-        try:
-            tp_alt = search_layouts(cfg, training, cluster, acc, pin=pin or None, keep=1).best
-        except ConfigError:
-            tp_alt = None
-        if tp_alt is not None and tp_alt.layout.tp == 1:
-            tp_alt = None
-    infer = estimate_inference(cfg, acc, devices=min(inference_devices, cluster.world),
-                               steps=sampling_steps)
-    loss = _predicted_loss(fit, cfg, the_plan.flops_per_step["model"] * steps)
-
-    files = {}
-    if write:
-        out = out or Path(f"plan-{cfg.name}")
-        files = write_plan_files(the_plan, out)
-    data = the_plan.to_dict()
-    data["inference"] = infer.to_dict()
-    data["predicted_loss"] = loss
-    data["files"] = {k: str(v) for k, v in files.items()}
-    data["fastest_with_tensor_parallel"] = tp_alt.to_dict() if tp_alt is not None else None
-    if resolved is not None:
-        data["resolved"] = {"target": resolved.target, "active": resolved.active,
-                            "synthesised": resolved.synthesised, "achieved": resolved.achieved}
+    cluster = cluster_for_plan(gpu, acc, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node,
+                               price=price)
+    the_plan = make_plan(cfg, training, cluster, acc, pin=pin, top=top,
+                         sampling_steps=sampling_steps, inference_devices=inference_devices,
+                         loss_model=_loss_model(fit), resolved=resolved)
+    files = write_plan_files(the_plan, out or f"plan-{cfg.name}") if write else {}
     if json_out:
-        print_json(data)
+        print_json(the_plan.to_dict())
+        if files:
+            err_console.print(f"wrote {Path(out or f'plan-{cfg.name}')}/: "
+                              + ", ".join(files), highlight=False, soft_wrap=True)
         return
-    _print_plan(the_plan, data, infer, loss, files, tp_alt)
+    _print_plan(the_plan, files)
 
 
-def _predicted_loss(fit_path: Optional[Path], cfg: ModelConfig, compute_flops: float) -> Optional[dict]:
-    from ..scaling.predict import predicted_loss
-    return predicted_loss(fit_path, cfg.ffn.kind.value, compute_flops)
-
-
-def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
-    cfg, b, lay = p.config, p.params, p.best.layout
-    resolved = data.get("resolved")
+def _print_plan(p, files) -> None:
+    cfg, b = p.config, p.params
+    infer, loss, tp_alt, resolved = p.inference, p.predicted_loss, p.tp_alternative, p.resolved
     how = ""
     if resolved:
-        how = (f" — {'synthesised' if resolved['synthesised'] else 'named config'} for "
-               f"{format_count(resolved['target'])} {'activated' if resolved['active'] else 'total'}")
+        how = (f" — {'synthesised' if resolved.synthesised else 'named config'} for "
+               f"{format_count(resolved.target)} {'activated' if resolved.active else 'total'}")
     console.rule(f"[bold]plan: {cfg.name}{how}")
     console.print(f"model: d={cfg.hidden_size}, {cfg.depth} blocks, {cfg.num_heads} heads "
                   f"({cfg.num_kv_heads} KV), FFN {cfg.ffn.kind.value}"
                   + (f", {cfg.ffn.num_experts} experts in {cfg.num_moe_layers} MoE layers, "
                      f"C={cfg.expert_capacity} tokens/expert/group" if cfg.ffn.is_moe else "")
                   + f"; {cfg.image_size}x{cfg.image_size} images, {cfg.tokens_per_image} tokens")
-    console.print(f"params: total {b['total_params']:,} ({format_count(b['total_params'])}), "
-                  f"activated {b['active_params']:,} ({format_count(b['active_params'])}) \\[exact]")
+    console.print(f"params: total {b.total_params:,} ({format_count(b.total_params)}), "
+                  f"activated {b.active_params:,} ({format_count(b.active_params)}) \\[exact]")
     f = p.flops_per_image
-    console.print(f"FLOPs per image: forward {f['forward']:.4g}, backward {f['backward']:.4g} "
-                  f"(forward MACs {f['forward_macs']:.4g}); per step: model "
-                  f"{p.flops_per_step['model']:.4g}, hardware {p.flops_per_step['hardware']:.4g} \\[exact]")
+    console.print(f"FLOPs per image: forward {f.forward:.4g}, backward {f.backward:.4g} "
+                  f"(forward MACs {f.forward_macs:.4g}); per step: model "
+                  f"{p.flops_per_step.model:.4g}, hardware {p.flops_per_step.hardware:.4g} \\[exact]")
     console.print(f"run: {p.training.steps:,} steps x {p.training.global_batch} images on "
-                  f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {p.accelerator.name} "
+                  f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {escape(p.accelerator.name)} "
                   f"({p.world} devices), optimizer {p.training.optimizer.value}")
 
     mem = p.best.memory.to_dict()
@@ -212,14 +159,14 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
                       f"MFU {s2.mfu:.1%}, {p.training.steps * s2.total_s / 86400:,.1f} days — needs a "
                       "Megatron-style model; rerun with --tp to plan it", style="dim")
     console.print(f"inference: {infer.steps} sampling steps with CFG on {infer.devices} "
-                  f"{p.accelerator.name} (ep={infer.ep}, tp={infer.tp}): {infer.latency_s:.2f} s "
+                  f"{escape(p.accelerator.name)} (ep={infer.ep}, tp={infer.tp}): {infer.latency_s:.2f} s "
                   f"per batch of {infer.batch}, {infer.bound}-bound, {format_gib(infer.memory_bytes_per_device)}"
                   f" per device \\[estimated]")
     if loss:
-        iv = loss.get("interval")
+        iv = loss.interval
         band = f" (95% CI {iv[0]:.4f}-{iv[1]:.4f})" if iv else ""
-        console.print(f"predicted final loss: {loss['loss']:.4f}{band} from {loss['source']} "
-                      f"\\[extrapolated {loss['extrapolation_factor']:.2g}x beyond its largest run]")
+        console.print(f"predicted final loss: {loss.loss:.4f}{band} from {escape(loss.source)} "
+                      f"\\[extrapolated {loss.extrapolation_factor:.2g}x beyond its largest run]")
     if p.step_s / max(p.best.grad_accum, 1) < 0.01:
         console.print("warning: under 10 ms per micro-step the GPU is mostly waiting on kernel "
                       "launches, which this model does not count (small-dense measured 26x its "
@@ -228,10 +175,10 @@ def _print_plan(p, data, infer, loss, files, tp_alt) -> None:
     for line in p.estimated:
         console.print(f"estimated: {line}", style="dim")
     if files:
-        console.print("wrote: " + ", ".join(str(v) for v in files.values()))
+        console.print("wrote: " + escape(", ".join(str(v) for v in files.values())))
         lay, pl = p.best.layout, p
-        console.print(f"launch: bash {files['launch.sh']}  (edit the hostfile's placeholder hosts first)")
-        console.print(f"or on this machine's devices: ecdit-scale launch {files['card.yaml']} --nproc "
+        console.print(f"launch: bash {escape(str(files['launch.sh']))}  (edit the hostfile's placeholder hosts first)")
+        console.print(f"or on this machine's devices: ecdit-scale launch {escape(str(files['card.yaml']))} --nproc "
                       f"{pl.cluster.gpus_per_node} --ep {min(lay.ep, pl.cluster.gpus_per_node)} "
                       f"--zero {lay.zero} --micro-batch {lay.micro_batch} --grad-accum "
                       f"{p.best.grad_accum} --steps N", style="dim")
@@ -243,14 +190,19 @@ app.add_typer(plans_app, name="plans")
 
 @plans_app.command("export")
 def export_plans(
-    out: Path = typer.Option(Path("plans"), "--out", help="Folder for the example plans."),
+    out: str = typer.Option("plans", "--out", help="Folder for the example plans (it appears whole; files you put there stay)."),
     check: bool = typer.Option(False, "--check", help="Only report stale files."),
+    json_out: bool = typer.Option(False, "--json", help="Print the files written (or stale) as JSON."),
 ) -> None:
     """Regenerate the example plans (M-64E on the default cluster, XL-32E on H200, a small one-node run)."""
     from ..planner.examples import EXAMPLES, export_examples
 
-    changed = export_examples(out, check=check)
+    changed = export_examples(out, check=check, loss_model=_loss_model(None))
     if check and changed:
         raise ConfigError(f"{len(changed)} stale plan file(s), e.g. {changed[0]}; run `ecdit-scale plans export`")
+    if json_out:
+        print_json({"out": out, "examples": [ex.name for ex in EXAMPLES],
+                    ("stale" if check else "written"): changed})
+        return
     verb = "stale" if check else "written"
-    console.print(f"{len(EXAMPLES)} example plans in {out}: {len(changed)} file(s) {verb}")
+    console.print(f"{len(EXAMPLES)} example plans in {escape(out)}: {len(changed)} file(s) {verb}")

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig, Precision, Recompute
+from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
+                      ZERO_PARTITIONS_PARAMETERS, ModelConfig, Precision, Recompute)
 from .flops import expert_slots_per_image
 from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ParamSplit
 
@@ -160,16 +161,16 @@ def comm_arrays(cfg: ModelConfig, split: ParamSplit, links: Links, *, dp: Any, e
     g_ne = w * split.non_expert_per_device(tp)
     g_ex = w * split.expert_per_device(ep, tp)
     edp = dp // ep
-    is0, is3 = zero == 0, zero >= 3
+    is0, is3 = zero < ZERO_PARTITIONS_OPTIMIZER, zero >= ZERO_PARTITIONS_PARAMETERS
     factor = np.where(is0, 2.0, 1.0)  # all-reduce vs reduce-scatter
     red_once = (ring_seconds(g_ne, dp, tp, links, factor=1.0)
                 + ring_seconds(g_ex, edp, ep * tp, links, factor=1.0)) * factor
     red_bytes_once = (g_ne * (dp - 1) / dp + g_ex * (edp - 1) / edp) * factor
-    red_times = np.where(zero >= 2, ga, 1)  # ZeRO-2/3 reduce in every backward (hooks)
+    red_times = np.where(zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)  # ZeRO-2/3 reduce in every backward (hooks)
     ag_once = (ring_seconds(g_ne, dp, tp, links, factor=1.0)
                + ring_seconds(g_ex, edp, ep * tp, links, factor=1.0))
     ag_bytes_once = g_ne * (dp - 1) / dp + g_ex * (edp - 1) / edp
-    post_step = (zero == 1) | (zero == 2)
+    post_step = ~is0 & ~is3  # ZeRO-1/2 all-gather the updated parameter partitions
     gathers = np.where(is3, (fwd + 1) * ga, 0)  # ZeRO-3: every forward and the backward
     return dict(
         a2a_bytes=a2a_bytes, a2a_s=a2a_s, tp_bytes=tp_bytes, tp_s=tp_s,

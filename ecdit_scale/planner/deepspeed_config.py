@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Optimizer, Precision
+from ..config import Optimizer, Precision, check_zero_stage
 from ..errors import ConfigError
 from .memory import ZERO_BUCKET_ELEMENTS
 
@@ -44,8 +44,7 @@ def optimizer_section(optimizer: Optimizer | str, *, lr: float, weight_decay: fl
 
 
 def zero_section(stage: int, *, bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
-    if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"zero stage {stage!r}: must be 0, 1, 2 or 3")
+    check_zero_stage(stage, name="zero stage")
     section: dict[str, Any] = {"stage": stage}
     if stage in (1, 2):
         section.update(overlap_comm=True, contiguous_gradients=True, reduce_scatter=True,
@@ -96,3 +95,31 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
     if zero_stage > 0 and (client_optimizer or optimizer is not Optimizer.ADAMW):
         config["zero_allow_untested_optimizer"] = True
     return config
+
+
+WORKER_MODULE = "ecdit_scale.train.worker"
+
+
+def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | None = None,
+                             hostfile: str | None = None, master_port: int | None = None,
+                             launcher: tuple[str, ...] | list[str] = ("deepspeed",),
+                             worker_args: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The DeepSpeed launcher command that starts ``ecdit_scale.train.worker`` on every device.
+
+    ``num_gpus`` ranks per node (``--num_gpus`` is needed on CPU too: DeepSpeed otherwise counts
+    NUMA nodes); ``--no_local_rank``: the worker reads LOCAL_RANK from the environment. The
+    worker reads its settings from ``run_dir`` (card.yaml, ds_config.json, run.json); anything in
+    ``worker_args`` (e.g. ``--resume``) follows it. ``launcher``: ``("deepspeed",)`` for a
+    script, or ``(sys.executable, "-m", "deepspeed.launcher.runner")`` to use this Python.
+    """
+    cmd = list(launcher)
+    if hostfile:
+        cmd += ["--hostfile", str(hostfile)]
+    if num_nodes is not None:
+        cmd += ["--num_nodes", str(num_nodes)]
+    cmd += ["--num_gpus", str(num_gpus)]
+    if master_port is not None:
+        cmd += ["--master_port", str(master_port)]
+    cmd += ["--no_local_rank", "--module", WORKER_MODULE, "--run-dir", str(run_dir),
+            *worker_args]
+    return cmd

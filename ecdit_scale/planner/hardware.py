@@ -17,14 +17,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..checks import short, string_keys
 from ..errors import ConfigError
-from ..files import atomic_write_text, dump_yaml, load_yaml_file
+from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
 # training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).
 DEFAULT_EFFICIENCY = 0.45
+MAX_DEVICES_PER_NODE = 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +49,9 @@ class Accelerator:
                   "intra_node_bw_bytes_per_s", "inter_node_bw_bytes_per_s"):
             object.__setattr__(self, f, _positive_number(where, f, getattr(self, f)))
         n = self.devices_per_node
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"{where}: devices_per_node = {n!r}: must be an integer >= 1")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_DEVICES_PER_NODE:
+            raise ConfigError(f"{where}: devices_per_node = {short(n)}: must be an integer in "
+                              f"1..{MAX_DEVICES_PER_NODE}")
         if not isinstance(self.source, str) or not self.source.strip():
             raise ConfigError(f"{where}: source must name the datasheet the numbers come from")
         if not isinstance(self.notes, str):
@@ -97,6 +98,7 @@ def accelerator_from_dict(data: Any, *, name: str | None = None,
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: accelerator {name!r} must be a mapping of fields, "
                           f"got {type(data).__name__}")
+    string_keys(data, f"{source}: accelerator {name!r}" if name is not None else source)
     data = dict(data)
     if name is not None:
         data.setdefault("name", name)
@@ -108,7 +110,10 @@ def accelerator_from_dict(data: Any, *, name: str | None = None,
     missing = sorted(_REQUIRED - set(data))
     if missing:
         raise ConfigError(f"{label}: missing required field(s) {', '.join(missing)}")
-    return Accelerator(**data)
+    try:
+        return Accelerator(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _parse(data: Any, *, source: str) -> dict[str, Accelerator]:
@@ -137,7 +142,8 @@ def save_accelerator(acc: Accelerator, path: str | os.PathLike) -> Path:
 @functools.lru_cache(maxsize=1)
 def _catalog() -> dict[str, Accelerator]:
     text = importlib.resources.files("ecdit_scale").joinpath("data/hardware.yaml").read_text()
-    return _parse(yaml.safe_load(text), source="ecdit_scale/data/hardware.yaml")
+    source = "ecdit_scale/data/hardware.yaml"
+    return _parse(parse_yaml(text, source=source), source=source)
 
 
 def catalog() -> dict[str, Accelerator]:

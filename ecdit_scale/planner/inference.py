@@ -19,10 +19,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..config import ModelConfig, Recompute
+from ..integers import divisors
 from ..params import count_params
 from .comm import Links, all_to_all_seconds, ring_seconds
 from .flops import expert_slots_per_image, flops_per_image, inference_flops_per_image
-from .layouts import divisors
 from .memory import BF16_BYTES, activation_bytes_per_sample
 
 COLLECTIVE_LATENCY_S = 10e-6  # per NCCL collective inside a node (an assumption)
@@ -85,8 +85,7 @@ def estimate_inference(cfg: ModelConfig, acc, *, devices: int = 8, steps: int = 
     expert_flops = fwd.experts
     flops_per_step = inference_flops_per_image(cfg, steps=1, cfg_guidance=cfg_guidance) * batch
     flops_device = rows * ((fwd.forward - expert_flops) / tp + expert_flops / ep)
-    sustained = acc.peak_bf16_flops * acc.efficiency
-    compute_s = flops_device / sustained
+    compute_s = flops_device / acc.sustained_flops
     weights = BF16_BYTES * ((b.model_params - b.experts) / tp + b.experts / ep)
     weight_s = weights / acc.memory_bw_bytes_per_s
 

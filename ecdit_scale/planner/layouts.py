@@ -29,25 +29,25 @@ MFU = model FLOPs per image x global batch / (world x peak x step time).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from ..config import (ClusterConfig, ModelConfig, ParallelLayout, Precision, Recompute,
-                      TrainingConfig)
+from ..config import (MOE_ZERO_STAGES, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_PARAMETERS,
+                      ZERO_STAGES, ClusterConfig, ModelConfig, ParallelLayout, Precision,
+                      Recompute, TrainingConfig, check_zero_stage, zero_supports_moe)
 from ..errors import ConfigError
+from ..integers import divisors
+from ..units import format_bytes
 from .comm import CommBreakdown, Links, comm_arrays
 from .flops import flops_per_image, training_flops_per_image
-from ..units import format_bytes
 from .memory import (RECOMPUTE_ORDER, MemoryBreakdown, ParamSplit, activation_bytes_per_sample,
                      memory_arrays, moe_buffer_bytes_per_sample)
 
 OVERLAP = 0.8  # fraction of a backward (or forward) pass that overlapping communication can use
 MAX_MICRO_BATCH = 256
-ZERO_STAGES = (0, 1, 2, 3)
 ZERO3_MOE_FLAG = "zero3-moe: DeepSpeed-MoE does not support ZeRO-3 (estimate only)"
 TP_FLAG = ("tp>1: needs a Megatron-style tensor-parallel model; ecdit_scale.train runs "
            "data x expert parallelism only")
@@ -152,11 +152,6 @@ def describe_layout(lay: ParallelLayout) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def divisors(n: int) -> list[int]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
-
-
 def _list(values: list[int]) -> str:
     return ", ".join(str(v) for v in values)
 
@@ -189,8 +184,8 @@ def _check_pins(pin: dict[str, Any] | None) -> dict[str, Any]:
         if key in pin and (isinstance(pin[key], bool) or not isinstance(pin[key], int)
                            or pin[key] < 1):
             raise ConfigError(f"--{key.replace('_', '-')} {pin[key]!r}: must be an integer >= 1")
-    if "zero" in pin and pin["zero"] not in ZERO_STAGES:
-        raise ConfigError(f"--zero {pin['zero']!r}: ZeRO stage must be 0, 1, 2 or 3")
+    if "zero" in pin:
+        check_zero_stage(pin["zero"], name="--zero")
     if "recompute" in pin:
         try:
             pin["recompute"] = Recompute(pin["recompute"])
@@ -351,16 +346,16 @@ class _Evaluator:
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
                           precision=tr.precision)
-        flops_s = acc.peak_bf16_flops * acc.efficiency
+        flops_s = acc.sustained_flops
         compute = self.hw_flops[c.rc] * gb / (world * flops_s)
         t_fwd = self.forward_flops * c.mb / c.tp / flops_s
         t_bwd = (self.backward_flops + self.recompute_flops[c.rc]) * c.mb / c.tp / flops_s
         red, gat = com["grad_reduce_per_micro_s"], com["zero3_gather_per_micro_s"]
-        is3 = c.zero >= 3
+        is3 = c.zero >= ZERO_PARTITIONS_PARAMETERS
         fwd_passes = np.where(c.rc == RECOMPUTE_ORDER.index(Recompute.FULL), 2, 1)
         bwd_comm = red + np.where(is3, gat * fwd_passes, 0.0)  # incl. re-gathers of recompute
         bwd_exposed = np.maximum(0.0, bwd_comm - OVERLAP * t_bwd)
-        times = np.where(c.zero >= 2, ga, 1)
+        times = np.where(c.zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)
         grad_exposed = times * np.where(is3, 0.0, bwd_exposed) + com["param_allgather_s"]
         z3_exposed = np.where(is3, ga * (np.maximum(0.0, gat - OVERLAP * t_fwd) + bwd_exposed),
                               0.0)
@@ -387,7 +382,7 @@ def _estimate(cfg: ModelConfig, c: _Columns, ev: dict, i: int) -> LayoutEstimate
     comm = CommBreakdown(**{k: float(np.broadcast_to(v, c.dp.shape)[i])
                             for k, v in ev["comm"].items()})
     step = StepTime(**{k: float(np.broadcast_to(v, c.dp.shape)[i]) for k, v in ev["step"].items()})
-    flags = (((ZERO3_MOE_FLAG,) if cfg.ffn.is_moe and layout.zero >= 3 else ())
+    flags = (((ZERO3_MOE_FLAG,) if cfg.ffn.is_moe and not zero_supports_moe(layout.zero) else ())
              + ((TP_FLAG,) if layout.tp > 1 else ()))
     return LayoutEstimate(layout=layout, grad_accum=int(ev["ga"][i]), memory=mem, step=step,
                           comm=comm, flags=flags)
@@ -423,7 +418,7 @@ def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterC
             f"{cfg.name} on {devices}: best layout ({best.describe()}) needs "
             f"{format_bytes(mem_total[i])} per device; the {acc.name} has "
             f"{format_bytes(acc.memory_bytes)}")
-    unsupported = (cols.zero >= 3) & cfg.ffn.is_moe
+    unsupported = ~np.isin(cols.zero, MOE_ZERO_STAGES) & cfg.ffn.is_moe
     # rank by step time; within 0.1% of each other (the model cannot tell them apart) prefer
     # the larger micro-batch (fewer accumulation steps run faster on real kernels), then memory
     step_bucket = np.round(np.log(total_s) / 1e-3)
@@ -463,4 +458,4 @@ def estimate_layout(cfg: ModelConfig, layout: ParallelLayout, training: Training
 
 __all__ = ["StepTime", "LayoutEstimate", "Rejection", "SearchResult", "search_layouts",
            "estimate_layout", "enumerate_shapes", "describe_layout", "valid_tp", "valid_ep",
-           "valid_micro_batches", "divisors", "OVERLAP", "PIN_KEYS", "ZERO3_MOE_FLAG", "TP_FLAG"]
+           "valid_micro_batches", "OVERLAP", "PIN_KEYS", "ZERO3_MOE_FLAG", "TP_FLAG"]

@@ -44,7 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig, Optimizer, ParallelLayout, Precision, Recompute, TrainingConfig
+from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
+                      ZERO_PARTITIONS_PARAMETERS, ModelConfig, Optimizer, ParallelLayout,
+                      Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..params import count_params
 from .flops import expert_slots_per_image
 
@@ -160,12 +162,12 @@ def _model_state_arrays(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any
     def both(stage: int) -> Any:
         return _part(non_expert, dp, zero, stage) + _part(expert, expert_dp, zero, stage)
 
-    opt_elems = both(1)
-    fp32_copy = np.where(np.asarray(zero) >= 3, np.minimum(opt_elems, ZERO3_SUB_GROUP_ELEMENTS),
+    opt_elems = both(ZERO_PARTITIONS_OPTIMIZER)
+    fp32_copy = np.where(np.asarray(zero) >= ZERO_PARTITIONS_PARAMETERS, np.minimum(opt_elems, ZERO3_SUB_GROUP_ELEMENTS),
                          opt_elems)
     return dict(
-        params=w * both(3),
-        grads=w * both(2),
+        params=w * both(ZERO_PARTITIONS_PARAMETERS),
+        grads=w * both(ZERO_PARTITIONS_GRADIENTS),
         fp32_grads=FP32_BYTES * fp32_copy if bf16 else 0.0 * opt_elems,
         master_weights=FP32_BYTES * opt_elems if bf16 else 0.0 * opt_elems,
         optimizer_states=k * opt_elems,
@@ -185,8 +187,7 @@ def model_state_bytes(total_params: int, *, num_devices: int, zero_stage: int,
     gradient partition *and* the fp32 copy made for the step; see ``tests/test_memory.py``) and
     the gathered layers separately (``zero3_gather_buffer``).
     """
-    if zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"zero_stage = {zero_stage}: must be 0, 1, 2 or 3")
+    check_zero_stage(zero_stage, name="zero_stage")
     if num_devices % ep:
         raise ValueError(f"ep = {ep} does not divide num_devices = {num_devices}")
     arrays = _model_state_arrays(float(total_params), float(expert_params) / ep, dp=num_devices,
@@ -390,10 +391,10 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     out["activations"] = mb * np.asarray(act_per_sample)
     out["moe_buffers"] = mb * moe_buffer_per_sample + 0.0 * dp
     out["zero3_gather_buffer"] = np.where(
-        zero >= 3, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
+        zero >= ZERO_PARTITIONS_PARAMETERS, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
     # DeepSpeed 0.19.8 allocates both buckets whenever ZeRO >= 1, even on one rank (measured
     # on an H200: 916 MB of 2 x 2e8 bf16 elements for a 14M model; bench/results/)
-    out["zero_buckets"] = np.where(zero >= 1, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w + 0.0 * dp, 0.0)
+    out["zero_buckets"] = np.where(zero >= ZERO_PARTITIONS_OPTIMIZER, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w + 0.0 * dp, 0.0)
     subtotal = sum(out.values())
     out["overhead"] = FRAGMENTATION * subtotal + CONTEXT_BYTES
     out["total"] = subtotal + out["overhead"]
