@@ -73,7 +73,7 @@ def test_measured_flops_match_the_planner():
     from ecdit_scale import sizes
     from ecdit_scale.config import Recompute
     from ecdit_scale.planner.flops import training_flops_per_image
-    from ecdit_scale.train.validate import measured_training_flops
+    from ecdit_scale.evaluation.measure import measured_training_flops
 
     for name in ("nano-dense", "nano-ec8", "nano-tc8"):
         cfg = sizes.get(name)
@@ -83,7 +83,7 @@ def test_measured_flops_match_the_planner():
 
 
 def test_row_errors():
-    from ecdit_scale.train.validate import Row
+    from ecdit_scale.evaluation.rows import Row
 
     r = Row(name="x", source="x", kind="run", device="cpu", model="m", world=2, ep=1, zero=1,
             micro_batch=1, global_batch=2, params_predicted=100, params_measured=110,
