@@ -4,6 +4,7 @@ device; the held-out samples it never trained on."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -54,10 +55,12 @@ def read_settings(rd: RunDir) -> RunSettings:
     limit = data.get("data_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"{rd.run_json}: data_limit = {limit!r}; must be null or an integer >= 1")
-    try:
-        return RunSettings.from_dict(data)
-    except TypeError as exc:  # a missing field
-        raise ConfigError(f"{rd.run_json}: {exc}") from None
+    required = [f.name for f in dataclasses.fields(RunSettings)
+                if f.default is dataclasses.MISSING and f.name not in data]
+    if required:
+        raise ConfigError(f"{rd.run_json}: missing {', '.join(required)}; not the settings "
+                          "`ecdit-scale launch` writes")
+    return RunSettings.from_dict(data)
 
 
 def read_model_config(rd: RunDir) -> ModelConfig:
