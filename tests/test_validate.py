@@ -87,7 +87,8 @@ def test_measured_flops_match_the_planner():
 
 
 def test_fake_tensor_count_equals_a_count_on_the_real_model():
-    """The count on fake tensors is the count a real forward + backward gives."""
+    """The count on fake tensors is the count a real forward + backward gives (token choice:
+    the kind whose routing has data-dependent shapes)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -96,15 +97,14 @@ def test_fake_tensor_count_equals_a_count_on_the_real_model():
     from ecdit_scale.evaluation.measure import measured_training_flops
     from ecdit_scale.model import build_model, rectified_flow_loss
 
-    for name in ("nano-tc8", "nano-ec16"):
-        cfg = sizes.get(name)
-        torch.manual_seed(0)
-        model = build_model(cfg).train()
-        x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size)
-        cond = torch.randn(2, cfg.text_tokens, cfg.text_dim)
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            rectified_flow_loss(model, x, cond).loss.backward()
-        assert measured_training_flops(cfg, images=2) == counter.get_total_flops(), name
+    cfg = sizes.get("nano-tc8")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size)
+    cond = torch.randn(2, cfg.text_tokens, cfg.text_dim)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        rectified_flow_loss(model, x, cond).loss.backward()
+    assert measured_training_flops(cfg, images=2) == counter.get_total_flops()
 
 
 def test_flops_of_a_large_config_are_counted_without_allocating_it():

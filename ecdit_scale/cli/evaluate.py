@@ -66,6 +66,7 @@ def _pct(x: float | None) -> str:
 
 def render_validation(report) -> None:
     """The comparison table, the calibrations and the notes (report: validate.Report)."""
+
     def pair(pred, meas, err, fmt) -> str:
         p = "n/a" if pred is None else fmt(pred)
         m = "n/a" if meas is None else fmt(meas)
@@ -102,10 +103,12 @@ def render_validation(report) -> None:
     for n in report.notes:
         console.print(n, style="dim", highlight=False, markup=False)
     console.print(f"CSV: {report.csv_path}" + (f"; profile: {report.profile_path}"
-                                                if report.profile_path else ""), highlight=False)
+                                                if report.profile_path else ""),
+                  highlight=False, markup=False)
 
 
 def render_adaptive(result: dict[str, Any]) -> None:
+    """Experts per token by layer and by timestep, then the correlations (adaptive.analyse)."""
     t = Table(title=f"Experts per token: {result['model']} (step {result['checkpoint_step']}, "
                     f"{result['samples']} held-out samples)")
     for col in ("", "mean", "std", "no expert", "max", "max share of experts"):
@@ -127,4 +130,4 @@ def render_adaptive(result: dict[str, Any]) -> None:
                   f"{f(c['pearson_zero_share'])}", highlight=False)
     console.print(f"per token: experts vs patch detail pearson {f(tok['pearson_detail'])}, "
                   f"vs foreground {f(tok['pearson_foreground'])}", highlight=False)
-    console.print(f"plots and summary.json in {result['out']}", highlight=False)
+    console.print(f"plots and summary.json in {result['out']}", highlight=False, markup=False)
