@@ -259,6 +259,8 @@ def test_validate_rejects_an_empty_or_folder_output(tmp_path, option):
     for value in ("", str(tmp_path)):
         with pytest.raises(ConfigError, match=f"{option} .*must be a file path"):
             validate([tmp_path / "missing"], **{key: value})
+    with pytest.raises(ConfigError, match=f"{option} .*folder .*nowhere does not exist"):
+        validate([tmp_path / "missing"], **{key: str(tmp_path / "nowhere" / "out.x")})
 
 
 def test_validate_cli_corrupt_run_is_one_line(tmp_path):

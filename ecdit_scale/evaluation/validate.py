@@ -43,8 +43,14 @@ class Report:
 
 
 def _check_output(option: str, value: str | None) -> None:
-    if value is not None and (not value.strip() or Path(value).is_dir()):
+    """Before the slow part: an output path must be a file in an existing folder."""
+    if value is None:
+        return
+    if not value.strip() or Path(value).is_dir():
         raise ConfigError(f"{option} {value!r}: must be a file path (not empty, not a folder)")
+    parent = Path(value).parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {value}: folder {parent} does not exist")
 
 
 def validate(inputs: list[Path], *, calibrate_on: str | None = None,
