@@ -150,7 +150,7 @@ def _settings(**overrides) -> dict:
     return {**s.to_dict(), **overrides}
 
 
-def _hand_made_run(root) -> "Path":
+def _hand_made_run(root):
     from ecdit_scale import sizes
     from ecdit_scale.config import save_model_config
     from ecdit_scale.params import count_params
