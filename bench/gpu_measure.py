@@ -70,7 +70,7 @@ def predictions(cfg, micro_batch: int, device_name: str) -> dict:
            "memory_total": mem.total, "memory_model_states": mem.model_states,
            "memory_activations": mem.activations, "memory": mem.to_dict()}
     try:
-        from ecdit_scale.train.validate import gpu_accelerator
+        from ecdit_scale.evaluation.calibrate import gpu_accelerator
 
         acc = gpu_accelerator(device_name)
         out.update(accelerator=acc.name, efficiency_assumed=acc.efficiency,

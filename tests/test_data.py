@@ -8,15 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from ecdit_scale.train import data
-from ecdit_scale.train.alignment import (
+from ecdit_scale.datasets import DataError
+from ecdit_scale.datasets.batches import CaptionedImages, batches, build_dataset, to_uint8
+from ecdit_scale.datasets.emoji import emoji_caption, emoji_sequences, load_emoji
+from ecdit_scale.datasets.shapes import (
+    TASKS,
     Relation,
     SceneSpec,
     ShapeGroup,
     SpecError,
-    alignment_score,
-    geneval_score,
+    make_shapes,
+    render_scene,
 )
+from ecdit_scale.datasets.text_encoder import TextEncoder
+from ecdit_scale.evaluation.alignment import alignment_score, geneval_score
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(cache):
-    return data.TextEncoder(cache)
+    return TextEncoder(cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,11 +53,11 @@ def encoder(cache):
     ],
 )
 def test_emoji_caption(codepoints, caption):
-    assert data.emoji_caption(codepoints) == caption
+    assert emoji_caption(codepoints) == caption
 
 
 def test_emoji_render_coloured_and_cached(cache):
-    images, captions = data.load_emoji(32, limit=24, cache_dir=cache)
+    images, captions = load_emoji(32, limit=24, cache_dir=cache)
     assert images.shape == (24, 32, 32, 3) and images.dtype == np.uint8
     assert len(captions) == 24 and all(c and c == c.lower() for c in captions)
     nonwhite = (images < 245).any(-1).mean((1, 2))
@@ -62,12 +67,12 @@ def test_emoji_render_coloured_and_cached(cache):
     assert len({im.tobytes() for im in images}) == 24
     files = list((cache / "emoji").glob("*.npz"))
     assert len(files) == 1
-    again, captions_again = data.load_emoji(32, limit=24, cache_dir=cache)
+    again, captions_again = load_emoji(32, limit=24, cache_dir=cache)
     assert np.array_equal(again, images) and captions_again == captions
 
 
 def test_emoji_sequences_cover_openmoji():
-    seqs = data.emoji_sequences()
+    seqs = emoji_sequences()
     assert len(seqs) > 3500
     assert ("1F34E", "red apple") in seqs
 
@@ -89,14 +94,14 @@ def test_text_encoder_tokens_and_cache(encoder, cache):
     assert encoder.model_loads == 1
     assert encoder.cache_path(sorted(set(captions)), 8).exists()
 
-    fresh = data.TextEncoder(cache)
+    fresh = TextEncoder(cache)
     text2, lengths2 = fresh.encode(captions, 8)
     assert fresh.model_loads == 0  # served from the cache file
     assert np.array_equal(text2, text) and np.array_equal(lengths2, lengths)
 
 
 def test_text_encoder_rejects_bad_token_count(encoder):
-    with pytest.raises(data.DataError, match="text_tokens"):
+    with pytest.raises(DataError, match="text_tokens"):
         encoder.encode(["cat"], 0)
 
 
@@ -107,16 +112,16 @@ def test_text_encoder_rejects_bad_token_count(encoder):
 
 @pytest.mark.parametrize("image_size", [16, 32, 64])
 def test_ground_truth_shapes_score_one(image_size):
-    images, specs = data.make_shapes(120, image_size, seed=3)
+    images, specs = make_shapes(120, image_size, seed=3)
     assert images.shape == (120, image_size, image_size, 3)
-    assert {s.task for s in specs} == set(data.TASKS)
+    assert {s.task for s in specs} == set(TASKS)
     assert geneval_score(images, specs) == 1.0
 
 
 def test_shapes_deterministic_and_prefix_stable():
-    a, sa = data.make_shapes(20, 32, seed=1)
-    b, sb = data.make_shapes(30, 32, seed=1)
-    c, _ = data.make_shapes(20, 32, seed=2)
+    a, sa = make_shapes(20, 32, seed=1)
+    b, sb = make_shapes(30, 32, seed=1)
+    c, _ = make_shapes(20, 32, seed=2)
     assert np.array_equal(a, b[:20]) and sa == sb[:20]
     assert not np.array_equal(a, c)
 
@@ -132,7 +137,7 @@ def test_captions_read_like_prompts():
 
 
 def _render(spec, seed=0, size=32):
-    return data.render_scene(spec, size, np.random.default_rng(seed))
+    return render_scene(spec, size, np.random.default_rng(seed))
 
 
 def test_wrong_colour_count_shape_or_relation_scores_lower():
@@ -196,24 +201,24 @@ def test_bad_specs_raise(make, match):
 def test_build_dataset_rejects_bad_arguments(kwargs, match, cache):
     args = dict(name="shapes", image_size=32, text_tokens=8, limit=4, seed=0, cache_dir=cache)
     args |= kwargs
-    with pytest.raises(data.DataError, match=match) as info:
-        data.build_dataset(args.pop("name"), **args)
+    with pytest.raises(DataError, match=match) as info:
+        build_dataset(args.pop("name"), **args)
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
 
 
 def test_build_shapes_dataset(cache):
-    ds = data.build_dataset(
+    ds = build_dataset(
         "shapes", image_size=32, text_tokens=12, limit=48, seed=0, cache_dir=cache
     )
     assert len(ds) == 48 and ds.images.shape == (48, 3, 32, 32) and ds.images.dtype == torch.float32
     assert ds.images.min() >= -1.0 and ds.images.max() == 1.0  # white background
     assert ds.text.shape == (48, 12, 384) and ds.text_len.shape == (48,)
     assert ds.captions == [s.caption for s in ds.specs]
-    assert geneval_score(data.to_uint8(ds.images), ds.specs) == 1.0  # [-1, 1] round trip is exact
+    assert geneval_score(to_uint8(ds.images), ds.specs) == 1.0  # [-1, 1] round trip is exact
 
 
 def test_build_emoji_dataset(cache):
-    ds = data.build_dataset("emoji", image_size=16, text_tokens=8, limit=6, seed=0, cache_dir=cache)
+    ds = build_dataset("emoji", image_size=16, text_tokens=8, limit=6, seed=0, cache_dir=cache)
     assert ds.images.shape == (6, 3, 16, 16) and ds.text.shape == (6, 8, 384) and ds.specs is None
     assert ds.images.min() >= -1.0 and ds.images.max() == 1.0
 
@@ -221,7 +226,7 @@ def test_build_emoji_dataset(cache):
 def _toy(n=10):
     images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
     text = torch.arange(n, dtype=torch.float32).view(n, 1, 1).expand(n, 2, 384).contiguous()
-    return data.CaptionedImages(images, text, torch.full((n,), 2), [str(i) for i in range(n)])
+    return CaptionedImages(images, text, torch.full((n,), 2), [str(i) for i in range(n)])
 
 
 def _rows(batch):
@@ -236,10 +241,10 @@ def _take(it, k):
 
 def test_batches_deterministic_and_resumable():
     ds = _toy()
-    full = _take(data.batches(ds, 4, seed=7), 8)
-    assert full == _take(data.batches(ds, 4, seed=7), 8)
-    assert _take(data.batches(ds, 4, seed=7, start_step=5), 3) == full[5:]
-    assert full != _take(data.batches(ds, 4, seed=8), 8)
+    full = _take(batches(ds, 4, seed=7), 8)
+    assert full == _take(batches(ds, 4, seed=7), 8)
+    assert _take(batches(ds, 4, seed=7, start_step=5), 3) == full[5:]
+    assert full != _take(batches(ds, 4, seed=8), 8)
     flat = sum(full, [])
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # epochs
 
@@ -247,8 +252,8 @@ def test_batches_deterministic_and_resumable():
 @pytest.mark.parametrize("world", [2, 4])
 def test_batches_ranks_disjoint_slices_of_global_batch(world):
     ds = _toy(10)
-    global_ = _take(data.batches(ds, 8, seed=1), 5)
-    per_rank = [_take(data.batches(ds, 8, seed=1, rank=r, world=world), 5) for r in range(world)]
+    global_ = _take(batches(ds, 8, seed=1), 5)
+    per_rank = [_take(batches(ds, 8, seed=1, rank=r, world=world), 5) for r in range(world)]
     for step in range(5):
         parts = [per_rank[r][step] for r in range(world)]
         assert all(len(p) == 8 // world for p in parts)
@@ -256,7 +261,7 @@ def test_batches_ranks_disjoint_slices_of_global_batch(world):
 
 
 def test_batches_reject_bad_layout():
-    with pytest.raises(data.DataError, match="batch_size = 6"):
-        next(data.batches(_toy(), 6, seed=0, world=4))
-    with pytest.raises(data.DataError, match="rank = 2"):
-        next(data.batches(_toy(), 4, seed=0, rank=2, world=2))
+    with pytest.raises(DataError, match="batch_size = 6"):
+        next(batches(_toy(), 6, seed=0, world=4))
+    with pytest.raises(DataError, match="rank = 2"):
+        next(batches(_toy(), 4, seed=0, rank=2, world=2))

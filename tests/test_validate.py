@@ -69,21 +69,62 @@ def test_validate_rejects_what_is_not_a_run(tmp_path):
         assert proc.stderr.startswith("error:"), proc.stderr
 
 
-def test_measured_flops_match_the_planner():
-    from ecdit_scale import sizes
+def _planner_flops(cfg) -> float:
     from ecdit_scale.config import Recompute
     from ecdit_scale.planner.flops import training_flops_per_image
-    from ecdit_scale.train.validate import measured_training_flops
+
+    return training_flops_per_image(cfg, Recompute.NONE).model_flops
+
+
+def test_measured_flops_match_the_planner():
+    from ecdit_scale import sizes
+    from ecdit_scale.evaluation.measure import measured_training_flops
 
     for name in ("nano-dense", "nano-ec8", "nano-tc8"):
         cfg = sizes.get(name)
         measured = measured_training_flops(cfg, images=2) / 2
-        predicted = training_flops_per_image(cfg, Recompute.NONE).model_flops
-        assert measured == pytest.approx(predicted, rel=0.01), name
+        assert measured == pytest.approx(_planner_flops(cfg), rel=1e-12), name
+
+
+def test_fake_tensor_count_equals_a_count_on_the_real_model():
+    """The count on fake tensors is the count a real forward + backward gives (token choice:
+    the kind whose routing has data-dependent shapes)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ecdit_scale import sizes
+    from ecdit_scale.evaluation.measure import measured_training_flops
+    from ecdit_scale.model import build_model, rectified_flow_loss
+
+    cfg = sizes.get("nano-tc8")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size)
+    cond = torch.randn(2, cfg.text_tokens, cfg.text_dim)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        rectified_flow_loss(model, x, cond).loss.backward()
+    assert measured_training_flops(cfg, images=2) == counter.get_total_flops()
+
+
+def test_flops_of_a_large_config_are_counted_without_allocating_it():
+    """ecdit-xl-32e has 5.3B parameters (21 GiB in fp32 before gradients); counting its FLOPs
+    allocates none of them (issue 9: it used to be OOM-killed at 24 GB)."""
+    import resource
+
+    from ecdit_scale import sizes
+    from ecdit_scale.evaluation.measure import measured_training_flops
+
+    cfg = sizes.get("ecdit-xl-32e")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    measured = measured_training_flops(cfg, images=2) / 2
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert measured == pytest.approx(_planner_flops(cfg), rel=1e-12)
+    assert grown * 1024 < 4 * 2**30
 
 
 def test_row_errors():
-    from ecdit_scale.train.validate import Row
+    from ecdit_scale.evaluation.rows import Row
 
     r = Row(name="x", source="x", kind="run", device="cpu", model="m", world=2, ep=1, zero=1,
             micro_batch=1, global_batch=2, params_predicted=100, params_measured=110,
@@ -91,3 +132,141 @@ def test_row_errors():
             memory_measured=5.0)
     assert r.params_error == pytest.approx(0.1)
     assert r.flops_error is None and r.memory_error is None
+
+
+# ---------------------------------------------------------------------------------------------
+# A run directory written by hand (no launch), and what validate says when a file is wrong
+# ---------------------------------------------------------------------------------------------
+
+
+def _settings(**overrides) -> dict:
+    from ecdit_scale.train.records import RunSettings
+
+    s = RunSettings(card="nano-ec8", model_name="nano-ec8", steps=6, nodes=1, nproc_per_node=2,
+                    ep=2, zero=2, micro_batch=4, grad_accum=1, dataset="shapes",
+                    data_limit=64, holdout=8, seed=0, lr=1e-3, warmup_steps=0,
+                    optimizer="adamw", precision="fp32", device="cpu", checkpoint_every=3,
+                    keep_checkpoints=2, track_memory=True)
+    return {**s.to_dict(), **overrides}
+
+
+def _hand_made_run(root):
+    from ecdit_scale import sizes
+    from ecdit_scale.config import save_model_config
+    from ecdit_scale.params import count_params
+
+    run = root / "hand-made"
+    run.mkdir()
+    cfg = sizes.get("nano-ec8")
+    save_model_config(cfg, run / "card.yaml")
+    (run / "run.json").write_text(json.dumps(_settings()))
+    (run / "predictions.json").write_text(json.dumps(
+        {"memory": {"total": 2.0e9, "model_states": 2.0e6}}))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i, "step_s": 0.05 + 0.01 * i, "loss": 1.0}) + "\n"
+        for i in range(1, 7)))
+    (run / "summary.json").write_text(json.dumps(
+        {"status": "completed", "peak_bytes": 5_000_000,
+         "params": {"model_params": count_params(cfg).model_params},
+         "model_state_bytes_rank0": {"params": 1_000_000, "grads": 1_000_000}}))
+    return run
+
+
+def test_validate_reads_a_hand_made_run(tmp_path):
+    from ecdit_scale.evaluation.validate import validate
+
+    run = _hand_made_run(tmp_path)
+    report = validate([run])
+    (row,) = report.rows
+    assert row.params_error == 0.0 and row.flops_error == 0.0
+    assert row.step_s_measured == pytest.approx(0.095)  # median of steps 3..6 (0.08..0.11)
+    assert row.memory_measured == 5_000_000 and row.states_measured == 2_000_000
+    assert (run / "validation.csv").is_file()
+
+
+BAD_RUN_FILES = [
+    ("run.json", b"\x89PNG\r\n\x00\xff\xfe", "not a UTF-8"),
+    ("run.json", b"[1, 2]", "one JSON object"),
+    ("run.json", b"{not json", "malformed JSON"),
+    ("run.json", json.dumps(_settings(ep=0)).encode(), "ep = 0"),
+    ("run.json", json.dumps(_settings(nodes="two")).encode(), "nodes = 'two'"),
+    ("run.json", json.dumps(_settings(data_limit=-1)).encode(), "data_limit = -1"),
+    ("run.json", json.dumps({k: v for k, v in _settings().items() if k != "optimizer"}).encode(),
+     "missing optimizer"),
+    ("summary.json", b'"done"', "one JSON object"),
+    ("summary.json", b'{"status": "completed", "peak_bytes": -5}', "peak_bytes = -5"),
+    ("summary.json", b'{"status": "completed", "median_step_s": NaN}', "median_step_s = nan"),
+    ("summary.json", b'{"params": [1]}', "params must be a JSON object"),
+    ("metrics.jsonl", b'{"step": 1, "step_s": "fast"}\n', "line 1: step_s = 'fast'"),
+    ("metrics.jsonl", b"\xff\xfe\x00binary", "not a UTF-8"),
+    ("predictions.json", b'{"memory": 3}', "memory must be a JSON object"),
+    ("card.yaml", b"hidden_size: [", "card.yaml"),
+]
+
+
+@pytest.mark.parametrize("name, content, match", BAD_RUN_FILES,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD_RUN_FILES)])
+def test_validate_names_the_bad_file_of_a_run(tmp_path, name, content, match):
+    from ecdit_scale.errors import ConfigError
+    from ecdit_scale.evaluation.validate import validate
+
+    run = _hand_made_run(tmp_path)
+    (run / name).write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        validate([run])
+    message = str(info.value)
+    assert message.startswith(str(run / name)) and match in message, message
+    assert "\n" not in message and not (run / "validation.csv").exists()
+
+
+def _gpu_file(tmp_path, config_changes=None, raw=None):
+    data = json.loads(GPU_RESULTS[0].read_text())
+    data["configs"] = data["configs"][:1]
+    data["configs"][0].update(config_changes or {})
+    path = tmp_path / "gpu_bad.json"
+    path.write_text(raw if raw is not None else json.dumps(data))
+    return path
+
+
+@pytest.mark.skipif(not GPU_RESULTS, reason="no bench/results/gpu_*.json")
+@pytest.mark.parametrize("changes, raw, match", [
+    (None, '{"configs": 3}', "no 'configs' list"),
+    (None, '{"configs": [3]}', "configs[0] must be a JSON object"),
+    (None, "\ufeff\x00\x01", "malformed JSON"),
+    ({"step_s": float("nan")}, None, "configs[0]: step_s = nan"),
+    ({"peak_bytes": "12 GB"}, None, "configs[0]: peak_bytes = '12 GB'"),
+    ({"global_batch": -1}, None, "configs[0]: global_batch = -1"),
+    ({"card": "small-dense"}, None, "configs[0]: card must be"),
+])
+def test_validate_names_the_bad_part_of_a_gpu_file(tmp_path, changes, raw, match):
+    from ecdit_scale.errors import ConfigError
+    from ecdit_scale.evaluation.validate import validate
+
+    path = _gpu_file(tmp_path, changes, raw)
+    with pytest.raises(ConfigError) as info:
+        validate([path])
+    message = str(info.value)
+    assert message.startswith(str(path)) and match in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("option", ["--csv", "--save-profile"])
+def test_validate_rejects_an_empty_or_folder_output(tmp_path, option):
+    from ecdit_scale.errors import ConfigError
+    from ecdit_scale.evaluation.validate import validate
+
+    key = {"--csv": "csv_path", "--save-profile": "save_profile"}[option]
+    for value in ("", str(tmp_path)):
+        with pytest.raises(ConfigError, match=f"{option} .*must be a file path"):
+            validate([tmp_path / "missing"], **{key: value})
+    with pytest.raises(ConfigError, match=f"{option} .*folder .*nowhere does not exist"):
+        validate([tmp_path / "missing"], **{key: str(tmp_path / "nowhere" / "out.x")})
+
+
+def test_validate_cli_corrupt_run_is_one_line(tmp_path):
+    run = _hand_made_run(tmp_path)
+    (run / "run.json").write_bytes(b"\x00\xff binary")
+    proc = cli("validate", str(run), timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(run / "run.json") in lines[0], proc.stderr

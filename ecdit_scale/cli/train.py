@@ -1,13 +1,12 @@
-"""`ecdit-scale launch | validate | adaptive`: real DeepSpeed-MoE runs of small configs, and
-what they say about the planner and about expert choice.
+"""`ecdit-scale launch`: real DeepSpeed-MoE runs of small configs (`validate` and `adaptive`,
+in cli/evaluate.py, read what they leave behind).
 
 torch and deepspeed are imported inside the commands only.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -70,54 +69,3 @@ def _print_result(result) -> None:
             f"{summary.get('median_step_s', float('nan')):.3f} s/step")
         console.print(f"run directory: {result.run_dir}  (next: ecdit-scale validate "
                       f"{result.run_dir})", highlight=False)
-
-
-def _quiet_deepspeed() -> None:
-    """Name DeepSpeed's accelerator so that importing it prints no detection warning (on
-    stdout, where --json output goes)."""
-    import os
-
-    import torch
-
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-
-
-@app.command("validate")
-def validate_cmd(
-    runs: List[str] = typer.Argument(..., help="Run directories (from `launch`) or GPU result files (bench/results/*.json)."),
-    calibrate_on: Optional[str] = typer.Option(None, "--calibrate-on", help="Run whose measured efficiency calibrates the step-time predictions (default: the first)."),
-    csv: Optional[str] = typer.Option(None, "--csv", help="CSV path (default: validation.csv in the first run directory)."),
-    save_profile: Optional[str] = typer.Option(None, "--save-profile", help="Save the calibrated accelerator profile (YAML) for `plan --gpu`."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
-    """Planner predictions next to measurements: parameters, FLOPs, memory, step time."""
-    from ..train.validate import validate
-
-    report = validate([Path(r) for r in runs], calibrate_on=calibrate_on,
-                      csv_path=csv, save_profile=save_profile)
-    if json_out:
-        print_json(report.to_dict())
-        return
-    from ..train.validate import render
-
-    render(report, console)
-
-
-@app.command("adaptive")
-def adaptive_cmd(
-    run: str = typer.Argument(..., help="A run directory (from `launch`) of an MoE model."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default RUN/adaptive)."),
-    samples: int = typer.Option(32, "--samples", help="Held-out samples to analyse."),
-    timesteps: int = typer.Option(8, "--timesteps", help="Points on the timestep grid in (0, 1)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the JSON summary."),
-) -> None:
-    """Adaptive compute of expert choice: experts per token by layer, timestep, caption length."""
-    _quiet_deepspeed()
-    from ..train.adaptive import analyse, render
-
-    result = analyse(Path(run), out=Path(out) if out else None, samples=samples,
-                     timesteps=timesteps)
-    if json_out:
-        print_json(result)
-        return
-    render(result, console)

@@ -368,7 +368,7 @@ def prepare(req: LaunchRequest) -> tuple[ModelConfig, RunSettings, RunDir, int |
 
 def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
     """Render and encode the dataset once here; the ranks then read the cache."""
-    from .data import build_dataset
+    from ..datasets.batches import build_dataset
 
     build_dataset(s.dataset, image_size=cfg.image_size, text_tokens=cfg.text_tokens,
                   limit=s.data_limit, seed=s.seed)

@@ -164,12 +164,12 @@ def table_rows(spec: SweepSpec, run: SweepRun) -> list[dict[str, Any]]:
 
 def alignment_of_run(rd: RunDir, spec: SweepSpec) -> float:
     """GenEval-style score of images sampled from the run's last checkpoint for held-out
-    shape captions (the same scorer as ecdit_scale.train.alignment)."""
+    shape captions (the same scorer as ecdit_scale.evaluation.alignment)."""
     import torch
 
     from ..model import build_model, sample
-    from .alignment import geneval_score
-    from .data import build_dataset, to_uint8
+    from ..datasets.batches import build_dataset, to_uint8
+    from ..evaluation.alignment import geneval_score
     from .expert_parallel import consolidate_checkpoint
 
     cfg = rd.model_config()

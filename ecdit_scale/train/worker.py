@@ -5,7 +5,7 @@
 Everything about the run is read from the run directory that ``launch`` prepared (run.json,
 card.yaml, ds_config.json); this process writes metrics.jsonl, checkpoints, per-rank parameter
 checksums and summary.json there. Determinism: the model is built from ``seed`` on every rank;
-batch ``step`` is a pure function of (seed, step, rank) (``data.batches``); the noise and
+batch ``step`` is a pure function of (seed, step, rank) (``datasets.batches``); the noise and
 timesteps of step ``step`` come from a generator seeded with (seed, step, rank, micro-step). So
 a run resumed from a checkpoint at step k reproduces the uninterrupted run's losses.
 """
@@ -35,8 +35,7 @@ from ..model import build_model, rectified_flow_loss
 from ..model.dit import ECDiT
 from .records import CHECKPOINT_TAG, RunDir, RunSettings, append_jsonl, write_json
 
-HOLDOUT_SEED_OFFSET = 7919
-MEMORY_EVERY = 10  # CPU memory tracking: the first 3 steps of a launch, then every 10th  # the held-out split uses its own stream, not the batch order's
+MEMORY_EVERY = 10  # CPU memory tracking: the first 3 steps of a launch, then every 10th
 
 # ---------------------------------------------------------------------------------------------
 # Memory: peak live tensor bytes (CPU), or the CUDA allocator's peak
@@ -167,24 +166,8 @@ def model_state_bytes(engine) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def subset(dataset, rows):
-    """The rows of a CaptionedImages (a frozen dataclass) as a new CaptionedImages."""
-    rows_t = torch.as_tensor(rows, dtype=torch.long)
-    return dataclasses.replace(
-        dataset, images=dataset.images[rows_t], text=dataset.text[rows_t],
-        text_len=dataset.text_len[rows_t], captions=[dataset.captions[i] for i in rows],
-        specs=None if dataset.specs is None else tuple(dataset.specs[i] for i in rows))
-
-
-def holdout_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, held-out rows): a fixed random ``holdout`` samples are never trained on."""
-    perm = np.random.default_rng([seed, HOLDOUT_SEED_OFFSET]).permutation(n)
-    holdout = min(holdout, n // 2)
-    return np.sort(perm[holdout:]), np.sort(perm[:holdout])
-
-
 def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
-    from .data import build_dataset
+    from ..datasets.batches import build_dataset, holdout_rows, subset
 
     ds = build_dataset(s.dataset, image_size=cfg.image_size, text_tokens=cfg.text_tokens,
                        limit=s.data_limit, seed=s.seed)
@@ -450,7 +433,7 @@ def train_step(r: Rank, step: int, images: torch.Tensor, text: torch.Tensor) -> 
 
 
 def run(run_dir: Path, *, resume: bool, stop_after: int | None) -> int:
-    from .data import batches
+    from ..datasets.batches import batches
 
     rd = RunDir(run_dir)
     r = setup(rd)

@@ -1,8 +1,8 @@
 """GenEval-style alignment check for the procedural shapes set (no torch).
 
-A `SceneSpec` is what a caption promises (colours, shapes, counts, one relation); an image is
-scored against it by plain image analysis, as GenEval (Ghosh et al., 2023) scores generated
-images against a prompt's objects, counts, colours and positions with a detector:
+An image is scored against the ``SceneSpec`` its caption promised (``datasets.shapes``) by
+plain image analysis, as GenEval (Ghosh et al., 2023) scores generated images against a
+prompt's objects, counts, colours and positions with a detector:
 
 1. each pixel takes the nearest palette colour (white background and far-off pixels drop out);
 2. per colour, connected components above a minimum area are the objects;
@@ -12,114 +12,21 @@ images against a prompt's objects, counts, colours and positions with a detector
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from ecdit_scale.errors import ConfigError
-
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 20),
-    "yellow": (240, 215, 30),
-    "green": (40, 170, 60),
-    "blue": (40, 90, 220),
-    "purple": (150, 60, 190),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-BACKGROUND = (255, 255, 255)
-MAX_OBJECTS = 4
-_COUNT_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
-
-
-class Relation(str, enum.Enum):
-    """Where objects[0] lies relative to objects[1]."""
-
-    LEFT_OF = "left of"
-    RIGHT_OF = "right of"
-    ABOVE = "above"
-    BELOW = "below"
-
-    @property
-    def phrase(self) -> str:
-        """'to the left of', 'to the right of', 'above', 'below'."""
-        return f"to the {self.value}" if self.value.endswith(" of") else self.value
-
-
-class SpecError(ConfigError):
-    """A scene spec that cannot be drawn or scored; one line naming the bad value."""
-
-
-@dataclass(frozen=True)
-class ShapeGroup:
-    """`count` objects of one colour and shape."""
-
-    colour: str
-    shape: str
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if self.colour not in PALETTE:
-            valid = ", ".join(PALETTE)
-            raise SpecError(f"colour {self.colour!r} is not valid; choose one of {valid}")
-        if self.shape not in SHAPES:
-            raise SpecError(f"shape {self.shape!r} is not valid; choose one of {', '.join(SHAPES)}")
-        if not 1 <= self.count <= MAX_OBJECTS:
-            raise SpecError(f"count = {self.count!r}: must be in 1..{MAX_OBJECTS}")
-
-    @property
-    def phrase(self) -> str:
-        """'a red circle', 'an orange square', 'three blue triangles'."""
-        if self.count == 1:
-            article = "an" if self.colour[0] in "aeiou" else "a"
-            return f"{article} {self.colour} {self.shape}"
-        return f"{_COUNT_WORDS[self.count]} {self.colour} {self.shape}s"
-
-
-@dataclass(frozen=True)
-class SceneSpec:
-    """What a caption promises: groups of distinct colours, and optionally one relation."""
-
-    objects: tuple[ShapeGroup, ...]
-    relation: Relation | None = None
-    task: str = ""  # single_object | counting | two_object | position (for per-task reports)
-
-    def __post_init__(self) -> None:
-        colours = [g.colour for g in self.objects]
-        if not colours or len(set(colours)) != len(colours):
-            raise SpecError(f"colours {colours}: need 1+ groups, each of a distinct colour")
-        if sum(g.count for g in self.objects) > MAX_OBJECTS:
-            raise SpecError(f"{sum(g.count for g in self.objects)} objects: at most {MAX_OBJECTS}")
-        if self.relation is not None and [g.count for g in self.objects] != [1, 1]:
-            raise SpecError(f"relation {self.relation.value!r} needs exactly two single objects")
-
-    @property
-    def caption(self) -> str:
-        a = self.objects[0].phrase
-        if self.relation is not None:
-            return f"{a} {self.relation.phrase} {self.objects[1].phrase}"
-        return " and ".join(g.phrase for g in self.objects)
-
-
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
-    """Draw `shape` filling the inclusive pixel box (x0, y0, x1, y1); triangles point up."""
-    x0, y0, x1, y1 = box
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
-    else:
-        raise SpecError(f"shape {shape!r} is not valid; choose one of {', '.join(SHAPES)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Image analysis
-# ---------------------------------------------------------------------------------------------
+from ..datasets.shapes import (
+    BACKGROUND,
+    PALETTE,
+    SHAPES,
+    Relation,
+    SceneSpec,
+    SpecError,
+    draw_shape,
+)
 
 
 @dataclass(frozen=True)

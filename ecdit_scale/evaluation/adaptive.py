@@ -1,8 +1,8 @@
 """``ecdit-scale adaptive``: how expert choice spends compute, from a trained run.
 
 Loads the run's last checkpoint into the single-device model, noises held-out samples (never
-trained on: ``worker.holdout_rows``) to a grid of timesteps t in (0, 1), and records how many
-experts processed each image token in each MoE layer (``ECDiT.routing_stats``).
+trained on: ``datasets.batches.holdout_rows``) to a grid of timesteps t in (0, 1), and records
+how many experts processed each image token in each MoE layer (``ECDiT.routing_stats``).
 
 With the routing group = one image, every image gets exactly f_c experts per token on
 average (E experts x C slots = f_c x S); what adapts is *where* they go. So the analysis
@@ -22,34 +22,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .records import RunDir, write_json
+from ..train.records import write_json
+from .runs import held_out_samples, load_trained_model, open_run
 
 DETAIL_BACKGROUND = 0.95  # pixels above this (in [-1, 1]) count as white background
+# Each grid point is one forward pass of every sample, and every point is labelled in the plots;
+# the (timesteps, layers, samples, tokens) table of experts per token is held in memory.
+TIMESTEPS_RANGE = (1, 64)
+SAMPLES_RANGE = (1, 1024)  # all samples go through the model as one batch
 
 
-def load_trained_model(rd: RunDir):
-    """(cfg, settings, model, step) with the weights of the run's last complete checkpoint."""
-    from ..model import build_model
-    from .expert_parallel import consolidate_checkpoint
-
-    cfg, s = rd.model_config(), rd.settings()
-    if not cfg.ffn.is_moe:
-        raise ConfigError(f"{rd.path}: {cfg.name} is dense; adaptive compute needs an MoE run")
-    if s.tc_impl == "deepspeed":
-        raise ConfigError(f"{rd.path}: trained with --tc-impl deepspeed (DeepSpeed's own MoE "
-                          "layer); adaptive analyses runs of our ExpertChoiceMoE/TokenChoiceMoE")
-    latest = rd.latest_checkpoint()
-    if latest is None:
-        raise ConfigError(f"{rd.path}: no complete checkpoint (checkpoints/latest); finish or "
-                          "resume the run first")
-    state = consolidate_checkpoint(rd.checkpoints / latest[1])
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{rd.path}: checkpoint does not match {cfg.name} (missing "
-                          f"{len(missing)}, unexpected {len(unexpected)} tensors)")
-    model.eval()
-    return cfg, s, model, latest[0]
+def check_args(*, samples: int, timesteps: int, seed: int) -> None:
+    """One-line errors for a grid or sample count out of range (before anything is loaded)."""
+    for name, value, (lo, hi) in (("--samples", samples, SAMPLES_RANGE),
+                                  ("--timesteps", timesteps, TIMESTEPS_RANGE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"{name} {value!r}: must be an integer in {lo}..{hi}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed {seed!r}: must be an integer >= 0")
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -78,18 +68,16 @@ def _layer_summary(ept: np.ndarray, num_experts: int) -> dict[str, Any]:
 
 def analyse(run_dir: Path, *, out: Path | None = None, samples: int = 32,
             timesteps: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Experts per token of held-out samples noised to ``timesteps`` points of (0, 1);
+    plots and summary.json go to ``out`` (default RUN/adaptive)."""
+    check_args(samples=samples, timesteps=timesteps, seed=seed)
     import torch
 
-    from .data import to_uint8
-    from .worker import load_data
+    from ..datasets.batches import to_uint8
 
-    rd = RunDir(run_dir)
-    if not rd.exists():
-        raise ConfigError(f"{run_dir}: not a run directory (no run.json)")
-    if samples < 1 or timesteps < 1:
-        raise ConfigError("--samples and --timesteps must be >= 1")
+    rd = open_run(run_dir)
     cfg, s, model, ckpt_step = load_trained_model(rd)
-    held = load_data(s, cfg, split="holdout")
+    held = held_out_samples(s, cfg)
     if len(held) == 0:
         raise ConfigError(f"{run_dir}: the run kept no held-out samples (holdout = 0)")
     n = min(samples, len(held))
@@ -216,30 +204,3 @@ def _save(fig, path: Path) -> str:
     plt.close(fig)
     tmp.replace(path)
     return str(path)
-
-
-def render(result: dict[str, Any], console) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"Experts per token: {result['model']} (step {result['checkpoint_step']}, "
-                    f"{result['samples']} held-out samples)")
-    for col in ("", "mean", "std", "no expert", "max", "max share of experts"):
-        t.add_column(col, justify="left" if not col else "right")
-    for row in result["by_layer"]:
-        t.add_row(f"block {row['block']}", f"{row['mean']:.2f}", f"{row['std']:.2f}",
-                  f"{row['zero_share']:.1%}", str(row["max"]), f"{row['max_expert_share']:.0%}")
-    for row in result["by_timestep"]:
-        t.add_row(f"t = {row['t']:.2f}", f"{row['mean']:.2f}", f"{row['std']:.2f}",
-                  f"{row['zero_share']:.1%}", str(row["max"]), f"{row['max_expert_share']:.0%}")
-    console.print(t)
-    c, tok = result["caption_length"], result["tokens"]
-
-    def f(x):
-        return "n/a" if x is None else f"{x:+.3f}"
-
-    console.print(f"caption length vs spread of allocation: pearson {f(c['pearson_std'])}, "
-                  f"spearman {f(c['spearman_std'])}; vs share of skipped tokens "
-                  f"{f(c['pearson_zero_share'])}", highlight=False)
-    console.print(f"per token: experts vs patch detail pearson {f(tok['pearson_detail'])}, "
-                  f"vs foreground {f(tok['pearson_foreground'])}", highlight=False)
-    console.print(f"plots and summary.json in {result['out']}", highlight=False)

@@ -1,0 +1,133 @@
+"""`ecdit-scale validate | adaptive`: what launched runs say about the planner's predictions
+and about how expert choice spends its compute.
+
+torch is imported inside the commands only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..units import format_bytes, format_count
+from .common import app, console, print_json
+
+
+@app.command("validate")
+def validate_cmd(
+    runs: List[str] = typer.Argument(..., help="Run directories (from `launch`) or GPU result files (bench/results/*.json)."),
+    calibrate_on: Optional[str] = typer.Option(None, "--calibrate-on", help="Run whose measured efficiency calibrates the step-time predictions (default: the first)."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="CSV path (default: validation.csv in the first run directory)."),
+    save_profile: Optional[str] = typer.Option(None, "--save-profile", help="Save the calibrated accelerator profile (YAML) for `plan --gpu`."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Planner predictions next to measurements: parameters, FLOPs, memory, step time."""
+    from ..evaluation.validate import validate
+
+    report = validate([Path(r) for r in runs], calibrate_on=calibrate_on,
+                      csv_path=csv, save_profile=save_profile)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    render_validation(report)
+
+
+@app.command("adaptive")
+def adaptive_cmd(
+    run: str = typer.Argument(..., help="A run directory (from `launch`) of an MoE model."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default RUN/adaptive)."),
+    samples: int = typer.Option(32, "--samples", help="Held-out samples to analyse (1-1024)."),
+    timesteps: int = typer.Option(8, "--timesteps", help="Points on the timestep grid in (0, 1) (1-64)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON summary."),
+) -> None:
+    """Adaptive compute of expert choice: experts per token by layer, timestep, caption length."""
+    from ..evaluation.adaptive import analyse
+
+    result = analyse(Path(run), out=Path(out) if out else None, samples=samples,
+                     timesteps=timesteps)
+    if json_out:
+        print_json(result)
+        return
+    render_adaptive(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Display
+# ---------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2%}"
+
+
+def render_validation(report) -> None:
+    """The comparison table, the calibrations and the notes (report: validate.Report)."""
+
+    def pair(pred, meas, err, fmt) -> str:
+        p = "n/a" if pred is None else fmt(pred)
+        m = "n/a" if meas is None else fmt(meas)
+        return f"{p} -> {m} ({_pct(err)})"
+
+    t = Table(title="Predicted -> measured (error = measured / predicted - 1)")
+    t.add_column("run", overflow="fold", min_width=10)
+    for col in ("params", "FLOPs / step", "peak memory / rank", "model states / rank",
+                "step time"):
+        t.add_column(col, justify="right")
+    for r in report.rows:
+        t.add_row(
+            escape(r.name), pair(r.params_predicted, r.params_measured, r.params_error, format_count),
+            pair(r.flops_predicted, r.flops_measured, r.flops_error, lambda x: f"{x:.4g}"),
+            pair(r.memory_predicted, r.memory_measured, r.memory_error, format_bytes),
+            pair(r.states_predicted, r.states_measured, r.states_error, format_bytes),
+            pair(r.step_s_predicted, r.step_s_measured, r.step_s_error, lambda x: f"{x:.4g} s"))
+    console.print(t)
+    for c in report.calibrations:
+        console.print(f"calibration ({c.device}): efficiency {100 * c.efficiency:.3g}% of "
+                      f"{c.peak_flops_per_s / 1e9:.4g} GFLOP/s ({c.peak_source}); from {c.run}",
+                      highlight=False, markup=False)
+    notes: dict[str, list[str]] = {}
+    for r in report.rows:
+        for note in filter(None, r.memory_note.split("; ")):
+            notes.setdefault(note, []).append(r.name)
+    for note, names in notes.items():
+        who = "all runs" if len(names) == len(report.rows) else ", ".join(names)
+        console.print(f"memory ({who}): {note}", style="dim", highlight=False, markup=False)
+    for r in report.rows:
+        if r.flops_note:
+            console.print(f"FLOPs ({r.name}): {r.flops_note}", style="dim", highlight=False,
+                          markup=False)
+    for n in report.notes:
+        console.print(n, style="dim", highlight=False, markup=False)
+    console.print(f"CSV: {report.csv_path}" + (f"; profile: {report.profile_path}"
+                                                if report.profile_path else ""),
+                  highlight=False, markup=False)
+
+
+def render_adaptive(result: dict[str, Any]) -> None:
+    """Experts per token by layer and by timestep, then the correlations (adaptive.analyse)."""
+    t = Table(title=f"Experts per token: {result['model']} (step {result['checkpoint_step']}, "
+                    f"{result['samples']} held-out samples)")
+    for col in ("", "mean", "std", "no expert", "max", "max share of experts"):
+        t.add_column(col, justify="left" if not col else "right")
+    for row in result["by_layer"]:
+        t.add_row(f"block {row['block']}", f"{row['mean']:.2f}", f"{row['std']:.2f}",
+                  f"{row['zero_share']:.1%}", str(row["max"]), f"{row['max_expert_share']:.0%}")
+    for row in result["by_timestep"]:
+        t.add_row(f"t = {row['t']:.2f}", f"{row['mean']:.2f}", f"{row['std']:.2f}",
+                  f"{row['zero_share']:.1%}", str(row["max"]), f"{row['max_expert_share']:.0%}")
+    console.print(t)
+    c, tok = result["caption_length"], result["tokens"]
+
+    def f(x):
+        return "n/a" if x is None else f"{x:+.3f}"
+
+    console.print(f"caption length vs spread of allocation: pearson {f(c['pearson_std'])}, "
+                  f"spearman {f(c['spearman_std'])}; vs share of skipped tokens "
+                  f"{f(c['pearson_zero_share'])}", highlight=False)
+    console.print(f"per token: experts vs patch detail pearson {f(tok['pearson_detail'])}, "
+                  f"vs foreground {f(tok['pearson_foreground'])}", highlight=False)
+    console.print(f"plots and summary.json in {result['out']}", highlight=False, markup=False)

