@@ -107,7 +107,7 @@ def candidate_nodes(cluster: ClusterConfig, *, max_nodes: int = MAX_TABLE_NODES)
     return sorted(sizes | {cluster.nodes})
 
 
-def _marked(rows: list[ClusterRow]) -> list[ClusterRow]:
+def mark_rows(rows: list[ClusterRow]) -> list[ClusterRow]:
     if not rows:
         return rows
     cheapest = min(rows, key=lambda r: (r.cost.cost_usd, r.cost.days))
@@ -148,7 +148,7 @@ def cluster_table(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterCo
                 continue
         rows.append(ClusterRow(cluster=c, best=best, cost=run_cost(best.step.total_s, training, c),
                                is_plan=n == cluster.nodes))
-    return ClusterTable(rows=_marked(rows), skipped=skipped, accelerator=acc.name)
+    return ClusterTable(rows=mark_rows(rows), skipped=skipped, accelerator=acc.name)
 
 
 def _describe(row: ClusterRow, acc: str) -> str:
@@ -186,4 +186,4 @@ def pick_row(table: ClusterTable, *, days: float | None = None,
 
 
 __all__ = ["ClusterRow", "ClusterTable", "RunCost", "cluster_table", "candidate_nodes",
-           "pick_row", "run_cost", "MAX_TABLE_NODES", "SECONDS_PER_DAY"]
+           "pick_row", "run_cost", "mark_rows", "MAX_TABLE_NODES", "SECONDS_PER_DAY"]
