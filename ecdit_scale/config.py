@@ -403,6 +403,17 @@ class Precision(str, enum.Enum):
     FP32 = "fp32"
 
 
+class EMA(str, enum.Enum):
+    """An exponential moving average of the weights, as DiT keeps (decay 0.9999), in fp32."""
+
+    NONE = "none"
+    REPLICATED = "replicated"  # every rank keeps the EMA of all the weights it holds
+    SHARDED = "sharded"  # partitioned with the optimizer state (ZeRO >= 1), over the same group
+
+
+DIT_EMA_DECAY = 0.9999  # DiT (Peebles & Xie 2023): ema decay 0.9999, updated every step
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     """A training run: the paper's is 256x256 images, global batch 4096, 800K steps."""
@@ -413,10 +424,15 @@ class TrainingConfig:
     precision: Precision = Precision.BF16
     lr: float = 1e-4
     warmup_steps: int = 20_000
+    ema: EMA = EMA.NONE  # `ecdit-scale plan` asks for a replicated EMA by default (DiT's recipe)
+    ema_decay: float = DIT_EMA_DECAY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", _enum(Optimizer, self.optimizer, "optimizer"))
         object.__setattr__(self, "precision", _enum(Precision, self.precision, "precision"))
+        object.__setattr__(self, "ema", _enum(EMA, self.ema, "ema"))
+        object.__setattr__(self, "ema_decay", _number("ema_decay", self.ema_decay,
+                                                      inclusive=True, maximum=1.0))
         _positive_int("global_batch", self.global_batch, maximum=2**26)
         _positive_int("steps", self.steps, maximum=10**12)
         _positive_int("warmup_steps", self.warmup_steps, minimum=0, maximum=10**12)

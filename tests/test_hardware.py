@@ -97,6 +97,10 @@ def test_user_yaml_with_several_entries(tmp_path):
     (lambda d: d.update(nvlink_gen=4), "nvlink_gen"),
     (lambda d: d.update(devices_per_node=10**6), "devices_per_node = 1000000: must be an integer in 1..1024"),
     (lambda d: d.update({7: 1}), "field name 7 is not a string"),
+    (lambda d: d.update(deepspeed_accelerator="tpu"), "deepspeed_accelerator = 'tpu': choose one"),
+    (lambda d: d.update(precisions=["fp16"]), "precisions"),
+    (lambda d: d.update(precisions=[]), "precisions"),
+    (lambda d: d.update(precisions="bf16"), "precisions"),
 ])
 def test_invalid_user_yaml_names_the_field(tmp_path, edit, field):
     data = get_accelerator("h100").to_dict()
@@ -123,3 +127,23 @@ def test_accelerator_is_validated_on_construction():
         Accelerator(name="x", peak_bf16_flops=1e15, memory_bytes=1e10, memory_bw_bytes_per_s=1e12,
                     intra_node_bw_bytes_per_s=1e11, inter_node_bw_bytes_per_s=1e10,
                     devices_per_node=8, source=" ")
+
+
+def test_deepspeed_accelerator_and_precisions_in_the_catalog():
+    # GPUs (NVIDIA, and AMD through ROCm's torch.cuda) run DeepSpeed's cuda accelerator; DeepSpeed
+    # has no TPU accelerator, so a TPU gets a plan without launch files
+    for name, acc in catalog().items():
+        assert acc.runs_deepspeed == (name != "tpu-v5p")
+        assert acc.precisions and set(acc.precisions) <= {"bf16", "fp32"}
+    assert get_accelerator("tpu-v5p").deepspeed_accelerator == "none"
+    assert get_accelerator("mi300x").deepspeed_accelerator == "cuda"
+    assert get_accelerator("tpu-v5p").precisions == ("bf16",)
+
+
+def test_profile_without_the_new_fields_defaults_to_cuda_bf16_fp32(tmp_path):
+    data = get_accelerator("h100").to_dict()
+    del data["deepspeed_accelerator"], data["precisions"]
+    path = tmp_path / "old.yaml"
+    path.write_text(dump_yaml(data))
+    acc = get_accelerator(str(path))
+    assert acc.deepspeed_accelerator == "cuda" and acc.precisions == ("bf16", "fp32")

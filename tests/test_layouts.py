@@ -52,14 +52,19 @@ def test_every_returned_layout_obeys_the_rules(m64_search):
                                                  + est.step.optimizer_s)
 
 
-def test_ranked_by_step_time_then_memory_with_unsupported_last(m64_search):
+def test_ranked_by_step_time_then_memory_and_no_zero3_for_moe(m64_search):
     feas = m64_search.feasible
-    flagged = [ZERO3_MOE_FLAG in e.flags for e in feas]
-    assert flagged == sorted(flagged)  # every ZeRO-3 + MoE layout after all supported ones
-    supported = [e for e in feas if ZERO3_MOE_FLAG not in e.flags]
-    keys = [(e.step.total_s, e.memory.total) for e in supported]
+    assert {e.layout.zero for e in feas} <= {0, 1, 2}  # DeepSpeed-MoE refuses ZeRO-3
+    assert not any(ZERO3_MOE_FLAG in e.flags for e in feas)
+    assert m64_search.num_evaluated % 3 == 0  # 3 stages x shapes x recompute, none with ZeRO-3
+    keys = [(e.step.total_s, e.memory.total) for e in feas]
     assert keys == sorted(keys)
     assert all((e.layout.tp > 1) == (TP_FLAG in e.flags) for e in feas)
+
+
+def test_dense_search_keeps_zero3():
+    r = search_layouts(sizes.get("ecdit-xl"), TRAIN, ClusterConfig(nodes=2), H100, keep=10_000)
+    assert 3 in {e.layout.zero for e in r.feasible}
 
 
 def test_estimate_layout_reproduces_the_search(m64_search):
@@ -84,10 +89,18 @@ def test_pins_restrict_the_search():
             32, 2, "full", 1)
 
 
-def test_zero3_with_moe_is_estimated_but_flagged():
-    r = search_layouts(M64, TRAIN, ClusterConfig(nodes=64), H100, pin={"zero": 3})
-    assert r.feasible and all(ZERO3_MOE_FLAG in e.flags for e in r.feasible)
-    assert all(e.comm.zero3_gather_s > 0 and e.memory.zero3_gather_buffer > 0 for e in r.feasible)
+def test_zero3_pinned_on_moe_is_one_line_naming_the_constraint():
+    with pytest.raises(ConfigError) as exc:
+        search_layouts(M64, TRAIN, ClusterConfig(nodes=64), H100, pin={"zero": 3})
+    text = _one_line(exc)
+    assert "--zero 3" in text and "MoE not supported with Stage 3" in text and "0, 1 or 2" in text
+
+
+def test_zero3_with_moe_is_still_estimated_but_flagged_one_layout():
+    lay = ParallelLayout(dp=512, ep=64, zero=3, micro_batch=8)
+    est = estimate_layout(M64, lay, TRAIN, ClusterConfig(nodes=64), H100)
+    assert ZERO3_MOE_FLAG in est.flags
+    assert est.comm.zero3_gather_s > 0 and est.memory.zero3_gather_buffer > 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from ecdit_scale.errors import ConfigError
 from ecdit_scale.units import format_bytes
 from ecdit_scale import sizes
 from ecdit_scale.config import Optimizer, ParallelLayout, Precision, Recompute, TrainingConfig
@@ -283,3 +284,60 @@ def test_activation_bytes_match_cuda_allocator():
     del parts
     predicted = activation_bytes_per_sample(cfg, Recompute.NONE).total * 16
     assert kept == pytest.approx(predicted, rel=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA of the weights
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ema_bytes_by_hand_replicated_sharded_none():
+    from ecdit_scale.config import EMA
+    from ecdit_scale.params import count_params
+
+    cfg = sizes.get("small-ec8")
+    b = count_params(cfg)
+    experts = b.experts
+    non_expert = b.total_params - experts
+    dp, ep = 8, 4
+    by = {}
+    for ema in EMA:
+        for zero in (0, 1, 2):
+            by[ema, zero] = memory_breakdown(
+                cfg, ParallelLayout(dp=dp, ep=ep, zero=zero, micro_batch=1),
+                TrainingConfig(ema=ema)).ema
+    replicated = 4 * (non_expert + experts / ep)  # fp32, every weight the rank holds
+    sharded = 4 * (non_expert / dp + experts / ep / (dp // ep))  # with the optimizer state
+    for zero in (0, 1, 2):
+        assert by[EMA.NONE, zero] == 0
+        assert by[EMA.REPLICATED, zero] == pytest.approx(replicated)
+    assert by[EMA.SHARDED, 0] == pytest.approx(replicated)  # ZeRO-0 partitions nothing
+    assert by[EMA.SHARDED, 1] == pytest.approx(sharded)
+    assert by[EMA.SHARDED, 2] == pytest.approx(sharded)
+
+
+def test_ema_is_its_own_line_and_in_the_total():
+    cfg = sizes.get("small-ec8")
+    lay = ParallelLayout(dp=8, ep=8, zero=1, micro_batch=2)
+    without = memory_breakdown(cfg, lay, TrainingConfig(ema="none"))
+    with_ema = memory_breakdown(cfg, lay, TrainingConfig(ema="replicated"))
+    assert with_ema.to_dict()["ema"] == with_ema.ema > 0
+    # the overhead allowance is a fraction of every other term, the EMA included
+    assert with_ema.total - without.total == pytest.approx(with_ema.ema * 1.10)
+    assert with_ema.model_states == without.model_states
+
+
+def test_ema_at_97b_replicated_is_about_27_gb_on_the_paper_layout():
+    cfg = sizes.resolve("97B").config
+    mem = memory_breakdown(cfg, ParallelLayout(dp=512, ep=64, zero=2, micro_batch=8),
+                           TrainingConfig(ema="replicated"))
+    # 4 B x (5.43B non-expert + 91.8B experts / 64) = 27.4 GB per device
+    assert 26e9 < mem.ema < 29e9
+
+
+def test_ema_option_rejects_unknown_values_in_one_line():
+    with pytest.raises(ConfigError) as exc:
+        TrainingConfig(ema="mirrored")
+    assert "ema" in str(exc.value) and "replicated" in str(exc.value)
+    with pytest.raises(ConfigError):
+        TrainingConfig(ema_decay=1.5)

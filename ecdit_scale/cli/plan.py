@@ -50,6 +50,11 @@ def plan(
     global_batch: int = typer.Option(4096, "--global-batch", help="Images per optimizer step."),
     steps: int = typer.Option(800_000, "--steps", help="Optimizer steps of the run."),
     optimizer: str = typer.Option("rmsprop", "--optimizer", help="rmsprop (the paper) | adamw | sgd."),
+    precision: str = typer.Option("bf16", "--precision", help="bf16 | fp32 (refused where the device lists no throughput for it)."),
+    ema: str = typer.Option("replicated", "--ema", help="EMA of the weights (DiT, decay 0.9999, fp32): none | replicated | sharded (partitioned with the optimizer state)."),
+    days: Optional[float] = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
+    sizes_table: bool = typer.Option(True, "--table/--no-table", help="Time and cost at other cluster sizes (1-128 nodes)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="Pin the ZeRO stage (0-3)."),
     dp: Optional[int] = typer.Option(None, "--dp", help="Pin data-parallel size."),
     ep: Optional[int] = typer.Option(None, "--ep", help="Pin expert-parallel size."),
@@ -70,13 +75,15 @@ def plan(
     from ..planner.plan import make_plan
     from ..planner.plan_files import write_plan_files
     from ..planner.request import (check_plan_options, cluster_for_plan, model_for_plan,
-                                   pins_for_plan, training_for_plan)
+                                   pins_for_plan, target_for_plan, training_for_plan)
 
     if out is not None and not out.strip():
         raise ConfigError("--out '': give a folder name")
     check_plan_options(top=top, sampling_steps=sampling_steps,
                        inference_devices=inference_devices)
-    training = training_for_plan(global_batch=global_batch, steps=steps, optimizer=optimizer)
+    training = training_for_plan(global_batch=global_batch, steps=steps, optimizer=optimizer,
+                                 precision=precision, ema=ema)
+    target = target_for_plan(days=days, budget=budget, gpus=gpus, nodes=nodes)
     pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
                         recompute=recompute)
     cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing)
@@ -85,15 +92,20 @@ def plan(
                                price=price)
     the_plan = make_plan(cfg, training, cluster, acc, pin=pin, top=top,
                          sampling_steps=sampling_steps, inference_devices=inference_devices,
-                         loss_model=_loss_model(fit), resolved=resolved)
+                         loss_model=_loss_model(fit), resolved=resolved, table=sizes_table,
+                         **target)
     files = write_plan_files(the_plan, out or f"plan-{cfg.name}") if write else {}
     if json_out:
         print_json(the_plan.to_dict())
+        if the_plan.launch_note:
+            err_console.print(the_plan.launch_note, highlight=False, soft_wrap=True)
         if files:
             err_console.print(f"wrote {Path(out or f'plan-{cfg.name}')}/: "
                               + ", ".join(files), highlight=False, soft_wrap=True)
         return
     _print_plan(the_plan, files)
+    if the_plan.launch_note:
+        err_console.print(the_plan.launch_note, highlight=False, soft_wrap=True)
 
 
 def _print_plan(p, files) -> None:
@@ -115,15 +127,17 @@ def _print_plan(p, files) -> None:
     console.print(f"FLOPs per image: forward {f.forward:.4g}, backward {f.backward:.4g} "
                   f"(forward MACs {f.forward_macs:.4g}); per step: model "
                   f"{p.flops_per_step.model:.4g}, hardware {p.flops_per_step.hardware:.4g} \\[exact]")
-    console.print(f"run: {p.training.steps:,} steps x {p.training.global_batch} images on "
+    tr = p.training
+    console.print(f"run: {tr.steps:,} steps x {tr.global_batch} images on "
                   f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {escape(p.accelerator.name)} "
-                  f"({p.world} devices), optimizer {p.training.optimizer.value}")
+                  f"({p.world} devices), optimizer {tr.optimizer.value}, {tr.precision.value}, "
+                  f"EMA {tr.ema.value}" + (f" (decay {tr.ema_decay:g})" if tr.ema.value != "none" else ""))
 
     mem = p.best.memory.to_dict()
     mt = Table(title=f"memory per device, best layout ({p.best.describe()}) \\[estimated]")
     mt.add_column("part")
     mt.add_column("bytes", justify="right")
-    for key in ("params", "grads", "fp32_grads", "optimizer_states", "master_weights",
+    for key in ("params", "grads", "fp32_grads", "optimizer_states", "master_weights", "ema",
                 "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead"):
         if mem[key]:
             mt.add_row(key, format_gib(mem[key]))
@@ -153,6 +167,8 @@ def _print_plan(p, files) -> None:
                   f"{p.images_per_s:,.0f} images/s -> [bold]{format_duration(p.days)}[/], "
                   f"{format_amount(p.gpu_hours)} GPU-hours, ${format_amount(p.cost_usd)} at "
                   f"${p.cluster.price_per_gpu_hour:g}/GPU-hour \\[estimated]")
+    if p.cluster_table is not None:
+        _print_cluster_table(p)
     if tp_alt is not None:
         s2 = tp_alt.step
         console.print(f"with tensor parallelism ({tp_alt.describe()}): step {s2.total_s:.3f} s, "
@@ -176,12 +192,36 @@ def _print_plan(p, files) -> None:
         console.print(f"estimated: {line}", style="dim")
     if files:
         console.print("wrote: " + escape(", ".join(str(v) for v in files.values())))
+    if files and p.launchable:
         lay, pl = p.best.layout, p
         console.print(f"launch: bash {escape(str(files['launch.sh']))}  (edit the hostfile's placeholder hosts first)")
         console.print(f"or on this machine's devices: ecdit-scale launch {escape(str(files['card.yaml']))} --nproc "
                       f"{pl.cluster.gpus_per_node} --ep {min(lay.ep, pl.cluster.gpus_per_node)} "
                       f"--zero {lay.zero} --micro-batch {lay.micro_batch} --grad-accum "
                       f"{p.best.grad_accum} --steps N", style="dim")
+
+
+def _print_cluster_table(p) -> None:
+    t = p.cluster_table
+    tt = Table(title=f"cluster size: the best layout at each size, {p.training.steps:,} steps at "
+                     f"${p.cluster.price_per_gpu_hour:g}/GPU-hour \\[estimated]")
+    for col in ("nodes", "GPUs", "time", "GPU-hours", "cost $", "step s", "MFU", "layout", ""):
+        tt.add_column(col, justify="left" if col in ("layout", "") else "right")
+    for r in t.rows:
+        lay = r.best.layout
+        tt.add_row(str(r.nodes), f"{r.devices:,}", format_duration(r.cost.days),
+                   format_amount(r.cost.gpu_hours), format_amount(r.cost.cost_usd),
+                   f"{r.best.step.total_s:.3g}", f"{r.best.step.mfu:.1%}",
+                   f"ep={lay.ep} z{lay.zero} mb={lay.micro_batch}x{r.best.grad_accum} "
+                   f"{lay.recompute.value}", ", ".join(r.marks),
+                   style="bold" if r.is_plan else None)
+    console.print(tt)
+    if t.skipped:
+        last = max(t.skipped)
+        console.print(f"no row at {', '.join(map(str, t.skipped))} node(s); at {last}: "
+                      f"{escape(t.skipped[last])}", style="dim")
+    if t.picked_by:
+        console.print(f"[bold]picked:[/] {t.picked.nodes} nodes by {escape(t.picked_by)}")
 
 
 plans_app = typer.Typer(help="The example plans checked in under plans/.", no_args_is_help=True)

@@ -25,6 +25,12 @@ from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
 # training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).
 DEFAULT_EFFICIENCY = 0.45
 MAX_DEVICES_PER_NODE = 1024
+# DeepSpeed's accelerators (deepspeed/accelerator/real_accelerator.py, SUPPORTED_ACCELERATOR_LIST)
+# and "none" for a device DeepSpeed cannot drive (a TPU): such a device gets a plan, no launch.
+DEEPSPEED_ACCELERATORS = ("cuda", "cpu", "xpu", "xpu.external", "npu", "mps", "hpu", "mlu",
+                          "sdaa")
+NO_DEEPSPEED = "none"
+TRAINING_PRECISIONS = ("bf16", "fp32")  # ecdit_scale.config.Precision
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +46,8 @@ class Accelerator:
     notes: str = ""
     efficiency: float = DEFAULT_EFFICIENCY  # assumed sustained fraction of peak
     calibrated_from: str | None = None  # the measurement a calibrated efficiency came from
+    deepspeed_accelerator: str = "cuda"  # which DeepSpeed accelerator drives it, or "none"
+    precisions: tuple[str, ...] = TRAINING_PRECISIONS  # training precisions it has throughput for
 
     def __post_init__(self) -> None:
         where = f"accelerator {self.name!r}"
@@ -62,6 +70,21 @@ class Accelerator:
         object.__setattr__(self, "efficiency", eff)
         if self.calibrated_from is not None and not isinstance(self.calibrated_from, str):
             raise ConfigError(f"{where}: calibrated_from must be a string or null")
+        valid = DEEPSPEED_ACCELERATORS + (NO_DEEPSPEED,)
+        if self.deepspeed_accelerator not in valid:
+            raise ConfigError(f"{where}: deepspeed_accelerator = {short(self.deepspeed_accelerator)}"
+                              f": choose one of {', '.join(valid)}")
+        p = self.precisions
+        if (isinstance(p, str) or not isinstance(p, (list, tuple)) or not p
+                or not all(isinstance(x, str) and x in TRAINING_PRECISIONS for x in p)):
+            raise ConfigError(f"{where}: precisions = {short(p)}: must be a non-empty list of "
+                              f"{', '.join(TRAINING_PRECISIONS)}")
+        object.__setattr__(self, "precisions", tuple(dict.fromkeys(p)))
+
+    @property
+    def runs_deepspeed(self) -> bool:
+        """Whether DeepSpeed has an accelerator for this device (else: plan only, no launch)."""
+        return self.deepspeed_accelerator != NO_DEEPSPEED
 
     @property
     def sustained_flops(self) -> float:
@@ -69,7 +92,9 @@ class Accelerator:
         return self.peak_bf16_flops * self.efficiency
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["precisions"] = list(self.precisions)
+        return out
 
 
 def _positive_number(where: str, field: str, value: Any) -> float:

@@ -8,8 +8,9 @@ Enumeration rules (world = nodes x gpus_per_node):
   experts; ep = 1 for dense models;
 - dp * micro_batch divides the global batch (gradient accumulation = global / (dp * micro));
   micro-batches up to ``MAX_MICRO_BATCH``; a micro-batch must fill whole routing groups;
-- ZeRO 0/1/2/3 x recompute none/selective/full. ZeRO-3 with MoE is estimated but flagged:
-  DeepSpeed-MoE refuses it; such layouts rank after every supported one. tp > 1 layouts rank
+- ZeRO 0/1/2/3 x recompute none/selective/full; MoE models search ZeRO 0/1/2 only
+  (DeepSpeed-MoE refuses ZeRO-3; a pinned --zero 3 is an error; ``estimate_layout`` still
+  estimates such a layout, flagged). tp > 1 layouts rank
   normally but carry a flag: this project's trainer (``ecdit_scale.train``) has no tensor
   parallelism, so they need a Megatron-style model (pin ``tp=1`` for a launchable plan).
 
@@ -23,7 +24,8 @@ Step time (per optimizer step, seconds; ``StepTime``):
   and backward compute the same way; ZeRO-1/2's all-gather of updated parameters after the
   optimizer step is exposed;
 - the optimizer step is memory-bound: bytes of master weights, states, fp32 grads and params
-  it reads and writes / HBM bandwidth.
+  it reads and writes / HBM bandwidth, plus the EMA update (read and write the EMA, read the
+  weights: 3 x its bytes).
 MFU = model FLOPs per image x global batch / (world x peak x step time).
 """
 
@@ -342,7 +344,7 @@ class _Evaluator:
         act = self.act_table(c.tp)[c.rc, c.tp]
         mem = memory_arrays(self.split, act, self.moe_buffer, dp=c.dp, ep=c.ep, tp=c.tp,
                             zero=c.zero, micro_batch=c.mb, optimizer=tr.optimizer,
-                            precision=tr.precision)
+                            precision=tr.precision, ema=tr.ema)
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
                           precision=tr.precision)
@@ -362,6 +364,7 @@ class _Evaluator:
         bf16 = Precision(tr.precision) is Precision.BF16
         opt_bytes = (2 * (mem["optimizer_states"] + mem["master_weights"]) + mem["fp32_grads"]
                      + (1 if bf16 else 2) * mem["params"])
+        opt_bytes = opt_bytes + 3 * mem["ema"]  # EMA update: read + write it, read the weights
         optimizer_s = opt_bytes / acc.memory_bw_bytes_per_s
         exposed = com["a2a_s"] + com["tp_s"] + grad_exposed + z3_exposed
         total = compute + exposed + optimizer_s
@@ -401,8 +404,14 @@ def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterC
     Raises ConfigError (one line) when a pin breaks a rule or when no layout fits in memory.
     """
     pin = _check_pins(pin)
+    moe_zeros = MOE_ZERO_STAGES if cfg.ffn.is_moe else ZERO_STAGES
+    if "zero" in pin and pin["zero"] not in moe_zeros:
+        raise ConfigError(
+            f"--zero {pin['zero']}: DeepSpeed-MoE refuses ZeRO-3 (\"MoE not supported with Stage "
+            f"3\") and {cfg.name} has {cfg.ffn.num_experts} experts; choose --zero "
+            f"{', '.join(map(str, moe_zeros[:-1]))} or {moe_zeros[-1]}")
     shapes = enumerate_shapes(cfg, training, cluster, pin)
-    zeros = [pin["zero"]] if "zero" in pin else list(ZERO_STAGES)
+    zeros = [pin["zero"]] if "zero" in pin else list(moe_zeros)
     recomputes = [pin["recompute"]] if "recompute" in pin else list(RECOMPUTE_ORDER)
     cols = _columns(shapes, zeros, recomputes)
     ev = _Evaluator(cfg, training, cluster, acc)(cols)

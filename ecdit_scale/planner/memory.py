@@ -17,6 +17,12 @@ at a time). ZeRO-1 partitions master weights, optimizer states and that fp32 cop
 data-parallel group; ZeRO-2 also the bf16 gradients; ZeRO-3 also the bf16 parameters.
 fp32 training: params 4, grads 4, no master copy, no fp32 copy.
 
+EMA of the weights (DiT keeps one, decay 0.9999), always fp32, 4 bytes per parameter of the
+weights it averages (``ema_bytes``): ``replicated`` keeps it for every parameter the rank holds
+before ZeRO (non-expert / tp, experts / (ep x tp)); ``sharded`` partitions it with the optimizer
+state (ZeRO >= 1: over dp for non-expert parameters, over dp/ep for experts), each rank updating
+the EMA of the master-weight partition it owns; at ZeRO-0 sharded is replicated.
+
 Which group: non-expert parameters are sharded by tensor parallelism (attention and FFN
 matrices, Megatron-style; embedders, adaLN, router and output head are *replicated* across tp
 ranks) and ZeRO-partitioned over dp. Expert parameters are sharded by ep (each rank holds
@@ -44,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
+from ..config import (EMA, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Optimizer, ParallelLayout,
                       Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..params import count_params
@@ -151,6 +157,18 @@ class ModelStateBytes:
     @property
     def total(self) -> float:
         return self.params + self.grads + self.fp32_grads + self.master_weights + self.optimizer_states
+
+
+def ema_bytes(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: Any,
+              ema: EMA | str) -> Any:
+    """fp32 EMA bytes per device for ``non_expert`` and ``expert`` elements held before ZeRO."""
+    ema = EMA(ema)
+    if ema is EMA.NONE:
+        return 0.0 * np.asarray(zero)
+    if ema is EMA.REPLICATED:
+        return FP32_BYTES * (np.asarray(non_expert) + np.asarray(expert)) + 0.0 * np.asarray(zero)
+    return FP32_BYTES * (_part(non_expert, dp, zero, ZERO_PARTITIONS_OPTIMIZER)
+                         + _part(expert, expert_dp, zero, ZERO_PARTITIONS_OPTIMIZER))
 
 
 def _model_state_arrays(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: Any,
@@ -347,6 +365,7 @@ class MemoryBreakdown:
     fp32_grads: float  # DeepSpeed's fp32 copy of the gradient partition for the step
     optimizer_states: float
     master_weights: float
+    ema: float  # fp32 EMA of the weights (replicated or sharded with the optimizer state)
     activations: float  # saved for backward, whole micro-batch
     moe_buffers: float  # dispatch + all-to-all send/recv buffers of one MoE layer
     zero3_gather_buffer: float  # gathered full layers (ZeRO-3 only)
@@ -354,7 +373,7 @@ class MemoryBreakdown:
     overhead: float  # fragmentation + CUDA context (see assumptions)
     assumptions: tuple[str, ...] = ASSUMPTIONS
 
-    _PARTS = ("params", "grads", "fp32_grads", "optimizer_states", "master_weights",
+    _PARTS = ("params", "grads", "fp32_grads", "optimizer_states", "master_weights", "ema",
               "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead")
 
     @property
@@ -376,18 +395,20 @@ class MemoryBreakdown:
 
 def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample: float, *,
                   dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
-                  optimizer: Optimizer, precision: Precision) -> dict[str, Any]:
+                  optimizer: Optimizer, precision: Precision,
+                  ema: EMA | str = EMA.NONE) -> dict[str, Any]:
     """Every MemoryBreakdown field (and ``total``) as arrays over layouts.
 
     ``act_per_sample``: activation bytes per sample for each layout's (recompute, tp).
     """
     dp, ep, tp = np.asarray(dp), np.asarray(ep), np.asarray(tp)
     zero, mb = np.asarray(zero), np.asarray(micro_batch)
-    states = _model_state_arrays(split.non_expert_per_device(tp), split.expert_per_device(ep, tp),
-                                 dp=dp, expert_dp=dp // ep, zero=zero, optimizer=optimizer,
-                                 precision=precision)
+    non_expert, expert = split.non_expert_per_device(tp), split.expert_per_device(ep, tp)
+    states = _model_state_arrays(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero,
+                                 optimizer=optimizer, precision=precision)
     w = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
     out = dict(states)
+    out["ema"] = ema_bytes(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero, ema=ema)
     out["activations"] = mb * np.asarray(act_per_sample)
     out["moe_buffers"] = mb * moe_buffer_per_sample + 0.0 * dp
     out["zero3_gather_buffer"] = np.where(
@@ -413,6 +434,6 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                            moe_buffer_bytes_per_sample(cfg, precision=training.precision),
                            dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
                            micro_batch=layout.micro_batch, optimizer=training.optimizer,
-                           precision=training.precision)
+                           precision=training.precision, ema=training.ema)
     return MemoryBreakdown(**{f.name: float(arrays[f.name]) for f in fields(MemoryBreakdown)
                               if f.name != "assumptions"})

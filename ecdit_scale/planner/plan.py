@@ -9,7 +9,7 @@ prints (one object, two renderings). The files are rendered in ``plan_files``. N
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from ..config import ClusterConfig, ModelConfig, TrainingConfig
@@ -17,13 +17,13 @@ from ..errors import ConfigError
 from ..files import to_plain
 from ..params import ParamBreakdown, count_params
 from ..sizes import Resolved
+from .cluster_table import SECONDS_PER_DAY, ClusterTable, cluster_table, pick_row, run_cost
 from .deepspeed_config import deepspeed_config
 from .flops import FlopsBreakdown, flops_per_image, training_flops_per_image
 from .hardware import Accelerator, get_accelerator
 from .inference import InferenceEstimate, estimate_inference
 from .layouts import LayoutEstimate, SearchResult, search_layouts
 
-SECONDS_PER_DAY = 86_400
 
 # (FFN kind, compute FLOPs) -> a mapping with the LossEstimate fields, or None when no law
 # applies. The planner never imports ``scaling``; the caller passes this in (the CLI wraps
@@ -98,6 +98,20 @@ class Plan:
     predicted_loss: LossEstimate | None = None
     resolved: Resolved | None = None  # how a --params target became this config
     estimated: list[str] = field(default_factory=list)
+    cluster_table: ClusterTable | None = None  # time and cost at other cluster sizes
+
+    @property
+    def launchable(self) -> bool:
+        """Whether DeepSpeed can run the plan (else: no launch.sh, hostfile or ds_config.json)."""
+        return self.accelerator.runs_deepspeed
+
+    @property
+    def launch_note(self) -> str | None:
+        if self.launchable:
+            return None
+        return (f"no launch files: {self.accelerator.name} has no DeepSpeed accelerator "
+                f"(deepspeed_accelerator: {self.accelerator.deepspeed_accelerator}); this plan "
+                "is for sizing only")
 
     @property
     def model(self) -> str:
@@ -130,7 +144,10 @@ class Plan:
             "cluster": {**to_plain(self.cluster), "world": self.world},
             "accelerator": {"name": acc.name, "peak_bf16_flops": acc.peak_bf16_flops,
                             "memory_bytes": acc.memory_bytes, "efficiency": acc.efficiency,
-                            "calibrated_from": acc.calibrated_from, "source": acc.source},
+                            "calibrated_from": acc.calibrated_from, "source": acc.source,
+                            "deepspeed_accelerator": acc.deepspeed_accelerator,
+                            "precisions": list(acc.precisions)},
+            "launch": {"launchable": self.launchable, "note": self.launch_note},
             "best": self.best.to_dict(),
             "step_s": self.step_s,
             "mfu": self.mfu,
@@ -153,6 +170,7 @@ class Plan:
             "predicted_loss": self.predicted_loss.to_dict() if self.predicted_loss else None,
             "resolved": ({"target": r.target, "active": r.active, "synthesised": r.synthesised,
                           "achieved": r.achieved} if r is not None else None),
+            "cluster_table": self.cluster_table.to_dict() if self.cluster_table else None,
         }
 
 
@@ -167,14 +185,27 @@ def _tp_alternative(cfg: ModelConfig, training: TrainingConfig, cluster: Cluster
     return best if best.layout.tp > 1 else None
 
 
+def check_precision(training: TrainingConfig, acc: Accelerator) -> None:
+    """A precision the device has no throughput for is refused (one line)."""
+    want = training.precision.value
+    if want not in acc.precisions:
+        raise ConfigError(f"--precision {want}: {acc.name} lists no {want} throughput "
+                          f"(precisions: {', '.join(acc.precisions)}); choose --precision "
+                          f"{' or '.join(acc.precisions)}")
+
+
 def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
               cluster: ClusterConfig | None = None, acc: Accelerator | None = None, *,
               pin: dict[str, Any] | None = None, top: int = 5, sampling_steps: int = 50,
               inference_devices: int = 8, loss_model: LossModel | None = None,
-              resolved: Resolved | None = None) -> Plan:
+              resolved: Resolved | None = None, table: bool = True,
+              days: float | None = None, budget: float | None = None) -> Plan:
     """Search the layouts of ``cfg`` on ``cluster``, cost the best one, and add the inference
-    estimate, the predicted loss (from ``loss_model``) and, when ``tp`` is not pinned, the
-    fastest tensor-parallel alternative.
+    estimate, the predicted loss (from ``loss_model``), the cluster-size table (``table``) and,
+    when ``tp`` is not pinned, the fastest tensor-parallel alternative.
+
+    ``days`` / ``budget`` replace the cluster's node count with the table's cheapest size that
+    finishes in ``days``, or its fastest size that costs at most ``budget`` USD.
 
     The plan is launchable: our trainer runs data x expert parallelism only, so tp = 1 unless
     ``pin`` sets tp. Defaults: the paper's run (TrainingConfig(): global batch 4096, 800K
@@ -186,16 +217,27 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
     acc = acc or get_accelerator(cluster.gpu)
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ConfigError(f"--top {top!r}: must be an integer >= 1")
+    check_precision(training, acc)
     pin = {k: v for k, v in (pin or {}).items() if v is not None}
+    sizes_table = None
+    if days is not None or budget is not None:
+        sizes_table = pick_row(cluster_table(cfg, training, cluster, acc, pin=pin),
+                               days=days, budget=budget)
+        cluster = sizes_table.picked.cluster
+        sizes_table = _mark_plan(sizes_table, cluster.nodes)
+        if "dp" in pin and pin["dp"] * pin.get("tp", 1) != cluster.world:
+            pin.pop("dp")
     search = search_layouts(cfg, training, cluster, acc, pin={"tp": 1, **pin}, keep=top)
+    if table and sizes_table is None:
+        sizes_table = cluster_table(cfg, training, cluster, acc, pin=pin,
+                                    known={cluster.nodes: search.best})
     tp_alt = None if "tp" in pin else _tp_alternative(cfg, training, cluster, acc, pin)
     best = search.best
     fwd = flops_per_image(cfg)
     tf = training_flops_per_image(cfg, best.layout.recompute)
     gb = training.global_batch
     step_s = best.step.total_s
-    seconds = step_s * training.steps
-    gpu_hours = seconds * cluster.world / 3600
+    cost = run_cost(step_s, training, cluster)
     flops_per_step = FlopsPerStep(model=tf.model_flops * gb, hardware=tf.hardware_flops * gb)
     compute = flops_per_step.model * training.steps
     infer = estimate_inference(cfg, acc, devices=min(inference_devices, cluster.world),
@@ -213,6 +255,9 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         f"cost_usd: price_per_gpu_hour = ${cluster.price_per_gpu_hour:g} is an assumption; "
         "override it for your provider",
     ]
+    if training.precision.value != "bf16":
+        estimated.append(f"compute is priced at the bf16 peak; a {training.precision.value} "
+                         "run on tensor cores is slower than this estimate")
     if best.flags:
         estimated.append("best layout flagged: " + "; ".join(best.flags))
     return Plan(
@@ -220,11 +265,18 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         params=count_params(cfg), flops_per_image=fwd, flops_per_step=flops_per_step,
         best=best, top=search.feasible[:top], search=search, step_s=step_s,
         mfu=best.step.mfu, images_per_s=best.step.images_per_s,
-        days=seconds / SECONDS_PER_DAY, gpu_hours=gpu_hours,
-        cost_usd=gpu_hours * cluster.price_per_gpu_hour, compute_flops=compute,
-        inference=infer, tp_alternative=tp_alt, predicted_loss=loss, resolved=resolved,
-        estimated=estimated,
+        days=cost.days, gpu_hours=cost.gpu_hours, cost_usd=cost.cost_usd,
+        compute_flops=compute, inference=infer, tp_alternative=tp_alt, predicted_loss=loss,
+        resolved=resolved, estimated=estimated, cluster_table=sizes_table,
     )
 
 
-__all__ = ["Plan", "FlopsPerStep", "LossEstimate", "LossModel", "make_plan", "SECONDS_PER_DAY"]
+def _mark_plan(table: ClusterTable, nodes: int) -> ClusterTable:
+    """The table with the picked size marked as the plan's own."""
+    rows = [replace(r, is_plan=r.nodes == nodes) for r in table.rows]
+    picked = next(r for r in rows if r.nodes == nodes)
+    return replace(table, rows=rows, picked=picked)
+
+
+__all__ = ["Plan", "FlopsPerStep", "LossEstimate", "LossModel", "make_plan", "check_precision",
+           "SECONDS_PER_DAY"]

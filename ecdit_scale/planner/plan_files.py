@@ -43,6 +43,8 @@ def launch_script(plan: Plan) -> str:
         f"{plan.cluster.gpus_per_node} {plan.accelerator.name}.",
         f"# Layout: dp={lay.dp} ep={lay.ep} tp={lay.tp} ZeRO-{lay.zero} micro_batch="
         f"{lay.micro_batch} grad_accum={plan.best.grad_accum} recompute={lay.recompute.value}",
+        f"# Training: precision={plan.training.precision.value} ema={plan.training.ema.value} "
+        f"(decay {plan.training.ema_decay:g}; plan.yaml training.ema / training.ema_decay)",
         "# The run directory holds card.yaml and ds_config.json (written next to this script)",
         "# and run.json (written by `ecdit-scale launch`); hostfile names PLACEHOLDER hosts.",
         *[f"# NOTE: {flag}" for flag in plan.best.flags],
@@ -55,15 +57,22 @@ def launch_script(plan: Plan) -> str:
     ])
 
 
+LAUNCH_FILES = ("ds_config.json", "launch.sh", "hostfile")  # only where DeepSpeed can run it
+
+
 def plan_files(plan: Plan) -> dict[str, str]:
-    """Every file of the plan, rendered in memory (name -> text)."""
-    return {
+    """Every file of the plan, rendered in memory (name -> text). A device without a DeepSpeed
+    accelerator gets plan.yaml and card.yaml only (``Plan.launch_note`` says why)."""
+    files = {
         "plan.yaml": PLAN_HEADER + dump_yaml(plan.to_dict()),
         "ds_config.json": json.dumps(plan.ds_config(), indent=2) + "\n",
         "launch.sh": launch_script(plan),
         "hostfile": hostfile_text(plan.cluster),
         "card.yaml": card_text(plan.config),
     }
+    if not plan.launchable:
+        files = {name: text for name, text in files.items() if name not in LAUNCH_FILES}
+    return files
 
 
 def file_mode(name: str) -> int:
@@ -78,5 +87,5 @@ def write_plan_files(plan: Plan, out_dir: str | Path) -> dict[str, Path]:
     return write_tree(plan_files(plan), out_dir, keep_foreign=False, mode=file_mode)
 
 
-__all__ = ["PLAN_FILES", "PLAN_HEADER", "plan_files", "write_plan_files",
+__all__ = ["PLAN_FILES", "LAUNCH_FILES", "PLAN_HEADER", "plan_files", "write_plan_files",
            "launch_command", "launch_script", "hostfile_text", "file_mode"]

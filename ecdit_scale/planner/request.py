@@ -9,8 +9,8 @@ from typing import Any
 
 from .. import sizes
 from ..checks import check_int, check_number
-from ..config import (ClusterConfig, FFNConfig, FFNKind, ModelConfig, Optimizer, Recompute,
-                      TrainingConfig, check_zero_stage)
+from ..config import (EMA, ClusterConfig, FFNConfig, FFNKind, ModelConfig, Optimizer,
+                      Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..errors import ConfigError
 from .cards import load_card_or_name
 from .hardware import Accelerator
@@ -18,6 +18,9 @@ from .hardware import Accelerator
 DEFAULT_TARGET = "97B"
 MAX_NODES = 2**17
 MAX_PRICE = 1e6  # USD per GPU-hour
+PLAN_EMA = EMA.REPLICATED.value  # DiT keeps an fp32 EMA of the weights on every rank
+MAX_DAYS = 1e6
+MAX_BUDGET = 1e15  # USD
 
 
 def choice(value: str | None, enum_cls: Any, option: str) -> Any:
@@ -85,11 +88,32 @@ def cluster_for_plan(gpu: str, acc: Accelerator, *, gpus: int | None, nodes: int
                          price_per_gpu_hour=price)
 
 
-def training_for_plan(*, global_batch: int, steps: int, optimizer: str) -> TrainingConfig:
+def training_for_plan(*, global_batch: int, steps: int, optimizer: str,
+                      precision: str = Precision.BF16.value,
+                      ema: str = PLAN_EMA) -> TrainingConfig:
     check_int("--global-batch", global_batch, maximum=2**26)
     check_int("--steps", steps, maximum=10**12)
     return TrainingConfig(global_batch=global_batch, steps=steps,
-                          optimizer=choice(optimizer, Optimizer, "--optimizer"))
+                          optimizer=choice(optimizer, Optimizer, "--optimizer"),
+                          precision=choice(precision, Precision, "--precision"),
+                          ema=choice(ema, EMA, "--ema"))
+
+
+def target_for_plan(*, days: float | None, budget: float | None, gpus: int | None,
+                    nodes: int | None) -> dict[str, float]:
+    """``--days`` / ``--budget`` (at most one): they choose the node count, so they exclude
+    ``--gpus`` and ``--nodes``."""
+    if days is not None and budget is not None:
+        raise ConfigError("give --days or --budget, not both")
+    if days is None and budget is None:
+        return {}
+    option = "--days" if days is not None else "--budget"
+    if gpus is not None or nodes is not None:
+        raise ConfigError(f"{option} chooses the node count; drop --{'gpus' if gpus else 'nodes'}"
+                          " (the table shows every size)")
+    if days is not None:
+        return {"days": check_number("--days", days, maximum=MAX_DAYS)}
+    return {"budget": check_number("--budget", budget, maximum=MAX_BUDGET)}
 
 
 def pins_for_plan(*, dp: int | None, ep: int | None, tp: int | None, zero: int | None,
