@@ -186,3 +186,11 @@ def test_single_layout_and_search_give_the_same_step():
     for est in r.feasible[::41]:
         one = estimate_layout(M64, est.layout, TRAIN, cluster, H100)
         assert one.step == est.step and one.comm == est.comm
+
+
+def test_zero3_gathers_are_prefetched_behind_the_forward():
+    lay = ParallelLayout(dp=512, ep=64, tp=1, zero=3, micro_batch=8)
+    st = estimate_layout(M64, lay, TRAIN, ClusterConfig(), H100).step
+    assert st.param_allgather_s == 0  # no post-step all-gather under ZeRO-3
+    assert 0 < st.zero3_gather_exposed_s < st.zero3_gather_s
+    assert 0 < st.grad_reduce_exposed_s <= st.grad_reduce_s

@@ -66,9 +66,10 @@ from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
 from .flops import expert_slots_per_image
 from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ZERO_BUCKET_ELEMENTS, ParamSplit
 
-# NCCL cost model, ring algorithm / Simple protocol (NVIDIA/nccl src/graph/tuning.cc: baseLat,
-# hwLat[NVLINK] and hwLat[NET]; NCCL 2.10-2.17 values, later releases list up to 14 us per
-# network hop). Seconds.
+# NCCL's cost model, ring algorithm / Simple protocol (NVIDIA/nccl src/graph/tuning.cc: baseLat
+# and hwLat[NVLINK|NET] for Ring/Simple; the numbers of the 2.1x releases, others list up to
+# 14 us per network hop). The tree all-reduce is priced with the same per-hop numbers (a
+# simplification: NCCL keeps a separate tree table). Seconds; to be replaced by a profile.
 NCCL_BASE_LATENCY_S = 8.4e-6
 NVLINK_HOP_LATENCY_S = 3.4e-6
 NET_HOP_LATENCY_S = 9.6e-6
