@@ -124,11 +124,18 @@ def test_97b_table_has_8_to_128_nodes_and_the_plan_row_is_the_plan():
     assert set(t.skipped) == {1, 2, 4} and all("needs" in why for why in t.skipped.values())
     own = next(r for r in t.rows if r.is_plan)
     assert own.nodes == 64 and own.best is p.best and own.cost.cost_usd == p.cost_usd
-    # more nodes, never slower here; the biggest size is the fastest, not the cheapest
-    assert t.fastest.nodes == 128 and t.cheapest.nodes < 128
+    # the marks follow the rows: fastest = fewest days, cheapest = lowest cost, and a row that
+    # another beats on both time and cost is off the Pareto front
+    assert t.fastest is min(t.rows, key=lambda r: r.cost.days)
+    assert t.cheapest is min(t.rows, key=lambda r: r.cost.cost_usd)
+    assert t.fastest is not t.cheapest
+    for r in t.rows:
+        beaten = any(o.cost.days < r.cost.days and o.cost.cost_usd < r.cost.cost_usd
+                     for o in t.rows)
+        assert r.pareto == (not beaten)
     d = p.to_dict()["cluster_table"]
     assert [r["nodes"] for r in d["rows"]] == [8, 16, 32, 64, 128]
-    assert d["fastest_nodes"] == 128 and d["cheapest_nodes"] == t.cheapest.nodes
+    assert d["fastest_nodes"] == t.fastest.nodes and d["cheapest_nodes"] == t.cheapest.nodes
 
 
 @pytest.mark.parametrize("kw", [{"days": 10}, {"budget": 150_000}])

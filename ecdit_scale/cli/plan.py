@@ -159,10 +159,13 @@ def _print_plan(p, files) -> None:
         reasons = "; ".join(f"{n:,} {r}" for r, n in list(p.search.rejected.items())[:4])
         console.print(f"rejected: {reasons}", style="dim")
     st = p.best.step
+    names = {"a2a": "all-to-all", "tp": "tensor-parallel", "grad_reduce": "gradient reduce",
+             "param_allgather": "parameter all-gather", "zero3_gather": "ZeRO-3 gathers"}
+    comm = ", ".join(f"{names[t]} {x:.3f}" + (f" of {raw:.3f}" if raw > x else "")
+                     for t, raw, x in st.terms() if t in names and raw > 0)
     console.print(f"step time: compute {st.compute_s:.3f} s + exposed comm {st.exposed_comm_s:.3f} s "
-                  f"(all-to-all {st.a2a_s:.3f}, gradient sync {st.grad_sync_s:.3f}, tensor-parallel "
-                  f"{st.tp_s:.3f}, ZeRO-3 gathers {st.zero3_gather_s:.3f}) + optimizer "
-                  f"{st.optimizer_s:.3f} s")
+                  f"({comm or 'none'}) + optimizer {st.optimizer_s:.3f} s; "
+                  f"{st.grad_hidden_fraction:.0%} of gradient traffic hidden behind the backward")
     console.print(f"[bold]best:[/] step {p.step_s:.3g} s, MFU {p.mfu:.1%}, "
                   f"{p.images_per_s:,.0f} images/s -> [bold]{format_duration(p.days)}[/], "
                   f"{format_amount(p.gpu_hours)} GPU-hours, ${format_amount(p.cost_usd)} at "

@@ -1,33 +1,54 @@
-"""Communication per training step: bytes each device sends and the seconds it takes.
+"""Communication per training step: which collectives run, how many bytes, how many seconds.
 
-Like ``memory.py``, every formula works on numbers and on numpy arrays (one entry per layout).
+Every formula works on numbers and on numpy arrays (one entry per layout). How much of each
+collective hides behind compute is decided in ``step_time.py``.
 
 Placement (DeepSpeed-MoE's default order): global rank = tp_rank + tp * (ep_rank + ep *
 edp_rank): tensor parallel innermost, then expert parallel, then expert-data parallel. So
 - the tp group is tp consecutive ranks (tp <= devices per node: always inside a node);
-- the ep group is ep ranks at stride tp, spanning ep*tp consecutive ranks;
+- the ep group is ep ranks at stride tp;
 - the expert-data-parallel group is dp/ep ranks at stride ep*tp;
-- the data-parallel group of non-expert parameters is dp ranks at stride tp (spans the world).
-A group whose span fits in one node uses ``intra_node_bw``; otherwise a ring over nodes is
-bottlenecked by ``inter_node_bw`` per device (one NIC per device; no hierarchical or
-in-network reduction assumed). An all-to-all that spans nodes sends its off-node share over
-the NIC and its on-node share over NVLink at the same time; the slower one sets the time.
+- the data-parallel group of non-expert parameters is dp ranks at stride tp.
+A group of n ranks at stride s has m = min(n, G/s) ranks on each node it touches (G devices per
+node) and spans n/m nodes.
 
-Collectives (ring, bandwidth term only; latency ignored): all-reduce 2(n-1)/n x bytes,
-reduce-scatter and all-gather (n-1)/n x bytes, all-to-all (n-1)/n x bytes leave each device.
+Ring collectives (NCCL's ring algorithm). Each rank sends factor x (n-1)/n x bytes (factor 2 for
+all-reduce, 1 for reduce-scatter / all-gather) in factor x (n-1) steps of bytes/n. NCCL orders
+the ring node by node, so of the n hops of a ring only one per node crosses the network, and
+it runs one ring (channel) per NIC. A node's network traffic is therefore one rank's volume,
+spread over the NICs of the m GPUs it has in the group (all groups of one kind run at the same
+time, each on its own GPUs' NICs), while every rank also sends its volume over NVLink:
+    seconds = volume / min(NVLink, m x NIC) per device        (m = 1: one NIC; inside a node:
+                                                               NVLink)
+which is NCCL's bus bandwidth of a multi-node ring (``busBw = nChannels x speedInter`` in
+``src/graph/tuning.cc``). The tree all-reduce NCCL may pick instead has the same bandwidth
+shape (a chain inside the node, a double binary tree between nodes); it only changes latency.
 
-Gradient synchronisation (DeepSpeed semantics), bf16 gradients, non-expert ones over dp and
-expert ones over the expert-data-parallel group:
-- ZeRO-0: one all-reduce per optimizer step (at the gradient-accumulation boundary);
-- ZeRO-1: one reduce-scatter per step, then an all-gather of the updated bf16 parameters
-  (together 2(n-1)/n, the all-reduce volume);
-- ZeRO-2: a reduce-scatter in *every* micro-batch's backward (gradient hooks), then the
-  all-gather after the step;
-- ZeRO-3: a reduce-scatter per micro-batch, and parameter all-gathers in every forward (twice
-  with full recompute) and backward; no all-gather after the step.
+Latency (NCCL's cost model, ``src/graph/tuning.cc``, ring / Simple protocol, the protocol NCCL
+uses for MB-size messages): a collective costs ``base + (steps - inter_steps) x nvlink_hop +
+inter_steps x net_hop`` with steps = factor x (n-1) and inter_steps = factor x (nodes-1); for an
+all-reduce NCCL takes the tree when it is cheaper: ``base + 2 x ((m-1) x nvlink_hop +
+log2(nodes) x net_hop)``. An all-to-all is n-1 concurrent send/receive pairs: one hop.
+
+Message size (an ASSUMPTION until ``ecdit-scale profile --nproc`` measures it): a link moves a
+message of b bytes at bw x b / (b + half) (``half`` = the size that gets half the link), applied
+to what each step moves: bytes/n per ring step, bytes/n per all-to-all peer.
+
+Collectives per optimizer step (DeepSpeed 0.19.8 semantics, bf16 gradients; non-expert ones over
+dp, expert ones over the expert-data-parallel group; one bucket = one collective call):
+- ZeRO-0: the engine all-reduces the gradients after the backward of the last micro-batch
+  (``engine.allreduce_gradients -> buffered_allreduce_fallback``, 5e8-element buckets);
+- ZeRO-1/2 (``reduce_scatter: true``): each ``reduce_bucket_size`` bucket is *all-reduced*
+  (``average_tensor`` with the default ``use_multi_rank_bucket_allreduce: true``) and each rank
+  keeps its partition: ZeRO-1 in the last micro-batch's backward, ZeRO-2 in every backward;
+  after the optimizer step the updated bf16 partitions are all-gathered (``all_gather_dp_groups``,
+  ``allgather_bucket_size`` buckets);
+- ZeRO-3: a reduce-scatter per micro-batch, and parameter all-gathers (one per block and pass)
+  in every forward (twice with full recompute) and backward; no all-gather after the step.
 Expert all-to-all per MoE layer: dispatch + combine in the forward, twice more in the backward,
 again with full recompute; each carries slots x d bf16 per device (slots = f_c x S per image
-for expert choice), (ep-1)/ep of it leaves the device. With tp > 1 every tp rank exchanges its
+for expert choice), (ep-1)/ep of it leaves the device, the off-node share over the device's own
+NIC and the on-node share over NVLink at the same time. With tp > 1 every tp rank exchanges its
 full copy (experts are Megatron-sharded: expert inputs are replicated across the tp group).
 Tensor parallel: an all-reduce of the micro-batch's S x d activations after self-attention,
 cross-attention and FFN/MoE in the forward, and one each in the backward (Megatron).
@@ -43,22 +64,59 @@ import numpy as np
 from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Precision, Recompute)
 from .flops import expert_slots_per_image
-from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ParamSplit
+from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ZERO_BUCKET_ELEMENTS, ParamSplit
+
+# NCCL's cost model, ring algorithm / Simple protocol (NVIDIA/nccl src/graph/tuning.cc: baseLat
+# and hwLat[NVLINK|NET] for Ring/Simple; the numbers of the 2.1x releases, others list up to
+# 14 us per network hop). The tree all-reduce is priced with the same per-hop numbers (a
+# simplification: NCCL keeps a separate tree table). Seconds; to be replaced by a profile.
+NCCL_BASE_LATENCY_S = 8.4e-6
+NVLINK_HOP_LATENCY_S = 3.4e-6
+NET_HOP_LATENCY_S = 9.6e-6
+# ASSUMPTIONS until profiled: the message size that runs at half a link's bandwidth
+# (nccl-tests curves on NVLink 4 / NDR InfiniBand reach half of peak bus bandwidth for
+# messages of a few hundred KiB per peer).
+NVLINK_HALF_BW_BYTES = 128 * 1024
+NET_HALF_BW_BYTES = 256 * 1024
+# DeepSpeed 0.19.8 buckets: engine.py MEMORY_OPT_ALLREDUCE_SIZE (ZeRO-0's all-reduce);
+# ZeRO-1/2/3 use the reduce/all-gather bucket sizes written into ds_config.json.
+ZERO0_ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
+
+COMM_ASSUMPTIONS = (
+    "ranks placed tp innermost, then ep, then expert-data-parallel; a ring with m ranks per "
+    "node runs at min(NVLink, m x NIC) per device (one NCCL ring per NIC)",
+    f"NCCL ring latency {NCCL_BASE_LATENCY_S * 1e6:.1f} us + {NVLINK_HOP_LATENCY_S * 1e6:.1f} us "
+    f"per NVLink step + {NET_HOP_LATENCY_S * 1e6:.1f} us per network step (tree when cheaper "
+    "for all-reduce); one call per DeepSpeed bucket",
+    f"message-size efficiency b / (b + half), half = {NVLINK_HALF_BW_BYTES // 1024} KiB "
+    f"(NVLink), {NET_HALF_BW_BYTES // 1024} KiB (network): assumed, not profiled",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Links:
-    """The interconnect as the planner sees it (bytes/s per device, one direction)."""
+    """The interconnect as the planner sees it: bandwidths in bytes/s per device and direction
+    (``nic_bw`` is one device's NIC; a node has one per device), latencies in seconds."""
 
     intra_node_bw: float
-    inter_node_bw: float
+    nic_bw: float
     devices_per_node: int
+    base_latency_s: float = NCCL_BASE_LATENCY_S
+    nvlink_hop_s: float = NVLINK_HOP_LATENCY_S
+    net_hop_s: float = NET_HOP_LATENCY_S
+    nvlink_half_bytes: float = NVLINK_HALF_BW_BYTES
+    net_half_bytes: float = NET_HALF_BW_BYTES
 
     @classmethod
     def of(cls, acc: Any, devices_per_node: int | None = None) -> "Links":
         return cls(intra_node_bw=acc.intra_node_bw_bytes_per_s,
-                   inter_node_bw=acc.inter_node_bw_bytes_per_s,
+                   nic_bw=acc.inter_node_bw_bytes_per_s,
                    devices_per_node=devices_per_node or acc.devices_per_node)
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology
+# ---------------------------------------------------------------------------------------------
 
 
 def fits_in_node(size: Any, stride: Any, devices_per_node: int) -> Any:
@@ -67,49 +125,115 @@ def fits_in_node(size: Any, stride: Any, devices_per_node: int) -> Any:
     return (span <= devices_per_node) & (devices_per_node % span == 0)
 
 
-def group_bandwidth(size: Any, stride: Any, links: Links) -> Any:
-    return np.where(fits_in_node(size, stride, links.devices_per_node),
-                    links.intra_node_bw, links.inter_node_bw)
+def ranks_per_node(size: Any, stride: Any, devices_per_node: int) -> Any:
+    """m: the group's ranks on each node it touches (a stride that does not divide the node
+    is rounded down: an approximation for odd node sizes)."""
+    size, stride = np.asarray(size), np.asarray(stride)
+    spread = np.clip(devices_per_node // stride, 1, None)
+    return np.where(fits_in_node(size, stride, devices_per_node), size,
+                    np.minimum(size, spread))
 
 
-def ring_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *, factor: float) -> Any:
-    """factor 2 for all-reduce, 1 for reduce-scatter / all-gather: factor (n-1)/n bytes / bw."""
+def nodes_spanned(size: Any, stride: Any, devices_per_node: int) -> Any:
+    m = ranks_per_node(size, stride, devices_per_node)
+    return np.maximum(1, np.asarray(size) // m)
+
+
+def link_efficiency(message_bytes: Any, half_bytes: float) -> Any:
+    """Fraction of a link's bandwidth a message of this size gets: b / (b + half)."""
+    b = np.asarray(message_bytes, dtype=float)
+    return np.where(b > 0, b / np.maximum(b + half_bytes, 1e-300), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives
+# ---------------------------------------------------------------------------------------------
+
+
+def ring_latency_s(size: Any, stride: Any, links: Links, *, factor: float) -> Any:
+    """One ring collective's latency (NCCL tuning model); for an all-reduce (factor 2) the
+    tree's when that is lower."""
     n = np.asarray(size, dtype=float)
-    return factor * (n - 1) / n * np.asarray(bytes_) / group_bandwidth(size, stride, links)
+    m = ranks_per_node(size, stride, links.devices_per_node)
+    nodes = nodes_spanned(size, stride, links.devices_per_node)
+    steps, inter = factor * (n - 1), factor * (nodes - 1)
+    ring = links.base_latency_s + (steps - inter) * links.nvlink_hop_s + inter * links.net_hop_s
+    if factor == 2.0:
+        tree = links.base_latency_s + 2 * ((m - 1) * links.nvlink_hop_s
+                                           + np.log2(nodes) * links.net_hop_s)
+        ring = np.minimum(ring, tree)
+    return np.where(n > 1, ring, 0.0)
 
 
-def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links) -> Any:
-    """Each device sends (n-1)/n of ``bytes_``; peers on its node get theirs over NVLink."""
+def ring_bandwidth_s(bytes_: Any, size: Any, stride: Any, links: Links, *, factor: float,
+                     calls: Any = 1) -> Any:
+    """Bandwidth term of ``calls`` ring collectives that together carry ``bytes_`` per device:
+    factor (n-1)/n x bytes at min(NVLink, m x NIC), each link derated for the per-step
+    message (one call's bytes / n)."""
     n = np.asarray(size, dtype=float)
-    local = np.minimum(n, np.maximum(1.0, links.devices_per_node // np.asarray(stride)))
-    local = np.where(fits_in_node(size, stride, links.devices_per_node), n, local)
-    b = np.asarray(bytes_)
-    intra = b * (local - 1) / n / links.intra_node_bw
-    inter = b * (n - local) / n / links.inter_node_bw
-    return np.maximum(intra, inter)
+    m = ranks_per_node(size, stride, links.devices_per_node)
+    nodes = nodes_spanned(size, stride, links.devices_per_node)
+    b = np.asarray(bytes_, dtype=float)
+    volume = factor * (n - 1) / n * b
+    step_bytes = b / np.maximum(np.asarray(calls, dtype=float), 1.0) / n
+    nvlink = volume / (links.intra_node_bw * link_efficiency(step_bytes, links.nvlink_half_bytes))
+    net = volume / (m * links.nic_bw * link_efficiency(step_bytes, links.net_half_bytes))
+    return np.maximum(np.where(m > 1, nvlink, 0.0), np.where(nodes > 1, net, 0.0))
+
+
+def ring_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *, factor: float,
+                 calls: Any = 1) -> Any:
+    """``calls`` ring collectives carrying ``bytes_`` per device in all: bandwidth + latency.
+    factor 2 for all-reduce, 1 for reduce-scatter / all-gather."""
+    calls = np.asarray(calls, dtype=float)
+    return (ring_bandwidth_s(bytes_, size, stride, links, factor=factor, calls=calls)
+            + calls * ring_latency_s(size, stride, links, factor=factor))
+
+
+def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
+                       calls: Any = 1) -> Any:
+    """``calls`` all-to-alls, each device holding ``bytes_ / calls`` per call: each of the n-1
+    peers gets 1/n of it; the off-node peers' share leaves over the device's own NIC while
+    the on-node peers' share goes over NVLink (concurrently; the slower sets the time), both
+    derated for the per-peer message; one hop of latency per call."""
+    n = np.asarray(size, dtype=float)
+    m = ranks_per_node(size, stride, links.devices_per_node)
+    b = np.asarray(bytes_, dtype=float)
+    calls = np.asarray(calls, dtype=float)
+    peer = b / np.maximum(calls, 1.0) / n
+    intra = b * (m - 1) / n / (links.intra_node_bw
+                               * link_efficiency(peer, links.nvlink_half_bytes))
+    inter = b * (n - m) / n / (links.nic_bw * link_efficiency(peer, links.net_half_bytes))
+    hop = np.where(m < n, links.net_hop_s, links.nvlink_hop_s)
+    latency = np.where(n > 1, calls * (links.base_latency_s + hop), 0.0)
+    return np.maximum(intra, inter) + latency
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class CommBreakdown:
-    """Per device, per optimizer step (all micro-batches). Seconds are raw link time; how much
-    of it hides behind compute is decided in ``layouts.step_time``."""
+    """Per device, per optimizer step (all micro-batches). Seconds are link time (bandwidth +
+    latency); how much of it hides behind compute is decided in ``step_time``."""
 
     a2a_bytes: float  # expert dispatch + combine, forward, backward (and recompute)
     a2a_s: float
     tp_bytes: float  # Megatron all-reduces of block outputs
     tp_s: float
-    grad_reduce_bytes: float  # all-reduce (ZeRO-0) / reduce-scatter (ZeRO-1/2/3) of gradients
+    grad_reduce_bytes: float  # all-reduce (ZeRO-0/1/2) / reduce-scatter (ZeRO-3) of gradients
     grad_reduce_s: float
     grad_reduce_per_micro_s: float  # one occurrence (ZeRO-2/3 reduce every micro-batch)
+    grad_buckets: float  # collective calls (buckets) per occurrence
+    grad_ranks_per_node: float  # m of the non-expert data-parallel ring
+    expert_grad_ranks_per_node: float  # m of the expert-data-parallel ring
     param_allgather_bytes: float  # ZeRO-1/2: updated bf16 params after the optimizer step
     param_allgather_s: float
     zero3_gather_bytes: float  # ZeRO-3: parameter all-gathers in forward and backward
     zero3_gather_s: float
-    zero3_gather_per_micro_s: float
-
-    @property
-    def grad_sync_s(self) -> float:
-        return self.grad_reduce_s + self.param_allgather_s
+    zero3_gather_per_pass_s: float  # one pass (forward or backward) of one micro-batch
 
     @property
     def total_bytes(self) -> float:
@@ -118,7 +242,7 @@ class CommBreakdown:
 
     def to_dict(self) -> dict[str, float]:
         out = {f.name: float(getattr(self, f.name)) for f in fields(self)}
-        out.update(grad_sync_s=float(self.grad_sync_s), total_bytes=float(self.total_bytes))
+        out.update(total_bytes=float(self.total_bytes))
         return out
 
 
@@ -130,13 +254,19 @@ def forward_passes(recompute_code: Any) -> Any:
     return np.where(np.asarray(recompute_code) == RECOMPUTE_FULL_CODE, 2, 1)
 
 
+def _buckets(elements: Any, bucket_elements: Any) -> Any:
+    return np.where(np.asarray(elements) > 0, np.ceil(np.asarray(elements) / bucket_elements), 0)
+
+
 def comm_arrays(cfg: ModelConfig, split: ParamSplit, links: Links, *, dp: Any, ep: Any, tp: Any,
                 zero: Any, micro_batch: Any, grad_accum: Any, recompute_code: Any,
-                precision: Precision) -> dict[str, Any]:
+                precision: Precision,
+                bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
     """Every CommBreakdown field as arrays over layouts (recompute_code indexes
     ``memory.RECOMPUTE_ORDER``)."""
     dp, ep, tp = np.asarray(dp), np.asarray(ep), np.asarray(tp)
     zero, mb, ga = np.asarray(zero), np.asarray(micro_batch), np.asarray(grad_accum)
+    G = links.devices_per_node
     w = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
     fwd = forward_passes(recompute_code)
     S, d = cfg.tokens_per_image, cfg.hidden_size
@@ -146,7 +276,7 @@ def comm_arrays(cfg: ModelConfig, split: ParamSplit, links: Links, *, dp: Any, e
     slots = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
     a2a_one = w * slots * d * mb  # one all-to-all, bytes per device (before the (n-1)/n)
     a2a_count = cfg.num_moe_layers * (2 * fwd + 2) * ga
-    a2a_s = a2a_count * all_to_all_seconds(a2a_one, ep, tp, links)
+    a2a_s = all_to_all_seconds(a2a_count * a2a_one, ep, tp, links, calls=a2a_count)
     a2a_bytes = a2a_count * a2a_one * (ep - 1) / ep
 
     # tensor parallel: one all-reduce of S x d per attention, cross-attention and FFN/MoE
@@ -154,32 +284,44 @@ def comm_arrays(cfg: ModelConfig, split: ParamSplit, links: Links, *, dp: Any, e
     per_block = 2 + (1 if cfg.has_cross_attention else 0)
     tp_count = cfg.depth * per_block * (fwd + 1) * ga
     tp_one = w * S * d * mb
-    tp_s = tp_count * ring_seconds(tp_one, tp, 1, links, factor=2.0)
+    tp_s = ring_seconds(tp_count * tp_one, tp, 1, links, factor=2.0, calls=tp_count)
     tp_bytes = tp_count * 2 * (tp - 1) / tp * tp_one
 
     # gradients: non-expert over dp (stride tp), expert over dp/ep (stride ep*tp)
-    g_ne = w * split.non_expert_per_device(tp)
-    g_ex = w * split.expert_per_device(ep, tp)
+    e_ne, e_ex = split.non_expert_per_device(tp), split.expert_per_device(ep, tp)
+    g_ne, g_ex = w * e_ne, w * e_ex
     edp = dp // ep
     is0, is3 = zero < ZERO_PARTITIONS_OPTIMIZER, zero >= ZERO_PARTITIONS_PARAMETERS
-    factor = np.where(is0, 2.0, 1.0)  # all-reduce vs reduce-scatter
-    red_once = (ring_seconds(g_ne, dp, tp, links, factor=1.0)
-                + ring_seconds(g_ex, edp, ep * tp, links, factor=1.0)) * factor
-    red_bytes_once = (g_ne * (dp - 1) / dp + g_ex * (edp - 1) / edp) * factor
-    red_times = np.where(zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)  # ZeRO-2/3 reduce in every backward (hooks)
-    ag_once = (ring_seconds(g_ne, dp, tp, links, factor=1.0)
-               + ring_seconds(g_ex, edp, ep * tp, links, factor=1.0))
-    ag_bytes_once = g_ne * (dp - 1) / dp + g_ex * (edp - 1) / edp
-    post_step = ~is0 & ~is3  # ZeRO-1/2 all-gather the updated parameter partitions
+    bucket = np.where(is0, ZERO0_ALLREDUCE_BUCKET_ELEMENTS, bucket_elements)
+    k_ne, k_ex = _buckets(e_ne, bucket), _buckets(e_ex, bucket)
+
+    def grad_ring(f: float) -> tuple[Any, Any]:
+        secs = (ring_seconds(g_ne, dp, tp, links, factor=f, calls=k_ne)
+                + ring_seconds(g_ex, edp, ep * tp, links, factor=f, calls=k_ex))
+        return secs, f * (g_ne * (dp - 1) / dp + g_ex * (edp - 1) / edp)
+
+    (ar_s, ar_b), (rs_s, rs_b) = grad_ring(2.0), grad_ring(1.0)
+    red_once, red_bytes_once = np.where(is3, rs_s, ar_s), np.where(is3, rs_b, ar_b)
+    red_times = np.where(zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)  # ZeRO-2/3: every backward
+    # all-gathers of bf16 parameters: ZeRO-1/2 once after the step, ZeRO-3 per block and pass
+    ag_ne = np.where(is3, cfg.depth, _buckets(e_ne, bucket_elements))
+    ag_ex = np.where(is3, np.where(e_ex > 0, cfg.num_moe_layers, 0),
+                     _buckets(e_ex, bucket_elements))
+    ag_once = (ring_seconds(g_ne, dp, tp, links, factor=1.0, calls=ag_ne)
+               + ring_seconds(g_ex, edp, ep * tp, links, factor=1.0, calls=ag_ex))
+    post_step = ~is0 & ~is3
     gathers = np.where(is3, (fwd + 1) * ga, 0)  # ZeRO-3: every forward and the backward
+    zeros = 0.0 * dp
     return dict(
         a2a_bytes=a2a_bytes, a2a_s=a2a_s, tp_bytes=tp_bytes, tp_s=tp_s,
         grad_reduce_bytes=red_times * red_bytes_once, grad_reduce_s=red_times * red_once,
-        grad_reduce_per_micro_s=red_once,
-        param_allgather_bytes=np.where(post_step, ag_bytes_once, 0.0),
+        grad_reduce_per_micro_s=red_once, grad_buckets=k_ne + k_ex,
+        grad_ranks_per_node=ranks_per_node(dp, tp, G) + zeros,
+        expert_grad_ranks_per_node=ranks_per_node(edp, ep * tp, G) + zeros,
+        param_allgather_bytes=np.where(post_step, rs_b, 0.0),
         param_allgather_s=np.where(post_step, ag_once, 0.0),
-        zero3_gather_bytes=gathers * ag_bytes_once, zero3_gather_s=gathers * ag_once,
-        zero3_gather_per_micro_s=np.where(is3, ag_once, 0.0),
+        zero3_gather_bytes=gathers * rs_b, zero3_gather_s=gathers * ag_once,
+        zero3_gather_per_pass_s=np.where(is3, ag_once, 0.0),
     )
 
 

@@ -8,8 +8,8 @@ forward of a doubled batch, as ``ecdit_scale.model.diffusion.sample`` does):
 - weights: each device reads its bf16 weights once per forward / HBM bandwidth. At batch 1 a
   97B MoE is memory-bound; step = max(compute, weight reading) (a roofline);
 - communication, not overlapped: expert all-to-all (dispatch + combine per MoE layer) over the
-  ep group and tp all-reduces (attention, cross-attention, FFN per block), each with a fixed
-  latency of ``COLLECTIVE_LATENCY_S`` (small messages are latency-bound).
+  ep group and tp all-reduces (attention, cross-attention, FFN per block), priced by
+  ``comm.py`` (NCCL latency per call, message-size efficiency: small messages are slow).
 Not counted: the text encoder (runs once per prompt), the VAE decoder, host overheads.
 """
 
@@ -25,7 +25,6 @@ from .comm import Links, all_to_all_seconds, ring_seconds
 from .flops import expert_slots_per_image, flops_per_image, inference_flops_per_image
 from .memory import BF16_BYTES, activation_bytes_per_sample
 
-COLLECTIVE_LATENCY_S = 10e-6  # per NCCL collective inside a node (an assumption)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,10 +92,10 @@ def estimate_inference(cfg: ModelConfig, acc, *, devices: int = 8, steps: int = 
     d, S = cfg.hidden_size, cfg.tokens_per_image
     n_a2a = 2 * cfg.num_moe_layers if ep > 1 else 0
     a2a_bytes = BF16_BYTES * expert_slots_per_image(cfg) * d * rows if cfg.ffn.is_moe else 0.0
-    a2a_s = n_a2a * (float(all_to_all_seconds(a2a_bytes, ep, tp, links)) + COLLECTIVE_LATENCY_S)
+    a2a_s = float(all_to_all_seconds(n_a2a * a2a_bytes, ep, tp, links, calls=n_a2a))
     n_ar = cfg.depth * (2 + (1 if cfg.has_cross_attention else 0)) if tp > 1 else 0
-    ar_s = n_ar * (float(ring_seconds(BF16_BYTES * S * d * rows, tp, 1, links, factor=2.0))
-                   + COLLECTIVE_LATENCY_S)
+    ar_s = float(ring_seconds(n_ar * BF16_BYTES * S * d * rows, tp, 1, links, factor=2.0,
+                              calls=n_ar))
     comm_s = a2a_s + ar_s
     step_s = max(compute_s, weight_s) + comm_s
     latency = steps * step_s
@@ -116,7 +115,8 @@ def estimate_inference(cfg: ModelConfig, acc, *, devices: int = 8, steps: int = 
             f"efficiency {acc.efficiency:.2f} of peak ({'calibrated' if acc.calibrated_from else 'assumed'})",
             f"experts over ep={ep} devices, attention/FFN matrices over tp={tp} (other devices "
             "hold replicas)",
-            f"{COLLECTIVE_LATENCY_S * 1e6:.0f} us latency per collective; no overlap",
+            "collectives priced by planner.comm (NCCL latency, message-size efficiency); "
+            "no overlap",
             "text encoder and VAE decoder not counted",
         ),
     )

@@ -14,74 +14,45 @@ Enumeration rules (world = nodes x gpus_per_node):
   normally but carry a flag: this project's trainer (``ecdit_scale.train``) has no tensor
   parallelism, so they need a Megatron-style model (pin ``tp=1`` for a launchable plan).
 
-Step time (per optimizer step, seconds; ``StepTime``):
-- compute = hardware FLOPs per image x global batch / (world x peak x efficiency): each device
-  does 1/tp of its tp group's images' FLOPs, and tp groups split the batch;
-- expert all-to-all and tensor-parallel all-reduces sit on the critical path (not overlapped);
-- gradient reduction overlaps the backward pass: exposed = max(0, t_reduce - OVERLAP x
-  t_backward) per occurrence (ZeRO-0/1 reduce once per step, at the last micro-batch; ZeRO-2/3
-  in every micro-batch's backward); ZeRO-3 parameter gathers are prefetched behind the forward
-  and backward compute the same way; ZeRO-1/2's all-gather of updated parameters after the
-  optimizer step is exposed;
-- the optimizer step is memory-bound: bytes of master weights, states, fp32 grads and params
-  it reads and writes / HBM bandwidth, plus the EMA update (read and write the EMA, read the
-  weights: 3 x its bytes).
-MFU = model FLOPs per image x global batch / (world x peak x step time).
+Step time: ``step_time.step_time_arrays`` (term by term, exposed vs hidden), fed with this
+module's columns of layouts; communication: ``comm.comm_arrays``. The same evaluator prices one
+layout (``estimate_layout``) and the whole search (``search_layouts``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..config import (MOE_ZERO_STAGES, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_PARAMETERS,
-                      ZERO_STAGES, ClusterConfig, ModelConfig, ParallelLayout, Precision,
+from ..config import (MOE_ZERO_STAGES, ZERO_STAGES, ClusterConfig, ModelConfig, ParallelLayout,
                       Recompute, TrainingConfig, check_zero_stage, zero_supports_moe)
 from ..errors import ConfigError
 from ..integers import divisors
 from ..units import format_bytes
-from .comm import CommBreakdown, Links, comm_arrays
+from .comm import COMM_ASSUMPTIONS, CommBreakdown, Links, comm_arrays
 from .flops import flops_per_image, training_flops_per_image
 from .memory import (RECOMPUTE_ORDER, MemoryBreakdown, ParamSplit, activation_bytes_per_sample,
                      memory_arrays, moe_buffer_bytes_per_sample)
+from .step_time import OVERLAP_RULES, StepTime, step_time_arrays
 
-OVERLAP = 0.8  # fraction of a backward (or forward) pass that overlapping communication can use
 MAX_MICRO_BATCH = 256
 ZERO3_MOE_FLAG = "zero3-moe: DeepSpeed-MoE does not support ZeRO-3 (estimate only)"
 TP_FLAG = ("tp>1: needs a Megatron-style tensor-parallel model; ecdit_scale.train runs "
            "data x expert parallelism only")
 PIN_KEYS = ("dp", "ep", "tp", "zero", "micro_batch", "recompute")
 STEP_ASSUMPTIONS = (
-    f"compute at peak x efficiency; comm overlaps {OVERLAP:.0%} of backward (gradients) or "
-    "forward/backward (ZeRO-3 gathers); expert all-to-all and tp all-reduces are not overlapped",
-    "ranks placed tp innermost, then ep, then expert-data-parallel; rings over nodes run at "
-    "inter-node bandwidth per device",
+    "compute at peak x efficiency (forward, backward, recompute)",
+    *OVERLAP_RULES.values(),
+    *COMM_ASSUMPTIONS,
 )
 
 
 # ---------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class StepTime:
-    compute_s: float
-    a2a_s: float
-    grad_sync_s: float  # exposed gradient reduce + post-step parameter all-gather
-    zero3_gather_s: float  # exposed ZeRO-3 parameter gathers
-    tp_s: float
-    optimizer_s: float
-    exposed_comm_s: float  # a2a + tp + grad_sync + zero3_gather
-    total_s: float
-    mfu: float
-    images_per_s: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,7 +291,6 @@ class _Evaluator:
         self.backward_flops = fwd.backward
         tf = [training_flops_per_image(cfg, r) for r in RECOMPUTE_ORDER]
         self.model_flops = tf[0].model_flops
-        self.hw_flops = np.array([t.hardware_flops for t in tf])
         self.recompute_flops = np.array([t.recompute_flops for t in tf])
         self._act: dict[int, np.ndarray] = {}
 
@@ -348,31 +318,12 @@ class _Evaluator:
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
                           precision=tr.precision)
-        flops_s = acc.sustained_flops
-        compute = self.hw_flops[c.rc] * gb / (world * flops_s)
-        t_fwd = self.forward_flops * c.mb / c.tp / flops_s
-        t_bwd = (self.backward_flops + self.recompute_flops[c.rc]) * c.mb / c.tp / flops_s
-        red, gat = com["grad_reduce_per_micro_s"], com["zero3_gather_per_micro_s"]
-        is3 = c.zero >= ZERO_PARTITIONS_PARAMETERS
-        fwd_passes = np.where(c.rc == RECOMPUTE_ORDER.index(Recompute.FULL), 2, 1)
-        bwd_comm = red + np.where(is3, gat * fwd_passes, 0.0)  # incl. re-gathers of recompute
-        bwd_exposed = np.maximum(0.0, bwd_comm - OVERLAP * t_bwd)
-        times = np.where(c.zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)
-        grad_exposed = times * np.where(is3, 0.0, bwd_exposed) + com["param_allgather_s"]
-        z3_exposed = np.where(is3, ga * (np.maximum(0.0, gat - OVERLAP * t_fwd) + bwd_exposed),
-                              0.0)
-        bf16 = Precision(tr.precision) is Precision.BF16
-        opt_bytes = (2 * (mem["optimizer_states"] + mem["master_weights"]) + mem["fp32_grads"]
-                     + (1 if bf16 else 2) * mem["params"])
-        opt_bytes = opt_bytes + 3 * mem["ema"]  # EMA update: read + write it, read the weights
-        optimizer_s = opt_bytes / acc.memory_bw_bytes_per_s
-        exposed = com["a2a_s"] + com["tp_s"] + grad_exposed + z3_exposed
-        total = compute + exposed + optimizer_s
-        step = dict(compute_s=compute, a2a_s=com["a2a_s"], grad_sync_s=grad_exposed,
-                    zero3_gather_s=z3_exposed, tp_s=com["tp_s"], optimizer_s=optimizer_s,
-                    exposed_comm_s=exposed, total_s=total,
-                    mfu=self.model_flops * gb / (world * acc.peak_bf16_flops * total),
-                    images_per_s=gb / total)
+        step = step_time_arrays(
+            forward_flops=self.forward_flops, backward_flops=self.backward_flops,
+            recompute_flops=self.recompute_flops[c.rc], model_flops=self.model_flops, com=com,
+            mem=mem, acc=acc, depth=self.cfg.depth, world=world, global_batch=gb, tp=c.tp,
+            zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
+            precision=tr.precision)
         return {"ga": ga, "mem": mem, "comm": com, "step": step}
 
 
@@ -467,4 +418,4 @@ def estimate_layout(cfg: ModelConfig, layout: ParallelLayout, training: Training
 
 __all__ = ["StepTime", "LayoutEstimate", "Rejection", "SearchResult", "search_layouts",
            "estimate_layout", "enumerate_shapes", "describe_layout", "valid_tp", "valid_ep",
-           "valid_micro_batches", "OVERLAP", "PIN_KEYS", "ZERO3_MOE_FLAG", "TP_FLAG"]
+           "valid_micro_batches", "PIN_KEYS", "ZERO3_MOE_FLAG", "TP_FLAG"]

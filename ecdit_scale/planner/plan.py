@@ -249,7 +249,8 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
     eff_label = ("calibrated from " + acc.calibrated_from) if acc.calibrated_from else "assumed"
     estimated = [
         f"step_s, mfu, images_per_s, days, gpu_hours: compute at {acc.efficiency:.0%} of peak "
-        f"({eff_label}) plus a communication model (bandwidth only, stated overlap)",
+        f"({eff_label}) plus topology-aware NCCL collectives (bandwidth, latency, message size) "
+        "with DeepSpeed's overlap per collective",
         "memory: DeepSpeed model-state accounting plus derived activations and a 10% + 1.5 GiB "
         "allowance",
         f"cost_usd: price_per_gpu_hour = ${cluster.price_per_gpu_hour:g} is an assumption; "

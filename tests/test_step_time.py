@@ -1,0 +1,196 @@
+"""The step-time model: topology-aware collectives against hand-computed NCCL ring figures,
+latency and message-size terms, all-to-all per-peer pricing, overlap per collective, and the
+same numbers from the single-layout path and the vectorised search."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ecdit_scale import sizes
+from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
+from ecdit_scale.planner.comm import (Links, all_to_all_seconds, ranks_per_node, ring_latency_s,
+                                      ring_seconds)
+from ecdit_scale.planner.hardware import get_accelerator
+from ecdit_scale.planner.layouts import estimate_layout, search_layouts
+from ecdit_scale.planner.step_time import pipeline_exposed
+
+H100 = get_accelerator("h100-sxm")
+M64 = sizes.resolve("97B").config
+TRAIN = TrainingConfig()
+NVLINK, NIC = 450e9, 50e9  # the h100-sxm catalog entry: per device, one direction
+GB = 1e9
+# the links with latency and message-size terms switched off: pure bandwidth
+BW_ONLY = Links(intra_node_bw=NVLINK, nic_bw=NIC, devices_per_node=8, base_latency_s=0.0,
+                nvlink_hop_s=0.0, net_hop_s=0.0, nvlink_half_bytes=0.0, net_half_bytes=0.0)
+
+
+def s(x) -> float:
+    return float(np.asarray(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rail bandwidth
+# ---------------------------------------------------------------------------------------------
+
+
+def test_links_come_from_the_catalog():
+    links = Links.of(H100)
+    assert (links.intra_node_bw, links.nic_bw, links.devices_per_node) == (NVLINK, NIC, 8)
+
+
+def test_ranks_per_node_follow_the_placement():
+    assert s(ranks_per_node(512, 1, 8)) == 8  # dp over 64 full nodes
+    assert s(ranks_per_node(8, 64, 8)) == 1  # expert-dp of ep=64: one rank per node
+    assert s(ranks_per_node(4, 2, 8)) == 4  # inside a node
+    assert s(ranks_per_node(16, 2, 8)) == 4  # 4 per node over 4 nodes
+
+
+def test_512_rank_ring_over_64_nodes_uses_all_eight_nics():
+    # NCCL ring all-reduce: each rank sends 2(n-1)/n x bytes; one hop per node crosses the
+    # network, one ring per NIC, so the node's 8 NICs carry one rank's volume:
+    # per device min(NVLink 450, 8 x 50 = 400) GB/s.
+    expected = 2 * 511 / 512 * GB / 400e9
+    assert s(ring_seconds(GB, 512, 1, BW_ONLY, factor=2.0)) == pytest.approx(expected, rel=1e-12)
+    # all-gather / reduce-scatter: (n-1)/n
+    assert s(ring_seconds(GB, 512, 1, BW_ONLY, factor=1.0)) == pytest.approx(expected / 2)
+
+
+def test_one_rank_per_node_gets_one_nic_and_a_node_gets_nvlink():
+    assert s(ring_seconds(GB, 8, 64, BW_ONLY, factor=2.0)) == pytest.approx(2 * 7 / 8 * GB / NIC)
+    assert s(ring_seconds(GB, 8, 1, BW_ONLY, factor=2.0)) == pytest.approx(2 * 7 / 8 * GB / NVLINK)
+    # 4 ranks per node: 4 NICs = 200 GB/s < NVLink
+    assert s(ring_seconds(GB, 16, 2, BW_ONLY, factor=1.0)) == pytest.approx(15 / 16 * GB / 200e9)
+    # a single rank moves nothing
+    assert s(ring_seconds(GB, 1, 1, Links.of(H100), factor=2.0)) == 0
+
+
+def test_512_rank_all_reduce_with_latency_and_message_size_by_hand():
+    links = Links.of(H100)
+    bucket = 400e6  # one DeepSpeed bucket of 2e8 bf16 elements
+    step = bucket / 512  # what each ring step moves
+    eff_nv, eff_net = step / (step + 128 * 1024), step / (step + 256 * 1024)
+    vol = 2 * 511 / 512 * bucket
+    bandwidth = max(vol / (NVLINK * eff_nv), vol / (8 * NIC * eff_net))
+    ring = 8.4e-6 + (1022 - 126) * 3.4e-6 + 126 * 9.6e-6  # 2(n-1) steps, 2(nodes-1) on the net
+    tree = 8.4e-6 + 2 * (7 * 3.4e-6 + math.log2(64) * 9.6e-6)
+    assert s(ring_seconds(bucket, 512, 1, links, factor=2.0)) == pytest.approx(
+        bandwidth + min(ring, tree), rel=1e-12)
+    # ten buckets: ten latencies, the same bandwidth term
+    assert s(ring_seconds(10 * bucket, 512, 1, links, factor=2.0, calls=10)) == pytest.approx(
+        10 * (bandwidth + min(ring, tree)), rel=1e-12)
+
+
+def test_ring_latency_counts_network_steps_separately():
+    links = Links.of(H100)
+    # all-gather over 512 ranks on 64 nodes: n-1 steps of which nodes-1 cross the network
+    assert s(ring_latency_s(512, 1, links, factor=1.0)) == pytest.approx(
+        8.4e-6 + 448 * 3.4e-6 + 63 * 9.6e-6)
+    assert s(ring_latency_s(8, 1, links, factor=1.0)) == pytest.approx(8.4e-6 + 7 * 3.4e-6)
+    assert s(ring_latency_s(1, 1, links, factor=2.0)) == 0
+
+
+def test_small_messages_run_below_link_bandwidth():
+    links = Links.of(H100)
+    big = s(ring_seconds(GB, 8, 1, links, factor=2.0)) / GB
+    small = s(ring_seconds(1e6, 8, 1, links, factor=2.0)) / 1e6
+    assert small > 1.5 * big  # seconds per byte
+
+
+# ---------------------------------------------------------------------------------------------
+# All-to-all
+# ---------------------------------------------------------------------------------------------
+
+
+def test_all_to_all_splits_on_node_and_off_node_peers():
+    # 16 ranks over 2 nodes: 7 peers on NVLink, 8 over the device's own NIC, concurrently
+    t = s(all_to_all_seconds(GB, 16, 1, BW_ONLY))
+    assert t == pytest.approx(max(GB * 7 / 16 / NVLINK, GB * 8 / 16 / NIC))
+    assert s(all_to_all_seconds(GB, 4, 2, BW_ONLY)) == pytest.approx(GB * 3 / 4 / NVLINK)
+
+
+def test_all_to_all_is_priced_by_per_peer_message():
+    links = Links.of(H100)
+    per_peer = GB / 64
+    eff = per_peer / (per_peer + 256 * 1024)
+    expected = GB * 56 / 64 / (NIC * eff) + 8.4e-6 + 9.6e-6
+    assert s(all_to_all_seconds(GB, 64, 1, links)) == pytest.approx(expected, rel=1e-12)
+    # the same bytes in 100 calls: smaller per-peer messages, slower per byte
+    assert s(all_to_all_seconds(GB, 64, 1, links, calls=100)) > 1.5 * expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Overlap
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pipeline_exposes_the_last_bucket_or_what_exceeds_the_window():
+    assert s(pipeline_exposed(1.0, 10.0, 1)) == 1.0  # one bucket: launched at the end
+    assert s(pipeline_exposed(1.0, 10.0, 10)) == pytest.approx(0.1)  # the last bucket
+    assert s(pipeline_exposed(10.0, 1.0, 10)) == pytest.approx(10 - 0.9)  # comm-bound
+    assert s(pipeline_exposed(0.0, 1.0, 0)) == 0
+
+
+@pytest.fixture(scope="module")
+def best97():
+    return search_layouts(M64, TRAIN, ClusterConfig(), H100, pin={"tp": 1}).best
+
+
+def test_97b_step_terms_add_up(best97):
+    st = best97.step
+    assert best97.layout.zero in (1, 2)
+    exposed = sum(x for _, _, x in st.terms())
+    assert st.total_s == pytest.approx(exposed, rel=1e-12)
+    assert st.total_s == pytest.approx(st.compute_s + st.exposed_comm_s + st.optimizer_s)
+    # critical-path collectives and the post-step all-gather are exposed in full
+    assert st.a2a_exposed_s == st.a2a_s > 0 and st.tp_exposed_s == st.tp_s
+    assert st.param_allgather_exposed_s == st.param_allgather_s > 0
+    # gradient buckets hide partly behind the backward; at least the last bucket shows
+    assert 0 < st.grad_reduce_exposed_s < st.grad_reduce_s
+    assert st.grad_reduce_exposed_s >= st.grad_reduce_s / best97.comm.grad_buckets - 1e-15
+    assert 0 < st.grad_hidden_fraction < 1
+
+
+def test_97b_gradient_rings_follow_the_nics(best97):
+    c = best97.comm
+    assert c.grad_ranks_per_node == 8  # dp=512 at stride 1
+    assert c.expert_grad_ranks_per_node == 1  # expert-dp at stride ep=64
+
+
+def test_zero0_reduces_after_the_backward():
+    lay = ParallelLayout(dp=512, ep=64, tp=1, zero=0, micro_batch=8)
+    st = estimate_layout(M64, lay, TRAIN, ClusterConfig(), H100).step
+    assert st.grad_reduce_exposed_s == st.grad_reduce_s > 0 and st.param_allgather_s == 0
+
+
+def test_zero2_reduces_every_micro_batch_and_hides_more_with_accumulation():
+    small = ParallelLayout(dp=512, ep=64, tp=1, zero=2, micro_batch=2)
+    e = estimate_layout(M64, small, TRAIN, ClusterConfig(), H100)
+    assert e.grad_accum == 4
+    assert e.step.grad_reduce_s == pytest.approx(4 * e.comm.grad_reduce_per_micro_s)
+    z1 = estimate_layout(M64, ParallelLayout(dp=512, ep=64, tp=1, zero=1, micro_batch=2), TRAIN,
+                         ClusterConfig(), H100)
+    assert z1.step.grad_reduce_s == pytest.approx(e.comm.grad_reduce_per_micro_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# One code path
+# ---------------------------------------------------------------------------------------------
+
+
+def test_single_layout_and_search_give_the_same_step():
+    cluster = ClusterConfig(nodes=128)
+    r = search_layouts(M64, TRAIN, cluster, H100, keep=10_000)
+    for est in r.feasible[::41]:
+        one = estimate_layout(M64, est.layout, TRAIN, cluster, H100)
+        assert one.step == est.step and one.comm == est.comm
+
+
+def test_zero3_gathers_are_prefetched_behind_the_forward():
+    lay = ParallelLayout(dp=512, ep=64, tp=1, zero=3, micro_batch=8)
+    st = estimate_layout(M64, lay, TRAIN, ClusterConfig(), H100).step
+    assert st.param_allgather_s == 0  # no post-step all-gather under ZeRO-3
+    assert 0 < st.zero3_gather_exposed_s < st.zero3_gather_s
+    assert 0 < st.grad_reduce_exposed_s <= st.grad_reduce_s
