@@ -43,7 +43,8 @@ def launch_cmd(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True),
 ) -> None:
     """Train a small config for real with DeepSpeed-MoE (expert parallelism, ZeRO) and record it."""
-    from ..train.launch import LaunchRequest, launch
+    from ..train.launch import launch
+    from ..train.request import LaunchRequest
 
     req = LaunchRequest(card=card, nproc=nproc, steps=steps, ep=ep, zero=zero,
                         micro_batch=micro_batch, grad_accum=grad_accum, dataset=dataset,

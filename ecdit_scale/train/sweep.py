@@ -26,7 +26,8 @@ from ..config import Recompute
 from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
-from .launch import LaunchRequest, launch
+from .launch import launch
+from .request import LaunchRequest
 from .records import RunDir
 
 VARIANTS = ("dense", "tc8", "ec8", "tc16", "ec16")
