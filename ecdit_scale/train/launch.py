@@ -227,7 +227,7 @@ def launch(req: LaunchRequest, *,
     records = read_jsonl(rd.metrics)
     done = records[-1]["step"] if records else 0
     message = ""
-    if signals.received is not None:
+    if signals.received is not None and not (rc == 0 and done >= s.steps):
         status, rc = "interrupted", signals.exit_code
         message = (f"interrupted after step {done}; continue with: "
                    f"{resume_command(req, rd.path)}")

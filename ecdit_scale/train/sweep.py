@@ -149,6 +149,8 @@ def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], 
                 result.notes.append(f"{exc} -> moved {run.run_dir} to {moved}, trained again")
                 state = "new"
                 res = launch(launch_request(spec, run, resume=False))
+            if res.status == "interrupted":  # the signal was for the whole sweep
+                raise KeyboardInterrupt
             result.notes += [f"{run.card}: {n}" for n in res.notes]
             (result.resumed if state == "resume" else result.launched).append(run.card)
             if not res.ok:
