@@ -99,7 +99,9 @@ def test_kill_and_resume_reproduces_the_loss_curve(ec_run, tmp_path):
             lines = (out / "metrics.jsonl").read_text().splitlines() if (
                 out / "metrics.jsonl").exists() else []
             if len(lines) >= 23:  # past the checkpoint at step 20
-                os.killpg(proc.pid, signal.SIGKILL)  # the whole job: CLI, launcher, ranks
+                # the job's group: the CLI alone (the launcher has a session of its own, whose
+                # guard ends it when the CLI dies)
+                os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = len(lines)
                 break
             time.sleep(0.02)
@@ -108,6 +110,10 @@ def test_kill_and_resume_reproduces_the_loss_curve(ec_run, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert killed_at is not None, "the run ended before it could be killed"
+    deadline = time.time() + 30
+    while _ranks_of(out) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _ranks_of(out), "ranks outlived a kill -9 of launch"
     assert len((out / "metrics.jsonl").read_text().splitlines()) < STEPS
 
     res = cli("launch", *EC_ARGS, "--out", str(out), "--resume", "--json")

@@ -6,6 +6,10 @@ it: ``ForwardSignals`` passes SIGINT and SIGTERM that this process receives on t
 group (DeepSpeed's single-node runner does not pass them on; its launch script does, to the
 ranks). ``end_group`` then waits until no process of the group is left, and kills what stays
 past a grace period, so no rank trains on after ``launch`` returns.
+
+A process killed outright (SIGKILL) cannot pass anything on, so the group's leader is a small
+guard (this file run as a script, ``guard``): it starts the launcher in its group and, when
+``launch`` dies, the kernel tells it (PR_SET_PDEATHSIG) and it ends the group.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import IO
@@ -22,8 +27,9 @@ EXIT_CODE = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as
 
 
 def start_group(cmd: list[str], *, log: IO, env: dict[str, str], cwd: str) -> subprocess.Popen:
-    """Start ``cmd`` as the leader of a new session (its pid is the process-group id)."""
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+    """Start ``cmd`` in a new session, under ``guard`` (whose pid is the process-group id)."""
+    guarded = [sys.executable, os.path.abspath(__file__), str(os.getpid()), *cmd]
+    return subprocess.Popen(guarded, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                             start_new_session=True)
 
 
@@ -95,3 +101,51 @@ class ForwardSignals:
     @property
     def exit_code(self) -> int | None:
         return EXIT_CODE.get(self.received) if self.received is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The guard: python process.py PARENT_PID CMD...
+# ---------------------------------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def guard(parent: int, cmd: list[str], grace_s: float = 15.0) -> int:
+    """Run ``cmd`` in this process group; end the whole group if ``parent`` dies first.
+
+    SIGINT/SIGTERM are left to the commands (``launch`` sends them to the whole group); this
+    process only ends the group when its parent is gone (SIGUSR1 from PR_SET_PDEATHSIG):
+    SIGTERM to the group, then SIGKILL to what is left after ``grace_s``."""
+    orphaned: list[float] = []  # when the parent was found gone
+
+    def on_orphaned(_signum, _frame) -> None:
+        if not orphaned:
+            orphaned.append(time.monotonic())
+            signal_group(0, signal.SIGTERM)
+
+    signal.signal(signal.SIGUSR1, on_orphaned)
+    for sig in FORWARDED:  # a handler, not SIG_IGN: the command must not inherit "ignore"
+        signal.signal(sig, lambda _s, _f: None)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGUSR1))
+    except (OSError, AttributeError):  # not Linux: signals still reach the group via launch
+        pass
+    child = subprocess.Popen(cmd)
+    if os.getppid() != parent:  # the parent died before the kernel could be told
+        on_orphaned(signal.SIGUSR1, None)
+    while True:
+        try:
+            rc = child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            rc = None
+        if orphaned and (rc is not None or time.monotonic() > orphaned[0] + grace_s):
+            time.sleep(0.5 if rc is not None else 0)
+            signal_group(0, signal.SIGKILL)  # what is left of the group, this process too
+        if rc is not None:
+            return rc
+
+
+if __name__ == "__main__":
+    sys.exit(guard(int(sys.argv[1]), sys.argv[2:]))
