@@ -116,14 +116,19 @@ def guard(parent: int, cmd: list[str], grace_s: float = 15.0) -> int:
     SIGINT/SIGTERM are left to the commands (``launch`` sends them to the whole group); this
     process only ends the group when its parent is gone (SIGUSR1 from PR_SET_PDEATHSIG):
     SIGTERM to the group, then SIGKILL to what is left after ``grace_s``."""
-    orphaned: list[float] = []  # when the parent was found gone
+    orphaned: list[bool] = []
 
     def on_orphaned(_signum, _frame) -> None:
         if not orphaned:
-            orphaned.append(time.monotonic())
+            orphaned.append(True)
             signal_group(0, signal.SIGTERM)
+            signal.alarm(int(grace_s))  # then SIGKILL (``on_alarm``) whatever is left
+
+    def on_alarm(_signum, _frame) -> None:
+        signal_group(0, signal.SIGKILL)  # the group, this process too
 
     signal.signal(signal.SIGUSR1, on_orphaned)
+    signal.signal(signal.SIGALRM, on_alarm)
     for sig in FORWARDED:  # a handler, not SIG_IGN: the command must not inherit "ignore"
         signal.signal(sig, lambda _s, _f: None)
     try:
@@ -135,16 +140,11 @@ def guard(parent: int, cmd: list[str], grace_s: float = 15.0) -> int:
     child = subprocess.Popen(cmd)
     if os.getppid() != parent:  # the parent died before the kernel could be told
         on_orphaned(signal.SIGUSR1, None)
-    while True:
-        try:
-            rc = child.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            rc = None
-        if orphaned and (rc is not None or time.monotonic() > orphaned[0] + grace_s):
-            time.sleep(0.5 if rc is not None else 0)
-            signal_group(0, signal.SIGKILL)  # what is left of the group, this process too
-        if rc is not None:
-            return rc
+    rc = child.wait()  # blocks; the handlers run meanwhile
+    if orphaned:  # the launcher is gone: give the rest of the group a moment, then end it
+        time.sleep(0.5)
+        on_alarm(signal.SIGALRM, None)
+    return rc
 
 
 if __name__ == "__main__":
