@@ -95,12 +95,12 @@ def build(cfg, mode: str, seed: int):
         from ecdit_scale.planner.deepspeed_config import deepspeed_config
         from ecdit_scale.train.expert_parallel import create_groups, param_counts, shard_experts
         from ecdit_scale.train.records import RunSettings
-        from ecdit_scale.train.worker import build_optimizer
+        from ecdit_scale.train.engine import build_optimizer
 
         ep = create_groups(1)
         model = shard_experts(build_model(cfg), ep)
         counts = param_counts(model, ep)
-        s = RunSettings(card=cfg.name, model_name=cfg.name, steps=1, nodes=1, nproc_per_node=1,
+        s = RunSettings.build(card=cfg.name, model_name=cfg.name, steps=1, nodes=1, nproc_per_node=1,
                         ep=1, zero=1, micro_batch=1, grad_accum=1, dataset="emoji",
                         data_limit=None, holdout=0, seed=seed, lr=1e-4, warmup_steps=0,
                         optimizer="adamw", precision="bf16", device="cuda", checkpoint_every=1,

@@ -17,7 +17,6 @@ from typing import Any
 
 from .errors import ConfigError
 from .files import atomic_write_text, dump_yaml, load_yaml_file, to_plain
-from .checks import MAX_SIZE
 from .checks import check_int as _positive_int
 from .checks import check_number as _number
 from .checks import check_type as _typed

@@ -68,27 +68,3 @@ def test_plan_shows_the_predicted_loss_of_the_reference_fit():
     loss = json.loads(out.stdout)["predicted_loss"]
     assert loss is not None and loss["interval"][0] <= loss["loss"] <= loss["interval"][1]
     assert "reference" in loss["source"] and loss["extrapolation_factor"] > 1
-
-
-@pytest.mark.slow
-def test_sweep_runs_skips_finished_and_writes_a_table(tmp_path):
-    args = ("sweep", "--sizes", "nano", "--variants", "dense,ec8", "--steps", "12",
-            "--budgets", "0.5,1", "--out", str(tmp_path / "sw"), "--json")
-    out = run_cli(*args)
-    assert out.returncode == 0, out.stderr[-2000:]
-    first = json.loads(out.stdout)
-    assert sorted(first["launched"]) == ["nano-dense", "nano-ec8"]
-    df = pd.read_csv(first["table"])
-    assert len(df) == 4 and set(df.ffn_kind) == {"dense", "expert-choice"}
-    assert (df.compute_flops > 0).all() and df.alignment.dropna().between(0, 1).all()
-    again = json.loads(run_cli(*args).stdout)
-    assert sorted(again["skipped"]) == ["nano-dense", "nano-ec8"] and not again["launched"]
-    # a longer budget resumes the run from its last checkpoint instead of starting over
-    longer = run_cli("sweep", "--sizes", "nano", "--variants", "ec8", "--steps", "16",
-                     "--budgets", "0.5,1", "--out", str(tmp_path / "sw"), "--json")
-    assert longer.returncode == 0, longer.stderr[-2000:]
-    resumed = json.loads(longer.stdout)
-    assert resumed["resumed"] == ["nano-ec8"] and not resumed["launched"]
-    steps = [json.loads(line)["step"] for line in
-             (tmp_path / "sw" / "nano-ec8" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 17))  # one continuous curve, no step twice

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EC_ARGS, ROOT, STEPS, cli, cli_env, launched, metrics  # noqa: F401
+import psutil
+from conftest import (EC_ARGS, ROOT, SHORT_ARGS, STEPS, cli, cli_env, copy_run, launch_result,
+                      metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -31,8 +33,6 @@ def test_expert_choice_ep2_zero2_loss_goes_down(ec_run):
     first = sum(r["loss"] for r in recs[:5]) / 5
     last = sum(r["loss"] for r in recs[-5:]) / 5
     assert last < first - 0.1, (first, last)
-    wall = json.loads((ec_run / "test_launch_result.json").read_text())["test_wall_s"]
-    assert wall < 120, f"2-rank launch took {wall:.0f} s"
 
 
 @pytest.mark.slow
@@ -99,7 +99,9 @@ def test_kill_and_resume_reproduces_the_loss_curve(ec_run, tmp_path):
             lines = (out / "metrics.jsonl").read_text().splitlines() if (
                 out / "metrics.jsonl").exists() else []
             if len(lines) >= 23:  # past the checkpoint at step 20
-                os.killpg(proc.pid, signal.SIGKILL)  # the whole job: CLI, launcher, ranks
+                # the job's group: the CLI alone (the launcher has a session of its own, whose
+                # guard ends it when the CLI dies)
+                os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = len(lines)
                 break
             time.sleep(0.02)
@@ -108,12 +110,82 @@ def test_kill_and_resume_reproduces_the_loss_curve(ec_run, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert killed_at is not None, "the run ended before it could be killed"
+    deadline = time.time() + 30
+    while _ranks_of(out) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _ranks_of(out), "ranks outlived a kill -9 of launch"
     assert len((out / "metrics.jsonl").read_text().splitlines()) < STEPS
 
     res = cli("launch", *EC_ARGS, "--out", str(out), "--resume", "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(res.stdout)
     assert result["status"] == "completed" and result["resumed_from"] in (20, 30)
+    resumed, reference = metrics(out), metrics(ec_run)
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    for a, b in zip(resumed, reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    """`ecdit-scale launch` as its own process (and process group), output captured."""
+    return subprocess.Popen([sys.executable, "-m", "ecdit_scale", *args], cwd=ROOT,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _signal_after(proc: subprocess.Popen, out: Path, lines: int, send) -> tuple[dict, str]:
+    """Wait until metrics.jsonl has ``lines`` lines, ``send`` the signal, wait for the end."""
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            path = out / "metrics.jsonl"
+            if path.exists() and len(path.read_text().splitlines()) >= lines:
+                send(proc)
+                break
+            time.sleep(0.02)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert stdout, stderr[-3000:]
+    return json.loads(stdout), stderr
+
+
+def _ranks_of(out: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(out) in cmd and "ecdit_scale.train.worker" in cmd:
+            found.append(p)
+    return found
+
+
+@pytest.mark.slow
+def test_signals_to_launch_stop_every_rank_and_resume_finishes_the_curve(ec_run, tmp_path):
+    """SIGTERM to the launch process alone, then Ctrl-C (SIGINT) to its job: every rank stops
+    with it, the summary says interrupted with 143 / 130, and the printed --resume command
+    continues the run to the same 40 losses as an uninterrupted one."""
+    out = tmp_path / "signalled"
+    proc = _start(["launch", *EC_ARGS, "--out", str(out), "--json"])
+    result, stderr = _signal_after(proc, out, 12, lambda p: p.send_signal(signal.SIGTERM))
+    assert proc.returncode == 143 and result["status"] == "interrupted", stderr[-2000:]
+    assert not _ranks_of(out)  # the launch process waited for the whole group
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["returncode"]) == ("interrupted", 143)
+    resume = result["message"].split("continue with: ", 1)[1]
+    assert resume.endswith("--resume") and resume in stderr
+    args = resume.split()[1:]  # `ecdit-scale launch ...` as the user would run it
+
+    proc = _start([*args, "--json"])
+    result, stderr = _signal_after(proc, out, 22, lambda p: os.killpg(p.pid, signal.SIGINT))
+    assert proc.returncode == 130 and result["status"] == "interrupted", stderr[-2000:]
+    assert result["resumed_from"] == 10 and not _ranks_of(out)
+    assert json.loads((out / "summary.json").read_text())["returncode"] == 130
+    assert "--resume" in stderr.splitlines()[-1]
+
+    res = cli(*args, "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout)["resumed_from"] == 20
     resumed, reference = metrics(out), metrics(ec_run)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed, reference):
@@ -145,16 +217,40 @@ def test_bad_input_is_one_line_before_anything_starts(tmp_path, args, words):
 
 
 @pytest.mark.slow
-def test_resume_with_more_steps_extends_the_run(tmp_path):
-    out = tmp_path / "short"
-    args = ("nano-ec8", "--nproc", "1", "--steps", "4", "--micro-batch", "2", "--limit", "256",
-            "--out", str(out), "--json")
-    assert cli("launch", *args).returncode == 0
-    args = tuple("8" if a == "4" else a for a in args)  # --steps 8: the warm-up default stays
-    res = cli("launch", *args, "--resume")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout)["resumed_from"] == 4
-    assert [r["step"] for r in metrics(out)] == list(range(1, 9))
+def test_resume_with_more_steps_extends_the_run(short_run, extended_run):
+    assert launch_result(extended_run)["resumed_from"] == 6
+    assert [r["step"] for r in metrics(extended_run)] == list(range(1, 9))
+    assert metrics(extended_run)[:6] == metrics(short_run)
+    run = json.loads((extended_run / "run.json").read_text())
+    assert (run["steps"], run["checkpoint_every"], run["warmup_steps"]) == (8, 2, 0)
+
+
+@pytest.mark.slow
+def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, extended_run,
+                                                                tmp_path):
+    """The review's three data-loss cases at once: a garbage line mid-metrics (resume used to
+    cut every step after it), no checkpoints/latest (it used to restart from step 0), and an
+    empty model-states file in the newest checkpoint (a rank's EOFError)."""
+    out = copy_run(short_run, tmp_path / "damaged")
+    (out / "checkpoints" / "latest").unlink()
+    (out / "checkpoints" / "step6" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[4] = "garbage"  # step 5's record
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    res = cli("launch", *SHORT_ARGS, "--steps", "8", "--out", str(out), "--resume", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(res.stdout)
+    assert result["status"] == "completed" and result["resumed_from"] == 4
+    said = " ".join(result["notes"])
+    assert "step6 is incomplete (mp_rank_00_model_states.pt is empty)" in said
+    assert "latest is missing" in said and "resuming from step4" in said
+    assert "metrics.rejected" in said and "note:" in res.stderr
+    assert "line 5: garbage" in (out / "metrics.rejected").read_text()
+    resumed, reference = metrics(out), metrics(extended_run)
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    for a, b in zip(resumed, reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
 
 
 def test_resume_needs_a_run(tmp_path):

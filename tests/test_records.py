@@ -22,7 +22,7 @@ def settings(**over) -> RunSettings:
                 holdout=64, seed=0, lr=1e-3, warmup_steps=1, optimizer="adamw",
                 precision="fp32", device="cpu", checkpoint_every=5, keep_checkpoints=2,
                 track_memory=True)
-    return RunSettings(**{**base, **over})
+    return RunSettings.build(**{**base, **over})
 
 
 def test_settings_round_trip_and_derived():
@@ -50,16 +50,29 @@ def test_metrics_survive_a_torn_line(tmp_path):
     rd = RunDir(tmp_path)
     assert rd.truncate_metrics(2) == 2  # step 3 and the torn line go
     assert [r["step"] for r in rd.read_metrics()] == [1, 2]
+    assert rd.rejected.read_text() == 'metrics.jsonl line 4: {"step": 4, "lo\n'  # kept
     append_jsonl(path, {"step": 3, "loss": 0.3})
     assert [r["step"] for r in rd.read_metrics()] == [1, 2, 3]
 
 
-def _fake_checkpoint(rd: RunDir, step: int, latest: bool = True) -> None:
+def _fake_checkpoint(rd: RunDir, step: int, latest: bool = True, complete: bool = True) -> None:
     d = rd.checkpoints / f"step{step}"
     d.mkdir(parents=True)
     (d / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    (d / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"yy")
+    if complete:
+        rd.mark_complete(f"step{step}", step)
     if latest:
         (rd.checkpoints / "latest").write_text(f"step{step}")
+
+
+def _fake_run(tmp_path, steps=8, checkpoints=(2, 4, 6)) -> RunDir:
+    rd = RunDir(tmp_path)
+    for step in range(1, steps + 1):
+        append_jsonl(rd.metrics, {"step": step, "loss": 1.0 / step})
+    for step in checkpoints:
+        _fake_checkpoint(rd, step)
+    return rd
 
 
 def test_latest_checkpoint_and_pruning(tmp_path):
@@ -67,11 +80,11 @@ def test_latest_checkpoint_and_pruning(tmp_path):
     assert rd.latest_checkpoint() is None
     for step in (5, 10, 15):
         _fake_checkpoint(rd, step)
-    _fake_checkpoint(rd, 20, latest=False)  # being written when the job died
+    _fake_checkpoint(rd, 20, latest=False, complete=False)  # being written when the job died
     assert rd.latest_checkpoint() == (15, "step15")
     assert [s for s, _ in rd.checkpoint_tags()] == [5, 10, 15, 20]
     removed = rd.prune_checkpoints(keep=2)
-    assert removed == ["step5", "step10"]
+    assert removed == ["step5"]  # the newest two complete ones stay; step20 is not one
     assert rd.latest_checkpoint() == (15, "step15")
 
 
@@ -80,6 +93,90 @@ def test_latest_must_exist(tmp_path):
     rd.checkpoints.mkdir()
     (rd.checkpoints / "latest").write_text("step7")
     assert rd.latest_checkpoint() is None
+
+
+def test_resume_keeps_going_from_the_newest_checkpoint(tmp_path):
+    rd = _fake_run(tmp_path)
+    point = rd.resume_point()
+    assert (point.step, point.tag, point.notes) == (6, "step6", [])
+    rd.apply_resume(point)
+    assert [r["step"] for r in rd.read_metrics()] == [1, 2, 3, 4, 5, 6]
+    assert not rd.rejected.exists()
+
+
+def test_resume_never_drops_a_garbage_line_in_the_middle(tmp_path):
+    """The reviewer's case: one garbage line mid-file used to make resume cut every step after
+    it. Now the checkpoint before it is used, the line is kept aside, and both are said."""
+    rd = _fake_run(tmp_path)
+    lines = rd.metrics.read_text().splitlines()
+    lines[4] = "garbage"  # step 5's record
+    rd.metrics.write_text("\n".join(lines) + "\n")
+    point = rd.resume_point()
+    assert (point.step, point.tag) == (4, "step4")
+    assert any("line 5" in n and "step6" in n for n in point.notes), point.notes
+    notes = rd.apply_resume(point)
+    assert [r["step"] for r in rd.read_metrics()] == [1, 2, 3, 4]
+    assert "line 5: garbage" in rd.rejected.read_text() and "metrics.rejected" in notes[0]
+
+
+def test_resume_stops_on_garbage_with_no_checkpoint_before_it(tmp_path):
+    from ecdit_scale.errors import ConfigError
+
+    rd = _fake_run(tmp_path, checkpoints=(6,))
+    lines = rd.metrics.read_text().splitlines()
+    lines[2] = "{not json"
+    rd.metrics.write_text("\n".join(lines) + "\n")
+    before = rd.metrics.read_bytes()
+    with pytest.raises(ConfigError, match=r"metrics.jsonl line 3 .*nothing was changed"):
+        rd.resume_point()
+    assert rd.metrics.read_bytes() == before
+
+
+def test_resume_without_the_latest_pointer_uses_the_newest_complete_checkpoint(tmp_path):
+    rd = _fake_run(tmp_path)
+    (rd.checkpoints / "latest").unlink()
+    point = rd.resume_point()
+    assert point.step == 6 and "latest is missing" in " ".join(point.notes)
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty", "truncate"])
+def test_resume_passes_over_a_damaged_checkpoint(tmp_path, damage):
+    rd = _fake_run(tmp_path)
+    f = rd.checkpoints / "step6" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    {"delete": f.unlink, "empty": lambda: f.write_bytes(b""),
+     "truncate": lambda: f.write_bytes(b"y")}[damage]()
+    point = rd.resume_point()
+    assert point.step == 4
+    assert "step6 is incomplete" in point.notes[0] and f.name in point.notes[0]
+
+
+def test_resume_with_every_checkpoint_damaged_is_one_line(tmp_path):
+    from ecdit_scale.errors import ConfigError
+
+    rd = _fake_run(tmp_path, checkpoints=(2,))
+    (rd.checkpoints / "step2" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    with pytest.raises(ConfigError) as exc:
+        rd.resume_point()
+    assert "no usable checkpoint" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_resume_before_any_checkpoint_starts_over(tmp_path):
+    rd = _fake_run(tmp_path, steps=3, checkpoints=())
+    point = rd.resume_point()
+    assert point.step == 0 and point.tag is None and "restarts at step 1" in point.notes[0]
+
+
+def test_a_checkpoint_from_before_markers_counts_when_latest_names_it(tmp_path):
+    import zipfile
+
+    rd = RunDir(tmp_path)
+    d = rd.checkpoints / "step3"
+    d.mkdir(parents=True)
+    with zipfile.ZipFile(d / "mp_rank_00_model_states.pt", "w") as z:
+        z.writestr("data.pkl", b"x")
+    assert rd.latest_checkpoint() is None  # unmarked and not named by latest
+    (rd.checkpoints / "latest").write_text("step3")
+    assert rd.latest_checkpoint() == (3, "step3")
 
 
 def test_summary_updates_merge(tmp_path):

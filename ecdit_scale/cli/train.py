@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from rich.markup import escape
+
 from .common import app, console, err_console, fail, print_json
 
 
@@ -40,7 +42,8 @@ def launch_cmd(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True),
 ) -> None:
     """Train a small config for real with DeepSpeed-MoE (expert parallelism, ZeRO) and record it."""
-    from ..train.launch import LaunchRequest, launch
+    from ..train.launch import launch
+    from ..train.request import LaunchRequest
 
     req = LaunchRequest(card=card, nproc=nproc, steps=steps, ep=ep, zero=zero,
                         micro_batch=micro_batch, grad_accum=grad_accum, dataset=dataset,
@@ -48,13 +51,49 @@ def launch_cmd(
                         lr=lr, warmup_steps=warmup, optimizer=optimizer,
                         checkpoint_every=checkpoint_every, tc_impl=tc_impl, device=device,
                         track_memory=not no_memory, stop_after=stop_after)
-    result = launch(req, show_progress=not json_out, console=err_console)
+    if json_out:
+        result = launch(req)
+    else:
+        with _ProgressBar() as bar:
+            result = launch(req, on_progress=bar.update)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if json_out:
         print_json(result.to_dict())
     else:
         _print_result(result)
+    if result.status == "interrupted":
+        err_console.print(escape(result.message), highlight=False, soft_wrap=True)
+        raise typer.Exit(result.returncode)
     if not result.ok:
         fail(result.message or f"run {result.status}; see {result.log}", code=1)
+
+
+class _ProgressBar:
+    """A rich progress bar fed by ``launch``'s ``on_progress``, on stderr."""
+
+    def __enter__(self) -> "_ProgressBar":
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                             TimeElapsedColumn(), console=err_console, transient=False)
+        self._bar.__enter__()
+        self._task = None
+        return self
+
+    def update(self, p) -> None:
+        if self._task is None:
+            self._task = self._bar.add_task(p.label, total=p.steps, completed=p.step,
+                                            info="starting ranks")
+        info = {}
+        if p.loss is not None and p.images_per_s is not None:
+            info["info"] = f"loss {p.loss:.4f}  {p.images_per_s:.0f} img/s"
+        self._bar.update(self._task, completed=p.step, **info)
+
+    def __exit__(self, *exc) -> None:
+        self._bar.__exit__(*exc)
 
 
 def _print_result(result) -> None:

@@ -35,14 +35,24 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-# Name DeepSpeed's accelerator before its first import, or it prints a detection warning on
-# stdout (where --json output goes).
-os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def name_deepspeed_accelerator() -> str:
+    """Name DeepSpeed's accelerator before its first import, or it prints a detection warning
+    on stdout (where --json output goes). Every import of deepspeed in this package comes after
+    this module's, which calls it."""
+    return os.environ.setdefault("DS_ACCELERATOR",
+                                 "cuda" if torch.cuda.is_available() else "cpu")
+
+
+name_deepspeed_accelerator()
 
 from deepspeed.moe.layer import MoE as _DeepSpeedMoE  # noqa: E402
-from torch import nn
+from torch import nn  # noqa: E402
 
-from ..model.moe import Experts, LocalExchange, MoELayer
+from ..config import FFNKind, ModelConfig  # noqa: E402
+from ..model.moe import Experts, LocalExchange, MoELayer  # noqa: E402
+from ..model.layers import Mlp  # noqa: E402
 
 
 def group_name(ep_size: int) -> str:
@@ -237,6 +247,59 @@ def shard_experts(model: nn.Module, ep: ExpertParallel) -> nn.Module:
             layer.experts = DeepSpeedExperts(layer.experts, num_experts=layer.num_experts, ep=ep)
             layer.exchange = AllToAllExchange(ep) if ep.ep_size > 1 else LocalExchange()
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The one place a launched run's FFN layers change
+# ---------------------------------------------------------------------------------------------
+
+
+class DeepSpeedTopK(nn.Module):
+    """A block's FFN as DeepSpeed's native ``MoE`` with its GShard ``TopKGate`` (k = top_k).
+
+    Differences from ``TokenChoiceMoE``: DeepSpeed routes all tokens of a micro-batch as one
+    group, its capacity is max(ceil(k * f * tokens / E), min_capacity = 4), and the second
+    expert is sampled with Gumbel noise in training. Its balancing loss is kept in ``l_aux``
+    and added to the loss by the worker (``ECDiT.aux_loss`` only sees our MoE layers).
+    """
+
+    def __init__(self, cfg: ModelConfig, ep):
+        super().__init__()
+        ffn = cfg.ffn
+        self.coef = ffn.aux_loss_coef
+        self.num_experts = ffn.num_experts
+        self.moe = _DeepSpeedMoE(hidden_size=cfg.hidden_size, expert=Mlp(cfg.hidden_size, cfg.mlp_hidden),
+                       num_experts=ffn.num_experts, ep_size=ep.ep_size, k=ffn.top_k,
+                       capacity_factor=ffn.capacity_factor, eval_capacity_factor=ffn.capacity_factor,
+                       min_capacity=4, drop_tokens=ffn.drop_tokens, use_rts=False)
+        self.l_aux = None
+        self.exp_counts = None
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        out, l_aux, counts = self.moe(x_BSD)
+        self.l_aux, self.exp_counts = self.coef * l_aux, counts
+        return out
+
+
+def deepspeed_topk_layers(model: nn.Module) -> list[DeepSpeedTopK]:
+    return [m for m in model.modules() if isinstance(m, DeepSpeedTopK)]
+
+
+def parallelize(model: nn.Module, cfg: ModelConfig, ep: ExpertParallel, *,
+                tc_impl: str = "ecdit") -> nn.Module:
+    """The single-device model (``model.build_model``, its FFNs from ``model.moe.make_ffn``)
+    as a launched run trains it, changed in place and returned.
+
+    Token choice with ``tc_impl = "deepspeed"``: each MoE FFN becomes DeepSpeed's own ``MoE``
+    layer with its ``TopKGate`` (``DeepSpeedTopK``). Otherwise (our ``ExpertChoiceMoE`` and
+    ``TokenChoiceMoE``): ``shard_experts``.
+    """
+    if cfg.ffn.kind is FFNKind.TOKEN_CHOICE and tc_impl == "deepspeed":
+        for block in model.blocks:
+            if block.is_moe:
+                block.ffn = DeepSpeedTopK(cfg, ep)
+        return model
+    return shard_experts(model, ep)
 
 
 def is_expert_param(p: torch.Tensor) -> bool:

@@ -11,27 +11,35 @@
       checkpoints/       DeepSpeed checkpoints, one tag per saved step (``step{n}``)
       checksums/         per-rank parameter checksums at the end (rank{r}.json)
       worker.pid         rank 0's pid while the ranks run (a resume refuses a live run)
+      metrics.rejected   lines of metrics.jsonl a resume could not read (kept, with line numbers)
 
-Resume: the last complete checkpoint is the one DeepSpeed's ``checkpoints/latest`` names (it
-is written after every rank has saved). Lines of metrics.jsonl past that step are dropped,
-then the run continues; the data order and the noise are functions of the step, so the loss
-curve continues exactly as an uninterrupted run would.
+Resume (``RunDir.resume_point``): from the newest complete checkpoint (every rank saved it:
+its ``ecdit_complete.json`` lists the files and sizes; DeepSpeed's ``checkpoints/latest`` is
+only a hint) whose steps all have a record in metrics.jsonl. Records past that step are
+dropped (the run makes them again), lines that are not records are moved to metrics.rejected,
+never deleted, and every checkpoint or line passed over is named. The data order and the
+noise are functions of the step, so the loss curve continues exactly as an uninterrupted run
+would.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, fields
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..config import ParallelLayout, Recompute, TrainingConfig
 from ..errors import ConfigError
-from ..files import atomic_write_text, json_default
+from ..files import atomic_write_text, json_default, to_plain
 
 CHECKPOINT_TAG = "step{step}"
+COMPLETE_MARKER = "ecdit_complete.json"  # in a checkpoint folder: every rank saved it
 _TAG_RE = re.compile(r"^step(\d+)$")
 
 
@@ -56,7 +64,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one whole line and fsync: a crash leaves complete lines, or one torn last line
-    that ``read_jsonl`` ignores and ``truncate_metrics`` removes."""
+    that ``read_jsonl`` skips and a resume moves to metrics.rejected."""
     line = json.dumps(record, default=json_default, separators=(",", ":")) + "\n"
     with open(path, "a") as fh:
         fh.write(line)
@@ -65,16 +73,51 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file, skipping any line that is not one (a torn last line of
+    a killed run, or damage): for progress and summaries. ``scan_metrics`` reports them."""
+    return scan_metrics(path).records
+
+
+@dataclass
+class MetricsScan:
+    """metrics.jsonl as read: the records in order, and the lines that are not records."""
+
+    path: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, text)
+    torn_last: bool = False  # the last line is not a record: a write cut short by a kill
+
+    @property
+    def damaged(self) -> list[tuple[int, str]]:
+        """Unreadable lines other than a torn last one."""
+        return self.bad[:-1] if self.torn_last else self.bad
+
+    def first_missing_step(self) -> int:
+        """The first step 1, 2, ... without a readable record."""
+        steps = {r.get("step") for r in self.records}
+        k = 1
+        while k in steps:
+            k += 1
+        return k
+
+
+def scan_metrics(path: str | os.PathLike) -> MetricsScan:
     path = Path(path)
+    scan = MetricsScan(path=path)
     if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
+        return scan
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    for i, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line of a killed run
-    return out
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                raise ValueError
+        except ValueError:  # JSONDecodeError is one
+            scan.bad.append((i, line))
+            continue
+        scan.records.append(rec)
+    scan.torn_last = bool(scan.bad) and scan.bad[-1][0] == len(lines)
+    return scan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,55 +125,102 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
+class Device(str, enum.Enum):
+    AUTO = "auto"  # cuda when a CUDA device is visible, else cpu (resolved before a run starts)
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class TCImpl(str, enum.Enum):
+    """Token choice in a launched run: our ``TokenChoiceMoE``, or DeepSpeed's own ``MoE``
+    layer with its ``TopKGate`` (``expert_parallel.parallelize``)."""
+
+    ECDIT = "ecdit"
+    DEEPSPEED = "deepspeed"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """What ``launch`` decided; the worker on every rank reads it from run.json."""
+    """What ``launch`` decided; the worker on every rank reads it from run.json.
+
+    The layout and the training recipe are the planner's own config types (validated there);
+    run.json stores them flat, one key per setting (``to_dict``).
+    """
 
     card: str  # what the user passed (registry name or path)
     model_name: str
-    steps: int
     nodes: int
     nproc_per_node: int
-    ep: int
-    zero: int
-    micro_batch: int
+    layout: ParallelLayout  # dp = world, ep, ZeRO stage, micro-batch
+    training: TrainingConfig  # steps, global batch, optimizer, precision, lr, warm-up
     grad_accum: int
     dataset: str
     data_limit: int | None
     holdout: int  # samples kept out of training (adaptive-compute analysis)
     seed: int
-    lr: float
-    warmup_steps: int
-    optimizer: str  # adamw | rmsprop
-    precision: str  # fp32 (CPU) | bf16 (GPU)
-    device: str  # cpu | cuda
+    device: Device  # cpu | cuda
     checkpoint_every: int
     keep_checkpoints: int
-    track_memory: bool  # CPU: count live tensor bytes every step (see worker.PeakBytes)
-    tc_impl: str = "ecdit"  # token choice: our TokenChoiceMoE (see worker.build_moe_model)
+    track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
+    tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", Device(self.device))
+        object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
+        if self.layout.dp != self.world:
+            raise ValueError(f"layout.dp {self.layout.dp} != world {self.world}")
+        if self.training.global_batch != self.micro_batch * self.grad_accum * self.world:
+            raise ValueError("training.global_batch != micro_batch x grad_accum x world")
 
     @property
     def world(self) -> int:
         return self.nodes * self.nproc_per_node
 
-    @property
-    def global_batch(self) -> int:
-        return self.micro_batch * self.grad_accum * self.world
+    # the flat names run.json, the worker and the analyses use
+    steps = property(lambda self: self.training.steps)
+    global_batch = property(lambda self: self.training.global_batch)
+    lr = property(lambda self: self.training.lr)
+    warmup_steps = property(lambda self: self.training.warmup_steps)
+    optimizer = property(lambda self: self.training.optimizer)
+    precision = property(lambda self: self.training.precision)
+    ep = property(lambda self: self.layout.ep)
+    zero = property(lambda self: self.layout.zero)
+    micro_batch = property(lambda self: self.layout.micro_batch)
 
     # settings a resumed run must share with the run it continues (steps may grow)
     FIXED = ("model_name", "nodes", "nproc_per_node", "ep", "zero", "micro_batch", "grad_accum",
              "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
              "precision", "device", "tc_impl")
+    # run.json's keys, in order
+    KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
+            "grad_accum", "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps",
+            "optimizer", "precision", "device", "checkpoint_every", "keep_checkpoints",
+            "track_memory", "tc_impl", "world", "global_batch")
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update(world=self.world, global_batch=self.global_batch)
-        return out
+        return {k: to_plain(getattr(self, k)) for k in self.KEYS}
+
+    def with_steps(self, steps: int) -> "RunSettings":
+        return replace(self, training=replace(self.training, steps=steps))
+
+    @classmethod
+    def build(cls, *, steps: int, nodes: int, nproc_per_node: int, ep: int, zero: int,
+              micro_batch: int, grad_accum: int, lr: float, warmup_steps: int,
+              optimizer: Any, precision: Any, **rest: Any) -> "RunSettings":
+        """From flat settings; the layout and training configs validate theirs (ConfigError)."""
+        world = nodes * nproc_per_node
+        layout = ParallelLayout(dp=world, ep=ep, tp=1, zero=zero, micro_batch=micro_batch,
+                                recompute=Recompute.NONE)
+        training = TrainingConfig(global_batch=micro_batch * grad_accum * world, steps=steps,
+                                  optimizer=optimizer, precision=precision, lr=lr,
+                                  warmup_steps=warmup_steps)
+        return cls(nodes=nodes, nproc_per_node=nproc_per_node, layout=layout, training=training,
+                   grad_accum=grad_accum, **rest)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = set(cls.KEYS) - {"world", "global_batch"}
+        return cls.build(**{k: v for k, v in data.items() if k in known})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +247,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     checksums = property(lambda self: self.path / "checksums")
     worker_pid = property(lambda self: self.path / "worker.pid")
+    rejected = property(lambda self: self.path / "metrics.rejected")
 
     def exists(self) -> bool:
         return self.run_json.is_file()
@@ -207,45 +298,145 @@ class RunDir:
                 out.append((int(m.group(1)), p.name))
         return sorted(out)
 
-    def latest_checkpoint(self) -> tuple[int, str] | None:
-        """The last complete checkpoint: the tag DeepSpeed wrote to ``latest`` after saving."""
-        latest = self.checkpoints / "latest"
-        if not latest.is_file():
+    def pointer(self) -> str | None:
+        """The tag DeepSpeed's ``checkpoints/latest`` names, if that file is there."""
+        try:
+            return (self.checkpoints / "latest").read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
             return None
-        tag = latest.read_text().strip()
-        m = _TAG_RE.match(tag)
-        if not m or not (self.checkpoints / tag).is_dir():
-            return None
-        return int(m.group(1)), tag
 
-    def prune_checkpoints(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names)."""
-        latest = self.latest_checkpoint()
-        tags = self.checkpoint_tags()
+    def mark_complete(self, tag: str, step: int) -> None:
+        """Record every file of a checkpoint every rank has finished saving, with its size."""
+        d = self.checkpoints / tag
+        files = {f.name: f.stat().st_size for f in sorted(d.iterdir())
+                 if f.is_file() and f.name != COMPLETE_MARKER}
+        write_json(d / COMPLETE_MARKER, {"step": step, "files": files})
+
+    def checkpoint_problem(self, tag: str) -> str | None:
+        """Why checkpoint ``tag`` cannot be resumed from, or None if it is complete.
+
+        Complete: its marker (written after every rank saved) lists files that are all there
+        with their sizes. A checkpoint without a marker (an older run) counts if ``latest``
+        names it and its model states open as zip archives (torch.save's format)."""
+        d = self.checkpoints / tag
+        try:
+            marker = json.loads((d / COMPLETE_MARKER).read_text())
+            files = dict(marker["files"])
+        except FileNotFoundError:
+            if self.pointer() != tag:
+                return "it was never marked complete (a save cut short)"
+            files = {f.name: None for f in d.glob("*model_states.pt")}
+            if "mp_rank_00_model_states.pt" not in files:
+                return "mp_rank_00_model_states.pt is missing"
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"its {COMPLETE_MARKER} is unreadable"
+        for name, size in files.items():
+            f = d / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size == 0:
+                return f"{name} is empty"
+            if size is not None and f.stat().st_size != size:
+                return f"{name} has {f.stat().st_size} bytes, not the {size} saved"
+            if size is None and not zipfile.is_zipfile(f):
+                return f"{name} is not a whole torch file"
+        return None
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        """The newest complete checkpoint (see ``checkpoint_problem``)."""
+        for step, tag in reversed(self.checkpoint_tags()):
+            if self.checkpoint_problem(tag) is None:
+                return step, tag
+        return None
+
+    def prune_checkpoints(self, keep: int, *, current: str | None = None) -> list[str]:
+        """Delete all but the newest ``keep`` complete checkpoints. ``current`` (the one just
+        saved) and ``latest``'s tag are never deleted; neither is anything newer than the
+        oldest checkpoint kept."""
+        complete = [(s, t) for s, t in self.checkpoint_tags()
+                    if t == current or self.checkpoint_problem(t) is None]
+        protected = {current, self.pointer()}
         removed = []
-        for step, tag in tags[: max(0, len(tags) - keep)]:
-            if latest is not None and tag == latest[1]:
+        for _, tag in complete[: max(0, len(complete) - keep)]:
+            if tag in protected:
                 continue
             shutil.rmtree(self.checkpoints / tag, ignore_errors=True)
             removed.append(tag)
         return removed
 
+    def resume_point(self) -> "ResumePoint":
+        """Where ``--resume`` continues, and what it had to pass over to get there.
+
+        The newest complete checkpoint whose steps all have a readable record in metrics.jsonl.
+        A torn last line (a kill mid-write) is normal. Nothing is changed here; ``apply_resume``
+        does that. Raises ConfigError (one line) when no such checkpoint is left but some
+        checkpoint or metric would be lost by starting over."""
+        scan = scan_metrics(self.metrics)
+        notes: list[str] = []
+        gap = scan.first_missing_step()
+        damaged = scan.damaged
+        tags = self.checkpoint_tags()
+        pointer = self.pointer()
+        chosen: tuple[int, str] | None = None
+        for step, tag in reversed(tags):
+            problem = self.checkpoint_problem(tag)
+            if problem is not None:
+                notes.append(f"checkpoint {tag} is incomplete ({problem}): skipped")
+                continue
+            if step >= gap:
+                where = (f"line {damaged[0][0]} of {self.metrics} is unreadable"
+                         if damaged else f"{self.metrics} has no record of step {gap}")
+                notes.append(f"checkpoint {tag} is past step {gap - 1} ({where}): skipped")
+                continue
+            chosen = (step, tag)
+            break
+        if chosen is not None and (notes or pointer != chosen[1]):
+            if pointer is None:
+                notes.append(f"{self.checkpoints / 'latest'} is missing")
+            notes.append(f"resuming from {chosen[1]}, the newest complete checkpoint")
+        if chosen is None:
+            if damaged:
+                line, text = damaged[0]
+                raise ConfigError(
+                    f"--resume: {self.metrics} line {line} is not a metrics record "
+                    f"({text[:40]!r}) and no complete checkpoint before it remains; nothing "
+                    "was changed: repair that line, or start a new run with another --out")
+            if tags:
+                raise ConfigError(f"--resume: no usable checkpoint in {self.checkpoints} ("
+                                  + "; ".join(notes) + "); start a new run with another --out")
+        step = chosen[0] if chosen else 0
+        if chosen is None and scan.records:
+            notes.append("no checkpoint was saved yet: training restarts at step 1")
+        return ResumePoint(step=step, tag=chosen[1] if chosen else None, notes=notes,
+                           scan=scan)
+
+    def apply_resume(self, point: "ResumePoint") -> list[str]:
+        """Keep the metrics of steps <= the resume step; lines that are not records are kept
+        in metrics.rejected (never deleted). Returns notes on what moved."""
+        scan = point.scan
+        notes = []
+        if scan.bad:
+            with open(self.rejected, "a") as fh:
+                for line, text in scan.bad:
+                    fh.write(f"{self.metrics.name} line {line}: {text}\n")
+            torn = " (a torn last line: a write cut short)" if scan.torn_last else ""
+            notes.append(f"{len(scan.bad)} unreadable line(s) of {self.metrics}{torn} moved to "
+                         f"{self.rejected}")
+        kept = [r for r in scan.records if r["step"] <= point.step]
+        kept = [r for i, r in enumerate(kept) if r["step"] not in
+                {x["step"] for x in kept[:i]}]  # a step recorded twice: the first
+        if self.metrics.exists():
+            atomic_write_text(self.metrics, "".join(
+                json.dumps(r, default=json_default, separators=(",", ":")) + "\n" for r in kept))
+        return notes
+
     def truncate_metrics(self, last_step: int) -> int:
-        """Keep the metrics of steps <= last_step (the checkpoint resumed from); returns how
-        many lines were dropped. A torn last line goes too."""
-        if not self.metrics.exists():
-            return 0
-        lines = self.metrics.read_text().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if rec.get("step", 0) <= last_step:
-                kept.append(line)
-        atomic_write_text(self.metrics, "".join(f"{line}\n" for line in kept))
-        return len(lines) - len(kept)
+        """Keep the metrics of steps <= last_step; unreadable lines go to metrics.rejected.
+        Returns how many lines were dropped from metrics.jsonl."""
+        scan = scan_metrics(self.metrics)
+        before = len(scan.records) + len(scan.bad)
+        self.apply_resume(ResumePoint(step=last_step, tag=None, notes=[], scan=scan))
+        return before - len(scan_metrics(self.metrics).records)
 
     def read_checksums(self) -> dict[int, dict[str, Any]]:
         """rank -> {"expert": {name: checksum}, "shared": {name: checksum}, ...}."""
@@ -254,6 +445,14 @@ class RunDir:
             for f in sorted(self.checksums.glob("rank*.json")):
                 out[int(f.stem.removeprefix("rank"))] = read_json(f)
         return out
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    step: int  # the checkpoint's step, 0 to start over
+    tag: str | None
+    notes: list[str]  # what was passed over, for the user
+    scan: MetricsScan
 
 
 def losses(records: Iterable[dict[str, Any]]) -> list[float]:

@@ -7,8 +7,9 @@ steps (Kaplan et al. 2020 read budgets off one run the same way). Each (size, va
 once to its largest budget; every budget is one row of the table, with images seen, tokens
 seen and compute = steps x the planner's training FLOPs per step.
 
-Finished runs are skipped, interrupted ones resumed from their last checkpoint, and the
-table is rewritten atomically after every run, so an interrupted sweep loses nothing.
+Finished runs are skipped, interrupted ones resumed from their last complete checkpoint, and
+the table is rewritten atomically after every run, so an interrupted sweep loses nothing; a
+run whose records are damaged beyond a resume is renamed aside and trained again.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ..config import Recompute
 from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
-from .launch import LaunchRequest, launch
+from .launch import launch
+from .request import LaunchRequest
 from .records import RunDir
 
 VARIANTS = ("dense", "tc8", "ec8", "tc16", "ec16")
@@ -86,22 +88,40 @@ class SweepResult:
     resumed: list[str] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # runs set aside, checkpoints passed over
 
 
-def run_state(run: SweepRun, steps: int) -> str:
-    """done | resume | new."""
+def run_state(spec: "SweepSpec", run: SweepRun) -> str:
+    """done | resume | damaged | new.
+
+    done: finished, and every step the table reads has a record. damaged: finished, but a
+    step the table reads has no readable record (nothing can resume a finished run)."""
     rd = RunDir(run.run_dir)
     if not rd.exists():
         return "new"
-    done = rd.read_summary().get("steps_done", 0) if (rd.path / "summary.json").exists() else 0
-    if done >= steps:
-        return "done"
-    return "resume" if rd.latest_checkpoint() is not None else "new"
+    if rd.read_summary().get("steps_done", 0) < spec.steps:
+        return "resume"  # from its newest complete checkpoint, or from step 1 if none
+    have = {int(m["step"]) for m in rd.read_metrics()}
+    return "done" if set(needed_steps(spec)) <= have else "damaged"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a run directory out of the sweep's way (``NAME.damaged``, ``.damaged2`` ...)."""
+    n, target = 1, path.with_name(f"{path.name}.damaged")
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged{n}")
+    path.rename(target)
+    return target
 
 
 def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], None] | None = None,
               ) -> SweepResult:
-    """Train every run of the spec (skip / resume / launch) and write the run table."""
+    """Train every run of the spec (skip / resume / launch) and write the run table.
+
+    A run whose records cannot be completed (a finished run missing a step the table reads,
+    or one a resume refuses, e.g. an unreadable metrics line with no checkpoint before it) is
+    renamed aside, never deleted, and trained again; ``notes`` says so."""
     import pandas as pd
 
     from ..scaling.table import save_run_table
@@ -109,17 +129,29 @@ def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], 
     result = SweepResult(table_path=Path(spec.out) / "runs.csv")
     runs = spec.runs()
     for i, run in enumerate(runs):
-        state = run_state(run, spec.steps)
+        state = run_state(spec, run)
+        if state == "damaged":
+            moved = set_aside(run.run_dir)
+            result.notes.append(f"{run.run_dir}: a step the table needs has no readable record "
+                                f"in metrics.jsonl; moved to {moved} and trained again")
+            state = "new"
         if on_event:
             on_event(state, run, i, len(runs))
         if state == "done":
             result.skipped.append(run.card)
         else:
-            req = LaunchRequest(card=run.card, nproc=spec.nproc, steps=spec.steps, ep=1,
-                                zero=1, micro_batch=spec.micro_batch, dataset=spec.dataset,
-                                data_limit=spec.data_limit, out=str(run.run_dir), lr=spec.lr,
-                                seed=spec.seed, resume=state == "resume")
-            res = launch(req, show_progress=False)
+            try:
+                res = launch(launch_request(spec, run, resume=state == "resume"))
+            except ConfigError as exc:
+                if state != "resume":
+                    raise
+                moved = set_aside(run.run_dir)
+                result.notes.append(f"{exc} -> moved {run.run_dir} to {moved}, trained again")
+                state = "new"
+                res = launch(launch_request(spec, run, resume=False))
+            if res.status == "interrupted":  # the signal was for the whole sweep
+                raise KeyboardInterrupt
+            result.notes += [f"{run.card}: {n}" for n in res.notes]
             (result.resumed if state == "resume" else result.launched).append(run.card)
             if not res.ok:
                 result.failed.append(f"{run.card}: {res.message or res.status}")
@@ -129,6 +161,28 @@ def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], 
     if on_event:
         on_event("finished", runs[-1], len(runs), len(runs))
     return result
+
+
+def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool) -> LaunchRequest:
+    return LaunchRequest(card=run.card, nproc=spec.nproc, steps=spec.steps, ep=1, zero=1,
+                         micro_batch=spec.micro_batch, dataset=spec.dataset,
+                         data_limit=spec.data_limit, out=str(run.run_dir), lr=spec.lr,
+                         seed=spec.seed, resume=resume)
+
+
+def budget_step(spec: SweepSpec, frac: float) -> int:
+    return max(1, round(frac * spec.steps))
+
+
+def smoothing_window(step: int) -> range:
+    """The steps whose flow loss is averaged into the smoothed loss at ``step``."""
+    return range(step - max(5, math.ceil(SMOOTH_FRACTION * step)) + 1, step + 1)
+
+
+def needed_steps(spec: SweepSpec) -> list[int]:
+    """Every step the table reads: each budget's step and its smoothing window."""
+    return sorted({s for frac in spec.budgets for s in smoothing_window(budget_step(spec, frac))
+                   if s >= 1})
 
 
 def table_rows(spec: SweepSpec, run: SweepRun) -> list[dict[str, Any]]:
@@ -142,9 +196,8 @@ def table_rows(spec: SweepSpec, run: SweepRun) -> list[dict[str, Any]]:
     gb = settings.global_batch
     rows = []
     for frac in spec.budgets:
-        step = max(1, round(frac * spec.steps))
-        window = [metrics[s]["flow_loss"] for s in range(step - max(5, math.ceil(SMOOTH_FRACTION * step)) + 1, step + 1)
-                  if s in metrics]
+        step = budget_step(spec, frac)
+        window = [metrics[s]["flow_loss"] for s in smoothing_window(step) if s in metrics]
         if step not in metrics or not window:
             raise ConfigError(f"{rd.path}: metrics.jsonl has no step {step}; rerun the sweep to resume it")
         images = step * gb

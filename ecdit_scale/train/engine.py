@@ -1,0 +1,112 @@
+"""What a rank sets up before its first step: process groups, the expert-parallel model, the
+torch optimizer, the DeepSpeed engine, and its share of the data.
+
+The model is built from ``seed`` on every rank, so every rank starts from the same weights;
+``expert_parallel.parallelize`` then makes it expert-parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import ModelConfig, Optimizer
+from ..model import build_model
+from .expert_parallel import create_groups, param_counts, parallelize, single_process
+from .records import Device, RunDir, RunSettings
+
+def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
+    from ..datasets.batches import build_dataset, holdout_rows, subset
+
+    ds = build_dataset(s.dataset, image_size=cfg.image_size, text_tokens=cfg.text_tokens,
+                       limit=s.data_limit, seed=s.seed)
+    train, held = holdout_rows(len(ds), s.holdout, s.seed)
+    return subset(ds, train if split == "train" else held)
+
+
+def step_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
+def lr_at(s: RunSettings, step: int) -> float:
+    """Linear warm-up over ``warmup_steps`` updates, then constant (the paper's schedule)."""
+    if s.warmup_steps <= 0:
+        return s.lr
+    return s.lr * min(1.0, step / s.warmup_steps)
+
+
+def build_optimizer(model: nn.Module, s: RunSettings) -> torch.optim.Optimizer:
+    """A plain torch optimizer (no JIT-compiled DeepSpeed op) over DeepSpeed-MoE param groups:
+    expert params get their own group per expert group name, which DeepSpeed's ZeRO optimizer
+    partitions over the expert-data-parallel group."""
+    from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+
+    groups = split_params_into_different_moe_groups_for_optimizer(
+        {"params": [p for p in model.parameters() if p.requires_grad], "name": "shared",
+         "lr": s.lr, "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
+    if s.optimizer is Optimizer.RMSPROP:  # the paper: RMSProp with momentum
+        return torch.optim.RMSprop(groups, lr=s.lr, alpha=0.999, eps=1e-8, momentum=0.9,
+                                   foreach=False)
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                             foreach=False)
+
+
+def build_parallel_model(cfg: ModelConfig, s: RunSettings, ep) -> nn.Module:
+    """The single-device model, identical on every rank (same seed), made expert-parallel."""
+    torch.manual_seed(s.seed)
+    return parallelize(build_model(cfg), cfg, ep, tc_impl=s.tc_impl)
+
+
+@dataclasses.dataclass
+class Rank:
+    """This process's part of the run: the DeepSpeed engine and where it sits."""
+
+    rd: RunDir
+    s: RunSettings
+    cfg: ModelConfig
+    engine: Any
+    ep: Any  # expert_parallel.ExpertParallel
+    counts: dict[str, int]
+    device: torch.device
+    rank: int
+    world: int
+    dp_rank: int
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def setup(rd: RunDir) -> Rank:
+    """Process group, expert-parallel groups, model, optimizer, DeepSpeed engine."""
+    import deepspeed
+    import deepspeed.ops
+    from deepspeed.utils import groups
+
+    s, cfg = rd.settings(), rd.model_config()
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    if s.device is Device.CUDA:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        # DeepSpeed would JIT-compile its shared-memory all-reduce (minutes); gloo does it
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if s.device is Device.CUDA else "gloo")
+    ep = create_groups(s.ep) if cfg.ffn.is_moe else single_process()
+    model = build_parallel_model(cfg, s, ep)
+    counts = param_counts(model, ep)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
+                                           config=json.loads(rd.ds_config.read_text()))
+    return Rank(rd=rd, s=s, cfg=cfg, engine=engine, ep=ep, counts=counts, device=device,
+                rank=dist.get_rank(), world=dist.get_world_size(),
+                dp_rank=groups._get_data_parallel_rank())

@@ -1,0 +1,293 @@
+"""What a launch asks for, checked before anything starts.
+
+``LaunchRequest`` holds the user's options as given. ``check_request`` turns them into the
+run's ``RunSettings``, whose layout and training recipe are the planner's ``ParallelLayout``
+and ``TrainingConfig``: those validate their own fields, and only what is particular to a
+launch (the card must train in pixel space, ranks per machine, the hostfile, expert counts,
+the run directory) is checked here. A bad request costs a second and one line of error
+(ConfigError).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..config import FFNKind, ModelConfig, Optimizer, Precision, load_model_config
+from ..errors import ConfigError
+from ..planner.layouts import divisors
+from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
+
+DATASETS = ("emoji", "shapes")
+OPTIMIZERS = (Optimizer.ADAMW, Optimizer.RMSPROP)  # the torch optimizers the worker builds
+# config field -> the launch option that sets it (to name the option in an error)
+OPTION_OF = {"dp": "--nproc", "ep": "--ep", "zero": "--zero", "micro_batch": "--micro-batch",
+             "steps": "--steps", "lr": "--lr", "warmup_steps": "--warmup",
+             "optimizer": "--optimizer", "global_batch": "--micro-batch x --grad-accum"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchRequest:
+    """What the user asked for (the CLI's options, unvalidated)."""
+
+    card: str
+    nproc: int
+    steps: int
+    ep: int = 1
+    zero: int = 1
+    micro_batch: int = 8
+    grad_accum: int = 1
+    dataset: str = "emoji"
+    data_limit: int | None = None
+    holdout: int = 64
+    out: str | None = None
+    resume: bool = False
+    hostfile: str | None = None
+    seed: int = 0
+    lr: float = 1e-3
+    warmup_steps: int | None = None  # None: steps // 10, at most 100
+    optimizer: str = "adamw"
+    checkpoint_every: int | None = None  # None: steps // 4 (and always the last step)
+    keep_checkpoints: int = 2
+    track_memory: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    tc_impl: str = "ecdit"
+    stop_after: int | None = None  # test hook: every rank exits after this step
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    cfg: ModelConfig
+    settings: RunSettings
+    rd: RunDir
+    resume: ResumePoint | None  # where a --resume continues (None: a new run)
+
+
+def resolve_card(card: str) -> ModelConfig:
+    """A registry name (``sizes.get``) or a YAML card path (``config.load_model_config``)."""
+    from .. import sizes
+
+    looks_like_file = card.endswith((".yaml", ".yml")) or os.sep in card or Path(card).is_file()
+    if looks_like_file:
+        if not Path(card).is_file():
+            raise ConfigError(f"card {card!r}: no such file; give a model name "
+                              "(`ecdit-scale models list`) or the path of a YAML card")
+        return load_model_config(card)
+    return sizes.get(card)
+
+
+def parse_hostfile(path: str) -> dict[str, int]:
+    """DeepSpeed hostfile lines ``host slots=N`` -> {host: N}."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--hostfile {path}: no such file")
+    hosts: dict[str, int] = {}
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        slots = [x for x in parts[1:] if x.startswith("slots=")]
+        try:
+            hosts[parts[0]] = int(slots[0].split("=", 1)[1]) if slots else 1
+        except ValueError:
+            raise ConfigError(f"--hostfile {path} line {i}: expected 'HOST slots=N'") from None
+    if not hosts:
+        raise ConfigError(f"--hostfile {path}: no hosts in it")
+    return hosts
+
+
+def local_rank_limit(device: Device) -> tuple[int, str]:
+    """The most ranks one machine can run, and why: GPUs on CUDA, CPU cores on CPU."""
+    if device is Device.CUDA:
+        import torch
+
+        return torch.cuda.device_count(), "CUDA devices"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return cores, "CPU cores (one rank per core)"
+
+
+def pick_device(device: str) -> Device:
+    try:
+        wanted = Device(device)
+    except ValueError:
+        raise ConfigError(f"--device {device!r} is not valid; choose one of "
+                          f"{', '.join(d.value for d in Device)}") from None
+    import torch
+
+    if wanted is Device.CUDA and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+    if wanted is Device.AUTO:
+        return Device.CUDA if torch.cuda.is_available() else Device.CPU
+    return wanted
+
+
+def _choice(enum_cls, value: str, option: str, allowed=None):
+    allowed = tuple(allowed or enum_cls)
+    try:
+        member = enum_cls(value)
+    except ValueError:
+        member = None
+    if member not in allowed:
+        raise ConfigError(f"{option} {value!r}: choose one of "
+                          f"{', '.join(m.value for m in allowed)}")
+    return member
+
+
+def _check_card(cfg: ModelConfig) -> None:
+    if cfg.vae_downsample != 1 or cfg.in_channels != 3:
+        raise ConfigError(
+            f"{cfg.name}: launch trains in pixel space (RGB, no VAE); this card has "
+            f"{cfg.in_channels} input channels and vae_downsample {cfg.vae_downsample}. "
+            "Use a card of the cpu family, e.g. nano-ec8")
+    if cfg.conditioning.value != "text" or cfg.text_dim != 384:
+        raise ConfigError(f"{cfg.name}: launch needs text conditioning with 384-d tokens "
+                          "(all-MiniLM-L6-v2); use a card of the cpu family")
+
+
+def _check_moe(cfg: ModelConfig, req: LaunchRequest, tc_impl: TCImpl) -> None:
+    """What depends on the model's experts (the layout's own rules are ParallelLayout's)."""
+    if tc_impl is TCImpl.DEEPSPEED and cfg.ffn.kind is not FFNKind.TOKEN_CHOICE:
+        raise ConfigError(f"--tc-impl deepspeed applies to token-choice cards; {cfg.name} is "
+                          f"{cfg.ffn.kind.value}")
+    if not cfg.ffn.is_moe:
+        if req.ep != 1:
+            raise ConfigError(f"--ep {req.ep}: {cfg.name} is dense (no experts); use --ep 1")
+        return
+    # ZeRO-3 with MoE: to be replaced by config's one ZeRO-stage rule when it lands
+    if req.zero == 3:
+        raise ConfigError(f"--zero 3 with MoE model {cfg.name}: DeepSpeed-MoE does not support "
+                          "ZeRO-3 (it partitions parameters over the data-parallel group, experts "
+                          "need the expert-data-parallel group); use --zero 0, 1 or 2")
+    e = cfg.ffn.num_experts
+    if isinstance(req.ep, int) and req.ep >= 1 and e % req.ep:
+        raise ConfigError(f"--ep {req.ep} does not divide the {e} experts of {cfg.name}; "
+                          f"choose among {', '.join(str(d) for d in divisors(e))}")
+    tokens = req.micro_batch * cfg.tokens_per_image
+    if isinstance(req.micro_batch, int) and tokens % cfg.routing_group_tokens:
+        raise ConfigError(f"--micro-batch {req.micro_batch}: {tokens} image tokens do not split "
+                          f"into routing groups of {cfg.routing_group_tokens}")
+
+
+def _world(req: LaunchRequest, device: Device) -> int:
+    """Machines x ranks per machine, checked against the hostfile or this machine."""
+    if not req.hostfile:
+        limit, what = local_rank_limit(device)
+        if req.nproc > limit:
+            raise ConfigError(f"--nproc {req.nproc} exceeds this machine's {limit} {what}; "
+                              f"use --nproc <= {limit}, or --hostfile for several machines")
+        return 1
+    hosts = parse_hostfile(req.hostfile)
+    fewest = min(hosts.values())
+    if req.nproc > fewest:
+        raise ConfigError(f"--nproc {req.nproc}: the hostfile gives as few as {fewest} slots "
+                          "on a host; with --hostfile, --nproc is ranks per host")
+    return len(hosts)
+
+
+def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
+              old: RunSettings | None) -> RunSettings:
+    # defaults scale with --steps; a resume (perhaps with more steps) keeps the run's own
+    warmup = (req.warmup_steps if req.warmup_steps is not None else
+              old.warmup_steps if old else min(100, req.steps // 10))
+    every = (req.checkpoint_every if req.checkpoint_every is not None else
+             old.checkpoint_every if old else max(1, req.steps // 4))
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"--checkpoint-every {every!r}: must be an integer >= 1")
+    try:
+        return RunSettings.build(
+            card=req.card, model_name=cfg.name, steps=req.steps, nodes=nodes,
+            nproc_per_node=req.nproc, ep=req.ep if cfg.ffn.is_moe else 1, zero=req.zero,
+            micro_batch=req.micro_batch, grad_accum=req.grad_accum, dataset=req.dataset,
+            data_limit=req.data_limit, holdout=req.holdout, seed=req.seed, lr=req.lr,
+            warmup_steps=warmup, optimizer=req.optimizer,
+            precision=Precision.BF16 if device is Device.CUDA else Precision.FP32,
+            device=device, checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
+            track_memory=req.track_memory, tc_impl=req.tc_impl)
+    except ConfigError as exc:  # name the launch option, not the config field
+        field_ = str(exc).split(" ", 1)[0]
+        raise ConfigError(f"{OPTION_OF[field_]}: {exc}" if field_ in OPTION_OF else str(exc)) \
+            from None
+
+
+def check_request(req: LaunchRequest) -> CheckedRequest:
+    """Validate everything a launch needs; raise ConfigError with one actionable line."""
+    cfg = resolve_card(req.card)
+    _check_card(cfg)
+    if req.dataset not in DATASETS:
+        raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
+                          f"{', '.join(DATASETS)}")
+    # integers only a launch has (the layout and training configs check their own)
+    for name in ("nproc", "grad_accum", "keep_checkpoints"):
+        v = getattr(req, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} = {v!r}: must be an integer >= 1")
+    _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
+    tc_impl = _choice(TCImpl, req.tc_impl, "--tc-impl")
+    _check_moe(cfg, req, tc_impl)
+    device = pick_device(req.device)
+    nodes = _world(req, device)
+    if req.data_limit is not None and req.data_limit < 2 * req.holdout + 1:
+        raise ConfigError(f"--limit {req.data_limit}: keep more than twice the {req.holdout} "
+                          "held-out samples")
+    if req.stop_after is not None and not 1 <= req.stop_after:
+        raise ConfigError("--stop-after must be >= 1")
+
+    given = RunDir(req.out) if req.out else None
+    old = given.settings() if req.resume and given and given.exists() else None
+    settings = _settings(req, cfg, device, nodes, old)
+    rd = given or RunDir(default_run_dir(settings))
+    if not req.resume:
+        if rd.exists() or rd.metrics.exists():
+            raise ConfigError(f"{rd.path} already holds a run; pass --resume to continue it or "
+                              "choose another --out")
+        return CheckedRequest(cfg, settings, rd, None)
+    if not rd.exists():
+        raise ConfigError(f"--resume: {rd.path} holds no run to resume (no run.json)")
+    pid = rd.running_pid()
+    if pid is not None:
+        raise ConfigError(f"--resume: {rd.path} is still running (rank 0 is pid {pid}); "
+                          "stop it first")
+    old_flat, new_flat = rd.settings().to_dict(), settings.to_dict()
+    for name in RunSettings.FIXED:
+        if old_flat[name] != new_flat[name]:
+            raise ConfigError(f"--resume: {name} was {old_flat[name]!r} in {rd.path}, now "
+                              f"{new_flat[name]!r}; resume with the original settings")
+    point = rd.resume_point()
+    if point.step >= settings.steps:
+        raise ConfigError(f"--resume: {rd.path} already finished {point.step} steps; "
+                          f"raise --steps above {point.step} to train further")
+    return CheckedRequest(cfg, settings, rd, point)
+
+
+def default_run_dir(s: RunSettings) -> Path:
+    return Path("runs") / f"{s.model_name}-w{s.world}-ep{s.ep}-z{s.zero}-{s.dataset}-s{s.seed}"
+
+
+# LaunchRequest field -> its CLI option (those a resume must repeat when not the default)
+RESUME_OPTIONS = {"nproc": "--nproc", "steps": "--steps", "ep": "--ep", "zero": "--zero",
+                  "micro_batch": "--micro-batch", "grad_accum": "--grad-accum",
+                  "dataset": "--dataset", "data_limit": "--limit", "holdout": "--holdout",
+                  "hostfile": "--hostfile", "seed": "--seed", "lr": "--lr",
+                  "warmup_steps": "--warmup", "optimizer": "--optimizer",
+                  "checkpoint_every": "--checkpoint-every", "device": "--device",
+                  "tc_impl": "--tc-impl"}
+
+
+def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:
+    """The exact command that continues this launch: its options, --out and --resume."""
+    import shlex
+
+    defaults = {f.name: f.default for f in fields(LaunchRequest)}
+    args = ["ecdit-scale", "launch", req.card]
+    for name, option in RESUME_OPTIONS.items():
+        value = getattr(req, name)
+        if name in ("nproc", "steps") or value != defaults[name]:
+            args += [option, str(value)]
+    if not req.track_memory:
+        args.append("--no-track-memory")
+    return shlex.join(args + ["--out", str(run_dir), "--resume"])
