@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ModelConfig, save_model_config
+from ..config import ModelConfig, Precision, save_model_config
+from ..planner.deepspeed_config import deepspeed_launch_command
 from .process import ForwardSignals, end_group, start_group
-from ..config import Precision
 from .records import Device, RunDir, RunSettings, read_jsonl, write_json
 from .request import LaunchRequest, check_request, resume_command
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-WORKER_MODULE = "ecdit_scale.train.worker"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,20 +169,17 @@ def free_port() -> int:
 
 def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
                      resume_from: str | None, stop_after: int | None) -> list[str]:
-    """The ``deepspeed`` launcher command that starts the worker on every rank.
-
-    (planner.plan.launch_command builds the same command for a plan; when the planner offers
-    one torch-free builder for both, this is the one function to switch over.)"""
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(s.nproc_per_node),
-           "--master_port", str(free_port()), "--no_local_rank"]
-    if hostfile:
-        cmd += ["--hostfile", str(Path(hostfile).resolve())]
-    cmd += ["--module", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
+    """The ``deepspeed`` launcher command that starts the worker on every rank: the planner's
+    builder (the one a plan's launch.sh uses), run with this Python."""
+    worker_args: list[str] = []
     if resume_from is not None:
-        cmd += ["--resume-from", resume_from]
+        worker_args += ["--resume-from", resume_from]
     if stop_after is not None:
-        cmd += ["--stop-after", str(stop_after)]
-    return cmd
+        worker_args += ["--stop-after", str(stop_after)]
+    return deepspeed_launch_command(
+        num_gpus=s.nproc_per_node, run_dir=str(rd.path.resolve()),
+        hostfile=str(Path(hostfile).resolve()) if hostfile else None, master_port=free_port(),
+        launcher=(sys.executable, "-m", "deepspeed.launcher.runner"), worker_args=worker_args)
 
 
 def launcher_env(s: RunSettings) -> dict[str, str]:

@@ -14,9 +14,10 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..config import FFNKind, ModelConfig, Optimizer, Precision, load_model_config
+from ..config import (FFNKind, ModelConfig, Optimizer, Precision, load_model_config,
+                      zero_supports_moe)
 from ..errors import ConfigError
-from ..planner.layouts import divisors
+from ..integers import divisors
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
 
 DATASETS = ("emoji", "shapes")
@@ -158,11 +159,10 @@ def _check_moe(cfg: ModelConfig, req: LaunchRequest, tc_impl: TCImpl) -> None:
         if req.ep != 1:
             raise ConfigError(f"--ep {req.ep}: {cfg.name} is dense (no experts); use --ep 1")
         return
-    # ZeRO-3 with MoE: to be replaced by config's one ZeRO-stage rule when it lands
-    if req.zero == 3:
-        raise ConfigError(f"--zero 3 with MoE model {cfg.name}: DeepSpeed-MoE does not support "
-                          "ZeRO-3 (it partitions parameters over the data-parallel group, experts "
-                          "need the expert-data-parallel group); use --zero 0, 1 or 2")
+    if not zero_supports_moe(req.zero):
+        raise ConfigError(f"--zero {req.zero} with MoE model {cfg.name}: DeepSpeed-MoE does not "
+                          "support ZeRO-3 (it partitions parameters over the data-parallel group, "
+                          "experts need the expert-data-parallel group); use --zero 0, 1 or 2")
     e = cfg.ffn.num_experts
     if isinstance(req.ep, int) and req.ep >= 1 and e % req.ep:
         raise ConfigError(f"--ep {req.ep} does not divide the {e} experts of {cfg.name}; "
