@@ -6,23 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecdit_scale.scaling.fit import (
-    ChinchillaFit,
-    ChinchillaLaw,
-    FitError,
-    PowerLaw,
-    ScalingFit,
-    bootstrap,
+from ecdit_scale.scaling.fit import compute_frontier, fit_run_table
+from ecdit_scale.scaling.formulas import ChinchillaLaw, PowerLaw
+from ecdit_scale.scaling.laws import (
     compute_multiplier,
     compute_optimal,
     fit_chinchilla,
     fit_power_law,
-    fit_run_table,
     held_out_check,
-    load_fit,
     predict,
-    save_fit,
 )
+from ecdit_scale.scaling.results import ChinchillaFit, ScalingFit, load_fit, save_fit
+from ecdit_scale.scaling.robust import FitError, bootstrap_indices
+from ecdit_scale.scaling.shared import fit_shared_power_law
 from ecdit_scale.scaling.table import (
     REQUIRED_COLUMNS,
     RunTableError,
@@ -113,11 +109,12 @@ def test_bootstrap_is_seeded():
 
 
 def test_bootstrap_resamples_rows_with_replacement():
-    rows = np.arange(10)
-    samples = bootstrap(lambda r: tuple(r), [rows], n_boot=50, seed=0)
-    assert len(samples) == 50
-    assert all(set(s) <= set(rows) for s in samples)
-    assert any(len(set(s)) < len(rows) for s in samples)  # duplicates: with replacement
+    samples = bootstrap_indices(10, 50, seed=0)
+    assert samples.shape == (50, 10)
+    assert samples.min() >= 0 and samples.max() < 10
+    assert any(len(set(s)) < 10 for s in samples)  # duplicates: with replacement
+    # resamples with too few distinct runs to identify the constants are dropped
+    assert len(bootstrap_indices(4, 200, seed=0, min_unique=4)) < 200
 
 
 # --- Chinchilla ------------------------------------------------------------------------
@@ -283,8 +280,6 @@ def test_run_table_error_is_a_value_error():
 
 
 def test_frontier_without_budgets_is_the_lower_envelope():
-    from ecdit_scale.scaling.fit import compute_frontier
-
     runs = pd.DataFrame({
         "name": ["small-1", "small-2", "big-1", "big-2", "small-3"],
         "compute_flops": [1.0, 2.0, 2.5, 5.0, 4.0],
@@ -294,8 +289,6 @@ def test_frontier_without_budgets_is_the_lower_envelope():
 
 
 def test_shared_exponent_fit_recovers_a_known_multiplier():
-    from ecdit_scale.scaling.shared import fit_shared_power_law
-
     rng = np.random.default_rng(3)
     E, alpha = 0.2, 0.3
     C = np.geomspace(1e12, 1e14, 8)
@@ -314,8 +307,6 @@ def test_shared_exponent_fit_recovers_a_known_multiplier():
 
 
 def test_shared_fit_round_trips_in_the_saved_fit(tmp_path):
-    from ecdit_scale.scaling.fit import fit_run_table, load_fit, save_fit
-
     rng = np.random.default_rng(1)
     rows = []
     for kind, mult in (("dense", 1.0), ("expert-choice", 1.5)):

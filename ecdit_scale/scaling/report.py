@@ -20,8 +20,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..units import format_number
-from .fit import Interval, ScalingFit, compute_frontier, predict_band
-from .table import atomic_output
+from ..files import atomic_output
+from .fit import compute_frontier
+from .formulas import Interval
+from .laws import predict_band
+from .results import ScalingFit
 
 DEFAULT_TITLE = "EC-DiT scaling report"
 KIND_COLORS = {"dense": "tab:blue", "token-choice": "tab:orange", "expert-choice": "tab:green"}
