@@ -156,28 +156,37 @@ def _default_plan_compute() -> float:
 
 
 def _print_fit(result) -> None:
+    from ..scaling.formulas import unidentified
+
+    def cell(value, iv):
+        why = unidentified(value, iv)
+        if why:
+            return f"not identified\n({why})"
+        return f"{value!r}" + (f"\n[{iv.lo:.4g}, {iv.hi:.4g}]" if iv else "")
+
+    def with_ci(value, iv, label="CI"):
+        why = unidentified(value, iv)
+        if why:
+            return f"not identified (the data are consistent with {why})"
+        return f"{value:.3g}x" + (f" ({label} {iv.lo:.3g}-{iv.hi:.3g})" if iv else "")
+
     t = Table(title="L(C) = E + A * C^-alpha per FFN kind (constants unrounded; 95% bootstrap CI)")
     for col in ("kind", "runs", "E", "A", "alpha", "held-out error"):
         t.add_column(col)
     for kind, f in result.power_laws.items():
-        ci = f.ci
-        def cell(name, value):
-            iv = ci.get(name)
-            return f"{value!r}" + (f"\n[{iv.lo:.4g}, {iv.hi:.4g}]" if iv else "")
         ho = result.held_out.get(kind)
-        t.add_row(kind, str(f.n_runs), cell("E", f.law.E), cell("A", f.law.A),
-                  cell("alpha", f.law.alpha),
+        t.add_row(kind, str(f.n_runs), *(cell(getattr(f.law, n), f.ci.get(n))
+                                         for n in ("E", "A", "alpha")),
                   f"{ho.max_abs_relative_error:.2%}" if ho else "n/a")
     console.print(t)
     for base in ("dense", "token-choice"):
         m = result.shared_multiplier("expert-choice", base)
         if m is not None:
-            iv = f" (95% CI {m.interval.lo:.3g}-{m.interval.hi:.3g})" if m.interval else ""
-            console.print(f"[bold]compute multiplier expert-choice over {base}: {m.value:.3g}x{iv}[/] "
+            console.print(f"[bold]compute multiplier expert-choice over {base}: "
+                          f"{with_ci(m.value, m.interval, '95% CI')}[/] "
                           f"(shared E={result.shared.law.E:.4g}, alpha={result.shared.law.alpha:.4g})")
     for m in result.multipliers:
-        iv = f" (CI {m.interval.lo:.3g}-{m.interval.hi:.3g})" if m.interval else ""
-        val = f"{m.value:.3g}x{iv}" if m.defined else f"undefined: {m.note}"
+        val = with_ci(m.value, m.interval) if m.defined else m.note
         console.print(f"per-kind fits, {m.kind} over {m.baseline_kind}: {val}")
     for e in result.extrapolations:
         p = e.prediction
@@ -185,7 +194,7 @@ def _print_fit(result) -> None:
         console.print(f"extrapolated {e.kind} loss at {p.compute_flops:.3g} FLOPs: {p.loss:.4g}{iv} "
                       f"[{p.compute_flops / result.max_compute_flops:.2g}x beyond the largest run]")
     for n in result.notes:
-        console.print(f"note: {n}", style="dim")
+        console.print(f"note: {n}", style="dim", highlight=False)
 
 
 @app.command()

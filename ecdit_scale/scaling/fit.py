@@ -14,11 +14,11 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from .formulas import DEFAULT_LEVEL
+from .formulas import DEFAULT_LEVEL, identification
 from .laws import (MIN_RUNS_POWER_LAW, compute_multiplier, compute_optimal, fit_chinchilla,
                    fit_power_law, flops_per_param_token, held_out_check, predict)
 from .results import Extrapolation, Multiplier, ScalingFit
-from .robust import FitError, Progress
+from .robust import MIN_LOG_LOSS_SPREAD, FitError, Progress
 from .shared import fit_shared_power_law
 from .table import FFN_KINDS, RunTableError, validate_run_table
 
@@ -75,11 +75,13 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
     step("shared-exponent fit")
     shared = _shared_fit(df, kinds, loss_column, n_boot=n_boot, seed=seed, level=level,
                          notes=notes)
+    multipliers = _expert_choice_multipliers(power_laws, max_compute_flops, notes)
+    notes += _identification_notes(power_laws, chinchilla, shared, multipliers)
     result = ScalingFit(
         loss_column=loss_column, level=level, n_boot=n_boot, seed=seed, kinds=kinds,
         max_compute_flops=max_compute_flops, power_laws=power_laws, chinchilla=chinchilla,
         compute_optimal=optimal, held_out=held_out,
-        multipliers=_expert_choice_multipliers(power_laws, max_compute_flops, notes),
+        multipliers=multipliers,
         extrapolations=_extrapolations(power_laws, extrapolate_to_flops),
         notes=tuple(notes), shared=shared,
     )
@@ -146,11 +148,71 @@ def _expert_choice_multipliers(power_laws, max_compute_flops, notes) -> tuple[Mu
     return tuple(out)
 
 
+def _identification_notes(power_laws, chinchilla, shared, multipliers) -> list[str]:
+    """One note per constant or multiplier whose interval does not pin it down (issue: a
+    zero-width or 0–∞ interval printed as a result)."""
+    notes = []
+    for label, fits in (("L(C)", power_laws), ("Chinchilla L(N, D)", chinchilla)):
+        for kind, f in fits.items():
+            for name, value in f.law.to_dict().items():
+                why = identification(value, f.ci.get(name))
+                if why:
+                    notes.append(f"{label} for {kind}: {name} {why}")
+    if shared is not None:
+        law = shared.law
+        for name, value in [("E", law.E), ("alpha", law.alpha),
+                            *((f"A:{k}", v) for k, v in law.A.items())]:
+            why = identification(value, shared.ci.get(name))
+            if why:
+                notes.append(f"shared-exponent fit: {name} {why}")
+        for base in ("dense", "token-choice"):
+            if "expert-choice" in law.A and base in law.A:
+                m = shared.multiplier("expert-choice", base)
+                why = identification(m.value, m.interval)
+                if why:
+                    notes.append(f"shared-fit multiplier expert-choice over {base}: {why}")
+    for m in multipliers:
+        why = identification(m.value, m.interval) if m.defined else ""
+        if why:
+            notes.append(f"per-kind multiplier {m.kind} over {m.baseline_kind}: {why}")
+    return notes
+
+
 def _extrapolations(power_laws, compute_flops) -> tuple[Extrapolation, ...]:
     if compute_flops is None:
         return ()
     return tuple(Extrapolation(kind=k, prediction=predict(f, compute_flops))
                  for k, f in power_laws.items())
+
+
+def _identification_notes(power_laws, chinchilla, shared, multipliers) -> list[str]:
+    """One note per constant or multiplier whose interval does not pin it down (issue: a
+    zero-width or 0–∞ interval printed as a result)."""
+    notes = []
+    for label, fits in (("L(C)", power_laws), ("Chinchilla L(N, D)", chinchilla)):
+        for kind, f in fits.items():
+            for name, value in f.law.to_dict().items():
+                why = identification(value, f.ci.get(name))
+                if why:
+                    notes.append(f"{label} for {kind}: {name} {why}")
+    if shared is not None:
+        law = shared.law
+        for name, value in [("E", law.E), ("alpha", law.alpha),
+                            *((f"A:{k}", v) for k, v in law.A.items())]:
+            why = identification(value, shared.ci.get(name))
+            if why:
+                notes.append(f"shared-exponent fit: {name} {why}")
+        for base in ("dense", "token-choice"):
+            if "expert-choice" in law.A and base in law.A:
+                m = shared.multiplier("expert-choice", base)
+                why = identification(m.value, m.interval)
+                if why:
+                    notes.append(f"shared-fit multiplier expert-choice over {base}: {why}")
+    for m in multipliers:
+        why = identification(m.value, m.interval) if m.defined else ""
+        if why:
+            notes.append(f"per-kind multiplier {m.kind} over {m.baseline_kind}: {why}")
+    return notes
 
 
 def _extrapolations(power_laws, compute_flops) -> tuple[Extrapolation, ...]:
@@ -173,17 +235,18 @@ def _check_options(n_boot, level, extrapolate_to_flops) -> None:
 
 def _check_fittable(df: pd.DataFrame, kinds, loss_column: str) -> None:
     """One line, before any work, when no fit could come out of the table."""
-    loss = df[loss_column]
-    if loss.nunique() == 1:
-        raise RunTableError(
-            f"run table: {loss_column} is {loss.iat[0]:.6g} in every one of the {len(df)} rows; "
-            "a scaling law needs losses that change with compute")
     sizes = {k: len(compute_frontier(df[df["ffn_kind"] == k], loss_column)) for k in kinds}
     if max(sizes.values()) < MIN_RUNS_POWER_LAW:
         have = ", ".join(f"{k}: {n}" for k, n in sizes.items())
         raise RunTableError(
-            f"run table: too few runs to fit; L(C) needs at least {MIN_RUNS_POWER_LAW} runs on the "
-            f"compute frontier of an FFN kind (with different compute), the table has {have}")
+            f"run table: too few runs to fit; L(C) needs at least {MIN_RUNS_POWER_LAW} runs of one "
+            f"FFN kind on its compute frontier (different compute, falling loss), the table has "
+            f"{have}")
+    loss = df[loss_column].to_numpy()
+    if np.log(loss.max() / loss.min()) < MIN_LOG_LOSS_SPREAD:
+        raise RunTableError(
+            f"run table: {loss_column} is {loss[0]:.6g} in every one of the {len(df)} rows; "
+            "a scaling law needs losses that change with compute")
 
 
 class _Steps:

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..units import format_number
+
 DEFAULT_LEVEL = 0.95
+# An interval of a positive constant that spans more than this factor (or reaches 0 or
+# infinity) does not pin the constant down: the data cannot identify it.
+IDENTIFIED_SPAN = 1e4
 
 
 @dataclass(frozen=True)
@@ -120,3 +125,35 @@ def percentile_interval(samples, level: float = DEFAULT_LEVEL) -> Interval | Non
     lo = np.percentile(x, q, method="lower")
     hi = np.percentile(x, 100 - q, method="higher")
     return Interval(lo=float(lo), hi=float(hi), level=level)
+
+
+def identification(value: float, interval: Interval | None) -> str:
+    """'' when the bootstrap interval of a positive constant pins it down; otherwise why not,
+    e.g. 'not identified: the data are consistent with 0–0.214'."""
+    what = unidentified(value, interval)
+    if not what:
+        return ""
+    if what.startswith("0 in every"):
+        return f"not identified: the fit puts it at its bound 0 ({format_number(value, 3)}) {what[2:]}"
+    return f"not identified: the data are consistent with {what}"
+
+
+def unidentified(value: float, interval: Interval | None) -> str:
+    """'' when the interval pins a positive constant down; otherwise the short reason for a
+    table cell: the range the data are consistent with ('0–0.214', '65–∞'), or '0 in every
+    resample' when the fit drove the constant to its bound 0 each time and no resample could
+    move it (a zero-width interval at next to nothing).
+
+    Not pinned down: the interval reaches infinity or spans more than IDENTIFIED_SPAN."""
+    if interval is None:
+        return ""
+    lo, hi = interval.lo, interval.hi
+    if math.isnan(lo) or math.isnan(hi):
+        return "no resample gave a value"
+    if math.isinf(hi) or math.isinf(lo) or (hi > 0 and lo < hi / IDENTIFIED_SPAN):
+        # the fit puts a constant it cannot resolve at ~1e-15: that is 0
+        low = "0" if lo < 1e-9 else format_number(lo, 3)
+        return f"{low}–{format_number(hi, 3)}"
+    if hi - lo <= 1e-9 * max(abs(value), abs(hi), 1e-300) and abs(value) < 1e-9:
+        return "0 in every resample"
+    return ""

@@ -416,6 +416,8 @@ def load_fit(path) -> ScalingFit:
     """Read a fit written by save_fit; ConfigError naming the file (and field) otherwise."""
     path = Path(path)
     where = f"scaling fit {path}"
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file; write one with `ecdit-scale fit TABLE --out FILE`")
     data = load_yaml_file(path, what="scaling fit")
     if data is None:
         raise ConfigError(f"{where}: empty file; write a fit with `ecdit-scale fit TABLE --out FILE`")

@@ -41,6 +41,8 @@ TERM_SHARES = {1: ((1.0,),), 2: ((0.25, 0.75), (0.5, 0.5), (0.75, 0.25))}
 SAME_OPTIMUM_RTOL = 1e-8
 MAX_POLISHED = 3  # distinct optima polished with scipy after the batched multi-start
 
+MIN_LOG_LOSS_SPREAD = 1e-6  # losses closer than this (relative) are one loss to a fit
+
 # progress(what, done, total): called as work advances, for a caller that shows progress
 Progress = Callable[[str, int, int], None]
 
@@ -186,11 +188,9 @@ def best_of_starts(fun: BatchObjective, starts_RSP: np.ndarray, lower, upper
     problems (problem // S is the resample). Returns each resample's best (theta_RP, f_R);
     f is inf where no start reached a finite optimum. Ties go to the earlier start."""
     n_r, n_s, n_p = starts_RSP.shape
-    theta, f, finished = minimize_batch(fun, starts_RSP.reshape(n_r * n_s, n_p), lower, upper,
-                                        group_B=np.repeat(np.arange(n_r), n_s),
-                                        **_batch_options())
-    for i in np.flatnonzero(~finished):  # still improving after maxiter: let scipy finish it
-        theta[i], f[i] = polish(fun, theta[i], float(f[i]), lower, upper, row=i)
+    # a start still improving after maxiter iterations keeps its last point, as scipy's would
+    theta, f, _ = minimize_batch(fun, starts_RSP.reshape(n_r * n_s, n_p), lower, upper,
+                                 group_B=np.repeat(np.arange(n_r), n_s), **_batch_options())
     f_RS = f.reshape(n_r, n_s)
     best = np.argmin(np.where(np.isfinite(f_RS), f_RS, np.inf), axis=1)
     return theta.reshape(n_r, n_s, n_p)[np.arange(n_r), best], f_RS[np.arange(n_r), best]
@@ -253,4 +253,16 @@ def positive_columns(*columns, min_rows: int, what: str) -> list[np.ndarray]:
         raise FitError(f"{what}: needs at least {min_rows} runs, got {n}")
     if not all(np.all(np.isfinite(a) & (a > 0)) for a in arrays):
         raise FitError(f"{what}: every input must be finite and > 0 (fitted in log space)")
+    check_loss_varies(arrays[-1], what=what)
     return arrays
+
+
+def check_loss_varies(loss, *, what: str) -> None:
+    """FitError when the losses (the last input of every fit) are all but equal: E, A and the
+    exponents then trade off freely, and no optimiser can pick one set."""
+    log_loss = np.log(np.asarray(loss, dtype=float))
+    spread = float(log_loss.max() - log_loss.min())
+    if spread < MIN_LOG_LOSS_SPREAD:
+        raise FitError(f"{what}: the loss is {float(np.exp(log_loss[0])):.6g} in all {len(log_loss)} "
+                       f"runs (spread {spread:.1g} in log); a law needs losses that change with "
+                       "compute, so its constants cannot be identified")

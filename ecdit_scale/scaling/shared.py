@@ -24,8 +24,8 @@ import numpy as np
 
 from .formulas import DEFAULT_LEVEL, SharedPowerLaw, percentile_interval
 from .results import SharedFit
-from .robust import (ALPHA_BOUNDS, HUBER_DELTA, FitError, best_of_starts, huber_of, multistart,
-                     single_threaded_blas)
+from .robust import (ALPHA_BOUNDS, HUBER_DELTA, FitError, best_of_starts, check_loss_varies,
+                     huber_of, multistart, single_threaded_blas)
 
 MIN_RUNS_PER_KIND = 2
 E_FRACTIONS = (0.05, 0.3, 0.6, 0.85, 0.97)
@@ -97,6 +97,8 @@ def fit_shared_power_law(compute_flops, loss, kinds, *, n_boot: int = 200, seed=
         raise FitError(f"shared power-law fit: too few runs per kind ({counts})")
     if not (np.all(np.isfinite(C) & (C > 0)) and np.all(np.isfinite(L) & (L > 0))):
         raise FitError("shared power-law fit: compute and loss must be finite and > 0")
+    for k in names:
+        check_loss_varies(L[labels == k], what=f"shared power-law fit ({k})")
     n_kinds = len(names)
     kind_N = np.array([names.index(k) for k in labels])
     x_ref = float(np.mean(np.log(C)))

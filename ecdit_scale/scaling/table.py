@@ -10,6 +10,7 @@ offending rows, so a user can fix the CSV without reading a traceback.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,8 @@ def _problems(df: pd.DataFrame) -> list[str]:
     for column, hint in _POSITIVE_COLUMNS.items():
         bad = ~(np.isfinite(df[column]) & (df[column] > 0))
         if bad.any():
-            problems.append(f"non-positive {column} in rows {_rows(df, bad)}; {hint}")
+            problems.append(f"missing, non-finite or non-positive {column} in rows "
+                            f"{_rows(df, bad)}; {hint}")
     for column in _LOSS_COLUMNS:
         bad = ~np.isfinite(df[column])
         if bad.any():
@@ -144,13 +146,15 @@ def _rows(df: pd.DataFrame, mask: pd.Series) -> str:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, index_col=False)
+        with warnings.catch_warnings():  # a row longer than the header: an error, not a warning
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, index_col=False)
     except pd.errors.EmptyDataError:
         raise RunTableError(f"run table {path}: empty file; the first line must name the "
                             f"columns {', '.join(REQUIRED_COLUMNS)}") from None
     except UnicodeDecodeError:
         raise RunTableError(f"run table {path}: not a UTF-8 text CSV (binary data?)") from None
-    except (pd.errors.ParserError, ValueError, OSError) as exc:
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RunTableError(f"run table {path}: not a well-formed CSV ({first}); every row "
                             "needs one value per column of the header") from None
