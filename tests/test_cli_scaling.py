@@ -147,9 +147,9 @@ def test_one_row_table_says_how_many_runs_a_fit_needs(tmp_path):
 
 
 def test_fit_json_writes_non_finite_numbers_as_null_with_a_note(capsys):
-    from ecdit_scale.cli.scaling import _print_strict_json
+    from ecdit_scale.cli.scaling import print_strict_json
 
-    _print_strict_json({"value": float("nan"), "interval": {"lo": 0.0, "hi": float("inf")}})
+    print_strict_json({"value": float("nan"), "interval": {"lo": 0.0, "hi": float("inf")}})
     data = strict_json(capsys.readouterr().out)
     assert data["value"] is None and data["interval"]["hi"] is None
     assert "not finite" in data["json_note"]

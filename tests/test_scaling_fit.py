@@ -337,7 +337,7 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
     logx_TN = (np.log(compute_flops) - np.log(compute_flops).mean())[None]
     log_loss_N = np.log(loss)
     theta, _ = fit_terms(logx_TN, log_loss_N, what="test")
-    idx = bootstrap_indices(12, 6, seed=2, min_unique=3)
+    idx = bootstrap_indices(12, 4, seed=2, min_unique=3)
     batched = bootstrap_terms(logx_TN, log_loss_N, idx, theta)
     assert len(batched) == len(idx)
     lower, upper = terms_bounds(1)

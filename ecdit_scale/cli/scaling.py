@@ -107,7 +107,7 @@ def fit(
                            holdout=holdout, progress=stderr_progress("fit"))
     path = save_fit(result, out or table.parent / "fit.yaml")
     if json_out:
-        _print_strict_json({**result.to_dict(), "saved": str(path), "answer": plain_answer(result)})
+        print_strict_json({**result.to_dict(), "saved": str(path), "answer": plain_answer(result)})
         return
     _print_fit(result)
     console.print(plain_answer(result), style="bold")
@@ -136,7 +136,7 @@ def stderr_progress(command: str):
     return show
 
 
-def _print_strict_json(data: dict) -> None:
+def print_strict_json(data: dict) -> None:
     """JSON with NaN and infinities as null, and a note saying so when there were any."""
     if finite_or_none(data) != data:
         data = {**data, "json_note": "null stands for a number that is not finite (NaN or "

@@ -185,43 +185,6 @@ def _extrapolations(power_laws, compute_flops) -> tuple[Extrapolation, ...]:
                  for k, f in power_laws.items())
 
 
-def _identification_notes(power_laws, chinchilla, shared, multipliers) -> list[str]:
-    """One note per constant or multiplier whose interval does not pin it down (issue: a
-    zero-width or 0–∞ interval printed as a result)."""
-    notes = []
-    for label, fits in (("L(C)", power_laws), ("Chinchilla L(N, D)", chinchilla)):
-        for kind, f in fits.items():
-            for name, value in f.law.to_dict().items():
-                why = identification(value, f.ci.get(name))
-                if why:
-                    notes.append(f"{label} for {kind}: {name} {why}")
-    if shared is not None:
-        law = shared.law
-        for name, value in [("E", law.E), ("alpha", law.alpha),
-                            *((f"A:{k}", v) for k, v in law.A.items())]:
-            why = identification(value, shared.ci.get(name))
-            if why:
-                notes.append(f"shared-exponent fit: {name} {why}")
-        for base in ("dense", "token-choice"):
-            if "expert-choice" in law.A and base in law.A:
-                m = shared.multiplier("expert-choice", base)
-                why = identification(m.value, m.interval)
-                if why:
-                    notes.append(f"shared-fit multiplier expert-choice over {base}: {why}")
-    for m in multipliers:
-        why = identification(m.value, m.interval) if m.defined else ""
-        if why:
-            notes.append(f"per-kind multiplier {m.kind} over {m.baseline_kind}: {why}")
-    return notes
-
-
-def _extrapolations(power_laws, compute_flops) -> tuple[Extrapolation, ...]:
-    if compute_flops is None:
-        return ()
-    return tuple(Extrapolation(kind=k, prediction=predict(f, compute_flops))
-                 for k, f in power_laws.items())
-
-
 def _check_options(n_boot, level, extrapolate_to_flops) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot {n_boot!r}: a number of bootstrap resamples >= 0")

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..units import format_number
 from ..files import atomic_output
+from ..units import format_number
 from .fit import compute_frontier
 from .formulas import Interval, unidentified
 from .laws import predict_band

@@ -74,7 +74,7 @@ def huber_terms_objective(theta_BP, logx_BTN, log_loss_BN, delta=HUBER_DELTA):
     w_BTN = np.exp(z_BTN - zmax_BN[:, None])
     sum_BN = w0_BN + w_BTN.sum(axis=1)
     r_BN = zmax_BN + np.log(sum_BN) - log_loss_BN
-    psi_BN, huber_B = _huber(r_BN, delta)
+    psi_BN, huber_B = huber(r_BN, delta)
     n = logx_BTN.shape[2]
     scale = 1.0 / (n * delta**2)
     psi_BN = psi_BN / sum_BN  # softmax weights = d logsumexp / d z, folded into psi
@@ -86,16 +86,11 @@ def huber_terms_objective(theta_BP, logx_BTN, log_loss_BN, delta=HUBER_DELTA):
     return huber_B * scale, grad * scale
 
 
-def _huber(r, delta):
-    """(d huber / d r, sum of huber over the last axis)."""
+def huber(r, delta=HUBER_DELTA):
+    """Huber loss of residuals r: (d huber / d r, the sum of huber over the last axis)."""
     abs_r = np.abs(r)
     huber = np.where(abs_r <= delta, 0.5 * r**2, delta * (abs_r - 0.5 * delta))
     return np.clip(r, -delta, delta), huber.sum(axis=-1)
-
-
-def huber_of(r, delta=HUBER_DELTA):
-    """Huber derivative and sum (the shared-exponent fit builds its objective from these)."""
-    return _huber(r, delta)
 
 
 def grid_starts(logx_TN, log_loss_N) -> list[np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 from .formulas import DEFAULT_LEVEL, SharedPowerLaw, percentile_interval
 from .results import SharedFit
 from .robust import (ALPHA_BOUNDS, HUBER_DELTA, FitError, best_of_starts, check_loss_varies,
-                     huber_of, multistart, single_threaded_blas)
+                     huber, multistart, single_threaded_blas)
 
 MIN_RUNS_PER_KIND = 2
 E_FRACTIONS = (0.05, 0.3, 0.6, 0.85, 0.97)
@@ -42,7 +42,7 @@ def shared_objective(theta_BP, x_BN, onehot_BNK, log_loss_BN):
     w0, w1 = np.exp(e_B1 - zmax), np.exp(z1 - zmax)
     total = w0 + w1
     r = zmax + np.log(total) - log_loss_BN
-    psi, huber_B = huber_of(r)
+    psi, huber_B = huber(r)
     scale = 1.0 / (x_BN.shape[1] * HUBER_DELTA**2)
     w0, w1 = w0 / total, w1 / total
     grad = np.empty_like(theta_BP)
