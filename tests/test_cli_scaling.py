@@ -37,7 +37,7 @@ def test_fit_then_report(tmp_path):
     table = synthetic_table(tmp_path / "runs.csv")
     out = run_cli("fit", str(table), "--n-boot", "40", "--json")
     assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+    data = strict_json(out.stdout)
     assert Path(data["saved"]).is_file()
     ec = next(m for m in data["multipliers"]
               if m["kind"] == "expert-choice" and m["baseline_kind"] == "dense")
@@ -45,7 +45,7 @@ def test_fit_then_report(tmp_path):
     assert data["extrapolations"]  # to the 97B plan's compute by default
     out = run_cli("report", str(table), "--json")
     assert out.returncode == 0, out.stderr
-    html = Path(json.loads(out.stdout)["html"]).read_text()
+    html = Path(strict_json(out.stdout)["html"]).read_text()
     assert html.count("data:image/png;base64,") >= 3
 
 
@@ -68,3 +68,81 @@ def test_plan_shows_the_predicted_loss_of_the_reference_fit():
     loss = json.loads(out.stdout)["predicted_loss"]
     assert loss is not None and loss["interval"][0] <= loss["loss"] <= loss["interval"][1]
     assert "reference" in loss["source"] and loss["extrapolation_factor"] > 1
+
+
+def one_line_error(out, *needles):
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for needle in needles:
+        assert needle in out.stderr, (needle, out.stderr)
+
+
+def strict_json(text: str):
+    def reject(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+    return json.loads(text, parse_constant=reject)
+
+
+def test_report_json_without_a_fit_prints_only_json_on_stdout(tmp_path):
+    table = synthetic_table(tmp_path / "runs.csv")
+    df = pd.read_csv(table)
+    df[df.ffn_kind == "dense"].head(4).to_csv(table, index=False)  # L(C) only: quick
+    out = run_cli("report", str(table), "--json", "--out", str(tmp_path / "rep"))
+    assert out.returncode == 0, out.stderr
+    assert Path(strict_json(out.stdout)["html"]).is_file()
+    assert "fitting now" in out.stderr
+
+
+def test_missing_or_broken_fit_files_are_errors_not_a_refit(tmp_path):
+    table = synthetic_table(tmp_path / "runs.csv")
+    one_line_error(run_cli("report", str(table), "--fit", str(tmp_path / "nope.yaml")),
+                   "nope.yaml", "no such file")
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("format: ecdit-scale/scaling-fit/v1\nloss_column: smoothed_loss\n")
+    one_line_error(run_cli("report", str(table), "--fit", str(partial)), "partial.yaml",
+                   "missing field 'level'")
+    one_line_error(run_cli("plan", "--no-write", "--fit", str(partial)), "partial.yaml",
+                   "missing field")
+    (tmp_path / "empty.yaml").write_text("")
+    one_line_error(run_cli("plan", "--no-write", "--fit", str(tmp_path / "empty.yaml")),
+                   "empty.yaml", "empty file")
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_fit_rejects_a_non_positive_or_non_finite_extrapolation_target(tmp_path, value):
+    table = synthetic_table(tmp_path / "runs.csv")
+    one_line_error(run_cli("fit", str(table), "--extrapolate-to", value),
+                   "--extrapolate-to", "finite and > 0")
+    assert not (tmp_path / "fit.yaml").exists()
+
+
+def test_one_row_table_says_how_many_runs_a_fit_needs(tmp_path):
+    table = synthetic_table(tmp_path / "runs.csv")
+    pd.read_csv(table).head(1).to_csv(table, index=False)
+    one_line_error(run_cli("fit", str(table)), "needs at least 3 runs", "dense: 1")
+
+
+def test_fit_json_writes_non_finite_numbers_as_null_with_a_note(capsys):
+    from ecdit_scale.cli.scaling import print_strict_json
+
+    print_strict_json({"value": float("nan"), "interval": {"lo": 0.0, "hi": float("inf")}})
+    data = strict_json(capsys.readouterr().out)
+    assert data["value"] is None and data["interval"]["hi"] is None
+    assert "not finite" in data["json_note"]
+
+
+def test_progress_goes_to_stderr_once_work_takes_a_while(monkeypatch, capsys):
+    import ecdit_scale.cli.scaling as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_AFTER_S", 0.0)
+    show = cli.stderr_progress("fit")
+    show("L(C) for dense", 0, 2)
+    show("done", 2, 2)
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "fit: L(C) for dense (1/2" in out.err and "fit: done in" in out.err
+    monkeypatch.setattr(cli, "PROGRESS_AFTER_S", 1e9)
+    quick = cli.stderr_progress("fit")
+    quick("L(C) for dense", 0, 2)
+    quick("done", 2, 2)
+    assert capsys.readouterr().err == ""  # quick work prints nothing

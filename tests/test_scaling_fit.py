@@ -6,23 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecdit_scale.scaling.fit import (
-    ChinchillaFit,
-    ChinchillaLaw,
-    FitError,
-    PowerLaw,
-    ScalingFit,
-    bootstrap,
+from ecdit_scale.scaling.fit import compute_frontier, fit_run_table
+from ecdit_scale.scaling.formulas import ChinchillaLaw, PowerLaw
+from ecdit_scale.scaling.laws import (
     compute_multiplier,
     compute_optimal,
     fit_chinchilla,
     fit_power_law,
-    fit_run_table,
     held_out_check,
-    load_fit,
     predict,
-    save_fit,
 )
+from ecdit_scale.scaling.results import ChinchillaFit, ScalingFit, load_fit, save_fit
+from ecdit_scale.scaling.robust import FitError, bootstrap_indices
+from ecdit_scale.scaling.shared import fit_shared_power_law
 from ecdit_scale.scaling.table import (
     REQUIRED_COLUMNS,
     RunTableError,
@@ -113,11 +109,12 @@ def test_bootstrap_is_seeded():
 
 
 def test_bootstrap_resamples_rows_with_replacement():
-    rows = np.arange(10)
-    samples = bootstrap(lambda r: tuple(r), [rows], n_boot=50, seed=0)
-    assert len(samples) == 50
-    assert all(set(s) <= set(rows) for s in samples)
-    assert any(len(set(s)) < len(rows) for s in samples)  # duplicates: with replacement
+    samples = bootstrap_indices(10, 50, seed=0)
+    assert samples.shape == (50, 10)
+    assert samples.min() >= 0 and samples.max() < 10
+    assert any(len(set(s)) < 10 for s in samples)  # duplicates: with replacement
+    # resamples with too few distinct runs to identify the constants are dropped
+    assert len(bootstrap_indices(4, 200, seed=0, min_unique=4)) < 200
 
 
 # --- Chinchilla ------------------------------------------------------------------------
@@ -283,8 +280,6 @@ def test_run_table_error_is_a_value_error():
 
 
 def test_frontier_without_budgets_is_the_lower_envelope():
-    from ecdit_scale.scaling.fit import compute_frontier
-
     runs = pd.DataFrame({
         "name": ["small-1", "small-2", "big-1", "big-2", "small-3"],
         "compute_flops": [1.0, 2.0, 2.5, 5.0, 4.0],
@@ -294,8 +289,6 @@ def test_frontier_without_budgets_is_the_lower_envelope():
 
 
 def test_shared_exponent_fit_recovers_a_known_multiplier():
-    from ecdit_scale.scaling.shared import fit_shared_power_law
-
     rng = np.random.default_rng(3)
     E, alpha = 0.2, 0.3
     C = np.geomspace(1e12, 1e14, 8)
@@ -314,8 +307,6 @@ def test_shared_exponent_fit_recovers_a_known_multiplier():
 
 
 def test_shared_fit_round_trips_in_the_saved_fit(tmp_path):
-    from ecdit_scale.scaling.fit import fit_run_table, load_fit, save_fit
-
     rng = np.random.default_rng(1)
     rows = []
     for kind, mult in (("dense", 1.0), ("expert-choice", 1.5)):
@@ -329,3 +320,151 @@ def test_shared_fit_round_trips_in_the_saved_fit(tmp_path):
     assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(
         fit.shared_multiplier("expert-choice", "dense").value)
     assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(1.5, rel=0.1)
+
+
+# --- the batched engine, progress, identification -----------------------------------------
+
+
+def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
+    """Every batched refit reaches the optimum scipy's L-BFGS-B finds from the same starts."""
+    from scipy.optimize import minimize
+
+    from ecdit_scale.scaling.robust import (LBFGS_OPTIONS, bootstrap_terms, fit_terms,
+                                            grid_starts, huber_terms_objective, terms_bounds,
+                                            thinned)
+
+    compute_flops, loss = power_law_data(n_runs=12, seed=5, noise=0.01)
+    logx_TN = (np.log(compute_flops) - np.log(compute_flops).mean())[None]
+    log_loss_N = np.log(loss)
+    theta, _ = fit_terms(logx_TN, log_loss_N, what="test")
+    idx = bootstrap_indices(12, 4, seed=2, min_unique=3)
+    batched = bootstrap_terms(logx_TN, log_loss_N, idx, theta)
+    assert len(batched) == len(idx)
+    lower, upper = terms_bounds(1)
+    bounds = list(zip([None, None, lower[2]], [None, None, upper[2]]))
+    for theta_b, rows in zip(batched, idx):
+        x, y = logx_TN[:, rows][None], log_loss_N[rows][None]
+
+        def one(t):
+            f, g = huber_terms_objective(t[None], x, y)
+            return float(f[0]), g[0]
+
+        best = min(minimize(one, t0, jac=True, method="L-BFGS-B", bounds=bounds,
+                            options=LBFGS_OPTIONS).fun
+                   for t0 in [theta, *thinned(grid_starts(x[0], y[0]))])
+        assert one(theta_b)[0] <= best * (1 + 1e-8)
+
+
+def test_fit_run_table_reports_progress_in_order():
+    calls = []
+    df = run_table(n_per_kind=4)
+    fit_run_table(df, n_boot=2, progress=lambda what, done, total: calls.append((what, done, total)))
+    total = calls[0][2]
+    assert [c[1] for c in calls] == list(range(total)) + [total]
+    assert calls[-1][0] == "done" and calls[0][0] == "L(C) for dense"
+
+
+def test_unidentified_constants_are_named_not_given_an_interval():
+    from ecdit_scale.scaling.formulas import Interval, identification, unidentified
+
+    assert identification(2.6e-14, Interval(3.9e-15, 0.214)) == (
+        "not identified: the data are consistent with 0–0.214")
+    assert unidentified(2.0, Interval(0.0, math.inf)) == "0–∞"
+    assert "bound 0" in identification(1.3e-17, Interval(1.3e-17, 1.3e-17))
+    assert identification(1.58, Interval(0.99, 2.16)) == ""  # a real interval stays one
+    assert identification(1.7, None) == ""
+
+
+def test_fit_notes_name_an_irreducible_loss_the_data_cannot_see():
+    # E = 0 and a steep law: the data cannot tell E from 0
+    compute_flops = np.logspace(12, 14, 10)
+    loss = noisy(PowerLaw(E=1e-9, A=50.0, alpha=0.2).loss(compute_flops), seed=3, noise=0.01)
+    df = pd.DataFrame({"name": [f"r{i}" for i in range(10)], "ffn_kind": "dense",
+                       "params": 1e6, "active_params": 1e6, "images_seen": 1e3,
+                       "tokens_seen": compute_flops / 6e6, "compute_flops": compute_flops,
+                       "final_loss": loss, "smoothed_loss": loss})
+    fit = fit_run_table(df, n_boot=30)
+    assert any(n.startswith("L(C) for dense: E not identified") for n in fit.notes), fit.notes
+
+
+# --- inputs no fit can use: one line, quickly ----------------------------------------------
+
+
+def test_constant_loss_table_is_one_line_not_a_long_fit():
+    df = run_table(n_per_kind=4).assign(smoothed_loss=0.5)
+    message = str(pytest.raises(RunTableError, fit_run_table, df, n_boot=5).value)
+    assert "smoothed_loss is 0.5 in every one of the 8 rows" in message and "\n" not in message
+
+
+def test_constant_loss_of_one_kind_skips_its_fits_with_a_note():
+    df = run_table(n_per_kind=5)
+    df.loc[df.ffn_kind == "dense", "smoothed_loss"] = 0.5
+    fit = fit_run_table(df, n_boot=5)
+    assert "dense" not in fit.power_laws and "expert-choice" in fit.power_laws
+    assert any("power law L(C) for dense" in n and "cannot be identified" in n for n in fit.notes)
+
+
+def test_one_row_table_says_how_many_runs_a_fit_needs():
+    message = str(pytest.raises(RunTableError, fit_run_table, run_table(n_per_kind=1)).value)
+    assert "needs at least 3 runs" in message and "dense: 1" in message
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), float("inf")])
+def test_extrapolation_target_must_be_a_positive_finite_compute(value):
+    with pytest.raises(ValueError, match="finite number > 0"):
+        fit_run_table(run_table(n_per_kind=4), n_boot=0, extrapolate_to_flops=value)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "empty file"),
+    ("a: [1, 2\n", "malformed YAML"),
+    ("just words\n", "not a mapping"),
+    ("format: something-else\n", "field format"),
+    ("format: ecdit-scale/scaling-fit/v1\nloss_column: smoothed_loss\n", "missing field 'level'"),
+])
+def test_bad_fit_files_are_one_line_naming_the_file(tmp_path, text, needle):
+    from ecdit_scale.errors import ConfigError
+
+    path = write(tmp_path / "fit.yaml", text)
+    message = str(pytest.raises(ConfigError, load_fit, path).value)
+    assert str(path) in message and needle in message and "\n" not in message
+
+
+def test_a_fit_file_with_a_damaged_law_names_the_field(tmp_path, table_fit):
+    import yaml
+
+    from ecdit_scale.errors import ConfigError
+
+    data = table_fit.to_dict()
+    del data["power_laws"]["dense"]["law"]["alpha"]
+    path = write(tmp_path / "fit.yaml", yaml.safe_dump(data))
+    message = str(pytest.raises(ConfigError, load_fit, path).value)
+    assert "power_laws.dense" in message and "'alpha'" in message
+    assert "no such file" in str(pytest.raises(ConfigError, load_fit, tmp_path / "nope").value)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "empty file"),
+    ("name,ffn_kind\na,dense,extra\n", "not a well-formed CSV"),
+    (None, "not a UTF-8 text CSV"),
+])
+def test_unreadable_csv_is_one_line_naming_the_file(tmp_path, text, needle):
+    path = tmp_path / "runs.csv"
+    if text is None:
+        path.write_bytes(b"name,ffn_kind\n\xff\xfe\xae,dense\n")
+    else:
+        path.write_text(text)
+    message = str(pytest.raises(RunTableError, load_run_table, path).value)
+    assert str(path) in message and needle in message and "\n" not in message
+
+
+def test_every_row_longer_than_the_header_is_an_error_not_dropped_data(tmp_path):
+    df = run_table(n_per_kind=3)
+    lines = df.to_csv(index=False).splitlines()
+    path = write(tmp_path / "runs.csv", "\n".join([lines[0]] + [l + ",x" for l in lines[1:]]))
+    assert "not a well-formed CSV" in str(pytest.raises(RunTableError, load_run_table, path).value)

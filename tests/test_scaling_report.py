@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecdit_scale.scaling.fit import Interval, Multiplier, ScalingFit, fit_run_table
+from ecdit_scale.scaling.fit import fit_run_table
+from ecdit_scale.scaling.formulas import Interval
+from ecdit_scale.scaling.results import Multiplier, ScalingFit
 from ecdit_scale.scaling.report import plain_answer, write_report
 
 IMG_TAG = re.compile(r"<img\b[^>]*>")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +13,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import ConfigError
-from .common import app, console, print_json
+from ..files import finite_or_none, strict_json
+from .common import app, console, err_console, print_json
+
+PROGRESS_AFTER_S = 2.0  # fits quicker than this print no progress
 
 
 def _csv_list(text: str, option: str) -> tuple[str, ...]:
@@ -83,23 +89,59 @@ def fit(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit L(C) = E + A C^-alpha and L(N, D) per FFN kind, with bootstrap intervals."""
-    from ..scaling.fit import fit_run_table, save_fit
+    from ..scaling.fit import fit_run_table
     from ..scaling.report import plain_answer
+    from ..scaling.results import save_fit
     from ..scaling.table import load_run_table
 
-    df = load_run_table(table)
     if n_boot < 0:
         raise ConfigError(f"--n-boot {n_boot}: must be >= 0")
+    if holdout < 1:
+        raise ConfigError(f"--holdout {holdout}: a number of runs >= 1")
+    if extrapolate_to is not None and not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
+        raise ConfigError(f"--extrapolate-to {extrapolate_to}: a compute in FLOPs, finite and > 0 "
+                          "(e.g. 1e21)")
+    df = load_run_table(table)
     target = extrapolate_to if extrapolate_to is not None else _default_plan_compute()
     result = fit_run_table(df, n_boot=n_boot, seed=seed, extrapolate_to_flops=target,
-                           holdout=holdout, progress=not json_out)
+                           holdout=holdout, progress=stderr_progress("fit"))
     path = save_fit(result, out or table.parent / "fit.yaml")
     if json_out:
-        print_json({**result.to_dict(), "saved": str(path), "answer": plain_answer(result)})
+        print_strict_json({**result.to_dict(), "saved": str(path), "answer": plain_answer(result)})
         return
     _print_fit(result)
     console.print(plain_answer(result), style="bold")
     console.print(f"saved {path}; plot it with: ecdit-scale report {table} --fit {path}")
+
+
+def stderr_progress(command: str):
+    """A progress callback for the scaling library: one line on stderr per step, once the work
+    has taken more than PROGRESS_AFTER_S seconds (whether or not stdout is a terminal)."""
+    start = time.monotonic()
+    shown = False
+
+    def show(what: str, done: int, total: int) -> None:
+        nonlocal shown
+        elapsed = time.monotonic() - start
+        if elapsed < PROGRESS_AFTER_S:
+            return
+        if what == "done":
+            if shown:
+                print(f"{command}: done in {elapsed:.1f} s", file=sys.stderr, flush=True)
+            return
+        shown = True
+        print(f"{command}: {what} ({done + 1}/{total}, {elapsed:.1f} s)", file=sys.stderr,
+              flush=True)
+
+    return show
+
+
+def print_strict_json(data: dict) -> None:
+    """JSON with NaN and infinities as null, and a note saying so when there were any."""
+    if finite_or_none(data) != data:
+        data = {**data, "json_note": "null stands for a number that is not finite (NaN or "
+                                     "infinity), e.g. an undefined multiplier or interval bound"}
+    sys.stdout.write(strict_json(data) + "\n")
 
 
 def _default_plan_compute() -> float:
@@ -114,28 +156,37 @@ def _default_plan_compute() -> float:
 
 
 def _print_fit(result) -> None:
+    from ..scaling.formulas import unidentified
+
+    def cell(value, iv):
+        why = unidentified(value, iv)
+        if why:
+            return f"not identified\n({why})"
+        return f"{value!r}" + (f"\n[{iv.lo:.4g}, {iv.hi:.4g}]" if iv else "")
+
+    def with_ci(value, iv, label="CI"):
+        why = unidentified(value, iv)
+        if why:
+            return f"not identified (the data are consistent with {why})"
+        return f"{value:.3g}x" + (f" ({label} {iv.lo:.3g}-{iv.hi:.3g})" if iv else "")
+
     t = Table(title="L(C) = E + A * C^-alpha per FFN kind (constants unrounded; 95% bootstrap CI)")
     for col in ("kind", "runs", "E", "A", "alpha", "held-out error"):
         t.add_column(col)
     for kind, f in result.power_laws.items():
-        ci = f.ci
-        def cell(name, value):
-            iv = ci.get(name)
-            return f"{value!r}" + (f"\n[{iv.lo:.4g}, {iv.hi:.4g}]" if iv else "")
         ho = result.held_out.get(kind)
-        t.add_row(kind, str(f.n_runs), cell("E", f.law.E), cell("A", f.law.A),
-                  cell("alpha", f.law.alpha),
+        t.add_row(kind, str(f.n_runs), *(cell(getattr(f.law, n), f.ci.get(n))
+                                         for n in ("E", "A", "alpha")),
                   f"{ho.max_abs_relative_error:.2%}" if ho else "n/a")
     console.print(t)
     for base in ("dense", "token-choice"):
         m = result.shared_multiplier("expert-choice", base)
         if m is not None:
-            iv = f" (95% CI {m.interval.lo:.3g}-{m.interval.hi:.3g})" if m.interval else ""
-            console.print(f"[bold]compute multiplier expert-choice over {base}: {m.value:.3g}x{iv}[/] "
+            console.print(f"[bold]compute multiplier expert-choice over {base}: "
+                          f"{with_ci(m.value, m.interval, '95% CI')}[/] "
                           f"(shared E={result.shared.law.E:.4g}, alpha={result.shared.law.alpha:.4g})")
     for m in result.multipliers:
-        iv = f" (CI {m.interval.lo:.3g}-{m.interval.hi:.3g})" if m.interval else ""
-        val = f"{m.value:.3g}x{iv}" if m.defined else f"undefined: {m.note}"
+        val = with_ci(m.value, m.interval) if m.defined else m.note
         console.print(f"per-kind fits, {m.kind} over {m.baseline_kind}: {val}")
     for e in result.extrapolations:
         p = e.prediction
@@ -143,29 +194,32 @@ def _print_fit(result) -> None:
         console.print(f"extrapolated {e.kind} loss at {p.compute_flops:.3g} FLOPs: {p.loss:.4g}{iv} "
                       f"[{p.compute_flops / result.max_compute_flops:.2g}x beyond the largest run]")
     for n in result.notes:
-        console.print(f"note: {n}", style="dim")
+        console.print(f"note: {n}", style="dim", highlight=False)
 
 
 @app.command()
 def report(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet)."),
-    fit_path: Optional[Path] = typer.Option(None, "--fit", help="A fit saved by `ecdit-scale fit` (default: TABLE's folder/fit.yaml, or fit now)."),
+    fit_path: Optional[Path] = typer.Option(None, "--fit", help="A fit saved by `ecdit-scale fit` (default: TABLE's folder/fit.yaml if there is one, else fit now)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: TABLE's folder/report)."),
     title: str = typer.Option("EC-DiT scaling report", "--title"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Markdown + self-contained HTML report with plots."""
-    from ..scaling.fit import fit_run_table, load_fit
+    from ..scaling.fit import fit_run_table
     from ..scaling.report import write_report
+    from ..scaling.results import load_fit
     from ..scaling.table import load_run_table
 
     df = load_run_table(table)
-    fit_path = fit_path or (table.parent / "fit.yaml")
-    if fit_path.is_file():
-        result = load_fit(fit_path)
+    if fit_path is not None:
+        result = load_fit(fit_path)  # one line naming the file when it is missing or not a fit
+    elif (table.parent / "fit.yaml").is_file():
+        result = load_fit(table.parent / "fit.yaml")
     else:
-        console.print(f"no fit at {fit_path}: fitting now (n_boot=100)")
-        result = fit_run_table(df, n_boot=100, progress=not json_out)
+        err_console.print(f"no fit at {table.parent / 'fit.yaml'}: fitting now (n_boot=100)",
+                          highlight=False)
+        result = fit_run_table(df, n_boot=100, progress=stderr_progress("report"))
     paths = write_report(df, result, out or table.parent / "report", title=title,
                          expert_load=_expert_load(df))
     if json_out:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .fit import load_fit, predict
+from .laws import predict
+from .results import load_fit
 
 REFERENCE_FIT = "reference_fit.yaml"
 
@@ -32,10 +33,7 @@ def predicted_loss(fit_path: str | Path | None, kind: str, compute_flops: float)
         return None
     if not path.is_file():
         raise ConfigError(f"--fit {path}: no such file; write one with `ecdit-scale fit TABLE --out FILE`")
-    try:
-        fit = load_fit(path)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"--fit {path}: not a scaling fit ({exc})") from None
+    fit = load_fit(path)  # ConfigError naming the file and field when it is not a fit
     law = fit.power_laws.get(kind)
     if law is None:
         if explicit:

@@ -19,9 +19,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..files import atomic_output
 from ..units import format_number
-from .fit import Interval, ScalingFit, compute_frontier, predict_band
-from .table import atomic_output
+from .fit import compute_frontier
+from .formulas import Interval, unidentified
+from .laws import predict_band
+from .results import ScalingFit
 
 DEFAULT_TITLE = "EC-DiT scaling report"
 KIND_COLORS = {"dense": "tab:blue", "token-choice": "tab:orange", "expert-choice": "tab:green"}
@@ -118,6 +121,10 @@ def _answer(fit: ScalingFit, baseline: str) -> str:
     if not m.defined:
         return f"The compute multiplier of expert choice over {name} is {m.note} ({where})."
     ci = m.interval
+    why = unidentified(m.value, ci)
+    if why:
+        return (f"The data cannot identify the compute multiplier of expert choice over {name} "
+                f"{where}: they are consistent with {why}.")
     if ci is None:
         return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
                 f"compute {where}; no interval (no bootstrap samples).")
@@ -470,4 +477,7 @@ def _html_table(t: _Table) -> str:
 def _ci(value: float, interval: Interval | None) -> str:
     if interval is None:
         return format_number(value)
+    why = unidentified(value, interval)
+    if why:
+        return f"not identified ({why})"
     return f"{format_number(value)} ({format_number(interval.lo)}–{format_number(interval.hi)})"

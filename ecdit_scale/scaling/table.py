@@ -1,7 +1,8 @@
 """Run tables: one row per training run, the input of every scaling fit.
 
 A run table is a pandas DataFrame (CSV or Parquet on disk) with the columns in
-`REQUIRED_COLUMNS`; `alignment`, `run_dir`, `experts` and `budget` are optional.
+`REQUIRED_COLUMNS`; `alignment` (checked when present), `run_dir`, `experts` and `budget`
+are optional.
 `validate_run_table` turns every problem into a one-line `RunTableError` that names the
 offending rows, so a user can fix the CSV without reading a traceback.
 """
@@ -9,11 +10,14 @@ offending rows, so a user can fix the CSV without reading a traceback.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..config import FFNKind
+from ..errors import ConfigError
 from ..files import atomic_output
 
 REQUIRED_COLUMNS = (
@@ -27,8 +31,7 @@ REQUIRED_COLUMNS = (
     "final_loss",
     "smoothed_loss",
 )
-OPTIONAL_COLUMNS = ("alignment", "run_dir", "experts", "budget")
-FFN_KINDS = ("dense", "token-choice", "expert-choice")
+FFN_KINDS = tuple(k.value for k in FFNKind)  # in the order reports list them
 
 _POSITIVE_COLUMNS = {
     "compute_flops": "compute must be > 0",
@@ -41,7 +44,7 @@ _LOSS_COLUMNS = ("final_loss", "smoothed_loss")
 _MAX_ROWS_LISTED = 5
 
 
-class RunTableError(ValueError):
+class RunTableError(ConfigError):
     """A run table that cannot be fitted; the message is one line naming the rows."""
 
 
@@ -49,13 +52,18 @@ def load_run_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a run table from .csv or .parquet and validate it."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        df = pd.read_csv(path)
-    elif suffix in (".parquet", ".pq"):
-        df = _read_parquet(path)
-    else:
+    if suffix not in (".csv", ".parquet", ".pq"):
         raise RunTableError(f"run table: {path} has suffix {suffix!r}; use .csv or .parquet")
-    return validate_run_table(df)
+    if not path.is_file():
+        raise RunTableError(f"run table {path}: no such file; `ecdit-scale sweep` writes one")
+    if suffix == ".csv":
+        df = _read_csv(path)
+    else:
+        df = _read_parquet(path)
+    try:
+        return validate_run_table(df)
+    except RunTableError as exc:
+        raise RunTableError(f"{exc}".replace("run table:", f"run table {path}:", 1)) from None
 
 
 def save_run_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -100,7 +108,8 @@ def _problems(df: pd.DataFrame) -> list[str]:
     for column, hint in _POSITIVE_COLUMNS.items():
         bad = ~(np.isfinite(df[column]) & (df[column] > 0))
         if bad.any():
-            problems.append(f"non-positive {column} in rows {_rows(df, bad)}; {hint}")
+            problems.append(f"missing, non-finite or non-positive {column} in rows "
+                            f"{_rows(df, bad)}; {hint}")
     for column in _LOSS_COLUMNS:
         bad = ~np.isfinite(df[column])
         if bad.any():
@@ -133,6 +142,26 @@ def _rows(df: pd.DataFrame, mask: pd.Series) -> str:
     listed = ", ".join(f"{i} ({df['name'].iat[i]})" for i in idx[:_MAX_ROWS_LISTED])
     extra = len(idx) - _MAX_ROWS_LISTED
     return listed + (f" and {extra} more" if extra > 0 else "")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        with warnings.catch_warnings():  # a row longer than the header: an error, not a warning
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, index_col=False)
+    except pd.errors.EmptyDataError:
+        raise RunTableError(f"run table {path}: empty file; the first line must name the "
+                            f"columns {', '.join(REQUIRED_COLUMNS)}") from None
+    except UnicodeDecodeError:
+        raise RunTableError(f"run table {path}: not a UTF-8 text CSV (binary data?)") from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunTableError(f"run table {path}: not a well-formed CSV ({first}); every row "
+                            "needs one value per column of the header") from None
+    if df.columns.duplicated().any():
+        dup = sorted(set(df.columns[df.columns.duplicated()]))
+        raise RunTableError(f"run table {path}: column {', '.join(dup)} appears twice in the header")
+    return df
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
