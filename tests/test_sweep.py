@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ecdit_scale.train.records import RunDir, append_jsonl, write_json
+from ecdit_scale.evaluation.sampled_alignment import alignment_of_run
 from ecdit_scale.train.sweep import SweepRun, SweepSpec, needed_steps, run_state, run_sweep
 
 TINY = dict(sizes=("nano",), micro_batch=2, data_limit=256, alignment_samples=8,
@@ -19,12 +20,12 @@ TINY = dict(sizes=("nano",), micro_batch=2, data_limit=256, alignment_samples=8,
 @pytest.mark.slow
 def test_sweep_runs_skips_finished_and_writes_a_table(tmp_path):
     spec = SweepSpec(variants=("dense", "ec8"), steps=10, out=str(tmp_path / "sw"), **TINY)
-    first = run_sweep(spec)
+    first = run_sweep(spec, score_alignment=alignment_of_run)
     assert sorted(first.launched) == ["nano-dense", "nano-ec8"] and not first.failed
     df = pd.read_csv(first.table_path)
     assert len(df) == 4 and set(df.ffn_kind) == {"dense", "expert-choice"}
     assert (df.compute_flops > 0).all() and df.alignment.dropna().between(0, 1).all()
-    again = run_sweep(spec)
+    again = run_sweep(spec, score_alignment=alignment_of_run)
     assert sorted(again.skipped) == ["nano-dense", "nano-ec8"] and not again.launched
 
     # one corrupt metrics line mid-file used to make a sweep run unresumable; and a longer

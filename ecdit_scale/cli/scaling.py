@@ -41,6 +41,7 @@ def sweep(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train the ladder x FFN kinds; skip finished runs, resume interrupted ones; write runs.csv."""
+    from ..evaluation.sampled_alignment import alignment_of_run
     from ..train.sweep import SweepSpec, run_sweep
 
     try:
@@ -61,7 +62,7 @@ def sweep(
                     "finished": "done"}[state]
             bar.update(task, completed=i, description=f"{verb} {run.card if state != 'finished' else ''}")
 
-        result = run_sweep(spec, on_event=on_event)
+        result = run_sweep(spec, on_event=on_event, score_alignment=alignment_of_run)
     summary = {"table": str(result.table_path), "rows": len(result.rows),
                "launched": result.launched, "resumed": result.resumed,
                "skipped": result.skipped, "failed": result.failed}

@@ -4,7 +4,6 @@ device; the held-out samples it never trained on."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -55,8 +54,8 @@ def read_settings(rd: RunDir) -> RunSettings:
     limit = data.get("data_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"{rd.run_json}: data_limit = {limit!r}; must be null or an integer >= 1")
-    required = [f.name for f in dataclasses.fields(RunSettings)
-                if f.default is dataclasses.MISSING and f.name not in data]
+    derived = ("world", "global_batch", "tc_impl")  # computed, or with a default
+    required = [k for k in RunSettings.KEYS if k not in derived and k not in data]
     if required:
         raise ConfigError(f"{rd.run_json}: missing {', '.join(required)}; not the settings "
                           "`ecdit-scale launch` writes")
@@ -95,16 +94,24 @@ def positive_number(value: Any, where: str) -> int | float:
 
 
 def load_trained_model(rd: RunDir):
-    """(cfg, settings, model, step) with the weights of the run's last complete checkpoint."""
-    from ..model import build_model
-    from ..train.expert_parallel import consolidate_checkpoint
-
+    """(cfg, settings, model, step) of an MoE run trained with our own MoE layers (what the
+    adaptive-compute analysis reads)."""
     cfg, s = read_model_config(rd), read_settings(rd)
     if not cfg.ffn.is_moe:
         raise ConfigError(f"{rd.path}: {cfg.name} is dense; adaptive compute needs an MoE run")
     if s.tc_impl == "deepspeed":
         raise ConfigError(f"{rd.path}: trained with --tc-impl deepspeed (DeepSpeed's own MoE "
                           "layer); adaptive analyses runs of our ExpertChoiceMoE/TokenChoiceMoE")
+    return load_run_model(rd)
+
+
+def load_run_model(rd: RunDir):
+    """(cfg, settings, model, step) with the weights of the run's last complete checkpoint, in
+    eval mode on the CPU."""
+    from ..model import build_model
+    from ..train.expert_parallel import consolidate_checkpoint
+
+    cfg, s = read_model_config(rd), read_settings(rd)
     latest = rd.latest_checkpoint()
     if latest is None:
         raise ConfigError(f"{rd.path}: no complete checkpoint (checkpoints/latest); finish or "

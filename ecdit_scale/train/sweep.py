@@ -30,6 +30,10 @@ from .launch import launch
 from .request import LaunchRequest
 from .records import RunDir
 
+# (run, samples=, sampling_steps=, seed=) -> GenEval-style score in [0, 1]; the sweep trains,
+# evaluation scores (ecdit_scale.evaluation.sampled_alignment.alignment_of_run)
+ScoreAlignment = Callable[..., float]
+
 VARIANTS = ("dense", "tc8", "ec8", "tc16", "ec16")
 DEFAULT_SIZES = ("nano", "micro", "tiny")
 DEFAULT_VARIANTS = ("dense", "tc8", "ec8", "ec16")
@@ -116,7 +120,7 @@ def set_aside(path: Path) -> Path:
 
 
 def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], None] | None = None,
-              ) -> SweepResult:
+              score_alignment: ScoreAlignment | None = None) -> SweepResult:
     """Train every run of the spec (skip / resume / launch) and write the run table.
 
     A run whose records cannot be completed (a finished run missing a step the table reads,
@@ -156,7 +160,7 @@ def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], 
             if not res.ok:
                 result.failed.append(f"{run.card}: {res.message or res.status}")
                 continue
-        result.rows.extend(table_rows(spec, run))
+        result.rows.extend(table_rows(spec, run, score_alignment))
         save_run_table(pd.DataFrame(result.rows), result.table_path)
     if on_event:
         on_event("finished", runs[-1], len(runs), len(runs))
@@ -185,8 +189,10 @@ def needed_steps(spec: SweepSpec) -> list[int]:
                    if s >= 1})
 
 
-def table_rows(spec: SweepSpec, run: SweepRun) -> list[dict[str, Any]]:
-    """One row per budget of a finished run."""
+def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment | None" = None,
+               ) -> list[dict[str, Any]]:
+    """One row per budget of a finished run; the last carries the alignment score of images
+    sampled from the run when a scorer is given (``evaluation.sampled_alignment``)."""
     rd = RunDir(run.run_dir)
     cfg = rd.model_config()
     settings = rd.settings()
@@ -210,32 +216,7 @@ def table_rows(spec: SweepSpec, run: SweepRun) -> list[dict[str, Any]]:
             "final_loss": float(metrics[step]["flow_loss"]),
             "smoothed_loss": float(np.mean(window)), "run_dir": str(rd.path),
         })
-    if spec.dataset == "shapes" and spec.alignment_samples:
-        rows[-1]["alignment"] = alignment_of_run(rd, spec)
+    if score_alignment is not None and spec.dataset == "shapes" and spec.alignment_samples:
+        rows[-1]["alignment"] = score_alignment(rd, samples=spec.alignment_samples,
+                                                sampling_steps=spec.sampling_steps, seed=spec.seed)
     return rows
-
-
-def alignment_of_run(rd: RunDir, spec: SweepSpec) -> float:
-    """GenEval-style score of images sampled from the run's last checkpoint for held-out
-    shape captions (the same scorer as ecdit_scale.evaluation.alignment)."""
-    import torch
-
-    from ..model import build_model, sample
-    from ..datasets.batches import build_dataset, to_uint8
-    from ..evaluation.alignment import geneval_score
-    from .expert_parallel import consolidate_checkpoint
-
-    cfg = rd.model_config()
-    latest = rd.latest_checkpoint()
-    if latest is None:
-        raise ConfigError(f"{rd.path}: no checkpoint to sample from")
-    model = build_model(cfg)
-    model.load_state_dict(consolidate_checkpoint(rd.checkpoints / latest[1]), strict=False)
-    model.eval()
-    # held-out scenes: seeds past the training set's (make_shapes is prefix-stable per seed)
-    ds = build_dataset("shapes", image_size=cfg.input_size, text_tokens=cfg.text_tokens,
-                       limit=spec.alignment_samples, seed=spec.seed + 1_000_003)
-    g = torch.Generator().manual_seed(spec.seed)
-    with torch.no_grad():
-        x = sample(model, ds.text, steps=spec.sampling_steps, guidance=4.0, generator=g)
-    return float(geneval_score(to_uint8(x.clamp(-1, 1)), list(ds.specs)))
