@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from fuzz_files import (ACC, BINARY, DIR, GPU_FILE, LATIN1, MISSING, REF_FIT, REF_TABLE, SMALL, Case,
                         acc, alias_bomb, big, card, card_variants, fit_file_variants, run_dir,
-                        run_dir_variants, settings_json, small, table, table_variants, ydump)
+                        nano, run_dir_variants, settings_json, small, table, table_variants, ydump)
 
 
 def card_cases() -> list[Case]:
@@ -38,7 +38,7 @@ def card_cases() -> list[Case]:
                         isolate=heavy))
         if slug in quick:
             out.append(Case(f"launch/card:{slug}", "run", cat,
-                            ("launch", "bad-card.yaml", "--steps", "2", "--limit", "64"), files,
+                            ("launch", "bad-card.yaml", *LAUNCH[2:]), files,
                             mention=mention, isolate=True, timeout=30))
     out.append(Case("models-show/card:directory", "core", "traceback",
                     ("models", "show", "adir.yaml"), (("adir.yaml", DIR),), mention=("adir.yaml",),
@@ -128,7 +128,7 @@ def plan_cases() -> list[Case]:
     issue = {("--nodes", "0"), ("--gpus-per-node", "0"), ("--tp", "0"), ("--top", "-3"),
              ("--price", "nan"), ("--price", "inf"), ("--nodes", "abc")}
     for opt, bad in int_opts.items():
-        m = (opt, opt.lstrip("-"), opt.lstrip("-").replace("-", "_"))
+        m = (opt, opt.lstrip("-"), opt.lstrip("-").replace("-", "_"), opt.lstrip("-").replace("-", " "))
         for x in bad:
             out.append(Case(f"plan/{opt} {x}", "core", "silent", (*PLAN, opt, x), mention=m,
                             quick=(opt, x) in issue))
@@ -136,7 +136,7 @@ def plan_cases() -> list[Case]:
             out.append(Case(f"plan/{opt} {x or repr(x)}", "core", "usage", (*PLAN, opt, x), mention=m,
                             quick=(opt, x) in issue))
         out.append(Case(f"plan/{opt} huge", "core", "hang", (*PLAN, opt, HUGE), expect="sane",
-                        mention=m, timeout=60))
+                        mention=(*m, HUGE), timeout=60))
     for x in ("nan", "inf", "-inf", "-1", "abc", "", "1e400"):
         out.append(Case(f"plan/--price {x or repr(x)}", "core", "silent" if x != "abc" else "usage",
                         (*PLAN, "--price", x), mention=("--price", "price"),
@@ -148,6 +148,7 @@ def plan_cases() -> list[Case]:
     for x in ("", "abc", "0", "-5B", "nan", "inf", "1e400", "97Q", "B", "97 B", "1e30", "0.001"):
         out.append(Case(f"plan/--params {x or repr(x)}", "core", "silent",
                         ("plan", "--params", x, "--no-write"), mention=("--params", x or "''"),
+                        expect="sane" if x == "97 B" else "error",
                         quick=x in ("nan", "1e30")))
     for opt in ("--routing", "--optimizer", "--recompute"):
         out.append(Case(f"plan/{opt} bogus", "core", "message", (*PLAN, opt, "bogus"),
@@ -195,7 +196,7 @@ def gpu_cases() -> list[Case]:
             ("peak_bf16_flops",) if slug.startswith("peak") else ())
         out.append(Case(f"plan/--gpu profile:{slug}", "core", cat,
                         (*PLAN, "--gpu", "gpu.yaml"), (("gpu.yaml", content),),
-                        mention=("gpu.yaml", *fields), isolate=cat == "hang",
+                        mention=("gpu.yaml", ACC["name"], *fields), isolate=cat == "hang",
                         quick=slug in ("binary", "peak=nan", "alias-bomb")))
     for name, argv, mention in [
         ("unknown", ("--gpu", "nope"), ("nope",)), ("empty", ("--gpu", ""), ("--gpu", "accelerator")),
@@ -280,7 +281,9 @@ def scaling_cases() -> list[Case]:
              (*SMALL, ("adir", DIR)), mention=("adir",)),
         Case("fit/--out under a file", "scaling", "traceback", (*fit, "--out", "taken/fit.yaml"),
              (*SMALL, ("taken", "user data\n")), mention=("taken",), keep=("taken",)),
-        Case("fit/--json small", "scaling", "json", (*fit, "--json"), SMALL, expect="json", quick=True),
+        Case("fit/--json small", "scaling", "json", (*fit, "--json"), SMALL, expect="json"),
+        Case("fit/--json nano", "scaling", "json", ("fit", "t.csv", "--n-boot", "4", "--json"),
+             (("t.csv", table(nano)),), expect="json", quick=True),
         Case("fit/--json one kind", "scaling", "json", ("fit", "t.csv", "--n-boot", "4", "--json"),
              (("t.csv", table(lambda d: d[d.card.isin(["nano-ec8", "micro-ec8"])])),),
              expect="json"),
