@@ -19,14 +19,15 @@ from __future__ import annotations
 
 from fuzz_files import (ACC, BINARY, DIR, GPU_FILE, LATIN1, MISSING, REF_FIT, REF_TABLE, SMALL, Case,
                         acc, alias_bomb, big, card, card_variants, fit_file_variants, run_dir,
-                        nano, run_dir_variants, settings_json, small, table, table_variants, ydump)
+                        nano, run_dir_variants, settings_json, table, table_variants, ydump)
 
 
 def card_cases() -> list[Case]:
     out = []
     quick = {"empty", "binary", "latin1", "truncated", "list", "int-key", "ffn-string",
              "ffn-kind-int", "alias-bomb", "notes-50mb", "hidden_size=2^62", "hidden_size=0",
-             "ffn.num_experts=eight", "mlp_ratio=nan", "alias-bomb-notes", "deep-nesting"}
+             "ffn.num_experts=eight", "mlp_ratio=nan", "alias-bomb-notes", "deep-nesting",
+             "ffn.capacity_factor=inf"}
     for slug, cat, content, fields in card_variants():
         files = (("bad-card.yaml", content),)
         mention = ("bad-card.yaml", *fields)
@@ -35,7 +36,7 @@ def card_cases() -> list[Case]:
                         files, mention=mention, isolate=heavy, quick=slug in quick))
         out.append(Case(f"plan/card:{slug}", "core", cat,
                         ("plan", "--model", "bad-card.yaml", "--no-write"), files, mention=mention,
-                        isolate=heavy))
+                        isolate=heavy, quick=slug in ("int-key", "hidden_size=2^62", "ffn-string")))
         if slug in quick:
             out.append(Case(f"launch/card:{slug}", "run", cat,
                             ("launch", "bad-card.yaml", *LAUNCH[2:]), files,
@@ -311,8 +312,8 @@ def scaling_cases() -> list[Case]:
         Case("report/--json", "scaling", "json", ("report", "small.csv", *ref_fit, "--out", "rep", "--json"),
              SMALL, expect="json", quick=True),
         Case("report/--json while fitting", "scaling", "json",
-             ("report", "t.csv", "--out", "rep", "--json"), (("t.csv", table(small)),),
-             expect="json", isolate=True, slow=True, timeout=300),
+             ("report", "t.csv", "--out", "rep", "--json"), (("t.csv", table(nano)),),
+             expect="json", isolate=True, quick=True, timeout=120),
     ]
     return out
 
