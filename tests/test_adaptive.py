@@ -55,7 +55,7 @@ def _run(tmp_path, model: str):
     run = tmp_path / model
     run.mkdir()
     save_model_config(sizes.get(model), run / "card.yaml")
-    s = RunSettings(card=model, model_name=model, steps=6, nodes=1, nproc_per_node=1, ep=1,
+    s = RunSettings.build(card=model, model_name=model, steps=6, nodes=1, nproc_per_node=1, ep=1,
                     zero=1, micro_batch=4, grad_accum=1, dataset="shapes", data_limit=64,
                     holdout=8, seed=0, lr=1e-3, warmup_steps=0, optimizer="adamw",
                     precision="fp32", device="cpu", checkpoint_every=3, keep_checkpoints=2,

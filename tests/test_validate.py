@@ -142,7 +142,7 @@ def test_row_errors():
 def _settings(**overrides) -> dict:
     from ecdit_scale.train.records import RunSettings
 
-    s = RunSettings(card="nano-ec8", model_name="nano-ec8", steps=6, nodes=1, nproc_per_node=2,
+    s = RunSettings.build(card="nano-ec8", model_name="nano-ec8", steps=6, nodes=1, nproc_per_node=2,
                     ep=2, zero=2, micro_batch=4, grad_accum=1, dataset="shapes",
                     data_limit=64, holdout=8, seed=0, lr=1e-3, warmup_steps=0,
                     optimizer="adamw", precision="fp32", device="cpu", checkpoint_every=3,
@@ -199,6 +199,7 @@ BAD_RUN_FILES = [
     ("summary.json", b'{"params": [1]}', "params must be a JSON object"),
     ("metrics.jsonl", b'{"step": 1, "step_s": "fast"}\n', "line 1: step_s = 'fast'"),
     ("metrics.jsonl", b"\xff\xfe\x00binary", "not a UTF-8"),
+    ("metrics.jsonl", b'\xff\xfe\x00binary\n{"step": 1, "step_s": 0.1}\n', "line 1: not a UTF-8"),
     ("predictions.json", b'{"memory": 3}', "memory must be a JSON object"),
     ("card.yaml", b"hidden_size: [", "card.yaml"),
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..train.records import RunDir, RunSettings, read_json, read_jsonl
+from ..train.records import RunDir, RunSettings, read_json, scan_metrics
 
 # run.json fields evaluation relies on, with the least value each may take
 _INT_FIELDS = {"nodes": 1, "nproc_per_node": 1, "ep": 1, "zero": 0, "micro_batch": 1,
@@ -73,12 +73,16 @@ def read_summary(rd: RunDir) -> dict[str, Any]:
 
 def read_step_times(rd: RunDir) -> list[float]:
     """Seconds of each recorded optimizer step (metrics.jsonl), each finite and positive."""
-    try:
-        records = read_jsonl(rd.metrics)
-    except UnicodeDecodeError:
-        raise ConfigError(f"{rd.metrics}: not a UTF-8 JSON-lines file (binary data?)") from None
+    scan = scan_metrics(rd.metrics)
+    # a torn last line from a kill is normal; anything else, or nothing readable, is not
+    bad = scan.damaged or (scan.bad if not scan.records else [])
+    if bad:
+        line, text = bad[0]
+        what = "not a UTF-8 JSON record (binary data?)" if "\ufffd" in text else \
+            "not a JSON record with an integer step"
+        raise ConfigError(f"{rd.metrics} line {line}: {what}")
     out = []
-    for line, rec in enumerate(records, start=1):
+    for line, rec in enumerate(scan.records, start=1):
         value = rec.get("step_s") if isinstance(rec, dict) else None
         out.append(positive_number(value, f"{rd.metrics} line {line}: step_s"))
     return out
