@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 from ..config import ParallelLayout, Recompute, TrainingConfig
 from ..errors import ConfigError
-from ..files import atomic_write_text, json_default, to_plain
+from ..files import atomic_write_text, json_default, read_text_file, to_plain
 
 CHECKPOINT_TAG = "step{step}"
 COMPLETE_MARKER = "ecdit_complete.json"  # in a checkpoint folder: every rank saved it
@@ -56,8 +56,9 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    text = read_text_file(path, what="JSON file")  # names the file if binary or unreadable
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: malformed JSON at line {exc.lineno}") from None
 
@@ -253,7 +254,19 @@ class RunDir:
         return self.run_json.is_file()
 
     def settings(self) -> RunSettings:
-        return RunSettings.from_dict(read_json(self.run_json))
+        data = read_json(self.run_json)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.run_json}: not one JSON object of run settings")
+        derived = ("world", "global_batch", "tc_impl")  # computed, or with a default
+        missing = [k for k in RunSettings.KEYS if k not in derived and k not in data]
+        if missing:
+            raise ConfigError(f"{self.run_json}: missing {', '.join(missing)}; not the settings "
+                              "`ecdit-scale launch` writes")
+        try:
+            return RunSettings.from_dict(data)
+        except (TypeError, ValueError) as exc:  # ConfigError is a ValueError: keep its words
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{self.run_json}: {first}") from None
 
     def model_config(self):
         from ..config import load_model_config

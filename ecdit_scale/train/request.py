@@ -226,6 +226,10 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
         v = getattr(req, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"--{name.replace('_', '-')} = {v!r}: must be an integer >= 1")
+    for name, option in (("seed", "--seed"), ("holdout", "--holdout")):
+        v = getattr(req, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+            raise ConfigError(f"{option} = {v!r}: must be an integer in 0..{2**31 - 1}")
     _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     tc_impl = _choice(TCImpl, req.tc_impl, "--tc-impl")
     _check_moe(cfg, req, tc_impl)
