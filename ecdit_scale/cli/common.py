@@ -87,15 +87,14 @@ def main(argv: list[str] | None = None) -> None:
         where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
         _error(_one_line(exc.format_message(), type(exc).__name__) + where)
         raise SystemExit(2 if isinstance(exc, USAGE_ERROR) else exc.exit_code) from None
-    except (*ABORT, KeyboardInterrupt):
-        code = 130
+    except (*ABORT, KeyboardInterrupt):  # a command that stops itself says how to go on
+        err_console.print("interrupted; rerun the same command to resume where it stopped")
+        raise SystemExit(130) from None
     except USER_ERRORS as exc:
         if os.environ.get("ECDIT_SCALE_DEBUG"):
             raise
         prefix = "" if isinstance(exc, (ConfigError, OSError)) else f"{type(exc).__name__}: "
         _error(prefix + _one_line(str(exc), type(exc).__name__))
         raise SystemExit(2) from None
-    if code == 130:
-        err_console.print("interrupted; rerun the same command to resume where it stopped")
     if isinstance(code, int) and code:
         raise SystemExit(code)

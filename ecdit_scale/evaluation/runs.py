@@ -118,6 +118,10 @@ def load_run_model(rd: RunDir):
     cfg, s = read_model_config(rd), read_settings(rd)
     latest = rd.latest_checkpoint()
     if latest is None:
+        named = rd.pointer()  # checkpoints/latest names one that is not usable: say why
+        why = rd.checkpoint_problem(named) if named else None
+        if why:
+            raise ConfigError(f"{rd.checkpoints / named}: cannot read the checkpoint ({why})")
         raise ConfigError(f"{rd.path}: no complete checkpoint (checkpoints/latest); finish or "
                           "resume the run first")
     tag_dir = rd.checkpoints / latest[1]
