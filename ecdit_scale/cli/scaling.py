@@ -18,6 +18,9 @@ from .common import app, console, err_console, print_json
 
 PROGRESS_AFTER_S = 2.0  # fits quicker than this print no progress
 
+MAX_BOOT = 10_000  # resamples: 200 give stable 95% intervals; more only costs time
+MAX_HOLDOUT = 1_000  # runs per kind held out of the fit for the check
+
 
 def _csv_list(text: str, option: str) -> tuple[str, ...]:
     items = tuple(s.strip() for s in text.split(",") if s.strip())
@@ -95,14 +98,24 @@ def fit(
     from ..scaling.results import save_fit
     from ..scaling.table import load_run_table
 
-    if n_boot < 0:
-        raise ConfigError(f"--n-boot {n_boot}: must be >= 0")
-    if holdout < 1:
-        raise ConfigError(f"--holdout {holdout}: a number of runs >= 1")
+    if not 0 <= n_boot <= MAX_BOOT:
+        raise ConfigError(f"--n-boot {n_boot}: must be in 0..{MAX_BOOT} (200 gives stable 95% "
+                          "intervals)")
+    if not 1 <= holdout <= MAX_HOLDOUT:
+        raise ConfigError(f"--holdout {holdout}: a number of runs per kind in 1..{MAX_HOLDOUT}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: must be an integer in 0..{2**32 - 1}")
+    if out is not None and not str(out).strip() or out is not None and out.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: give a file path for the fit, e.g. fit.yaml")
     if extrapolate_to is not None and not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
         raise ConfigError(f"--extrapolate-to {extrapolate_to}: a compute in FLOPs, finite and > 0 "
                           "(e.g. 1e21)")
     df = load_run_table(table)
+    run_key = "card" if "card" in df.columns else "name"
+    most = int(df.groupby("ffn_kind")[run_key].nunique().max())
+    if holdout >= most >= 3:  # fewer than 3 runs: the fit itself says how many it needs
+        raise ConfigError(f"--holdout {holdout}: the table has at most {most} runs of one FFN kind; "
+                          f"hold out fewer (1..{max(most - 1, 1)}) so some are left to fit")
     target = extrapolate_to if extrapolate_to is not None else _default_plan_compute()
     result = fit_run_table(df, n_boot=n_boot, seed=seed, extrapolate_to_flops=target,
                            holdout=holdout, progress=stderr_progress("fit"))

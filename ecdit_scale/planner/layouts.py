@@ -231,8 +231,11 @@ def enumerate_shapes(cfg: ModelConfig, training: TrainingConfig, cluster: Cluste
                 continue
             mbs = [m]
         if not mbs:
-            skipped.append(f"global batch {gb} is not divisible by dp={d}"
-                           if gb % d else f"no micro-batch of dp={d} fills whole routing groups")
+            skipped.append(
+                f"global batch {gb} is not divisible by dp={d}" if gb % d else
+                f"no micro-batch of dp={d} fills whole routing groups of "
+                f"{cfg.routing_group_tokens} tokens (ffn.group_size = {cfg.ffn.group_size}; "
+                f"a divisor of the {cfg.tokens_per_image} tokens per image always fits)")
             continue
         shapes.extend((d, e, t, mbs) for e in eps)
     if not shapes:

@@ -55,6 +55,8 @@ def model_for_plan(*, model: str | None, params: str | None, active: bool,
     if model is not None:
         cfg = load_card_or_name(model)
         return (with_routing(cfg, kind) if kind is not None else cfg), None
+    if params is not None and not params.strip():
+        raise ConfigError("--params '': give a parameter count such as 97B, 6e9 or 450M")
     resolved = sizes.resolve(params or DEFAULT_TARGET, active=active,
                              kind=kind or FFNKind.EXPERT_CHOICE)
     return resolved.config, resolved

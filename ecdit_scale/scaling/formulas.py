@@ -39,6 +39,14 @@ class Interval:
         return cls(lo=float(d["lo"]), hi=float(d["hi"]), level=float(d["level"]))
 
 
+def finite(d: dict, key: str) -> float:
+    """d[key] as a finite float: a saved law with NaN or infinity is not a law (ValueError)."""
+    value = float(d[key])
+    if not math.isfinite(value):
+        raise ValueError(f"{key} = {value}: a fitted constant must be a finite number")
+    return value
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """L(C) = E + A·C^(-alpha), C in FLOPs (Hoffmann et al. 2022 form, one variable)."""
@@ -61,7 +69,7 @@ class PowerLaw:
 
     @classmethod
     def from_dict(cls, d: dict) -> PowerLaw:
-        return cls(E=float(d["E"]), A=float(d["A"]), alpha=float(d["alpha"]))
+        return cls(E=finite(d, "E"), A=finite(d, "A"), alpha=finite(d, "alpha"))
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class ChinchillaLaw:
 
     @classmethod
     def from_dict(cls, d: dict) -> ChinchillaLaw:
-        return cls(**{k: float(d[k]) for k in ("E", "A", "B", "alpha", "beta")})
+        return cls(**{k: finite(d, k) for k in ("E", "A", "B", "alpha", "beta")})
 
 
 
@@ -106,8 +114,8 @@ class SharedPowerLaw:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SharedPowerLaw":
-        return cls(E=float(d["E"]), alpha=float(d["alpha"]),
-                   A={k: float(v) for k, v in d["A"].items()})
+        return cls(E=finite(d, "E"), alpha=finite(d, "alpha"),
+                   A={k: finite(d["A"], k) for k in d["A"]})
 
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import (FFNKind, ModelConfig, Optimizer, Precision, load_model_config,
                       zero_supports_moe)
 from ..errors import ConfigError
+from ..files import read_text_file
 from ..integers import divisors
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
 
@@ -84,7 +85,7 @@ def parse_hostfile(path: str) -> dict[str, int]:
     if not p.is_file():
         raise ConfigError(f"--hostfile {path}: no such file")
     hosts: dict[str, int] = {}
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text_file(p, what="hostfile").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
