@@ -330,15 +330,15 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
     from scipy.optimize import minimize
 
     from ecdit_scale.scaling.robust import (LBFGS_OPTIONS, bootstrap_terms, fit_terms,
-                                            grid_starts, huber_terms_objective, terms_bounds,
-                                            thinned)
+                                            grid_starts, huber_terms_objective,
+                                            resample_weights, terms_bounds, thinned)
 
     compute_flops, loss = power_law_data(n_runs=12, seed=5, noise=0.01)
     logx_TN = (np.log(compute_flops) - np.log(compute_flops).mean())[None]
     log_loss_N = np.log(loss)
     theta, _ = fit_terms(logx_TN, log_loss_N, what="test")
     idx = bootstrap_indices(12, 4, seed=2, min_unique=3)
-    batched = bootstrap_terms(logx_TN, log_loss_N, idx, theta)
+    batched = bootstrap_terms(logx_TN, log_loss_N, resample_weights(idx, 12), theta)
     assert len(batched) == len(idx)
     lower, upper = terms_bounds(1)
     bounds = list(zip([None, None, lower[2]], [None, None, upper[2]]))
