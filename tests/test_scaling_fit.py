@@ -1,5 +1,7 @@
 """Scaling fits recover known constants from synthetic runs; run tables fail loudly."""
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -226,9 +228,11 @@ def test_fit_round_trips_through_yaml(tmp_path, table_fit):
     path = save_fit(fit, tmp_path / "fit.yaml")
     loaded = load_fit(path)
     assert isinstance(loaded, ScalingFit)
-    assert loaded == fit
+    # the shared fit's multipliers hold loss = NaN (the same at every loss), and NaN != NaN
+    assert dataclasses.replace(loaded, sensitivity=()) == dataclasses.replace(fit, sensitivity=())
+    assert len(loaded.sensitivity) == len(fit.sensitivity) > 0
     assert predict(loaded.power_laws["dense"], 1e20) == predict(fit.power_laws["dense"], 1e20)
-    assert loaded.to_dict() == fit.to_dict()
+    assert json.dumps(loaded.to_dict()) == json.dumps(fit.to_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["fit.yaml"]  # no temp files left
 
 

@@ -71,7 +71,8 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
         runs = df[df["_group"] == kind]
         C, L = runs["compute_flops"].to_numpy(), runs[loss_column].to_numpy()
         seeds = np.random.SeedSequence([seed, i]).spawn(3)
-        point, w_RN, redrawn = frontier_weights(C, L, runs["_run"], runs["_group"], n_boot, seeds[0])
+        point, w_RN, redrawn = frontier_weights(C, L, runs["_run"], runs["_group"], n_boot,
+                                                seeds[0], _budgets(runs))
         if point.sum() < len(runs):
             notes.append(f"L(C) for {kind}: fitted to the {point.sum()} rows on the compute "
                          f"frontier (chosen again inside each resample), of {len(runs)} in all")
@@ -125,6 +126,13 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
     return result
 
 
+def _budgets(runs: pd.DataFrame):
+    """The budget of each row when the table names them (see compute_frontier), else None."""
+    if "budget" in runs.columns and not runs["budget"].isna().any():
+        return runs["budget"].astype(str).to_numpy()
+    return None
+
+
 def default_loss_label(loss_column: str) -> str:
     return {"smoothed_loss": "smoothed training flow-matching loss",
             "final_loss": "final-step training flow-matching loss"}[loss_column]
@@ -150,7 +158,8 @@ def _held_out(runs, split, loss_column, *, kind, n_boot, seed, level) -> HeldOut
     train_mask, test_mask = split
     train = runs[train_mask]
     C, L = train["compute_flops"].to_numpy(), train[loss_column].to_numpy()
-    point, w_RN, _ = frontier_weights(C, L, train["_run"], train["_group"], n_boot, seed)
+    point, w_RN, _ = frontier_weights(C, L, train["_run"], train["_group"], n_boot, seed,
+                                      _budgets(train))
     fit = fit_power_law(C, L, point_rows=point, boot_weights=w_RN, n_boot=n_boot, level=level)
     out = []
     for _, row in runs[test_mask].iterrows():
@@ -170,7 +179,7 @@ def _without_outliers(df, kinds, loss_column) -> tuple[pd.DataFrame, list[str]]:
         sel = (df["_group"] == kind).to_numpy()
         runs = df[sel]
         C, L = runs["compute_flops"].to_numpy(), runs[loss_column].to_numpy()
-        point = frontier_mask(C, L, np.ones((1, len(C)), bool), runs["_group"])[0]
+        point = frontier_mask(C, L, np.ones((1, len(C)), bool), runs["_group"], _budgets(runs))[0]
         try:
             f = fit_power_law(C, L, point_rows=point)
         except FitError:
@@ -185,7 +194,7 @@ def _shared_fit(df, kinds, loss_column, *, n_boot, seed, level, notes):
     """L_k(C) = E + A_k C^-alpha over the frontier of every group, run-level bootstrap."""
     C, L = df["compute_flops"].to_numpy(), df[loss_column].to_numpy()
     point, w_RN, _ = frontier_weights(C, L, df["_run"], df["_group"], n_boot,
-                                      np.random.SeedSequence([seed, 99]))
+                                      np.random.SeedSequence([seed, 99]), _budgets(df))
     return _attempt(notes, "shared-exponent fit", fit_shared_power_law, C, L,
                     df["_group"].to_numpy(), point_rows=point, boot_weights=w_RN,
                     n_boot=n_boot, level=level)

@@ -23,11 +23,21 @@ from ..files import atomic_output
 from ..units import format_number
 from .fit import compute_frontier
 from .formulas import Interval, unidentified
+from .runlevel import kind_of, variant_labels
 from .laws import predict_band
 from .results import ScalingFit
 
 DEFAULT_TITLE = "EC-DiT scaling report"
 KIND_COLORS = {"dense": "tab:blue", "token-choice": "tab:orange", "expert-choice": "tab:green"}
+_EXTRA_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def _color(fit: ScalingFit, group: str) -> str:
+    """A kind's colour for its first group; the others of that kind get their own."""
+    same = [g for g in fit.kinds if kind_of(g) == kind_of(group)]
+    if group not in same or same.index(group) == 0:
+        return KIND_COLORS.get(kind_of(group), "tab:gray")
+    return _EXTRA_COLORS[fit.kinds.index(group) % len(_EXTRA_COLORS)]
 _DPI = 110
 _MAX_LOAD_PANELS = 12
 
@@ -98,55 +108,73 @@ def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEF
 
 
 def plain_answer(fit: ScalingFit) -> str:
-    """Does expert choice reach dense's (and token choice's) loss with less compute, and by
-    how much: from the shared-exponent fit when there is one, else the per-kind fits."""
-    answers = [_answer(fit, "dense")]
-    if "token-choice" in fit.kinds:
-        answers.append(_answer(fit, "token-choice"))
+    """Does each expert-choice variant reach each baseline's loss with less compute, and by how
+    much (the shared-exponent fit when there is one, else the per-group fits), and over which
+    compute range that was measured."""
+    pairs = fit.pairs()
+    if not pairs:
+        return "No fit covers expert choice and a baseline, so they cannot be compared."
+    answers = [_answer(fit, kind, base) for kind, base in pairs]
+    if math.isfinite(fit.min_compute_flops):
+        answers.append(f"Measured on {format_number(fit.min_compute_flops, 3)}–"
+                       f"{format_number(fit.max_compute_flops, 3)} FLOPs ({fit.compute_range:.3g}x), "
+                       f"{_loss_words(fit)}; intervals from a bootstrap of {_unit(fit)}.")
     return " ".join(answers)
 
 
-def _answer(fit: ScalingFit, baseline: str) -> str:
-    name = {"dense": "dense", "token-choice": "token choice"}[baseline]
-    m = fit.shared_multiplier("expert-choice", baseline)
+def _loss_words(fit: ScalingFit) -> str:
+    return fit.loss_label or fit.loss_column
+
+
+def _unit(fit: ScalingFit) -> str:
+    if fit.bootstrap_unit == "training run":
+        n = sorted(set(fit.n_training_runs.values()))
+        runs = "/".join(map(str, n)) if n else "?"
+        return f"training runs ({runs} per variant, all budgets of a run drawn together)"
+    return "rows"
+
+
+def _answer(fit: ScalingFit, kind: str, baseline: str) -> str:
+    name, who = baseline, kind
+    m = fit.shared_multiplier(kind, baseline)
     where = "(shared-exponent fit: the same at every loss)"
     if m is None:
-        m = fit.multiplier("expert-choice", baseline)
+        m = fit.multiplier(kind, baseline)
         if m is None:
-            return f"No fit covers both expert-choice and {name}, so they cannot be compared."
+            return f"No fit covers both {who} and {name}, so they cannot be compared."
         where = f"at loss {m.loss:.4g}"
         if math.isfinite(m.reference_compute_flops):
             where += (f", {name}'s predicted loss at {m.reference_compute_flops:.3g} FLOPs, the "
                       "largest compute in the table")
     if not m.defined:
-        return f"The compute multiplier of expert choice over {name} is {m.note} ({where})."
+        return f"The compute multiplier of {who} over {name} is {m.note} ({where})."
     ci = m.interval
     why = unidentified(m.value, ci)
     if why:
-        return (f"The data cannot identify the compute multiplier of expert choice over {name} "
+        return (f"The data cannot identify the compute multiplier of {who} over {name} "
                 f"{where}: they are consistent with {why}.")
     if ci is None:
-        return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
-                f"compute {where}; no interval (no bootstrap samples).")
+        return (f"{who} reaches {name}'s loss with {m.value:.2f}× less compute {where}; no "
+                "interval (no bootstrap samples).")
     level = f"{100 * ci.level:.0f}% CI"
+    band = f"{level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)}"
     if ci.lo > 1:
-        return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
-                f"compute ({level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)}) {where}.")
+        return f"{who} reaches {name}'s loss with {m.value:.2f}× less compute ({band}) {where}."
     if ci.hi < 1:
-        return (f"At this scale expert choice needs {1 / m.value:.2f}× more compute than {name} "
-                f"for the same loss (multiplier {m.value:.2f}, {level} {format_number(ci.lo, 3)}–"
-                f"{format_number(ci.hi, 3)}) {where}.")
-    return (f"At this scale the data do not separate expert choice from {name}: the compute "
-            f"multiplier is {m.value:.2f}× but its {level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)} "
-            f"includes 1 {where}.")
+        return (f"{who} needs {1 / m.value:.2f}× more compute than {name} for the same loss "
+                f"(multiplier {m.value:.2f}, {band}) {where}.")
+    return (f"No detectable difference between {who} and {name}: multiplier {m.value:.2f}×, "
+            f"{band} includes 1 {where}.")
 
 
 def _blocks(df, fit, figures_dir, title, expert_load) -> list:
+    df = df.assign(_group=variant_labels(df).to_numpy())
     blocks: list = [_Heading(title, 1), _Paragraph(_summary(df, fit)),
                     _Heading("Answer"), _Paragraph(plain_answer(fit), strong=True)]
+    blocks += _sensitivity_section(fit)
+    blocks += _multiplier_section(fit)
     blocks += _loss_section(df, fit, figures_dir)
     blocks += _held_out_section(fit, figures_dir)
-    blocks += _multiplier_section(fit)
     blocks += _chinchilla_section(df, fit, figures_dir)
     if expert_load:
         blocks += _expert_load_section(expert_load, figures_dir)
@@ -158,12 +186,39 @@ def _blocks(df, fit, figures_dir, title, expert_load) -> list:
 
 
 def _summary(df, fit) -> str:
-    counts = ", ".join(f"{(df['ffn_kind'] == k).sum()} {k}" for k in fit.kinds)
-    boot = (f"{fit.level:.0%} intervals from {fit.n_boot} bootstrap resamples of the runs"
+    counts = ", ".join(f"{(df['_group'] == k).sum()} {k}" for k in fit.kinds)
+    boot = (f"{fit.level:.0%} intervals from {fit.n_boot} bootstrap resamples of {_unit(fit)}, "
+            "the compute frontier chosen inside each resample"
             if fit.n_boot else "no bootstrap intervals")
-    return (f"{len(df)} runs ({counts}); loss column {fit.loss_column}; {boot}. Fits: "
-            "log-space Huber loss (delta 1e-3) minimised by L-BFGS from a grid of starts "
-            "(Hoffmann et al. 2022, Approach 3; Besiroglu et al. 2024).")
+    outliers = fit.outliers or {}
+    drop = ("outliers: dropped " + (", ".join(outliers.get("dropped") or []) or "none") +
+            f" ({outliers.get('rule', '')})" if outliers.get("applied")
+            else "outliers: none dropped (--drop-outliers off)")
+    return (f"{len(df)} rows ({counts}); loss: {_loss_words(fit)} (column {fit.loss_column}); "
+            f"{boot}; {drop}. Fits: log-space Huber loss (delta 1e-3) minimised by L-BFGS from "
+            "a grid of starts (Hoffmann et al. 2022, Approach 3; Besiroglu et al. 2024). "
+            "Curves are drawn only over the compute the runs cover; no absolute loss is "
+            "extrapolated more than 100x beyond it.")
+
+
+def _sensitivity_section(fit) -> list:
+    if not fit.sensitivity:
+        return []
+    pairs = fit.pairs()
+    header = ("variation", "rows", *(f"{k} over {b}" for k, b in pairs))
+    rows = []
+    for r in fit.sensitivity:
+        by_pair = {(m.kind, m.baseline_kind): m for m in r.multipliers}
+        cells = [_ci(by_pair[p].value, by_pair[p].interval) if p in by_pair else "no fit"
+                 for p in pairs]
+        rows.append((r.label, str(r.n_rows), *cells))
+    return [_Heading("Sensitivity"),
+            _Paragraph("The shared-fit compute multiplier of each expert-choice variant over each "
+                       "baseline, refitted with the other loss column and with subsets of the "
+                       "budgets (run-level bootstrap; variations other than the main fit use at "
+                       "most 100 resamples). A conclusion that changes across these rows is not "
+                       "supported by the data."),
+            _Table(header, tuple(rows))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,29 +232,37 @@ def _loss_section(df, fit, figures_dir) -> list:
                                "percentiles.")]
     if not fit.power_laws:
         return blocks + [_Paragraph("No kind has enough runs for a power-law fit.")]
-    rows = [(k, str(f.n_runs), _ci(f.law.E, f.ci.get("E")), _ci(f.law.A, f.ci.get("A")),
-             _ci(f.law.alpha, f.ci.get("alpha"))) for k, f in fit.power_laws.items()]
-    blocks.append(_Table(("kind", "runs", "E", "A", "alpha"), tuple(rows)))
+    rows = [(k, str(fit.n_training_runs.get(k, "?")), str(f.n_runs), _ci(f.law.E, f.ci.get("E")),
+             _ci(f.law.A, f.ci.get("A")), _ci(f.law.alpha, f.ci.get("alpha")))
+            for k, f in fit.power_laws.items()]
+    blocks.append(_Table(("group", "training runs", "frontier rows", "E", "A", "alpha"),
+                         tuple(rows)))
     if fit.extrapolations:
-        rows = [(e.kind, format_number(e.prediction.compute_flops, 3), _ci(e.prediction.loss,
-                 e.prediction.interval)) for e in fit.extrapolations]
-        blocks += [_Paragraph("Extrapolated loss:"),
-                   _Table(("kind", "compute_flops", "predicted loss"), tuple(rows))]
+        rows = [(e.kind, format_number(e.prediction.compute_flops, 3),
+                 f"{e.prediction.compute_flops / fit.max_compute_flops:.3g}x",
+                 _ci(e.prediction.loss, e.prediction.interval)) for e in fit.extrapolations]
+        blocks += [_Paragraph("Extrapolated loss [estimated] (at most 100x beyond the data):"),
+                   _Table(("group", "compute_flops", "beyond the largest run", "predicted loss"),
+                          tuple(rows))]
     return blocks + [_figure_loss(df, fit, figures_dir), _figure_residuals(df, fit, figures_dir)]
 
 
 def _held_out_section(fit, figures_dir) -> list:
     blocks: list = [_Heading("Held-out extrapolation error")]
+    blocks += [_Paragraph(f"{kind}: {why}") for kind, why in fit.held_out_status.items()]
     if not fit.held_out:
-        return blocks + [_Paragraph("No kind has enough runs to hold any out.")]
+        if not fit.held_out_status:
+            blocks.append(_Paragraph("No group has enough runs to hold any out."))
+        return blocks
     rows = []
     for kind, h in fit.held_out.items():
         for r in h.runs:
             rows.append((kind, r.name, format_number(r.compute_flops, 3), format_number(r.actual_loss),
                          _ci(r.predicted_loss, r.interval), f"{100 * r.relative_error:+.2f}%"))
-    text = ("Each kind is refitted without its largest-compute runs, which are then predicted; "
-            "held-out extrapolation error = (predicted - actual) / actual.")
-    header = ("kind", "run", "compute_flops", "actual loss", "predicted loss", "relative error")
+    text = ("Each group is refitted without every training run that comes within 4x of its "
+            "largest compute; the rows at least 4x beyond the largest fitted compute are then "
+            "predicted; held-out extrapolation error = (predicted - actual) / actual.")
+    header = ("group", "row", "compute_flops", "actual loss", "predicted loss", "relative error")
     return blocks + [_Paragraph(text), _Table(header, tuple(rows)),
                      _figure_held_out(fit, figures_dir)]
 
@@ -212,10 +275,10 @@ def _multiplier_section(fit) -> list:
                                "(A_b/A_k)^(1/alpha) at every loss; the per-kind fits invert two "
                                "separate laws at one loss.")]
     rows = []
-    for base in ("dense", "token-choice"):
-        m = fit.shared_multiplier("expert-choice", base)
+    for kind, base in fit.pairs():
+        m = fit.shared_multiplier(kind, base)
         if m is not None:
-            rows.append((f"expert-choice over {base}", "shared fit", "any",
+            rows.append((f"{kind} over {base}", "shared fit", "any",
                          _ci(m.value, m.interval), m.note))
     rows += [(f"{m.kind} over {m.baseline_kind}", "per-kind fits", format_number(m.loss),
               _ci(m.value, m.interval), m.note or "-") for m in fit.multipliers]
@@ -279,37 +342,39 @@ def _save(fig: Figure, figures_dir: Path, name: str, alt: str) -> _Figure:
     return _Figure(id=f"fig-{name.replace('_', '-')}", alt=alt, path=path)
 
 
-def _compute_grid_flops(df, fit) -> np.ndarray:
-    """The table's compute range, widened by 2x each way (extrapolations are tabulated, not
-    plotted: a point 1e9x beyond the runs would squash them into one corner)."""
-    lo, hi = np.log10(df["compute_flops"].min() / 2), np.log10(fit.max_compute_flops * 2)
-    return np.logspace(lo, hi, 200)
+def _compute_grid_flops(runs) -> np.ndarray:
+    """The compute the runs cover, and no further: curves are not drawn beyond the data."""
+    return np.logspace(np.log10(runs["compute_flops"].min()),
+                       np.log10(runs["compute_flops"].max()), 100)
 
 
 def _figure_loss(df, fit, figures_dir) -> _Figure:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    grid = _compute_grid_flops(df, fit)
     for kind in fit.kinds:
-        color = KIND_COLORS.get(kind)
-        runs = df[df["ffn_kind"] == kind]
+        color = _color(fit, kind)
+        runs = df[df["_group"] == kind]
+        grid = _compute_grid_flops(runs)
         frontier = compute_frontier(runs, fit.loss_column)
         ax.scatter(runs["compute_flops"], runs[fit.loss_column], s=14, color=color, alpha=0.3)
         ax.scatter(frontier["compute_flops"], frontier[fit.loss_column], s=22, color=color,
                    label=f"{kind} runs (frontier solid)")
         if kind in fit.power_laws:
             band = predict_band(fit.power_laws[kind], grid)
-            ax.plot(grid, band.loss, color=color, label=f"{kind} fit")
+            ax.plot(grid, band.loss, color=color, label=f"{kind} fit, {fit.level:.0%} band")
             ax.fill_between(grid, band.lo, band.hi, color=color, alpha=0.15, linewidth=0)
         if fit.shared is not None and kind in fit.shared.law.A:
             ax.plot(grid, fit.shared.law.loss(kind, grid), color=color, linestyle="--",
                     label=f"{kind}, shared-exponent fit")
-    ax.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel=fit.loss_column,
-           title="Loss against compute: per-kind fits with bootstrap bands, shared fit dashed")
+    ax.set(xscale="log", yscale="log", xlabel="compute (FLOPs)",
+           ylabel=_loss_words(fit),
+           title="Loss against compute over the runs' range: per-group fits with bootstrap "
+                 "bands, shared fit dashed")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, figures_dir, "loss_vs_compute", "Loss against compute per FFN kind with "
-                 "fitted power laws and bootstrap bands")
+    return _save(fig, figures_dir, "loss_vs_compute", "Loss against compute per group with "
+                 "fitted power laws and bootstrap bands, over the range of the data")
 
 
 def _point_with_interval(ax, x, y, interval, color, marker, label=None) -> None:
@@ -324,10 +389,10 @@ def _figure_residuals(df, fit, figures_dir) -> _Figure:
     fig = Figure(figsize=(7, 3.5))
     ax = fig.subplots()
     for kind, f in fit.power_laws.items():
-        runs = compute_frontier(df[df["ffn_kind"] == kind], fit.loss_column)
+        runs = compute_frontier(df[df["_group"] == kind], fit.loss_column)
         pred = f.law.loss(runs["compute_flops"].to_numpy())
         resid = runs[fit.loss_column].to_numpy() / pred - 1
-        ax.scatter(runs["compute_flops"], 100 * resid, color=KIND_COLORS.get(kind), label=kind,
+        ax.scatter(runs["compute_flops"], 100 * resid, color=_color(fit, kind), label=kind,
                    s=18)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel="residual (% of fitted loss)",
@@ -344,12 +409,12 @@ def _figure_held_out(fit, figures_dir) -> _Figure:
     for kind, h in fit.held_out.items():
         for i, r in enumerate(h.runs):
             _point_with_interval(ax, r.actual_loss, r.predicted_loss, r.interval,
-                                 KIND_COLORS.get(kind), "o", label=kind if i == 0 else None)
+                                 _color(fit, kind), "o", label=kind if i == 0 else None)
             values += [r.actual_loss, r.predicted_loss]
             values += [r.interval.lo, r.interval.hi] if r.interval else []
     span = [min(values), max(values)]
     ax.plot(span, span, color="black", linewidth=0.8, linestyle="--", label="predicted = actual")
-    ax.set(xlabel="actual loss", ylabel="predicted loss (fit without these runs)",
+    ax.set(xlabel=f"actual {_loss_words(fit)}", ylabel="predicted (fit without these runs)",
            title="Held-out predictions")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -359,18 +424,20 @@ def _figure_held_out(fit, figures_dir) -> _Figure:
 def _figure_compute_optimal(df, fit, figures_dir) -> _Figure:
     fig = Figure(figsize=(9, 3.8))
     ax_n, ax_d = fig.subplots(1, 2)
-    grid = np.logspace(math.log10(fit.max_compute_flops) - 4, math.log10(fit.max_compute_flops) + 2)
+    grid = np.logspace(math.log10(fit.min_compute_flops if math.isfinite(fit.min_compute_flops)
+                                  else df["compute_flops"].min()),
+                       math.log10(fit.max_compute_flops))
     for kind, o in fit.compute_optimal.items():
-        color = KIND_COLORS.get(kind)
+        color = _color(fit, kind)
         ax_n.plot(grid, o.params_opt(grid), color=color, label=f"{kind} N_opt")
         ax_d.plot(grid, o.tokens_opt(grid), color=color, label=f"{kind} D_opt")
-        runs = compute_frontier(df[df["ffn_kind"] == kind], fit.loss_column)
+        runs = compute_frontier(df[df["_group"] == kind], fit.loss_column)
         ax_n.scatter(runs["compute_flops"], runs["active_params"], color=color, s=14, alpha=0.6)
         ax_d.scatter(runs["compute_flops"], runs["tokens_seen"], color=color, s=14, alpha=0.6)
     ax_n.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="N_opt (active params)")
     ax_d.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="D_opt (tokens)")
     ax_n.legend(fontsize=8)
-    fig.suptitle("Compute-optimal frontier from the Chinchilla fit (dots: runs)")
+    fig.suptitle("Compute-optimal frontier from the Chinchilla fit over the runs' range (dots: runs)")
     fig.tight_layout()
     return _save(fig, figures_dir, "compute_optimal", "Compute-optimal parameters and tokens "
                  "against compute")

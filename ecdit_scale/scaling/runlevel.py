@@ -58,11 +58,18 @@ def run_ids(df: pd.DataFrame) -> np.ndarray:
     return df["name"].astype(str).to_numpy()
 
 
-def frontier_mask(compute_N, loss_N, present_RN, group_N) -> np.ndarray:
+def frontier_mask(compute_N, loss_N, present_RN, group_N, budget_N=None) -> np.ndarray:
     """Rows on the compute frontier of their group among the rows present in each resample:
-    present, and no present row of the group with at most its compute has a lower loss."""
+    present, and no present row of the group with at most its compute has a lower loss. With
+    budgets (several sizes per budget, as `fit.compute_frontier`): no present row of the
+    group and budget has a lower loss."""
     C, L, g = (np.asarray(a) for a in (compute_N, loss_N, group_N))
-    beats_NN = (C[None, :] <= C[:, None]) & (L[None, :] < L[:, None]) & (g[None, :] == g[:, None])
+    if budget_N is None:
+        beats_NN = C[None, :] <= C[:, None]
+    else:
+        b = np.asarray(budget_N)
+        beats_NN = b[None, :] == b[:, None]
+    beats_NN = beats_NN & (L[None, :] < L[:, None]) & (g[None, :] == g[:, None])
     present = np.asarray(present_RN, bool)
     beaten_RN = (present[:, None, :] & beats_NN[None]).any(axis=2)
     return present & ~beaten_RN
@@ -93,15 +100,15 @@ def run_resample_weights(runs_N, group_N, n_boot: int, seed, *,
     return np.array(out, dtype=float).reshape(len(out), len(runs_N)), redrawn
 
 
-def frontier_weights(compute_N, loss_N, runs_N, group_N, n_boot: int, seed
+def frontier_weights(compute_N, loss_N, runs_N, group_N, n_boot: int, seed, budget_N=None
                      ) -> tuple[np.ndarray, np.ndarray, int]:
     """(point frontier mask, run-level resample weights with the frontier chosen inside each
     resample, resamples redrawn for too few distinct runs)."""
     n = len(compute_N)
-    point = frontier_mask(compute_N, loss_N, np.ones((1, n), bool), group_N)[0]
+    point = frontier_mask(compute_N, loss_N, np.ones((1, n), bool), group_N, budget_N)[0]
     w_RN, redrawn = run_resample_weights(runs_N, group_N, n_boot, seed)
     if len(w_RN):
-        w_RN = w_RN * frontier_mask(compute_N, loss_N, w_RN > 0, group_N)
+        w_RN = w_RN * frontier_mask(compute_N, loss_N, w_RN > 0, group_N, budget_N)
     return point, w_RN, redrawn
 
 
