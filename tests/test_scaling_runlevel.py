@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from ecdit_scale.scaling.runlevel import (frontier_mask, frontier_weights, held_out_split,
                                           kind_of, outlier_rows, run_resample_weights,

@@ -1,4 +1,5 @@
-"""Scaling reports: report.md plus a self-contained report.html, and the PNG figures.
+"""Scaling reports: report.md plus a self-contained report.html, and the PNG figures
+(drawn by `report_figures`).
 
 The report is built once as a list of blocks (headings, paragraphs, tables, figures) and
 rendered twice: Markdown that links figures/*.png, and HTML that embeds every figure as a
@@ -17,29 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ..files import atomic_output
 from ..units import format_number
-from .fit import compute_frontier
 from .formulas import Interval, unidentified
-from .runlevel import kind_of, variant_labels
-from .laws import predict_band
+from .report_figures import (FigureBlock, figure_alignment, figure_compute_optimal,
+                             figure_expert_load, figure_held_out, figure_loss, figure_residuals,
+                             loss_words)
 from .results import ScalingFit
+from .runlevel import variant_labels
 
 DEFAULT_TITLE = "EC-DiT scaling report"
-KIND_COLORS = {"dense": "tab:blue", "token-choice": "tab:orange", "expert-choice": "tab:green"}
-_EXTRA_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
-
-
-def _color(fit: ScalingFit, group: str) -> str:
-    """A kind's colour for its first group; the others of that kind get their own."""
-    same = [g for g in fit.kinds if kind_of(g) == kind_of(group)]
-    if group not in same or same.index(group) == 0:
-        return KIND_COLORS.get(kind_of(group), "tab:gray")
-    return _EXTRA_COLORS[fit.kinds.index(group) % len(_EXTRA_COLORS)]
-_DPI = 110
-_MAX_LOAD_PANELS = 12
 
 
 @dataclass(frozen=True)
@@ -84,13 +73,6 @@ class _Table:
     rows: tuple[tuple[str, ...], ...]
 
 
-@dataclass(frozen=True)
-class _Figure:
-    id: str
-    alt: str
-    path: Path
-
-
 def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEFAULT_TITLE,
                  expert_load: Mapping[str, np.ndarray] | None = None) -> ReportPaths:
     """Write out_dir/report.md, out_dir/report.html and out_dir/figures/*.png (all atomic)."""
@@ -103,7 +85,7 @@ def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEF
         tmp.write_text(_render_markdown(blocks, out_dir))
     with atomic_output(html_path) as tmp:
         tmp.write_text(_render_html(blocks, title))
-    figures = tuple(b.path for b in blocks if isinstance(b, _Figure))
+    figures = tuple(b.path for b in blocks if isinstance(b, FigureBlock))
     return ReportPaths(markdown=md_path, html=html_path, figures_dir=figures_dir, figures=figures)
 
 
@@ -118,12 +100,8 @@ def plain_answer(fit: ScalingFit) -> str:
     if math.isfinite(fit.min_compute_flops):
         answers.append(f"Measured on {format_number(fit.min_compute_flops, 3)}–"
                        f"{format_number(fit.max_compute_flops, 3)} FLOPs ({fit.compute_range:.3g}x), "
-                       f"{_loss_words(fit)}; intervals from a bootstrap of {_unit(fit)}.")
+                       f"{loss_words(fit)}; intervals from a bootstrap of {_unit(fit)}.")
     return " ".join(answers)
-
-
-def _loss_words(fit: ScalingFit) -> str:
-    return fit.loss_label or fit.loss_column
 
 
 def _unit(fit: ScalingFit) -> str:
@@ -179,7 +157,7 @@ def _blocks(df, fit, figures_dir, title, expert_load) -> list:
     if expert_load:
         blocks += _expert_load_section(expert_load, figures_dir)
     if "alignment" in df.columns and df["alignment"].notna().any():
-        blocks += [_Heading("Alignment"), _figure_alignment(df, figures_dir)]
+        blocks += [_Heading("Alignment"), figure_alignment(df, figures_dir)]
     if fit.notes:
         blocks += [_Heading("Notes")] + [_Paragraph(n) for n in fit.notes]
     return blocks
@@ -194,7 +172,7 @@ def _summary(df, fit) -> str:
     drop = ("outliers: dropped " + (", ".join(outliers.get("dropped") or []) or "none") +
             f" ({outliers.get('rule', '')})" if outliers.get("applied")
             else "outliers: none dropped (--drop-outliers off)")
-    return (f"{len(df)} rows ({counts}); loss: {_loss_words(fit)} (column {fit.loss_column}); "
+    return (f"{len(df)} rows ({counts}); loss: {loss_words(fit)} (column {fit.loss_column}); "
             f"{boot}; {drop}. Fits: log-space Huber loss (delta 1e-3) minimised by L-BFGS from "
             "a grid of starts (Hoffmann et al. 2022, Approach 3; Besiroglu et al. 2024). "
             "Curves are drawn only over the compute the runs cover; no absolute loss is "
@@ -244,7 +222,7 @@ def _loss_section(df, fit, figures_dir) -> list:
         blocks += [_Paragraph("Extrapolated loss [estimated] (at most 100x beyond the data):"),
                    _Table(("group", "compute_flops", "beyond the largest run", "predicted loss"),
                           tuple(rows))]
-    return blocks + [_figure_loss(df, fit, figures_dir), _figure_residuals(df, fit, figures_dir)]
+    return blocks + [figure_loss(df, fit, figures_dir), figure_residuals(df, fit, figures_dir)]
 
 
 def _held_out_section(fit, figures_dir) -> list:
@@ -264,7 +242,7 @@ def _held_out_section(fit, figures_dir) -> list:
             "predicted; held-out extrapolation error = (predicted - actual) / actual.")
     header = ("group", "row", "compute_flops", "actual loss", "predicted loss", "relative error")
     return blocks + [_Paragraph(text), _Table(header, tuple(rows)),
-                     _figure_held_out(fit, figures_dir)]
+                     figure_held_out(fit, figures_dir)]
 
 
 def _multiplier_section(fit) -> list:
@@ -312,7 +290,7 @@ def _chinchilla_section(df, fit, figures_dir) -> list:
         _Table(("kind", "runs", "E", "A", "B", "alpha", "beta"), tuple(rows)),
         _Table(("kind", "k (FLOPs per param·token)", "a (N exponent)", "b (D exponent)",
                 f"N_opt at {c_max:.3g} FLOPs", f"D_opt at {c_max:.3g} FLOPs"), tuple(opt_rows)),
-        _figure_compute_optimal(df, fit, figures_dir),
+        figure_compute_optimal(df, fit, figures_dir),
     ]
 
 
@@ -327,150 +305,7 @@ def _expert_load_section(expert_load, figures_dir) -> list:
             _Paragraph("Per run: the distribution of tokens per expert (or experts per token); "
                        "max/mean and the coefficient of variation (CV) measure imbalance."),
             _Table(("run", "entries", "mean", "max/mean", "CV", "zeros"), tuple(rows)),
-            _figure_expert_load(expert_load, figures_dir)]
-
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
-
-
-def _save(fig: Figure, figures_dir: Path, name: str, alt: str) -> _Figure:
-    path = figures_dir / f"{name}.png"
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, metadata={"Software": None})
-    return _Figure(id=f"fig-{name.replace('_', '-')}", alt=alt, path=path)
-
-
-def _compute_grid_flops(runs) -> np.ndarray:
-    """The compute the runs cover, and no further: curves are not drawn beyond the data."""
-    return np.logspace(np.log10(runs["compute_flops"].min()),
-                       np.log10(runs["compute_flops"].max()), 100)
-
-
-def _figure_loss(df, fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    for kind in fit.kinds:
-        color = _color(fit, kind)
-        runs = df[df["_group"] == kind]
-        grid = _compute_grid_flops(runs)
-        frontier = compute_frontier(runs, fit.loss_column)
-        ax.scatter(runs["compute_flops"], runs[fit.loss_column], s=14, color=color, alpha=0.3)
-        ax.scatter(frontier["compute_flops"], frontier[fit.loss_column], s=22, color=color,
-                   label=f"{kind} runs (frontier solid)")
-        if kind in fit.power_laws:
-            band = predict_band(fit.power_laws[kind], grid)
-            ax.plot(grid, band.loss, color=color, label=f"{kind} fit, {fit.level:.0%} band")
-            ax.fill_between(grid, band.lo, band.hi, color=color, alpha=0.15, linewidth=0)
-        if fit.shared is not None and kind in fit.shared.law.A:
-            ax.plot(grid, fit.shared.law.loss(kind, grid), color=color, linestyle="--",
-                    label=f"{kind}, shared-exponent fit")
-    ax.set(xscale="log", yscale="log", xlabel="compute (FLOPs)",
-           ylabel=_loss_words(fit),
-           title="Loss against compute over the runs' range: per-group fits with bootstrap "
-                 "bands, shared fit dashed")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "loss_vs_compute", "Loss against compute per group with "
-                 "fitted power laws and bootstrap bands, over the range of the data")
-
-
-def _point_with_interval(ax, x, y, interval, color, marker, label=None) -> None:
-    """A point and its bootstrap interval as a vertical bar (a percentile interval need not
-    contain the point estimate, so no symmetric error bars)."""
-    if interval is not None and math.isfinite(interval.lo) and math.isfinite(interval.hi):
-        ax.vlines(x, interval.lo, interval.hi, color=color, linewidth=1.5)
-    ax.plot([x], [y], marker=marker, color=color, linestyle="none", label=label)
-
-
-def _figure_residuals(df, fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(7, 3.5))
-    ax = fig.subplots()
-    for kind, f in fit.power_laws.items():
-        runs = compute_frontier(df[df["_group"] == kind], fit.loss_column)
-        pred = f.law.loss(runs["compute_flops"].to_numpy())
-        resid = runs[fit.loss_column].to_numpy() / pred - 1
-        ax.scatter(runs["compute_flops"], 100 * resid, color=_color(fit, kind), label=kind,
-                   s=18)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel="residual (% of fitted loss)",
-           title="Residuals of the power-law fits")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "residuals", "Residuals of the loss-against-compute fits")
-
-
-def _figure_held_out(fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    values = []
-    for kind, h in fit.held_out.items():
-        for i, r in enumerate(h.runs):
-            _point_with_interval(ax, r.actual_loss, r.predicted_loss, r.interval,
-                                 _color(fit, kind), "o", label=kind if i == 0 else None)
-            values += [r.actual_loss, r.predicted_loss]
-            values += [r.interval.lo, r.interval.hi] if r.interval else []
-    span = [min(values), max(values)]
-    ax.plot(span, span, color="black", linewidth=0.8, linestyle="--", label="predicted = actual")
-    ax.set(xlabel=f"actual {_loss_words(fit)}", ylabel="predicted (fit without these runs)",
-           title="Held-out predictions")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "held_out", "Held-out runs: predicted against actual loss")
-
-
-def _figure_compute_optimal(df, fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(9, 3.8))
-    ax_n, ax_d = fig.subplots(1, 2)
-    grid = np.logspace(math.log10(fit.min_compute_flops if math.isfinite(fit.min_compute_flops)
-                                  else df["compute_flops"].min()),
-                       math.log10(fit.max_compute_flops))
-    for kind, o in fit.compute_optimal.items():
-        color = _color(fit, kind)
-        ax_n.plot(grid, o.params_opt(grid), color=color, label=f"{kind} N_opt")
-        ax_d.plot(grid, o.tokens_opt(grid), color=color, label=f"{kind} D_opt")
-        runs = compute_frontier(df[df["_group"] == kind], fit.loss_column)
-        ax_n.scatter(runs["compute_flops"], runs["active_params"], color=color, s=14, alpha=0.6)
-        ax_d.scatter(runs["compute_flops"], runs["tokens_seen"], color=color, s=14, alpha=0.6)
-    ax_n.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="N_opt (active params)")
-    ax_d.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="D_opt (tokens)")
-    ax_n.legend(fontsize=8)
-    fig.suptitle("Compute-optimal frontier from the Chinchilla fit over the runs' range (dots: runs)")
-    fig.tight_layout()
-    return _save(fig, figures_dir, "compute_optimal", "Compute-optimal parameters and tokens "
-                 "against compute")
-
-
-def _figure_expert_load(expert_load, figures_dir) -> _Figure:
-    names = list(expert_load)[:_MAX_LOAD_PANELS]
-    ncols = min(3, len(names))
-    nrows = math.ceil(len(names) / ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows))
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    for ax, name in zip(axes, names):
-        ax.hist(np.asarray(expert_load[name], dtype=float).ravel(), bins=20, color="tab:green")
-        ax.set_title(str(name), fontsize=9)
-        ax.set_xlabel("experts per token", fontsize=8)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "expert_load", "Histograms of expert load per run")
-
-
-def _figure_alignment(df, figures_dir) -> _Figure:
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    for kind in (k for k in KIND_COLORS if (df["ffn_kind"] == k).any()):
-        runs = df[(df["ffn_kind"] == kind) & df["alignment"].notna()]
-        ax.scatter(runs["compute_flops"], runs["alignment"], color=KIND_COLORS[kind], label=kind,
-                   s=18)
-    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel="alignment score (0-1)", ylim=(0, 1),
-           title="GenEval-style alignment against compute")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "alignment", "Alignment score against compute per FFN kind")
+            figure_expert_load(expert_load, figures_dir)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -490,7 +325,7 @@ def _render_markdown(blocks, out_dir: Path) -> str:
             lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
                       for row in b.rows]
             lines.append("")
-        elif isinstance(b, _Figure):
+        elif isinstance(b, FigureBlock):
             lines += [f"![{b.alt}]({b.path.relative_to(out_dir).as_posix()})", ""]
     return "\n".join(lines)
 
@@ -525,7 +360,7 @@ def _render_html(blocks, title: str) -> str:
             body.append(f"<p><strong>{text}</strong></p>" if b.strong else f"<p>{text}</p>")
         elif isinstance(b, _Table):
             body.append(_html_table(b))
-        elif isinstance(b, _Figure):
+        elif isinstance(b, FigureBlock):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
             body.append(f'<figure><img id="{b.id}" alt="{html.escape(b.alt)}" '
                         f'src="data:image/png;base64,{data}"></figure>')
