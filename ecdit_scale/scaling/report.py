@@ -97,11 +97,34 @@ def plain_answer(fit: ScalingFit) -> str:
     if not pairs:
         return "No fit covers expert choice and a baseline, so they cannot be compared."
     answers = [_answer(fit, kind, base) for kind, base in pairs]
+    answers += _robustness(fit)
     if math.isfinite(fit.min_compute_flops):
         answers.append(f"Measured on {format_number(fit.min_compute_flops, 3)}–"
                        f"{format_number(fit.max_compute_flops, 3)} FLOPs ({fit.compute_range:.3g}x), "
                        f"{loss_words(fit)}; intervals from a bootstrap of {_unit(fit)}.")
     return " ".join(answers)
+
+
+def _robustness(fit: ScalingFit) -> list[str]:
+    """One sentence per pair whose conclusion (interval above 1, below 1, or including 1)
+    changes across the sensitivity table."""
+    out = []
+    for kind, base in fit.pairs():
+        verdicts = []
+        for row in fit.sensitivity:
+            m = next((m for m in row.multipliers
+                      if (m.kind, m.baseline_kind) == (kind, base)), None)
+            iv = m.interval if m is not None else None
+            if iv is None or unidentified(m.value, iv):
+                verdicts.append("?")
+            else:
+                verdicts.append(">1" if iv.lo > 1 else "<1" if iv.hi < 1 else "~1")
+        if len(set(verdicts)) > 1:
+            n_one = sum(v not in (">1", "<1") for v in verdicts)
+            out.append(f"Not robust: for {kind} over {base} the interval includes 1 (or the "
+                       f"multiplier is not identified) in {n_one} of {len(verdicts)} variations "
+                       "of the data (Sensitivity).")
+    return out
 
 
 def _unit(fit: ScalingFit) -> str:
