@@ -90,9 +90,9 @@ def test_run_level_intervals_cover_the_true_multiplier():
     for k in range(K):
         df = _synthetic(rng)
         C, L = df["C"].to_numpy(), df["loss"].to_numpy()
-        point, w, _ = frontier_weights(C, L, df["run"], df["group"], 60, seed=k)
+        point, w, _ = frontier_weights(C, L, df["run"], df["group"], 40, seed=k)
         fit = fit_shared_power_law(C, L, df["group"].to_numpy(), point_rows=point,
-                                   boot_weights=w, n_boot=60)
+                                   boot_weights=w, n_boot=40)
         iv = fit.multiplier("expert-choice", "dense").interval
         covered += iv.lo <= 1.5 <= iv.hi
     assert covered >= 16, f"covered the truth in {covered} of {K}"

@@ -184,8 +184,7 @@ def _without_outliers(df, kinds, loss_column) -> tuple[pd.DataFrame, list[str]]:
             f = fit_power_law(C, L, point_rows=point)
         except FitError:
             continue
-        r = np.log(L) - np.log(f.law.loss(C))
-        resid[np.flatnonzero(sel)[point]] = r[point]
+        resid[sel] = np.log(L) - np.log(f.law.loss(C))
     drop = outlier_rows(resid, df["_group"])
     return df[~drop].reset_index(drop=True), df.loc[drop, "name"].tolist()
 

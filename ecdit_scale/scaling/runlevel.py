@@ -24,6 +24,7 @@ HELD_OUT_FACTOR = 4.0  # held-out rows lie at least this far beyond the largest 
 MIN_RUNS_PER_RESAMPLE = 2  # distinct runs per group a resample needs to show a trend in size
 OUTLIER_Z = 3.5  # robust z of a log residual beyond which --drop-outliers drops a row
 OUTLIER_RULE = (f"a row is an outlier when its log residual from its group's point fit L(C) "
+                "(fitted to the group's compute frontier; residuals of every row) "
                 f"is more than {OUTLIER_Z} robust standard deviations (1.4826 x median absolute "
                 "deviation) from the group's median residual; outliers are dropped and the fit "
                 "is redone")
