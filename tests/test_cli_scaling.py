@@ -42,7 +42,9 @@ def test_fit_then_report(tmp_path):
     ec = next(m for m in data["multipliers"]
               if m["kind"] == "expert-choice" and m["baseline_kind"] == "dense")
     assert ec["value"] == pytest.approx(2.0, rel=0.15)
-    assert data["extrapolations"]  # to the 97B plan's compute by default
+    assert data["extrapolations"] == []  # no absolute loss unless asked, and never > 100x
+    assert data["bootstrap_unit"] == "training run" and data["sensitivity"]
+    assert data["outliers"]["applied"] is False
     out = run_cli("report", str(table), "--json")
     assert out.returncode == 0, out.stderr
     html = Path(strict_json(out.stdout)["html"]).read_text()
@@ -62,12 +64,24 @@ def test_bad_run_tables_name_the_rows(tmp_path, mutate, needle):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_plan_shows_the_predicted_loss_of_the_reference_fit():
+def test_plan_shows_multipliers_not_an_extrapolated_loss():
     out = run_cli("plan", "--no-write", "--json")
     assert out.returncode == 0, out.stderr
-    loss = json.loads(out.stdout)["predicted_loss"]
-    assert loss is not None and loss["interval"][0] <= loss["loss"] <= loss["interval"][1]
-    assert "reference" in loss["source"] and loss["extrapolation_factor"] > 1
+    data = json.loads(out.stdout)
+    est = data["scaling_estimate"]
+    assert "predicted_loss" not in data and est["estimated"] is True
+    assert "reference" in est["source"] and est["beyond_factor"] > 100
+    lo, hi = est["measured_compute_flops"]
+    assert 0 < lo < hi and "flow-matching" in est["loss"]
+    baselines = {m["baseline"] for m in est["multipliers"]}
+    assert any(b.startswith("dense") for b in baselines)
+    assert any(b.startswith("token-choice") for b in baselines)
+    for m in est["multipliers"]:
+        if m["value"] is not None and m["interval"] is not None:
+            assert m["interval"][0] <= m["value"] <= m["interval"][1]
+    text = run_cli("plan", "--no-write")
+    assert "[estimated]" in text.stdout and "predicted final loss" not in text.stdout
+
 
 
 def one_line_error(out, *needles):
@@ -146,3 +160,18 @@ def test_progress_goes_to_stderr_once_work_takes_a_while(monkeypatch, capsys):
     quick("L(C) for dense", 0, 2)
     quick("done", 2, 2)
     assert capsys.readouterr().err == ""  # quick work prints nothing
+
+
+def test_drop_outliers_is_explicit_and_reported_and_loss_is_not_extrapolated_past_100x(tmp_path):
+    table = synthetic_table(tmp_path / "runs.csv")
+    df = pd.read_csv(table)
+    df.loc[4, "smoothed_loss"] *= 1.3  # dense-4: far off its curve
+    df.to_csv(table, index=False)
+    out = run_cli("fit", str(table), "--n-boot", "10", "--drop-outliers", "--json",
+                  "--extrapolate-to", "1e20")
+    assert out.returncode == 0, out.stderr
+    data = strict_json(out.stdout)
+    assert data["outliers"]["applied"] is True and data["outliers"]["dropped"] == ["dense-4"]
+    assert "robust standard deviations" in data["outliers"]["rule"]
+    assert data["extrapolations"] == []  # 1e20 is 1e5x beyond the largest run
+    assert any("100x limit" in n for n in data["notes"])

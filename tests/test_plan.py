@@ -18,7 +18,7 @@ from ecdit_scale.planner import plan_files as plan_mod
 from ecdit_scale.planner.deepspeed_config import deepspeed_config, deepspeed_launch_command
 from ecdit_scale.planner.hardware import get_accelerator
 from ecdit_scale.planner.inference import estimate_inference
-from ecdit_scale.planner.plan import LossEstimate, make_plan
+from ecdit_scale.planner.plan import ScalingEstimate, make_plan
 from ecdit_scale.planner.plan_files import PLAN_FILES, write_plan_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_plan_to_dict_is_json(plan97):
     assert d["params"]["total_params"] == plan97.params.total_params
     assert d["fastest_with_tensor_parallel"]["layout"]["tp"] == plan97.tp_alternative.layout.tp
     assert d["inference"]["latency_s"] == plan97.inference.latency_s
-    assert d["predicted_loss"] is None and d["resolved"] is None  # no loss model was given
+    assert d["scaling_estimate"] is None and d["resolved"] is None  # no scaling model was given
     assert d["estimated"] and d["assumptions"]
 
 
@@ -256,25 +256,35 @@ SMALL = sizes.get("small-ec8")
 ONE_NODE = ClusterConfig(nodes=1)
 
 
-def _loss(kind, compute):
-    return {"loss": 0.5, "interval": [0.4, 0.6], "kind": kind, "compute_flops": compute,
-            "source": "test", "extrapolation_factor": 2.0, "law": {"E": 0.1, "A": 1.0, "alpha": 0.2}}
+def _scaling(kind, experts, compute):
+    return {"kind": kind, "source": "test", "loss": "test loss",
+            "measured_compute_flops": [1e12, 1e13], "beyond_factor": compute / 1e13,
+            "statistics": "test", "multipliers": [
+                {"variant": f"{kind}-{experts}e", "baseline": "dense", "value": 1.5,
+                 "interval": [0.9, 2.0], "note": ""},
+                {"variant": kind, "baseline": "token-choice", "value": None, "interval": None,
+                 "note": "not identified"}]}
 
 
-def test_loss_model_gets_the_run_compute_and_becomes_typed():
+def test_scaling_model_gets_kind_experts_and_compute_and_becomes_typed():
     seen = []
-    p = make_plan(SMALL, cluster=ONE_NODE, loss_model=lambda k, c: seen.append((k, c)) or _loss(k, c))
-    assert seen == [("expert-choice", p.compute_flops)]
-    assert isinstance(p.predicted_loss, LossEstimate) and p.predicted_loss.interval == (0.4, 0.6)
-    assert p.to_dict()["predicted_loss"]["law"]["alpha"] == 0.2
-    assert make_plan(SMALL, cluster=ONE_NODE, loss_model=lambda k, c: None).predicted_loss is None
+    p = make_plan(SMALL, cluster=ONE_NODE,
+                  scaling_model=lambda k, e, c: seen.append((k, e, c)) or _scaling(k, e, c))
+    assert seen == [("expert-choice", 8, p.compute_flops)]
+    est = p.scaling_estimate
+    assert isinstance(est, ScalingEstimate) and est.multipliers[0].interval == (0.9, 2.0)
+    assert est.beyond_factor == p.compute_flops / 1e13
+    d = p.to_dict()["scaling_estimate"]
+    assert d["estimated"] is True and d["multipliers"][1]["value"] is None
+    assert "loss" not in p.to_dict() and "predicted_loss" not in p.to_dict()
+    assert make_plan(SMALL, cluster=ONE_NODE, scaling_model=lambda k, e, c: None).scaling_estimate is None
 
 
-@pytest.mark.parametrize("bad", [{"loss": 1.0}, {**_loss("x", 1.0), "loss": float("nan")},
-                                 {**_loss("x", 1.0), "interval": [1.0]}])
-def test_a_broken_loss_prediction_is_one_config_error(bad):
-    with pytest.raises(ConfigError, match="loss"):
-        make_plan(SMALL, cluster=ONE_NODE, loss_model=lambda k, c: bad)
+@pytest.mark.parametrize("bad", [{"kind": "x"}, {**_scaling("x", 8, 1.0), "beyond_factor": float("nan")},
+                                 {**_scaling("x", 8, 1.0), "measured_compute_flops": [1.0]}])
+def test_a_broken_scaling_estimate_is_one_config_error(bad):
+    with pytest.raises(ConfigError, match="scaling estimate"):
+        make_plan(SMALL, cluster=ONE_NODE, scaling_model=lambda k, e, c: bad)
 
 
 def test_pinned_tp_has_no_alternative_and_top_must_be_positive():
@@ -291,7 +301,8 @@ def test_plan_json_and_plan_yaml_are_the_same_object(tmp_path):
     assert res.returncode == 0, res.stderr
     printed = json.loads(res.stdout)
     assert printed == yaml.safe_load((out / "plan.yaml").read_text())
-    assert printed["inference"]["devices"] == 8 and printed["predicted_loss"]["loss"] > 0
+    assert printed["inference"]["devices"] == 8
+    assert printed["scaling_estimate"]["multipliers"] and "predicted_loss" not in printed
     assert "fastest_with_tensor_parallel" in printed and printed["compute_flops"] > 0
 
 

@@ -8,19 +8,19 @@ import yaml
 
 from ecdit_scale.planner.examples import EXAMPLES, example_files, export_examples
 from ecdit_scale.planner.plan_files import PLAN_HEADER
-from ecdit_scale.scaling.predict import predicted_loss
+from ecdit_scale.scaling.predict import scaling_estimate
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def reference_loss(kind, compute_flops):
-    """The loss model `ecdit-scale plans export` passes: the reference sweep's fit."""
-    return predicted_loss(None, kind, compute_flops)
+def reference_scaling(kind, experts, compute_flops):
+    """The scaling model `ecdit-scale plans export` passes: the reference sweep's fit."""
+    return scaling_estimate(None, kind, experts, compute_flops)
 
 
 @pytest.mark.parametrize("ex", EXAMPLES, ids=lambda e: e.name)
 def test_checked_in_plan_is_fresh(ex):
-    for fname, text in example_files(ex, loss_model=reference_loss).items():
+    for fname, text in example_files(ex, scaling_model=reference_scaling).items():
         path = ROOT / "plans" / ex.name / fname
         assert path.is_file(), f"missing {path}; run `ecdit-scale plans export`"
         assert path.read_text() == text, f"stale {path}; run `ecdit-scale plans export`"
@@ -28,9 +28,10 @@ def test_checked_in_plan_is_fresh(ex):
 
 @pytest.mark.parametrize("ex", EXAMPLES, ids=lambda e: e.name)
 def test_example_plans_are_consistent(ex):
-    files = example_files(ex, loss_model=reference_loss)
+    files = example_files(ex, scaling_model=reference_scaling)
     plan = yaml.safe_load(files["plan.yaml"])
-    assert plan["predicted_loss"]["kind"] == plan["model_config"]["ffn"]["kind"]
+    assert plan["scaling_estimate"]["kind"] == plan["model_config"]["ffn"]["kind"]
+    assert "predicted_loss" not in plan  # no absolute loss extrapolated from the tiny sweep
     assert plan["inference"]["model"] == plan["model"]
     ds = json.loads(files["ds_config.json"])
     lay = plan["best"]["layout"]

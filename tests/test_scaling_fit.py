@@ -1,5 +1,7 @@
 """Scaling fits recover known constants from synthetic runs; run tables fail loudly."""
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -226,9 +228,11 @@ def test_fit_round_trips_through_yaml(tmp_path, table_fit):
     path = save_fit(fit, tmp_path / "fit.yaml")
     loaded = load_fit(path)
     assert isinstance(loaded, ScalingFit)
-    assert loaded == fit
+    # the shared fit's multipliers hold loss = NaN (the same at every loss), and NaN != NaN
+    assert dataclasses.replace(loaded, sensitivity=()) == dataclasses.replace(fit, sensitivity=())
+    assert len(loaded.sensitivity) == len(fit.sensitivity) > 0
     assert predict(loaded.power_laws["dense"], 1e20) == predict(fit.power_laws["dense"], 1e20)
-    assert loaded.to_dict() == fit.to_dict()
+    assert json.dumps(loaded.to_dict()) == json.dumps(fit.to_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["fit.yaml"]  # no temp files left
 
 
@@ -330,15 +334,15 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
     from scipy.optimize import minimize
 
     from ecdit_scale.scaling.robust import (LBFGS_OPTIONS, bootstrap_terms, fit_terms,
-                                            grid_starts, huber_terms_objective, terms_bounds,
-                                            thinned)
+                                            grid_starts, huber_terms_objective,
+                                            resample_weights, terms_bounds, thinned)
 
     compute_flops, loss = power_law_data(n_runs=12, seed=5, noise=0.01)
     logx_TN = (np.log(compute_flops) - np.log(compute_flops).mean())[None]
     log_loss_N = np.log(loss)
     theta, _ = fit_terms(logx_TN, log_loss_N, what="test")
     idx = bootstrap_indices(12, 4, seed=2, min_unique=3)
-    batched = bootstrap_terms(logx_TN, log_loss_N, idx, theta)
+    batched = bootstrap_terms(logx_TN, log_loss_N, resample_weights(idx, 12), theta)
     assert len(batched) == len(idx)
     lower, upper = terms_bounds(1)
     bounds = list(zip([None, None, lower[2]], [None, None, upper[2]]))

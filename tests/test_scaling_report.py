@@ -81,9 +81,12 @@ def test_markdown_has_constants_held_out_error_and_answer(report):
     md = paths.markdown.read_text()
     assert "## Held-out extrapolation error" in md
     assert "held-out extrapolation error = (predicted - actual) / actual" in md
-    assert "At this scale" in md
+    assert re.search(r"expert-choice reaches dense's loss with|between expert-choice and dense", md)
+    assert "Measured on 1e+16–1e+19 FLOPs" in md
+    assert "## Sensitivity" in md and "| final_loss, all budgets |" in md
     for kind in ("dense", "token-choice", "expert-choice"):
-        assert re.search(rf"^\| {kind} \| \d+ \| [\d.]+ \(", md, re.M), kind
+        assert re.search(rf"^\| {kind} \| \d+ \| \d+ \| ([\d.]+ \(|not identified)", md,
+                         re.M), kind
     assert "| expert-choice over dense |" in md
     assert "| expert-choice over token-choice |" in md
     for name in ("loss_vs_compute", "held_out", "compute_optimal", "alignment"):
@@ -113,9 +116,9 @@ def answer_for(value, lo, hi, note="") -> str:
 
 
 def test_plain_answer_follows_the_interval():
-    assert ("expert choice reaches dense's loss with 2.10× less compute (95% CI 1.6–2.7)"
+    assert ("expert-choice reaches dense's loss with 2.10× less compute (95% CI 1.6–2.7)"
             in answer_for(2.1, 1.6, 2.7))
-    assert "do not separate" in answer_for(1.4, 0.8, 2.2)
+    assert "No detectable difference" in answer_for(1.4, 0.8, 2.2)
     assert "needs 2.00× more compute" in answer_for(0.5, 0.4, 0.7)
     assert "undefined" in answer_for(math.nan, 0, 0, note="undefined: loss below E")
 

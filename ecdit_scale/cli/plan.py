@@ -13,19 +13,19 @@ from ..errors import ConfigError
 from ..units import format_amount, format_count, format_duration, format_gib
 from .common import app, console, err_console, print_json
 
-def _loss_model(fit: Optional[Path]):
-    """The planner's loss model: the scaling fit at ``fit`` (default: the reference sweep's).
-    Any way a fit file can be broken becomes one line naming it."""
+def _scaling_model(fit: Optional[Path]):
+    """The planner's scaling model: the scaling fit at ``fit`` (default: the reference
+    sweep's). Any way a fit file can be broken becomes one line naming it."""
     import yaml
 
     from ..files import MAX_YAML_BYTES, read_text_file
-    from ..scaling.predict import predicted_loss
+    from ..scaling.predict import scaling_estimate
 
-    def predict(kind: str, compute_flops: float):
+    def predict(kind: str, experts: int, compute_flops: float):
         if fit is not None and fit.exists():  # binary, huge, unreadable: named here
             read_text_file(fit, what="scaling fit", max_bytes=MAX_YAML_BYTES)
         try:
-            return predicted_loss(fit, kind, compute_flops)
+            return scaling_estimate(fit, kind, experts, compute_flops)
         except ConfigError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
@@ -65,7 +65,7 @@ def plan(
     top: int = typer.Option(5, "--top", help="How many layouts to list."),
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
     inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
-    fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the predicted loss (default: the reference sweep's)."),
+    fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the compute multipliers (default: the reference sweep's)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (default plan-MODEL/); it appears whole."),
     write: bool = typer.Option(True, "--write/--no-write", help="Write the plan files."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml)."),
@@ -92,7 +92,7 @@ def plan(
                                price=price)
     the_plan = make_plan(cfg, training, cluster, acc, pin=pin, top=top,
                          sampling_steps=sampling_steps, inference_devices=inference_devices,
-                         loss_model=_loss_model(fit), resolved=resolved, table=sizes_table,
+                         scaling_model=_scaling_model(fit), resolved=resolved, table=sizes_table,
                          **target)
     files = write_plan_files(the_plan, out or f"plan-{cfg.name}") if write else {}
     if json_out:
@@ -110,7 +110,7 @@ def plan(
 
 def _print_plan(p, files) -> None:
     cfg, b = p.config, p.params
-    infer, loss, tp_alt, resolved = p.inference, p.predicted_loss, p.tp_alternative, p.resolved
+    infer, scaling, tp_alt, resolved = p.inference, p.scaling_estimate, p.tp_alternative, p.resolved
     how = ""
     if resolved:
         how = (f" — {'synthesised' if resolved.synthesised else 'named config'} for "
@@ -181,11 +181,19 @@ def _print_plan(p, files) -> None:
                   f"{escape(p.accelerator.name)} (ep={infer.ep}, tp={infer.tp}): {infer.latency_s:.2f} s "
                   f"per batch of {infer.batch}, {infer.bound}-bound, {format_gib(infer.memory_bytes_per_device)}"
                   f" per device \\[estimated]")
-    if loss:
-        iv = loss.interval
-        band = f" (95% CI {iv[0]:.4f}-{iv[1]:.4f})" if iv else ""
-        console.print(f"predicted final loss: {loss.loss:.4f}{band} from {escape(loss.source)} "
-                      f"\\[extrapolated {loss.extrapolation_factor:.2g}x beyond its largest run]")
+    if scaling:
+        lo, hi = scaling.measured_compute_flops
+        for m in scaling.multipliers:
+            value = (f"{m.value:.2f}x" + (f" (95% CI {m.interval[0]:.2f}-{m.interval[1]:.2f})"
+                                          if m.interval else "")) if m.value is not None else m.note
+            console.print(f"compute multiplier {escape(m.variant)} over {escape(m.baseline)}: "
+                          f"{escape(value)} \\[estimated]")
+            if m.value is not None and m.note:
+                console.print(f"  {escape(m.note)}", style="dim")
+        console.print(f"  measured on {lo:.3g}-{hi:.3g} FLOPs ({escape(scaling.loss)}; "
+                      f"{escape(scaling.statistics)}) from {escape(scaling.source)}; this run "
+                      f"lies {scaling.beyond_factor:.2g}x beyond that range; no loss is predicted",
+                      style="dim")
     if p.step_s / max(p.best.grad_accum, 1) < 0.01:
         console.print("warning: under 10 ms per micro-step the GPU is mostly waiting on kernel "
                       "launches, which this model does not count (small-dense measured 26x its "
@@ -240,7 +248,7 @@ def export_plans(
     """Regenerate the example plans (M-64E on the default cluster, XL-32E on H200, a small one-node run)."""
     from ..planner.examples import EXAMPLES, export_examples
 
-    changed = export_examples(out, check=check, loss_model=_loss_model(None))
+    changed = export_examples(out, check=check, scaling_model=_scaling_model(None))
     if check and changed:
         raise ConfigError(f"{len(changed)} stale plan file(s), e.g. {changed[0]}; run `ecdit-scale plans export`")
     if json_out:

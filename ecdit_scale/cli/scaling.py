@@ -19,7 +19,6 @@ from .common import app, console, err_console, print_json
 PROGRESS_AFTER_S = 2.0  # fits quicker than this print no progress
 
 MAX_BOOT = 10_000  # resamples: 200 give stable 95% intervals; more only costs time
-MAX_HOLDOUT = 1_000  # runs per kind held out of the fit for the check
 
 
 def _csv_list(text: str, option: str) -> tuple[str, ...]:
@@ -86,13 +85,17 @@ def sweep(
 def fit(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet) with the required columns."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to save the fit (default: TABLE's folder/fit.yaml)."),
-    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples for the intervals."),
+    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples (of training runs) for the intervals."),
     seed: int = typer.Option(0, "--seed"),
-    holdout: int = typer.Option(1, "--holdout", help="Largest-compute runs per kind held out for the check."),
-    extrapolate_to: Optional[float] = typer.Option(None, "--extrapolate-to", help="Compute (FLOPs) to predict; default: the 97B plan's run."),
+    loss_column: str = typer.Option("smoothed_loss", "--loss-column", help="smoothed_loss or final_loss."),
+    loss_label: str = typer.Option("", "--loss-label", help="What the loss is, for the report and plan (e.g. 'smoothed training flow-matching loss (32x32 shapes)')."),
+    held_out_factor: float = typer.Option(4.0, "--held-out-factor", help="Held-out rows lie at least this factor beyond the largest fitted compute."),
+    drop_outliers: bool = typer.Option(False, "--drop-outliers", help="Drop rows whose log residual is > 3.5 robust SDs from their group's median, and refit (reported in the fit)."),
+    extrapolate_to: Optional[float] = typer.Option(None, "--extrapolate-to", help="Compute (FLOPs) at which to predict the loss; refused beyond 100x the largest run."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Fit L(C) = E + A C^-alpha and L(N, D) per FFN kind, with bootstrap intervals."""
+    """Fit L(C) = E + A C^-alpha and L(N, D) per FFN kind or variant, with run-level bootstrap
+    intervals, a held-out check and a sensitivity table."""
     from ..scaling.fit import fit_run_table
     from ..scaling.report import plain_answer
     from ..scaling.results import save_fit
@@ -101,24 +104,22 @@ def fit(
     if not 0 <= n_boot <= MAX_BOOT:
         raise ConfigError(f"--n-boot {n_boot}: must be in 0..{MAX_BOOT} (200 gives stable 95% "
                           "intervals)")
-    if not 1 <= holdout <= MAX_HOLDOUT:
-        raise ConfigError(f"--holdout {holdout}: a number of runs per kind in 1..{MAX_HOLDOUT}")
     if not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed}: must be an integer in 0..{2**32 - 1}")
     if out is not None and not str(out).strip() or out is not None and out.is_dir():
         raise ConfigError(f"--out {str(out)!r}: give a file path for the fit, e.g. fit.yaml")
+    if loss_column not in ("smoothed_loss", "final_loss"):
+        raise ConfigError(f"--loss-column {loss_column!r}: smoothed_loss or final_loss")
+    if not (math.isfinite(held_out_factor) and held_out_factor > 1):
+        raise ConfigError(f"--held-out-factor {held_out_factor}: a factor > 1, e.g. 4")
     if extrapolate_to is not None and not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
         raise ConfigError(f"--extrapolate-to {extrapolate_to}: a compute in FLOPs, finite and > 0 "
                           "(e.g. 1e21)")
     df = load_run_table(table)
-    run_key = "card" if "card" in df.columns else "name"
-    most = int(df.groupby("ffn_kind")[run_key].nunique().max())
-    if holdout >= most >= 3:  # fewer than 3 runs: the fit itself says how many it needs
-        raise ConfigError(f"--holdout {holdout}: the table has at most {most} runs of one FFN kind; "
-                          f"hold out fewer (1..{max(most - 1, 1)}) so some are left to fit")
-    target = extrapolate_to if extrapolate_to is not None else _default_plan_compute()
-    result = fit_run_table(df, n_boot=n_boot, seed=seed, extrapolate_to_flops=target,
-                           holdout=holdout, progress=stderr_progress("fit"))
+    result = fit_run_table(df, n_boot=n_boot, seed=seed, extrapolate_to_flops=extrapolate_to,
+                           loss_column=loss_column, loss_label=loss_label,
+                           held_out_factor=held_out_factor, drop_outliers=drop_outliers,
+                           progress=stderr_progress("fit"))
     path = save_fit(result, out or table.parent / "fit.yaml")
     if json_out:
         print_strict_json({**result.to_dict(), "saved": str(path), "answer": plain_answer(result)})
@@ -158,17 +159,6 @@ def print_strict_json(data: dict) -> None:
     sys.stdout.write(strict_json(data) + "\n")
 
 
-def _default_plan_compute() -> float:
-    """Total model FLOPs of the default 97B plan's run (what `plan --params 97B` costs)."""
-    from .. import sizes
-    from ..config import Recompute, TrainingConfig
-    from ..planner.flops import training_flops_per_image
-
-    tr = TrainingConfig()
-    cfg = sizes.resolve("97B").config
-    return training_flops_per_image(cfg, Recompute.NONE).model_flops * tr.global_batch * tr.steps
-
-
 def _print_fit(result) -> None:
     from ..scaling.formulas import unidentified
 
@@ -184,29 +174,50 @@ def _print_fit(result) -> None:
             return f"not identified (the data are consistent with {why})"
         return f"{value:.3g}x" + (f" ({label} {iv.lo:.3g}-{iv.hi:.3g})" if iv else "")
 
-    t = Table(title="L(C) = E + A * C^-alpha per FFN kind (constants unrounded; 95% bootstrap CI)")
-    for col in ("kind", "runs", "E", "A", "alpha", "held-out error"):
+    console.print(f"loss: {result.loss_label or result.loss_column}; compute "
+                  f"{result.min_compute_flops:.3g}-{result.max_compute_flops:.3g} FLOPs "
+                  f"({result.compute_range:.3g}x); intervals: bootstrap of "
+                  f"{result.bootstrap_unit}s", highlight=False)
+    t = Table(title="L(C) = E + A * C^-alpha per group (constants unrounded; 95% bootstrap CI)")
+    for col in ("group", "runs", "frontier rows", "E", "A", "alpha", "held-out error"):
         t.add_column(col)
     for kind, f in result.power_laws.items():
         ho = result.held_out.get(kind)
-        t.add_row(kind, str(f.n_runs), *(cell(getattr(f.law, n), f.ci.get(n))
-                                         for n in ("E", "A", "alpha")),
-                  f"{ho.max_abs_relative_error:.2%}" if ho else "n/a")
+        t.add_row(kind, str(result.n_training_runs.get(kind, "?")), str(f.n_runs),
+                  *(cell(getattr(f.law, n), f.ci.get(n)) for n in ("E", "A", "alpha")),
+                  f"{ho.max_abs_relative_error:.2%}" if ho else "impossible (see notes)"
+                  if kind in result.held_out_status else "n/a")
     console.print(t)
-    for base in ("dense", "token-choice"):
-        m = result.shared_multiplier("expert-choice", base)
+    for kind, base in result.pairs():
+        m = result.shared_multiplier(kind, base)
         if m is not None:
-            console.print(f"[bold]compute multiplier expert-choice over {base}: "
-                          f"{with_ci(m.value, m.interval, '95% CI')}[/] "
-                          f"(shared E={result.shared.law.E:.4g}, alpha={result.shared.law.alpha:.4g})")
+            console.print(f"[bold]compute multiplier {kind} over {base}: "
+                          f"{with_ci(m.value, m.interval, '95% CI')}[/] (shared-exponent fit)")
     for m in result.multipliers:
         val = with_ci(m.value, m.interval) if m.defined else m.note
-        console.print(f"per-kind fits, {m.kind} over {m.baseline_kind}: {val}")
+        console.print(f"per-group fits, {m.kind} over {m.baseline_kind}: {val}")
+    if result.sensitivity:
+        st = Table(title="Sensitivity: shared-fit multipliers on variations of the data")
+        pairs = result.pairs()
+        for col in ("variation", "rows", *(f"{k} / {b}" for k, b in pairs)):
+            st.add_column(col)
+        for r in result.sensitivity:
+            by = {(m.kind, m.baseline_kind): m for m in r.multipliers}
+            st.add_row(r.label, str(r.n_rows), *(with_ci(by[p].value, by[p].interval)
+                                                 if p in by else "no fit" for p in pairs))
+        console.print(st)
     for e in result.extrapolations:
         p = e.prediction
         iv = f" (CI {p.interval.lo:.4g}-{p.interval.hi:.4g})" if p.interval else ""
         console.print(f"extrapolated {e.kind} loss at {p.compute_flops:.3g} FLOPs: {p.loss:.4g}{iv} "
-                      f"[{p.compute_flops / result.max_compute_flops:.2g}x beyond the largest run]")
+                      f"\\[estimated; {p.compute_flops / result.max_compute_flops:.2g}x beyond the "
+                      "largest run]")
+    for kind, why in result.held_out_status.items():
+        console.print(f"held-out check for {kind}: {why}", style="yellow", highlight=False)
+    o = result.outliers or {}
+    console.print("outliers: " + (("dropped " + (", ".join(o.get("dropped") or []) or "none"))
+                                  if o.get("applied") else "kept (--drop-outliers off)"),
+                  style="dim", highlight=False)
     for n in result.notes:
         console.print(f"note: {n}", style="dim", highlight=False)
 

@@ -1,6 +1,6 @@
 """A training plan, the whole ``ecdit-scale plan`` use case as one typed object: FLOPs, the best
 launchable layout and the fastest tensor-parallel alternative, step time, days, GPU-hours and
-cost, the inference estimate and the predicted loss.
+cost, the inference estimate and the scaling estimate (compute multipliers measured by a sweep).
 
 ``make_plan`` computes it; ``Plan.to_dict`` is what ``plan.yaml`` holds and what ``plan --json``
 prints (one object, two renderings). The files are rendered in ``plan_files``. No torch here.
@@ -25,10 +25,10 @@ from .inference import InferenceEstimate, estimate_inference
 from .layouts import LayoutEstimate, SearchResult, search_layouts
 
 
-# (FFN kind, compute FLOPs) -> a mapping with the LossEstimate fields, or None when no law
-# applies. The planner never imports ``scaling``; the caller passes this in (the CLI wraps
-# ``ecdit_scale.scaling.predict.predicted_loss``).
-LossModel = Callable[[str, float], "Mapping[str, Any] | None"]
+# (FFN kind, experts, compute FLOPs) -> a mapping with the ScalingEstimate fields, or None when
+# the fit has nothing for the kind. The planner never imports ``scaling``; the caller passes
+# this in (the CLI wraps ``ecdit_scale.scaling.predict.scaling_estimate``).
+ScalingModel = Callable[[str, int, float], "Mapping[str, Any] | None"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,37 +41,61 @@ class FlopsPerStep:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LossEstimate:
-    """The final loss a scaling fit predicts at the run's compute (an extrapolation)."""
+class MultiplierEstimate:
+    """C_baseline / C_variant at equal loss, as a sweep measured it (not extrapolated)."""
 
-    loss: float
-    interval: tuple[float, float] | None  # 95% bootstrap interval
+    variant: str
+    baseline: str
+    value: float | None  # None: the fit cannot identify or define it (see note)
+    interval: tuple[float, float] | None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "baseline": self.baseline, "value": self.value,
+                "interval": list(self.interval) if self.interval else None, "note": self.note}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingEstimate:
+    """What a scaling sweep supports saying about the plan's FFN kind: compute multipliers with
+    their intervals, the compute range they were measured on and how far the plan lies beyond
+    it. No absolute loss: the sweep's is a different objective, far from this compute."""
+
     kind: str
-    compute_flops: float
     source: str
-    extrapolation_factor: float  # run compute / the fit's largest run
-    law: dict[str, float]  # L(C) = E + A * C^-alpha
+    loss: str  # what loss the multipliers compare, e.g. "smoothed training flow-matching loss"
+    measured_compute_flops: tuple[float, float]
+    beyond_factor: float  # plan compute / the largest compute measured
+    statistics: str  # how the intervals were made, e.g. "bootstrap of 3 training runs per variant"
+    multipliers: tuple[MultiplierEstimate, ...]
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "the loss model") -> "LossEstimate":
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "the scaling model") -> "ScalingEstimate":
         try:
-            iv = data.get("interval")
-            est = cls(loss=float(data["loss"]),
-                      interval=(float(iv[0]), float(iv[1])) if iv is not None else None,
-                      kind=str(data["kind"]), compute_flops=float(data["compute_flops"]),
-                      source=str(data["source"]),
-                      extrapolation_factor=float(data["extrapolation_factor"]),
-                      law={str(k): float(v) for k, v in dict(data["law"]).items()})
+            lo, hi = (float(x) for x in data["measured_compute_flops"])
+            ms = tuple(MultiplierEstimate(
+                variant=str(m["variant"]), baseline=str(m["baseline"]),
+                value=None if m.get("value") is None else float(m["value"]),
+                interval=(None if m.get("interval") is None
+                          else (float(m["interval"][0]), float(m["interval"][1]))),
+                note=str(m.get("note", ""))) for m in data["multipliers"])
+            est = cls(kind=str(data["kind"]), source=str(data["source"]), loss=str(data["loss"]),
+                      measured_compute_flops=(lo, hi), beyond_factor=float(data["beyond_factor"]),
+                      statistics=str(data["statistics"]), multipliers=ms)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ConfigError(f"{source}: not a loss prediction ({type(exc).__name__}: {exc})") from None
-        if not all(math.isfinite(x) for x in (est.loss, est.compute_flops, *(est.interval or ()))):
-            raise ConfigError(f"{source}: predicted loss {est.loss!r} is not a finite number")
+            raise ConfigError(f"{source}: not a scaling estimate ({type(exc).__name__}: {exc})") from None
+        numbers = [lo, hi, est.beyond_factor]
+        for m in ms:
+            numbers += [x for x in (m.value, *(m.interval or ())) if x is not None]
+        if not all(math.isfinite(x) for x in numbers):
+            raise ConfigError(f"{source}: scaling estimate has a number that is not finite")
         return est
 
     def to_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss, "interval": list(self.interval) if self.interval else None,
-                "kind": self.kind, "compute_flops": self.compute_flops, "source": self.source,
-                "extrapolation_factor": self.extrapolation_factor, "law": dict(self.law)}
+        return {"kind": self.kind, "source": self.source, "loss": self.loss,
+                "measured_compute_flops": list(self.measured_compute_flops),
+                "beyond_factor": self.beyond_factor, "statistics": self.statistics,
+                "multipliers": [m.to_dict() for m in self.multipliers], "estimated": True}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +119,7 @@ class Plan:
     compute_flops: float  # model FLOPs of the whole run (flops_per_step.model x steps)
     inference: InferenceEstimate
     tp_alternative: LayoutEstimate | None = None  # fastest tp > 1 layout, when tp was not pinned
-    predicted_loss: LossEstimate | None = None
+    scaling_estimate: ScalingEstimate | None = None
     resolved: Resolved | None = None  # how a --params target became this config
     estimated: list[str] = field(default_factory=list)
     cluster_table: ClusterTable | None = None  # time and cost at other cluster sizes
@@ -167,7 +191,8 @@ class Plan:
             "fastest_with_tensor_parallel": (self.tp_alternative.to_dict()
                                              if self.tp_alternative is not None else None),
             "inference": self.inference.to_dict(),
-            "predicted_loss": self.predicted_loss.to_dict() if self.predicted_loss else None,
+            "scaling_estimate": (self.scaling_estimate.to_dict()
+                                 if self.scaling_estimate else None),
             "resolved": ({"target": r.target, "active": r.active, "synthesised": r.synthesised,
                           "achieved": r.achieved} if r is not None else None),
             "cluster_table": self.cluster_table.to_dict() if self.cluster_table else None,
@@ -197,11 +222,11 @@ def check_precision(training: TrainingConfig, acc: Accelerator) -> None:
 def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
               cluster: ClusterConfig | None = None, acc: Accelerator | None = None, *,
               pin: dict[str, Any] | None = None, top: int = 5, sampling_steps: int = 50,
-              inference_devices: int = 8, loss_model: LossModel | None = None,
+              inference_devices: int = 8, scaling_model: ScalingModel | None = None,
               resolved: Resolved | None = None, table: bool = True,
               days: float | None = None, budget: float | None = None) -> Plan:
     """Search the layouts of ``cfg`` on ``cluster``, cost the best one, and add the inference
-    estimate, the predicted loss (from ``loss_model``), the cluster-size table (``table``) and,
+    estimate, the scaling estimate (from ``scaling_model``), the cluster-size table (``table``) and,
     when ``tp`` is not pinned, the fastest tensor-parallel alternative.
 
     ``days`` / ``budget`` replace the cluster's node count with the table's cheapest size that
@@ -242,10 +267,10 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
     compute = flops_per_step.model * training.steps
     infer = estimate_inference(cfg, acc, devices=min(inference_devices, cluster.world),
                                steps=sampling_steps)
-    loss = None
-    if loss_model is not None:
-        raw = loss_model(cfg.ffn.kind.value, compute)
-        loss = LossEstimate.from_mapping(raw) if raw is not None else None
+    scaling = None
+    if scaling_model is not None:
+        raw = scaling_model(cfg.ffn.kind.value, cfg.ffn.num_experts, compute)
+        scaling = ScalingEstimate.from_mapping(raw) if raw is not None else None
     eff_label = ("calibrated from " + acc.calibrated_from) if acc.calibrated_from else "assumed"
     estimated = [
         f"step_s, mfu, images_per_s, days, gpu_hours: compute at {acc.efficiency:.0%} of peak "
@@ -267,7 +292,7 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         best=best, top=search.feasible[:top], search=search, step_s=step_s,
         mfu=best.step.mfu, images_per_s=best.step.images_per_s,
         days=cost.days, gpu_hours=cost.gpu_hours, cost_usd=cost.cost_usd,
-        compute_flops=compute, inference=infer, tp_alternative=tp_alt, predicted_loss=loss,
+        compute_flops=compute, inference=infer, tp_alternative=tp_alt, scaling_estimate=scaling,
         resolved=resolved, estimated=estimated, cluster_table=sizes_table,
     )
 
@@ -279,5 +304,6 @@ def _mark_plan(table: ClusterTable, nodes: int) -> ClusterTable:
     return replace(table, rows=rows, picked=picked)
 
 
-__all__ = ["Plan", "FlopsPerStep", "LossEstimate", "LossModel", "make_plan", "check_precision",
+__all__ = ["Plan", "FlopsPerStep", "ScalingEstimate", "MultiplierEstimate", "ScalingModel",
+           "make_plan", "check_precision",
            "SECONDS_PER_DAY"]

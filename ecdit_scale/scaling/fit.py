@@ -1,5 +1,7 @@
-"""Fit a whole run table: per FFN kind L(C), the held-out check, L(N, D) and compute-optimal
-allocation, then the shared-exponent fit, compute multipliers and extrapolations.
+"""Fit a whole run table: per group (FFN kind or variant) L(C), the held-out check, L(N, D)
+and compute-optimal allocation, then the shared-exponent fit, compute multipliers, the
+sensitivity table and (within 100x of the data) extrapolations. Statistics are by training
+run (`runlevel`).
 
 The fits themselves are in `laws` and `shared`; this module picks the runs each one sees (the
 compute frontier), turns what the data cannot support into notes, and reports progress.
@@ -16,8 +18,12 @@ import pandas as pd
 
 from .formulas import DEFAULT_LEVEL, identification
 from .laws import (MIN_RUNS_POWER_LAW, compute_multiplier, compute_optimal, fit_chinchilla,
-                   fit_power_law, flops_per_param_token, held_out_check, predict)
-from .results import Extrapolation, Multiplier, ScalingFit
+                   fit_power_law, flops_per_param_token, predict)
+from .results import (Extrapolation, HeldOutResult, HeldOutRun, Multiplier, ScalingFit,
+                      SensitivityRow, comparison_pairs)
+from .runlevel import (HELD_OUT_FACTOR, OUTLIER_RULE, frontier_mask, frontier_weights,
+                       held_out_split, kind_of, outlier_rows, run_ids, run_resample_weights,
+                       variant_labels)
 from .robust import MIN_LOG_LOSS_SPREAD, FitError, Progress
 from .shared import fit_shared_power_law
 from .table import FFN_KINDS, RunTableError, validate_run_table
@@ -27,74 +33,202 @@ MIN_RUNS_FOR_INTERVALS = 5  # below this a resample of distinct runs is nearly t
 T = TypeVar("T")
 
 
+MAX_EXTRAPOLATION = 100.0  # no absolute loss is predicted further beyond the data than this
+SENSITIVITY_BOOT = 100  # resamples per variation in the sensitivity table
+BUDGET_SUBSETS = (("all budgets", None), ("final budget only", "final"),
+                  ("without the smallest budget", "drop_smallest"))
+
+
 def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
                   extrapolate_to_flops: float | None = None, loss_column: str = "smoothed_loss",
-                  holdout: int | float = 1, level: float = DEFAULT_LEVEL,
+                  held_out_factor: float = HELD_OUT_FACTOR, level: float = DEFAULT_LEVEL,
+                  drop_outliers: bool = False, sensitivity: bool = True, loss_label: str = "",
                   progress: Progress | None = None) -> ScalingFit:
-    """Per FFN kind: L(C) power law, held-out check, Chinchilla L(N, D) and compute-optimal
-    allocation; multipliers of expert-choice over dense and token-choice; extrapolations.
+    """Per group (FFN kind, or variant when a kind has several expert counts): L(C) power law,
+    held-out check, Chinchilla L(N, D) and compute-optimal allocation; the shared-exponent
+    fit and its multiplier per (expert-choice variant, baseline) pair; a sensitivity table.
 
-    progress(what, done, total) is called before each of the fits and once at the end."""
+    Intervals come from a bootstrap of training runs (every budget of a run drawn together)
+    with the compute frontier chosen inside each resample. progress(what, done, total) is
+    called before each of the fits and once at the end."""
     if loss_column not in ("smoothed_loss", "final_loss"):
         raise ValueError(f"loss_column {loss_column!r}: use smoothed_loss or final_loss")
     _check_options(n_boot, level, extrapolate_to_flops)
     df = validate_run_table(df)
-    kinds = tuple(k for k in FFN_KINDS if (df["ffn_kind"] == k).any())
+    df["_group"], df["_run"] = variant_labels(df).to_numpy(), run_ids(df)
+    kinds = _ordered_groups(df)
     _check_fittable(df, kinds, loss_column)
     notes: list[str] = []
-    power_laws, chinchilla, optimal, held_out = {}, {}, {}, {}
-    step = _Steps(progress, 3 * len(kinds) + 1)
+    outliers = {"rule": OUTLIER_RULE, "applied": bool(drop_outliers), "dropped": []}
+    if drop_outliers:
+        df, outliers["dropped"] = _without_outliers(df, kinds, loss_column)
+        if outliers["dropped"]:
+            notes.append(f"--drop-outliers dropped {len(outliers['dropped'])} rows: "
+                         + ", ".join(outliers["dropped"]))
+    power_laws, chinchilla, optimal, held_out, status = {}, {}, {}, {}, {}
+    step = _Steps(progress, 3 * len(kinds) + 1 + (len(BUDGET_SUBSETS) * 2 if sensitivity else 0))
     for i, kind in enumerate(kinds):
-        runs = df[df["ffn_kind"] == kind]
-        frontier = compute_frontier(runs, loss_column)
-        if len(frontier) < len(runs):
-            notes.append(f"L(C) for {kind}: fitted to the {len(frontier)} runs on the compute "
-                         f"frontier, of {len(runs)} in all")
-        C, L = frontier["compute_flops"], frontier[loss_column]
+        runs = df[df["_group"] == kind]
+        C, L = runs["compute_flops"].to_numpy(), runs[loss_column].to_numpy()
         seeds = np.random.SeedSequence([seed, i]).spawn(3)
+        point, w_RN, redrawn = frontier_weights(C, L, runs["_run"], runs["_group"], n_boot,
+                                                seeds[0], _budgets(runs))
+        if point.sum() < len(runs):
+            notes.append(f"L(C) for {kind}: fitted to the {point.sum()} rows on the compute "
+                         f"frontier (chosen again inside each resample), of {len(runs)} in all")
+        notes += _redrawn_note(kind, redrawn, n_boot)
         opts = {"n_boot": n_boot, "level": level}
         step(f"L(C) for {kind}")
         _store(power_laws, kind, _attempt(
-            notes, f"power law L(C) for {kind}", fit_power_law, C, L, seed=seeds[0], **opts))
+            notes, f"power law L(C) for {kind}", fit_power_law, C, L, point_rows=point,
+            boot_weights=w_RN, **opts))
         step(f"held-out check for {kind}")
-        _store(held_out, kind, _attempt(
-            notes, f"held-out check for {kind}", held_out_check, C, L, frontier["name"], kind=kind,
-            holdout=holdout, seed=seeds[1], **opts))
+        split = held_out_split(C, runs["_run"].to_numpy(), held_out_factor)
+        if isinstance(split, str):
+            status[kind] = split
+        else:
+            _store(held_out, kind, _attempt(
+                notes, f"held-out check for {kind}", _held_out, runs, split, loss_column,
+                kind=kind, seed=seeds[1], **opts))
         step(f"L(N, D) for {kind}")
+        w_runs, _ = run_resample_weights(runs["_run"], runs["_group"], n_boot, seeds[2])
         _store(chinchilla, kind, _attempt(
             notes, f"Chinchilla L(N, D) for {kind}", fit_chinchilla, runs["active_params"],
-            runs["tokens_seen"], runs[loss_column], seed=seeds[2], **opts))
-        if kind in power_laws and len(C) < MIN_RUNS_FOR_INTERVALS:
-            notes.append(f"L(C) for {kind}: only {len(C)} runs for 3 constants; its bootstrap "
-                         "intervals understate the uncertainty")
+            runs["tokens_seen"], runs[loss_column], boot_weights=w_runs, **opts))
+        n_runs = runs["_run"].nunique()
+        if kind in power_laws and n_runs < MIN_RUNS_FOR_INTERVALS:
+            notes.append(f"L(C) for {kind}: only {n_runs} training runs; a bootstrap of so few "
+                         "runs understates the uncertainty")
         if kind in chinchilla:
             k = flops_per_param_token(runs)
             optimal[kind] = compute_optimal(chinchilla[kind], k, kind=kind)
             notes += _collinearity_note(runs, kind)
-    max_compute_flops = float(df["compute_flops"].max())
     step("shared-exponent fit")
     shared = _shared_fit(df, kinds, loss_column, n_boot=n_boot, seed=seed, level=level,
                          notes=notes)
-    multipliers = _expert_choice_multipliers(power_laws, max_compute_flops, notes)
+    max_compute_flops = float(df["compute_flops"].max())
+    multipliers = _multipliers(power_laws, kinds, max_compute_flops, notes)
     notes += _identification_notes(power_laws, chinchilla, shared, multipliers)
+    rows = _sensitivity(df, kinds, loss_column, shared, n_boot=n_boot, seed=seed, level=level,
+                        step=step) if sensitivity else ()
     result = ScalingFit(
         loss_column=loss_column, level=level, n_boot=n_boot, seed=seed, kinds=kinds,
         max_compute_flops=max_compute_flops, power_laws=power_laws, chinchilla=chinchilla,
-        compute_optimal=optimal, held_out=held_out,
-        multipliers=multipliers,
-        extrapolations=_extrapolations(power_laws, extrapolate_to_flops),
+        compute_optimal=optimal, held_out=held_out, multipliers=multipliers,
+        extrapolations=_extrapolations(power_laws, extrapolate_to_flops, max_compute_flops, notes),
         notes=tuple(notes), shared=shared,
+        loss_label=loss_label or default_loss_label(loss_column),
+        min_compute_flops=float(df["compute_flops"].min()), bootstrap_unit="training run",
+        n_training_runs={k: int(df.loc[df["_group"] == k, "_run"].nunique()) for k in kinds},
+        held_out_status=status, sensitivity=rows, outliers=outliers,
     )
     step.done()
     return result
 
 
+def _budgets(runs: pd.DataFrame):
+    """The budget of each row when the table names them (see compute_frontier), else None."""
+    if "budget" in runs.columns and not runs["budget"].isna().any():
+        return runs["budget"].astype(str).to_numpy()
+    return None
+
+
+def default_loss_label(loss_column: str) -> str:
+    return {"smoothed_loss": "smoothed training flow-matching loss",
+            "final_loss": "final-step training flow-matching loss"}[loss_column]
+
+
+def _ordered_groups(df: pd.DataFrame) -> tuple[str, ...]:
+    """Groups in report order: by FFN kind, then expert count."""
+    order = {k: i for i, k in enumerate(FFN_KINDS)}
+    groups = df["_group"].unique().tolist()
+    experts = df.groupby("_group")["experts"].min() if "experts" in df.columns else {}
+    return tuple(sorted(groups, key=lambda g: (order[kind_of(g)], experts.get(g, 0))))
+
+
+def _redrawn_note(kind, redrawn, n_boot) -> list[str]:
+    if not redrawn:
+        return []
+    return [f"bootstrap for {kind}: {redrawn} draws with fewer than 2 distinct training runs "
+            f"were redrawn (a resample of one run has no trend in size); {n_boot} kept"]
+
+
+def _held_out(runs, split, loss_column, *, kind, n_boot, seed, level) -> HeldOutResult:
+    """Fit the training runs (frontier, run-level bootstrap), predict the held-out rows."""
+    train_mask, test_mask = split
+    train = runs[train_mask]
+    C, L = train["compute_flops"].to_numpy(), train[loss_column].to_numpy()
+    point, w_RN, _ = frontier_weights(C, L, train["_run"], train["_group"], n_boot, seed,
+                                      _budgets(train))
+    fit = fit_power_law(C, L, point_rows=point, boot_weights=w_RN, n_boot=n_boot, level=level)
+    out = []
+    for _, row in runs[test_mask].iterrows():
+        p = predict(fit, row["compute_flops"])
+        actual = float(row[loss_column])
+        out.append(HeldOutRun(name=str(row["name"]), compute_flops=float(row["compute_flops"]),
+                              actual_loss=actual, predicted_loss=p.loss,
+                              relative_error=(p.loss - actual) / actual, interval=p.interval))
+    return HeldOutResult(kind=kind, n_train=int(point.sum()),
+                         train_max_compute_flops=float(C.max()), runs=tuple(out))
+
+
+def _without_outliers(df, kinds, loss_column) -> tuple[pd.DataFrame, list[str]]:
+    """The table without the rows OUTLIER_RULE flags, and their names."""
+    resid = np.full(len(df), np.nan)
+    for kind in kinds:
+        sel = (df["_group"] == kind).to_numpy()
+        runs = df[sel]
+        C, L = runs["compute_flops"].to_numpy(), runs[loss_column].to_numpy()
+        point = frontier_mask(C, L, np.ones((1, len(C)), bool), runs["_group"], _budgets(runs))[0]
+        try:
+            f = fit_power_law(C, L, point_rows=point)
+        except FitError:
+            continue
+        resid[sel] = np.log(L) - np.log(f.law.loss(C))
+    drop = outlier_rows(resid, df["_group"])
+    return df[~drop].reset_index(drop=True), df.loc[drop, "name"].tolist()
+
+
 def _shared_fit(df, kinds, loss_column, *, n_boot, seed, level, notes):
-    """L_k(C) = E + A_k C^-alpha over the frontier runs of every kind (scaling.shared)."""
-    frontier = pd.concat([compute_frontier(df[df["ffn_kind"] == k], loss_column) for k in kinds])
-    return _attempt(notes, "shared-exponent fit", fit_shared_power_law,
-                    frontier["compute_flops"], frontier[loss_column], frontier["ffn_kind"],
-                    n_boot=n_boot, seed=np.random.SeedSequence([seed, 99]), level=level)
+    """L_k(C) = E + A_k C^-alpha over the frontier of every group, run-level bootstrap."""
+    C, L = df["compute_flops"].to_numpy(), df[loss_column].to_numpy()
+    point, w_RN, _ = frontier_weights(C, L, df["_run"], df["_group"], n_boot,
+                                      np.random.SeedSequence([seed, 99]), _budgets(df))
+    return _attempt(notes, "shared-exponent fit", fit_shared_power_law, C, L,
+                    df["_group"].to_numpy(), point_rows=point, boot_weights=w_RN,
+                    n_boot=n_boot, level=level)
+
+
+def _sensitivity(df, kinds, main_column, main_fit, *, n_boot, seed, level, step
+                 ) -> tuple[SensitivityRow, ...]:
+    """The shared-fit multipliers of every pair, refitted on variations of the data: either
+    loss column, and subsets of the budgets (by step_fraction when the table has it). The
+    main fit is the row of its loss column with all budgets; the others use at most
+    SENSITIVITY_BOOT resamples."""
+    rows = []
+    n_boot_part = min(n_boot, SENSITIVITY_BOOT)
+    fractions = df["step_fraction"] if "step_fraction" in df.columns else None
+    for loss_column in ("smoothed_loss", "final_loss"):
+        for label, subset in BUDGET_SUBSETS:
+            step(f"sensitivity: {loss_column}, {label}")
+            if subset is not None and fractions is None:
+                continue
+            part = df
+            if subset == "final":
+                part = df[fractions == fractions.max()]
+            elif subset == "drop_smallest":
+                part = df[fractions > fractions.min()]
+            notes: list[str] = []
+            if loss_column == main_column and subset is None:
+                fit = main_fit
+            else:
+                fit = _shared_fit(part, kinds, loss_column, n_boot=n_boot_part, seed=seed,
+                                  level=level, notes=notes)
+            ms = tuple(fit.multiplier(k, b) for k, b in comparison_pairs(kinds)) if fit else ()
+            rows.append(SensitivityRow(label=f"{loss_column}, {label}", loss_column=loss_column,
+                                       budgets=label, n_rows=len(part), multipliers=ms,
+                                       note="; ".join(notes)))
+    return tuple(rows)
 
 
 def compute_frontier(runs: pd.DataFrame, loss_column: str = "smoothed_loss") -> pd.DataFrame:
@@ -135,16 +269,17 @@ def _collinearity_note(runs: pd.DataFrame, kind: str) -> list[str]:
     return []
 
 
-def _expert_choice_multipliers(power_laws, max_compute_flops, notes) -> tuple[Multiplier, ...]:
+def _multipliers(power_laws, kinds, max_compute_flops, notes) -> tuple[Multiplier, ...]:
+    """Per-group fits' multiplier of every (expert-choice variant, baseline) pair."""
     out = []
-    for baseline in ("dense", "token-choice"):
-        if "expert-choice" in power_laws and baseline in power_laws:
-            m = compute_multiplier(power_laws["expert-choice"], power_laws[baseline],
-                                   kind="expert-choice", baseline_kind=baseline,
+    for kind, baseline in comparison_pairs(kinds):
+        if kind in power_laws and baseline in power_laws:
+            m = compute_multiplier(power_laws[kind], power_laws[baseline], kind=kind,
+                                   baseline_kind=baseline,
                                    reference_compute_flops=max_compute_flops)
             out.append(m)
             if m.note:
-                notes.append(f"multiplier expert-choice over {baseline}: {m.note}")
+                notes.append(f"multiplier {kind} over {baseline}: {m.note}")
     return tuple(out)
 
 
@@ -165,12 +300,11 @@ def _identification_notes(power_laws, chinchilla, shared, multipliers) -> list[s
             why = identification(value, shared.ci.get(name))
             if why:
                 notes.append(f"shared-exponent fit: {name} {why}")
-        for base in ("dense", "token-choice"):
-            if "expert-choice" in law.A and base in law.A:
-                m = shared.multiplier("expert-choice", base)
-                why = identification(m.value, m.interval)
-                if why:
-                    notes.append(f"shared-fit multiplier expert-choice over {base}: {why}")
+        for kind, base in comparison_pairs(list(law.A)):
+            m = shared.multiplier(kind, base)
+            why = identification(m.value, m.interval)
+            if why:
+                notes.append(f"shared-fit multiplier {kind} over {base}: {why}")
     for m in multipliers:
         why = identification(m.value, m.interval) if m.defined else ""
         if why:
@@ -178,8 +312,16 @@ def _identification_notes(power_laws, chinchilla, shared, multipliers) -> list[s
     return notes
 
 
-def _extrapolations(power_laws, compute_flops) -> tuple[Extrapolation, ...]:
+def _extrapolations(power_laws, compute_flops, max_compute_flops, notes
+                    ) -> tuple[Extrapolation, ...]:
+    """Absolute losses at compute_flops, only within MAX_EXTRAPOLATION of the data."""
     if compute_flops is None:
+        return ()
+    factor = compute_flops / max_compute_flops
+    if factor > MAX_EXTRAPOLATION:
+        notes.append(f"no loss predicted at {compute_flops:.3g} FLOPs: {factor:.2g}x beyond the "
+                     f"largest run, past the {MAX_EXTRAPOLATION:g}x limit on extrapolating an "
+                     "absolute loss")
         return ()
     return tuple(Extrapolation(kind=k, prediction=predict(f, compute_flops))
                  for k, f in power_laws.items())
@@ -198,7 +340,7 @@ def _check_options(n_boot, level, extrapolate_to_flops) -> None:
 
 def _check_fittable(df: pd.DataFrame, kinds, loss_column: str) -> None:
     """One line, before any work, when no fit could come out of the table."""
-    sizes = {k: len(compute_frontier(df[df["ffn_kind"] == k], loss_column)) for k in kinds}
+    sizes = {k: len(compute_frontier(df[df["_group"] == k], loss_column)) for k in kinds}
     if max(sizes.values()) < MIN_RUNS_POWER_LAW:
         have = ", ".join(f"{k}: {n}" for k, n in sizes.items())
         raise RunTableError(

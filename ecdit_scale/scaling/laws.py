@@ -18,32 +18,48 @@ from .formulas import DEFAULT_LEVEL, ChinchillaLaw, Interval, PowerLaw, percenti
 from .results import (ChinchillaFit, ComputeOptimal, HeldOutResult, HeldOutRun, Multiplier,
                       PowerLawFit, Prediction, PredictionBand)
 from .robust import (FitError, bootstrap_indices, bootstrap_terms, fit_terms, positive_columns,
-                     single_threaded_blas)
+                     resample_weights, single_threaded_blas)
 
 MIN_RUNS_POWER_LAW = 3
 MIN_RUNS_CHINCHILLA = 5
 
 
+def _boot_weights(n_rows: int, n_boot: int, seed, min_unique: int, given) -> np.ndarray:
+    """Resamples as row weights: `given` (e.g. whole training runs, see `runlevel`), else
+    rows drawn with replacement."""
+    if given is not None:
+        return np.asarray(given, dtype=float).reshape(-1, n_rows)
+    return resample_weights(bootstrap_indices(n_rows, n_boot, seed, min_unique=min_unique), n_rows)
+
+
+def _point_rows(n_rows: int, point_rows) -> np.ndarray:
+    return np.arange(n_rows) if point_rows is None else np.flatnonzero(point_rows)
+
+
 @single_threaded_blas
 def fit_power_law(compute_flops, loss, *, n_boot: int = 0, seed=0,
-                  level: float = DEFAULT_LEVEL) -> PowerLawFit:
-    """Fit L(C) = E + A·C^(-alpha); with n_boot > 0 add percentile bootstrap intervals."""
+                  level: float = DEFAULT_LEVEL, point_rows=None, boot_weights=None) -> PowerLawFit:
+    """Fit L(C) = E + A·C^(-alpha); with n_boot > 0 add percentile bootstrap intervals.
+
+    point_rows (a mask) limits the point fit to some rows (e.g. the compute frontier);
+    boot_weights (resamples x rows) replaces the row bootstrap (e.g. by training run)."""
     C, L = positive_columns(compute_flops, loss, min_rows=MIN_RUNS_POWER_LAW,
                             what="power-law fit")
-    log_ref = float(np.mean(np.log(C)))  # geometric-mean normalisation
+    rows = _point_rows(len(C), point_rows)
+    log_ref = float(np.mean(np.log(C[rows])))  # geometric-mean normalisation
     logx_TN, log_loss_N = (np.log(C) - log_ref)[None], np.log(L)
-    theta, objective = fit_terms(logx_TN, log_loss_N, what="power-law fit")
-    idx = bootstrap_indices(len(C), n_boot, seed, min_unique=3)
+    theta, objective = fit_terms(logx_TN[:, rows], log_loss_N[rows], what="power-law fit")
+    w = _boot_weights(len(C), n_boot, seed, 3, boot_weights)
     laws = [_power_law_from_theta(t, log_ref)
-            for t in bootstrap_terms(logx_TN, log_loss_N, idx, theta)]
-    return PowerLawFit(law=_power_law_from_theta(theta, log_ref), n_runs=len(C),
+            for t in bootstrap_terms(logx_TN, log_loss_N, w, theta)]
+    return PowerLawFit(law=_power_law_from_theta(theta, log_ref), n_runs=len(rows),
                        huber_objective=objective, ci=law_intervals(laws, level),
                        bootstrap_laws=tuple(laws), level=level)
 
 
 @single_threaded_blas
 def fit_chinchilla(params, tokens, loss, *, n_boot: int = 0, seed=0,
-                   level: float = DEFAULT_LEVEL) -> ChinchillaFit:
+                   level: float = DEFAULT_LEVEL, boot_weights=None) -> ChinchillaFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, eq. 2)."""
     N, D, L = positive_columns(params, tokens, loss, min_rows=MIN_RUNS_CHINCHILLA,
                                what="Chinchilla fit")
@@ -54,9 +70,9 @@ def fit_chinchilla(params, tokens, loss, *, n_boot: int = 0, seed=0,
     logx_TN = np.vstack([np.log(N), np.log(D)]) - log_ref_T[:, None]
     log_loss_N = np.log(L)
     theta, objective = fit_terms(logx_TN, log_loss_N, what="Chinchilla fit")
-    idx = bootstrap_indices(len(L), n_boot, seed, min_unique=5)
+    w = _boot_weights(len(L), n_boot, seed, 5, boot_weights)
     laws = [_chinchilla_from_theta(t, log_ref_T)
-            for t in bootstrap_terms(logx_TN, log_loss_N, idx, theta)]
+            for t in bootstrap_terms(logx_TN, log_loss_N, w, theta)]
     return ChinchillaFit(law=_chinchilla_from_theta(theta, log_ref_T), n_runs=len(L),
                          huber_objective=objective, ci=law_intervals(laws, level),
                          bootstrap_laws=tuple(laws), level=level)

@@ -1,4 +1,5 @@
-"""Scaling reports: report.md plus a self-contained report.html, and the PNG figures.
+"""Scaling reports: report.md plus a self-contained report.html, and the PNG figures
+(drawn by `report_figures`).
 
 The report is built once as a list of blocks (headings, paragraphs, tables, figures) and
 rendered twice: Markdown that links figures/*.png, and HTML that embeds every figure as a
@@ -17,19 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ..files import atomic_output
 from ..units import format_number
-from .fit import compute_frontier
 from .formulas import Interval, unidentified
-from .laws import predict_band
+from .report_figures import (FigureBlock, figure_alignment, figure_compute_optimal,
+                             figure_expert_load, figure_held_out, figure_loss, figure_residuals,
+                             loss_words)
 from .results import ScalingFit
+from .runlevel import variant_labels
 
 DEFAULT_TITLE = "EC-DiT scaling report"
-KIND_COLORS = {"dense": "tab:blue", "token-choice": "tab:orange", "expert-choice": "tab:green"}
-_DPI = 110
-_MAX_LOAD_PANELS = 12
 
 
 @dataclass(frozen=True)
@@ -74,13 +73,6 @@ class _Table:
     rows: tuple[tuple[str, ...], ...]
 
 
-@dataclass(frozen=True)
-class _Figure:
-    id: str
-    alt: str
-    path: Path
-
-
 def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEFAULT_TITLE,
                  expert_load: Mapping[str, np.ndarray] | None = None) -> ReportPaths:
     """Write out_dir/report.md, out_dir/report.html and out_dir/figures/*.png (all atomic)."""
@@ -93,77 +85,141 @@ def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEF
         tmp.write_text(_render_markdown(blocks, out_dir))
     with atomic_output(html_path) as tmp:
         tmp.write_text(_render_html(blocks, title))
-    figures = tuple(b.path for b in blocks if isinstance(b, _Figure))
+    figures = tuple(b.path for b in blocks if isinstance(b, FigureBlock))
     return ReportPaths(markdown=md_path, html=html_path, figures_dir=figures_dir, figures=figures)
 
 
 def plain_answer(fit: ScalingFit) -> str:
-    """Does expert choice reach dense's (and token choice's) loss with less compute, and by
-    how much: from the shared-exponent fit when there is one, else the per-kind fits."""
-    answers = [_answer(fit, "dense")]
-    if "token-choice" in fit.kinds:
-        answers.append(_answer(fit, "token-choice"))
+    """Does each expert-choice variant reach each baseline's loss with less compute, and by how
+    much (the shared-exponent fit when there is one, else the per-group fits), and over which
+    compute range that was measured."""
+    pairs = fit.pairs()
+    if not pairs:
+        return "No fit covers expert choice and a baseline, so they cannot be compared."
+    answers = [_answer(fit, kind, base) for kind, base in pairs]
+    answers += _robustness(fit)
+    if math.isfinite(fit.min_compute_flops):
+        answers.append(f"Measured on {format_number(fit.min_compute_flops, 3)}–"
+                       f"{format_number(fit.max_compute_flops, 3)} FLOPs ({fit.compute_range:.3g}x), "
+                       f"{loss_words(fit)}; intervals from a bootstrap of {_unit(fit)}.")
     return " ".join(answers)
 
 
-def _answer(fit: ScalingFit, baseline: str) -> str:
-    name = {"dense": "dense", "token-choice": "token choice"}[baseline]
-    m = fit.shared_multiplier("expert-choice", baseline)
+def _robustness(fit: ScalingFit) -> list[str]:
+    """One sentence per pair whose conclusion (interval above 1, below 1, or including 1)
+    changes across the sensitivity table."""
+    out = []
+    for kind, base in fit.pairs():
+        verdicts = []
+        for row in fit.sensitivity:
+            m = next((m for m in row.multipliers
+                      if (m.kind, m.baseline_kind) == (kind, base)), None)
+            iv = m.interval if m is not None else None
+            if iv is None or unidentified(m.value, iv):
+                verdicts.append("?")
+            else:
+                verdicts.append(">1" if iv.lo > 1 else "<1" if iv.hi < 1 else "~1")
+        if len(set(verdicts)) > 1:
+            n_one = sum(v not in (">1", "<1") for v in verdicts)
+            out.append(f"Not robust: for {kind} over {base} the interval includes 1 (or the "
+                       f"multiplier is not identified) in {n_one} of {len(verdicts)} variations "
+                       "of the data (Sensitivity).")
+    return out
+
+
+def _unit(fit: ScalingFit) -> str:
+    if fit.bootstrap_unit == "training run":
+        n = sorted(set(fit.n_training_runs.values()))
+        runs = "/".join(map(str, n)) if n else "?"
+        return f"training runs ({runs} per variant, all budgets of a run drawn together)"
+    return "rows"
+
+
+def _answer(fit: ScalingFit, kind: str, baseline: str) -> str:
+    name, who = baseline, kind
+    m = fit.shared_multiplier(kind, baseline)
     where = "(shared-exponent fit: the same at every loss)"
     if m is None:
-        m = fit.multiplier("expert-choice", baseline)
+        m = fit.multiplier(kind, baseline)
         if m is None:
-            return f"No fit covers both expert-choice and {name}, so they cannot be compared."
+            return f"No fit covers both {who} and {name}, so they cannot be compared."
         where = f"at loss {m.loss:.4g}"
         if math.isfinite(m.reference_compute_flops):
             where += (f", {name}'s predicted loss at {m.reference_compute_flops:.3g} FLOPs, the "
                       "largest compute in the table")
     if not m.defined:
-        return f"The compute multiplier of expert choice over {name} is {m.note} ({where})."
+        return f"The compute multiplier of {who} over {name} is {m.note} ({where})."
     ci = m.interval
     why = unidentified(m.value, ci)
     if why:
-        return (f"The data cannot identify the compute multiplier of expert choice over {name} "
+        return (f"The data cannot identify the compute multiplier of {who} over {name} "
                 f"{where}: they are consistent with {why}.")
     if ci is None:
-        return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
-                f"compute {where}; no interval (no bootstrap samples).")
+        return (f"{who} reaches {name}'s loss with {m.value:.2f}× less compute {where}; no "
+                "interval (no bootstrap samples).")
     level = f"{100 * ci.level:.0f}% CI"
+    band = f"{level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)}"
     if ci.lo > 1:
-        return (f"At this scale expert choice reaches {name}'s loss with {m.value:.2f}× less "
-                f"compute ({level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)}) {where}.")
+        return f"{who} reaches {name}'s loss with {m.value:.2f}× less compute ({band}) {where}."
     if ci.hi < 1:
-        return (f"At this scale expert choice needs {1 / m.value:.2f}× more compute than {name} "
-                f"for the same loss (multiplier {m.value:.2f}, {level} {format_number(ci.lo, 3)}–"
-                f"{format_number(ci.hi, 3)}) {where}.")
-    return (f"At this scale the data do not separate expert choice from {name}: the compute "
-            f"multiplier is {m.value:.2f}× but its {level} {format_number(ci.lo, 3)}–{format_number(ci.hi, 3)} "
-            f"includes 1 {where}.")
+        return (f"{who} needs {1 / m.value:.2f}× more compute than {name} for the same loss "
+                f"(multiplier {m.value:.2f}, {band}) {where}.")
+    return (f"No detectable difference between {who} and {name}: multiplier {m.value:.2f}×, "
+            f"{band} includes 1 {where}.")
 
 
 def _blocks(df, fit, figures_dir, title, expert_load) -> list:
+    df = df.assign(_group=variant_labels(df).to_numpy())
     blocks: list = [_Heading(title, 1), _Paragraph(_summary(df, fit)),
                     _Heading("Answer"), _Paragraph(plain_answer(fit), strong=True)]
+    blocks += _sensitivity_section(fit)
+    blocks += _multiplier_section(fit)
     blocks += _loss_section(df, fit, figures_dir)
     blocks += _held_out_section(fit, figures_dir)
-    blocks += _multiplier_section(fit)
     blocks += _chinchilla_section(df, fit, figures_dir)
     if expert_load:
         blocks += _expert_load_section(expert_load, figures_dir)
     if "alignment" in df.columns and df["alignment"].notna().any():
-        blocks += [_Heading("Alignment"), _figure_alignment(df, figures_dir)]
+        blocks += [_Heading("Alignment"), figure_alignment(df, figures_dir)]
     if fit.notes:
         blocks += [_Heading("Notes")] + [_Paragraph(n) for n in fit.notes]
     return blocks
 
 
 def _summary(df, fit) -> str:
-    counts = ", ".join(f"{(df['ffn_kind'] == k).sum()} {k}" for k in fit.kinds)
-    boot = (f"{fit.level:.0%} intervals from {fit.n_boot} bootstrap resamples of the runs"
+    counts = ", ".join(f"{(df['_group'] == k).sum()} {k}" for k in fit.kinds)
+    boot = (f"{fit.level:.0%} intervals from {fit.n_boot} bootstrap resamples of {_unit(fit)}, "
+            "the compute frontier chosen inside each resample"
             if fit.n_boot else "no bootstrap intervals")
-    return (f"{len(df)} runs ({counts}); loss column {fit.loss_column}; {boot}. Fits: "
-            "log-space Huber loss (delta 1e-3) minimised by L-BFGS from a grid of starts "
-            "(Hoffmann et al. 2022, Approach 3; Besiroglu et al. 2024).")
+    outliers = fit.outliers or {}
+    drop = ("outliers: dropped " + (", ".join(outliers.get("dropped") or []) or "none") +
+            f" ({outliers.get('rule', '')})" if outliers.get("applied")
+            else "outliers: none dropped (--drop-outliers off)")
+    return (f"{len(df)} rows ({counts}); loss: {loss_words(fit)} (column {fit.loss_column}); "
+            f"{boot}; {drop}. Fits: log-space Huber loss (delta 1e-3) minimised by L-BFGS from "
+            "a grid of starts (Hoffmann et al. 2022, Approach 3; Besiroglu et al. 2024). "
+            "Curves are drawn only over the compute the runs cover; no absolute loss is "
+            "extrapolated more than 100x beyond it.")
+
+
+def _sensitivity_section(fit) -> list:
+    if not fit.sensitivity:
+        return []
+    pairs = fit.pairs()
+    header = ("variation", "rows", *(f"{k} over {b}" for k, b in pairs))
+    rows = []
+    for r in fit.sensitivity:
+        by_pair = {(m.kind, m.baseline_kind): m for m in r.multipliers}
+        cells = [_ci(by_pair[p].value, by_pair[p].interval) if p in by_pair else "no fit"
+                 for p in pairs]
+        rows.append((r.label, str(r.n_rows), *cells))
+    return [_Heading("Sensitivity"),
+            _Paragraph("The shared-fit compute multiplier of each expert-choice variant over each "
+                       "baseline, refitted with the other loss column and with subsets of the "
+                       "budgets (run-level bootstrap; variations other than the main fit use at "
+                       "most 100 resamples). A conclusion that changes across these rows is not "
+                       "supported by the data."),
+            _Table(header, tuple(rows))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,31 +233,39 @@ def _loss_section(df, fit, figures_dir) -> list:
                                "percentiles.")]
     if not fit.power_laws:
         return blocks + [_Paragraph("No kind has enough runs for a power-law fit.")]
-    rows = [(k, str(f.n_runs), _ci(f.law.E, f.ci.get("E")), _ci(f.law.A, f.ci.get("A")),
-             _ci(f.law.alpha, f.ci.get("alpha"))) for k, f in fit.power_laws.items()]
-    blocks.append(_Table(("kind", "runs", "E", "A", "alpha"), tuple(rows)))
+    rows = [(k, str(fit.n_training_runs.get(k, "?")), str(f.n_runs), _ci(f.law.E, f.ci.get("E")),
+             _ci(f.law.A, f.ci.get("A")), _ci(f.law.alpha, f.ci.get("alpha")))
+            for k, f in fit.power_laws.items()]
+    blocks.append(_Table(("group", "training runs", "frontier rows", "E", "A", "alpha"),
+                         tuple(rows)))
     if fit.extrapolations:
-        rows = [(e.kind, format_number(e.prediction.compute_flops, 3), _ci(e.prediction.loss,
-                 e.prediction.interval)) for e in fit.extrapolations]
-        blocks += [_Paragraph("Extrapolated loss:"),
-                   _Table(("kind", "compute_flops", "predicted loss"), tuple(rows))]
-    return blocks + [_figure_loss(df, fit, figures_dir), _figure_residuals(df, fit, figures_dir)]
+        rows = [(e.kind, format_number(e.prediction.compute_flops, 3),
+                 f"{e.prediction.compute_flops / fit.max_compute_flops:.3g}x",
+                 _ci(e.prediction.loss, e.prediction.interval)) for e in fit.extrapolations]
+        blocks += [_Paragraph("Extrapolated loss [estimated] (at most 100x beyond the data):"),
+                   _Table(("group", "compute_flops", "beyond the largest run", "predicted loss"),
+                          tuple(rows))]
+    return blocks + [figure_loss(df, fit, figures_dir), figure_residuals(df, fit, figures_dir)]
 
 
 def _held_out_section(fit, figures_dir) -> list:
     blocks: list = [_Heading("Held-out extrapolation error")]
+    blocks += [_Paragraph(f"{kind}: {why}") for kind, why in fit.held_out_status.items()]
     if not fit.held_out:
-        return blocks + [_Paragraph("No kind has enough runs to hold any out.")]
+        if not fit.held_out_status:
+            blocks.append(_Paragraph("No group has enough runs to hold any out."))
+        return blocks
     rows = []
     for kind, h in fit.held_out.items():
         for r in h.runs:
             rows.append((kind, r.name, format_number(r.compute_flops, 3), format_number(r.actual_loss),
                          _ci(r.predicted_loss, r.interval), f"{100 * r.relative_error:+.2f}%"))
-    text = ("Each kind is refitted without its largest-compute runs, which are then predicted; "
-            "held-out extrapolation error = (predicted - actual) / actual.")
-    header = ("kind", "run", "compute_flops", "actual loss", "predicted loss", "relative error")
+    text = ("Each group is refitted without every training run that comes within 4x of its "
+            "largest compute; the rows at least 4x beyond the largest fitted compute are then "
+            "predicted; held-out extrapolation error = (predicted - actual) / actual.")
+    header = ("group", "row", "compute_flops", "actual loss", "predicted loss", "relative error")
     return blocks + [_Paragraph(text), _Table(header, tuple(rows)),
-                     _figure_held_out(fit, figures_dir)]
+                     figure_held_out(fit, figures_dir)]
 
 
 def _multiplier_section(fit) -> list:
@@ -212,10 +276,10 @@ def _multiplier_section(fit) -> list:
                                "(A_b/A_k)^(1/alpha) at every loss; the per-kind fits invert two "
                                "separate laws at one loss.")]
     rows = []
-    for base in ("dense", "token-choice"):
-        m = fit.shared_multiplier("expert-choice", base)
+    for kind, base in fit.pairs():
+        m = fit.shared_multiplier(kind, base)
         if m is not None:
-            rows.append((f"expert-choice over {base}", "shared fit", "any",
+            rows.append((f"{kind} over {base}", "shared fit", "any",
                          _ci(m.value, m.interval), m.note))
     rows += [(f"{m.kind} over {m.baseline_kind}", "per-kind fits", format_number(m.loss),
               _ci(m.value, m.interval), m.note or "-") for m in fit.multipliers]
@@ -249,7 +313,7 @@ def _chinchilla_section(df, fit, figures_dir) -> list:
         _Table(("kind", "runs", "E", "A", "B", "alpha", "beta"), tuple(rows)),
         _Table(("kind", "k (FLOPs per param·token)", "a (N exponent)", "b (D exponent)",
                 f"N_opt at {c_max:.3g} FLOPs", f"D_opt at {c_max:.3g} FLOPs"), tuple(opt_rows)),
-        _figure_compute_optimal(df, fit, figures_dir),
+        figure_compute_optimal(df, fit, figures_dir),
     ]
 
 
@@ -264,146 +328,7 @@ def _expert_load_section(expert_load, figures_dir) -> list:
             _Paragraph("Per run: the distribution of tokens per expert (or experts per token); "
                        "max/mean and the coefficient of variation (CV) measure imbalance."),
             _Table(("run", "entries", "mean", "max/mean", "CV", "zeros"), tuple(rows)),
-            _figure_expert_load(expert_load, figures_dir)]
-
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
-
-
-def _save(fig: Figure, figures_dir: Path, name: str, alt: str) -> _Figure:
-    path = figures_dir / f"{name}.png"
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, metadata={"Software": None})
-    return _Figure(id=f"fig-{name.replace('_', '-')}", alt=alt, path=path)
-
-
-def _compute_grid_flops(df, fit) -> np.ndarray:
-    """The table's compute range, widened by 2x each way (extrapolations are tabulated, not
-    plotted: a point 1e9x beyond the runs would squash them into one corner)."""
-    lo, hi = np.log10(df["compute_flops"].min() / 2), np.log10(fit.max_compute_flops * 2)
-    return np.logspace(lo, hi, 200)
-
-
-def _figure_loss(df, fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    grid = _compute_grid_flops(df, fit)
-    for kind in fit.kinds:
-        color = KIND_COLORS.get(kind)
-        runs = df[df["ffn_kind"] == kind]
-        frontier = compute_frontier(runs, fit.loss_column)
-        ax.scatter(runs["compute_flops"], runs[fit.loss_column], s=14, color=color, alpha=0.3)
-        ax.scatter(frontier["compute_flops"], frontier[fit.loss_column], s=22, color=color,
-                   label=f"{kind} runs (frontier solid)")
-        if kind in fit.power_laws:
-            band = predict_band(fit.power_laws[kind], grid)
-            ax.plot(grid, band.loss, color=color, label=f"{kind} fit")
-            ax.fill_between(grid, band.lo, band.hi, color=color, alpha=0.15, linewidth=0)
-        if fit.shared is not None and kind in fit.shared.law.A:
-            ax.plot(grid, fit.shared.law.loss(kind, grid), color=color, linestyle="--",
-                    label=f"{kind}, shared-exponent fit")
-    ax.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel=fit.loss_column,
-           title="Loss against compute: per-kind fits with bootstrap bands, shared fit dashed")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "loss_vs_compute", "Loss against compute per FFN kind with "
-                 "fitted power laws and bootstrap bands")
-
-
-def _point_with_interval(ax, x, y, interval, color, marker, label=None) -> None:
-    """A point and its bootstrap interval as a vertical bar (a percentile interval need not
-    contain the point estimate, so no symmetric error bars)."""
-    if interval is not None and math.isfinite(interval.lo) and math.isfinite(interval.hi):
-        ax.vlines(x, interval.lo, interval.hi, color=color, linewidth=1.5)
-    ax.plot([x], [y], marker=marker, color=color, linestyle="none", label=label)
-
-
-def _figure_residuals(df, fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(7, 3.5))
-    ax = fig.subplots()
-    for kind, f in fit.power_laws.items():
-        runs = compute_frontier(df[df["ffn_kind"] == kind], fit.loss_column)
-        pred = f.law.loss(runs["compute_flops"].to_numpy())
-        resid = runs[fit.loss_column].to_numpy() / pred - 1
-        ax.scatter(runs["compute_flops"], 100 * resid, color=KIND_COLORS.get(kind), label=kind,
-                   s=18)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel="residual (% of fitted loss)",
-           title="Residuals of the power-law fits")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "residuals", "Residuals of the loss-against-compute fits")
-
-
-def _figure_held_out(fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    values = []
-    for kind, h in fit.held_out.items():
-        for i, r in enumerate(h.runs):
-            _point_with_interval(ax, r.actual_loss, r.predicted_loss, r.interval,
-                                 KIND_COLORS.get(kind), "o", label=kind if i == 0 else None)
-            values += [r.actual_loss, r.predicted_loss]
-            values += [r.interval.lo, r.interval.hi] if r.interval else []
-    span = [min(values), max(values)]
-    ax.plot(span, span, color="black", linewidth=0.8, linestyle="--", label="predicted = actual")
-    ax.set(xlabel="actual loss", ylabel="predicted loss (fit without these runs)",
-           title="Held-out predictions")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "held_out", "Held-out runs: predicted against actual loss")
-
-
-def _figure_compute_optimal(df, fit, figures_dir) -> _Figure:
-    fig = Figure(figsize=(9, 3.8))
-    ax_n, ax_d = fig.subplots(1, 2)
-    grid = np.logspace(math.log10(fit.max_compute_flops) - 4, math.log10(fit.max_compute_flops) + 2)
-    for kind, o in fit.compute_optimal.items():
-        color = KIND_COLORS.get(kind)
-        ax_n.plot(grid, o.params_opt(grid), color=color, label=f"{kind} N_opt")
-        ax_d.plot(grid, o.tokens_opt(grid), color=color, label=f"{kind} D_opt")
-        runs = compute_frontier(df[df["ffn_kind"] == kind], fit.loss_column)
-        ax_n.scatter(runs["compute_flops"], runs["active_params"], color=color, s=14, alpha=0.6)
-        ax_d.scatter(runs["compute_flops"], runs["tokens_seen"], color=color, s=14, alpha=0.6)
-    ax_n.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="N_opt (active params)")
-    ax_d.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="D_opt (tokens)")
-    ax_n.legend(fontsize=8)
-    fig.suptitle("Compute-optimal frontier from the Chinchilla fit (dots: runs)")
-    fig.tight_layout()
-    return _save(fig, figures_dir, "compute_optimal", "Compute-optimal parameters and tokens "
-                 "against compute")
-
-
-def _figure_expert_load(expert_load, figures_dir) -> _Figure:
-    names = list(expert_load)[:_MAX_LOAD_PANELS]
-    ncols = min(3, len(names))
-    nrows = math.ceil(len(names) / ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows))
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    for ax, name in zip(axes, names):
-        ax.hist(np.asarray(expert_load[name], dtype=float).ravel(), bins=20, color="tab:green")
-        ax.set_title(str(name), fontsize=9)
-        ax.set_xlabel("experts per token", fontsize=8)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "expert_load", "Histograms of expert load per run")
-
-
-def _figure_alignment(df, figures_dir) -> _Figure:
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    for kind in (k for k in KIND_COLORS if (df["ffn_kind"] == k).any()):
-        runs = df[(df["ffn_kind"] == kind) & df["alignment"].notna()]
-        ax.scatter(runs["compute_flops"], runs["alignment"], color=KIND_COLORS[kind], label=kind,
-                   s=18)
-    ax.set(xscale="log", xlabel="compute (FLOPs)", ylabel="alignment score (0-1)", ylim=(0, 1),
-           title="GenEval-style alignment against compute")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, figures_dir, "alignment", "Alignment score against compute per FFN kind")
+            figure_expert_load(expert_load, figures_dir)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,7 +348,7 @@ def _render_markdown(blocks, out_dir: Path) -> str:
             lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
                       for row in b.rows]
             lines.append("")
-        elif isinstance(b, _Figure):
+        elif isinstance(b, FigureBlock):
             lines += [f"![{b.alt}]({b.path.relative_to(out_dir).as_posix()})", ""]
     return "\n".join(lines)
 
@@ -458,7 +383,7 @@ def _render_html(blocks, title: str) -> str:
             body.append(f"<p><strong>{text}</strong></p>" if b.strong else f"<p>{text}</p>")
         elif isinstance(b, _Table):
             body.append(_html_table(b))
-        elif isinstance(b, _Figure):
+        elif isinstance(b, FigureBlock):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
             body.append(f'<figure><img id="{b.id}" alt="{html.escape(b.alt)}" '
                         f'src="data:image/png;base64,{data}"></figure>')

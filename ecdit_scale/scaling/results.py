@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..files import atomic_write_text, load_yaml_file
+from .runlevel import kind_of
 from .formulas import (DEFAULT_LEVEL, ChinchillaLaw, Interval, PowerLaw, SharedPowerLaw,
                        percentile_interval)
 
@@ -231,6 +232,39 @@ class Extrapolation:
         return cls(kind=str(d["kind"]), prediction=Prediction.from_dict(d["prediction"]))
 
 
+def comparison_pairs(groups) -> tuple[tuple[str, str], ...]:
+    """(kind, baseline) pairs to compare: every expert-choice group over every dense and every
+    token-choice group (one multiplier per variant; no best-of across variants)."""
+    ec = [g for g in groups if kind_of(g) == "expert-choice"]
+    bases = [g for g in groups if kind_of(g) == "dense"] + \
+        [g for g in groups if kind_of(g) == "token-choice"]
+    return tuple((k, b) for b in bases for k in ec)
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    """The shared-fit multipliers on one variation of the data (loss column, budgets)."""
+
+    label: str
+    loss_column: str
+    budgets: str
+    n_rows: int
+    multipliers: tuple[Multiplier, ...] = ()
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "loss_column": self.loss_column, "budgets": self.budgets,
+                "n_rows": int(self.n_rows), "multipliers": [m.to_dict() for m in self.multipliers],
+                "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SensitivityRow:
+        return cls(label=str(d["label"]), loss_column=str(d["loss_column"]),
+                   budgets=str(d["budgets"]), n_rows=int(d["n_rows"]),
+                   multipliers=tuple(Multiplier.from_dict(m) for m in d["multipliers"]),
+                   note=str(d.get("note", "")))
+
+
 @dataclass(frozen=True)
 class ScalingFit:
     """Everything `fit_run_table` learned from one run table, per FFN kind."""
@@ -249,6 +283,21 @@ class ScalingFit:
     extrapolations: tuple[Extrapolation, ...] = ()
     notes: tuple[str, ...] = ()
     shared: SharedFit | None = None  # one E and alpha for every kind
+    loss_label: str = ""  # what the loss is, e.g. "smoothed training flow-matching loss"
+    min_compute_flops: float = math.nan
+    bootstrap_unit: str = "row"  # "training run": all budgets of a run drawn together
+    n_training_runs: dict[str, int] = field(default_factory=dict)  # per group
+    held_out_status: dict[str, str] = field(default_factory=dict)  # why a check is impossible
+    sensitivity: tuple[SensitivityRow, ...] = ()
+    outliers: dict = field(default_factory=dict)  # {"rule", "applied", "dropped"}
+
+    @property
+    def compute_range(self) -> float:
+        """Largest over smallest compute in the table."""
+        return self.max_compute_flops / self.min_compute_flops
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return comparison_pairs(self.kinds)
 
     def multiplier(self, kind: str, baseline_kind: str) -> Multiplier | None:
         """The per-kind fits' multiplier (at the largest compute's loss)."""
@@ -276,8 +325,15 @@ class ScalingFit:
             "notes": list(self.notes),
             "shared": self.shared.to_dict() if self.shared is not None else None,
             "shared_multipliers": [m.to_dict() for m in (
-                self.shared_multiplier("expert-choice", b) for b in ("dense", "token-choice"))
-                if m is not None],
+                self.shared_multiplier(k, b) for k, b in self.pairs()) if m is not None],
+            "loss_label": self.loss_label,
+            "min_compute_flops": float(self.min_compute_flops),
+            "compute_range": float(self.compute_range),
+            "bootstrap_unit": self.bootstrap_unit,
+            "n_training_runs": dict(self.n_training_runs),
+            "held_out_status": dict(self.held_out_status),
+            "sensitivity": [r.to_dict() for r in self.sensitivity],
+            "outliers": dict(self.outliers),
         }
 
     @classmethod
@@ -313,6 +369,16 @@ class ScalingFit:
             extrapolations=listed("extrapolations", Extrapolation.from_dict),
             notes=listed("notes", str),
             shared=_parsed("shared", SharedFit.from_dict, d["shared"]) if d.get("shared") else None,
+            loss_label=str(d.get("loss_label", "")),
+            min_compute_flops=_parsed("min_compute_flops", float, d.get("min_compute_flops", math.nan)),
+            bootstrap_unit=str(d.get("bootstrap_unit", "row")),
+            n_training_runs=_parsed("n_training_runs", lambda m: {str(k): int(v) for k, v in m.items()},
+                                    d.get("n_training_runs") or {}),
+            held_out_status=_parsed("held_out_status", lambda m: {str(k): str(v) for k, v in m.items()},
+                                    d.get("held_out_status") or {}),
+            sensitivity=_parsed("sensitivity", lambda xs: tuple(SensitivityRow.from_dict(x) for x in xs),
+                                d.get("sensitivity") or []),
+            outliers=_parsed("outliers", dict, d.get("outliers") or {}),
         )
 
 

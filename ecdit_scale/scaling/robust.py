@@ -64,9 +64,10 @@ def single_threaded_blas(fn):
     return wrapper
 
 
-def huber_terms_objective(theta_BP, logx_BTN, log_loss_BN, delta=HUBER_DELTA):
+def huber_terms_objective(theta_BP, logx_BTN, log_loss_BN, delta=HUBER_DELTA, w_BN=None):
     """Mean Huber(logsumexp(e, a_t - alpha_t·x_t) - log L) / delta² and its gradient, for a
-    batch of problems. theta = [e, a_1, alpha_1, a_2, alpha_2, ...]; x_t are log inputs."""
+    batch of problems. theta = [e, a_1, alpha_1, a_2, alpha_2, ...]; x_t are log inputs.
+    w_BN: row weights (a resample's row counts; 0 leaves a row out), mean weighted by them."""
     e_B1 = theta_BP[:, :1]
     z_BTN = theta_BP[:, 1::2, None] - theta_BP[:, 2::2, None] * logx_BTN
     zmax_BN = np.maximum(e_B1, z_BTN.max(axis=1))
@@ -74,22 +75,34 @@ def huber_terms_objective(theta_BP, logx_BTN, log_loss_BN, delta=HUBER_DELTA):
     w_BTN = np.exp(z_BTN - zmax_BN[:, None])
     sum_BN = w0_BN + w_BTN.sum(axis=1)
     r_BN = zmax_BN + np.log(sum_BN) - log_loss_BN
-    psi_BN, huber_B = huber(r_BN, delta)
-    n = logx_BTN.shape[2]
-    scale = 1.0 / (n * delta**2)
+    psi_BN, huber_B, scale = weighted_huber(r_BN, delta, w_BN)
     psi_BN = psi_BN / sum_BN  # softmax weights = d logsumexp / d z, folded into psi
     wpsi_BTN = w_BTN * psi_BN[:, None]
     grad = np.empty_like(theta_BP)
     grad[:, 0] = (w0_BN * psi_BN).sum(axis=1)
     grad[:, 1::2] = wpsi_BTN.sum(axis=2)
     grad[:, 2::2] = -(wpsi_BTN * logx_BTN).sum(axis=2)
-    return huber_B * scale, grad * scale
+    return huber_B * scale, grad * np.reshape(scale, (-1, 1))
 
 
-def huber(r, delta=HUBER_DELTA):
+def weighted_huber(r_BN, delta, w_BN):
+    """(psi, sum of huber, scale): psi and the sum weighted by w_BN (None: all 1), and the
+    scale 1/(sum of weights · delta²) that turns the sum into a mean."""
+    psi_BN, huber_B = huber(r_BN, delta)
+    if w_BN is None:
+        return psi_BN, huber_B, 1.0 / (r_BN.shape[-1] * delta**2)
+    w_BN = np.broadcast_to(w_BN, r_BN.shape)
+    _, huber_B = huber(r_BN, delta, w_BN)
+    scale = 1.0 / (w_BN.sum(axis=-1) * delta**2)
+    return psi_BN * w_BN, huber_B, scale
+
+
+def huber(r, delta=HUBER_DELTA, w=None):
     """Huber loss of residuals r: (d huber / d r, the sum of huber over the last axis)."""
     abs_r = np.abs(r)
     huber = np.where(abs_r <= delta, 0.5 * r**2, delta * (abs_r - 0.5 * delta))
+    if w is not None:
+        huber = huber * w
     return np.clip(r, -delta, delta), huber.sum(axis=-1)
 
 
@@ -216,26 +229,38 @@ def fit_terms(logx_TN: np.ndarray, log_loss_N: np.ndarray, *, what: str
     return multistart(fun, grid_starts(logx_TN, log_loss_N), lower, upper, what=what)
 
 
-def bootstrap_terms(logx_TN: np.ndarray, log_loss_N: np.ndarray, idx_RN: np.ndarray,
+def bootstrap_terms(logx_TN: np.ndarray, log_loss_N: np.ndarray, w_RN: np.ndarray,
                     warm: np.ndarray) -> np.ndarray:
-    """Refit every resample (rows idx_RN) from the point fit `warm` and a thinned grid of
-    starts, all in one batch; returns theta_RP of the resamples that reached an optimum."""
-    if len(idx_RN) == 0:
+    """Refit every resample from the point fit `warm` and a thinned grid of starts, all in one
+    batch; a resample is a row of weights w_RN (how often each row is drawn; 0 leaves it out,
+    `resample_weights` turns drawn indices into weights). Returns theta_RP of the resamples
+    that reached an optimum."""
+    if len(w_RN) == 0:
         return np.empty((0, len(warm)))
-    logx_RTN = np.moveaxis(logx_TN[:, idx_RN], 0, 1)
-    log_loss_RN = log_loss_N[idx_RN]
-    starts = [np.array([warm, *thinned(grid_starts(logx_RTN[r], log_loss_RN[r]))])
-              for r in range(len(idx_RN))]
+    w_RN = np.asarray(w_RN, dtype=float)
+    starts = []
+    for w_N in w_RN:
+        drawn = np.repeat(np.arange(len(w_N)), np.rint(w_N).astype(int))
+        starts.append(np.array([warm, *thinned(grid_starts(logx_TN[:, drawn],
+                                                          log_loss_N[drawn]))]))
     starts_RSP = np.array(starts)
     n_s = starts_RSP.shape[1]
+    logx_1TN, log_loss_1N = logx_TN[None], log_loss_N[None]
 
     def fun(theta, rows):
         r = rows // n_s
-        return huber_terms_objective(theta, logx_RTN[r], log_loss_RN[r])
+        return huber_terms_objective(theta, logx_1TN, log_loss_1N, w_BN=w_RN[r])
 
     lower, upper = terms_bounds(logx_TN.shape[0])
     theta_RP, f_R = best_of_starts(fun, starts_RSP, lower, upper)
     return theta_RP[np.isfinite(f_R)]
+
+
+def resample_weights(idx_RN: np.ndarray, n_rows: int) -> np.ndarray:
+    """Drawn row indices (one resample a row) as row weights: how often each row was drawn."""
+    idx_RN = np.asarray(idx_RN, dtype=int)
+    return np.array([np.bincount(i, minlength=n_rows) for i in idx_RN],
+                    dtype=float).reshape(len(idx_RN), n_rows)
 
 
 def positive_columns(*columns, min_rows: int, what: str) -> list[np.ndarray]:
