@@ -7,8 +7,9 @@ Measured (each timed after a warm-up, the median of repeated batches):
 - SDPA: ``F.scaled_dot_product_attention`` forward and forward + backward (the trainer's path:
   default backend, (batch, heads, q_len, head_dim) layout), self- and cross-attention lengths;
 - memory bandwidth: a large tensor copy, (read + write) bytes / s;
-- kernel launch: a tiny in-place add, back to back (CPU: the host runs it, ``serial``; CUDA:
-  enqueued asynchronously, ``async``);
+- memory-bound kinds: copy, elementwise add, tanh-GELU, LayerNorm on activation-sized tensors;
+- kernel launch: host seconds per counted kernel of a tiny residual network's forward +
+  backward (CPU: the host runs the kernels, ``serial``; CUDA: enqueued, ``async``);
 - optimizer: AdamW over one tensor and over many (seconds per byte as the step-time model
   counts AdamW's bytes: 28 per fp32 parameter; seconds per extra tensor);
 - engine: autograd's work per parameter tensor (AccumulateGrad and its backward node), from a
@@ -153,16 +154,49 @@ def measure_bandwidth(s: Settings, timer: Timer) -> float:
     return 2 * n * 4 / timer(lambda: b.copy_(a))
 
 
-def measure_launch(s: Settings, timer: Timer) -> float:
+def measure_memory_kinds(s: Settings, timer: Timer) -> dict[str, float]:
+    """Bytes / s of each memory-bound kind (``operators.MEMORY_KINDS``) on an activation-sized
+    tensor: copy (read + write), elementwise add (2 reads + write), tanh-GELU (read + write),
+    LayerNorm without affine (read + write)."""
     torch = timer.torch
-    x = torch.zeros(1, device=s.device)
-    burst = 200
+    import torch.nn.functional as F
 
-    def many():
-        for _ in range(burst):
-            x.add_(1.0)
+    dt = _dtype(torch, s.torch_dtype_name)
+    n = 2**17 if s.device == "cpu" else 2**24
+    x = torch.randn(n // 256, 256, device=s.device, dtype=dt)
+    y, out = torch.randn_like(x), torch.empty_like(x)
+    nbytes = x.numel() * x.element_size()
+    return {"copy": 2 * nbytes / timer(lambda: out.copy_(x)),
+            "elementwise": 3 * nbytes / timer(lambda: torch.add(x, y, out=out)),
+            "activation": 2 * nbytes / timer(lambda: F.gelu(x, approximate="tanh")),
+            "norm": 2 * nbytes / timer(lambda: F.layer_norm(x, (256,)))}
 
-    return timer(many) / burst
+
+LAUNCH_LAYERS, LAUNCH_WIDTH = 16, 8
+
+
+def measure_launch(s: Settings, timer: Timer) -> float:
+    """Host seconds per kernel as ``operators.py`` counts kernels: forward + backward of a tiny
+    residual network (LayerNorm, Linear, GELU, add per layer: 4 counted kernels; the backward
+    counts twice the forward), whose compute is negligible, so the time is the host's: Python
+    module calls, dispatch, views, autograd bookkeeping and launches."""
+    torch = timer.torch
+    from torch import nn
+
+    layers = [nn.Sequential(nn.LayerNorm(LAUNCH_WIDTH, elementwise_affine=False),
+                            nn.Linear(LAUNCH_WIDTH, LAUNCH_WIDTH), nn.GELU(approximate="tanh"))
+              for _ in range(LAUNCH_LAYERS)]
+    net = nn.ModuleList(layers).to(s.device)
+    x0 = torch.randn(4, LAUNCH_WIDTH, device=s.device)
+
+    def step():
+        x = x0
+        for layer in net:
+            x = x + layer(x)
+        x.sum().backward()
+
+    counted = (4 * LAUNCH_LAYERS + 1) * (1 + 2)  # forward + BACKWARD_KERNELS_PER_FORWARD x it
+    return timer(step) / counted
 
 
 def measure_optimizer(s: Settings, timer: Timer) -> tuple[float, float]:
@@ -348,6 +382,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             ("GEMM grid", lambda: measure_gemm(s, timer)),
             ("SDPA", lambda: measure_sdpa(s, timer)),
             ("memory bandwidth", lambda: measure_bandwidth(s, timer)),
+            ("memory-bound kinds", lambda: measure_memory_kinds(s, timer)),
             ("kernel launch", lambda: measure_launch(s, timer)),
             ("optimizer step", lambda: measure_optimizer(s, timer)),
             ("autograd per parameter tensor", lambda: measure_engine(s, timer)),
@@ -371,7 +406,8 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         gemm_flops_per_s=tuple(gemm["flops_per_s"]), sdpa_flops=tuple(sdpa["flops"]),
         sdpa_forward_flops_per_s=tuple(sdpa["forward_flops_per_s"]),
         sdpa_backward_flops_per_s=tuple(sdpa["backward_flops_per_s"]),
-        memory_bw_bytes_per_s=got["memory bandwidth"], launch_s=got["kernel launch"],
+        memory_bw_bytes_per_s=got["memory bandwidth"],
+        memory_kind_bw=got["memory-bound kinds"], launch_s=got["kernel launch"],
         launch_mode="serial" if s.device == "cpu" else "async",
         optimizer_s_per_byte=opt_byte, optimizer_s_per_tensor=opt_tensor,
         engine_s_per_param_tensor=got["autograd per parameter tensor"],

@@ -5,7 +5,8 @@ from a measured device profile (``device_profile.DeviceProfile``); no torch.
   the backward prices dX (M, K, N) and dW (K, N, M) by their own shapes.
 - attention: forward FLOPs / measured SDPA forward rate; backward 2 x forward FLOPs (dQ, dK, dV
   and the recomputed scores) at the measured SDPA backward rate.
-- memory-bound: bytes / measured copy bandwidth; the backward moves
+- memory-bound: bytes / the measured throughput of the op's kind (copy, elementwise,
+  activation, norm; else the copy bandwidth); the backward moves
   ``operators.BACKWARD_BYTES_PER_FORWARD`` x the forward's bytes.
 - kernels: forward ops + ``BACKWARD_KERNELS_PER_FORWARD`` x as many in the backward.
 
@@ -71,6 +72,14 @@ def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool) -> f
     return total
 
 
+def _memory_seconds(inv: OperatorInventory, acc: Any) -> float:
+    """Forward bytes of each memory-bound op / the measured throughput of its kind (the copy
+    bandwidth, or the datasheet's, where the kind was not measured)."""
+    prof, bw = acc.profile, bandwidth(acc)
+    kinds = prof.memory_kind_bw if prof is not None else {}
+    return sum(op.bytes / kinds.get(op.kind, bw) for op in inv.memory_ops)
+
+
 def bandwidth(acc: Any) -> float:
     prof = acc.profile
     if prof is not None and prof.memory_bw_bytes_per_s is not None:
@@ -80,11 +89,11 @@ def bandwidth(acc: Any) -> float:
 
 def price(inv: OperatorInventory, acc: Any, *, backward: bool) -> dict[str, float]:
     """Seconds (and kernels) of ``inv``'s forward, or of its backward."""
-    mem = inv.memory_bytes * (BACKWARD_BYTES_PER_FORWARD if backward else 1.0)
+    mem_s = _memory_seconds(inv, acc) * (BACKWARD_BYTES_PER_FORWARD if backward else 1.0)
     kernels = inv.forward_kernels * (BACKWARD_KERNELS_PER_FORWARD if backward else 1.0)
     return {"gemm_s": _gemm_seconds(inv, acc, backward=backward),
             "attention_s": _attention_seconds(inv, acc, backward=backward),
-            "memory_s": mem / bandwidth(acc), "kernels": kernels}
+            "memory_s": mem_s, "kernels": kernels}
 
 
 def micro_batch_terms(cfg: ModelConfig, acc: Any, *, images: int, tp: int, recompute: Any,
@@ -125,7 +134,8 @@ def term_sources(acc: Any) -> dict[str, str]:
     return {
         "gemm": "measured GEMM grid" if have["gemm"] else f"datasheet fallback: {eff}",
         "attention": "measured SDPA" if have["attention"] else f"datasheet fallback: {eff}",
-        "memory_bound": ("measured copy bandwidth" if have["memory_bandwidth"]
+        "memory_bound": ("measured by kind" if have["memory_ops"] else
+                         "measured copy bandwidth" if have["memory_bandwidth"]
                          else "datasheet bandwidth"),
         "launch": (f"measured {prof.launch_s * 1e6:.1f} us per kernel ({prof.launch_mode})"
                    if have["launch"] else "not measured: no launch floor"),

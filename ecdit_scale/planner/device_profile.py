@@ -9,7 +9,11 @@ the datasheet and the plan says so):
     gemm: {m: [...], n: [...], k: [...], flops_per_s: [...]}   # full grid, m-major, flat
     sdpa: {flops: [...], forward_flops_per_s: [...], backward_flops_per_s: [...]}
     memory_bw_bytes_per_s: 3.0e12    # large copy: (read + write) bytes / s
-    launch: {seconds: 6.0e-6, mode: async}   # per tiny op; serial = host runs the op (CPU)
+    memory_ops: {copy: ..., elementwise: ..., activation: ..., norm: ...}  # bytes / s by kind,
+                                     # at activation-sized tensors (operators.MEMORY_KINDS)
+    launch: {seconds: 6.0e-6, mode: async}   # host seconds per counted kernel (a tiny module
+                                     # network's forward + backward / its kernels as
+                                     # operators.py counts them); serial = host runs it (CPU)
     optimizer: {s_per_byte: ..., s_per_tensor: ...}   # bytes as step_time counts them
     engine_s_per_param_tensor: 2.0e-5  # autograd / engine work per parameter tensor per pass
     collectives: {nproc: 2, backend: nccl, all_reduce: {latency_s, bw_bytes_per_s, half_bytes},
@@ -30,6 +34,7 @@ import numpy as np
 
 from ..checks import short
 from ..errors import ConfigError
+from .operators import MEMORY_KINDS
 
 LAUNCH_MODES = ("async", "serial")
 COLLECTIVES = ("all_reduce", "all_to_all")
@@ -90,6 +95,7 @@ class DeviceProfile:
     sdpa_forward_flops_per_s: tuple[float, ...] = ()
     sdpa_backward_flops_per_s: tuple[float, ...] = ()
     memory_bw_bytes_per_s: float | None = None
+    memory_kind_bw: dict[str, float] = field(default_factory=dict)
     launch_s: float | None = None
     launch_mode: str = "async"
     optimizer_s_per_byte: float | None = None
@@ -113,6 +119,7 @@ class DeviceProfile:
         """Each term the step-time model can price from this profile: measured or not."""
         return {"gemm": self.has_gemm, "attention": self.has_sdpa,
                 "memory_bandwidth": self.memory_bw_bytes_per_s is not None,
+                "memory_ops": bool(self.memory_kind_bw),
                 "launch": self.launch_s is not None,
                 "optimizer": self.optimizer_s_per_byte is not None,
                 "engine": self.engine_s_per_param_tensor is not None,
@@ -171,6 +178,8 @@ class DeviceProfile:
                            "backward_flops_per_s": list(self.sdpa_backward_flops_per_s)}
         if self.memory_bw_bytes_per_s is not None:
             out["memory_bw_bytes_per_s"] = self.memory_bw_bytes_per_s
+        if self.memory_kind_bw:
+            out["memory_ops"] = dict(self.memory_kind_bw)
         if self.launch_s is not None:
             out["launch"] = {"seconds": self.launch_s, "mode": self.launch_mode}
         if self.optimizer_s_per_byte is not None:
@@ -190,7 +199,8 @@ class DeviceProfile:
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "profile") -> "DeviceProfile":
         data = _mapping(data, where)
-        known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "launch", "optimizer",
+        known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops", "launch",
+                 "optimizer",
                  "engine_s_per_param_tensor", "collectives", "measured", "provenance"}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
@@ -222,6 +232,12 @@ class DeviceProfile:
             kw.update(sdpa_flops=parts[0], sdpa_forward_flops_per_s=parts[1],
                       sdpa_backward_flops_per_s=parts[2])
         kw["memory_bw_bytes_per_s"] = _opt(data, "memory_bw_bytes_per_s", where)
+        kinds = _mapping(data.get("memory_ops"), f"{where}.memory_ops")
+        bad = sorted(map(str, set(kinds) - set(MEMORY_KINDS)))
+        if bad:
+            raise ConfigError(f"{where}.memory_ops: unknown kind(s) {', '.join(bad)}; valid: "
+                              f"{', '.join(MEMORY_KINDS)}")
+        kw["memory_kind_bw"] = {k: _num(f"{where}.memory_ops.{k}", v) for k, v in kinds.items()}
         launch = _mapping(data.get("launch"), f"{where}.launch")
         if launch:
             kw["launch_s"] = _opt(launch, "seconds", f"{where}.launch")

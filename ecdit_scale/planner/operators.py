@@ -63,13 +63,21 @@ class AttentionCall:
         return 4.0 * self.batch * self.heads * self.q_len * self.kv_len * self.head_dim * self.count
 
 
+MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
+
+
 @dataclass(frozen=True)
 class MemoryOp:
+    """``kind`` picks the measured throughput: copy (layout copies, gathers, scatters, repeats),
+    elementwise (add, mul, modulate), activation (GELU, SiLU, softmax: transcendental), norm
+    (LayerNorm)."""
+
     name: str
     bytes: float  # read + written per forward, all layers
     kernels: float
     block: bool = True
     selective: bool = True
+    kind: str = "elementwise"
 
 
 @dataclass(frozen=True)
@@ -154,11 +162,11 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
     gemms.append(Gemm("patch_embed", tok, d, cfg.in_channels * p * p, input_grad=False, block=False))
     gemms.append(Gemm("timestep_fc1", b, d, cfg.timestep_freq_dim, input_grad=False, block=False))
     gemms.append(Gemm("timestep_fc2", b, d, d, block=False))
-    mem.append(MemoryOp("embed_elementwise", 3 * x, 6, block=False, selective=False))
+    mem.append(MemoryOp("embed_elementwise", 3 * x, 6, block=False, selective=False, kind="elementwise"))
     if cfg.conditioning is Conditioning.TEXT:
         gemms.append(Gemm("caption_fc1", txt, d, cfg.text_dim, input_grad=False, block=False))
         gemms.append(Gemm("caption_fc2", txt, d, d, block=False))
-        mem.append(MemoryOp("caption_gelu", 2 * txt * d * a, 1, block=False))
+        mem.append(MemoryOp("caption_gelu", 2 * txt * d * a, 1, block=False, kind="activation"))
     if cfg.adaln is AdaLN.SINGLE:
         gemms.append(Gemm("adaln_single", b, 6 * d, d, block=False))
 
@@ -168,35 +176,35 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
               Gemm("attn_proj", tok, d, d / tp, count=depth)]
     attn.append(AttentionCall("self_attention", b, heads, s, s, hd, count=depth))
     repeat = kv < d  # GQA: k and v repeated to the query heads
-    mem += [MemoryOp("norm1", 2 * x * depth, 1 * depth),
-            MemoryOp("modulate1", 4 * x * depth, 3 * depth),  # (1 + scale), *, + shift
-            MemoryOp("attn_out_copy", 2 * x / tp * depth, 1 * depth),
-            MemoryOp("gate_residual1", 5 * x * depth, 2 * depth)]
+    mem += [MemoryOp("norm1", 2 * x * depth, 1 * depth, kind="norm"),
+            MemoryOp("modulate1", 4 * x * depth, 3 * depth, kind="elementwise"),  # (1 + scale), *, + shift
+            MemoryOp("attn_out_copy", 2 * x / tp * depth, 1 * depth, kind="copy"),
+            MemoryOp("gate_residual1", 5 * x * depth, 2 * depth, kind="elementwise")]
     if repeat:
-        mem.append(MemoryOp("gqa_repeat", 2 * tok * (kv + d) / tp * a * depth, 2 * depth))
+        mem.append(MemoryOp("gqa_repeat", 2 * tok * (kv + d) / tp * a * depth, 2 * depth, kind="copy"))
     if cfg.has_cross_attention:
         gemms += [Gemm("cross_q", tok, d / tp, d, count=depth),
                   Gemm("cross_kv", txt, 2 * kv / tp, d, count=depth),
                   Gemm("cross_proj", tok, d, d / tp, count=depth)]
         attn.append(AttentionCall("cross_attention", b, heads, s, t, hd, count=depth))
-        mem += [MemoryOp("cross_out_copy", 2 * x / tp * depth, 1 * depth),
-                MemoryOp("residual2", 3 * x * depth, 1 * depth)]
+        mem += [MemoryOp("cross_out_copy", 2 * x / tp * depth, 1 * depth, kind="copy"),
+                MemoryOp("residual2", 3 * x * depth, 1 * depth, kind="elementwise")]
         if repeat:
-            mem.append(MemoryOp("cross_gqa_repeat", 2 * txt * (kv + d) / tp * a * depth, 2 * depth))
+            mem.append(MemoryOp("cross_gqa_repeat", 2 * txt * (kv + d) / tp * a * depth, 2 * depth, kind="copy"))
     if cfg.adaln is AdaLN.ZERO:
         gemms.append(Gemm("adaln_modulation", b, 6 * d, d, count=depth))
-        mem.append(MemoryOp("adaln_silu", 2 * b * d * a * depth, 1 * depth))
+        mem.append(MemoryOp("adaln_silu", 2 * b * d * a * depth, 1 * depth, kind="activation"))
     else:
-        mem.append(MemoryOp("adaln_table", 2 * b * 6 * d * a * depth, 1 * depth))
+        mem.append(MemoryOp("adaln_table", 2 * b * 6 * d * a * depth, 1 * depth, kind="elementwise"))
 
     # ---- blocks: FFN ----
-    mem += [MemoryOp("norm2", 2 * x * depth, 1 * depth),
-            MemoryOp("modulate2", 4 * x * depth, 3 * depth),
-            MemoryOp("gate_residual3", 5 * x * depth, 2 * depth)]
+    mem += [MemoryOp("norm2", 2 * x * depth, 1 * depth, kind="norm"),
+            MemoryOp("modulate2", 4 * x * depth, 3 * depth, kind="elementwise"),
+            MemoryOp("gate_residual3", 5 * x * depth, 2 * depth, kind="elementwise")]
     if n_dense:
         gemms += [Gemm("mlp_fc1", tok, h / tp, d, count=n_dense),
                   Gemm("mlp_fc2", tok, d, h / tp, count=n_dense)]
-        mem.append(MemoryOp("mlp_gelu", 2 * tok * h / tp * a * n_dense, 1 * n_dense))
+        mem.append(MemoryOp("mlp_gelu", 2 * tok * h / tp * a * n_dense, 1 * n_dense, kind="activation"))
     if n_moe:
         _moe_ops(cfg, gemms, mem, tok=tok, b=b, tp=tp, a=a, n_moe=n_moe)
 
@@ -204,9 +212,9 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
     gemms += [Gemm("final_adaln", b, 2 * d, d, block=False) if cfg.adaln is AdaLN.ZERO
               else Gemm("final_adaln", 0, 0, 0, count=0, block=False),
               Gemm("output_head", tok, p * p * cfg.out_channels, d, block=False)]
-    mem.append(MemoryOp("final_norm_modulate", 6 * x, 4, block=False, selective=False))
+    mem.append(MemoryOp("final_norm_modulate", 6 * x, 4, block=False, selective=False, kind="norm"))
     mem.append(MemoryOp("loss_elementwise", 8 * tok * p * p * cfg.out_channels * a, 8,
-                        block=False, selective=False))
+                        block=False, selective=False, kind="elementwise"))
     gemms = [g for g in gemms if g.count > 0]
     return OperatorInventory(images=images, tp=tp, gemms=tuple(gemms), attention=tuple(attn),
                              memory_ops=tuple(mem), param_tensors=param_tensor_count(cfg))
@@ -231,15 +239,15 @@ def _moe_ops(cfg: ModelConfig, gemms: list, mem: list, *, tok: float, b: float, 
               Gemm("expert_fc2", per_expert, d, h / tp, count=e * n_moe)]
     f32 = 4.0
     sd = slots * d * a
-    mem += [MemoryOp("router_softmax_cast", (tok * e * a + 2 * tok * e * f32) * n_moe, 2 * n_moe),
-            MemoryOp("routing_topk", (tok * e * f32 + 2 * slots * 8) * n_moe, 2 * n_moe),
-            MemoryOp("dispatch_gather", 2 * sd * n_moe, 1 * n_moe),
-            MemoryOp("expert_major_copy", 2 * sd * n_moe, 1 * n_moe),
-            MemoryOp("expert_gelu", 2 * slots * h / tp * a * n_moe, 1 * n_moe),
-            MemoryOp("combine_copy_weight", 4 * sd * n_moe, 3 * n_moe),
-            MemoryOp("combine_scatter_add", (2 * sd + 2 * tok * d * a) * n_moe, 2 * n_moe),
+    mem += [MemoryOp("router_softmax_cast", (tok * e * a + 2 * tok * e * f32) * n_moe, 2 * n_moe, kind="activation"),
+            MemoryOp("routing_topk", (tok * e * f32 + 2 * slots * 8) * n_moe, 2 * n_moe, kind="activation"),
+            MemoryOp("dispatch_gather", 2 * sd * n_moe, 1 * n_moe, kind="copy"),
+            MemoryOp("expert_major_copy", 2 * sd * n_moe, 1 * n_moe, kind="copy"),
+            MemoryOp("expert_gelu", 2 * slots * h / tp * a * n_moe, 1 * n_moe, kind="activation"),
+            MemoryOp("combine_copy_weight", 4 * sd * n_moe, 3 * n_moe, kind="elementwise"),
+            MemoryOp("combine_scatter_add", (2 * sd + 2 * tok * d * a) * n_moe, 2 * n_moe, kind="copy"),
             MemoryOp("routing_stats", (slots * 8 * 3 + tok * 8) * n_moe, 4 * n_moe,
-                     selective=False)]
+                     selective=False, kind="copy")]
     if cfg.ffn.kind is FFNKind.TOKEN_CHOICE:  # top-k over experts, one-hot, cumsum, index_put
         mem.append(MemoryOp("token_choice_assign", (tok * e * 8 * 6 + 3 * slots * 8) * n_moe,
-                            14 * n_moe, selective=False))
+                            14 * n_moe, selective=False, kind="elementwise"))
