@@ -22,6 +22,7 @@ torch is imported here only; progress goes to an optional ``report(message)`` ca
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -75,29 +76,35 @@ class Settings:
 
 
 class Timer:
-    def __init__(self, device: str, quick: bool):
+    """Median seconds of one call. On a CPU the clock is this thread's CPU time (one device =
+    one core running one thread): other processes on a shared machine do not inflate it. On
+    CUDA it is wall time around a synchronize."""
+
+    def __init__(self, device: str, quick: bool, threads: int = 1):
         import torch
 
         self.torch = torch
         self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        self.clock = (time.thread_time if device == "cpu" and threads == 1
+                      else time.perf_counter)
         self.target_s = 0.01 if quick else 0.05
 
     def __call__(self, fn: Callable[[], Any], *, batches: int = 3) -> float:
-        """Median seconds of one call of ``fn``."""
+        clock = self.clock
         fn()
         self.sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         self.sync()
-        once = max(time.perf_counter() - t0, 1e-7)
+        once = max(clock() - t0, 1e-7)
         reps = max(1, min(1000, int(self.target_s / once)))
         out = []
         for _ in range(batches):
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(reps):
                 fn()
             self.sync()
-            out.append((time.perf_counter() - t0) / reps)
+            out.append((clock() - t0) / reps)
         return statistics.median(out)
 
 
@@ -376,7 +383,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
     if s.device == "cpu":
         torch.set_num_threads(s.threads)
     try:
-        timer = Timer(s.device, s.quick)
+        timer = Timer(s.device, s.quick, s.threads)
         t0 = time.perf_counter()
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("GEMM grid", lambda: measure_gemm(s, timer)),
@@ -476,6 +483,13 @@ def profile_accelerator(s: Settings, prof: DeviceProfile) -> Accelerator:
                                    "(run with --nproc 2 to measure gloo)")),
         deepspeed_accelerator="cpu", precisions=("fp32",), measured=tuple(measured),
         profile=prof)
+
+
+@functools.lru_cache(maxsize=2)
+def quick_cpu_profile(nproc: int) -> Accelerator:
+    """A quick profile of this CPU (one thread per rank), measured once per process."""
+    s = Settings(device="cpu", quick=True, nproc=nproc)
+    return profile_accelerator(s, measure_profile(s))
 
 
 def write_profile(acc: Accelerator, out: str | os.PathLike) -> Path:

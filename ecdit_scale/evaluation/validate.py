@@ -90,12 +90,10 @@ class Profiles:
         if cpu:
             import os
 
-            from .profile import Settings, measure_profile, profile_accelerator
+            from .profile import quick_cpu_profile
 
             multi = any(_is_cpu(r.device) and r.world > 1 for r in self.rows)
-            s = Settings(device="cpu", quick=True,
-                         nproc=2 if multi and (os.cpu_count() or 1) >= 2 else 1)
-            return profile_accelerator(s, measure_profile(s))
+            return quick_cpu_profile(2 if multi and (os.cpu_count() or 1) >= 2 else 1)
         try:
             return gpu_accelerator(row.device)
         except ConfigError:
