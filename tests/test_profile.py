@@ -51,7 +51,7 @@ def test_tensor_parallel_splits_the_sharded_operators(name):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_parameter_tensors_match_the_torch_model(name):
-    torch = pytest.importorskip("torch")  # noqa: F841
+    pytest.importorskip("torch")
     from ecdit_scale.model import build_model
 
     cfg = sizes.get(name)
@@ -236,6 +236,7 @@ def test_profile_command_writes_a_profile_plan_reads(cpu_profile, tmp_path):
 
 @pytest.mark.parametrize("args, match", [
     (("--device", "tpu"), "--device 'tpu'"),
+    (("--threads", "0"), "--threads 0"),
     (("--nproc", "0"), "--nproc 0"),
     (("--dtype", "int8"), "--dtype 'int8'"),
     (("--out", "/nonexistent/dir/p.yaml"), "--out"),

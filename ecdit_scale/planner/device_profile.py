@@ -10,7 +10,7 @@ the datasheet and the plan says so):
     sdpa: {flops: [...], forward_flops_per_s: [...], backward_flops_per_s: [...]}
     memory_bw_bytes_per_s: 3.0e12    # large copy: (read + write) bytes / s
     memory_ops: {copy: ..., elementwise: ..., activation: ..., norm: ...}  # bytes / s by kind,
-                                     # at activation-sized tensors (operators.MEMORY_KINDS)
+                                     # at activation-sized tensors (MEMORY_KINDS)
     launch: {seconds: 6.0e-6, mode: async}   # host seconds per counted kernel (a tiny module
                                      # network's forward + backward / its kernels as
                                      # operators.py counts them); serial = host runs it (CPU)
@@ -34,9 +34,10 @@ import numpy as np
 
 from ..checks import short
 from ..errors import ConfigError
-from .operators import MEMORY_KINDS
 
 LAUNCH_MODES = ("async", "serial")
+# memory-bound operator kinds, each with its measured throughput (``operators.MemoryOp.kind``)
+MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
 COLLECTIVES = ("all_reduce", "all_to_all")
 
 

@@ -63,12 +63,9 @@ class AttentionCall:
         return 4.0 * self.batch * self.heads * self.q_len * self.kv_len * self.head_dim * self.count
 
 
-MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
-
-
 @dataclass(frozen=True)
 class MemoryOp:
-    """``kind`` picks the measured throughput: copy (layout copies, gathers, scatters, repeats),
+    """``kind`` (``device_profile.MEMORY_KINDS``) picks the measured throughput: copy (layout copies, gathers, scatters, repeats),
     elementwise (add, mul, modulate), activation (GELU, SiLU, softmax: transcendental), norm
     (LayerNorm)."""
 
