@@ -19,6 +19,7 @@ layouts prices the few unique triples and broadcasts (``micro_batch_arrays``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -96,9 +97,12 @@ def price(inv: OperatorInventory, acc: Any, *, backward: bool) -> dict[str, floa
             "memory_s": mem_s, "kernels": kernels}
 
 
+@functools.lru_cache(maxsize=4096)
 def micro_batch_terms(cfg: ModelConfig, acc: Any, *, images: int, tp: int, recompute: Any,
                       precision: Any) -> dict[str, dict[str, float]]:
-    """{"forward", "backward", "recompute"} -> priced parts of one micro-batch on one device."""
+    """{"forward", "backward", "recompute"} -> priced parts of one micro-batch on one device
+    (cached: a plan's cluster table searches the same model on the same device many times;
+    callers must not modify the result)."""
     inv = operator_inventory(cfg, images=images, tp=tp, dtype_bytes=dtype_bytes(precision))
     return {"forward": price(inv, acc, backward=False),
             "backward": price(inv, acc, backward=True),

@@ -85,8 +85,11 @@ class LinkFit:
                 "half_bytes": self.half_bytes}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DeviceProfile:
+    """Compared and hashed by identity (it holds dicts), so that an accelerator carrying it
+    stays hashable and the priced operators can be cached per (config, accelerator)."""
+
     dtype: str = "bf16"
     gemm_m: tuple[float, ...] = ()
     gemm_n: tuple[float, ...] = ()
