@@ -3,6 +3,8 @@ the whole plan of ``ecdit-scale plan --params 97B`` (search, tensor-parallel alt
 cluster-size table: one search per node count).
 
     python bench/plan_speed.py
+    python bench/plan_speed.py --profile PROFILE.yaml   # operator-level step time (a profile's
+                                                        # measurements on the h100-sxm entry)
 
 Prints best-of-5 wall times, the number of layouts evaluated, and the ratio to the target (the
 search must stay interactive: ``ecdit-scale plan`` runs it on every call).
@@ -10,6 +12,8 @@ search must stay interactive: ``ecdit-scale plan`` runs it on every call).
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,13 +36,20 @@ def main() -> None:
     training = TrainingConfig(ema=PLAN_EMA)  # what `plan` searches by default
     cluster = ClusterConfig(gpu="h100-sxm", nodes=128, gpus_per_node=8)  # 1,024 devices
     acc = get_accelerator(cluster.gpu)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", help="a profile YAML (ecdit-scale profile) whose measurements "
+                    "price the step by operator class")
+    args = ap.parse_args()
+    if args.profile:
+        acc = dataclasses.replace(acc, profile=get_accelerator(args.profile).profile)
     times, result = [], None
     for _ in range(REPEATS):
         t0 = time.perf_counter()
         result = search_layouts(cfg, training, cluster, acc)
         times.append(time.perf_counter() - t0)
     best, cold = min(times), times[0]
-    print(f"search ({cfg.name} on {cluster.world:,} {acc.name}): {best:.3f} s for "
+    label = "operator-level (profile)" if acc.profile is not None else "datasheet"
+    print(f"search ({cfg.name} on {cluster.world:,} {acc.name}, {label} step time): {best:.3f} s for "
           f"{result.num_evaluated:,} layouts ({result.num_feasible:,} fit), best of {REPEATS}; "
           f"{TARGET_S / best:.1f}x under the {TARGET_S:g} s target "
           f"(first call {cold:.3f} s: {TARGET_S / cold:.1f}x)")

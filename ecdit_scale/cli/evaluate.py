@@ -23,13 +23,14 @@ def validate_cmd(
     calibrate_on: Optional[str] = typer.Option(None, "--calibrate-on", help="Run whose measured efficiency calibrates the step-time predictions (default: the first)."),
     csv: Optional[str] = typer.Option(None, "--csv", help="CSV path (default: validation.csv in the first run directory)."),
     save_profile: Optional[str] = typer.Option(None, "--save-profile", help="Save the calibrated accelerator profile (YAML) for `plan --gpu`."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Device profile (`ecdit-scale profile`) for the headline prediction (default: a quick profile of this CPU for CPU runs, the catalog for GPUs)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Planner predictions next to measurements: parameters, FLOPs, memory, step time."""
     from ..evaluation.validate import validate
 
     report = validate([Path(r) for r in runs], calibrate_on=calibrate_on,
-                      csv_path=csv, save_profile=save_profile)
+                      csv_path=csv, save_profile=save_profile, profile=profile)
     if json_out:
         print_json(report.to_dict())
         return
@@ -75,7 +76,7 @@ def render_validation(report) -> None:
     t = Table(title="Predicted -> measured (error = measured / predicted - 1)")
     t.add_column("run", overflow="fold", min_width=10)
     for col in ("params", "FLOPs / step", "peak memory / rank", "model states / rank",
-                "step time"):
+                "step time (profile)", "step time (LOO)"):
         t.add_column(col, justify="right")
     for r in report.rows:
         t.add_row(
@@ -83,7 +84,8 @@ def render_validation(report) -> None:
             pair(r.flops_predicted, r.flops_measured, r.flops_error, lambda x: f"{x:.4g}"),
             pair(r.memory_predicted, r.memory_measured, r.memory_error, format_bytes),
             pair(r.states_predicted, r.states_measured, r.states_error, format_bytes),
-            pair(r.step_s_predicted, r.step_s_measured, r.step_s_error, lambda x: f"{x:.4g} s"))
+            pair(r.step_s_predicted, r.step_s_measured, r.step_s_error, lambda x: f"{x:.4g} s"),
+            pair(r.step_s_loo, r.step_s_measured, r.step_s_loo_error, lambda x: f"{x:.4g} s"))
     console.print(t)
     for c in report.calibrations:
         console.print(f"calibration ({c.device}): efficiency {100 * c.efficiency:.3g}% of "
@@ -96,6 +98,11 @@ def render_validation(report) -> None:
     for note, names in notes.items():
         who = "all runs" if len(names) == len(report.rows) else ", ".join(names)
         console.print(f"memory ({who}): {note}", style="dim", highlight=False, markup=False)
+    for source in dict.fromkeys(r.step_s_source for r in report.rows if r.step_s_source):
+        who = [r.name for r in report.rows if r.step_s_source == source]
+        who_text = "all runs" if len(who) == len(report.rows) else ", ".join(who)
+        console.print(f"step time ({who_text}): {source}", style="dim", highlight=False,
+                      markup=False)
     for r in report.rows:
         if r.flops_note:
             console.print(f"FLOPs ({r.name}): {r.flops_note}", style="dim", highlight=False,

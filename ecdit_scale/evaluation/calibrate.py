@@ -1,9 +1,9 @@
-"""Step-time predictions calibrated on one measured run per device kind.
+"""Measured efficiencies, and the one-run calibration ``--save-profile`` writes.
 
 Achieved FLOP/s per device = model FLOPs per step / world / median step time; efficiency =
-achieved / peak of the device, calibrated on one run (the first, or ``--calibrate-on``) per
-device kind; predicted step time of every run = hardware FLOPs per step / world / (peak x
-efficiency): compute only, no communication term. The peak of a CPU is *measured*: a
+achieved / peak of the device. The calibration of a device kind is one run's efficiency (the
+first, or ``--calibrate-on``); ``validate`` tests it leave-one-out (``predict.leave_one_out``:
+no run predicts itself). The peak of a CPU is *measured*: a
 single-thread fp32 ``torch.mm`` benchmark (each rank runs one thread); a GPU's is the catalog's
 dense bf16 peak. The calibrated efficiency can be saved as an accelerator profile for
 ``plan --gpu``.
@@ -60,8 +60,8 @@ def peak_of(row: Row, cpu_peak: dict) -> tuple[float | None, str]:
 
 
 def calibrate(rows: list[Row], calibrate_on: str | None = None) -> list[Calibration]:
-    """Fill in each row's achieved FLOP/s and efficiency, then its predicted step time from
-    the calibration run of its device kind; returns one Calibration per device kind."""
+    """Fill in each row's achieved FLOP/s and efficiency; returns one Calibration per device
+    kind (the ``--calibrate-on`` run, or the first)."""
     cpu_peak: dict = {}
     for r in rows:
         if r.step_s_measured and r.flops_measured:
@@ -70,13 +70,7 @@ def calibrate(rows: list[Row], calibrate_on: str | None = None) -> list[Calibrat
             if r.peak_flops_per_s:
                 r.efficiency = r.achieved_flops_per_s / r.peak_flops_per_s
 
-    calib_row = None
-    if calibrate_on is not None:
-        matches = [r for r in rows if calibrate_on in (r.source, r.name)
-                   or Path(calibrate_on).resolve() == Path(r.source).resolve()]
-        if not matches:
-            raise ConfigError(f"--calibrate-on {calibrate_on}: not among the given runs")
-        calib_row = matches[0]
+    calib_row = find_run(rows, calibrate_on)
     calibrations: list[Calibration] = []
     for dev in dict.fromkeys(r.device for r in rows):
         same = [r for r in rows if r.device == dev and r.efficiency]
@@ -89,10 +83,18 @@ def calibrate(rows: list[Row], calibrate_on: str | None = None) -> list[Calibrat
         calibrations.append(Calibration(device=dev, run=ref.source,
                                         peak_flops_per_s=ref.peak_flops_per_s,
                                         peak_source=src, efficiency=ref.efficiency))
-        for r in same:
-            r.calibrated_on = ref.name
-            r.step_s_predicted = r.hardware_flops / r.world / (r.peak_flops_per_s * ref.efficiency)
     return calibrations
+
+
+def find_run(rows: list[Row], calibrate_on: str | None) -> Row | None:
+    """The row ``--calibrate-on`` names (None when not given)."""
+    if calibrate_on is None:
+        return None
+    for r in rows:
+        if calibrate_on in (r.source, r.name) or \
+                Path(calibrate_on).resolve() == Path(r.source).resolve():
+            return r
+    raise ConfigError(f"--calibrate-on {calibrate_on}: not among the given runs")
 
 
 def save_profile_yaml(calibrations: list[Calibration], path: Path) -> Path:

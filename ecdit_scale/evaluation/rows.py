@@ -11,7 +11,9 @@ a missing, corrupt or foreign file is one error naming the file and the field.
 - peak memory per rank: ``planner.memory.memory_breakdown`` vs the run's peak (CPU: live tensor
   bytes, see ``worker.PeakBytes``; GPU: ``torch.cuda.max_memory_allocated``). The planner's
   CUDA-context allowance is left out of the prediction: neither measurement sees it;
-- step time: measured here; predicted by ``calibrate``.
+- step time: measured here; predicted from a device profile alone (``predict``, the headline:
+  ``step_s_predicted``) and by a leave-one-out calibration on the other runs (``calibrate``:
+  ``step_s_loo``).
 """
 
 from __future__ import annotations
@@ -74,8 +76,15 @@ class Row:
     achieved_flops_per_s: float | None = None  # per device
     peak_flops_per_s: float | None = None
     efficiency: float | None = None  # achieved / peak, this run
-    calibrated_on: str | None = None
+    calibrated_on: str | None = None  # LOO: the runs whose efficiency predicted this one
     hardware_flops: float = 0.0
+    step_s_loo: float | None = None  # leave-one-out calibrated prediction (compute only)
+    step_s_source: str = ""  # what the headline prediction came from (profile or datasheet)
+    nodes: int = 1
+    grad_accum: int = 1
+    optimizer: str = "adamw"
+    precision: str = "bf16"
+    card: dict | None = None  # the model config, for the profile prediction
 
     @staticmethod
     def _err(measured, predicted) -> float | None:
@@ -103,11 +112,16 @@ class Row:
     def step_s_error(self):
         return self._err(self.step_s_measured, self.step_s_predicted)
 
+    @property
+    def step_s_loo_error(self):
+        return self._err(self.step_s_measured, self.step_s_loo)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out.pop("card")
         out.update(params_error=self.params_error, flops_error=self.flops_error,
                    memory_error=self.memory_error, states_error=self.states_error,
-                   step_s_error=self.step_s_error)
+                   step_s_error=self.step_s_error, step_s_loo_error=self.step_s_loo_error)
         return out
 
 
@@ -207,7 +221,8 @@ def row_from_run(run_dir: Path, flops_cache: dict) -> Row:
         states_predicted=_optional_positive(mem, "model_states", f"{rd.predictions}: memory"),
         states_measured=float(sum(states.values())) if states else None,
         step_s_measured=step_s or (statistics.median(steps[2:]) if steps[2:] else None),
-        hardware_flops=hw_pred)
+        hardware_flops=hw_pred, nodes=s.nodes, grad_accum=s.grad_accum, optimizer=s.optimizer,
+        precision=s.precision, card=cfg.to_dict())
 
 
 def _run_device(s: RunSettings, summary: dict) -> str:
@@ -264,4 +279,7 @@ def _gpu_row(path: Path, data: dict, c: dict, where: str, flops_cache: dict) -> 
         memory_measured=_optional_positive(c, "peak_bytes", where),
         memory_note=f"{c.get('mode', '?')} mode; " + CONTEXT_NOTE,
         states_predicted=_optional_positive(pred, "memory_model_states", f"{where}: predicted"),
-        step_s_measured=_optional_positive(c, "step_s", where), hardware_flops=hw_pred)
+        step_s_measured=_optional_positive(c, "step_s", where), hardware_flops=hw_pred,
+        grad_accum=_count(c, "grad_accum", where, default=1), card=cfg.to_dict(),
+        optimizer=str(c.get("optimizer", "adamw")),
+        precision="bf16" if str(c.get("precision", "bf16")).startswith("bf16") else "fp32")

@@ -1,8 +1,11 @@
 """``ecdit-scale validate``: the planner's predictions next to what real runs measured.
 
 For each run directory (or GPU measurement file from ``bench/gpu_measure.py``) one or more
-``rows.Row`` (parameters, FLOPs, memory, step time), step times predicted by ``calibrate``,
-and the table as CSV. Rendering is the CLI's (``cli/evaluate.py``).
+``rows.Row`` (parameters, FLOPs, memory, step time) and the table as CSV. Step time is
+predicted twice, never from the run itself (``predict``): from a device profile alone (the
+headline; ``--profile PROFILE.yaml``, else a quick profile of this CPU for CPU runs, else the
+catalog's datasheet entry for a GPU), and leave-one-out from the other runs' efficiency.
+Rendering is the CLI's (``cli/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..files import atomic_write_text
-from .calibrate import Calibration, calibrate, save_profile_yaml
+from ..planner.hardware import Accelerator, get_accelerator
+from .calibrate import Calibration, calibrate, find_run, gpu_accelerator, save_profile_yaml
+from .predict import leave_one_out, profile_prediction
 from .rows import Row, row_from_run, rows_from_gpu_file
 
 CSV_FIELDS = ("name", "kind", "device", "model", "world", "ep", "zero", "micro_batch",
@@ -24,7 +29,8 @@ CSV_FIELDS = ("name", "kind", "device", "model", "world", "ep", "zero", "micro_b
               "flops_predicted", "flops_measured", "flops_error", "flops_note", "memory_predicted",
               "memory_measured", "memory_error", "memory_note", "states_predicted",
               "states_measured", "states_error", "step_s_predicted",
-              "step_s_measured", "step_s_error", "achieved_flops_per_s", "peak_flops_per_s",
+              "step_s_measured", "step_s_error", "step_s_source", "step_s_loo",
+              "step_s_loo_error", "achieved_flops_per_s", "peak_flops_per_s",
               "efficiency", "calibrated_on", "source")
 
 
@@ -53,8 +59,75 @@ def _check_output(option: str, value: str | None) -> None:
         raise ConfigError(f"{option} {value}: folder {parent} does not exist")
 
 
+def _is_cpu(device: str) -> bool:
+    return device.startswith("cpu")
+
+
+class Profiles:
+    """The accelerator each device kind's headline prediction uses (measured once)."""
+
+    def __init__(self, path: str | None, rows: list[Row]):
+        self.given = get_accelerator(path) if path else None
+        self.rows = rows
+        self.cache: dict[str, Accelerator | None] = {}
+
+    def for_row(self, row: Row) -> tuple[Accelerator | None, str]:
+        cpu = _is_cpu(row.device)
+        g = self.given
+        if g is not None and (g.deepspeed_accelerator == "cpu") == cpu:
+            return g, f"profile {g.name} ({_when(g)})"
+        key = "cpu" if cpu else row.device
+        if key not in self.cache:
+            self.cache[key] = self._default(row, cpu)
+        acc = self.cache[key]
+        if acc is None:
+            return None, f"{row.device}: not in the catalog and no --profile"
+        if acc.profile is not None:
+            return acc, f"quick profile of this CPU ({_when(acc)})"
+        return acc, f"datasheet: catalog {acc.name} (no profile of this card)"
+
+    def _default(self, row: Row, cpu: bool) -> Accelerator | None:
+        if cpu:
+            import os
+
+            from .profile import quick_cpu_profile
+
+            multi = any(_is_cpu(r.device) and r.world > 1 for r in self.rows)
+            return quick_cpu_profile(2 if multi and (os.cpu_count() or 1) >= 2 else 1)
+        try:
+            return gpu_accelerator(row.device)
+        except ConfigError:
+            return None
+
+
+def _when(acc: Accelerator) -> str:
+    p = acc.profile.provenance if acc.profile is not None else {}
+    return f"measured {p.get('date', '?')} on {p.get('device', '?')}"
+
+
+def predict_step_times(rows: list[Row], profile: str | None,
+                       calibrate_on: str | None) -> list[str]:
+    """Headline (profile) and leave-one-out predictions for every row; returns notes."""
+    profiles = Profiles(profile, rows)
+    notes = []
+    for r in rows:
+        if r.card is None:
+            continue
+        acc, label = profiles.for_row(r)
+        r.step_s_source = label
+        if acc is None:
+            continue
+        try:
+            r.step_s_predicted = profile_prediction(r, acc).total_s
+        except ConfigError as exc:
+            r.step_s_source = f"{label}; no prediction: {exc}"
+    notes += leave_one_out(rows, find_run(rows, calibrate_on))
+    return notes
+
+
 def validate(inputs: list[Path], *, calibrate_on: str | None = None,
-             csv_path: str | None = None, save_profile: str | None = None) -> Report:
+             csv_path: str | None = None, save_profile: str | None = None,
+             profile: str | None = None) -> Report:
     if not inputs:
         raise ConfigError("give at least one run directory or GPU result file")
     _check_output("--csv", csv_path)
@@ -71,10 +144,14 @@ def validate(inputs: list[Path], *, calibrate_on: str | None = None,
     if not rows:
         raise ConfigError("no measurements in the given inputs")
 
-    report = Report(rows=rows, calibrations=calibrate(rows, calibrate_on), notes=[
+    calibrations = calibrate(rows, calibrate_on)
+    report = Report(rows=rows, calibrations=calibrations, notes=[
         "errors are measured / predicted - 1",
-        "step time: compute only (hardware FLOPs / world / calibrated FLOP/s), no "
-        "communication term; the calibration run predicts itself exactly",
+        "step time (headline): the planner's step-time model for the run's layout, priced from "
+        "a device profile alone (no run calibrates it); its source is named per run",
+        "step time (LOO): compute only, hardware FLOPs / world / (peak x efficiency), the "
+        "efficiency calibrated on the other runs of the device (never the run itself)",
+        *predict_step_times(rows, profile, calibrate_on),
     ])
     first = inputs[0]
     out_csv = Path(csv_path) if csv_path else \

@@ -56,6 +56,7 @@ cross-attention and FFN/MoE in the forward, and one each in the backward (Megatr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -109,9 +110,18 @@ class Links:
 
     @classmethod
     def of(cls, acc: Any, devices_per_node: int | None = None) -> "Links":
-        return cls(intra_node_bw=acc.intra_node_bw_bytes_per_s,
-                   nic_bw=acc.inter_node_bw_bytes_per_s,
-                   devices_per_node=devices_per_node or acc.devices_per_node)
+        """The catalog's links; a profile's measured all-reduce (``ecdit-scale profile
+        --nproc N``) replaces the intra-node bandwidth, latency (all of it in the base term,
+        measured at N ranks) and half-bandwidth size."""
+        links = cls(intra_node_bw=acc.intra_node_bw_bytes_per_s,
+                    nic_bw=acc.inter_node_bw_bytes_per_s,
+                    devices_per_node=devices_per_node or acc.devices_per_node)
+        fit = getattr(getattr(acc, "profile", None), "links", {}).get("all_reduce")
+        if fit is None:
+            return links
+        return dataclasses.replace(links, intra_node_bw=fit.bw_bytes_per_s,
+                                   base_latency_s=fit.latency_s, nvlink_hop_s=0.0,
+                                   nvlink_half_bytes=fit.half_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 from ..checks import short, string_keys
 from ..errors import ConfigError
 from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
+from .device_profile import DeviceProfile
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
 # training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).
@@ -31,6 +32,8 @@ DEEPSPEED_ACCELERATORS = ("cuda", "cpu", "xpu", "xpu.external", "npu", "mps", "h
                           "sdaa")
 NO_DEEPSPEED = "none"
 TRAINING_PRECISIONS = ("bf16", "fp32")  # ecdit_scale.config.Precision
+NUMBER_FIELDS = ("peak_bf16_flops", "memory_bytes", "memory_bw_bytes_per_s",
+                 "intra_node_bw_bytes_per_s", "inter_node_bw_bytes_per_s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +51,10 @@ class Accelerator:
     calibrated_from: str | None = None  # the measurement a calibrated efficiency came from
     deepspeed_accelerator: str = "cuda"  # which DeepSpeed accelerator drives it, or "none"
     precisions: tuple[str, ...] = TRAINING_PRECISIONS  # training precisions it has throughput for
+    # the numeric fields above that were measured on the device (``ecdit-scale profile``);
+    # every other number comes from the datasheet named in ``source``
+    measured: tuple[str, ...] = ()
+    profile: DeviceProfile | None = None  # operator-level measurements (device_profile.py)
 
     def __post_init__(self) -> None:
         where = f"accelerator {self.name!r}"
@@ -80,6 +87,15 @@ class Accelerator:
             raise ConfigError(f"{where}: precisions = {short(p)}: must be a non-empty list of "
                               f"{', '.join(TRAINING_PRECISIONS)}")
         object.__setattr__(self, "precisions", tuple(dict.fromkeys(p)))
+        m = self.measured
+        if isinstance(m, str) or not isinstance(m, (list, tuple)) or not all(
+                isinstance(x, str) and x in NUMBER_FIELDS for x in m):
+            raise ConfigError(f"{where}: measured = {short(m)}: must be a list of "
+                              f"{', '.join(NUMBER_FIELDS)}")
+        object.__setattr__(self, "measured", tuple(dict.fromkeys(m)))
+        if self.profile is not None and not isinstance(self.profile, DeviceProfile):
+            object.__setattr__(self, "profile",
+                               DeviceProfile.from_dict(self.profile, where=f"{where}: profile"))
 
     @property
     def runs_deepspeed(self) -> bool:
@@ -91,9 +107,25 @@ class Accelerator:
         """peak_bf16_flops x efficiency: the FLOP/s the planner expects per device."""
         return self.peak_bf16_flops * self.efficiency
 
+    def number_sources(self) -> dict[str, str]:
+        """Each number of the entry: "measured" (on the device) or "datasheet"."""
+        out = {f: "measured" if f in self.measured else "datasheet" for f in NUMBER_FIELDS}
+        out["efficiency"] = ("calibrated" if self.calibrated_from else "assumed")
+        if self.profile is not None:
+            out.update({f"profile.{k}": "measured" if v else "datasheet fallback"
+                        for k, v in self.profile.measured().items()})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["precisions"] = list(self.precisions)
+        out["measured"] = list(self.measured)
+        if not self.measured:
+            del out["measured"]
+        if self.profile is None:
+            del out["profile"]
+        else:
+            out["profile"] = self.profile.to_dict()
         return out
 
 

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..files import to_plain
 from ..params import ParamBreakdown, count_params
 from ..sizes import Resolved
+from .compute import term_sources
 from .cluster_table import SECONDS_PER_DAY, ClusterTable, cluster_table, pick_row, run_cost
 from .deepspeed_config import deepspeed_config
 from .flops import FlopsBreakdown, flops_per_image, training_flops_per_image
@@ -170,7 +171,10 @@ class Plan:
                             "memory_bytes": acc.memory_bytes, "efficiency": acc.efficiency,
                             "calibrated_from": acc.calibrated_from, "source": acc.source,
                             "deepspeed_accelerator": acc.deepspeed_accelerator,
-                            "precisions": list(acc.precisions)},
+                            "precisions": list(acc.precisions),
+                            **({"number_sources": acc.number_sources(),
+                                "profile_provenance": acc.profile.provenance}
+                               if acc.profile is not None else {})},
             "launch": {"launchable": self.launchable, "note": self.launch_note},
             "best": self.best.to_dict(),
             "step_s": self.step_s,
@@ -272,10 +276,13 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         raw = scaling_model(cfg.ffn.kind.value, cfg.ffn.num_experts, compute)
         scaling = ScalingEstimate.from_mapping(raw) if raw is not None else None
     eff_label = ("calibrated from " + acc.calibrated_from) if acc.calibrated_from else "assumed"
+    compute_label = f"compute at {acc.efficiency:.0%} of peak ({eff_label})"
+    if acc.profile is not None:
+        compute_label = ("compute by operator class from the measured profile (" + "; ".join(
+            f"{k}: {v}" for k, v in term_sources(acc).items()) + ")")
     estimated = [
-        f"step_s, mfu, images_per_s, days, gpu_hours: compute at {acc.efficiency:.0%} of peak "
-        f"({eff_label}) plus topology-aware NCCL collectives (bandwidth, latency, message size) "
-        "with DeepSpeed's overlap per collective",
+        f"step_s, mfu, images_per_s, days, gpu_hours: {compute_label} plus topology-aware NCCL "
+        "collectives (bandwidth, latency, message size) with DeepSpeed's overlap per collective",
         "memory: DeepSpeed model-state accounting plus derived activations and a 10% + 1.5 GiB "
         "allowance",
         f"cost_usd: price_per_gpu_hour = ${cluster.price_per_gpu_hour:g} is an assumption; "

@@ -29,6 +29,18 @@ bucket i is ready at i W / k and the buckets run one after another) ends at
 max(W + C/k, W/k + C); what sticks out past the window is
     exposed = max(C / k, C - W (k - 1) / k)      (the last bucket is always exposed).
 MFU = model FLOPs per image x global batch / (world x peak x total_s).
+
+With a measured device profile (``acc.profile``, ``ecdit-scale profile``) compute is priced by
+operator class instead (``compute.py``: GEMMs by shape, SDPA, memory-bound bytes), plus
+- launch_s: kernels x the measured per-kernel launch cost; a host that runs the kernels itself
+  (CPU, ``serial``) pays all of it, an asynchronous device only what the kernels' own time
+  cannot hide (``max(0, kernels x launch - device time)`` per micro-batch);
+- engine_s: the measured per-parameter-tensor work of autograd / the engine, once per
+  micro-batch's backward;
+- the optimizer at the measured seconds per byte, plus seconds per tensor it steps over.
+Without a profile (the catalog's datasheet entries) compute is today's one constant: hardware
+FLOPs / (peak x efficiency); gemm_s / attention_s / memory_bound_s / launch_s / engine_s /
+kernels are then 0 (not priced separately).
 """
 
 from __future__ import annotations
@@ -41,6 +53,10 @@ import numpy as np
 from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, Precision)
 from .comm import forward_passes
+from .compute import bandwidth, micro_batch_arrays
+from .operators import param_tensor_count
+
+OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
 
 OVERLAP_RULES = {
     "a2a": "expert all-to-all: on the critical path, exposed",
@@ -53,6 +69,8 @@ OVERLAP_RULES = {
     "zero3_gather": "ZeRO-3 parameter gathers: prefetched one block ahead behind compute",
     "optimizer": "optimizer step: memory-bound, exposed",
 }
+
+PROFILED_FIELDS = ("gemm_s", "attention_s", "memory_bound_s", "launch_s", "engine_s", "kernels")
 
 # terms with exposed and hidden parts (name -> StepTime field of the raw seconds)
 COMM_TERMS = ("a2a", "tp", "grad_reduce", "param_allgather", "zero3_gather")
@@ -80,6 +98,14 @@ class StepTime:
     total_s: float
     mfu: float
     images_per_s: float
+    # profiled compute only (0 on the datasheet path): the parts of forward + backward +
+    # recompute, and the overheads added to them
+    gemm_s: float = 0.0
+    attention_s: float = 0.0
+    memory_bound_s: float = 0.0
+    launch_s: float = 0.0
+    engine_s: float = 0.0
+    kernels: float = 0.0  # kernel launches per step (forward, backward, recompute)
 
     @property
     def compute_s(self) -> float:
@@ -111,7 +137,8 @@ class StepTime:
         """(term, seconds, exposed seconds) in the order the step runs them."""
         rows = [("forward", self.forward_s, self.forward_s),
                 ("backward", self.backward_s, self.backward_s),
-                ("recompute", self.recompute_s, self.recompute_s)]
+                ("recompute", self.recompute_s, self.recompute_s),
+                ("launch", self.launch_s, self.launch_s), ("engine", self.engine_s, self.engine_s)]
         rows += [(t, getattr(self, f"{t}_s"), getattr(self, f"{t}_exposed_s"))
                  for t in COMM_TERMS]
         rows.append(("optimizer", self.optimizer_s, self.optimizer_s))
@@ -119,6 +146,9 @@ class StepTime:
 
     def to_dict(self) -> dict[str, float]:
         out = {f.name: float(getattr(self, f.name)) for f in fields(self)}
+        if not self.kernels:  # datasheet path: compute not split into operator classes
+            for name in PROFILED_FIELDS:
+                del out[name]
         out.update(compute_s=self.compute_s, exposed_comm_s=self.exposed_comm_s,
                    hidden_comm_s=self.hidden_comm_s, grad_sync_s=self.grad_sync_s,
                    grad_hidden_fraction=self.grad_hidden_fraction)
@@ -137,16 +167,43 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
                      model_flops: float, com: dict[str, Any], mem: dict[str, Any], acc: Any,
                      depth: int, world: int, global_batch: int, tp: Any, zero: Any,
                      micro_batch: Any, grad_accum: Any, recompute_code: Any,
-                     precision: Precision) -> dict[str, Any]:
+                     precision: Precision, cfg: Any = None) -> dict[str, Any]:
     """Every StepTime field as arrays over layouts. ``com`` holds ``comm.comm_arrays``'
-    fields, ``mem`` ``memory.memory_arrays``'; FLOPs are per image."""
+    fields, ``mem`` ``memory.memory_arrays``'; FLOPs are per image. With ``cfg`` and a
+    profiled ``acc``, compute is priced by operator class (module docstring)."""
     tp, zero = np.asarray(tp), np.asarray(zero)
     mb, ga = np.asarray(micro_batch), np.asarray(grad_accum)
-    flops_s = acc.sustained_flops
-    per_step = global_batch / (world * flops_s)  # seconds per FLOP-per-image of the step
-    per_micro = mb / tp / flops_s
-    rec = np.asarray(recompute_flops)
-    t_fwd, t_bwd = forward_flops * per_micro, (backward_flops + rec) * per_micro
+    prof = getattr(acc, "profile", None)
+    extra: dict[str, Any] = {}
+    if prof is not None and cfg is not None:
+        c = micro_batch_arrays(cfg, acc, micro_batch=mb, tp=tp, recompute_code=recompute_code,
+                               precision=precision)
+        dev = {ph: c[f"{ph}_gemm_s"] + c[f"{ph}_attention_s"] + c[f"{ph}_memory_s"]
+               for ph in ("forward", "backward", "recompute")}
+        t_fwd, t_bwd = dev["forward"], dev["backward"] + dev["recompute"]
+        kernels = c["forward_kernels"] + c["backward_kernels"] + c["recompute_kernels"]
+        launch = kernels * (prof.launch_s or 0.0)
+        if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
+            launch = np.maximum(0.0, launch - (t_fwd + t_bwd))
+        engine = (prof.engine_s_per_param_tensor or 0.0) * param_tensor_count(cfg)
+        forward_s, backward_s, recompute_s = (ga * dev[ph] for ph in
+                                              ("forward", "backward", "recompute"))
+        extra = dict(
+            gemm_s=ga * sum(c[f"{ph}_gemm_s"] for ph in ("forward", "backward", "recompute")),
+            attention_s=ga * sum(c[f"{ph}_attention_s"]
+                                 for ph in ("forward", "backward", "recompute")),
+            memory_bound_s=ga * sum(c[f"{ph}_memory_s"]
+                                    for ph in ("forward", "backward", "recompute")),
+            launch_s=ga * launch, engine_s=ga * engine + 0.0 * mb, kernels=ga * kernels)
+    else:
+        flops_s = acc.sustained_flops
+        per_step = global_batch / (world * flops_s)  # seconds per FLOP-per-image of the step
+        per_micro = mb / tp / flops_s
+        rec = np.asarray(recompute_flops)
+        t_fwd, t_bwd = forward_flops * per_micro, (backward_flops + rec) * per_micro
+        forward_s = forward_flops * per_step + 0.0 * mb
+        backward_s = backward_flops * per_step + 0.0 * mb
+        recompute_s = rec * per_step + 0.0 * mb
 
     is0 = zero < ZERO_PARTITIONS_OPTIMIZER
     is2, is3 = zero >= ZERO_PARTITIONS_GRADIENTS, zero >= ZERO_PARTITIONS_PARAMETERS
@@ -168,12 +225,16 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
     opt_bytes = (2 * (mem["optimizer_states"] + mem["master_weights"]) + mem["fp32_grads"]
                  + (1 if bf16 else 2) * mem["params"])
     opt_bytes = opt_bytes + 3 * mem["ema"]  # EMA update: read + write it, read the weights
-    optimizer_s = opt_bytes / acc.memory_bw_bytes_per_s
-    forward_s = forward_flops * per_step + 0.0 * mb
-    backward_s = backward_flops * per_step + 0.0 * mb
-    recompute_s = rec * per_step + 0.0 * mb
+    if prof is not None and cfg is not None and prof.optimizer_s_per_byte is not None:
+        # ZeRO-0 steps every parameter tensor; ZeRO-1/2/3 a flat partition per param group
+        tensors = np.where(is0, param_tensor_count(cfg), OPTIMIZER_FLAT_GROUPS)
+        optimizer_s = (opt_bytes * prof.optimizer_s_per_byte
+                       + tensors * (prof.optimizer_s_per_tensor or 0.0))
+    else:
+        optimizer_s = opt_bytes / bandwidth(acc)
     exposed = com["a2a_s"] + com["tp_s"] + grad_exposed + com["param_allgather_s"] + z3_exposed
-    total = forward_s + backward_s + recompute_s + exposed + optimizer_s
+    total = (forward_s + backward_s + recompute_s + exposed + optimizer_s
+             + extra.get("launch_s", 0.0) + extra.get("engine_s", 0.0))
     return dict(
         forward_s=forward_s, backward_s=backward_s, recompute_s=recompute_s,
         a2a_s=com["a2a_s"], a2a_exposed_s=com["a2a_s"], tp_s=com["tp_s"],
@@ -183,4 +244,4 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         zero3_gather_s=com["zero3_gather_s"], zero3_gather_exposed_s=z3_exposed,
         optimizer_s=optimizer_s, total_s=total,
         mfu=model_flops * global_batch / (world * acc.peak_bf16_flops * total),
-        images_per_s=global_batch / total)
+        images_per_s=global_batch / total, **extra)

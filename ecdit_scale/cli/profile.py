@@ -1,0 +1,70 @@
+"""`ecdit-scale profile`: measure this device operator class by operator class and write a
+hardware profile that `plan --gpu PROFILE.yaml` and `validate --profile PROFILE.yaml` read.
+
+torch is imported inside the command only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..files import to_plain
+from .common import app, console, err_console, print_json
+
+
+@app.command("profile")
+def profile_cmd(
+    out: Optional[str] = typer.Option(None, "--out", help="Profile YAML to write (default profile-<device>.yaml)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes for all-reduce / all-to-all (gloo on CPU, nccl on CUDA); 1 skips them."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller grid and shorter timings (a few seconds on a CPU)."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (a CPU rank of `launch` runs one)."),
+    dtype: str = typer.Option("", "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on CUDA)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the profile as JSON."),
+) -> None:
+    """Measure GEMMs, SDPA, bandwidth, launch overhead, the optimizer step and collectives."""
+    from ..errors import ConfigError
+    from ..evaluation.profile import Settings, measure_profile, profile_accelerator, write_profile
+
+    path = Path(out or f"profile-{device}.yaml")
+    if path.is_dir() or not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: must be a file in an existing folder")
+    s = Settings(device=device, quick=quick, threads=threads, nproc=nproc, dtype=dtype)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=json_out) as bar:
+        task = bar.add_task("profiling", total=None)
+        prof = measure_profile(s, report=lambda m: bar.update(task, description=f"measuring {m}"))
+    acc = profile_accelerator(s, prof)
+    write_profile(acc, path)
+    if json_out:
+        print_json({"path": str(path), "accelerator": to_plain(acc.to_dict())})
+        return
+    render_profile(acc, path)
+
+
+def render_profile(acc, path: Path) -> None:
+    p = acc.profile
+    t = Table(title=f"Profile of {p.provenance.get('device', acc.name)} ({p.dtype})")
+    t.add_column("measurement")
+    t.add_column("value", justify="right")
+    t.add_row("GEMM, best / worst of grid", f"{max(p.gemm_flops_per_s) / 1e9:,.1f} / "
+                                            f"{min(p.gemm_flops_per_s) / 1e9:,.2f} GFLOP/s")
+    t.add_row("SDPA forward, largest call", f"{p.sdpa_forward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
+    t.add_row("SDPA backward, largest call", f"{p.sdpa_backward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
+    t.add_row("copy bandwidth", f"{p.memory_bw_bytes_per_s / 1e9:,.1f} GB/s")
+    t.add_row(f"kernel launch ({p.launch_mode})", f"{p.launch_s * 1e6:.2f} us")
+    t.add_row("optimizer (AdamW)", f"{p.optimizer_s_per_byte * 1e12:.2f} ps/byte + "
+                                   f"{(p.optimizer_s_per_tensor or 0) * 1e6:.1f} us/tensor")
+    t.add_row("autograd per parameter tensor", f"{p.engine_s_per_param_tensor * 1e6:.1f} us")
+    for name, fit in p.links.items():
+        t.add_row(f"{name} ({p.collective_nproc} x {p.collective_backend})",
+                  f"{fit.bw_bytes_per_s / 1e9:.2f} GB/s, {fit.latency_s * 1e6:.0f} us, "
+                  f"half at {fit.half_bytes / 1024:.0f} KiB")
+    console.print(t)
+    console.print(f"measured in {p.provenance.get('measured_in_s')} s; wrote {path} "
+                  f"(use: ecdit-scale plan --gpu {path} ...)", highlight=False, markup=False)

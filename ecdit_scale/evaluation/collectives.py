@@ -1,0 +1,131 @@
+"""All-reduce and all-to-all between ``nproc`` local processes (gloo on CPU, nccl on CUDA) for
+``ecdit-scale profile --nproc N``: each rank is a fresh interpreter
+(``python -m ecdit_scale.evaluation.collectives RANK ARGS``) that joins a process group and
+times the collectives over message sizes, every rank the same number of calls; rank 0 writes
+the times, and ``fit_link`` turns them into latency + bytes / bandwidth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..planner.device_profile import LinkFit
+
+COLLECTIVE_TIMEOUT_S = 120
+
+
+def collective_sizes(s: Any) -> list[int]:
+    top = (4 if s.quick else 16) * 2**20 if s.device == "cpu" else 256 * 2**20
+    sizes, b = [], 64
+    while b <= top:
+        sizes.append(b)
+        b *= 16
+    return sizes
+
+
+def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: list[int],
+                       out: str, quick: bool) -> None:
+    """One rank of ``measure_collectives``."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=nproc)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(fn, reps: int) -> float:
+        """Median of 3 batches; every rank runs the same number of calls (no deadlock)."""
+        fn()
+        sync()
+        out = []
+        for _ in range(3):
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            sync()
+            out.append((time.perf_counter() - t0) / reps)
+        return statistics.median(out)
+
+    res: dict[str, list[float]] = {"all_reduce": [], "all_to_all": []}
+    try:
+        for b in sizes:
+            n = max(nproc, b // 4 // nproc * nproc)
+            x = torch.ones(n, device=device)
+            y = torch.empty_like(x)
+            reps = max(2, min(100 if not quick else 20, 2**24 // max(b, 1)))
+            res["all_reduce"].append(timed(lambda: dist.all_reduce(x), reps))
+            res["all_to_all"].append(timed(lambda: dist.all_to_all_single(y, x), reps))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps(res))
+
+
+def fit_link(sizes: list[int], times: list[float], *, factor: float) -> LinkFit:
+    """latency = the smallest message's time; bandwidth from the two largest; half_bytes such
+    that ``comm.py``'s message-size term reproduces the intercept of the large-message line.
+    ``factor``: the bytes a rank's link carries per message byte and per (n - 1) peers:
+    all-reduce 2 (n-1)/n, all-to-all (n-1)/n; given as the (n - 1)-free part times (n - 1)."""
+    (b1, t1), (b2, t2) = (sizes[-2], times[-2]), (sizes[-1], times[-1])
+    slope = max((t2 - t1) / (b2 - b1), 1e-15)
+    intercept = max(t2 - slope * b2, 0.0)
+    latency = max(min(times[0], intercept if intercept > 0 else times[0]), 0.0)
+    bw = factor / slope
+    half = max(0.0, (intercept - latency)) * bw / max(factor, 1e-9)
+    return LinkFit(latency_s=latency, bw_bytes_per_s=bw, half_bytes=half)
+
+
+def measure_collectives(s: Any) -> dict[str, Any]:
+    """Spawn ``nproc`` fresh interpreters (``python -m ecdit_scale.evaluation.profile``): each
+    rank joins a process group, times the collectives, rank 0 writes the result."""
+    sizes = collective_sizes(s)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "collectives.json")
+        args = json.dumps({"nproc": s.nproc, "port": port, "device": s.device, "sizes": sizes,
+                           "out": out, "quick": s.quick})
+        procs = [subprocess.Popen([sys.executable, "-m", "ecdit_scale.evaluation.collectives",
+                                   str(rank), args], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+                 for rank in range(s.nproc)]
+        try:
+            logs = [p.communicate(timeout=COLLECTIVE_TIMEOUT_S)[0] for p in procs]
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise ConfigError(f"--nproc {s.nproc}: the collective benchmark did not finish in "
+                              f"{COLLECTIVE_TIMEOUT_S} s") from None
+        if any(p.returncode for p in procs) or not os.path.isfile(out):
+            tail = next((log.strip().splitlines()[-1] for p, log in zip(procs, logs)
+                         if p.returncode and log.strip()), "no output")
+            raise ConfigError(f"--nproc {s.nproc}: the collective benchmark failed ({tail})")
+        raw = json.loads(Path(out).read_text())
+    n = s.nproc
+    links = {"all_reduce": fit_link(sizes, raw["all_reduce"], factor=2 * (n - 1) / n),
+             "all_to_all": fit_link(sizes, raw["all_to_all"], factor=(n - 1) / n)}
+    return {"links": links, "sizes": sizes, "times": raw}
+
+
+if __name__ == "__main__":  # one rank of measure_collectives
+    _a = json.loads(sys.argv[2])
+    _collective_worker(int(sys.argv[1]), _a["nproc"], _a["port"], _a["device"], _a["sizes"],
+                       _a["out"], _a["quick"])

@@ -1,0 +1,386 @@
+"""``ecdit-scale profile``: measure what this device sustains, operator class by operator class,
+and write it as a hardware profile (``planner.device_profile.DeviceProfile`` under an
+accelerator entry) that ``plan --gpu PROFILE.yaml`` and ``validate --profile`` read.
+
+Measured (each timed after a warm-up, the median of repeated batches):
+- GEMM: ``torch.mm`` over a grid of (M, N, K) covering the model families' shapes;
+- SDPA: ``F.scaled_dot_product_attention`` forward and forward + backward (the trainer's path:
+  default backend, (batch, heads, q_len, head_dim) layout), self- and cross-attention lengths;
+- memory bandwidth: a large tensor copy, (read + write) bytes / s;
+- memory-bound kinds: copy, elementwise add, tanh-GELU, LayerNorm on activation-sized tensors;
+- kernel launch: host seconds per counted kernel of a tiny residual network's forward +
+  backward (CPU: the host runs the kernels, ``serial``; CUDA: enqueued, ``async``);
+- optimizer: AdamW over one tensor and over many (seconds per byte as the step-time model
+  counts AdamW's bytes: 28 per fp32 parameter; seconds per extra tensor);
+- engine: autograd's work per parameter tensor (AccumulateGrad and its backward node), from a
+  backward over many small tensors vs one tensor of the same size;
+- with ``nproc > 1``: all-reduce and all-to-all over message sizes between ``nproc`` local
+  processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
+torch is imported here only; progress goes to an optional ``report(message)`` callback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from ..planner.device_profile import DeviceProfile
+from ..planner.hardware import Accelerator, save_accelerator
+
+ADAMW_BYTES_PER_PARAM_FP32 = 28  # step_time: 2 x states (8) + grads (4) + 2 x params (4)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    device: str = "cpu"
+    quick: bool = False
+    threads: int = 1  # CPU: the ranks of a run use one thread each
+    nproc: int = 1
+    dtype: str = ""  # "" = fp32 on CPU, bf16 on CUDA
+    head_dim: int = 64
+
+    @property
+    def torch_dtype_name(self) -> str:
+        return self.dtype or ("fp32" if self.device == "cpu" else "bf16")
+
+    def grid(self) -> tuple[list[int], list[int], list[int]]:
+        if self.device == "cpu":
+            if self.quick:
+                return [16, 128, 1024, 4096], [16, 128, 512], [16, 128, 512]
+            return [16, 128, 1024, 8192], [16, 128, 512, 2048], [16, 128, 512, 2048]
+        if self.quick:
+            return [64, 1024, 16384], [64, 1152, 4608], [64, 1152, 4608]
+        return ([64, 512, 4096, 32768], [64, 256, 1152, 4608, 9216],
+                [64, 256, 1152, 4608, 9216])
+
+    def sdpa_shapes(self) -> list[tuple[int, int, int, int]]:
+        """(batch x heads, q_len, kv_len, head_dim) points."""
+        hd = self.head_dim
+        if self.device == "cpu":
+            lens = [16, 64, 256] if self.quick else [16, 64, 256, 1024]
+            return [(8, q, kv, hd) for q in lens for kv in sorted({16, q})]
+        lens = [64, 256, 1024, 4096]
+        return [(256, q, kv, hd) for q in lens for kv in sorted({16, q})]
+
+
+class Timer:
+    """Median seconds of one call. On a CPU the clock is this thread's CPU time (one device =
+    one core running one thread): other processes on a shared machine do not inflate it. On
+    CUDA it is wall time around a synchronize."""
+
+    def __init__(self, device: str, quick: bool, threads: int = 1):
+        import torch
+
+        self.torch = torch
+        self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        self.clock = (time.thread_time if device == "cpu" and threads == 1
+                      else time.perf_counter)
+        self.target_s = 0.01 if quick else 0.05
+
+    def __call__(self, fn: Callable[[], Any], *, batches: int = 3) -> float:
+        clock = self.clock
+        fn()
+        self.sync()
+        t0 = clock()
+        fn()
+        self.sync()
+        once = max(clock() - t0, 1e-7)
+        reps = max(1, min(1000, int(self.target_s / once)))
+        out = []
+        for _ in range(batches):
+            t0 = clock()
+            for _ in range(reps):
+                fn()
+            self.sync()
+            out.append((clock() - t0) / reps)
+        return statistics.median(out)
+
+
+def _dtype(torch, name: str):
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
+    torch = timer.torch
+    dt = _dtype(torch, s.torch_dtype_name)
+    ms, ns, ks = s.grid()
+    rates = []
+    for m in ms:
+        for n in ns:
+            for k in ks:
+                a = torch.randn(m, k, device=s.device, dtype=dt)
+                b = torch.randn(k, n, device=s.device, dtype=dt)
+                rates.append(2.0 * m * n * k / timer(lambda: torch.mm(a, b)))
+    return {"m": ms, "n": ns, "k": ks, "flops_per_s": rates}
+
+
+def measure_sdpa(s: Settings, timer: Timer) -> dict[str, list]:
+    torch = timer.torch
+    import torch.nn.functional as F
+
+    dt = _dtype(torch, s.torch_dtype_name)
+    by_flops: dict[float, list[tuple[float, float]]] = {}
+    for bh, q_len, kv_len, hd in s.sdpa_shapes():
+        q = torch.randn(1, bh, q_len, hd, device=s.device, dtype=dt, requires_grad=True)
+        k = torch.randn(1, bh, kv_len, hd, device=s.device, dtype=dt, requires_grad=True)
+        v = torch.randn(1, bh, kv_len, hd, device=s.device, dtype=dt, requires_grad=True)
+        g = torch.randn(1, bh, q_len, hd, device=s.device, dtype=dt)
+        flops = 4.0 * bh * q_len * kv_len * hd
+        with torch.no_grad():
+            fwd = timer(lambda: F.scaled_dot_product_attention(q, k, v))
+
+        def both():
+            F.scaled_dot_product_attention(q, k, v).backward(g)
+
+        bwd = max(timer(both) - fwd, 1e-9)
+        by_flops.setdefault(flops, []).append((flops / fwd, 2 * flops / bwd))
+    keys = sorted(by_flops)
+    mean = lambda xs: statistics.geometric_mean(xs)  # noqa: E731
+    return {"flops": keys,
+            "forward_flops_per_s": [mean([r[0] for r in by_flops[f]]) for f in keys],
+            "backward_flops_per_s": [mean([r[1] for r in by_flops[f]]) for f in keys]}
+
+
+def measure_bandwidth(s: Settings, timer: Timer) -> float:
+    torch = timer.torch
+    n = (64 if s.quick else 256) * 2**20 // 4 if s.device == "cpu" else 2**30 // 4
+    a = torch.empty(n, device=s.device)
+    b = torch.empty_like(a)
+    return 2 * n * 4 / timer(lambda: b.copy_(a))
+
+
+def measure_memory_kinds(s: Settings, timer: Timer) -> dict[str, float]:
+    """Bytes / s of each memory-bound kind (``device_profile.MEMORY_KINDS``) on an activation-sized
+    tensor: copy (read + write), elementwise add (2 reads + write), tanh-GELU (read + write),
+    LayerNorm without affine (read + write)."""
+    torch = timer.torch
+    import torch.nn.functional as F
+
+    dt = _dtype(torch, s.torch_dtype_name)
+    n = 2**17 if s.device == "cpu" else 2**24
+    x = torch.randn(n // 256, 256, device=s.device, dtype=dt)
+    y, out = torch.randn_like(x), torch.empty_like(x)
+    nbytes = x.numel() * x.element_size()
+    return {"copy": 2 * nbytes / timer(lambda: out.copy_(x)),
+            "elementwise": 3 * nbytes / timer(lambda: torch.add(x, y, out=out)),
+            "activation": 2 * nbytes / timer(lambda: F.gelu(x, approximate="tanh")),
+            "norm": 2 * nbytes / timer(lambda: F.layer_norm(x, (256,)))}
+
+
+LAUNCH_LAYERS, LAUNCH_WIDTH = 16, 8
+
+
+def measure_launch(s: Settings, timer: Timer) -> float:
+    """Host seconds per kernel as ``operators.py`` counts kernels: forward + backward of a tiny
+    residual network (LayerNorm, Linear, GELU, add per layer: 4 counted kernels; the backward
+    counts twice the forward), whose compute is negligible, so the time is the host's: Python
+    module calls, dispatch, views, autograd bookkeeping and launches."""
+    torch = timer.torch
+    from torch import nn
+
+    layers = [nn.Sequential(nn.LayerNorm(LAUNCH_WIDTH, elementwise_affine=False),
+                            nn.Linear(LAUNCH_WIDTH, LAUNCH_WIDTH), nn.GELU(approximate="tanh"))
+              for _ in range(LAUNCH_LAYERS)]
+    net = nn.ModuleList(layers).to(s.device)
+    x0 = torch.randn(4, LAUNCH_WIDTH, device=s.device)
+
+    def step():
+        x = x0
+        for layer in net:
+            x = x + layer(x)
+        x.sum().backward()
+
+    counted = (4 * LAUNCH_LAYERS + 1) * (1 + 2)  # forward + BACKWARD_KERNELS_PER_FORWARD x it
+    return timer(step) / counted
+
+
+def measure_optimizer(s: Settings, timer: Timer) -> tuple[float, float]:
+    """(seconds per byte, seconds per extra tensor) of a torch AdamW step (fp32)."""
+    torch = timer.torch
+    total = (1 if s.quick else 4) * 2**20 if s.device == "cpu" else 64 * 2**20
+    tensors = 64 if s.quick else 256
+
+    def timed(parts: int) -> float:
+        ps = [torch.nn.Parameter(torch.randn(total // parts, device=s.device))
+              for _ in range(parts)]
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt = torch.optim.AdamW(ps, lr=1e-4, foreach=s.device != "cpu")
+        return timer(opt.step)
+
+    one, many = timed(1), timed(tensors)
+    return one / (ADAMW_BYTES_PER_PARAM_FP32 * total), max(0.0, (many - one) / (tensors - 1))
+
+
+def measure_engine(s: Settings, timer: Timer) -> float:
+    """Seconds of autograd work per parameter tensor in one backward."""
+    torch = timer.torch
+    tensors, size = (64 if s.quick else 256), 256
+
+    def timed(parts: int) -> float:
+        ps = [torch.nn.Parameter(torch.randn(tensors * size // parts, device=s.device))
+              for _ in range(parts)]
+
+        def step():
+            loss = ps[0].sum()
+            for p in ps[1:]:
+                loss = loss + p.sum()
+            loss.backward()
+            for p in ps:
+                p.grad = None
+        return timer(step)
+
+    return max(0.0, (timed(tensors) - timed(1)) / (tensors - 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole profile
+# ---------------------------------------------------------------------------------------------
+
+
+def check_settings(s: Settings) -> None:
+    if s.device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {s.device!r}: choose cpu or cuda")
+    if s.threads < 1:
+        raise ConfigError(f"--threads {s.threads}: must be >= 1")
+    import torch
+
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device here; use --device cpu")
+    limit = (torch.cuda.device_count() if s.device == "cuda" else (os.cpu_count() or 1))
+    if not 1 <= s.nproc <= max(limit, 1):
+        raise ConfigError(f"--nproc {s.nproc}: must be in 1..{limit} on this {s.device}")
+    if s.torch_dtype_name not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"--dtype {s.dtype!r}: choose fp32, bf16 or fp16")
+
+
+def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None) -> DeviceProfile:
+    import torch
+
+    check_settings(s)
+    old = torch.get_num_threads()
+    if s.device == "cpu":
+        torch.set_num_threads(s.threads)
+    try:
+        timer = Timer(s.device, s.quick, s.threads)
+        t0 = time.perf_counter()
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("GEMM grid", lambda: measure_gemm(s, timer)),
+            ("SDPA", lambda: measure_sdpa(s, timer)),
+            ("memory bandwidth", lambda: measure_bandwidth(s, timer)),
+            ("memory-bound kinds", lambda: measure_memory_kinds(s, timer)),
+            ("kernel launch", lambda: measure_launch(s, timer)),
+            ("optimizer step", lambda: measure_optimizer(s, timer)),
+            ("autograd per parameter tensor", lambda: measure_engine(s, timer)),
+        ]
+        got: dict[str, Any] = {}
+        for name, fn in steps:
+            report(name)
+            got[name] = fn()
+        coll = None
+        if s.nproc > 1:
+            report(f"all-reduce / all-to-all over {s.nproc} processes")
+            from .collectives import measure_collectives
+
+            coll = measure_collectives(s)
+        wall = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
+    gemm, sdpa = got["GEMM grid"], got["SDPA"]
+    opt_byte, opt_tensor = got["optimizer step"]
+    return DeviceProfile(
+        dtype=s.torch_dtype_name, gemm_m=tuple(map(float, gemm["m"])),
+        gemm_n=tuple(map(float, gemm["n"])), gemm_k=tuple(map(float, gemm["k"])),
+        gemm_flops_per_s=tuple(gemm["flops_per_s"]), sdpa_flops=tuple(sdpa["flops"]),
+        sdpa_forward_flops_per_s=tuple(sdpa["forward_flops_per_s"]),
+        sdpa_backward_flops_per_s=tuple(sdpa["backward_flops_per_s"]),
+        memory_bw_bytes_per_s=got["memory bandwidth"],
+        memory_kind_bw=got["memory-bound kinds"], launch_s=got["kernel launch"],
+        launch_mode="serial" if s.device == "cpu" else "async",
+        optimizer_s_per_byte=opt_byte, optimizer_s_per_tensor=opt_tensor,
+        engine_s_per_param_tensor=got["autograd per parameter tensor"],
+        collective_nproc=s.nproc if coll else None,
+        collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
+        links=coll["links"] if coll else {},
+        provenance=provenance(s, wall))
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def provenance(s: Settings, wall_s: float) -> dict[str, Any]:
+    import torch
+
+    return {"device": device_name(s.device), "host": platform.node(),
+            "torch": str(torch.__version__), "cuda": torch.version.cuda,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "measured_in_s": round(wall_s, 2),
+            "settings": {"device": s.device, "quick": s.quick, "threads": s.threads,
+                         "nproc": s.nproc, "dtype": s.torch_dtype_name, "head_dim": s.head_dim,
+                         "optimizer": "torch AdamW, foreach" if s.device != "cpu"
+                         else "torch AdamW, foreach=False (the CPU trainer's)"}}
+
+
+def profile_accelerator(s: Settings, prof: DeviceProfile) -> Accelerator:
+    """The accelerator entry the profile is written under: on CUDA the catalog's entry for the
+    card (its datasheet numbers, the measured bandwidth); on CPU one core (one rank)."""
+    measured = ["memory_bw_bytes_per_s"]
+    links = prof.links.get("all_reduce")
+    if s.device == "cuda":
+        from .calibrate import gpu_accelerator
+
+        base = gpu_accelerator(device_name("cuda"))
+        fields = base.to_dict()
+        fields.pop("profile", None)
+        fields.pop("measured", None)
+        fields.update(memory_bw_bytes_per_s=prof.memory_bw_bytes_per_s,
+                      notes=(base.notes + " Profiled by ecdit-scale profile.").strip())
+        if links:
+            fields["intra_node_bw_bytes_per_s"] = links.bw_bytes_per_s
+            measured.append("intra_node_bw_bytes_per_s")
+        return Accelerator(**fields, measured=tuple(measured), profile=prof)
+    peak = max(prof.gemm_flops_per_s)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    measured = ["peak_bf16_flops", "memory_bw_bytes_per_s"]
+    if links:
+        measured.append("intra_node_bw_bytes_per_s")
+    return Accelerator(
+        name=f"cpu-{platform.node() or 'host'}", peak_bf16_flops=peak, memory_bytes=float(mem),
+        memory_bw_bytes_per_s=prof.memory_bw_bytes_per_s,
+        intra_node_bw_bytes_per_s=links.bw_bytes_per_s if links else prof.memory_bw_bytes_per_s,
+        inter_node_bw_bytes_per_s=1.25e9, devices_per_node=os.cpu_count() or 1,
+        source=f"measured by ecdit-scale profile on {platform.node()} "
+               f"({prof.provenance.get('device', 'cpu')})",
+        notes=(f"One device = one CPU core running one rank ({s.threads} thread(s)). "
+               f"peak_bf16_flops holds the best measured {s.torch_dtype_name} GEMM rate "
+               "(CPU runs train in fp32). memory_bytes is the host's RAM; inter-node bandwidth "
+               "= 10 GbE: an assumption."
+               + ("" if links else " intra-node bandwidth = the copy bandwidth: an assumption "
+                                   "(run with --nproc 2 to measure gloo)")),
+        deepspeed_accelerator="cpu", precisions=("fp32",), measured=tuple(measured),
+        profile=prof)
+
+
+@functools.lru_cache(maxsize=2)
+def quick_cpu_profile(nproc: int) -> Accelerator:
+    """A quick profile of this CPU (one thread per rank), measured once per process."""
+    s = Settings(device="cpu", quick=True, nproc=nproc)
+    return profile_accelerator(s, measure_profile(s))
+
+
+def write_profile(acc: Accelerator, out: str | os.PathLike) -> Path:
+    return save_accelerator(acc, out)
+

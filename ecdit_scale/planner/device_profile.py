@@ -1,0 +1,278 @@
+"""A measured device profile (``ecdit-scale profile``): what one device sustains, operator class by
+operator class, read by the step-time model (no torch here; the measuring is in
+``ecdit_scale.evaluation.profile``).
+
+YAML, under an accelerator's ``profile:`` key (every part optional; a missing part falls back to
+the datasheet and the plan says so):
+
+    dtype: bf16                      # the precision the GEMMs/SDPA were timed in
+    gemm: {m: [...], n: [...], k: [...], flops_per_s: [...]}   # full grid, m-major, flat
+    sdpa: {flops: [...], forward_flops_per_s: [...], backward_flops_per_s: [...]}
+    memory_bw_bytes_per_s: 3.0e12    # large copy: (read + write) bytes / s
+    memory_ops: {copy: ..., elementwise: ..., activation: ..., norm: ...}  # bytes / s by kind,
+                                     # at activation-sized tensors (MEMORY_KINDS)
+    launch: {seconds: 6.0e-6, mode: async}   # host seconds per counted kernel (a tiny module
+                                     # network's forward + backward / its kernels as
+                                     # operators.py counts them); serial = host runs it (CPU)
+    optimizer: {s_per_byte: ..., s_per_tensor: ...}   # bytes as step_time counts them
+    engine_s_per_param_tensor: 2.0e-5  # autograd / engine work per parameter tensor per pass
+    collectives: {nproc: 2, backend: nccl, all_reduce: {latency_s, bw_bytes_per_s, half_bytes},
+                  all_to_all: {...}}
+    provenance: {device: ..., torch: ..., date: ..., settings: ...}
+
+GEMM rate at (M, N, K): trilinear interpolation of the measured grid in log2 space, clamped at
+the grid's edges. SDPA rate: linear interpolation in log(FLOPs per call), clamped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..checks import short
+from ..errors import ConfigError
+
+LAUNCH_MODES = ("async", "serial")
+# memory-bound operator kinds, each with its measured throughput (``operators.MemoryOp.kind``)
+MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
+COLLECTIVES = ("all_reduce", "all_to_all")
+
+
+def _num(where: str, value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (value <= 0 if positive else value < 0):
+        raise ConfigError(f"{where} = {short(value)}: must be a {'positive' if positive else 'non-negative'} number")
+    return float(value)
+
+
+def _opt(data: dict, key: str, where: str, *, positive: bool = True) -> float | None:
+    value = data.get(key)
+    return None if value is None else _num(f"{where}.{key}", value, positive=positive)
+
+
+def _nums(where: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{where} = {short(value)}: must be a non-empty list of numbers")
+    return tuple(_num(f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def _mapping(data: Any, where: str) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, not {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkFit:
+    """One collective: time(bytes) = latency + bytes / (bw x bytes / (bytes + half))."""
+
+    latency_s: float
+    bw_bytes_per_s: float
+    half_bytes: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"latency_s": self.latency_s, "bw_bytes_per_s": self.bw_bytes_per_s,
+                "half_bytes": self.half_bytes}
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class DeviceProfile:
+    """Compared and hashed by identity (it holds dicts), so that an accelerator carrying it
+    stays hashable and the priced operators can be cached per (config, accelerator)."""
+
+    dtype: str = "bf16"
+    gemm_m: tuple[float, ...] = ()
+    gemm_n: tuple[float, ...] = ()
+    gemm_k: tuple[float, ...] = ()
+    gemm_flops_per_s: tuple[float, ...] = ()
+    sdpa_flops: tuple[float, ...] = ()
+    sdpa_forward_flops_per_s: tuple[float, ...] = ()
+    sdpa_backward_flops_per_s: tuple[float, ...] = ()
+    memory_bw_bytes_per_s: float | None = None
+    memory_kind_bw: dict[str, float] = field(default_factory=dict)
+    launch_s: float | None = None
+    launch_mode: str = "async"
+    optimizer_s_per_byte: float | None = None
+    optimizer_s_per_tensor: float | None = None
+    engine_s_per_param_tensor: float | None = None
+    collective_nproc: int | None = None
+    collective_backend: str | None = None
+    links: dict[str, LinkFit] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # ---- what was measured ------------------------------------------------------------------
+    @property
+    def has_gemm(self) -> bool:
+        return bool(self.gemm_flops_per_s)
+
+    @property
+    def has_sdpa(self) -> bool:
+        return bool(self.sdpa_flops)
+
+    def measured(self) -> dict[str, bool]:
+        """Each term the step-time model can price from this profile: measured or not."""
+        return {"gemm": self.has_gemm, "attention": self.has_sdpa,
+                "memory_bandwidth": self.memory_bw_bytes_per_s is not None,
+                "memory_ops": bool(self.memory_kind_bw),
+                "launch": self.launch_s is not None,
+                "optimizer": self.optimizer_s_per_byte is not None,
+                "engine": self.engine_s_per_param_tensor is not None,
+                **{c: c in self.links for c in COLLECTIVES}}
+
+    # ---- rates ------------------------------------------------------------------------------
+    def gemm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
+        """FLOP/s of (M, N, K) GEMMs: trilinear in log2 over the measured grid, clamped."""
+        axes = [np.log2(np.asarray(a, dtype=float)) for a in (self.gemm_m, self.gemm_n, self.gemm_k)]
+        grid = np.log(np.asarray(self.gemm_flops_per_s, dtype=float)).reshape(
+            [len(a) for a in axes])
+        q = [np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k)]
+        q = np.broadcast_arrays(*q)
+        lo, w = [], []
+        for ax, v in zip(axes, q):
+            if len(ax) == 1:
+                lo.append(np.zeros(v.shape, dtype=int))
+                w.append(np.zeros(v.shape))
+                continue
+            vc = np.clip(v, ax[0], ax[-1])
+            i = np.clip(np.searchsorted(ax, vc, side="right") - 1, 0, len(ax) - 2)
+            lo.append(i)
+            w.append((vc - ax[i]) / (ax[i + 1] - ax[i]))
+        out = np.zeros(q[0].shape)
+        for corner in range(8):
+            bits = [(corner >> j) & 1 for j in range(3)]
+            idx, weight = [], np.ones(q[0].shape)
+            for j, bit in enumerate(bits):
+                size = grid.shape[j]
+                if size == 1 and bit:
+                    weight = weight * 0.0
+                    idx.append(lo[j])
+                    continue
+                idx.append(np.minimum(lo[j] + bit, size - 1))
+                weight = weight * (w[j] if bit else 1.0 - w[j])
+            out = out + weight * grid[tuple(idx)]
+        return np.exp(out)
+
+    def sdpa_rate(self, flops: Any, *, backward: bool = False) -> np.ndarray:
+        """FLOP/s of an SDPA call of ``flops`` (forward products), forward or backward."""
+        x = np.log(np.asarray(self.sdpa_flops, dtype=float))
+        y = np.log(np.asarray(self.sdpa_backward_flops_per_s if backward
+                              else self.sdpa_forward_flops_per_s, dtype=float))
+        q = np.log(np.maximum(np.asarray(flops, dtype=float), 1.0))
+        return np.exp(np.interp(q, x, y))
+
+    # ---- YAML -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dtype": self.dtype}
+        if self.has_gemm:
+            out["gemm"] = {"m": list(self.gemm_m), "n": list(self.gemm_n), "k": list(self.gemm_k),
+                           "flops_per_s": list(self.gemm_flops_per_s)}
+        if self.has_sdpa:
+            out["sdpa"] = {"flops": list(self.sdpa_flops),
+                           "forward_flops_per_s": list(self.sdpa_forward_flops_per_s),
+                           "backward_flops_per_s": list(self.sdpa_backward_flops_per_s)}
+        if self.memory_bw_bytes_per_s is not None:
+            out["memory_bw_bytes_per_s"] = self.memory_bw_bytes_per_s
+        if self.memory_kind_bw:
+            out["memory_ops"] = dict(self.memory_kind_bw)
+        if self.launch_s is not None:
+            out["launch"] = {"seconds": self.launch_s, "mode": self.launch_mode}
+        if self.optimizer_s_per_byte is not None:
+            out["optimizer"] = {"s_per_byte": self.optimizer_s_per_byte,
+                                "s_per_tensor": self.optimizer_s_per_tensor or 0.0}
+        if self.engine_s_per_param_tensor is not None:
+            out["engine_s_per_param_tensor"] = self.engine_s_per_param_tensor
+        if self.links:
+            out["collectives"] = {"nproc": self.collective_nproc,
+                                  "backend": self.collective_backend,
+                                  **{k: v.to_dict() for k, v in self.links.items()}}
+        out["measured"] = self.measured()
+        if self.provenance:
+            out["provenance"] = dict(self.provenance)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "profile") -> "DeviceProfile":
+        data = _mapping(data, where)
+        known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops", "launch",
+                 "optimizer",
+                 "engine_s_per_param_tensor", "collectives", "measured", "provenance"}
+        unknown = sorted(map(str, set(data) - known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: "
+                              f"{', '.join(sorted(known))}")
+        kw: dict[str, Any] = {}
+        dtype = data.get("dtype", "bf16")
+        if dtype not in ("bf16", "fp32", "fp16"):
+            raise ConfigError(f"{where}.dtype = {short(dtype)}: choose bf16, fp16 or fp32")
+        kw["dtype"] = dtype
+        gemm = _mapping(data.get("gemm"), f"{where}.gemm")
+        if gemm:
+            axes = [_nums(f"{where}.gemm.{a}", gemm.get(a)) for a in ("m", "n", "k")]
+            rates = _nums(f"{where}.gemm.flops_per_s", gemm.get("flops_per_s"))
+            if len(rates) != len(axes[0]) * len(axes[1]) * len(axes[2]):
+                raise ConfigError(f"{where}.gemm.flops_per_s has {len(rates)} entries; the "
+                                  f"m x n x k grid needs {len(axes[0]) * len(axes[1]) * len(axes[2])}")
+            for name, ax in zip("mnk", axes):
+                if list(ax) != sorted(set(ax)):
+                    raise ConfigError(f"{where}.gemm.{name} must be strictly increasing")
+            kw.update(gemm_m=axes[0], gemm_n=axes[1], gemm_k=axes[2], gemm_flops_per_s=rates)
+        sdpa = _mapping(data.get("sdpa"), f"{where}.sdpa")
+        if sdpa:
+            parts = [_nums(f"{where}.sdpa.{a}", sdpa.get(a))
+                     for a in ("flops", "forward_flops_per_s", "backward_flops_per_s")]
+            if len({len(p) for p in parts}) != 1 or list(parts[0]) != sorted(set(parts[0])):
+                raise ConfigError(f"{where}.sdpa: flops (strictly increasing) and the two rate "
+                                  "lists must have the same length")
+            kw.update(sdpa_flops=parts[0], sdpa_forward_flops_per_s=parts[1],
+                      sdpa_backward_flops_per_s=parts[2])
+        kw["memory_bw_bytes_per_s"] = _opt(data, "memory_bw_bytes_per_s", where)
+        kinds = _mapping(data.get("memory_ops"), f"{where}.memory_ops")
+        bad = sorted(map(str, set(kinds) - set(MEMORY_KINDS)))
+        if bad:
+            raise ConfigError(f"{where}.memory_ops: unknown kind(s) {', '.join(bad)}; valid: "
+                              f"{', '.join(MEMORY_KINDS)}")
+        kw["memory_kind_bw"] = {k: _num(f"{where}.memory_ops.{k}", v) for k, v in kinds.items()}
+        launch = _mapping(data.get("launch"), f"{where}.launch")
+        if launch:
+            kw["launch_s"] = _opt(launch, "seconds", f"{where}.launch")
+            mode = launch.get("mode", "async")
+            if mode not in LAUNCH_MODES:
+                raise ConfigError(f"{where}.launch.mode = {short(mode)}: choose "
+                                  f"{' or '.join(LAUNCH_MODES)}")
+            kw["launch_mode"] = mode
+        opt = _mapping(data.get("optimizer"), f"{where}.optimizer")
+        if opt:
+            kw["optimizer_s_per_byte"] = _opt(opt, "s_per_byte", f"{where}.optimizer")
+            kw["optimizer_s_per_tensor"] = _opt(opt, "s_per_tensor", f"{where}.optimizer",
+                                                positive=False)
+        kw["engine_s_per_param_tensor"] = _opt(data, "engine_s_per_param_tensor", where,
+                                               positive=False)
+        coll = _mapping(data.get("collectives"), f"{where}.collectives")
+        if coll:
+            links = {}
+            for name in COLLECTIVES:
+                part = _mapping(coll.get(name), f"{where}.collectives.{name}")
+                if part:
+                    w = f"{where}.collectives.{name}"
+                    links[name] = LinkFit(latency_s=_num(f"{w}.latency_s", part.get("latency_s"),
+                                                         positive=False),
+                                          bw_bytes_per_s=_num(f"{w}.bw_bytes_per_s",
+                                                              part.get("bw_bytes_per_s")),
+                                          half_bytes=_num(f"{w}.half_bytes", part.get("half_bytes"),
+                                                          positive=False))
+            kw["links"] = links
+            n = coll.get("nproc")
+            kw["collective_nproc"] = int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+            kw["collective_backend"] = str(coll.get("backend")) if coll.get("backend") else None
+        kw["provenance"] = _mapping(data.get("provenance"), f"{where}.provenance")
+        return cls(**kw)
