@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import ParallelLayout, Recompute, TrainingConfig
+from ..config import DIT_EMA_DECAY, EMA, ParallelLayout, Recompute, TrainingConfig
 from ..errors import ConfigError
 from ..files import atomic_write_text, json_default, to_plain
 
@@ -163,10 +163,13 @@ class RunSettings:
     keep_checkpoints: int
     track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
     tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
+    plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
+    notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
+        object.__setattr__(self, "notes", tuple(self.notes))
         if self.layout.dp != self.world:
             raise ValueError(f"layout.dp {self.layout.dp} != world {self.world}")
         if self.training.global_batch != self.micro_batch * self.grad_accum * self.world:
@@ -186,16 +189,20 @@ class RunSettings:
     ep = property(lambda self: self.layout.ep)
     zero = property(lambda self: self.layout.zero)
     micro_batch = property(lambda self: self.layout.micro_batch)
+    recompute = property(lambda self: self.layout.recompute)
+    ema = property(lambda self: self.training.ema)
+    ema_decay = property(lambda self: self.training.ema_decay)
 
     # settings a resumed run must share with the run it continues (steps may grow)
     FIXED = ("model_name", "nodes", "nproc_per_node", "ep", "zero", "micro_batch", "grad_accum",
              "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
-             "precision", "device", "tc_impl")
+             "precision", "device", "tc_impl", "recompute", "ema", "ema_decay")
     # run.json's keys, in order
     KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
-            "grad_accum", "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps",
-            "optimizer", "precision", "device", "checkpoint_every", "keep_checkpoints",
-            "track_memory", "tc_impl", "world", "global_batch")
+            "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
+            "warmup_steps", "optimizer", "precision", "ema", "ema_decay", "device",
+            "checkpoint_every", "keep_checkpoints", "track_memory", "tc_impl", "plan", "notes",
+            "world", "global_batch")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: to_plain(getattr(self, k)) for k in self.KEYS}
@@ -206,14 +213,17 @@ class RunSettings:
     @classmethod
     def build(cls, *, steps: int, nodes: int, nproc_per_node: int, ep: int, zero: int,
               micro_batch: int, grad_accum: int, lr: float, warmup_steps: int,
-              optimizer: Any, precision: Any, **rest: Any) -> "RunSettings":
-        """From flat settings; the layout and training configs validate theirs (ConfigError)."""
+              optimizer: Any, precision: Any, recompute: Any = Recompute.NONE,
+              ema: Any = EMA.NONE, ema_decay: float = DIT_EMA_DECAY,
+              **rest: Any) -> "RunSettings":
+        """From flat settings; the layout and training configs validate theirs (ConfigError).
+        A run.json older than recompute / EMA reads as recompute none, no EMA."""
         world = nodes * nproc_per_node
         layout = ParallelLayout(dp=world, ep=ep, tp=1, zero=zero, micro_batch=micro_batch,
-                                recompute=Recompute.NONE)
+                                recompute=recompute)
         training = TrainingConfig(global_batch=micro_batch * grad_accum * world, steps=steps,
                                   optimizer=optimizer, precision=precision, lr=lr,
-                                  warmup_steps=warmup_steps)
+                                  warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay)
         return cls(nodes=nodes, nproc_per_node=nproc_per_node, layout=layout, training=training,
                    grad_accum=grad_accum, **rest)
 
