@@ -31,8 +31,10 @@ def launch_command(plan: Plan, *, run_dir: str = ".") -> list[str]:
     launch.sh for reference): every device of the cluster runs the worker, which reads
     card.yaml, ds_config.json and run.json from the run directory."""
     c = plan.cluster
-    return deepspeed_launch_command(num_gpus=c.gpus_per_node, num_nodes=c.nodes, run_dir=run_dir,
-                                    hostfile="hostfile" if c.nodes > 1 else None)
+    several = c.nodes > 1
+    return deepspeed_launch_command(num_gpus=c.gpus_per_node, run_dir=run_dir,
+                                    num_nodes=c.nodes if several else None,
+                                    hostfile="hostfile" if several else None)
 
 
 def launch_script(plan: Plan) -> str:
