@@ -126,7 +126,7 @@ PLAN_ARGS = ("--model", "nano-ec8", "--ep", "2", "--zero", "2", "--micro-batch",
              "--precision", "fp32", "--ema", "sharded", "--no-table")
 PLAN_RUN_STEPS = 6
 PLAN_RUN_ARGS = ("--steps", str(PLAN_RUN_STEPS), "--limit", "256", "--checkpoint-every", "3",
-                 "--no-track-memory", "--json")
+                 "--json")
 
 
 @pytest.fixture(scope="session")

@@ -146,3 +146,18 @@ def test_two_nodes_over_loopback_match_one_node(tmp_path, cpu_profile, plan_run)
     two, one = metrics(out), metrics(plan_run)
     assert [r["step"] for r in two] == list(range(1, PLAN_RUN_STEPS + 1))
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_validate_plan_run_lists_every_knob_and_the_predictions(cpu_plan, plan_run):
+    proc = cli("validate", str(cpu_plan), str(plan_run), "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [c] = json.loads(proc.stdout)
+    assert c["differs"] == ["warmup_steps"]  # scaled to the short run, and the run says so
+    assert any("warm-up scaled" in n for n in c["notes"])
+    names = {k["name"] for k in c["knobs"]}
+    assert {"optimizer", "lr", "precision", "ema", "zero", "ep", "micro_batch", "grad_accum",
+            "recompute", "world"} <= names
+    mem, step = c["predictions"]
+    assert mem["predicted"] > 0 and mem["measured"] > 0 and mem["ratio"] > 0
+    assert step["predicted"] > 0 and step["measured"] > 0 and step["ratio"] > 0

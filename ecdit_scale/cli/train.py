@@ -93,7 +93,8 @@ def launch_cmd(
         _print_result(result)
     if result.status == "interrupted":
         err_console.print(escape(result.message), highlight=False, soft_wrap=True)
-        raise typer.Exit(result.returncode)
+        # SystemExit, not typer.Exit: the entry point would add a second, vaguer line for 130
+        raise SystemExit(result.returncode)
     if not result.ok:
         fail(result.message or f"run {result.status}; see {result.log}", code=1)
 

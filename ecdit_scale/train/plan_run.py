@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..files import load_yaml_file
-from .request import LaunchRequest
+from .request import LATENTS, LaunchRequest
 
 PLAN_NEEDS = ("plan.yaml", "card.yaml")
 
@@ -94,7 +94,7 @@ def default_dataset(card: Path) -> str:
     from ..config import load_model_config
 
     cfg = load_model_config(card)
-    return "emoji" if cfg.vae_downsample == 1 else "latents"
+    return "emoji" if cfg.vae_downsample == 1 and cfg.in_channels == 3 else LATENTS
 
 
 def request_from_plan(plan_dir: str | Path, *, steps: int | None = None, local: bool = False,

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..integers import divisors
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
 
-DATASETS = ("emoji", "shapes")
+LATENTS = "latents"  # the latent-space cards' dataset (``datasets.build_dataset``)
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
 # config field -> the launch option that sets it (to name the option in an error)
 OPTION_OF = {"dp": "--nproc", "ep": "--ep", "zero": "--zero", "micro_batch": "--micro-batch",
@@ -151,12 +151,22 @@ def _choice(enum_cls, value: str, option: str, allowed=None):
     return member
 
 
-def _check_card(cfg: ModelConfig) -> None:
-    if cfg.vae_downsample != 1 or cfg.in_channels != 3:
+def known_datasets() -> tuple[str, ...]:
+    """The datasets this build can train from (``datasets.batches.DATASETS``)."""
+    from ..datasets.batches import DATASETS as known
+
+    return tuple(known)
+
+
+def _check_card(cfg: ModelConfig, dataset: str, known: tuple[str, ...]) -> None:
+    if cfg.vae_downsample != 1 or cfg.in_channels != 3:  # latent space: the latent dataset
+        if dataset == LATENTS and LATENTS in known:
+            return
         raise ConfigError(
-            f"{cfg.name}: launch trains in pixel space (RGB, no VAE); this card has "
-            f"{cfg.in_channels} input channels and vae_downsample {cfg.vae_downsample}. "
-            "Use a card of the cpu family, e.g. nano-ec8")
+            f"{cfg.name}: a latent-space card ({cfg.in_channels} channels, vae_downsample "
+            f"{cfg.vae_downsample}) trains from --dataset {LATENTS}"
+            + ("" if LATENTS in known else ", which this build does not have") +
+            "; or use a pixel-space card of the cpu family, e.g. nano-ec8")
     if cfg.conditioning.value != "text" or cfg.text_dim != 384:
         raise ConfigError(f"{cfg.name}: launch needs text conditioning with 384-d tokens "
                           "(all-MiniLM-L6-v2); use a card of the cpu family")
@@ -275,10 +285,11 @@ def _check_multinode(req: LaunchRequest) -> None:
 def check_request(req: LaunchRequest) -> CheckedRequest:
     """Validate everything a launch needs; raise ConfigError with one actionable line."""
     cfg = resolve_card(req.card)
-    _check_card(cfg)
-    if req.dataset not in DATASETS:
+    known = known_datasets()
+    if req.dataset not in known:
         raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
-                          f"{', '.join(DATASETS)}")
+                          f"{', '.join(known)}")
+    _check_card(cfg, req.dataset, known)
     # integers only a launch has (the layout and training configs check their own)
     for name in ("nproc", "grad_accum", "keep_checkpoints"):
         v = getattr(req, name)
