@@ -2,13 +2,16 @@
 
     runs/NAME/
       card.yaml          the resolved model config (``config.load_model_config`` reads it)
-      run.json           launch settings (RunSettings): world, ep, ZeRO, batch, data, seed ...
+      run.json           launch settings (RunSettings): world, ep, ZeRO, batch, recompute,
+                         optimizer, lr, warm-up, precision, EMA, data, seed, the plan followed
+                         and notes on where the run departs from it
       ds_config.json     the DeepSpeed config the ranks were started with
       predictions.json   the planner's predictions for this run (params, FLOPs, memory)
       metrics.jsonl      one JSON object per optimizer step (appended whole, fsync'd)
       summary.json       the outcome: status, steps, losses, timings, measured params/memory
       launch.log         the deepspeed launcher's stdout + stderr
-      checkpoints/       DeepSpeed checkpoints, one tag per saved step (``step{n}``)
+      checkpoints/       DeepSpeed checkpoints, one tag per saved step (``step{n}``), with each
+                         rank's fp32 EMA of the weights (ema_rank{r}.pt, ``train.ema``)
       checksums/         per-rank parameter checksums at the end (rank{r}.json)
       worker.pid         rank 0's pid while the ranks run (a resume refuses a live run)
       metrics.rejected   lines of metrics.jsonl a resume could not read (kept, with line numbers)
