@@ -73,7 +73,10 @@ def ec_run(tmp_path_factory) -> Path:
 
 # 1 rank, tiny: a finished 6-step run (checkpoints every 2 steps, the last two kept: step4,
 # step6), and the same run resumed to 8 steps. Tests that damage a run use a copy.
-SHORT_ARGS = ("nano-ec8", "--nproc", "1", "--micro-batch", "2", "--limit", "256")
+# It keeps a replicated EMA (decay 0.9, so that it moves in 8 steps): resuming it from step4 and
+# from step6 must give the same EMA.
+SHORT_ARGS = ("nano-ec8", "--nproc", "1", "--micro-batch", "2", "--limit", "256", "--ema",
+              "replicated", "--ema-decay", "0.9")
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +97,76 @@ def extended_run(short_run, tmp_path_factory) -> Path:
         (out / "test_launch_result.json").write_text(json.dumps(result))
         _RUNS["short-8"] = out
     return _RUNS["short-8"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans that run: `plan` for 2 CPU ranks, then the plan's launch.sh as written
+# ---------------------------------------------------------------------------------------------
+
+# A CPU device profile for `plan --gpu` (the catalog holds datacenter accelerators only): its
+# numbers only size the plan; what matters is deepspeed_accelerator: cpu (launch files are
+# written) and fp32 (CPU ranks train in fp32).
+CPU_PROFILE = """\
+cpu-2core:
+  name: cpu-2core
+  peak_bf16_flops: 50_000_000_000
+  memory_bytes: 8_000_000_000
+  memory_bw_bytes_per_s: 10_000_000_000
+  intra_node_bw_bytes_per_s: 5_000_000_000
+  inter_node_bw_bytes_per_s: 1_000_000_000
+  devices_per_node: 2
+  deepspeed_accelerator: cpu
+  precisions: [fp32]
+  efficiency: 0.5
+  source: "an assumed 2-core CPU machine (tests/conftest.py); not measured"
+"""
+# the layout pinned, so that a 1 x 2 and a 2 x 1 plan are the same run
+PLAN_ARGS = ("--model", "nano-ec8", "--ep", "2", "--zero", "2", "--micro-batch", "4",
+             "--global-batch", "16", "--steps", "1000", "--optimizer", "rmsprop",
+             "--precision", "fp32", "--ema", "sharded", "--no-table")
+PLAN_RUN_STEPS = 6
+PLAN_RUN_ARGS = ("--steps", str(PLAN_RUN_STEPS), "--limit", "256", "--checkpoint-every", "3",
+                 "--json")
+
+
+@pytest.fixture(scope="session")
+def cpu_profile(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("profiles") / "cpu-2core.yaml"
+    path.write_text(CPU_PROFILE)
+    return path
+
+
+def make_plan(out: Path, profile: Path, *cluster: str) -> Path:
+    proc = cli("plan", *PLAN_ARGS, "--gpu", str(profile), *cluster, "--out", str(out),
+               timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def run_launch_sh(plan: Path, run_dir: Path, *args: str, env: dict | None = None,
+                  wait: bool = True):
+    """``bash PLAN/launch.sh`` exactly as written (PYTHON: this interpreter)."""
+    full = {**cli_env(), "PYTHON": sys.executable, "RUN_DIR": str(run_dir), **(env or {})}
+    cmd = ["bash", str(plan / "launch.sh"), *PLAN_RUN_ARGS, *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=full, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=full, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def cpu_plan(tmp_path_factory, cpu_profile) -> Path:
+    """nano-ec8 on one 2-core machine: 1 node x 2 ranks, ep 2, ZeRO-2."""
+    return make_plan(tmp_path_factory.mktemp("plans") / "cpu-1x2", cpu_profile, "--gpus", "2")
+
+
+@pytest.fixture(scope="session")
+def plan_run(tmp_path_factory, cpu_plan) -> Path:
+    """``bash cpu_plan/launch.sh`` as written, 10 steps."""
+    if "plan-1x2" not in _RUNS:
+        out = tmp_path_factory.mktemp("runs") / "plan-1x2"
+        proc = run_launch_sh(cpu_plan, out)
+        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+        (out / "test_launch_result.json").write_text(proc.stdout)
+        _RUNS["plan-1x2"] = out
+    return _RUNS["plan-1x2"]

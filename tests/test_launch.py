@@ -205,6 +205,7 @@ def test_signals_to_launch_stop_every_rank_and_resume_finishes_the_curve(ec_run,
     (("nano-ec8", "--nproc", "2", "--zero", "3", "--steps", "2"), "zero 3"),
     (("nano-dense", "--nproc", "1", "--ep", "2", "--steps", "2"), "dense"),
     (("nano-ec8", "--nproc", "1", "--steps", "2", "--dataset", "mnist"), "--dataset"),
+    (("ecdit-xl-8e", "--nproc", "1", "--steps", "2"), "latent-space card"),
 ])
 def test_bad_input_is_one_line_before_anything_starts(tmp_path, args, words):
     out = tmp_path / "run"
@@ -251,6 +252,44 @@ def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, exten
     assert [r["step"] for r in resumed] == list(range(1, 9))
     for a, b in zip(resumed, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
+    # the EMA was restored with the weights: resumed from step4 or from step6, the same EMA
+    ema = [json.loads((run / "checksums" / "rank0.json").read_text())["ema"]
+           for run in (out, extended_run, short_run)]
+    assert ema[0]["mode"] == "replicated" and ema[0]["checksum"] == ema[1]["checksum"]
+    assert ema[1]["checksum"] != ema[2]["checksum"]  # it moved from step 6 to step 8
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"optimizer": "lion"}, "--optimizer 'lion'"), ({"ema": "daily"}, "--ema 'daily'"),
+    ({"precision": "fp8"}, "--precision 'fp8'"), ({"node_rank": 1}, "--node-rank 1"),
+    ({"ema_decay": 1.5}, "--ema-decay"),
+])
+def test_bad_training_options_are_one_line(tmp_path, change, words):
+    """The same checks as the CLI's, in process (no interpreter start per case)."""
+    from ecdit_scale.errors import ConfigError
+    from ecdit_scale.train.request import LaunchRequest, check_request
+
+    req = LaunchRequest(card="nano-ec8", nproc=1, steps=2, device="cpu",
+                        out=str(tmp_path / "r"), **change)
+    with pytest.raises(ConfigError, match=words) as exc:
+        check_request(req)
+    assert "\n" not in str(exc.value) and not (tmp_path / "r").exists()
+
+
+def test_recompute_reaches_the_settings_or_is_refused(tmp_path):
+    """A policy goes to run.json (and the worker's build_model) where the model implements
+    recompute; elsewhere it is one line before anything starts."""
+    from ecdit_scale.errors import ConfigError
+    from ecdit_scale.train.request import LaunchRequest, check_request, recompute_supported
+
+    req = LaunchRequest(card="nano-ec8", nproc=1, steps=2, recompute="full", device="cpu",
+                        out=str(tmp_path / "r"))
+    if recompute_supported():
+        assert check_request(req).settings.recompute.value == "full"
+    else:
+        with pytest.raises(ConfigError, match="--recompute full: not implemented"):
+            check_request(req)
+    assert not (tmp_path / "r").exists()
 
 
 def test_resume_needs_a_run(tmp_path):

@@ -209,3 +209,64 @@ def test_malformed_json_is_a_config_error(tmp_path, bad):
     (tmp_path / "x.json").write_text(bad)
     with pytest.raises(ConfigError, match="malformed JSON"):
         read_json(tmp_path / "x.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# The EMA of the weights (train/ema.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _ema_model():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3), nn.Linear(3, 2))
+    for i, p in enumerate(model.parameters()):
+        p.is_expert = i >= 4  # the last layer plays the experts
+    return model
+
+
+def test_sharded_ema_splits_each_kind_of_parameter_over_its_group():
+    from ecdit_scale.train.ema import make_ema
+
+    model = _ema_model()
+    names = {n for n, _ in model.named_parameters()}
+    shares = [make_ema(model, mode="sharded", decay=0.9, dp_rank=r, dp_size=2,
+                       expert_dp_rank=r, expert_dp_size=2,
+                       is_expert=lambda p: p.is_expert) for r in (0, 1)]
+    kept = [set(e.shadow) for e in shares]
+    assert kept[0] | kept[1] == names and not kept[0] & kept[1]
+    assert all(any(model.get_parameter(n).is_expert for n in k) for k in kept)
+    full = make_ema(model, mode="replicated", decay=0.9, dp_rank=1, dp_size=2, expert_dp_rank=1,
+                    expert_dp_size=2, is_expert=lambda p: p.is_expert)
+    assert set(full.shadow) == names
+    assert shares[0].numel() + shares[1].numel() == full.numel()
+    assert make_ema(model, mode="none", decay=0.9, dp_rank=0, dp_size=1, expert_dp_rank=0,
+                    expert_dp_size=1, is_expert=lambda p: False) is None
+
+
+def test_ema_update_save_and_load(tmp_path):
+    import torch
+
+    from ecdit_scale.train.ema import make_ema
+
+    model = _ema_model()
+    ema = make_ema(model, mode="replicated", decay=0.75, dp_rank=0, dp_size=1, expert_dp_rank=0,
+                   expert_dp_size=1, is_expert=lambda p: p.is_expert)
+    w0 = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update()
+    assert torch.allclose(ema.shadow["0.weight"], 0.75 * w0 + 0.25 * (w0 + 1.0))
+    ema.save(tmp_path, rank=3)
+    other = make_ema(_ema_model(), mode="replicated", decay=0.75, dp_rank=0, dp_size=1,
+                     expert_dp_rank=0, expert_dp_size=1, is_expert=lambda p: p.is_expert)
+    other.load(tmp_path, rank=3)
+    assert other.checksum() == ema.checksum()
+    sharded = make_ema(_ema_model(), mode="sharded", decay=0.75, dp_rank=0, dp_size=2,
+                       expert_dp_rank=0, expert_dp_size=2, is_expert=lambda p: p.is_expert)
+    with pytest.raises(ValueError, match="not this run's"):
+        sharded.load(tmp_path, rank=3)
+    with pytest.raises(FileNotFoundError, match="has none for this rank"):
+        other.load(tmp_path, rank=0)

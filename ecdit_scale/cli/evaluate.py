@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import ConfigError
 from ..units import format_bytes, format_count
 from .common import app, console, print_json
 
@@ -26,8 +27,22 @@ def validate_cmd(
     profile: Optional[str] = typer.Option(None, "--profile", help="Device profile (`ecdit-scale profile`) for the headline prediction (default: a quick profile of this CPU for CPU runs, the catalog for GPUs)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Planner predictions next to measurements: parameters, FLOPs, memory, step time."""
+    """Planner predictions next to measurements: parameters, FLOPs, memory, step time.
+    `validate PLAN RUN`: a plan folder's settings and predictions next to a run of it."""
     from ..evaluation.validate import validate
+    from ..evaluation.validate_plan import compare_plan_run, is_plan_dir
+
+    if runs and is_plan_dir(Path(runs[0])):
+        if len(runs) < 2:
+            raise ConfigError(f"validate {runs[0]}: a plan folder needs a run of it: "
+                              "validate PLAN RUN")
+        found = [compare_plan_run(Path(runs[0]), Path(r)) for r in runs[1:]]
+        if json_out:
+            print_json([c.to_dict() for c in found])
+        else:
+            for c in found:
+                render_plan_comparison(c)
+        return
 
     report = validate([Path(r) for r in runs], calibrate_on=calibrate_on,
                       csv_path=csv, save_profile=save_profile, profile=profile)
@@ -59,6 +74,27 @@ def adaptive_cmd(
 # ---------------------------------------------------------------------------------------------
 # Display
 # ---------------------------------------------------------------------------------------------
+
+
+def render_plan_comparison(c) -> None:
+    t = Table(title=f"plan {c.plan} vs run {c.run}")
+    for col in ("setting", "plan", "run", "trained"):
+        t.add_column(col)
+    for k in c.knobs:
+        style = "" if k.same else "yellow"
+        t.add_row(k.name, str(k.planned), str(k.run), "" if k.summary is None else str(k.summary),
+                  style=style)
+    console.print(t)
+    p = Table(title="predictions")
+    for col in ("what", "predicted", "measured", "measured / predicted"):
+        p.add_column(col)
+    for row in c.predictions:
+        ratio = row["ratio"]
+        p.add_row(row["what"], str(row["predicted"]), str(row["measured"]),
+                  "n/a" if ratio is None else f"{ratio:.3g}")
+    console.print(p)
+    for note in c.notes:
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def _pct(x: float | None) -> str:

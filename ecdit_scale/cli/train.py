@@ -17,9 +17,15 @@ from .common import app, console, err_console, fail, print_json
 
 @app.command("launch")
 def launch_cmd(
-    card: str = typer.Argument(..., help="A model name (`ecdit-scale models list`) or a YAML card."),
+    ctx: typer.Context,
+    card: Optional[str] = typer.Argument(None, help="A model name (`ecdit-scale models list`) or a YAML card (not with --plan)."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="A plan folder (`ecdit-scale plan --out DIR`): run exactly its settings; its launch.sh calls this."),
+    local: bool = typer.Option(False, "--local", help="With --plan: the plan's ranks on this machine, not the hostfile's nodes."),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help="Multi-node without ssh: this node's rank in the hostfile (DeepSpeed --no_ssh)."),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Multi-node without ssh: node 0's address."),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="Rendezvous port (default: free port; 29500 with --node-rank)."),
     nproc: int = typer.Option(1, "--nproc", help="Ranks (per host with --hostfile). CPU: at most the cores."),
-    steps: int = typer.Option(100, "--steps", help="Optimizer steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default 100; with --plan the plan's, its warm-up scaled to fewer)."),
     ep: int = typer.Option(1, "--ep", help="Expert-parallel size: divides the experts and the world."),
     zero: int = typer.Option(1, "--zero", help="ZeRO stage 0, 1 or 2 (3: dense models only)."),
     micro_batch: int = typer.Option(8, "--micro-batch", help="Images per rank per micro-step."),
@@ -33,7 +39,11 @@ def launch_cmd(
     seed: int = typer.Option(0, "--seed"),
     lr: float = typer.Option(1e-3, "--lr"),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default steps/10, at most 100)."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or rmsprop (torch optimizers)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, rmsprop (with momentum, the paper) or sgd (torch optimizers)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 or fp32 (default bf16 on CUDA; CPU trains in fp32)."),
+    recompute: str = typer.Option("none", "--recompute", help="Activation recompute: none, selective or full."),
+    ema: str = typer.Option("none", "--ema", help="EMA of the weights (fp32): none, replicated or sharded."),
+    ema_decay: float = typer.Option(0.9999, "--ema-decay"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps (default steps/4) and at the end."),
     tc_impl: str = typer.Option("ecdit", "--tc-impl", help="Token choice: ecdit (our TokenChoiceMoE) or deepspeed (DeepSpeed's MoE, TopKGate k=2)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -42,15 +52,34 @@ def launch_cmd(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True),
 ) -> None:
     """Train a small config for real with DeepSpeed-MoE (expert parallelism, ZeRO) and record it."""
+    from ..errors import ConfigError
     from ..train.launch import launch
     from ..train.request import LaunchRequest
 
-    req = LaunchRequest(card=card, nproc=nproc, steps=steps, ep=ep, zero=zero,
-                        micro_batch=micro_batch, grad_accum=grad_accum, dataset=dataset,
-                        data_limit=limit, holdout=holdout, out=out, resume=resume, hostfile=hostfile, seed=seed,
-                        lr=lr, warmup_steps=warmup, optimizer=optimizer,
-                        checkpoint_every=checkpoint_every, tc_impl=tc_impl, device=device,
-                        track_memory=not no_memory, stop_after=stop_after)
+    common = dict(data_limit=limit, holdout=holdout, out=out, resume=resume, seed=seed,
+                  checkpoint_every=checkpoint_every, tc_impl=tc_impl, device=device,
+                  track_memory=not no_memory, stop_after=stop_after, node_rank=node_rank,
+                  master_addr=master_addr, master_port=master_port)
+    if plan is not None:
+        from ..train.plan_run import request_from_plan
+
+        # the plan decides these; a user who names one on the command line is told so
+        decided = [f"--{n.replace('_', '-')}" for n in PLAN_DECIDES if _given(ctx, n)]
+        if card is not None or decided:
+            raise ConfigError(f"--plan {plan}: {', '.join(([card] if card else []) + decided)} "
+                              "is decided by the plan; edit the plan (or plan again) instead")
+        req = request_from_plan(plan, steps=steps, local=local, dataset=dataset if _given(ctx, "dataset") else None, **common)
+    else:
+        if card is None:
+            raise ConfigError("launch needs a CARD (a model name or YAML card) or --plan DIR")
+        if local:
+            raise ConfigError("--local applies to --plan runs; without --plan, leave out "
+                              "--hostfile to run on this machine")
+        req = LaunchRequest(card=card, nproc=nproc, steps=100 if steps is None else steps,
+                            ep=ep, zero=zero, micro_batch=micro_batch, grad_accum=grad_accum,
+                            dataset=dataset, hostfile=hostfile, lr=lr, warmup_steps=warmup,
+                            optimizer=optimizer, precision=precision, recompute=recompute,
+                            ema=ema, ema_decay=ema_decay, **common)
     if json_out:
         result = launch(req)
     else:
@@ -64,9 +93,20 @@ def launch_cmd(
         _print_result(result)
     if result.status == "interrupted":
         err_console.print(escape(result.message), highlight=False, soft_wrap=True)
-        raise typer.Exit(result.returncode)
+        # SystemExit, not typer.Exit: the entry point would add a second, vaguer line for 130
+        raise SystemExit(result.returncode)
     if not result.ok:
         fail(result.message or f"run {result.status}; see {result.log}", code=1)
+
+
+# launch options a plan decides (a --plan run refuses them on the command line)
+PLAN_DECIDES = ("nproc", "ep", "zero", "micro_batch", "grad_accum", "hostfile", "lr", "warmup",
+                "optimizer", "precision", "recompute", "ema", "ema_decay")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 class _ProgressBar:

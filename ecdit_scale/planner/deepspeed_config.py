@@ -13,7 +13,9 @@ the result with ``deepspeed.runtime.config.DeepSpeedConfig``. No torch, no deeps
 - ZeRO with an optimizer DeepSpeed has not tested (RMSprop, SGD, or any client optimizer)
   needs ``zero_allow_untested_optimizer``.
 - ``scheduler``: WarmupLR, linear warm-up from 0 to ``lr`` over ``warmup_steps``, then flat
-  (omitted with ``scheduler=False`` when the caller sets the learning rate each step).
+  (omitted with ``scheduler=False`` when the caller sets the learning rate each step). Given
+  ``total_steps``, ``warmup_num_steps`` is at most that: a 40-step run never gets a
+  20,000-step warm-up (``ecdit_scale.train`` scales a plan's warm-up to the run's steps).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
                      precision: Precision | str, optimizer: Optimizer | str, lr: float,
                      warmup_steps: int, world: int, gradient_clipping: float = 1.0,
                      client_optimizer: bool = False, scheduler: bool = True,
-                     weight_decay: float = 0.0,
+                     weight_decay: float = 0.0, total_steps: int | None = None,
                      steps_per_print: int = 100,
                      bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
     """A DeepSpeed config dict. ``world`` is the data-parallel size (ranks that see different
@@ -86,6 +88,8 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
         "bf16": {"enabled": precision is Precision.BF16},
         "zero_optimization": zero_section(zero_stage, bucket_elements=bucket_elements),
     }
+    if total_steps is not None:
+        warmup_steps = min(warmup_steps, total_steps)
     if scheduler:
         config["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps,
@@ -102,6 +106,7 @@ WORKER_MODULE = "ecdit_scale.train.worker"
 
 def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | None = None,
                              hostfile: str | None = None, master_port: int | None = None,
+                             master_addr: str | None = None, node_rank: int | None = None,
                              launcher: tuple[str, ...] | list[str] = ("deepspeed",),
                              worker_args: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The DeepSpeed launcher command that starts ``ecdit_scale.train.worker`` on every device.
@@ -111,6 +116,9 @@ def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | No
     worker reads its settings from ``run_dir`` (card.yaml, ds_config.json, run.json); anything in
     ``worker_args`` (e.g. ``--resume``) follows it. ``launcher``: ``("deepspeed",)`` for a
     script, or ``(sys.executable, "-m", "deepspeed.launcher.runner")`` to use this Python.
+    ``node_rank``: DeepSpeed's multi-node path without ssh (``--no_ssh --node_rank``): the same
+    command runs on every node of the hostfile, each with its own rank, all with one
+    ``master_addr`` and ``master_port``; without it, DeepSpeed reaches the hosts by ssh (pdsh).
     """
     cmd = list(launcher)
     if hostfile:
@@ -120,6 +128,10 @@ def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | No
     cmd += ["--num_gpus", str(num_gpus)]
     if master_port is not None:
         cmd += ["--master_port", str(master_port)]
+    if master_addr is not None:
+        cmd += ["--master_addr", str(master_addr)]
+    if node_rank is not None:
+        cmd += ["--no_ssh", "--node_rank", str(node_rank)]
     cmd += ["--no_local_rank", "--module", WORKER_MODULE, "--run-dir", str(run_dir),
             *worker_args]
     return cmd

@@ -17,9 +17,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import ModelConfig, Optimizer
+from ..config import ModelConfig, Optimizer, Recompute
 from ..model import build_model
-from .expert_parallel import create_groups, param_counts, parallelize, single_process
+from ..planner.deepspeed_config import ADAM_BETAS, MOMENTUM, RMSPROP_ALPHA
+from .ema import make_ema
+from .expert_parallel import (create_groups, is_expert_param, param_counts, parallelize,
+                              single_process)
 from .records import Device, RunDir, RunSettings
 
 def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
@@ -54,16 +57,21 @@ def build_optimizer(model: nn.Module, s: RunSettings) -> torch.optim.Optimizer:
          "lr": s.lr, "weight_decay": 0.0})
     groups = [g for g in groups if g["params"]]
     if s.optimizer is Optimizer.RMSPROP:  # the paper: RMSProp with momentum
-        return torch.optim.RMSprop(groups, lr=s.lr, alpha=0.999, eps=1e-8, momentum=0.9,
-                                   foreach=False)
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+        return torch.optim.RMSprop(groups, lr=s.lr, alpha=RMSPROP_ALPHA, eps=1e-8,
+                                   momentum=MOMENTUM, foreach=False)
+    if s.optimizer is Optimizer.SGD:
+        return torch.optim.SGD(groups, lr=s.lr, momentum=MOMENTUM, foreach=False)
+    return torch.optim.AdamW(groups, lr=s.lr, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0,
                              foreach=False)
 
 
 def build_parallel_model(cfg: ModelConfig, s: RunSettings, ep) -> nn.Module:
-    """The single-device model, identical on every rank (same seed), made expert-parallel."""
+    """The single-device model, identical on every rank (same seed), made expert-parallel.
+    A recompute policy other than none goes to the model (``build_model(cfg, recompute=)``);
+    ``request.check_request`` refuses it where this build's model has none."""
     torch.manual_seed(s.seed)
-    return parallelize(build_model(cfg), cfg, ep, tc_impl=s.tc_impl)
+    extra = {} if s.recompute is Recompute.NONE else {"recompute": s.recompute}
+    return parallelize(build_model(cfg, **extra), cfg, ep, tc_impl=s.tc_impl)
 
 
 @dataclasses.dataclass
@@ -80,6 +88,7 @@ class Rank:
     rank: int
     world: int
     dp_rank: int
+    ema: Any = None  # ema.WeightEMA, or None (training.ema: none)
 
     @property
     def on_gpu(self) -> bool:
@@ -107,6 +116,12 @@ def setup(rd: RunDir) -> Rank:
     counts = param_counts(model, ep)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
                                            config=json.loads(rd.ds_config.read_text()))
+    dp_rank = groups._get_data_parallel_rank()
+    ema = make_ema(engine.module, mode=s.ema, decay=s.ema_decay, dp_rank=dp_rank,
+                   dp_size=groups._get_data_parallel_world_size(),
+                   expert_dp_rank=(groups._get_expert_data_parallel_rank(ep.group_name)
+                                   if cfg.ffn.is_moe else 0),
+                   expert_dp_size=ep.expert_dp_size if cfg.ffn.is_moe else 1,
+                   is_expert=is_expert_param)
     return Rank(rd=rd, s=s, cfg=cfg, engine=engine, ep=ep, counts=counts, device=device,
-                rank=dist.get_rank(), world=dist.get_world_size(),
-                dp_rank=groups._get_data_parallel_rank())
+                rank=dist.get_rank(), world=dist.get_world_size(), dp_rank=dp_rank, ema=ema)

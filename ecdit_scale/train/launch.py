@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ModelConfig, Precision, save_model_config
+from ..errors import ConfigError
 from ..planner.deepspeed_config import deepspeed_launch_command
 from .process import ForwardSignals, end_group, start_group
 from .records import Device, RunDir, RunSettings, read_jsonl, write_json
@@ -103,12 +104,11 @@ def make_ds_config(s: RunSettings) -> dict[str, Any]:
 
 def predictions(cfg: ModelConfig, s: RunSettings) -> dict[str, Any]:
     """What the planner says about this run, before it runs."""
-    from ..config import Recompute
     from ..params import count_params
     from ..planner.flops import flops_per_image, training_flops_per_image
 
     fwd = flops_per_image(cfg)
-    train = training_flops_per_image(cfg, Recompute.NONE)
+    train = training_flops_per_image(cfg, s.recompute)
     out: dict[str, Any] = {
         "params": count_params(cfg).to_dict(),
         "flops": {
@@ -119,7 +119,8 @@ def predictions(cfg: ModelConfig, s: RunSettings) -> dict[str, Any]:
             "global_batch": s.global_batch,
             "model_flops_per_step": train.model_flops * s.global_batch,
             "hardware_flops_per_step": train.hardware_flops * s.global_batch,
-            "source": "planner.flops.training_flops_per_image(cfg, recompute=none) x global batch",
+            "source": f"planner.flops.training_flops_per_image(cfg, recompute={s.recompute.value})"
+                      " x global batch",
         },
     }
     try:
@@ -149,7 +150,8 @@ def prepare(req: LaunchRequest) -> tuple[ModelConfig, RunSettings, RunDir, int |
     write_json(rd.run_json, s.to_dict())
     write_json(rd.ds_config, make_ds_config(s))
     write_json(rd.predictions, predictions(cfg, s))
-    write_json(rd.summary, {"status": "running", "model": cfg.name})
+    write_json(rd.summary, {"status": "running", "model": cfg.name, "plan": s.plan,
+                            "notes": list(s.notes)})
     return cfg, s, rd, None, None, []
 
 
@@ -167,10 +169,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+MULTI_NODE_PORT = 29500  # DeepSpeed's default: every node of a run must use the same port
+JOIN_WAIT_S = 600  # how long a node other than node 0 waits for node 0's run.json
+
+
 def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
-                     resume_from: str | None, stop_after: int | None) -> list[str]:
+                     resume_from: str | None, stop_after: int | None,
+                     node_rank: int | None = None, master_addr: str | None = None,
+                     master_port: int | None = None) -> list[str]:
     """The ``deepspeed`` launcher command that starts the worker on every rank: the planner's
-    builder (the one a plan's launch.sh uses), run with this Python."""
+    builder, run with this Python. With ``node_rank``: DeepSpeed's multi-node path without ssh
+    (each node runs this with its own rank; see ``deepspeed_launch_command``)."""
     worker_args: list[str] = []
     if resume_from is not None:
         worker_args += ["--resume-from", resume_from]
@@ -178,7 +187,10 @@ def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
         worker_args += ["--stop-after", str(stop_after)]
     return deepspeed_launch_command(
         num_gpus=s.nproc_per_node, run_dir=str(rd.path.resolve()),
-        hostfile=str(Path(hostfile).resolve()) if hostfile else None, master_port=free_port(),
+        hostfile=str(Path(hostfile).resolve()) if hostfile else None,
+        num_nodes=s.nodes if hostfile else None,
+        master_port=master_port or (MULTI_NODE_PORT if node_rank is not None else free_port()),
+        master_addr=master_addr, node_rank=node_rank,
         launcher=(sys.executable, "-m", "deepspeed.launcher.runner"), worker_args=worker_args)
 
 
@@ -202,12 +214,16 @@ def launcher_env(s: RunSettings) -> dict[str, str]:
 
 def launch(req: LaunchRequest, *,
            on_progress: Callable[[Progress], None] | None = None) -> RunResult:
+    if req.node_rank:  # a node other than node 0 joins the run node 0 prepared
+        return join(req, on_progress=on_progress)
     cfg, s, rd, resumed_from, resume_tag, notes = prepare(req)
     warm_data_cache(cfg, s)
     cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
-                           stop_after=req.stop_after)
+                           stop_after=req.stop_after, node_rank=req.node_rank,
+                           master_addr=req.master_addr, master_port=req.master_port)
     shown = ["deepspeed"] + cmd[3:]
     rd.update_summary(command=" ".join(shown))
+    notes = list(s.notes) + notes
     t0 = time.perf_counter()
     with open(rd.log, "a") as log:
         log.write(f"$ {' '.join(shown)}\n")
@@ -242,6 +258,46 @@ def launch(req: LaunchRequest, *,
                      final_loss=records[-1]["loss"] if records else None, wall_s=wall,
                      resumed_from=resumed_from, log=str(rd.log), command=shown, message=message,
                      notes=notes)
+
+
+def join(req: LaunchRequest, *,
+           on_progress: Callable[[Progress], None] | None = None) -> RunResult:
+    """Node ``req.node_rank`` > 0 of a run without ssh: wait for node 0's run.json (the run
+    directory is on storage every node sees, as DeepSpeed's checkpoints need), then start this
+    node's ranks with the same settings. Node 0 writes the records."""
+    from .request import _check_multinode
+
+    _check_multinode(req)
+    if not req.out:
+        raise ConfigError("--node-rank > 0 needs --out: the run directory node 0 writes")
+    rd = RunDir(req.out)
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while not rd.exists():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"--node-rank {req.node_rank}: {rd.run_json} did not appear in "
+                              f"{JOIN_WAIT_S} s; start node 0 with the same --out first")
+        time.sleep(0.2)
+    s = rd.settings()
+    cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=None,
+                           stop_after=req.stop_after, node_rank=req.node_rank,
+                           master_addr=req.master_addr, master_port=req.master_port)
+    log_path = rd.path / f"launch.node{req.node_rank}.log"
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log, ForwardSignals() as signals:
+        proc = start_group(cmd, log=log, env=launcher_env(s), cwd=os.getcwd())
+        signals.attach(proc.pid)
+        follow(proc, rd, s, 0, on_progress=on_progress)
+        rc = proc.wait()
+        end_group(proc)
+    records = read_jsonl(rd.metrics)
+    done = records[-1]["step"] if records else 0
+    status = "completed" if rc == 0 else "failed"
+    return RunResult(run_dir=str(rd.path), status=status, returncode=rc, steps_done=done,
+                     steps=s.steps, first_loss=records[0]["loss"] if records else None,
+                     final_loss=records[-1]["loss"] if records else None,
+                     wall_s=time.perf_counter() - t0, resumed_from=None, log=str(log_path),
+                     command=["deepspeed"] + cmd[3:],
+                     message="" if rc == 0 else last_error(log_path))
 
 
 def follow(proc, rd: RunDir, s: RunSettings, start: int, *,

@@ -2,13 +2,16 @@
 
     runs/NAME/
       card.yaml          the resolved model config (``config.load_model_config`` reads it)
-      run.json           launch settings (RunSettings): world, ep, ZeRO, batch, data, seed ...
+      run.json           launch settings (RunSettings): world, ep, ZeRO, batch, recompute,
+                         optimizer, lr, warm-up, precision, EMA, data, seed, the plan followed
+                         and notes on where the run departs from it
       ds_config.json     the DeepSpeed config the ranks were started with
       predictions.json   the planner's predictions for this run (params, FLOPs, memory)
       metrics.jsonl      one JSON object per optimizer step (appended whole, fsync'd)
       summary.json       the outcome: status, steps, losses, timings, measured params/memory
       launch.log         the deepspeed launcher's stdout + stderr
-      checkpoints/       DeepSpeed checkpoints, one tag per saved step (``step{n}``)
+      checkpoints/       DeepSpeed checkpoints, one tag per saved step (``step{n}``), with each
+                         rank's fp32 EMA of the weights (ema_rank{r}.pt, ``train.ema``)
       checksums/         per-rank parameter checksums at the end (rank{r}.json)
       worker.pid         rank 0's pid while the ranks run (a resume refuses a live run)
       metrics.rejected   lines of metrics.jsonl a resume could not read (kept, with line numbers)
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import ParallelLayout, Recompute, TrainingConfig
+from ..config import DIT_EMA_DECAY, EMA, ParallelLayout, Recompute, TrainingConfig
 from ..errors import ConfigError
 from ..files import atomic_write_text, json_default, read_text_file, to_plain
 
@@ -164,10 +167,13 @@ class RunSettings:
     keep_checkpoints: int
     track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
     tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
+    plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
+    notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
+        object.__setattr__(self, "notes", tuple(self.notes))
         if self.layout.dp != self.world:
             raise ValueError(f"layout.dp {self.layout.dp} != world {self.world}")
         if self.training.global_batch != self.micro_batch * self.grad_accum * self.world:
@@ -187,16 +193,20 @@ class RunSettings:
     ep = property(lambda self: self.layout.ep)
     zero = property(lambda self: self.layout.zero)
     micro_batch = property(lambda self: self.layout.micro_batch)
+    recompute = property(lambda self: self.layout.recompute)
+    ema = property(lambda self: self.training.ema)
+    ema_decay = property(lambda self: self.training.ema_decay)
 
     # settings a resumed run must share with the run it continues (steps may grow)
     FIXED = ("model_name", "nodes", "nproc_per_node", "ep", "zero", "micro_batch", "grad_accum",
              "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
-             "precision", "device", "tc_impl")
+             "precision", "device", "tc_impl", "recompute", "ema", "ema_decay")
     # run.json's keys, in order
     KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
-            "grad_accum", "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps",
-            "optimizer", "precision", "device", "checkpoint_every", "keep_checkpoints",
-            "track_memory", "tc_impl", "world", "global_batch")
+            "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
+            "warmup_steps", "optimizer", "precision", "ema", "ema_decay", "device",
+            "checkpoint_every", "keep_checkpoints", "track_memory", "tc_impl", "plan", "notes",
+            "world", "global_batch")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: to_plain(getattr(self, k)) for k in self.KEYS}
@@ -207,14 +217,17 @@ class RunSettings:
     @classmethod
     def build(cls, *, steps: int, nodes: int, nproc_per_node: int, ep: int, zero: int,
               micro_batch: int, grad_accum: int, lr: float, warmup_steps: int,
-              optimizer: Any, precision: Any, **rest: Any) -> "RunSettings":
-        """From flat settings; the layout and training configs validate theirs (ConfigError)."""
+              optimizer: Any, precision: Any, recompute: Any = Recompute.NONE,
+              ema: Any = EMA.NONE, ema_decay: float = DIT_EMA_DECAY,
+              **rest: Any) -> "RunSettings":
+        """From flat settings; the layout and training configs validate theirs (ConfigError).
+        A run.json older than recompute / EMA reads as recompute none, no EMA."""
         world = nodes * nproc_per_node
         layout = ParallelLayout(dp=world, ep=ep, tp=1, zero=zero, micro_batch=micro_batch,
-                                recompute=Recompute.NONE)
+                                recompute=recompute)
         training = TrainingConfig(global_batch=micro_batch * grad_accum * world, steps=steps,
                                   optimizer=optimizer, precision=precision, lr=lr,
-                                  warmup_steps=warmup_steps)
+                                  warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay)
         return cls(nodes=nodes, nproc_per_node=nproc_per_node, layout=layout, training=training,
                    grad_accum=grad_accum, **rest)
 

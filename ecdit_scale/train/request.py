@@ -11,22 +11,25 @@ the run directory) is checked here. A bad request costs a second and one line of
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..config import (FFNKind, ModelConfig, Optimizer, Precision, load_model_config,
-                      zero_supports_moe)
+from ..config import (DIT_EMA_DECAY, EMA, FFNKind, ModelConfig, Optimizer, Precision,
+                      Recompute, load_model_config, zero_supports_moe)
 from ..errors import ConfigError
 from ..files import read_text_file
 from ..integers import divisors
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
 
-DATASETS = ("emoji", "shapes")
-OPTIMIZERS = (Optimizer.ADAMW, Optimizer.RMSPROP)  # the torch optimizers the worker builds
+LATENTS = "latents"  # the latent-space cards' dataset (``datasets.build_dataset``)
+OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
 # config field -> the launch option that sets it (to name the option in an error)
 OPTION_OF = {"dp": "--nproc", "ep": "--ep", "zero": "--zero", "micro_batch": "--micro-batch",
              "steps": "--steps", "lr": "--lr", "warmup_steps": "--warmup",
-             "optimizer": "--optimizer", "global_batch": "--micro-batch x --grad-accum"}
+             "optimizer": "--optimizer", "global_batch": "--micro-batch x --grad-accum",
+             "ema_decay": "--ema-decay", "ema": "--ema", "recompute": "--recompute",
+             "precision": "--precision"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +59,15 @@ class LaunchRequest:
     device: str = "auto"  # auto | cpu | cuda
     tc_impl: str = "ecdit"
     stop_after: int | None = None  # test hook: every rank exits after this step
+    precision: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    recompute: str = "none"  # none | selective | full (activation checkpointing)
+    ema: str = "none"  # none | replicated | sharded (an fp32 EMA of the weights)
+    ema_decay: float = DIT_EMA_DECAY
+    plan: str | None = None  # the plan folder this request was read from (``plan_run``)
+    notes: tuple[str, ...] = ()  # where the run departs from the plan, and why
+    node_rank: int | None = None  # multi-node without ssh: this node's rank in the hostfile
+    master_addr: str | None = None  # multi-node without ssh: rank 0's node
+    master_port: int | None = None  # default: a free port (one node), 29500 (several)
 
 
 @dataclass(frozen=True)
@@ -140,12 +152,22 @@ def _choice(enum_cls, value: str, option: str, allowed=None):
     return member
 
 
-def _check_card(cfg: ModelConfig) -> None:
-    if cfg.vae_downsample != 1 or cfg.in_channels != 3:
+def known_datasets() -> tuple[str, ...]:
+    """The datasets this build can train from (``datasets.batches.DATASETS``)."""
+    from ..datasets.batches import DATASETS as known
+
+    return tuple(known)
+
+
+def _check_card(cfg: ModelConfig, dataset: str, known: tuple[str, ...]) -> None:
+    if cfg.vae_downsample != 1 or cfg.in_channels != 3:  # latent space: the latent dataset
+        if dataset == LATENTS and LATENTS in known:
+            return
         raise ConfigError(
-            f"{cfg.name}: launch trains in pixel space (RGB, no VAE); this card has "
-            f"{cfg.in_channels} input channels and vae_downsample {cfg.vae_downsample}. "
-            "Use a card of the cpu family, e.g. nano-ec8")
+            f"{cfg.name}: a latent-space card ({cfg.in_channels} channels, vae_downsample "
+            f"{cfg.vae_downsample}) trains from --dataset {LATENTS}"
+            + ("" if LATENTS in known else ", which this build does not have") +
+            "; or use a pixel-space card of the cpu family, e.g. nano-ec8")
     if cfg.conditioning.value != "text" or cfg.text_dim != 384:
         raise ConfigError(f"{cfg.name}: launch needs text conditioning with 384-d tokens "
                           "(all-MiniLM-L6-v2); use a card of the cpu family")
@@ -199,29 +221,76 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
              old.checkpoint_every if old else max(1, req.steps // 4))
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"--checkpoint-every {every!r}: must be an integer >= 1")
+    precision, notes = run_precision(req, device)
     try:
         return RunSettings.build(
             card=req.card, model_name=cfg.name, steps=req.steps, nodes=nodes,
             nproc_per_node=req.nproc, ep=req.ep if cfg.ffn.is_moe else 1, zero=req.zero,
             micro_batch=req.micro_batch, grad_accum=req.grad_accum, dataset=req.dataset,
             data_limit=req.data_limit, holdout=req.holdout, seed=req.seed, lr=req.lr,
-            warmup_steps=warmup, optimizer=req.optimizer,
-            precision=Precision.BF16 if device is Device.CUDA else Precision.FP32,
+            warmup_steps=warmup, optimizer=req.optimizer, precision=precision,
+            recompute=req.recompute, ema=req.ema, ema_decay=req.ema_decay,
             device=device, checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
-            track_memory=req.track_memory, tc_impl=req.tc_impl)
+            track_memory=req.track_memory, tc_impl=req.tc_impl, plan=req.plan,
+            notes=tuple(req.notes) + notes)
     except ConfigError as exc:  # name the launch option, not the config field
         field_ = str(exc).split(" ", 1)[0]
         raise ConfigError(f"{OPTION_OF[field_]}: {exc}" if field_ in OPTION_OF else str(exc)) \
             from None
 
 
+def run_precision(req: LaunchRequest, device: Device) -> tuple[Precision, tuple[str, ...]]:
+    """The precision the run trains in, and a note where it is not the one asked for: CPU
+    ranks train in fp32 (a bf16 plan runs in fp32 there, and the record says fp32)."""
+    if req.precision is None:
+        return (Precision.BF16 if device is Device.CUDA else Precision.FP32), ()
+    asked = _choice(Precision, req.precision, "--precision")
+    if device is Device.CPU and asked is Precision.BF16:
+        return Precision.FP32, ("precision: bf16 asked, fp32 used: CPU ranks train in fp32",)
+    return asked, ()
+
+
+def recompute_supported() -> bool:
+    """Whether this build's model takes a recompute policy (``build_model(cfg, recompute=)``)."""
+    import inspect
+
+    from ..model import build_model
+
+    return "recompute" in inspect.signature(build_model).parameters
+
+
+def _check_recompute(req: LaunchRequest) -> None:
+    policy = _choice(Recompute, req.recompute, "--recompute")
+    if policy is not Recompute.NONE and not recompute_supported():
+        raise ConfigError(f"--recompute {policy.value}: not implemented in this build (the model "
+                          "has no activation checkpointing); use --recompute none")
+
+
+def _check_multinode(req: LaunchRequest) -> None:
+    if req.node_rank is None:
+        return
+    if not req.hostfile:
+        raise ConfigError(f"--node-rank {req.node_rank}: needs a hostfile of several nodes "
+                          "(--hostfile, or a plan of several nodes)")
+    hosts = parse_hostfile(req.hostfile)
+    if isinstance(req.node_rank, bool) or not 0 <= req.node_rank < len(hosts):
+        raise ConfigError(f"--node-rank {req.node_rank}: the hostfile {req.hostfile} has "
+                          f"{len(hosts)} nodes; choose 0..{len(hosts) - 1}")
+    if not req.master_addr:
+        raise ConfigError("--node-rank needs --master-addr (MASTER_ADDR): the address of node "
+                          "0, the same on every node")
+    if req.node_rank > 0 and req.resume:
+        raise ConfigError("--resume is decided on node 0; start other nodes without --resume")
+
+
 def check_request(req: LaunchRequest) -> CheckedRequest:
     """Validate everything a launch needs; raise ConfigError with one actionable line."""
     cfg = resolve_card(req.card)
-    _check_card(cfg)
-    if req.dataset not in DATASETS:
+    known = known_datasets()
+    if req.dataset not in known:
         raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
-                          f"{', '.join(DATASETS)}")
+                          f"{', '.join(known)}")
+    _check_card(cfg, req.dataset, known)
     # integers only a launch has (the layout and training configs check their own)
     for name in ("nproc", "grad_accum", "keep_checkpoints"):
         v = getattr(req, name)
@@ -232,6 +301,9 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
             raise ConfigError(f"{option} = {v!r}: must be an integer in 0..{2**31 - 1}")
     _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
+    _choice(EMA, req.ema, "--ema")
+    _check_recompute(req)
+    _check_multinode(req)
     tc_impl = _choice(TCImpl, req.tc_impl, "--tc-impl")
     _check_moe(cfg, req, tc_impl)
     device = pick_device(req.device)
@@ -280,14 +352,18 @@ RESUME_OPTIONS = {"nproc": "--nproc", "steps": "--steps", "ep": "--ep", "zero": 
                   "hostfile": "--hostfile", "seed": "--seed", "lr": "--lr",
                   "warmup_steps": "--warmup", "optimizer": "--optimizer",
                   "checkpoint_every": "--checkpoint-every", "device": "--device",
-                  "tc_impl": "--tc-impl"}
+                  "tc_impl": "--tc-impl", "precision": "--precision", "recompute": "--recompute",
+                  "ema": "--ema", "ema_decay": "--ema-decay"}
 
 
 def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:
     """The exact command that continues this launch: its options, --out and --resume."""
-    import shlex
-
     defaults = {f.name: f.default for f in fields(LaunchRequest)}
+    if req.plan is not None:  # the plan decides the rest
+        args = ["bash", str(Path(req.plan) / "launch.sh"), "--steps", str(req.steps)]
+        if any(n.startswith("--local") for n in req.notes):
+            args.append("--local")
+        return shlex.join(args + ["--out", str(run_dir), "--resume"])
     args = ["ecdit-scale", "launch", req.card]
     for name, option in RESUME_OPTIONS.items():
         value = getattr(req, name)

@@ -153,6 +153,9 @@ def save_checkpoint(r: Rank, step: int) -> None:
     rd, tag = r.rd, CHECKPOINT_TAG.format(step=step)
     if r.rank == 0:  # a checkpoint saved again (after a resume) is incomplete until marked
         (rd.checkpoints / tag / COMPLETE_MARKER).unlink(missing_ok=True)
+    if r.ema is not None:  # before DeepSpeed's save, whose closing barrier then covers it
+        dist.barrier()  # rank 0 has removed the old marker
+        r.ema.save(rd.checkpoints / tag, r.rank)
     r.engine.save_checkpoint(str(rd.checkpoints), tag=tag, client_state={"step": step})
     if r.rank == 0:
         rd.mark_complete(tag, step)
@@ -171,6 +174,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     if resume_from is not None:  # launch chose it: the newest complete checkpoint
         _, client = engine.load_checkpoint(str(rd.checkpoints), tag=resume_from)
         start = int(client["step"]) if client else int(resume_from.removeprefix("step"))
+        if r.ema is not None:
+            r.ema.load(rd.checkpoints / resume_from, r.rank)
     data = load_data(s, r.cfg)
     it = batches(data, s.global_batch, seed=s.seed, rank=r.dp_rank, world=r.world,
                  start_step=start)
@@ -199,6 +204,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
                 st = train_step(r, step, images, text)
         else:
             st = train_step(r, step, images, text)
+        if r.ema is not None:  # after the optimizer step (DiT: every step)
+            r.ema.update()
         if r.on_gpu:
             torch.cuda.synchronize()
         step_s = time.perf_counter() - t0
@@ -239,9 +246,13 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
     rd, s = r.rd, r.s
     rd.checksums.mkdir(parents=True, exist_ok=True)
     local = list(r.ep.local_expert_range(r.cfg.ffn.num_experts)) if r.cfg.ffn.is_moe else []
+    ema = ({"mode": r.ema.mode.value, "numel": r.ema.numel(), "bytes": r.ema.nbytes(),
+            "tensors": len(r.ema.shadow), "checksum": r.ema.checksum()} if r.ema else None)
     write_json(rd.checksums / f"rank{r.rank}.json",
                {"rank": r.rank, "ep_rank": r.ep.ep_rank, "dp_rank": r.dp_rank,
-                "local_experts": local, **param_checksums(r.engine.module)})
+                "local_experts": local, "ema": ema, **param_checksums(r.engine.module)})
+    ema_bytes = torch.tensor([ema["bytes"] if ema else 0], dtype=torch.float64, device=r.device)
+    dist.all_reduce(ema_bytes, op=dist.ReduceOp.MAX)
     dist.barrier()
     if r.rank != 0:
         return
@@ -261,10 +272,24 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         memory_measured=(MEMORY_WHAT_CUDA if r.on_gpu else
                          MEMORY_WHAT_CPU if s.track_memory else "not tracked"),
         model_state_bytes_rank0=state_bytes, params=r.counts, train_samples=train_samples,
-        world=r.world, ep=s.ep, zero=s.zero, device=s.device.value, precision=s.precision.value,
+        world=r.world, nodes=s.nodes, ep=s.ep, zero=s.zero, micro_batch=s.micro_batch,
+        grad_accum=s.grad_accum, global_batch=s.global_batch, optimizer=s.optimizer.value,
+        optimizer_class=type(r.engine.optimizer.optimizer).__name__
+        if hasattr(r.engine.optimizer, "optimizer") else type(r.engine.optimizer).__name__,
+        lr=s.lr, warmup_steps=s.warmup_steps, recompute=s.recompute.value,
+        precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
+        ema_bytes_per_rank_max=int(ema_bytes.item()), dataset=s.dataset, plan=s.plan,
+        notes=list(s.notes), device=s.device.value,
         device_name=torch.cuda.get_device_name(r.device) if r.on_gpu else "cpu",
         torch_version=torch.__version__, deepspeed_version=deepspeed.__version__)
     rd.worker_pid.unlink(missing_ok=True)
+
+
+def trained_precision(engine) -> str:
+    """What the engine trained in (its own flags, not the request): bf16 or fp32."""
+    if engine.bfloat16_enabled():
+        return "bf16"
+    return "fp16" if engine.fp16_enabled() else "fp32"
 
 
 def shutdown() -> None:

@@ -1,0 +1,107 @@
+"""``ecdit-scale validate PLAN RUN``: a plan folder next to a run of it.
+
+Two parts: every knob the plan sets, as the run recorded it (run.json and summary.json; a
+difference is listed with the run's own note, e.g. a warm-up scaled to a shorter run), and the
+plan's predictions (memory per device, step time) next to what the run measured. A prediction
+is for the plan's accelerator: where the run used another device (a CPU test of a GPU plan)
+the row says so and the ratio is not a check of the planner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..files import load_yaml_file
+
+# plan.yaml place -> run.json / summary.json key
+LAYOUT_KNOBS = ("ep", "zero", "micro_batch", "grad_accum", "recompute")
+TRAINING_KNOBS = ("optimizer", "lr", "warmup_steps", "precision", "ema", "ema_decay",
+                  "global_batch")
+
+
+def is_plan_dir(path: Path) -> bool:
+    return (path / "plan.yaml").is_file() and not (path / "run.json").is_file()
+
+
+@dataclass(kw_only=True)
+class Knob:
+    name: str
+    planned: Any
+    run: Any
+    summary: Any = None  # what summary.json says (the trained truth, e.g. precision)
+
+    @property
+    def same(self) -> bool:
+        return self.planned == self.run and self.summary in (None, self.planned)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "planned": self.planned, "run": self.run,
+                "summary": self.summary, "same": self.same}
+
+
+@dataclass(kw_only=True)
+class PlanComparison:
+    plan: str
+    run: str
+    knobs: list[Knob]
+    predictions: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def differs(self) -> list[Knob]:
+        return [k for k in self.knobs if not k.same]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan, "run": self.run, "knobs": [k.to_dict() for k in self.knobs],
+                "differs": [k.name for k in self.differs], "predictions": self.predictions,
+                "notes": self.notes}
+
+
+def _ratio(measured, predicted) -> float | None:
+    if isinstance(measured, (int, float)) and isinstance(predicted, (int, float)) and predicted:
+        return measured / predicted
+    return None
+
+
+def compare_plan_run(plan_dir: Path, run_dir: Path) -> PlanComparison:
+    from ..train.records import RunDir, read_json
+
+    plan = load_yaml_file(plan_dir / "plan.yaml", what="plan")
+    rd = RunDir(run_dir)
+    if not rd.exists():
+        raise ConfigError(f"{run_dir}: no run.json; give a run directory of `launch`")
+    try:
+        lay, tr, cluster = plan["best"]["layout"], plan["training"], plan["cluster"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"{plan_dir}/plan.yaml: not a plan (no best.layout / training); "
+                          "write it with `ecdit-scale plan --out DIR`") from None
+    run = read_json(rd.run_json)
+    summary = rd.read_summary()
+    knobs = [Knob(name="model", planned=plan.get("model"), run=run.get("model_name")),
+             Knob(name="world", planned=cluster.get("world"), run=run.get("world"))]
+    knobs += [Knob(name=k, planned=lay.get(k), run=run.get(k), summary=summary.get(k))
+              for k in LAYOUT_KNOBS]
+    knobs += [Knob(name=k, planned=tr.get(k), run=run.get(k), summary=summary.get(k))
+              for k in TRAINING_KNOBS]
+    device = summary.get("device_name") or run.get("device")
+    accelerator = (plan.get("accelerator") or {}).get("name")
+    elsewhere = f"the plan is for {accelerator}; the run used {device}"
+    mem_pred = ((plan["best"].get("memory") or {}).get("total"))
+    predictions = [
+        {"what": "memory per device (bytes)", "predicted": mem_pred,
+         "measured": summary.get("peak_bytes"), "measured_as": summary.get("memory_measured"),
+         "ratio": _ratio(summary.get("peak_bytes"), mem_pred)},
+        {"what": "step time (s)", "predicted": plan.get("step_s"),
+         "measured": summary.get("median_step_s"),
+         "ratio": _ratio(summary.get("median_step_s"), plan.get("step_s"))},
+    ]
+    notes = list(run.get("notes") or [])
+    if device not in (accelerator, None) and device == "cpu":
+        notes.append(f"{elsewhere}: the ratios compare devices, not the planner")
+    if run.get("plan") and Path(run["plan"]).resolve() != plan_dir.resolve():
+        notes.append(f"the run followed the plan at {run['plan']}, not {plan_dir}")
+    return PlanComparison(plan=str(plan_dir), run=str(run_dir), knobs=knobs,
+                          predictions=predictions, notes=notes)
