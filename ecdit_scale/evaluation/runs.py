@@ -54,8 +54,7 @@ def read_settings(rd: RunDir) -> RunSettings:
     limit = data.get("data_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"{rd.run_json}: data_limit = {limit!r}; must be null or an integer >= 1")
-    derived = ("world", "global_batch", "tc_impl")  # computed, or with a default
-    required = [k for k in RunSettings.KEYS if k not in derived and k not in data]
+    required = RunSettings.missing_keys(data)
     if required:
         raise ConfigError(f"{rd.run_json}: missing {', '.join(required)}; not the settings "
                           "`ecdit-scale launch` writes")

@@ -207,6 +207,14 @@ class RunSettings:
             "warmup_steps", "optimizer", "precision", "ema", "ema_decay", "device",
             "checkpoint_every", "keep_checkpoints", "track_memory", "tc_impl", "plan", "notes",
             "world", "global_batch")
+    # keys run.json may lack: derived from others, or newer than the run (their defaults hold)
+    OPTIONAL = ("world", "global_batch", "tc_impl", "recompute", "ema", "ema_decay", "plan",
+                "notes")
+
+    @classmethod
+    def missing_keys(cls, data: dict[str, Any]) -> list[str]:
+        """The settings run.json must carry that ``data`` lacks."""
+        return [k for k in cls.KEYS if k not in cls.OPTIONAL and k not in data]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: to_plain(getattr(self, k)) for k in self.KEYS}
@@ -270,8 +278,7 @@ class RunDir:
         data = read_json(self.run_json)
         if not isinstance(data, dict):
             raise ConfigError(f"{self.run_json}: not one JSON object of run settings")
-        derived = ("world", "global_batch", "tc_impl")  # computed, or with a default
-        missing = [k for k in RunSettings.KEYS if k not in derived and k not in data]
+        missing = RunSettings.missing_keys(data)
         if missing:
             raise ConfigError(f"{self.run_json}: missing {', '.join(missing)}; not the settings "
                               "`ecdit-scale launch` writes")
