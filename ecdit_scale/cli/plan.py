@@ -204,13 +204,14 @@ def _print_plan(p, files) -> None:
     if files:
         console.print("wrote: " + escape(", ".join(str(v) for v in files.values())))
     if files and p.launchable:
-        lay, pl = p.best.layout, p
-        console.print(f"launch: bash {escape(str(files['launch.sh']))}  (edit the hostfile's placeholder hosts first)")
-        console.print(f"or on this machine's devices: ecdit-scale launch {escape(str(files['card.yaml']))} --nproc "
-                      f"{pl.cluster.gpus_per_node} --ep {min(lay.ep, pl.cluster.gpus_per_node)} "
-                      f"--zero {lay.zero} --micro-batch {lay.micro_batch} --grad-accum "
-                      f"{p.best.grad_accum} --steps N", style="dim")
-
+        script = escape(str(files["launch.sh"]))
+        if p.cluster.nodes > 1:
+            console.print(f"launch: bash {script}  (from the first host, once the hostfile's "
+                          "placeholder hosts are real; or NODE_RANK=i MASTER_ADDR=HOST on each)")
+        else:
+            console.print(f"launch: bash {script}")
+        console.print(f"a short trial on this machine's devices: bash {script} --local --steps N",
+                      style="dim")
 
 def _print_cluster_table(p) -> None:
     t = p.cluster_table
