@@ -265,3 +265,64 @@ def test_batches_reject_bad_layout():
         next(batches(_toy(), 6, seed=0, world=4))
     with pytest.raises(DataError, match="rank = 2"):
         next(batches(_toy(), 4, seed=0, rank=2, world=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Latents (the paper's latent-space cards)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_latents_feed_a_latent_card_and_are_deterministic_per_seed(cache):
+    from ecdit_scale import sizes
+    from ecdit_scale.datasets.batches import build_dataset_for
+
+    cfg = sizes.get("ecdit-xl-8e").replace(text_tokens=8)  # short captions keep the test fast
+    ds = build_dataset_for("latents", cfg, limit=6, seed=3, cache_dir=cache)
+    assert ds.images.shape == (6, cfg.in_channels, cfg.input_size, cfg.input_size) == (6, 4, 32, 32)
+    assert ds.images.dtype == torch.float32 and ds.specs is None
+    assert ds.text.shape == (6, cfg.text_tokens, cfg.text_dim) and ds.text.dtype == torch.float32
+    again = build_dataset_for("latents", cfg, limit=6, seed=3, cache_dir=cache)
+    assert torch.equal(ds.images, again.images) and torch.equal(ds.text, again.text)
+    from ecdit_scale.datasets.latents import make_latents
+
+    other, other_captions = make_latents(7, cfg.image_size, seed=4)
+    longer, captions = make_latents(7, cfg.image_size, seed=3)
+    assert not np.array_equal(other[:6], ds.images.numpy()) and other_captions != captions
+    assert np.array_equal(longer[:6], ds.images.numpy())  # sample i depends on (seed, i) only
+    assert captions[:6] == ds.captions
+
+
+def test_latents_have_unit_variance_and_spatial_correlation():
+    from ecdit_scale.datasets.latents import make_latents
+
+    x, _ = make_latents(64, 256, seed=0)
+    assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05  # like SD-VAE latents x 0.18215
+    neighbour = np.mean(x[..., :, 1:] * x[..., :, :-1])  # correlation of adjacent latent pixels
+    assert 0.6 < neighbour < 0.9  # sigma = 1 px Gaussian smoothing: exp(-1/4) = 0.78
+
+
+def test_latents_captions_go_through_the_same_text_path(cache):
+    """The latents' captions are the shapes dataset's for one seed, and their embeddings are
+    MiniLM's (the same cached encoder output), mapped isometrically to the card's width."""
+    shapes = build_dataset("shapes", image_size=16, text_tokens=8, limit=6, seed=3, cache_dir=cache)
+    native = build_dataset("latents", image_size=256, text_tokens=8, limit=6, seed=3,
+                           cache_dir=cache)
+    wide = build_dataset("latents", image_size=256, text_tokens=8, limit=6, seed=3,
+                         cache_dir=cache, text_dim=1280)
+    assert native.captions == shapes.captions
+    assert torch.equal(native.text, shapes.text) and torch.equal(native.text_len, shapes.text_len)
+    gram = torch.einsum("ntd,nsd->nts", native.text, native.text)
+    torch.testing.assert_close(torch.einsum("ntd,nsd->nts", wide.text, wide.text), gram,
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_pixel_data_for_a_latent_card_is_one_line():
+    from ecdit_scale import sizes
+    from ecdit_scale.datasets.batches import check_dataset_fits
+
+    with pytest.raises(DataError, match="'emoji' gives 3-channel images.*use 'latents'") as info:
+        check_dataset_fits("emoji", sizes.get("ecdit-xl-8e"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="use 'emoji' or 'shapes'"):
+        check_dataset_fits("latents", sizes.get("tiny-ec8"))
+    check_dataset_fits("latents", sizes.get("ecdit-m-64e"))
