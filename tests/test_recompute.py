@@ -163,3 +163,42 @@ def test_activation_memory_per_policy_matches_the_planner(name):
         assert 1.0 <= peak / (held + BATCH * pred.working_block) <= 1.8, policy
         peaks[policy] = peak
     assert peaks[Recompute.FULL] < peaks[Recompute.SELECTIVE] < peaks[Recompute.NONE]
+
+
+@pytest.mark.gpu
+def test_activation_memory_per_policy_on_cuda():
+    """On a GPU (bf16, flash SDPA), cut-down XL-8E at micro-batch 8: memory held after the
+    forward = the planner's activations for each policy (not yet run: no GPU in the session
+    that wrote it; the CPU counterpart above holds within 4%)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from ecdit_scale.planner.cards import override_config
+
+    cfg = override_config(sizes.get("ecdit-xl-8e"), "depth=4")
+    batch = 8
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = build_model(cfg, device="cuda").train()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x0 = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, device="cuda",
+                     generator=g, dtype=torch.bfloat16)
+    cond = torch.randn(batch, cfg.text_tokens, cfg.text_dim, device="cuda", generator=g,
+                       dtype=torch.bfloat16)
+    kept = {}
+    for policy in Recompute:
+        model.set_recompute(policy)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        parts = rectified_flow_loss(model, x0, cond, generator=g)
+        torch.cuda.synchronize()
+        kept[policy] = torch.cuda.memory_allocated() - base
+        del parts
+        pred = activation_bytes_per_sample(cfg, policy)
+        held = batch * (pred.blocks + pred.outside_blocks)
+        if policy is Recompute.SELECTIVE:
+            held -= batch * single_device_selective_copy(cfg)
+        assert kept[policy] == pytest.approx(held, rel=0.05), policy
+    assert kept[Recompute.FULL] < kept[Recompute.SELECTIVE] < kept[Recompute.NONE]

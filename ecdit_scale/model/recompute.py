@@ -17,7 +17,8 @@
 - ``none``: plain autograd.
 
 A replay must not change what the forward left behind: MoE layers record their routing
-statistics in ``last_stats``; ``replay_safe`` restores them after a recomputation.
+statistics in ``last_stats`` (DeepSpeed's top-k layer in ``l_aux`` / ``exp_counts``), and the
+trainer reads them after the step; ``replay_safe`` restores them after a recomputation.
 """
 
 from __future__ import annotations
@@ -63,10 +64,14 @@ def checkpoint_all(fn: Callable, *args):
     return checkpoint(fn, *args, use_reentrant=False)
 
 
+# attributes a forward leaves on a module for the trainer (MoE routing statistics)
+REPLAY_STATE = ("last_stats", "l_aux", "exp_counts")
+
+
 def replay_safe(module: nn.Module, fn: Callable) -> Callable:
     """``fn`` for a checkpoint region inside ``module``: its first call is the forward; later
-    calls are replays in backward, after which every submodule's ``last_stats`` (MoE routing
-    statistics, which the trainer reads after the step) is what the forward left."""
+    calls are replays in backward, after which every submodule's ``REPLAY_STATE`` attributes
+    are what the forward left (the replay's copies would also pin their autograd graphs)."""
     calls = 0
 
     @functools.wraps(fn)
@@ -75,11 +80,12 @@ def replay_safe(module: nn.Module, fn: Callable) -> Callable:
         calls += 1
         if calls == 1:
             return fn(*args)
-        kept = [(m, m.last_stats) for m in module.modules() if hasattr(m, "last_stats")]
+        kept = [(m, name, getattr(m, name)) for m in module.modules() for name in REPLAY_STATE
+                if hasattr(m, name)]
         try:
             return fn(*args)
         finally:  # also when the replay stops early (checkpoint's early stop)
-            for m, stats in kept:
-                m.last_stats = stats
+            for m, name, value in kept:
+                setattr(m, name, value)
 
     return run
