@@ -265,3 +265,110 @@ def test_batches_reject_bad_layout():
         next(batches(_toy(), 6, seed=0, world=4))
     with pytest.raises(DataError, match="rank = 2"):
         next(batches(_toy(), 4, seed=0, rank=2, world=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Latents (the paper's latent-space cards)
+# ---------------------------------------------------------------------------------------------
+
+
+XL_8E_CUT = "depth=2"  # the paper's XL-8E (d = 1152, 8 experts, 77 x 1280 text) on 2 blocks
+
+
+@pytest.fixture(scope="module")
+def xl8e():
+    from ecdit_scale import sizes
+    from ecdit_scale.planner.cards import override_config
+
+    return override_config(sizes.get("ecdit-xl-8e"), XL_8E_CUT)
+
+
+@pytest.fixture(scope="module")
+def xl8e_latents(xl8e, cache):
+    from ecdit_scale.datasets.batches import build_dataset_for
+
+    return build_dataset_for("latents", xl8e, limit=4, seed=3, cache_dir=cache)
+
+
+def test_latents_feed_a_latent_card_and_are_deterministic_per_seed(xl8e, xl8e_latents, cache):
+    from ecdit_scale.datasets.batches import build_dataset_for
+    from ecdit_scale.datasets.latents import make_latents
+
+    cfg, ds = xl8e, xl8e_latents
+    assert ds.images.shape == (4, cfg.in_channels, cfg.input_size, cfg.input_size) == (4, 4, 32, 32)
+    assert ds.images.dtype == torch.float32 and ds.specs is None
+    assert ds.text.shape == (4, cfg.text_tokens, cfg.text_dim) == (4, 77, 1280)
+    assert ds.text.dtype == torch.float32
+    again = build_dataset_for("latents", cfg, limit=4, seed=3, cache_dir=cache)
+    assert torch.equal(ds.images, again.images) and torch.equal(ds.text, again.text)
+    other, other_captions = make_latents(5, cfg.image_size, seed=4)
+    longer, captions = make_latents(5, cfg.image_size, seed=3)
+    assert not np.array_equal(other[:4], ds.images.numpy()) and other_captions != captions
+    assert np.array_equal(longer[:4], ds.images.numpy())  # sample i depends on (seed, i) only
+    assert captions[:4] == ds.captions
+
+
+def test_latents_have_unit_variance_and_spatial_correlation():
+    from ecdit_scale.datasets.latents import make_latents
+
+    x, _ = make_latents(64, 256, seed=0)
+    assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05  # like SD-VAE latents x 0.18215
+    neighbour = np.mean(x[..., :, 1:] * x[..., :, :-1])  # correlation of adjacent latent pixels
+    assert 0.6 < neighbour < 0.9  # sigma = 1 px Gaussian smoothing: exp(-1/4) = 0.78
+
+
+def test_latents_captions_go_through_the_same_text_path(xl8e_latents, cache):
+    """The latents' captions are the shapes dataset's for one seed, and their embeddings are
+    MiniLM's (the same cached encoder output), mapped isometrically to the card's width."""
+    shapes = build_dataset("shapes", image_size=16, text_tokens=77, limit=4, seed=3, cache_dir=cache)
+    native = build_dataset("latents", image_size=256, text_tokens=77, limit=4, seed=3,
+                           cache_dir=cache)
+    wide = xl8e_latents
+    assert native.captions == shapes.captions == wide.captions
+    assert torch.equal(native.text, shapes.text) and torch.equal(native.text_len, shapes.text_len)
+    gram = torch.einsum("ntd,nsd->nts", native.text, native.text)
+    torch.testing.assert_close(torch.einsum("ntd,nsd->nts", wide.text, wide.text), gram,
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_pixel_data_for_a_latent_card_is_one_line():
+    from ecdit_scale import sizes
+    from ecdit_scale.datasets.batches import check_dataset_fits
+
+    with pytest.raises(DataError, match="'emoji' gives 3-channel images.*use 'latents'") as info:
+        check_dataset_fits("emoji", sizes.get("ecdit-xl-8e"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="use 'emoji' or 'shapes'"):
+        check_dataset_fits("latents", sizes.get("tiny-ec8"))
+    check_dataset_fits("latents", sizes.get("ecdit-m-64e"))
+
+
+def test_cut_down_xl_8e_trains_one_step_on_latents(xl8e, xl8e_latents):
+    """The paper's architecture at full width (XL-8E cut to 2 blocks: one dense, one with 8
+    expert-choice experts) takes one training step on the latent dataset at micro-batch 2;
+    the activations it keeps are the planner's count (fp32 on CPU: within 1%; seen +0.06%)."""
+    from ecdit_scale.config import Precision, Recompute
+    from ecdit_scale.model import build_model, rectified_flow_loss
+    from ecdit_scale.planner.memory import activation_bytes_per_sample
+    from ecdit_scale.train.peak_memory import PeakBytes
+
+    torch.manual_seed(0)
+    model = build_model(xl8e).train()
+    assert xl8e.num_moe_layers == 1 and model.moe_layers()[0].num_experts == 8
+    images, text = next(batches(xl8e_latents, 2, seed=0))
+    head = model.final_layer.linear.weight.detach().clone()
+    mode = PeakBytes()
+    mode.register([*model.parameters(), model.pos_embed])
+    base = mode.current
+    with mode:
+        parts = rectified_flow_loss(model, images, text, generator=torch.Generator().manual_seed(1))
+        kept = mode.current - base
+    predicted = 2 * activation_bytes_per_sample(xl8e, Recompute.NONE, precision=Precision.FP32).total
+    assert kept == pytest.approx(predicted, rel=0.01)
+    parts.loss.backward()
+    assert torch.isfinite(parts.loss)
+    assert all(p.grad is not None for p in model.parameters())  # backward reached every weight
+    # DiT init zeroes the output layer, so the first step's gradient reaches only that layer
+    assert model.final_layer.linear.weight.grad.abs().sum() > 0
+    torch.optim.SGD(model.parameters(), lr=1e-3).step()
+    assert not torch.equal(model.final_layer.linear.weight, head)

@@ -41,6 +41,7 @@ def _scaling_model(fit: Optional[Path]):
 def plan(
     params: Optional[str] = typer.Option(None, "--params", help="Parameter target, e.g. 97B (default when no --model)."),
     model: Optional[str] = typer.Option(None, "--model", help="A model name or YAML card instead of --params."),
+    override: Optional[str] = typer.Option(None, "--override", help="Change fields of --model, e.g. depth=4,ffn.num_experts=8 (a paper size cut down to one GPU)."),
     active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
     routing: Optional[str] = typer.Option(None, "--routing", help="dense | token-choice | expert-choice."),
     gpu: str = typer.Option("h100-sxm", "--gpu", help="Accelerator name from the catalog, or a YAML profile (e.g. one saved by `validate`)."),
@@ -86,7 +87,8 @@ def plan(
     target = target_for_plan(days=days, budget=budget, gpus=gpus, nodes=nodes)
     pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
                         recompute=recompute)
-    cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing)
+    cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
+                                   override=override)
     acc = get_accelerator(gpu)
     cluster = cluster_for_plan(gpu, acc, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node,
                                price=price)

@@ -1,4 +1,4 @@
-"""A dataset as the trainer sees it: images in [-1, 1] with their captions' token embeddings,
+"""A dataset as the trainer sees it: images in [-1, 1] (or latents) with their captions' token embeddings,
 a fixed held-out split, and batches that are a pure function of (seed, step, rank), so that a
 resumed run reads exactly the batches an uninterrupted one would have.
 """
@@ -12,13 +12,19 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..config import ModelConfig
 from . import DataError
 from .emoji import load_emoji
+from .latents import LATENT_CHANNELS, LATENTS_DEFAULT_COUNT, VAE_DOWNSAMPLE, make_latents
 from .shapes import SceneSpec, make_shapes
-from .text_encoder import MAX_TEXT_TOKENS, TextEncoder
+from .text_encoder import MAX_TEXT_TOKENS, TEXT_DIM, TextEncoder, fit_text_dim
 
-DATASETS = ("emoji", "shapes")
+DATASETS = ("emoji", "shapes", "latents")
 IMAGE_SIZE_RANGE = (16, 128)
+LATENT_IMAGE_SIZE_RANGE = (64, 1024)  # pixels the latents stand for (8..128 latent pixels)
+# what each dataset feeds the model: (channels, pixels per model input pixel)
+DATASET_INPUTS = {"emoji": (3, 1), "shapes": (3, 1), "latents": (LATENT_CHANNELS, VAE_DOWNSAMPLE)}
+TEXT_DIM_RANGE = (1, 16384)
 SHAPES_DEFAULT_COUNT = 8192  # the shapes set is unbounded; limit=None draws this many
 HOLDOUT_SEED_OFFSET = 7919  # the held-out split uses its own stream, not the batch order's
 
@@ -27,8 +33,8 @@ HOLDOUT_SEED_OFFSET = 7919  # the held-out split uses its own stream, not the ba
 class CaptionedImages:
     """Images in [-1, 1] with their captions' token embeddings (padding rows are zero)."""
 
-    images: torch.Tensor  # (N, 3, H, W) float32 in [-1, 1]
-    text: torch.Tensor  # (N, text_tokens, 384) float32
+    images: torch.Tensor  # (N, 3, H, W) float32 in [-1, 1]; latents: (N, 4, H/8, W/8) float32
+    text: torch.Tensor  # (N, text_tokens, text_dim) float32 (384: the encoder's own width)
     text_len: torch.Tensor  # (N,) int64, real tokens per caption (incl. [CLS] and [SEP])
     captions: list[str]
     specs: tuple[SceneSpec, ...] | None = None  # shapes only
@@ -49,39 +55,80 @@ def to_uint8(images_N3HW: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _check_args(name: str, image_size: int, text_tokens: int, limit: int | None) -> None:
+def _check_args(name: str, image_size: int, text_tokens: int, limit: int | None,
+                text_dim: int | None) -> None:
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is not valid; choose one of {', '.join(DATASETS)}")
-    lo, hi = IMAGE_SIZE_RANGE
-    if not isinstance(image_size, int) or not lo <= image_size <= hi:
-        raise DataError(f"image_size = {image_size!r}: must be an integer in {lo}..{hi}")
+    lo, hi = LATENT_IMAGE_SIZE_RANGE if name == "latents" else IMAGE_SIZE_RANGE
+    step = DATASET_INPUTS[name][1]
+    if not isinstance(image_size, int) or not lo <= image_size <= hi or image_size % step:
+        multiple = f" and a multiple of {step}" if step > 1 else ""
+        raise DataError(f"image_size = {image_size!r}: must be an integer in {lo}..{hi}{multiple}"
+                        f" for dataset {name!r}")
     if not isinstance(text_tokens, int) or not 1 <= text_tokens <= MAX_TEXT_TOKENS:
         raise DataError(
             f"text_tokens = {text_tokens!r}: must be an integer in 1..{MAX_TEXT_TOKENS}"
         )
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit = {limit!r}: must be None or an integer >= 1")
+    lo, hi = TEXT_DIM_RANGE
+    if text_dim is not None and (not isinstance(text_dim, int) or not lo <= text_dim <= hi):
+        raise DataError(f"text_dim = {text_dim!r}: must be None or an integer in {lo}..{hi}")
 
 
 def build_dataset(
-    name: str, *, image_size: int, text_tokens: int, limit: int | None, seed: int, cache_dir=None
+    name: str, *, image_size: int, text_tokens: int, limit: int | None, seed: int, cache_dir=None,
+    text_dim: int | None = None,
 ) -> CaptionedImages:
-    """'emoji' (all named OpenMoji emoji, or the first `limit`) or 'shapes' (`limit` scenes)."""
-    _check_args(name, image_size, text_tokens, limit)
+    """'emoji' (all named OpenMoji emoji, or the first `limit`), 'shapes' (`limit` scenes) or
+    'latents' (`limit` synthetic SD-VAE latents for `image_size` px images, see ``latents``).
+
+    Text: MiniLM token embeddings (384-d); ``text_dim`` other than 384 maps them to that width
+    with a fixed isometry (``text_encoder.fit_text_dim``), for cards with a wider text encoder.
+    """
+    _check_args(name, image_size, text_tokens, limit, text_dim)
     specs = None
     if name == "emoji":
         images_NHW3, captions = load_emoji(image_size, limit=limit, cache_dir=cache_dir)
-    else:
+    elif name == "shapes":
         images_NHW3, specs = make_shapes(limit or SHAPES_DEFAULT_COUNT, image_size, seed)
         captions = [s.caption for s in specs]
+    else:
+        latents, captions = make_latents(limit or LATENTS_DEFAULT_COUNT, image_size, seed)
     text_NTD, lengths_N = TextEncoder(cache_dir).encode(captions, text_tokens)
+    text_NTD = fit_text_dim(text_NTD, text_dim or TEXT_DIM)
+    images = torch.from_numpy(latents) if name == "latents" else to_unit_range(images_NHW3)
     return CaptionedImages(
-        images=to_unit_range(images_NHW3),
+        images=images,
         text=torch.from_numpy(text_NTD),
         text_len=torch.from_numpy(lengths_N),
         captions=list(captions),
         specs=tuple(specs) if specs is not None else None,
     )
+
+
+def check_dataset_fits(name: str, cfg: ModelConfig) -> None:
+    """One line if dataset ``name`` cannot feed model ``cfg`` (pixels vs latents)."""
+    if name not in DATASET_INPUTS:
+        raise DataError(f"dataset {name!r} is not valid; choose one of {', '.join(DATASETS)}")
+    channels, down = DATASET_INPUTS[name]
+    if (channels, down) != (cfg.in_channels, cfg.vae_downsample):
+        fits = [n for n, v in DATASET_INPUTS.items() if v == (cfg.in_channels, cfg.vae_downsample)]
+        what = "latents" if down > 1 else "images"
+        raise DataError(
+            f"dataset {name!r} gives {channels}-channel {what}; {cfg.name} takes "
+            f"{cfg.in_channels}-channel {cfg.input_size}x{cfg.input_size} inputs "
+            f"(vae_downsample {cfg.vae_downsample}): use "
+            + (" or ".join(repr(n) for n in fits) if fits else "a card with 3 or 4 channels"))
+
+
+def build_dataset_for(name: str, cfg: ModelConfig, *, limit: int | None, seed: int,
+                      cache_dir=None) -> CaptionedImages:
+    """The dataset ``name`` shaped for model ``cfg``: its image size (latents: image_size / 8
+    per side, 4 channels), text tokens and text width. The call a trainer makes."""
+    check_dataset_fits(name, cfg)
+    return build_dataset(name, image_size=cfg.image_size, text_tokens=cfg.text_tokens,
+                         limit=limit, seed=seed, cache_dir=cache_dir, text_dim=cfg.text_dim)
 
 
 # ---------------------------------------------------------------------------------------------

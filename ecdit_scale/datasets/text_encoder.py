@@ -3,6 +3,7 @@ outputs, cached per caption list (``cache.cache_root``/text)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -17,6 +18,29 @@ from .cache import cache_root, save_npz_atomic
 TEXT_DIM = 384
 MAX_TEXT_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 TEXT_MODEL = "all-MiniLM-L6-v2"
+TEXT_MAP_SEED = 20240917  # the fixed map to other text widths (part of the text path)
+
+
+def fit_text_dim(text_NTD: np.ndarray, text_dim: int) -> np.ndarray:
+    """MiniLM's 384-d token embeddings at width ``text_dim``, by a fixed seeded isometry.
+
+    Wider (a card with a 1280-d encoder): W (384, text_dim) with orthonormal rows, so norms
+    and inner products between tokens are kept exactly; narrower: orthonormal columns, a
+    projection. Padding rows stay zero. 384 returns the input unchanged.
+    """
+    d = text_NTD.shape[-1]
+    if text_dim == d:
+        return text_NTD
+    return (text_NTD @ _text_map(d, text_dim)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _text_map(d: int, text_dim: int) -> np.ndarray:
+    rng = np.random.default_rng([TEXT_MAP_SEED, d, text_dim])
+    q, _ = np.linalg.qr(rng.standard_normal((max(d, text_dim), min(d, text_dim))))
+    w_DK = (q.T if text_dim > d else q).astype(np.float32)  # (d, text_dim)
+    w_DK.setflags(write=False)
+    return w_DK
 
 
 class TextEncoder:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import AdaLN, Conditioning, ModelConfig
+from ..config import AdaLN, Conditioning, ModelConfig, Recompute
 from .layers import Attention, Mlp, PatchEmbed, TimestepEmbedder, modulate, sincos_pos_embed_2d
 from .moe import MoELayer, RoutingStats, make_ffn
+from .recompute import checkpoint_all, checkpoint_keeping, replay_safe
 
 
 class Block(nn.Module):
@@ -26,6 +27,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.is_moe = cfg.is_moe_block(index)
         self.ffn = make_ffn(cfg, moe=self.is_moe, num_local_experts=num_local_experts)
+        self.recompute = Recompute.NONE  # set with ECDiT.set_recompute
         if cfg.adaln is AdaLN.ZERO:
             self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         else:  # adaLN-single: a learned per-block offset to the shared modulation
@@ -37,11 +39,40 @@ class Block(nn.Module):
         return (shared_B6D + self.scale_shift_table[None]).unbind(dim=1)
 
     def forward(self, x_BSD, c_BD, text_BTD=None, text_mask_BT=None, shared_B6D=None):
+        if self.recompute is Recompute.FULL:
+            return checkpoint_all(replay_safe(self, self._forward), x_BSD, c_BD, text_BTD,
+                                  text_mask_BT, shared_B6D)
+        return self._forward(x_BSD, c_BD, text_BTD, text_mask_BT, shared_B6D)
+
+    def _forward(self, x_BSD, c_BD, text_BTD, text_mask_BT, shared_B6D):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c_BD, shared_B6D)
-        x_BSD = x_BSD + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x_BSD), shift1, scale1))
+        x_BSD = x_BSD + gate1.unsqueeze(1) * self._self_attention(x_BSD, shift1, scale1)
         if self.cross_attn is not None:
             x_BSD = x_BSD + self.cross_attn(x_BSD, text_BTD, text_mask_BT)
-        return x_BSD + gate2.unsqueeze(1) * self.ffn(modulate(self.norm2(x_BSD), shift2, scale2))
+        return x_BSD + gate2.unsqueeze(1) * self._ffn(x_BSD, shift2, scale2)
+
+    def _attn_branch(self, x_BSD, shift, scale):
+        return self.attn(modulate(self.norm1(x_BSD), shift, scale))
+
+    def _ffn_input(self, x_BSD, shift, scale):
+        return modulate(self.norm2(x_BSD), shift, scale)
+
+    def _dense_branch(self, x_BSD, shift, scale):
+        return self.ffn(self._ffn_input(x_BSD, shift, scale))
+
+    def _self_attention(self, x_BSD, shift, scale):
+        if self.recompute is Recompute.SELECTIVE:
+            return checkpoint_keeping(self._attn_branch, x_BSD, shift, scale)
+        return self._attn_branch(x_BSD, shift, scale)
+
+    def _ffn(self, x_BSD, shift, scale):
+        if self.recompute is not Recompute.SELECTIVE:
+            return self._dense_branch(x_BSD, shift, scale)
+        if isinstance(self.ffn, Mlp):
+            return checkpoint_keeping(self._dense_branch, x_BSD, shift, scale)
+        # MoE: only the LayerNorm/modulate here; the experts checkpoint themselves
+        # (MoELayer.recompute_experts), never across the all-to-all
+        return self.ffn(checkpoint_keeping(self._ffn_input, x_BSD, shift, scale))
 
 
 class FinalLayer(nn.Module):
@@ -158,6 +189,21 @@ class ECDiT(nn.Module):
         x = x_BSP.reshape(x_BSP.shape[0], g, g, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(x_BSP.shape[0], c, g * p, g * p)
 
+    def set_recompute(self, recompute: Recompute | str) -> "ECDiT":
+        """Activation recomputation for training (``model.recompute``); returns the model.
+        Call it before or after ``train.expert_parallel.parallelize``: it is read per forward."""
+        policy = Recompute(recompute)
+        for block in self.blocks:
+            block.recompute = policy
+        for layer in self.modules():
+            if isinstance(layer, MoELayer):
+                layer.recompute_experts = policy is Recompute.SELECTIVE
+        return self
+
+    @property
+    def recompute(self) -> Recompute:
+        return self.blocks[0].recompute if len(self.blocks) else Recompute.NONE
+
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
 
@@ -170,7 +216,9 @@ class ECDiT(nn.Module):
 
 
 def build_model(cfg: ModelConfig, *, device: str | torch.device = "cpu",
-                num_local_experts: int | None = None) -> ECDiT:
-    """Build on any device; ``device="meta"`` allocates nothing (for counting 97B models)."""
+                num_local_experts: int | None = None,
+                recompute: Recompute | str = Recompute.NONE) -> ECDiT:
+    """Build on any device; ``device="meta"`` allocates nothing (for counting 97B models).
+    ``recompute``: none | selective | full activation recomputation (``model.recompute``)."""
     with torch.device(device):
-        return ECDiT(cfg, num_local_experts=num_local_experts)
+        return ECDiT(cfg, num_local_experts=num_local_experts).set_recompute(recompute)

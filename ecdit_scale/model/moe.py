@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import FFNKind, ModelConfig
 from .layers import Mlp
+from .recompute import EXPERT_OPS, checkpoint_keeping
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class MoELayer(nn.Module, abc.ABC):
         self.experts = Experts(num_local_experts or self.num_experts, d, cfg.mlp_hidden)
         self.exchange: nn.Module = LocalExchange()
         self.last_stats: RoutingStats | None = None
+        # selective recompute: GELU of the experts is rerun in backward (set_recompute)
+        self.recompute_experts = False
         nn.init.normal_(self.router.weight, std=0.02)
 
     @abc.abstractmethod
@@ -79,6 +82,13 @@ class MoELayer(nn.Module, abc.ABC):
 
     def aux_loss(self, probs_GSE: torch.Tensor, idx_GEC: torch.Tensor) -> torch.Tensor:
         return probs_GSE.new_zeros(())
+
+    def run_experts(self, x_ECD: torch.Tensor) -> torch.Tensor:
+        """The experts on their slots, after the dispatch: with selective recompute their GELU
+        is rerun in backward from the kept matmul outputs; no communication in that region."""
+        if self.recompute_experts:
+            return checkpoint_keeping(self.experts, x_ECD, keep=EXPERT_OPS)
+        return self.experts(x_ECD)
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         B, S, D = x_BSD.shape
@@ -93,7 +103,7 @@ class MoELayer(nn.Module, abc.ABC):
         # dispatch: gather each expert's tokens, expert-major (E, G*C, D)
         gathered = torch.gather(x_GSD, 1, idx_GEC.reshape(G, E * C, 1).expand(-1, -1, D))
         x_ECD = gathered.reshape(G, E, C, D).transpose(0, 1).reshape(E, G * C, D)
-        y_ECD = self.exchange.combine(self.experts(self.exchange.dispatch(x_ECD)))
+        y_ECD = self.exchange.combine(self.run_experts(self.exchange.dispatch(x_ECD)))
         # combine: weight by the affinity and scatter-add back to the tokens
         y_GECD = y_ECD.reshape(E, G, C, D).transpose(0, 1)
         w_GEC = (gate_GEC * valid_GEC).to(y_GECD.dtype)

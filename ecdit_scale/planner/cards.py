@@ -7,12 +7,14 @@ totals); it is recomputed on load, never trusted. ``models/`` is refreshed by
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .. import sizes
-from ..config import ModelConfig, load_model_config
+from ..config import MAX_NOTES_CHARS, NAME_PATTERN, FFNConfig, ModelConfig, load_model_config
 from ..errors import ConfigError
 from ..files import dump_yaml, same_text, write_tree
 from ..params import count_params
@@ -58,6 +60,122 @@ def load_card_or_name(name_or_path: str) -> ModelConfig:
     if path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.is_file():
         return load_model_config(path)
     return sizes.get(name_or_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides: a paper config cut down to fit one device ("depth=4,ffn.num_experts=8")
+# ---------------------------------------------------------------------------------------------
+
+# what an override may not change: the name is derived, notes are prose, ffn goes field by field
+_NOT_OVERRIDABLE = ("name", "notes", "ffn")
+_NULL_WORDS = ("none", "null")
+
+
+def _overridable() -> dict[str, dataclasses.Field]:
+    out = {f.name: f for f in dataclasses.fields(ModelConfig) if f.name not in _NOT_OVERRIDABLE}
+    out.update({f"ffn.{f.name}": f for f in dataclasses.fields(FFNConfig)})
+    return out
+
+
+def _value(key: str, text: str, default: Any) -> Any:
+    """The override value in the type of the field's default (an int stays an int)."""
+    word = text.strip()
+    low = word.lower()
+    if low in _NULL_WORDS:
+        return None
+    if isinstance(default, bool):
+        if low not in ("true", "false"):
+            raise ConfigError(f"--override {key}={word}: {key} is true or false")
+        return low == "true"
+    if isinstance(default, (int, float)) or default is None:
+        try:
+            number = float(word)
+        except ValueError:
+            raise ConfigError(f"--override {key}={word}: {key} takes a number") from None
+        if isinstance(default, float):
+            return number
+        return int(number) if number.is_integer() and "." not in word and "e" not in low else number
+    return word
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``"depth=4,ffn.num_experts=8"`` -> {"depth": 4, "ffn.num_experts": 8}, typed by field."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError("--override '': give key=value pairs, e.g. depth=4,ffn.num_experts=8")
+    known = _overridable()
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            raise ConfigError(f"--override {item.strip()!r}: expected key=value, e.g. depth=4")
+        if key not in known:
+            hint = f"ffn.{key}" if f"ffn.{key}" in known else None
+            raise ConfigError(
+                f"--override {key}: unknown field; "
+                + (f"did you mean {hint}?" if hint else f"valid: {', '.join(sorted(known))}"))
+        if key in out:
+            raise ConfigError(f"--override {key}: given twice")
+        f = known[key]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out[key] = _value(key, raw, default)
+    return out
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(getattr(value, "value", value))
+
+
+def override_name(base: str, overrides: Mapping[str, Any]) -> str:
+    """``ecdit-xl-8e`` + {depth: 4, ffn.num_experts: 8} -> ``ecdit-xl-8e+depth4+ffn.num_experts8``:
+    keys sorted, so the same overrides give the same name in any order; a name over 128
+    characters ends in a hash of the overrides instead."""
+    parts = [f"{k}{_canonical(v)}" for k, v in sorted(overrides.items())]
+    name = "+".join([base, *parts])
+    if NAME_PATTERN.fullmatch(name):
+        return name
+    digest = hashlib.sha256("+".join(parts).encode()).hexdigest()[:10]
+    name = f"{base[:100]}+override-{digest}"
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"--override: values must be letters, digits, '.', '_' or '-'; got "
+                          f"{', '.join(parts)}")
+    return name
+
+
+def _current(cfg: ModelConfig, key: str) -> Any:
+    value = getattr(cfg.ffn, key[4:]) if key.startswith("ffn.") else getattr(cfg, key)
+    return getattr(value, "value", value)
+
+
+def override_config(cfg: ModelConfig, overrides: str | Mapping[str, Any]) -> ModelConfig:
+    """``cfg`` with some fields changed (``"depth=4,ffn.num_experts=8"`` or a mapping of the
+    same keys), validated like any config and named after the change (``override_name``):
+    a paper size cut down to fit one device, same architecture otherwise. Keys whose value is
+    already the config's are dropped; none left returns ``cfg`` itself."""
+    changes = parse_overrides(overrides) if isinstance(overrides, str) else dict(overrides)
+    known = _overridable()
+    for key in changes:
+        if key not in known:
+            raise ConfigError(f"--override {key}: unknown field; valid: {', '.join(sorted(known))}")
+    changes = {k: v for k, v in changes.items() if v != _current(cfg, k)}
+    if not changes:  # nothing differs: the same config, the same name
+        return cfg
+    model_changes = {k: v for k, v in changes.items() if not k.startswith("ffn.")}
+    ffn_changes = {k[4:]: v for k, v in changes.items() if k.startswith("ffn.")}
+    said = ",".join(f"{k}={_canonical(v)}" for k, v in sorted(changes.items()))
+    notes = f"{cfg.name} with --override {said}. {cfg.notes}"[:MAX_NOTES_CHARS]
+    try:
+        ffn = dataclasses.replace(cfg.ffn, **ffn_changes) if ffn_changes else cfg.ffn
+        return cfg.replace(name=override_name(cfg.name, changes), notes=notes, ffn=ffn,
+                           **model_changes)
+    except ConfigError as exc:
+        raise ConfigError(f"--override {said}: {exc}") from None
+    except TypeError as exc:  # a value of the wrong kind that validation did not name
+        raise ConfigError(f"--override {said}: {exc}") from None
 
 
 @dataclass

@@ -204,15 +204,17 @@ def recompute_flops_per_image(cfg: ModelConfig, recompute: Recompute) -> float:
     """Extra forward work in backward (Korthikanti et al. 2022, Sec. 4-5).
 
     FULL: keep each block's input, rerun the blocks' forward (checkpointing per block; the
-    embedders and final layer are not rerun). SELECTIVE: rerun the attention products and the
-    cheap elementwise ops (softmax, GELU: zero in matmul FLOPs). NONE: nothing.
+    embedders and final layer are not rerun). SELECTIVE (``ecdit_scale.model.recompute``):
+    rerun the self-attention core (QK^T and AV) and the elementwise ops around the kept matmul
+    outputs (LayerNorm, modulate, softmax, GELU: zero in matmul FLOPs); cross-attention is not
+    recomputed. NONE: nothing.
     """
     recompute = Recompute(recompute)
     fwd = flops_per_image(cfg)
     if recompute is Recompute.FULL:
         return blocks_forward_flops(cfg)
     if recompute is Recompute.SELECTIVE:
-        return fwd.attention_scores
+        return fwd.self_attention_scores
     return 0.0
 
 

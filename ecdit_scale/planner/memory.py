@@ -224,7 +224,11 @@ class BlockActivations:
     """Bytes autograd keeps for ONE sample in one block, by part (no recomputation).
 
     ``*_rep``: replicated across tp ranks; ``*_shard``: divided by tp. ``*_cheap``: the part
-    selective recomputation drops (LayerNorm outputs, GELU outputs, math-attention softmax).
+    selective recomputation drops (``ecdit_scale.model.recompute``: every tensor it reruns
+    rather than keeps: LayerNorm and modulate outputs, the self-attention core's output and
+    log-sum-exp, repeated KV heads, GELU outputs). ``moe_selective_copy_rep``: what selective
+    adds: the experts' output, kept by the checkpoint as well as the copy the combine keeps
+    (after the all-to-all, or DeepSpeed's per-expert stack).
     """
 
     attn_rep: float
@@ -242,6 +246,7 @@ class BlockActivations:
     moe_shard: float
     moe_cheap_rep: float
     moe_cheap_shard: float
+    moe_selective_copy_rep: float = 0.0
 
 
 def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16,
@@ -259,31 +264,41 @@ def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16
     and per device after the all-to-all the expert input slots*d, hidden 2 slots*F, expert
     output slots*d (kept for the combine weights); slots = f_c*S for expert choice, exactly
     balanced across ranks.
+
+    Selective recompute (``model.recompute``) keeps the inputs and the matmul outputs of its
+    regions. Self-attention keeps the block input, q, k, v (kv_dim wide, before the heads are
+    repeated) and the out-projection output: it drops the LN and modulate outputs (2 S d), the
+    SDPA output, its log-sum-exp and the repeat of k/v to h heads. A dense FFN keeps its input,
+    fc1 and fc2 outputs: it drops the LN and modulate outputs (2 S d) and GELU's (S F). An MoE
+    FFN drops the LN output (S d) and the experts' GELU output (slots F) and keeps the experts'
+    output once more (slots d). Cross-attention is not recomputed.
     """
     a = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
     S, T, d, F = cfg.tokens_per_image, cfg.text_tokens, cfg.hidden_size, cfg.mlp_hidden
     h, E = cfg.num_heads, cfg.ffn.num_experts
     slots = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
+    kv = cfg.kv_dim
     scores = 0.0 if flash_attention else a * h * S * S
     cross_scores = 0.0 if flash_attention else a * h * S * T
     cross = cfg.has_cross_attention
     return BlockActivations(
         attn_rep=a * 4 * S * d,
         attn_shard=a * 4 * S * d + FP32_BYTES * h * S + scores,
-        attn_cheap_rep=a * S * d,  # LN output
-        attn_cheap_shard=scores,
+        attn_cheap_rep=a * 2 * S * d,  # LN and modulate outputs
+        attn_cheap_shard=a * (2 * S * d + S * d - 2 * S * kv) + FP32_BYTES * h * S + scores,
         cross_rep=a * S * d if cross else 0.0,
         cross_shard=(a * (2 * S * d + 2 * T * d) + FP32_BYTES * h * S + cross_scores) if cross else 0.0,
-        cross_cheap_shard=cross_scores if cross else 0.0,
+        cross_cheap_shard=0.0,
         dense_rep=a * 4 * S * d,
         dense_shard=a * 2 * S * F,
-        dense_cheap_rep=a * S * d,
-        dense_cheap_shard=a * S * F,
+        dense_cheap_rep=a * 2 * S * d,  # LN and modulate outputs
+        dense_cheap_shard=a * S * F,  # GELU output
         moe_rep=(a * (4 * S * d + 2 * slots * d) + FP32_BYTES * S * E
                  + (INDEX_BYTES + FP32_BYTES) * slots) if slots else 0.0,
         moe_shard=a * 2 * slots * F,
-        moe_cheap_rep=a * S * d if slots else 0.0,
-        moe_cheap_shard=a * slots * F,
+        moe_cheap_rep=a * S * d if slots else 0.0,  # LN output
+        moe_cheap_shard=a * slots * F,  # the experts' GELU output
+        moe_selective_copy_rep=a * slots * d,
     )
 
 
@@ -305,8 +320,8 @@ def activation_bytes_per_sample(cfg: ModelConfig, recompute: Recompute | str, *,
                                 flash_attention: bool = True) -> ActivationBytes:
     """Korthikanti et al. 2022 adapted to this block (see ``block_activations``).
 
-    none: everything every block saves. selective: drop what is cheap to recompute (LN outputs,
-    GELU outputs, attention softmax if not flash); keep every matmul input/output.
+    none: everything every block saves. selective: keep what the matmuls make, rerun the rest
+    (LN, modulate, the self-attention core, GELU; see ``block_activations``).
     full: keep each block's input (S d) only, plus one block's full set during its backward.
     """
     recompute = Recompute(recompute)
@@ -320,7 +335,8 @@ def activation_bytes_per_sample(cfg: ModelConfig, recompute: Recompute | str, *,
         rep = b.attn_rep + b.cross_rep + (b.moe_rep if moe else b.dense_rep)
         shard = b.attn_shard + b.cross_shard + (b.moe_shard if moe else b.dense_shard)
         if drop_cheap:
-            rep -= b.attn_cheap_rep + (b.moe_cheap_rep if moe else b.dense_cheap_rep)
+            rep -= b.attn_cheap_rep + (b.moe_cheap_rep - b.moe_selective_copy_rep if moe
+                                       else b.dense_cheap_rep)
             shard -= b.attn_cheap_shard + b.cross_cheap_shard + (
                 b.moe_cheap_shard if moe else b.dense_cheap_shard)
         return rep + shard / tp

@@ -12,7 +12,7 @@ from ..checks import check_int, check_number
 from ..config import (EMA, ClusterConfig, FFNConfig, FFNKind, ModelConfig, Optimizer,
                       Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..errors import ConfigError
-from .cards import load_card_or_name
+from .cards import load_card_or_name, override_config
 from .hardware import Accelerator
 
 DEFAULT_TARGET = "97B"
@@ -46,15 +46,21 @@ def with_routing(cfg: ModelConfig, routing: FFNKind) -> ModelConfig:
 
 
 def model_for_plan(*, model: str | None, params: str | None, active: bool,
-                   routing: str | None) -> tuple[ModelConfig, sizes.Resolved | None]:
+                   routing: str | None, override: str | None = None,
+                   ) -> tuple[ModelConfig, sizes.Resolved | None]:
     """A registry name or card (``model``), or the config for a parameter target (``params``,
-    default 97B); with ``routing``, the same model with that FFN kind."""
+    default 97B); with ``routing``, the same model with that FFN kind; with ``override``
+    ("depth=4,ffn.num_experts=8"), that model cut down (``cards.override_config``)."""
     if model is not None and params is not None:
         raise ConfigError("give --model or --params, not both")
+    if override is not None and model is None:
+        raise ConfigError("--override changes a named model: give --model too "
+                          "(e.g. --model ecdit-xl-8e --override depth=4)")
     kind = choice(routing, FFNKind, "--routing")
     if model is not None:
         cfg = load_card_or_name(model)
-        return (with_routing(cfg, kind) if kind is not None else cfg), None
+        cfg = with_routing(cfg, kind) if kind is not None else cfg
+        return (override_config(cfg, override) if override is not None else cfg), None
     if params is not None and not params.strip():
         raise ConfigError("--params '': give a parameter count such as 97B, 6e9 or 450M")
     resolved = sizes.resolve(params or DEFAULT_TARGET, active=active,
