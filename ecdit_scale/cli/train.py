@@ -44,6 +44,7 @@ def launch_cmd(
     recompute: str = typer.Option("none", "--recompute", help="Activation recompute: none, selective or full."),
     ema: str = typer.Option("none", "--ema", help="EMA of the weights (fp32): none, replicated or sharded."),
     ema_decay: float = typer.Option(0.9999, "--ema-decay"),
+    override: Optional[str] = typer.Option(None, "--override", help="Cut the card down, e.g. depth=4,ffn.num_experts=8 (the paper's cards on one GPU)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps (default steps/4) and at the end."),
     tc_impl: str = typer.Option("ecdit", "--tc-impl", help="Token choice: ecdit (our TokenChoiceMoE) or deepspeed (DeepSpeed's MoE, TopKGate k=2)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -79,7 +80,7 @@ def launch_cmd(
                             ep=ep, zero=zero, micro_batch=micro_batch, grad_accum=grad_accum,
                             dataset=dataset, hostfile=hostfile, lr=lr, warmup_steps=warmup,
                             optimizer=optimizer, precision=precision, recompute=recompute,
-                            ema=ema, ema_decay=ema_decay, **common)
+                            ema=ema, ema_decay=ema_decay, override=override, **common)
     if json_out:
         result = launch(req)
     else:
@@ -101,7 +102,7 @@ def launch_cmd(
 
 # launch options a plan decides (a --plan run refuses them on the command line)
 PLAN_DECIDES = ("nproc", "ep", "zero", "micro_batch", "grad_accum", "hostfile", "lr", "warmup",
-                "optimizer", "precision", "recompute", "ema", "ema_decay")
+                "optimizer", "precision", "recompute", "ema", "ema_decay", "override")
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

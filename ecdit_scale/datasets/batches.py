@@ -152,6 +152,15 @@ def holdout_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(perm[holdout:]), np.sort(perm[:holdout])
 
 
+def run_split(name: str, cfg: ModelConfig, *, limit: int | None, seed: int, holdout: int,
+              split: str = "train") -> CaptionedImages:
+    """A run's data: dataset ``name`` shaped for ``cfg``, without (``split="train"``) or only
+    (``"held"``) its ``holdout`` held-out samples. The trainer and the analyses call this."""
+    ds = build_dataset_for(name, cfg, limit=limit, seed=seed)
+    train, held = holdout_rows(len(ds), holdout, seed)
+    return subset(ds, train if split == "train" else held)
+
+
 # ---------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------

@@ -143,9 +143,7 @@ def load_run_model(rd: RunDir):
 def held_out_samples(s: RunSettings, cfg: ModelConfig):
     """The samples the run kept out of training (a CaptionedImages): its ``holdout`` split of
     its dataset."""
-    from ..datasets.batches import build_dataset, holdout_rows, subset
+    from ..datasets.batches import run_split
 
-    ds = build_dataset(s.dataset, image_size=cfg.image_size, text_tokens=cfg.text_tokens,
-                       limit=s.data_limit, seed=s.seed)
-    _, held = holdout_rows(len(ds), s.holdout, s.seed)
-    return subset(ds, held)
+    return run_split(s.dataset, cfg, limit=s.data_limit, seed=s.seed, holdout=s.holdout,
+                     split="held")

@@ -26,12 +26,10 @@ from .expert_parallel import (create_groups, is_expert_param, param_counts, para
 from .records import Device, RunDir, RunSettings
 
 def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
-    from ..datasets.batches import build_dataset, holdout_rows, subset
+    from ..datasets.batches import run_split
 
-    ds = build_dataset(s.dataset, image_size=cfg.image_size, text_tokens=cfg.text_tokens,
-                       limit=s.data_limit, seed=s.seed)
-    train, held = holdout_rows(len(ds), s.holdout, s.seed)
-    return subset(ds, train if split == "train" else held)
+    return run_split(s.dataset, cfg, limit=s.data_limit, seed=s.seed, holdout=s.holdout,
+                     split=split)
 
 
 def step_seed(*keys: int) -> int:

@@ -157,10 +157,9 @@ def prepare(req: LaunchRequest) -> tuple[ModelConfig, RunSettings, RunDir, int |
 
 def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
     """Render and encode the dataset once here; the ranks then read the cache."""
-    from ..datasets.batches import build_dataset
+    from ..datasets.batches import build_dataset_for
 
-    build_dataset(s.dataset, image_size=cfg.image_size, text_tokens=cfg.text_tokens,
-                  limit=s.data_limit, seed=s.seed)
+    build_dataset_for(s.dataset, cfg, limit=s.data_limit, seed=s.seed)
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from ..config import (DIT_EMA_DECAY, EMA, FFNKind, ModelConfig, Optimizer, Preci
 from ..errors import ConfigError
 from ..files import read_text_file
 from ..integers import divisors
+from ..planner.cards import override_config
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
 
 LATENTS = "latents"  # the latent-space cards' dataset (``datasets.build_dataset``)
@@ -63,6 +64,7 @@ class LaunchRequest:
     recompute: str = "none"  # none | selective | full (activation checkpointing)
     ema: str = "none"  # none | replicated | sharded (an fp32 EMA of the weights)
     ema_decay: float = DIT_EMA_DECAY
+    override: str | None = None  # e.g. "depth=4,ffn.num_experts=8" (planner.cards.override_config)
     plan: str | None = None  # the plan folder this request was read from (``plan_run``)
     notes: tuple[str, ...] = ()  # where the run departs from the plan, and why
     node_rank: int | None = None  # multi-node without ssh: this node's rank in the hostfile
@@ -160,17 +162,14 @@ def known_datasets() -> tuple[str, ...]:
 
 
 def _check_card(cfg: ModelConfig, dataset: str, known: tuple[str, ...]) -> None:
-    if cfg.vae_downsample != 1 or cfg.in_channels != 3:  # latent space: the latent dataset
-        if dataset == LATENTS and LATENTS in known:
-            return
-        raise ConfigError(
-            f"{cfg.name}: a latent-space card ({cfg.in_channels} channels, vae_downsample "
-            f"{cfg.vae_downsample}) trains from --dataset {LATENTS}"
-            + ("" if LATENTS in known else ", which this build does not have") +
-            "; or use a pixel-space card of the cpu family, e.g. nano-ec8")
-    if cfg.conditioning.value != "text" or cfg.text_dim != 384:
-        raise ConfigError(f"{cfg.name}: launch needs text conditioning with 384-d tokens "
-                          "(all-MiniLM-L6-v2); use a card of the cpu family")
+    """The dataset must feed the card (pixels or latents: the dataset's own rule), through the
+    text path every dataset has."""
+    from ..datasets.batches import check_dataset_fits
+
+    check_dataset_fits(dataset, cfg)
+    if cfg.conditioning.value != "text":
+        raise ConfigError(f"{cfg.name}: launch trains text-conditioned cards (captions through "
+                          f"the MiniLM encoder); this one is {cfg.conditioning.value}-conditioned")
 
 
 def _check_moe(cfg: ModelConfig, req: LaunchRequest, tc_impl: TCImpl) -> None:
@@ -286,6 +285,8 @@ def _check_multinode(req: LaunchRequest) -> None:
 def check_request(req: LaunchRequest) -> CheckedRequest:
     """Validate everything a launch needs; raise ConfigError with one actionable line."""
     cfg = resolve_card(req.card)
+    if req.override is not None:
+        cfg = override_config(cfg, req.override)
     known = known_datasets()
     if req.dataset not in known:
         raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
@@ -353,7 +354,7 @@ RESUME_OPTIONS = {"nproc": "--nproc", "steps": "--steps", "ep": "--ep", "zero": 
                   "warmup_steps": "--warmup", "optimizer": "--optimizer",
                   "checkpoint_every": "--checkpoint-every", "device": "--device",
                   "tc_impl": "--tc-impl", "precision": "--precision", "recompute": "--recompute",
-                  "ema": "--ema", "ema_decay": "--ema-decay"}
+                  "ema": "--ema", "ema_decay": "--ema-decay", "override": "--override"}
 
 
 def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:

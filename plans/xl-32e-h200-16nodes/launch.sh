@@ -21,4 +21,16 @@ if [ -n "${NODE_RANK:-}" ]; then
   ARGS+=(--node-rank "$NODE_RANK" --master-addr "${MASTER_ADDR:?set MASTER_ADDR to node 0}")
 fi
 if [ -n "${MASTER_PORT:-}" ]; then ARGS+=(--master-port "$MASTER_PORT"); fi
-exec "${PYTHON:-python3}" -m ecdit_scale launch "${ARGS[@]}" "$@"
+# the Python that has ecdit-scale: $PYTHON, else the one behind the ecdit-scale command
+if [ -z "${PYTHON:-}" ]; then
+  if command -v ecdit-scale >/dev/null; then
+    PYTHON="$(head -n 1 "$(command -v ecdit-scale)" | sed 's/^#! *//')"
+  else
+    PYTHON=python3
+  fi
+fi
+if ! "$PYTHON" -c "import ecdit_scale" 2>/dev/null; then
+  echo "error: $PYTHON cannot import ecdit_scale; activate the environment where it is installed or set PYTHON=/path/to/python" >&2
+  exit 2
+fi
+exec "$PYTHON" -m ecdit_scale launch "${ARGS[@]}" "$@"
