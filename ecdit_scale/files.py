@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -127,9 +128,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o755)
         for attempt in range(_SWAP_ATTEMPTS):
-            if path.exists() or path.is_symlink():
-                if not path.is_dir():
-                    raise ConfigError(f"{path}: exists and is not a folder")
+            kind = path_kind(path)  # one stat: another writer may swap the folder any time
+            if kind == "other":
+                raise ConfigError(f"{path}: exists and is not a folder")
+            if kind == "dir":
                 if old is None:
                     old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
                                                 dir=path.parent))
@@ -153,6 +155,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def path_kind(path: Path) -> str:
+    """'missing', 'dir' or 'other', from a single lstat (no check-then-act race)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    return "dir" if stat.S_ISDIR(mode) else "other"
 
 
 def same_text(path: str | os.PathLike, text: str) -> bool:
@@ -189,23 +200,13 @@ def write_tree(texts: dict[str, str], out_dir: str | os.PathLike, *, keep_foreig
     out = Path(out_dir)
     if str(out_dir).strip() == "":
         raise ConfigError("--out '': give a folder name")
-    if out.exists() and not out.is_dir():
+    if path_kind(out) == "other":
         raise ConfigError(f"--out {out}: exists and is not a folder")
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
         raise ConfigError(f"--out {out}: the current folder (or one above it) cannot be replaced "
                           "as a whole; give a subfolder")
-    foreign: list[str] = []
-    if out.is_dir():
-        for n, path in enumerate(sorted(out.rglob("*"))):
-            if n > MAX_CARRIED_ENTRIES:
-                raise ConfigError(f"--out {out}: holds over {MAX_CARRIED_ENTRIES:,} entries; "
-                                  "choose a new or empty folder")
-            if path.is_dir() and not path.is_symlink():
-                continue
-            rel = path.relative_to(out).as_posix()
-            if rel not in texts and not generated(rel, path):
-                foreign.append(rel)
+    foreign = _foreign_files(texts, out, generated)
     if foreign and not keep_foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise ConfigError(f"--out {out}: holds {foreign[0]}{more}, which this command does not "
@@ -219,6 +220,34 @@ def write_tree(texts: dict[str, str], out_dir: str | os.PathLike, *, keep_foreig
             path.write_text(text)
             path.chmod(mode(rel))
     return {rel: out / rel for rel in texts}
+
+
+def _foreign_files(texts: dict[str, str], out: Path,
+                   generated: Callable[[str, Path], bool]) -> list[str]:
+    """Files in ``out`` this write would not produce (rescanned if another writer swaps the
+    folder while it is read)."""
+    for _ in range(_SWAP_ATTEMPTS):
+        try:
+            return _scan_foreign(texts, out, generated)
+        except FileNotFoundError:
+            continue
+    raise ConfigError(f"--out {out}: other processes keep replacing this folder; try again")
+
+
+def _scan_foreign(texts: dict[str, str], out: Path,
+                  generated: Callable[[str, Path], bool]) -> list[str]:
+    foreign: list[str] = []
+    if path_kind(out) == "dir":
+        for n, path in enumerate(sorted(out.rglob("*"))):
+            if n > MAX_CARRIED_ENTRIES:
+                raise ConfigError(f"--out {out}: holds over {MAX_CARRIED_ENTRIES:,} entries; "
+                                  "choose a new or empty folder")
+            if path.is_dir() and not path.is_symlink():
+                continue
+            rel = path.relative_to(out).as_posix()
+            if rel not in texts and not generated(rel, path):
+                foreign.append(rel)
+    return foreign
 
 
 # ---------------------------------------------------------------------------------------------

@@ -219,10 +219,10 @@ def test_help_still_exits_0(capsys):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("foo: [1\n", "not a readable scaling fit"),
-    ("", "not a readable scaling fit"),
-    ("power_laws: {}\n", "--fit"),
-    ("- 1\n- 2\n", "not a readable scaling fit"),
+    ("foo: [1\n", "malformed YAML"),
+    ("", "empty file"),
+    ("power_laws: {}\n", "not a fit written by `ecdit-scale fit`"),
+    ("- 1\n- 2\n", "not a mapping"),
 ])
 def test_a_broken_fit_file_is_one_line(tmp_path, text, needle, capsys):
     fit = tmp_path / "fit.yaml"

@@ -205,7 +205,7 @@ def test_signals_to_launch_stop_every_rank_and_resume_finishes_the_curve(ec_run,
     (("nano-ec8", "--nproc", "2", "--zero", "3", "--steps", "2"), "zero 3"),
     (("nano-dense", "--nproc", "1", "--ep", "2", "--steps", "2"), "dense"),
     (("nano-ec8", "--nproc", "1", "--steps", "2", "--dataset", "mnist"), "--dataset"),
-    (("ecdit-xl-8e", "--nproc", "1", "--steps", "2"), "latent-space card"),
+    (("ecdit-xl-8e", "--nproc", "1", "--steps", "2"), "use 'latents'"),
 ])
 def test_bad_input_is_one_line_before_anything_starts(tmp_path, args, words):
     out = tmp_path / "run"
