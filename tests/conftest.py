@@ -170,17 +170,3 @@ def plan_run(tmp_path_factory, cpu_plan) -> Path:
         (out / "test_launch_result.json").write_text(proc.stdout)
         _RUNS["plan-1x2"] = out
     return _RUNS["plan-1x2"]
-
-
-# Session fixtures that launch for real, by the group of tests that share the launch: with
-# pytest-xdist (`-n 2 --dist loadgroup`) each group runs on one worker, so each launch still
-# happens once per run, and different groups (and every other test) spread over the workers.
-LAUNCH_GROUPS = {"ec_run": "ec-run", "short_run": "short-run", "extended_run": "short-run",
-                 "cpu_profile": "plan-run", "cpu_plan": "plan-run", "plan_run": "plan-run"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        groups = {LAUNCH_GROUPS[f] for f in getattr(item, "fixturenames", ()) if f in LAUNCH_GROUPS}
-        if groups:
-            item.add_marker(pytest.mark.xdist_group("+".join(sorted(groups))))
