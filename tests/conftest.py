@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -18,6 +20,26 @@ EC_ARGS = ("nano-ec8", "--nproc", "2", "--ep", "2", "--zero", "2", "--steps", st
            "--micro-batch", "4", "--checkpoint-every", "10", "--limit", "1024", "--seed", "0")
 
 _RUNS: dict[str, Path] = {}
+
+
+@contextlib.contextmanager
+def shared_run(tmp_path_factory, key: str):
+    """Where the session's run ``key`` lives, made at most once per test run: with pytest-xdist
+    the workers share one folder under the run's base temp, and a file lock lets the first
+    worker launch while the others wait and reuse it. Yields (path, made): ``made`` is True if
+    the run is already there; otherwise the block must make it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    base = root / "shared-runs"
+    base.mkdir(parents=True, exist_ok=True)
+    out = base / key
+    with open(base / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield out, (out / "test_launch_result.json").is_file()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def cli_env() -> dict[str, str]:
@@ -37,19 +59,20 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def launched(tmp_path_factory, key: str, *args: str, out: Path | None = None) -> Path:
-    """Launch once per session and key; later callers get the same run directory. Tests that
-    change a run work on a copy (``copy_run``)."""
+def launched(tmp_path_factory, key: str, *args: str) -> Path:
+    """Launch once per test run and key; later callers (any worker) get the same run directory.
+    Tests that change a run work on a copy (``copy_run``)."""
     if key not in _RUNS:
-        out = out or tmp_path_factory.mktemp("runs") / key
-        t0 = time.perf_counter()
-        proc = cli("launch", *args, "--out", str(out), "--json")
-        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-        result = json.loads(proc.stdout)
-        assert result["status"] == "completed"
-        result["test_wall_s"] = time.perf_counter() - t0
-        result["stderr"] = proc.stderr
-        (out / "test_launch_result.json").write_text(json.dumps(result))
+        with shared_run(tmp_path_factory, key) as (out, made):
+            if not made:
+                t0 = time.perf_counter()
+                proc = cli("launch", *args, "--out", str(out), "--json")
+                assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+                result = json.loads(proc.stdout)
+                assert result["status"] == "completed"
+                result["test_wall_s"] = time.perf_counter() - t0
+                result["stderr"] = proc.stderr
+                (out / "test_launch_result.json").write_text(json.dumps(result))
         _RUNS[key] = out
     return _RUNS[key]
 
@@ -89,12 +112,16 @@ def short_run(tmp_path_factory) -> Path:
 def extended_run(short_run, tmp_path_factory) -> Path:
     """``short_run`` copied and resumed with --steps 8: the reference 8-step loss curve."""
     if "short-8" not in _RUNS:
-        out = copy_run(short_run, tmp_path_factory.mktemp("runs") / "short-8")
-        proc = cli("launch", *SHORT_ARGS, "--steps", "8", "--out", str(out), "--resume", "--json")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        result = json.loads(proc.stdout)
-        result["stderr"] = proc.stderr
-        (out / "test_launch_result.json").write_text(json.dumps(result))
+        with shared_run(tmp_path_factory, "short-8") as (out, made):
+            if not made:
+                shutil.rmtree(out, ignore_errors=True)  # a half-made copy of a failed attempt
+                copy_run(short_run, out)
+                proc = cli("launch", *SHORT_ARGS, "--steps", "8", "--out", str(out), "--resume",
+                           "--json")
+                assert proc.returncode == 0, proc.stderr[-3000:]
+                result = json.loads(proc.stdout)
+                result["stderr"] = proc.stderr
+                (out / "test_launch_result.json").write_text(json.dumps(result))
         _RUNS["short-8"] = out
     return _RUNS["short-8"]
 
@@ -156,17 +183,23 @@ def run_launch_sh(plan: Path, run_dir: Path, *args: str, env: dict | None = None
 
 @pytest.fixture(scope="session")
 def cpu_plan(tmp_path_factory, cpu_profile) -> Path:
-    """nano-ec8 on one 2-core machine: 1 node x 2 ranks, ep 2, ZeRO-2."""
-    return make_plan(tmp_path_factory.mktemp("plans") / "cpu-1x2", cpu_profile, "--gpus", "2")
+    """nano-ec8 on one 2-core machine: 1 node x 2 ranks, ep 2, ZeRO-2 (one plan for all the
+    workers, so that ``plan_run`` records the same plan folder every test compares with)."""
+    with shared_run(tmp_path_factory, "cpu-plan-1x2") as (out, _):
+        if not (out / "plan.yaml").is_file():
+            make_plan(out, cpu_profile, "--gpus", "2")
+    return out
 
 
 @pytest.fixture(scope="session")
 def plan_run(tmp_path_factory, cpu_plan) -> Path:
     """``bash cpu_plan/launch.sh`` as written, 10 steps."""
     if "plan-1x2" not in _RUNS:
-        out = tmp_path_factory.mktemp("runs") / "plan-1x2"
-        proc = run_launch_sh(cpu_plan, out)
-        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-        (out / "test_launch_result.json").write_text(proc.stdout)
+        with shared_run(tmp_path_factory, "plan-1x2") as (out, made):
+            if not made:
+                shutil.rmtree(out, ignore_errors=True)
+                proc = run_launch_sh(cpu_plan, out)
+                assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+                (out / "test_launch_result.json").write_text(proc.stdout)
         _RUNS["plan-1x2"] = out
     return _RUNS["plan-1x2"]
