@@ -55,6 +55,20 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The console entry in-process (no interpreter start): (exit code, stdout, stderr)."""
+    from ecdit_scale.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

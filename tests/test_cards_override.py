@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_main
 
 from ecdit_scale import sizes
 from ecdit_scale.config import ModelConfig
@@ -81,21 +82,8 @@ def test_bad_override_is_one_line(text, needle):
     assert needle in message and "\n" not in message and message.startswith("--override")
 
 
-def _run_main(capsys, *args):
-    from ecdit_scale.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_plan_takes_an_override(capsys, tmp_path):
-    code, out, err = _run_main(capsys, "plan", "--model", "ecdit-xl-8e", "--override",
+    code, out, err = run_main(capsys, "plan", "--model", "ecdit-xl-8e", "--override",
                                "depth=2,ffn.num_experts=8", "--gpu", "h200", "--gpus", "1",
                                "--global-batch", "8", "--steps", "10", "--no-table",
                                "--out", str(tmp_path / "p"), "--json")
@@ -104,8 +92,8 @@ def test_plan_takes_an_override(capsys, tmp_path):
     assert plan["model"] == "ecdit-xl-8e+depth2"
     card = (tmp_path / "p" / "card.yaml").read_text()
     assert "name: ecdit-xl-8e+depth2" in card and "depth: 2" in card
-    code, _, err = _run_main(capsys, "plan", "--model", "ecdit-xl-8e", "--override", "blocks=2",
+    code, _, err = run_main(capsys, "plan", "--model", "ecdit-xl-8e", "--override", "blocks=2",
                              "--no-write")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "blocks: unknown field" in err
-    code, _, err = _run_main(capsys, "plan", "--override", "depth=2", "--no-write")
+    code, _, err = run_main(capsys, "plan", "--override", "depth=2", "--no-write")
     assert code == 2 and "give --model too" in err

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 
 from ecdit_scale import sizes
 from ecdit_scale.planner.cards import card_text, export_cards
@@ -102,7 +103,7 @@ def test_malformed_or_contradictory_cards(tmp_path, text, needle, capsys):
     card = tmp_path / "card.yaml"
     card.write_text(text)
     for args in (["models", "show", str(card)], ["plan", "--model", str(card), "--no-write"]):
-        code, err = run_main(capsys, *args)
+        code, _, err = run_main(capsys, *args)
         assert code == 2 and needle in err and str(card) in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
@@ -114,21 +115,8 @@ def test_malformed_or_contradictory_cards(tmp_path, text, needle, capsys):
 def test_binary_and_huge_cards_are_refused_before_parsing(tmp_path, content, needle, capsys):
     card = tmp_path / "card.yaml"
     card.write_bytes(content)
-    code, err = run_main(capsys, "models", "show", str(card))
+    code, _, err = run_main(capsys, "models", "show", str(card))
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
-
-
-def run_main(capsys, *args):
-    """The console entry in-process (fast): (exit code, stderr)."""
-    from ecdit_scale.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def test_checked_in_cards_are_fresh():
@@ -200,7 +188,7 @@ def test_export_json_lists_what_it_wrote(tmp_path):
 ])
 def test_bad_options_are_one_line_and_exit_2(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written into the current folder
-    code, err = run_main(capsys, *args)
+    code, _, err = run_main(capsys, *args)
     assert code == 2 and needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -227,7 +215,7 @@ def test_help_still_exits_0(capsys):
 def test_a_broken_fit_file_is_one_line(tmp_path, text, needle, capsys):
     fit = tmp_path / "fit.yaml"
     fit.write_text(text)
-    code, err = run_main(capsys, "plan", "--model", "small-ec8", "--nodes", "1", "--no-write",
+    code, _, err = run_main(capsys, "plan", "--model", "small-ec8", "--nodes", "1", "--no-write",
                          "--fit", str(fit))
     assert code == 2 and needle in err and "fit.yaml" in err, err
     assert len(err.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_main
 import yaml
 
 from ecdit_scale import sizes
@@ -22,19 +23,6 @@ H100 = get_accelerator("h100-sxm")
 SMALL = sizes.get("small-ec8")
 M64 = sizes.resolve("97B").config
 SMALL_RUN = TrainingConfig(global_batch=256, steps=1000, ema="replicated")
-
-
-def run_main(capsys, *args):
-    from ecdit_scale.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ---------------------------------------------------------------------------------------------
