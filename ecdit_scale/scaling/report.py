@@ -169,7 +169,7 @@ def _answer(fit: ScalingFit, kind: str, baseline: str) -> str:
 
 
 def _blocks(df, fit, figures_dir, title, expert_load) -> list:
-    df = df.assign(_group=variant_labels(df).to_numpy())
+    df = df.assign(_group=variant_labels(df, known=fit.kinds).to_numpy())
     blocks: list = [_Heading(title, 1), _Paragraph(_summary(df, fit)),
                     _Heading("Answer"), _Paragraph(plain_answer(fit), strong=True)]
     blocks += _sensitivity_section(fit)

@@ -61,6 +61,8 @@ def figure_loss(df, fit, figures_dir) -> FigureBlock:
     for kind in fit.kinds:
         color = _color(fit, kind)
         runs = df[df["_group"] == kind]
+        if runs.empty:  # a saved fit can name groups this table does not have
+            continue
         grid = _compute_grid_flops(runs)
         frontier = compute_frontier(runs, fit.loss_column)
         ax.scatter(runs["compute_flops"], runs[fit.loss_column], s=14, color=color, alpha=0.3)

@@ -17,6 +17,8 @@ model, seed and data order, so they are not independent. Here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -30,13 +32,18 @@ OUTLIER_RULE = (f"a row is an outlier when its log residual from its group's poi
                 "is redone")
 
 
-def variant_labels(df: pd.DataFrame) -> pd.Series:
+def variant_labels(df: pd.DataFrame, known: Sequence[str] | None = None) -> pd.Series:
     """The fitted group of each row: its ffn_kind, or ffn_kind plus expert count when any kind
-    has runs with more than one expert count (without an `experts` column: ffn_kind)."""
+    has runs with more than one expert count (without an `experts` column: ffn_kind). With
+    ``known`` (a saved fit's groups), a row takes the label that fit gave its variant."""
     kinds = df["ffn_kind"].astype(str)
     if "experts" not in df.columns:
         return kinds
     experts = pd.to_numeric(df["experts"], errors="coerce")
+    if known is not None:
+        labels = [f"{k}-{int(e)}e" if np.isfinite(e) and f"{k}-{int(e)}e" in known else k
+                  for k, e in zip(kinds, experts)]
+        return pd.Series(labels, index=df.index)
     split = any(experts[kinds == k].nunique(dropna=True) > 1 for k in kinds.unique())
     if not split:
         return kinds
