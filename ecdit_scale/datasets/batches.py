@@ -122,6 +122,16 @@ def check_dataset_fits(name: str, cfg: ModelConfig) -> None:
             + (" or ".join(repr(n) for n in fits) if fits else "a card with 3 or 4 channels"))
 
 
+def default_dataset_for(cfg: ModelConfig) -> str:
+    """The first dataset whose inputs fit ``cfg`` (emoji for pixel cards, latents for the
+    paper's latent cards); DataError if none does."""
+    for name, inputs in DATASET_INPUTS.items():
+        if inputs == (cfg.in_channels, cfg.vae_downsample):
+            return name
+    check_dataset_fits(DATASETS[0], cfg)  # raises, naming what the card takes
+    raise AssertionError("unreachable")
+
+
 def build_dataset_for(name: str, cfg: ModelConfig, *, limit: int | None, seed: int,
                       cache_dir=None) -> CaptionedImages:
     """The dataset ``name`` shaped for model ``cfg``: its image size (latents: image_size / 8

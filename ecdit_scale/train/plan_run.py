@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..files import load_yaml_file
-from .request import LATENTS, LaunchRequest
+from .request import LaunchRequest
 
 PLAN_NEEDS = ("plan.yaml", "card.yaml")
 
@@ -93,8 +93,9 @@ def scaled_warmup(plan_warmup: int, plan_steps: int, steps: int) -> int:
 def default_dataset(card: Path) -> str:
     from ..config import load_model_config
 
-    cfg = load_model_config(card)
-    return "emoji" if cfg.vae_downsample == 1 and cfg.in_channels == 3 else LATENTS
+    from ..datasets.batches import default_dataset_for
+
+    return default_dataset_for(load_model_config(card))
 
 
 def request_from_plan(plan_dir: str | Path, *, steps: int | None = None, local: bool = False,

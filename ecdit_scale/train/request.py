@@ -23,7 +23,6 @@ from ..integers import divisors
 from ..planner.cards import override_config
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
 
-LATENTS = "latents"  # the latent-space cards' dataset (``datasets.build_dataset``)
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
 # config field -> the launch option that sets it (to name the option in an error)
 OPTION_OF = {"dp": "--nproc", "ep": "--ep", "zero": "--zero", "micro_batch": "--micro-batch",
@@ -154,14 +153,7 @@ def _choice(enum_cls, value: str, option: str, allowed=None):
     return member
 
 
-def known_datasets() -> tuple[str, ...]:
-    """The datasets this build can train from (``datasets.batches.DATASETS``)."""
-    from ..datasets.batches import DATASETS as known
-
-    return tuple(known)
-
-
-def _check_card(cfg: ModelConfig, dataset: str, known: tuple[str, ...]) -> None:
+def _check_card(cfg: ModelConfig, dataset: str) -> None:
     """The dataset must feed the card (pixels or latents: the dataset's own rule), through the
     text path every dataset has."""
     from ..datasets.batches import check_dataset_fits
@@ -287,11 +279,12 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     cfg = resolve_card(req.card)
     if req.override is not None:
         cfg = override_config(cfg, req.override)
-    known = known_datasets()
-    if req.dataset not in known:
+    from ..datasets.batches import DATASETS
+
+    if req.dataset not in DATASETS:
         raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
-                          f"{', '.join(known)}")
-    _check_card(cfg, req.dataset, known)
+                          f"{', '.join(DATASETS)}")
+    _check_card(cfg, req.dataset)
     # integers only a launch has (the layout and training configs check their own)
     for name in ("nproc", "grad_accum", "keep_checkpoints"):
         v = getattr(req, name)
