@@ -333,7 +333,7 @@ def test_latents_captions_go_through_the_same_text_path(xl8e_latents, cache):
 
 def test_pixel_data_for_a_latent_card_is_one_line():
     from ecdit_scale import sizes
-    from ecdit_scale.datasets.batches import check_dataset_fits
+    from ecdit_scale.datasets.kinds import check_dataset_fits
 
     with pytest.raises(DataError, match="'emoji' gives 3-channel images.*use 'latents'") as info:
         check_dataset_fits("emoji", sizes.get("ecdit-xl-8e"))

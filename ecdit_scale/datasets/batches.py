@@ -14,18 +14,10 @@ import torch
 
 from ..config import ModelConfig
 from . import DataError
-from .emoji import load_emoji
-from .latents import LATENT_CHANNELS, LATENTS_DEFAULT_COUNT, VAE_DOWNSAMPLE, make_latents
-from .shapes import SceneSpec, make_shapes
-from .text_encoder import MAX_TEXT_TOKENS, TEXT_DIM, TextEncoder, fit_text_dim
+from .arrays import dataset_arrays
+from .kinds import check_dataset_fits
+from .shapes import SceneSpec
 
-DATASETS = ("emoji", "shapes", "latents")
-IMAGE_SIZE_RANGE = (16, 128)
-LATENT_IMAGE_SIZE_RANGE = (64, 1024)  # pixels the latents stand for (8..128 latent pixels)
-# what each dataset feeds the model: (channels, pixels per model input pixel)
-DATASET_INPUTS = {"emoji": (3, 1), "shapes": (3, 1), "latents": (LATENT_CHANNELS, VAE_DOWNSAMPLE)}
-TEXT_DIM_RANGE = (1, 16384)
-SHAPES_DEFAULT_COUNT = 8192  # the shapes set is unbounded; limit=None draws this many
 HOLDOUT_SEED_OFFSET = 7919  # the held-out split uses its own stream, not the batch order's
 
 
@@ -55,27 +47,6 @@ def to_uint8(images_N3HW: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _check_args(name: str, image_size: int, text_tokens: int, limit: int | None,
-                text_dim: int | None) -> None:
-    if name not in DATASETS:
-        raise DataError(f"dataset {name!r} is not valid; choose one of {', '.join(DATASETS)}")
-    lo, hi = LATENT_IMAGE_SIZE_RANGE if name == "latents" else IMAGE_SIZE_RANGE
-    step = DATASET_INPUTS[name][1]
-    if not isinstance(image_size, int) or not lo <= image_size <= hi or image_size % step:
-        multiple = f" and a multiple of {step}" if step > 1 else ""
-        raise DataError(f"image_size = {image_size!r}: must be an integer in {lo}..{hi}{multiple}"
-                        f" for dataset {name!r}")
-    if not isinstance(text_tokens, int) or not 1 <= text_tokens <= MAX_TEXT_TOKENS:
-        raise DataError(
-            f"text_tokens = {text_tokens!r}: must be an integer in 1..{MAX_TEXT_TOKENS}"
-        )
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise DataError(f"limit = {limit!r}: must be None or an integer >= 1")
-    lo, hi = TEXT_DIM_RANGE
-    if text_dim is not None and (not isinstance(text_dim, int) or not lo <= text_dim <= hi):
-        raise DataError(f"text_dim = {text_dim!r}: must be None or an integer in {lo}..{hi}")
-
-
 def build_dataset(
     name: str, *, image_size: int, text_tokens: int, limit: int | None, seed: int, cache_dir=None,
     text_dim: int | None = None,
@@ -86,50 +57,13 @@ def build_dataset(
     Text: MiniLM token embeddings (384-d); ``text_dim`` other than 384 maps them to that width
     with a fixed isometry (``text_encoder.fit_text_dim``), for cards with a wider text encoder.
     """
-    _check_args(name, image_size, text_tokens, limit, text_dim)
-    specs = None
-    if name == "emoji":
-        images_NHW3, captions = load_emoji(image_size, limit=limit, cache_dir=cache_dir)
-    elif name == "shapes":
-        images_NHW3, specs = make_shapes(limit or SHAPES_DEFAULT_COUNT, image_size, seed)
-        captions = [s.caption for s in specs]
-    else:
-        latents, captions = make_latents(limit or LATENTS_DEFAULT_COUNT, image_size, seed)
-    text_NTD, lengths_N = TextEncoder(cache_dir).encode(captions, text_tokens)
-    text_NTD = fit_text_dim(text_NTD, text_dim or TEXT_DIM)
-    images = torch.from_numpy(latents) if name == "latents" else to_unit_range(images_NHW3)
-    return CaptionedImages(
-        images=images,
-        text=torch.from_numpy(text_NTD),
-        text_len=torch.from_numpy(lengths_N),
-        captions=list(captions),
-        specs=tuple(specs) if specs is not None else None,
-    )
-
-
-def check_dataset_fits(name: str, cfg: ModelConfig) -> None:
-    """One line if dataset ``name`` cannot feed model ``cfg`` (pixels vs latents)."""
-    if name not in DATASET_INPUTS:
-        raise DataError(f"dataset {name!r} is not valid; choose one of {', '.join(DATASETS)}")
-    channels, down = DATASET_INPUTS[name]
-    if (channels, down) != (cfg.in_channels, cfg.vae_downsample):
-        fits = [n for n, v in DATASET_INPUTS.items() if v == (cfg.in_channels, cfg.vae_downsample)]
-        what = "latents" if down > 1 else "images"
-        raise DataError(
-            f"dataset {name!r} gives {channels}-channel {what}; {cfg.name} takes "
-            f"{cfg.in_channels}-channel {cfg.input_size}x{cfg.input_size} inputs "
-            f"(vae_downsample {cfg.vae_downsample}): use "
-            + (" or ".join(repr(n) for n in fits) if fits else "a card with 3 or 4 channels"))
-
-
-def default_dataset_for(cfg: ModelConfig) -> str:
-    """The first dataset whose inputs fit ``cfg`` (emoji for pixel cards, latents for the
-    paper's latent cards); DataError if none does."""
-    for name, inputs in DATASET_INPUTS.items():
-        if inputs == (cfg.in_channels, cfg.vae_downsample):
-            return name
-    check_dataset_fits(DATASETS[0], cfg)  # raises, naming what the card takes
-    raise AssertionError("unreachable")
+    a = dataset_arrays(name, image_size=image_size, text_tokens=text_tokens, limit=limit,
+                       seed=seed, cache_dir=cache_dir, text_dim=text_dim)
+    images = (torch.from_numpy(a.latents) if a.latents is not None
+              else to_unit_range(a.pixels_NHW3))
+    return CaptionedImages(images=images, text=torch.from_numpy(a.text_NTD),
+                           text_len=torch.from_numpy(a.lengths_N), captions=a.captions,
+                           specs=a.specs)
 
 
 def build_dataset_for(name: str, cfg: ModelConfig, *, limit: int | None, seed: int,

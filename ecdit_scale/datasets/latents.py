@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kinds import LATENT_CHANNELS, VAE_DOWNSAMPLE
 from .shapes import sample_scene
 
-LATENT_CHANNELS = 4  # SD-VAE
-VAE_DOWNSAMPLE = 8  # image pixels per latent pixel
 SD_VAE_SCALE = 0.18215  # what the paper's latents are multiplied by (unit variance)
 SMOOTHING_SIGMA = 1.0  # latent pixels
 LATENTS_DEFAULT_COUNT = 256  # limit=None: enough for throughput and memory runs

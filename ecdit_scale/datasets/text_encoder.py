@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from . import DataError
 from .cache import cache_root, save_npz_atomic
@@ -80,6 +79,8 @@ class TextEncoder:
         return self.cache_dir / f"minilm_T{text_tokens}_{digest.hexdigest()[:20]}.npz"
 
     def _encode_uncached(self, captions: list[str], text_tokens: int) -> tuple[np.ndarray, ...]:
+        import torch  # only on a cache miss: a cached encoding is read without torch
+
         model = self._load()
         model.max_seq_length = text_tokens  # truncate inside the tokenizer: [CLS] ... [SEP]
         with torch.inference_mode():

@@ -156,10 +156,11 @@ def prepare(req: LaunchRequest) -> tuple[ModelConfig, RunSettings, RunDir, int |
 
 
 def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
-    """Render and encode the dataset once here; the ranks then read the cache."""
-    from ..datasets.batches import build_dataset_for
+    """Render and encode the dataset once here; the ranks then read the cache. (Arrays, not
+    tensors: this process never loads torch when the cache is there.)"""
+    from ..datasets.arrays import dataset_arrays_for
 
-    build_dataset_for(s.dataset, cfg, limit=s.data_limit, seed=s.seed)
+    dataset_arrays_for(s.dataset, cfg, limit=s.data_limit, seed=s.seed)
 
 
 def free_port() -> int:

@@ -93,7 +93,7 @@ def scaled_warmup(plan_warmup: int, plan_steps: int, steps: int) -> int:
 def default_dataset(card: Path) -> str:
     from ..config import load_model_config
 
-    from ..datasets.batches import default_dataset_for
+    from ..datasets.kinds import default_dataset_for
 
     return default_dataset_for(load_model_config(card))
 

@@ -126,12 +126,27 @@ def local_rank_limit(device: Device) -> tuple[int, str]:
     return cores, "CPU cores (one rank per core)"
 
 
+def _torch_is_cpu_only() -> bool:
+    """The installed torch is a CPU-only build (its version says ``+cpu``, as the CPU wheels'
+    do): no CUDA device can be visible, and importing torch (1-2 s) would only confirm it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch").endswith("+cpu")
+    except PackageNotFoundError:
+        return False
+
+
 def pick_device(device: str) -> Device:
     try:
         wanted = Device(device)
     except ValueError:
         raise ConfigError(f"--device {device!r} is not valid; choose one of "
                           f"{', '.join(d.value for d in Device)}") from None
+    if wanted is Device.CPU:
+        return wanted  # no need to start torch to know that
+    if wanted is Device.AUTO and _torch_is_cpu_only():
+        return Device.CPU
     import torch
 
     if wanted is Device.CUDA and not torch.cuda.is_available():
@@ -156,7 +171,7 @@ def _choice(enum_cls, value: str, option: str, allowed=None):
 def _check_card(cfg: ModelConfig, dataset: str) -> None:
     """The dataset must feed the card (pixels or latents: the dataset's own rule), through the
     text path every dataset has."""
-    from ..datasets.batches import check_dataset_fits
+    from ..datasets.kinds import check_dataset_fits
 
     check_dataset_fits(dataset, cfg)
     if cfg.conditioning.value != "text":
@@ -279,7 +294,7 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     cfg = resolve_card(req.card)
     if req.override is not None:
         cfg = override_config(cfg, req.override)
-    from ..datasets.batches import DATASETS
+    from ..datasets.kinds import DATASETS
 
     if req.dataset not in DATASETS:
         raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
