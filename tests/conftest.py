@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -53,6 +54,31 @@ def cli_env() -> dict[str, str]:
 def cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ecdit_scale", *args], cwd=cwd or ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``ecdit-scale ARGS`` in this process (no interpreter start, torch already imported),
+    with the answer of ``cli``: exit code, stdout and stderr. For commands that are not about
+    processes (launch, signals and the console entry itself keep ``cli``)."""
+    from ecdit_scale.cli import main
+
+    env, here = dict(os.environ), os.getcwd()
+    os.environ.pop("ECDIT_SCALE_DEBUG", None)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(env)
+    return subprocess.CompletedProcess(["ecdit-scale", *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -178,8 +204,7 @@ def cpu_profile(tmp_path_factory) -> Path:
 
 
 def make_plan(out: Path, profile: Path, *cluster: str) -> Path:
-    proc = cli("plan", *PLAN_ARGS, "--gpu", str(profile), *cluster, "--out", str(out),
-               timeout=120)
+    proc = cli_here("plan", *PLAN_ARGS, "--gpu", str(profile), *cluster, "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from conftest import cli
+from conftest import cli_here
 from ecdit_scale.errors import ConfigError
 from ecdit_scale.evaluation.adaptive import SAMPLES_RANGE, TIMESTEPS_RANGE, analyse, check_args
 
@@ -40,7 +40,7 @@ def test_arguments_in_range_pass():
 
 
 def test_cli_huge_timesteps_is_one_line_before_anything_loads(tmp_path):
-    proc = cli("adaptive", str(tmp_path / "no-such-run"), "--timesteps", "100000000", timeout=60)
+    proc = cli_here("adaptive", str(tmp_path / "no-such-run"), "--timesteps", "100000000")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     lo, hi = TIMESTEPS_RANGE

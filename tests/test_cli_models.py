@@ -1,12 +1,10 @@
 """`ecdit-scale models ...` as a user runs it, and the golden model cards."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_main
+from conftest import cli_here, run_main
 
 from ecdit_scale import sizes
 from ecdit_scale.planner.cards import card_text, export_cards
@@ -17,8 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "ecdit_scale", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return cli_here(*args, cwd=cwd)  # in process: the commands' own work, not interpreter starts
 
 
 def test_list_json_has_every_named_config_with_counts():

@@ -1,20 +1,17 @@
 """`ecdit-scale fit | report | sweep` as a user runs them."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli_here
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ecdit_scale", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout)
+def run_cli(*args):
+    return cli_here(*args)  # in process: the commands' own work, not interpreter starts
 
 
 def synthetic_table(path: Path, seed: int = 0) -> Path:
@@ -35,7 +32,7 @@ def synthetic_table(path: Path, seed: int = 0) -> Path:
 
 def test_fit_then_report(tmp_path):
     table = synthetic_table(tmp_path / "runs.csv")
-    out = run_cli("fit", str(table), "--n-boot", "40", "--json")
+    out = run_cli("fit", str(table), "--n-boot", "10", "--json")
     assert out.returncode == 0, out.stderr
     data = strict_json(out.stdout)
     assert Path(data["saved"]).is_file()
@@ -45,8 +42,9 @@ def test_fit_then_report(tmp_path):
     assert data["extrapolations"] == []  # no absolute loss unless asked, and never > 100x
     assert data["bootstrap_unit"] == "training run" and data["sensitivity"]
     assert data["outliers"]["applied"] is False
-    out = run_cli("report", str(table), "--json")
+    out = run_cli("report", str(table), "--fit", data["saved"], "--json")  # the fit, not a refit
     assert out.returncode == 0, out.stderr
+    assert "fitting now" not in out.stderr
     html = Path(strict_json(out.stdout)["html"]).read_text()
     assert html.count("data:image/png;base64,") >= 3
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import psutil
-from conftest import (EC_ARGS, ROOT, SHORT_ARGS, STEPS, cli, cli_env, copy_run, launch_result,
-                      metrics)
+from conftest import (EC_ARGS, ROOT, SHORT_ARGS, STEPS, cli, cli_env, cli_here, copy_run,
+                      launch_result, metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_run_directory_records(ec_run):
 
 @pytest.mark.slow
 def test_adaptive_on_the_run(ec_run, tmp_path):
-    proc = cli("adaptive", str(ec_run), "--out", str(tmp_path), "--samples", "8",
+    proc = cli_here("adaptive", str(ec_run), "--out", str(tmp_path), "--samples", "8",
                "--timesteps", "3", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
@@ -85,47 +85,6 @@ def test_adaptive_on_the_run(ec_run, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_kill_and_resume_reproduces_the_loss_curve(ec_run, tmp_path):
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "ecdit_scale", "launch", *EC_ARGS,
-                             "--out", str(out), "--json"], cwd=ROOT, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    killed_at = None
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:
-            lines = (out / "metrics.jsonl").read_text().splitlines() if (
-                out / "metrics.jsonl").exists() else []
-            if len(lines) >= 23:  # past the checkpoint at step 20
-                # the job's group: the CLI alone (the launcher has a session of its own, whose
-                # guard ends it when the CLI dies)
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed_at = len(lines)
-                break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert killed_at is not None, "the run ended before it could be killed"
-    deadline = time.time() + 30
-    while _ranks_of(out) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _ranks_of(out), "ranks outlived a kill -9 of launch"
-    assert len((out / "metrics.jsonl").read_text().splitlines()) < STEPS
-
-    res = cli("launch", *EC_ARGS, "--out", str(out), "--resume", "--json")
-    assert res.returncode == 0, res.stderr[-3000:]
-    result = json.loads(res.stdout)
-    assert result["status"] == "completed" and result["resumed_from"] in (20, 30)
-    resumed, reference = metrics(out), metrics(ec_run)
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
-    for a, b in zip(resumed, reference):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
-
-
 def _start(args: list[str]) -> subprocess.Popen:
     """`ecdit-scale launch` as its own process (and process group), output captured."""
     return subprocess.Popen([sys.executable, "-m", "ecdit_scale", *args], cwd=ROOT,
@@ -133,20 +92,28 @@ def _start(args: list[str]) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-def _signal_after(proc: subprocess.Popen, out: Path, lines: int, send) -> tuple[dict, str]:
-    """Wait until metrics.jsonl has ``lines`` lines, ``send`` the signal, wait for the end."""
+def _signal_after(proc: subprocess.Popen, out: Path, lines: int, send, *,
+                  killed: bool = False) -> tuple[dict, str]:
+    """Wait until metrics.jsonl has ``lines`` lines, ``send`` the signal, wait for the end.
+    Returns the printed result; ``killed``: nothing is printed, the signal must have been sent
+    before the run ended."""
     deadline = time.time() + 240
+    sent = False
     try:
         while time.time() < deadline and proc.poll() is None:
             path = out / "metrics.jsonl"
             if path.exists() and len(path.read_text().splitlines()) >= lines:
                 send(proc)
+                sent = True
                 break
             time.sleep(0.02)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    assert sent, f"the run ended before {lines} steps could be interrupted: {stderr[-2000:]}"
+    if killed:
+        return {}, stderr
     assert stdout, stderr[-3000:]
     return json.loads(stdout), stderr
 
@@ -161,10 +128,12 @@ def _ranks_of(out: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_signals_to_launch_stop_every_rank_and_resume_finishes_the_curve(ec_run, tmp_path):
-    """SIGTERM to the launch process alone, then Ctrl-C (SIGINT) to its job: every rank stops
-    with it, the summary says interrupted with 143 / 130, and the printed --resume command
-    continues the run to the same 40 losses as an uninterrupted one."""
+def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, tmp_path):
+    """One run interrupted three ways, each resumed where the last left off:
+    SIGTERM to the launch process alone (summary: interrupted, 143; the message prints the
+    --resume command), Ctrl-C (SIGINT) to its job (130), then kill -9 of the job (the CLI
+    alone; the launcher's guard ends the ranks). No rank outlives any of them, and the last
+    resume finishes the same 40 losses as the uninterrupted run."""
     out = tmp_path / "signalled"
     proc = _start(["launch", *EC_ARGS, "--out", str(out), "--json"])
     result, stderr = _signal_after(proc, out, 12, lambda p: p.send_signal(signal.SIGTERM))
@@ -183,9 +152,18 @@ def test_signals_to_launch_stop_every_rank_and_resume_finishes_the_curve(ec_run,
     assert json.loads((out / "summary.json").read_text())["returncode"] == 130
     assert "--resume" in stderr.splitlines()[-1]
 
+    proc = _start([*args, "--json"])
+    _signal_after(proc, out, 33, lambda p: os.killpg(p.pid, signal.SIGKILL), killed=True)
+    deadline = time.time() + 30
+    while _ranks_of(out) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _ranks_of(out), "ranks outlived a kill -9 of launch"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) < STEPS
+
     res = cli(*args, "--json")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout)["resumed_from"] == 20
+    result = json.loads(res.stdout)
+    assert result["status"] == "completed" and result["resumed_from"] in (20, 30)
     resumed, reference = metrics(out), metrics(ec_run)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed, reference):
@@ -209,7 +187,7 @@ def test_signals_to_launch_stop_every_rank_and_resume_finishes_the_curve(ec_run,
 ])
 def test_bad_input_is_one_line_before_anything_starts(tmp_path, args, words):
     out = tmp_path / "run"
-    proc = cli("launch", *args, "--out", str(out), cwd=tmp_path, timeout=60)
+    proc = cli_here("launch", *args, "--out", str(out), cwd=tmp_path)
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -293,6 +271,6 @@ def test_recompute_reaches_the_settings_or_is_refused(tmp_path):
 
 
 def test_resume_needs_a_run(tmp_path):
-    proc = cli("launch", "nano-ec8", "--nproc", "1", "--steps", "2", "--resume", "--out",
-               str(tmp_path / "nothing"), timeout=60)
+    proc = cli_here("launch", "nano-ec8", "--nproc", "1", "--steps", "2", "--resume", "--out",
+                    str(tmp_path / "nothing"))
     assert proc.returncode != 0 and "no run to resume" in proc.stderr

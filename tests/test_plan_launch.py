@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PLAN_RUN_STEPS, cli, make_plan, metrics, run_launch_sh
+from conftest import PLAN_RUN_STEPS, cli_here, make_plan, metrics, run_launch_sh
 
 
 def _plan(plan: Path) -> dict:
@@ -64,14 +64,13 @@ def test_request_from_plan_takes_every_setting_of_the_plan(cpu_plan):
     (("--nproc", "1"), "--nproc is decided by the plan"),
 ])
 def test_a_plan_run_refuses_options_the_plan_decides(cpu_plan, tmp_path, args, words):
-    proc = cli("launch", "--plan", str(cpu_plan), *args, "--out", str(tmp_path / "r"),
-               timeout=60)
+    proc = cli_here("launch", "--plan", str(cpu_plan), *args, "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 def test_a_missing_plan_folder_is_one_line(tmp_path):
-    proc = cli("launch", "--plan", str(tmp_path / "nope"), timeout=60)
+    proc = cli_here("launch", "--plan", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "no such folder" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -150,7 +149,7 @@ def test_two_nodes_over_loopback_match_one_node(tmp_path, cpu_profile, plan_run)
 
 @pytest.mark.slow
 def test_validate_plan_run_lists_every_knob_and_the_predictions(cpu_plan, plan_run):
-    proc = cli("validate", str(cpu_plan), str(plan_run), "--json", timeout=120)
+    proc = cli_here("validate", str(cpu_plan), str(plan_run), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     [c] = json.loads(proc.stdout)
     assert c["differs"] == ["warmup_steps"]  # scaled to the short run, and the run says so

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli_here
 
 GPU_RESULTS = sorted((ROOT / "bench" / "results").glob("gpu_*.json"))
 
@@ -16,7 +16,7 @@ GPU_RESULTS = sorted((ROOT / "bench" / "results").glob("gpu_*.json"))
 @pytest.mark.slow
 def test_validate_cpu_run(ec_run, tmp_path):
     out_csv, profile = tmp_path / "v.csv", tmp_path / "cpu.yaml"
-    proc = cli("validate", str(ec_run), "--csv", str(out_csv), "--save-profile", str(profile),
+    proc = cli_here("validate", str(ec_run), "--csv", str(out_csv), "--save-profile", str(profile),
                "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
@@ -45,7 +45,7 @@ def test_validate_cpu_run(ec_run, tmp_path):
 
 @pytest.mark.slow
 def test_validate_table_and_default_csv(ec_run):
-    proc = cli("validate", str(ec_run))
+    proc = cli_here("validate", str(ec_run))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Predicted" in proc.stdout and "calibration" in proc.stdout
     assert (ec_run / "validation.csv").is_file()
@@ -53,7 +53,7 @@ def test_validate_table_and_default_csv(ec_run):
 
 @pytest.mark.skipif(not GPU_RESULTS, reason="no bench/results/gpu_*.json")
 def test_validate_reads_gpu_measurements(tmp_path):
-    proc = cli("validate", *map(str, GPU_RESULTS), "--csv", str(tmp_path / "gpu.csv"), "--json")
+    proc = cli_here("validate", *map(str, GPU_RESULTS), "--csv", str(tmp_path / "gpu.csv"), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["rows"] and all(r["kind"] == "gpu-bench" for r in report["rows"])
@@ -67,7 +67,7 @@ def test_validate_reads_gpu_measurements(tmp_path):
 def test_validate_rejects_what_is_not_a_run(tmp_path):
     (tmp_path / "junk.json").write_text("{}")
     for arg in (str(tmp_path), str(tmp_path / "junk.json"), str(tmp_path / "missing")):
-        proc = cli("validate", arg, timeout=60)
+        proc = cli_here("validate", arg)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert proc.stderr.startswith("error:"), proc.stderr
 
@@ -270,7 +270,7 @@ def test_validate_rejects_an_empty_or_folder_output(tmp_path, option):
 def test_validate_cli_corrupt_run_is_one_line(tmp_path):
     run = _hand_made_run(tmp_path)
     (run / "run.json").write_bytes(b"\x00\xff binary")
-    proc = cli("validate", str(run), timeout=60)
+    proc = cli_here("validate", str(run))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(run / "run.json") in lines[0], proc.stderr
