@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
@@ -15,33 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from session_runs import SessionRun, SessionRuns, shared_root
+
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 40
+STEPS, EVERY = 20, 5  # steps, and a checkpoint every EVERY steps
 EC_ARGS = ("nano-ec8", "--nproc", "2", "--ep", "2", "--zero", "2", "--steps", str(STEPS),
-           "--micro-batch", "4", "--checkpoint-every", "10", "--limit", "1024", "--seed", "0")
-
-_RUNS: dict[str, Path] = {}
-
-
-@contextlib.contextmanager
-def shared_run(tmp_path_factory, key: str):
-    """Where the session's run ``key`` lives, made at most once per test run: with pytest-xdist
-    the workers share one folder under the run's base temp, and a file lock lets the first
-    worker launch while the others wait and reuse it. Yields (path, made): ``made`` is True if
-    the run is already there; otherwise the block must make it."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # shared by the workers of this run
-    base = root / "shared-runs"
-    base.mkdir(parents=True, exist_ok=True)
-    out = base / key
-    with open(base / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield out, (out / "test_launch_result.json").is_file()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
+           "--micro-batch", "4", "--checkpoint-every", str(EVERY), "--limit", "256", "--seed", "0")
 
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -54,6 +32,16 @@ def cli_env() -> dict[str, str]:
 def cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ecdit_scale", *args], cwd=cwd or ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def restore_environ(saved: dict[str, str]) -> None:
+    """Put os.environ back as ``saved``, key by key (never cleared as a whole: the background
+    thread of session runs reads it to start its launches)."""
+    for key in [k for k in os.environ if k not in saved]:
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -75,8 +63,7 @@ def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         os.chdir(here)
-        os.environ.clear()
-        os.environ.update(env)
+        restore_environ(env)
     return subprocess.CompletedProcess(["ecdit-scale", *args], code, out.getvalue(),
                                        err.getvalue())
 
@@ -99,22 +86,18 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def launched(tmp_path_factory, key: str, *args: str) -> Path:
-    """Launch once per test run and key; later callers (any worker) get the same run directory.
-    Tests that change a run work on a copy (``copy_run``)."""
-    if key not in _RUNS:
-        with shared_run(tmp_path_factory, key) as (out, made):
-            if not made:
-                t0 = time.perf_counter()
-                proc = cli("launch", *args, "--out", str(out), "--json")
-                assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-                result = json.loads(proc.stdout)
-                assert result["status"] == "completed"
-                result["test_wall_s"] = time.perf_counter() - t0
-                result["stderr"] = proc.stderr
-                (out / "test_launch_result.json").write_text(json.dumps(result))
-        _RUNS[key] = out
-    return _RUNS[key]
+def _launch(*args: str):
+    """A session run made by ``ecdit-scale launch ARGS --out FOLDER`` (a subprocess)."""
+    def make(out: Path, deps: dict[str, Path]) -> None:
+        t0 = time.perf_counter()
+        proc = cli("launch", *args, "--out", str(out), "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+        result = json.loads(proc.stdout)
+        assert result["status"] == "completed", result
+        result["test_wall_s"] = time.perf_counter() - t0
+        result["stderr"] = proc.stderr
+        (out / "test_launch_result.json").write_text(json.dumps(result))
+    return make
 
 
 def launch_result(run: Path) -> dict:
@@ -127,11 +110,9 @@ def copy_run(run: Path, to: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ec_run(tmp_path_factory) -> Path:
-    """nano-ec8, 2 ranks, ep 2, ZeRO-2, 40 steps, checkpoints every 10."""
-    return launched(tmp_path_factory, "ec-ep2-z2", *EC_ARGS)
-
-
+def ec_run(session_runs) -> Path:
+    """nano-ec8, 2 ranks, ep 2, ZeRO-2, STEPS steps, a checkpoint every EVERY."""
+    return session_runs.get("ec-ep2-z2")
 
 
 # 1 rank, tiny: a finished 6-step run (checkpoints every 2 steps, the last two kept: step4,
@@ -143,27 +124,20 @@ SHORT_ARGS = ("nano-ec8", "--nproc", "1", "--micro-batch", "2", "--limit", "256"
 
 
 @pytest.fixture(scope="session")
-def short_run(tmp_path_factory) -> Path:
-    return launched(tmp_path_factory, "short-6", *SHORT_ARGS, "--steps", "6",
-                    "--checkpoint-every", "2")
+def short_run(session_runs) -> Path:
+    return session_runs.get("short-6")
+
+
+def _resume_short(out: Path, deps: dict[str, Path]) -> None:
+    shutil.rmtree(out, ignore_errors=True)  # a half-made copy of a failed attempt
+    copy_run(deps["short-6"], out)
+    _launch(*SHORT_ARGS, "--steps", "8", "--resume")(out, deps)
 
 
 @pytest.fixture(scope="session")
-def extended_run(short_run, tmp_path_factory) -> Path:
+def extended_run(session_runs) -> Path:
     """``short_run`` copied and resumed with --steps 8: the reference 8-step loss curve."""
-    if "short-8" not in _RUNS:
-        with shared_run(tmp_path_factory, "short-8") as (out, made):
-            if not made:
-                shutil.rmtree(out, ignore_errors=True)  # a half-made copy of a failed attempt
-                copy_run(short_run, out)
-                proc = cli("launch", *SHORT_ARGS, "--steps", "8", "--out", str(out), "--resume",
-                           "--json")
-                assert proc.returncode == 0, proc.stderr[-3000:]
-                result = json.loads(proc.stdout)
-                result["stderr"] = proc.stderr
-                (out / "test_launch_result.json").write_text(json.dumps(result))
-        _RUNS["short-8"] = out
-    return _RUNS["short-8"]
+    return session_runs.get("short-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,25 +194,85 @@ def run_launch_sh(plan: Path, run_dir: Path, *args: str, env: dict | None = None
     return subprocess.run(cmd, env=full, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="session")
-def cpu_plan(tmp_path_factory, cpu_profile) -> Path:
-    """nano-ec8 on one 2-core machine: 1 node x 2 ranks, ep 2, ZeRO-2 (one plan for all the
-    workers, so that ``plan_run`` records the same plan folder every test compares with)."""
-    with shared_run(tmp_path_factory, "cpu-plan-1x2") as (out, _):
-        if not (out / "plan.yaml").is_file():
-            make_plan(out, cpu_profile, "--gpus", "2")
-    return out
+def _cpu_plan(out: Path, deps: dict[str, Path]) -> None:
+    """nano-ec8 on one 2-core machine: 1 node x 2 ranks, ep 2, ZeRO-2 (a subprocess: this may
+    run in the background thread)."""
+    profile = out.parent / "cpu-2core.yaml"
+    profile.write_text(CPU_PROFILE)
+    shutil.rmtree(out, ignore_errors=True)
+    proc = cli("plan", *PLAN_ARGS, "--gpu", str(profile), "--gpus", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _plan_run(out: Path, deps: dict[str, Path]) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    proc = run_launch_sh(deps["cpu-plan-1x2"], out)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    (out / "test_launch_result.json").write_text(proc.stdout)
 
 
 @pytest.fixture(scope="session")
-def plan_run(tmp_path_factory, cpu_plan) -> Path:
-    """``bash cpu_plan/launch.sh`` as written, 10 steps."""
-    if "plan-1x2" not in _RUNS:
-        with shared_run(tmp_path_factory, "plan-1x2") as (out, made):
-            if not made:
-                shutil.rmtree(out, ignore_errors=True)
-                proc = run_launch_sh(cpu_plan, out)
-                assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-                (out / "test_launch_result.json").write_text(proc.stdout)
-        _RUNS["plan-1x2"] = out
-    return _RUNS["plan-1x2"]
+def cpu_plan(session_runs) -> Path:
+    """One plan folder for all the workers, so that ``plan_run`` records the same plan folder
+    every test compares with."""
+    return session_runs.get("cpu-plan-1x2")
+
+
+@pytest.fixture(scope="session")
+def plan_run(session_runs) -> Path:
+    """``bash cpu_plan/launch.sh`` as written, ``PLAN_RUN_STEPS`` steps."""
+    return session_runs.get("plan-1x2")
+
+
+# ---------------------------------------------------------------------------------------------
+# The session runs, started in the background (tests/session_runs.py)
+# ---------------------------------------------------------------------------------------------
+
+def _interrupted(out: Path, deps: dict[str, Path]) -> None:
+    from interrupts import interrupted_run  # (it imports this module)
+
+    interrupted_run(out, deps)
+
+
+# in the order the background threads start them: the longest first
+SESSION_RUNS = [
+    SessionRun("ec-ep2-z2", _launch(*EC_ARGS)),
+    SessionRun("interrupted", _interrupted),
+    SessionRun("short-6", _launch(*SHORT_ARGS, "--steps", "6", "--checkpoint-every", "2")),
+    SessionRun("short-8", _resume_short, deps=("short-6",)),
+    SessionRun("cpu-plan-1x2", _cpu_plan),
+    SessionRun("plan-1x2", _plan_run, deps=("cpu-plan-1x2",)),
+]
+FIXTURE_RUNS = {"ec_run": "ec-ep2-z2", "short_run": "short-6", "extended_run": "short-8",
+                "cpu_plan": "cpu-plan-1x2", "plan_run": "plan-1x2",
+                "interrupted_run": "interrupted"}
+
+
+@pytest.fixture(scope="session")
+def interrupted_run(session_runs) -> Path:
+    """EC_ARGS interrupted by SIGTERM, SIGINT and kill -9, resumed each time (interrupts.py)."""
+    return session_runs.get("interrupted")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests that make their own launches first (stable otherwise): a long test that
+    starts last keeps one core busy after the other has finished."""
+    def late(item) -> bool:
+        return not (item.get_closest_marker("slow")
+                    and not set(getattr(item, "fixturenames", ())) & set(FIXTURE_RUNS))
+    items.sort(key=late)
+
+
+@pytest.fixture(scope="session")
+def session_runs(tmp_path_factory) -> SessionRuns:
+    return SessionRuns(shared_root(tmp_path_factory), SESSION_RUNS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_session_runs(request, session_runs):
+    """From the first test on, make in the background the runs the collected tests need."""
+    needed = {FIXTURE_RUNS[f] for item in request.session.items
+              for f in getattr(item, "fixturenames", ()) if f in FIXTURE_RUNS}
+    session_runs.start_background([r.key for r in SESSION_RUNS if r.key in needed])
+    yield
+    session_runs.stop()

@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+from conftest import restore_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -55,8 +56,7 @@ def run_in_process(case: Case, tmp_path: Path, monkeypatch) -> tuple[str, str, i
                 traceback.print_exc()
                 rc = 1
     finally:
-        os.environ.clear()
-        os.environ.update(env)
+        restore_environ(env)
     outcome, detail = judge(case, rc, out.getvalue(), err.getvalue(), tmp_path, snapshot)
     return outcome, detail, rc, out.getvalue(), err.getvalue()
 

@@ -19,29 +19,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _equivalence_worker(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
-    """One rank: a single-device MoE layer vs the same layer made expert-parallel (ep=world)."""
+def _equivalence_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank: a single-device MoE layer vs the same layer made expert-parallel (ep=world),
+    for expert choice and token choice (one pair of processes for both: each costs ~3 s)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
-    import copy
-
     import deepspeed
     import deepspeed.ops
     import torch.distributed as dist
 
-    from ecdit_scale import sizes
-    from ecdit_scale.model.moe import make_ffn
-    from ecdit_scale.train.expert_parallel import DeepSpeedExperts, create_groups, shard_experts
+    from ecdit_scale.train.expert_parallel import create_groups
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")
+    ep = create_groups(world)
+    for kind in ("ec", "tc"):
+        _compare(rank, world, kind, ep, out_dir)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _compare(rank: int, world: int, kind: str, ep, out_dir: str) -> None:
+    import copy
+
+    import torch.distributed as dist
+
+    from ecdit_scale import sizes
+    from ecdit_scale.model.moe import make_ffn
+    from ecdit_scale.train.expert_parallel import DeepSpeedExperts, shard_experts
+
     cfg = sizes.get(f"nano-{kind}8")
     torch.manual_seed(0)  # the same full layer on every rank
     full = make_ffn(cfg, moe=True)
     holder = torch.nn.Module()
     holder.layer = copy.deepcopy(full)
-    ep = create_groups(world)
     shard_experts(holder, ep)
     par = holder.layer
     assert isinstance(par.experts, DeepSpeedExperts)
@@ -68,21 +80,25 @@ def _equivalence_worker(rank: int, world: int, port: int, kind: str, out_dir: st
     out["expert_params_marked"] = all(
         p.allreduce is False and p.group_name == f"ep_size_{world}"
         for p in par.experts.parameters())
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+    with open(os.path.join(out_dir, f"{kind}-rank{rank}.json"), "w") as fh:
         json.dump(out, fh)
-    dist.barrier()
-    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def all_to_all(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("all-to-all")
+    mp.start_processes(_equivalence_worker, args=(2, _free_port(), str(out)),
+                       nprocs=2, join=True, start_method="spawn")
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ec", "tc"])
-def test_all_to_all_matches_the_single_device_layer(tmp_path, kind):
-    import torch.multiprocessing as mp
-
-    mp.start_processes(_equivalence_worker, args=(2, _free_port(), kind, str(tmp_path)),
-                       nprocs=2, join=True, start_method="spawn")
+def test_all_to_all_matches_the_single_device_layer(all_to_all, kind):
     for rank in (0, 1):
-        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        r = json.loads((all_to_all / f"{kind}-rank{rank}.json").read_text())
         assert r["out_max_err"] < 1e-5, r
         assert r["router_grad_err"] < 1e-5, r
         assert r["expert_grad_err"] < 1e-5 * max(1.0, r["expert_grad_scale"]), r

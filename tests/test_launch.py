@@ -1,24 +1,16 @@
 """`ecdit-scale launch`: real 2-rank DeepSpeed-MoE runs on CPU, bad input, kill and resume.
 
 The launched runs are shared with test_expert_parallel.py and test_validate.py through the
-session fixture ``ec_run`` in conftest.py.
+session fixtures of conftest.py (made once, in the background: tests/session_runs.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-import psutil
-from conftest import (EC_ARGS, ROOT, SHORT_ARGS, STEPS, cli, cli_env, cli_here, copy_run,
-                      launch_result, metrics)
+from conftest import EVERY, SHORT_ARGS, STEPS, cli, cli_here, copy_run, launch_result, metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,86 +77,34 @@ def test_adaptive_on_the_run(ec_run, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _start(args: list[str]) -> subprocess.Popen:
-    """`ecdit-scale launch` as its own process (and process group), output captured."""
-    return subprocess.Popen([sys.executable, "-m", "ecdit_scale", *args], cwd=ROOT,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
-def _signal_after(proc: subprocess.Popen, out: Path, lines: int, send, *,
-                  killed: bool = False) -> tuple[dict, str]:
-    """Wait until metrics.jsonl has ``lines`` lines, ``send`` the signal, wait for the end.
-    Returns the printed result; ``killed``: nothing is printed, the signal must have been sent
-    before the run ended."""
-    deadline = time.time() + 240
-    sent = False
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            path = out / "metrics.jsonl"
-            if path.exists() and len(path.read_text().splitlines()) >= lines:
-                send(proc)
-                sent = True
-                break
-            time.sleep(0.02)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert sent, f"the run ended before {lines} steps could be interrupted: {stderr[-2000:]}"
-    if killed:
-        return {}, stderr
-    assert stdout, stderr[-3000:]
-    return json.loads(stdout), stderr
-
-
-def _ranks_of(out: Path) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if str(out) in cmd and "ecdit_scale.train.worker" in cmd:
-            found.append(p)
-    return found
-
-
 @pytest.mark.slow
-def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, tmp_path):
-    """One run interrupted three ways, each resumed where the last left off:
-    SIGTERM to the launch process alone (summary: interrupted, 143; the message prints the
-    --resume command), Ctrl-C (SIGINT) to its job (130), then kill -9 of the job (the CLI
-    alone; the launcher's guard ends the ranks). No rank outlives any of them, and the last
-    resume finishes the same 40 losses as the uninterrupted run."""
-    out = tmp_path / "signalled"
-    proc = _start(["launch", *EC_ARGS, "--out", str(out), "--json"])
-    result, stderr = _signal_after(proc, out, 12, lambda p: p.send_signal(signal.SIGTERM))
-    assert proc.returncode == 143 and result["status"] == "interrupted", stderr[-2000:]
-    assert not _ranks_of(out)  # the launch process waited for the whole group
-    summary = json.loads((out / "summary.json").read_text())
-    assert (summary["status"], summary["returncode"]) == ("interrupted", 143)
-    resume = result["message"].split("continue with: ", 1)[1]
-    assert resume.endswith("--resume") and resume in stderr
-    args = resume.split()[1:]  # `ecdit-scale launch ...` as the user would run it
+def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, interrupted_run):
+    """One run interrupted three ways, each resumed where the last left off (the session run
+    ``interrupted_run``, tests/interrupts.py): SIGTERM to the launch process alone (summary:
+    interrupted, 143; the message prints the --resume command), Ctrl-C (SIGINT) to its job
+    (130), then kill -9 of the job (the CLI alone; the launcher's guard ends the ranks). No rank
+    outlives any of them, and the last resume finishes the same STEPS losses as the uninterrupted
+    run."""
+    obs = json.loads((interrupted_run / "observations.json").read_text())
+    term, intr, kill, final = obs["sigterm"], obs["sigint"], obs["sigkill"], obs["final"]
+    assert term["sent"] and term["returncode"] == 143, term
+    assert term["result"]["status"] == "interrupted", term
+    assert term["ranks_left"] == 0  # the launch process waited for the whole group
+    assert (term["summary"]["status"], term["summary"]["returncode"]) == ("interrupted", 143)
+    assert obs["resume_command"].endswith("--resume") and obs["resume_command"] in term["stderr"]
 
-    proc = _start([*args, "--json"])
-    result, stderr = _signal_after(proc, out, 22, lambda p: os.killpg(p.pid, signal.SIGINT))
-    assert proc.returncode == 130 and result["status"] == "interrupted", stderr[-2000:]
-    assert result["resumed_from"] == 10 and not _ranks_of(out)
-    assert json.loads((out / "summary.json").read_text())["returncode"] == 130
-    assert "--resume" in stderr.splitlines()[-1]
+    assert intr["sent"] and intr["returncode"] == 130, intr
+    assert intr["result"]["status"] == "interrupted" and intr["result"]["resumed_from"] == EVERY
+    assert intr["ranks_left"] == 0 and intr["summary"]["returncode"] == 130
+    assert "--resume" in intr["stderr"].splitlines()[-1]
 
-    proc = _start([*args, "--json"])
-    _signal_after(proc, out, 33, lambda p: os.killpg(p.pid, signal.SIGKILL), killed=True)
-    deadline = time.time() + 30
-    while _ranks_of(out) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _ranks_of(out), "ranks outlived a kill -9 of launch"
-    assert len((out / "metrics.jsonl").read_text().splitlines()) < STEPS
+    assert kill["sent"] and kill["ranks_left"] == 0, "ranks outlived a kill -9 of launch"
+    assert kill["metrics_lines"] < STEPS
 
-    res = cli(*args, "--json")
-    assert res.returncode == 0, res.stderr[-3000:]
-    result = json.loads(res.stdout)
-    assert result["status"] == "completed" and result["resumed_from"] in (20, 30)
-    resumed, reference = metrics(out), metrics(ec_run)
+    assert final["returncode"] == 0, final["stderr"]
+    assert final["result"]["status"] == "completed"
+    assert final["result"]["resumed_from"] in (2 * EVERY, 3 * EVERY)
+    resumed, reference = metrics(interrupted_run), metrics(ec_run)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]

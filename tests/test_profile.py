@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import cli, cli_here
+from conftest import cli_here
 from ecdit_scale import sizes
 from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
 from ecdit_scale.errors import ConfigError
@@ -211,7 +211,7 @@ def test_the_catalog_path_is_unchanged_and_says_so():
 @pytest.fixture(scope="module")
 def measured_profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("profile") / "cpu.yaml"
-    proc = cli("profile", "--quick", "--nproc", "2", "--out", str(path), "--json", timeout=300)
+    proc = cli_here("profile", "--quick", "--nproc", "2", "--out", str(path), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return path
 
