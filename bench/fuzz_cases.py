@@ -314,7 +314,7 @@ def scaling_cases() -> list[Case]:
              SMALL, expect="json", quick=True),
         Case("report/--json while fitting", "scaling", "json",
              ("report", "t.csv", "--out", "rep", "--json"), (("t.csv", table(nano)),),
-             expect="json", isolate=True, quick=True, timeout=120),
+             expect="json", quick=True, timeout=120),
     ]
     return out
 
