@@ -17,6 +17,11 @@ import pytest
 from session_runs import SessionRun, SessionRuns, shared_root
 
 ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (set before torch is imported): with -n 2 on 2 cores, two workers
+    # of 2 threads each spin against each other (the suite took 12% more CPU). Tests that
+    # measure threads set their own; an OMP_NUM_THREADS the user gave is kept.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 STEPS, EVERY = 20, 5  # steps, and a checkpoint every EVERY steps
 EC_ARGS = ("nano-ec8", "--nproc", "2", "--ep", "2", "--zero", "2", "--steps", str(STEPS),
            "--micro-batch", "4", "--checkpoint-every", str(EVERY), "--limit", "256", "--seed", "0")

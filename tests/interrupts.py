@@ -72,7 +72,8 @@ def summary_of(out: Path) -> dict:
 
 def interrupted_run(out: Path, deps: dict[str, Path]) -> None:
     obs: dict = {}
-    proc = start(["launch", *EC_ARGS, "--out", str(out), "--json"])
+    # the same training as ec_run; memory is not what this run is about (tracking costs CPU)
+    proc = start(["launch", *EC_ARGS, "--no-track-memory", "--out", str(out), "--json"])
     term = signal_after(proc, out, EVERY + 2, lambda p: p.send_signal(signal.SIGTERM))
     term.update(ranks_left=ranks_of(out), summary=summary_of(out))
     obs["sigterm"] = term

