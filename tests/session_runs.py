@@ -56,7 +56,7 @@ class SessionRuns:
                 done, error = self._status(key)
                 if not done and error is None:
                     try:
-                        deps = {d: self._need(d) for d in run.deps}
+                        deps = {d: self.get(d) for d in run.deps}
                         run.make(self.path(key), deps)
                         (self.root / f"{key}.done").write_text("")
                         done = True
@@ -69,13 +69,10 @@ class SessionRuns:
             raise RuntimeError(f"session run {key!r} failed:\n{error[-4000:]}")
         return True
 
-    def _need(self, key: str) -> Path:
-        self.ensure(key, wait=True)
-        return self.path(key)
-
     def get(self, key: str) -> Path:
         """The folder of run ``key``, made or waited for."""
-        return self._need(key)
+        self.ensure(key, wait=True)
+        return self.path(key)
 
     def start_background(self, keys: list[str]) -> threading.Thread | None:
         """Make ``keys`` (and their dependencies) in a daemon thread, skipping those another

@@ -136,14 +136,18 @@ def planner_flops(cfg: ModelConfig, global_batch: int) -> tuple[float, float]:
     return t.model_flops * global_batch, t.hardware_flops * global_batch
 
 
-def counted_step_flops(cfg: ModelConfig, global_batch: int, cache: dict) -> float:
-    """The model's operators counted on two images, scaled to the global batch (cached per
-    config: several runs of one config are counted once)."""
+_COUNTED: dict[str, float] = {}  # config -> counted FLOPs per image, for the process
+
+
+def counted_step_flops(cfg: ModelConfig, global_batch: int) -> float:
+    """The model's operators counted on two images, scaled to the global batch. A count
+    depends on the config alone, so each config is counted once per process (several runs of
+    one config, or several validate calls)."""
     key = repr(cfg.to_dict())
-    if key not in cache:
+    if key not in _COUNTED:
         images = 2
-        cache[key] = measured_training_flops(cfg, images=images) / images
-    return cache[key] * global_batch
+        _COUNTED[key] = measured_training_flops(cfg, images=images) / images
+    return _COUNTED[key] * global_batch
 
 
 def _optional_positive(data: dict, key: str, where: str) -> float | None:
@@ -176,7 +180,7 @@ def _count(data: dict, key: str, where: str, *, least: int = 1, default: int | N
 # ---------------------------------------------------------------------------------------------
 
 
-def row_from_run(run_dir: Path, flops_cache: dict) -> Row:
+def row_from_run(run_dir: Path) -> Row:
     rd = RunDir(run_dir)
     if not rd.exists():
         raise ConfigError(f"{run_dir}: not a run directory (no run.json); give directories "
@@ -190,7 +194,7 @@ def row_from_run(run_dir: Path, flops_cache: dict) -> Row:
                           f"{summary.get('status', 'unknown')})")
     preds = read_object(rd.predictions, "predictions file") if rd.predictions.is_file() else {}
     flops_pred, hw_pred = planner_flops(cfg, s.global_batch)
-    flops_meas = counted_step_flops(cfg, s.global_batch, flops_cache)
+    flops_meas = counted_step_flops(cfg, s.global_batch)
     mem = _optional_dict(preds, "memory", str(rd.predictions))
     mem_pred = _optional_positive(mem, "total", f"{rd.predictions}: memory")
     note = mem.get("note", "")
@@ -237,7 +241,7 @@ def _run_device(s: RunSettings, summary: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def rows_from_gpu_file(path: Path, flops_cache: dict) -> list[Row]:
+def rows_from_gpu_file(path: Path) -> list[Row]:
     """Rows of a ``bench/gpu_measure.py`` result file (one per measured config)."""
     data = read_object(path, "GPU result file")
     configs = data.get("configs")
@@ -251,11 +255,11 @@ def rows_from_gpu_file(path: Path, flops_cache: dict) -> list[Row]:
             raise ConfigError(f"{where} must be a JSON object, not {type(c).__name__}")
         if c.get("error"):
             continue
-        rows.append(_gpu_row(path, data, c, where, flops_cache))
+        rows.append(_gpu_row(path, data, c, where))
     return rows
 
 
-def _gpu_row(path: Path, data: dict, c: dict, where: str, flops_cache: dict) -> Row:
+def _gpu_row(path: Path, data: dict, c: dict, where: str) -> Row:
     if not isinstance(c.get("card"), dict):
         raise ConfigError(f"{where}: card must be a model config object")
     cfg = ModelConfig.from_dict(c["card"], source=f"{path}:{c.get('model')}")
@@ -273,7 +277,7 @@ def _gpu_row(path: Path, data: dict, c: dict, where: str, flops_cache: dict) -> 
         params_predicted=count_params(cfg).model_params,
         params_measured=_count(c, "params_measured", where, default=0, least=0) or None,
         flops_predicted=flops_pred,
-        flops_measured=counted_step_flops(cfg, gb, flops_cache),
+        flops_measured=counted_step_flops(cfg, gb),
         memory_predicted=None if memory_pred is None
         else positive_number(memory_pred, f"{where}: predicted memory"),
         memory_measured=_optional_positive(c, "peak_bytes", where),

@@ -125,9 +125,6 @@ def predict_step_times(rows: list[Row], profile: str | None,
     return notes
 
 
-_COUNTED_FLOPS: dict[str, float] = {}  # config -> counted FLOPs per image (rows.counted_step_flops)
-
-
 def validate(inputs: list[Path], *, calibrate_on: str | None = None,
              csv_path: str | None = None, save_profile: str | None = None,
              profile: str | None = None) -> Report:
@@ -135,13 +132,12 @@ def validate(inputs: list[Path], *, calibrate_on: str | None = None,
         raise ConfigError("give at least one run directory or GPU result file")
     _check_output("--csv", csv_path)
     _check_output("--save-profile", save_profile)
-    flops_cache = _COUNTED_FLOPS  # a count depends on the config alone: kept for the process
     rows: list[Row] = []
     for p in inputs:
         if p.is_dir():
-            rows.append(row_from_run(p, flops_cache))
+            rows.append(row_from_run(p))
         elif p.is_file() and p.suffix == ".json":
-            rows.extend(rows_from_gpu_file(p, flops_cache))
+            rows.extend(rows_from_gpu_file(p))
         else:
             raise ConfigError(f"{p}: not a run directory or a .json GPU result file")
     if not rows:
