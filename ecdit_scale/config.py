@@ -410,6 +410,11 @@ class EMA(str, enum.Enum):
     SHARDED = "sharded"  # partitioned with the optimizer state (ZeRO >= 1), over the same group
 
 
+class Schedule(str, enum.Enum):  # the learning rate after warm-up
+    CONSTANT = "constant"  # the paper's: constant after the linear warm-up
+    WSD = "wsd"  # warm-up, stable, then linear decay to 0 over the last cooldown_fraction
+
+
 DIT_EMA_DECAY = 0.9999  # DiT (Peebles & Xie 2023): ema decay 0.9999, updated every step
 
 
@@ -425,9 +430,14 @@ class TrainingConfig:
     warmup_steps: int = 20_000
     ema: EMA = EMA.NONE  # `ecdit-scale plan` asks for a replicated EMA by default (DiT's recipe)
     ema_decay: float = DIT_EMA_DECAY
+    schedule: Schedule = Schedule.CONSTANT
+    cooldown_fraction: float = 0.2  # wsd: the share of the steps spent decaying to 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", _enum(Optimizer, self.optimizer, "optimizer"))
+        object.__setattr__(self, "schedule", _enum(Schedule, self.schedule, "schedule"))
+        if not 0 < _number("cooldown_fraction", self.cooldown_fraction) <= 1:
+            raise ConfigError(f"cooldown_fraction = {self.cooldown_fraction:g}: must be in (0, 1]")
         object.__setattr__(self, "precision", _enum(Precision, self.precision, "precision"))
         object.__setattr__(self, "ema", _enum(EMA, self.ema, "ema"))
         object.__setattr__(self, "ema_decay", _number("ema_decay", self.ema_decay,

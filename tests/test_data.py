@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ecdit_scale.datasets import DataError
-from ecdit_scale.datasets.batches import CaptionedImages, batches, build_dataset, to_uint8
+from ecdit_scale.datasets.batches import batches, build_dataset
+from ecdit_scale.datasets.captioned import CaptionedImages, to_uint8
 from ecdit_scale.datasets.emoji import emoji_caption, emoji_sequences, load_emoji
 from ecdit_scale.datasets.shapes import (
     TASKS,

@@ -108,6 +108,8 @@ def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, 
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
+    # and the held-out loss of the last step (same weights, same fixed problems)
+    assert resumed[-1]["heldout_loss"] == pytest.approx(reference[-1]["heldout_loss"], rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

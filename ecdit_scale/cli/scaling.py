@@ -87,7 +87,7 @@ def fit(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to save the fit (default: TABLE's folder/fit.yaml)."),
     n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples (of training runs) for the intervals."),
     seed: int = typer.Option(0, "--seed"),
-    loss_column: str = typer.Option("smoothed_loss", "--loss-column", help="smoothed_loss or final_loss."),
+    loss_column: Optional[str] = typer.Option(None, "--loss-column", help="heldout_loss (the default where every row has it), smoothed_loss or final_loss."),
     loss_label: str = typer.Option("", "--loss-label", help="What the loss is, for the report and plan (e.g. 'smoothed training flow-matching loss (32x32 shapes)')."),
     held_out_factor: float = typer.Option(4.0, "--held-out-factor", help="Held-out rows lie at least this factor beyond the largest fitted compute."),
     drop_outliers: bool = typer.Option(False, "--drop-outliers", help="Drop rows whose log residual is > 3.5 robust SDs from their group's median, and refit (reported in the fit)."),
@@ -108,8 +108,10 @@ def fit(
         raise ConfigError(f"--seed {seed}: must be an integer in 0..{2**32 - 1}")
     if out is not None and not str(out).strip() or out is not None and out.is_dir():
         raise ConfigError(f"--out {str(out)!r}: give a file path for the fit, e.g. fit.yaml")
-    if loss_column not in ("smoothed_loss", "final_loss"):
-        raise ConfigError(f"--loss-column {loss_column!r}: smoothed_loss or final_loss")
+    from ..scaling.table import LOSS_COLUMNS
+
+    if loss_column is not None and loss_column not in LOSS_COLUMNS:
+        raise ConfigError(f"--loss-column {loss_column!r}: choose one of {', '.join(LOSS_COLUMNS)}")
     if not (math.isfinite(held_out_factor) and held_out_factor > 1):
         raise ConfigError(f"--held-out-factor {held_out_factor}: a factor > 1, e.g. 4")
     if extrapolate_to is not None and not (math.isfinite(extrapolate_to) and extrapolate_to > 0):

@@ -30,7 +30,7 @@ def launch_cmd(
     zero: int = typer.Option(1, "--zero", help="ZeRO stage 0, 1 or 2 (3: dense models only)."),
     micro_batch: int = typer.Option(8, "--micro-batch", help="Images per rank per micro-step."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
-    dataset: str = typer.Option("emoji", "--dataset", help="emoji (OpenMoji) or shapes (GenEval-style)."),
+    dataset: str = typer.Option("emoji", "--dataset", help="emoji (OpenMoji), shapes (GenEval-style, a fixed set), shapes-stream (fresh scenes, never repeated) or latents (the paper's latent cards)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples."),
     holdout: int = typer.Option(64, "--holdout", help="Samples kept out of training (for `adaptive`)."),
     out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/<model>-w<world>-...)."),
@@ -44,6 +44,10 @@ def launch_cmd(
     recompute: str = typer.Option("none", "--recompute", help="Activation recompute: none, selective or full."),
     ema: str = typer.Option("none", "--ema", help="EMA of the weights (fp32): none, replicated or sharded."),
     ema_decay: float = typer.Option(0.9999, "--ema-decay"),
+    schedule: str = typer.Option("constant", "--schedule", help="Learning rate after warm-up: constant (the paper's) or wsd (stable, then linear decay to 0)."),
+    cooldown: float = typer.Option(0.2, "--cooldown", help="wsd: the share of --steps spent decaying."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Held-out flow loss at fixed noise every K steps (0: at the last step only)."),
+    eval_timesteps: int = typer.Option(8, "--eval-timesteps", help="Noise levels of the held-out loss: t = (i + 0.5) / N."),
     override: Optional[str] = typer.Option(None, "--override", help="Cut the card down, e.g. depth=4,ffn.num_experts=8 (the paper's cards on one GPU)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps (default steps/4) and at the end."),
     tc_impl: str = typer.Option("ecdit", "--tc-impl", help="Token choice: ecdit (our TokenChoiceMoE) or deepspeed (DeepSpeed's MoE, TopKGate k=2)."),
@@ -60,7 +64,8 @@ def launch_cmd(
     common = dict(data_limit=limit, holdout=holdout, out=out, resume=resume, seed=seed,
                   checkpoint_every=checkpoint_every, tc_impl=tc_impl, device=device,
                   track_memory=not no_memory, stop_after=stop_after, node_rank=node_rank,
-                  master_addr=master_addr, master_port=master_port)
+                  master_addr=master_addr, master_port=master_port, eval_every=eval_every,
+                  eval_timesteps=eval_timesteps)
     if plan is not None:
         from ..train.plan_run import request_from_plan
 
@@ -80,7 +85,8 @@ def launch_cmd(
                             ep=ep, zero=zero, micro_batch=micro_batch, grad_accum=grad_accum,
                             dataset=dataset, hostfile=hostfile, lr=lr, warmup_steps=warmup,
                             optimizer=optimizer, precision=precision, recompute=recompute,
-                            ema=ema, ema_decay=ema_decay, override=override, **common)
+                            ema=ema, ema_decay=ema_decay, override=override, schedule=schedule,
+                            cooldown_fraction=cooldown, **common)
     if json_out:
         result = launch(req)
     else:
@@ -102,7 +108,8 @@ def launch_cmd(
 
 # launch options a plan decides (a --plan run refuses them on the command line)
 PLAN_DECIDES = ("nproc", "ep", "zero", "micro_batch", "grad_accum", "hostfile", "lr", "warmup",
-                "optimizer", "precision", "recompute", "ema", "ema_decay", "override")
+                "optimizer", "precision", "recompute", "ema", "ema_decay", "override", "schedule",
+                "cooldown")
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -6,7 +6,6 @@ resumed run reads exactly the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -15,36 +14,10 @@ import torch
 from ..config import ModelConfig
 from . import DataError
 from .arrays import dataset_arrays
-from .kinds import check_dataset_fits
-from .shapes import SceneSpec
+from .captioned import CaptionedImages, to_unit_range
+from .kinds import STREAMS, check_dataset_fits
 
 HOLDOUT_SEED_OFFSET = 7919  # the held-out split uses its own stream, not the batch order's
-
-
-@dataclass(frozen=True)
-class CaptionedImages:
-    """Images in [-1, 1] with their captions' token embeddings (padding rows are zero)."""
-
-    images: torch.Tensor  # (N, 3, H, W) float32 in [-1, 1]; latents: (N, 4, H/8, W/8) float32
-    text: torch.Tensor  # (N, text_tokens, text_dim) float32 (384: the encoder's own width)
-    text_len: torch.Tensor  # (N,) int64, real tokens per caption (incl. [CLS] and [SEP])
-    captions: list[str]
-    specs: tuple[SceneSpec, ...] | None = None  # shapes only
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-
-def to_unit_range(images_NHW3: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
-    x_NHW3 = torch.from_numpy(np.ascontiguousarray(images_NHW3))
-    return x_NHW3.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def to_uint8(images_N3HW: torch.Tensor) -> np.ndarray:
-    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), e.g. samples for `geneval_score`."""
-    x = ((images_N3HW.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def build_dataset(
@@ -99,7 +72,15 @@ def holdout_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarra
 def run_split(name: str, cfg: ModelConfig, *, limit: int | None, seed: int, holdout: int,
               split: str = "train") -> CaptionedImages:
     """A run's data: dataset ``name`` shaped for ``cfg``, without (``split="train"``) or only
-    (``"held"``) its ``holdout`` held-out samples. The trainer and the analyses call this."""
+    (``"held"``) its ``holdout`` held-out samples. The trainer and the analyses call this.
+    A stream (``shapes-stream``) has only a held-out set here; its training batches come
+    from ``stream.ShapesStream.batches``."""
+    if name in STREAMS:
+        if split != "held":
+            raise DataError(f"dataset {name!r} is a stream: train from ShapesStream.batches")
+        from .stream import ShapesStream
+
+        return ShapesStream(cfg, seed=seed, positions=0, holdout=holdout).held_out()
     ds = build_dataset_for(name, cfg, limit=limit, seed=seed)
     train, held = holdout_rows(len(ds), holdout, seed)
     return subset(ds, train if split == "train" else held)

@@ -7,11 +7,13 @@ from __future__ import annotations
 from ..config import ModelConfig
 from . import DataError
 
-DATASETS = ("emoji", "shapes", "latents")
+DATASETS = ("emoji", "shapes", "shapes-stream", "latents")
+STREAMS = ("shapes-stream",)  # drawn fresh for every position: no --limit, never repeats
 LATENT_CHANNELS = 4  # SD-VAE
 VAE_DOWNSAMPLE = 8  # image pixels per latent pixel
 # what each dataset feeds the model: (channels, pixels per model input pixel)
-DATASET_INPUTS = {"emoji": (3, 1), "shapes": (3, 1), "latents": (LATENT_CHANNELS, VAE_DOWNSAMPLE)}
+DATASET_INPUTS = {"emoji": (3, 1), "shapes": (3, 1), "shapes-stream": (3, 1),
+                  "latents": (LATENT_CHANNELS, VAE_DOWNSAMPLE)}
 
 
 def check_dataset_fits(name: str, cfg: ModelConfig) -> None:

@@ -175,3 +175,24 @@ def make_shapes(n: int, image_size: int, seed: int) -> tuple[np.ndarray, list[Sc
         images.append(render_scene(spec, image_size, rng))
         specs.append(spec)
     return np.stack(images), specs
+
+
+def all_scene_specs() -> list[SceneSpec]:
+    """Every spec ``sample_scene`` can draw (2,772): the stream's caption table is encoded once
+    for all of them, whatever a run draws."""
+    specs: list[SceneSpec] = []
+    colours = list(PALETTE)
+    pairs = [(a, b) for a in colours for b in colours if a != b]
+    for c in colours:
+        for s in SHAPES:
+            specs.append(SceneSpec((ShapeGroup(c, s),), task="single_object"))
+            specs += [SceneSpec((ShapeGroup(c, s, n),), task="counting") for n in range(2, 5)]
+    for a, b in pairs:
+        for sa in SHAPES:
+            for sb in SHAPES:
+                specs += [SceneSpec((ShapeGroup(a, sa, n0), ShapeGroup(b, sb, n1)),
+                                    task="two_object")
+                          for n0 in range(1, 4) for n1 in range(1, 5 - n0)]
+                specs += [SceneSpec((ShapeGroup(a, sa), ShapeGroup(b, sb)), rel, "position")
+                          for rel in Relation]
+    return specs

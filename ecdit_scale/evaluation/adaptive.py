@@ -73,7 +73,7 @@ def analyse(run_dir: Path, *, out: Path | None = None, samples: int = 32,
     check_args(samples=samples, timesteps=timesteps, seed=seed)
     import torch
 
-    from ..datasets.batches import to_uint8
+    from ..datasets.captioned import to_uint8
 
     rd = open_run(run_dir)
     cfg, s, model, ckpt_step = load_trained_model(rd)

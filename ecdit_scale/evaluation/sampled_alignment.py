@@ -19,7 +19,8 @@ def alignment_of_run(rd: RunDir, *, samples: int, sampling_steps: int, seed: int
     steps from the run's last complete checkpoint, for held-out shape captions."""
     import torch
 
-    from ..datasets.batches import build_dataset, to_uint8
+    from ..datasets.batches import build_dataset
+    from ..datasets.captioned import to_uint8
     from ..model import sample
 
     cfg, _, model, _ = load_run_model(rd)

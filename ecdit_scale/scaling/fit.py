@@ -21,12 +21,12 @@ from .laws import (MIN_RUNS_POWER_LAW, compute_multiplier, compute_optimal, fit_
                    fit_power_law, flops_per_param_token, predict)
 from .results import (Extrapolation, HeldOutResult, HeldOutRun, Multiplier, ScalingFit,
                       SensitivityRow, comparison_pairs)
-from .runlevel import (HELD_OUT_FACTOR, OUTLIER_RULE, frontier_mask, frontier_weights,
-                       held_out_split, kind_of, outlier_rows, run_ids, run_resample_weights,
+from .runlevel import (HELD_OUT_FACTOR, OUTLIER_RULE, config_ids, frontier_mask,
+                       frontier_weights, held_out_split, kind_of, outlier_rows, run_ids, run_resample_weights,
                        variant_labels)
 from .robust import MIN_LOG_LOSS_SPREAD, FitError, Progress
 from .shared import fit_shared_power_law
-from .table import FFN_KINDS, RunTableError, validate_run_table
+from .table import FFN_KINDS, LOSS_COLUMNS, RunTableError, validate_run_table
 
 MIN_RUNS_FOR_INTERVALS = 5  # below this a resample of distinct runs is nearly the data itself
 
@@ -40,7 +40,7 @@ BUDGET_SUBSETS = (("all budgets", None), ("final budget only", "final"),
 
 
 def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
-                  extrapolate_to_flops: float | None = None, loss_column: str = "smoothed_loss",
+                  extrapolate_to_flops: float | None = None, loss_column: str | None = None,
                   held_out_factor: float = HELD_OUT_FACTOR, level: float = DEFAULT_LEVEL,
                   drop_outliers: bool = False, sensitivity: bool = True, loss_label: str = "",
                   progress: Progress | None = None) -> ScalingFit:
@@ -51,10 +51,10 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
     Intervals come from a bootstrap of training runs (every budget of a run drawn together)
     with the compute frontier chosen inside each resample. progress(what, done, total) is
     called before each of the fits and once at the end."""
-    if loss_column not in ("smoothed_loss", "final_loss"):
-        raise ValueError(f"loss_column {loss_column!r}: use smoothed_loss or final_loss")
     _check_options(n_boot, level, extrapolate_to_flops)
     df = validate_run_table(df)
+    loss_column = loss_column or default_loss_column(df)
+    check_loss_column(df, loss_column)
     df["_group"], df["_run"] = variant_labels(df).to_numpy(), run_ids(df)
     kinds = _ordered_groups(df)
     _check_fittable(df, kinds, loss_column)
@@ -72,7 +72,7 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
         C, L = runs["compute_flops"].to_numpy(), runs[loss_column].to_numpy()
         seeds = np.random.SeedSequence([seed, i]).spawn(3)
         point, w_RN, redrawn = frontier_weights(C, L, runs["_run"], runs["_group"], n_boot,
-                                                seeds[0], _budgets(runs))
+                                                seeds[0], _budgets(runs), config_ids(runs))
         if point.sum() < len(runs):
             notes.append(f"L(C) for {kind}: fitted to the {point.sum()} rows on the compute "
                          f"frontier (chosen again inside each resample), of {len(runs)} in all")
@@ -133,8 +133,32 @@ def _budgets(runs: pd.DataFrame):
     return None
 
 
+def default_loss_column(df: pd.DataFrame) -> str:
+    """heldout_loss where every row has one (the quantity scaling claims should rest on),
+    else smoothed_loss."""
+    if "heldout_loss" in df.columns and np.isfinite(df["heldout_loss"]).all():
+        return "heldout_loss"
+    return "smoothed_loss"
+
+
+def check_loss_column(df: pd.DataFrame, loss_column: str) -> None:
+    if loss_column not in LOSS_COLUMNS:
+        raise RunTableError(f"--loss-column {loss_column!r}: choose one of "
+                            f"{', '.join(LOSS_COLUMNS)}")
+    if loss_column not in df.columns:
+        raise RunTableError(f"--loss-column {loss_column}: the run table has no such column "
+                            "(sweeps record it since the held-out loss was added)")
+    bad = ~np.isfinite(df[loss_column].to_numpy(float))
+    if bad.any():
+        names = ", ".join(df.loc[bad, "name"].astype(str).head(3))
+        raise RunTableError(f"--loss-column {loss_column}: {int(bad.sum())} rows have none "
+                            f"(e.g. {names}); fit another loss column or drop those rows")
+
+
 def default_loss_label(loss_column: str) -> str:
-    return {"smoothed_loss": "smoothed training flow-matching loss",
+    return {"heldout_loss": "held-out flow-matching loss at fixed noise (images never trained "
+                            "on)",
+            "smoothed_loss": "smoothed training flow-matching loss",
             "final_loss": "final-step training flow-matching loss"}[loss_column]
 
 
@@ -159,7 +183,7 @@ def _held_out(runs, split, loss_column, *, kind, n_boot, seed, level) -> HeldOut
     train = runs[train_mask]
     C, L = train["compute_flops"].to_numpy(), train[loss_column].to_numpy()
     point, w_RN, _ = frontier_weights(C, L, train["_run"], train["_group"], n_boot, seed,
-                                      _budgets(train))
+                                      _budgets(train), config_ids(train))
     fit = fit_power_law(C, L, point_rows=point, boot_weights=w_RN, n_boot=n_boot, level=level)
     out = []
     for _, row in runs[test_mask].iterrows():
@@ -179,7 +203,8 @@ def _without_outliers(df, kinds, loss_column) -> tuple[pd.DataFrame, list[str]]:
         sel = (df["_group"] == kind).to_numpy()
         runs = df[sel]
         C, L = runs["compute_flops"].to_numpy(), runs[loss_column].to_numpy()
-        point = frontier_mask(C, L, np.ones((1, len(C)), bool), runs["_group"], _budgets(runs))[0]
+        point = frontier_mask(C, L, np.ones((1, len(C)), bool), runs["_group"], _budgets(runs),
+                              config_ids(runs))[0]
         try:
             f = fit_power_law(C, L, point_rows=point)
         except FitError:
@@ -193,7 +218,8 @@ def _shared_fit(df, kinds, loss_column, *, n_boot, seed, level, notes):
     """L_k(C) = E + A_k C^-alpha over the frontier of every group, run-level bootstrap."""
     C, L = df["compute_flops"].to_numpy(), df[loss_column].to_numpy()
     point, w_RN, _ = frontier_weights(C, L, df["_run"], df["_group"], n_boot,
-                                      np.random.SeedSequence([seed, 99]), _budgets(df))
+                                      np.random.SeedSequence([seed, 99]), _budgets(df),
+                                      config_ids(df))
     return _attempt(notes, "shared-exponent fit", fit_shared_power_law, C, L,
                     df["_group"].to_numpy(), point_rows=point, boot_weights=w_RN,
                     n_boot=n_boot, level=level)
@@ -208,7 +234,9 @@ def _sensitivity(df, kinds, main_column, main_fit, *, n_boot, seed, level, step
     rows = []
     n_boot_part = min(n_boot, SENSITIVITY_BOOT)
     fractions = df["step_fraction"] if "step_fraction" in df.columns else None
-    for loss_column in ("smoothed_loss", "final_loss"):
+    columns = [c for c in LOSS_COLUMNS
+               if c in df.columns and np.isfinite(df[c].to_numpy(float)).all()]
+    for loss_column in columns:
         for label, subset in BUDGET_SUBSETS:
             step(f"sensitivity: {loss_column}, {label}")
             if subset is not None and fractions is None:

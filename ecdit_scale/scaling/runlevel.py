@@ -59,27 +59,53 @@ def kind_of(group: str) -> str:
 
 
 def run_ids(df: pd.DataFrame) -> np.ndarray:
-    """The training run of each row: run_dir, else card, else the row's own name."""
-    for column in ("run_dir", "card"):
+    """The training run of each row: its run group (the budget runs of one size, variant and
+    seed share warm-up, seed and data order: one unit for the bootstrap), else run_dir, else
+    card, else the row's own name."""
+    for column in ("run_group", "run_dir", "card"):
         if column in df.columns and df[column].notna().all():
             return df[column].astype(str).to_numpy()
     return df["name"].astype(str).to_numpy()
 
 
-def frontier_mask(compute_N, loss_N, present_RN, group_N, budget_N=None) -> np.ndarray:
+def config_ids(df: pd.DataFrame) -> np.ndarray | None:
+    """The configuration of each row when the table holds several seeds of it: card and
+    compute (the same model trained to the same budget), else None. Seeds of one
+    configuration are compared by their mean, never against each other (see frontier_mask)."""
+    if not {"card", "seed"} <= set(df.columns) or df["seed"].nunique(dropna=True) < 2:
+        return None
+    return (df["card"].astype(str) + "@" + df["compute_flops"].map("{:.6g}".format)).to_numpy()
+
+
+def frontier_mask(compute_N, loss_N, present_RN, group_N, budget_N=None, config_N=None
+                  ) -> np.ndarray:
     """Rows on the compute frontier of their group among the rows present in each resample:
     present, and no present row of the group with at most its compute has a lower loss. With
     budgets (several sizes per budget, as `fit.compute_frontier`): no present row of the
-    group and budget has a lower loss."""
+    group and budget has a lower loss.
+
+    With configurations (several seeds of each, ``config_ids``): each configuration's loss is
+    the mean of its present seeds (weighted by how often each was drawn), and a configuration
+    is on the frontier, with all its present seeds, when no other present configuration beats
+    that mean. The frontier is then not the luckiest seed at each compute."""
     C, L, g = (np.asarray(a) for a in (compute_N, loss_N, group_N))
+    w = np.asarray(present_RN, float)
+    present = w > 0
     if budget_N is None:
         beats_NN = C[None, :] <= C[:, None]
     else:
         b = np.asarray(budget_N)
         beats_NN = b[None, :] == b[:, None]
-    beats_NN = beats_NN & (L[None, :] < L[:, None]) & (g[None, :] == g[:, None])
-    present = np.asarray(present_RN, bool)
-    beaten_RN = (present[:, None, :] & beats_NN[None]).any(axis=2)
+    beats_NN = beats_NN & (g[None, :] == g[:, None])
+    if config_N is None:
+        beats_RNN = beats_NN[None] & (L[None, :] < L[:, None])[None]
+    else:
+        cfg = np.asarray(config_N)
+        same_NN = cfg[None, :] == cfg[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_RN = (w * L[None, :]) @ same_NN / (w @ same_NN)
+        beats_RNN = (beats_NN & ~same_NN)[None] & (mean_RN[:, None, :] < mean_RN[:, :, None])
+    beaten_RN = (present[:, None, :] & beats_RNN).any(axis=2)
     return present & ~beaten_RN
 
 
@@ -108,15 +134,16 @@ def run_resample_weights(runs_N, group_N, n_boot: int, seed, *,
     return np.array(out, dtype=float).reshape(len(out), len(runs_N)), redrawn
 
 
-def frontier_weights(compute_N, loss_N, runs_N, group_N, n_boot: int, seed, budget_N=None
-                     ) -> tuple[np.ndarray, np.ndarray, int]:
+def frontier_weights(compute_N, loss_N, runs_N, group_N, n_boot: int, seed, budget_N=None,
+                     config_N=None) -> tuple[np.ndarray, np.ndarray, int]:
     """(point frontier mask, run-level resample weights with the frontier chosen inside each
     resample, resamples redrawn for too few distinct runs)."""
     n = len(compute_N)
-    point = frontier_mask(compute_N, loss_N, np.ones((1, n), bool), group_N, budget_N)[0]
+    point = frontier_mask(compute_N, loss_N, np.ones((1, n), bool), group_N, budget_N,
+                          config_N)[0]
     w_RN, redrawn = run_resample_weights(runs_N, group_N, n_boot, seed)
     if len(w_RN):
-        w_RN = w_RN * frontier_mask(compute_N, loss_N, w_RN > 0, group_N, budget_N)
+        w_RN = w_RN * frontier_mask(compute_N, loss_N, w_RN, group_N, budget_N, config_N)
     return point, w_RN, redrawn
 
 

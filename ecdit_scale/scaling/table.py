@@ -41,6 +41,8 @@ _POSITIVE_COLUMNS = {
     "tokens_seen": "tokens seen must be > 0",
 }
 _LOSS_COLUMNS = ("final_loss", "smoothed_loss")
+# what a fit can use (heldout_loss is optional; a sweep records it at the end of every run)
+LOSS_COLUMNS = ("heldout_loss", "smoothed_loss", "final_loss")
 _MAX_ROWS_LISTED = 5
 
 
@@ -95,8 +97,9 @@ def validate_run_table(df: pd.DataFrame) -> pd.DataFrame:
     df["ffn_kind"] = df["ffn_kind"].astype(str).str.strip()
     for column in (*_POSITIVE_COLUMNS, *_LOSS_COLUMNS):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
-    if "alignment" in df.columns:
-        df["alignment"] = pd.to_numeric(df["alignment"], errors="coerce").astype(float)
+    for column in ("alignment", "heldout_loss"):
+        if column in df.columns:
+            df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     problems = _problems(df)
     if problems:
         raise RunTableError("run table: " + "; ".join(problems))
@@ -119,6 +122,11 @@ def _problems(df: pd.DataFrame) -> list[str]:
         if bad.any():
             problems.append(f"non-positive {column} in rows {_rows(df, bad)}; "
                             "loss must be > 0 to be fitted in log space")
+    if "heldout_loss" in df.columns:  # may be missing (NaN) in rows; never <= 0
+        bad = np.isfinite(df["heldout_loss"]) & (df["heldout_loss"] <= 0)
+        if bad.any():
+            problems.append(f"non-positive heldout_loss in rows {_rows(df, bad)}; loss must "
+                            "be > 0 to be fitted in log space")
     bad = ~df["ffn_kind"].isin(FFN_KINDS)
     if bad.any():
         kinds = sorted(set(df.loc[bad, "ffn_kind"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import ModelConfig, Optimizer, Recompute
+from ..config import ModelConfig, Optimizer, Recompute, Schedule
 from ..model import build_model
 from ..planner.deepspeed_config import ADAM_BETAS, MOMENTUM, RMSPROP_ALPHA
 from .ema import make_ema
@@ -26,7 +27,16 @@ from .expert_parallel import (create_groups, is_expert_param, param_counts, para
 from .records import Device, RunDir, RunSettings
 
 def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
+    """The run's training data (a CaptionedImages, or for a stream the ShapesStream of
+    steps x global batch positions) or its held-out samples (``split="held"``)."""
     from ..datasets.batches import run_split
+    from ..datasets.kinds import STREAMS
+
+    if s.dataset in STREAMS and split == "train":
+        from ..datasets.stream import ShapesStream
+
+        return ShapesStream(cfg, seed=s.seed, positions=s.steps * s.global_batch,
+                            holdout=s.holdout)
 
     return run_split(s.dataset, cfg, limit=s.data_limit, seed=s.seed, holdout=s.holdout,
                      split=split)
@@ -38,10 +48,16 @@ def step_seed(*keys: int) -> int:
 
 
 def lr_at(s: RunSettings, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` updates, then constant (the paper's schedule)."""
-    if s.warmup_steps <= 0:
-        return s.lr
-    return s.lr * min(1.0, step / s.warmup_steps)
+    """Linear warm-up over ``warmup_steps`` updates, then constant (the paper's schedule); or,
+    with ``schedule: wsd``, constant until the last c = ``ceil(cooldown_fraction x steps)``
+    updates, which decay linearly towards 0 (lr x c/(c+1), ..., lr x 1/(c+1)): a run of K steps
+    ends annealed, so its final loss is the loss of a budget of K steps (Hagele et al. 2024,
+    "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations")."""
+    factor = 1.0 if s.warmup_steps <= 0 else min(1.0, step / s.warmup_steps)
+    if s.schedule is Schedule.WSD:
+        cooldown = max(1, math.ceil(s.cooldown_fraction * s.steps))
+        factor = min(factor, (s.steps - step + 1) / (cooldown + 1))
+    return s.lr * max(0.0, factor)
 
 
 def build_optimizer(model: nn.Module, s: RunSettings) -> torch.optim.Optimizer:

@@ -159,7 +159,15 @@ def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
     """Render and encode the dataset once here; the ranks then read the cache. (Arrays, not
     tensors: this process never loads torch when the cache is there.)"""
     from ..datasets.arrays import dataset_arrays_for
+    from ..datasets.kinds import STREAMS
 
+    if s.dataset in STREAMS:  # images are drawn by the ranks; the captions are encoded here
+        from ..datasets.stream import stream_captions
+        from ..datasets.text_encoder import TextEncoder
+
+        TextEncoder().encode(stream_captions(s.seed, s.steps * s.global_batch, s.holdout),
+                             cfg.text_tokens)
+        return
     dataset_arrays_for(s.dataset, cfg, limit=s.data_limit, seed=s.seed)
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import DIT_EMA_DECAY, EMA, ParallelLayout, Recompute, TrainingConfig
+from ..config import DIT_EMA_DECAY, EMA, ParallelLayout, Recompute, Schedule, TrainingConfig
 from ..errors import ConfigError
 from ..files import atomic_write_text, json_default, read_text_file, to_plain
 
@@ -167,6 +167,9 @@ class RunSettings:
     keep_checkpoints: int
     track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
     tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
+    # held-out flow loss (train.heldout) every eval_every steps and at the last; 0: last only
+    eval_every: int = 0
+    eval_timesteps: int = 8  # the fixed noise grid: t = (i + 0.5) / eval_timesteps
     plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
     notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
 
@@ -196,20 +199,23 @@ class RunSettings:
     recompute = property(lambda self: self.layout.recompute)
     ema = property(lambda self: self.training.ema)
     ema_decay = property(lambda self: self.training.ema_decay)
+    schedule = property(lambda self: self.training.schedule)
+    cooldown_fraction = property(lambda self: self.training.cooldown_fraction)
 
     # settings a resumed run must share with the run it continues (steps may grow)
     FIXED = ("model_name", "nodes", "nproc_per_node", "ep", "zero", "micro_batch", "grad_accum",
              "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
-             "precision", "device", "tc_impl", "recompute", "ema", "ema_decay")
+             "precision", "device", "tc_impl", "recompute", "ema", "ema_decay", "schedule",
+             "cooldown_fraction", "eval_timesteps")
     # run.json's keys, in order
     KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
             "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
-            "warmup_steps", "optimizer", "precision", "ema", "ema_decay", "device",
-            "checkpoint_every", "keep_checkpoints", "track_memory", "tc_impl", "plan", "notes",
-            "world", "global_batch")
+            "warmup_steps", "schedule", "cooldown_fraction", "optimizer", "precision", "ema",
+            "ema_decay", "device", "checkpoint_every", "keep_checkpoints", "track_memory",
+            "tc_impl", "eval_every", "eval_timesteps", "plan", "notes", "world", "global_batch")
     # keys run.json may lack: derived from others, or newer than the run (their defaults hold)
     OPTIONAL = ("world", "global_batch", "tc_impl", "recompute", "ema", "ema_decay", "plan",
-                "notes")
+                "notes", "schedule", "cooldown_fraction", "eval_every", "eval_timesteps")
 
     @classmethod
     def missing_keys(cls, data: dict[str, Any]) -> list[str]:
@@ -227,6 +233,7 @@ class RunSettings:
               micro_batch: int, grad_accum: int, lr: float, warmup_steps: int,
               optimizer: Any, precision: Any, recompute: Any = Recompute.NONE,
               ema: Any = EMA.NONE, ema_decay: float = DIT_EMA_DECAY,
+              schedule: Any = Schedule.CONSTANT, cooldown_fraction: float = 0.2,
               **rest: Any) -> "RunSettings":
         """From flat settings; the layout and training configs validate theirs (ConfigError).
         A run.json older than recompute / EMA reads as recompute none, no EMA."""
@@ -235,7 +242,8 @@ class RunSettings:
                                 recompute=recompute)
         training = TrainingConfig(global_batch=micro_batch * grad_accum * world, steps=steps,
                                   optimizer=optimizer, precision=precision, lr=lr,
-                                  warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay)
+                                  warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay,
+                                  schedule=schedule, cooldown_fraction=cooldown_fraction)
         return cls(nodes=nodes, nproc_per_node=nproc_per_node, layout=layout, training=training,
                    grad_accum=grad_accum, **rest)
 

@@ -16,20 +16,22 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..config import (DIT_EMA_DECAY, EMA, FFNKind, ModelConfig, Optimizer, Precision,
-                      Recompute, load_model_config, zero_supports_moe)
+                      Recompute, Schedule, load_model_config, zero_supports_moe)
 from ..errors import ConfigError
 from ..files import read_text_file
 from ..integers import divisors
 from ..planner.cards import override_config
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
 
+MAX_EVAL_TIMESTEPS = 64
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
 # config field -> the launch option that sets it (to name the option in an error)
 OPTION_OF = {"dp": "--nproc", "ep": "--ep", "zero": "--zero", "micro_batch": "--micro-batch",
              "steps": "--steps", "lr": "--lr", "warmup_steps": "--warmup",
              "optimizer": "--optimizer", "global_batch": "--micro-batch x --grad-accum",
              "ema_decay": "--ema-decay", "ema": "--ema", "recompute": "--recompute",
-             "precision": "--precision"}
+             "precision": "--precision", "schedule": "--schedule",
+             "cooldown_fraction": "--cooldown"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +65,10 @@ class LaunchRequest:
     recompute: str = "none"  # none | selective | full (activation checkpointing)
     ema: str = "none"  # none | replicated | sharded (an fp32 EMA of the weights)
     ema_decay: float = DIT_EMA_DECAY
+    schedule: str = "constant"  # constant | wsd (warm-up, stable, decay to 0)
+    cooldown_fraction: float = 0.2  # wsd: share of the steps spent decaying
+    eval_every: int = 0  # held-out loss every K steps (0: at the last step only)
+    eval_timesteps: int = 8  # noise levels of the held-out loss
     override: str | None = None  # e.g. "depth=4,ffn.num_experts=8" (planner.cards.override_config)
     plan: str | None = None  # the plan folder this request was read from (``plan_run``)
     notes: tuple[str, ...] = ()  # where the run departs from the plan, and why
@@ -236,7 +242,8 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
             data_limit=req.data_limit, holdout=req.holdout, seed=req.seed, lr=req.lr,
             warmup_steps=warmup, optimizer=req.optimizer, precision=precision,
             recompute=req.recompute, ema=req.ema, ema_decay=req.ema_decay,
-            device=device, checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
+            schedule=req.schedule, cooldown_fraction=req.cooldown_fraction,
+            eval_every=req.eval_every, eval_timesteps=req.eval_timesteps, device=device, checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
             track_memory=req.track_memory, tc_impl=req.tc_impl, plan=req.plan,
             notes=tuple(req.notes) + notes)
     except ConfigError as exc:  # name the launch option, not the config field
@@ -305,10 +312,13 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
         v = getattr(req, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"--{name.replace('_', '-')} = {v!r}: must be an integer >= 1")
-    for name, option in (("seed", "--seed"), ("holdout", "--holdout")):
+    for name, option, hi in (("seed", "--seed", 2**31 - 1), ("holdout", "--holdout", 2**31 - 1),
+                             ("eval_every", "--eval-every", 2**31 - 1),
+                             ("eval_timesteps", "--eval-timesteps", MAX_EVAL_TIMESTEPS)):
         v = getattr(req, name)
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
-            raise ConfigError(f"{option} = {v!r}: must be an integer in 0..{2**31 - 1}")
+        lo = 1 if name == "eval_timesteps" else 0
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ConfigError(f"{option} = {v!r}: must be an integer in {lo}..{hi}")
     _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     _choice(EMA, req.ema, "--ema")
     _check_recompute(req)
@@ -317,6 +327,11 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     _check_moe(cfg, req, tc_impl)
     device = pick_device(req.device)
     nodes = _world(req, device)
+    from ..datasets.kinds import STREAMS
+
+    if req.data_limit is not None and req.dataset in STREAMS:
+        raise ConfigError(f"--limit {req.data_limit}: dataset {req.dataset!r} is drawn fresh for "
+                          "every position and has no size; leave --limit out")
     if req.data_limit is not None and req.data_limit < 2 * req.holdout + 1:
         raise ConfigError(f"--limit {req.data_limit}: keep more than twice the {req.holdout} "
                           "held-out samples")
@@ -344,6 +359,10 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
             raise ConfigError(f"--resume: {name} was {old_flat[name]!r} in {rd.path}, now "
                               f"{new_flat[name]!r}; resume with the original settings")
     point = rd.resume_point()
+    if settings.schedule is Schedule.WSD and old_flat["steps"] != settings.steps:
+        raise ConfigError(f"--resume --steps {settings.steps}: {rd.path} is a wsd run of "
+                          f"{old_flat['steps']} steps, whose cooldown is placed by its length; "
+                          f"resume with --steps {old_flat['steps']}")
     if point.step >= settings.steps:
         raise ConfigError(f"--resume: {rd.path} already finished {point.step} steps; "
                           f"raise --steps above {point.step} to train further")
@@ -362,7 +381,9 @@ RESUME_OPTIONS = {"nproc": "--nproc", "steps": "--steps", "ep": "--ep", "zero": 
                   "warmup_steps": "--warmup", "optimizer": "--optimizer",
                   "checkpoint_every": "--checkpoint-every", "device": "--device",
                   "tc_impl": "--tc-impl", "precision": "--precision", "recompute": "--recompute",
-                  "ema": "--ema", "ema_decay": "--ema-decay", "override": "--override"}
+                  "ema": "--ema", "ema_decay": "--ema-decay", "schedule": "--schedule",
+                  "cooldown_fraction": "--cooldown", "eval_every": "--eval-every",
+                  "eval_timesteps": "--eval-timesteps", "override": "--override"}
 
 
 def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:

@@ -1,11 +1,23 @@
-"""`ecdit-scale sweep`: a ladder of small configs x FFN kinds, trained through the launcher,
-turned into one run table for `ecdit-scale fit`.
+"""`ecdit-scale sweep`: a ladder of small configs x FFN kinds x seeds, trained through the
+launcher, turned into one run table for `ecdit-scale fit`.
 
-Compute budgets are points along each run: the learning rate is constant after warm-up (the
-paper's schedule), so the loss after k steps of a run to K steps is the loss of a run to k
-steps (Kaplan et al. 2020 read budgets off one run the same way). Each (size, variant) trains
-once to its largest budget; every budget is one row of the table, with images seen, tokens
-seen and compute = steps x the planner's training FLOPs per step.
+Two ways to get a compute budget (``schedule``):
+
+- ``wsd`` (the default): every budget is its own run, warm-up, stable and a linear cooldown
+  to 0 over its last ``cooldown_fraction`` of steps, so the loss of a budget is the loss of a run
+  trained for that budget (Hoffmann et al. 2022 fit separate runs; Hagele et al. 2024 show
+  WSD cooldowns match a cosine run of that length). All budgets of one (size, variant, seed)
+  share warm-up, learning rate, seed and data order, so they are one run group for the
+  statistics (``run_group``). The loss is the held-out loss at the run's last step
+  (``train.heldout``) on a set never trained on, scored at fixed noise.
+- ``constant``: one run per (size, variant, seed) at a constant learning rate, its budgets read
+  off the training curve (Kaplan et al. 2020). Cheaper, but a within-run slope mixes the
+  schedule into the data exponent; kept for quick looks.
+
+Data: ``shapes-stream`` by default, drawn fresh for every position, so no run sees an image
+twice. Learning rate: ``lr`` for every size, or with ``lr_search`` (multipliers, e.g. 0.5, 1,
+2) a small search per size: the size's dense model at the smallest budget, seed 0, one run per
+multiplier; the best held-out loss picks that size's learning rate for every run of the size.
 
 Finished runs are skipped, interrupted ones resumed from their last complete checkpoint, and
 the table is rewritten atomically after every run, so an interrupted sweep loses nothing; a
@@ -35,10 +47,13 @@ from .records import RunDir
 ScoreAlignment = Callable[..., float]
 
 VARIANTS = ("dense", "tc8", "ec8", "tc16", "ec16")
+SCHEDULES = ("wsd", "constant")
 DEFAULT_SIZES = ("nano", "micro", "tiny")
-DEFAULT_VARIANTS = ("dense", "tc8", "ec8", "ec16")
-DEFAULT_BUDGETS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+DEFAULT_VARIANTS = ("dense", "tc8", "ec8")
+DEFAULT_BUDGETS = (0.25, 0.5, 1.0)
+DEFAULT_SEEDS = (0, 1, 2)
 SMOOTH_FRACTION = 0.1  # smoothed loss: mean flow loss over the last 10% of steps (>= 5 steps)
+LR_SEARCH_VARIANT = "dense"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,18 +61,25 @@ class SweepSpec:
     sizes: tuple[str, ...] = DEFAULT_SIZES
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     steps: int = 300  # steps of the largest budget
-    budgets: tuple[float, ...] = DEFAULT_BUDGETS  # fractions of ``steps``, past warm-up
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS  # fractions of ``steps``
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    schedule: str = "wsd"  # wsd: one annealed run per budget | constant: budgets off one run
+    cooldown_fraction: float = 0.2
     nproc: int = 1
     micro_batch: int = 16
-    dataset: str = "shapes"
-    data_limit: int | None = 2048
+    dataset: str = "shapes-stream"
+    data_limit: int | None = None  # finite datasets only
     lr: float = 1e-3
-    seed: int = 0
+    lr_search: tuple[float, ...] = ()  # multipliers of lr tried per size (empty: lr for all)
+    holdout: int = 64  # held-out samples scored at the end of every run
     alignment_samples: int = 64  # shapes only: sampled images scored for the final budget
     sampling_steps: int = 16
+    device: str = "auto"
     out: str = "runs/sweep"
 
     def __post_init__(self) -> None:
+        from ..datasets.kinds import DATASETS, STREAMS
+
         for s in self.sizes:
             if s not in sizes.CPU_SIZES:
                 raise ConfigError(f"--sizes {s!r}: valid sizes are {', '.join(sizes.CPU_SIZES)}")
@@ -68,20 +90,79 @@ class SweepSpec:
             raise ConfigError(f"--budgets {self.budgets}: fractions of --steps in (0, 1]")
         if self.steps < 10:
             raise ConfigError(f"--steps {self.steps}: a sweep run needs at least 10 steps")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
+                isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**31
+                for x in self.seeds):
+            raise ConfigError(f"--seeds {self.seeds}: distinct integers in 0..{2**31 - 1}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if not 0 < self.cooldown_fraction <= 1:
+            raise ConfigError(f"--cooldown {self.cooldown_fraction}: a fraction in (0, 1]")
+        if any(not (math.isfinite(m) and m > 0) for m in self.lr_search):
+            raise ConfigError(f"--lr-search {self.lr_search}: positive multipliers, e.g. 0.5,1,2")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"--dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.dataset in STREAMS and self.data_limit is not None:
+            raise ConfigError(f"--limit {self.data_limit}: {self.dataset} never repeats and has "
+                              "no size")
+        short = min(budget_steps(self, b) for b in self.budgets)
+        if self.schedule == "wsd" and short < 5:
+            raise ConfigError(f"--budgets {min(self.budgets):g} x --steps {self.steps} = {short} "
+                              "steps: a wsd budget run needs at least 5")
 
     @property
     def global_batch(self) -> int:
         return self.micro_batch * self.nproc
 
-    def runs(self) -> list["SweepRun"]:
-        return [SweepRun(card=f"{s}-{v}", run_dir=Path(self.out) / f"{s}-{v}")
-                for s in self.sizes for v in self.variants]
+    @property
+    def warmup_steps(self) -> int:
+        """One warm-up for every run of the sweep (the budget runs of a group share their
+        first steps): a quarter of the shortest run, at most 100."""
+        shortest = min(budget_steps(self, b) for b in self.budgets)
+        return max(1, min(100, shortest // 4))
+
+    def runs(self, lr_of: dict[str, float] | None = None) -> list["SweepRun"]:
+        """Every training run, smallest first; ``lr_of`` (size -> lr) from the search."""
+        out, runs = Path(self.out), []
+        for size in self.sizes:
+            lr = (lr_of or {}).get(size, self.lr)
+            for v in self.variants:
+                for seed in self.seeds:
+                    card = f"{size}-{v}"
+                    if self.schedule == "constant":
+                        runs.append(SweepRun(card=card, run_dir=out / f"{card}-s{seed}",
+                                             steps=self.steps, seed=seed, lr=lr,
+                                             budgets=tuple(sorted(self.budgets))))
+                        continue
+                    for b in sorted(self.budgets):
+                        runs.append(SweepRun(card=card, run_dir=out / f"{card}-s{seed}-b{b:g}",
+                                             steps=budget_steps(self, b), seed=seed, lr=lr,
+                                             budgets=(1.0,), budget=b))
+        return runs
+
+    def lr_runs(self) -> list["SweepRun"]:
+        """The learning-rate search: each size's dense model, shortest budget, seed 0."""
+        b = min(self.budgets)
+        steps = budget_steps(self, b) if self.schedule == "wsd" else self.steps
+        return [SweepRun(card=f"{size}-{LR_SEARCH_VARIANT}", steps=steps, seed=self.seeds[0],
+                         lr=self.lr * m, budgets=(1.0,), budget=b if self.schedule == "wsd" else 1.0,
+                         run_dir=Path(self.out) / "lr-search" / f"{size}-{LR_SEARCH_VARIANT}-x{m:g}")
+                for size in self.sizes for m in self.lr_search]
 
 
 @dataclass(frozen=True)
 class SweepRun:
     card: str
     run_dir: Path
+    steps: int = 0
+    seed: int = 0
+    lr: float = 1e-3
+    budgets: tuple[float, ...] = (1.0,)  # fractions of ``steps`` the table reads off this run
+    budget: float = 1.0  # wsd: the run's budget as a fraction of the sweep's --steps
+
+    @property
+    def size(self) -> str:
+        return self.card.split("-", 1)[0]
 
 
 @dataclass
@@ -93,6 +174,12 @@ class SweepResult:
     launched: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # runs set aside, checkpoints passed over
+    lr_of: dict[str, float] = field(default_factory=dict)  # size -> the lr its runs used
+    lr_search: list[dict[str, Any]] = field(default_factory=list)  # one row per search run
+
+
+def budget_steps(spec: "SweepSpec", frac: float) -> int:
+    return max(1, round(frac * spec.steps))
 
 
 def run_state(spec: "SweepSpec", run: SweepRun) -> str:
@@ -103,10 +190,10 @@ def run_state(spec: "SweepSpec", run: SweepRun) -> str:
     rd = RunDir(run.run_dir)
     if not rd.exists():
         return "new"
-    if rd.read_summary().get("steps_done", 0) < spec.steps:
+    if rd.read_summary().get("steps_done", 0) < run.steps:
         return "resume"  # from its newest complete checkpoint, or from step 1 if none
     have = {int(m["step"]) for m in rd.read_metrics()}
-    return "done" if set(needed_steps(spec)) <= have else "damaged"
+    return "done" if set(needed_steps(run)) <= have else "damaged"
 
 
 def set_aside(path: Path) -> Path:
@@ -119,9 +206,13 @@ def set_aside(path: Path) -> Path:
     return target
 
 
-def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], None] | None = None,
+Event = Callable[[str, SweepRun, int, int], None]
+
+
+def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
               score_alignment: ScoreAlignment | None = None) -> SweepResult:
-    """Train every run of the spec (skip / resume / launch) and write the run table.
+    """The learning-rate search (when asked for), then every run of the spec (skip / resume /
+    launch), writing the run table after each.
 
     A run whose records cannot be completed (a finished run missing a step the table reads,
     or one a resume refuses, e.g. an unreadable metrics line with no checkpoint before it) is
@@ -131,51 +222,75 @@ def run_sweep(spec: SweepSpec, *, on_event: Callable[[str, SweepRun, int, int], 
     from ..scaling.table import save_run_table
 
     result = SweepResult(table_path=Path(spec.out) / "runs.csv")
-    runs = spec.runs()
-    for i, run in enumerate(runs):
-        state = run_state(spec, run)
-        if state == "damaged":
-            moved = set_aside(run.run_dir)
-            result.notes.append(f"{run.run_dir}: a step the table needs has no readable record "
-                                f"in metrics.jsonl; moved to {moved} and trained again")
-            state = "new"
-        if on_event:
-            on_event(state, run, i, len(runs))
-        if state == "done":
-            result.skipped.append(run.card)
-        else:
-            try:
-                res = launch(launch_request(spec, run, resume=state == "resume"))
-            except ConfigError as exc:
-                if state != "resume":
-                    raise
-                moved = set_aside(run.run_dir)
-                result.notes.append(f"{exc} -> moved {run.run_dir} to {moved}, trained again")
-                state = "new"
-                res = launch(launch_request(spec, run, resume=False))
-            if res.status == "interrupted":  # the signal was for the whole sweep
-                raise KeyboardInterrupt
-            result.notes += [f"{run.card}: {n}" for n in res.notes]
-            (result.resumed if state == "resume" else result.launched).append(run.card)
-            if not res.ok:
-                result.failed.append(f"{run.card}: {res.message or res.status}")
-                continue
+    search = spec.lr_runs()
+    runs = search + spec.runs()  # the main runs' lr is known once the search is done
+    n = len(runs)
+    for i, run in enumerate(search):
+        if _train(spec, run, result, on_event, i, n):
+            result.lr_search.append(lr_search_row(run))
+    result.lr_of = chosen_lrs(spec, result.lr_search)
+    if search:
+        save_run_table(pd.DataFrame(result.lr_search), Path(spec.out) / "lr-search.csv")
+    for i, run in enumerate(spec.runs(result.lr_of), start=len(search)):
+        if not _train(spec, run, result, on_event, i, n):
+            continue
         result.rows.extend(table_rows(spec, run, score_alignment))
         save_run_table(pd.DataFrame(result.rows), result.table_path)
-    if on_event:
-        on_event("finished", runs[-1], len(runs), len(runs))
+    if on_event and runs:
+        on_event("finished", runs[-1], n, n)
     return result
 
 
+def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event | None,
+           i: int, n: int) -> bool:
+    """Skip, resume or launch one run; False if it failed (recorded in ``result``)."""
+    state = run_state(spec, run)
+    if state == "damaged":
+        moved = set_aside(run.run_dir)
+        result.notes.append(f"{run.run_dir}: a step the table needs has no readable record "
+                            f"in metrics.jsonl; moved to {moved} and trained again")
+        state = "new"
+    if on_event:
+        on_event(state, run, i, n)
+    name = run.run_dir.name
+    if state == "done":
+        result.skipped.append(name)
+        return True
+    try:
+        res = launch(launch_request(spec, run, resume=state == "resume"))
+    except ConfigError as exc:
+        if state != "resume":
+            raise
+        moved = set_aside(run.run_dir)
+        result.notes.append(f"{exc} -> moved {run.run_dir} to {moved}, trained again")
+        state = "new"
+        res = launch(launch_request(spec, run, resume=False))
+    if res.status == "interrupted":  # the signal was for the whole sweep
+        raise KeyboardInterrupt
+    result.notes += [f"{name}: {n}" for n in res.notes]
+    (result.resumed if state == "resume" else result.launched).append(name)
+    if not res.ok:
+        result.failed.append(f"{name}: {res.message or res.status}")
+        return False
+    return True
+
+
 def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool) -> LaunchRequest:
-    return LaunchRequest(card=run.card, nproc=spec.nproc, steps=spec.steps, ep=1, zero=1,
+    return LaunchRequest(card=run.card, nproc=spec.nproc, steps=run.steps, ep=1, zero=1,
                          micro_batch=spec.micro_batch, dataset=spec.dataset,
-                         data_limit=spec.data_limit, out=str(run.run_dir), lr=spec.lr,
-                         seed=spec.seed, resume=resume)
+                         data_limit=spec.data_limit, holdout=spec.holdout,
+                         out=str(run.run_dir), lr=run.lr, seed=run.seed,
+                         warmup_steps=spec.warmup_steps, schedule=spec.schedule,
+                         cooldown_fraction=spec.cooldown_fraction, device=spec.device,
+                         checkpoint_every=max(1, run.steps // 2), eval_every=eval_every(run),
+                         resume=resume)
 
 
-def budget_step(spec: SweepSpec, frac: float) -> int:
-    return max(1, round(frac * spec.steps))
+def eval_every(run: SweepRun) -> int:
+    """Held-out loss at every budget the table reads off the run (their common divisor; 0:
+    the last step only)."""
+    steps = [max(1, round(f * run.steps)) for f in run.budgets]
+    return 0 if steps == [run.steps] else math.gcd(*steps)
 
 
 def smoothing_window(step: int) -> range:
@@ -183,40 +298,68 @@ def smoothing_window(step: int) -> range:
     return range(step - max(5, math.ceil(SMOOTH_FRACTION * step)) + 1, step + 1)
 
 
-def needed_steps(spec: SweepSpec) -> list[int]:
+def needed_steps(run: SweepRun) -> list[int]:
     """Every step the table reads: each budget's step and its smoothing window."""
-    return sorted({s for frac in spec.budgets for s in smoothing_window(budget_step(spec, frac))
-                   if s >= 1})
+    return sorted({s for frac in run.budgets
+                   for s in smoothing_window(max(1, round(frac * run.steps))) if s >= 1})
+
+
+def lr_search_row(run: SweepRun) -> dict[str, Any]:
+    summary = RunDir(run.run_dir).read_summary()
+    return {"size": run.size, "card": run.card, "lr": run.lr, "steps": run.steps,
+            "seed": run.seed, "heldout_loss": summary.get("heldout_loss"),
+            "final_loss": summary.get("final_loss"), "run_dir": str(run.run_dir)}
+
+
+def chosen_lrs(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Each size's learning rate: the search's best held-out loss (lr for sizes not searched
+    or whose search runs all failed)."""
+    best: dict[str, tuple[float, float]] = {}
+    for r in rows:
+        loss = r.get("heldout_loss")
+        if loss is not None and math.isfinite(loss) and (r["size"] not in best
+                                                         or loss < best[r["size"]][0]):
+            best[r["size"]] = (loss, r["lr"])
+    return {size: best[size][1] if size in best else spec.lr for size in spec.sizes}
 
 
 def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment | None" = None,
                ) -> list[dict[str, Any]]:
-    """One row per budget of a finished run; the last carries the alignment score of images
-    sampled from the run when a scorer is given (``evaluation.sampled_alignment``)."""
+    """One row per budget read off a finished run (wsd: its last step, with the held-out
+    loss); the last row carries the alignment score of images sampled from the run when a
+    scorer is given (``evaluation.sampled_alignment``)."""
     rd = RunDir(run.run_dir)
     cfg = rd.model_config()
     settings = rd.settings()
+    summary = rd.read_summary()
     metrics = {int(m["step"]): m for m in rd.read_metrics()}
     b = count_params(cfg)
     flops_per_image = training_flops_per_image(cfg, Recompute.NONE).model_flops
     gb = settings.global_batch
     rows = []
-    for frac in spec.budgets:
-        step = budget_step(spec, frac)
+    for frac in run.budgets:
+        step = max(1, round(frac * run.steps))
         window = [metrics[s]["flow_loss"] for s in smoothing_window(step) if s in metrics]
         if step not in metrics or not window:
             raise ConfigError(f"{rd.path}: metrics.jsonl has no step {step}; rerun the sweep to resume it")
         images = step * gb
+        budget = run.budget if spec.schedule == "wsd" else frac
+        heldout = metrics[step].get("heldout_loss")
         rows.append({
-            "name": f"{run.card}-b{frac:g}", "card": run.card, "ffn_kind": cfg.ffn.kind.value,
-            "experts": cfg.ffn.num_experts, "params": b.total_params,
-            "active_params": b.active_params, "images_seen": images,
+            "name": f"{run.card}-s{run.seed}-b{budget:g}", "card": run.card,
+            "ffn_kind": cfg.ffn.kind.value, "experts": cfg.ffn.num_experts,
+            "params": b.total_params, "active_params": b.active_params, "images_seen": images,
             "tokens_seen": images * cfg.tokens_per_image,
-            "compute_flops": images * flops_per_image, "steps": step, "step_fraction": frac,
+            "compute_flops": images * flops_per_image, "steps": step, "step_fraction": budget,
+            "seed": run.seed, "lr": run.lr, "schedule": spec.schedule,
             "final_loss": float(metrics[step]["flow_loss"]),
-            "smoothed_loss": float(np.mean(window)), "run_dir": str(rd.path),
+            "smoothed_loss": float(np.mean(window)),
+            "heldout_loss": float(heldout) if heldout is not None else float("nan"),
+            "dataset": settings.dataset, "train_samples": summary.get("train_samples"),
+            "run_group": f"{run.card}-s{run.seed}", "run_dir": str(rd.path),
         })
-    if score_alignment is not None and spec.dataset == "shapes" and spec.alignment_samples:
+    if score_alignment is not None and spec.dataset in ("shapes", "shapes-stream") \
+            and spec.alignment_samples and run.budget == max(spec.budgets):
         rows[-1]["alignment"] = score_alignment(rd, samples=spec.alignment_samples,
-                                                sampling_steps=spec.sampling_steps, seed=spec.seed)
+                                                sampling_steps=spec.sampling_steps, seed=run.seed)
     return rows

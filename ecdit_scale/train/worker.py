@@ -28,6 +28,7 @@ from torch import nn
 from ..model import rectified_flow_loss
 from .engine import Rank, load_data, lr_at, setup, step_seed  # noqa: F401 (load_data: adaptive)
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
+from .heldout import timestep_grid
 from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes,
                           model_state_bytes, tensors_in)
 from .records import CHECKPOINT_TAG, COMPLETE_MARKER, RunDir, append_jsonl, write_json
@@ -177,8 +178,12 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if r.ema is not None:
             r.ema.load(rd.checkpoints / resume_from, r.rank)
     data = load_data(s, r.cfg)
-    it = batches(data, s.global_batch, seed=s.seed, rank=r.dp_rank, world=r.world,
-                 start_step=start)
+    heldout = heldout_loss_for(r, data)
+    if hasattr(data, "batches"):  # a stream: every position drawn fresh
+        it = data.batches(s.global_batch, rank=r.dp_rank, world=r.world, start_step=start)
+    else:
+        it = batches(data, s.global_batch, seed=s.seed, rank=r.dp_rank, world=r.world,
+                     start_step=start)
     tracker = PeakBytes() if (s.track_memory and not r.on_gpu) else None
     state_bytes: dict[str, int] = {}
     t_run = time.perf_counter()
@@ -222,6 +227,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if not state_bytes:
             state_bytes = model_state_bytes(engine)
         rec = reduce_stats(st, r.world, s.grad_accum, peak, r.device)
+        if heldout is not None and (step == s.steps or (s.eval_every and step % s.eval_every == 0)):
+            rec.update(heldout(engine.module, bf16=engine.bfloat16_enabled()))
         if r.rank == 0:
             append_jsonl(rd.metrics, {"step": step, "lr": lr, "step_s": step_s,
                                       "images_per_s": s.global_batch / step_s, **rec})
@@ -236,6 +243,17 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     finish(r, train_wall_s=time.perf_counter() - t_run, state_bytes=state_bytes,
            train_samples=len(data))
     return 0
+
+
+def heldout_loss_for(r: Rank, data):
+    """The run's held-out scorer (``heldout.HeldOutLoss``), or None when it keeps no samples."""
+    from .heldout import HeldOutLoss
+
+    if r.s.holdout < 1:
+        return None
+    held = data.held_out() if hasattr(data, "held_out") else load_data(r.s, r.cfg, split="held")
+    return HeldOutLoss.build(held.images, held.text, levels=r.s.eval_timesteps, rank=r.rank,
+                             world=r.world, chunk=r.s.micro_batch, device=r.device)
 
 
 def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
@@ -260,9 +278,16 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
     untracked = [x for x in recs[2:] if not x.get("memory_tracked")]
     steady = [x["step_s"] for x in untracked or recs[2:] or recs]
     peaks = [x["peak_bytes"] for x in recs if x.get("peak_bytes")]
+    scored = [x for x in recs if "heldout_loss" in x]
     rd.update_summary(
         status="completed", steps_done=s.steps,
         first_loss=recs[0]["loss"] if recs else None,
+        heldout_loss=scored[-1]["heldout_loss"] if scored else None,
+        heldout_loss_by_t=scored[-1]["heldout_loss_by_t"] if scored else None,
+        heldout_timesteps=timestep_grid(s.eval_timesteps).tolist() if scored else None,
+        heldout_what=(f"flow-matching loss on {s.holdout} held-out samples never trained on, "
+                      f"at {s.eval_timesteps} fixed noise levels with fixed noise "
+                      "(train.heldout)") if scored else "not measured (--holdout 0)",
         final_loss=recs[-1]["loss"] if recs else None, train_wall_s=train_wall_s,
         mean_step_s=float(np.mean(steady)) if steady else None,
         median_step_s=float(np.median(steady)) if steady else None,
@@ -276,7 +301,8 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         grad_accum=s.grad_accum, global_batch=s.global_batch, optimizer=s.optimizer.value,
         optimizer_class=type(r.engine.optimizer.optimizer).__name__
         if hasattr(r.engine.optimizer, "optimizer") else type(r.engine.optimizer).__name__,
-        lr=s.lr, warmup_steps=s.warmup_steps, recompute=s.recompute.value,
+        lr=s.lr, warmup_steps=s.warmup_steps, schedule=s.schedule.value,
+        cooldown_fraction=s.cooldown_fraction, recompute=s.recompute.value,
         precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
         ema_bytes_per_rank_max=int(ema_bytes.item()), dataset=s.dataset, plan=s.plan,
         notes=list(s.notes), device=s.device.value,
