@@ -376,6 +376,8 @@ def test_unidentified_constants_are_named_not_given_an_interval():
     assert unidentified(2.0, Interval(0.0, math.inf)) == "0–∞"
     assert "bound 0" in identification(1.3e-17, Interval(1.3e-17, 1.3e-17))
     assert identification(1.58, Interval(0.99, 2.16)) == ""  # a real interval stays one
+    # every resample drew the same runs (two per variant): a point, not a 0.814-0.814 interval
+    assert identification(0.814, Interval(0.814, 0.814)).startswith("not identified: no interval")
     assert identification(1.7, None) == ""
 
 

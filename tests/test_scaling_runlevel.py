@@ -96,3 +96,26 @@ def test_run_level_intervals_cover_the_true_multiplier():
         iv = fit.multiplier("expert-choice", "dense").interval
         covered += iv.lo <= 1.5 <= iv.hi
     assert covered >= 16, f"covered the truth in {covered} of {K}"
+
+
+def test_seeds_of_a_configuration_are_compared_by_their_mean():
+    """Two sizes at one compute, three seeds each: the frontier takes the size with the lower
+    seed mean (with all its seeds), not whichever single seed was luckiest."""
+    import pandas as pd
+
+    from ecdit_scale.scaling.runlevel import config_ids
+
+    C = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    # size a: mean 1.00 with one unlucky-low seed 0.90; size b: mean 0.95, all seeds 0.95
+    L = np.array([0.90, 1.05, 1.05, 0.95, 0.95, 0.95])
+    g = np.array(["dense"] * 6)
+    df = pd.DataFrame({"card": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2, "compute_flops": C})
+    cfg = config_ids(df)
+    by_seed = frontier_mask(C, L, np.ones((1, 6), bool), g)[0]
+    assert by_seed.tolist() == [True, False, False, False, False, False]  # the luckiest seed
+    by_mean = frontier_mask(C, L, np.ones((1, 6), bool), g, config_N=cfg)[0]
+    assert by_mean.tolist() == [False, False, False, True, True, True]
+    # a resample that drew seed 0 of a twice and no other seed of a: a's mean is 0.90
+    w = np.array([[2.0, 0, 0, 1, 1, 1]])
+    assert frontier_mask(C, L, w, g, config_N=cfg)[0].tolist() == [True] + [False] * 5
+    assert config_ids(df.assign(seed=0)) is None  # one seed: rows are their own configurations

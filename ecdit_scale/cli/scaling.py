@@ -21,6 +21,13 @@ PROGRESS_AFTER_S = 2.0  # fits quicker than this print no progress
 MAX_BOOT = 10_000  # resamples: 200 give stable 95% intervals; more only costs time
 
 
+def _numbers(text: str, option: str, kind, example: str) -> tuple:
+    try:
+        return tuple(kind(x) for x in _csv_list(text, option))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: {example}") from None
+
+
 def _csv_list(text: str, option: str) -> tuple[str, ...]:
     items = tuple(s.strip() for s in text.split(",") if s.strip())
     if not items:
@@ -30,30 +37,38 @@ def _csv_list(text: str, option: str) -> tuple[str, ...]:
 
 @app.command()
 def sweep(
-    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="CPU-ladder sizes, comma-separated."),
-    variants: str = typer.Option("dense,tc8,ec8,ec16", "--variants", help="dense, tc8, ec8, tc16, ec16."),
+    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="CPU-ladder sizes, comma-separated (nano, micro, tiny, mini, small, base)."),
+    variants: str = typer.Option("dense,tc8,ec8", "--variants", help="dense, tc8, ec8, tc16, ec16."),
     steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
-    budgets: str = typer.Option("0.25,0.375,0.5,0.625,0.75,0.875,1", "--budgets", help="Compute budgets read off each run, as fractions of --steps."),
+    budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Compute budgets as fractions of --steps (wsd: one annealed run each)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds per configuration (init and data order)."),
+    schedule: str = typer.Option("wsd", "--schedule", help="wsd: a run per budget, cooled down at its end; constant: budgets read off one constant-lr run."),
+    cooldown: float = typer.Option(0.2, "--cooldown", help="wsd: share of each run's steps spent decaying the lr."),
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),
-    dataset: str = typer.Option("shapes", "--dataset", help="shapes (with alignment score) or emoji."),
+    dataset: str = typer.Option("shapes-stream", "--dataset", help="shapes-stream (never repeats; default), shapes (a fixed set) or emoji."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Finite datasets: use the first N samples."),
+    holdout: int = typer.Option(64, "--holdout", help="Held-out samples scored at fixed noise at the end of every run."),
     lr: float = typer.Option(1e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    lr_search: str = typer.Option("", "--lr-search", help="Multipliers of --lr tried per size (e.g. 0.5,1,2): dense model, shortest budget, first seed; the best held-out loss sets the size's lr."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Train the ladder x FFN kinds; skip finished runs, resume interrupted ones; write runs.csv."""
+    """Train the ladder x FFN kinds x seeds; skip finished runs, resume interrupted ones; write runs.csv."""
     from ..evaluation.sampled_alignment import alignment_of_run
     from ..train.sweep import SweepSpec, run_sweep
 
-    try:
-        fracs = tuple(float(b) for b in _csv_list(budgets, "--budgets"))
-    except ValueError:
-        raise ConfigError(f"--budgets {budgets!r}: fractions like 0.25,0.5,1") from None
+    fracs = _numbers(budgets, "--budgets", float, "fractions like 0.25,0.5,1")
+    seed_list = _numbers(seeds, "--seeds", int, "integers like 0,1,2")
+    search = _numbers(lr_search, "--lr-search", float, "multipliers like 0.5,1,2") \
+        if lr_search.strip() else ()
     spec = SweepSpec(sizes=_csv_list(sizes_, "--sizes"), variants=_csv_list(variants, "--variants"),
-                     steps=steps, budgets=fracs, nproc=nproc, micro_batch=micro_batch,
-                     dataset=dataset, lr=lr, seed=seed, out=str(out))
-    runs = spec.runs()
+                     steps=steps, budgets=fracs, seeds=seed_list, schedule=schedule,
+                     cooldown_fraction=cooldown, nproc=nproc, micro_batch=micro_batch,
+                     dataset=dataset, data_limit=limit, holdout=holdout, lr=lr,
+                     lr_search=search, device=device, out=str(out))
+    runs = spec.lr_runs() + spec.runs()
     with Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   disable=json_out) as bar:
@@ -62,10 +77,11 @@ def sweep(
         def on_event(state, run, i, n):
             verb = {"done": "skip (finished)", "resume": "resume", "new": "train",
                     "finished": "done"}[state]
-            bar.update(task, completed=i, description=f"{verb} {run.card if state != 'finished' else ''}")
+            bar.update(task, completed=i,
+                       description=f"{verb} {run.run_dir.name if state != 'finished' else ''}")
 
         result = run_sweep(spec, on_event=on_event, score_alignment=alignment_of_run)
-    summary = {"table": str(result.table_path), "rows": len(result.rows),
+    summary = {"table": str(result.table_path), "rows": len(result.rows), "lr": result.lr_of,
                "launched": result.launched, "resumed": result.resumed,
                "skipped": result.skipped, "failed": result.failed}
     if json_out:
@@ -76,6 +92,10 @@ def sweep(
                       f"{len(result.skipped)}, failed {len(result.failed)}")
         for f in result.failed:
             console.print(f"failed: {f}", style="red")
+        if spec.lr_search:
+            console.print("learning rate per size (best held-out loss of the search, "
+                          f"{result.table_path.parent / 'lr-search.csv'}): "
+                          + ", ".join(f"{k} {v:.3g}" for k, v in result.lr_of.items()))
         console.print(f"next: ecdit-scale fit {result.table_path}")
     if result.failed:
         raise typer.Exit(1)
@@ -162,7 +182,7 @@ def print_strict_json(data: dict) -> None:
 
 
 def _print_fit(result) -> None:
-    from ..scaling.formulas import unidentified
+    from ..scaling.formulas import identification, unidentified
 
     def cell(value, iv):
         why = unidentified(value, iv)
@@ -171,9 +191,9 @@ def _print_fit(result) -> None:
         return f"{value!r}" + (f"\n[{iv.lo:.4g}, {iv.hi:.4g}]" if iv else "")
 
     def with_ci(value, iv, label="CI"):
-        why = unidentified(value, iv)
+        why = identification(value, iv)
         if why:
-            return f"not identified (the data are consistent with {why})"
+            return why
         return f"{value:.3g}x" + (f" ({label} {iv.lo:.3g}-{iv.hi:.3g})" if iv else "")
 
     console.print(f"loss: {result.loss_label or result.loss_column}; compute "

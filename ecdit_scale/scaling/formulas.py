@@ -135,12 +135,18 @@ def percentile_interval(samples, level: float = DEFAULT_LEVEL) -> Interval | Non
     return Interval(lo=float(lo), hi=float(hi), level=level)
 
 
+NO_SPREAD = ("no interval: every resample gave the same value (too few training runs per "
+             "variant for the bootstrap to vary)")
+
+
 def identification(value: float, interval: Interval | None) -> str:
     """'' when the bootstrap interval of a positive constant pins it down; otherwise why not,
     e.g. 'not identified: the data are consistent with 0–0.214'."""
     what = unidentified(value, interval)
     if not what:
         return ""
+    if what == NO_SPREAD:
+        return f"not identified: {what}"
     if what.startswith("0 in every"):
         return f"not identified: the fit puts it at its bound 0 ({format_number(value, 3)}) {what[2:]}"
     return f"not identified: the data are consistent with {what}"
@@ -164,4 +170,6 @@ def unidentified(value: float, interval: Interval | None) -> str:
         return f"{low}–{format_number(hi, 3)}"
     if hi - lo <= 1e-9 * max(abs(value), abs(hi), 1e-300) and abs(value) < 1e-9:
         return "0 in every resample"
+    if hi - lo <= 1e-9 * max(abs(value), abs(hi), 1e-300):
+        return NO_SPREAD
     return ""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .formulas import unidentified
+from .formulas import identification, unidentified
 from .results import ScalingFit, load_fit
 from .runlevel import kind_of
 
@@ -65,7 +65,7 @@ def _multiplier(fit: ScalingFit, kind: str, baseline: str) -> dict[str, Any] | N
     why = unidentified(m.value, iv) if iv is not None else ""
     if why or not m.defined:
         return {"variant": kind, "baseline": baseline, "value": None, "interval": None,
-                "note": f"not identified: the data are consistent with {why}" if why else m.note}
+                "note": identification(m.value, iv) if why else m.note}
     return {"variant": kind, "baseline": baseline, "value": m.value,
             "interval": [iv.lo, iv.hi] if iv is not None else None,
             "note": "shared-exponent fit: the same at every loss" + _sensitivity(fit, kind, baseline)}

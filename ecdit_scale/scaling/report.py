@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..files import atomic_output
 from ..units import format_number
-from .formulas import Interval, unidentified
+from .formulas import NO_SPREAD, Interval, unidentified
 from .report_figures import (FigureBlock, figure_alignment, figure_compute_optimal,
                              figure_expert_load, figure_held_out, figure_loss, figure_residuals,
                              loss_words)
@@ -151,6 +151,9 @@ def _answer(fit: ScalingFit, kind: str, baseline: str) -> str:
         return f"The compute multiplier of {who} over {name} is {m.note} ({where})."
     ci = m.interval
     why = unidentified(m.value, ci)
+    if why == NO_SPREAD:
+        return (f"The data cannot identify the compute multiplier of {who} over {name} "
+                f"{where} (point value {m.value:.3g}): {why}.")
     if why:
         return (f"The data cannot identify the compute multiplier of {who} over {name} "
                 f"{where}: they are consistent with {why}.")

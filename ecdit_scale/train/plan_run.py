@@ -131,6 +131,7 @@ def request_from_plan(plan_dir: str | Path, *, steps: int | None = None, local: 
         grad_accum=int(lay["grad_accum"]), recompute=str(lay["recompute"]),
         lr=float(tr["lr"]), warmup_steps=warmup, optimizer=str(tr["optimizer"]),
         precision=str(tr["precision"]), ema=str(tr.get("ema", "none")),
-        ema_decay=float(tr.get("ema_decay", 0.9999)), hostfile=hostfile,
+        ema_decay=float(tr.get("ema_decay", 0.9999)), schedule=str(tr.get("schedule", "constant")),
+        cooldown_fraction=float(tr.get("cooldown_fraction", 0.2)), hostfile=hostfile,
         dataset=rest.pop("dataset", None) or default_dataset(spec.card),
         plan=str(spec.path.resolve()), notes=tuple(notes), device=device, **rest)

@@ -64,6 +64,21 @@ def end_group(proc: subprocess.Popen, *, grace_s: float = 15.0, poll_s: float = 
         time.sleep(poll_s)
 
 
+_ACTIVE: set["ForwardSignals"] = set()  # every ForwardSignals now attached, in any thread
+_ACTIVE_LOCK = threading.Lock()
+
+
+def interrupt_all(signum: int = signal.SIGINT) -> int:
+    """Pass ``signum`` to every launcher group now running, from any thread (only the main
+    thread receives signals: a sweep that launches from worker threads calls this on Ctrl-C).
+    Returns how many groups were signalled."""
+    with _ACTIVE_LOCK:
+        active = list(_ACTIVE)
+    for fs in active:
+        fs._handle(signum, None)
+    return len(active)
+
+
 class ForwardSignals:
     """While active, SIGINT/SIGTERM to this process go to the launcher's whole group and are
     remembered (``received``) instead of raising KeyboardInterrupt or ending this process.
@@ -79,6 +94,8 @@ class ForwardSignals:
 
     def attach(self, pgid: int) -> None:
         self.pgid = pgid
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self)
         if self.received is not None:
             signal_group(pgid, self.received)
 
@@ -95,6 +112,8 @@ class ForwardSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self)
         for sig, old in self._old.items():
             signal.signal(sig, old)
 

@@ -27,6 +27,7 @@ run whose records are damaged beyond a resume is renamed aside and trained again
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -176,6 +177,8 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)  # runs set aside, checkpoints passed over
     lr_of: dict[str, float] = field(default_factory=dict)  # size -> the lr its runs used
     lr_search: list[dict[str, Any]] = field(default_factory=list)  # one row per search run
+    not_started: list[str] = field(default_factory=list)  # past the deadline (stop_at)
+    stop_at: float | None = None
 
 
 def budget_steps(spec: "SweepSpec", frac: float) -> int:
@@ -210,9 +213,13 @@ Event = Callable[[str, SweepRun, int, int], None]
 
 
 def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
-              score_alignment: ScoreAlignment | None = None) -> SweepResult:
+              score_alignment: ScoreAlignment | None = None, parallel: int = 1,
+              stop_at: float | None = None) -> SweepResult:
     """The learning-rate search (when asked for), then every run of the spec (skip / resume /
-    launch), writing the run table after each.
+    launch), writing the run table after each. ``parallel`` > 1 keeps that many launches
+    going at once (small models leave a GPU, or a many-core CPU, mostly idle); the table
+    keeps the spec's order whatever order the runs finish in. Past ``stop_at`` (a
+    ``time.monotonic()`` deadline) no new launch starts; those runs are listed in ``not_started``.
 
     A run whose records cannot be completed (a finished run missing a step the table reads,
     or one a resume refuses, e.g. an unreadable metrics line with no checkpoint before it) is
@@ -221,24 +228,62 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
 
     from ..scaling.table import save_run_table
 
-    result = SweepResult(table_path=Path(spec.out) / "runs.csv")
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"--parallel {parallel!r}: an integer >= 1")
+    result = SweepResult(table_path=Path(spec.out) / "runs.csv", stop_at=stop_at)
     search = spec.lr_runs()
     runs = search + spec.runs()  # the main runs' lr is known once the search is done
     n = len(runs)
-    for i, run in enumerate(search):
-        if _train(spec, run, result, on_event, i, n):
-            result.lr_search.append(lr_search_row(run))
+    found: dict[int, dict[str, Any]] = {}
+    _train_all(spec, search, result, on_event, 0, n, parallel,
+               lambda i, run: found.__setitem__(i, lr_search_row(run)))
+    result.lr_search = [found[i] for i in sorted(found)]
     result.lr_of = chosen_lrs(spec, result.lr_search)
     if search:
         save_run_table(pd.DataFrame(result.lr_search), Path(spec.out) / "lr-search.csv")
-    for i, run in enumerate(spec.runs(result.lr_of), start=len(search)):
-        if not _train(spec, run, result, on_event, i, n):
-            continue
-        result.rows.extend(table_rows(spec, run, score_alignment))
+    rows: dict[int, list[dict[str, Any]]] = {}
+
+    def add_rows(i: int, run: SweepRun) -> None:
+        rows[i] = table_rows(spec, run, score_alignment)
+        result.rows = [r for k in sorted(rows) for r in rows[k]]
         save_run_table(pd.DataFrame(result.rows), result.table_path)
+
+    _train_all(spec, spec.runs(result.lr_of), result, on_event, len(search), n, parallel,
+               add_rows)
     if on_event and runs:
         on_event("finished", runs[-1], n, n)
     return result
+
+
+def _train_all(spec: SweepSpec, runs: list[SweepRun], result: SweepResult,
+               on_event: Event | None, offset: int, n: int, parallel: int,
+               then: Callable[[int, SweepRun], None]) -> None:
+    """``_train`` each run, ``parallel`` at a time; ``then(i, run)`` (in this thread) after each
+    that succeeded. Ctrl-C reaches only this thread: it is passed to every running launch,
+    which stops at a resumable point, and then raised."""
+    if parallel == 1:
+        for i, run in enumerate(runs):
+            if _train(spec, run, result, on_event, offset + i, n):
+                then(i, run)
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from .process import interrupt_all
+
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    futures = {pool.submit(_train, spec, run, result, on_event, offset + i, n): i
+               for i, run in enumerate(runs)}
+    try:
+        for fut in as_completed(futures):
+            if fut.result():
+                then(futures[fut], runs[futures[fut]])
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        interrupt_all()
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event | None,
@@ -256,6 +301,9 @@ def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event 
     if state == "done":
         result.skipped.append(name)
         return True
+    if result.stop_at is not None and time.monotonic() > result.stop_at:
+        result.not_started.append(name)
+        return False
     try:
         res = launch(launch_request(spec, run, resume=state == "resume"))
     except ConfigError as exc:

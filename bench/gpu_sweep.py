@@ -1,0 +1,149 @@
+"""The scaling sweep a reviewer asked for, in one prepared run: >= 5 sizes, dense / token choice
+/ expert choice, 3 seeds, one annealed (wsd) run per budget on data that never repeats, scored
+by the held-out loss at fixed noise, a learning-rate search per size; then the fit and report.
+
+    python bench/gpu_sweep.py --out $OUT/gpu-sweep           # CUDA: <= 10 minutes of one GPU
+    python bench/gpu_sweep.py --device cpu --quick --out /tmp/s  # CPU: the same path, tiny
+
+It calls the product's own ``sweep`` (train/sweep.py, every run through ``ecdit-scale launch``)
+with ``--parallel`` launches at once (small models leave a GPU mostly idle), then ``fit`` and
+``report``. A deadline (``--budget-s``) stops launching new runs in time to fit what is done:
+runs go seed by seed, so a cut sweep still has whole seeds. The sweep resumes: run it again with
+the same --out to finish. Everything goes under --out: runs.csv, lr-search.csv, fit.yaml, the
+report (HTML + Markdown + figures) and provenance.json (device, versions, settings, timings).
+The run directories themselves (checkpoints) are deleted at the end unless --keep-runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# CUDA: 5 sizes (0.4M-16M active parameters, 35x) x 4 budgets (8x in images) -> ~280x compute
+CUDA = dict(sizes=("nano", "micro", "tiny", "mini", "small"), variants=("dense", "tc8", "ec8"),
+            budgets=(0.125, 0.25, 0.5, 1.0), seeds=(0, 1, 2), steps=640, micro_batch=32,
+            lr_search=(0.5, 1.0, 2.0), holdout=64, parallel=8)
+# CPU --quick: the same path at toy scale (2 sizes, 2 budgets, 1 seed, a 2-point lr search)
+CPU_QUICK = dict(sizes=("nano", "micro"), variants=("dense", "ec8"), budgets=(0.5, 1.0),
+                 seeds=(0,), steps=12, micro_batch=4, lr_search=(1.0, 2.0), holdout=8,
+                 parallel=2)
+
+
+def versions() -> dict:
+    import deepspeed
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "cuda": torch.version.cuda, "gpu": gpu, "python": platform.python_version(),
+            "host_cpus": os.cpu_count()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--quick", action="store_true", help="CPU: toy sizes (the path, not results)")
+    ap.add_argument("--budget-s", type=float, default=540.0,
+                    help="stop launching new runs after this many seconds (default 540)")
+    ap.add_argument("--parallel", type=int, default=None, help="launches at once")
+    ap.add_argument("--steps", type=int, default=None, help="steps of the largest budget")
+    ap.add_argument("--keep-runs", action="store_true")
+    args = ap.parse_args(argv)
+
+    from ecdit_scale.errors import ConfigError
+    from ecdit_scale.scaling.fit import fit_run_table
+    from ecdit_scale.scaling.report import write_report
+    from ecdit_scale.scaling.results import save_fit
+    from ecdit_scale.scaling.table import load_run_table
+    from ecdit_scale.train.sweep import SweepSpec, run_sweep
+
+    settings = dict(CPU_QUICK if args.quick else CUDA)
+    parallel = args.parallel or settings.pop("parallel")
+    settings.pop("parallel", None)
+    if args.steps:
+        settings["steps"] = args.steps
+    out = args.out.resolve()
+    runs_dir = out / "runs"
+    t0 = time.monotonic()
+    deadline = t0 + args.budget_s
+    provenance = {"script": "bench/gpu_sweep.py", "argv": sys.argv[1:], "device": args.device,
+                  "versions": versions(), "parallel": parallel, "budget_s": args.budget_s,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    done_seeds, timings = [], {}
+    table = out / "runs.csv"
+    try:
+        for seed in settings["seeds"]:  # seed by seed: a deadline leaves whole seeds
+            if time.monotonic() > deadline:
+                print(f"[gpu_sweep] deadline: seed {seed} and later not started", flush=True)
+                break
+            spec = SweepSpec(**{**settings, "seeds": tuple(done_seeds) + (seed,)},
+                             device=args.device, out=str(runs_dir))
+            ts = time.monotonic()
+            res = run_sweep(spec, parallel=parallel, stop_at=deadline,
+                            on_event=lambda state, run, i, n: print(
+                                f"[gpu_sweep] {i + 1}/{n} {state} {run.run_dir.name}", flush=True)
+                            if state != "done" else None)
+            timings[f"seed{seed}_s"] = round(time.monotonic() - ts, 1)
+            if res.failed:
+                print(f"[gpu_sweep] {len(res.failed)} runs failed: {res.failed[:3]}", flush=True)
+            if res.not_started:
+                print(f"[gpu_sweep] deadline: {len(res.not_started)} runs of seed {seed} not "
+                      "started; fitting what is done", flush=True)
+            done_seeds.append(seed)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(res.table_path, table)
+            if spec.lr_search and (runs_dir / "lr-search.csv").exists():
+                shutil.copyfile(runs_dir / "lr-search.csv", out / "lr-search.csv")
+            provenance.update(seeds_done=done_seeds, lr_per_size=res.lr_of, timings=timings,
+                              sweep=_plain(asdict(spec)), failed=res.failed,
+                              not_started=res.not_started)
+            _write(out / "provenance.json", provenance)
+            if res.not_started:
+                break
+        if not table.exists():
+            print("[gpu_sweep] no finished seed: nothing to fit", flush=True)
+            return 1
+        tf = time.monotonic()
+        df = load_run_table(table)
+        fit = fit_run_table(df, n_boot=200, seed=0)
+        save_fit(fit, out / "fit.yaml")
+        write_report(df, fit, out / "report")
+        timings["fit_report_s"] = round(time.monotonic() - tf, 1)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        timings["total_s"] = round(time.monotonic() - t0, 1)
+        provenance.update(timings=timings, finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        if out.exists():
+            _write(out / "provenance.json", provenance)
+    if not args.keep_runs:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+    print(f"[gpu_sweep] {len(df)} rows, seeds {done_seeds}, {timings['total_s']} s -> {out}",
+          flush=True)
+    return 0
+
+
+def _plain(d):
+    return json.loads(json.dumps(d, default=str))
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
