@@ -52,6 +52,7 @@ def sweep(
     lr: float = typer.Option(1e-3, "--lr"),
     lr_search: str = typer.Option("", "--lr-search", help="Multipliers of --lr tried per size (e.g. 0.5,1,2): dense model, shortest budget, first seed; the best held-out loss sets the size's lr."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle)."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -59,6 +60,8 @@ def sweep(
     from ..evaluation.sampled_alignment import alignment_of_run
     from ..train.sweep import SweepSpec, run_sweep
 
+    if parallel < 1:
+        raise ConfigError(f"--parallel {parallel}: an integer >= 1")
     fracs = _numbers(budgets, "--budgets", float, "fractions like 0.25,0.5,1")
     seed_list = _numbers(seeds, "--seeds", int, "integers like 0,1,2")
     search = _numbers(lr_search, "--lr-search", float, "multipliers like 0.5,1,2") \
@@ -80,7 +83,8 @@ def sweep(
             bar.update(task, completed=i,
                        description=f"{verb} {run.run_dir.name if state != 'finished' else ''}")
 
-        result = run_sweep(spec, on_event=on_event, score_alignment=alignment_of_run)
+        result = run_sweep(spec, on_event=on_event, score_alignment=alignment_of_run,
+                           parallel=parallel)
     summary = {"table": str(result.table_path), "rows": len(result.rows), "lr": result.lr_of,
                "launched": result.launched, "resumed": result.resumed,
                "skipped": result.skipped, "failed": result.failed}

@@ -154,5 +154,8 @@ def _print_result(result) -> None:
             f"[bold green]done[/] {result.steps_done} steps in {result.wall_s:.1f} s: loss "
             f"{result.first_loss:.4f} -> {result.final_loss:.4f}; "
             f"{summary.get('median_step_s', float('nan')):.3f} s/step")
+        if summary.get("heldout_loss") is not None:
+            console.print(f"held-out loss {summary['heldout_loss']:.4f} ({summary['heldout_what']})",
+                          highlight=False)
         console.print(f"run directory: {result.run_dir}  (next: ecdit-scale validate "
                       f"{result.run_dir})", highlight=False)
