@@ -13,8 +13,8 @@ import pytest
 from ecdit_scale.errors import ConfigError
 from ecdit_scale.evaluation.sampled_alignment import alignment_of_run
 from ecdit_scale.train.records import RunDir, append_jsonl, write_json
-from ecdit_scale.train.sweep import (SweepRun, SweepSpec, chosen_lrs, eval_every, needed_steps,
-                                     run_state, run_sweep)
+from ecdit_scale.train.sweep import (SweepRun, SweepSpec, chosen_lrs, eval_every, lr_search_notes,
+                                     needed_steps, run_state, run_sweep)
 
 TINY = dict(sizes=("nano",), micro_batch=2, alignment_samples=8, sampling_steps=4,
             budgets=(0.5, 1.0), holdout=8)
@@ -112,6 +112,8 @@ def test_runs_of_a_wsd_sweep_and_its_learning_rate_search(tmp_path):
             {"size": "micro", "lr": 5e-4, "heldout_loss": None}]
     lr_of = chosen_lrs(spec, rows)
     assert lr_of == {"nano": 2e-3, "micro": 1e-3}  # micro's search failed: the given lr
+    assert lr_search_notes(spec, lr_of) == [
+        "lr search for nano: best at the top of the grid (0.002); the optimum may lie beyond it"]
     assert {r.lr for r in spec.runs(lr_of) if r.card.startswith("nano")} == {2e-3}
     constant = SweepRun("nano-ec8", tmp_path, steps=40, budgets=(0.25, 0.5, 1.0))
     assert eval_every(constant) == 10 and eval_every(SweepRun("x", tmp_path, steps=7)) == 0

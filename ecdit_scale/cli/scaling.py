@@ -86,6 +86,7 @@ def sweep(
         result = run_sweep(spec, on_event=on_event, score_alignment=alignment_of_run,
                            parallel=parallel)
     summary = {"table": str(result.table_path), "rows": len(result.rows), "lr": result.lr_of,
+               "notes": result.notes,
                "launched": result.launched, "resumed": result.resumed,
                "skipped": result.skipped, "failed": result.failed}
     if json_out:
@@ -96,6 +97,8 @@ def sweep(
                       f"{len(result.skipped)}, failed {len(result.failed)}")
         for f in result.failed:
             console.print(f"failed: {f}", style="red")
+        for note in result.notes:
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
         if spec.lr_search:
             console.print("learning rate per size (best held-out loss of the search, "
                           f"{result.table_path.parent / 'lr-search.csv'}): "

@@ -239,6 +239,7 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
                lambda i, run: found.__setitem__(i, lr_search_row(run)))
     result.lr_search = [found[i] for i in sorted(found)]
     result.lr_of = chosen_lrs(spec, result.lr_search)
+    result.notes += lr_search_notes(spec, result.lr_of)
     if search:
         save_run_table(pd.DataFrame(result.lr_search), Path(spec.out) / "lr-search.csv")
     rows: dict[int, list[dict[str, Any]]] = {}
@@ -369,6 +370,17 @@ def chosen_lrs(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, float]:
                                                          or loss < best[r["size"]][0]):
             best[r["size"]] = (loss, r["lr"])
     return {size: best[size][1] if size in best else spec.lr for size in spec.sizes}
+
+
+def lr_search_notes(spec: SweepSpec, lr_of: dict[str, float]) -> list[str]:
+    """A note per size whose best learning rate is at an end of the searched grid: the
+    optimum may lie beyond it."""
+    if len(spec.lr_search) < 2:
+        return []
+    lo, hi = spec.lr * min(spec.lr_search), spec.lr * max(spec.lr_search)
+    return [f"lr search for {size}: best at the {'top' if math.isclose(lr, hi) else 'bottom'} "
+            f"of the grid ({lr:.3g}); the optimum may lie beyond it"
+            for size, lr in lr_of.items() if math.isclose(lr, hi) or math.isclose(lr, lo)]
 
 
 def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment | None" = None,
