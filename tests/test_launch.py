@@ -44,6 +44,7 @@ def test_run_directory_records(ec_run):
     summary = json.loads((ec_run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps_done"] == STEPS
     assert summary["params"]["model_params"] == count_params(cfg).model_params
+    assert summary["optimizer_impl"] == "foreach"  # under ZeRO-2, ep 2
     rec = metrics(ec_run)[0]
     for key in ("loss", "flow_loss", "aux_loss", "lr", "step_s", "images_per_s",
                 "tokens_per_expert", "experts_per_token", "peak_bytes"):

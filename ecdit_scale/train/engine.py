@@ -44,23 +44,51 @@ def lr_at(s: RunSettings, step: int) -> float:
     return s.lr * min(1.0, step / s.warmup_steps)
 
 
+OPTIMIZER_CLASSES = {Optimizer.ADAMW: torch.optim.AdamW, Optimizer.RMSPROP: torch.optim.RMSprop,
+                     Optimizer.SGD: torch.optim.SGD}
+
+
+def optimizer_kernels(cls: type, device: Device) -> dict[str, bool]:
+    """How a torch optimizer updates its tensors, without a JIT build: ``fused`` (one CUDA
+    kernel for all of them) where the class has it and the run is on CUDA, else ``foreach``
+    (a few multi-tensor kernels instead of several per tensor). Under ZeRO the optimizer sees
+    DeepSpeed's few flat partitions, elsewhere every parameter: one kernel per tensor per
+    update term costs launches, not FLOPs."""
+    import inspect
+
+    accepted = inspect.signature(cls).parameters
+    if device is Device.CUDA and "fused" in accepted:
+        return {"fused": True}
+    return {"foreach": True} if "foreach" in accepted else {}
+
+
+def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
+    """fused | foreach | for-loop: how ``optimizer`` (or the torch optimizer DeepSpeed wraps)
+    runs its update, as the run records it."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    defaults = getattr(inner, "defaults", {})
+    return "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") \
+        else "for-loop"
+
+
 def build_optimizer(model: nn.Module, s: RunSettings) -> torch.optim.Optimizer:
     """A plain torch optimizer (no JIT-compiled DeepSpeed op) over DeepSpeed-MoE param groups:
     expert params get their own group per expert group name, which DeepSpeed's ZeRO optimizer
-    partitions over the expert-data-parallel group."""
+    partitions over the expert-data-parallel group. Fused on CUDA, foreach elsewhere
+    (``optimizer_kernels``)."""
     from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 
     groups = split_params_into_different_moe_groups_for_optimizer(
         {"params": [p for p in model.parameters() if p.requires_grad], "name": "shared",
          "lr": s.lr, "weight_decay": 0.0})
     groups = [g for g in groups if g["params"]]
+    cls = OPTIMIZER_CLASSES[s.optimizer]
+    kernels = optimizer_kernels(cls, s.device)
     if s.optimizer is Optimizer.RMSPROP:  # the paper: RMSProp with momentum
-        return torch.optim.RMSprop(groups, lr=s.lr, alpha=RMSPROP_ALPHA, eps=1e-8,
-                                   momentum=MOMENTUM, foreach=False)
+        return cls(groups, lr=s.lr, alpha=RMSPROP_ALPHA, eps=1e-8, momentum=MOMENTUM, **kernels)
     if s.optimizer is Optimizer.SGD:
-        return torch.optim.SGD(groups, lr=s.lr, momentum=MOMENTUM, foreach=False)
-    return torch.optim.AdamW(groups, lr=s.lr, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0,
-                             foreach=False)
+        return cls(groups, lr=s.lr, momentum=MOMENTUM, **kernels)
+    return cls(groups, lr=s.lr, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0, **kernels)
 
 
 def build_parallel_model(cfg: ModelConfig, s: RunSettings, ep) -> nn.Module:
