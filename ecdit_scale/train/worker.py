@@ -28,6 +28,7 @@ from torch import nn
 from ..model import rectified_flow_loss
 from .engine import Rank, load_data, lr_at, setup, step_seed  # noqa: F401 (load_data: adaptive)
 from .engine import optimizer_impl
+from .throughput import meter_for
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes,
                           model_state_bytes, tensors_in)
@@ -181,6 +182,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     it = batches(data, s.global_batch, seed=s.seed, rank=r.dp_rank, world=r.world,
                  start_step=start)
     tracker = PeakBytes() if (s.track_memory and not r.on_gpu) else None
+    meter = meter_for(r)  # model FLOPs per step and the device's peak, once
     state_bytes: dict[str, int] = {}
     t_run = time.perf_counter()
     if r.rank == 0:
@@ -225,7 +227,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         rec = reduce_stats(st, r.world, s.grad_accum, peak, r.device)
         if r.rank == 0:
             append_jsonl(rd.metrics, {"step": step, "lr": lr, "step_s": step_s,
-                                      "images_per_s": s.global_batch / step_s, **rec})
+                                      "images_per_s": s.global_batch / step_s,
+                                      **meter.record(step_s), **rec})
         if stop_after is not None and stop_after <= step < s.steps:
             # test hook: every rank dies here, as a job killed after this step would
             dist.barrier()
@@ -259,7 +262,8 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         return
     recs = rd.read_metrics()
     untracked = [x for x in recs[2:] if not x.get("memory_tracked")]
-    steady = [x["step_s"] for x in untracked or recs[2:] or recs]
+    steady_recs = untracked or recs[2:] or recs
+    steady = [x["step_s"] for x in steady_recs]
     peaks = [x["peak_bytes"] for x in recs if x.get("peak_bytes")]
     rd.update_summary(
         status="completed", steps_done=s.steps,
@@ -277,7 +281,7 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         grad_accum=s.grad_accum, global_batch=s.global_batch, optimizer=s.optimizer.value,
         optimizer_class=type(r.engine.optimizer.optimizer).__name__
         if hasattr(r.engine.optimizer, "optimizer") else type(r.engine.optimizer).__name__,
-        optimizer_impl=optimizer_impl(r.engine.optimizer),
+        optimizer_impl=optimizer_impl(r.engine.optimizer), **meter_for(r).summary(steady_recs),
         lr=s.lr, warmup_steps=s.warmup_steps, recompute=s.recompute.value,
         precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
         ema_bytes_per_rank_max=int(ema_bytes.item()), dataset=s.dataset, plan=s.plan,
