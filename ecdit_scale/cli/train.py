@@ -48,6 +48,7 @@ def launch_cmd(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps (default steps/4) and at the end."),
     tc_impl: str = typer.Option("ecdit", "--tc-impl", help="Token choice: ecdit (our TokenChoiceMoE) or deepspeed (DeepSpeed's MoE, TopKGate k=2)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    compile_: Optional[str] = typer.Option(None, "--compile", help="torch.compile each transformer block: block or none (default block on CUDA, none on CPU)."),
     no_memory: bool = typer.Option(False, "--no-track-memory", help="CPU: skip counting live tensor bytes."),
     json_out: bool = typer.Option(False, "--json", help="No progress bar; print the result as JSON."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True),
@@ -60,7 +61,7 @@ def launch_cmd(
     common = dict(data_limit=limit, holdout=holdout, out=out, resume=resume, seed=seed,
                   checkpoint_every=checkpoint_every, tc_impl=tc_impl, device=device,
                   track_memory=not no_memory, stop_after=stop_after, node_rank=node_rank,
-                  master_addr=master_addr, master_port=master_port)
+                  master_addr=master_addr, master_port=master_port, compile=compile_)
     if plan is not None:
         from ..train.plan_run import request_from_plan
 

@@ -24,6 +24,7 @@ from .ema import make_ema
 from .expert_parallel import (create_groups, is_expert_param, param_counts, parallelize,
                               single_process)
 from .records import Device, RunDir, RunSettings
+from .regional_compile import compile_blocks
 
 def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
     from ..datasets.batches import run_split
@@ -92,12 +93,15 @@ def build_optimizer(model: nn.Module, s: RunSettings) -> torch.optim.Optimizer:
 
 
 def build_parallel_model(cfg: ModelConfig, s: RunSettings, ep) -> nn.Module:
-    """The single-device model, identical on every rank (same seed), made expert-parallel.
+    """The single-device model, identical on every rank (same seed), made expert-parallel,
+    its blocks compiled where the run asks (``regional_compile``).
     A recompute policy other than none goes to the model (``build_model(cfg, recompute=)``);
     ``request.check_request`` refuses it where this build's model has none."""
     torch.manual_seed(s.seed)
     extra = {} if s.recompute is Recompute.NONE else {"recompute": s.recompute}
-    return parallelize(build_model(cfg, **extra), cfg, ep, tc_impl=s.tc_impl)
+    model = parallelize(build_model(cfg, **extra), cfg, ep, tc_impl=s.tc_impl)
+    compile_blocks(model, s.compile)  # regional torch.compile, if the run asks for it
+    return model
 
 
 @dataclasses.dataclass

@@ -135,6 +135,9 @@ def all_to_all(x: torch.Tensor, group) -> torch.Tensor:
 class AllToAllExchange(nn.Module):
     """``MoELayer.exchange`` for expert parallelism: send each expert's slots to its owner."""
 
+    # kept out of compiled regions (``regional_compile``): the collective runs eagerly
+    EAGER_METHODS = ("dispatch", "combine")
+
     def __init__(self, ep: ExpertParallel):
         super().__init__()
         self.ep_size = ep.ep_size

@@ -143,6 +143,14 @@ class TCImpl(str, enum.Enum):
     DEEPSPEED = "deepspeed"
 
 
+class Compile(str, enum.Enum):
+    """Regional ``torch.compile`` in a launched run (``train.regional_compile``): none, or each
+    transformer block's forward compiled on its own (the blocks share one compiled graph)."""
+
+    NONE = "none"
+    BLOCK = "block"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
     """What ``launch`` decided; the worker on every rank reads it from run.json.
@@ -167,12 +175,14 @@ class RunSettings:
     keep_checkpoints: int
     track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
     tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
+    compile: Compile = Compile.NONE  # regional torch.compile (see regional_compile)
     plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
     notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
+        object.__setattr__(self, "compile", Compile(self.compile))
         object.__setattr__(self, "notes", tuple(self.notes))
         if self.layout.dp != self.world:
             raise ValueError(f"layout.dp {self.layout.dp} != world {self.world}")
@@ -205,11 +215,11 @@ class RunSettings:
     KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
             "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
             "warmup_steps", "optimizer", "precision", "ema", "ema_decay", "device",
-            "checkpoint_every", "keep_checkpoints", "track_memory", "tc_impl", "plan", "notes",
-            "world", "global_batch")
+            "checkpoint_every", "keep_checkpoints", "track_memory", "tc_impl", "compile", "plan",
+            "notes", "world", "global_batch")
     # keys run.json may lack: derived from others, or newer than the run (their defaults hold)
     OPTIONAL = ("world", "global_batch", "tc_impl", "recompute", "ema", "ema_decay", "plan",
-                "notes")
+                "notes", "compile")
 
     @classmethod
     def missing_keys(cls, data: dict[str, Any]) -> list[str]:

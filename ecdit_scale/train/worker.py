@@ -28,6 +28,7 @@ from torch import nn
 from ..model import rectified_flow_loss
 from .engine import Rank, load_data, lr_at, setup, step_seed  # noqa: F401 (load_data: adaptive)
 from .engine import optimizer_impl
+from .regional_compile import compile_backend
 from .throughput import meter_for
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes,
@@ -282,6 +283,7 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         optimizer_class=type(r.engine.optimizer.optimizer).__name__
         if hasattr(r.engine.optimizer, "optimizer") else type(r.engine.optimizer).__name__,
         optimizer_impl=optimizer_impl(r.engine.optimizer), **meter_for(r).summary(steady_recs),
+        compile=s.compile.value, compile_backend=compile_backend(s.compile),
         lr=s.lr, warmup_steps=s.warmup_steps, recompute=s.recompute.value,
         precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
         ema_bytes_per_rank_max=int(ema_bytes.item()), dataset=s.dataset, plan=s.plan,
