@@ -138,3 +138,98 @@ def test_compile_setting_defaults_and_refusals(tmp_path):
     assert "--compile block" in resume_command(req, tmp_path / "b")
     with pytest.raises(ConfigError, match="--compile 'fast': choose one of none, block"):
         check_request(LaunchRequest(**base, out=str(tmp_path / "c"), compile="fast"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step reads nothing back from the device
+# ---------------------------------------------------------------------------------------------
+
+
+# ops that make the host wait for a CUDA device: a scalar read, and shapes that depend on data
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+
+@pytest.mark.parametrize("name", ["nano-ec8", "nano-tc8"])
+def test_forward_backward_reads_no_value_from_the_device(name):
+    """Routing (top-k, one-hot, capacity, dropped count) and the loss run without a scalar
+    read or a data-dependent shape: on CUDA each is a stream sync per MoE layer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ecdit_scale import sizes
+    from ecdit_scale.model import build_model, rectified_flow_loss
+
+    cfg = sizes.get(name)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size)
+    c = torch.randn(2, cfg.text_tokens, cfg.text_dim)
+    syncs = []
+
+    class Syncs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in SYNC_OPS:
+                syncs.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Syncs():
+        rectified_flow_loss(model, x, c, generator=torch.Generator().manual_seed(0)).loss.backward()
+    assert syncs == []
+
+
+def test_step_statistics_accumulate_on_the_device_and_reduce_once():
+    """collect_routing + StepStats keep tensors; reduce_stats gives the numbers the metrics
+    had before (histogram, per-layer means, tokens per expert, dropped)."""
+    import torch.distributed as dist
+
+    from ecdit_scale import sizes
+    from ecdit_scale.model import build_model, rectified_flow_loss
+    from ecdit_scale.train import worker
+
+    cfg = sizes.get("nano-tc8")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    st = worker.StepStats()
+    expected_hist = torch.zeros(cfg.ffn.num_experts + 1, dtype=torch.long)
+    dropped = 0
+    for micro in range(2):
+        x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size)
+        c = torch.randn(2, cfg.text_tokens, cfg.text_dim)
+        parts = rectified_flow_loss(model, x, c, generator=torch.Generator().manual_seed(micro))
+        d = worker.collect_routing(model, st, cfg.ffn.num_experts)
+        st.add(parts.loss, parts.flow_loss, parts.aux_loss, d)
+        for s in model.routing_stats():
+            expected_hist += torch.bincount(s.experts_per_token.reshape(-1),
+                                            minlength=cfg.ffn.num_experts + 1)
+            dropped += int(s.dropped)
+    assert isinstance(st.sums, torch.Tensor) and isinstance(st.hist, torch.Tensor)
+
+    class OneRank:  # reduce_stats' collectives over a world of one
+        def all_reduce(self, t, op=None):
+            return t
+
+    real = worker.dist
+    worker.dist = type("D", (), {"all_reduce": OneRank().all_reduce, "ReduceOp": dist.ReduceOp})
+    try:
+        out = worker.reduce_stats(st, 1, 2, -1, torch.device("cpu"))
+    finally:
+        worker.dist = real
+    assert out["experts_per_token"]["hist"] == expected_hist.tolist()
+    assert out["dropped"] == dropped > 0
+    assert out["peak_bytes"] is None and not out["memory_tracked"]
+    L = cfg.num_moe_layers
+    assert len(out["tokens_per_expert"]) == L and len(out["experts_per_token"]["per_layer_mean"]) == L
+
+
+@pytest.mark.gpu
+def test_device_feed_gives_the_same_batches_on_the_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from ecdit_scale.train.feed import DeviceFeed
+
+    src = [(torch.randn(4, 3, 8, 8), torch.randn(4, 5, 6)) for _ in range(3)]
+    feed = DeviceFeed(iter(src + src[:1]), torch.device("cuda", 0), torch.bfloat16)
+    for images, text in src:
+        a, b = next(feed)
+        assert a.is_cuda and a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float().cpu(), images.bfloat16().float())
+        torch.testing.assert_close(b.float().cpu(), text.bfloat16().float())
