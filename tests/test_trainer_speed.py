@@ -233,3 +233,103 @@ def test_device_feed_gives_the_same_batches_on_the_device():
         assert a.is_cuda and a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float().cpu(), images.bfloat16().float())
         torch.testing.assert_close(b.float().cpu(), text.bfloat16().float())
+
+
+# ---------------------------------------------------------------------------------------------
+# The profiled step and the GPU benchmark's plan
+# ---------------------------------------------------------------------------------------------
+
+
+def test_step_profiler_writes_the_counts_of_the_step_it_names(tmp_path, monkeypatch):
+    from ecdit_scale.train.records import RunDir
+    from ecdit_scale.train.step_profile import PROFILE_ENV, StepProfiler, summarize
+
+    monkeypatch.setenv(PROFILE_ENV, "2")
+    rd = RunDir(tmp_path)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 1))
+    prof = StepProfiler(rd, rank=0, on_gpu=False)
+    assert StepProfiler(rd, rank=1, on_gpu=False).step is None  # rank 0 only
+    records = []
+    for step in (1, 2, 3):
+        prof.start(step)
+        model(torch.randn(4, 8)).sum().backward()
+        records.append(prof.stop(step, 0.01))
+    assert records == [{}, {"profiled": True}, {}]
+    import json
+
+    data = json.loads((tmp_path / "profile_step2.json").read_text())
+    assert data["step"] == 2 and data["accumulate_grad"] == 4  # 2 weights + 2 biases
+    assert data["kernels"] == data["aten_compute_ops"] >= 6  # 2 addmm + gelu, and backward
+    assert not list(tmp_path.glob("profile_step1.json"))
+    # the CUDA summary reads device events the same way (none on a CPU profile)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        model(torch.randn(4, 8)).sum().backward()
+    gpu = summarize(p.events(), on_gpu=True)
+    assert gpu["kernels"] == 0 and gpu["host_syncs"] == 0 and gpu["device_ops"] == 0
+    assert p.events()[0].time_range.elapsed_us() >= 0
+
+
+def _bench():
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_throughput
+
+    return train_throughput
+
+
+def test_gpu_benchmark_plan_covers_the_issue_and_fits_an_h100():
+    """The points the GPU script runs, checked here so a GPU session is not spent on a typo:
+    every config of the issue at two micro-batches, an eager twin of the first, cards that
+    resolve, data that fits them, routing groups that divide the batch, and planned memory
+    within an H100."""
+    from ecdit_scale.config import ParallelLayout, TrainingConfig
+    from ecdit_scale.datasets.kinds import check_dataset_fits
+    from ecdit_scale.planner.hardware import get_accelerator
+    from ecdit_scale.planner.memory import memory_breakdown
+
+    tt = _bench()
+    points = tt.GPU_POINTS
+    assert len({p.name for p in points}) == len(points)
+    mbs: dict[str, set] = {}
+    for p in points:
+        if p.compile == "block":
+            mbs.setdefault(p.model, set()).add(p.micro_batch)
+    assert set(mbs) == {"ecdit-xl", "ecdit-xl-8e", "ecdit-xl-8e-tc", "ecdit-xl-32e",
+                        "base-ec16"}
+    assert all(len(v) == 2 for v in mbs.values()), mbs
+    assert 32 in mbs["ecdit-xl"] and 128 in mbs["base-ec16"]
+    first = points[0]
+    assert (first.model, first.micro_batch, first.compile) == ("ecdit-xl", 32, "block")
+    assert tt.Point("ecdit-xl", 32, compile="none") in points
+    h100 = get_accelerator("h100-sxm").memory_bytes
+    for p in points:
+        cfg = tt.point_config(p)
+        check_dataset_fits(p.dataset, cfg)
+        assert (p.micro_batch * cfg.tokens_per_image) % cfg.routing_group_tokens == 0
+        mem = memory_breakdown(cfg, ParallelLayout(dp=1, ep=1, zero=1, micro_batch=p.micro_batch),
+                               TrainingConfig(global_batch=p.micro_batch, precision="bf16",
+                                              optimizer="adamw"))
+        assert mem.total < 0.8 * h100, (p.name, mem.total / 2**30)
+    assert any(p.model == "ecdit-xl-32e" and p.depth and p.depth < 28 for p in points)
+
+
+def test_benchmark_reads_a_run_and_checks_compiled_against_eager(ec_run):
+    """The result of a point from a run directory (the shared 2-rank run), and the
+    compiled/eager check on two results."""
+    tt = _bench()
+    r = tt.read_run(ec_run, warmup=5, timed=10, profile_step=99)
+    assert r["steps_recorded"] == 20 and len(r["step_s_all"]) == 10
+    assert r["step_s"]["min"] <= r["step_s"]["median"] <= r["step_s"]["max"]
+    assert r["model_flops_per_s_per_device"]["median"] > 0 and r["pct_of_peak"] is None
+    assert r["settings"]["ep"] == 2 and r["profile"] is None
+    compiled = {"name": "x-mb4-block", "losses": [1.0, 0.9, 0.8], "step_s": {"median": 0.5}}
+    eager = {"name": "x-mb4-none", "losses": [1.0, 0.9005, 0.8], "step_s": {"median": 1.0}}
+    c = tt.checks([compiled, eager], "cuda")["x-mb4"]
+    assert c["eager_over_compiled_step_s"] == 2.0 and c["same_loss"]
+    assert not tt.checks([compiled, {**eager, "losses": [1.1, 0.9, 0.8]}], "cuda")["x-mb4"][
+        "same_loss"]

@@ -30,6 +30,7 @@ from .engine import Rank, load_data, lr_at, setup, step_seed  # noqa: F401 (load
 from .engine import optimizer_impl
 from .feed import device_feed
 from .regional_compile import compile_backend
+from .step_profile import StepProfiler
 from .throughput import meter_for
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes,
@@ -200,6 +201,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     it = device_feed(it, r)  # CUDA: pinned, copied one step ahead on a stream of its own
     tracker = PeakBytes() if (s.track_memory and not r.on_gpu) else None
     meter = meter_for(r)  # model FLOPs per step and the device's peak, once
+    profiler = StepProfiler(rd, rank=r.rank, on_gpu=r.on_gpu)  # $ECDIT_SCALE_PROFILE_STEP
     state_bytes: dict[str, int] = {}
     t_run = time.perf_counter()
     if r.rank == 0:
@@ -216,6 +218,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if r.on_gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        profiler.start(step)
         t0 = time.perf_counter()
         images, text = next(it)  # this rank's share of global batch ``step - 1``
         if tracked:
@@ -229,6 +232,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if r.on_gpu:
             torch.cuda.synchronize()
         step_s = time.perf_counter() - t0
+        profiled = profiler.stop(step, step_s)
         if r.on_gpu:
             peak = torch.cuda.max_memory_allocated()
         elif tracked:
@@ -245,7 +249,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if r.rank == 0:
             append_jsonl(rd.metrics, {"step": step, "lr": lr, "step_s": step_s,
                                       "images_per_s": s.global_batch / step_s,
-                                      **meter.record(step_s), **rec})
+                                      **meter.record(step_s), **profiled, **rec})
         if stop_after is not None and stop_after <= step < s.steps:
             # test hook: every rank dies here, as a job killed after this step would
             dist.barrier()
@@ -278,7 +282,7 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
     if r.rank != 0:
         return
     recs = rd.read_metrics()
-    untracked = [x for x in recs[2:] if not x.get("memory_tracked")]
+    untracked = [x for x in recs[2:] if not x.get("memory_tracked") and not x.get("profiled")]
     steady_recs = untracked or recs[2:] or recs
     steady = [x["step_s"] for x in steady_recs]
     peaks = [x["peak_bytes"] for x in recs if x.get("peak_bytes")]
