@@ -272,6 +272,10 @@ class DeepSpeedTopK(nn.Module):
     and added to the loss by the worker (``ECDiT.aux_loss`` only sees our MoE layers).
     """
 
+    # DeepSpeed's gate reads counts back to the host and its dispatch is a collective: the
+    # whole layer stays out of compiled regions (``regional_compile``)
+    EAGER_METHODS = ("forward",)
+
     def __init__(self, cfg: ModelConfig, ep):
         super().__init__()
         ffn = cfg.ffn
