@@ -91,7 +91,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(name, recompute):
 
     from ecdit_scale import sizes
     from ecdit_scale.model import build_model, rectified_flow_loss
-    from ecdit_scale.train.records import Compile
+    from ecdit_scale.train.regional_compile import Compile
     from ecdit_scale.train.regional_compile import compile_blocks, is_compiled
 
     cfg = sizes.get(name).replace(depth=2)
@@ -124,15 +124,15 @@ def test_compile_setting_defaults_and_refusals(tmp_path):
     """--compile: none on CPU by default; block is recorded and turns CPU memory tracking off
     (its dispatch mode would make dynamo run the blocks eagerly); a bad value is one line."""
     from ecdit_scale.errors import ConfigError
-    from ecdit_scale.train.records import Compile
+    from ecdit_scale.train.regional_compile import Compile
     from ecdit_scale.train.request import LaunchRequest, check_request, resume_command
 
     base = dict(card="nano-ec8", nproc=1, steps=4, device="cpu", data_limit=64, holdout=4)
     plain = check_request(LaunchRequest(**base, out=str(tmp_path / "a"))).settings
-    assert plain.compile is Compile.NONE and plain.track_memory
+    assert plain.compile == Compile.NONE and plain.track_memory
     req = LaunchRequest(**base, out=str(tmp_path / "b"), compile="block")
     s = check_request(req).settings
-    assert s.compile is Compile.BLOCK and not s.track_memory
+    assert s.compile == Compile.BLOCK and not s.track_memory
     assert any("memory not tracked" in n for n in s.notes)
     assert s.to_dict()["compile"] == "block"  # run.json
     assert "--compile block" in resume_command(req, tmp_path / "b")

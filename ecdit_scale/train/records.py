@@ -143,14 +143,6 @@ class TCImpl(str, enum.Enum):
     DEEPSPEED = "deepspeed"
 
 
-class Compile(str, enum.Enum):
-    """Regional ``torch.compile`` in a launched run (``train.regional_compile``): none, or each
-    transformer block's forward compiled on its own (the blocks share one compiled graph)."""
-
-    NONE = "none"
-    BLOCK = "block"
-
-
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
     """What ``launch`` decided; the worker on every rank reads it from run.json.
@@ -175,14 +167,13 @@ class RunSettings:
     keep_checkpoints: int
     track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
     tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
-    compile: Compile = Compile.NONE  # regional torch.compile (see regional_compile)
+    compile: str = "none"  # none | block: torch.compile of each block (regional_compile)
     plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
     notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
-        object.__setattr__(self, "compile", Compile(self.compile))
         object.__setattr__(self, "notes", tuple(self.notes))
         if self.layout.dp != self.world:
             raise ValueError(f"layout.dp {self.layout.dp} != world {self.world}")

@@ -24,29 +24,39 @@ nano model on these 2-core machines).
 
 from __future__ import annotations
 
+import enum
 import os
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where something is compiled: request.py imports Compile
+    from torch import nn
 
-from .records import Compile
+
+class Compile(str, enum.Enum):
+    """``launch --compile`` (run.json's ``compile``): nothing, or each block's forward."""
+
+    NONE = "none"
+    BLOCK = "block"
+
 
 BACKEND_ENV = "ECDIT_SCALE_COMPILE_BACKEND"
 DEFAULT_BACKEND = "inductor"
 
 
-def compile_backend(mode: Compile) -> str | None:
+def compile_backend(mode: Compile | str) -> str | None:
     """The backend a run with ``mode`` compiles with (None: nothing is compiled)."""
     if Compile(mode) is Compile.NONE:
         return None
     return os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND
 
 
-def compile_region(module: nn.Module, method: str, backend: str) -> None:
+def compile_region(module: "nn.Module", method: str, backend: str) -> None:
     """Compile ``module.<method>`` in place, as an instance attribute (parameter names do not
     change). Methods that modules inside it list in ``EAGER_METHODS`` (the all-to-all) are
     wrapped in ``torch.compiler.disable`` first: dynamo breaks the graph there. Done here, not
     with a decorator, so that a run without compile never imports dynamo (~2 s per rank)."""
+    import torch
+
     for m in module.modules():
         for name in getattr(m, "EAGER_METHODS", ()):
             if name not in vars(m):
@@ -55,7 +65,8 @@ def compile_region(module: nn.Module, method: str, backend: str) -> None:
     setattr(module, method, torch.compile(getattr(module, method), backend=backend))
 
 
-def compile_blocks(model: nn.Module, mode: Compile, *, backend: str | None = None) -> int:
+def compile_blocks(model: "nn.Module", mode: Compile | str, *,
+                   backend: str | None = None) -> int:
     """Compile each block's forward of ``model`` (an ``ECDiT``, perhaps expert-parallel) in
     place; returns how many were wrapped (0 for ``Compile.NONE``). Call it before DeepSpeed
     wraps the model: the compiled function holds the block, not a copy."""
@@ -68,5 +79,5 @@ def compile_blocks(model: nn.Module, mode: Compile, *, backend: str | None = Non
     return len(blocks)
 
 
-def is_compiled(block: nn.Module) -> bool:
+def is_compiled(block: "nn.Module") -> bool:
     return "_forward" in vars(block)

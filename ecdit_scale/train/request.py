@@ -21,7 +21,8 @@ from ..errors import ConfigError
 from ..files import read_text_file
 from ..integers import divisors
 from ..planner.cards import override_config
-from .records import Compile, Device, ResumePoint, RunDir, RunSettings, TCImpl
+from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
+from .regional_compile import Compile
 
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
 # config field -> the launch option that sets it (to name the option in an error)
@@ -242,7 +243,7 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
             recompute=req.recompute, ema=req.ema, ema_decay=req.ema_decay,
             device=device, checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
             track_memory=track_memory, tc_impl=req.tc_impl, plan=req.plan,
-            compile=compile_, notes=tuple(req.notes) + notes)
+            compile=compile_.value, notes=tuple(req.notes) + notes)
     except ConfigError as exc:  # name the launch option, not the config field
         field_ = str(exc).split(" ", 1)[0]
         raise ConfigError(f"{OPTION_OF[field_]}: {exc}" if field_ in OPTION_OF else str(exc)) \
@@ -267,7 +268,7 @@ def run_compile(req: LaunchRequest, device: Device, old: RunSettings | None) -> 
     if req.compile is not None:
         return _choice(Compile, req.compile, "--compile")
     if old is not None:
-        return old.compile
+        return _choice(Compile, old.compile, "run.json's compile")
     return Compile.BLOCK if device is Device.CUDA else Compile.NONE
 
 

@@ -303,7 +303,7 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         optimizer_class=type(r.engine.optimizer.optimizer).__name__
         if hasattr(r.engine.optimizer, "optimizer") else type(r.engine.optimizer).__name__,
         optimizer_impl=optimizer_impl(r.engine.optimizer), **meter_for(r).summary(steady_recs),
-        compile=s.compile.value, compile_backend=compile_backend(s.compile),
+        compile=s.compile, compile_backend=compile_backend(s.compile),
         lr=s.lr, warmup_steps=s.warmup_steps, recompute=s.recompute.value,
         precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
         ema_bytes_per_rank_max=int(ema_bytes.item()), dataset=s.dataset, plan=s.plan,
