@@ -6,7 +6,6 @@ import torch
 from ecdit_scale import sizes
 from ecdit_scale.config import FFNConfig, FFNKind
 from ecdit_scale.model import build_model, rectified_flow_loss, sample
-from ecdit_scale.model.dit import Block
 from ecdit_scale.model.layers import Mlp
 from ecdit_scale.model.moe import ExpertChoiceMoE, TokenChoiceMoE
 
