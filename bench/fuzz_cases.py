@@ -392,6 +392,7 @@ def run_cases() -> list[Case]:
             ("--lr", "0"), ("--lr", "-1"), ("--lr", "nan"), ("--lr", "inf"), ("--warmup", "-1"),
             ("--checkpoint-every", "0"), ("--checkpoint-every", "-1"), ("--dataset", "bogus"),
             ("--optimizer", "bogus"), ("--tc-impl", "bogus"), ("--tc-impl", "deepspeed"),
+            ("--compile", "bogus"),
             ("--device", "bogus"), ("--seed", "-1"), ("--seed", "abc"), ("--steps", HUGE)]
     for opt, x in opts:
         cat = "usage" if x == "abc" else ("hang" if x == HUGE else "silent")

@@ -54,6 +54,8 @@ def _compare(rank: int, world: int, kind: str, ep, out_dir: str) -> None:
     full = make_ffn(cfg, moe=True)
     holder = torch.nn.Module()
     holder.layer = copy.deepcopy(full)
+    holder2 = torch.nn.Module()  # for the compiled copy, below
+    holder2.layer = copy.deepcopy(full)
     shard_experts(holder, ep)
     par = holder.layer
     assert isinstance(par.experts, DeepSpeedExperts)
@@ -80,6 +82,21 @@ def _compare(rank: int, world: int, kind: str, ep, out_dir: str) -> None:
     out["expert_params_marked"] = all(
         p.allreduce is False and p.group_name == f"ep_size_{world}"
         for p in par.experts.parameters())
+    # the layer's forward compiled as ``--compile block`` compiles a block's (aot_eager: the
+    # graph capture without inductor's code generation): the all-to-all stays out of the graph
+    # and the layer computes what the eager one does
+    from ecdit_scale.train.regional_compile import compile_region
+
+    comp = shard_experts(holder2, ep).layer
+    compile_region(comp, "forward", "aot_eager")
+    y_comp = comp(x)
+    y_comp.square().sum().backward()
+    from torch._dynamo.utils import counters
+
+    out["compiled_graphs"] = counters["stats"]["unique_graphs"]
+    out["compiled_out_err"] = float((y_comp - y_par).abs().max())
+    out["compiled_grad_err"] = max(
+        float((a.grad - b.grad).abs().max()) for a, b in zip(par.parameters(), comp.parameters()))
     with open(os.path.join(out_dir, f"{kind}-rank{rank}.json"), "w") as fh:
         json.dump(out, fh)
 
@@ -103,6 +120,8 @@ def test_all_to_all_matches_the_single_device_layer(all_to_all, kind):
         assert r["router_grad_err"] < 1e-5, r
         assert r["expert_grad_err"] < 1e-5 * max(1.0, r["expert_grad_scale"]), r
         assert r["expert_params_marked"]
+        assert r["compiled_graphs"] > 0, r  # compiled, not run eagerly
+        assert r["compiled_out_err"] < 1e-5 and r["compiled_grad_err"] < 1e-4, r
 
 
 @pytest.mark.slow

@@ -44,6 +44,16 @@ def test_run_directory_records(ec_run):
     summary = json.loads((ec_run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps_done"] == STEPS
     assert summary["params"]["model_params"] == count_params(cfg).model_params
+    assert summary["optimizer_impl"] == "foreach"  # under ZeRO-2, ep 2
+    # achieved model FLOP/s per device: the planner's FLOPs of the global batch / world / step;
+    # a CPU has no datasheet peak
+    for r in metrics(ec_run):
+        assert r["model_flops_per_s_per_device"] == pytest.approx(
+            pred["flops"]["model_flops_per_step"] / 2 / r["step_s"])
+        assert r["pct_of_peak"] is None
+    assert summary["model_flops_per_step"] == pred["flops"]["model_flops_per_step"]
+    assert summary["mean_model_flops_per_s_per_device"] > 0
+    assert summary["mean_pct_of_peak"] is None and "n/a" in summary["peak_source"]
     rec = metrics(ec_run)[0]
     for key in ("loss", "flow_loss", "aux_loss", "lr", "step_s", "images_per_s",
                 "tokens_per_expert", "experts_per_token", "peak_bytes"):

@@ -6,7 +6,6 @@ import torch
 from ecdit_scale import sizes
 from ecdit_scale.config import FFNConfig, FFNKind
 from ecdit_scale.model import build_model, rectified_flow_loss, sample
-from ecdit_scale.model.dit import Block
 from ecdit_scale.model.layers import Mlp
 from ecdit_scale.model.moe import ExpertChoiceMoE, TokenChoiceMoE
 
@@ -160,3 +159,66 @@ def test_moe_runs_under_autocast(name):
         out = model(x, t, cond)
     out.float().sum().backward()
     assert torch.isfinite(out.float()).all()
+
+
+def _attention_reference(q, k, v, mask=None):
+    """Softmax(q k^T / sqrt(d)) v with each KV head repeated for its query heads, by hand."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@pytest.mark.parametrize("heads, kv_heads, masked", [(6, 2, False), (6, 2, True), (4, 4, False),
+                                                     (4, 1, False)])
+def test_grouped_query_attention_equals_repeated_kv(heads, kv_heads, masked):
+    """Native GQA (SDPA's enable_gqa, no repeated K/V) gives the repeated-K/V attention, in
+    value and in gradient; with a mask too (that path repeats)."""
+    from ecdit_scale.model.layers import grouped_query_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, S, T, K = 2, 5, 7, 8
+    q = torch.randn(B, heads, S, K, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, kv_heads, T, K, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, kv_heads, T, K, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(B, 1, 1, T, generator=g) < 0.7) if masked else None
+    if mask is not None:
+        mask[..., 0] = True  # no row without a key
+    out = grouped_query_attention(q, k, v, mask)
+    ref = _attention_reference(q, k, v, mask)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_native_gqa_repeats_no_keys():
+    """Where torch has enable_gqa, an unmasked GQA attention makes no H-wide copy of K/V."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ecdit_scale.model.layers import NATIVE_GQA, Attention
+
+    if not NATIVE_GQA:
+        pytest.skip("torch < 2.5: no enable_gqa")
+    copies = []  # ops that write a new (B, heads, T, head_dim) tensor before SDPA
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if "attention" in name:
+                raise StopIteration  # what SDPA reads is what we check
+            # as many elements as K for all 6 heads, written by anything but a projection
+            if isinstance(out, torch.Tensor) and out.numel() == 2 * 6 * 5 * 8 and \
+                    name not in ("addmm", "view", "transpose", "_unsafe_view", "t"):
+                copies.append(name)
+            return out
+
+    attn = Attention(48, 6, 2)  # 2 KV heads for 6 query heads, head_dim 8
+    x = torch.randn(2, 5, 48)
+    with Ops(), pytest.raises(StopIteration):
+        attn(x)
+    assert copies == [], f"K/V repeated to all heads by {copies}"

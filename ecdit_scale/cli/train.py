@@ -52,6 +52,7 @@ def launch_cmd(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps (default steps/4) and at the end."),
     tc_impl: str = typer.Option("ecdit", "--tc-impl", help="Token choice: ecdit (our TokenChoiceMoE) or deepspeed (DeepSpeed's MoE, TopKGate k=2)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    compile_: Optional[str] = typer.Option(None, "--compile", help="torch.compile each transformer block: block or none (default block on CUDA, none on CPU)."),
     no_memory: bool = typer.Option(False, "--no-track-memory", help="CPU: skip counting live tensor bytes."),
     json_out: bool = typer.Option(False, "--json", help="No progress bar; print the result as JSON."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True),
@@ -65,7 +66,7 @@ def launch_cmd(
                   checkpoint_every=checkpoint_every, tc_impl=tc_impl, device=device,
                   track_memory=not no_memory, stop_after=stop_after, node_rank=node_rank,
                   master_addr=master_addr, master_port=master_port, eval_every=eval_every,
-                  eval_timesteps=eval_timesteps)
+                  eval_timesteps=eval_timesteps, compile=compile_)
     if plan is not None:
         from ..train.plan_run import request_from_plan
 
@@ -138,10 +139,33 @@ class _ProgressBar:
         info = {}
         if p.loss is not None and p.images_per_s is not None:
             info["info"] = f"loss {p.loss:.4f}  {p.images_per_s:.0f} img/s"
+            info["info"] += _speed(p.step_s, p.model_flops_per_s_per_device, p.pct_of_peak)
         self._bar.update(self._task, completed=p.step, **info)
 
     def __exit__(self, *exc) -> None:
         self._bar.__exit__(*exc)
+
+
+def _speed(step_s, flops_per_s, pct_of_peak) -> str:
+    """"  0.052 s/step  1.2 TFLOP/s/device  12.3% of peak" (or "peak n/a" on CPU)."""
+    from ..train.throughput import format_flops_per_s
+
+    out = f"  {step_s:.3f} s/step" if step_s else ""
+    if flops_per_s:
+        out += f"  {format_flops_per_s(flops_per_s)}/device"
+        out += f"  {pct_of_peak:.1f}% of peak" if pct_of_peak is not None else "  peak n/a"
+    return out
+
+
+def _mean_rate(summary: dict) -> str:
+    """", 1.2 TFLOP/s per device (12.3% of peak)": the run's mean achieved model FLOP/s."""
+    from ..train.throughput import format_flops_per_s
+
+    rate, pct = summary.get("mean_model_flops_per_s_per_device"), summary.get("mean_pct_of_peak")
+    if not isinstance(rate, (int, float)) or rate <= 0:
+        return ""
+    share = f"{pct:.1f}% of peak" if isinstance(pct, (int, float)) else "peak n/a on CPU"
+    return f", {format_flops_per_s(rate)} per device ({share})"
 
 
 def _print_result(result) -> None:
@@ -153,7 +177,8 @@ def _print_result(result) -> None:
         console.print(
             f"[bold green]done[/] {result.steps_done} steps in {result.wall_s:.1f} s: loss "
             f"{result.first_loss:.4f} -> {result.final_loss:.4f}; "
-            f"{summary.get('median_step_s', float('nan')):.3f} s/step")
+            f"{summary.get('median_step_s', float('nan')):.3f} s/step"
+            + _mean_rate(summary), highlight=False)
         if summary.get("heldout_loss") is not None:
             console.print(f"held-out loss {summary['heldout_loss']:.4f} ({summary['heldout_what']})",
                           highlight=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..planner.hardware import Accelerator, get_accelerator, save_accelerator
+from ..planner.hardware import Accelerator, accelerator_for_device_name, save_accelerator
 from .measure import CPU_MATMUL_N, cpu_copy_bytes_per_s, cpu_matmul_flops_per_s
 from .rows import Row
 
@@ -33,16 +33,9 @@ class Calibration:
 
 
 def gpu_accelerator(device_name: str) -> Accelerator:
-    """The catalog entry of a CUDA device name ("NVIDIA H100 80GB HBM3" -> h100-sxm)."""
-    name = device_name.upper()
-    for key, acc in (("H200", "h200"), ("H100 PCIE", "h100-pcie"), ("H100", "h100-sxm"),
-                     ("A100", "a100-80gb"), ("B200", "b200"), ("MI300", "mi300x")):
-        if key in name:
-            try:
-                return get_accelerator(acc)
-            except ConfigError:
-                continue
-    return get_accelerator(device_name)
+    """The catalog entry of a CUDA device name ("NVIDIA H100 80GB HBM3" -> h100-sxm); the
+    trainer looks its peak up the same way (``planner.hardware``)."""
+    return accelerator_for_device_name(device_name)
 
 
 def peak_of(row: Row, cpu_peak: dict) -> tuple[float | None, str]:

@@ -83,12 +83,32 @@ class Attention(nn.Module):
         q = self.q(x_BSD).view(B, S, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(ctx).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(ctx).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        if self.kv_heads != self.heads:  # share each KV head across heads/kv_heads query heads
-            rep = self.heads // self.kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         attn_mask = None if mask_BT is None else mask_BT[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = grouped_query_attention(q, k, v, attn_mask)
         return self.proj(out.transpose(1, 2).reshape(B, S, D))
+
+
+# torch >= 2.5 shares each KV head across its query heads inside SDPA (``enable_gqa``)
+NATIVE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def grouped_query_attention(q_BHSK: torch.Tensor, k_BGTK: torch.Tensor, v_BGTK: torch.Tensor,
+                            attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA with G = H / rep key/value heads; query head h reads KV head h // rep.
+
+    Without a mask, SDPA shares the KV heads itself (``enable_gqa``): no H-wide copy of K and V
+    is written in forward and reduced again in backward. With a mask, or a torch before 2.5, K
+    and V are repeated first: CUDA's memory-efficient kernel (the one that takes a mask) does
+    not share KV heads, and SDPA would fall back to the slow math kernel.
+    """
+    H, G = q_BHSK.shape[1], k_BGTK.shape[1]
+    if G == H:
+        return F.scaled_dot_product_attention(q_BHSK, k_BGTK, v_BGTK, attn_mask=attn_mask)
+    if NATIVE_GQA and attn_mask is None:
+        return F.scaled_dot_product_attention(q_BHSK, k_BGTK, v_BGTK, enable_gqa=True)
+    rep = H // G
+    k_BHTK, v_BHTK = k_BGTK.repeat_interleave(rep, dim=1), v_BGTK.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q_BHSK, k_BHTK, v_BHTK, attn_mask=attn_mask)
 
 
 class PatchEmbed(nn.Module):

@@ -27,8 +27,17 @@ class RoutingStats:
 
     experts_per_token: torch.Tensor  # (B, S) int: experts that processed each image token
     tokens_per_expert: torch.Tensor  # (E,) int: tokens each expert processed (all groups)
-    dropped: int  # token-choice assignments dropped over capacity (0 for expert choice)
+    # token-choice assignments dropped over capacity (0 for expert choice); a tensor on the
+    # layer's device, so that routing never waits for the device to read it
+    dropped: torch.Tensor | int
     aux_loss: torch.Tensor  # load-balancing loss (zero for expert choice)
+
+
+def one_hot(index: torch.Tensor, classes: int) -> torch.Tensor:
+    """``F.one_hot`` without its range check, which reads the index's min and max back from
+    the device (two syncs per call on CUDA); the indices here come from topk/argmax over
+    ``classes`` and are in range by construction."""
+    return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).long()
 
 
 class LocalExchange(nn.Module):
@@ -55,9 +64,14 @@ class Experts(nn.Module):
             nn.init.uniform_(w, -bound, bound)
 
     def forward(self, x_END: torch.Tensor) -> torch.Tensor:
-        h = torch.baddbmm(self.b_in_EF.unsqueeze(1), x_END, self.w_in_EDF)
-        return torch.baddbmm(self.b_out_ED.unsqueeze(1), F.gelu(h, approximate="tanh"),
-                             self.w_out_EFD)
+        return expert_ffn(x_END, self.w_in_EDF, self.b_in_EF, self.w_out_EFD, self.b_out_ED)
+
+
+def expert_ffn(x_END: torch.Tensor, w_in_EDF: torch.Tensor, b_in_EF: torch.Tensor,
+               w_out_EFD: torch.Tensor, b_out_ED: torch.Tensor) -> torch.Tensor:
+    """E GELU FFNs at once: two batched matmuls with their biases, whatever E is."""
+    h = torch.baddbmm(b_in_EF.unsqueeze(1), x_END, w_in_EDF)
+    return torch.baddbmm(b_out_ED.unsqueeze(1), F.gelu(h, approximate="tanh"), w_out_EFD)
 
 
 class MoELayer(nn.Module, abc.ABC):
@@ -77,7 +91,8 @@ class MoELayer(nn.Module, abc.ABC):
         nn.init.normal_(self.router.weight, std=0.02)
 
     @abc.abstractmethod
-    def route(self, probs_GSE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def route(self, probs_GSE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor | int]:
         """Return (token index, gate, slot-valid mask), each (G, E, C), and the dropped count."""
 
     def aux_loss(self, probs_GSE: torch.Tensor, idx_GEC: torch.Tensor) -> torch.Tensor:
@@ -153,23 +168,31 @@ class TokenChoiceMoE(MoELayer):
         choice_e = top_e.transpose(1, 2).reshape(G, k * S)
         choice_p = top_p.transpose(1, 2).reshape(G, k * S)
         token = torch.arange(S, device=probs_GSE.device).repeat(k).expand(G, -1)
-        onehot = F.one_hot(choice_e, E)  # (G, kS, E)
+        onehot = one_hot(choice_e, E)  # (G, kS, E)
         slot = ((torch.cumsum(onehot, dim=1) - 1) * onehot).sum(-1)  # position in its expert
         keep = slot < C
-        idx_GEC = torch.zeros(G, E, C, dtype=torch.long, device=probs_GSE.device)
-        gate_GEC = torch.zeros(G, E, C, dtype=probs_GSE.dtype, device=probs_GSE.device)
-        valid_GEC = torch.zeros(G, E, C, dtype=torch.bool, device=probs_GSE.device)
-        g = torch.arange(G, device=probs_GSE.device)[:, None].expand(-1, k * S)
-        sel = (g[keep], choice_e[keep], slot[keep])
-        idx_GEC[sel] = token[keep]
-        gate_GEC[sel] = choice_p[keep]
-        valid_GEC[sel] = True
-        return idx_GEC, gate_GEC, valid_GEC, int((~keep).sum())
+        # each kept assignment goes to its slot; the dropped ones all go to a spare slot C,
+        # cut off after the scatter: no boolean indexing, so no device-to-host sync (its
+        # nonzero) and no graph break under torch.compile
+        dev = probs_GSE.device
+        slot_kept = torch.where(keep, slot, torch.full_like(slot, C))
+        g = torch.arange(G, device=dev)[:, None]
+        flat = ((g * E + choice_e) * (C + 1) + slot_kept).reshape(-1)
+
+        def place(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            out = torch.zeros(G * E * (C + 1), dtype=dtype, device=dev)
+            out.scatter_(0, flat, values.reshape(-1).to(dtype))
+            return out.view(G, E, C + 1)[..., :C].contiguous()
+
+        idx_GEC = place(token, torch.long)
+        gate_GEC = place(choice_p, probs_GSE.dtype)
+        valid_GEC = place(keep, torch.bool)
+        return idx_GEC, gate_GEC, valid_GEC, (~keep).sum()
 
     def aux_loss(self, probs_GSE, idx_GEC):
         """Switch/GShard balancing loss: E * sum_e (share of first choices) * (mean affinity)."""
         E = probs_GSE.shape[-1]
-        first = F.one_hot(probs_GSE.argmax(-1), E).float().mean(dim=(0, 1))
+        first = one_hot(probs_GSE.argmax(-1), E).float().mean(dim=(0, 1))
         return self.aux_coef * E * (first * probs_GSE.mean(dim=(0, 1))).sum()
 
 

@@ -8,8 +8,8 @@ multiply-add as one flop; see their answer in facebookresearch/DiT issue #14).
 
 Every formula mirrors a module of ``ecdit_scale.model`` (S image tokens, T text tokens, d width):
 - per-token linears: 2 * tokens * d_in * d_out (Linear / patch conv; biases are not counted);
-- attention products QK^T and AV: 2 * 2 * S_q * S_kv * d (KV heads are repeated, so the
-  products run over all query heads);
+- attention products QK^T and AV: 2 * 2 * S_q * S_kv * d (each KV head serves its group of
+  query heads, so the products run over all query heads);
 - per-image linears (timestep MLP, adaLN): once per image, not per token;
 - experts: the model runs every expert on all E * C slots of a routing group, padded or not.
 """

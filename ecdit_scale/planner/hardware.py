@@ -258,3 +258,21 @@ def _from_file(text: str) -> Accelerator:
     if name not in accs:
         raise ConfigError(f"{path}: no accelerator {name!r}; it defines {', '.join(accs)}")
     return accs[name]
+
+
+# CUDA / ROCm device names (``torch.cuda.get_device_name``) -> catalog keys, most specific first
+DEVICE_NAME_KEYS = (("H200", "h200"), ("H100 PCIE", "h100-pcie"), ("H100", "h100-sxm"),
+                    ("A100", "a100-80gb"), ("B200", "b200"), ("MI300", "mi300x"))
+
+
+def accelerator_for_device_name(device_name: str) -> Accelerator:
+    """The catalog entry of a device name as torch reports it ("NVIDIA H100 80GB HBM3" ->
+    h100-sxm); ConfigError when the catalog has no such device."""
+    name = device_name.upper()
+    for key, acc in DEVICE_NAME_KEYS:
+        if key in name:
+            try:
+                return get_accelerator(acc)
+            except ConfigError:
+                continue
+    return get_accelerator(device_name)

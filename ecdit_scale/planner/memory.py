@@ -226,7 +226,7 @@ class BlockActivations:
     ``*_rep``: replicated across tp ranks; ``*_shard``: divided by tp. ``*_cheap``: the part
     selective recomputation drops (``ecdit_scale.model.recompute``: every tensor it reruns
     rather than keeps: LayerNorm and modulate outputs, the self-attention core's output and
-    log-sum-exp, repeated KV heads, GELU outputs). ``moe_selective_copy_rep``: what selective
+    log-sum-exp, GELU outputs). ``moe_selective_copy_rep``: what selective
     adds: the experts' output, kept by the checkpoint as well as the copy the combine keeps
     (after the all-to-all, or DeepSpeed's per-expert stack).
     """
@@ -255,10 +255,11 @@ def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16
 
     S image tokens, T text tokens, d width, F = mlp_hidden, h heads, a = activation bytes.
     Self-attention: LN input, LN output (for modulate's scale gradient), modulated input
-    (q/k/v linear input), q, k and v (KV heads repeated to h heads before SDPA, as the model
-    does), SDPA output (= out-projection input) + fp32 log-sum-exp (h*S), out-projection output
-    (gate multiply): 4 S d replicated + 4 S d sharded. Cross-attention: its input S d, q S d,
-    k/v T d each, output S d (no gate: its projection output is not kept). Dense FFN: LN in/out,
+    (q/k/v linear input), q (S d), k and v (S kv each: SDPA shares each KV head across its
+    query heads, ``model.layers.grouped_query_attention``, so nothing h-wide is kept), SDPA
+    output (= out-projection input) + fp32 log-sum-exp (h*S), out-projection output (gate
+    multiply): 4 S d replicated + 2 S d + 2 S kv sharded. Cross-attention: its input S d, q S d,
+    k/v T kv each, output S d (no gate: its projection output is not kept). Dense FFN: LN in/out,
     modulated, fc1 output (GELU input) S F, GELU output S F, fc2 output (gate). MoE: the same
     LN/modulate/gate tensors, router softmax S E (fp32), routing indices and gates per slot,
     and per device after the all-to-all the expert input slots*d, hidden 2 slots*F, expert
@@ -266,9 +267,8 @@ def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16
     balanced across ranks.
 
     Selective recompute (``model.recompute``) keeps the inputs and the matmul outputs of its
-    regions. Self-attention keeps the block input, q, k, v (kv_dim wide, before the heads are
-    repeated) and the out-projection output: it drops the LN and modulate outputs (2 S d), the
-    SDPA output, its log-sum-exp and the repeat of k/v to h heads. A dense FFN keeps its input,
+    regions. Self-attention keeps the block input, q, k, v (kv_dim wide) and the out-projection
+    output: it drops the LN and modulate outputs (2 S d), the SDPA output and its log-sum-exp. A dense FFN keeps its input,
     fc1 and fc2 outputs: it drops the LN and modulate outputs (2 S d) and GELU's (S F). An MoE
     FFN drops the LN output (S d) and the experts' GELU output (slots F) and keeps the experts'
     output once more (slots d). Cross-attention is not recomputed.
@@ -283,11 +283,11 @@ def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16
     cross = cfg.has_cross_attention
     return BlockActivations(
         attn_rep=a * 4 * S * d,
-        attn_shard=a * 4 * S * d + FP32_BYTES * h * S + scores,
+        attn_shard=a * (2 * S * d + 2 * S * kv) + FP32_BYTES * h * S + scores,
         attn_cheap_rep=a * 2 * S * d,  # LN and modulate outputs
-        attn_cheap_shard=a * (2 * S * d + S * d - 2 * S * kv) + FP32_BYTES * h * S + scores,
+        attn_cheap_shard=a * S * d + FP32_BYTES * h * S + scores,  # SDPA output, lse
         cross_rep=a * S * d if cross else 0.0,
-        cross_shard=(a * (2 * S * d + 2 * T * d) + FP32_BYTES * h * S + cross_scores) if cross else 0.0,
+        cross_shard=(a * (2 * S * d + 2 * T * kv) + FP32_BYTES * h * S + cross_scores) if cross else 0.0,
         cross_cheap_shard=0.0,
         dense_rep=a * 4 * S * d,
         dense_shard=a * 2 * S * F,

@@ -7,9 +7,9 @@ class from a measured device profile (``device_profile.py``):
   of one shape. The backward runs dX = dY W^T (M, K, N) and dW = X^T dY (K, N, M), except for
   layers that read data (patch embedding, the first timestep linear): no dX.
 - attention: ``F.scaled_dot_product_attention`` calls (batch, query heads, q_len, kv_len,
-  head_dim); K/V heads are repeated to the query heads first (a memory-bound copy).
+  head_dim); SDPA shares each K/V head across its query heads itself (no repeat copy).
 - memory-bound operators: bytes read + written (norms, adaLN modulate, GELU, gates and residuals,
-  layout copies, GQA repeats, router softmax / top-k, MoE gathers and scatters, casts).
+  layout copies, router softmax / top-k, MoE gathers and scatters, casts).
 - kernels: one per GEMM / SDPA / elementwise op in the forward; the backward launches about two
   per forward op (``BACKWARD_KERNELS_PER_FORWARD``).
 
@@ -172,13 +172,10 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
               Gemm("attn_kv", tok, 2 * kv / tp, d, count=depth),
               Gemm("attn_proj", tok, d, d / tp, count=depth)]
     attn.append(AttentionCall("self_attention", b, heads, s, s, hd, count=depth))
-    repeat = kv < d  # GQA: k and v repeated to the query heads
     mem += [MemoryOp("norm1", 2 * x * depth, 1 * depth, kind="norm"),
             MemoryOp("modulate1", 4 * x * depth, 3 * depth, kind="elementwise"),  # (1 + scale), *, + shift
             MemoryOp("attn_out_copy", 2 * x / tp * depth, 1 * depth, kind="copy"),
             MemoryOp("gate_residual1", 5 * x * depth, 2 * depth, kind="elementwise")]
-    if repeat:
-        mem.append(MemoryOp("gqa_repeat", 2 * tok * (kv + d) / tp * a * depth, 2 * depth, kind="copy"))
     if cfg.has_cross_attention:
         gemms += [Gemm("cross_q", tok, d / tp, d, count=depth),
                   Gemm("cross_kv", txt, 2 * kv / tp, d, count=depth),
@@ -186,8 +183,6 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
         attn.append(AttentionCall("cross_attention", b, heads, s, t, hd, count=depth))
         mem += [MemoryOp("cross_out_copy", 2 * x / tp * depth, 1 * depth, kind="copy"),
                 MemoryOp("residual2", 3 * x * depth, 1 * depth, kind="elementwise")]
-        if repeat:
-            mem.append(MemoryOp("cross_gqa_repeat", 2 * txt * (kv + d) / tp * a * depth, 2 * depth, kind="copy"))
     if cfg.adaln is AdaLN.ZERO:
         gemms.append(Gemm("adaln_modulation", b, 6 * d, d, count=depth))
         mem.append(MemoryOp("adaln_silu", 2 * b * d * a * depth, 1 * depth, kind="activation"))

@@ -25,6 +25,7 @@ from .ema import make_ema
 from .expert_parallel import (create_groups, is_expert_param, param_counts, parallelize,
                               single_process)
 from .records import Device, RunDir, RunSettings
+from .regional_compile import compile_blocks
 
 def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
     """The run's training data (a CaptionedImages, or for a stream the ShapesStream of
@@ -60,32 +61,68 @@ def lr_at(s: RunSettings, step: int) -> float:
     return s.lr * max(0.0, factor)
 
 
+OPTIMIZER_CLASSES = {Optimizer.ADAMW: torch.optim.AdamW, Optimizer.RMSPROP: torch.optim.RMSprop,
+                     Optimizer.SGD: torch.optim.SGD}
+
+
+def optimizer_kernels(cls: type, device: Device) -> dict[str, bool]:
+    """How a torch optimizer updates its tensors, without a JIT build: ``fused`` (one CUDA
+    kernel for all of them) where the class has it and the run is on CUDA, else ``foreach``
+    (a few multi-tensor kernels instead of several per tensor). Under ZeRO the optimizer sees
+    DeepSpeed's few flat partitions, elsewhere every parameter: one kernel per tensor per
+    update term costs launches, not FLOPs."""
+    import inspect
+
+    accepted = inspect.signature(cls).parameters
+    if device is Device.CUDA and "fused" in accepted:
+        return {"fused": True}
+    return {"foreach": True} if "foreach" in accepted else {}
+
+
+def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
+    """fused | foreach | for-loop: how ``optimizer`` (or the torch optimizer DeepSpeed wraps)
+    runs its update, as the run records it."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    defaults = getattr(inner, "defaults", {})
+    return "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") \
+        else "for-loop"
+
+
 def build_optimizer(model: nn.Module, s: RunSettings) -> torch.optim.Optimizer:
     """A plain torch optimizer (no JIT-compiled DeepSpeed op) over DeepSpeed-MoE param groups:
     expert params get their own group per expert group name, which DeepSpeed's ZeRO optimizer
-    partitions over the expert-data-parallel group."""
+    partitions over the expert-data-parallel group. Fused on CUDA, foreach elsewhere
+    (``optimizer_kernels``)."""
     from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 
     groups = split_params_into_different_moe_groups_for_optimizer(
         {"params": [p for p in model.parameters() if p.requires_grad], "name": "shared",
          "lr": s.lr, "weight_decay": 0.0})
     groups = [g for g in groups if g["params"]]
+    cls = OPTIMIZER_CLASSES[s.optimizer]
+    kernels = optimizer_kernels(cls, s.device)
     if s.optimizer is Optimizer.RMSPROP:  # the paper: RMSProp with momentum
-        return torch.optim.RMSprop(groups, lr=s.lr, alpha=RMSPROP_ALPHA, eps=1e-8,
-                                   momentum=MOMENTUM, foreach=False)
+        return cls(groups, lr=s.lr, alpha=RMSPROP_ALPHA, eps=1e-8, momentum=MOMENTUM, **kernels)
     if s.optimizer is Optimizer.SGD:
-        return torch.optim.SGD(groups, lr=s.lr, momentum=MOMENTUM, foreach=False)
-    return torch.optim.AdamW(groups, lr=s.lr, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0,
-                             foreach=False)
+        return cls(groups, lr=s.lr, momentum=MOMENTUM, **kernels)
+    return cls(groups, lr=s.lr, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0, **kernels)
 
 
-def build_parallel_model(cfg: ModelConfig, s: RunSettings, ep) -> nn.Module:
-    """The single-device model, identical on every rank (same seed), made expert-parallel.
+def build_parallel_model(cfg: ModelConfig, s: RunSettings, ep,
+                         device: torch.device | None = None) -> nn.Module:
+    """The single-device model, identical on every rank (same seed), made expert-parallel,
+    its blocks compiled where the run asks (``regional_compile``). Built on ``device``: a
+    GPU initialises a billion parameters in well under a second, one CPU thread per rank
+    takes ~10 s (and the host memory) before DeepSpeed would move them.
     A recompute policy other than none goes to the model (``build_model(cfg, recompute=)``);
     ``request.check_request`` refuses it where this build's model has none."""
     torch.manual_seed(s.seed)
     extra = {} if s.recompute is Recompute.NONE else {"recompute": s.recompute}
-    return parallelize(build_model(cfg, **extra), cfg, ep, tc_impl=s.tc_impl)
+    with torch.device(device or "cpu"):
+        model = parallelize(build_model(cfg, device=device or "cpu", **extra), cfg, ep,
+                            tc_impl=s.tc_impl)
+    compile_blocks(model, s.compile)  # regional torch.compile, if the run asks for it
+    return model
 
 
 @dataclasses.dataclass
@@ -126,7 +163,7 @@ def setup(rd: RunDir) -> Rank:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if s.device is Device.CUDA else "gloo")
     ep = create_groups(s.ep) if cfg.ffn.is_moe else single_process()
-    model = build_parallel_model(cfg, s, ep)
+    model = build_parallel_model(cfg, s, ep, device=device)
     counts = param_counts(model, ep)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
                                            config=json.loads(rd.ds_config.read_text()))

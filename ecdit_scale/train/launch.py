@@ -71,6 +71,9 @@ class Progress:
     step: int  # last step with a record
     loss: float | None = None
     images_per_s: float | None = None
+    step_s: float | None = None
+    model_flops_per_s_per_device: float | None = None
+    pct_of_peak: float | None = None  # of the device's dense bf16 peak; None: n/a (CPU)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +324,11 @@ def follow(proc, rd: RunDir, s: RunSettings, start: int, *,
             if recs:
                 r = recs[-1]
                 on_progress(Progress(label=label, steps=s.steps, step=r["step"],
-                                     loss=r.get("loss"), images_per_s=r.get("images_per_s")))
+                                     loss=r.get("loss"), images_per_s=r.get("images_per_s"),
+                                     step_s=r.get("step_s"),
+                                     model_flops_per_s_per_device=r.get(
+                                         "model_flops_per_s_per_device"),
+                                     pct_of_peak=r.get("pct_of_peak")))
     if on_progress:
         recs = read_jsonl(rd.metrics)
         if recs:

@@ -167,9 +167,9 @@ class RunSettings:
     keep_checkpoints: int
     track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
     tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
-    # held-out flow loss (train.heldout) every eval_every steps and at the last; 0: last only
-    eval_every: int = 0
+    eval_every: int = 0  # held-out loss (train.heldout) every K steps and at the last (0: last)
     eval_timesteps: int = 8  # the fixed noise grid: t = (i + 0.5) / eval_timesteps
+    compile: str = "none"  # none | block: torch.compile of each block (regional_compile)
     plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
     notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
 
@@ -207,15 +207,15 @@ class RunSettings:
              "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
              "precision", "device", "tc_impl", "recompute", "ema", "ema_decay", "schedule",
              "cooldown_fraction", "eval_timesteps")
-    # run.json's keys, in order
     KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
             "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
             "warmup_steps", "schedule", "cooldown_fraction", "optimizer", "precision", "ema",
             "ema_decay", "device", "checkpoint_every", "keep_checkpoints", "track_memory",
-            "tc_impl", "eval_every", "eval_timesteps", "plan", "notes", "world", "global_batch")
+            "tc_impl", "eval_every", "eval_timesteps", "compile", "plan", "notes", "world",
+            "global_batch")
     # keys run.json may lack: derived from others, or newer than the run (their defaults hold)
     OPTIONAL = ("world", "global_batch", "tc_impl", "recompute", "ema", "ema_decay", "plan",
-                "notes", "schedule", "cooldown_fraction", "eval_every", "eval_timesteps")
+                "notes", "schedule", "cooldown_fraction", "eval_every", "eval_timesteps", "compile")
 
     @classmethod
     def missing_keys(cls, data: dict[str, Any]) -> list[str]:

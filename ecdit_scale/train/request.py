@@ -22,6 +22,7 @@ from ..files import read_text_file
 from ..integers import divisors
 from ..planner.cards import override_config
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
+from .regional_compile import Compile
 
 MAX_EVAL_TIMESTEPS = 64
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
@@ -75,6 +76,7 @@ class LaunchRequest:
     node_rank: int | None = None  # multi-node without ssh: this node's rank in the hostfile
     master_addr: str | None = None  # multi-node without ssh: rank 0's node
     master_port: int | None = None  # default: a free port (one node), 29500 (several)
+    compile: str | None = None  # none | block; None: block on CUDA, none on CPU (run_compile)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,9 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"--checkpoint-every {every!r}: must be an integer >= 1")
     precision, notes = run_precision(req, device)
+    compile_ = run_compile(req, device, old)
+    track_memory, more = run_track_memory(req, device, compile_)
+    notes += more
     try:
         return RunSettings.build(
             card=req.card, model_name=cfg.name, steps=req.steps, nodes=nodes,
@@ -243,9 +248,10 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
             warmup_steps=warmup, optimizer=req.optimizer, precision=precision,
             recompute=req.recompute, ema=req.ema, ema_decay=req.ema_decay,
             schedule=req.schedule, cooldown_fraction=req.cooldown_fraction,
-            eval_every=req.eval_every, eval_timesteps=req.eval_timesteps, device=device, checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
-            track_memory=req.track_memory, tc_impl=req.tc_impl, plan=req.plan,
-            notes=tuple(req.notes) + notes)
+            eval_every=req.eval_every, eval_timesteps=req.eval_timesteps, device=device,
+            checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
+            track_memory=track_memory, tc_impl=req.tc_impl, plan=req.plan,
+            compile=compile_.value, notes=tuple(req.notes) + notes)
     except ConfigError as exc:  # name the launch option, not the config field
         field_ = str(exc).split(" ", 1)[0]
         raise ConfigError(f"{OPTION_OF[field_]}: {exc}" if field_ in OPTION_OF else str(exc)) \
@@ -261,6 +267,27 @@ def run_precision(req: LaunchRequest, device: Device) -> tuple[Precision, tuple[
     if device is Device.CPU and asked is Precision.BF16:
         return Precision.FP32, ("precision: bf16 asked, fp32 used: CPU ranks train in fp32",)
     return asked, ()
+
+
+def run_compile(req: LaunchRequest, device: Device, old: RunSettings | None) -> Compile:
+    """--compile as given; else what the resumed run used; else block on CUDA (the compiled
+    blocks launch a fraction of the kernels) and none on CPU (inductor takes most of a minute
+    there to compile even a tiny model, longer than such runs train)."""
+    if req.compile is not None:
+        return _choice(Compile, req.compile, "--compile")
+    if old is not None:
+        return _choice(Compile, old.compile, "run.json's compile")
+    return Compile.BLOCK if device is Device.CUDA else Compile.NONE
+
+
+def run_track_memory(req: LaunchRequest, device: Device,
+                     compile_: Compile) -> tuple[bool, tuple[str, ...]]:
+    """CPU memory tracking, unless the blocks are compiled: its dispatch mode would make
+    torch.compile run them eagerly for good (``regional_compile``); a note says so."""
+    if req.track_memory and device is Device.CPU and compile_ is not Compile.NONE:
+        return False, ("memory not tracked: CPU memory tracking (a dispatch mode) and "
+                       "--compile block exclude each other; compile wins",)
+    return req.track_memory, ()
 
 
 def recompute_supported() -> bool:
@@ -324,6 +351,8 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     _check_recompute(req)
     _check_multinode(req)
     tc_impl = _choice(TCImpl, req.tc_impl, "--tc-impl")
+    if req.compile is not None:
+        _choice(Compile, req.compile, "--compile")
     _check_moe(cfg, req, tc_impl)
     device = pick_device(req.device)
     nodes = _world(req, device)
@@ -383,7 +412,8 @@ RESUME_OPTIONS = {"nproc": "--nproc", "steps": "--steps", "ep": "--ep", "zero": 
                   "tc_impl": "--tc-impl", "precision": "--precision", "recompute": "--recompute",
                   "ema": "--ema", "ema_decay": "--ema-decay", "schedule": "--schedule",
                   "cooldown_fraction": "--cooldown", "eval_every": "--eval-every",
-                  "eval_timesteps": "--eval-timesteps", "override": "--override"}
+                  "eval_timesteps": "--eval-timesteps", "override": "--override",
+                  "compile": "--compile"}
 
 
 def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:

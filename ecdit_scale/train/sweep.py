@@ -76,6 +76,9 @@ class SweepSpec:
     alignment_samples: int = 64  # shapes only: sampled images scored for the final budget
     sampling_steps: int = 16
     device: str = "auto"
+    # sweep models are small and their runs short: compiling every block of every run would
+    # cost more than it saves (a launch's own default compiles on CUDA)
+    compile: str = "none"
     out: str = "runs/sweep"
 
     def __post_init__(self) -> None:
@@ -331,6 +334,7 @@ def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool) -> LaunchReq
                          out=str(run.run_dir), lr=run.lr, seed=run.seed,
                          warmup_steps=spec.warmup_steps, schedule=spec.schedule,
                          cooldown_fraction=spec.cooldown_fraction, device=spec.device,
+                         compile=spec.compile,
                          checkpoint_every=max(1, run.steps // 2), eval_every=eval_every(run),
                          resume=resume)
 

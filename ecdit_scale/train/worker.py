@@ -27,6 +27,11 @@ from torch import nn
 
 from ..model import rectified_flow_loss
 from .engine import Rank, load_data, lr_at, setup, step_seed  # noqa: F401 (load_data: adaptive)
+from .engine import optimizer_impl
+from .feed import device_feed
+from .regional_compile import compile_backend
+from .step_profile import StepProfiler
+from .throughput import meter_for
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .heldout import timestep_grid
 from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes,
@@ -35,69 +40,83 @@ from .records import CHECKPOINT_TAG, COMPLETE_MARKER, RunDir, append_jsonl, writ
 
 @dataclasses.dataclass
 class StepStats:
-    """What one rank accumulates over the micro-steps of one optimizer step."""
+    """What one rank accumulates over the micro-steps of one optimizer step, as tensors on its
+    device: the step's numbers are read once, in ``reduce_stats``; a read per micro-step or per
+    MoE layer would make the host wait for the device each time."""
 
-    loss: float = 0.0
-    flow: float = 0.0
-    aux: float = 0.0
+    sums: torch.Tensor | None = None  # (4,) float64: loss, flow loss, aux loss, dropped
     hist: torch.Tensor | None = None  # (E+1,) tokens processed by k experts, all MoE layers
     layer_sum: torch.Tensor | None = None  # (L,) experts-per-token sums per layer
     layer_tokens: torch.Tensor | None = None  # (L,) tokens per layer
     tokens_per_expert: torch.Tensor | None = None  # (L, E)
-    dropped: int = 0
+
+    def add(self, loss: torch.Tensor, flow: torch.Tensor, aux: torch.Tensor,
+            dropped: torch.Tensor | int = 0) -> None:
+        parts = [loss.detach(), flow.detach(), aux.detach(),
+                 torch.as_tensor(dropped, device=loss.device)]
+        row = torch.stack([t.to(torch.float64).reshape(()) for t in parts])
+        self.sums = row if self.sums is None else self.sums + row
 
 
-def collect_routing(model: nn.Module, st: StepStats, num_experts: int) -> None:
+def _acc(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    return new if old is None else old + new
+
+
+def collect_routing(model: nn.Module, st: StepStats, num_experts: int,
+                    ds_layers: list | None = None) -> torch.Tensor | int:
+    """Add this micro-step's routing statistics to ``st`` (on the device); returns the tokens
+    dropped over capacity. ``ds_layers``: the model's DeepSpeed top-k layers, if known."""
     stats = model.routing_stats() if hasattr(model, "routing_stats") else []
-    ds_layers = deepspeed_topk_layers(model)
+    ds_layers = deepspeed_topk_layers(model) if ds_layers is None else ds_layers
     if not stats and not ds_layers:
-        return
-    rows_h, rows_sum, rows_n, rows_tpe = [], [], [], []
-    for s in stats:
-        ept = s.experts_per_token.reshape(-1).cpu()
-        rows_h.append(torch.bincount(ept, minlength=num_experts + 1)[: num_experts + 1])
-        rows_sum.append(ept.sum())
-        rows_n.append(torch.tensor(ept.numel()))
-        rows_tpe.append(s.tokens_per_expert.cpu().long())
-        st.dropped += int(s.dropped)
-    for layer in ds_layers:  # DeepSpeed's gate reports tokens per expert only
-        rows_tpe.append(layer.exp_counts.cpu().long())
-    hist = torch.stack(rows_h).sum(0) if rows_h else torch.zeros(num_experts + 1, dtype=torch.long)
-    tpe = torch.stack(rows_tpe)
-    lsum = torch.stack(rows_sum) if rows_sum else torch.zeros(0, dtype=torch.long)
-    lnum = torch.stack(rows_n) if rows_n else torch.zeros(0, dtype=torch.long)
-    st.hist = hist if st.hist is None else st.hist + hist
-    st.tokens_per_expert = tpe if st.tokens_per_expert is None else st.tokens_per_expert + tpe
-    st.layer_sum = lsum if st.layer_sum is None else st.layer_sum + lsum
-    st.layer_tokens = lnum if st.layer_tokens is None else st.layer_tokens + lnum
+        return 0
+    rows_tpe = [s.tokens_per_expert.long() for s in stats]
+    device = (rows_tpe[0] if rows_tpe else ds_layers[0].l_aux).device
+    rows_tpe += [layer.exp_counts.to(device).long()  # DeepSpeed's gate: tokens per expert only
+                 for layer in ds_layers]
+    st.tokens_per_expert = _acc(st.tokens_per_expert, torch.stack(rows_tpe))
+    E1 = num_experts + 1
+    if stats:  # (L, N) experts per token -> per-layer histograms without a bincount's sync
+        ept_LN = torch.stack([s.experts_per_token.reshape(-1) for s in stats]).long()
+        hist_LK = torch.zeros(len(stats), E1, dtype=torch.long, device=device)
+        hist_LK.scatter_add_(1, ept_LN, torch.ones_like(ept_LN))
+        st.hist = _acc(st.hist, hist_LK.sum(0))
+        st.layer_sum = _acc(st.layer_sum, ept_LN.sum(1))
+        st.layer_tokens = _acc(st.layer_tokens, torch.full((len(stats),), ept_LN.shape[1],
+                                                           dtype=torch.long, device=device))
+    elif st.hist is None:
+        st.hist = torch.zeros(E1, dtype=torch.long, device=device)
+        st.layer_sum = st.layer_tokens = torch.zeros(0, dtype=torch.long, device=device)
+    return sum((s.dropped for s in stats), start=0)
 
 
 def reduce_stats(st: StepStats, world: int, micro_steps: int, peak: int,
                  device: torch.device) -> dict[str, Any]:
-    """All-reduce one step's numbers; every rank gets the global values."""
-    scalars = torch.tensor([st.loss, st.flow, st.aux, float(st.dropped)], dtype=torch.float64,
-                           device=device)
-    dist.all_reduce(scalars)
+    """All-reduce one step's numbers; every rank gets the global values. Two collectives (a
+    sum and a max) and one read of the device per step."""
+    parts = [st.sums.to(device)]
+    routed = st.tokens_per_expert is not None
+    if routed:
+        parts += [st.tokens_per_expert.reshape(-1), st.hist, st.layer_sum, st.layer_tokens]
+    flat = torch.cat([t.to(device, torch.float64) for t in parts])
+    dist.all_reduce(flat)
     peak_t = torch.tensor([peak], dtype=torch.float64, device=device)
     dist.all_reduce(peak_t, op=dist.ReduceOp.MAX)
+    flat, peak_v = flat.cpu(), float(peak_t.item())
+    scalars = flat[:4].tolist()
     out: dict[str, Any] = {
-        "loss": scalars[0].item() / (world * micro_steps),
-        "flow_loss": scalars[1].item() / (world * micro_steps),
-        "aux_loss": scalars[2].item() / (world * micro_steps),
-        "peak_bytes": int(peak_t.item()) if peak_t.item() >= 0 else None,
-        "memory_tracked": peak_t.item() >= 0,
+        "loss": scalars[0] / (world * micro_steps),
+        "flow_loss": scalars[1] / (world * micro_steps),
+        "aux_loss": scalars[2] / (world * micro_steps),
+        "peak_bytes": int(peak_v) if peak_v >= 0 else None,
+        "memory_tracked": peak_v >= 0,
     }
-    if st.tokens_per_expert is not None:
-        parts = [st.tokens_per_expert.reshape(-1)]
-        if st.hist is not None:
-            parts += [st.hist, st.layer_sum, st.layer_tokens]
-        flat = torch.cat(parts).to(torch.float64).to(device)
-        dist.all_reduce(flat)
-        flat = flat.cpu().long()
+    if routed:
+        counts = flat[4:].long()
         L, E = st.tokens_per_expert.shape
-        out["tokens_per_expert"] = flat[: L * E].reshape(L, E).tolist()
-        if st.hist is not None and st.layer_sum.numel():
-            rest = flat[L * E:]
+        out["tokens_per_expert"] = counts[: L * E].reshape(L, E).tolist()
+        if st.layer_sum.numel():
+            rest = counts[L * E:]
             hist = rest[: E + 1]
             nl = st.layer_sum.numel()
             lsum, lnum = rest[E + 1: E + 1 + nl], rest[E + 1 + nl:]
@@ -109,7 +128,7 @@ def reduce_stats(st: StepStats, world: int, micro_steps: int, peak: int,
                 "hist": hist.tolist(),
                 "per_layer_mean": (lsum.double() / lnum.clamp(min=1)).tolist(),
             }
-        out["dropped"] = int(scalars[3].item())
+        out["dropped"] = int(scalars[3])
     return out
 
 
@@ -124,27 +143,27 @@ def param_checksums(model: nn.Module) -> dict[str, Any]:
 
 
 def train_step(r: Rank, step: int, images: torch.Tensor, text: torch.Tensor) -> StepStats:
-    """One optimizer step over ``grad_accum`` micro-batches of this rank's share."""
+    """One optimizer step over ``grad_accum`` micro-batches of this rank's share. Nothing in it
+    reads a value back from the device (``StepStats``)."""
     s, engine = r.s, r.engine
     st = StepStats()
+    ds_layers = deepspeed_topk_layers(engine.module)
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else images.dtype
     for micro in range(s.grad_accum):
         rows = slice(micro * s.micro_batch, (micro + 1) * s.micro_batch)
-        x, c = images[rows].to(r.device), text[rows].to(r.device)
-        if engine.bfloat16_enabled():
-            x, c = x.bfloat16(), c.bfloat16()
+        # one copy-and-cast each (none when the batch is on the device already: train.feed)
+        x = images[rows].to(r.device, dtype, non_blocking=True)
+        c = text[rows].to(r.device, dtype, non_blocking=True)
         gen = torch.Generator(device=r.device).manual_seed(step_seed(s.seed, step, r.rank, micro))
         parts = rectified_flow_loss(engine, x, c, generator=gen)
         loss, aux = parts.loss, parts.aux_loss.float()
-        ds_aux = [m.l_aux.float() for m in deepspeed_topk_layers(engine.module)]
-        if ds_aux:  # DeepSpeed's TopKGate keeps its balancing loss to itself
-            extra = torch.stack(ds_aux).sum()
+        if ds_layers:  # DeepSpeed's TopKGate keeps its balancing loss to itself
+            extra = torch.stack([m.l_aux.float() for m in ds_layers]).sum()
             loss, aux = loss + extra, aux + extra.detach()
         engine.backward(loss)
         engine.step()
-        st.loss += float(loss.detach().float())
-        st.flow += float(parts.flow_loss.float())
-        st.aux += float(aux)
-        collect_routing(engine.module, st, r.cfg.ffn.num_experts)
+        dropped = collect_routing(engine.module, st, r.cfg.ffn.num_experts, ds_layers)
+        st.add(loss.float(), parts.flow_loss.float(), aux, dropped)
     return st
 
 
@@ -184,7 +203,10 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     else:
         it = batches(data, s.global_batch, seed=s.seed, rank=r.dp_rank, world=r.world,
                      start_step=start)
+    it = device_feed(it, r)  # CUDA: pinned, copied one step ahead on a stream of its own
     tracker = PeakBytes() if (s.track_memory and not r.on_gpu) else None
+    meter = meter_for(r)  # model FLOPs per step and the device's peak, once
+    profiler = StepProfiler(rd, rank=r.rank, on_gpu=r.on_gpu)  # $ECDIT_SCALE_PROFILE_STEP
     state_bytes: dict[str, int] = {}
     t_run = time.perf_counter()
     if r.rank == 0:
@@ -201,6 +223,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if r.on_gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        profiler.start(step)
         t0 = time.perf_counter()
         images, text = next(it)  # this rank's share of global batch ``step - 1``
         if tracked:
@@ -214,6 +237,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if r.on_gpu:
             torch.cuda.synchronize()
         step_s = time.perf_counter() - t0
+        profiled = profiler.stop(step, step_s)
         if r.on_gpu:
             peak = torch.cuda.max_memory_allocated()
         elif tracked:
@@ -231,7 +255,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
             rec.update(heldout(engine.module, bf16=engine.bfloat16_enabled()))
         if r.rank == 0:
             append_jsonl(rd.metrics, {"step": step, "lr": lr, "step_s": step_s,
-                                      "images_per_s": s.global_batch / step_s, **rec})
+                                      "images_per_s": s.global_batch / step_s,
+                                      **meter.record(step_s), **profiled, **rec})
         if stop_after is not None and stop_after <= step < s.steps:
             # test hook: every rank dies here, as a job killed after this step would
             dist.barrier()
@@ -275,8 +300,9 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
     if r.rank != 0:
         return
     recs = rd.read_metrics()
-    untracked = [x for x in recs[2:] if not x.get("memory_tracked")]
-    steady = [x["step_s"] for x in untracked or recs[2:] or recs]
+    untracked = [x for x in recs[2:] if not x.get("memory_tracked") and not x.get("profiled")]
+    steady_recs = untracked or recs[2:] or recs
+    steady = [x["step_s"] for x in steady_recs]
     peaks = [x["peak_bytes"] for x in recs if x.get("peak_bytes")]
     scored = [x for x in recs if "heldout_loss" in x]
     rd.update_summary(
@@ -301,6 +327,8 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         grad_accum=s.grad_accum, global_batch=s.global_batch, optimizer=s.optimizer.value,
         optimizer_class=type(r.engine.optimizer.optimizer).__name__
         if hasattr(r.engine.optimizer, "optimizer") else type(r.engine.optimizer).__name__,
+        optimizer_impl=optimizer_impl(r.engine.optimizer), **meter_for(r).summary(steady_recs),
+        compile=s.compile, compile_backend=compile_backend(s.compile),
         lr=s.lr, warmup_steps=s.warmup_steps, schedule=s.schedule.value,
         cooldown_fraction=s.cooldown_fraction, recompute=s.recompute.value,
         precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
