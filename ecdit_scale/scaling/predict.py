@@ -86,7 +86,8 @@ def _sensitivity(fit: ScalingFit, kind: str, baseline: str) -> str:
 
 def _statistics(fit: ScalingFit) -> str:
     level = f"{fit.level:.0%} intervals"
-    if fit.bootstrap_unit == "training run" and fit.n_training_runs:
+    if fit.bootstrap_unit in ("training run", "run group") and fit.n_training_runs:
         n = "/".join(str(v) for v in sorted(set(fit.n_training_runs.values())))
-        return f"{level}, bootstrap of {n} training runs per variant ({fit.n_boot} resamples)"
+        return (f"{level}, bootstrap of {n} {fit.bootstrap_unit}s per variant "
+                f"({fit.n_boot} resamples)")
     return f"{level}, bootstrap of rows ({fit.n_boot} resamples)"

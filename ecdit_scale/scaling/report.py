@@ -128,9 +128,12 @@ def _robustness(fit: ScalingFit) -> list[str]:
 
 
 def _unit(fit: ScalingFit) -> str:
+    n = sorted(set(fit.n_training_runs.values()))
+    runs = "/".join(map(str, n)) if n else "?"
+    if fit.bootstrap_unit == "run group":
+        return (f"run groups ({runs} per variant; a group is the budget runs of one size and "
+                "seed, drawn together)")
     if fit.bootstrap_unit == "training run":
-        n = sorted(set(fit.n_training_runs.values()))
-        runs = "/".join(map(str, n)) if n else "?"
         return f"training runs ({runs} per variant, all budgets of a run drawn together)"
     return "rows"
 

@@ -285,7 +285,7 @@ class ScalingFit:
     shared: SharedFit | None = None  # one E and alpha for every kind
     loss_label: str = ""  # what the loss is, e.g. "smoothed training flow-matching loss"
     min_compute_flops: float = math.nan
-    bootstrap_unit: str = "row"  # "training run": all budgets of a run drawn together
+    bootstrap_unit: str = "row"  # "training run" / "run group": all budgets of one drawn together
     n_training_runs: dict[str, int] = field(default_factory=dict)  # per group
     held_out_status: dict[str, str] = field(default_factory=dict)  # why a check is impossible
     sensitivity: tuple[SensitivityRow, ...] = ()
