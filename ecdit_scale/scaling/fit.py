@@ -66,7 +66,9 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
             notes.append(f"--drop-outliers dropped {len(outliers['dropped'])} rows: "
                          + ", ".join(outliers["dropped"]))
     power_laws, chinchilla, optimal, held_out, status = {}, {}, {}, {}, {}
-    step = _Steps(progress, 3 * len(kinds) + 1 + (len(BUDGET_SUBSETS) * 2 if sensitivity else 0))
+    n_columns = len(sensitivity_columns(df))
+    step = _Steps(progress, 3 * len(kinds) + 1
+                  + (len(BUDGET_SUBSETS) * n_columns if sensitivity else 0))
     for i, kind in enumerate(kinds):
         runs = df[df["_group"] == kind]
         C, L = runs["compute_flops"].to_numpy(), runs[loss_column].to_numpy()
@@ -226,6 +228,11 @@ def _shared_fit(df, kinds, loss_column, *, n_boot, seed, level, notes):
                     n_boot=n_boot, level=level)
 
 
+def sensitivity_columns(df: pd.DataFrame) -> list[str]:
+    """The loss columns every row has: the sensitivity table refits on each."""
+    return [c for c in LOSS_COLUMNS if c in df.columns and np.isfinite(df[c].to_numpy(float)).all()]
+
+
 def _sensitivity(df, kinds, main_column, main_fit, *, n_boot, seed, level, step
                  ) -> tuple[SensitivityRow, ...]:
     """The shared-fit multipliers of every pair, refitted on variations of the data: either
@@ -235,9 +242,7 @@ def _sensitivity(df, kinds, main_column, main_fit, *, n_boot, seed, level, step
     rows = []
     n_boot_part = min(n_boot, SENSITIVITY_BOOT)
     fractions = df["step_fraction"] if "step_fraction" in df.columns else None
-    columns = [c for c in LOSS_COLUMNS
-               if c in df.columns and np.isfinite(df[c].to_numpy(float)).all()]
-    for loss_column in columns:
+    for loss_column in sensitivity_columns(df):
         for label, subset in BUDGET_SUBSETS:
             step(f"sensitivity: {loss_column}, {label}")
             if subset is not None and fractions is None:
