@@ -194,7 +194,10 @@ def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, tmp_p
 @pytest.mark.parametrize("change, words", [
     ({"optimizer": "lion"}, "--optimizer 'lion'"), ({"ema": "daily"}, "--ema 'daily'"),
     ({"precision": "fp8"}, "--precision 'fp8'"), ({"node_rank": 1}, "--node-rank 1"),
-    ({"ema_decay": 1.5}, "--ema-decay"),
+    ({"ema_decay": 1.5}, "--ema-decay"), ({"schedule": "cosine"}, "--schedule"),
+    ({"cooldown_fraction": 1.5}, "--cooldown"), ({"eval_timesteps": 0}, "--eval-timesteps"),
+    ({"eval_every": -1}, "--eval-every"),
+    ({"dataset": "shapes-stream", "data_limit": 100}, "--limit 100"),
 ])
 def test_bad_training_options_are_one_line(tmp_path, change, words):
     """The same checks as the CLI's, in process (no interpreter start per case)."""

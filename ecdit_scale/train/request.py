@@ -348,6 +348,7 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
             raise ConfigError(f"{option} = {v!r}: must be an integer in {lo}..{hi}")
     _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     _choice(EMA, req.ema, "--ema")
+    _choice(Schedule, req.schedule, "--schedule")
     _check_recompute(req)
     _check_multinode(req)
     tc_impl = _choice(TCImpl, req.tc_impl, "--tc-impl")
