@@ -429,13 +429,16 @@ def run_cases() -> list[Case]:
             out.append(Case(f"launch/--resume run:{slug}", "run", cat, resume, files,
                             mention=("run", *mention), keep=tuple(p for p, v in files if v is not DIR),
                             isolate=True, timeout=30, quick=slug == "run.json-missing-field"))
-    sweep = ("sweep", "--sizes", "nano", "--variants", "dense", "--steps", "10", "--out", "sw")
+    sweep = ("sweep", "--sizes", "nano", "--variants", "dense", "--steps", "20", "--out", "sw")
     sweep_opts = [("--sizes", ""), ("--sizes", "bogus"), ("--sizes", ",,"), ("--variants", "bogus"),
                   ("--variants", ""), ("--steps", "0"), ("--steps", "-1"), ("--steps", "5"),
                   ("--budgets", "abc"), ("--budgets", "0"), ("--budgets", "-1"), ("--budgets", "nan"),
                   ("--budgets", "2"), ("--budgets", ""), ("--nproc", "0"), ("--nproc", "-1"),
                   ("--micro-batch", "0"), ("--micro-batch", "-1"), ("--dataset", "bogus"),
-                  ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"), ("--lr", "inf"), ("--seed", "-1")]
+                  ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"), ("--lr", "inf"), ("--seeds", "-1"),
+                  ("--seeds", "0,0"), ("--seeds", "a"), ("--schedule", "cosine"),
+                  ("--cooldown", "0"), ("--lr-search", "0.5,-1"), ("--parallel", "0"),
+                  ("--holdout", "-1"), ("--limit", "9")]
     for opt, x in sweep_opts:
         out.append(Case(f"sweep/{opt} {x or repr(x)}", "run", "silent", (*sweep, opt, x),
                         mention=(opt, opt.lstrip("-"), opt.lstrip("-").replace("-", "_"), x or "''"),

@@ -158,7 +158,7 @@ def held_out_split(compute_N, runs_N, factor: float = HELD_OUT_FACTOR
         return (f"held-out check impossible: range only {span:.3g}x, under the {factor:g}x a "
                 "held-out run must lie beyond the fit")
     run_max = {r: C[runs == r].max() for r in np.unique(runs)}
-    train_runs = [r for r, m in run_max.items() if m * factor <= C.max()]
+    train_runs = [r for r, m in run_max.items() if m <= C.max() / factor]
     if len(train_runs) < MIN_RUNS_PER_RESAMPLE:
         return (f"held-out check impossible: range {span:.3g}x, but only {len(train_runs)} "
                 f"training run(s) stay {factor:g}x below the largest compute (a fit of a "
