@@ -106,7 +106,10 @@ class SharedPowerLaw:
         return self.E + self.A[kind] * np.power(compute_flops, -self.alpha)
 
     def multiplier(self, kind: str, baseline: str) -> float:
-        return (self.A[baseline] / self.A[kind]) ** (1.0 / self.alpha)
+        """(A_baseline / A_kind)^(1/alpha), in log space: a tiny alpha gives inf or 0, not an
+        OverflowError."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return float(np.exp((np.log(self.A[baseline]) - np.log(self.A[kind])) / self.alpha))
 
     def to_dict(self) -> dict:
         return {"E": float(self.E), "alpha": float(self.alpha),
