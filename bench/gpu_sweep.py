@@ -2,8 +2,13 @@
 / expert choice, 3 seeds, one annealed (wsd) run per budget on data that never repeats, scored
 by the held-out loss at fixed noise, a learning-rate search per size; then the fit and report.
 
+    python bench/gpu_sweep.py --prepare-data bench/.sweep_data  # dev machine, once (~90 s)
     python bench/gpu_sweep.py --out $OUT/gpu-sweep           # CUDA: <= 10 minutes of one GPU
     python bench/gpu_sweep.py --device cpu --quick --out /tmp/s  # CPU: the same path, tiny
+
+The GPU machine has no text encoder (no sentence-transformers, no network): the whole caption
+table of the shapes stream (2,772 captions) is encoded once here with --prepare-data and travels
+with the tree (carry ``bench/.sweep_data``; git ignores it). Every run then reads that table.
 
 It calls the product's own ``sweep`` (train/sweep.py, every run through ``ecdit-scale launch``)
 with ``--parallel`` launches at once (small models leave a GPU mostly idle), then ``fit`` and
@@ -28,11 +33,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+DATA_DIR = ROOT / "bench" / ".sweep_data"
 
 # CUDA: 5 sizes (0.4M-16M active parameters, 35x) x 4 budgets (8x in images) -> ~280x compute
+# lr search 0.5-4x of 1e-3: the CPU reference sweep's search chose the top of 0.5-2x
 CUDA = dict(sizes=("nano", "micro", "tiny", "mini", "small"), variants=("dense", "tc8", "ec8"),
             budgets=(0.125, 0.25, 0.5, 1.0), seeds=(0, 1, 2), steps=640, micro_batch=32,
-            lr_search=(0.5, 1.0, 2.0), holdout=64, parallel=8)
+            lr_search=(0.5, 1.0, 2.0, 4.0), holdout=64, parallel=8)
 # CPU --quick: the same path at toy scale (2 sizes, 2 budgets, 1 seed, a 2-point lr search)
 CPU_QUICK = dict(sizes=("nano", "micro"), variants=("dense", "ec8"), budgets=(0.5, 1.0),
                  seeds=(0,), steps=12, micro_batch=4, lr_search=(1.0, 2.0), holdout=8,
@@ -51,7 +58,11 @@ def versions() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--prepare-data", type=Path, metavar="DIR",
+                    help="encode the stream's whole caption table into DIR and exit")
+    ap.add_argument("--data", type=Path, default=DATA_DIR,
+                    help=f"the prepared caption table (default {DATA_DIR.relative_to(ROOT)})")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--quick", action="store_true", help="CPU: toy sizes (the path, not results)")
     ap.add_argument("--budget-s", type=float, default=540.0,
@@ -60,6 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="steps of the largest budget")
     ap.add_argument("--keep-runs", action="store_true")
     args = ap.parse_args(argv)
+    from ecdit_scale import sizes
+    from ecdit_scale.datasets.stream import all_captions, full_table_cached
+
+    text_tokens = sizes.get("nano-dense").text_tokens  # the CPU ladder's, every size alike
+    if args.prepare_data:
+        from ecdit_scale.datasets.text_encoder import TextEncoder
+
+        TextEncoder(args.prepare_data).encode(all_captions(), text_tokens)
+        print(f"[gpu_sweep] {len(all_captions())} captions encoded under {args.prepare_data}")
+        return 0
+    if args.out is None:
+        ap.error("--out DIR is needed (or --prepare-data DIR)")
+    if full_table_cached(text_tokens, args.data):
+        os.environ["ECDIT_SCALE_CACHE"] = str(args.data.resolve())  # the launches inherit it
+    elif args.device == "cuda":
+        print(f"error: no caption table under {args.data}; make it with --prepare-data "
+              f"{args.data} on a machine with the text encoder and carry it", file=sys.stderr)
+        return 2
 
     from ecdit_scale.errors import ConfigError
     from ecdit_scale.scaling.fit import fit_run_table
@@ -78,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     deadline = t0 + args.budget_s
     provenance = {"script": "bench/gpu_sweep.py", "argv": sys.argv[1:], "device": args.device,
+                  "caption_table": os.environ.get("ECDIT_SCALE_CACHE", "encoded here"),
                   "versions": versions(), "parallel": parallel, "budget_s": args.budget_s,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     done_seeds, timings = [], {}

@@ -152,3 +152,19 @@ def test_the_collective_score_of_an_ep2_run_is_the_single_device_score(ec_run):
     again = HeldOutLoss.build(held.images, held.text, levels=s.eval_timesteps, rank=0, world=1,
                               chunk=s.micro_batch, device=torch.device("cpu"))(model)
     assert again["heldout_loss"] == pytest.approx(summary["heldout_loss"], rel=1e-5)
+
+
+def test_a_prepared_full_caption_table_serves_short_runs_too(tmp_path):
+    """On a machine without the text encoder (the GPU machines), bench/gpu_sweep.py carries
+    the whole table; short runs must then read it instead of encoding their own few captions."""
+    from ecdit_scale.datasets.text_encoder import TextEncoder
+
+    assert stream.stream_captions(0, 40, 8, text_tokens=16, cache_dir=tmp_path) != \
+        stream.all_captions()
+    path = TextEncoder(tmp_path).cache_path(stream.all_captions(), 16)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")  # only its presence counts here
+    assert stream.stream_captions(0, 40, 8, text_tokens=16, cache_dir=tmp_path) == \
+        stream.all_captions()
+    assert stream.stream_captions(0, 40, 8, text_tokens=77, cache_dir=tmp_path) != \
+        stream.all_captions()  # another token count: another table

@@ -56,11 +56,24 @@ def image_key(pixels: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=16).digest()
 
 
-def stream_captions(seed: int, positions: int, holdout: int) -> list[str]:
+def all_captions() -> list[str]:
+    return sorted({s.caption for s in all_scene_specs()})
+
+
+def full_table_cached(text_tokens: int, cache_dir=None) -> bool:
+    """Whether the whole caption table is encoded already (e.g. prepared for a machine that
+    cannot run the text encoder, ``bench/gpu_sweep.py --prepare-data``)."""
+    return TextEncoder(cache_dir).cache_path(all_captions(), text_tokens).is_file()
+
+
+def stream_captions(seed: int, positions: int, holdout: int, *, text_tokens: int | None = None,
+                    cache_dir=None) -> list[str]:
     """The captions a run of ``positions`` training positions and its held-out set need: all
-    of them when the run is long (one cached table for every long run), else those drawn."""
-    if positions >= FULL_TABLE_AT:
-        return sorted({s.caption for s in all_scene_specs()})
+    of them when the run is long, or when the whole table is cached for ``text_tokens`` (one
+    table for every such run), else those drawn."""
+    if positions >= FULL_TABLE_AT or (text_tokens is not None
+                                      and full_table_cached(text_tokens, cache_dir)):
+        return all_captions()
     used = {spec_at(seed, p).caption for p in range(positions)}
     used |= {spec_at(EVAL_STREAM_SEED, p).caption for p in range(holdout)}
     return sorted(used)
@@ -95,7 +108,9 @@ class ShapesStream:
                  cache_dir=None):
         self.image_size, self.seed, self.positions = cfg.image_size, seed, positions
         self.holdout = holdout
-        self.table = CaptionTable.build(stream_captions(seed, positions, holdout),
+        self.table = CaptionTable.build(stream_captions(seed, positions, holdout,
+                                                        text_tokens=cfg.text_tokens,
+                                                        cache_dir=cache_dir),
                                         text_tokens=cfg.text_tokens, text_dim=cfg.text_dim,
                                         cache_dir=cache_dir)
         held = [render_at(EVAL_STREAM_SEED, p, self.image_size) for p in range(holdout)]

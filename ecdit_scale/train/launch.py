@@ -168,8 +168,8 @@ def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
         from ..datasets.stream import stream_captions
         from ..datasets.text_encoder import TextEncoder
 
-        TextEncoder().encode(stream_captions(s.seed, s.steps * s.global_batch, s.holdout),
-                             cfg.text_tokens)
+        TextEncoder().encode(stream_captions(s.seed, s.steps * s.global_batch, s.holdout,
+                                             text_tokens=cfg.text_tokens), cfg.text_tokens)
         return
     dataset_arrays_for(s.dataset, cfg, limit=s.data_limit, seed=s.seed)
 
