@@ -224,11 +224,15 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     assert acc.number_sources()["peak_bf16_flops"] == "measured"
     assert acc.number_sources()["inter_node_bw_bytes_per_s"] == "datasheet"
     assert max(p.gemm_flops_per_s) == acc.peak_bf16_flops
-    proc = cli_here("plan", "--model", "nano-ec8", "--gpu", str(measured_profile), "--precision",
-                    "fp32", "--nodes", "1", "--gpus-per-node", "2", "--global-batch", "16",
+    # no --precision: a CPU profile lists no bf16 throughput, so the plan is fp32 and says so
+    # (the README's `profile ... && plan --gpu cpu.yaml` used to stop at a bf16 refusal)
+    proc = cli_here("plan", "--model", "nano-ec8", "--gpu", str(measured_profile),
+                    "--nodes", "1", "--gpus-per-node", "2", "--global-batch", "16",
                     "--json", "--out", str(tmp_path / "plan"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "precision fp32" in proc.stderr and "lists no bf16" in proc.stderr
     plan = json.loads(proc.stdout)
+    assert plan["training"]["precision"] == "fp32"
     assert plan["best"]["step"]["kernels"] > 0 and plan["best"]["step"]["gemm_s"] > 0
     assert any("measured profile" in n for n in plan["estimated"])
 

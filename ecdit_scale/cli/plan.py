@@ -51,7 +51,7 @@ def plan(
     global_batch: int = typer.Option(4096, "--global-batch", help="Images per optimizer step."),
     steps: int = typer.Option(800_000, "--steps", help="Optimizer steps of the run."),
     optimizer: str = typer.Option("rmsprop", "--optimizer", help="rmsprop (the paper) | adamw | sgd."),
-    precision: str = typer.Option("bf16", "--precision", help="bf16 | fp32 (refused where the device lists no throughput for it)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 | fp32 (default bf16, or fp32 on a device that lists no bf16 throughput, e.g. a CPU profile; a precision the device lacks is refused)."),
     ema: str = typer.Option("replicated", "--ema", help="EMA of the weights (DiT, decay 0.9999, fp32): none | replicated | sharded (partitioned with the optimizer state)."),
     days: Optional[float] = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
@@ -83,13 +83,19 @@ def plan(
     check_plan_options(top=top, sampling_steps=sampling_steps,
                        inference_devices=inference_devices)
     training = training_for_plan(global_batch=global_batch, steps=steps, optimizer=optimizer,
-                                 precision=precision, ema=ema)
+                                 precision=precision or "bf16", ema=ema)
     target = target_for_plan(days=days, budget=budget, gpus=gpus, nodes=nodes)
     pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
                         recompute=recompute)
     cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
                                    override=override)
     acc = get_accelerator(gpu)
+    if precision is None and "bf16" not in acc.precisions:
+        import dataclasses
+
+        training = dataclasses.replace(training, precision=acc.precisions[0])
+        err_console.print(f"[yellow]note:[/] precision {acc.precisions[0]}: {acc.name} lists no "
+                          "bf16 throughput", highlight=False, soft_wrap=True)
     cluster = cluster_for_plan(gpu, acc, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node,
                                price=price)
     the_plan = make_plan(cfg, training, cluster, acc, pin=pin, top=top,
