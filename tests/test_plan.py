@@ -356,3 +356,13 @@ def test_deepspeed_launch_command_is_the_plans_and_the_launchers():
     assert local[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
     assert local[3:7] == ["--num_gpus", "2", "--master_port", "1234"] and local[-1] == "--resume"
     assert "--hostfile" not in local and "--num_nodes" not in local
+
+
+def test_a_run_shorter_than_the_papers_warm_up_warms_up_for_the_same_share():
+    """20,000 warm-up steps of the paper's 800,000; a 1,000-step plan used to be all warm-up."""
+    from ecdit_scale.planner.request import training_for_plan
+
+    assert training_for_plan(global_batch=8, steps=1000, optimizer="adamw").warmup_steps == 25
+    assert training_for_plan(global_batch=8, steps=10, optimizer="adamw").warmup_steps == 1
+    assert training_for_plan(global_batch=8, steps=800_000, optimizer="adamw").warmup_steps \
+        == 20_000

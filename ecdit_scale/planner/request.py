@@ -99,9 +99,15 @@ def cluster_for_plan(gpu: str, acc: Accelerator, *, gpus: int | None, nodes: int
 def training_for_plan(*, global_batch: int, steps: int, optimizer: str,
                       precision: str = Precision.BF16.value,
                       ema: str = PLAN_EMA) -> TrainingConfig:
+    """The run to plan. The paper warms up for 20,000 of 800,000 steps (2.5%); a run no longer
+    than that warm-up would be all warm-up, so its warm-up is 2.5% of its steps instead."""
     check_int("--global-batch", global_batch, maximum=2**26)
     check_int("--steps", steps, maximum=10**12)
-    return TrainingConfig(global_batch=global_batch, steps=steps,
+    paper = TrainingConfig()
+    warmup = paper.warmup_steps
+    if steps <= warmup:
+        warmup = max(1, round(steps * paper.warmup_steps / paper.steps))
+    return TrainingConfig(global_batch=global_batch, steps=steps, warmup_steps=warmup,
                           optimizer=choice(optimizer, Optimizer, "--optimizer"),
                           precision=choice(precision, Precision, "--precision"),
                           ema=choice(ema, EMA, "--ema"))
