@@ -231,3 +231,11 @@ def test_resume_needs_a_run(tmp_path):
     proc = cli_here("launch", "nano-ec8", "--nproc", "1", "--steps", "2", "--resume", "--out",
                     str(tmp_path / "nothing"))
     assert proc.returncode != 0 and "no run to resume" in proc.stderr
+
+
+def test_a_refused_launch_prints_its_line_and_nothing_else(tmp_path):
+    """The progress bar appears with the first report from the ranks: a request refused before
+    that leaves stderr with its one error line (no blank line from an empty bar)."""
+    proc = cli("launch", "nano-ec8", "--ep", "3", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: --ep 3") and proc.stderr.count("\n") == 1, proc.stderr

@@ -119,21 +119,22 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 class _ProgressBar:
-    """A rich progress bar fed by ``launch``'s ``on_progress``, on stderr."""
+    """A rich progress bar fed by ``launch``'s ``on_progress``, on stderr. It appears with the
+    first report, so a request refused before any rank starts prints its one line only."""
 
     def __enter__(self) -> "_ProgressBar":
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn)
-
-        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), console=err_console, transient=False)
-        self._bar.__enter__()
-        self._task = None
+        self._bar = None
         return self
 
     def update(self, p) -> None:
-        if self._task is None:
+        if self._bar is None:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), console=err_console, transient=False)
+            self._bar.__enter__()
             self._task = self._bar.add_task(p.label, total=p.steps, completed=p.step,
                                             info="starting ranks")
         info = {}
@@ -143,7 +144,8 @@ class _ProgressBar:
         self._bar.update(self._task, completed=p.step, **info)
 
     def __exit__(self, *exc) -> None:
-        self._bar.__exit__(*exc)
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
 
 
 def _speed(step_s, flops_per_s, pct_of_peak) -> str:
