@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from ecdit_scale.train.sweep import SweepSpec, run_sweep
 
     settings = dict(CPU_QUICK if args.quick else CUDA)
-    parallel = args.parallel or settings.pop("parallel")
-    settings.pop("parallel", None)
+    parallel = settings.pop("parallel")
+    parallel = args.parallel or parallel
     if args.steps:
         settings["steps"] = args.steps
     out = args.out.resolve()

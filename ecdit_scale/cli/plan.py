@@ -139,7 +139,7 @@ def _print_plan(p, files) -> None:
     console.print(f"run: {tr.steps:,} steps x {tr.global_batch} images on "
                   f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {escape(p.accelerator.name)} "
                   f"({p.world} devices), optimizer {tr.optimizer.value} (lr {tr.lr:g}, warm-up "
-                  f"{tr.warmup_steps:,} steps), {tr.precision.value}, EMA {tr.ema.value}" + (f" (decay {tr.ema_decay:g})" if tr.ema.value != "none" else ""))
+                  f"{tr.warmup_steps:,} step{'' if tr.warmup_steps == 1 else 's'}), {tr.precision.value}, EMA {tr.ema.value}" + (f" (decay {tr.ema_decay:g})" if tr.ema.value != "none" else ""))
 
     mem = p.best.memory.to_dict()
     mt = Table(title=f"memory per device, best layout ({p.best.describe()}) \\[estimated]")

@@ -135,10 +135,6 @@ def fit(
         raise ConfigError(f"--seed {seed}: must be an integer in 0..{2**32 - 1}")
     if out is not None and not str(out).strip() or out is not None and out.is_dir():
         raise ConfigError(f"--out {str(out)!r}: give a file path for the fit, e.g. fit.yaml")
-    from ..scaling.table import LOSS_COLUMNS
-
-    if loss_column is not None and loss_column not in LOSS_COLUMNS:
-        raise ConfigError(f"--loss-column {loss_column!r}: choose one of {', '.join(LOSS_COLUMNS)}")
     if not (math.isfinite(held_out_factor) and held_out_factor > 1):
         raise ConfigError(f"--held-out-factor {held_out_factor}: a factor > 1, e.g. 4")
     if extrapolate_to is not None and not (math.isfinite(extrapolate_to) and extrapolate_to > 0):

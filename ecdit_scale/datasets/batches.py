@@ -69,21 +69,28 @@ def holdout_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(perm[holdout:]), np.sort(perm[:holdout])
 
 
+def run_splits(name: str, cfg: ModelConfig, *, limit: int | None, seed: int, holdout: int
+               ) -> tuple[CaptionedImages, CaptionedImages]:
+    """A run's data, built once: dataset ``name`` shaped for ``cfg``, as (the samples it trains
+    on, its ``holdout`` held-out samples). Finite datasets only (not a stream)."""
+    ds = build_dataset_for(name, cfg, limit=limit, seed=seed)
+    train, held = holdout_rows(len(ds), holdout, seed)
+    return subset(ds, train), subset(ds, held)
+
+
 def run_split(name: str, cfg: ModelConfig, *, limit: int | None, seed: int, holdout: int,
               split: str = "train") -> CaptionedImages:
-    """A run's data: dataset ``name`` shaped for ``cfg``, without (``split="train"``) or only
-    (``"held"``) its ``holdout`` held-out samples. The trainer and the analyses call this.
-    A stream (``shapes-stream``) has only a held-out set here; its training batches come
-    from ``stream.ShapesStream.batches``."""
+    """One of ``run_splits``: without (``split="train"``) or only (``"held"``) the run's
+    ``holdout`` held-out samples. A stream (``shapes-stream``) has only a held-out set here;
+    its training batches come from ``stream.ShapesStream.batches``."""
     if name in STREAMS:
         if split != "held":
             raise DataError(f"dataset {name!r} is a stream: train from ShapesStream.batches")
         from .stream import ShapesStream
 
         return ShapesStream(cfg, seed=seed, positions=0, holdout=holdout).held_out()
-    ds = build_dataset_for(name, cfg, limit=limit, seed=seed)
-    train, held = holdout_rows(len(ds), holdout, seed)
-    return subset(ds, train if split == "train" else held)
+    train, held = run_splits(name, cfg, limit=limit, seed=seed, holdout=holdout)
+    return train if split == "train" else held
 
 
 # ---------------------------------------------------------------------------------------------

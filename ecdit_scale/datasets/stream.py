@@ -29,7 +29,6 @@ from ..config import ModelConfig
 from .shapes import SceneSpec, all_scene_specs, render_scene, sample_scene
 from .text_encoder import TEXT_DIM, TextEncoder, fit_text_dim
 
-STREAM = "shapes-stream"
 BLOCK = 1024  # positions whose specs come from one generator
 STREAM_TAG = 0x5EED  # keeps the stream's generators apart from the finite shapes set's
 EVAL_STREAM_SEED = 977_351  # the held-out stream: one for every run
@@ -56,8 +55,14 @@ def image_key(pixels: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=16).digest()
 
 
+@functools.lru_cache(maxsize=1)
+def _all_captions() -> tuple[str, ...]:
+    return tuple(sorted({s.caption for s in all_scene_specs()}))
+
+
 def all_captions() -> list[str]:
-    return sorted({s.caption for s in all_scene_specs()})
+    """Every caption of the stream, sorted (the full table's rows)."""
+    return list(_all_captions())
 
 
 def full_table_cached(text_tokens: int, cache_dir=None) -> bool:

@@ -27,20 +27,22 @@ from .expert_parallel import (create_groups, is_expert_param, param_counts, para
 from .records import Device, RunDir, RunSettings
 from .regional_compile import compile_blocks
 
-def load_data(s: RunSettings, cfg: ModelConfig, *, split: str = "train"):
-    """The run's training data (a CaptionedImages, or for a stream the ShapesStream of
-    steps x global batch positions) or its held-out samples (``split="held"``)."""
-    from ..datasets.batches import run_split
+def load_run_data(s: RunSettings, cfg: ModelConfig):
+    """(training data, held-out samples or None when the run keeps none), from one load of
+    the dataset: a CaptionedImages split in two, or for a stream the ShapesStream of steps x
+    global batch positions and its fixed held-out set."""
     from ..datasets.kinds import STREAMS
 
-    if s.dataset in STREAMS and split == "train":
+    if s.dataset in STREAMS:
         from ..datasets.stream import ShapesStream
 
-        return ShapesStream(cfg, seed=s.seed, positions=s.steps * s.global_batch,
+        data = ShapesStream(cfg, seed=s.seed, positions=s.steps * s.global_batch,
                             holdout=s.holdout)
+        return data, data.held_out() if s.holdout else None
+    from ..datasets.batches import run_splits
 
-    return run_split(s.dataset, cfg, limit=s.data_limit, seed=s.seed, holdout=s.holdout,
-                     split=split)
+    train, held = run_splits(s.dataset, cfg, limit=s.data_limit, seed=s.seed, holdout=s.holdout)
+    return train, held if s.holdout else None
 
 
 def step_seed(*keys: int) -> int:

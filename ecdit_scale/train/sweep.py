@@ -168,6 +168,10 @@ class SweepRun:
     def size(self) -> str:
         return self.card.split("-", 1)[0]
 
+    def step_of(self, frac: float) -> int:
+        """The step the table reads for budget ``frac`` of this run's steps."""
+        return max(1, round(frac * self.steps))
+
 
 @dataclass
 class SweepResult:
@@ -342,7 +346,7 @@ def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool) -> LaunchReq
 def eval_every(run: SweepRun) -> int:
     """Held-out loss at every budget the table reads off the run (their common divisor; 0:
     the last step only)."""
-    steps = [max(1, round(f * run.steps)) for f in run.budgets]
+    steps = [run.step_of(f) for f in run.budgets]
     return 0 if steps == [run.steps] else math.gcd(*steps)
 
 
@@ -354,7 +358,7 @@ def smoothing_window(step: int) -> range:
 def needed_steps(run: SweepRun) -> list[int]:
     """Every step the table reads: each budget's step and its smoothing window."""
     return sorted({s for frac in run.budgets
-                   for s in smoothing_window(max(1, round(frac * run.steps))) if s >= 1})
+                   for s in smoothing_window(run.step_of(frac)) if s >= 1})
 
 
 def lr_search_row(run: SweepRun) -> dict[str, Any]:
@@ -402,7 +406,7 @@ def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment 
     gb = settings.global_batch
     rows = []
     for frac in run.budgets:
-        step = max(1, round(frac * run.steps))
+        step = run.step_of(frac)
         window = [metrics[s]["flow_loss"] for s in smoothing_window(step) if s in metrics]
         if step not in metrics or not window:
             raise ConfigError(f"{rd.path}: metrics.jsonl has no step {step}; rerun the sweep to resume it")

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..model import rectified_flow_loss
-from .engine import Rank, load_data, lr_at, setup, step_seed  # noqa: F401 (load_data: adaptive)
+from .engine import Rank, load_run_data, lr_at, setup, step_seed
 from .engine import optimizer_impl
 from .feed import device_feed
 from .regional_compile import compile_backend
@@ -196,8 +196,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         start = int(client["step"]) if client else int(resume_from.removeprefix("step"))
         if r.ema is not None:
             r.ema.load(rd.checkpoints / resume_from, r.rank)
-    data = load_data(s, r.cfg)
-    heldout = heldout_loss_for(r, data)
+    data, held = load_run_data(s, r.cfg)
+    heldout = heldout_loss_for(r, held)
     if hasattr(data, "batches"):  # a stream: every position drawn fresh
         it = data.batches(s.global_batch, rank=r.dp_rank, world=r.world, start_step=start)
     else:
@@ -266,23 +266,22 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         if step % s.checkpoint_every == 0 or step == s.steps:
             save_checkpoint(r, step)
     finish(r, train_wall_s=time.perf_counter() - t_run, state_bytes=state_bytes,
-           train_samples=len(data))
+           train_samples=len(data), meter=meter)
     return 0
 
 
-def heldout_loss_for(r: Rank, data):
+def heldout_loss_for(r: Rank, held):
     """The run's held-out scorer (``heldout.HeldOutLoss``), or None when it keeps no samples."""
     from .heldout import HeldOutLoss
 
-    if r.s.holdout < 1:
+    if held is None:
         return None
-    held = data.held_out() if hasattr(data, "held_out") else load_data(r.s, r.cfg, split="held")
     return HeldOutLoss.build(held.images, held.text, levels=r.s.eval_timesteps, rank=r.rank,
                              world=r.world, chunk=r.s.micro_batch, device=r.device)
 
 
 def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
-           train_samples: int) -> None:
+           train_samples: int, meter) -> None:
     """Per-rank parameter checksums; rank 0 writes the summary."""
     import deepspeed
 
@@ -327,7 +326,7 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         grad_accum=s.grad_accum, global_batch=s.global_batch, optimizer=s.optimizer.value,
         optimizer_class=type(r.engine.optimizer.optimizer).__name__
         if hasattr(r.engine.optimizer, "optimizer") else type(r.engine.optimizer).__name__,
-        optimizer_impl=optimizer_impl(r.engine.optimizer), **meter_for(r).summary(steady_recs),
+        optimizer_impl=optimizer_impl(r.engine.optimizer), **meter.summary(steady_recs),
         compile=s.compile, compile_backend=compile_backend(s.compile),
         lr=s.lr, warmup_steps=s.warmup_steps, schedule=s.schedule.value,
         cooldown_fraction=s.cooldown_fraction, recompute=s.recompute.value,
