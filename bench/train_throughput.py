@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,12 +60,12 @@ class Point:
         return f"{self.model}{depth}-mb{self.micro_batch}-{self.compile}"
 
 
-# run order = priority: the headline and its eager twin, then one micro-batch of every config,
+# run order = priority: the headline and the MoE configs beside it, the headline's eager twin,
 # then the second micro-batches (what a short budget loses last matters least)
 GPU_POINTS = [
-    Point("ecdit-xl", 32), Point("ecdit-xl", 32, compile="none"),
-    Point("ecdit-xl-8e", 32), Point("base-ec16", 128, dataset="shapes"),
-    Point("ecdit-xl-8e-tc", 32), Point("ecdit-xl-32e", 32, depth=8),
+    Point("ecdit-xl", 32), Point("ecdit-xl-8e", 32), Point("ecdit-xl-8e-tc", 32),
+    Point("ecdit-xl-32e", 32, depth=8), Point("ecdit-xl", 32, compile="none"),
+    Point("base-ec16", 128, dataset="shapes"),
     Point("ecdit-xl", 64), Point("ecdit-xl-8e", 16), Point("base-ec16", 256, dataset="shapes"),
     Point("ecdit-xl-8e-tc", 16), Point("ecdit-xl-32e", 16, depth=8),
 ]
@@ -182,6 +182,11 @@ def run_point(p: Point, out: Path, args, timeout_s: float, env: dict[str, str]) 
         tail = (stderr or "").strip().splitlines()[-3:] + (stdout or "").strip().splitlines()[-2:]
         res["error"] = f"launch exited {proc.returncode}: " + " | ".join(tail)[-600:]
     return res
+
+
+def compile_broke(r: dict) -> bool:
+    """A compiled launch that failed before its first step, not by the budget's timeout."""
+    return "error" in r and not r["error"].startswith("timeout") and not r.get("steps_recorded")
 
 
 def stop(proc: subprocess.Popen, run_dir: Path) -> None:
@@ -431,13 +436,26 @@ def run_all(points: list[Point], args, cache: Path | None) -> None:
            "points": [], "checks": {}}
     print(f"{info['device']}: {len(points)} points, budget {args.budget_s:.0f} s -> {path}",
           flush=True)
+    eager_only = None  # why the remaining points run eager (a compiled launch broke)
     for p in points:
+        if eager_only and p.compile == "block":
+            p = replace(p, compile="none")
+            if any(r["name"] == p.name for r in doc["points"]):
+                continue
         left = deadline - time.monotonic()
-        if left < min(60.0, args.point_timeout_s):
+        done = doc["points"]
+        if len(done) >= 2 and not any("error" not in r for r in done):
+            r = {"point": asdict(p), "name": p.name,
+                 "error": "skipped: the first points all failed (see their errors)"}
+        elif left < min(60.0, args.point_timeout_s):
             r = {"point": asdict(p), "name": p.name,
                  "error": f"skipped: {max(0, left):.0f} s of the budget left"}
         else:
             r = run_point(p, out, args, min(args.point_timeout_s, left), env)
+            if p.compile == "block" and compile_broke(r):
+                eager_only = f"{p.name} failed compiled: the points after it run eager"
+                doc["settings"]["compile_fallback"] = eager_only
+                print(eager_only, flush=True)
         doc["points"].append(r)
         doc["checks"] = checks(doc["points"], args.device)
         doc["wall_s"] = time.monotonic() - t_start

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One GPU lease, one prepared script (shared/GPU.md): the device profile (issue 9), the trainer's
+# throughput table through the launch path (issues 8, 9), and one-GPU runs of a cut-down
+# ecdit-xl-8e plan under each recompute policy, `bash launch.sh` as written (issue 10).
+#
+#   OUT=dir bash bench/gpu_session.sh          on the GPU machine (carry .whl, bench/.throughput_data)
+#   OUT=dir bash bench/gpu_session.sh --cpu    the same stages with tiny settings on this CPU
+#
+# Every stage has its own timeout and the stages after a failed one still run. What comes back:
+# session.log, profile.yaml, train_throughput_<device>.json, plan_runs.tgz and
+# throughput_runs.tgz (run folders without checkpoints). Budget on a GPU: <= 590 s.
+set -u
+OUT="${OUT:?set OUT to the folder for the results}"
+MODE="${1:-gpu}"
+mkdir -p "$OUT"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+stage() { echo "=== $(( $(date +%s) - t0 )) s: $*"; }
+
+if [ "$MODE" = "--cpu" ]; then
+  DEVICE=cpu; PY="${PYTHON:-python}"
+  TT_ARGS=(--cpu --budget-s 120)
+  PLAN_MODEL=(--override depth=2); MB=2; STEPS=4; PLAN_TIMEOUT=120; PROFILE_ARGS=(--quick)
+else
+  DEVICE=cuda; PY=python3
+  stage "deepspeed from .whl"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$ROOT"
+  TT_ARGS=(--budget-s 270)
+  PLAN_MODEL=(--override depth=8); MB=32; STEPS=20; PLAN_TIMEOUT=80; PROFILE_ARGS=()
+fi
+export PYTHON="$PY"  # launch.sh runs this Python
+
+stage "versions"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
+"$PY" -c "import sys, torch, deepspeed; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__)" || exit 1
+
+stage "profile"
+timeout 75 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
+  --out "$OUT/profile.yaml" || echo "profile failed: $?"
+
+stage "train_throughput"
+timeout 290 "$PY" bench/train_throughput.py --out /tmp/tt "${TT_ARGS[@]}" || echo "train_throughput exited $?"
+cp /tmp/tt/train_throughput_*.json "$OUT/" 2>/dev/null
+tar czf "$OUT/throughput_runs.tgz" --exclude='checkpoint*' --exclude='*.pt' -C /tmp/tt runs
+
+# the plan as written: ecdit-xl-8e cut to fit one GPU, micro-batch MB, the planner's choice of
+# recompute first, then each policy pinned; --limit: the captions cached for 128 latents
+for policy in auto none full selective; do
+  dir=/tmp/plans/xl8e-$policy
+  pin=(); [ "$policy" = auto ] || pin=(--recompute "$policy")
+  stage "plan $policy"
+  rm -rf "$dir"
+  "$PY" -m ecdit_scale plan --model ecdit-xl-8e "${PLAN_MODEL[@]}" --gpu h200 --gpus 1 \
+    --global-batch "$MB" --micro-batch "$MB" "${pin[@]}" --no-table --out "$dir" | tail -n 12 \
+    || { echo "plan $policy failed"; continue; }
+  chosen=$(grep -m1 ' recompute:' "$dir/plan.yaml" | awk '{print $2}')
+  echo "plan chose recompute=$chosen"
+  if [ "$policy" = auto ] && [ "$chosen" = none ]; then continue; fi  # the none run follows
+  ECDIT_SCALE_CACHE="$ROOT/bench/.throughput_data" timeout "$PLAN_TIMEOUT" bash "$dir/launch.sh" --steps "$STEPS" --limit 128 --holdout 0 \
+    --checkpoint-every 1000000 | tail -n 6 || echo "launch.sh ($policy) exited $?"
+  "$PY" -m ecdit_scale validate "$dir" "$dir/run" 2>&1 | tail -n 8
+  tar czf "$OUT/plan_runs.tgz" --exclude='checkpoint*' --exclude='*.pt' -C /tmp plans
+done
+ls -la "$OUT"
+stage "done"
