@@ -117,6 +117,8 @@ def plan(
 
 
 def _print_plan(p, files) -> None:
+    from ..planner.deepspeed_config import warmup_floor_note
+
     cfg, b = p.config, p.params
     infer, scaling, tp_alt, resolved = p.inference, p.scaling_estimate, p.tp_alternative, p.resolved
     how = ""
@@ -140,6 +142,9 @@ def _print_plan(p, files) -> None:
                   f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {escape(p.accelerator.name)} "
                   f"({p.world} devices), optimizer {tr.optimizer.value} (lr {tr.lr:g}, warm-up "
                   f"{tr.warmup_steps:,} step{'' if tr.warmup_steps == 1 else 's'}), {tr.precision.value}, EMA {tr.ema.value}" + (f" (decay {tr.ema_decay:g})" if tr.ema.value != "none" else ""))
+    why = warmup_floor_note(tr.optimizer, tr.warmup_steps, tr.steps)
+    if why:
+        console.print(f"note: {why}")
 
     mem = p.best.memory.to_dict()
     mt = Table(title=f"memory per device, best layout ({p.best.describe()}) \\[estimated]")

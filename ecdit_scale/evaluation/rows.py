@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
 from ..planner.memory import CONTEXT_BYTES
-from ..train.records import RunDir, RunSettings
+from ..train.records import RunDir, RunSettings, scan_metrics
 from .measure import measured_training_flops
 from .runs import (
     positive_number,
@@ -202,6 +202,11 @@ def row_from_run(run_dir: Path) -> Row:
         mem_pred = mem_pred - CONTEXT_BYTES
         note = CONTEXT_NOTE
     mem_meas = _optional_positive(summary, "peak_bytes", str(rd.summary))
+    if mem_meas is None and summary.get("status") != "completed":
+        mem_meas = metrics_peak(rd)  # a run stopped before its summary: the steps' own peaks
+        if mem_meas is not None:
+            note = (note + "; " if note else "") + "peak memory from metrics.jsonl (the run " \
+                "stopped before writing its summary)"
     if mem_meas is None:
         note = (note + "; " if note else "") + "memory not measured (--no-track-memory)"
     params = _optional_dict(summary, "params", str(rd.summary))
@@ -227,6 +232,15 @@ def row_from_run(run_dir: Path) -> Row:
         step_s_measured=step_s or (statistics.median(steps[2:]) if steps[2:] else None),
         hardware_flops=hw_pred, nodes=s.nodes, grad_accum=s.grad_accum, optimizer=s.optimizer,
         precision=s.precision, card=cfg.to_dict())
+
+
+def metrics_peak(rd: RunDir) -> float | None:
+    """The largest ``peak_bytes`` the steps recorded (CUDA: every step, the allocator's peak;
+    CPU: the tracked steps), or None."""
+    peaks = [rec["peak_bytes"] for rec in scan_metrics(rd.metrics).records
+             if isinstance(rec, dict) and isinstance(rec.get("peak_bytes"), (int, float))
+             and not isinstance(rec.get("peak_bytes"), bool) and rec["peak_bytes"] > 0]
+    return float(max(peaks)) if peaks else None
 
 
 def _run_device(s: RunSettings, summary: dict) -> str:

@@ -31,6 +31,31 @@ MOMENTUM = 0.9  # RMSProp / SGD momentum (the paper: "RMSProp with momentum")
 ADAM_BETAS = (0.9, 0.999)
 
 
+def warmup_floor(optimizer: Optimizer | str) -> int:
+    """The shortest linear warm-up that keeps an optimizer's first steps no larger than its
+    later ones. torch's RMSprop does not bias-correct its squared-gradient average (started at
+    0, v_t = (1 - a) sum a^(t-i) g_i^2), so step t divides by sqrt(1 - a^t) too little: 31.6x
+    too large a step at t = 1 with a = 0.999. A warm-up over W >= 1/(1 - a) steps keeps
+    lr_t / sqrt(1 - a^t) <= 1.26 lr (its maximum, at t = W); the paper's 20,000 steps do. A
+    20-step trial of a plan warmed up over 1 step diverged on an H200 (loss 2.0 -> 1,631,
+    bench/results/h200-2026-11-26/plans). AdamW corrects its moments and SGD keeps none: 0."""
+    if Optimizer(optimizer) is Optimizer.RMSPROP:
+        return round(1 / (1 - RMSPROP_ALPHA))
+    return 0
+
+
+def warmup_floor_note(optimizer: Optimizer | str, warmup_steps: int, steps: int) -> str | None:
+    """Why a warm-up stands at the floor (None when it does not)."""
+    floor = warmup_floor(optimizer)
+    if not floor or warmup_steps != floor:
+        return None
+    tail = (f"; this {steps:,}-step run ends at {steps / floor:.0%} of the peak lr"
+            if steps < floor else "")
+    return (f"warm-up {floor:,} steps, no shorter: RMSProp's squared-gradient average "
+            f"(alpha {RMSPROP_ALPHA}) is not bias-corrected, and a shorter warm-up makes its "
+            f"first steps up to {1 / (1 - RMSPROP_ALPHA) ** 0.5:.1f}x too large{tail}")
+
+
 def optimizer_section(optimizer: Optimizer | str, *, lr: float, weight_decay: float = 0.0,
                       eps: float = 1e-8) -> dict[str, Any]:
     optimizer = Optimizer(optimizer)
@@ -88,8 +113,6 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
         "bf16": {"enabled": precision is Precision.BF16},
         "zero_optimization": zero_section(zero_stage, bucket_elements=bucket_elements),
     }
-    if total_steps is not None:
-        warmup_steps = min(warmup_steps, total_steps)
     if scheduler:
         config["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps,

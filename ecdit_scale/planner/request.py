@@ -13,6 +13,7 @@ from ..config import (EMA, ClusterConfig, FFNConfig, FFNKind, ModelConfig, Optim
                       Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..errors import ConfigError
 from .cards import load_card_or_name, override_config
+from .deepspeed_config import warmup_floor
 from .hardware import Accelerator
 
 DEFAULT_TARGET = "97B"
@@ -100,15 +101,18 @@ def training_for_plan(*, global_batch: int, steps: int, optimizer: str,
                       precision: str = Precision.BF16.value,
                       ema: str = PLAN_EMA) -> TrainingConfig:
     """The run to plan. The paper warms up for 20,000 of 800,000 steps (2.5%); a run no longer
-    than that warm-up would be all warm-up, so its warm-up is 2.5% of its steps instead."""
+    than that warm-up would be all warm-up, so its warm-up is 2.5% of its steps instead, but
+    never shorter than the optimizer's floor (``warmup_floor``: 1,000 steps for RMSProp, even
+    where that is longer than the run)."""
     check_int("--global-batch", global_batch, maximum=2**26)
     check_int("--steps", steps, maximum=10**12)
+    opt = choice(optimizer, Optimizer, "--optimizer")
     paper = TrainingConfig()
     warmup = paper.warmup_steps
     if steps <= warmup:
-        warmup = max(1, round(steps * paper.warmup_steps / paper.steps))
+        warmup = max(1, round(steps * paper.warmup_steps / paper.steps), warmup_floor(opt))
     return TrainingConfig(global_batch=global_batch, steps=steps, warmup_steps=warmup,
-                          optimizer=choice(optimizer, Optimizer, "--optimizer"),
+                          optimizer=opt,
                           precision=choice(precision, Precision, "--precision"),
                           ema=choice(ema, EMA, "--ema"))
 

@@ -6,7 +6,8 @@ EMA, ZeRO stage, ep, micro-batch, gradient accumulation and recompute. What a la
 change is stated in the run's record (``RunSettings.notes``):
 
 - ``--steps`` fewer than the plan's: the warm-up shrinks in proportion (the schedule keeps its
-  shape: warm-up over the same fraction of the run, then flat);
+  shape: warm-up over the same fraction of the run, then flat), but not below the optimizer's
+  floor (RMSProp: 1,000 steps, so a short trial ends before the peak lr rather than diverging);
 - on CPU a bf16 plan runs in fp32 (the CPU path trains in fp32; the record says fp32);
 - ``--local``: the plan's world as ranks of this machine instead of the hostfile's nodes; a
   one-host hostfile is run on this machine too (its host name is a placeholder).
@@ -21,6 +22,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..files import load_yaml_file
+from ..planner.deepspeed_config import warmup_floor, warmup_floor_note
 from .request import LaunchRequest
 
 PLAN_NEEDS = ("plan.yaml", "card.yaml")
@@ -80,14 +82,15 @@ def read_plan(plan_dir: str | Path) -> PlanSpec:
                                  "memory": best.get("memory"), "step": best.get("step")})
 
 
-def scaled_warmup(plan_warmup: int, plan_steps: int, steps: int) -> int:
+def scaled_warmup(plan_warmup: int, plan_steps: int, steps: int, floor: int = 0) -> int:
     """The plan's warm-up over the same fraction of a shorter run (at least one step when the
-    plan warms up at all); a run as long as the plan's or longer keeps the plan's warm-up. A
-    warm-up longer than the plan's run counts as the whole run."""
-    warmup = min(plan_warmup, plan_steps)
-    if steps >= plan_steps or warmup == 0:
-        return min(warmup, steps)
-    return max(1, min(steps, math.floor(warmup * steps / plan_steps + 0.5)))
+    plan warms up at all, and no shorter than ``floor`` where the plan's own warm-up is not:
+    ``warmup_floor`` of its optimizer); a run as long as the plan's or longer keeps the plan's
+    warm-up. A warm-up may be longer than the run: the run then ends before the peak lr."""
+    if steps >= plan_steps or plan_warmup == 0:
+        return plan_warmup
+    scaled = max(1, math.floor(plan_warmup * steps / plan_steps + 0.5))
+    return max(scaled, min(floor, plan_warmup))
 
 
 def default_dataset(card: Path) -> str:
@@ -109,10 +112,13 @@ def request_from_plan(plan_dir: str | Path, *, steps: int | None = None, local: 
     notes: list[str] = []
     warmup = int(tr["warmup_steps"])
     if isinstance(run_steps, int) and not isinstance(run_steps, bool) and run_steps >= 1:
-        scaled = scaled_warmup(warmup, plan_steps, run_steps)
+        scaled = scaled_warmup(warmup, plan_steps, run_steps, warmup_floor(tr["optimizer"]))
         if scaled != warmup:
             notes.append(f"warm-up scaled to the run: {scaled} of {run_steps} steps (the plan: "
                          f"{warmup} of {plan_steps})")
+        why = warmup_floor_note(tr["optimizer"], scaled, run_steps)
+        if why and scaled != warmup:
+            notes.append(why)
         warmup = scaled
     one_host = spec.nodes == 1
     if local or one_host or spec.hostfile is None:

@@ -190,6 +190,9 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     s, engine = r.s, r.engine
     if r.rank == 0:
         rd.worker_pid.write_text(f"{os.getpid()}\n")
+        # the device and versions now, so that a run killed before its end still names them
+        rd.update_summary(device=s.device.value, device_name=device_name(r),
+                          torch_version=torch.__version__, deepspeed_version=deepspeed_version())
     start = 0
     if resume_from is not None:  # launch chose it: the newest complete checkpoint
         _, client = engine.load_checkpoint(str(rd.checkpoints), tag=resume_from)
@@ -333,9 +336,19 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
         ema_bytes_per_rank_max=int(ema_bytes.item()), dataset=s.dataset, plan=s.plan,
         notes=list(s.notes), device=s.device.value,
-        device_name=torch.cuda.get_device_name(r.device) if r.on_gpu else "cpu",
-        torch_version=torch.__version__, deepspeed_version=deepspeed.__version__)
+        device_name=device_name(r), torch_version=torch.__version__,
+        deepspeed_version=deepspeed.__version__)
     rd.worker_pid.unlink(missing_ok=True)
+
+
+def device_name(r: Rank) -> str:
+    return torch.cuda.get_device_name(r.device) if r.on_gpu else "cpu"
+
+
+def deepspeed_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
 
 
 def trained_precision(engine) -> str:
