@@ -175,6 +175,30 @@ def test_deepspeed_accepts_the_config(monkeypatch, zero, optimizer, client):
         assert parsed.zero_allow_untested_optimizer
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_deepspeed_config_skips_per_gradient_work_deepspeed_would_do(monkeypatch, world):
+    """bf16: no serial overflow check (no loss scale to protect); one data-parallel rank: no
+    contiguous-gradient copies and no overlap (nothing is communicated); several: both kept.
+    The op counts these settings save are measured in tests/test_engine_ops.py."""
+    pytest.importorskip("deepspeed")
+    import deepspeed.runtime.config as dsc
+
+    monkeypatch.setattr(dsc.dist, "get_rank", lambda *a, **k: 0)
+    monkeypatch.setattr(dsc.dist, "get_world_size", lambda *a, **k: world)
+    for zero in (1, 2):
+        cfg = deepspeed_config(micro_batch=4, grad_accum=1, zero_stage=zero, precision="bf16",
+                               optimizer="adamw", lr=1e-4, warmup_steps=0, world=world,
+                               client_optimizer=True)
+        parsed = dsc.DeepSpeedConfig(json.loads(json.dumps(cfg)))
+        assert parsed.bfloat16_config.enabled and not parsed.bfloat16_config.check_grad_overflow
+        zc = parsed.zero_config
+        assert zc.contiguous_gradients == zc.overlap_comm == (world > 1)
+        assert parsed.gradient_clipping == 1.0  # clipping is kept
+    fp32 = deepspeed_config(micro_batch=4, grad_accum=1, zero_stage=1, precision="fp32",
+                            optimizer="adamw", lr=1e-4, warmup_steps=0, world=world)
+    assert fp32["bf16"] == {"enabled": False}
+
+
 def test_deepspeed_config_rejects_nonsense():
     with pytest.raises(ConfigError):
         deepspeed_config(micro_batch=0, grad_accum=1, zero_stage=1, precision="bf16",

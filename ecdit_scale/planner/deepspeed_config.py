@@ -16,6 +16,15 @@ the result with ``deepspeed.runtime.config.DeepSpeedConfig``. No torch, no deeps
   (omitted with ``scheduler=False`` when the caller sets the learning rate each step). Given
   ``total_steps``, ``warmup_num_steps`` is at most that: a 40-step run never gets a
   20,000-step warm-up (``ecdit_scale.train`` scales a plan's warm-up to the run's steps).
+- Per-gradient work (``bench/engine_ops.py`` counts it op by op): DeepSpeed's ZeRO-1/2
+  optimizer by default runs ~17 ops per parameter tensor per step outside the model in bf16
+  (ecdit-xl: 631 tensors, ~10,000 kernel launches at ~21 us each on an H200). Two settings
+  remove most of them without changing what is computed:
+  ``bf16.check_grad_overflow: false`` drops ``has_overflow_partitioned_grads_serial`` (13 ops
+  per gradient: amax, amin, two isfinite, ...); bf16 has fp32's exponent range and no loss
+  scale, and the fp32 path never ran the check (a non-finite gradient now reaches the
+  weights, as in fp32, instead of skipping the step). With one data-parallel rank no gradient
+  is communicated: ``overlap_comm`` and ``contiguous_gradients`` off (``zero_section``).
 """
 
 from __future__ import annotations
@@ -70,12 +79,20 @@ def optimizer_section(optimizer: Optimizer | str, *, lr: float, weight_decay: fl
                                       "weight_decay": weight_decay}}
 
 
-def zero_section(stage: int, *, bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
+def zero_section(stage: int, *, bucket_elements: int = ZERO_BUCKET_ELEMENTS,
+                 world: int | None = None) -> dict[str, Any]:
+    """``world``: the data-parallel size. At ZeRO-1/2 with one rank there is nothing to
+    overlap: ``contiguous_gradients`` would copy every gradient twice (into a reduce bucket,
+    then into the partition buffer, ``stage_1_and_2.py``: ``reduce_independent_p_g_buckets_
+    and_remove_grads``, ``copy_grads_in_partition``) and keep two bucket buffers; without it
+    each gradient is copied once (``allreduce_and_copy``) through one transient flat bucket."""
     check_zero_stage(stage, name="zero stage")
     section: dict[str, Any] = {"stage": stage}
     if stage in (1, 2):
-        section.update(overlap_comm=True, contiguous_gradients=True, reduce_scatter=True,
-                       reduce_bucket_size=bucket_elements, allgather_bucket_size=bucket_elements)
+        alone = world == 1
+        section.update(overlap_comm=not alone, contiguous_gradients=not alone,
+                       reduce_scatter=True, reduce_bucket_size=bucket_elements,
+                       allgather_bucket_size=bucket_elements)
     elif stage == 3:
         section.update(overlap_comm=True, contiguous_gradients=True,
                        reduce_bucket_size=bucket_elements,
@@ -110,8 +127,10 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
         "gradient_clipping": gradient_clipping,
         "steps_per_print": steps_per_print,
         "wall_clock_breakdown": False,
-        "bf16": {"enabled": precision is Precision.BF16},
-        "zero_optimization": zero_section(zero_stage, bucket_elements=bucket_elements),
+        "bf16": ({"enabled": True, "check_grad_overflow": False}
+                 if precision is Precision.BF16 else {"enabled": False}),
+        "zero_optimization": zero_section(zero_stage, bucket_elements=bucket_elements,
+                                          world=world),
     }
     if scheduler:
         config["scheduler"] = {"type": "WarmupLR", "params": {

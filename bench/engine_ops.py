@@ -1,0 +1,186 @@
+"""What the DeepSpeed engine adds to a training step, op by op, on CPU: the trainer's engine
+(``train.engine``: client torch optimizer, ``make_ds_config``) at ZeRO 0, 1 and 2, in fp32 and
+in bf16 (DeepSpeed 0.19.8's CPU accelerator accepts bf16, so the GPU's bf16 ZeRO path runs
+here too), world 1. One step is profiled (``torch.profiler``) and its aten
+compute ops (``train.step_profile.summarize``'s definition: leaf ops other than views and
+metadata) are counted; in one more step, a dispatch mode attributes each op to the innermost DeepSpeed /
+torch.optim frame that called it; the rest is the model's forward and backward.
+
+    python bench/engine_ops.py                       # nano-dense, every stage, both precisions
+    python bench/engine_ops.py --model nano-ec8 --zero 1 --precision bf16 --top 20
+
+Each configuration runs in a process of its own (DeepSpeed keeps process-wide state). Prints
+per configuration: aten compute ops per step, ops per parameter tensor, and the sources that
+run once per parameter tensor (count >= parameter tensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def source_of(frame) -> str:
+    """The innermost DeepSpeed, torch.optim or clip_grad frame above ``frame``, else 'model'."""
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if path.endswith("/deepspeed/runtime/engine.py") and frame.f_code.co_name in (
+                "forward", "backward", "_backward_prologue"):
+            break  # the engine calling the model (or autograd): the model's own ops
+        if "/deepspeed/" in path:
+            return (f"deepspeed/{path.split('/deepspeed/', 1)[1]}:{frame.f_code.co_name}")
+        if "/torch/optim/" in path:
+            return "torch.optim:" + frame.f_code.co_name
+        if "/torch/nn/utils/clip_grad" in path:
+            return "torch clip_grad:" + frame.f_code.co_name
+        frame = frame.f_back
+    return "model (forward/backward)"
+
+
+def attributed_ops(step_fn) -> collections.Counter:
+    """(source, op) -> count of the aten ops ``step_fn()`` dispatches, non-metadata ones."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ecdit_scale.train.step_profile import METADATA_OPS
+
+    counts: collections.Counter = collections.Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name not in METADATA_OPS:
+                counts[(source_of(sys._getframe(1)), "aten::" + name)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step_fn()
+    return counts
+
+
+def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> dict:
+    """One configuration, in this process: build the engine as the worker does, run ``steps``
+    steps, profile the last."""
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(29500 + os.getpid() % 1000), DS_ACCELERATOR="cpu")
+    import types
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import deepspeed
+    import deepspeed.ops
+    from ecdit_scale import sizes
+    from ecdit_scale.train import engine as engine_mod
+    from ecdit_scale.train import worker
+    from ecdit_scale.train.expert_parallel import create_groups, single_process
+    from ecdit_scale.train.launch import make_ds_config
+    from ecdit_scale.train.records import RunSettings
+    from ecdit_scale.train.step_profile import summarize
+
+    torch.set_num_threads(1)
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="gloo")
+    cfg = sizes.get(model)
+    s = RunSettings.build(card=model, model_name=model, steps=steps, nodes=1, nproc_per_node=1,
+                          ep=1, zero=zero, micro_batch=2, grad_accum=1, dataset="shapes",
+                          data_limit=None, holdout=0, seed=0, lr=1e-3, warmup_steps=0,
+                          optimizer="adamw", precision=precision, device="cpu",
+                          checkpoint_every=10**6, keep_checkpoints=1, track_memory=False)
+    ep = create_groups(1) if cfg.ffn.is_moe else single_process()
+    net = engine_mod.build_parallel_model(cfg, s, ep)
+    ds_config = make_ds_config(s)
+    for key, value in extra.items():  # --set a.b=value: a DeepSpeed config override
+        *path, last = key.split(".")
+        node = ds_config
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    eng, _, _, _ = deepspeed.initialize(model=net, optimizer=engine_mod.build_optimizer(net, s),
+                                        config=ds_config)
+    r = types.SimpleNamespace(s=s, engine=eng, device=torch.device("cpu"), rank=0, cfg=cfg)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+    c = torch.randn(2, cfg.text_tokens, cfg.text_dim, generator=g)
+    losses = []
+    for step in range(1, steps + 1):
+        if step == steps:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                st = worker.train_step(r, step, x, c)
+        else:
+            st = worker.train_step(r, step, x, c)
+        losses.append(float(st.sums[0]))
+    summary = summarize(prof.events(), on_gpu=False)
+    # one more step under a dispatch mode, for who called each op (the profiler's CPU events
+    # carry no Python stack for ops run by autograd and hooks)
+    by_op_source = attributed_ops(lambda: worker.train_step(r, steps + 1, x, c))
+    by_source: collections.Counter = collections.Counter()
+    for (src, _), v in by_op_source.items():
+        by_source[src] += v
+    n_params = sum(1 for p in net.parameters() if p.requires_grad)
+    return {"model": model, "zero": zero, "precision": precision, "overrides": extra,
+            "optimizer_class": type(eng.optimizer).__name__, "param_tensors": n_params,
+            "aten_ops": summary["aten_ops"], "aten_compute_ops": summary["aten_compute_ops"],
+            "accumulate_grad": summary["accumulate_grad"], "losses": losses,
+            "by_source": by_source.most_common(),
+            "by_op_source": [[k[0], k[1], v] for k, v in by_op_source.most_common()]}
+
+
+def report(res: dict, top: int) -> None:
+    n = res["param_tensors"]
+    engine_ops = sum(v for k, v in res["by_source"] if not k.startswith("model"))
+    dispatched = sum(v for _, v in res["by_source"])
+    print(f"\n== {res['model']} zero {res['zero']} {res['precision']} "
+          f"{res['overrides'] or ''} -> {res['optimizer_class']}: {n} param tensors")
+    print(f"   aten ops {res['aten_ops']}, compute ops {res['aten_compute_ops']} "
+          f"({res['aten_compute_ops'] / n:.1f} per param tensor); dispatched {dispatched}, outside "
+          f"the model {engine_ops} ({engine_ops / n:.1f} per param tensor), AccumulateGrad "
+          f"{res['accumulate_grad']}; losses {['%.6f' % v for v in res['losses']]}")
+    for src, op, count in res["by_op_source"][:top]:
+        if count >= n // 2 or top > 12:
+            print(f"   {count:6d}  {op:28s} {src}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="nano-dense")
+    ap.add_argument("--zero", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--precision", nargs="*", default=["fp32", "bf16"])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
+                    help="DeepSpeed config overrides, e.g. bf16.check_grad_overflow=false")
+    ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # a child: one configuration, JSON out
+    a = ap.parse_args()
+    extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in a.set)}
+    if a.one:
+        model, zero, precision = a.one.split(",")
+        print("RESULT " + json.dumps(measure(model, int(zero), precision, a.steps, extra)))
+        return
+    results = []
+    for precision in a.precision:
+        for zero in a.zero:
+            cmd = [sys.executable, __file__, "--one", f"{a.model},{zero},{precision}",
+                   "--steps", str(a.steps), "--set", *a.set]
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"zero {zero} {precision}: failed\n{proc.stderr[-3000:]}")
+                continue
+            results.append(json.loads(line[0][7:]))
+            report(results[-1], a.top)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
