@@ -67,7 +67,7 @@ OPTIMIZER_STATE_BYTES = {Optimizer.ADAMW: 8, Optimizer.RMSPROP: 8, Optimizer.SGD
 FRAGMENTATION = 0.10  # of everything else: allocator fragmentation and temporaries
 CONTEXT_BYTES = 1.5 * GiB  # CUDA context, cuBLAS/NCCL workspaces, framework
 ZERO_BUCKET_ELEMENTS = 200_000_000  # reduce/all-gather bucket size written into ds_config.json
-ZERO_BUCKETS = 2  # double-buffered with overlap_comm
+ZERO_BUCKETS = 2  # double-buffered with overlap_comm (dp > 1; deepspeed_config.zero_section)
 ZERO3_SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size
 ZERO3_LIVE_LAYERS = 2  # the layer being computed + the prefetched one (DeepSpeed: 4 B x largest)
 
@@ -81,7 +81,9 @@ ASSUMPTIONS = (
     "tensor parallel shards attention/FFN/expert matrices (Megatron, no sequence parallelism); "
     "embedders, adaLN, router and output head are replicated across tp ranks",
     "expert params: sharded by ep, ZeRO-partitioned over the expert-data-parallel group dp/ep",
-    f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json)",
+    f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json); on "
+    "one data-parallel rank (no contiguous gradients) one transient flat bucket of at most "
+    "the rank's parameters",
     "DeepSpeed's fp32 copy of the gradient partition for the optimizer step is counted at "
     "the same time as the activations (conservative)",
 )
@@ -409,6 +411,20 @@ class MemoryBreakdown:
         return out
 
 
+def zero_bucket_bytes(params_per_device: Any, *, dp: Any, zero: Any, w: int) -> Any:
+    """Gradient reduce buckets of ZeRO-1/2 (``deepspeed_config.zero_section``). With
+    ``contiguous_gradients`` (dp > 1) DeepSpeed 0.19.8 allocates two buckets of
+    ``reduce_bucket_size`` elements up front (measured on an H200 before one-rank runs turned
+    it off: 916 MB of 2 x 2e8 bf16 elements for a 14M model; bench/results/). On one rank the
+    config turns it off: gradients are flattened a bucket at a time for the (trivial)
+    all-reduce and copied back, one transient flat bucket of at most the rank's parameters
+    (``stage_1_and_2.py``: ``allreduce_bucket``)."""
+    dp, zero = np.asarray(dp), np.asarray(zero)
+    alone = np.minimum(ZERO_BUCKET_ELEMENTS, params_per_device) * w
+    return np.where(zero >= ZERO_PARTITIONS_OPTIMIZER,
+                    np.where(dp == 1, alone, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w), 0.0)
+
+
 def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample: float, *,
                   dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
                   optimizer: Optimizer, precision: Precision,
@@ -429,9 +445,7 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     out["moe_buffers"] = mb * moe_buffer_per_sample + 0.0 * dp
     out["zero3_gather_buffer"] = np.where(
         zero >= ZERO_PARTITIONS_PARAMETERS, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
-    # DeepSpeed 0.19.8 allocates both buckets whenever ZeRO >= 1, even on one rank (measured
-    # on an H200: 916 MB of 2 x 2e8 bf16 elements for a 14M model; bench/results/)
-    out["zero_buckets"] = np.where(zero >= ZERO_PARTITIONS_OPTIMIZER, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w + 0.0 * dp, 0.0)
+    out["zero_buckets"] = zero_bucket_bytes(non_expert + expert, dp=dp, zero=zero, w=w)
     subtotal = sum(out.values())
     out["overhead"] = FRAGMENTATION * subtotal + CONTEXT_BYTES
     out["total"] = subtotal + out["overhead"]
