@@ -105,6 +105,8 @@ def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> d
         node[last] = value
     eng, _, _, _ = deepspeed.initialize(model=net, optimizer=engine_mod.build_optimizer(net, s),
                                         config=ds_config)
+    if not os.environ.get("ENGINE_OPS_DEEPSPEED_NORM"):  # as engine.setup does
+        engine_mod.use_foreach_grad_norm(eng.optimizer)
     r = types.SimpleNamespace(s=s, engine=eng, device=torch.device("cpu"), rank=0, cfg=cfg)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)

@@ -22,6 +22,7 @@ from ..config import ModelConfig, Optimizer, Recompute, Schedule
 from ..model import build_model
 from ..planner.deepspeed_config import ADAM_BETAS, MOMENTUM, RMSPROP_ALPHA
 from .ema import make_ema
+from .grad_norm import use_foreach_grad_norm
 from .expert_parallel import (create_groups, is_expert_param, param_counts, parallelize,
                               single_process)
 from .records import Device, RunDir, RunSettings
@@ -169,6 +170,7 @@ def setup(rd: RunDir) -> Rank:
     counts = param_counts(model, ep)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
                                            config=json.loads(rd.ds_config.read_text()))
+    use_foreach_grad_norm(engine.optimizer)  # ZeRO-1/2: the clipping norm in few kernels
     dp_rank = groups._get_data_parallel_rank()
     ema = make_ema(engine.module, mode=s.ema, decay=s.ema_decay, dp_rank=dp_rank,
                    dp_size=groups._get_data_parallel_world_size(),
