@@ -3,11 +3,16 @@
 in bf16 (DeepSpeed 0.19.8's CPU accelerator accepts bf16, so the GPU's bf16 ZeRO path runs
 here too), world 1. One step is profiled (``torch.profiler``) and its aten
 compute ops (``train.step_profile.summarize``'s definition: leaf ops other than views and
-metadata) are counted; in one more step, a dispatch mode attributes each op to the innermost DeepSpeed /
-torch.optim frame that called it; the rest is the model's forward and backward.
+metadata) are counted; in one more step ``train.step_profile.ops_by_source`` attributes each dispatched
+op to the innermost DeepSpeed / torch.optim frame that called it; the rest is the model's
+forward and backward. On CPU a foreach op is one dispatched op but a loop of per-tensor ops
+under the profiler; on CUDA it is one kernel per chunk of tensors.
 
     python bench/engine_ops.py                       # nano-dense, every stage, both precisions
     python bench/engine_ops.py --model nano-ec8 --zero 1 --precision bf16 --top 20
+    # the engine as it was before (DeepSpeed's defaults and its per-tensor clipping norm):
+    ENGINE_OPS_DEEPSPEED_NORM=1 python bench/engine_ops.py --set bf16.check_grad_overflow=true \
+        zero_optimization.contiguous_gradients=true zero_optimization.overlap_comm=true
 
 Each configuration runs in a process of its own (DeepSpeed keeps process-wide state). Prints
 per configuration: aten compute ops per step, ops per parameter tensor, and the sources that
@@ -28,43 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def source_of(frame) -> str:
-    """The innermost DeepSpeed, torch.optim or clip_grad frame above ``frame``, else 'model'."""
-    while frame is not None:
-        path = frame.f_code.co_filename
-        if path.endswith("/deepspeed/runtime/engine.py") and frame.f_code.co_name in (
-                "forward", "backward", "_backward_prologue"):
-            break  # the engine calling the model (or autograd): the model's own ops
-        if "/deepspeed/" in path:
-            return (f"deepspeed/{path.split('/deepspeed/', 1)[1]}:{frame.f_code.co_name}")
-        if "/torch/optim/" in path:
-            return "torch.optim:" + frame.f_code.co_name
-        if "/torch/nn/utils/clip_grad" in path:
-            return "torch clip_grad:" + frame.f_code.co_name
-        frame = frame.f_back
-    return "model (forward/backward)"
-
-
-def attributed_ops(step_fn) -> collections.Counter:
-    """(source, op) -> count of the aten ops ``step_fn()`` dispatches, non-metadata ones."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from ecdit_scale.train.step_profile import METADATA_OPS
-
-    counts: collections.Counter = collections.Counter()
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if name not in METADATA_OPS:
-                counts[(source_of(sys._getframe(1)), "aten::" + name)] += 1
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        step_fn()
-    return counts
-
-
 def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> dict:
     """One configuration, in this process: build the engine as the worker does, run ``steps``
     steps, profile the last."""
@@ -83,7 +51,7 @@ def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> d
     from ecdit_scale.train.expert_parallel import create_groups, single_process
     from ecdit_scale.train.launch import make_ds_config
     from ecdit_scale.train.records import RunSettings
-    from ecdit_scale.train.step_profile import summarize
+    from ecdit_scale.train.step_profile import ops_by_source, summarize
 
     torch.set_num_threads(1)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -96,7 +64,7 @@ def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> d
                           checkpoint_every=10**6, keep_checkpoints=1, track_memory=False)
     ep = create_groups(1) if cfg.ffn.is_moe else single_process()
     net = engine_mod.build_parallel_model(cfg, s, ep)
-    ds_config = make_ds_config(s)
+    ds_config = make_ds_config(s, cfg)
     for key, value in extra.items():  # --set a.b=value: a DeepSpeed config override
         *path, last = key.split(".")
         node = ds_config
@@ -122,7 +90,7 @@ def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> d
     summary = summarize(prof.events(), on_gpu=False)
     # one more step under a dispatch mode, for who called each op (the profiler's CPU events
     # carry no Python stack for ops run by autograd and hooks)
-    by_op_source = attributed_ops(lambda: worker.train_step(r, steps + 1, x, c))
+    by_op_source = ops_by_source(lambda: worker.train_step(r, steps + 1, x, c))
     by_source: collections.Counter = collections.Counter()
     for (src, _), v in by_op_source.items():
         by_source[src] += v
@@ -137,7 +105,7 @@ def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> d
 
 def report(res: dict, top: int) -> None:
     n = res["param_tensors"]
-    engine_ops = sum(v for k, v in res["by_source"] if not k.startswith("model"))
+    engine_ops = sum(v for k, v in res["by_source"] if k != "model")
     dispatched = sum(v for _, v in res["by_source"])
     print(f"\n== {res['model']} zero {res['zero']} {res['precision']} "
           f"{res['overrides'] or ''} -> {res['optimizer_class']}: {n} param tensors")

@@ -211,9 +211,10 @@ def test_breakdown_total_is_the_sum_of_its_parts_and_names_its_assumptions():
 
 @pytest.mark.parametrize("name", ["nano-dense", "ecdit-xl", "ecdit-xl-8e"])
 def test_zero_buckets_follow_the_trainers_deepspeed_config(name):
-    """Several data-parallel ranks: two preallocated reduce buckets (contiguous gradients);
-    one rank (no contiguous gradients, deepspeed_config.zero_section): one transient flat
-    bucket, no larger than the rank's parameters; ZeRO-0: none."""
+    """Several data-parallel ranks: two preallocated reduce buckets (contiguous gradients,
+    overlap); one rank (deepspeed_config.zero_section): a dense model one transient flat
+    bucket no larger than its parameters, an MoE model (contiguous gradients kept) one
+    preallocated bucket; ZeRO-0: none."""
     from ecdit_scale.planner.deepspeed_config import zero_section
     from ecdit_scale.planner.memory import ZERO_BUCKET_ELEMENTS
 
@@ -221,11 +222,14 @@ def test_zero_buckets_follow_the_trainers_deepspeed_config(name):
     split = ParamSplit.of(cfg)
     params = split.tp_sharded + split.replicated + split.experts  # on one rank: all of them
     bf16 = TrainingConfig(precision=Precision.BF16)
+    moe = cfg.ffn.is_moe
     for zero in (1, 2):
-        assert zero_section(zero, world=1)["contiguous_gradients"] is False
-        assert zero_section(zero, world=2)["contiguous_gradients"] is True
+        one_rank = zero_section(zero, world=1, moe=moe)
+        assert one_rank["contiguous_gradients"] is moe and one_rank["overlap_comm"] is False
+        assert zero_section(zero, world=2, moe=moe)["contiguous_gradients"] is True
         one = memory_breakdown(cfg, ParallelLayout(dp=1, zero=zero, micro_batch=1), bf16)
-        assert one.zero_buckets == 2 * min(ZERO_BUCKET_ELEMENTS, params)
+        assert one.zero_buckets == 2 * (ZERO_BUCKET_ELEMENTS if moe
+                                        else min(ZERO_BUCKET_ELEMENTS, params))
         two = memory_breakdown(cfg, ParallelLayout(dp=2, zero=zero, micro_batch=1), bf16)
         assert two.zero_buckets == 2 * 2 * ZERO_BUCKET_ELEMENTS
     none = memory_breakdown(cfg, ParallelLayout(dp=1, zero=0, micro_batch=1), bf16)

@@ -176,10 +176,12 @@ def test_deepspeed_accepts_the_config(monkeypatch, zero, optimizer, client):
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_deepspeed_config_skips_per_gradient_work_deepspeed_would_do(monkeypatch, world):
+@pytest.mark.parametrize("moe", [False, True])
+def test_deepspeed_config_skips_per_gradient_work_deepspeed_would_do(monkeypatch, world, moe):
     """bf16: no serial overflow check (no loss scale to protect); one data-parallel rank: no
-    contiguous-gradient copies and no overlap (nothing is communicated); several: both kept.
-    The op counts these settings save are measured in tests/test_engine_ops.py."""
+    overlap and, for a dense model, no contiguous-gradient copies (nothing is communicated;
+    DeepSpeed requires them for MoE); several: both kept. The op counts these settings save
+    are measured in tests/test_engine_ops.py."""
     pytest.importorskip("deepspeed")
     import deepspeed.runtime.config as dsc
 
@@ -188,11 +190,12 @@ def test_deepspeed_config_skips_per_gradient_work_deepspeed_would_do(monkeypatch
     for zero in (1, 2):
         cfg = deepspeed_config(micro_batch=4, grad_accum=1, zero_stage=zero, precision="bf16",
                                optimizer="adamw", lr=1e-4, warmup_steps=0, world=world,
-                               client_optimizer=True)
+                               client_optimizer=True, moe=moe)
         parsed = dsc.DeepSpeedConfig(json.loads(json.dumps(cfg)))
         assert parsed.bfloat16_config.enabled and not parsed.bfloat16_config.check_grad_overflow
         zc = parsed.zero_config
-        assert zc.contiguous_gradients == zc.overlap_comm == (world > 1)
+        assert zc.overlap_comm == (world > 1)
+        assert zc.contiguous_gradients == (world > 1 or moe)
         assert parsed.gradient_clipping == 1.0  # clipping is kept
     fp32 = deepspeed_config(micro_batch=4, grad_accum=1, zero_stage=1, precision="fp32",
                             optimizer="adamw", lr=1e-4, warmup_steps=0, world=world)

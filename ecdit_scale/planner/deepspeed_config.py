@@ -24,7 +24,8 @@ the result with ``deepspeed.runtime.config.DeepSpeedConfig``. No torch, no deeps
   per gradient: amax, amin, two isfinite, ...); bf16 has fp32's exponent range and no loss
   scale, and the fp32 path never ran the check (a non-finite gradient now reaches the
   weights, as in fp32, instead of skipping the step). With one data-parallel rank no gradient
-  is communicated: ``overlap_comm`` and ``contiguous_gradients`` off (``zero_section``).
+  is communicated: ``overlap_comm`` off, and ``contiguous_gradients`` off for dense models
+  (``zero_section``).
 """
 
 from __future__ import annotations
@@ -80,17 +81,19 @@ def optimizer_section(optimizer: Optimizer | str, *, lr: float, weight_decay: fl
 
 
 def zero_section(stage: int, *, bucket_elements: int = ZERO_BUCKET_ELEMENTS,
-                 world: int | None = None) -> dict[str, Any]:
+                 world: int | None = None, moe: bool = False) -> dict[str, Any]:
     """``world``: the data-parallel size. At ZeRO-1/2 with one rank there is nothing to
-    overlap: ``contiguous_gradients`` would copy every gradient twice (into a reduce bucket,
+    overlap, and ``contiguous_gradients`` copies every gradient twice (into a reduce bucket,
     then into the partition buffer, ``stage_1_and_2.py``: ``reduce_independent_p_g_buckets_
-    and_remove_grads``, ``copy_grads_in_partition``) and keep two bucket buffers; without it
-    each gradient is copied once (``allreduce_and_copy``) through one transient flat bucket."""
+    and_remove_grads``, ``copy_grads_in_partition``) into buckets allocated up front; without
+    it each gradient is copied once (``allreduce_and_copy``) through one transient flat bucket.
+    ``moe``: DeepSpeed 0.19.8 asserts contiguous gradients for MoE at ZeRO-2 and calls ZeRO-1
+    without them experimental (``_configure_moe_settings``): an MoE model keeps them."""
     check_zero_stage(stage, name="zero stage")
     section: dict[str, Any] = {"stage": stage}
     if stage in (1, 2):
         alone = world == 1
-        section.update(overlap_comm=not alone, contiguous_gradients=not alone,
+        section.update(overlap_comm=not alone, contiguous_gradients=not alone or moe,
                        reduce_scatter=True, reduce_bucket_size=bucket_elements,
                        allgather_bucket_size=bucket_elements)
     elif stage == 3:
@@ -107,11 +110,13 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
                      client_optimizer: bool = False, scheduler: bool = True,
                      weight_decay: float = 0.0, total_steps: int | None = None,
                      steps_per_print: int = 100,
-                     bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
+                     bucket_elements: int = ZERO_BUCKET_ELEMENTS,
+                     moe: bool = False) -> dict[str, Any]:
     """A DeepSpeed config dict. ``world`` is the data-parallel size (ranks that see different
     samples: dp; equal to the number of processes without tensor parallelism).
     ``client_optimizer``: the caller passes a torch optimizer to ``deepspeed.initialize`` (no
-    "optimizer" section); ``scheduler=False`` leaves the learning rate to the caller."""
+    "optimizer" section); ``scheduler=False`` leaves the learning rate to the caller.
+    ``moe``: the model has expert layers (``zero_section``)."""
     for name, value in (("micro_batch", micro_batch), ("grad_accum", grad_accum),
                         ("world", world)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -130,7 +135,7 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
         "bf16": ({"enabled": True, "check_grad_overflow": False}
                  if precision is Precision.BF16 else {"enabled": False}),
         "zero_optimization": zero_section(zero_stage, bucket_elements=bucket_elements,
-                                          world=world),
+                                          world=world, moe=moe),
     }
     if scheduler:
         config["scheduler"] = {"type": "WarmupLR", "params": {

@@ -82,8 +82,7 @@ ASSUMPTIONS = (
     "embedders, adaLN, router and output head are replicated across tp ranks",
     "expert params: sharded by ep, ZeRO-partitioned over the expert-data-parallel group dp/ep",
     f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json); on "
-    "one data-parallel rank (no contiguous gradients) one transient flat bucket of at most "
-    "the rank's parameters",
+    "one data-parallel rank one (dense: transient, at most the rank's parameters)",
     "DeepSpeed's fp32 copy of the gradient partition for the optimizer step is counted at "
     "the same time as the activations (conservative)",
 )
@@ -411,16 +410,19 @@ class MemoryBreakdown:
         return out
 
 
-def zero_bucket_bytes(params_per_device: Any, *, dp: Any, zero: Any, w: int) -> Any:
+def zero_bucket_bytes(params_per_device: Any, *, dp: Any, zero: Any, w: int,
+                      moe: bool = False) -> Any:
     """Gradient reduce buckets of ZeRO-1/2 (``deepspeed_config.zero_section``). With
-    ``contiguous_gradients`` (dp > 1) DeepSpeed 0.19.8 allocates two buckets of
-    ``reduce_bucket_size`` elements up front (measured on an H200 before one-rank runs turned
-    it off: 916 MB of 2 x 2e8 bf16 elements for a 14M model; bench/results/). On one rank the
-    config turns it off: gradients are flattened a bucket at a time for the (trivial)
-    all-reduce and copied back, one transient flat bucket of at most the rank's parameters
-    (``stage_1_and_2.py``: ``allreduce_bucket``)."""
+    ``contiguous_gradients`` DeepSpeed 0.19.8 allocates a bucket of ``reduce_bucket_size``
+    elements up front, and a second with ``overlap_comm`` (dp > 1; measured on an H200 before
+    one-rank runs turned both off: 916 MB of 2 x 2e8 bf16 elements for a 14M model;
+    bench/results/). On one rank a dense model has neither: gradients are flattened a bucket
+    at a time for the (trivial) all-reduce and copied back, one transient flat bucket of at
+    most the rank's parameters (``stage_1_and_2.py``: ``allreduce_bucket``); an MoE model
+    keeps contiguous gradients (DeepSpeed requires them), one preallocated bucket."""
     dp, zero = np.asarray(dp), np.asarray(zero)
-    alone = np.minimum(ZERO_BUCKET_ELEMENTS, params_per_device) * w
+    alone = (ZERO_BUCKET_ELEMENTS if moe
+             else np.minimum(ZERO_BUCKET_ELEMENTS, params_per_device)) * w
     return np.where(zero >= ZERO_PARTITIONS_OPTIMIZER,
                     np.where(dp == 1, alone, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w), 0.0)
 
@@ -445,7 +447,8 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     out["moe_buffers"] = mb * moe_buffer_per_sample + 0.0 * dp
     out["zero3_gather_buffer"] = np.where(
         zero >= ZERO_PARTITIONS_PARAMETERS, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
-    out["zero_buckets"] = zero_bucket_bytes(non_expert + expert, dp=dp, zero=zero, w=w)
+    out["zero_buckets"] = zero_bucket_bytes(non_expert + expert, dp=dp, zero=zero, w=w,
+                                            moe=split.experts > 0)
     subtotal = sum(out.values())
     out["overhead"] = FRAGMENTATION * subtotal + CONTEXT_BYTES
     out["total"] = subtotal + out["overhead"]

@@ -81,7 +81,7 @@ class Progress:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_ds_config(s: RunSettings) -> dict[str, Any]:
+def make_ds_config(s: RunSettings, cfg: ModelConfig) -> dict[str, Any]:
     """The planner's DeepSpeed config for this run, adapted to how the worker trains.
 
     The worker passes a plain torch optimizer (no JIT-compiled DeepSpeed op) and sets the
@@ -90,19 +90,19 @@ def make_ds_config(s: RunSettings) -> dict[str, Any]:
     """
     from ..planner.deepspeed_config import deepspeed_config
 
-    cfg = dict(deepspeed_config(micro_batch=s.micro_batch, grad_accum=s.grad_accum,
-                                zero_stage=s.zero, precision=s.precision, optimizer=s.optimizer,
-                                lr=s.lr, warmup_steps=s.warmup_steps, world=s.world,
-                                client_optimizer=True, scheduler=False))
-    cfg["train_micro_batch_size_per_gpu"] = s.micro_batch
-    cfg["gradient_accumulation_steps"] = s.grad_accum
-    cfg["train_batch_size"] = s.global_batch
-    cfg["steps_per_print"] = 10**9  # the worker writes its own metrics
-    cfg["wall_clock_breakdown"] = False
+    ds = dict(deepspeed_config(micro_batch=s.micro_batch, grad_accum=s.grad_accum,
+                               zero_stage=s.zero, precision=s.precision, optimizer=s.optimizer,
+                               lr=s.lr, warmup_steps=s.warmup_steps, world=s.world,
+                               client_optimizer=True, scheduler=False, moe=cfg.ffn.is_moe))
+    ds["train_micro_batch_size_per_gpu"] = s.micro_batch
+    ds["gradient_accumulation_steps"] = s.grad_accum
+    ds["train_batch_size"] = s.global_batch
+    ds["steps_per_print"] = 10**9  # the worker writes its own metrics
+    ds["wall_clock_breakdown"] = False
     if s.precision is Precision.FP32:
-        cfg.pop("bf16", None)
-        cfg.pop("fp16", None)
-    return cfg
+        ds.pop("bf16", None)
+        ds.pop("fp16", None)
+    return ds
 
 
 def predictions(cfg: ModelConfig, s: RunSettings) -> dict[str, Any]:
@@ -151,7 +151,7 @@ def prepare(req: LaunchRequest) -> tuple[ModelConfig, RunSettings, RunDir, int |
         return cfg, s, rd, point.step, point.tag, notes
     save_model_config(cfg, rd.card)
     write_json(rd.run_json, s.to_dict())
-    write_json(rd.ds_config, make_ds_config(s))
+    write_json(rd.ds_config, make_ds_config(s, cfg))
     write_json(rd.predictions, predictions(cfg, s))
     write_json(rd.summary, {"status": "running", "model": cfg.name, "plan": s.plan,
                             "notes": list(s.notes)})

@@ -84,6 +84,45 @@ def summarize(events, *, on_gpu: bool) -> dict[str, Any]:
     return out
 
 
+def _source_of(frame) -> str:
+    """The innermost DeepSpeed / torch.optim frame at or above ``frame``, else 'model' (the
+    engine's forward and backward calling the model count as the model)."""
+    while frame is not None:
+        path, func = frame.f_code.co_filename, frame.f_code.co_name
+        if path.endswith("/deepspeed/runtime/engine.py") and func in ("forward", "backward"):
+            break
+        if "/deepspeed/" in path:
+            return f"deepspeed/{path.split('/deepspeed/', 1)[1]}:{func}"
+        if "/torch/optim/" in path:
+            return f"torch.optim:{func}"
+        frame = frame.f_back
+    return "model"
+
+
+def ops_by_source(fn) -> collections.Counter:
+    """(source, aten op) -> how many times ``fn()`` dispatched it, views and metadata left
+    out. Each op is attributed to the innermost DeepSpeed (``deepspeed/<file>:<function>``)
+    or torch.optim frame that called it, else to ``model``. A dispatch mode, not the profiler:
+    ops that autograd and DeepSpeed's gradient hooks run carry no Python stack there. A
+    foreach op counts once (on CUDA it is one kernel per chunk of tensors)."""
+    import sys
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts: collections.Counter = collections.Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name not in METADATA_OPS:
+                counts[(_source_of(sys._getframe(1)), "aten::" + name)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return counts
+
+
 class StepProfiler:
     """Profiles the step ``$ECDIT_SCALE_PROFILE_STEP`` names on rank 0; a no-op otherwise."""
 
