@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("deepspeed")
 
 STEPS = 3
+CLIP = 0.1  # below these models' gradient norms (~0.34), so that clipping acts (launch: 1.0)
 CASES = [("nano-dense", 1, "bf16"), ("nano-dense", 2, "bf16"), ("nano-dense", 1, "fp32"),
          ("nano-ec8", 2, "bf16")]
 
@@ -34,7 +35,7 @@ def _legacy(ds_config: dict) -> dict:
     return cfg
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, ckpt: str) -> None:
     import os
     import types
 
@@ -57,6 +58,11 @@ def _worker(rank: int, port: int, out: str) -> None:
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")
+
+    def checksum(module) -> list[float]:
+        ps = [p.detach().double() for p in module.parameters()]
+        return [float(sum(p.sum() for p in ps)), float(sum((p * p).sum() for p in ps))]
+
     results = []
     for name, zero, precision in CASES:
         cfg = sizes.get(name).replace(depth=2)
@@ -70,26 +76,39 @@ def _worker(rank: int, port: int, out: str) -> None:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
         c = torch.randn(2, cfg.text_tokens, cfg.text_dim, generator=g)
-        for variant in ("trainer", "deepspeed defaults"):
+        def build(variant):
             net = engine_mod.build_parallel_model(cfg, s, ep)
             ds_config = make_ds_config(s, cfg)
+            assert ds_config["gradient_clipping"] == 1.0
+            ds_config["gradient_clipping"] = CLIP
             if variant != "trainer":
                 ds_config = _legacy(ds_config)
             eng, _, _, _ = deepspeed.initialize(
                 model=net, optimizer=engine_mod.build_optimizer(net, s), config=ds_config)
             patched = variant == "trainer" and engine_mod.use_foreach_grad_norm(eng.optimizer)
-            r = types.SimpleNamespace(s=s, engine=eng, device=torch.device("cpu"), rank=0,
-                                      cfg=cfg)
+            return eng, patched, types.SimpleNamespace(s=s, engine=eng, rank=0, cfg=cfg,
+                                                       device=torch.device("cpu"))
+
+        for variant in ("trainer", "deepspeed defaults"):
+            eng, patched, r = build(variant)
             losses = [float(worker.train_step(r, step, x, c).sums[0])
                       for step in range(1, STEPS)]
+            tag = f"{name}-{zero}-{precision}"
+            if variant == "trainer":  # the last step again, from a checkpoint
+                eng.save_checkpoint(ckpt, tag=tag)
             ops = ops_by_source(lambda: losses.append(
                 float(worker.train_step(r, STEPS, x, c).sums[0])))
-            params = [p.detach().double() for p in eng.module.parameters()]
+            resumed = None
+            if variant == "trainer":
+                eng2, _, r2 = build(variant)
+                eng2.load_checkpoint(ckpt, tag=tag)
+                resumed = [float(worker.train_step(r2, STEPS, x, c).sums[0]),
+                           checksum(eng2.module)]
+            params = list(eng.module.parameters())
             results.append({
                 "case": [name, zero, precision], "variant": variant, "patched": patched,
-                "losses": losses, "tensors": len(params),
-                "weights": [float(sum(p.sum() for p in params)),
-                            float(sum((p * p).sum() for p in params))],
+                "losses": losses, "resumed_loss": resumed, "tensors": len(params),
+                "weights": checksum(eng.module),
                 "engine_ops": sum(v for (src, _), v in ops.items() if src != "model"),
                 "model_ops": sum(v for (src, _), v in ops.items() if src == "model"),
                 "overflow_check_ops": sum(v for (src, _), v in ops.items()
@@ -107,7 +126,8 @@ def engines(tmp_path_factory) -> dict:
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("engine_ops") / "results.json"
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=1, join=True,
+    ckpt = tmp_path_factory.mktemp("engine_ops_checkpoints")
+    mp.start_processes(_worker, args=(_free_port(), str(out), str(ckpt)), nprocs=1, join=True,
                        start_method="spawn")
     rows = json.loads(out.read_text())
     return {(tuple(r["case"]), r["variant"]): r for r in rows}
@@ -116,12 +136,14 @@ def engines(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-zero{c[1]}-{c[2]}")
 def test_trainer_engine_trains_the_same_as_deepspeed_defaults(engines, case):
     """Bitwise on CPU: the settings and the foreach norm change how, not what, is computed
-    (clipping included: the global norm is the same number)."""
+    (clipping included: the global norm is the same number, and it clips). A checkpoint of the trainer's
+    engine resumes to the same next loss and weights (optimizer state included)."""
     ours, theirs = engines[(case, "trainer")], engines[(case, "deepspeed defaults")]
     assert ours["patched"]
     assert ours["losses"] == theirs["losses"]
+    assert ours["resumed_loss"] == [ours["losses"][-1], ours["weights"]]
     assert ours["weights"] == theirs["weights"]
-    assert ours["clip_norm"] == theirs["clip_norm"] > 0
+    assert ours["clip_norm"] == theirs["clip_norm"] > CLIP  # the step was clipped
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-zero{c[1]}-{c[2]}")
