@@ -98,7 +98,8 @@ def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> d
     return {"model": model, "zero": zero, "precision": precision, "overrides": extra,
             "optimizer_class": type(eng.optimizer).__name__, "param_tensors": n_params,
             "aten_ops": summary["aten_ops"], "aten_compute_ops": summary["aten_compute_ops"],
-            "accumulate_grad": summary["accumulate_grad"], "losses": losses,
+            "accumulate_grad": summary["accumulate_grad"],
+            "accumulate_grad_host_ms": summary["accumulate_grad_host_ms"], "losses": losses,
             "by_source": by_source.most_common(),
             "by_op_source": [[k[0], k[1], v] for k, v in by_op_source.most_common()]}
 
@@ -112,7 +113,8 @@ def report(res: dict, top: int) -> None:
     print(f"   aten ops {res['aten_ops']}, compute ops {res['aten_compute_ops']} "
           f"({res['aten_compute_ops'] / n:.1f} per param tensor); dispatched {dispatched}, outside "
           f"the model {engine_ops} ({engine_ops / n:.1f} per param tensor), AccumulateGrad "
-          f"{res['accumulate_grad']}; losses {['%.6f' % v for v in res['losses']]}")
+          f"{res['accumulate_grad']} ({res['accumulate_grad_host_ms']:.1f} ms host, hooks "
+          f"included); losses {['%.6f' % v for v in res['losses']]}")
     for src, op, count in res["by_op_source"][:top]:
         if count >= n // 2 or top > 12:
             print(f"   {count:6d}  {op:28s} {src}")
