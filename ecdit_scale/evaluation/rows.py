@@ -29,7 +29,7 @@ from ..config import ModelConfig, Recompute
 from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
-from ..planner.memory import CONTEXT_BYTES
+from ..planner.memory import memory_breakdown
 from ..train.records import RunDir, RunSettings, scan_metrics
 from .measure import measured_training_flops
 from .runs import (
@@ -43,6 +43,9 @@ from .runs import (
 
 CONTEXT_NOTE = ("predicted = planner total less its CUDA-context allowance, which neither the "
                 "CPU tensor count nor torch.cuda.max_memory_allocated sees")
+ALLOCATED_NOTE = ("predicted = the planner's peak for the run's layout without its allowance "
+                  "(10% fragmentation + 1.5 GiB CUDA context), which neither the CPU tensor "
+                  "count nor torch.cuda.max_memory_allocated sees")
 
 
 @dataclass(kw_only=True)
@@ -198,9 +201,10 @@ def row_from_run(run_dir: Path) -> Row:
     mem = _optional_dict(preds, "memory", str(rd.predictions))
     mem_pred = _optional_positive(mem, "total", f"{rd.predictions}: memory")
     note = mem.get("note", "")
-    if mem_pred is not None:
-        mem_pred = mem_pred - CONTEXT_BYTES
-        note = CONTEXT_NOTE
+    if mem_pred is not None:  # the planner as it is now, for the run's layout
+        now = memory_breakdown(cfg, s.layout, s.training)
+        mem_pred, note = now.allocated, f"{ALLOCATED_NOTE} (peak at the {now.peak_phase})"
+        mem = {**mem, "model_states": now.model_states}
     mem_meas = _optional_positive(summary, "peak_bytes", str(rd.summary))
     if mem_meas is None and summary.get("status") != "completed":
         mem_meas = metrics_peak(rd)  # a run stopped before its summary: the steps' own peaks

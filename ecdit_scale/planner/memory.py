@@ -82,9 +82,40 @@ ASSUMPTIONS = (
     "embedders, adaLN, router and output head are replicated across tp ranks",
     "expert params: sharded by ep, ZeRO-partitioned over the expert-data-parallel group dp/ep",
     f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json)",
-    "DeepSpeed's fp32 copy of the gradient partition for the optimizer step is counted at "
-    "the same time as the activations (conservative)",
+    "peak = states held all step (params, master weights, optimizer states, EMA, buckets) + the "
+    "larger of the forward's (activations, MoE buffers, ZeRO-3 gathers) and the step's "
+    "(gradients and DeepSpeed's fp32 copy); with gradient accumulation the gradients are held "
+    "through the next micro-batch's forward too",
 )
+
+# Which parts are alive when (see peak_arrays): all step; from the forward until the backward has
+# used them; from the backward (ZeRO-2/3: the partitions) to the optimizer step
+PERSISTENT_PARTS = ("params", "optimizer_states", "master_weights", "ema", "zero_buckets")
+FORWARD_PARTS = ("activations", "moe_buffers", "zero3_gather_buffer")
+STEP_PARTS = ("grads", "fp32_grads")
+
+
+def peak_arrays(parts: dict[str, Any], grad_accum: Any = 1) -> dict[str, Any]:
+    """Peak bytes from the parts (numbers or arrays over layouts): ``forward_peak`` at the end
+    of a micro-batch's forward, ``step_peak`` at the optimizer step, ``subtotal`` the larger,
+    ``overhead`` the stated allowance on it and ``total``.
+
+    DeepSpeed 0.19.8 ZeRO-1/2 with bf16 creates no gradient before the backward: each bf16
+    gradient is copied into the reduction buckets and freed, and the fp32 partition it feeds
+    exists from the backward to the step. Measured on an H200 (bench/results/h200-2026-11-26,
+    allocator peaks): ecdit-xl at micro-batch 32 peaks at the end of the forward (20.2 GiB;
+    states without gradients + activations 21.1), an 8-block ecdit-xl-32e at the step (29.4;
+    all states 29.3); the sum of everything said 25-37. With accumulation (grad_accum > 1) the
+    gradients of the earlier micro-batches are held through the later forwards."""
+    persistent = sum(parts[k] for k in PERSISTENT_PARTS)
+    step = sum(parts[k] for k in STEP_PARTS)
+    forward = sum(parts[k] for k in FORWARD_PARTS) + np.where(np.asarray(grad_accum) > 1,
+                                                               step, 0.0)
+    out = {"forward_peak": persistent + forward, "step_peak": persistent + step}
+    out["subtotal"] = np.maximum(out["forward_peak"], out["step_peak"])
+    out["overhead"] = FRAGMENTATION * out["subtotal"] + CONTEXT_BYTES
+    out["total"] = out["subtotal"] + out["overhead"]
+    return out
 
 
 def _part(n: Any, group: Any, zero: Any, stage: int) -> Any:
@@ -374,7 +405,9 @@ def moe_buffer_bytes_per_sample(cfg: ModelConfig, *, precision: Precision = Prec
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryBreakdown:
-    """Bytes per device at the peak of a training step. ``total`` is the sum of the fields."""
+    """Bytes per device, by part, and at the peak of a training step: ``total`` is the states
+    held all step plus the larger of the forward's and the step's transient parts, plus the
+    overhead allowance (``peak_arrays``); not every part is alive at once."""
 
     params: float
     grads: float  # bf16 (or fp32) gradients
@@ -387,6 +420,7 @@ class MemoryBreakdown:
     zero3_gather_buffer: float  # gathered full layers (ZeRO-3 only)
     zero_buckets: float  # gradient reduce / all-gather buckets
     overhead: float  # fragmentation + CUDA context (see assumptions)
+    grad_accum: int = 1  # > 1: gradients are held through the next micro-batch's forward
     assumptions: tuple[str, ...] = ASSUMPTIONS
 
     _PARTS = ("params", "grads", "fp32_grads", "optimizer_states", "master_weights", "ema",
@@ -397,13 +431,39 @@ class MemoryBreakdown:
         return (self.params + self.grads + self.fp32_grads + self.optimizer_states
                 + self.master_weights)
 
+    def _peak(self) -> dict[str, Any]:
+        return peak_arrays({name: getattr(self, name) for name in self._PARTS},
+                           self.grad_accum)
+
+    @property
+    def forward_peak(self) -> float:
+        """Bytes at the end of a micro-batch's forward (no allowance)."""
+        return float(self._peak()["forward_peak"])
+
+    @property
+    def step_peak(self) -> float:
+        """Bytes at the optimizer step (no allowance)."""
+        return float(self._peak()["step_peak"])
+
+    @property
+    def peak_phase(self) -> str:
+        return "forward" if self.forward_peak >= self.step_peak else "step"
+
+    @property
+    def allocated(self) -> float:
+        """What the CUDA allocator's peak should count: the peak without the overhead."""
+        return float(self._peak()["subtotal"])
+
     @property
     def total(self) -> float:
-        return sum(getattr(self, name) for name in self._PARTS)
+        return float(self._peak()["total"])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: float(getattr(self, name)) for name in self._PARTS}
         out["model_states"] = float(self.model_states)
+        out["forward_peak"], out["step_peak"] = self.forward_peak, self.step_peak
+        out["peak_phase"], out["allocated"] = self.peak_phase, self.allocated
+        out["grad_accum"] = self.grad_accum
         out["total"] = float(self.total)
         out["assumptions"] = list(self.assumptions)
         return out
@@ -412,7 +472,7 @@ class MemoryBreakdown:
 def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample: float, *,
                   dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
                   optimizer: Optimizer, precision: Precision,
-                  ema: EMA | str = EMA.NONE) -> dict[str, Any]:
+                  ema: EMA | str = EMA.NONE, grad_accum: Any = 1) -> dict[str, Any]:
     """Every MemoryBreakdown field (and ``total``) as arrays over layouts.
 
     ``act_per_sample``: activation bytes per sample for each layout's (recompute, tp).
@@ -432,9 +492,8 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     # DeepSpeed 0.19.8 allocates both buckets whenever ZeRO >= 1, even on one rank (measured
     # on an H200: 916 MB of 2 x 2e8 bf16 elements for a 14M model; bench/results/)
     out["zero_buckets"] = np.where(zero >= ZERO_PARTITIONS_OPTIMIZER, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w + 0.0 * dp, 0.0)
-    subtotal = sum(out.values())
-    out["overhead"] = FRAGMENTATION * subtotal + CONTEXT_BYTES
-    out["total"] = subtotal + out["overhead"]
+    peak = peak_arrays(out, grad_accum)
+    out["overhead"], out["total"] = peak["overhead"], peak["total"]
     return out
 
 
@@ -443,6 +502,7 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                      flash_attention: bool = True) -> MemoryBreakdown:
     """Peak bytes per device of one layout (the same formulas the search vectorises)."""
     training = training or TrainingConfig()
+    ga = max(1, training.global_batch // (layout.dp * layout.micro_batch))
     act = activation_bytes_per_sample(cfg, layout.recompute, tp=layout.tp,
                                       precision=training.precision,
                                       flash_attention=flash_attention).total
@@ -450,6 +510,6 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                            moe_buffer_bytes_per_sample(cfg, precision=training.precision),
                            dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
                            micro_batch=layout.micro_batch, optimizer=training.optimizer,
-                           precision=training.precision, ema=training.ema)
+                           precision=training.precision, ema=training.ema, grad_accum=ga)
     return MemoryBreakdown(**{f.name: float(arrays[f.name]) for f in fields(MemoryBreakdown)
-                              if f.name != "assumptions"})
+                              if f.name not in ("assumptions", "grad_accum")}, grad_accum=ga)
