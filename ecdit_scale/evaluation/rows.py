@@ -86,6 +86,8 @@ class Row:
     nodes: int = 1
     grad_accum: int = 1
     optimizer: str = "adamw"
+    recompute: str = "none"  # the run's activation recompute policy
+    ema: str = "none"  # the run's EMA of the weights (its update is part of the step)
     precision: str = "bf16"
     card: dict | None = None  # the model config, for the profile prediction
 
@@ -225,7 +227,7 @@ def row_from_run(run_dir: Path) -> Row:
         flops_note = "FLOPs not measured: --tc-impl deepspeed routes differently from the model"
     step_s = _optional_positive(summary, "median_step_s", str(rd.summary))
     return Row(
-        name=rd.path.name, source=str(rd.path), kind="run", device=_run_device(s, summary),
+        name=run_name(rd.path), source=str(rd.path), kind="run", device=_run_device(s, summary),
         model=cfg.name, world=s.world, ep=s.ep, zero=s.zero, micro_batch=s.micro_batch,
         global_batch=s.global_batch, params_predicted=count_params(cfg).model_params,
         params_measured=params_meas, flops_predicted=flops_pred, flops_measured=flops_meas,
@@ -235,7 +237,16 @@ def row_from_run(run_dir: Path) -> Row:
         states_measured=float(sum(states.values())) if states else None,
         step_s_measured=step_s or (statistics.median(steps[2:]) if steps[2:] else None),
         hardware_flops=hw_pred, nodes=s.nodes, grad_accum=s.grad_accum, optimizer=s.optimizer,
+        recompute=s.recompute.value, ema=s.ema.value,
         precision=s.precision, card=cfg.to_dict())
+
+
+def run_name(path: Path) -> str:
+    """The run folder's name; a plan's ``run`` folder (``bash launch.sh``) is named with its
+    plan's (``plan-xl8e/run``), so that several plans' runs stay apart in one table."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.name == "run" and path.parent.name \
+        else path.name
 
 
 def metrics_peak(rd: RunDir) -> float | None:
