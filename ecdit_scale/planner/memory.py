@@ -100,13 +100,11 @@ def peak_arrays(parts: dict[str, Any], grad_accum: Any = 1) -> dict[str, Any]:
     of a micro-batch's forward, ``step_peak`` at the optimizer step, ``subtotal`` the larger,
     ``overhead`` the stated allowance on it and ``total``.
 
-    DeepSpeed 0.19.8 ZeRO-1/2 with bf16 creates no gradient before the backward: each bf16
-    gradient is copied into the reduction buckets and freed, and the fp32 partition it feeds
-    exists from the backward to the step. Measured on an H200 (bench/results/h200-2026-11-26,
-    allocator peaks): ecdit-xl at micro-batch 32 peaks at the end of the forward (20.2 GiB;
-    states without gradients + activations 21.1), an 8-block ecdit-xl-32e at the step (29.4;
-    all states 29.3); the sum of everything said 25-37. With accumulation (grad_accum > 1) the
-    gradients of the earlier micro-batches are held through the later forwards."""
+    DeepSpeed 0.19.8 makes no gradient before the backward (bf16 gradients go into the buckets
+    and are freed; the fp32 partition lives from the backward to the step). On an H200
+    (bench/results/h200-2026-11-26) ecdit-xl at micro-batch 32 peaks at the forward's end
+    (20.2 GiB; this reading 21.1), an 8-block ecdit-xl-32e at the step (29.4; 29.2). With
+    accumulation the earlier micro-batches' gradients are held through the later forwards."""
     persistent = sum(parts[k] for k in PERSISTENT_PARTS)
     step = sum(parts[k] for k in STEP_PARTS)
     forward = sum(parts[k] for k in FORWARD_PARTS) + np.where(np.asarray(grad_accum) > 1,
@@ -435,28 +433,15 @@ class MemoryBreakdown:
         return peak_arrays({name: getattr(self, name) for name in self._PARTS},
                            self.grad_accum)
 
-    @property
-    def forward_peak(self) -> float:
-        """Bytes at the end of a micro-batch's forward (no allowance)."""
-        return float(self._peak()["forward_peak"])
-
-    @property
-    def step_peak(self) -> float:
-        """Bytes at the optimizer step (no allowance)."""
-        return float(self._peak()["step_peak"])
-
-    @property
-    def peak_phase(self) -> str:
-        return "forward" if self.forward_peak >= self.step_peak else "step"
-
-    @property
-    def allocated(self) -> float:
-        """What the CUDA allocator's peak should count: the peak without the overhead."""
-        return float(self._peak()["subtotal"])
-
-    @property
-    def total(self) -> float:
-        return float(self._peak()["total"])
+    forward_peak = property(lambda self: float(self._peak()["forward_peak"]),
+                            doc="Bytes at the end of a micro-batch's forward (no allowance).")
+    step_peak = property(lambda self: float(self._peak()["step_peak"]),
+                         doc="Bytes at the optimizer step (no allowance).")
+    allocated = property(lambda self: float(self._peak()["subtotal"]),
+                         doc="What the CUDA allocator's peak counts: the peak, no allowance.")
+    total = property(lambda self: float(self._peak()["total"]), doc="Peak + overhead.")
+    peak_phase = property(lambda self: "forward" if self.forward_peak >= self.step_peak
+                          else "step")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: float(getattr(self, name)) for name in self._PARTS}
