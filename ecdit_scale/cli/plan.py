@@ -154,7 +154,12 @@ def _print_plan(p, files) -> None:
                 "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead"):
         if mem[key]:
             mt.add_row(key, format_gib(mem[key]))
-    mt.add_row("total", f"{format_gib(mem['total'])} of {format_gib(p.accelerator.memory_bytes)}", style="bold")
+    phase = ("end of the forward (activations; gradients held from the earlier micro-batch)"
+             if mem["grad_accum"] > 1 else "end of the forward (activations, no gradients yet)") \
+        if mem["peak_phase"] == "forward" else "optimizer step (gradients, no activations)"
+    mt.add_row("peak: " + phase, format_gib(mem["allocated"]))
+    mt.add_row("total (peak + overhead)",
+               f"{format_gib(mem['total'])} of {format_gib(p.accelerator.memory_bytes)}", style="bold")
     console.print(mt)
 
     lt = Table(title=f"top layouts of {p.search.num_feasible:,} that fit "

@@ -25,9 +25,9 @@ def profile_prediction(row: Row, acc: Any) -> StepTime:
     cfg = ModelConfig.from_dict(row.card, source=row.source)
     per_node = row.world // max(row.nodes, 1)
     layout = ParallelLayout(dp=row.world, ep=row.ep, tp=1, zero=row.zero,
-                            micro_batch=row.micro_batch, recompute=Recompute.NONE)
+                            micro_batch=row.micro_batch, recompute=Recompute(row.recompute))
     training = TrainingConfig(global_batch=row.global_batch, optimizer=row.optimizer,
-                              precision=row.precision)
+                              precision=row.precision, ema=row.ema)
     cluster = ClusterConfig(gpu=acc.name, nodes=max(row.nodes, 1), gpus_per_node=per_node)
     return estimate_layout(cfg, layout, training, cluster, acc).step
 

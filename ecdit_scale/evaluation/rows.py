@@ -19,17 +19,20 @@ a missing, corrupt or foreign file is one error naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, Recompute
+from ..config import ModelConfig, Precision, Recompute
 from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
-from ..planner.memory import CONTEXT_BYTES
+from ..planner.buckets import recorded_bucket_bytes
+from ..planner.memory import BF16_BYTES, FP32_BYTES, MemoryBreakdown, ParamSplit, \
+    memory_breakdown
 from ..train.records import RunDir, RunSettings, scan_metrics
 from .measure import measured_training_flops
 from .runs import (
@@ -43,6 +46,9 @@ from .runs import (
 
 CONTEXT_NOTE = ("predicted = planner total less its CUDA-context allowance, which neither the "
                 "CPU tensor count nor torch.cuda.max_memory_allocated sees")
+ALLOCATED_NOTE = ("predicted = the planner's peak for the run's layout without its allowance "
+                  "(10% fragmentation + 1.5 GiB CUDA context), which neither the CPU tensor "
+                  "count nor torch.cuda.max_memory_allocated sees")
 
 
 @dataclass(kw_only=True)
@@ -83,6 +89,8 @@ class Row:
     nodes: int = 1
     grad_accum: int = 1
     optimizer: str = "adamw"
+    recompute: str = "none"  # the run's activation recompute policy
+    ema: str = "none"  # the run's EMA of the weights (its update is part of the step)
     precision: str = "bf16"
     card: dict | None = None  # the model config, for the profile prediction
 
@@ -180,6 +188,23 @@ def _count(data: dict, key: str, where: str, *, least: int = 1, default: int | N
 # ---------------------------------------------------------------------------------------------
 
 
+def run_memory(rd: RunDir, cfg: ModelConfig, s: RunSettings) -> MemoryBreakdown:
+    """The planner's memory for a run's layout, its ZeRO buckets as the run's ds_config.json
+    configured them (``planner.buckets``; a run may predate the config the planner assumes)."""
+    mem = memory_breakdown(cfg, s.layout, s.training)
+    if not rd.ds_config.is_file():
+        return mem
+    split = ParamSplit.of(cfg)
+    buckets = recorded_bucket_bytes(
+        json.loads(rd.ds_config.read_text()).get("zero_optimization", {}),
+        params_per_device=split.non_expert_per_device(1) + split.expert_per_device(s.ep, 1),
+        w=BF16_BYTES if s.precision is Precision.BF16 else FP32_BYTES)
+    if buckets is None:
+        return mem
+    mem = dataclasses.replace(mem, zero_buckets=buckets)
+    return dataclasses.replace(mem, overhead=mem.total - mem.allocated)
+
+
 def row_from_run(run_dir: Path) -> Row:
     rd = RunDir(run_dir)
     if not rd.exists():
@@ -198,9 +223,10 @@ def row_from_run(run_dir: Path) -> Row:
     mem = _optional_dict(preds, "memory", str(rd.predictions))
     mem_pred = _optional_positive(mem, "total", f"{rd.predictions}: memory")
     note = mem.get("note", "")
-    if mem_pred is not None:
-        mem_pred = mem_pred - CONTEXT_BYTES
-        note = CONTEXT_NOTE
+    if mem_pred is not None:  # the planner as it is now, for the run's layout
+        now = run_memory(rd, cfg, s)
+        mem_pred, note = now.allocated, f"{ALLOCATED_NOTE} (peak at the {now.peak_phase})"
+        mem = {**mem, "model_states": now.model_states}
     mem_meas = _optional_positive(summary, "peak_bytes", str(rd.summary))
     if mem_meas is None and summary.get("status") != "completed":
         mem_meas = metrics_peak(rd)  # a run stopped before its summary: the steps' own peaks
@@ -221,7 +247,7 @@ def row_from_run(run_dir: Path) -> Row:
         flops_note = "FLOPs not measured: --tc-impl deepspeed routes differently from the model"
     step_s = _optional_positive(summary, "median_step_s", str(rd.summary))
     return Row(
-        name=rd.path.name, source=str(rd.path), kind="run", device=_run_device(s, summary),
+        name=run_name(rd.path), source=str(rd.path), kind="run", device=_run_device(s, summary),
         model=cfg.name, world=s.world, ep=s.ep, zero=s.zero, micro_batch=s.micro_batch,
         global_batch=s.global_batch, params_predicted=count_params(cfg).model_params,
         params_measured=params_meas, flops_predicted=flops_pred, flops_measured=flops_meas,
@@ -231,7 +257,16 @@ def row_from_run(run_dir: Path) -> Row:
         states_measured=float(sum(states.values())) if states else None,
         step_s_measured=step_s or (statistics.median(steps[2:]) if steps[2:] else None),
         hardware_flops=hw_pred, nodes=s.nodes, grad_accum=s.grad_accum, optimizer=s.optimizer,
+        recompute=s.recompute.value, ema=s.ema.value,
         precision=s.precision, card=cfg.to_dict())
+
+
+def run_name(path: Path) -> str:
+    """The run folder's name; a plan's ``run`` folder (``bash launch.sh``) is named with its
+    plan's (``plan-xl8e/run``), so that several plans' runs stay apart in one table."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.name == "run" and path.parent.name \
+        else path.name
 
 
 def metrics_peak(rd: RunDir) -> float | None:

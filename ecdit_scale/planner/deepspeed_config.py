@@ -34,7 +34,7 @@ from typing import Any
 
 from ..config import Optimizer, Precision, check_zero_stage
 from ..errors import ConfigError
-from .memory import ZERO_BUCKET_ELEMENTS
+from .buckets import ZERO_BUCKET_ELEMENTS
 
 RMSPROP_ALPHA = 0.999  # smoothing of the squared-gradient average (as ecdit_scale.train.worker)
 MOMENTUM = 0.9  # RMSProp / SGD momentum (the paper: "RMSProp with momentum")

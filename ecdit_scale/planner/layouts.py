@@ -317,7 +317,7 @@ class _Evaluator:
         act = self.act_table(c.tp)[c.rc, c.tp]
         mem = memory_arrays(self.split, act, self.moe_buffer, dp=c.dp, ep=c.ep, tp=c.tp,
                             zero=c.zero, micro_batch=c.mb, optimizer=tr.optimizer,
-                            precision=tr.precision, ema=tr.ema)
+                            precision=tr.precision, ema=tr.ema, grad_accum=ga)
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
                           precision=tr.precision)
@@ -335,7 +335,8 @@ def _estimate(cfg: ModelConfig, c: _Columns, ev: dict, i: int) -> LayoutEstimate
                             zero=int(c.zero[i]), micro_batch=int(c.mb[i]),
                             recompute=RECOMPUTE_ORDER[int(c.rc[i])])
     mem = MemoryBreakdown(**{k: float(np.broadcast_to(ev["mem"][k], c.dp.shape)[i])
-                             for k in MemoryBreakdown._PARTS})
+                             for k in MemoryBreakdown._PARTS},
+                          grad_accum=int(np.broadcast_to(ev["ga"], c.dp.shape)[i]))
     comm = CommBreakdown(**{k: float(np.broadcast_to(v, c.dp.shape)[i])
                             for k, v in ev["comm"].items()})
     step = StepTime(**{k: float(np.broadcast_to(v, c.dp.shape)[i]) for k, v in ev["step"].items()})

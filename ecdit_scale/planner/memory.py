@@ -54,6 +54,7 @@ from ..config import (EMA, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Optimizer, ParallelLayout,
                       Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..params import count_params
+from .buckets import ZERO_BUCKET_ELEMENTS, ZERO_BUCKETS, zero_bucket_bytes
 from .flops import expert_slots_per_image
 
 GiB = 1024**3
@@ -66,8 +67,6 @@ OPTIMIZER_STATE_BYTES = {Optimizer.ADAMW: 8, Optimizer.RMSPROP: 8, Optimizer.SGD
 # Stated allowances (see MemoryBreakdown.assumptions)
 FRAGMENTATION = 0.10  # of everything else: allocator fragmentation and temporaries
 CONTEXT_BYTES = 1.5 * GiB  # CUDA context, cuBLAS/NCCL workspaces, framework
-ZERO_BUCKET_ELEMENTS = 200_000_000  # reduce/all-gather bucket size written into ds_config.json
-ZERO_BUCKETS = 2  # double-buffered with overlap_comm (dp > 1; deepspeed_config.zero_section)
 ZERO3_SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size
 ZERO3_LIVE_LAYERS = 2  # the layer being computed + the prefetched one (DeepSpeed: 4 B x largest)
 
@@ -83,9 +82,38 @@ ASSUMPTIONS = (
     "expert params: sharded by ep, ZeRO-partitioned over the expert-data-parallel group dp/ep",
     f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json); on "
     "one data-parallel rank one (dense: transient, at most the rank's parameters)",
-    "DeepSpeed's fp32 copy of the gradient partition for the optimizer step is counted at "
-    "the same time as the activations (conservative)",
+    "peak = states held all step (params, master weights, optimizer states, EMA, buckets) + the "
+    "larger of the forward's (activations, MoE buffers, ZeRO-3 gathers) and the step's "
+    "(gradients and DeepSpeed's fp32 copy); with gradient accumulation the gradients are held "
+    "through the next micro-batch's forward too",
 )
+
+# Which parts are alive when (see peak_arrays): all step; from the forward until the backward has
+# used them; from the backward (ZeRO-2/3: the partitions) to the optimizer step
+PERSISTENT_PARTS = ("params", "optimizer_states", "master_weights", "ema", "zero_buckets")
+FORWARD_PARTS = ("activations", "moe_buffers", "zero3_gather_buffer")
+STEP_PARTS = ("grads", "fp32_grads")
+
+
+def peak_arrays(parts: dict[str, Any], grad_accum: Any = 1) -> dict[str, Any]:
+    """Peak bytes from the parts (numbers or arrays over layouts): ``forward_peak`` at the end
+    of a micro-batch's forward, ``step_peak`` at the optimizer step, ``subtotal`` the larger,
+    ``overhead`` the stated allowance on it and ``total``.
+
+    DeepSpeed 0.19.8 makes no gradient before the backward (bf16 gradients go into the buckets
+    and are freed; the fp32 partition lives from the backward to the step). On an H200
+    (bench/results/h200-2026-11-26) ecdit-xl at micro-batch 32 peaks at the forward's end
+    (20.2 GiB; this reading 21.1), an 8-block ecdit-xl-32e at the step (29.4; 29.2). With
+    accumulation the earlier micro-batches' gradients are held through the later forwards."""
+    persistent = sum(parts[k] for k in PERSISTENT_PARTS)
+    step = sum(parts[k] for k in STEP_PARTS)
+    forward = sum(parts[k] for k in FORWARD_PARTS) + np.where(np.asarray(grad_accum) > 1,
+                                                               step, 0.0)
+    out = {"forward_peak": persistent + forward, "step_peak": persistent + step}
+    out["subtotal"] = np.maximum(out["forward_peak"], out["step_peak"])
+    out["overhead"] = FRAGMENTATION * out["subtotal"] + CONTEXT_BYTES
+    out["total"] = out["subtotal"] + out["overhead"]
+    return out
 
 
 def _part(n: Any, group: Any, zero: Any, stage: int) -> Any:
@@ -375,7 +403,9 @@ def moe_buffer_bytes_per_sample(cfg: ModelConfig, *, precision: Precision = Prec
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryBreakdown:
-    """Bytes per device at the peak of a training step. ``total`` is the sum of the fields."""
+    """Bytes per device, by part, and at the peak of a training step: ``total`` is the states
+    held all step plus the larger of the forward's and the step's transient parts, plus the
+    overhead allowance (``peak_arrays``); not every part is alive at once."""
 
     params: float
     grads: float  # bf16 (or fp32) gradients
@@ -388,6 +418,7 @@ class MemoryBreakdown:
     zero3_gather_buffer: float  # gathered full layers (ZeRO-3 only)
     zero_buckets: float  # gradient reduce / all-gather buckets
     overhead: float  # fragmentation + CUDA context (see assumptions)
+    grad_accum: int = 1  # > 1: gradients are held through the next micro-batch's forward
     assumptions: tuple[str, ...] = ASSUMPTIONS
 
     _PARTS = ("params", "grads", "fp32_grads", "optimizer_states", "master_weights", "ema",
@@ -398,39 +429,35 @@ class MemoryBreakdown:
         return (self.params + self.grads + self.fp32_grads + self.optimizer_states
                 + self.master_weights)
 
-    @property
-    def total(self) -> float:
-        return sum(getattr(self, name) for name in self._PARTS)
+    def _peak(self) -> dict[str, Any]:
+        return peak_arrays({name: getattr(self, name) for name in self._PARTS},
+                           self.grad_accum)
+
+    forward_peak = property(lambda self: float(self._peak()["forward_peak"]),
+                            doc="Bytes at the end of a micro-batch's forward (no allowance).")
+    step_peak = property(lambda self: float(self._peak()["step_peak"]),
+                         doc="Bytes at the optimizer step (no allowance).")
+    allocated = property(lambda self: float(self._peak()["subtotal"]),
+                         doc="What the CUDA allocator's peak counts: the peak, no allowance.")
+    total = property(lambda self: float(self._peak()["total"]), doc="Peak + overhead.")
+    peak_phase = property(lambda self: "forward" if self.forward_peak >= self.step_peak
+                          else "step")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: float(getattr(self, name)) for name in self._PARTS}
         out["model_states"] = float(self.model_states)
+        out["forward_peak"], out["step_peak"] = self.forward_peak, self.step_peak
+        out["peak_phase"], out["allocated"] = self.peak_phase, self.allocated
+        out["grad_accum"] = self.grad_accum
         out["total"] = float(self.total)
         out["assumptions"] = list(self.assumptions)
         return out
 
 
-def zero_bucket_bytes(params_per_device: Any, *, dp: Any, zero: Any, w: int,
-                      moe: bool = False) -> Any:
-    """Gradient reduce buckets of ZeRO-1/2 (``deepspeed_config.zero_section``). With
-    ``contiguous_gradients`` DeepSpeed 0.19.8 allocates a bucket of ``reduce_bucket_size``
-    elements up front, and a second with ``overlap_comm`` (dp > 1; measured on an H200 before
-    one-rank runs turned both off: 916 MB of 2 x 2e8 bf16 elements for a 14M model;
-    bench/results/). On one rank a dense model has neither: gradients are flattened a bucket
-    at a time for the (trivial) all-reduce and copied back, one transient flat bucket of at
-    most the rank's parameters (``stage_1_and_2.py``: ``allreduce_bucket``); an MoE model
-    keeps contiguous gradients (DeepSpeed requires them), one preallocated bucket."""
-    dp, zero = np.asarray(dp), np.asarray(zero)
-    alone = (ZERO_BUCKET_ELEMENTS if moe
-             else np.minimum(ZERO_BUCKET_ELEMENTS, params_per_device)) * w
-    return np.where(zero >= ZERO_PARTITIONS_OPTIMIZER,
-                    np.where(dp == 1, alone, ZERO_BUCKETS * ZERO_BUCKET_ELEMENTS * w), 0.0)
-
-
 def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample: float, *,
                   dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
                   optimizer: Optimizer, precision: Precision,
-                  ema: EMA | str = EMA.NONE) -> dict[str, Any]:
+                  ema: EMA | str = EMA.NONE, grad_accum: Any = 1) -> dict[str, Any]:
     """Every MemoryBreakdown field (and ``total``) as arrays over layouts.
 
     ``act_per_sample``: activation bytes per sample for each layout's (recompute, tp).
@@ -449,9 +476,8 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
         zero >= ZERO_PARTITIONS_PARAMETERS, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
     out["zero_buckets"] = zero_bucket_bytes(non_expert + expert, dp=dp, zero=zero, w=w,
                                             moe=split.experts > 0)
-    subtotal = sum(out.values())
-    out["overhead"] = FRAGMENTATION * subtotal + CONTEXT_BYTES
-    out["total"] = subtotal + out["overhead"]
+    peak = peak_arrays(out, grad_accum)
+    out["overhead"], out["total"] = peak["overhead"], peak["total"]
     return out
 
 
@@ -460,6 +486,7 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                      flash_attention: bool = True) -> MemoryBreakdown:
     """Peak bytes per device of one layout (the same formulas the search vectorises)."""
     training = training or TrainingConfig()
+    ga = max(1, training.global_batch // (layout.dp * layout.micro_batch))
     act = activation_bytes_per_sample(cfg, layout.recompute, tp=layout.tp,
                                       precision=training.precision,
                                       flash_attention=flash_attention).total
@@ -467,6 +494,6 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                            moe_buffer_bytes_per_sample(cfg, precision=training.precision),
                            dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
                            micro_batch=layout.micro_batch, optimizer=training.optimizer,
-                           precision=training.precision, ema=training.ema)
+                           precision=training.precision, ema=training.ema, grad_accum=ga)
     return MemoryBreakdown(**{f.name: float(arrays[f.name]) for f in fields(MemoryBreakdown)
-                              if f.name != "assumptions"})
+                              if f.name not in ("assumptions", "grad_accum")}, grad_accum=ga)
