@@ -13,9 +13,10 @@ the result with ``deepspeed.runtime.config.DeepSpeedConfig``. No torch, no deeps
 - ZeRO with an optimizer DeepSpeed has not tested (RMSprop, SGD, or any client optimizer)
   needs ``zero_allow_untested_optimizer``.
 - ``scheduler``: WarmupLR, linear warm-up from 0 to ``lr`` over ``warmup_steps``, then flat
-  (omitted with ``scheduler=False`` when the caller sets the learning rate each step). Given
-  ``total_steps``, ``warmup_num_steps`` is at most that: a 40-step run never gets a
-  20,000-step warm-up (``ecdit_scale.train`` scales a plan's warm-up to the run's steps).
+  (omitted with ``scheduler=False`` when the caller sets the learning rate each step).
+  ``warmup_num_steps`` is the warm-up as given: ``ecdit_scale.train`` scales a plan's warm-up
+  to a shorter run, but not below ``warmup_floor`` (RMSProp: 1,000 steps, even where the run
+  is shorter and so ends before the peak lr).
 - Per-gradient work (``bench/engine_ops.py`` counts it op by op): DeepSpeed's ZeRO-1/2
   optimizer by default runs ~17 ops per parameter tensor per step outside the model in bf16
   (ecdit-xl: 631 tensors, ~10,000 kernel launches at ~21 us each on an H200). Two settings
@@ -108,7 +109,7 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
                      precision: Precision | str, optimizer: Optimizer | str, lr: float,
                      warmup_steps: int, world: int, gradient_clipping: float = 1.0,
                      client_optimizer: bool = False, scheduler: bool = True,
-                     weight_decay: float = 0.0, total_steps: int | None = None,
+                     weight_decay: float = 0.0,
                      steps_per_print: int = 100,
                      bucket_elements: int = ZERO_BUCKET_ELEMENTS,
                      moe: bool = False) -> dict[str, Any]:

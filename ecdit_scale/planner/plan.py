@@ -153,7 +153,7 @@ class Plan:
         return deepspeed_config(micro_batch=lay.micro_batch, grad_accum=self.best.grad_accum,
                                 zero_stage=lay.zero, precision=tr.precision,
                                 optimizer=tr.optimizer, lr=tr.lr, warmup_steps=tr.warmup_steps,
-                                world=lay.dp, client_optimizer=True, total_steps=tr.steps,
+                                world=lay.dp, client_optimizer=True,
                                 moe=self.config.ffn.is_moe)
 
     def to_dict(self) -> dict[str, Any]:
