@@ -238,6 +238,9 @@ def read_run(run_dir: Path, *, warmup: int, timed: int, profile_step: int) -> di
         out["peak_bytes"] = max(peaks) if peaks else None
     prof = run_dir / f"profile_step{profile_step}.json"
     out["profile"] = json.loads(prof.read_text()) if prof.is_file() else None
+    summary = run_dir / "summary.json"  # the worker's start-up by phase (engine.PhaseClock)
+    out["startup_s"] = (json.loads(summary.read_text()).get("startup_s")
+                        if summary.is_file() else None)
     return out
 
 

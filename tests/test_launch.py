@@ -45,6 +45,11 @@ def test_run_directory_records(ec_run):
     assert summary["status"] == "completed" and summary["steps_done"] == STEPS
     assert summary["params"]["model_params"] == count_params(cfg).model_params
     assert summary["optimizer_impl"] == "foreach"  # under ZeRO-2, ep 2
+    # where the start-up went, by phase, and the device named from the start
+    assert set(summary["startup_s"]) >= {"process_groups", "model", "deepspeed_engine", "ema",
+                                         "data"}
+    assert all(v >= 0 for v in summary["startup_s"].values())
+    assert summary["device_name"] == "cpu" and summary["deepspeed_version"]
     # achieved model FLOP/s per device: the planner's FLOPs of the global batch / world / step;
     # a CPU has no datasheet peak
     for r in metrics(ec_run):

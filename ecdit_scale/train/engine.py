@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -143,10 +144,32 @@ class Rank:
     world: int
     dp_rank: int
     ema: Any = None  # ema.WeightEMA, or None (training.ema: none)
+    startup_s: dict[str, float] = dataclasses.field(default_factory=dict)  # setup, by phase
 
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
+
+
+class PhaseClock:
+    """Seconds per start-up phase (``mark(name)`` ends the phase begun at the last mark), and
+    the interpreter's start until the clock was made (imports: torch, DeepSpeed, the project)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        try:
+            import psutil  # a DeepSpeed requirement
+
+            self.phases["python_start"] = max(0.0, time.time()
+                                              - psutil.Process(os.getpid()).create_time())
+        except (ImportError, OSError):
+            pass
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = now - self._t
+        self._t = now
 
 
 def setup(rd: RunDir) -> Rank:
@@ -155,6 +178,7 @@ def setup(rd: RunDir) -> Rank:
     import deepspeed.ops
     from deepspeed.utils import groups
 
+    clock = PhaseClock()
     s, cfg = rd.settings(), rd.model_config()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     if s.device is Device.CUDA:
@@ -166,11 +190,14 @@ def setup(rd: RunDir) -> Rank:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if s.device is Device.CUDA else "gloo")
     ep = create_groups(s.ep) if cfg.ffn.is_moe else single_process()
+    clock.mark("process_groups")
     model = build_parallel_model(cfg, s, ep, device=device)
     counts = param_counts(model, ep)
+    clock.mark("model")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
                                            config=json.loads(rd.ds_config.read_text()))
     use_foreach_grad_norm(engine.optimizer)  # ZeRO-1/2: the clipping norm in few kernels
+    clock.mark("deepspeed_engine")
     dp_rank = groups._get_data_parallel_rank()
     ema = make_ema(engine.module, mode=s.ema, decay=s.ema_decay, dp_rank=dp_rank,
                    dp_size=groups._get_data_parallel_world_size(),
@@ -178,5 +205,7 @@ def setup(rd: RunDir) -> Rank:
                                    if cfg.ffn.is_moe else 0),
                    expert_dp_size=ep.expert_dp_size if cfg.ffn.is_moe else 1,
                    is_expert=is_expert_param)
+    clock.mark("ema")
     return Rank(rd=rd, s=s, cfg=cfg, engine=engine, ep=ep, counts=counts, device=device,
-                rank=dist.get_rank(), world=dist.get_world_size(), dp_rank=dp_rank, ema=ema)
+                rank=dist.get_rank(), world=dist.get_world_size(), dp_rank=dp_rank, ema=ema,
+                startup_s=clock.phases)

@@ -199,8 +199,11 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         start = int(client["step"]) if client else int(resume_from.removeprefix("step"))
         if r.ema is not None:
             r.ema.load(rd.checkpoints / resume_from, r.rank)
+    t_data = time.perf_counter()
     data, held = load_run_data(s, r.cfg)
     heldout = heldout_loss_for(r, held)
+    if r.rank == 0:  # where a launch's start-up goes (the first step's compile: metrics)
+        rd.update_summary(startup_s={**r.startup_s, "data": time.perf_counter() - t_data})
     if hasattr(data, "batches"):  # a stream: every position drawn fresh
         it = data.batches(s.global_batch, rank=r.dp_rank, world=r.world, start_step=start)
     else:
