@@ -53,17 +53,21 @@ class Point:
     compile: str = "block"
     depth: int | None = None  # --override depth=N: the paper's card cut to fit one GPU
     dataset: str = "latents"
+    engine: str = "lean"  # "deepspeed-defaults": $ECDIT_SCALE_ENGINE, the engine before the cuts
 
     @property
     def name(self) -> str:
         depth = "" if self.depth is None else f"-d{self.depth}"
-        return f"{self.model}{depth}-mb{self.micro_batch}-{self.compile}"
+        engine = "" if self.engine == "lean" else "-dsdefaults"
+        return f"{self.model}{depth}-mb{self.micro_batch}-{self.compile}{engine}"
 
 
-# run order = priority: the headline and the MoE configs beside it, the headline's eager twin,
-# then the second micro-batches (what a short budget loses last matters least)
+# run order = priority: the headline and its engine baseline (DeepSpeed's defaults, the A/B of
+# the per-gradient cuts), the MoE configs beside it, the headline's eager twin, then the second
+# micro-batches (what a short budget loses last matters least)
 GPU_POINTS = [
-    Point("ecdit-xl", 32), Point("ecdit-xl-8e", 32), Point("ecdit-xl-8e-tc", 32),
+    Point("ecdit-xl", 32), Point("ecdit-xl", 32, engine="deepspeed-defaults"),
+    Point("ecdit-xl-8e", 32), Point("ecdit-xl-8e-tc", 32),
     Point("ecdit-xl-32e", 32, depth=8), Point("ecdit-xl", 32, compile="none"),
     Point("base-ec16", 128, dataset="shapes"),
     Point("ecdit-xl", 64), Point("ecdit-xl-8e", 16), Point("base-ec16", 256, dataset="shapes"),
@@ -74,6 +78,7 @@ CPU_POINTS = [
     Point("nano-ec8", 4, compile="block", dataset="shapes"),
     Point("nano-ec8", 8, compile="none", dataset="shapes"),
     Point("nano-tc8", 4, compile="none", dataset="shapes"),
+    Point("nano-ec8", 4, compile="none", dataset="shapes", engine="deepspeed-defaults"),
 ]
 LOSS_RTOL = {"cuda": 2e-2, "cpu": 1e-5}  # bf16 kernels fused differently; CPU: aot_eager
 
@@ -158,6 +163,7 @@ def run_point(p: Point, out: Path, args, timeout_s: float, env: dict[str, str]) 
     cmd = launch_command(p, run_dir, device=args.device, warmup=args.warmup, timed=args.steps)
     profile_step = args.warmup + args.steps + 1
     t0 = time.monotonic()
+    env = {**env, "ECDIT_SCALE_ENGINE": p.engine}
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "ECDIT_SCALE_PROFILE_STEP":
                                                 str(profile_step)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -296,24 +302,35 @@ def _version(mod: str) -> str | None:
         return None
 
 
+def _compare(a: dict, b: dict, device: str) -> dict:
+    """b's step time over a's, both kernel counts, and whether the first losses agree."""
+    k = min(3, len(a["losses"]), len(b["losses"]))
+    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a["losses"][:k], b["losses"][:k])]
+    return {"step_s_ratio": b["step_s"]["median"] / a["step_s"]["median"],
+            "kernels": [(a.get("profile") or {}).get("kernels"),
+                        (b.get("profile") or {}).get("kernels")],
+            "loss_rel_diff_first_steps": rel, "loss_rtol": LOSS_RTOL[device],
+            "same_loss": bool(rel) and max(rel) <= LOSS_RTOL[device]}
+
+
 def checks(results: list[dict], device: str) -> dict:
-    """Compiled vs eager of the same config: step-time ratio, and the same loss per step."""
+    """Compiled vs eager of the same config, and the lean engine vs DeepSpeed's defaults:
+    step-time ratio (eager / compiled, defaults / lean), kernels, the same loss per step."""
     out = {}
     done = {r["name"]: r for r in results if "error" not in r and r.get("step_s")}
     for name, r in done.items():
-        if not name.endswith("-block"):
-            continue
-        eager = done.get(name[: -len("block")] + "none")
-        if eager is None:
-            continue
-        k = min(3, len(r["losses"]), len(eager["losses"]))
-        rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["losses"][:k], eager["losses"][:k])]
-        out[name[: -len("-block")]] = {
-            "eager_over_compiled_step_s": eager["step_s"]["median"] / r["step_s"]["median"],
-            "compiled_kernels": (r.get("profile") or {}).get("kernels"),
-            "eager_kernels": (eager.get("profile") or {}).get("kernels"),
-            "loss_rel_diff_first_steps": rel, "loss_rtol": LOSS_RTOL[device],
-            "same_loss": bool(rel) and max(rel) <= LOSS_RTOL[device]}
+        if name.endswith("-block") and (name[: -len("block")] + "none") in done:
+            c = _compare(r, done[name[: -len("block")] + "none"], device)
+            out[name[: -len("-block")]] = {
+                "eager_over_compiled_step_s": c["step_s_ratio"],
+                "compiled_kernels": c["kernels"][0], "eager_kernels": c["kernels"][1],
+                **{k: c[k] for k in ("loss_rel_diff_first_steps", "loss_rtol", "same_loss")}}
+        if name + "-dsdefaults" in done:
+            c = _compare(r, done[name + "-dsdefaults"], device)
+            out[name + " engine"] = {
+                "defaults_over_lean_step_s": c["step_s_ratio"],
+                "lean_kernels": c["kernels"][0], "defaults_kernels": c["kernels"][1],
+                **{k: c[k] for k in ("loss_rel_diff_first_steps", "loss_rtol", "same_loss")}}
     return out
 
 
@@ -465,8 +482,10 @@ def run_all(points: list[Point], args, cache: Path | None) -> None:
         write(path, doc)
         show(r)
     for name, c in doc["checks"].items():
-        print(f"{name}: eager/compiled step time {c['eager_over_compiled_step_s']:.2f}x; same "
-              f"loss (rtol {c['loss_rtol']}): {c['same_loss']}")
+        ratio = (f"eager/compiled step time {c['eager_over_compiled_step_s']:.2f}x"
+                 if "eager_over_compiled_step_s" in c else
+                 f"DeepSpeed defaults / lean engine step time {c['defaults_over_lean_step_s']:.2f}x")
+        print(f"{name}: {ratio}; same loss (rtol {c['loss_rtol']}): {c['same_loss']}")
     print(f"wrote {path} ({doc['wall_s']:.0f} s)")
     if not any("error" not in r for r in doc["points"]):
         sys.exit(1)

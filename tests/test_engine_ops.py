@@ -26,13 +26,10 @@ def _free_port() -> int:
 
 
 def _legacy(ds_config: dict) -> dict:
-    """The config as launch wrote it before: DeepSpeed's bf16 overflow check, contiguous
-    gradients and overlap at one rank too."""
-    cfg = json.loads(json.dumps(ds_config))
-    if cfg.get("bf16", {}).get("enabled"):
-        cfg["bf16"] = {"enabled": True}
-    cfg["zero_optimization"].update(contiguous_gradients=True, overlap_comm=True)
-    return cfg
+    """The config as launch wrote it before (``ECDIT_SCALE_ENGINE=deepspeed-defaults``)."""
+    from ecdit_scale.planner.deepspeed_config import deepspeed_defaults
+
+    return deepspeed_defaults(ds_config)
 
 
 def _worker(rank: int, port: int, out: str, ckpt: str) -> None:

@@ -333,3 +333,8 @@ def test_benchmark_reads_a_run_and_checks_compiled_against_eager(ec_run):
     assert c["eager_over_compiled_step_s"] == 2.0 and c["same_loss"]
     assert not tt.checks([compiled, {**eager, "losses": [1.1, 0.9, 0.8]}], "cuda")["x-mb4"][
         "same_loss"]
+    # the engine A/B: DeepSpeed's defaults beside the lean engine, same losses
+    base = {**compiled, "name": "x-mb4-block-dsdefaults", "step_s": {"median": 1.5}}
+    e = tt.checks([compiled, base], "cuda")["x-mb4-block engine"]
+    assert e["defaults_over_lean_step_s"] == 3.0 and e["same_loss"]
+    assert tt.Point("ecdit-xl", 32, engine="deepspeed-defaults") in tt.GPU_POINTS

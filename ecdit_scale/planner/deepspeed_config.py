@@ -183,3 +183,17 @@ def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | No
     cmd += ["--no_local_rank", "--module", WORKER_MODULE, "--run-dir", str(run_dir),
             *worker_args]
     return cmd
+
+
+def deepspeed_defaults(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """``ds_config`` as launch wrote it before the per-gradient work was cut (for A/B
+    measurements): DeepSpeed's bf16 overflow check, contiguous gradients and overlap at one
+    rank too."""
+    import copy
+
+    cfg = copy.deepcopy(ds_config)
+    if cfg.get("bf16", {}).get("enabled"):
+        cfg["bf16"] = {"enabled": True}
+    if cfg["zero_optimization"].get("stage") in (1, 2):
+        cfg["zero_optimization"].update(contiguous_gradients=True, overlap_comm=True)
+    return cfg

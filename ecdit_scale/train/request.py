@@ -323,8 +323,23 @@ def _check_multinode(req: LaunchRequest) -> None:
         raise ConfigError("--resume is decided on node 0; start other nodes without --resume")
 
 
+ENGINE_ENV = "ECDIT_SCALE_ENGINE"  # "deepspeed-defaults": the engine before the cuts (A/B)
+
+
+def engine_baseline() -> bool:
+    """Whether this run asks (``$ECDIT_SCALE_ENGINE=deepspeed-defaults``, benchmarks only) for
+    DeepSpeed's defaults: its bf16 overflow check, contiguous gradients and overlap at one rank,
+    and its per-tensor clipping norm (``train.engine.setup``). Unset or "lean": the trainer's."""
+    value = os.environ.get(ENGINE_ENV, "lean")
+    if value not in ("lean", "deepspeed-defaults"):
+        raise ConfigError(f"${ENGINE_ENV} = {value!r}: use lean (the default) or "
+                          "deepspeed-defaults")
+    return value == "deepspeed-defaults"
+
+
 def check_request(req: LaunchRequest) -> CheckedRequest:
     """Validate everything a launch needs; raise ConfigError with one actionable line."""
+    engine_baseline()  # a bad $ECDIT_SCALE_ENGINE is one line here, not a rank's traceback
     cfg = resolve_card(req.card)
     if req.override is not None:
         cfg = override_config(cfg, req.override)

@@ -28,6 +28,7 @@ from torch import nn
 from ..model import rectified_flow_loss
 from .engine import Rank, load_run_data, lr_at, setup, step_seed
 from .engine import optimizer_impl
+from .request import engine_baseline
 from .feed import device_feed
 from .regional_compile import compile_backend
 from .step_profile import StepProfiler
@@ -191,7 +192,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     if r.rank == 0:
         rd.worker_pid.write_text(f"{os.getpid()}\n")
         # the device and versions now, so that a run killed before its end still names them
-        rd.update_summary(device=s.device.value, device_name=device_name(r),
+        rd.update_summary(engine="deepspeed-defaults" if engine_baseline() else "lean",
+                          device=s.device.value, device_name=device_name(r),
                           torch_version=torch.__version__, deepspeed_version=deepspeed_version())
     start = 0
     if resume_from is not None:  # launch chose it: the newest complete checkpoint
