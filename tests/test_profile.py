@@ -141,6 +141,13 @@ def test_profile_yaml_round_trip_and_bad_fields():
         DeviceProfile.from_dict({"memory_ops": {"magic": 1e9}})
     with pytest.raises(ConfigError, match="unknown field"):
         DeviceProfile.from_dict({"gemms": {}})
+    with_engine = _profile(deepspeed_engine_s={0: 1e-5, 1: 2e-6, 2: 3e-5})
+    assert DeviceProfile.from_dict(with_engine.to_dict()).to_dict() == with_engine.to_dict()
+    assert DeviceProfile.from_dict(with_engine.to_dict()).deepspeed_engine_s == {
+        0: 1e-5, 1: 2e-6, 2: 3e-5}
+    assert with_engine.measured()["deepspeed_engine"] and not p.measured()["deepspeed_engine"]
+    with pytest.raises(ConfigError, match="not a ZeRO stage"):
+        DeviceProfile.from_dict({"deepspeed_engine": {"seven": 1e-6}})
 
 
 def _estimate(acc, *, micro_batch=4, zero=1, world=1, name="nano-ec8"):
@@ -177,6 +184,32 @@ def test_profiled_step_is_the_sum_of_hand_priced_operators():
     assert st.forward_s + st.backward_s + st.recompute_s == pytest.approx(gemm + attn + mem)
     assert st.total_s == pytest.approx(st.compute_s + st.launch_s + st.engine_s
                                        + st.optimizer_s + st.exposed_comm_s)
+
+
+def test_deepspeed_engine_term_prices_the_layouts_zero_stage():
+    """What DeepSpeed adds per parameter tensor and step, at the layout's stage only."""
+    import dataclasses
+
+    h100 = get_accelerator("h100-sxm")
+    plain = dataclasses.replace(h100, profile=_profile())
+    eng = dataclasses.replace(h100, profile=_profile(deepspeed_engine_s={1: 1e-4, 2: 0.0}))
+    cfg, a = _estimate(plain, zero=1)
+    _, b = _estimate(eng, zero=1)
+    _, c = _estimate(eng, zero=2)
+    _, d = _estimate(eng, zero=0)  # not measured at ZeRO-0: no term
+    tensors = param_tensor_count(cfg)
+    assert b.step.engine_s - a.step.engine_s == pytest.approx(1e-4 * tensors)
+    assert b.step.total_s - a.step.total_s == pytest.approx(1e-4 * tensors)
+    assert c.step.engine_s == pytest.approx(a.step.engine_s)
+    assert d.step.engine_s == pytest.approx(a.step.engine_s)
+
+
+def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
+    """One ZeRO stage of ``evaluation.engine_probe`` in its own process, as profile runs it."""
+    from ecdit_scale.evaluation.engine_probe import probe
+
+    got = probe("cpu", quick=True, stages=(1,))
+    assert set(got) == {1} and 0.0 <= got[1] < 1e-2
 
 
 def test_async_launch_floor_only_where_the_host_falls_behind():
@@ -219,7 +252,9 @@ def measured_profile(tmp_path_factory):
 def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path):
     acc = get_accelerator(str(measured_profile))
     p = acc.profile
-    assert all(p.measured().values()), p.measured()
+    # --quick measures all but DeepSpeed's engine (three fresh processes; the full profile does)
+    assert all(v for k, v in p.measured().items() if k != "deepspeed_engine"), p.measured()
+    assert not p.measured()["deepspeed_engine"]
     assert p.provenance["settings"]["quick"] and p.provenance["torch"]
     assert acc.number_sources()["peak_bf16_flops"] == "measured"
     assert acc.number_sources()["inter_node_bw_bytes_per_s"] == "datasheet"

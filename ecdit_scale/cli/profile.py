@@ -61,6 +61,9 @@ def render_profile(acc, path: Path) -> None:
     t.add_row("optimizer (AdamW)", f"{p.optimizer_s_per_byte * 1e12:.2f} ps/byte + "
                                    f"{(p.optimizer_s_per_tensor or 0) * 1e6:.1f} us/tensor")
     t.add_row("autograd per parameter tensor", f"{p.engine_s_per_param_tensor * 1e6:.1f} us")
+    if p.deepspeed_engine_s:
+        t.add_row("DeepSpeed engine per tensor", ", ".join(
+            f"ZeRO-{k} {v * 1e6:.1f} us" for k, v in sorted(p.deepspeed_engine_s.items())))
     for name, fit in p.links.items():
         t.add_row(f"{name} ({p.collective_nproc} x {p.collective_backend})",
                   f"{fit.bw_bytes_per_s / 1e9:.2f} GB/s, {fit.latency_s * 1e6:.0f} us, "

@@ -281,6 +281,11 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             ("optimizer step", lambda: measure_optimizer(s, timer)),
             ("autograd per parameter tensor", lambda: measure_engine(s, timer)),
         ]
+        if not s.quick:  # three fresh processes (DeepSpeed's state is process-wide): ~10-25 s
+            from .engine_probe import probe
+
+            steps.append(("DeepSpeed engine per parameter tensor, ZeRO 0-2",
+                          lambda: probe(s.device)))
         got: dict[str, Any] = {}
         for name, fn in steps:
             report(name)
@@ -307,6 +312,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         launch_mode="serial" if s.device == "cpu" else "async",
         optimizer_s_per_byte=opt_byte, optimizer_s_per_tensor=opt_tensor,
         engine_s_per_param_tensor=got["autograd per parameter tensor"],
+        deepspeed_engine_s=got.get("DeepSpeed engine per parameter tensor, ZeRO 0-2") or {},
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {},

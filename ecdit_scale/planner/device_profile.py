@@ -16,6 +16,10 @@ the datasheet and the plan says so):
                                      # operators.py counts them); serial = host runs it (CPU)
     optimizer: {s_per_byte: ..., s_per_tensor: ...}   # bytes as step_time counts them
     engine_s_per_param_tensor: 2.0e-5  # autograd / engine work per parameter tensor per pass
+    deepspeed_engine: {0: 1.5e-5, 1: 2.0e-6, 2: 3.0e-5}   # seconds per parameter tensor
+                                     # DeepSpeed's engine adds to a step, by ZeRO stage
+                                     # (evaluation.engine_probe: the trainer's engine vs
+                                     # plain torch on a launch-bound toy model)
     collectives: {nproc: 2, backend: nccl, all_reduce: {latency_s, bw_bytes_per_s, half_bytes},
                   all_to_all: {...}}
     provenance: {device: ..., torch: ..., date: ..., settings: ...}
@@ -105,6 +109,7 @@ class DeviceProfile:
     optimizer_s_per_byte: float | None = None
     optimizer_s_per_tensor: float | None = None
     engine_s_per_param_tensor: float | None = None
+    deepspeed_engine_s: dict[int, float] = field(default_factory=dict)  # by ZeRO stage
     collective_nproc: int | None = None
     collective_backend: str | None = None
     links: dict[str, LinkFit] = field(default_factory=dict)
@@ -127,6 +132,7 @@ class DeviceProfile:
                 "launch": self.launch_s is not None,
                 "optimizer": self.optimizer_s_per_byte is not None,
                 "engine": self.engine_s_per_param_tensor is not None,
+                "deepspeed_engine": bool(self.deepspeed_engine_s),
                 **{c: c in self.links for c in COLLECTIVES}}
 
     # ---- rates ------------------------------------------------------------------------------
@@ -191,6 +197,8 @@ class DeviceProfile:
                                 "s_per_tensor": self.optimizer_s_per_tensor or 0.0}
         if self.engine_s_per_param_tensor is not None:
             out["engine_s_per_param_tensor"] = self.engine_s_per_param_tensor
+        if self.deepspeed_engine_s:
+            out["deepspeed_engine"] = {int(k): v for k, v in sorted(self.deepspeed_engine_s.items())}
         if self.links:
             out["collectives"] = {"nproc": self.collective_nproc,
                                   "backend": self.collective_backend,
@@ -205,7 +213,8 @@ class DeviceProfile:
         data = _mapping(data, where)
         known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops", "launch",
                  "optimizer",
-                 "engine_s_per_param_tensor", "collectives", "measured", "provenance"}
+                 "engine_s_per_param_tensor", "deepspeed_engine", "collectives", "measured",
+                 "provenance"}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: "
@@ -257,6 +266,15 @@ class DeviceProfile:
                                                 positive=False)
         kw["engine_s_per_param_tensor"] = _opt(data, "engine_s_per_param_tensor", where,
                                                positive=False)
+        eng = _mapping(data.get("deepspeed_engine"), f"{where}.deepspeed_engine")
+        stages = {}
+        for key, value in eng.items():
+            stage = int(key) if str(key) in ("0", "1", "2", "3") else None
+            if stage is None:
+                raise ConfigError(f"{where}.deepspeed_engine: key {short(key)} is not a ZeRO "
+                                  "stage (0-3)")
+            stages[stage] = _num(f"{where}.deepspeed_engine.{key}", value, positive=False)
+        kw["deepspeed_engine_s"] = stages
         coll = _mapping(data.get("collectives"), f"{where}.collectives")
         if coll:
             links = {}

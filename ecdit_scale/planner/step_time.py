@@ -35,8 +35,9 @@ operator class instead (``compute.py``: GEMMs by shape, SDPA, memory-bound bytes
 - launch_s: kernels x the measured per-kernel launch cost; a host that runs the kernels itself
   (CPU, ``serial``) pays all of it, an asynchronous device only what the kernels' own time
   cannot hide (``max(0, kernels x launch - device time)`` per micro-batch);
-- engine_s: the measured per-parameter-tensor work of autograd / the engine, once per
-  micro-batch's backward;
+- engine_s: the measured per-parameter-tensor work of autograd, once per micro-batch's
+  backward, plus what DeepSpeed's engine adds per tensor and step at the layout's ZeRO stage
+  where the profile measured it (``deepspeed_engine``, ``evaluation.engine_probe``);
 - the optimizer at the measured seconds per byte, plus seconds per tensor it steps over.
 Without a profile (the catalog's datasheet entries) compute is today's one constant: hardware
 FLOPs / (peak x efficiency); gemm_s / attention_s / memory_bound_s / launch_s / engine_s /
@@ -186,6 +187,10 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
             launch = np.maximum(0.0, launch - (t_fwd + t_bwd))
         engine = (prof.engine_s_per_param_tensor or 0.0) * param_tensor_count(cfg)
+        # what DeepSpeed's engine adds per parameter tensor and step, at the layout's stage
+        ds_engine = np.zeros_like(np.asarray(zero, dtype=float))
+        for stage, sec in prof.deepspeed_engine_s.items():
+            ds_engine = np.where(zero == stage, sec * param_tensor_count(cfg), ds_engine)
         forward_s, backward_s, recompute_s = (ga * dev[ph] for ph in
                                               ("forward", "backward", "recompute"))
         extra = dict(
@@ -194,7 +199,8 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
                                  for ph in ("forward", "backward", "recompute")),
             memory_bound_s=ga * sum(c[f"{ph}_memory_s"]
                                     for ph in ("forward", "backward", "recompute")),
-            launch_s=ga * launch, engine_s=ga * engine + 0.0 * mb, kernels=ga * kernels)
+            launch_s=ga * launch, engine_s=ga * engine + ds_engine + 0.0 * mb,
+            kernels=ga * kernels)
     else:
         flops_s = acc.sustained_flops
         per_step = global_batch / (world * flops_s)  # seconds per FLOP-per-image of the step
