@@ -8,7 +8,7 @@
 #
 # Every stage has its own timeout and the stages after a failed one still run. What comes back:
 # session.log, profile.yaml, train_throughput_<device>.json, plan_runs.tgz and
-# throughput_runs.tgz (run folders without checkpoints). Budget on a GPU: <= 590 s.
+# throughput_runs.tgz (run folders without checkpoints). Budget on a GPU: <= 600 s (about 480).
 set -u
 OUT="${OUT:?set OUT to the folder for the results}"
 MODE="${1:-gpu}"
@@ -40,7 +40,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 "$PY" -c "import sys, torch, deepspeed; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__)" || exit 1
 
 stage "profile"
-timeout 120 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
+timeout 150 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
   --out "$OUT/profile.yaml" || echo "profile failed: $?"
 
 stage "train_throughput"

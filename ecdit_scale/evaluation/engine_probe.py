@@ -125,7 +125,7 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
 
 
 def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
-          timeout_s: float = 120.0) -> dict[int, float]:
+          timeout_s: float = 30.0) -> dict[int, float]:
     """Seconds per parameter tensor the engine adds to a step, by ZeRO stage, each stage in a
     process of its own; a stage that fails or times out is left out (the model then prices
     no engine term for it)."""
