@@ -29,12 +29,14 @@ def profile_cmd(
 ) -> None:
     """Measure GEMMs, SDPA, bandwidth, launch overhead, the optimizer step and collectives."""
     from ..errors import ConfigError
-    from ..evaluation.profile import Settings, measure_profile, profile_accelerator, write_profile
+    from ..evaluation.profile import (Settings, check_settings, measure_profile,
+                                      profile_accelerator, write_profile)
 
     path = Path(out or f"profile-{device}.yaml")
     if path.is_dir() or not path.parent.is_dir():
         raise ConfigError(f"--out {path}: must be a file in an existing folder")
     s = Settings(device=device, quick=quick, threads=threads, nproc=nproc, dtype=dtype)
+    check_settings(s)  # before the spinner: a refusal is its one line, no blank line above it
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=json_out) as bar:
         task = bar.add_task("profiling", total=None)
