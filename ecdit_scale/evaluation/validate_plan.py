@@ -89,9 +89,14 @@ def compare_plan_run(plan_dir: Path, run_dir: Path) -> PlanComparison:
     device = summary.get("device_name") or run.get("device")
     accelerator = (plan.get("accelerator") or {}).get("name")
     elsewhere = f"the plan is for {accelerator}; the run used {device}"
-    mem_pred = ((plan["best"].get("memory") or {}).get("total"))
+    # the allocator's peak against the plan's peak without its allowance (fragmentation,
+    # CUDA context), as `validate RUN` compares; a plan written before it had only the total
+    mem = plan["best"].get("memory") or {}
+    mem_pred = mem.get("allocated", mem.get("total"))
     predictions = [
         {"what": "memory per device (bytes)", "predicted": mem_pred,
+         "predicted_as": ("the plan's peak without its allowance" if "allocated" in mem
+                          else "the plan's total, allowance included"),
          "measured": summary.get("peak_bytes"), "measured_as": summary.get("memory_measured"),
          "ratio": _ratio(summary.get("peak_bytes"), mem_pred)},
         {"what": "step time (s)", "predicted": plan.get("step_s"),
@@ -99,6 +104,8 @@ def compare_plan_run(plan_dir: Path, run_dir: Path) -> PlanComparison:
          "ratio": _ratio(summary.get("median_step_s"), plan.get("step_s"))},
     ]
     notes = list(run.get("notes") or [])
+    if mem_pred is not None:
+        notes.append(f"memory: predicted = {predictions[0]['predicted_as']}")
     if device not in (accelerator, None) and device == "cpu":
         notes.append(f"{elsewhere}: the ratios compare devices, not the planner")
     if run.get("plan") and Path(run["plan"]).resolve() != plan_dir.resolve():
