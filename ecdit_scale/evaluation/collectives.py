@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -95,9 +94,9 @@ def measure_collectives(s: Any) -> dict[str, Any]:
     """Spawn ``nproc`` fresh interpreters (``python -m ecdit_scale.evaluation.profile``): each
     rank joins a process group, times the collectives, rank 0 writes the result."""
     sizes = collective_sizes(s)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from ..train.launch import free_port
+
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "collectives.json")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,6 @@ PROBE_BATCH = 4
 STAGES = (0, 1, 2)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
     """In this process: one world-1 engine at ``zero`` beside plain torch (see the module)."""
     import types
@@ -49,8 +42,10 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
     import torch
     from torch import nn
 
+    from ..train.launch import free_port
+
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(_free_port()), DS_ACCELERATOR=device)
+                      MASTER_PORT=str(free_port()), DS_ACCELERATOR=device)
     import deepspeed
     import deepspeed.ops
 

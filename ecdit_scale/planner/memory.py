@@ -45,6 +45,7 @@ forward on an H200 at micro-batch 16 (ecdit-xl, ecdit-xl-8e, dit-xl-2, a 4-block
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -429,17 +430,17 @@ class MemoryBreakdown:
         return (self.params + self.grads + self.fp32_grads + self.optimizer_states
                 + self.master_weights)
 
+    @functools.cached_property  # the fields are frozen: computed once per breakdown
     def _peak(self) -> dict[str, Any]:
-        return peak_arrays({name: getattr(self, name) for name in self._PARTS},
-                           self.grad_accum)
+        return peak_arrays({name: getattr(self, name) for name in self._PARTS}, self.grad_accum)
 
-    forward_peak = property(lambda self: float(self._peak()["forward_peak"]),
+    forward_peak = property(lambda self: float(self._peak["forward_peak"]),
                             doc="Bytes at the end of a micro-batch's forward (no allowance).")
-    step_peak = property(lambda self: float(self._peak()["step_peak"]),
+    step_peak = property(lambda self: float(self._peak["step_peak"]),
                          doc="Bytes at the optimizer step (no allowance).")
-    allocated = property(lambda self: float(self._peak()["subtotal"]),
+    allocated = property(lambda self: float(self._peak["subtotal"]),
                          doc="What the CUDA allocator's peak counts: the peak, no allowance.")
-    total = property(lambda self: float(self._peak()["total"]), doc="Peak + overhead.")
+    total = property(lambda self: float(self._peak["total"]), doc="Peak + overhead.")
     peak_phase = property(lambda self: "forward" if self.forward_peak >= self.step_peak
                           else "step")
 

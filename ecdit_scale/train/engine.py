@@ -146,6 +146,7 @@ class Rank:
     dp_rank: int
     ema: Any = None  # ema.WeightEMA, or None (training.ema: none)
     startup_s: dict[str, float] = dataclasses.field(default_factory=dict)  # setup, by phase
+    engine_variant: str = "lean"  # or "deepspeed-defaults" ($ECDIT_SCALE_ENGINE, A/B only)
 
     @property
     def on_gpu(self) -> bool:
@@ -215,4 +216,5 @@ def setup(rd: RunDir) -> Rank:
     clock.mark("ema")
     return Rank(rd=rd, s=s, cfg=cfg, engine=engine, ep=ep, counts=counts, device=device,
                 rank=dist.get_rank(), world=dist.get_world_size(), dp_rank=dp_rank, ema=ema,
-                startup_s=clock.phases)
+                startup_s=clock.phases,
+                engine_variant="deepspeed-defaults" if baseline else "lean")

@@ -28,7 +28,6 @@ from torch import nn
 from ..model import rectified_flow_loss
 from .engine import Rank, load_run_data, lr_at, setup, step_seed
 from .engine import optimizer_impl
-from .request import engine_baseline
 from .feed import device_feed
 from .regional_compile import compile_backend
 from .step_profile import StepProfiler
@@ -191,10 +190,6 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     s, engine = r.s, r.engine
     if r.rank == 0:
         rd.worker_pid.write_text(f"{os.getpid()}\n")
-        # the device and versions now, so that a run killed before its end still names them
-        rd.update_summary(engine="deepspeed-defaults" if engine_baseline() else "lean",
-                          device=s.device.value, device_name=device_name(r),
-                          torch_version=torch.__version__, deepspeed_version=deepspeed_version())
     start = 0
     if resume_from is not None:  # launch chose it: the newest complete checkpoint
         _, client = engine.load_checkpoint(str(rd.checkpoints), tag=resume_from)
@@ -204,8 +199,16 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     t_data = time.perf_counter()
     data, held = load_run_data(s, r.cfg)
     heldout = heldout_loss_for(r, held)
-    if r.rank == 0:  # where a launch's start-up goes (the first step's compile: metrics)
-        rd.update_summary(startup_s={**r.startup_s, "data": time.perf_counter() - t_data})
+    if r.rank == 0:  # before the first step, so that a run killed later still names them:
+        # the engine, device and versions, and where the start-up went (the first step's
+        # compile is in metrics.jsonl)
+        import deepspeed
+
+        rd.update_summary(engine=r.engine_variant, device=s.device.value,
+                          device_name=(torch.cuda.get_device_name(r.device) if r.on_gpu
+                                       else "cpu"), torch_version=torch.__version__,
+                          deepspeed_version=deepspeed.__version__,
+                          startup_s={**r.startup_s, "data": time.perf_counter() - t_data})
     if hasattr(data, "batches"):  # a stream: every position drawn fresh
         it = data.batches(s.global_batch, rank=r.dp_rank, world=r.world, start_step=start)
     else:
@@ -291,8 +294,6 @@ def heldout_loss_for(r: Rank, held):
 def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
            train_samples: int, meter) -> None:
     """Per-rank parameter checksums; rank 0 writes the summary."""
-    import deepspeed
-
     rd, s = r.rd, r.s
     rd.checksums.mkdir(parents=True, exist_ok=True)
     local = list(r.ep.local_expert_range(r.cfg.ffn.num_experts)) if r.cfg.ffn.is_moe else []
@@ -340,20 +341,8 @@ def finish(r: Rank, *, train_wall_s: float, state_bytes: dict[str, int],
         cooldown_fraction=s.cooldown_fraction, recompute=s.recompute.value,
         precision=trained_precision(r.engine), ema=s.ema.value, ema_decay=s.ema_decay,
         ema_bytes_per_rank_max=int(ema_bytes.item()), dataset=s.dataset, plan=s.plan,
-        notes=list(s.notes), device=s.device.value,
-        device_name=device_name(r), torch_version=torch.__version__,
-        deepspeed_version=deepspeed.__version__)
+        notes=list(s.notes))  # device and versions: written before the first step
     rd.worker_pid.unlink(missing_ok=True)
-
-
-def device_name(r: Rank) -> str:
-    return torch.cuda.get_device_name(r.device) if r.on_gpu else "cpu"
-
-
-def deepspeed_version() -> str:
-    import deepspeed
-
-    return deepspeed.__version__
 
 
 def trained_precision(engine) -> str:
