@@ -70,12 +70,22 @@ def summary_of(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def newest_checkpoint(out: Path) -> int | None:
+    """The step of the newest complete checkpoint in ``out``: where ``--resume`` must go on.
+    A signal reaches the ranks a few steps after it is sent when the machine is loaded, so a
+    stop may come after a later checkpoint than the one the signal was aimed past."""
+    from ecdit_scale.train.records import RunDir
+    found = RunDir(out).latest_checkpoint()
+    return found[0] if found else None
+
+
 def interrupted_run(out: Path, deps: dict[str, Path]) -> None:
     obs: dict = {}
     # the same training as ec_run; memory is not what this run is about (tracking costs CPU)
     proc = start(["launch", *EC_ARGS, "--no-track-memory", "--out", str(out), "--json"])
     term = signal_after(proc, out, EVERY + 2, lambda p: p.send_signal(signal.SIGTERM))
-    term.update(ranks_left=ranks_of(out), summary=summary_of(out))
+    term.update(ranks_left=ranks_of(out), summary=summary_of(out),
+                checkpoint=newest_checkpoint(out))
     obs["sigterm"] = term
     message = (term["result"] or {}).get("message", "")
     if "continue with: " not in message:
@@ -86,7 +96,8 @@ def interrupted_run(out: Path, deps: dict[str, Path]) -> None:
 
     proc = start([*args, "--json"])
     intr = signal_after(proc, out, 2 * EVERY + 2, lambda p: os.killpg(p.pid, signal.SIGINT))
-    intr.update(ranks_left=ranks_of(out), summary=summary_of(out))
+    intr.update(ranks_left=ranks_of(out), summary=summary_of(out),
+                checkpoint=newest_checkpoint(out))
     obs["sigint"] = intr
 
     proc = start([*args, "--json"])
@@ -94,7 +105,7 @@ def interrupted_run(out: Path, deps: dict[str, Path]) -> None:
     deadline = time.time() + 30
     while ranks_of(out) and time.time() < deadline:
         time.sleep(0.1)
-    kill.update(ranks_left=ranks_of(out),
+    kill.update(ranks_left=ranks_of(out), checkpoint=newest_checkpoint(out),
                 metrics_lines=len((out / "metrics.jsonl").read_text().splitlines()))
     obs["sigkill"] = kill
 
