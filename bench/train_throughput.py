@@ -244,6 +244,7 @@ def read_run(run_dir: Path, *, warmup: int, timed: int, profile_step: int) -> di
         out["peak_bytes"] = max(peaks) if peaks else None
     prof = run_dir / f"profile_step{profile_step}.json"
     out["profile"] = json.loads(prof.read_text()) if prof.is_file() else None
+    out["ceilings"] = ceilings(out)
     summary = run_dir / "summary.json"  # the worker's start-up by phase (engine.PhaseClock)
     out["startup_s"] = (json.loads(summary.read_text()).get("startup_s")
                         if summary.is_file() else None)
@@ -334,6 +335,34 @@ def checks(results: list[dict], device: str) -> dict:
     return out
 
 
+def ceilings(r: dict) -> dict | None:
+    """Where the step's time goes, from the profiled step's breakdown (train.step_profile), and
+    the share of peak the point would reach if the step took only: every part's device time
+    (no host gaps), the model's kernels (no engine, optimizer or EMA), the model's GEMMs and
+    attention (memory-bound ops free). Scaled from the measured median: % x step / time."""
+    b = (r.get("profile") or {}).get("breakdown")
+    if not b or not r.get("step_s") or not r.get("pct_of_peak"):
+        return None
+    step_ms, pct = r["step_s"]["median"] * 1e3, r["pct_of_peak"]["median"]
+    m, parts = b["model_ms"], b["parts_ms"]
+    model_ms = sum(m.values())
+    terms = {"gemm_ms": m["gemm"], "attention_ms": m["attention"],
+             "memory_bound_ms": m["memory_bound"],
+             "optimizer_ms": parts["step/optimizer"] + parts["ema"],
+             "engine_ms": (parts["backward/hooks"] + parts["backward/engine"]
+                           + parts["step/engine"]),
+             "outside_ms": parts["outside"], "step_ms": step_ms}
+    busy = sum(parts.values())
+    terms["host_gap_ms"] = step_ms - busy  # CPU: the host's own time outside the ops
+
+    def at(ms: float) -> float | None:
+        return pct * step_ms / ms if ms > 0 else None
+
+    return {**terms, "basis": b.get("basis"),
+            "pct_if_no_host_gaps": at(busy), "pct_if_model_only": at(model_ms),
+            "pct_if_gemm_and_attention_only": at(m["gemm"] + m["attention"])}
+
+
 def show(r: dict) -> None:
     if "error" in r or not r.get("step_s"):
         print(f"{r['name']:34s} FAILED: {r.get('error') or r.get('read_error')}"[:400], flush=True)
@@ -345,6 +374,17 @@ def show(r: dict) -> None:
           f"{r['model_flops_per_s_per_device']['median'] / 1e12:8.4f} TFLOP/s  {pct} of peak  "
           f"{prof.get('kernels', '?')} kernels, {prof.get('host_syncs') or 'n/a'} syncs/step",
           flush=True)
+    c = r.get("ceilings")
+    if c:
+        def pct_of(x):
+            return "n/a" if x is None else f"{x:.0f}%"
+
+        print(f"{'':34s} GEMM {c['gemm_ms']:.1f} + attention {c['attention_ms']:.1f} + "
+              f"memory-bound {c['memory_bound_ms']:.1f} + optimizer/EMA "
+              f"{c['optimizer_ms']:.1f} + engine {c['engine_ms']:.1f} ms, host gaps "
+              f"{c['host_gap_ms']:.1f} ms; ceilings: {pct_of(c['pct_if_no_host_gaps'])} with no "
+              f"gaps, {pct_of(c['pct_if_model_only'])} model only, "
+              f"{pct_of(c['pct_if_gemm_and_attention_only'])} GEMM + attention only", flush=True)
 
 
 def write(path: Path, doc: dict) -> None:
@@ -452,7 +492,10 @@ def run_all(points: list[Point], args, cache: Path | None) -> None:
                      "min, max, IQR over the timed steps (the metrics.jsonl records)",
                      "profile: torch.profiler on the step after the timed ones "
                      "(train.step_profile); kernels = device kernels on CUDA, aten compute "
-                     "ops on CPU"],
+                     "ops on CPU",
+                     "ceilings: the profiled step's parts (train.step_profile.breakdown) and "
+                     "the % of peak the median step would reach without host gaps, with the "
+                     "model's kernels only, with its GEMMs and attention only"],
            "points": [], "checks": {}}
     print(f"{info['device']}: {len(points)} points, budget {args.budget_s:.0f} s -> {path}",
           flush=True)

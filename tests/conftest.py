@@ -187,9 +187,13 @@ def _cpu_plan(out: Path, deps: dict[str, Path]) -> None:
     make_plan(out, profile, "--gpus", "2", run=cli)
 
 
+PLAN_RUN_PROFILED = 4  # the plan run's step under torch.profiler (train.step_profile)
+
+
 def _plan_run(out: Path, deps: dict[str, Path]) -> None:
     shutil.rmtree(out, ignore_errors=True)
-    proc = run_launch_sh(deps["cpu-plan-1x2"], out)
+    proc = run_launch_sh(deps["cpu-plan-1x2"], out,
+                         env={"ECDIT_SCALE_PROFILE_STEP": str(PLAN_RUN_PROFILED)})
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
 
 

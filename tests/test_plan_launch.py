@@ -177,3 +177,30 @@ def test_validate_plan_run_lists_every_knob_and_the_predictions(cpu_plan, plan_r
     mem, step = c["predictions"]
     assert mem["predicted"] > 0 and mem["measured"] > 0 and mem["ratio"] > 0
     assert step["predicted"] > 0 and step["measured"] > 0 and step["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_validate_sets_the_profiled_step_beside_the_prediction_term_by_term(plan_run):
+    """The plan run profiles one step (``ECDIT_SCALE_PROFILE_STEP``): ``validate`` puts its
+    parts beside the profile prediction's terms, the rest being the median step less the
+    others, and the model's kernels (CPU: leaf compute ops) beside the operator count."""
+    from conftest import PLAN_RUN_PROFILED
+
+    b = json.loads((plan_run / f"profile_step{PLAN_RUN_PROFILED}.json").read_text())["breakdown"]
+    parts = b["parts_ms"]
+    for part in ("forward/model", "backward/model", "backward/hooks", "step/optimizer", "ema"):
+        assert parts[part] > 0, part  # ZeRO-2 hooks, RMSProp's own range, the sharded EMA
+    proc = cli_here("validate", str(plan_run), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [row] = json.loads(proc.stdout)["rows"]
+    meas, pred = row["terms_measured"], row["terms_predicted"]
+    terms = ("gemm", "attention", "memory_bound", "optimizer", "rest")
+    assert set(terms) < set(meas) and set(terms) < set(pred)
+    assert sum(meas[t] for t in terms) == pytest.approx(row["step_s_measured"])
+    assert sum(pred[t] for t in terms) == pytest.approx(row["step_s_predicted"])
+    assert meas["optimizer"] == pytest.approx((parts["step/optimizer"] + parts["ema"]) / 1e3)
+    assert meas["gemm"] > 0 and pred["gemm"] > 0 and meas["kernels"] == b["model_kernels"] > 0
+    assert row["gemm_s_measured"] == meas["gemm"] and row["kernels_predicted"] == pred["kernels"]
+    table = cli_here("validate", str(plan_run))
+    assert table.returncode == 0 and "Step time by term" in table.stdout
+    assert "host time" in table.stdout  # the basis of a CPU run's terms is named

@@ -338,3 +338,136 @@ def test_benchmark_reads_a_run_and_checks_compiled_against_eager(ec_run):
     e = tt.checks([compiled, base], "cuda")["x-mb4-block engine"]
     assert e["defaults_over_lean_step_s"] == 3.0 and e["same_loss"]
     assert tt.Point("ecdit-xl", 32, engine="deepspeed-defaults") in tt.GPU_POINTS
+    assert r["ceilings"] is None  # no profiled step (and no peak on a CPU)
+
+
+def test_benchmark_ceilings_scale_the_measured_share_of_peak_by_term():
+    """20% of peak in a 100 ms step whose parts take 80 ms of device time: 25% without host
+    gaps, 40% with the model's 50 ms only, 66.7% with its 30 ms of GEMMs and attention."""
+    tt = _bench()
+    parts = {"forward/model": 20.0, "backward/model": 30.0, "backward/hooks": 4.0,
+             "backward/engine": 2.0, "step/optimizer": 15.0, "step/engine": 3.0, "ema": 5.0,
+             "outside": 1.0}
+    b = {"model_ms": {"gemm": 25.0, "attention": 5.0, "memory_bound": 20.0}, "parts_ms": parts,
+         "basis": "device time"}
+    r = {"step_s": {"median": 0.1}, "pct_of_peak": {"median": 20.0},
+         "profile": {"breakdown": b}}
+    c = tt.ceilings(r)
+    assert c["optimizer_ms"] == 20.0 and c["engine_ms"] == 9.0 and c["outside_ms"] == 1.0
+    assert c["host_gap_ms"] == pytest.approx(20.0)
+    assert c["pct_if_no_host_gaps"] == pytest.approx(25.0)
+    assert c["pct_if_model_only"] == pytest.approx(40.0)
+    assert c["pct_if_gemm_and_attention_only"] == pytest.approx(200 / 3)
+    assert tt.ceilings({**r, "profile": {"kernels": 3}}) is None  # profiled before breakdowns
+
+
+# ---------------------------------------------------------------------------------------------
+# The profiled step by part and operator class (the step-time model's terms, measured)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Attn(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 2, 8).unbind(2)
+        a = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.out(torch.nn.functional.gelu(a.transpose(1, 2).reshape(x.shape)))
+
+
+def test_breakdown_splits_a_profiled_step_by_part_and_class():
+    """On a CPU the parts are host time: the forward mark, autograd's nodes (gradient
+    accumulation apart), the optimizer's own range inside the step; the model's GEMMs and
+    attention are their outermost ops, memory-bound is the rest of the model's time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ecdit_scale.train.step_profile import MODEL_PARTS, PARTS, breakdown, phase, summarize
+
+    model = _Attn()
+    opt = torch.optim.AdamW(model.parameters(), foreach=True)
+    x = torch.randn(4, 32, 16)
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        with phase("forward"):
+            loss = model(x).square().mean()
+        with phase("backward"):
+            loss.backward()
+        with phase("step"):
+            opt.step()
+        with phase("ema"):
+            torch.add(x, 1.0)
+        torch.mul(x, 2.0)  # outside every phase
+    b = breakdown(p.events(), on_gpu=False)
+    assert set(b["parts_ms"]) == set(PARTS) and set(b["phase_wall_ms"]) == {
+        "forward", "backward", "step", "ema"}
+    parts, model_ms, wall = b["parts_ms"], b["model_ms"], b["phase_wall_ms"]
+    for part in ("forward/model", "backward/model", "backward/hooks", "step/optimizer", "ema"):
+        assert parts[part] > 0, part
+    assert parts["forward/model"] == wall["forward"]
+    assert parts["backward/model"] + parts["backward/hooks"] + parts["backward/engine"] == \
+        pytest.approx(wall["backward"])
+    assert parts["step/optimizer"] + parts["step/engine"] == pytest.approx(wall["step"])
+    assert model_ms["gemm"] > 0 and model_ms["attention"] > 0 and model_ms["memory_bound"] > 0
+    assert sum(model_ms.values()) == pytest.approx(sum(parts[p] for p in MODEL_PARTS))
+    k = b["kernels"]
+    assert k["forward/model"] >= 5  # 2 addmm, sdpa, gelu, square, mean
+    assert k["outside"] >= 1 and k["ema"] >= 1 and k["step/optimizer"] >= 1
+    assert b["model_kernels"] == k["forward/model"] + k["backward/model"]
+    # the summary carries it; a step without the worker's marks has none
+    assert summarize(p.events(), on_gpu=False)["breakdown"] == b
+    with profile(activities=[ProfilerActivity.CPU]) as q:
+        model(x).sum().backward()
+    assert breakdown(q.events(), on_gpu=False) is None
+    assert "breakdown" not in summarize(q.events(), on_gpu=False)
+
+
+def test_breakdown_on_cuda_attributes_each_kernel_to_the_op_that_launched_it():
+    """A CUDA profile, made by hand: kernels count toward the part their launching op's start
+    falls in (the backward's ops run on autograd's thread, outside the mark's op tree) and the
+    class of that op or its ancestors; a labelled range's mirror on the device is no kernel."""
+    from types import SimpleNamespace as NS
+
+    from torch.autograd import DeviceType
+
+    from ecdit_scale.train.step_profile import breakdown, summarize
+
+    def ev(name, start, end, parent=None, kernels=(), device=DeviceType.CPU, annotation=False):
+        return NS(name=name, time_range=NS(start=start, end=end,
+                                           elapsed_us=lambda: end - start),
+                  cpu_parent=parent, cpu_children=[], device_type=device,
+                  is_user_annotation=annotation,
+                  kernels=[NS(name=k, duration=d) for k, d in kernels])
+
+    fwd = ev("ecdit::forward", 0, 1000, kernels=[("ecdit::forward", 900)], annotation=True)
+    bwd = ev("ecdit::backward", 1000, 3000, annotation=True)
+    stp = ev("ecdit::step", 3000, 4000, annotation=True)
+    graph = ev("## Call CompiledFxGraph abc ##", 10, 500, fwd, [("triton_poi_fused_0", 40)])
+    node = ev("autograd::engine::evaluate_function: CompiledFunctionBackward", 1100, 2000)
+    acc = ev("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad", 2100, 2200)
+    optr = ev("Optimizer.step#AdamW.step", 3100, 3900, stp, annotation=True)
+    events = [
+        fwd, bwd, stp, graph, node, acc, optr,
+        ev("aten::mm", 20, 60, graph, [("sm90_xmma_gemm_bf16", 300)]),
+        ev("aten::_scaled_dot_product_cudnn_attention", 70, 90, graph, [("cudnn_sdpa", 100)]),
+        ev("aten::mm", 1200, 1300, node, [("nvjet_gemm", 600)]),
+        ev("aten::_scaled_dot_product_cudnn_attention_backward", 1400, 1500, node,
+           [("cudnn_bprop", 200), ("memset", 1)]),
+        ev("aten::add_", 2110, 2120, acc, [("add_kernel", 5)]),
+        ev("aten::copy_", 2500, 2510, bwd, [("copy_kernel", 7)]),
+        ev("aten::_fused_adamw_", 3200, 3800, optr, [("fused_adamw", 50)]),
+        ev("aten::norm", 3950, 3960, stp, [("reduce_kernel", 3)]),
+        ev("sm90_xmma_gemm_bf16", 30, 330, device=DeviceType.CUDA),
+        ev("ecdit::forward", 0, 950, device=DeviceType.CUDA, annotation=True),
+    ]
+    b = breakdown(events, on_gpu=True)
+    assert b["parts_ms"] == pytest.approx({
+        "forward/model": 0.44, "backward/model": 0.801, "backward/hooks": 0.005,
+        "backward/engine": 0.007, "step/optimizer": 0.05, "step/engine": 0.003, "ema": 0.0,
+        "outside": 0.0})
+    assert b["model_ms"] == pytest.approx({"gemm": 0.9, "attention": 0.301,
+                                           "memory_bound": 0.04})
+    assert b["kernels"]["forward/model"] == 3 and b["model_kernels"] == 3 + 3
+    s = summarize(events, on_gpu=True)
+    assert s["kernels"] == 1 and s["device_busy_ms"] == pytest.approx(0.3)  # no mirror

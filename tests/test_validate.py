@@ -274,3 +274,29 @@ def test_validate_cli_corrupt_run_is_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(run / "run.json") in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"\xff\xfe\x00", "passed over"),
+    (b"[1]", "passed over: not a JSON object"),
+    (b'{"breakdown": {"model_ms": {"gemm": NaN}, "parts_ms": {}}}',
+     "passed over: model_ms.gemm: nan"),
+    (b'{"breakdown": {"model_ms": {}, "parts_ms": {}}}', "passed over: no gemm"),
+    (b'{"step": 3}', "no breakdown (profiled before it existed)"),
+])
+def test_a_damaged_profiled_step_is_passed_over_and_said_so(tmp_path, content, why):
+    """The profiled step is a diagnostic: a damaged one costs its term table, not the run's
+    validation; the newest of several is the one read."""
+    from ecdit_scale.evaluation.terms import read_breakdown
+    from ecdit_scale.evaluation.validate import validate
+
+    run = _hand_made_run(tmp_path)
+    (run / "profile_step2.json").write_text('{"breakdown": {}}')  # older: not read
+    (run / "profile_step12.json").write_bytes(content)
+    (row,) = validate([run]).rows
+    assert row.breakdown is None and row.terms_measured is None
+    assert why in row.breakdown_note and "profile_step12.json" in row.breakdown_note
+    assert read_breakdown(tmp_path / "nowhere") == (None, "no profiled step "
+                                                          "(ECDIT_SCALE_PROFILE_STEP)")
+    proc = cli_here("validate", str(run))
+    assert proc.returncode == 0 and ("passed over" in proc.stdout) == ("passed over" in why)

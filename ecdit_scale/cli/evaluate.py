@@ -123,6 +123,7 @@ def render_validation(report) -> None:
             pair(r.step_s_predicted, r.step_s_measured, r.step_s_error, lambda x: f"{x:.4g} s"),
             pair(r.step_s_loo, r.step_s_measured, r.step_s_loo_error, lambda x: f"{x:.4g} s"))
     console.print(t)
+    render_terms(report.rows, pair)
     for c in report.calibrations:
         console.print(f"calibration ({c.device}): efficiency {100 * c.efficiency:.3g}% of "
                       f"{c.peak_flops_per_s / 1e9:.4g} GFLOP/s ({c.peak_source}); from {c.run}",
@@ -148,6 +149,36 @@ def render_validation(report) -> None:
     console.print(f"CSV: {report.csv_path}" + (f"; profile: {report.profile_path}"
                                                 if report.profile_path else ""),
                   highlight=False, markup=False)
+
+
+def render_terms(rows, pair) -> None:
+    """Step time term by term where a run has a profiled step (``evaluation.terms``)."""
+    from ..evaluation.terms import TERM_LABELS, TERMS
+
+    for r in rows:  # a damaged profile file is passed over, and said so
+        if "passed over" in r.breakdown_note:
+            console.print(f"step terms ({r.name}): {r.breakdown_note}", style="dim",
+                          highlight=False, markup=False)
+    with_terms = [r for r in rows if r.terms_measured and r.terms_predicted]
+    if not with_terms:
+        return
+    t = Table(title="Step time by term, profile prediction -> profiled step (error = "
+                    "measured / predicted - 1)")
+    t.add_column("run", overflow="fold", min_width=10)
+    for term in TERMS:
+        t.add_column(TERM_LABELS[term], justify="right")
+    t.add_column("model kernels", justify="right")
+    ms = lambda x: f"{1e3 * x:.3g} ms"  # noqa: E731
+    for r in with_terms:
+        p, m = r.terms_predicted, r.terms_measured
+        t.add_row(escape(r.name), *(pair(p[term], m[term], r.term_error(term), ms)
+                                    for term in TERMS),
+                  pair(p["kernels"], m["kernels"], r.term_error("kernels"), lambda x: f"{x:,.0f}"))
+    console.print(t)
+    for basis in dict.fromkeys(str(r.breakdown.get("basis", "")) for r in with_terms):
+        who = [r.name for r in with_terms if str(r.breakdown.get("basis", "")) == basis]
+        console.print(f"terms measured ({', '.join(who)}): {basis}; rest = the median step less "
+                      "the other four", style="dim", highlight=False, markup=False)
 
 
 def render_adaptive(result: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from ..planner.memory import BF16_BYTES, FP32_BYTES, MemoryBreakdown, ParamSplit
     memory_breakdown
 from ..train.records import RunDir, RunSettings, scan_metrics
 from .measure import measured_training_flops
+from .terms import TERMS, read_breakdown
 from .runs import (
     positive_number,
     read_model_config,
@@ -93,6 +94,11 @@ class Row:
     ema: str = "none"  # the run's EMA of the weights (its update is part of the step)
     precision: str = "bf16"
     card: dict | None = None  # the model config, for the profile prediction
+    # the step term by term (``terms``): a profiled step's breakdown, and the prediction's
+    breakdown: dict | None = None
+    breakdown_note: str = ""
+    terms_measured: dict | None = None
+    terms_predicted: dict | None = None
 
     @staticmethod
     def _err(measured, predicted) -> float | None:
@@ -124,9 +130,19 @@ class Row:
     def step_s_loo_error(self):
         return self._err(self.step_s_measured, self.step_s_loo)
 
+    def term_error(self, term: str) -> float | None:
+        if not self.terms_measured or not self.terms_predicted:
+            return None
+        return self._err(self.terms_measured.get(term), self.terms_predicted.get(term))
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("card")
+        out.pop("breakdown")
+        for t in (*TERMS, "kernels"):
+            unit = "" if t == "kernels" else "_s"
+            out[f"{t}{unit}_predicted"] = (self.terms_predicted or {}).get(t)
+            out[f"{t}{unit}_measured"] = (self.terms_measured or {}).get(t)
         out.update(params_error=self.params_error, flops_error=self.flops_error,
                    memory_error=self.memory_error, states_error=self.states_error,
                    step_s_error=self.step_s_error, step_s_loo_error=self.step_s_loo_error)
@@ -246,6 +262,7 @@ def row_from_run(run_dir: Path) -> Row:
         flops_meas = None
         flops_note = "FLOPs not measured: --tc-impl deepspeed routes differently from the model"
     step_s = _optional_positive(summary, "median_step_s", str(rd.summary))
+    breakdown, breakdown_note = read_breakdown(rd.path)
     return Row(
         name=run_name(rd.path), source=str(rd.path), kind="run", device=_run_device(s, summary),
         model=cfg.name, world=s.world, ep=s.ep, zero=s.zero, micro_batch=s.micro_batch,
@@ -258,7 +275,8 @@ def row_from_run(run_dir: Path) -> Row:
         step_s_measured=step_s or (statistics.median(steps[2:]) if steps[2:] else None),
         hardware_flops=hw_pred, nodes=s.nodes, grad_accum=s.grad_accum, optimizer=s.optimizer,
         recompute=s.recompute.value, ema=s.ema.value,
-        precision=s.precision, card=cfg.to_dict())
+        precision=s.precision, card=cfg.to_dict(), breakdown=breakdown,
+        breakdown_note=breakdown_note)
 
 
 def run_name(path: Path) -> str:

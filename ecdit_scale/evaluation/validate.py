@@ -23,6 +23,7 @@ from ..planner.hardware import Accelerator, get_accelerator
 from .calibrate import Calibration, calibrate, find_run, gpu_accelerator, save_profile_yaml
 from .predict import leave_one_out, profile_prediction
 from .rows import Row, row_from_run, rows_from_gpu_file
+from .terms import TERMS, measured_terms, predicted_terms
 
 CSV_FIELDS = ("name", "kind", "device", "model", "world", "ep", "zero", "micro_batch",
               "global_batch", "params_predicted", "params_measured", "params_error",
@@ -31,7 +32,9 @@ CSV_FIELDS = ("name", "kind", "device", "model", "world", "ep", "zero", "micro_b
               "states_measured", "states_error", "step_s_predicted",
               "step_s_measured", "step_s_error", "step_s_source", "step_s_loo",
               "step_s_loo_error", "achieved_flops_per_s", "peak_flops_per_s",
-              "efficiency", "calibrated_on", "source")
+              "efficiency", "calibrated_on", "source",
+              *(f"{t}_s_{w}" for t in TERMS for w in ("predicted", "measured")),
+              "kernels_predicted", "kernels_measured")
 
 
 @dataclass(kw_only=True)
@@ -118,9 +121,15 @@ def predict_step_times(rows: list[Row], profile: str | None,
         if acc is None:
             continue
         try:
-            r.step_s_predicted = profile_prediction(r, acc).total_s
+            st = profile_prediction(r, acc)
         except ConfigError as exc:
             r.step_s_source = f"{label}; no prediction: {exc}"
+            continue
+        r.step_s_predicted = st.total_s
+        if r.breakdown is not None and r.step_s_measured:
+            serial = acc.profile is not None and acc.profile.launch_mode == "serial"
+            r.terms_predicted = predicted_terms(st, serial=serial)
+            r.terms_measured = measured_terms(r.breakdown, r.step_s_measured)
     notes += leave_one_out(rows, find_run(rows, calibrate_on))
     return notes
 

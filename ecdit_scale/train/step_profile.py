@@ -12,6 +12,14 @@ with its host time, and the most frequent ops. The step's metrics record says
 
 An environment variable, not a run setting: profiling changes nothing the run computes, and
 ``bench/train_throughput.py`` sets it for the step it measures.
+
+``breakdown`` splits the step into the parts the step-time model prices
+(``planner/step_time.py``), from the worker's phase marks (``phase``: forward, backward, step,
+EMA) and the profiler's op tree: the model's GEMMs, attention and the rest (memory-bound:
+norms, modulation, activations, routing, casts), autograd's gradient accumulation with the
+engine's hooks, the engine's own work around the backward and the step, the optimizer and the
+EMA. On CUDA each part is the device time of the kernels its ops launched; on a CPU, which runs
+its ops itself, the host time of those ops.
 """
 
 from __future__ import annotations
@@ -35,6 +43,149 @@ LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cu
                 "cudaLaunchCooperativeKernel", "cudaGraphLaunch")
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
               "cuStreamSynchronize", "cuCtxSynchronize")
+
+
+PHASE_MARK = "ecdit::"  # the worker's phase names, as record_function labels
+GEMM_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "_scaled_mm", "matmul",
+                      "linear", "_grouped_mm", "addmv", "mv"})
+ATTENTION_WORDS = ("scaled_dot_product", "flash_attention", "efficient_attention",
+                   "cudnn_attention")
+# parts of a step, in the order it runs them; "model/<class>" below splits the model's parts
+PARTS = ("forward/model", "backward/model", "backward/hooks", "backward/engine",
+         "step/optimizer", "step/engine", "ema", "outside")
+MODEL_PARTS = ("forward/model", "backward/model")
+CLASSES = ("gemm", "attention", "memory_bound")
+
+
+def phase(name: str):
+    """A labelled range (``torch.profiler.record_function``) around one phase of a step: costs
+    a few microseconds when no profiler listens."""
+    from torch.profiler import record_function
+
+    return record_function(PHASE_MARK + name)
+
+
+def _aten(name: str) -> str | None:
+    return name.split("::", 1)[1] if name.startswith("aten::") else None
+
+
+def op_class(names: list[str]) -> str:
+    """gemm / attention / memory_bound for an op and its ancestors' names (attention wins:
+    its inner matmuls are attention's)."""
+    if any(w in n for n in names for w in ATTENTION_WORDS):
+        return "attention"
+    if any(_aten(n) in GEMM_OPS for n in names):
+        return "gemm"
+    return "memory_bound"
+
+
+def part_of(names: list[str], phase_name: str | None) -> str:
+    """Which part of the step an op belongs to, from the phase its start falls in and the names
+    of the op and its ancestors on its own thread (the backward runs on autograd's threads)."""
+    if phase_name == "forward":
+        return "forward/model"
+    if phase_name == "backward":
+        if any("AccumulateGrad" in n for n in names):  # the engine's gradient hooks run here
+            return "backward/hooks"
+        if any(n.startswith("autograd::engine::evaluate_function") for n in names):
+            return "backward/model"
+        return "backward/engine"  # e.g. the engine's reduction after autograd
+    if phase_name == "step":
+        return ("step/optimizer" if any(n.startswith("Optimizer.step#") for n in names)
+                else "step/engine")
+    return "ema" if phase_name == "ema" else "outside"
+
+
+EVALUATE = "autograd::engine::evaluate_function"
+
+
+def annotation_names(events) -> set[str]:
+    """Names of the labelled ranges (``record_function``: the phase marks, the optimizer's
+    ``Optimizer.step#...``): on CUDA each also shows up as a device event spanning its range,
+    which is no kernel."""
+    return {e.name for e in events if getattr(e, "is_user_annotation", False)
+            or e.name.startswith((PHASE_MARK, "Optimizer.step#"))}
+
+
+def _names_up(e) -> list[str]:
+    out = []
+    while e is not None:
+        out.append(e.name)
+        e = e.cpu_parent
+    return out
+
+
+def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
+    """The step by part and, for the model's parts, by operator class (module docstring).
+    Milliseconds; None without the worker's phase marks (a step not run by the worker)."""
+    import bisect
+
+    from torch.autograd import DeviceType
+
+    cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    marks = sorted((e.time_range.start, e.time_range.end, e.name[len(PHASE_MARK):])
+                   for e in cpu if e.name.startswith(PHASE_MARK))
+    if not marks:
+        return None
+    starts = [m[0] for m in marks]
+
+    def phase_at(t: float) -> str | None:
+        i = bisect.bisect_right(starts, t) - 1
+        return marks[i][2] if i >= 0 and t <= marks[i][1] else None
+
+    wall: dict[str, float] = {}
+    for a, b, name in marks:
+        wall[name] = wall.get(name, 0.0) + (b - a) / 1e3
+    parts = dict.fromkeys(PARTS, 0.0)
+    model = dict.fromkeys(CLASSES, 0.0)
+    counts = dict.fromkeys(PARTS, 0)
+    if on_gpu:  # each kernel is attached to the innermost op or range that launched it
+        basis = "device time of the kernels each part's ops launched"
+        for e in cpu:
+            kernels = [k for k in e.kernels if k.name != e.name]  # not a range's own mirror
+            if not kernels:
+                continue
+            names = _names_up(e)
+            part = part_of(names, phase_at(e.time_range.start))
+            ms = sum(k.duration for k in kernels) / 1e3
+            parts[part] += ms
+            counts[part] += len(kernels)
+            if part in MODEL_PARTS:
+                model[op_class(names)] += ms
+    else:  # the CPU runs its ops itself: host time
+        basis = "host time (the CPU runs its ops itself; the profiler's own cost included)"
+        for e in cpu:
+            names = _names_up(e)
+            ph = phase_at(e.time_range.start)
+            ms = e.time_range.elapsed_us() / 1e3
+            if e.name.startswith(EVALUATE) and not any(n.startswith(EVALUATE)
+                                                       for n in names[1:]):
+                parts[part_of(names, ph)] += ms  # backward/model or backward/hooks
+            aten = _aten(e.name)
+            if aten is None:
+                continue
+            part = part_of(names, ph)
+            if part in MODEL_PARTS and not any(_aten(n) for n in names[1:]):  # outermost op
+                cls = op_class(names)
+                if cls != "memory_bound":
+                    model[cls] += ms
+            if aten not in METADATA_OPS and not any(c.name.startswith("aten::")
+                                                    for c in e.cpu_children):
+                counts[part] += 1  # leaf compute ops stand for kernels (``summarize``)
+        opt = sum(e.time_range.elapsed_us() / 1e3 for e in cpu
+                  if e.name.startswith("Optimizer.step#")
+                  and phase_at(e.time_range.start) == "step")
+        parts["forward/model"] = wall.get("forward", 0.0)
+        parts["backward/engine"] = max(0.0, wall.get("backward", 0.0) - parts["backward/model"]
+                                       - parts["backward/hooks"])
+        parts["step/optimizer"] = opt
+        parts["step/engine"] = max(0.0, wall.get("step", 0.0) - opt)
+        parts["ema"] = wall.get("ema", 0.0)
+        parts["outside"] = 0.0  # (the host's time outside the phases is the step's rest)
+        model["memory_bound"] = max(0.0, parts["forward/model"] + parts["backward/model"]
+                                    - model["gemm"] - model["attention"])
+    return {"basis": basis, "phase_wall_ms": wall, "parts_ms": parts, "model_ms": model,
+            "kernels": counts, "model_kernels": sum(counts[p] for p in MODEL_PARTS)}
 
 
 def profile_step_from_env() -> int | None:
@@ -64,7 +215,9 @@ def summarize(events, *, on_gpu: bool) -> dict[str, Any]:
     if on_gpu:
         from torch.autograd import DeviceType
 
-        device = [e for e in events if e.device_type == DeviceType.CUDA]
+        ranges = annotation_names(events)
+        device = [e for e in events if e.device_type == DeviceType.CUDA
+                  and e.name not in ranges]  # a labelled range's mirror is no kernel
         kinds = collections.Counter("memcpy" if "memcpy" in e.name.lower() else
                                     "memset" if "memset" in e.name.lower() else "kernel"
                                     for e in device)
@@ -81,6 +234,9 @@ def summarize(events, *, on_gpu: bool) -> dict[str, Any]:
     else:
         out.update(kernels=len(compute), kernels_note="CPU: aten compute ops (leaf ops other "
                    "than views and metadata) stand for kernels", host_syncs=None)
+    parts = breakdown(events, on_gpu=on_gpu)
+    if parts is not None:
+        out["breakdown"] = parts
     return out
 
 

@@ -30,7 +30,7 @@ from .engine import Rank, load_run_data, lr_at, setup, step_seed
 from .engine import optimizer_impl
 from .feed import device_feed
 from .regional_compile import compile_backend
-from .step_profile import StepProfiler
+from .step_profile import StepProfiler, phase
 from .throughput import meter_for
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .heldout import timestep_grid
@@ -155,13 +155,16 @@ def train_step(r: Rank, step: int, images: torch.Tensor, text: torch.Tensor) -> 
         x = images[rows].to(r.device, dtype, non_blocking=True)
         c = text[rows].to(r.device, dtype, non_blocking=True)
         gen = torch.Generator(device=r.device).manual_seed(step_seed(s.seed, step, r.rank, micro))
-        parts = rectified_flow_loss(engine, x, c, generator=gen)
-        loss, aux = parts.loss, parts.aux_loss.float()
-        if ds_layers:  # DeepSpeed's TopKGate keeps its balancing loss to itself
-            extra = torch.stack([m.l_aux.float() for m in ds_layers]).sum()
-            loss, aux = loss + extra, aux + extra.detach()
-        engine.backward(loss)
-        engine.step()
+        with phase("forward"):  # named for a profiled step (train.step_profile)
+            parts = rectified_flow_loss(engine, x, c, generator=gen)
+            loss, aux = parts.loss, parts.aux_loss.float()
+            if ds_layers:  # DeepSpeed's TopKGate keeps its balancing loss to itself
+                extra = torch.stack([m.l_aux.float() for m in ds_layers]).sum()
+                loss, aux = loss + extra, aux + extra.detach()
+        with phase("backward"):
+            engine.backward(loss)
+        with phase("step"):  # the optimizer's only at the last micro-batch's
+            engine.step()
         dropped = collect_routing(engine.module, st, r.cfg.ffn.num_experts, ds_layers)
         st.add(loss.float(), parts.flow_loss.float(), aux, dropped)
     return st
@@ -244,7 +247,8 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         else:
             st = train_step(r, step, images, text)
         if r.ema is not None:  # after the optimizer step (DiT: every step)
-            r.ema.update()
+            with phase("ema"):
+                r.ema.update()
         if r.on_gpu:
             torch.cuda.synchronize()
         step_s = time.perf_counter() - t0
