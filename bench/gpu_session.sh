@@ -7,8 +7,9 @@
 #   OUT=dir bash bench/gpu_session.sh --cpu    the same stages with tiny settings on this CPU
 #
 # Every stage has its own timeout and the stages after a failed one still run. What comes back:
-# session.log, profile.yaml, train_throughput_<device>.json, plan_runs.tgz and
-# throughput_runs.tgz (run folders without checkpoints). Budget on a GPU: <= 600 s (about 480).
+# session.log, profile.yaml, train_throughput_<device>.json, plan_runs.tgz,
+# throughput_runs.tgz (run folders without checkpoints) and validation.csv (every run against
+# the profile, term by term). Budget on a GPU: <= 600 s (about 480).
 set -u
 OUT="${OUT:?set OUT to the folder for the results}"
 MODE="${1:-gpu}"
@@ -61,10 +62,16 @@ for policy in auto none full selective; do
   chosen=$(grep -m1 ' recompute:' "$dir/plan.yaml" | awk '{print $2}')
   echo "plan chose recompute=$chosen"
   if [ "$policy" = auto ] && [ "$chosen" = none ]; then continue; fi  # the none run follows
-  ECDIT_SCALE_CACHE="$ROOT/bench/.throughput_data" timeout "$PLAN_TIMEOUT" bash "$dir/launch.sh" --steps "$STEPS" --limit 128 --holdout 0 \
+  ECDIT_SCALE_PROFILE_STEP=$((STEPS - 1)) ECDIT_SCALE_CACHE="$ROOT/bench/.throughput_data" timeout "$PLAN_TIMEOUT" bash "$dir/launch.sh" --steps "$STEPS" --limit 128 --holdout 0 \
     --checkpoint-every 1000000 | tail -n 6 || echo "launch.sh ($policy) exited $?"
   "$PY" -m ecdit_scale validate "$dir" "$dir/run" 2>&1 | tail -n 8
   tar czf "$OUT/plan_runs.tgz" --exclude='checkpoint*' --exclude='*.pt' -C /tmp plans
 done
+# every run against the profile just measured, term by term (the profiled steps' breakdowns)
+stage "validate from the profile alone"
+if [ -f "$OUT/profile.yaml" ]; then
+  timeout 120 "$PY" -m ecdit_scale validate --profile "$OUT/profile.yaml" /tmp/tt/runs/* \
+    /tmp/plans/*/run --csv "$OUT/validation.csv" 2>&1 | tail -n 60 || echo "validate exited $?"
+fi
 ls -la "$OUT"
 stage "done"

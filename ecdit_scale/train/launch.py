@@ -9,8 +9,10 @@ second and one line of error (ConfigError). Then:
 2. the dataset cache is filled once here, so the ranks do not all render and encode it;
 3. ``deepspeed --num_gpus N --no_local_rank --master_port P --module ecdit_scale.train.worker``
    starts the ranks (``--num_gpus`` is needed on CPU too: DeepSpeed otherwise counts NUMA nodes);
-   with ``--hostfile`` it starts ``--nproc`` ranks on every host of the file; the launcher and
-   its ranks form one process group (``process``), which SIGINT/SIGTERM reach as a whole;
+   with ``--hostfile`` it starts ``--nproc`` ranks on every host of the file; a one-rank local
+   run starts the worker itself with the environment the launcher would give it
+   (``single_rank_command``); the launcher (or worker) and the ranks form one process group
+   (``process``), which SIGINT/SIGTERM reach as a whole;
 4. ``on_progress`` (the CLI draws a bar with it) follows metrics.jsonl until the launcher exits.
 
 Resume: ``resume=True`` continues from the newest complete checkpoint
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +33,7 @@ from typing import Any, Callable
 
 from ..config import ModelConfig, Precision, save_model_config
 from ..errors import ConfigError
-from ..planner.deepspeed_config import deepspeed_launch_command
+from ..planner.deepspeed_config import WORKER_MODULE, deepspeed_launch_command
 from .process import ForwardSignals, end_group, start_group
 from .records import Device, RunDir, RunSettings, read_jsonl, write_json
 from .request import LaunchRequest, check_request, resume_command
@@ -205,6 +208,25 @@ def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
         launcher=(sys.executable, "-m", "deepspeed.launcher.runner"), worker_args=worker_args)
 
 
+def single_rank_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
+                        stop_after: int | None) -> tuple[list[str], dict[str, str]]:
+    """A one-rank local run: the worker itself, with the environment DeepSpeed's launcher
+    would give its only rank (``deepspeed.launcher.launch``: RANK, LOCAL_RANK, WORLD_SIZE,
+    LOCAL_SIZE, CROSS_RANK/SIZE, MASTER_ADDR/PORT). The runner and launcher processes in
+    between start two more interpreters that import DeepSpeed and poll once a second: about
+    4 of a nano run's 10 s on a CPU, for nothing one rank needs. The worker's training is the
+    same DeepSpeed engine either way; several ranks and several nodes go through the launcher."""
+    cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
+    if resume_from is not None:
+        cmd += ["--resume-from", resume_from]
+    if stop_after is not None:
+        cmd += ["--stop-after", str(stop_after)]
+    env = launcher_env(s)
+    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", CROSS_RANK="0",
+               CROSS_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    return cmd, env
+
+
 def launcher_env(s: RunSettings) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -229,10 +251,14 @@ def launch(req: LaunchRequest, *,
         return join(req, on_progress=on_progress)
     cfg, s, rd, resumed_from, resume_tag, notes = prepare(req)
     warm_data_cache(cfg, s)
-    cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
-                           stop_after=req.stop_after, node_rank=req.node_rank,
-                           master_addr=req.master_addr, master_port=req.master_port)
-    shown = ["deepspeed"] + cmd[3:]
+    if s.world == 1 and not req.hostfile and req.node_rank is None:
+        cmd, env = single_rank_command(s, rd, resume_from=resume_tag, stop_after=req.stop_after)
+        shown = ["python"] + cmd[1:]
+    else:
+        cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
+                               stop_after=req.stop_after, node_rank=req.node_rank,
+                               master_addr=req.master_addr, master_port=req.master_port)
+        env, shown = launcher_env(s), ["deepspeed"] + cmd[3:]
     rd.update_summary(command=" ".join(shown))
     notes = list(s.notes) + notes
     t0 = time.perf_counter()
@@ -241,7 +267,7 @@ def launch(req: LaunchRequest, *,
         log.flush()
         # the launcher and its ranks in a group of their own; signals to us go to all of it
         with ForwardSignals() as signals:
-            proc = start_group(cmd, log=log, env=launcher_env(s), cwd=os.getcwd())
+            proc = start_group(cmd, log=log, env=env, cwd=os.getcwd())
             signals.attach(proc.pid)
             follow(proc, rd, s, resumed_from or 0, on_progress=on_progress)
             rc = proc.wait()
@@ -318,7 +344,10 @@ def follow(proc, rd: RunDir, s: RunSettings, start: int, *,
     if on_progress:
         on_progress(Progress(label=label, steps=s.steps, step=start))
     while proc.poll() is None:
-        time.sleep(poll_s)
+        try:  # back as soon as the launcher ends
+            proc.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            pass
         if on_progress:
             recs = read_jsonl(rd.metrics)
             if recs:
