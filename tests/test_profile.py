@@ -13,6 +13,7 @@ from conftest import cli_here
 from ecdit_scale import sizes
 from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
 from ecdit_scale.errors import ConfigError
+from ecdit_scale.params import count_params
 from ecdit_scale.planner.device_profile import DeviceProfile
 from ecdit_scale.planner.flops import flops_per_image
 from ecdit_scale.planner.hardware import get_accelerator
@@ -148,6 +149,13 @@ def test_profile_yaml_round_trip_and_bad_fields():
     assert with_engine.measured()["deepspeed_engine"] and not p.measured()["deepspeed_engine"]
     with pytest.raises(ConfigError, match="not a ZeRO stage"):
         DeviceProfile.from_dict({"deepspeed_engine": {"seven": 1e-6}})
+    per_param = _profile(deepspeed_engine_s={1: 2e-6}, deepspeed_engine_s_per_param={1: 1e-8})
+    back = DeviceProfile.from_dict(per_param.to_dict())
+    assert back.deepspeed_engine_s_per_param == {1: 1e-8} and back.to_dict() == per_param.to_dict()
+    with pytest.raises(ConfigError, match="deepspeed_engine_per_param: key 'x' is not a ZeRO"):
+        DeviceProfile.from_dict({"deepspeed_engine_per_param": {"x": 1e-9}})
+    with pytest.raises(ConfigError, match=r"deepspeed_engine_per_param\.1"):
+        DeviceProfile.from_dict({"deepspeed_engine_per_param": {1: "fast"}})
 
 
 def _estimate(acc, *, micro_batch=4, zero=1, world=1, name="nano-ec8"):
@@ -202,6 +210,28 @@ def test_deepspeed_engine_term_prices_the_layouts_zero_stage():
     assert b.step.total_s - a.step.total_s == pytest.approx(1e-4 * tensors)
     assert c.step.engine_s == pytest.approx(a.step.engine_s)
     assert d.step.engine_s == pytest.approx(a.step.engine_s)
+    # per parameter the device holds: here all of them (one rank, fp32)
+    passes = dataclasses.replace(h100, profile=_profile(deepspeed_engine_s_per_param={1: 1e-9}))
+    _, e = _estimate(passes, zero=1)
+    _, f = _estimate(passes, zero=2)
+    assert e.step.engine_s - a.step.engine_s == pytest.approx(1e-9 * count_params(cfg).model_params)
+    assert f.step.engine_s == pytest.approx(a.step.engine_s)
+
+
+def test_engine_cost_splits_into_per_tensor_and_per_parameter_parts():
+    from ecdit_scale.evaluation.engine_probe import split_engine_cost
+
+    small = {"tensors": 256, "params": 135_168, "plain_step_s": 0.01}
+    large = {"tensors": 8, "params": 16_785_408, "plain_step_s": 0.1}
+    a, b = 2e-6, 1e-8  # seconds per tensor, per parameter
+    for toy in (small, large):
+        toy["engine_step_s"] = toy["plain_step_s"] + toy["tensors"] * a + toy["params"] * b
+    assert split_engine_cost(small, large) == pytest.approx((a, b))
+    # noise that makes one part negative leaves it at 0 and the other carries the excess
+    quiet = {**small, "engine_step_s": small["plain_step_s"]}
+    assert split_engine_cost(quiet, large)[0] == 0.0 and split_engine_cost(quiet, large)[1] > 0
+    with pytest.raises(ValueError, match="more parameters per tensor"):
+        split_engine_cost(large, small)
 
 
 def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
@@ -209,7 +239,9 @@ def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
     from ecdit_scale.evaluation.engine_probe import probe
 
     got = probe("cpu", quick=True, stages=(1,))
-    assert set(got) == {1} and 0.0 <= got[1] < 1e-2
+    assert set(got) == {1}
+    per_tensor, per_param = got[1]
+    assert 0.0 <= per_tensor < 1e-2 and 0.0 <= per_param < 1e-6
 
 
 def test_async_launch_floor_only_where_the_host_falls_behind():

@@ -66,6 +66,10 @@ def render_profile(acc, path: Path) -> None:
     if p.deepspeed_engine_s:
         t.add_row("DeepSpeed engine per tensor", ", ".join(
             f"ZeRO-{k} {v * 1e6:.1f} us" for k, v in sorted(p.deepspeed_engine_s.items())))
+    if p.deepspeed_engine_s_per_param:
+        t.add_row("DeepSpeed engine per parameter", ", ".join(
+            f"ZeRO-{k} {v * 1e9:.2f} ns"
+            for k, v in sorted(p.deepspeed_engine_s_per_param.items())))
     for name, fit in p.links.items():
         t.add_row(f"{name} ({p.collective_nproc} x {p.collective_backend})",
                   f"{fit.bw_bytes_per_s / 1e9:.2f} GB/s, {fit.latency_s * 1e6:.0f} us, "

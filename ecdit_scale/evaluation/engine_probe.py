@@ -7,13 +7,22 @@ ZeRO stage and on the DeepSpeed version and settings. On an H200 the ZeRO-1 laun
 ~15 kernels per parameter tensor there, most of the step's 11-19k (bench/results/
 h200-2026-11-26), which no other term of the profile saw.
 
-So the profile measures it the way the trainer builds it: a toy model of many small Linear
-layers (launch-bound: the time is the host's), the trainer's DeepSpeed config
+So the profile measures it the way the trainer builds it: the trainer's DeepSpeed config
 (``launch.make_ds_config``'s settings through ``planner.deepspeed_config``), its torch optimizer
 (``engine.build_optimizer``) and clipping norm (``engine.use_foreach_grad_norm``), world 1, bf16
-on CUDA and fp32 on CPU as the trainer trains; and the same model stepped by plain torch (the
-same optimizer, no engine). ``(engine step - plain step) / parameter tensors`` per ZeRO stage,
-one fresh process per stage (DeepSpeed keeps process-wide state):
+on CUDA and fp32 on CPU as the trainer trains; against the same model stepped by plain torch
+(the same optimizer on fp32 weights, bf16 autocast on CUDA, so that the optimizer's bytes are
+the engine's master weights' and the step-time model's optimizer term keeps them; no engine).
+Two toy models, so that the engine's cost splits into a part per parameter tensor (hooks,
+launches; a model of many small Linear layers, launch-bound) and a part per parameter (its
+passes over gradients and weights: bucket copies, the norm, casts; a few large layers):
+
+    engine - plain = tensors x s_per_param_tensor + params x s_per_param
+
+solved from the two, per ZeRO stage, one fresh process per stage (DeepSpeed keeps
+process-wide state). On this 2-core CPU the per-parameter part is ~4.5 ns at ZeRO-0 and ~10 ns
+at ZeRO-1/2 (fp32, one thread): 1.4 s of a 132.9M-parameter model's step, which the per-tensor
+part alone priced at under a millisecond.
 
     python -m ecdit_scale.evaluation.engine_probe --device cpu --zero 1 --json
 """
@@ -31,6 +40,9 @@ from typing import Any
 
 PROBE_WIDTH = 32
 PROBE_LAYERS = {True: 48, False: 128}  # quick / full: 2 tensors (weight, bias) per layer
+# the large toy: (layers, width), larger than the caches: ~16.8M parameters (67 MB) on a CPU,
+# ~134M (268 MB in bf16) on a GPU
+LARGE_TOY = {"cpu": (4, 2048), "cuda": (8, 4096)}
 PROBE_BATCH = 4
 STAGES = (0, 1, 2)
 
@@ -60,41 +72,47 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
     dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
     bf16 = device == "cuda"
-    layers = PROBE_LAYERS[quick]
     s = types.SimpleNamespace(lr=1e-4, optimizer=Optimizer.ADAMW, device=Device(device))
 
-    def toy() -> nn.Module:
+    def toy(layers: int, width: int) -> nn.Module:
         torch.manual_seed(0)
-        return nn.Sequential(*[nn.Linear(PROBE_WIDTH, PROBE_WIDTH) for _ in range(layers)]).to(dev)
+        return nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)]).to(dev)
 
-    ds = deepspeed_config(micro_batch=PROBE_BATCH, grad_accum=1, zero_stage=zero,
-                          precision=Precision.BF16 if bf16 else Precision.FP32,
-                          optimizer=Optimizer.ADAMW, lr=1e-4, warmup_steps=0, world=1,
-                          client_optimizer=True, scheduler=False)
-    ds.update(steps_per_print=10**9, wall_clock_breakdown=False)
-    if not bf16:
-        ds.pop("bf16", None)
-    model = toy()
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
-                                           config=ds)
-    use_foreach_grad_norm(engine.optimizer)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    x = torch.randn(PROBE_BATCH, PROBE_WIDTH, device=dev, dtype=dtype)
+    def measure(layers: int, width: int, repeats: int) -> dict[str, float]:
+        ds = deepspeed_config(micro_batch=PROBE_BATCH, grad_accum=1, zero_stage=zero,
+                              precision=Precision.BF16 if bf16 else Precision.FP32,
+                              optimizer=Optimizer.ADAMW, lr=1e-4, warmup_steps=0, world=1,
+                              client_optimizer=True, scheduler=False)
+        ds.update(steps_per_print=10**9, wall_clock_breakdown=False)
+        if not bf16:
+            ds.pop("bf16", None)
+        model = toy(layers, width)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
+                                               config=ds)
+        use_foreach_grad_norm(engine.optimizer)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        x = torch.randn(PROBE_BATCH, width, device=dev, dtype=dtype)
 
-    def engine_step() -> None:
-        loss = engine(x).float().pow(2).mean()
-        engine.backward(loss)
-        engine.step()
+        def engine_step() -> None:
+            loss = engine(x).float().pow(2).mean()
+            engine.backward(loss)
+            engine.step()
 
-    plain = toy().to(dtype)
-    opt = build_optimizer(plain, s)
+        plain = toy(layers, width)  # fp32 weights: the optimizer's bytes are the master's
+        opt = build_optimizer(plain, s)
+        xf = x.float()
 
-    def plain_step() -> None:
-        loss = plain(x).float().pow(2).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        def plain_step() -> None:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = plain(xf).float().pow(2).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        t_engine, t_plain = timed(engine_step, repeats), timed(plain_step, repeats)
+        return {"tensors": 2 * layers, "params": layers * (width * width + width),
+                "engine_step_s": t_engine, "plain_step_s": t_plain}
 
     def timed(fn, repeats: int) -> float:
         for _ in range(3):
@@ -111,20 +129,40 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         return statistics.median(out)
 
     repeats = 5 if quick else 15
-    t_engine, t_plain = timed(engine_step, repeats), timed(plain_step, repeats)
-    tensors = sum(1 for _ in plain.parameters())
+    small = measure(PROBE_LAYERS[quick], PROBE_WIDTH, repeats)
+    layers, width = LARGE_TOY[device]
+    large = measure(layers, width // 2 if quick else width, 5)  # quick: a quarter (tests)
+    per_tensor, per_param = split_engine_cost(small, large)
     return {"zero": zero, "device": device, "precision": "bf16" if bf16 else "fp32",
-            "tensors": tensors, "engine_step_s": t_engine, "plain_step_s": t_plain,
-            "s_per_param_tensor": max(0.0, (t_engine - t_plain) / tensors),
-            "deepspeed": deepspeed.__version__}
+            "small": small, "large": large, "s_per_param_tensor": per_tensor,
+            "s_per_param": per_param, "deepspeed": deepspeed.__version__}
+
+
+def split_engine_cost(small: dict[str, float], large: dict[str, float]) -> tuple[float, float]:
+    """(s per parameter tensor, s per parameter) from the engine's extra time on two toys
+    (``tensors``, ``params``, ``engine_step_s``, ``plain_step_s``): the 2x2 solve of
+    extra = tensors x a + params x b, each part floored at 0 (noise can make one negative)."""
+    d_s = small["engine_step_s"] - small["plain_step_s"]
+    d_l = large["engine_step_s"] - large["plain_step_s"]
+    t_s, p_s, t_l, p_l = small["tensors"], small["params"], large["tensors"], large["params"]
+    det = t_s * p_l - t_l * p_s
+    if det <= 0:
+        raise ValueError("the large toy must have more parameters per tensor than the small")
+    a = (d_s * p_l - d_l * p_s) / det
+    b = (t_s * d_l - t_l * d_s) / det
+    if a < 0:  # all of it per parameter
+        a, b = 0.0, max(0.0, d_l / p_l)
+    elif b < 0:  # all of it per tensor
+        a, b = max(0.0, d_s / t_s), 0.0
+    return a, b
 
 
 def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
-          timeout_s: float = 30.0) -> dict[int, float]:
-    """Seconds per parameter tensor the engine adds to a step, by ZeRO stage, each stage in a
-    process of its own; a stage that fails or times out is left out (the model then prices
-    no engine term for it)."""
-    out: dict[int, float] = {}
+          timeout_s: float = 30.0) -> dict[int, tuple[float, float]]:
+    """(seconds per parameter tensor, seconds per parameter) the engine adds to a step, by ZeRO
+    stage, each stage in a process of its own; a stage that fails or times out is left out
+    (the model then prices no engine term for it)."""
+    out: dict[int, tuple[float, float]] = {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for zero in stages:
         cmd = [sys.executable, "-m", "ecdit_scale.evaluation.engine_probe", "--device", device,
@@ -136,7 +174,8 @@ def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
             continue
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode == 0 and lines:
-            out[zero] = float(json.loads(lines[-1])["s_per_param_tensor"])
+            res = json.loads(lines[-1])
+            out[zero] = (float(res["s_per_param_tensor"]), float(res["s_per_param"]))
     return out
 
 
@@ -149,9 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     res = measure_stage(args.device, args.zero, args.quick)
     print(json.dumps(res) if args.json else
-          f"ZeRO-{res['zero']} {res['precision']} on {res['device']}: engine "
-          f"{res['engine_step_s'] * 1e3:.2f} ms, plain {res['plain_step_s'] * 1e3:.2f} ms, "
-          f"{res['s_per_param_tensor'] * 1e6:.1f} us per parameter tensor", flush=True)
+          f"ZeRO-{res['zero']} {res['precision']} on {res['device']}: "
+          f"{res['s_per_param_tensor'] * 1e6:.1f} us per parameter tensor + "
+          f"{res['s_per_param'] * 1e9:.2f} ns per parameter (engine / plain: small toy "
+          f"{res['small']['engine_step_s'] * 1e3:.2f} / {res['small']['plain_step_s'] * 1e3:.2f}"
+          f" ms, large {res['large']['engine_step_s'] * 1e3:.1f} / "
+          f"{res['large']['plain_step_s'] * 1e3:.1f} ms)", flush=True)
     os._exit(0)  # DeepSpeed's process group: no teardown to wait for
 
 

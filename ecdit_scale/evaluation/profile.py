@@ -284,7 +284,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         if not s.quick:  # three fresh processes (DeepSpeed's state is process-wide): ~10-25 s
             from .engine_probe import probe
 
-            steps.append(("DeepSpeed engine per parameter tensor, ZeRO 0-2",
+            steps.append(("DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2",
                           lambda: probe(s.device)))
         got: dict[str, Any] = {}
         for name, fn in steps:
@@ -301,6 +301,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         torch.set_num_threads(old)
     gemm, sdpa = got["GEMM grid"], got["SDPA"]
     opt_byte, opt_tensor = got["optimizer step"]
+    engine = got.get("DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2") or {}
     return DeviceProfile(
         dtype=s.torch_dtype_name, gemm_m=tuple(map(float, gemm["m"])),
         gemm_n=tuple(map(float, gemm["n"])), gemm_k=tuple(map(float, gemm["k"])),
@@ -312,7 +313,8 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         launch_mode="serial" if s.device == "cpu" else "async",
         optimizer_s_per_byte=opt_byte, optimizer_s_per_tensor=opt_tensor,
         engine_s_per_param_tensor=got["autograd per parameter tensor"],
-        deepspeed_engine_s=got.get("DeepSpeed engine per parameter tensor, ZeRO 0-2") or {},
+        deepspeed_engine_s={k: v[0] for k, v in engine.items()},
+        deepspeed_engine_s_per_param={k: v[1] for k, v in engine.items()},
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {},

@@ -110,6 +110,8 @@ class DeviceProfile:
     optimizer_s_per_tensor: float | None = None
     engine_s_per_param_tensor: float | None = None
     deepspeed_engine_s: dict[int, float] = field(default_factory=dict)  # by ZeRO stage
+    # what the engine's passes over gradients and weights add, per parameter, by ZeRO stage
+    deepspeed_engine_s_per_param: dict[int, float] = field(default_factory=dict)
     collective_nproc: int | None = None
     collective_backend: str | None = None
     links: dict[str, LinkFit] = field(default_factory=dict)
@@ -199,6 +201,9 @@ class DeviceProfile:
             out["engine_s_per_param_tensor"] = self.engine_s_per_param_tensor
         if self.deepspeed_engine_s:
             out["deepspeed_engine"] = {int(k): v for k, v in sorted(self.deepspeed_engine_s.items())}
+        if self.deepspeed_engine_s_per_param:
+            out["deepspeed_engine_per_param"] = {
+                int(k): v for k, v in sorted(self.deepspeed_engine_s_per_param.items())}
         if self.links:
             out["collectives"] = {"nproc": self.collective_nproc,
                                   "backend": self.collective_backend,
@@ -213,7 +218,8 @@ class DeviceProfile:
         data = _mapping(data, where)
         known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops", "launch",
                  "optimizer",
-                 "engine_s_per_param_tensor", "deepspeed_engine", "collectives", "measured",
+                 "engine_s_per_param_tensor", "deepspeed_engine", "deepspeed_engine_per_param",
+                 "collectives", "measured",
                  "provenance"}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
@@ -266,15 +272,17 @@ class DeviceProfile:
                                                 positive=False)
         kw["engine_s_per_param_tensor"] = _opt(data, "engine_s_per_param_tensor", where,
                                                positive=False)
-        eng = _mapping(data.get("deepspeed_engine"), f"{where}.deepspeed_engine")
-        stages = {}
-        for key, value in eng.items():
-            stage = int(key) if str(key) in ("0", "1", "2", "3") else None
-            if stage is None:
-                raise ConfigError(f"{where}.deepspeed_engine: key {short(key)} is not a ZeRO "
-                                  "stage (0-3)")
-            stages[stage] = _num(f"{where}.deepspeed_engine.{key}", value, positive=False)
-        kw["deepspeed_engine_s"] = stages
+        for name, attr in (("deepspeed_engine", "deepspeed_engine_s"),
+                           ("deepspeed_engine_per_param", "deepspeed_engine_s_per_param")):
+            eng = _mapping(data.get(name), f"{where}.{name}")
+            stages = {}
+            for key, value in eng.items():
+                stage = int(key) if str(key) in ("0", "1", "2", "3") else None
+                if stage is None:
+                    raise ConfigError(f"{where}.{name}: key {short(key)} is not a ZeRO "
+                                      "stage (0-3)")
+                stages[stage] = _num(f"{where}.{name}.{key}", value, positive=False)
+            kw[attr] = stages
         coll = _mapping(data.get("collectives"), f"{where}.collectives")
         if coll:
             links = {}

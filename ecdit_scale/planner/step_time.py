@@ -36,8 +36,10 @@ operator class instead (``compute.py``: GEMMs by shape, SDPA, memory-bound bytes
   (CPU, ``serial``) pays all of it, an asynchronous device only what the kernels' own time
   cannot hide (``max(0, kernels x launch - device time)`` per micro-batch);
 - engine_s: the measured per-parameter-tensor work of autograd, once per micro-batch's
-  backward, plus what DeepSpeed's engine adds per tensor and step at the layout's ZeRO stage
-  where the profile measured it (``deepspeed_engine``, ``evaluation.engine_probe``);
+  backward, plus what DeepSpeed's engine adds per step at the layout's ZeRO stage where the
+  profile measured it (``evaluation.engine_probe``): per parameter tensor
+  (``deepspeed_engine``) and per parameter the device holds (``deepspeed_engine_per_param``:
+  its passes over gradients and weights);
 - the optimizer at the measured seconds per byte, plus seconds per tensor it steps over.
 Without a profile (the catalog's datasheet entries) compute is today's one constant: hardware
 FLOPs / (peak x efficiency); gemm_s / attention_s / memory_bound_s / launch_s / engine_s /
@@ -191,6 +193,10 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         ds_engine = np.zeros_like(np.asarray(zero, dtype=float))
         for stage, sec in prof.deepspeed_engine_s.items():
             ds_engine = np.where(zero == stage, sec * param_tensor_count(cfg), ds_engine)
+        # and per parameter the device holds (its passes over gradients and weights)
+        local_params = mem["params"] / (2.0 if Precision(precision) is Precision.BF16 else 4.0)
+        for stage, sec in prof.deepspeed_engine_s_per_param.items():
+            ds_engine = ds_engine + np.where(zero == stage, sec * local_params, 0.0)
         forward_s, backward_s, recompute_s = (ga * dev[ph] for ph in
                                               ("forward", "backward", "recompute"))
         extra = dict(
