@@ -1,5 +1,6 @@
 """The scaling sweep a reviewer asked for, in one prepared run: >= 5 sizes, dense / token choice
-/ expert choice, 3 seeds, one annealed (wsd) run per budget on data that never repeats, scored
+/ expert choice, 3 seeds, one annealed (wsd) run per budget (its cooldown branched off the
+group's largest run: ``sweep --schedule wsd-branch``) on data that never repeats, scored
 by the held-out loss at fixed noise, a learning-rate search per size; then the fit and report.
 
     python bench/gpu_sweep.py --prepare-data bench/.sweep_data  # dev machine, once (~90 s)
@@ -37,13 +38,16 @@ DATA_DIR = ROOT / "bench" / ".sweep_data"
 
 # CUDA: 5 sizes (0.4M-16M active parameters, 35x) x 4 budgets (8x in images) -> ~280x compute
 # lr search 0.5-4x of 1e-3: the CPU reference sweep's search chose the top of 0.5-2x
+# wsd-branch: one launch per (size, variant, seed), the smaller budgets' cooldowns branched off
+# the 640-step run (the separate runs' losses, bit for bit): 15 launches a seed instead of 60,
+# and 752 steps a group instead of 1,200
 CUDA = dict(sizes=("nano", "micro", "tiny", "mini", "small"), variants=("dense", "tc8", "ec8"),
             budgets=(0.125, 0.25, 0.5, 1.0), seeds=(0, 1, 2), steps=640, micro_batch=32,
-            lr_search=(0.5, 1.0, 2.0, 4.0), holdout=64, parallel=8)
+            lr_search=(0.5, 1.0, 2.0, 4.0), holdout=64, parallel=8, schedule="wsd-branch")
 # CPU --quick: the same path at toy scale (2 sizes, 2 budgets, 1 seed, a 2-point lr search)
 CPU_QUICK = dict(sizes=("nano", "micro"), variants=("dense", "ec8"), budgets=(0.5, 1.0),
                  seeds=(0,), steps=12, micro_batch=4, lr_search=(1.0, 2.0), holdout=8,
-                 parallel=2)
+                 parallel=2, schedule="wsd-branch")
 
 
 def versions() -> dict:

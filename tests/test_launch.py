@@ -144,6 +144,14 @@ def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, 
     (("nano-dense", "--nproc", "1", "--ep", "2", "--steps", "2"), "dense"),
     (("nano-ec8", "--nproc", "1", "--steps", "2", "--dataset", "mnist"), "--dataset"),
     (("ecdit-xl-8e", "--nproc", "1", "--steps", "2"), "use 'latents'"),
+    (("nano-dense", "--nproc", "1", "--steps", "20", "--cooldown-branches", "10"),
+     "add --schedule wsd"),
+    (("nano-dense", "--nproc", "1", "--steps", "20", "--schedule", "wsd",
+      "--cooldown-branches", "10,x"), "comma-separated step counts"),
+    (("nano-dense", "--nproc", "1", "--steps", "20", "--schedule", "wsd",
+      "--cooldown-branches", "10,20"), "20 is not in 2..19"),
+    (("nano-dense", "--nproc", "1", "--steps", "20", "--schedule", "wsd",
+      "--cooldown-branches", "10,10"), "distinct"),
 ])
 def test_bad_input_is_one_line_before_anything_starts(tmp_path, args, words):
     out = tmp_path / "run"
@@ -247,3 +255,40 @@ def test_a_refused_launch_prints_its_line_and_nothing_else(tmp_path):
     proc = cli("launch", "nano-ec8", "--ep", "3", "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: --ep 3") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.slow
+def test_a_cooldown_branch_is_the_shorter_run_even_across_a_resume(tmp_path):
+    """``--cooldown-branches 6``: the 6-step wsd run annealed off the 12-step run's stable
+    phase (after step 4; ceil(0.2 x 6) = 2 cooldown steps). The run stops right after step 4,
+    before the branch and before step 4's checkpoint, and resumes from step 2: the branch's losses and held-out loss are those of a
+    separate 6-step run, and it is written once, whole (the sweep's table equality over a
+    whole group is tests/test_sweep.py)."""
+    common = ("nano-dense", "--nproc", "1", "--micro-batch", "2", "--dataset", "shapes-stream",
+              "--holdout", "8", "--schedule", "wsd", "--warmup", "2", "--no-track-memory",
+              "--checkpoint-every", "2", "--json")
+    out, alone = tmp_path / "branched", tmp_path / "alone"
+    stopped = cli(*("launch", *common, "--steps", "12", "--cooldown-branches", "6",
+                    "--stop-after", "4", "--out", str(out)))
+    assert json.loads(stopped.stdout)["status"] == "stopped" and not (out / "branches").exists()
+    resumed = cli("launch", *common, "--steps", "12", "--cooldown-branches", "6", "--out",
+                  str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["resumed_from"] == 2  # it stopped before step 4's save
+    res = cli("launch", *common, "--steps", "6", "--out", str(alone))
+    assert res.returncode == 0, res.stderr[-2000:]
+    branch = [json.loads(x) for x in (out / "branches" / "b6.jsonl").read_text().splitlines()]
+    single = metrics(alone)
+    assert [r["step"] for r in branch] == [5, 6]
+    assert [r["loss"] for r in branch] == [r["loss"] for r in single[4:]]
+    assert [r["lr"] for r in branch] == [r["lr"] for r in single[4:]]
+    assert branch[-1]["heldout_loss"] == single[-1]["heldout_loss"]
+    assert [r["step"] for r in metrics(out)] == list(range(1, 13))
+    run = json.loads((out / "run.json").read_text())
+    assert run["cooldown_branches"] == [6] and run["schedule"] == "wsd"
+    # the printed resume command repeats the branches
+    from ecdit_scale.train.request import LaunchRequest, resume_command
+
+    cmd = resume_command(LaunchRequest(card="nano-dense", nproc=1, steps=40, schedule="wsd",
+                                       cooldown_branches=(10, 20)), out)
+    assert "--cooldown-branches 10,20" in cmd and cmd.endswith("--resume")

@@ -49,6 +49,23 @@ def test_wsd_sweep_runs_each_budget_on_fresh_data(tmp_path):
     assert loss["nano-dense-s1-b0.5"][:3] == pytest.approx(loss["nano-dense-s1-b1"][:3], rel=1e-6)
     again = run_sweep(spec)
     assert len(again.skipped) == 2 and not again.launched
+    # wsd-branch: one launch, the 5-step budget annealed off the 10-step run's stable phase;
+    # every number the table reads is the separate runs' own
+    branched_spec = SweepSpec(variants=("dense",), seeds=(1,), steps=10, schedule="wsd-branch",
+                              out=str(tmp_path / "br"), **TINY)
+    branched = run_sweep(branched_spec)
+    assert len(branched.launched) == 1 and not branched.failed, branched.failed
+    got = pd.read_csv(branched.table_path).set_index("name")
+    want = df.set_index("name")
+    assert list(got.index) == list(want.index) and (got.schedule == "wsd-branch").all()
+    cols = ["steps", "images_seen", "compute_flops", "final_loss", "smoothed_loss",
+            "heldout_loss", "run_group", "seed", "lr"]
+    pd.testing.assert_frame_equal(got[cols], want[cols])
+    [run_dir] = [p for p in (tmp_path / "br").iterdir() if p.is_dir()]
+    assert json.loads((run_dir / "run.json").read_text())["cooldown_branches"] == [5]
+    assert run_state(branched_spec, branched_spec.runs()[0]) == "done"
+    (run_dir / "branches" / "b5.jsonl").unlink()  # a finished run without its branch
+    assert run_state(branched_spec, branched_spec.runs()[0]) == "damaged"
 
 
 @pytest.mark.slow

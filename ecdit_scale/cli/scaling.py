@@ -42,7 +42,7 @@ def sweep(
     steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
     budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Compute budgets as fractions of --steps (wsd: one annealed run each)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds per configuration (init and data order)."),
-    schedule: str = typer.Option("wsd", "--schedule", help="wsd: a run per budget, cooled down at its end; constant: budgets read off one constant-lr run."),
+    schedule: str = typer.Option("wsd", "--schedule", help="wsd: a run per budget, cooled down at its end; wsd-branch: the same runs as one launch per group, each smaller budget's cooldown branched off the largest run's stable phase (same losses, fewer steps); constant: budgets read off one constant-lr run."),
     cooldown: float = typer.Option(0.2, "--cooldown", help="wsd: share of each run's steps spent decaying the lr."),
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),

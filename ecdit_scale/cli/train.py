@@ -46,6 +46,7 @@ def launch_cmd(
     ema_decay: float = typer.Option(0.9999, "--ema-decay"),
     schedule: str = typer.Option("constant", "--schedule", help="Learning rate after warm-up: constant (the paper's) or wsd (stable, then linear decay to 0)."),
     cooldown: float = typer.Option(0.2, "--cooldown", help="wsd: the share of --steps spent decaying."),
+    cooldown_branches: Optional[str] = typer.Option(None, "--cooldown-branches", help="wsd: also the runs of these lengths (steps, e.g. 80,160), each annealed off this run's stable phase and scored on held-out data (branches/b<N>.jsonl)."),
     eval_every: int = typer.Option(0, "--eval-every", help="Held-out flow loss at fixed noise every K steps (0: at the last step only)."),
     eval_timesteps: int = typer.Option(8, "--eval-timesteps", help="Noise levels of the held-out loss: t = (i + 0.5) / N."),
     override: Optional[str] = typer.Option(None, "--override", help="Cut the card down, e.g. depth=4,ffn.num_experts=8 (the paper's cards on one GPU)."),
@@ -87,7 +88,8 @@ def launch_cmd(
                             dataset=dataset, hostfile=hostfile, lr=lr, warmup_steps=warmup,
                             optimizer=optimizer, precision=precision, recompute=recompute,
                             ema=ema, ema_decay=ema_decay, override=override, schedule=schedule,
-                            cooldown_fraction=cooldown, **common)
+                            cooldown_fraction=cooldown,
+                            cooldown_branches=_branch_lengths(cooldown_branches), **common)
     if json_out:
         result = launch(req)
     else:
@@ -111,6 +113,18 @@ def launch_cmd(
 PLAN_DECIDES = ("nproc", "ep", "zero", "micro_batch", "grad_accum", "hostfile", "lr", "warmup",
                 "optimizer", "precision", "recompute", "ema", "ema_decay", "override", "schedule",
                 "cooldown")
+
+
+def _branch_lengths(text: str | None) -> tuple[int, ...]:
+    """--cooldown-branches 80,160 -> (80, 160); one line naming the bad part otherwise."""
+    from ..errors import ConfigError
+
+    if text is None:
+        return ()
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--cooldown-branches {text!r}: comma-separated step counts, e.g. 80,160")
+    return tuple(int(p) for p in parts)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import re
 import shutil
@@ -172,11 +173,15 @@ class RunSettings:
     compile: str = "none"  # none | block: torch.compile of each block (regional_compile)
     plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
     notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
+    # wsd: shorter runs annealed off this run's stable phase, by length in steps (``branch_starts``)
+    cooldown_branches: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
         object.__setattr__(self, "notes", tuple(self.notes))
+        object.__setattr__(self, "cooldown_branches",
+                           tuple(int(n) for n in self.cooldown_branches))
         if self.layout.dp != self.world:
             raise ValueError(f"layout.dp {self.layout.dp} != world {self.world}")
         if self.training.global_batch != self.micro_batch * self.grad_accum * self.world:
@@ -206,16 +211,17 @@ class RunSettings:
     FIXED = ("model_name", "nodes", "nproc_per_node", "ep", "zero", "micro_batch", "grad_accum",
              "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
              "precision", "device", "tc_impl", "recompute", "ema", "ema_decay", "schedule",
-             "cooldown_fraction", "eval_timesteps")
+             "cooldown_fraction", "eval_timesteps", "cooldown_branches")
     KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
             "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
             "warmup_steps", "schedule", "cooldown_fraction", "optimizer", "precision", "ema",
             "ema_decay", "device", "checkpoint_every", "keep_checkpoints", "track_memory",
-            "tc_impl", "eval_every", "eval_timesteps", "compile", "plan", "notes", "world",
-            "global_batch")
+            "tc_impl", "eval_every", "eval_timesteps", "compile", "plan", "notes",
+            "cooldown_branches", "world", "global_batch")
     # keys run.json may lack: derived from others, or newer than the run (their defaults hold)
     OPTIONAL = ("world", "global_batch", "tc_impl", "recompute", "ema", "ema_decay", "plan",
-                "notes", "schedule", "cooldown_fraction", "eval_every", "eval_timesteps", "compile")
+                "notes", "schedule", "cooldown_fraction", "eval_every", "eval_timesteps", "compile",
+                "cooldown_branches")
 
     @classmethod
     def missing_keys(cls, data: dict[str, Any]) -> list[str]:
@@ -227,6 +233,16 @@ class RunSettings:
 
     def with_steps(self, steps: int) -> "RunSettings":
         return replace(self, training=replace(self.training, steps=steps))
+
+    def branch_starts(self) -> dict[int, tuple[int, ...]]:
+        """Last stable step -> the cooldown branches that start after it. A branch of N steps
+        is the wsd run of N steps from its last stable step on (``engine.lr_at`` of N): up to
+        there that run and this one are the same run (same warm-up, lr, seeds and data order),
+        so the branch continues this run's state instead of training those steps again."""
+        out: dict[int, list[int]] = {}
+        for n in self.cooldown_branches:
+            out.setdefault(n - max(1, math.ceil(self.cooldown_fraction * n)), []).append(n)
+        return {k: tuple(v) for k, v in sorted(out.items())}
 
     @classmethod
     def build(cls, *, steps: int, nodes: int, nproc_per_node: int, ep: int, zero: int,
@@ -278,6 +294,22 @@ class RunDir:
     checksums = property(lambda self: self.path / "checksums")
     worker_pid = property(lambda self: self.path / "worker.pid")
     rejected = property(lambda self: self.path / "metrics.rejected")
+    branches = property(lambda self: self.path / "branches")
+
+    def branch_path(self, steps: int) -> Path:
+        return self.branches / f"b{steps}.jsonl"
+
+    def read_branch(self, steps: int) -> list[dict[str, Any]] | None:
+        """A finished cooldown branch's records (steps start+1 .. ``steps``), or None where it
+        has not finished (the file is written whole, once, at its end)."""
+        path = self.branch_path(steps)
+        if not path.is_file():
+            return None
+        try:
+            recs = read_jsonl(path)
+        except (ConfigError, ValueError, OSError):
+            return None
+        return recs if recs and recs[-1].get("step") == steps else None
 
     def exists(self) -> bool:
         return self.run_json.is_file()

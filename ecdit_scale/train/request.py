@@ -77,6 +77,7 @@ class LaunchRequest:
     master_addr: str | None = None  # multi-node without ssh: rank 0's node
     master_port: int | None = None  # default: a free port (one node), 29500 (several)
     compile: str | None = None  # none | block; None: block on CUDA, none on CPU (run_compile)
+    cooldown_branches: tuple[int, ...] = ()  # wsd: shorter runs annealed off the stable phase
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,8 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
             eval_every=req.eval_every, eval_timesteps=req.eval_timesteps, device=device,
             checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
             track_memory=track_memory, tc_impl=req.tc_impl, plan=req.plan,
-            compile=compile_.value, notes=tuple(req.notes) + notes)
+            compile=compile_.value, notes=tuple(req.notes) + notes,
+            cooldown_branches=tuple(sorted(req.cooldown_branches)))
     except ConfigError as exc:  # name the launch option, not the config field
         field_ = str(exc).split(" ", 1)[0]
         raise ConfigError(f"{OPTION_OF[field_]}: {exc}" if field_ in OPTION_OF else str(exc)) \
@@ -364,6 +366,7 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     _choice(EMA, req.ema, "--ema")
     _choice(Schedule, req.schedule, "--schedule")
+    _check_branches(req)
     _check_recompute(req)
     _check_multinode(req)
     tc_impl = _choice(TCImpl, req.tc_impl, "--tc-impl")
@@ -414,6 +417,23 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     return CheckedRequest(cfg, settings, rd, point)
 
 
+def _check_branches(req: LaunchRequest) -> None:
+    """--cooldown-branches: distinct run lengths, each shorter than --steps, on a wsd run."""
+    b = req.cooldown_branches
+    if not b:
+        return
+    shown = ",".join(map(str, b))
+    if req.schedule != Schedule.WSD.value:
+        raise ConfigError(f"--cooldown-branches {shown}: branches anneal off a wsd run's stable "
+                          f"phase; add --schedule wsd (the schedule is {req.schedule!r})")
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in b) or len(set(b)) != len(b):
+        raise ConfigError(f"--cooldown-branches {shown}: distinct whole numbers of steps")
+    bad = [n for n in b if not 2 <= n < req.steps]
+    if bad:
+        raise ConfigError(f"--cooldown-branches {shown}: {bad[0]} is not in 2..{req.steps - 1} "
+                          f"(each branch is a shorter run than the --steps {req.steps} one)")
+
+
 def default_run_dir(s: RunSettings) -> Path:
     return Path("runs") / f"{s.model_name}-w{s.world}-ep{s.ep}-z{s.zero}-{s.dataset}-s{s.seed}"
 
@@ -429,7 +449,7 @@ RESUME_OPTIONS = {"nproc": "--nproc", "steps": "--steps", "ep": "--ep", "zero": 
                   "ema": "--ema", "ema_decay": "--ema-decay", "schedule": "--schedule",
                   "cooldown_fraction": "--cooldown", "eval_every": "--eval-every",
                   "eval_timesteps": "--eval-timesteps", "override": "--override",
-                  "compile": "--compile"}
+                  "compile": "--compile", "cooldown_branches": "--cooldown-branches"}
 
 
 def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:
@@ -444,7 +464,8 @@ def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:
     for name, option in RESUME_OPTIONS.items():
         value = getattr(req, name)
         if name in ("nproc", "steps") or value != defaults[name]:
-            args += [option, str(value)]
+            args += [option, ",".join(map(str, value)) if isinstance(value, tuple)
+                     else str(value)]
     if not req.track_memory:
         args.append("--no-track-memory")
     return shlex.join(args + ["--out", str(run_dir), "--resume"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..files import atomic_write_text
 from ..model import rectified_flow_loss
 from .engine import Rank, load_run_data, lr_at, setup, step_seed
 from .engine import optimizer_impl
@@ -212,12 +214,18 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
                                        else "cpu"), torch_version=torch.__version__,
                           deepspeed_version=deepspeed.__version__,
                           startup_s={**r.startup_s, "data": time.perf_counter() - t_data})
-    if hasattr(data, "batches"):  # a stream: every position drawn fresh
-        it = data.batches(s.global_batch, rank=r.dp_rank, world=r.world, start_step=start)
-    else:
-        it = batches(data, s.global_batch, seed=s.seed, rank=r.dp_rank, world=r.world,
-                     start_step=start)
-    it = device_feed(it, r)  # CUDA: pinned, copied one step ahead on a stream of its own
+    def batches_from(step: int):
+        """This rank's share of global batches ``step`` + 1, ... (a step's batch depends on
+        the step alone: a resume, or a cooldown branch, draws what an unbroken run would)."""
+        if hasattr(data, "batches"):  # a stream: every position drawn fresh
+            got = data.batches(s.global_batch, rank=r.dp_rank, world=r.world, start_step=step)
+        else:
+            got = batches(data, s.global_batch, seed=s.seed, rank=r.dp_rank, world=r.world,
+                          start_step=step)
+        return device_feed(got, r)  # CUDA: pinned, copied one step ahead on a side stream
+
+    it = batches_from(start)
+    branch_starts = s.branch_starts()
     tracker = PeakBytes() if (s.track_memory and not r.on_gpu) else None
     meter = meter_for(r)  # model FLOPs per step and the device's peak, once
     profiler = StepProfiler(rd, rank=r.rank, on_gpu=r.on_gpu)  # $ECDIT_SCALE_PROFILE_STEP
@@ -229,6 +237,9 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
               flush=True)
 
     for step in range(start + 1, s.steps + 1):
+        for n in branch_starts.get(step - 1, ()):
+            if rd.read_branch(n) is None:  # (a resume may find it finished)
+                it = run_branch(r, n, step - 1, batches_from, heldout)
         lr = lr_at(s, step)
         for g in engine.optimizer.param_groups:
             g["lr"] = lr
@@ -283,6 +294,45 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     finish(r, train_wall_s=time.perf_counter() - t_run, state_bytes=state_bytes,
            train_samples=len(data), meter=meter)
     return 0
+
+
+def run_branch(r: Rank, steps: int, at: int, batches_from, heldout):
+    """The wsd run of ``steps`` steps, continued from this run's state after step ``at`` (its
+    last stable step, ``RunSettings.branch_starts``): its cooldown steps at that run's
+    learning rate, then the held-out loss; the records go to ``branches/b<steps>.jsonl``,
+    written whole at the end. Then the state after step ``at`` comes back from the checkpoint
+    saved there (and the EMA with it), and the caller's stable phase goes on from it with the
+    batches this returns."""
+    rd, s, engine = r.rd, r.s, r.engine
+    tag = CHECKPOINT_TAG.format(step=at)
+    if rd.checkpoint_problem(tag) is not None:  # none yet, or not complete
+        save_checkpoint(r, at)
+    short = s.with_steps(steps)
+    it = batches_from(at)
+    records = []
+    for step in range(at + 1, steps + 1):
+        lr = lr_at(short, step)
+        for g in engine.optimizer.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        images, text = next(it)
+        st = train_step(r, step, images, text)
+        if r.ema is not None:
+            r.ema.update()
+        rec = reduce_stats(st, r.world, s.grad_accum, -1, r.device)
+        if step == steps and heldout is not None:
+            rec.update(heldout(engine.module, bf16=engine.bfloat16_enabled()))
+        records.append({"step": step, "lr": lr, "step_s": time.perf_counter() - t0,
+                        "branch_of": at, **rec})
+    if r.rank == 0:
+        rd.branches.mkdir(exist_ok=True)
+        atomic_write_text(rd.branch_path(steps),
+                          "".join(json.dumps(x) + "\n" for x in records))
+    dist.barrier()
+    engine.load_checkpoint(str(rd.checkpoints), tag=tag)
+    if r.ema is not None:
+        r.ema.load(rd.checkpoints / tag, r.rank)
+    return batches_from(at)
 
 
 def heldout_loss_for(r: Rank, held):
