@@ -158,7 +158,7 @@ def split_engine_cost(small: dict[str, float], large: dict[str, float]) -> tuple
 
 
 def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
-          timeout_s: float = 30.0) -> dict[int, tuple[float, float]]:
+          timeout_s: float = 45.0) -> dict[int, tuple[float, float]]:
     """(seconds per parameter tensor, seconds per parameter) the engine adds to a step, by ZeRO
     stage, each stage in a process of its own; a stage that fails or times out is left out
     (the model then prices no engine term for it)."""
