@@ -361,6 +361,7 @@ def ceilings(r: dict) -> dict | None:
         return pct * step_ms / ms if ms > 0 else None
 
     return {**terms, "basis": b.get("basis"),
+            "memory_bound_top_ms": (b.get("memory_bound_top_ms") or [])[:5],
             "pct_if_no_host_gaps": at(busy), "pct_if_model_only": at(model_ms),
             "pct_if_gemm_and_attention_only": at(m["gemm"] + m["attention"])}
 
@@ -387,6 +388,10 @@ def show(r: dict) -> None:
               f"{c['host_gap_ms']:.1f} ms; ceilings: {pct_of(c['pct_if_no_host_gaps'])} with no "
               f"gaps, {pct_of(c['pct_if_model_only'])} model only, "
               f"{pct_of(c['pct_if_gemm_and_attention_only'])} GEMM + attention only", flush=True)
+        if c["memory_bound_top_ms"]:
+            print(f"{'':34s} memory-bound, largest: " + "; ".join(
+                f"{name[:48]} {ms:.1f} ms" for name, ms in c["memory_bound_top_ms"][:3]),
+                flush=True)
 
 
 def write(path: Path, doc: dict) -> None:

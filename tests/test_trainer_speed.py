@@ -417,6 +417,8 @@ def test_breakdown_splits_a_profiled_step_by_part_and_class():
     assert k["forward/model"] >= 5  # 2 addmm, sdpa, gelu, square, mean
     assert k["outside"] >= 1 and k["ema"] >= 1 and k["step/optimizer"] >= 1
     assert b["model_kernels"] == k["forward/model"] + k["backward/model"]
+    heavy = dict(b["memory_bound_top_ms"])
+    assert {"aten::gelu", "aten::square"} <= set(heavy) and "aten::addmm" not in heavy
     # the summary carries it; a step without the worker's marks has none
     assert summarize(p.events(), on_gpu=False)["breakdown"] == b
     with profile(activities=[ProfilerActivity.CPU]) as q:
@@ -471,5 +473,6 @@ def test_breakdown_on_cuda_attributes_each_kernel_to_the_op_that_launched_it():
     assert b["model_ms"] == pytest.approx({"gemm": 0.9, "attention": 0.301,
                                            "memory_bound": 0.04})
     assert b["kernels"]["forward/model"] == 3 and b["model_kernels"] == 3 + 3
+    assert b["memory_bound_top_ms"] == [("triton_poi_fused_0", 0.04)]
     s = summarize(events, on_gpu=True)
     assert s["kernels"] == 1 and s["device_busy_ms"] == pytest.approx(0.3)  # no mirror

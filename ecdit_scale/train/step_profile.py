@@ -139,6 +139,7 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
     parts = dict.fromkeys(PARTS, 0.0)
     model = dict.fromkeys(CLASSES, 0.0)
     counts = dict.fromkeys(PARTS, 0)
+    heavy: collections.Counter = collections.Counter()  # the model's memory-bound work, by name
     if on_gpu:  # each kernel is attached to the innermost op or range that launched it
         basis = "device time of the kernels each part's ops launched"
         for e in cpu:
@@ -151,7 +152,11 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
             parts[part] += ms
             counts[part] += len(kernels)
             if part in MODEL_PARTS:
-                model[op_class(names)] += ms
+                cls = op_class(names)
+                model[cls] += ms
+                if cls == "memory_bound":
+                    for k in kernels:
+                        heavy[k.name[:80]] += k.duration / 1e3
     else:  # the CPU runs its ops itself: host time
         basis = "host time (the CPU runs its ops itself; the profiler's own cost included)"
         for e in cpu:
@@ -169,6 +174,8 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
                 cls = op_class(names)
                 if cls != "memory_bound":
                     model[cls] += ms
+                else:
+                    heavy[e.name] += ms
             if aten not in METADATA_OPS and not any(c.name.startswith("aten::")
                                                     for c in e.cpu_children):
                 counts[part] += 1  # leaf compute ops stand for kernels (``summarize``)
@@ -185,7 +192,10 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
         model["memory_bound"] = max(0.0, parts["forward/model"] + parts["backward/model"]
                                     - model["gemm"] - model["attention"])
     return {"basis": basis, "phase_wall_ms": wall, "parts_ms": parts, "model_ms": model,
-            "kernels": counts, "model_kernels": sum(counts[p] for p in MODEL_PARTS)}
+            "kernels": counts, "model_kernels": sum(counts[p] for p in MODEL_PARTS),
+            # CUDA: kernels by name; CPU: outermost ops (the rest of the class is host time
+            # between ops)
+            "memory_bound_top_ms": [(k, round(v, 4)) for k, v in heavy.most_common(10)]}
 
 
 def profile_step_from_env() -> int | None:
