@@ -97,6 +97,9 @@ def models_cases() -> list[Case]:
              mention=("cards", "stale"), keep=("cards/my-experiment.yaml",)),
         Case("models/export --out FILE", "core", "partial", ("models", "export", "--out", "taken"),
              (("taken", "user data\n"),), mention=("taken",), keep=("taken",)),
+        Case("models/export --out FILE/sub", "core", "traceback",
+             ("models", "export", "--out", "taken/sub"), (("taken", "user data\n"),),
+             mention=("--out", "taken"), keep=("taken",)),
         Case("models/export --out ''", "core", "silent", ("models", "export", "--out", ""),
              mention=("--out", "''"), absent=("nano-ec8.yaml",), quick=True),
         Case("models/export --json", "core", "json", ("models", "export", "--out", "cards", "--json"),
@@ -285,7 +288,8 @@ def scaling_cases() -> list[Case]:
         Case("fit/--out a folder", "scaling", "traceback", (*fit, "--out", "adir"),
              (*NANO, ("adir", DIR)), mention=("adir",)),
         Case("fit/--out under a file", "scaling", "traceback", (*fit, "--out", "taken/fit.yaml"),
-             (*NANO, ("taken", "user data\n")), mention=("taken",), keep=("taken",)),
+             (*NANO, ("taken", "user data\n")), mention=("--out", "taken"), keep=("taken",),
+             quick=True),
         Case("fit/--json small", "scaling", "json", ("fit", "small.csv", "--n-boot", "4", "--json"),
              SMALL, expect="json"),
         Case("fit/--json nano", "scaling", "json", (*fit, "--json"), NANO, expect="json", quick=True),
@@ -310,6 +314,10 @@ def scaling_cases() -> list[Case]:
              mention=("missing.yaml",), absent=("rep",), quick=True, isolate=True),
         Case("report/--out FILE", "scaling", "partial", ("report", "small.csv", *ref_fit, "--out", "taken"),
              (*SMALL, ("taken", "user data\n")), mention=("taken",), keep=("taken",)),
+        Case("report/--out FILE/sub", "scaling", "traceback",
+             ("report", "small.csv", *ref_fit, "--out", "taken/rep"),
+             (*SMALL, ("taken", "user data\n")), mention=("--out", "taken"), keep=("taken",),
+             quick=True),
         Case("report/--json", "scaling", "json", ("report", "small.csv", *ref_fit, "--out", "rep", "--json"),
              SMALL, expect="json", quick=True),
         Case("report/--json while fitting", "scaling", "json",
@@ -393,7 +401,9 @@ def run_cases() -> list[Case]:
             ("--checkpoint-every", "0"), ("--checkpoint-every", "-1"), ("--dataset", "bogus"),
             ("--optimizer", "bogus"), ("--tc-impl", "bogus"), ("--tc-impl", "deepspeed"),
             ("--compile", "bogus"),
-            ("--device", "bogus"), ("--seed", "-1"), ("--seed", "abc"), ("--steps", HUGE)]
+            ("--device", "bogus"), ("--seed", "-1"), ("--seed", "abc"), ("--steps", HUGE),
+            ("--cooldown-branches", "1"), ("--cooldown-branches", "abc"),
+            ("--cooldown-branches", "-1")]
     for opt, x in opts:
         cat = "usage" if x == "abc" else ("hang" if x == HUGE else "silent")
         out.append(Case(f"launch/{opt} {x if x != HUGE else 'huge'}", "run", cat, (*LAUNCH, opt, x),
@@ -446,6 +456,11 @@ def run_cases() -> list[Case]:
     out.append(Case("sweep/--out a file", "run", "partial", (*sweep[:-1], "taken"),
                     (("taken", "user data\n"),), mention=("taken",), keep=("taken",),
                     isolate=True, timeout=30))
+    for cmd in (sweep[:-1], LAUNCH[:-1]):
+        out.append(Case(f"{cmd[0]}/--out under a file", "run", "traceback",
+                        (*cmd, "taken/sub"), (("taken", "user data\n"),),
+                        mention=("--out", "taken"), keep=("taken",), isolate=True, timeout=30,
+                        quick=cmd[0] == "launch"))
     return out
 
 

@@ -189,6 +189,24 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Before any slow work: ``path`` can become a file, i.e. no folder on its way is an
+    existing file (one line naming it otherwise)."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
+            return
+
+
+def check_output_folder(path: str | os.PathLike, option: str) -> None:
+    """Before any slow work: ``path`` is, or can become, a folder (one line naming the file in
+    the way otherwise)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{option} {path}: exists and is not a folder")
+    check_output_file(path, option)
+
+
 def write_tree(texts: dict[str, str], out_dir: str | os.PathLike, *, keep_foreign: bool,
                generated: Callable[[str, Path], bool] = lambda rel, path: False,
                mode: Callable[[str], int] = lambda rel: 0o644) -> dict[str, Path]:
@@ -200,6 +218,7 @@ def write_tree(texts: dict[str, str], out_dir: str | os.PathLike, *, keep_foreig
     out = Path(out_dir)
     if str(out_dir).strip() == "":
         raise ConfigError("--out '': give a folder name")
+    check_output_file(out, "--out")  # no file on the way to it
     if path_kind(out) == "other":
         raise ConfigError(f"--out {out}: exists and is not a folder")
     here = Path.cwd().resolve()

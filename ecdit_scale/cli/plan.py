@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..files import check_output_folder
 from ..units import format_amount, format_count, format_duration, format_gib
 from .common import app, console, err_console, print_json
 
@@ -80,6 +81,8 @@ def plan(
 
     if out is not None and not out.strip():
         raise ConfigError("--out '': give a folder name")
+    if out is not None and write:
+        check_output_folder(out, "--out")
     check_plan_options(top=top, sampling_steps=sampling_steps,
                        inference_devices=inference_devices)
     training = training_for_plan(global_batch=global_batch, steps=steps, optimizer=optimizer,

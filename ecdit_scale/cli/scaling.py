@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..files import finite_or_none, strict_json
+from ..files import check_output_file, check_output_folder, finite_or_none, strict_json
 from .common import app, console, err_console, print_json
 
 PROGRESS_AFTER_S = 2.0  # fits quicker than this print no progress
@@ -62,6 +62,7 @@ def sweep(
 
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: an integer >= 1")
+    check_output_folder(out, "--out")
     fracs = _numbers(budgets, "--budgets", float, "fractions like 0.25,0.5,1")
     seed_list = _numbers(seeds, "--seeds", int, "integers like 0,1,2")
     search = _numbers(lr_search, "--lr-search", float, "multipliers like 0.5,1,2") \
@@ -135,6 +136,8 @@ def fit(
         raise ConfigError(f"--seed {seed}: must be an integer in 0..{2**32 - 1}")
     if out is not None and not str(out).strip() or out is not None and out.is_dir():
         raise ConfigError(f"--out {str(out)!r}: give a file path for the fit, e.g. fit.yaml")
+    if out is not None:
+        check_output_file(out, "--out")
     if not (math.isfinite(held_out_factor) and held_out_factor > 1):
         raise ConfigError(f"--held-out-factor {held_out_factor}: a factor > 1, e.g. 4")
     if extrapolate_to is not None and not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
@@ -261,6 +264,7 @@ def report(
     from ..scaling.results import load_fit
     from ..scaling.table import load_run_table
 
+    check_output_folder(out or table.parent / "report", "--out")
     df = load_run_table(table)
     if fit_path is not None:
         result = load_fit(fit_path)  # one line naming the file when it is missing or not a fit

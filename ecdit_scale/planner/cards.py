@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from .. import sizes
 from ..config import MAX_NOTES_CHARS, NAME_PATTERN, FFNConfig, ModelConfig, load_model_config
 from ..errors import ConfigError
-from ..files import dump_yaml, same_text, write_tree
+from ..files import check_output_folder, dump_yaml, same_text, write_tree
 from ..params import count_params
 from .flops import flops_per_image
 
@@ -205,8 +205,7 @@ def export_cards(out_dir: str | Path, *, check: bool = False) -> ExportResult:
     out = Path(out_dir)
     if str(out_dir).strip() == "":
         raise ConfigError("--out '': give a folder name")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+    check_output_folder(out, "--out")
     result = ExportResult()
     expected = {f"{name}.yaml": card_text(cfg) for name, cfg in sizes.REGISTRY.items()}
     for fname, text in expected.items():

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import (DIT_EMA_DECAY, EMA, FFNKind, ModelConfig, Optimizer, Precision,
                       Recompute, Schedule, load_model_config, zero_supports_moe)
 from ..errors import ConfigError
-from ..files import read_text_file
+from ..files import check_output_folder, read_text_file
 from ..integers import divisors
 from ..planner.cards import override_config
 from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
@@ -386,6 +386,8 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     if req.stop_after is not None and not 1 <= req.stop_after:
         raise ConfigError("--stop-after must be >= 1")
 
+    if req.out:
+        check_output_folder(req.out, "--out")
     given = RunDir(req.out) if req.out else None
     old = given.settings() if req.resume and given and given.exists() else None
     settings = _settings(req, cfg, device, nodes, old)
