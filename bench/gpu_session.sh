@@ -5,6 +5,7 @@
 #
 #   OUT=dir bash bench/gpu_session.sh          on the GPU machine (carry .whl, bench/.throughput_data)
 #   OUT=dir bash bench/gpu_session.sh --cpu    the same stages with tiny settings on this CPU
+#   PLANS=none OUT=dir bash bench/gpu_session.sh   one plan run instead of four (~150 s less)
 #
 # Every stage has its own timeout and the stages after a failed one still run. What comes back:
 # session.log, profile.yaml, train_throughput_<device>.json, plan_runs.tgz,
@@ -53,7 +54,8 @@ tar czf "$OUT/throughput_runs.tgz" --exclude='checkpoint*' --exclude='*.pt' -C /
 # the plan as written: ecdit-xl-8e cut to fit one GPU, micro-batch MB, the planner's choice of
 # recompute first, then each policy pinned; --limit: the captions cached for 128 latents
 LAST_PLAN_AT=${LAST_PLAN_AT:-470}  # seconds: no plan run starts later (the call has 600)
-for policy in auto none full selective; do
+# PLANS="none" (one run, ~45 s on the H200) or PLANS="" leaves room in the lease for the sweep
+for policy in ${PLANS-auto none full selective}; do
   dir=/tmp/plans/xl8e-$policy
   if [ "$(( $(date +%s) - t0 ))" -gt "$LAST_PLAN_AT" ]; then
     echo "skipped plan $policy: past ${LAST_PLAN_AT} s"; continue

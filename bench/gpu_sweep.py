@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         ap.error("--out DIR is needed (or --prepare-data DIR)")
+    if args.device == "cuda":  # shared/GPU.md: DeepSpeed from .whl/ when it does not import
+        sys.path.insert(0, str(ROOT / "bench"))
+        from train_throughput import ensure_deepspeed
+
+        ensure_deepspeed()
     if full_table_cached(text_tokens, args.data):
         os.environ["ECDIT_SCALE_CACHE"] = str(args.data.resolve())  # the launches inherit it
     elif args.device == "cuda":
