@@ -6,15 +6,16 @@ from a measured device profile (``device_profile.DeviceProfile``); no torch.
 - attention: forward FLOPs / measured SDPA forward rate; backward 2 x forward FLOPs (dQ, dK, dV
   and the recomputed scores) at the measured SDPA backward rate.
 - memory-bound: bytes / the measured throughput of the op's kind (copy, elementwise,
-  activation, norm; else the copy bandwidth); the backward moves
-  ``operators.BACKWARD_BYTES_PER_FORWARD`` x the forward's bytes.
+  activation, norm; else the copy bandwidth); the backward moves each op's
+  ``backward_factor`` (``operators.BACKWARD_BYTES_PER_FORWARD`` unless the op says otherwise)
+  x its forward's bytes.
 - kernels: forward ops + ``BACKWARD_KERNELS_PER_FORWARD`` x as many in the backward.
 
 Where the profile lacks a measurement the term falls back to the datasheet: GEMM and attention
 at peak x ``acc.efficiency``, bandwidth from the catalog (``sources`` says which was used).
 
-The inventory depends only on (micro-batch, tp, recompute), so a search over thousands of
-layouts prices the few unique triples and broadcasts (``micro_batch_arrays``).
+The inventory depends only on (micro-batch, tp, recompute, ep), so a search over thousands of
+layouts prices the few unique tuples and broadcasts (``micro_batch_arrays``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import numpy as np
 
 from ..config import ModelConfig, Precision
 from .memory import RECOMPUTE_ORDER
-from .operators import (BACKWARD_BYTES_PER_FORWARD, BACKWARD_KERNELS_PER_FORWARD,
-                        OperatorInventory, operator_inventory)
+from .operators import BACKWARD_KERNELS_PER_FORWARD, OperatorInventory, operator_inventory
 
 ATTENTION_BACKWARD_FLOPS_PER_FORWARD = 2.0
 PARTS = ("gemm_s", "attention_s", "memory_s", "kernels")
@@ -73,12 +73,13 @@ def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool) -> f
     return total
 
 
-def _memory_seconds(inv: OperatorInventory, acc: Any) -> float:
-    """Forward bytes of each memory-bound op / the measured throughput of its kind (the copy
-    bandwidth, or the datasheet's, where the kind was not measured)."""
+def _memory_seconds(inv: OperatorInventory, acc: Any, *, backward: bool = False) -> float:
+    """Bytes of each memory-bound op (forward, or its backward's) / the measured throughput of
+    its kind (the copy bandwidth, or the datasheet's, where the kind was not measured)."""
     prof, bw = acc.profile, bandwidth(acc)
     kinds = prof.memory_kind_bw if prof is not None else {}
-    return sum(op.bytes / kinds.get(op.kind, bw) for op in inv.memory_ops)
+    return sum(op.bytes * (op.backward_factor if backward else 1.0) / kinds.get(op.kind, bw)
+               for op in inv.memory_ops)
 
 
 def bandwidth(acc: Any) -> float:
@@ -90,7 +91,7 @@ def bandwidth(acc: Any) -> float:
 
 def price(inv: OperatorInventory, acc: Any, *, backward: bool) -> dict[str, float]:
     """Seconds (and kernels) of ``inv``'s forward, or of its backward."""
-    mem_s = _memory_seconds(inv, acc) * (BACKWARD_BYTES_PER_FORWARD if backward else 1.0)
+    mem_s = _memory_seconds(inv, acc, backward=backward)
     kernels = inv.forward_kernels * (BACKWARD_KERNELS_PER_FORWARD if backward else 1.0)
     return {"gemm_s": _gemm_seconds(inv, acc, backward=backward),
             "attention_s": _attention_seconds(inv, acc, backward=backward),
@@ -99,30 +100,34 @@ def price(inv: OperatorInventory, acc: Any, *, backward: bool) -> dict[str, floa
 
 @functools.lru_cache(maxsize=4096)
 def micro_batch_terms(cfg: ModelConfig, acc: Any, *, images: int, tp: int, recompute: Any,
-                      precision: Any) -> dict[str, dict[str, float]]:
+                      precision: Any, ep: int | None = None) -> dict[str, dict[str, float]]:
     """{"forward", "backward", "recompute"} -> priced parts of one micro-batch on one device
     (cached: a plan's cluster table searches the same model on the same device many times;
-    callers must not modify the result)."""
-    inv = operator_inventory(cfg, images=images, tp=tp, dtype_bytes=dtype_bytes(precision))
+    callers must not modify the result). ``ep``: the trainer's expert-parallel layers
+    (``operators.operator_inventory``)."""
+    inv = operator_inventory(cfg, images=images, tp=tp, dtype_bytes=dtype_bytes(precision),
+                             ep=ep)
     return {"forward": price(inv, acc, backward=False),
             "backward": price(inv, acc, backward=True),
             "recompute": price(inv.recomputed(recompute), acc, backward=False)}
 
 
 def micro_batch_arrays(cfg: ModelConfig, acc: Any, *, micro_batch: Any, tp: Any,
-                       recompute_code: Any, precision: Any) -> dict[str, np.ndarray]:
+                       recompute_code: Any, precision: Any, ep: Any = 1) -> dict[str, np.ndarray]:
     """``{phase}_{part}`` arrays over layouts (phase: forward/backward/recompute, part:
-    ``PARTS``), pricing each unique (micro-batch, tp, recompute) once."""
-    mb, tp, rc = np.broadcast_arrays(np.asarray(micro_batch), np.asarray(tp),
-                                     np.asarray(recompute_code))
-    keys = np.stack([mb.ravel(), tp.ravel(), rc.ravel()], axis=1).astype(np.int64)
+    ``PARTS``), pricing each unique (micro-batch, tp, recompute, ep) once: the trainer's
+    operators (its expert-parallel MoE layers at the layout's ep)."""
+    mb, tp, rc, ep = np.broadcast_arrays(np.asarray(micro_batch), np.asarray(tp),
+                                         np.asarray(recompute_code), np.asarray(ep))
+    keys = np.stack([mb.ravel(), tp.ravel(), rc.ravel(), ep.ravel()], axis=1).astype(np.int64)
     uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     names = [f"{ph}_{part}" for ph in ("forward", "backward", "recompute") for part in PARTS]
     table = np.zeros((len(uniq), len(names)))
-    for i, (m, t, r) in enumerate(uniq):
+    for i, (m, t, r, e) in enumerate(uniq):
         terms = micro_batch_terms(cfg, acc, images=int(m), tp=int(t),
-                                  recompute=RECOMPUTE_ORDER[int(r)], precision=precision)
+                                  recompute=RECOMPUTE_ORDER[int(r)], precision=precision,
+                                  ep=int(e))
         table[i] = [terms[ph][part] for ph in ("forward", "backward", "recompute")
                     for part in PARTS]
     return {name: table[inverse, j].reshape(mb.shape) for j, name in enumerate(names)}

@@ -170,7 +170,7 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
                      model_flops: float, com: dict[str, Any], mem: dict[str, Any], acc: Any,
                      depth: int, world: int, global_batch: int, tp: Any, zero: Any,
                      micro_batch: Any, grad_accum: Any, recompute_code: Any,
-                     precision: Precision, cfg: Any = None) -> dict[str, Any]:
+                     precision: Precision, cfg: Any = None, ep: Any = 1) -> dict[str, Any]:
     """Every StepTime field as arrays over layouts. ``com`` holds ``comm.comm_arrays``'
     fields, ``mem`` ``memory.memory_arrays``'; FLOPs are per image. With ``cfg`` and a
     profiled ``acc``, compute is priced by operator class (module docstring)."""
@@ -180,7 +180,7 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
     extra: dict[str, Any] = {}
     if prof is not None and cfg is not None:
         c = micro_batch_arrays(cfg, acc, micro_batch=mb, tp=tp, recompute_code=recompute_code,
-                               precision=precision)
+                               precision=precision, ep=ep)
         dev = {ph: c[f"{ph}_gemm_s"] + c[f"{ph}_attention_s"] + c[f"{ph}_memory_s"]
                for ph in ("forward", "backward", "recompute")}
         t_fwd, t_bwd = dev["forward"], dev["backward"] + dev["recompute"]
