@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_default
 from ..model import rectified_flow_loss
 from .engine import Rank, load_run_data, lr_at, setup, step_seed
 from .engine import optimizer_impl
@@ -327,7 +327,7 @@ def run_branch(r: Rank, steps: int, at: int, batches_from, heldout):
     if r.rank == 0:
         rd.branches.mkdir(exist_ok=True)
         atomic_write_text(rd.branch_path(steps),
-                          "".join(json.dumps(x) + "\n" for x in records))
+                          "".join(json.dumps(x, default=json_default) + "\n" for x in records))
     dist.barrier()
     engine.load_checkpoint(str(rd.checkpoints), tag=tag)
     if r.ema is not None:
