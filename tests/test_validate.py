@@ -205,6 +205,8 @@ BAD_RUN_FILES = [
     ("metrics.jsonl", b'\xff\xfe\x00binary\n{"step": 1, "step_s": 0.1}\n', "line 1: not a UTF-8"),
     ("predictions.json", b'{"memory": 3}', "memory must be a JSON object"),
     ("card.yaml", b"hidden_size: [", "card.yaml"),
+    ("ds_config.json", b"{not json", "ds_config.json: malformed JSON"),
+    ("ds_config.json", b'{"zero_optimization": 5}', "zero_optimization must be a JSON object"),
 ]
 
 

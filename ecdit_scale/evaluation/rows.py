@@ -19,7 +19,6 @@ a missing, corrupt or foreign file is one error naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import statistics
 from dataclasses import dataclass
@@ -211,8 +210,9 @@ def run_memory(rd: RunDir, cfg: ModelConfig, s: RunSettings) -> MemoryBreakdown:
     if not rd.ds_config.is_file():
         return mem
     split = ParamSplit.of(cfg)
+    ds = read_object(rd.ds_config, "DeepSpeed config")
     buckets = recorded_bucket_bytes(
-        json.loads(rd.ds_config.read_text()).get("zero_optimization", {}),
+        _optional_dict(ds, "zero_optimization", str(rd.ds_config)),
         params_per_device=split.non_expert_per_device(1) + split.expert_per_device(s.ep, 1),
         w=BF16_BYTES if s.precision is Precision.BF16 else FP32_BYTES)
     if buckets is None:

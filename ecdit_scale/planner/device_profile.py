@@ -18,8 +18,10 @@ the datasheet and the plan says so):
     engine_s_per_param_tensor: 2.0e-5  # autograd / engine work per parameter tensor per pass
     deepspeed_engine: {0: 1.5e-5, 1: 2.0e-6, 2: 3.0e-5}   # seconds per parameter tensor
                                      # DeepSpeed's engine adds to a step, by ZeRO stage
+    deepspeed_engine_per_param: {0: 4e-9, 1: 1e-8, 2: 1e-8}  # and per parameter
                                      # (evaluation.engine_probe: the trainer's engine vs
-                                     # plain torch on a launch-bound toy model)
+                                     # plain torch on a many-small-layer and a
+                                     # few-large-layer toy model)
     collectives: {nproc: 2, backend: nccl, all_reduce: {latency_s, bw_bytes_per_s, half_bytes},
                   all_to_all: {...}}
     provenance: {device: ..., torch: ..., date: ..., settings: ...}

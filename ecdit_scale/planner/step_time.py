@@ -56,7 +56,7 @@ import numpy as np
 from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, Precision)
 from .comm import forward_passes
-from .compute import bandwidth, micro_batch_arrays
+from .compute import bandwidth, dtype_bytes, micro_batch_arrays
 from .operators import param_tensor_count
 
 OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
@@ -188,15 +188,16 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         launch = kernels * (prof.launch_s or 0.0)
         if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
             launch = np.maximum(0.0, launch - (t_fwd + t_bwd))
-        engine = (prof.engine_s_per_param_tensor or 0.0) * param_tensor_count(cfg)
-        # what DeepSpeed's engine adds per parameter tensor and step, at the layout's stage
-        ds_engine = np.zeros_like(np.asarray(zero, dtype=float))
-        for stage, sec in prof.deepspeed_engine_s.items():
-            ds_engine = np.where(zero == stage, sec * param_tensor_count(cfg), ds_engine)
+        tensors = param_tensor_count(cfg)
+        engine = (prof.engine_s_per_param_tensor or 0.0) * tensors
+        # what DeepSpeed's engine adds per step at the layout's stage: per parameter tensor,
         # and per parameter the device holds (its passes over gradients and weights)
-        local_params = mem["params"] / (2.0 if Precision(precision) is Precision.BF16 else 4.0)
-        for stage, sec in prof.deepspeed_engine_s_per_param.items():
-            ds_engine = ds_engine + np.where(zero == stage, sec * local_params, 0.0)
+        local_params = mem["params"] / dtype_bytes(precision)
+        ds_engine = np.zeros_like(np.asarray(zero, dtype=float))
+        for stage in set(prof.deepspeed_engine_s) | set(prof.deepspeed_engine_s_per_param):
+            sec = (prof.deepspeed_engine_s.get(stage, 0.0) * tensors
+                   + prof.deepspeed_engine_s_per_param.get(stage, 0.0) * local_params)
+            ds_engine = ds_engine + np.where(zero == stage, sec, 0.0)
         forward_s, backward_s, recompute_s = (ga * dev[ph] for ph in
                                               ("forward", "backward", "recompute"))
         extra = dict(

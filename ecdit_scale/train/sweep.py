@@ -434,12 +434,12 @@ def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment 
              for b, n in run.branches]
     reads += [(run.budget if spec.schedule != "constant" else frac, run.step_of(frac), metrics)
               for frac in run.budgets]
-    for budget, step, metrics in reads:
-        window = [metrics[s]["flow_loss"] for s in smoothing_window(step) if s in metrics]
-        if step not in metrics or not window:
+    for budget, step, recs in reads:
+        window = [recs[s]["flow_loss"] for s in smoothing_window(step) if s in recs]
+        if step not in recs or not window:
             raise ConfigError(f"{rd.path}: metrics.jsonl has no step {step}; rerun the sweep to resume it")
         images = step * gb
-        heldout = metrics[step].get("heldout_loss")
+        heldout = recs[step].get("heldout_loss")
         rows.append({
             "name": f"{run.card}-s{run.seed}-b{budget:g}", "card": run.card,
             "ffn_kind": cfg.ffn.kind.value, "experts": cfg.ffn.num_experts,
@@ -447,7 +447,7 @@ def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment 
             "tokens_seen": images * cfg.tokens_per_image,
             "compute_flops": images * flops_per_image, "steps": step, "step_fraction": budget,
             "seed": run.seed, "lr": run.lr, "schedule": spec.schedule,
-            "final_loss": float(metrics[step]["flow_loss"]),
+            "final_loss": float(recs[step]["flow_loss"]),
             "smoothed_loss": float(np.mean(window)),
             "heldout_loss": float(heldout) if heldout is not None else float("nan"),
             "dataset": settings.dataset, "train_samples": summary.get("train_samples"),

@@ -240,9 +240,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         for n in branch_starts.get(step - 1, ()):
             if rd.read_branch(n) is None:  # (a resume may find it finished)
                 it = run_branch(r, n, step - 1, batches_from, heldout)
-        lr = lr_at(s, step)
-        for g in engine.optimizer.param_groups:
-            g["lr"] = lr
+        lr = set_lr(engine, lr_at(s, step))
         # counting every op roughly doubles a small model's CPU step: count a few steps only
         tracked = tracker is not None and (step - start <= 3 or step % MEMORY_EVERY == 0)
         if r.on_gpu:
@@ -296,6 +294,13 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     return 0
 
 
+def set_lr(engine, lr: float) -> float:
+    """The step's learning rate into every parameter group (the worker schedules it itself)."""
+    for g in engine.optimizer.param_groups:
+        g["lr"] = lr
+    return lr
+
+
 def run_branch(r: Rank, steps: int, at: int, batches_from, heldout):
     """The wsd run of ``steps`` steps, continued from this run's state after step ``at`` (its
     last stable step, ``RunSettings.branch_starts``): its cooldown steps at that run's
@@ -311,9 +316,7 @@ def run_branch(r: Rank, steps: int, at: int, batches_from, heldout):
     it = batches_from(at)
     records = []
     for step in range(at + 1, steps + 1):
-        lr = lr_at(short, step)
-        for g in engine.optimizer.param_groups:
-            g["lr"] = lr
+        lr = set_lr(engine, lr_at(short, step))
         t0 = time.perf_counter()
         images, text = next(it)
         st = train_step(r, step, images, text)
