@@ -146,6 +146,7 @@ class Rank:
     dp_rank: int
     ema: Any = None  # ema.WeightEMA, or None (training.ema: none)
     startup_s: dict[str, float] = dataclasses.field(default_factory=dict)  # setup, by phase
+    phases: Any = None  # peak_memory.PhasePeaks: memory by phase of the step (the worker's)
     engine_variant: str = "lean"  # or "deepspeed-defaults" ($ECDIT_SCALE_ENGINE, A/B only)
 
     @property

@@ -4,6 +4,7 @@ and the bytes of the model states that persist across steps.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
@@ -17,12 +18,64 @@ MEMORY_EVERY = 10  # CPU memory tracking: the first 3 steps of a launch, then ev
 
 MEMORY_WHAT_CPU = (
     "peak bytes of live tensor storages on this rank during a step (the first 3 steps of a "
-    "launch and every 10th; other steps are untracked and time the step): model states (parameters, "
-    "gradients, optimizer state and DeepSpeed's ZeRO buffers, counted once as registered "
-    "after the first step) plus every tensor an aten op allocates during forward, backward and "
-    "the optimizer step (tracked with a TorchDispatchMode, freed when its storage dies); "
-    "max over ranks")
+    "launch and every 10th; other steps are untracked and time the step): model states "
+    "(parameters, gradients, optimizer state, DeepSpeed's ZeRO buffers and the EMA, counted "
+    "once as registered after the first step) plus every tensor an aten op allocates during "
+    "forward, backward, the optimizer step and the EMA update (tracked with a "
+    "TorchDispatchMode, freed when its storage dies); max over ranks")
 MEMORY_WHAT_CUDA = "torch.cuda.max_memory_allocated per step, max over ranks"
+PHASES = ("forward", "backward", "step", "ema")  # a step's phases, as the planner's peaks name them
+
+
+class PhasePeaks:
+    """The peak of each phase of a step (``PHASES``) and of the whole step: on CPU from a
+    ``PeakBytes`` tracker (tracked steps only), on CUDA from the allocator's peak, which each
+    phase resets at its start and end (host-side bookkeeping: no synchronisation). The step's
+    peak is the largest of the phases' and of what ran between them."""
+
+    def __init__(self, tracker: PeakBytes | None, cuda: bool) -> None:
+        self.tracker, self.cuda = tracker, cuda
+        self.by_phase: dict[str, int] = {}
+        self.between = 0
+        self.active = False
+
+    def _peak(self) -> int:
+        return int(torch.cuda.max_memory_allocated()) if self.cuda else self.tracker.peak
+
+    def _reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.tracker.reset_peak()
+
+    def begin(self, active: bool = True) -> None:
+        """A new step; ``active`` False: this step is not measured (CPU: untracked)."""
+        self.by_phase, self.between = {}, 0
+        self.active = active and (self.cuda or self.tracker is not None)
+        if self.active:
+            self._reset()
+
+    @contextlib.contextmanager
+    def measure(self, name: str):
+        if not self.active:
+            yield
+            return
+        self.between = max(self.between, self._peak())
+        self._reset()
+        try:
+            yield
+        finally:
+            self.by_phase[name] = max(self.by_phase.get(name, 0), self._peak())
+            self._reset()
+
+    def end(self) -> tuple[int, list[int]]:
+        """(the step's peak, each phase's peak in ``PHASES`` order, -1 where not measured);
+        (-1, [...]) for a step that was not measured."""
+        if not self.active:
+            return -1, [-1] * len(PHASES)
+        self.active = False
+        overall = max([self.between, self._peak(), *self.by_phase.values()])
+        return overall, [self.by_phase.get(n, -1) for n in PHASES]
 
 
 class PeakBytes(TorchDispatchMode):
@@ -81,14 +134,20 @@ class PeakBytes(TorchDispatchMode):
 
 def tensors_in(obj: Any, depth: int = 4, _seen: set | None = None):
     """Tensors reachable from an object's attributes, lists and dicts (to register DeepSpeed's
-    optimizer buffers, whose layout differs per ZeRO stage)."""
+    optimizer buffers, whose layout differs per ZeRO stage). ``depth`` levels of containers are
+    opened; one reached at the limit is left unmarked, so that a shorter path to it (DeepSpeed's
+    bf16 ZeRO-0 wrapper shares its fp32 master list with the torch optimizer's param group)
+    still finds its tensors."""
     seen = _seen if _seen is not None else set()
-    if id(obj) in seen or depth < 0:
+    if id(obj) in seen:
         return
-    seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
+        seen.add(id(obj))
         yield obj
         return
+    if depth <= 0:
+        return
+    seen.add(id(obj))
     if isinstance(obj, dict):
         items = obj.values()
     elif isinstance(obj, (list, tuple, set)):

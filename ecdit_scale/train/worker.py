@@ -13,6 +13,7 @@ a run resumed from a checkpoint at step k reproduces the uninterrupted run's los
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,8 +37,8 @@ from .step_profile import StepProfiler, phase
 from .throughput import meter_for
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .heldout import timestep_grid
-from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes,
-                          model_state_bytes, tensors_in)
+from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PHASES, PeakBytes,
+                          PhasePeaks, model_state_bytes, tensors_in)
 from .records import CHECKPOINT_TAG, COMPLETE_MARKER, RunDir, append_jsonl, write_json
 
 @dataclasses.dataclass
@@ -93,7 +94,7 @@ def collect_routing(model: nn.Module, st: StepStats, num_experts: int,
 
 
 def reduce_stats(st: StepStats, world: int, micro_steps: int, peak: int,
-                 device: torch.device) -> dict[str, Any]:
+                 device: torch.device, phase_peaks: list[int] | None = None) -> dict[str, Any]:
     """All-reduce one step's numbers; every rank gets the global values. Two collectives (a
     sum and a max) and one read of the device per step."""
     parts = [st.sums.to(device)]
@@ -102,9 +103,11 @@ def reduce_stats(st: StepStats, world: int, micro_steps: int, peak: int,
         parts += [st.tokens_per_expert.reshape(-1), st.hist, st.layer_sum, st.layer_tokens]
     flat = torch.cat([t.to(device, torch.float64) for t in parts])
     dist.all_reduce(flat)
-    peak_t = torch.tensor([peak], dtype=torch.float64, device=device)
+    phase_peaks = phase_peaks or [-1] * len(PHASES)
+    peak_t = torch.tensor([peak, *phase_peaks], dtype=torch.float64, device=device)
     dist.all_reduce(peak_t, op=dist.ReduceOp.MAX)
-    flat, peak_v = flat.cpu(), float(peak_t.item())
+    peaks_v = peak_t.tolist()
+    flat, peak_v = flat.cpu(), peaks_v[0]
     scalars = flat[:4].tolist()
     out: dict[str, Any] = {
         "loss": scalars[0] / (world * micro_steps),
@@ -113,6 +116,8 @@ def reduce_stats(st: StepStats, world: int, micro_steps: int, peak: int,
         "peak_bytes": int(peak_v) if peak_v >= 0 else None,
         "memory_tracked": peak_v >= 0,
     }
+    if peak_v >= 0:  # each phase's peak (max over ranks): where in the step the peak falls
+        out["peak_bytes_by_phase"] = {n: int(v) for n, v in zip(PHASES, peaks_v[1:]) if v >= 0}
     if routed:
         counts = flat[4:].long()
         L, E = st.tokens_per_expert.shape
@@ -144,6 +149,15 @@ def param_checksums(model: nn.Module) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def marked(r, name: str):
+    """One phase of a step: a profiler range (``step_profile.phase``) and, where the rank
+    measures memory by phase (``r.phases``), that phase's peak."""
+    peaks = getattr(r, "phases", None)
+    with phase(name), (peaks.measure(name) if peaks is not None else contextlib.nullcontext()):
+        yield
+
+
 def train_step(r: Rank, step: int, images: torch.Tensor, text: torch.Tensor) -> StepStats:
     """One optimizer step over ``grad_accum`` micro-batches of this rank's share. Nothing in it
     reads a value back from the device (``StepStats``)."""
@@ -157,15 +171,15 @@ def train_step(r: Rank, step: int, images: torch.Tensor, text: torch.Tensor) -> 
         x = images[rows].to(r.device, dtype, non_blocking=True)
         c = text[rows].to(r.device, dtype, non_blocking=True)
         gen = torch.Generator(device=r.device).manual_seed(step_seed(s.seed, step, r.rank, micro))
-        with phase("forward"):  # named for a profiled step (train.step_profile)
+        with marked(r, "forward"):  # named for a profiled step (train.step_profile)
             parts = rectified_flow_loss(engine, x, c, generator=gen)
             loss, aux = parts.loss, parts.aux_loss.float()
             if ds_layers:  # DeepSpeed's TopKGate keeps its balancing loss to itself
                 extra = torch.stack([m.l_aux.float() for m in ds_layers]).sum()
                 loss, aux = loss + extra, aux + extra.detach()
-        with phase("backward"):
+        with marked(r, "backward"):
             engine.backward(loss)
-        with phase("step"):  # the optimizer's only at the last micro-batch's
+        with marked(r, "step"):  # the optimizer's only at the last micro-batch's
             engine.step()
         dropped = collect_routing(engine.module, st, r.cfg.ffn.num_experts, ds_layers)
         st.add(loss.float(), parts.flow_loss.float(), aux, dropped)
@@ -227,6 +241,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     it = batches_from(start)
     branch_starts = s.branch_starts()
     tracker = PeakBytes() if (s.track_memory and not r.on_gpu) else None
+    r.phases = PhasePeaks(tracker, cuda=r.on_gpu)
     meter = meter_for(r)  # model FLOPs per step and the device's peak, once
     profiler = StepProfiler(rd, rank=r.rank, on_gpu=r.on_gpu)  # $ECDIT_SCALE_PROFILE_STEP
     state_bytes: dict[str, int] = {}
@@ -245,36 +260,29 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         tracked = tracker is not None and (step - start <= 3 or step % MEMORY_EVERY == 0)
         if r.on_gpu:
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+        r.phases.begin(active=r.on_gpu or tracked)
         profiler.start(step)
         t0 = time.perf_counter()
         images, text = next(it)  # this rank's share of global batch ``step - 1``
-        if tracked:
-            tracker.reset_peak()
-            with tracker:
-                st = train_step(r, step, images, text)
-        else:
+        with tracker if tracked else contextlib.nullcontext():
             st = train_step(r, step, images, text)
-        if r.ema is not None:  # after the optimizer step (DiT: every step)
-            with phase("ema"):
-                r.ema.update()
+            if r.ema is not None:  # after the optimizer step (DiT: every step)
+                with marked(r, "ema"):
+                    r.ema.update()
         if r.on_gpu:
             torch.cuda.synchronize()
         step_s = time.perf_counter() - t0
         profiled = profiler.stop(step, step_s)
-        if r.on_gpu:
-            peak = torch.cuda.max_memory_allocated()
-        elif tracked:
-            if step == start + 1:  # model states, as they stand after the first update
-                tracker.register(engine.module.parameters())
-                tracker.register(p.grad for p in engine.module.parameters() if p.grad is not None)
-                tracker.register(tensors_in(engine.optimizer))
-            peak = tracker.peak
-        else:
-            peak = -1  # not measured this step
+        peak, phase_peaks = r.phases.end()  # -1: not measured this step
+        if tracked and step == start + 1:  # model states, as they stand after the first update
+            tracker.register(engine.module.parameters())
+            tracker.register(p.grad for p in engine.module.parameters() if p.grad is not None)
+            tracker.register(tensors_in(engine.optimizer))
+            if r.ema is not None:
+                tracker.register(r.ema.shadow.values())
         if not state_bytes:
             state_bytes = model_state_bytes(engine)
-        rec = reduce_stats(st, r.world, s.grad_accum, peak, r.device)
+        rec = reduce_stats(st, r.world, s.grad_accum, peak, r.device, phase_peaks)
         if heldout is not None and (step == s.steps or (s.eval_every and step % s.eval_every == 0)):
             rec.update(heldout(engine.module, bf16=engine.bfloat16_enabled()))
         if r.rank == 0:
