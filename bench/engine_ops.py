@@ -33,39 +33,45 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> dict:
-    """One configuration, in this process: build the engine as the worker does, run ``steps``
-    steps, profile the last."""
+def one_rank_engine(model: str, *, zero: int, precision: str, steps: int,
+                    optimizer: str = "adamw", micro_batch: int = 2, ema: str = "none",
+                    extra: dict | None = None, kernel: str | None = None):
+    """The trainer's engine for one configuration at world 1 on DeepSpeed's CPU accelerator,
+    in this process (DeepSpeed keeps process-wide state: one configuration per process):
+    ``train.engine``'s torch optimizer and model, ``make_ds_config`` with ``extra`` overrides
+    (``a.b``: value), the foreach clipping norm unless ``$ENGINE_OPS_DEEPSPEED_NORM`` is set;
+    ``kernel="fused"`` gives the optimizer CUDA's update kernel on this CPU. Returns the
+    worker-like rank (``s``, ``engine``, ``device``, ``rank``, ``cfg``) with the model (``net``)."""
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(29500 + os.getpid() % 1000), DS_ACCELERATOR="cpu")
     import types
 
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     import deepspeed
     import deepspeed.ops
     from ecdit_scale import sizes
     from ecdit_scale.train import engine as engine_mod
-    from ecdit_scale.train import worker
     from ecdit_scale.train.expert_parallel import create_groups, single_process
     from ecdit_scale.train.launch import make_ds_config
     from ecdit_scale.train.records import RunSettings
-    from ecdit_scale.train.step_profile import ops_by_source, summarize
 
     torch.set_num_threads(1)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")
     cfg = sizes.get(model)
     s = RunSettings.build(card=model, model_name=model, steps=steps, nodes=1, nproc_per_node=1,
-                          ep=1, zero=zero, micro_batch=2, grad_accum=1, dataset="shapes",
-                          data_limit=None, holdout=0, seed=0, lr=1e-3, warmup_steps=0,
-                          optimizer="adamw", precision=precision, device="cpu",
-                          checkpoint_every=10**6, keep_checkpoints=1, track_memory=False)
+                          ep=1, zero=zero, micro_batch=micro_batch, grad_accum=1,
+                          dataset="shapes", data_limit=None, holdout=0, seed=0, lr=1e-3,
+                          warmup_steps=0, optimizer=optimizer, precision=precision,
+                          device="cpu", checkpoint_every=10**6, keep_checkpoints=1,
+                          track_memory=False, ema=ema)
+    if kernel == "fused":
+        engine_mod.optimizer_kernels = lambda cls, device: {"fused": True}
     ep = create_groups(1) if cfg.ffn.is_moe else single_process()
     net = engine_mod.build_parallel_model(cfg, s, ep)
     ds_config = make_ds_config(s, cfg)
-    for key, value in extra.items():  # --set a.b=value: a DeepSpeed config override
+    for key, value in (extra or {}).items():  # --set a.b=value: a DeepSpeed config override
         *path, last = key.split(".")
         node = ds_config
         for part in path:
@@ -75,7 +81,21 @@ def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> d
                                         config=ds_config)
     if not os.environ.get("ENGINE_OPS_DEEPSPEED_NORM"):  # as engine.setup does
         engine_mod.use_foreach_grad_norm(eng.optimizer)
-    r = types.SimpleNamespace(s=s, engine=eng, device=torch.device("cpu"), rank=0, cfg=cfg)
+    return types.SimpleNamespace(s=s, engine=eng, device=torch.device("cpu"), rank=0, cfg=cfg,
+                                 net=net)
+
+
+def measure(model: str, zero: int, precision: str, steps: int, extra: dict) -> dict:
+    """One configuration, in this process: build the engine as the worker does, run ``steps``
+    steps, profile the last."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from ecdit_scale.train import worker
+    from ecdit_scale.train.step_profile import ops_by_source, summarize
+
+    r = one_rank_engine(model, zero=zero, precision=precision, steps=steps, extra=extra)
+    eng, cfg, net = r.engine, r.cfg, r.net
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
     c = torch.randn(2, cfg.text_tokens, cfg.text_dim, generator=g)

@@ -3,10 +3,14 @@ properties, activation recomputation."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from ecdit_scale.errors import ConfigError
 from ecdit_scale.units import format_bytes
 from ecdit_scale import sizes
@@ -199,10 +203,12 @@ def test_math_attention_adds_the_score_matrix():
 def test_breakdown_total_is_the_sum_of_its_parts_and_names_its_assumptions():
     cfg = sizes.get("ecdit-m-64e")
     # 4096 images over dp 512 x micro-batch 4: 2 micro-batches, so the first one's gradients
-    # are held through the second forward and every part is alive at the peak
+    # are held through the second forward and every part but the backward's end's flat copy and
+    # the step's temporaries is alive at the peak
     mem = memory_breakdown(cfg, ParallelLayout(dp=512, ep=64, zero=2, micro_batch=4))
-    assert mem.grad_accum == 2
-    parts = [getattr(mem, name) for name in MemoryBreakdown._PARTS]
+    assert mem.grad_accum == 2 and mem.peak_phase == "forward"
+    parts = [getattr(mem, name) for name in MemoryBreakdown._PARTS
+             if name not in ("grad_buffers", "optimizer_temps")]
     assert mem.total == pytest.approx(sum(parts))
     assert mem.moe_buffers > 0 and mem.zero3_gather_buffer == 0 and mem.overhead > 1e9
     d = mem.to_dict()
@@ -213,10 +219,11 @@ def test_breakdown_total_is_the_sum_of_its_parts_and_names_its_assumptions():
 
 @pytest.mark.parametrize("name", ["nano-dense", "ecdit-xl", "ecdit-xl-8e"])
 def test_zero_buckets_follow_the_trainers_deepspeed_config(name):
-    """Several data-parallel ranks: two preallocated reduce buckets (contiguous gradients,
-    overlap); one rank (deepspeed_config.zero_section): a dense model one transient flat
-    bucket no larger than its parameters, an MoE model (contiguous gradients kept) one
-    preallocated bucket; ZeRO-0: none."""
+    """Several data-parallel ranks: two reduce buckets (contiguous gradients, overlap); one
+    rank (deepspeed_config.zero_section): a dense model one transient flat bucket no larger
+    than its parameters at the backward's end (``grad_buffers``), an MoE model (contiguous
+    gradients kept) one reduce bucket; ZeRO-0: no reduce bucket, the all-reduce's flat copy of
+    the larger parameter group (at most 5e8 elements)."""
     from ecdit_scale.planner.deepspeed_config import zero_section
     from ecdit_scale.planner.memory import ZERO_BUCKET_ELEMENTS
 
@@ -230,32 +237,37 @@ def test_zero_buckets_follow_the_trainers_deepspeed_config(name):
         assert one_rank["contiguous_gradients"] is moe and one_rank["overlap_comm"] is False
         assert zero_section(zero, world=2, moe=moe)["contiguous_gradients"] is True
         one = memory_breakdown(cfg, ParallelLayout(dp=1, zero=zero, micro_batch=1), bf16)
-        assert one.zero_buckets == 2 * (ZERO_BUCKET_ELEMENTS if moe
-                                        else min(ZERO_BUCKET_ELEMENTS, params))
+        assert one.zero_buckets == (2 * ZERO_BUCKET_ELEMENTS if moe else 0)
+        assert one.grad_buffers == (0 if moe else 2 * min(ZERO_BUCKET_ELEMENTS, params))
         two = memory_breakdown(cfg, ParallelLayout(dp=2, zero=zero, micro_batch=1), bf16)
         assert two.zero_buckets == 2 * 2 * ZERO_BUCKET_ELEMENTS
     none = memory_breakdown(cfg, ParallelLayout(dp=1, zero=0, micro_batch=1), bf16)
-    assert none.zero_buckets == 0
+    largest = max(split.tp_sharded + split.replicated, split.experts)
+    assert none.zero_buckets == 0 and none.grad_buffers == 2 * min(500_000_000, largest)
     # a run's recorded section: what it was launched with (before: two buckets on one rank)
     from ecdit_scale.planner.buckets import recorded_bucket_bytes
 
     before = dict(zero_section(1), overlap_comm=True, contiguous_gradients=True)
-    assert recorded_bucket_bytes(before, params_per_device=params, w=2) == 4 * ZERO_BUCKET_ELEMENTS
-    assert recorded_bucket_bytes(zero_section(1, world=1, moe=moe), params_per_device=params,
-                                 w=2) == one.zero_buckets
-    assert recorded_bucket_bytes(zero_section(0), params_per_device=params, w=2) is None
+    assert recorded_bucket_bytes(before, w=2) == 4 * ZERO_BUCKET_ELEMENTS
+    assert recorded_bucket_bytes(zero_section(1, world=1, moe=moe), w=2) == one.zero_buckets
+    assert recorded_bucket_bytes(zero_section(0), w=2) is None
 
 
 def test_without_accumulation_the_peak_is_the_forward_or_the_step_not_both():
-    """DeepSpeed creates gradients only in the backward: at the end of the forward the
-    activations are alive and the gradients not yet; at the step the reverse."""
+    """DeepSpeed creates gradients only in the backward: at the end of the forward (and the
+    backward's first gradient, when it allocates its reduce buckets) the activations are alive
+    and the gradients not yet; at the backward's end and at the step the reverse."""
     cfg = sizes.get("ecdit-xl")
     one = TrainingConfig(global_batch=32, optimizer="adamw")
     mem = memory_breakdown(cfg, ParallelLayout(dp=1, zero=1, micro_batch=32), one)
-    held = mem.params + mem.optimizer_states + mem.master_weights + mem.ema + mem.zero_buckets
-    fwd = held + mem.activations + mem.moe_buffers + mem.zero3_gather_buffer
-    step = held + mem.grads + mem.fp32_grads
-    assert mem.grad_accum == 1 and (mem.forward_peak, mem.step_peak) == pytest.approx((fwd, step))
+    held = mem.params + mem.optimizer_states + mem.master_weights + mem.ema
+    fwd = held + mem.activations + mem.moe_buffers + mem.zero3_gather_buffer + mem.zero_buckets
+    bwd = held + mem.grads + mem.grad_buffers + mem.zero_buckets
+    step = held + mem.grads + mem.fp32_grads + mem.optimizer_temps
+    # one dense rank in bf16: DeepSpeed flattens the bf16 gradients before casting them
+    assert mem.optimizer_temps == mem.grads and mem.grad_buffers > 0
+    assert mem.grad_accum == 1 and (mem.forward_peak, mem.backward_peak, mem.step_peak) == \
+        pytest.approx((fwd, bwd, step))
     assert mem.peak_phase == "forward" and mem.allocated == pytest.approx(fwd)
     assert mem.total == pytest.approx(fwd * 1.10 + 1.5 * 2**30)
     assert mem.total < sum(getattr(mem, n) for n in MemoryBreakdown._PARTS)
@@ -291,6 +303,48 @@ def test_peak_memory_follows_the_h200_allocator():
                               if n != "overhead") - 1)
     assert -0.06 < min(new) and max(new) < 0.09, new
     assert min(old) < -0.18 and sum(map(abs, new)) < 0.5 * sum(map(abs, old)), old
+
+
+def test_bf16_zero0_step_memory_matches_the_planner_phase_by_phase(tmp_path):
+    """The GPU one-rank plan's path, on DeepSpeed's CPU accelerator: bf16 ZeRO-0 (fp32
+    masters in DeepSpeed's unfused wrapper), RMSprop with torch's foreach update (one fp32
+    temporary per state element of a param group), an EMA, an MoE model (stacked expert
+    weights saved in eager mode, the all-reduce's flat copy): bench/step_memory.py's peaks."""
+    out = tmp_path / "sm.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "step_memory.py"), "--model",
+                           "nano-ec8", "--micro-batch", "2", "--precision", "bf16", "--zero", "0",
+                           "--optimizer", "rmsprop", "--kernel", "foreach", "--ema", "replicated",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (res,) = json.loads(out.read_text())["results"]
+    measured, planned = res["peak_bytes"], res["predicted_bytes"]
+    assert res["kernel"] == "foreach" and res["wrapper"] == "FP16_UnfusedOptimizer"
+    assert measured["step"] == pytest.approx(planned["step"], rel=0.01)
+    assert max(measured.values()) == pytest.approx(max(planned.values()), rel=0.01)
+    parts = res["planner_parts_bytes"]
+    assert parts["optimizer_temps"] > 0 and parts["grad_buffers"] > 0 and parts["master_weights"] > 0
+
+
+def test_tensors_in_reaches_a_list_shared_at_two_depths():
+    """DeepSpeed's bf16 ZeRO-0 wrapper holds its fp32 masters in a list that the torch
+    optimizer's param group shares one level deeper; the deeper path, cut by the depth limit,
+    must not hide the masters from the shorter one (it hid 4 bytes per parameter)."""
+    torch = pytest.importorskip("torch")
+    from ecdit_scale.train.peak_memory import tensors_in
+
+    masters = [torch.zeros(3), torch.zeros(5)]
+    inner = torch.optim.SGD(masters, lr=0.1)
+    inner.param_groups[0]["params"] = masters  # as the wrapper does: the list itself
+
+    class Wrapper:  # attribute order as in deepspeed's FP16_UnfusedOptimizer
+        __module__ = "deepspeed.runtime.fp16.unfused_optimizer"
+
+        def __init__(self):
+            self.optimizer = inner
+            self.fp32_groups = [masters]
+
+    found = list(tensors_in(Wrapper()))
+    assert {id(t) for t in found} == {id(t) for t in masters}
 
 
 def test_format_bytes():

@@ -111,7 +111,7 @@ def render_validation(report) -> None:
 
     t = Table(title="Predicted -> measured (error = measured / predicted - 1)")
     t.add_column("run", overflow="fold", min_width=10)
-    for col in ("params", "FLOPs / step", "peak memory / rank", "model states / rank",
+    for col in ("params", "FLOPs / step", "peak memory / rank", "states held between steps / rank",
                 "step time (profile)", "step time (LOO)"):
         t.add_column(col, justify="right")
     for r in report.rows:

@@ -154,12 +154,16 @@ def _print_plan(p, files) -> None:
     mt.add_column("part")
     mt.add_column("bytes", justify="right")
     for key in ("params", "grads", "fp32_grads", "optimizer_states", "master_weights", "ema",
-                "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead"):
+                "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "grad_buffers",
+                "optimizer_temps", "overhead"):
         if mem[key]:
             mt.add_row(key, format_gib(mem[key]))
-    phase = ("end of the forward (activations; gradients held from the earlier micro-batch)"
-             if mem["grad_accum"] > 1 else "end of the forward (activations, no gradients yet)") \
-        if mem["peak_phase"] == "forward" else "optimizer step (gradients, no activations)"
+    phase = {"forward": ("end of the forward (activations; gradients held from the earlier "
+                         "micro-batch)") if mem["grad_accum"] > 1 else
+             "end of the forward (activations, no gradients yet)",
+             "backward": "end of the backward (gradients and their flat copy, no activations)",
+             "step": "optimizer step (gradients, fp32 copy, temporaries; no activations)"}[
+        mem["peak_phase"]]
     mt.add_row("peak: " + phase, format_gib(mem["allocated"]))
     mt.add_row("total (peak + overhead)",
                f"{format_gib(mem['total'])} of {format_gib(p.accelerator.memory_bytes)}", style="bold")

@@ -30,9 +30,9 @@ from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
 from ..planner.buckets import recorded_bucket_bytes
-from ..planner.memory import BF16_BYTES, FP32_BYTES, MemoryBreakdown, ParamSplit, \
+from ..planner.memory import BF16_BYTES, FP32_BYTES, MemoryBreakdown, \
     memory_breakdown
-from ..train.records import RunDir, RunSettings, scan_metrics
+from ..train.records import Device, RunDir, RunSettings, scan_metrics
 from .measure import measured_training_flops
 from .terms import TERMS, read_breakdown
 from .runs import (
@@ -73,7 +73,7 @@ class Row:
     memory_measured: float | None
     memory_note: str = ""
     flops_note: str = ""
-    states_predicted: float | None = None  # planner model states (params, grads, optimizer)
+    states_predicted: float | None = None  # planner: params, optimizer states, master weights
     # rank 0's persistent tensors after its first optimizer step (worker.model_state_bytes):
     # gradients the optimizer has already freed by then are not in it
     states_measured: float | None = None
@@ -206,18 +206,18 @@ def _count(data: dict, key: str, where: str, *, least: int = 1, default: int | N
 def run_memory(rd: RunDir, cfg: ModelConfig, s: RunSettings) -> MemoryBreakdown:
     """The planner's memory for a run's layout, its ZeRO buckets as the run's ds_config.json
     configured them (``planner.buckets``; a run may predate the config the planner assumes)."""
-    mem = memory_breakdown(cfg, s.layout, s.training)
+    mem = memory_breakdown(cfg, s.layout, s.training, fused=s.device is Device.CUDA,
+                           compiled=s.compile != "none")
     if not rd.ds_config.is_file():
         return mem
-    split = ParamSplit.of(cfg)
     ds = read_object(rd.ds_config, "DeepSpeed config")
-    buckets = recorded_bucket_bytes(
-        _optional_dict(ds, "zero_optimization", str(rd.ds_config)),
-        params_per_device=split.non_expert_per_device(1) + split.expert_per_device(s.ep, 1),
-        w=BF16_BYTES if s.precision is Precision.BF16 else FP32_BYTES)
+    buckets = recorded_bucket_bytes(_optional_dict(ds, "zero_optimization", str(rd.ds_config)),
+                                    w=BF16_BYTES if s.precision is Precision.BF16 else FP32_BYTES)
     if buckets is None:
         return mem
-    mem = dataclasses.replace(mem, zero_buckets=buckets)
+    # reduce buckets (contiguous gradients) take the place of the one-rank flat copy
+    mem = dataclasses.replace(mem, zero_buckets=buckets,
+                              grad_buffers=0.0 if buckets else mem.grad_buffers)
     return dataclasses.replace(mem, overhead=mem.total - mem.allocated)
 
 
@@ -242,7 +242,9 @@ def row_from_run(run_dir: Path) -> Row:
     if mem_pred is not None:  # the planner as it is now, for the run's layout
         now = run_memory(rd, cfg, s)
         mem_pred, note = now.allocated, f"{ALLOCATED_NOTE} (peak at the {now.peak_phase})"
-        mem = {**mem, "model_states": now.model_states}
+        # what rank 0 holds between steps, as worker.model_state_bytes counts it (no EMA, and
+        # no gradients: the optimizer has freed them)
+        mem = {**mem, "model_states": now.params + now.optimizer_states + now.master_weights}
     mem_meas = _optional_positive(summary, "peak_bytes", str(rd.summary))
     if mem_meas is None and summary.get("status") != "completed":
         mem_meas = metrics_peak(rd)  # a run stopped before its summary: the steps' own peaks

@@ -317,7 +317,9 @@ class _Evaluator:
         act = self.act_table(c.tp)[c.rc, c.tp]
         mem = memory_arrays(self.split, act, self.moe_buffer, dp=c.dp, ep=c.ep, tp=c.tp,
                             zero=c.zero, micro_batch=c.mb, optimizer=tr.optimizer,
-                            precision=tr.precision, ema=tr.ema, grad_accum=ga)
+                            precision=tr.precision, ema=tr.ema, grad_accum=ga,
+                            fused=acc.deepspeed_accelerator != "cpu",
+                            compiled=acc.deepspeed_accelerator != "cpu")
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
                           precision=tr.precision)

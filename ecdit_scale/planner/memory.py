@@ -55,19 +55,17 @@ from ..config import (EMA, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Optimizer, ParallelLayout,
                       Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..params import count_params
-from .buckets import ZERO_BUCKET_ELEMENTS, ZERO_BUCKETS, zero_bucket_bytes
+from .buckets import (ZERO_BUCKET_ELEMENTS, ZERO_BUCKETS, grad_buffer_bytes, optimizer_temp_bytes,
+                      zero_bucket_bytes)
+from .peak import CONTEXT_BYTES, FRAGMENTATION, GiB, peak_arrays  # noqa: F401 (re-exported)
 from .flops import expert_slots_per_image
 
-GiB = 1024**3
 BF16_BYTES = 2
 FP32_BYTES = 4
 INDEX_BYTES = 8  # int64 routing indices
 
 OPTIMIZER_STATE_BYTES = {Optimizer.ADAMW: 8, Optimizer.RMSPROP: 8, Optimizer.SGD: 4}
 
-# Stated allowances (see MemoryBreakdown.assumptions)
-FRAGMENTATION = 0.10  # of everything else: allocator fragmentation and temporaries
-CONTEXT_BYTES = 1.5 * GiB  # CUDA context, cuBLAS/NCCL workspaces, framework
 ZERO3_SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size
 ZERO3_LIVE_LAYERS = 2  # the layer being computed + the prefetched one (DeepSpeed: 4 B x largest)
 
@@ -81,40 +79,18 @@ ASSUMPTIONS = (
     "tensor parallel shards attention/FFN/expert matrices (Megatron, no sequence parallelism); "
     "embedders, adaLN, router and output head are replicated across tp ranks",
     "expert params: sharded by ep, ZeRO-partitioned over the expert-data-parallel group dp/ep",
-    f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json); on "
-    "one data-parallel rank one (dense: transient, at most the rank's parameters)",
-    "peak = states held all step (params, master weights, optimizer states, EMA, buckets) + the "
-    "larger of the forward's (activations, MoE buffers, ZeRO-3 gathers) and the step's "
-    "(gradients and DeepSpeed's fp32 copy); with gradient accumulation the gradients are held "
-    "through the next micro-batch's forward too",
+    f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json), "
+    "allocated at the backward's first gradient and freed before the step; on one "
+    "data-parallel rank one (MoE) or none (dense: a flat copy at the backward's end)",
+    "peak = states held all step (params, master weights, optimizer states, EMA) + the "
+    "largest of the forward's end (activations, MoE buffers and, eager, the stacked expert "
+    "weights, ZeRO-3 gathers, reduce buckets), the backward's end (gradients, reduce buckets "
+    "or the flat all-reduce copy) and the step (gradients, DeepSpeed's fp32 copy, the update's "
+    "temporaries: foreach AdamW/RMSprop per param group, none fused; torch has no fused "
+    "RMSprop); with gradient accumulation the gradients are held through the next "
+    "micro-batch's forward too",
 )
 
-# Which parts are alive when (see peak_arrays): all step; from the forward until the backward has
-# used them; from the backward (ZeRO-2/3: the partitions) to the optimizer step
-PERSISTENT_PARTS = ("params", "optimizer_states", "master_weights", "ema", "zero_buckets")
-FORWARD_PARTS = ("activations", "moe_buffers", "zero3_gather_buffer")
-STEP_PARTS = ("grads", "fp32_grads")
-
-
-def peak_arrays(parts: dict[str, Any], grad_accum: Any = 1) -> dict[str, Any]:
-    """Peak bytes from the parts (numbers or arrays over layouts): ``forward_peak`` at the end
-    of a micro-batch's forward, ``step_peak`` at the optimizer step, ``subtotal`` the larger,
-    ``overhead`` the stated allowance on it and ``total``.
-
-    DeepSpeed 0.19.8 makes no gradient before the backward (bf16 gradients go into the buckets
-    and are freed; the fp32 partition lives from the backward to the step). On an H200
-    (bench/results/h200-2026-11-26) ecdit-xl at micro-batch 32 peaks at the forward's end
-    (20.2 GiB; this reading 21.1), an 8-block ecdit-xl-32e at the step (29.4; 29.2). With
-    accumulation the earlier micro-batches' gradients are held through the later forwards."""
-    persistent = sum(parts[k] for k in PERSISTENT_PARTS)
-    step = sum(parts[k] for k in STEP_PARTS)
-    forward = sum(parts[k] for k in FORWARD_PARTS) + np.where(np.asarray(grad_accum) > 1,
-                                                               step, 0.0)
-    out = {"forward_peak": persistent + forward, "step_peak": persistent + step}
-    out["subtotal"] = np.maximum(out["forward_peak"], out["step_peak"])
-    out["overhead"] = FRAGMENTATION * out["subtotal"] + CONTEXT_BYTES
-    out["total"] = out["subtotal"] + out["overhead"]
-    return out
 
 
 def _part(n: Any, group: Any, zero: Any, stage: int) -> Any:
@@ -213,11 +189,14 @@ def _model_state_arrays(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any
     opt_elems = both(ZERO_PARTITIONS_OPTIMIZER)
     fp32_copy = np.where(np.asarray(zero) >= ZERO_PARTITIONS_PARAMETERS, np.minimum(opt_elems, ZERO3_SUB_GROUP_ELEMENTS),
                          opt_elems)
+    # DeepSpeed's ZeRO optimizers keep a flat fp32 partition (and its gradient) in fp32 too;
+    # only fp32 at ZeRO-0 (the torch optimizer on the weights themselves) has neither
+    copies = 1.0 if bf16 else (np.asarray(zero) >= 1) * 1.0
     return dict(
         params=w * both(ZERO_PARTITIONS_PARAMETERS),
         grads=w * both(ZERO_PARTITIONS_GRADIENTS),
-        fp32_grads=FP32_BYTES * fp32_copy if bf16 else 0.0 * opt_elems,
-        master_weights=FP32_BYTES * opt_elems if bf16 else 0.0 * opt_elems,
+        fp32_grads=FP32_BYTES * fp32_copy * copies,
+        master_weights=FP32_BYTES * opt_elems * copies,
         optimizer_states=k * opt_elems,
     )
 
@@ -415,15 +394,18 @@ class MemoryBreakdown:
     master_weights: float
     ema: float  # fp32 EMA of the weights (replicated or sharded with the optimizer state)
     activations: float  # saved for backward, whole micro-batch
-    moe_buffers: float  # dispatch + all-to-all send/recv buffers of one MoE layer
+    moe_buffers: float  # dispatch + all-to-all buffers of one MoE layer + stacked expert weights
     zero3_gather_buffer: float  # gathered full layers (ZeRO-3 only)
-    zero_buckets: float  # gradient reduce / all-gather buckets
+    zero_buckets: float  # gradient reduce buckets (allocated in the backward)
+    grad_buffers: float  # flat gradient copy at the backward's end (all-reduce / one-rank bucket)
+    optimizer_temps: float  # the step's temporaries (foreach update, bf16 flattening)
     overhead: float  # fragmentation + CUDA context (see assumptions)
     grad_accum: int = 1  # > 1: gradients are held through the next micro-batch's forward
     assumptions: tuple[str, ...] = ASSUMPTIONS
 
     _PARTS = ("params", "grads", "fp32_grads", "optimizer_states", "master_weights", "ema",
-              "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "overhead")
+              "activations", "moe_buffers", "zero3_gather_buffer", "zero_buckets", "grad_buffers",
+              "optimizer_temps", "overhead")
 
     @property
     def model_states(self) -> float:
@@ -436,18 +418,22 @@ class MemoryBreakdown:
 
     forward_peak = property(lambda self: float(self._peak["forward_peak"]),
                             doc="Bytes at the end of a micro-batch's forward (no allowance).")
+    backward_peak = property(lambda self: float(self._peak["backward_peak"]),
+                             doc="Bytes at the backward's end (no allowance).")
     step_peak = property(lambda self: float(self._peak["step_peak"]),
                          doc="Bytes at the optimizer step (no allowance).")
     allocated = property(lambda self: float(self._peak["subtotal"]),
                          doc="What the CUDA allocator's peak counts: the peak, no allowance.")
     total = property(lambda self: float(self._peak["total"]), doc="Peak + overhead.")
-    peak_phase = property(lambda self: "forward" if self.forward_peak >= self.step_peak
-                          else "step")
+    peak_phase = property(lambda self: max(
+        (("forward", self.forward_peak), ("backward", self.backward_peak), ("step", self.step_peak)),
+        key=lambda kv: kv[1])[0])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: float(getattr(self, name)) for name in self._PARTS}
         out["model_states"] = float(self.model_states)
-        out["forward_peak"], out["step_peak"] = self.forward_peak, self.step_peak
+        out["forward_peak"], out["backward_peak"] = self.forward_peak, self.backward_peak
+        out["step_peak"] = self.step_peak
         out["peak_phase"], out["allocated"] = self.peak_phase, self.allocated
         out["grad_accum"] = self.grad_accum
         out["total"] = float(self.total)
@@ -458,10 +444,13 @@ class MemoryBreakdown:
 def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample: float, *,
                   dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
                   optimizer: Optimizer, precision: Precision,
-                  ema: EMA | str = EMA.NONE, grad_accum: Any = 1) -> dict[str, Any]:
+                  ema: EMA | str = EMA.NONE, grad_accum: Any = 1,
+                  fused: bool = True, compiled: bool = True) -> dict[str, Any]:
     """Every MemoryBreakdown field (and ``total``) as arrays over layouts.
 
     ``act_per_sample``: activation bytes per sample for each layout's (recompute, tp).
+    ``fused``: the trainer's update kernel where torch has one (CUDA); foreach otherwise.
+    ``compiled``: blocks under torch.compile (the trainer's CUDA default); eager otherwise.
     """
     dp, ep, tp = np.asarray(dp), np.asarray(ep), np.asarray(tp)
     zero, mb = np.asarray(zero), np.asarray(micro_batch)
@@ -472,11 +461,20 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     out = dict(states)
     out["ema"] = ema_bytes(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero, ema=ema)
     out["activations"] = mb * np.asarray(act_per_sample)
-    out["moe_buffers"] = mb * moe_buffer_per_sample + 0.0 * dp
+    # + eager: the stacked local expert weights, saved for the backward (compiled: recomputed)
+    out["moe_buffers"] = mb * moe_buffer_per_sample + (0.0 if compiled else w) * expert + 0.0 * dp
     out["zero3_gather_buffer"] = np.where(
         zero >= ZERO_PARTITIONS_PARAMETERS, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
-    out["zero_buckets"] = zero_bucket_bytes(non_expert + expert, dp=dp, zero=zero, w=w,
-                                            moe=split.experts > 0)
+    moe = split.experts > 0
+    out["zero_buckets"] = zero_bucket_bytes(dp=dp, zero=zero, w=w, moe=moe)
+    out["grad_buffers"] = grad_buffer_bytes(non_expert, expert, dp=dp, zero=zero, w=w, moe=moe)
+    largest_group = np.maximum(_part(non_expert, dp, zero, ZERO_PARTITIONS_OPTIMIZER),
+                               _part(expert, dp // ep, zero, ZERO_PARTITIONS_OPTIMIZER))
+    out["optimizer_temps"] = optimizer_temp_bytes(
+        largest_group, states["grads"], zero=zero, optimizer=optimizer, fused=fused,
+        # torch steps a param group at a time (shared, experts); bf16 without contiguous
+        # gradients (dense, one rank) flattens to bf16 before the fp32 cast
+        flat_copy=np.where((dp == 1) & (not moe) & (w == BF16_BYTES), states["grads"], 0.0))
     peak = peak_arrays(out, grad_accum)
     out["overhead"], out["total"] = peak["overhead"], peak["total"]
     return out
@@ -484,7 +482,8 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
 
 def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                      training: TrainingConfig | None = None, *,
-                     flash_attention: bool = True) -> MemoryBreakdown:
+                     flash_attention: bool = True, fused: bool = True,
+                     compiled: bool = True) -> MemoryBreakdown:
     """Peak bytes per device of one layout (the same formulas the search vectorises)."""
     training = training or TrainingConfig()
     ga = max(1, training.global_batch // (layout.dp * layout.micro_batch))
@@ -495,6 +494,7 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                            moe_buffer_bytes_per_sample(cfg, precision=training.precision),
                            dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
                            micro_batch=layout.micro_batch, optimizer=training.optimizer,
-                           precision=training.precision, ema=training.ema, grad_accum=ga)
+                           precision=training.precision, ema=training.ema, grad_accum=ga,
+                           fused=fused, compiled=compiled)
     return MemoryBreakdown(**{f.name: float(arrays[f.name]) for f in fields(MemoryBreakdown)
                               if f.name not in ("assumptions", "grad_accum")}, grad_accum=ga)

@@ -235,8 +235,10 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
                                      + bwd_exposed * (1.0 - red_share)), 0.0)
 
     bf16 = Precision(precision) is Precision.BF16
-    opt_bytes = (2 * (mem["optimizer_states"] + mem["master_weights"]) + mem["fp32_grads"]
-                 + (1 if bf16 else 2) * mem["params"])
+    # fp32: the update's traffic is priced as the weights' own (DeepSpeed's fp32 partition at
+    # ZeRO-1/2, which the memory counts as master weights, is priced through the params)
+    opt_bytes = (2 * (mem["optimizer_states"] + (mem["master_weights"] if bf16 else 0.0))
+                 + (mem["fp32_grads"] if bf16 else 0.0) + (1 if bf16 else 2) * mem["params"])
     opt_bytes = opt_bytes + 3 * mem["ema"]  # EMA update: read + write it, read the weights
     if prof is not None and cfg is not None and prof.optimizer_s_per_byte is not None:
         # ZeRO-0 steps every parameter tensor; ZeRO-1/2/3 a flat partition per param group

@@ -132,7 +132,8 @@ def predictions(cfg: ModelConfig, s: RunSettings) -> dict[str, Any]:
     try:
         from ..planner.memory import memory_breakdown
 
-        mem = memory_breakdown(cfg, s.layout, s.training)
+        mem = memory_breakdown(cfg, s.layout, s.training, fused=s.device is Device.CUDA,
+                           compiled=s.compile != "none")
         out["memory"] = {**mem.to_dict(), "per": "device (rank)",
                          "source": "planner.memory.memory_breakdown"}
     except Exception as exc:  # the planner may not model this layout: say so, do not fail
