@@ -21,7 +21,6 @@ about. Prints per configuration the measured peaks, the planner's and their rati
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -47,7 +46,7 @@ def measure(model: str, zero: int, precision: str, optimizer: str, kernel: str,
     from ecdit_scale.train import worker
     from ecdit_scale.train.ema import make_ema
     from ecdit_scale.train.expert_parallel import is_expert_param
-    from ecdit_scale.train.peak_memory import PeakBytes, tensors_in
+    from ecdit_scale.train.peak_memory import PeakBytes, PhasePeaks
 
     r = one_rank_engine(model, zero=zero, precision=precision, steps=4, optimizer=optimizer,
                         micro_batch=micro_batch, ema=ema, kernel=kernel)
@@ -62,29 +61,17 @@ def measure(model: str, zero: int, precision: str, optimizer: str, kernel: str,
         shadow.update()
 
     tracker = PeakBytes()
-    tracker.register(eng.module.parameters())
-    tracker.register(p.grad for p in eng.module.parameters() if p.grad is not None)
-    tracker.register(tensors_in(eng.optimizer))
-    if shadow is not None:
-        tracker.register(shadow.shadow.values())
+    tracker.register_states(eng, shadow)
     held = tracker.current
-    peaks: dict[str, int] = {}
-    original = worker.phase
-
-    @contextlib.contextmanager
-    def timed_phase(name):  # the peak of each phase, then the next starts from what is live
-        tracker.reset_peak()
-        with original(name):
-            yield
-        peaks[name] = max(peaks.get(name, 0), tracker.peak)
-
-    worker.phase = timed_phase
+    r.phases = PhasePeaks(tracker, cuda=False)  # the worker's phase marks measure each phase
+    r.phases.begin()
     with tracker:
         worker.train_step(r, 2, x, c)
         if shadow is not None:
-            with timed_phase("ema"):
+            with worker.marked(r, "ema"):
                 shadow.update()
-    worker.phase = original
+    peaks = r.phases.by_phase
+    r.phases.end()
 
     mem = memory_breakdown(cfg, s.layout, s.training, fused=kernel == "fused",
                            compiled=False).to_dict()

@@ -30,9 +30,9 @@ from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
 from ..planner.buckets import recorded_bucket_bytes
-from ..planner.memory import BF16_BYTES, FP32_BYTES, MemoryBreakdown, \
-    memory_breakdown
-from ..train.records import Device, RunDir, RunSettings, scan_metrics
+from ..planner.memory import BF16_BYTES, FP32_BYTES, MemoryBreakdown
+from ..train.launch import planned_memory
+from ..train.records import RunDir, RunSettings, scan_metrics
 from .measure import measured_training_flops
 from .terms import TERMS, read_breakdown
 from .runs import (
@@ -206,8 +206,7 @@ def _count(data: dict, key: str, where: str, *, least: int = 1, default: int | N
 def run_memory(rd: RunDir, cfg: ModelConfig, s: RunSettings) -> MemoryBreakdown:
     """The planner's memory for a run's layout, its ZeRO buckets as the run's ds_config.json
     configured them (``planner.buckets``; a run may predate the config the planner assumes)."""
-    mem = memory_breakdown(cfg, s.layout, s.training, fused=s.device is Device.CUDA,
-                           compiled=s.compile != "none")
+    mem = planned_memory(cfg, s)
     if not rd.ds_config.is_file():
         return mem
     ds = read_object(rd.ds_config, "DeepSpeed config")

@@ -286,6 +286,8 @@ class _Evaluator:
 
     def __init__(self, cfg: ModelConfig, training: TrainingConfig, cluster: ClusterConfig, acc):
         self.cfg, self.training, self.cluster, self.acc = cfg, training, cluster, acc
+        # the trainer's kernels on this device: fused updates and compiled blocks but on a CPU
+        self.cuda_trainer = acc.deepspeed_accelerator != "cpu"
         self.split = ParamSplit.of(cfg)
         self.links = Links.of(acc, cluster.gpus_per_node)
         self.moe_buffer = moe_buffer_bytes_per_sample(cfg, precision=training.precision)
@@ -318,8 +320,7 @@ class _Evaluator:
         mem = memory_arrays(self.split, act, self.moe_buffer, dp=c.dp, ep=c.ep, tp=c.tp,
                             zero=c.zero, micro_batch=c.mb, optimizer=tr.optimizer,
                             precision=tr.precision, ema=tr.ema, grad_accum=ga,
-                            fused=acc.deepspeed_accelerator != "cpu",
-                            compiled=acc.deepspeed_accelerator != "cpu")
+                            fused=self.cuda_trainer, compiled=self.cuda_trainer)
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
                           precision=tr.precision)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any
@@ -61,7 +60,7 @@ def lr_at(s: RunSettings, step: int) -> float:
     "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations")."""
     factor = 1.0 if s.warmup_steps <= 0 else min(1.0, step / s.warmup_steps)
     if s.schedule is Schedule.WSD:
-        cooldown = max(1, math.ceil(s.cooldown_fraction * s.steps))
+        cooldown = s.cooldown_steps()
         factor = min(factor, (s.steps - step + 1) / (cooldown + 1))
     return s.lr * max(0.0, factor)
 

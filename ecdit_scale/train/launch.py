@@ -108,6 +108,16 @@ def make_ds_config(s: RunSettings, cfg: ModelConfig) -> dict[str, Any]:
     return ds
 
 
+def planned_memory(cfg: ModelConfig, s: RunSettings):
+    """The planner's memory for a run's layout, with the trainer's kernels on its device:
+    CUDA updates with fused optimizers and compiles its blocks as the run says; a CPU runs
+    foreach updates."""
+    from ..planner.memory import memory_breakdown
+
+    return memory_breakdown(cfg, s.layout, s.training, fused=s.device is Device.CUDA,
+                            compiled=s.compile != "none")
+
+
 def predictions(cfg: ModelConfig, s: RunSettings) -> dict[str, Any]:
     """What the planner says about this run, before it runs."""
     from ..params import count_params
@@ -130,10 +140,7 @@ def predictions(cfg: ModelConfig, s: RunSettings) -> dict[str, Any]:
         },
     }
     try:
-        from ..planner.memory import memory_breakdown
-
-        mem = memory_breakdown(cfg, s.layout, s.training, fused=s.device is Device.CUDA,
-                           compiled=s.compile != "none")
+        mem = planned_memory(cfg, s)
         out["memory"] = {**mem.to_dict(), "per": "device (rank)",
                          "source": "planner.memory.memory_breakdown"}
     except Exception as exc:  # the planner may not model this layout: say so, do not fail

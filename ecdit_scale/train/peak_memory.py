@@ -121,6 +121,16 @@ class PeakBytes(TorchDispatchMode):
         for t in tensors:
             self._add(t)
 
+    def register_states(self, engine, ema=None) -> None:
+        """The model states as they stand after an optimizer step: the module's parameters and
+        any gradients left, DeepSpeed's optimizer buffers and state, and the EMA."""
+        params = list(engine.module.parameters())
+        self.register(params)
+        self.register(p.grad for p in params if p.grad is not None)
+        self.register(tensors_in(engine.optimizer))
+        if ema is not None:
+            self.register(ema.shadow.values())
+
     def reset_peak(self) -> None:
         self.peak = self.current
 

@@ -160,6 +160,11 @@ class RunSettings:
     def with_steps(self, steps: int) -> "RunSettings":
         return replace(self, training=replace(self.training, steps=steps))
 
+    def cooldown_steps(self, steps: int | None = None) -> int:
+        """wsd: the last c = ceil(cooldown_fraction x steps) steps decay (at least one) of a
+        run of ``steps`` (default this run's)."""
+        return max(1, math.ceil(self.cooldown_fraction * (self.steps if steps is None else steps)))
+
     def branch_starts(self) -> dict[int, tuple[int, ...]]:
         """Last stable step -> the cooldown branches that start after it. A branch of N steps
         is the wsd run of N steps from its last stable step on (``engine.lr_at`` of N): up to
@@ -167,7 +172,7 @@ class RunSettings:
         so the branch continues this run's state instead of training those steps again."""
         out: dict[int, list[int]] = {}
         for n in self.cooldown_branches:
-            out.setdefault(n - max(1, math.ceil(self.cooldown_fraction * n)), []).append(n)
+            out.setdefault(n - self.cooldown_steps(n), []).append(n)
         return {k: tuple(v) for k, v in sorted(out.items())}
 
     @classmethod

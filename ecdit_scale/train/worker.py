@@ -38,7 +38,7 @@ from .throughput import meter_for
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .heldout import timestep_grid
 from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PHASES, PeakBytes,
-                          PhasePeaks, model_state_bytes, tensors_in)
+                          PhasePeaks, model_state_bytes)
 from .records import CHECKPOINT_TAG, COMPLETE_MARKER, RunDir, append_jsonl, write_json
 
 @dataclasses.dataclass
@@ -275,11 +275,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
         profiled = profiler.stop(step, step_s)
         peak, phase_peaks = r.phases.end()  # -1: not measured this step
         if tracked and step == start + 1:  # model states, as they stand after the first update
-            tracker.register(engine.module.parameters())
-            tracker.register(p.grad for p in engine.module.parameters() if p.grad is not None)
-            tracker.register(tensors_in(engine.optimizer))
-            if r.ema is not None:
-                tracker.register(r.ema.shadow.values())
+            tracker.register_states(engine, r.ema)
         if not state_bytes:
             state_bytes = model_state_bytes(engine)
         rec = reduce_stats(st, r.world, s.grad_accum, peak, r.device, phase_peaks)
