@@ -1,0 +1,76 @@
+"""The step-time model against the CPU held-out matrix of issue 19 (``results/cpu-heldout-
+matrix/matrix.yaml``, 13 launches fixed before the model changed): launch each run (a run whose
+summary.json exists is kept, so an interrupted pass resumes), profile this CPU once with
+``profile --nproc 2``, and print ``validate --profile``'s profile-only error per run
+(measured / predicted - 1) with the mean and worst |error|, and the term that misses most.
+
+    python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml] [--only NAME,...]
+
+Step times are wall clock: run it on an otherwise idle machine (it prints the load average it
+saw). Each run profiles one step (``ECDIT_SCALE_PROFILE_STEP``) so that validate's term table
+says which term misses. This is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MATRIX = ROOT / "bench" / "results" / "cpu-heldout-matrix" / "matrix.yaml"
+PROFILED_STEP = "12"
+
+
+def cli(*args: str, env: dict | None = None, json_out: bool = True) -> dict | None:
+    cmd = [sys.executable, "-m", "ecdit_scale", *args] + (["--json"] if json_out else [])
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        sys.exit(f"error: ecdit-scale {' '.join(args)} failed: {proc.stderr.strip()[-800:]}")
+    return json.loads(proc.stdout) if json_out else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="where the runs go")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="a profile of this CPU (default: OUT/cpu-profile.yaml, made once)")
+    ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    args = ap.parse_args()
+    matrix = yaml.safe_load(MATRIX.read_text())
+    names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
+    load_before = os.getloadavg()[0]
+    for name in names:
+        run = args.out / name
+        if not (run / "summary.json").is_file():
+            print(f"launching {name} ...", file=sys.stderr, flush=True)
+            cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
+                env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
+    profile = args.profile or args.out / "cpu-profile.yaml"
+    if not profile.is_file():
+        print("profiling this CPU (profile --nproc 2) ...", file=sys.stderr, flush=True)
+        cli("profile", "--nproc", "2", "--out", str(profile))
+    report = cli("validate", *(str(args.out / n) for n in names), "--profile", str(profile),
+                 "--csv", str(args.out / "validation.csv"))
+    print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on "
+          f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}")
+    print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}")
+    errors = []
+    for r in report["rows"]:
+        errors.append(r["step_s_error"])
+        print(f"{r['name']:<30} {r['step_s_measured'] * 1e3:>8.1f}ms "
+              f"{r['step_s_predicted'] * 1e3:>8.1f}ms {r['step_s_error']:>+8.1%}")
+    absolute = [abs(e) for e in errors]
+    print(f"held out: {len(errors)} runs, mean |error| {statistics.mean(absolute):.1%}, "
+          f"worst {max(absolute):.1%} (target: mean <= 15%, worst <= 30%)")
+
+
+if __name__ == "__main__":
+    main()
