@@ -7,6 +7,7 @@ session fixtures of conftest.py (made once, in the background: tests/session_run
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -257,24 +258,39 @@ def test_a_refused_launch_prints_its_line_and_nothing_else(tmp_path):
     assert proc.stderr.startswith("error: --ep 3") and proc.stderr.count("\n") == 1, proc.stderr
 
 
+def kill_after_step_4(out: Path) -> None:
+    """What a job killed right after step 4's record leaves: records 1-4, the checkpoint of
+    step 2 (step 4's save not begun), no branch, no summary of an end."""
+    import shutil
+
+    for step in range(4, 13, 2):
+        shutil.rmtree(out / "checkpoints" / f"step{step}", ignore_errors=True)
+    shutil.rmtree(out / "branches")
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join(lines[:4]))
+    (out / "summary.json").unlink()
+
+
 @pytest.mark.slow
 def test_a_cooldown_branch_is_the_shorter_run_even_across_a_resume(tmp_path):
     """``--cooldown-branches 6``: the 6-step wsd run annealed off the 12-step run's stable
-    phase (after step 4; ceil(0.2 x 6) = 2 cooldown steps). The run stops right after step 4,
-    before the branch and before step 4's checkpoint, and resumes from step 2: the branch's losses and held-out loss are those of a
+    phase (after step 4; ceil(0.2 x 6) = 2 cooldown steps). The run is then cut back to what a
+    job killed right after step 4 leaves (records of steps 1-4, the checkpoint of step 2, no
+    branch) and resumed from step 2: the branch's losses and held-out loss are those of a
     separate 6-step run, and it is written once, whole (the sweep's table equality over a
     whole group is tests/test_sweep.py)."""
     common = ("nano-dense", "--nproc", "1", "--micro-batch", "2", "--dataset", "shapes-stream",
               "--holdout", "8", "--schedule", "wsd", "--warmup", "2", "--no-track-memory",
               "--checkpoint-every", "2", "--json")
     out, alone = tmp_path / "branched", tmp_path / "alone"
-    stopped = cli(*("launch", *common, "--steps", "12", "--cooldown-branches", "6",
-                    "--stop-after", "4", "--out", str(out)))
-    assert json.loads(stopped.stdout)["status"] == "stopped" and not (out / "branches").exists()
+    first = cli(*("launch", *common, "--steps", "12", "--cooldown-branches", "6",
+                  "--keep-checkpoints", "12", "--out", str(out)))
+    assert json.loads(first.stdout)["status"] == "completed", first.stderr[-2000:]
+    kill_after_step_4(out)
     resumed = cli("launch", *common, "--steps", "12", "--cooldown-branches", "6", "--out",
                   str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads(resumed.stdout)["resumed_from"] == 2  # it stopped before step 4's save
+    assert json.loads(resumed.stdout)["resumed_from"] == 2  # step 4's save was "cut"
     res = cli("launch", *common, "--steps", "6", "--out", str(alone))
     assert res.returncode == 0, res.stderr[-2000:]
     branch = [json.loads(x) for x in (out / "branches" / "b6.jsonl").read_text().splitlines()]

@@ -44,7 +44,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
     run_dir: str
-    status: str  # completed | failed | stopped | interrupted
+    status: str  # completed | failed | interrupted
     returncode: int
     steps_done: int
     steps: int
@@ -196,17 +196,14 @@ JOIN_WAIT_S = 600  # how long a node other than node 0 waits for node 0's run.js
 
 
 def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
-                     resume_from: str | None, stop_after: int | None,
-                     node_rank: int | None = None, master_addr: str | None = None,
-                     master_port: int | None = None) -> list[str]:
+                     resume_from: str | None, node_rank: int | None = None,
+                     master_addr: str | None = None, master_port: int | None = None) -> list[str]:
     """The ``deepspeed`` launcher command that starts the worker on every rank: the planner's
     builder, run with this Python. With ``node_rank``: DeepSpeed's multi-node path without ssh
     (each node runs this with its own rank; see ``deepspeed_launch_command``)."""
     worker_args: list[str] = []
     if resume_from is not None:
         worker_args += ["--resume-from", resume_from]
-    if stop_after is not None:
-        worker_args += ["--stop-after", str(stop_after)]
     return deepspeed_launch_command(
         num_gpus=s.nproc_per_node, run_dir=str(rd.path.resolve()),
         hostfile=str(Path(hostfile).resolve()) if hostfile else None,
@@ -216,8 +213,8 @@ def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
         launcher=(sys.executable, "-m", "deepspeed.launcher.runner"), worker_args=worker_args)
 
 
-def single_rank_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
-                        stop_after: int | None) -> tuple[list[str], dict[str, str]]:
+def single_rank_command(s: RunSettings, rd: RunDir, *,
+                        resume_from: str | None) -> tuple[list[str], dict[str, str]]:
     """A one-rank local run: the worker itself, with the environment DeepSpeed's launcher
     would give its only rank (``deepspeed.launcher.launch``: RANK, LOCAL_RANK, WORLD_SIZE,
     LOCAL_SIZE, CROSS_RANK/SIZE, MASTER_ADDR/PORT). The runner and launcher processes in
@@ -227,8 +224,6 @@ def single_rank_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
     cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
     if resume_from is not None:
         cmd += ["--resume-from", resume_from]
-    if stop_after is not None:
-        cmd += ["--stop-after", str(stop_after)]
     env = launcher_env(s)
     env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", CROSS_RANK="0",
                CROSS_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -260,11 +255,11 @@ def launch(req: LaunchRequest, *,
     cfg, s, rd, resumed_from, resume_tag, notes = prepare(req)
     warm_data_cache(cfg, s)
     if s.world == 1 and not req.hostfile and req.node_rank is None:
-        cmd, env = single_rank_command(s, rd, resume_from=resume_tag, stop_after=req.stop_after)
+        cmd, env = single_rank_command(s, rd, resume_from=resume_tag)
         shown = ["python"] + cmd[1:]
     else:
         cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
-                               stop_after=req.stop_after, node_rank=req.node_rank,
+                               node_rank=req.node_rank,
                                master_addr=req.master_addr, master_port=req.master_port)
         env, shown = launcher_env(s), ["deepspeed"] + cmd[3:]
     rd.update_summary(command=" ".join(shown))
@@ -290,9 +285,6 @@ def launch(req: LaunchRequest, *,
                    f"{resume_command(req, rd.path)}")
     elif rc == 0 and done >= s.steps:
         status = "completed"
-    elif req.stop_after is not None and done >= req.stop_after:
-        status = "stopped"
-        message = f"stopped after step {done} (--stop-after); continue with --resume"
     else:
         status = "failed"
         message = last_error(rd.log)
@@ -324,7 +316,7 @@ def join(req: LaunchRequest, *,
         time.sleep(0.2)
     s = rd.settings()
     cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=None,
-                           stop_after=req.stop_after, node_rank=req.node_rank,
+                           node_rank=req.node_rank,
                            master_addr=req.master_addr, master_port=req.master_port)
     log_path = rd.path / f"launch.node{req.node_rank}.log"
     t0 = time.perf_counter()

@@ -29,22 +29,23 @@ would.
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import os
 import re
 import shutil
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import DIT_EMA_DECAY, EMA, ParallelLayout, Recompute, Schedule, TrainingConfig
+from ..config import ParallelLayout, TrainingConfig
 from ..errors import ConfigError
 from ..files import atomic_write_text, json_default, to_plain
 from .jsonfiles import (MetricsScan, append_jsonl, read_json, read_jsonl,  # noqa: F401
                         scan_metrics, write_json)
+from .settings import Device, TCImpl, declared, field_types, recorded  # noqa: F401 (Device,
+# TCImpl: their home was here)
 
 CHECKPOINT_TAG = "step{step}"
 COMPLETE_MARKER = "ecdit_complete.json"  # in a checkpoint folder: every rank saved it
@@ -56,55 +57,45 @@ _TAG_RE = re.compile(r"^step(\d+)$")
 # ---------------------------------------------------------------------------------------------
 
 
-class Device(str, enum.Enum):
-    AUTO = "auto"  # cuda when a CUDA device is visible, else cpu (resolved before a run starts)
-    CPU = "cpu"
-    CUDA = "cuda"
+def _recorded_fields() -> list[tuple[str, Any, Any]]:
+    """RunSettings' plain fields: the settings declared with ``record="run"``; those a run.json
+    may lack (``optional``) default to what such a run used (``Setting.absent``)."""
+    hints = field_types()
+    out = []
+    for f, s in declared():
+        if s.record == "run":
+            out.append((f.name, hints[f.name], field(default=s.absent[0]) if s.optional
+                        else field()))
+    return out
 
 
-class TCImpl(str, enum.Enum):
-    """Token choice in a launched run: our ``TokenChoiceMoE``, or DeepSpeed's own ``MoE``
-    layer with its ``TopKGate`` (``expert_parallel.parallelize``)."""
-
-    ECDIT = "ecdit"
-    DEEPSPEED = "deepspeed"
+_RecordedSettings = make_dataclass("_RecordedSettings", _recorded_fields(), frozen=True,
+                                   kw_only=True)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSettings:
+class RunSettings(_RecordedSettings):
     """What ``launch`` decided; the worker on every rank reads it from run.json.
 
-    The layout and the training recipe are the planner's own config types (validated there);
-    run.json stores them flat, one key per setting (``to_dict``).
+    The plain settings are those ``settings.LaunchSettings`` declares with ``record="run"``;
+    the layout and the training recipe are the planner's own config types (validated there),
+    whose launch settings read as properties here (``s.lr``). run.json stores everything
+    flat, one key per setting (``to_dict``).
     """
 
     card: str  # what the user passed (registry name or path)
     model_name: str
     nodes: int
     nproc_per_node: int
-    layout: ParallelLayout  # dp = world, ep, ZeRO stage, micro-batch
-    training: TrainingConfig  # steps, global batch, optimizer, precision, lr, warm-up
-    grad_accum: int
-    dataset: str
-    data_limit: int | None
-    holdout: int  # samples kept out of training (adaptive-compute analysis)
-    seed: int
-    device: Device  # cpu | cuda
-    checkpoint_every: int
-    keep_checkpoints: int
-    track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
-    tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
-    eval_every: int = 0  # held-out loss (train.heldout) every K steps and at the last (0: last)
-    eval_timesteps: int = 8  # the fixed noise grid: t = (i + 0.5) / eval_timesteps
-    compile: str = "none"  # none | block: torch.compile of each block (regional_compile)
+    layout: ParallelLayout  # dp = world, ep, ZeRO stage, micro-batch, recompute
+    training: TrainingConfig  # steps, global batch, optimizer, precision, lr, warm-up, EMA
     plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
     notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
-    # wsd: shorter runs annealed off this run's stable phase, by length in steps (``branch_starts``)
-    cooldown_branches: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "device", Device(self.device))
-        object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
+        for f, s in declared():
+            if s.record == "run" and s.enum is not None:
+                object.__setattr__(self, f.name, s.enum(getattr(self, f.name)))
         object.__setattr__(self, "notes", tuple(self.notes))
         object.__setattr__(self, "cooldown_branches",
                            tuple(int(n) for n in self.cooldown_branches))
@@ -117,37 +108,16 @@ class RunSettings:
     def world(self) -> int:
         return self.nodes * self.nproc_per_node
 
-    # the flat names run.json, the worker and the analyses use
-    steps = property(lambda self: self.training.steps)
     global_batch = property(lambda self: self.training.global_batch)
-    lr = property(lambda self: self.training.lr)
-    warmup_steps = property(lambda self: self.training.warmup_steps)
-    optimizer = property(lambda self: self.training.optimizer)
-    precision = property(lambda self: self.training.precision)
-    ep = property(lambda self: self.layout.ep)
-    zero = property(lambda self: self.layout.zero)
-    micro_batch = property(lambda self: self.layout.micro_batch)
-    recompute = property(lambda self: self.layout.recompute)
-    ema = property(lambda self: self.training.ema)
-    ema_decay = property(lambda self: self.training.ema_decay)
-    schedule = property(lambda self: self.training.schedule)
-    cooldown_fraction = property(lambda self: self.training.cooldown_fraction)
 
     # settings a resumed run must share with the run it continues (steps may grow)
-    FIXED = ("model_name", "nodes", "nproc_per_node", "ep", "zero", "micro_batch", "grad_accum",
-             "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
-             "precision", "device", "tc_impl", "recompute", "ema", "ema_decay", "schedule",
-             "cooldown_fraction", "eval_timesteps", "cooldown_branches")
-    KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
-            "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
-            "warmup_steps", "schedule", "cooldown_fraction", "optimizer", "precision", "ema",
-            "ema_decay", "device", "checkpoint_every", "keep_checkpoints", "track_memory",
-            "tc_impl", "eval_every", "eval_timesteps", "compile", "plan", "notes",
-            "cooldown_branches", "world", "global_batch")
+    FIXED = ("model_name", "nodes", "nproc_per_node") + tuple(
+        f.name for f, s in declared() if s.fixed and s.record)
+    KEYS = ("card", "model_name", "nodes", "nproc_per_node", *recorded(), "plan", "notes",
+            "world", "global_batch")
     # keys run.json may lack: derived from others, or newer than the run (their defaults hold)
-    OPTIONAL = ("world", "global_batch", "tc_impl", "recompute", "ema", "ema_decay", "plan",
-                "notes", "schedule", "cooldown_fraction", "eval_every", "eval_timesteps", "compile",
-                "cooldown_branches")
+    OPTIONAL = ("world", "global_batch", "plan", "notes") + tuple(
+        f.name for f, s in declared() if s.record and s.optional)
 
     @classmethod
     def missing_keys(cls, data: dict[str, Any]) -> list[str]:
@@ -176,21 +146,16 @@ class RunSettings:
         return {k: tuple(v) for k, v in sorted(out.items())}
 
     @classmethod
-    def build(cls, *, steps: int, nodes: int, nproc_per_node: int, ep: int, zero: int,
-              micro_batch: int, grad_accum: int, lr: float, warmup_steps: int,
-              optimizer: Any, precision: Any, recompute: Any = Recompute.NONE,
-              ema: Any = EMA.NONE, ema_decay: float = DIT_EMA_DECAY,
-              schedule: Any = Schedule.CONSTANT, cooldown_fraction: float = 0.2,
+    def build(cls, *, nodes: int, nproc_per_node: int, micro_batch: int, grad_accum: int,
               **rest: Any) -> "RunSettings":
         """From flat settings; the layout and training configs validate theirs (ConfigError).
-        A run.json older than recompute / EMA reads as recompute none, no EMA."""
+        A run.json older than a config setting (recompute, EMA, schedule) reads as that
+        config's default."""
         world = nodes * nproc_per_node
-        layout = ParallelLayout(dp=world, ep=ep, tp=1, zero=zero, micro_batch=micro_batch,
-                                recompute=recompute)
-        training = TrainingConfig(global_batch=micro_batch * grad_accum * world, steps=steps,
-                                  optimizer=optimizer, precision=precision, lr=lr,
-                                  warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay,
-                                  schedule=schedule, cooldown_fraction=cooldown_fraction)
+        layout = ParallelLayout(dp=world, tp=1, micro_batch=micro_batch, **{
+            k: rest.pop(k) for k in recorded("layout") if k in rest})
+        training = TrainingConfig(global_batch=micro_batch * grad_accum * world, **{
+            k: rest.pop(k) for k in recorded("training") if k in rest})
         return cls(nodes=nodes, nproc_per_node=nproc_per_node, layout=layout, training=training,
                    grad_accum=grad_accum, **rest)
 
@@ -198,6 +163,13 @@ class RunSettings:
     def from_dict(cls, data: dict[str, Any]) -> "RunSettings":
         known = set(cls.KEYS) - {"world", "global_batch"}
         return cls.build(**{k: v for k, v in data.items() if k in known})
+
+
+# the flat names run.json, the worker and the analyses use for the configs' launch settings
+for _config, _names in (("layout", recorded("layout")), ("training", recorded("training"))):
+    for _name in _names:
+        setattr(RunSettings, _name, property(
+            lambda self, _c=_config, _n=_name: getattr(getattr(self, _c), _n)))
 
 
 # ---------------------------------------------------------------------------------------------
