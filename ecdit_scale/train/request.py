@@ -23,8 +23,9 @@ from ..integers import divisors
 from ..planner.cards import override_config
 from .records import ResumePoint, RunDir, RunSettings
 from .regional_compile import Compile
-from .settings import (Device, LaunchSettings, TCImpl, check_bounds, check_choices, cli_args,
-                       option_of, recorded)
+from ..planner.deepspeed_config import warmup_floor_note
+from .settings import (DEFAULT_LR, Device, LaunchSettings, TCImpl, check_bounds, check_choices,
+                       cli_args, default_warmup, option_of, recorded)
 
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
 # config fields that no one setting sets -> what sets them (to name it in an error)
@@ -191,8 +192,9 @@ def _world(req: LaunchRequest, device: Device) -> int:
 def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
               old: RunSettings | None) -> RunSettings:
     # defaults scale with --steps; a resume (perhaps with more steps) keeps the run's own
+    optimizer = _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     warmup = (req.warmup_steps if req.warmup_steps is not None else
-              old.warmup_steps if old else min(100, req.steps // 10))
+              old.warmup_steps if old else default_warmup(optimizer, req.steps))
     every = (req.checkpoint_every if req.checkpoint_every is not None else
              old.checkpoint_every if old else max(1, req.steps // 4))
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -202,7 +204,11 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
     track_memory, more = run_track_memory(req, device, compile_)
     notes += more
     flat = {name: getattr(req, name) for name in recorded()}  # as asked, then as decided:
-    flat.update(ep=req.ep if cfg.ffn.is_moe else 1, warmup_steps=warmup, precision=precision,
+    if req.warmup_steps is None and old is None and isinstance(req.steps, int):
+        why = warmup_floor_note(optimizer, warmup, req.steps)
+        notes += (why,) if why else ()
+    flat.update(lr=DEFAULT_LR[optimizer] if req.lr is None else req.lr,
+                ep=req.ep if cfg.ffn.is_moe else 1, warmup_steps=warmup, precision=precision,
                 device=device, checkpoint_every=every, track_memory=track_memory,
                 compile=compile_.value, cooldown_branches=tuple(sorted(req.cooldown_branches)))
     try:

@@ -23,6 +23,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Callable, Iterator
 
 from ..config import DIT_EMA_DECAY, EMA, Optimizer, Precision, Recompute, Schedule
+from ..planner.deepspeed_config import warmup_floor
 from .regional_compile import Compile
 
 
@@ -85,6 +86,24 @@ def _joined(value: Any) -> str:
     return ",".join(map(str, value))
 
 
+# What depends on the optimizer, declared once. The peak learning rate where --lr is not
+# given: RMSProp's is the paper's (EC-DiT: RMSProp with momentum, lr 1e-4); AdamW's and SGD's
+# are this tool's small-model defaults. The warm-up floor is the planner's (RMSProp is not
+# bias-corrected: ``planner.deepspeed_config.warmup_floor``), which plans apply too.
+DEFAULT_LR = {Optimizer.ADAMW: 1e-3, Optimizer.RMSPROP: 1e-4, Optimizer.SGD: 1e-3}
+WARMUP_FLOOR = {o: warmup_floor(o) for o in Optimizer}
+
+
+def _per_optimizer(table: dict) -> str:
+    return ", ".join(f"{o.value} {v:g}" for o, v in table.items())
+
+
+def default_warmup(optimizer: Optimizer | str, steps: int) -> int:
+    """steps/10, at most 100, and no shorter than the optimizer's floor (a short RMSProp run
+    then ends before the peak lr, as a plan's short trial does)."""
+    return max(min(100, steps // 10), WARMUP_FLOOR[Optimizer(optimizer)])
+
+
 INT_MAX = 2**31 - 1
 MAX_EVAL_TIMESTEPS = 64
 
@@ -115,10 +134,13 @@ class LaunchSettings:
     # ----- the training recipe -----
     steps: int = setting(100, "--steps", "Optimizer steps (with --plan the plan's by default, "
                          "its warm-up scaled to fewer).", record="training", repeat=True)
-    lr: float = setting(1e-3, "--lr", "Peak learning rate.", record="training", fixed=True,
-                        plan=True)
+    lr: float | None = setting(None, "--lr", "Peak learning rate (default per --optimizer: "
+                               f"{_per_optimizer(DEFAULT_LR)}).", record="training",
+                               fixed=True, plan=True)
     warmup_steps: int | None = setting(None, "--warmup", "Warm-up steps (default steps/10, at "
-                                       "most 100).", record="training", fixed=True, plan=True)
+                                       "most 100, and at least the optimizer's floor: "
+                                       f"{_per_optimizer(WARMUP_FLOOR)}).", record="training",
+                                       fixed=True, plan=True)
     optimizer: str = setting("adamw", "--optimizer", "Torch optimizer; rmsprop is with "
                              "momentum (the paper).", choices=Optimizer, record="training",
                              fixed=True, plan=True)
