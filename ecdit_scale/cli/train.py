@@ -62,7 +62,9 @@ def launch_cmd(ctx: typer.Context, card: Optional[str], plan: Optional[str], loc
         # SystemExit, not typer.Exit: the entry point would add a second, vaguer line for 130
         raise SystemExit(result.returncode)
     if not result.ok:
-        fail(result.message or f"run {result.status}; see {result.log}", code=1)
+        # 3: the run diverged (train.records.DIVERGED_EXIT); 1: it failed (see launch.log)
+        fail(result.message or f"run {result.status}; see {result.log}",
+             code=result.returncode if result.status == "diverged" else 1)
 
 
 def setting_options(cls: type) -> list[inspect.Parameter]:

@@ -5,12 +5,15 @@ split: one step body, checkpointer and validator objects that know their cadence
 
 - ``Checkpointing``: every ``every`` steps and at the last (or never: ``--no-checkpoints``);
 - ``HeldOutScoring``: every ``every`` steps and at the last (``every`` 0: at the last only);
+- ``DivergenceGuard``: after every step, a loss that is not finite or ``factor`` times the
+  run's first stops the run (``Diverged``) before anything is saved;
 - ``MemoryTracking``: CPU live-tensor counting on the first few steps of a launch, then every
   ``MEMORY_EVERY``-th (counting every op roughly doubles a small model's CPU step).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,7 +37,7 @@ class Checkpointing:
         return self.enabled and _every(step, self.every, self.last)
 
     @staticmethod
-    def save(r: Any, step: int) -> None:
+    def save(r: Any, step: int, first_loss: float | None = None) -> None:
         """Every rank saves its part; once all have (DeepSpeed's save ends in a barrier), rank 0
         marks the checkpoint complete and prunes the old ones."""
         import torch.distributed as dist
@@ -45,7 +48,7 @@ class Checkpointing:
         if r.ema is not None:  # before DeepSpeed's save, whose closing barrier then covers it
             dist.barrier()  # rank 0 has removed the old marker
             r.ema.save(rd.checkpoints / tag, r.rank)
-        r.engine.save_checkpoint(str(rd.checkpoints), tag=tag, client_state={"step": step})
+        r.engine.save_checkpoint(str(rd.checkpoints), tag=tag, client_state={"step": step, "first_loss": first_loss})
         if r.rank == 0:
             rd.mark_complete(tag, step)
             rd.prune_checkpoints(r.s.keep_checkpoints, current=tag)
@@ -77,3 +80,26 @@ class MemoryTracking:
         """Register the model states, as they stand after the launch's first update."""
         if self.due(step) and step == self.start + 1:
             self.tracker.register_states(r.engine, r.ema)
+
+
+class Diverged(Exception):
+    """A step's loss says the run diverged (the message says which step and why)."""
+
+
+@dataclass
+class DivergenceGuard:
+    factor: float  # 0: only a non-finite loss stops the run
+    first_loss: float | None = None  # the run's first step's (kept in its checkpoints)
+
+    def check(self, step: int, loss: float) -> str | None:
+        """Why step ``step``'s loss (the global mean, the same on every rank) means the run
+        diverged, or None; the first loss seen is the reference when none is known."""
+        if not math.isfinite(loss):
+            return f"step {step}'s loss is {loss}"
+        if self.first_loss is None:
+            self.first_loss = loss
+            return None
+        if self.factor and loss > self.factor * self.first_loss:
+            return (f"step {step}'s loss {loss:.4g} is {loss / self.first_loss:,.0f}x the first "
+                    f"step's {self.first_loss:.4g} (--divergence-factor {self.factor:g})")
+        return None

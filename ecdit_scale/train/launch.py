@@ -35,7 +35,7 @@ from ..config import ModelConfig, Precision, save_model_config
 from ..errors import ConfigError
 from ..planner.deepspeed_config import WORKER_MODULE, deepspeed_launch_command
 from .process import ForwardSignals, end_group, start_group
-from .records import Device, RunDir, RunSettings, read_jsonl, write_json
+from .records import DIVERGED_EXIT, Device, RunDir, RunSettings, read_jsonl, write_json
 from .request import LaunchRequest, check_request, resume_command
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
     run_dir: str
-    status: str  # completed | failed | interrupted
+    status: str  # completed | failed | diverged (exit 3) | interrupted
     returncode: int
     steps_done: int
     steps: int
@@ -285,6 +285,9 @@ def launch(req: LaunchRequest, *,
                    f"{resume_command(req, rd.path)}")
     elif rc == 0 and done >= s.steps:
         status = "completed"
+    elif rd.read_summary().get("status") == "diverged":
+        status, rc = "diverged", DIVERGED_EXIT
+        message = rd.read_summary()["message"]
     else:
         status = "failed"
         message = last_error(rd.log)

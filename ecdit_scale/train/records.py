@@ -48,6 +48,9 @@ from .settings import Device, TCImpl, declared, field_types, recorded  # noqa: F
 # TCImpl: their home was here)
 
 CHECKPOINT_TAG = "step{step}"
+# a run stopped by its divergence guard (``cadence.DivergenceGuard``) exits with this: not 1
+# (a crash: see launch.log), not 2 (bad input: nothing ran), not 130 (interrupted)
+DIVERGED_EXIT = 3
 COMPLETE_MARKER = "ecdit_complete.json"  # in a checkpoint folder: every rank saved it
 _TAG_RE = re.compile(r"^step(\d+)$")
 

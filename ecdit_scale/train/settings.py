@@ -18,6 +18,7 @@ What a setting is to the run (``record``):
 from __future__ import annotations
 
 import enum
+import math
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Callable, Iterator
@@ -104,6 +105,11 @@ def default_warmup(optimizer: Optimizer | str, steps: int) -> int:
     return max(min(100, steps // 10), WARMUP_FLOOR[Optimizer(optimizer)])
 
 
+# A loss 10x the run's first is a diverged run: an initialised EC-DiT (adaLN-zero) predicts a
+# velocity near 0, whose flow loss E|eps - x|^2 is the most a model that learned nothing pays;
+# healthy runs in bench/results stay within 1.21x of their first loss, and the diverged ones
+# there (RMSProp without its warm-up floor, H200 plan runs) pass 10x by their 6th step.
+DIVERGENCE_FACTOR = 10.0
 INT_MAX = 2**31 - 1
 MAX_EVAL_TIMESTEPS = 64
 
@@ -164,6 +170,10 @@ class LaunchSettings:
     ema_decay: float = setting(DIT_EMA_DECAY, "--ema-decay", "EMA decay per step (DiT's "
                                "0.9999).", record="training", fixed=True, plan=True,
                                optional=True)
+    divergence_factor: float = setting(
+        DIVERGENCE_FACTOR, "--divergence-factor", "Stop the run (exit 3, the last checkpoint "
+        "kept) when a step's loss is not finite or above this many times the run's first "
+        "loss (0: only a non-finite loss).", lo=0, record="run", repeat=True, optional=True)
     seed: int = setting(0, "--seed", "Seed of the weights, the data order and the noise.",
                         lo=0, hi=INT_MAX, record="run", fixed=True)
     # ----- data and held-out scoring -----
@@ -251,11 +261,14 @@ def check_bounds(values: Any) -> None:
         if s.lo is None and s.hi is None:
             continue
         v = getattr(values, f.name)
-        ok = not isinstance(v, bool) and isinstance(v, int) and (s.lo is None or v >= s.lo) \
-            and (s.hi is None or v <= s.hi)
+        number = isinstance(default_of(f), float)  # a float setting takes any finite number
+        kinds = (int, float) if number else int
+        ok = not isinstance(v, bool) and isinstance(v, kinds) and math.isfinite(v) \
+            and (s.lo is None or v >= s.lo) and (s.hi is None or v <= s.hi)
         if not ok:
             want = f">= {s.lo}" if s.hi is None else f"in {s.lo}..{s.hi}"
-            raise ConfigError(f"{s.option} = {v!r}: must be an integer {want}")
+            what = "a number" if number else "an integer"
+            raise ConfigError(f"{s.option} = {v!r}: must be {what} {want}")
 
 
 def check_choices(values: Any) -> None:

@@ -34,12 +34,12 @@ from .feed import device_feed
 from .regional_compile import compile_backend
 from .step_profile import StepProfiler, phase
 from .throughput import meter_for
-from .cadence import Checkpointing, HeldOutScoring, MemoryTracking
+from .cadence import Checkpointing, Diverged, DivergenceGuard, HeldOutScoring, MemoryTracking
 from .expert_parallel import deepspeed_topk_layers
 from .heldout import timestep_grid
 from .peak_memory import (MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes, PhasePeaks,
                           model_state_bytes)
-from .records import CHECKPOINT_TAG, RunDir, append_jsonl, write_json
+from .records import CHECKPOINT_TAG, DIVERGED_EXIT, RunDir, append_jsonl, write_json
 from .step_stats import (StepStats, collect_routing, param_checksums,  # noqa: F401 (worker.X)
                          reduce_stats)
 
@@ -132,9 +132,11 @@ def run(run_dir: Path, *, resume_from: str | None) -> int:
     if r.rank == 0:
         rd.worker_pid.write_text(f"{os.getpid()}\n")
     start = 0
+    r.guard = DivergenceGuard(s.divergence_factor)
     if resume_from is not None:  # launch chose it: the newest complete checkpoint
         _, client = engine.load_checkpoint(str(rd.checkpoints), tag=resume_from)
         start = int(client["step"]) if client else int(resume_from.removeprefix("step"))
+        r.guard.first_loss = (client or {}).get("first_loss")
         if r.ema is not None:
             r.ema.load(rd.checkpoints / resume_from, r.rank)
     t_data = time.perf_counter()
@@ -176,25 +178,46 @@ def run(run_dir: Path, *, resume_from: str | None) -> int:
               f"{r.counts['model_params']} params ({r.counts['rank_params']} on rank 0)",
               flush=True)
 
-    for n in range(start + 1, s.steps + 1):
-        for b in branch_starts.get(n - 1, ()):
-            if rd.read_branch(b) is None:  # (a resume may find it finished)
-                it = run_branch(r, b, n - 1, batches_from, scorer)
-        done = step(r, n, it, s, memory=memory, profiler=profiler)
-        if not state_bytes:
-            state_bytes = model_state_bytes(engine)
-        rec = done.stats
-        if heldout.due(n):
-            rec.update(heldout.score(engine))
-        if r.rank == 0:
-            append_jsonl(rd.metrics, {"step": n, "lr": done.lr, "step_s": done.step_s,
-                                      "images_per_s": s.global_batch / done.step_s,
-                                      **meter.record(done.step_s), **done.profiled, **rec})
-        if checkpoints.due(n):
-            Checkpointing.save(r, n)
+    try:
+        for n in range(start + 1, s.steps + 1):
+            for b in branch_starts.get(n - 1, ()):
+                if rd.read_branch(b) is None:  # (a resume may find it finished)
+                    it = run_branch(r, b, n - 1, batches_from, scorer)
+            done = step(r, n, it, s, memory=memory, profiler=profiler)
+            if not state_bytes:
+                state_bytes = model_state_bytes(engine)
+            rec = done.stats
+            diverged = r.guard.check(n, rec["loss"])
+            if heldout.due(n) and not diverged:
+                rec.update(heldout.score(engine))
+            if r.rank == 0:
+                append_jsonl(rd.metrics, {"step": n, "lr": done.lr, "step_s": done.step_s,
+                                          "images_per_s": s.global_batch / done.step_s,
+                                          **meter.record(done.step_s), **done.profiled, **rec})
+            if diverged:
+                raise Diverged(diverged)
+            if checkpoints.due(n):
+                Checkpointing.save(r, n, r.guard.first_loss)
+    except Diverged as exc:
+        stop_diverged(r, str(exc))
+        return DIVERGED_EXIT
     finish(r, train_wall_s=time.perf_counter() - t_run, state_bytes=state_bytes,
            train_samples=len(data), meter=meter)
     return 0
+
+
+def stop_diverged(r: Rank, why: str) -> None:
+    """Rank 0 says in summary.json why the run stopped; nothing is saved after the divergence,
+    so the newest checkpoint is from before it."""
+    if r.rank != 0:
+        return
+    kept = r.rd.latest_checkpoint()
+    last = (f"the newest checkpoint, {kept[1]}, is from before it and is kept" if kept else
+            "no checkpoint was saved before it")
+    r.rd.update_summary(status="diverged", message=(
+        f"training diverged: {why}; stopped without saving ({last}). Train again with a "
+        "lower --lr or a longer --warmup"))
+    r.rd.worker_pid.unlink(missing_ok=True)
 
 
 def set_lr(engine, lr: float) -> float:
@@ -214,7 +237,7 @@ def run_branch(r: Rank, steps: int, at: int, batches_from, scorer):
     rd, s, engine = r.rd, r.s, r.engine
     tag = CHECKPOINT_TAG.format(step=at)
     if rd.checkpoint_problem(tag) is not None:  # none yet, or not complete
-        Checkpointing.save(r, at)
+        Checkpointing.save(r, at, r.guard.first_loss)
     short = s.with_steps(steps)
     heldout = HeldOutScoring(scorer, 0, steps)
     it = batches_from(at)
@@ -222,6 +245,9 @@ def run_branch(r: Rank, steps: int, at: int, batches_from, scorer):
     for n in range(at + 1, steps + 1):
         done = step(r, n, it, short)
         rec = done.stats
+        diverged = r.guard.check(n, rec["loss"])
+        if diverged:
+            raise Diverged(f"{diverged}, in the {steps}-step cooldown branch")
         if heldout.due(n):
             rec.update(heldout.score(engine))
         records.append({"step": n, "lr": done.lr, "step_s": done.step_s, "branch_of": at,
@@ -329,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = run(args.run_dir, resume_from=args.resume_from)
     finally:
-        if code == 0:
+        if code in (0, DIVERGED_EXIT):  # every rank stops at the same step: end them cleanly
             shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
