@@ -7,6 +7,7 @@ session fixtures of conftest.py (made once, in the background: tests/session_run
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -167,13 +168,15 @@ def test_bad_input_is_one_line_before_anything_starts(tmp_path, args, words):
 @pytest.mark.slow
 def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, tmp_path):
     """The review's three data-loss cases at once: a garbage line mid-metrics (resume used to
-    cut every step after it), no checkpoints/latest (it used to restart from step 0), and an
-    empty model-states file in the newest checkpoint (a rank's EOFError). The resume also
+    cut every step after it), no checkpoints/latest (it used to restart from step 0), and the
+    newest checkpoint's model states replaced by random bytes of the same size (an unpickling
+    error in a rank; the checksum in its completion marker sees it now). The resume also
     extends the 6-step run to 8 steps. (Resuming from the newest checkpoint is the interrupted
     run's case.)"""
     out = copy_run(short_run, tmp_path / "damaged")
     (out / "checkpoints" / "latest").unlink()
-    (out / "checkpoints" / "step6" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    states = out / "checkpoints" / "step6" / "mp_rank_00_model_states.pt"
+    states.write_bytes(os.urandom(states.stat().st_size))  # same size: only sha256 sees it
     lines = (out / "metrics.jsonl").read_text().splitlines()
     lines[4] = "garbage"  # step 5's record
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -183,7 +186,7 @@ def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, tmp_p
     result = json.loads(res.stdout)
     assert result["status"] == "completed" and result["resumed_from"] == 4
     said = " ".join(result["notes"])
-    assert "step6 is incomplete (mp_rank_00_model_states.pt is empty)" in said
+    assert "step6 is not intact (mp_rank_00_model_states.pt differs from what was saved" in said
     assert "latest is missing" in said and "resuming from step4" in said
     assert "metrics.rejected" in said and "note:" in res.stderr
     assert "line 5: garbage" in (out / "metrics.rejected").read_text()

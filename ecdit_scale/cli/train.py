@@ -46,11 +46,16 @@ def launch_cmd(ctx: typer.Context, card: Optional[str], plan: Optional[str], loc
             raise ConfigError("--local applies to --plan runs; without --plan, leave out "
                               "--hostfile to run on this machine")
         req = LaunchRequest(card=card, **asked)
-    if json_out:
-        result = launch(req)
-    else:
-        with _ProgressBar() as bar:
-            result = launch(req, on_progress=bar.update)
+    try:
+        if json_out:
+            result = launch(req)
+        else:
+            with _ProgressBar() as bar:
+                result = launch(req, on_progress=bar.update)
+    except KeyboardInterrupt:  # (once the ranks run, launch returns an interrupted result)
+        err_console.print("interrupted before any rank started: nothing was trained",
+                          highlight=False)
+        raise SystemExit(130) from None
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if json_out:

@@ -111,7 +111,7 @@ class WeightEMA:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: this run keeps an EMA, but the checkpoint has "
                                     "none for this rank")
-        self.load_state_dict(torch.load(path, map_location="cpu"), source=str(path))
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), source=str(path))
 
 
 def make_ema(model: nn.Module, *, mode: EMA, decay: float, dp_rank: int, dp_size: int,

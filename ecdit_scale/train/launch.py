@@ -253,7 +253,16 @@ def launch(req: LaunchRequest, *,
     if req.node_rank:  # a node other than node 0 joins the run node 0 prepared
         return join(req, on_progress=on_progress)
     cfg, s, rd, resumed_from, resume_tag, notes = prepare(req)
-    warm_data_cache(cfg, s)
+    try:
+        warm_data_cache(cfg, s)
+    except KeyboardInterrupt:  # no rank started: nothing trained, the run directory stays
+        rd.update_summary(status="interrupted")
+        return RunResult(run_dir=str(rd.path), status="interrupted", returncode=130,
+                         steps_done=resumed_from or 0, steps=s.steps, first_loss=None,
+                         final_loss=None, wall_s=0.0, resumed_from=resumed_from,
+                         log=str(rd.log), notes=notes, message=(
+                             "interrupted while preparing the data, before any rank started "
+                             f"(nothing trained); continue with: {resume_command(req, rd.path)}"))
     if s.world == 1 and not req.hostfile and req.node_rank is None:
         cmd, env = single_rank_command(s, rd, resume_from=resume_tag)
         shown = ["python"] + cmd[1:]
@@ -275,14 +284,15 @@ def launch(req: LaunchRequest, *,
             follow(proc, rd, s, resumed_from or 0, on_progress=on_progress)
             rc = proc.wait()
             end_group(proc)  # no rank outlives the launcher
+    if rd.running_pid() is None:  # a rank that died before its end left its pid file
+        rd.worker_pid.unlink(missing_ok=True)
     wall = time.perf_counter() - t0
     records = read_jsonl(rd.metrics)
     done = records[-1]["step"] if records else 0
     message = ""
     if signals.received is not None and not (rc == 0 and done >= s.steps):
         status, rc = "interrupted", signals.exit_code
-        message = (f"interrupted after step {done}; continue with: "
-                   f"{resume_command(req, rd.path)}")
+        message = interrupted_message(req, s, rd, done)
     elif rc == 0 and done >= s.steps:
         status = "completed"
     elif rd.read_summary().get("status") == "diverged":
@@ -298,6 +308,19 @@ def launch(req: LaunchRequest, *,
                      final_loss=records[-1]["loss"] if records else None, wall_s=wall,
                      resumed_from=resumed_from, log=str(rd.log), command=shown, message=message,
                      notes=notes)
+
+
+def interrupted_message(req: LaunchRequest, s: RunSettings, rd: RunDir, done: int) -> str:
+    """What an interrupted launch left, and what rerunning it does (``RunDir.resume_point``
+    picks the same checkpoint)."""
+    kept = rd.latest_checkpoint()
+    cmd = resume_command(req, rd.path)
+    if kept is not None:
+        return (f"interrupted after step {done}; the newest complete checkpoint is {kept[1]} "
+                f"(training goes on from step {kept[0] + 1}); continue with: {cmd}")
+    why = "this run saves none (--no-checkpoints)" if not s.checkpoints else "none was saved yet"
+    return (f"interrupted after step {done}, with no checkpoint to continue from ({why}); "
+            f"this starts it again at step 1: {cmd}")
 
 
 def join(req: LaunchRequest, *,

@@ -18,9 +18,11 @@
       branches/          wsd cooldown branches (``--cooldown-branches``): b<N>.jsonl, the
                          records of the N-step run annealed off this run's stable phase
 
-Resume (``RunDir.resume_point``): from the newest complete checkpoint (every rank saved it:
-its ``ecdit_complete.json`` lists the files and sizes; DeepSpeed's ``checkpoints/latest`` is
-only a hint) whose steps all have a record in metrics.jsonl. Records past that step are
+Resume (``RunDir.resume_point``): from the newest intact checkpoint (every rank saved it:
+its ``ecdit_complete.json`` lists the files with their sizes and sha256, checked before a
+resume, because DeepSpeed 0.19.8 unpickles its files with ``torch.load(weights_only=False)``:
+its ZeRO optimizer files hold a ``LossScaler`` object, so only bytes this run wrote may reach
+it; DeepSpeed's ``checkpoints/latest`` is only a hint) whose steps all have a record in metrics.jsonl. Records past that step are
 dropped (the run makes them again), lines that are not records are moved to metrics.rejected,
 never deleted, and every checkpoint or line passed over is named. The data order and the
 noise are functions of the step, so the loss curve continues exactly as an uninterrupted run
@@ -29,6 +31,7 @@ would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -285,32 +288,36 @@ class RunDir:
             return None
 
     def mark_complete(self, tag: str, step: int) -> None:
-        """Record every file of a checkpoint every rank has finished saving, with its size."""
+        """Record every file of a checkpoint every rank has finished saving, with its size and
+        sha256 (``checkpoint_problem(verify=True)`` checks them before a resume)."""
         d = self.checkpoints / tag
-        files = {f.name: f.stat().st_size for f in sorted(d.iterdir())
-                 if f.is_file() and f.name != COMPLETE_MARKER}
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_of(f)}
+                 for f in sorted(d.iterdir()) if f.is_file() and f.name != COMPLETE_MARKER}
         write_json(d / COMPLETE_MARKER, {"step": step, "files": files})
 
-    def checkpoint_problem(self, tag: str) -> str | None:
+    def checkpoint_problem(self, tag: str, *, verify: bool = False) -> str | None:
         """Why checkpoint ``tag`` cannot be resumed from, or None if it is complete.
 
         Complete: its marker (written after every rank saved) lists files that are all there
-        with their sizes. A checkpoint without a marker (an older run) counts if ``latest``
+        with their sizes, and with ``verify`` their sha256 (a marker older than the checksums
+        has sizes only). A checkpoint without a marker (an older run) counts if ``latest``
         names it and its model states open as zip archives (torch.save's format)."""
         d = self.checkpoints / tag
         try:
             marker = json.loads((d / COMPLETE_MARKER).read_text())
-            files = dict(marker["files"])
+            files = {name: (entry if isinstance(entry, dict) else {"bytes": entry})
+                     for name, entry in dict(marker["files"]).items()}
         except FileNotFoundError:
             if self.pointer() != tag:
                 return "it was never marked complete (a save cut short)"
-            files = {f.name: None for f in d.glob("*model_states.pt")}
+            files = {f.name: {} for f in d.glob("*model_states.pt")}
             if "mp_rank_00_model_states.pt" not in files:
                 return "mp_rank_00_model_states.pt is missing"
         except (OSError, ValueError, KeyError, TypeError):
             return f"its {COMPLETE_MARKER} is unreadable"
-        for name, size in files.items():
+        for name, entry in files.items():
             f = d / name
+            size = entry.get("bytes") if isinstance(entry, dict) else None
             if not f.is_file():
                 return f"{name} is missing"
             if f.stat().st_size == 0:
@@ -319,6 +326,8 @@ class RunDir:
                 return f"{name} has {f.stat().st_size} bytes, not the {size} saved"
             if size is None and not zipfile.is_zipfile(f):
                 return f"{name} is not a whole torch file"
+            if verify and entry.get("sha256") and sha256_of(f) != entry["sha256"]:
+                return f"{name} differs from what was saved (sha256)"
         return None
 
     def latest_checkpoint(self) -> tuple[int, str] | None:
@@ -358,9 +367,9 @@ class RunDir:
         pointer = self.pointer()
         chosen: tuple[int, str] | None = None
         for step, tag in reversed(tags):
-            problem = self.checkpoint_problem(tag)
+            problem = self.checkpoint_problem(tag, verify=True)
             if problem is not None:
-                notes.append(f"checkpoint {tag} is incomplete ({problem}): skipped")
+                notes.append(f"checkpoint {tag} is not intact ({problem}): skipped")
                 continue
             if step >= gap:
                 where = (f"line {damaged[0][0]} of {self.metrics} is unreadable"
@@ -424,6 +433,14 @@ class RunDir:
             for f in sorted(self.checksums.glob("rank*.json")):
                 out[int(f.stem.removeprefix("rank"))] = read_json(f)
         return out
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
