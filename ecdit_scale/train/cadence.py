@@ -48,7 +48,8 @@ class Checkpointing:
         if r.ema is not None:  # before DeepSpeed's save, whose closing barrier then covers it
             dist.barrier()  # rank 0 has removed the old marker
             r.ema.save(rd.checkpoints / tag, r.rank)
-        r.engine.save_checkpoint(str(rd.checkpoints), tag=tag, client_state={"step": step, "first_loss": first_loss})
+        r.engine.save_checkpoint(str(rd.checkpoints), tag=tag,
+                                 client_state={"step": step, "first_loss": first_loss})
         if r.rank == 0:
             rd.mark_complete(tag, step)
             rd.prune_checkpoints(r.s.keep_checkpoints, current=tag)

@@ -22,11 +22,11 @@ Resume (``RunDir.resume_point``): from the newest intact checkpoint (every rank 
 its ``ecdit_complete.json`` lists the files with their sizes and sha256, checked before a
 resume, because DeepSpeed 0.19.8 unpickles its files with ``torch.load(weights_only=False)``:
 its ZeRO optimizer files hold a ``LossScaler`` object, so only bytes this run wrote may reach
-it; DeepSpeed's ``checkpoints/latest`` is only a hint) whose steps all have a record in metrics.jsonl. Records past that step are
-dropped (the run makes them again), lines that are not records are moved to metrics.rejected,
-never deleted, and every checkpoint or line passed over is named. The data order and the
-noise are functions of the step, so the loss curve continues exactly as an uninterrupted run
-would.
+it; DeepSpeed's ``checkpoints/latest`` is only a hint) whose steps all have a record in
+metrics.jsonl. Records past that step are dropped (the run makes them again), lines that are
+not records are moved to metrics.rejected, never deleted, and every checkpoint or line passed
+over is named. The data order and the noise are functions of the step, so the loss curve
+continues exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
