@@ -35,6 +35,7 @@ class Case:
     slow: bool = False  # skipped by `fuzz_scan.py --skip-slow`
     isolate: bool = False  # may launch, hang or allocate: tests run it as a subprocess
     quick: bool = False  # in `--quick` and in tests/test_bad_input.py
+    exit_code: int = 2  # the exit of a clear refusal (3: a run stopped as diverged)
 
     def args(self, repo: Path) -> list[str]:
         return [a.replace("{repo}", str(repo)) for a in self.argv]

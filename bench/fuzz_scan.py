@@ -22,7 +22,7 @@ it passes its timeout. Each outcome is one of:
     python bench/fuzz_scan.py [--quick] [--skip-slow] [--only SUBSTRING] [--out report.json]
 
 Exits 1 if any case is not ok. The case list lives in bench/fuzz_cases.py (shared with
-tests/test_bad_input.py).
+tests/test_bad_input.py), and bench/fuzz_train_cases.py (damaged checkpoints, divergence).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fuzz_cases import all_cases  # noqa: E402
 from fuzz_files import Case, materialize  # noqa: E402
+from fuzz_train_cases import train_cases  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 6 * 2**30  # address space per case: a runaway allocation fails, not the machine
@@ -122,7 +123,7 @@ def judge(case: Case, rc: int | None, stdout: str, stderr: str, cwd: Path,
         return ("usage-box" if box else "multiline"), " | ".join(ln.strip() for ln in lines[:3])[:240]
     if not _mentions(case, lines[0]):
         return "unclear", lines[0][:240]
-    if rc != 2:
+    if rc != case.exit_code:
         return "exit-code", f"exit {rc}: {lines[0][:200]}"
     return "ok", lines[0][:240]
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args(argv)
 
-    cases = select(all_cases(), quick=args.quick, skip_slow=args.skip_slow, only=args.only)
+    cases = select(all_cases() + train_cases(), quick=args.quick, skip_slow=args.skip_slow, only=args.only)
     if args.list:
         for c in cases:
             print(f"{c.area:8} {c.category:10} {c.id}")

@@ -20,8 +20,8 @@ the run's deadline (whichever is first; the next point still runs), and the resu
 torch/CUDA/DeepSpeed versions, settings, and per point the median step over the timed steps
 (>= 5 warm-up, >= 10 timed: two measurements with 3 warm-up steps differed 1.7x), its spread,
 every step, images/s, FLOP/s, % of peak and the profiled step's counts (``train.step_profile``).
-A point runs ``--stop-after`` its last step: the hook ends the ranks before the final
-checkpoint, which for XL-8e would write ~25 GB. The eager twin of the first point gives the
+A point runs with ``--no-checkpoints`` (no checkpoint, not even the final one, which for
+XL-8e would write ~25 GB) and ``--holdout 0``. The eager twin of the first point gives the
 compiled/eager step-time ratio and checks that both train the same loss (bf16 tolerance).
 """
 
@@ -145,10 +145,10 @@ def prepare_data(points: list[Point], cache: Path) -> None:
 
 
 def launch_command(p: Point, run_dir: Path, *, device: str, warmup: int, timed: int) -> list[str]:
-    steps = warmup + timed + 1  # + the profiled step; --stop-after it, before any checkpoint
+    steps = warmup + timed + 1  # + the profiled step; --no-checkpoints
     cmd = [sys.executable, "-m", "ecdit_scale", "launch", p.model, "--device", device,
-           "--nproc", "1", "--micro-batch", str(p.micro_batch), "--steps", str(steps + 1),
-           "--stop-after", str(steps), "--checkpoint-every", str(10**6),
+           "--nproc", "1", "--micro-batch", str(p.micro_batch), "--steps", str(steps),
+           "--no-checkpoints",
            "--limit", str(data_limit(p)), "--holdout", "0", "--dataset", p.dataset,
            "--compile", p.compile, "--no-track-memory", "--out", str(run_dir), "--json"]
     if p.depth is not None:
@@ -493,7 +493,7 @@ def run_all(points: list[Point], args, cache: Path | None) -> None:
                         "budget_s": args.budget_s, "point_timeout_s": args.point_timeout_s,
                         "compile_backend": env.get("ECDIT_SCALE_COMPILE_BACKEND", "inductor"),
                         "launch": "ecdit-scale launch, world 1, ZeRO-1, bf16 on CUDA (fp32 on "
-                                  "CPU), AdamW, --stop-after the profiled step",
+                                  "CPU), AdamW, ends at the profiled step, no checkpoint",
                         "data_cache": str(cache) if cache else "default"},
            "notes": ["step_s, images_per_s, model_flops_per_s_per_device, pct_of_peak: median, "
                      "min, max, IQR over the timed steps (the metrics.jsonl records)",

@@ -7,6 +7,8 @@ session fixtures of conftest.py (made once, in the background: tests/session_run
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -166,13 +168,15 @@ def test_bad_input_is_one_line_before_anything_starts(tmp_path, args, words):
 @pytest.mark.slow
 def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, tmp_path):
     """The review's three data-loss cases at once: a garbage line mid-metrics (resume used to
-    cut every step after it), no checkpoints/latest (it used to restart from step 0), and an
-    empty model-states file in the newest checkpoint (a rank's EOFError). The resume also
+    cut every step after it), no checkpoints/latest (it used to restart from step 0), and the
+    newest checkpoint's model states replaced by random bytes of the same size (an unpickling
+    error in a rank; the checksum in its completion marker sees it now). The resume also
     extends the 6-step run to 8 steps. (Resuming from the newest checkpoint is the interrupted
     run's case.)"""
     out = copy_run(short_run, tmp_path / "damaged")
     (out / "checkpoints" / "latest").unlink()
-    (out / "checkpoints" / "step6" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    states = out / "checkpoints" / "step6" / "mp_rank_00_model_states.pt"
+    states.write_bytes(os.urandom(states.stat().st_size))  # same size: only sha256 sees it
     lines = (out / "metrics.jsonl").read_text().splitlines()
     lines[4] = "garbage"  # step 5's record
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -182,7 +186,7 @@ def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, tmp_p
     result = json.loads(res.stdout)
     assert result["status"] == "completed" and result["resumed_from"] == 4
     said = " ".join(result["notes"])
-    assert "step6 is incomplete (mp_rank_00_model_states.pt is empty)" in said
+    assert "step6 is not intact (mp_rank_00_model_states.pt differs from what was saved" in said
     assert "latest is missing" in said and "resuming from step4" in said
     assert "metrics.rejected" in said and "note:" in res.stderr
     assert "line 5: garbage" in (out / "metrics.rejected").read_text()
@@ -257,24 +261,39 @@ def test_a_refused_launch_prints_its_line_and_nothing_else(tmp_path):
     assert proc.stderr.startswith("error: --ep 3") and proc.stderr.count("\n") == 1, proc.stderr
 
 
+def kill_after_step_4(out: Path) -> None:
+    """What a job killed right after step 4's record leaves: records 1-4, the checkpoint of
+    step 2 (step 4's save not begun), no branch, no summary of an end."""
+    import shutil
+
+    for step in range(4, 13, 2):
+        shutil.rmtree(out / "checkpoints" / f"step{step}", ignore_errors=True)
+    shutil.rmtree(out / "branches")
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join(lines[:4]))
+    (out / "summary.json").unlink()
+
+
 @pytest.mark.slow
 def test_a_cooldown_branch_is_the_shorter_run_even_across_a_resume(tmp_path):
     """``--cooldown-branches 6``: the 6-step wsd run annealed off the 12-step run's stable
-    phase (after step 4; ceil(0.2 x 6) = 2 cooldown steps). The run stops right after step 4,
-    before the branch and before step 4's checkpoint, and resumes from step 2: the branch's losses and held-out loss are those of a
+    phase (after step 4; ceil(0.2 x 6) = 2 cooldown steps). The run is then cut back to what a
+    job killed right after step 4 leaves (records of steps 1-4, the checkpoint of step 2, no
+    branch) and resumed from step 2: the branch's losses and held-out loss are those of a
     separate 6-step run, and it is written once, whole (the sweep's table equality over a
     whole group is tests/test_sweep.py)."""
     common = ("nano-dense", "--nproc", "1", "--micro-batch", "2", "--dataset", "shapes-stream",
               "--holdout", "8", "--schedule", "wsd", "--warmup", "2", "--no-track-memory",
               "--checkpoint-every", "2", "--json")
     out, alone = tmp_path / "branched", tmp_path / "alone"
-    stopped = cli(*("launch", *common, "--steps", "12", "--cooldown-branches", "6",
-                    "--stop-after", "4", "--out", str(out)))
-    assert json.loads(stopped.stdout)["status"] == "stopped" and not (out / "branches").exists()
+    first = cli(*("launch", *common, "--steps", "12", "--cooldown-branches", "6",
+                  "--keep-checkpoints", "12", "--out", str(out)))
+    assert json.loads(first.stdout)["status"] == "completed", first.stderr[-2000:]
+    kill_after_step_4(out)
     resumed = cli("launch", *common, "--steps", "12", "--cooldown-branches", "6", "--out",
                   str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads(resumed.stdout)["resumed_from"] == 2  # it stopped before step 4's save
+    assert json.loads(resumed.stdout)["resumed_from"] == 2  # step 4's save was "cut"
     res = cli("launch", *common, "--steps", "6", "--out", str(alone))
     assert res.returncode == 0, res.stderr[-2000:]
     branch = [json.loads(x) for x in (out / "branches" / "b6.jsonl").read_text().splitlines()]

@@ -147,7 +147,7 @@ def test_resume_passes_over_a_damaged_checkpoint(tmp_path, damage):
      "truncate": lambda: f.write_bytes(b"y")}[damage]()
     point = rd.resume_point()
     assert point.step == 4
-    assert "step6 is incomplete" in point.notes[0] and f.name in point.notes[0]
+    assert "step6 is not intact" in point.notes[0] and f.name in point.notes[0]
 
 
 def test_resume_with_every_checkpoint_damaged_is_one_line(tmp_path):

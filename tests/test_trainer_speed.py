@@ -207,12 +207,15 @@ def test_step_statistics_accumulate_on_the_device_and_reduce_once():
         def all_reduce(self, t, op=None):
             return t
 
-    real = worker.dist
-    worker.dist = type("D", (), {"all_reduce": OneRank().all_reduce, "ReduceOp": dist.ReduceOp})
+    from ecdit_scale.train import step_stats
+
+    real = step_stats.dist
+    step_stats.dist = type("D", (), {"all_reduce": OneRank().all_reduce,
+                                     "ReduceOp": dist.ReduceOp})
     try:
         out = worker.reduce_stats(st, 1, 2, -1, torch.device("cpu"))
     finally:
-        worker.dist = real
+        step_stats.dist = real
     assert out["experts_per_token"]["hist"] == expected_hist.tolist()
     assert out["dropped"] == dropped > 0
     assert out["peak_bytes"] is None and not out["memory_tracked"]

@@ -111,7 +111,8 @@ class WeightEMA:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: this run keeps an EMA, but the checkpoint has "
                                     "none for this rank")
-        self.load_state_dict(torch.load(path, map_location="cpu"), source=str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data
+        self.load_state_dict(state, source=str(path))
 
 
 def make_ema(model: nn.Module, *, mode: EMA, decay: float, dp_rank: int, dp_size: int,

@@ -35,7 +35,7 @@ from ..config import ModelConfig, Precision, save_model_config
 from ..errors import ConfigError
 from ..planner.deepspeed_config import WORKER_MODULE, deepspeed_launch_command
 from .process import ForwardSignals, end_group, start_group
-from .records import Device, RunDir, RunSettings, read_jsonl, write_json
+from .records import DIVERGED_EXIT, Device, RunDir, RunSettings, read_jsonl, write_json
 from .request import LaunchRequest, check_request, resume_command
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
     run_dir: str
-    status: str  # completed | failed | stopped | interrupted
+    status: str  # completed | failed | diverged (exit 3) | interrupted
     returncode: int
     steps_done: int
     steps: int
@@ -196,17 +196,14 @@ JOIN_WAIT_S = 600  # how long a node other than node 0 waits for node 0's run.js
 
 
 def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
-                     resume_from: str | None, stop_after: int | None,
-                     node_rank: int | None = None, master_addr: str | None = None,
-                     master_port: int | None = None) -> list[str]:
+                     resume_from: str | None, node_rank: int | None = None,
+                     master_addr: str | None = None, master_port: int | None = None) -> list[str]:
     """The ``deepspeed`` launcher command that starts the worker on every rank: the planner's
     builder, run with this Python. With ``node_rank``: DeepSpeed's multi-node path without ssh
     (each node runs this with its own rank; see ``deepspeed_launch_command``)."""
     worker_args: list[str] = []
     if resume_from is not None:
         worker_args += ["--resume-from", resume_from]
-    if stop_after is not None:
-        worker_args += ["--stop-after", str(stop_after)]
     return deepspeed_launch_command(
         num_gpus=s.nproc_per_node, run_dir=str(rd.path.resolve()),
         hostfile=str(Path(hostfile).resolve()) if hostfile else None,
@@ -216,8 +213,8 @@ def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
         launcher=(sys.executable, "-m", "deepspeed.launcher.runner"), worker_args=worker_args)
 
 
-def single_rank_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
-                        stop_after: int | None) -> tuple[list[str], dict[str, str]]:
+def single_rank_command(s: RunSettings, rd: RunDir, *,
+                        resume_from: str | None) -> tuple[list[str], dict[str, str]]:
     """A one-rank local run: the worker itself, with the environment DeepSpeed's launcher
     would give its only rank (``deepspeed.launcher.launch``: RANK, LOCAL_RANK, WORLD_SIZE,
     LOCAL_SIZE, CROSS_RANK/SIZE, MASTER_ADDR/PORT). The runner and launcher processes in
@@ -227,8 +224,6 @@ def single_rank_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
     cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
     if resume_from is not None:
         cmd += ["--resume-from", resume_from]
-    if stop_after is not None:
-        cmd += ["--stop-after", str(stop_after)]
     env = launcher_env(s)
     env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", CROSS_RANK="0",
                CROSS_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -258,13 +253,22 @@ def launch(req: LaunchRequest, *,
     if req.node_rank:  # a node other than node 0 joins the run node 0 prepared
         return join(req, on_progress=on_progress)
     cfg, s, rd, resumed_from, resume_tag, notes = prepare(req)
-    warm_data_cache(cfg, s)
+    try:
+        warm_data_cache(cfg, s)
+    except KeyboardInterrupt:  # no rank started: nothing trained, the run directory stays
+        rd.update_summary(status="interrupted")
+        return RunResult(run_dir=str(rd.path), status="interrupted", returncode=130,
+                         steps_done=resumed_from or 0, steps=s.steps, first_loss=None,
+                         final_loss=None, wall_s=0.0, resumed_from=resumed_from,
+                         log=str(rd.log), notes=notes, message=(
+                             "interrupted while preparing the data, before any rank started "
+                             f"(nothing trained); continue with: {resume_command(req, rd.path)}"))
     if s.world == 1 and not req.hostfile and req.node_rank is None:
-        cmd, env = single_rank_command(s, rd, resume_from=resume_tag, stop_after=req.stop_after)
+        cmd, env = single_rank_command(s, rd, resume_from=resume_tag)
         shown = ["python"] + cmd[1:]
     else:
         cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
-                               stop_after=req.stop_after, node_rank=req.node_rank,
+                               node_rank=req.node_rank,
                                master_addr=req.master_addr, master_port=req.master_port)
         env, shown = launcher_env(s), ["deepspeed"] + cmd[3:]
     rd.update_summary(command=" ".join(shown))
@@ -280,19 +284,20 @@ def launch(req: LaunchRequest, *,
             follow(proc, rd, s, resumed_from or 0, on_progress=on_progress)
             rc = proc.wait()
             end_group(proc)  # no rank outlives the launcher
+    if rd.running_pid() is None:  # a rank that died before its end left its pid file
+        rd.worker_pid.unlink(missing_ok=True)
     wall = time.perf_counter() - t0
     records = read_jsonl(rd.metrics)
     done = records[-1]["step"] if records else 0
     message = ""
     if signals.received is not None and not (rc == 0 and done >= s.steps):
         status, rc = "interrupted", signals.exit_code
-        message = (f"interrupted after step {done}; continue with: "
-                   f"{resume_command(req, rd.path)}")
+        message = interrupted_message(req, s, rd, done)
     elif rc == 0 and done >= s.steps:
         status = "completed"
-    elif req.stop_after is not None and done >= req.stop_after:
-        status = "stopped"
-        message = f"stopped after step {done} (--stop-after); continue with --resume"
+    elif rd.read_summary().get("status") == "diverged":
+        status, rc = "diverged", DIVERGED_EXIT
+        message = rd.read_summary()["message"]
     else:
         status = "failed"
         message = last_error(rd.log)
@@ -303,6 +308,19 @@ def launch(req: LaunchRequest, *,
                      final_loss=records[-1]["loss"] if records else None, wall_s=wall,
                      resumed_from=resumed_from, log=str(rd.log), command=shown, message=message,
                      notes=notes)
+
+
+def interrupted_message(req: LaunchRequest, s: RunSettings, rd: RunDir, done: int) -> str:
+    """What an interrupted launch left, and what rerunning it does (``RunDir.resume_point``
+    picks the same checkpoint)."""
+    kept = rd.latest_checkpoint()
+    cmd = resume_command(req, rd.path)
+    if kept is not None:
+        return (f"interrupted after step {done}; the newest complete checkpoint is {kept[1]} "
+                f"(training goes on from step {kept[0] + 1}); continue with: {cmd}")
+    why = "this run saves none (--no-checkpoints)" if not s.checkpoints else "none was saved yet"
+    return (f"interrupted after step {done}, with no checkpoint to continue from ({why}); "
+            f"this starts it again at step 1: {cmd}")
 
 
 def join(req: LaunchRequest, *,
@@ -324,7 +342,7 @@ def join(req: LaunchRequest, *,
         time.sleep(0.2)
     s = rd.settings()
     cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=None,
-                           stop_after=req.stop_after, node_rank=req.node_rank,
+                           node_rank=req.node_rank,
                            master_addr=req.master_addr, master_port=req.master_port)
     log_path = rd.path / f"launch.node{req.node_rank}.log"
     t0 = time.perf_counter()

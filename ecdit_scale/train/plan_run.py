@@ -24,6 +24,9 @@ from ..errors import ConfigError
 from ..files import load_yaml_file
 from ..planner.deepspeed_config import warmup_floor, warmup_floor_note
 from .request import LaunchRequest
+from .settings import declared
+
+DEFAULT = {f.name: f.default for f, _ in declared()}  # a plan older than a setting: its default
 
 PLAN_NEEDS = ("plan.yaml", "card.yaml")
 
@@ -137,7 +140,9 @@ def request_from_plan(plan_dir: str | Path, *, steps: int | None = None, local: 
         grad_accum=int(lay["grad_accum"]), recompute=str(lay["recompute"]),
         lr=float(tr["lr"]), warmup_steps=warmup, optimizer=str(tr["optimizer"]),
         precision=str(tr["precision"]), ema=str(tr.get("ema", "none")),
-        ema_decay=float(tr.get("ema_decay", 0.9999)), schedule=str(tr.get("schedule", "constant")),
-        cooldown_fraction=float(tr.get("cooldown_fraction", 0.2)), hostfile=hostfile,
+        ema_decay=float(tr.get("ema_decay", DEFAULT["ema_decay"])),
+        schedule=str(tr.get("schedule", DEFAULT["schedule"])),
+        cooldown_fraction=float(tr.get("cooldown_fraction", DEFAULT["cooldown_fraction"])),
+        hostfile=hostfile,
         dataset=rest.pop("dataset", None) or default_dataset(spec.card),
         plan=str(spec.path.resolve()), notes=tuple(notes), device=device, **rest)

@@ -18,35 +18,42 @@
       branches/          wsd cooldown branches (``--cooldown-branches``): b<N>.jsonl, the
                          records of the N-step run annealed off this run's stable phase
 
-Resume (``RunDir.resume_point``): from the newest complete checkpoint (every rank saved it:
-its ``ecdit_complete.json`` lists the files and sizes; DeepSpeed's ``checkpoints/latest`` is
-only a hint) whose steps all have a record in metrics.jsonl. Records past that step are
-dropped (the run makes them again), lines that are not records are moved to metrics.rejected,
-never deleted, and every checkpoint or line passed over is named. The data order and the
-noise are functions of the step, so the loss curve continues exactly as an uninterrupted run
-would.
+Resume (``RunDir.resume_point``): from the newest intact checkpoint (every rank saved it:
+its ``ecdit_complete.json`` lists the files with their sizes and sha256, checked before a
+resume, because DeepSpeed 0.19.8 unpickles its files with ``torch.load(weights_only=False)``:
+its ZeRO optimizer files hold a ``LossScaler`` object, so only bytes this run wrote may reach
+it; DeepSpeed's ``checkpoints/latest`` is only a hint) whose steps all have a record in
+metrics.jsonl. Records past that step are dropped (the run makes them again), lines that are
+not records are moved to metrics.rejected, never deleted, and every checkpoint or line passed
+over is named. The data order and the noise are functions of the step, so the loss curve
+continues exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
 
-import enum
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import DIT_EMA_DECAY, EMA, ParallelLayout, Recompute, Schedule, TrainingConfig
+from ..config import ParallelLayout, TrainingConfig
 from ..errors import ConfigError
 from ..files import atomic_write_text, json_default, to_plain
 from .jsonfiles import (MetricsScan, append_jsonl, read_json, read_jsonl,  # noqa: F401
                         scan_metrics, write_json)
+from .settings import Device, TCImpl, declared, field_types, recorded  # noqa: F401 (Device,
+# TCImpl: their home was here)
 
 CHECKPOINT_TAG = "step{step}"
+# a run stopped by its divergence guard (``cadence.DivergenceGuard``) exits with this: not 1
+# (a crash: see launch.log), not 2 (bad input: nothing ran), not 130 (interrupted)
+DIVERGED_EXIT = 3
 COMPLETE_MARKER = "ecdit_complete.json"  # in a checkpoint folder: every rank saved it
 _TAG_RE = re.compile(r"^step(\d+)$")
 
@@ -56,55 +63,45 @@ _TAG_RE = re.compile(r"^step(\d+)$")
 # ---------------------------------------------------------------------------------------------
 
 
-class Device(str, enum.Enum):
-    AUTO = "auto"  # cuda when a CUDA device is visible, else cpu (resolved before a run starts)
-    CPU = "cpu"
-    CUDA = "cuda"
+def _recorded_fields() -> list[tuple[str, Any, Any]]:
+    """RunSettings' plain fields: the settings declared with ``record="run"``; those a run.json
+    may lack (``optional``) default to what such a run used (``Setting.absent``)."""
+    hints = field_types()
+    out = []
+    for f, s in declared():
+        if s.record == "run":
+            out.append((f.name, hints[f.name], field(default=s.absent[0]) if s.optional
+                        else field()))
+    return out
 
 
-class TCImpl(str, enum.Enum):
-    """Token choice in a launched run: our ``TokenChoiceMoE``, or DeepSpeed's own ``MoE``
-    layer with its ``TopKGate`` (``expert_parallel.parallelize``)."""
-
-    ECDIT = "ecdit"
-    DEEPSPEED = "deepspeed"
+_RecordedSettings = make_dataclass("_RecordedSettings", _recorded_fields(), frozen=True,
+                                   kw_only=True)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSettings:
+class RunSettings(_RecordedSettings):
     """What ``launch`` decided; the worker on every rank reads it from run.json.
 
-    The layout and the training recipe are the planner's own config types (validated there);
-    run.json stores them flat, one key per setting (``to_dict``).
+    The plain settings are those ``settings.LaunchSettings`` declares with ``record="run"``;
+    the layout and the training recipe are the planner's own config types (validated there),
+    whose launch settings read as properties here (``s.lr``). run.json stores everything
+    flat, one key per setting (``to_dict``).
     """
 
     card: str  # what the user passed (registry name or path)
     model_name: str
     nodes: int
     nproc_per_node: int
-    layout: ParallelLayout  # dp = world, ep, ZeRO stage, micro-batch
-    training: TrainingConfig  # steps, global batch, optimizer, precision, lr, warm-up
-    grad_accum: int
-    dataset: str
-    data_limit: int | None
-    holdout: int  # samples kept out of training (adaptive-compute analysis)
-    seed: int
-    device: Device  # cpu | cuda
-    checkpoint_every: int
-    keep_checkpoints: int
-    track_memory: bool  # CPU: count live tensor bytes (see peak_memory.PeakBytes)
-    tc_impl: TCImpl = TCImpl.ECDIT  # token choice (see expert_parallel.parallelize)
-    eval_every: int = 0  # held-out loss (train.heldout) every K steps and at the last (0: last)
-    eval_timesteps: int = 8  # the fixed noise grid: t = (i + 0.5) / eval_timesteps
-    compile: str = "none"  # none | block: torch.compile of each block (regional_compile)
+    layout: ParallelLayout  # dp = world, ep, ZeRO stage, micro-batch, recompute
+    training: TrainingConfig  # steps, global batch, optimizer, precision, lr, warm-up, EMA
     plan: str | None = None  # the plan directory this run follows (``launch --plan``), if any
     notes: tuple[str, ...] = ()  # where the run differs from what was asked, and why
-    # wsd: shorter runs annealed off this run's stable phase, by length in steps (``branch_starts``)
-    cooldown_branches: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "device", Device(self.device))
-        object.__setattr__(self, "tc_impl", TCImpl(self.tc_impl))
+        for f, s in declared():
+            if s.record == "run" and s.enum is not None:
+                object.__setattr__(self, f.name, s.enum(getattr(self, f.name)))
         object.__setattr__(self, "notes", tuple(self.notes))
         object.__setattr__(self, "cooldown_branches",
                            tuple(int(n) for n in self.cooldown_branches))
@@ -117,37 +114,16 @@ class RunSettings:
     def world(self) -> int:
         return self.nodes * self.nproc_per_node
 
-    # the flat names run.json, the worker and the analyses use
-    steps = property(lambda self: self.training.steps)
     global_batch = property(lambda self: self.training.global_batch)
-    lr = property(lambda self: self.training.lr)
-    warmup_steps = property(lambda self: self.training.warmup_steps)
-    optimizer = property(lambda self: self.training.optimizer)
-    precision = property(lambda self: self.training.precision)
-    ep = property(lambda self: self.layout.ep)
-    zero = property(lambda self: self.layout.zero)
-    micro_batch = property(lambda self: self.layout.micro_batch)
-    recompute = property(lambda self: self.layout.recompute)
-    ema = property(lambda self: self.training.ema)
-    ema_decay = property(lambda self: self.training.ema_decay)
-    schedule = property(lambda self: self.training.schedule)
-    cooldown_fraction = property(lambda self: self.training.cooldown_fraction)
 
     # settings a resumed run must share with the run it continues (steps may grow)
-    FIXED = ("model_name", "nodes", "nproc_per_node", "ep", "zero", "micro_batch", "grad_accum",
-             "dataset", "data_limit", "holdout", "seed", "lr", "warmup_steps", "optimizer",
-             "precision", "device", "tc_impl", "recompute", "ema", "ema_decay", "schedule",
-             "cooldown_fraction", "eval_timesteps", "cooldown_branches")
-    KEYS = ("card", "model_name", "steps", "nodes", "nproc_per_node", "ep", "zero", "micro_batch",
-            "grad_accum", "recompute", "dataset", "data_limit", "holdout", "seed", "lr",
-            "warmup_steps", "schedule", "cooldown_fraction", "optimizer", "precision", "ema",
-            "ema_decay", "device", "checkpoint_every", "keep_checkpoints", "track_memory",
-            "tc_impl", "eval_every", "eval_timesteps", "compile", "plan", "notes",
-            "cooldown_branches", "world", "global_batch")
+    FIXED = ("model_name", "nodes", "nproc_per_node") + tuple(
+        f.name for f, s in declared() if s.fixed and s.record)
+    KEYS = ("card", "model_name", "nodes", "nproc_per_node", *recorded(), "plan", "notes",
+            "world", "global_batch")
     # keys run.json may lack: derived from others, or newer than the run (their defaults hold)
-    OPTIONAL = ("world", "global_batch", "tc_impl", "recompute", "ema", "ema_decay", "plan",
-                "notes", "schedule", "cooldown_fraction", "eval_every", "eval_timesteps", "compile",
-                "cooldown_branches")
+    OPTIONAL = ("world", "global_batch", "plan", "notes") + tuple(
+        f.name for f, s in declared() if s.record and s.optional)
 
     @classmethod
     def missing_keys(cls, data: dict[str, Any]) -> list[str]:
@@ -176,21 +152,16 @@ class RunSettings:
         return {k: tuple(v) for k, v in sorted(out.items())}
 
     @classmethod
-    def build(cls, *, steps: int, nodes: int, nproc_per_node: int, ep: int, zero: int,
-              micro_batch: int, grad_accum: int, lr: float, warmup_steps: int,
-              optimizer: Any, precision: Any, recompute: Any = Recompute.NONE,
-              ema: Any = EMA.NONE, ema_decay: float = DIT_EMA_DECAY,
-              schedule: Any = Schedule.CONSTANT, cooldown_fraction: float = 0.2,
+    def build(cls, *, nodes: int, nproc_per_node: int, micro_batch: int, grad_accum: int,
               **rest: Any) -> "RunSettings":
         """From flat settings; the layout and training configs validate theirs (ConfigError).
-        A run.json older than recompute / EMA reads as recompute none, no EMA."""
+        A run.json older than a config setting (recompute, EMA, schedule) reads as that
+        config's default."""
         world = nodes * nproc_per_node
-        layout = ParallelLayout(dp=world, ep=ep, tp=1, zero=zero, micro_batch=micro_batch,
-                                recompute=recompute)
-        training = TrainingConfig(global_batch=micro_batch * grad_accum * world, steps=steps,
-                                  optimizer=optimizer, precision=precision, lr=lr,
-                                  warmup_steps=warmup_steps, ema=ema, ema_decay=ema_decay,
-                                  schedule=schedule, cooldown_fraction=cooldown_fraction)
+        layout = ParallelLayout(dp=world, tp=1, micro_batch=micro_batch, **{
+            k: rest.pop(k) for k in recorded("layout") if k in rest})
+        training = TrainingConfig(global_batch=micro_batch * grad_accum * world, **{
+            k: rest.pop(k) for k in recorded("training") if k in rest})
         return cls(nodes=nodes, nproc_per_node=nproc_per_node, layout=layout, training=training,
                    grad_accum=grad_accum, **rest)
 
@@ -198,6 +169,13 @@ class RunSettings:
     def from_dict(cls, data: dict[str, Any]) -> "RunSettings":
         known = set(cls.KEYS) - {"world", "global_batch"}
         return cls.build(**{k: v for k, v in data.items() if k in known})
+
+
+# the flat names run.json, the worker and the analyses use for the configs' launch settings
+for _config, _names in (("layout", recorded("layout")), ("training", recorded("training"))):
+    for _name in _names:
+        setattr(RunSettings, _name, property(
+            lambda self, _c=_config, _n=_name: getattr(getattr(self, _c), _n)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,32 +288,36 @@ class RunDir:
             return None
 
     def mark_complete(self, tag: str, step: int) -> None:
-        """Record every file of a checkpoint every rank has finished saving, with its size."""
+        """Record every file of a checkpoint every rank has finished saving, with its size and
+        sha256 (``checkpoint_problem(verify=True)`` checks them before a resume)."""
         d = self.checkpoints / tag
-        files = {f.name: f.stat().st_size for f in sorted(d.iterdir())
-                 if f.is_file() and f.name != COMPLETE_MARKER}
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_of(f)}
+                 for f in sorted(d.iterdir()) if f.is_file() and f.name != COMPLETE_MARKER}
         write_json(d / COMPLETE_MARKER, {"step": step, "files": files})
 
-    def checkpoint_problem(self, tag: str) -> str | None:
+    def checkpoint_problem(self, tag: str, *, verify: bool = False) -> str | None:
         """Why checkpoint ``tag`` cannot be resumed from, or None if it is complete.
 
         Complete: its marker (written after every rank saved) lists files that are all there
-        with their sizes. A checkpoint without a marker (an older run) counts if ``latest``
+        with their sizes, and with ``verify`` their sha256 (a marker older than the checksums
+        has sizes only). A checkpoint without a marker (an older run) counts if ``latest``
         names it and its model states open as zip archives (torch.save's format)."""
         d = self.checkpoints / tag
         try:
             marker = json.loads((d / COMPLETE_MARKER).read_text())
-            files = dict(marker["files"])
+            files = {name: (entry if isinstance(entry, dict) else {"bytes": entry})
+                     for name, entry in dict(marker["files"]).items()}
         except FileNotFoundError:
             if self.pointer() != tag:
                 return "it was never marked complete (a save cut short)"
-            files = {f.name: None for f in d.glob("*model_states.pt")}
+            files = {f.name: {} for f in d.glob("*model_states.pt")}
             if "mp_rank_00_model_states.pt" not in files:
                 return "mp_rank_00_model_states.pt is missing"
         except (OSError, ValueError, KeyError, TypeError):
             return f"its {COMPLETE_MARKER} is unreadable"
-        for name, size in files.items():
+        for name, entry in files.items():
             f = d / name
+            size = entry.get("bytes") if isinstance(entry, dict) else None
             if not f.is_file():
                 return f"{name} is missing"
             if f.stat().st_size == 0:
@@ -344,6 +326,8 @@ class RunDir:
                 return f"{name} has {f.stat().st_size} bytes, not the {size} saved"
             if size is None and not zipfile.is_zipfile(f):
                 return f"{name} is not a whole torch file"
+            if verify and entry.get("sha256") and sha256_of(f) != entry["sha256"]:
+                return f"{name} differs from what was saved (sha256)"
         return None
 
     def latest_checkpoint(self) -> tuple[int, str] | None:
@@ -383,9 +367,9 @@ class RunDir:
         pointer = self.pointer()
         chosen: tuple[int, str] | None = None
         for step, tag in reversed(tags):
-            problem = self.checkpoint_problem(tag)
+            problem = self.checkpoint_problem(tag, verify=True)
             if problem is not None:
-                notes.append(f"checkpoint {tag} is incomplete ({problem}): skipped")
+                notes.append(f"checkpoint {tag} is not intact ({problem}): skipped")
                 continue
             if step >= gap:
                 where = (f"line {damaged[0][0]} of {self.metrics} is unreadable"
@@ -449,6 +433,14 @@ class RunDir:
             for f in sorted(self.checksums.glob("rank*.json")):
                 out[int(f.stem.removeprefix("rank"))] = read_json(f)
         return out
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

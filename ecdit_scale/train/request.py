@@ -12,72 +12,34 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import (DIT_EMA_DECAY, EMA, FFNKind, ModelConfig, Optimizer, Precision,
-                      Recompute, Schedule, load_model_config, zero_supports_moe)
+from ..config import (EMA, FFNKind, ModelConfig, Optimizer, Precision, Recompute, Schedule,
+                      load_model_config, zero_supports_moe)
 from ..errors import ConfigError
 from ..files import check_output_folder, read_text_file
 from ..integers import divisors
 from ..planner.cards import override_config
-from .records import Device, ResumePoint, RunDir, RunSettings, TCImpl
+from .records import ResumePoint, RunDir, RunSettings
 from .regional_compile import Compile
+from ..planner.deepspeed_config import warmup_floor_note
+from .settings import (DEFAULT_LR, Device, LaunchSettings, TCImpl, check_bounds, check_choices,
+                       cli_args, default_warmup, option_of, recorded)
 
-MAX_EVAL_TIMESTEPS = 64
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
-# config field -> the launch option that sets it (to name the option in an error)
-OPTION_OF = {"dp": "--nproc", "ep": "--ep", "zero": "--zero", "micro_batch": "--micro-batch",
-             "steps": "--steps", "lr": "--lr", "warmup_steps": "--warmup",
-             "optimizer": "--optimizer", "global_batch": "--micro-batch x --grad-accum",
-             "ema_decay": "--ema-decay", "ema": "--ema", "recompute": "--recompute",
-             "precision": "--precision", "schedule": "--schedule",
-             "cooldown_fraction": "--cooldown"}
+# config fields that no one setting sets -> what sets them (to name it in an error)
+DERIVED_OPTIONS = {"dp": "--nproc", "global_batch": "--micro-batch x --grad-accum"}
 
 
 @dataclass(frozen=True, kw_only=True)
-class LaunchRequest:
-    """What the user asked for (the CLI's options, unvalidated)."""
+class LaunchRequest(LaunchSettings):
+    """What the user asked for (the CLI's options, unvalidated): the declared launch settings
+    (``settings.LaunchSettings``) and what the card and plan bring."""
 
     card: str
-    nproc: int
-    steps: int
-    ep: int = 1
-    zero: int = 1
-    micro_batch: int = 8
-    grad_accum: int = 1
-    dataset: str = "emoji"
-    data_limit: int | None = None
-    holdout: int = 64
-    out: str | None = None
-    resume: bool = False
-    hostfile: str | None = None
-    seed: int = 0
-    lr: float = 1e-3
-    warmup_steps: int | None = None  # None: steps // 10, at most 100
-    optimizer: str = "adamw"
-    checkpoint_every: int | None = None  # None: steps // 4 (and always the last step)
-    keep_checkpoints: int = 2
-    track_memory: bool = True
-    device: str = "auto"  # auto | cpu | cuda
-    tc_impl: str = "ecdit"
-    stop_after: int | None = None  # test hook: every rank exits after this step
-    precision: str | None = None  # None: bf16 on CUDA, fp32 on CPU
-    recompute: str = "none"  # none | selective | full (activation checkpointing)
-    ema: str = "none"  # none | replicated | sharded (an fp32 EMA of the weights)
-    ema_decay: float = DIT_EMA_DECAY
-    schedule: str = "constant"  # constant | wsd (warm-up, stable, decay to 0)
-    cooldown_fraction: float = 0.2  # wsd: share of the steps spent decaying
-    eval_every: int = 0  # held-out loss every K steps (0: at the last step only)
-    eval_timesteps: int = 8  # noise levels of the held-out loss
-    override: str | None = None  # e.g. "depth=4,ffn.num_experts=8" (planner.cards.override_config)
     plan: str | None = None  # the plan folder this request was read from (``plan_run``)
     notes: tuple[str, ...] = ()  # where the run departs from the plan, and why
-    node_rank: int | None = None  # multi-node without ssh: this node's rank in the hostfile
-    master_addr: str | None = None  # multi-node without ssh: rank 0's node
-    master_port: int | None = None  # default: a free port (one node), 29500 (several)
-    compile: str | None = None  # none | block; None: block on CUDA, none on CPU (run_compile)
-    cooldown_branches: tuple[int, ...] = ()  # wsd: shorter runs annealed off the stable phase
 
 
 @dataclass(frozen=True)
@@ -230,8 +192,9 @@ def _world(req: LaunchRequest, device: Device) -> int:
 def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
               old: RunSettings | None) -> RunSettings:
     # defaults scale with --steps; a resume (perhaps with more steps) keeps the run's own
+    optimizer = _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     warmup = (req.warmup_steps if req.warmup_steps is not None else
-              old.warmup_steps if old else min(100, req.steps // 10))
+              old.warmup_steps if old else default_warmup(optimizer, req.steps))
     every = (req.checkpoint_every if req.checkpoint_every is not None else
              old.checkpoint_every if old else max(1, req.steps // 4))
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -240,24 +203,24 @@ def _settings(req: LaunchRequest, cfg: ModelConfig, device: Device, nodes: int,
     compile_ = run_compile(req, device, old)
     track_memory, more = run_track_memory(req, device, compile_)
     notes += more
+    flat = {name: getattr(req, name) for name in recorded()}  # as asked, then as decided:
+    if req.warmup_steps is None and old is None and isinstance(req.steps, int):
+        why = warmup_floor_note(optimizer, warmup, req.steps)
+        notes += (why,) if why else ()
+    flat.update(lr=DEFAULT_LR[optimizer] if req.lr is None else req.lr,
+                ep=req.ep if cfg.ffn.is_moe else 1, warmup_steps=warmup, precision=precision,
+                device=device, checkpoint_every=every, track_memory=track_memory,
+                compile=compile_.value, cooldown_branches=tuple(sorted(req.cooldown_branches)))
     try:
-        return RunSettings.build(
-            card=req.card, model_name=cfg.name, steps=req.steps, nodes=nodes,
-            nproc_per_node=req.nproc, ep=req.ep if cfg.ffn.is_moe else 1, zero=req.zero,
-            micro_batch=req.micro_batch, grad_accum=req.grad_accum, dataset=req.dataset,
-            data_limit=req.data_limit, holdout=req.holdout, seed=req.seed, lr=req.lr,
-            warmup_steps=warmup, optimizer=req.optimizer, precision=precision,
-            recompute=req.recompute, ema=req.ema, ema_decay=req.ema_decay,
-            schedule=req.schedule, cooldown_fraction=req.cooldown_fraction,
-            eval_every=req.eval_every, eval_timesteps=req.eval_timesteps, device=device,
-            checkpoint_every=every, keep_checkpoints=req.keep_checkpoints,
-            track_memory=track_memory, tc_impl=req.tc_impl, plan=req.plan,
-            compile=compile_.value, notes=tuple(req.notes) + notes,
-            cooldown_branches=tuple(sorted(req.cooldown_branches)))
+        return RunSettings.build(card=req.card, model_name=cfg.name, nodes=nodes,
+                                 nproc_per_node=req.nproc, plan=req.plan,
+                                 notes=tuple(req.notes) + notes, **flat)
     except ConfigError as exc:  # name the launch option, not the config field
         field_ = str(exc).split(" ", 1)[0]
-        raise ConfigError(f"{OPTION_OF[field_]}: {exc}" if field_ in OPTION_OF else str(exc)) \
-            from None
+        if field_ in recorded(("layout", "training")) or field_ in DERIVED_OPTIONS:
+            raise ConfigError(f"{DERIVED_OPTIONS.get(field_) or option_of(field_)}: {exc}") \
+                from None
+        raise
 
 
 def run_precision(req: LaunchRequest, device: Device) -> tuple[Precision, tuple[str, ...]]:
@@ -351,21 +314,11 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
         raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
                           f"{', '.join(DATASETS)}")
     _check_card(cfg, req.dataset)
-    # integers only a launch has (the layout and training configs check their own)
-    for name in ("nproc", "grad_accum", "keep_checkpoints"):
-        v = getattr(req, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} = {v!r}: must be an integer >= 1")
-    for name, option, hi in (("seed", "--seed", 2**31 - 1), ("holdout", "--holdout", 2**31 - 1),
-                             ("eval_every", "--eval-every", 2**31 - 1),
-                             ("eval_timesteps", "--eval-timesteps", MAX_EVAL_TIMESTEPS)):
-        v = getattr(req, name)
-        lo = 1 if name == "eval_timesteps" else 0
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ConfigError(f"{option} = {v!r}: must be an integer in {lo}..{hi}")
+    check_bounds(req)  # integers only a launch has (the layout and training configs check theirs)
     _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     _choice(EMA, req.ema, "--ema")
     _choice(Schedule, req.schedule, "--schedule")
+    check_choices(req)  # any other choice setting
     _check_branches(req)
     _check_recompute(req)
     _check_multinode(req)
@@ -383,8 +336,6 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     if req.data_limit is not None and req.data_limit < 2 * req.holdout + 1:
         raise ConfigError(f"--limit {req.data_limit}: keep more than twice the {req.holdout} "
                           "held-out samples")
-    if req.stop_after is not None and not 1 <= req.stop_after:
-        raise ConfigError("--stop-after must be >= 1")
 
     if req.out:
         check_output_folder(req.out, "--out")
@@ -440,34 +391,14 @@ def default_run_dir(s: RunSettings) -> Path:
     return Path("runs") / f"{s.model_name}-w{s.world}-ep{s.ep}-z{s.zero}-{s.dataset}-s{s.seed}"
 
 
-# LaunchRequest field -> its CLI option (those a resume must repeat when not the default)
-RESUME_OPTIONS = {"nproc": "--nproc", "steps": "--steps", "ep": "--ep", "zero": "--zero",
-                  "micro_batch": "--micro-batch", "grad_accum": "--grad-accum",
-                  "dataset": "--dataset", "data_limit": "--limit", "holdout": "--holdout",
-                  "hostfile": "--hostfile", "seed": "--seed", "lr": "--lr",
-                  "warmup_steps": "--warmup", "optimizer": "--optimizer",
-                  "checkpoint_every": "--checkpoint-every", "device": "--device",
-                  "tc_impl": "--tc-impl", "precision": "--precision", "recompute": "--recompute",
-                  "ema": "--ema", "ema_decay": "--ema-decay", "schedule": "--schedule",
-                  "cooldown_fraction": "--cooldown", "eval_every": "--eval-every",
-                  "eval_timesteps": "--eval-timesteps", "override": "--override",
-                  "compile": "--compile", "cooldown_branches": "--cooldown-branches"}
-
-
 def resume_command(req: LaunchRequest, run_dir: str | os.PathLike) -> str:
     """The exact command that continues this launch: its options, --out and --resume."""
-    defaults = {f.name: f.default for f in fields(LaunchRequest)}
     if req.plan is not None:  # the plan decides the rest
         args = ["bash", str(Path(req.plan) / "launch.sh"), "--steps", str(req.steps)]
         if any(n.startswith("--local") for n in req.notes):
             args.append("--local")
         return shlex.join(args + ["--out", str(run_dir), "--resume"])
-    args = ["ecdit-scale", "launch", req.card]
-    for name, option in RESUME_OPTIONS.items():
-        value = getattr(req, name)
-        if name in ("nproc", "steps") or value != defaults[name]:
-            args += [option, ",".join(map(str, value)) if isinstance(value, tuple)
-                     else str(value)]
-    if not req.track_memory:
-        args.append("--no-track-memory")
+    args = ["ecdit-scale", "launch", req.card, "--nproc", str(req.nproc), "--steps",
+            str(req.steps)]  # always; the other settings a resume repeats where not default
+    args += cli_args(req, only=lambda s: s.repeat and s.option not in ("--nproc", "--steps"))
     return shlex.join(args + ["--out", str(run_dir), "--resume"])

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from ..files import atomic_write_text, json_default
 from ..model import rectified_flow_loss
@@ -35,119 +34,14 @@ from .feed import device_feed
 from .regional_compile import compile_backend
 from .step_profile import StepProfiler, phase
 from .throughput import meter_for
-from .expert_parallel import deepspeed_topk_layers, is_expert_param
+from .cadence import Checkpointing, Diverged, DivergenceGuard, HeldOutScoring, MemoryTracking
+from .expert_parallel import deepspeed_topk_layers
 from .heldout import timestep_grid
-from .peak_memory import (MEMORY_EVERY, MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PHASES, PeakBytes,
-                          PhasePeaks, model_state_bytes)
-from .records import CHECKPOINT_TAG, COMPLETE_MARKER, RunDir, append_jsonl, write_json
-
-@dataclasses.dataclass
-class StepStats:
-    """What one rank accumulates over the micro-steps of one optimizer step, as tensors on its
-    device: the step's numbers are read once, in ``reduce_stats``; a read per micro-step or per
-    MoE layer would make the host wait for the device each time."""
-
-    sums: torch.Tensor | None = None  # (4,) float64: loss, flow loss, aux loss, dropped
-    hist: torch.Tensor | None = None  # (E+1,) tokens processed by k experts, all MoE layers
-    layer_sum: torch.Tensor | None = None  # (L,) experts-per-token sums per layer
-    layer_tokens: torch.Tensor | None = None  # (L,) tokens per layer
-    tokens_per_expert: torch.Tensor | None = None  # (L, E)
-
-    def add(self, loss: torch.Tensor, flow: torch.Tensor, aux: torch.Tensor,
-            dropped: torch.Tensor | int = 0) -> None:
-        parts = [loss.detach(), flow.detach(), aux.detach(),
-                 torch.as_tensor(dropped, device=loss.device)]
-        row = torch.stack([t.to(torch.float64).reshape(()) for t in parts])
-        self.sums = row if self.sums is None else self.sums + row
-
-
-def _acc(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-    return new if old is None else old + new
-
-
-def collect_routing(model: nn.Module, st: StepStats, num_experts: int,
-                    ds_layers: list | None = None) -> torch.Tensor | int:
-    """Add this micro-step's routing statistics to ``st`` (on the device); returns the tokens
-    dropped over capacity. ``ds_layers``: the model's DeepSpeed top-k layers, if known."""
-    stats = model.routing_stats() if hasattr(model, "routing_stats") else []
-    ds_layers = deepspeed_topk_layers(model) if ds_layers is None else ds_layers
-    if not stats and not ds_layers:
-        return 0
-    rows_tpe = [s.tokens_per_expert.long() for s in stats]
-    device = (rows_tpe[0] if rows_tpe else ds_layers[0].l_aux).device
-    rows_tpe += [layer.exp_counts.to(device).long()  # DeepSpeed's gate: tokens per expert only
-                 for layer in ds_layers]
-    st.tokens_per_expert = _acc(st.tokens_per_expert, torch.stack(rows_tpe))
-    E1 = num_experts + 1
-    if stats:  # (L, N) experts per token -> per-layer histograms without a bincount's sync
-        ept_LN = torch.stack([s.experts_per_token.reshape(-1) for s in stats]).long()
-        hist_LK = torch.zeros(len(stats), E1, dtype=torch.long, device=device)
-        hist_LK.scatter_add_(1, ept_LN, torch.ones_like(ept_LN))
-        st.hist = _acc(st.hist, hist_LK.sum(0))
-        st.layer_sum = _acc(st.layer_sum, ept_LN.sum(1))
-        st.layer_tokens = _acc(st.layer_tokens, torch.full((len(stats),), ept_LN.shape[1],
-                                                           dtype=torch.long, device=device))
-    elif st.hist is None:
-        st.hist = torch.zeros(E1, dtype=torch.long, device=device)
-        st.layer_sum = st.layer_tokens = torch.zeros(0, dtype=torch.long, device=device)
-    return sum((s.dropped for s in stats), start=0)
-
-
-def reduce_stats(st: StepStats, world: int, micro_steps: int, peak: int,
-                 device: torch.device, phase_peaks: list[int] | None = None) -> dict[str, Any]:
-    """All-reduce one step's numbers; every rank gets the global values. Two collectives (a
-    sum and a max) and one read of the device per step."""
-    parts = [st.sums.to(device)]
-    routed = st.tokens_per_expert is not None
-    if routed:
-        parts += [st.tokens_per_expert.reshape(-1), st.hist, st.layer_sum, st.layer_tokens]
-    flat = torch.cat([t.to(device, torch.float64) for t in parts])
-    dist.all_reduce(flat)
-    phase_peaks = phase_peaks or [-1] * len(PHASES)
-    peak_t = torch.tensor([peak, *phase_peaks], dtype=torch.float64, device=device)
-    dist.all_reduce(peak_t, op=dist.ReduceOp.MAX)
-    peaks_v = peak_t.tolist()
-    flat, peak_v = flat.cpu(), peaks_v[0]
-    scalars = flat[:4].tolist()
-    out: dict[str, Any] = {
-        "loss": scalars[0] / (world * micro_steps),
-        "flow_loss": scalars[1] / (world * micro_steps),
-        "aux_loss": scalars[2] / (world * micro_steps),
-        "peak_bytes": int(peak_v) if peak_v >= 0 else None,
-        "memory_tracked": peak_v >= 0,
-    }
-    if peak_v >= 0:  # each phase's peak (max over ranks): where in the step the peak falls
-        out["peak_bytes_by_phase"] = {n: int(v) for n, v in zip(PHASES, peaks_v[1:]) if v >= 0}
-    if routed:
-        counts = flat[4:].long()
-        L, E = st.tokens_per_expert.shape
-        out["tokens_per_expert"] = counts[: L * E].reshape(L, E).tolist()
-        if st.layer_sum.numel():
-            rest = counts[L * E:]
-            hist = rest[: E + 1]
-            nl = st.layer_sum.numel()
-            lsum, lnum = rest[E + 1: E + 1 + nl], rest[E + 1 + nl:]
-            ks = torch.arange(E + 1)
-            nz = ks[hist > 0]
-            out["experts_per_token"] = {
-                "mean": float((hist * ks).sum() / hist.sum()),
-                "min": int(nz.min()), "max": int(nz.max()),
-                "hist": hist.tolist(),
-                "per_layer_mean": (lsum.double() / lnum.clamp(min=1)).tolist(),
-            }
-        out["dropped"] = int(scalars[3])
-    return out
-
-
-def param_checksums(model: nn.Module) -> dict[str, Any]:
-    """Per-parameter (sum, sum of squares) in float64, split into expert and shared params."""
-    out: dict[str, dict[str, list[float]]] = {"expert": {}, "shared": {}}
-    for name, p in model.named_parameters():
-        t = p.detach().double()
-        out["expert" if is_expert_param(p) else "shared"][name] = [t.sum().item(),
-                                                                   (t * t).sum().item()]
-    return out
-
+from .peak_memory import (MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes, PhasePeaks,
+                          model_state_bytes)
+from .records import CHECKPOINT_TAG, DIVERGED_EXIT, RunDir, append_jsonl, write_json
+from .step_stats import (StepStats, collect_routing, param_checksums,  # noqa: F401 (worker.X)
+                         reduce_stats)
 
 @contextlib.contextmanager
 def marked(r, name: str):
@@ -187,21 +81,49 @@ def train_step(r: Rank, step: int, images: torch.Tensor, text: torch.Tensor) -> 
 
 
 def save_checkpoint(r: Rank, step: int) -> None:
-    """Every rank saves its part; once all have (DeepSpeed's save ends in a barrier), rank 0
-    marks the checkpoint complete and prunes the old ones."""
-    rd, tag = r.rd, CHECKPOINT_TAG.format(step=step)
-    if r.rank == 0:  # a checkpoint saved again (after a resume) is incomplete until marked
-        (rd.checkpoints / tag / COMPLETE_MARKER).unlink(missing_ok=True)
-    if r.ema is not None:  # before DeepSpeed's save, whose closing barrier then covers it
-        dist.barrier()  # rank 0 has removed the old marker
-        r.ema.save(rd.checkpoints / tag, r.rank)
-    r.engine.save_checkpoint(str(rd.checkpoints), tag=tag, client_state={"step": step})
-    if r.rank == 0:
-        rd.mark_complete(tag, step)
-        rd.prune_checkpoints(r.s.keep_checkpoints, current=tag)
+    Checkpointing.save(r, step)
 
 
-def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> int:
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    lr: float
+    step_s: float
+    stats: dict[str, Any]  # reduce_stats: losses, routing, memory (global values)
+    profiled: dict[str, Any]  # step_profile: the profiled step's counts, if this was it
+
+
+def step(r: Rank, n: int, it, s, *, memory: MemoryTracking | None = None,
+         profiler: StepProfiler | None = None) -> StepResult:
+    """Optimizer step ``n`` of the run ``s`` (its learning-rate schedule): the batch ``it``
+    yields next, its micro-steps, the EMA update and the step's numbers (every rank). The
+    main loop and the cooldown branches both step through here; ``memory`` and ``profiler``
+    measure where the main loop asks them to."""
+    lr = set_lr(r.engine, lr_at(s, n))
+    tracked = memory is not None and memory.due(n)
+    if r.on_gpu:
+        torch.cuda.synchronize()
+    r.phases.begin(active=(r.on_gpu and memory is not None) or tracked)
+    if profiler is not None:
+        profiler.start(n)
+    t0 = time.perf_counter()
+    images, text = next(it)  # this rank's share of global batch ``n - 1``
+    with memory.tracker if tracked else contextlib.nullcontext():
+        st = train_step(r, n, images, text)
+        if r.ema is not None:  # after the optimizer step (DiT: every step)
+            with marked(r, "ema"):
+                r.ema.update()
+    if r.on_gpu:
+        torch.cuda.synchronize()
+    step_s = time.perf_counter() - t0
+    profiled = profiler.stop(n, step_s) if profiler is not None else {}
+    peak, phase_peaks = r.phases.end()  # -1: not measured this step
+    if memory is not None:
+        memory.after(n, r)
+    stats = reduce_stats(st, r.world, r.s.grad_accum, peak, r.device, phase_peaks)
+    return StepResult(lr=lr, step_s=step_s, stats=stats, profiled=profiled)
+
+
+def run(run_dir: Path, *, resume_from: str | None) -> int:
     from ..datasets.batches import batches
 
     rd = RunDir(run_dir)
@@ -210,14 +132,16 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
     if r.rank == 0:
         rd.worker_pid.write_text(f"{os.getpid()}\n")
     start = 0
+    r.guard = DivergenceGuard(s.divergence_factor)
     if resume_from is not None:  # launch chose it: the newest complete checkpoint
         _, client = engine.load_checkpoint(str(rd.checkpoints), tag=resume_from)
         start = int(client["step"]) if client else int(resume_from.removeprefix("step"))
+        r.guard.first_loss = (client or {}).get("first_loss")
         if r.ema is not None:
             r.ema.load(rd.checkpoints / resume_from, r.rank)
     t_data = time.perf_counter()
     data, held = load_run_data(s, r.cfg)
-    heldout = heldout_loss_for(r, held)
+    scorer = heldout_loss_for(r, held)
     if r.rank == 0:  # before the first step, so that a run killed later still names them:
         # the engine, device and versions, and where the start-up went (the first step's
         # compile is in metrics.jsonl)
@@ -228,6 +152,7 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
                                        else "cpu"), torch_version=torch.__version__,
                           deepspeed_version=deepspeed.__version__,
                           startup_s={**r.startup_s, "data": time.perf_counter() - t_data})
+
     def batches_from(step: int):
         """This rank's share of global batches ``step`` + 1, ... (a step's batch depends on
         the step alone: a resume, or a cooldown branch, draws what an unbroken run would)."""
@@ -240,8 +165,10 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
 
     it = batches_from(start)
     branch_starts = s.branch_starts()
-    tracker = PeakBytes() if (s.track_memory and not r.on_gpu) else None
-    r.phases = PhasePeaks(tracker, cuda=r.on_gpu)
+    memory = MemoryTracking(PeakBytes() if (s.track_memory and not r.on_gpu) else None, start)
+    r.phases = PhasePeaks(memory.tracker, cuda=r.on_gpu)
+    checkpoints = Checkpointing(s.checkpoint_every, s.steps, enabled=s.checkpoints)
+    heldout = HeldOutScoring(scorer, s.eval_every, s.steps)
     meter = meter_for(r)  # model FLOPs per step and the device's peak, once
     profiler = StepProfiler(rd, rank=r.rank, on_gpu=r.on_gpu)  # $ECDIT_SCALE_PROFILE_STEP
     state_bytes: dict[str, int] = {}
@@ -251,51 +178,46 @@ def run(run_dir: Path, *, resume_from: str | None, stop_after: int | None) -> in
               f"{r.counts['model_params']} params ({r.counts['rank_params']} on rank 0)",
               flush=True)
 
-    for step in range(start + 1, s.steps + 1):
-        for n in branch_starts.get(step - 1, ()):
-            if rd.read_branch(n) is None:  # (a resume may find it finished)
-                it = run_branch(r, n, step - 1, batches_from, heldout)
-        lr = set_lr(engine, lr_at(s, step))
-        # counting every op roughly doubles a small model's CPU step: count a few steps only
-        tracked = tracker is not None and (step - start <= 3 or step % MEMORY_EVERY == 0)
-        if r.on_gpu:
-            torch.cuda.synchronize()
-        r.phases.begin(active=r.on_gpu or tracked)
-        profiler.start(step)
-        t0 = time.perf_counter()
-        images, text = next(it)  # this rank's share of global batch ``step - 1``
-        with tracker if tracked else contextlib.nullcontext():
-            st = train_step(r, step, images, text)
-            if r.ema is not None:  # after the optimizer step (DiT: every step)
-                with marked(r, "ema"):
-                    r.ema.update()
-        if r.on_gpu:
-            torch.cuda.synchronize()
-        step_s = time.perf_counter() - t0
-        profiled = profiler.stop(step, step_s)
-        peak, phase_peaks = r.phases.end()  # -1: not measured this step
-        if tracked and step == start + 1:  # model states, as they stand after the first update
-            tracker.register_states(engine, r.ema)
-        if not state_bytes:
-            state_bytes = model_state_bytes(engine)
-        rec = reduce_stats(st, r.world, s.grad_accum, peak, r.device, phase_peaks)
-        if heldout is not None and (step == s.steps or (s.eval_every and step % s.eval_every == 0)):
-            rec.update(heldout(engine.module, bf16=engine.bfloat16_enabled()))
-        if r.rank == 0:
-            append_jsonl(rd.metrics, {"step": step, "lr": lr, "step_s": step_s,
-                                      "images_per_s": s.global_batch / step_s,
-                                      **meter.record(step_s), **profiled, **rec})
-        if stop_after is not None and stop_after <= step < s.steps:
-            # test hook: every rank dies here, as a job killed after this step would
-            dist.barrier()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(3)
-        if step % s.checkpoint_every == 0 or step == s.steps:
-            save_checkpoint(r, step)
+    try:
+        for n in range(start + 1, s.steps + 1):
+            for b in branch_starts.get(n - 1, ()):
+                if rd.read_branch(b) is None:  # (a resume may find it finished)
+                    it = run_branch(r, b, n - 1, batches_from, scorer)
+            done = step(r, n, it, s, memory=memory, profiler=profiler)
+            if not state_bytes:
+                state_bytes = model_state_bytes(engine)
+            rec = done.stats
+            diverged = r.guard.check(n, rec["loss"])
+            if heldout.due(n) and not diverged:
+                rec.update(heldout.score(engine))
+            if r.rank == 0:
+                append_jsonl(rd.metrics, {"step": n, "lr": done.lr, "step_s": done.step_s,
+                                          "images_per_s": s.global_batch / done.step_s,
+                                          **meter.record(done.step_s), **done.profiled, **rec})
+            if diverged:
+                raise Diverged(diverged)
+            if checkpoints.due(n):
+                Checkpointing.save(r, n, r.guard.first_loss)
+    except Diverged as exc:
+        stop_diverged(r, str(exc))
+        return DIVERGED_EXIT
     finish(r, train_wall_s=time.perf_counter() - t_run, state_bytes=state_bytes,
            train_samples=len(data), meter=meter)
     return 0
+
+
+def stop_diverged(r: Rank, why: str) -> None:
+    """Rank 0 says in summary.json why the run stopped; nothing is saved after the divergence,
+    so the newest checkpoint is from before it."""
+    if r.rank != 0:
+        return
+    kept = r.rd.latest_checkpoint()
+    last = (f"the newest checkpoint, {kept[1]}, is from before it and is kept" if kept else
+            "no checkpoint was saved before it")
+    r.rd.update_summary(status="diverged", message=(
+        f"training diverged: {why}; stopped without saving ({last}). Train again with a "
+        "lower --lr or a longer --warmup"))
+    r.rd.worker_pid.unlink(missing_ok=True)
 
 
 def set_lr(engine, lr: float) -> float:
@@ -305,7 +227,7 @@ def set_lr(engine, lr: float) -> float:
     return lr
 
 
-def run_branch(r: Rank, steps: int, at: int, batches_from, heldout):
+def run_branch(r: Rank, steps: int, at: int, batches_from, scorer):
     """The wsd run of ``steps`` steps, continued from this run's state after step ``at`` (its
     last stable step, ``RunSettings.branch_starts``): its cooldown steps at that run's
     learning rate, then the held-out loss; the records go to ``branches/b<steps>.jsonl``,
@@ -315,22 +237,21 @@ def run_branch(r: Rank, steps: int, at: int, batches_from, heldout):
     rd, s, engine = r.rd, r.s, r.engine
     tag = CHECKPOINT_TAG.format(step=at)
     if rd.checkpoint_problem(tag) is not None:  # none yet, or not complete
-        save_checkpoint(r, at)
+        Checkpointing.save(r, at, r.guard.first_loss)
     short = s.with_steps(steps)
+    heldout = HeldOutScoring(scorer, 0, steps)
     it = batches_from(at)
     records = []
-    for step in range(at + 1, steps + 1):
-        lr = set_lr(engine, lr_at(short, step))
-        t0 = time.perf_counter()
-        images, text = next(it)
-        st = train_step(r, step, images, text)
-        if r.ema is not None:
-            r.ema.update()
-        rec = reduce_stats(st, r.world, s.grad_accum, -1, r.device)
-        if step == steps and heldout is not None:
-            rec.update(heldout(engine.module, bf16=engine.bfloat16_enabled()))
-        records.append({"step": step, "lr": lr, "step_s": time.perf_counter() - t0,
-                        "branch_of": at, **rec})
+    for n in range(at + 1, steps + 1):
+        done = step(r, n, it, short)
+        rec = done.stats
+        diverged = r.guard.check(n, rec["loss"])
+        if diverged:
+            raise Diverged(f"{diverged}, in the {steps}-step cooldown branch")
+        if heldout.due(n):
+            rec.update(heldout.score(engine))
+        records.append({"step": n, "lr": done.lr, "step_s": done.step_s, "branch_of": at,
+                        **rec})
     if r.rank == 0:
         rd.branches.mkdir(exist_ok=True)
         atomic_write_text(rd.branch_path(steps),
@@ -429,13 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume-from", default=None, metavar="TAG",
                         help="checkpoint tag to continue from (launch picks it)")
-    parser.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     code = 1
     try:
-        code = run(args.run_dir, resume_from=args.resume_from, stop_after=args.stop_after)
+        code = run(args.run_dir, resume_from=args.resume_from)
     finally:
-        if code == 0:
+        if code in (0, DIVERGED_EXIT):  # every rank stops at the same step: end them cleanly
             shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
