@@ -13,7 +13,6 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-import click
 import typer
 import yaml
 from rich.console import Console
@@ -89,8 +88,14 @@ def _error(message: str) -> None:
 
 
 def _click_modules() -> list[Any]:
-    """click's exceptions module, and typer's vendored copy (typer >= 0.20 ships its own)."""
-    mods = [click.exceptions]
+    """click's exceptions module, and typer's vendored copy (typer >= 0.20 ships its own and
+    no longer installs click)."""
+    mods = []
+    try:
+        from click import exceptions
+        mods.append(exceptions)
+    except ImportError:
+        pass
     try:
         from typer._click import exceptions as vendored  # type: ignore[import-not-found]
         mods.append(vendored)
@@ -127,12 +132,21 @@ INTERRUPTED = {
 INTERRUPTED_DEFAULT = "interrupted: nothing was left half-written (outputs appear whole or not at all)"
 
 
-def flags_as_flags(command: click.Command) -> click.Command:
+def flags_as_flags(command: Any) -> Any:
     """typer >= 0.2x prints a type after every option, `<bool>` after flags too: a flag takes
     no value, so its metavar is set empty (walks the whole command tree)."""
     for param in command.params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+    make_help_option = command.get_help_option  # --help is made per call, not in params
+
+    def get_help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
     for sub in getattr(command, "commands", {}).values():
         flags_as_flags(sub)
     return command
@@ -176,6 +190,12 @@ def _internal(exc: BaseException) -> str:
             "please report it")
 
 
+def _interrupted(argv: list[str] | None) -> NoReturn:
+    err_console.print(INTERRUPTED.get(_command_name(argv), INTERRUPTED_DEFAULT),
+                      highlight=False, soft_wrap=True)
+    raise SystemExit(130) from None
+
+
 def _package_version() -> str:
     from .. import __version__
 
@@ -200,9 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         _error(_one_line(exc.format_message(), type(exc).__name__) + where)
         raise SystemExit(2 if isinstance(exc, USAGE_ERROR) else exc.exit_code) from None
     except (*ABORT, KeyboardInterrupt):
-        err_console.print(INTERRUPTED.get(_command_name(argv), INTERRUPTED_DEFAULT),
-                          highlight=False, soft_wrap=True)
-        raise SystemExit(130) from None
+        _interrupted(argv)
     except ModuleNotFoundError as exc:
         hint = _missing_extra(exc, argv)
         if debug or hint is None:
@@ -223,5 +241,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _error(_internal(exc))
         raise SystemExit(1) from None
+    if code == 130:  # typer >= 0.2x turns a KeyboardInterrupt into exit code 130 itself
+        _interrupted(argv)
     if isinstance(code, int) and code:
         raise SystemExit(code)
