@@ -230,3 +230,64 @@ def test_validate_refuses_a_plan_and_run_of_different_models(tmp_path, capsys):
     line = one_error_line(err)
     assert code == 2 and "the models differ (the plan is for ecdit-m-64e, the run trained " \
                          "nano-ec8)" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# report: readable figures, SVG too, and a folder that appears whole
+# ---------------------------------------------------------------------------------------------
+
+
+def test_long_titles_and_labels_are_wrapped_inside_the_figure(tmp_path):
+    from matplotlib.figure import Figure
+
+    from ecdit_scale.scaling.report_figures import _save
+
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    ax.plot([1, 2], [1, 2])
+    ax.set(title="a title far longer than any axes of five inches could hold on one line " * 2,
+           xlabel="an x label that is also far too long to fit under the axes on one line " * 2,
+           ylabel="a y label too tall for the axes height when written on one single line")
+    block = _save(fig, tmp_path, "long", "alt")
+    assert block.path.is_file() and block.svg.is_file()
+    assert block.svg.read_text().lstrip().startswith("<?xml")
+    fig.canvas.draw()  # the layout as saved (savefig's tight crop moved the texts meanwhile)
+    renderer = fig.canvas.get_renderer()
+    for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+        box = text.get_window_extent(renderer)
+        assert "\n" in text.get_text()
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0 and box.y1 <= fig.bbox.y1
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_interrupted_report_leaves_no_half_folder(tmp_path, monkeypatch, existing):
+    import pandas as pd
+
+    import ecdit_scale.scaling.report as report
+
+    out = tmp_path / "report"
+    if existing:
+        (out / "figures").mkdir(parents=True)
+        (out / "report.md").write_text("old report\n")
+        (out / "mine.txt").write_text("the user's\n")
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    def blocks(df, fit, figures_dir, title, expert_load):
+        (figures_dir / "loss_vs_compute.png").write_bytes(b"half")  # one figure written...
+        interrupted()  # ... then Ctrl-C
+
+    monkeypatch.setattr(report, "_blocks", blocks)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report(pd.DataFrame(), None, out)
+    assert calls
+    if existing:
+        assert (out / "report.md").read_text() == "old report\n"
+        assert (out / "mine.txt").read_text() == "the user's\n"
+        assert not (out / "figures" / "loss_vs_compute.png").exists()
+    else:
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == (["report"] if existing else [])
