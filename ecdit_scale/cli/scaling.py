@@ -264,11 +264,11 @@ def report(
 ) -> None:
     """Markdown + self-contained HTML report with plots."""
     from ..scaling.fit import fit_run_table
-    from ..scaling.report import write_report
+    from ..scaling.report import check_report_folder, write_report
     from ..scaling.results import load_fit
     from ..scaling.table import load_run_table
 
-    check_output_folder(out or table.parent / "report", "--out")
+    check_report_folder(out or table.parent / "report")  # before the (maybe slow) fit
     df = load_run_table(table)
     if fit_path is not None:
         result = load_fit(fit_path)  # one line naming the file when it is missing or not a fit

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..files import MAX_CARRIED_ENTRIES, _link_or_copy, atomic_dir, path_kind
+from ..files import (MAX_CARRIED_ENTRIES, _link_or_copy, atomic_dir, check_output_folder,
+                     path_kind)
 from ..units import format_number
 from .formulas import NO_SPREAD, Interval, unidentified
 from .report_figures import (FigureBlock, figure_alignment, figure_compute_optimal,
@@ -79,10 +80,7 @@ def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEF
     """Write out_dir/report.md, out_dir/report.html and out_dir/figures/*.png and *.svg: the
     folder appears whole or not at all (files of the user's in an older one are kept)."""
     out_dir = Path(out_dir)
-    if path_kind(out_dir) == "dir" and out_dir.resolve() in (Path.cwd().resolve(),
-                                                             *Path.cwd().resolve().parents):
-        raise ConfigError(f"--out {out_dir}: the report folder is replaced as a whole; the "
-                          "current folder (or one above it) cannot be: give a subfolder")
+    check_report_folder(out_dir)
     theirs = _foreign_files(out_dir)
     with atomic_dir(out_dir) as tmp:  # the folder appears whole (Ctrl-C: the old one stays)
         for rel in theirs:
@@ -95,6 +93,19 @@ def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEF
                         if isinstance(b, FigureBlock))
     return ReportPaths(markdown=out_dir / "report.md", html=out_dir / "report.html",
                        figures_dir=out_dir / "figures", figures=figures)
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """Before any work: ``out_dir`` can be replaced as a whole (it is a new name or a real
+    folder below the current one; one line naming it otherwise)."""
+    check_output_folder(out_dir, "--out")
+    if path_kind(out_dir) == "other":  # a symbolic link (even to a folder) is not swapped out
+        raise ConfigError(f"--out {out_dir}: is a link or not a folder; the report folder is "
+                          "replaced as a whole: give a real folder or a new name")
+    here = Path.cwd().resolve()
+    if path_kind(out_dir) == "dir" and out_dir.resolve() in (here, *here.parents):
+        raise ConfigError(f"--out {out_dir}: the report folder is replaced as a whole; the "
+                          "current folder (or one above it) cannot be: give a subfolder")
 
 
 def _written(rel: str) -> bool:
