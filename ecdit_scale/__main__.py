@@ -16,15 +16,17 @@ def _interrupted_while_starting(signum, frame):  # noqa: ARG001
 
 
 def main() -> None:
-    try:
-        signal.signal(signal.SIGINT, _interrupted_while_starting)
-    except ValueError:  # not the main thread (an embedding caller): leave signals alone
-        pass
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # not when ignored (a background job) or custom
+        try:
+            signal.signal(signal.SIGINT, _interrupted_while_starting)
+        except ValueError:  # not the main thread (an embedding caller): leave signals alone
+            pass
     from .cli.common import main as cli_main
     from .cli import app  # noqa: F401  (registers every command)
 
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
     cli_main()
 
 
