@@ -7,7 +7,6 @@ handling (cli.common.main) takes over.
 
 import os
 import signal
-import sys
 
 
 def _interrupted_while_starting(signum, frame):  # noqa: ARG001

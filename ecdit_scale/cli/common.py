@@ -129,7 +129,8 @@ INTERRUPTED = {
     "launch": "interrupted: the run keeps the checkpoints it completed; `launch --resume` "
               "continues from the last one",
 }
-INTERRUPTED_DEFAULT = "interrupted: nothing was left half-written (outputs appear whole or not at all)"
+INTERRUPTED_DEFAULT = ("interrupted: nothing was left half-written (outputs appear whole or not "
+                       "at all)")
 
 
 def flags_as_flags(command: Any) -> Any:

@@ -18,8 +18,6 @@ from typing import Any, Iterable
 
 from ..errors import ConfigError
 
-GIB = 2**30
-
 # field -> (lowest, highest, unit), for the accelerator's datasheet numbers
 ACCELERATOR_BOUNDS: dict[str, tuple[float, float, str]] = {
     "peak_bf16_flops": (1e8, 1e17, "FLOP/s"),  # 0.1 GFLOP/s .. 100 PFLOP/s per device
