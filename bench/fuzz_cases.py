@@ -20,6 +20,7 @@ from __future__ import annotations
 from fuzz_files import (ACC, BINARY, DIR, GPU_FILE, LATIN1, MISSING, REF_FIT, REF_TABLE, SMALL, Case,
                         acc, alias_bomb, big, card, card_variants, fit_file_variants, run_dir,
                         nano, run_dir_variants, settings_json, table, table_variants, ydump)
+from fuzz_hostile import hostile_cases
 
 
 def card_cases() -> list[Case]:
@@ -478,7 +479,7 @@ def usage_cases() -> list[Case]:
             ("models show two names", ("models", "show", "a", "b"), ("b",)),
             ("option without a value", ("plan", "--nodes"), ("--nodes",)),
             ("--json=1", ("models", "list", "--json=1"), ("--json",)),
-            ("bool flag value", ("plan", "--write=maybe"), ("--write",))]
+            ("bool flag value", ("plan", "--active=maybe"), ("--active",))]
     return [Case(f"usage/{name}", "core", "usage", argv, mention=m,
                  quick=name in ("unknown command", "unknown option", "fit without a table"))
             for name, argv, m in rows]
@@ -486,7 +487,7 @@ def usage_cases() -> list[Case]:
 
 def all_cases() -> list[Case]:
     cases = (card_cases() + models_cases() + plan_cases() + scaling_cases() + eval_cases()
-             + run_cases() + usage_cases())
+             + run_cases() + usage_cases() + hostile_cases())
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:

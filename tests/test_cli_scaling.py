@@ -30,25 +30,7 @@ def synthetic_table(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def test_fit_then_report(tmp_path):
-    table = synthetic_table(tmp_path / "runs.csv")
-    df = pd.read_csv(table)
-    df[df.ffn_kind != "token-choice"].to_csv(table, index=False)  # two kinds: a multiplier
-    out = run_cli("fit", str(table), "--n-boot", "10", "--json")
-    assert out.returncode == 0, out.stderr
-    data = strict_json(out.stdout)
-    assert Path(data["saved"]).is_file()
-    ec = next(m for m in data["multipliers"]
-              if m["kind"] == "expert-choice" and m["baseline_kind"] == "dense")
-    assert ec["value"] == pytest.approx(2.0, rel=0.15)
-    assert data["extrapolations"] == []  # no absolute loss unless asked, and never > 100x
-    assert data["bootstrap_unit"] == "training run" and data["sensitivity"]
-    assert data["outliers"]["applied"] is False
-    out = run_cli("report", str(table), "--fit", data["saved"], "--json")  # the fit, not a refit
-    assert out.returncode == 0, out.stderr
-    assert "fitting now" not in out.stderr
-    html = Path(strict_json(out.stdout)["html"]).read_text()
-    assert html.count("data:image/png;base64,") >= 3
+# fit -> report as a user runs them: tests/test_install.py runs them without torch.
 
 
 @pytest.mark.parametrize("mutate, needle", [

@@ -22,14 +22,24 @@ def test_readme_main_job_runs_the_plan():
     assert "ecdit-scale plan --params 97B" in _readme_block("main-job")
 
 
-def test_readme_commands_install_through_the_constraints_file():
-    """pyproject.toml asks for a torch range; the quick-start commands (and so CI) name the
-    constraints file that picks this machine's CPU wheel."""
+def _pip_args(marker: str) -> list[str]:
+    words = _readme_block(marker).split()
+    at = [i for i, w in enumerate(words) if w == "install" and words[i - 1] == "pip"]
+    assert at, f"README's {marker} command installs nothing"
+    return words[at[0] + 1:words.index("&&", at[0])]
+
+
+def test_readme_main_job_installs_the_core_only():
+    """The planner needs no torch: the main job installs the package without extras."""
+    args = _pip_args("main-job")
+    assert args[-2:] == ["-e", "."], f"README's main job does not install the bare core: {args}"
+
+
+def test_readme_test_command_installs_everything_through_the_constraints_file():
+    """pyproject.toml asks for a torch range; the test command (and so CI) names the
+    constraints file that picks this machine's CPU wheel, and the [test] extra (= [train] +
+    pytest)."""
     assert (ROOT / "constraints.txt").is_file()
-    for marker in ("main-job", "test-command"):
-        words = _readme_block(marker).split()
-        at = [i for i, w in enumerate(words) if w == "install" and words[i - 1] == "pip"]
-        assert at, f"README's {marker} command installs nothing"
-        pip_args = words[at[0] + 1:words.index("&&", at[0])]
-        assert "-c" in pip_args and pip_args[pip_args.index("-c") + 1] == "constraints.txt", (
-            f"README's {marker} command does not install with -c constraints.txt: {pip_args}")
+    args = _pip_args("test-command")
+    assert "-c" in args and args[args.index("-c") + 1] == "constraints.txt", args
+    assert args[-2:] == ["-e", "'.[test]'"], args

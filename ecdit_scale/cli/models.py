@@ -15,7 +15,7 @@ from ..config import FFNKind
 from ..errors import ConfigError
 from ..params import count_params
 from ..units import format_count
-from .common import app, console, print_json
+from .common import app, choices, console, print_json
 
 models_app = typer.Typer(help="Named EC-DiT configs, exact parameter counts, model cards.",
                          no_args_is_help=True)
@@ -33,8 +33,8 @@ def _row(cfg) -> dict[str, Any]:
 
 @models_app.command("list")
 def list_models(
-    family: Optional[str] = typer.Option(None, help="Only this family: cpu, dit, ec-dit."),
-    kind: Optional[str] = typer.Option(None, help="Only this FFN kind: dense, token-choice, expert-choice."),
+    family: Optional[str] = typer.Option(None, metavar=choices(sorted({c.family for c in sizes.REGISTRY.values()})), help="Only this family."),
+    kind: Optional[str] = typer.Option(None, metavar=choices(FFNKind), help="Only this FFN kind."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array instead of a table."),
 ) -> None:
     """All named sizes with total and activated parameters."""
@@ -69,7 +69,7 @@ def show(
     name: Optional[str] = typer.Argument(None, help="A model name or a path to a YAML card."),
     params: Optional[str] = typer.Option(None, "--params", help="Resolve a parameter target instead, e.g. 97B."),
     active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
-    kind: str = typer.Option("expert-choice", help="FFN kind for --params: dense, token-choice, expert-choice."),
+    kind: str = typer.Option("expert-choice", metavar=choices(FFNKind), help="FFN kind for --params."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """One config: its fields, exact parameter breakdown and FLOPs per image."""

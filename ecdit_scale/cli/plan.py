@@ -9,10 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .. import __version__
+from ..config import EMA, FFNKind, Optimizer, Precision, Recompute
 from ..errors import ConfigError
 from ..files import check_output_folder
 from ..units import format_amount, format_count, format_duration, format_gib
-from .common import app, console, err_console, print_json
+from .common import app, choices, console, err_console, print_json
 
 def _scaling_model(fit: Optional[Path]):
     """The planner's scaling model: the scaling fit at ``fit`` (default: the reference
@@ -44,35 +46,37 @@ def plan(
     model: Optional[str] = typer.Option(None, "--model", help="A model name or YAML card instead of --params."),
     override: Optional[str] = typer.Option(None, "--override", help="Change fields of --model, e.g. depth=4,ffn.num_experts=8 (a paper size cut down to one GPU)."),
     active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
-    routing: Optional[str] = typer.Option(None, "--routing", help="dense | token-choice | expert-choice."),
+    routing: Optional[str] = typer.Option(None, "--routing", metavar=choices(FFNKind), help="FFN kind of the model (default: the named or synthesised config's)."),
     gpu: str = typer.Option("h100-sxm", "--gpu", help="Accelerator name from the catalog, or a YAML profile (e.g. one saved by `validate`)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Total devices (default 64 nodes x 8)."),
     nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes (default 64)."),
     gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="Devices per node (default: the accelerator's)."),
     global_batch: int = typer.Option(4096, "--global-batch", help="Images per optimizer step."),
     steps: int = typer.Option(800_000, "--steps", help="Optimizer steps of the run."),
-    optimizer: str = typer.Option("rmsprop", "--optimizer", help="rmsprop (the paper) | adamw | sgd."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 | fp32 (default bf16, or fp32 on a device that lists no bf16 throughput, e.g. a CPU profile; a precision the device lacks is refused)."),
-    ema: str = typer.Option("replicated", "--ema", help="EMA of the weights (DiT, decay 0.9999, fp32): none | replicated | sharded (partitioned with the optimizer state)."),
+    optimizer: str = typer.Option("rmsprop", "--optimizer", metavar=choices(Optimizer), help="rmsprop is the paper's."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar=choices(Precision), help="Default bf16, or fp32 on a device that lists no bf16 throughput (e.g. a CPU profile); a precision the device lacks is refused."),
+    ema: str = typer.Option("replicated", "--ema", metavar=choices(EMA), help="EMA of the weights (DiT, decay 0.9999, fp32); sharded: partitioned with the optimizer state."),
     days: Optional[float] = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
     sizes_table: bool = typer.Option(True, "--table/--no-table", help="Time and cost at other cluster sizes (1-128 nodes)."),
-    zero: Optional[int] = typer.Option(None, "--zero", help="Pin the ZeRO stage (0-3)."),
+    zero: Optional[int] = typer.Option(None, "--zero", metavar="<0|1|2|3>", help="Pin the ZeRO stage."),
     dp: Optional[int] = typer.Option(None, "--dp", help="Pin data-parallel size."),
     ep: Optional[int] = typer.Option(None, "--ep", help="Pin expert-parallel size."),
     tp: Optional[int] = typer.Option(None, "--tp", help="Pin tensor-parallel size (default 1: ecdit_scale.train has no tensor parallelism; pass --tp N for Megatron-style layouts)."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Pin the micro-batch."),
-    recompute: Optional[str] = typer.Option(None, "--recompute", help="Pin recompute: none | selective | full."),
+    recompute: Optional[str] = typer.Option(None, "--recompute", metavar=choices(Recompute), help="Pin activation recomputation."),
     price: float = typer.Option(2.5, "--price", help="USD per GPU-hour (an assumption; set yours)."),
     top: int = typer.Option(5, "--top", help="How many layouts to list."),
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
     inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the compute multipliers (default: the reference sweep's)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (default plan-MODEL/); it appears whole."),
-    write: bool = typer.Option(True, "--write/--no-write", help="Write the plan files."),
-    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the plan folder here: plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (it appears whole). Without --out nothing is written."),
+    no_write: bool = typer.Option(False, "--no-write", hidden=True, help="Kept for old scripts: without --out, plan writes nothing anyway."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml); writes nothing unless --out is given."),
 ) -> None:
-    """Plan a training run: FLOPs, memory, layouts, step time, days, cost, DeepSpeed config."""
+    """Plan a training run: FLOPs, memory, layouts, step time, days, cost, DeepSpeed config.
+
+    Prints the plan; writes files only into the folder named by --out."""
     from ..planner.hardware import get_accelerator
     from ..planner.plan import make_plan
     from ..planner.plan_files import write_plan_files
@@ -81,7 +85,10 @@ def plan(
 
     if out is not None and not out.strip():
         raise ConfigError("--out '': give a folder name")
-    if out is not None and write:
+    if no_write and out is not None:
+        raise ConfigError(f"--out {out} with --no-write: give one of them (without --out "
+                          "nothing is written)")
+    if out is not None:
         check_output_folder(out, "--out")
     check_plan_options(top=top, sampling_steps=sampling_steps,
                        inference_devices=inference_devices)
@@ -105,13 +112,13 @@ def plan(
                          sampling_steps=sampling_steps, inference_devices=inference_devices,
                          scaling_model=_scaling_model(fit), resolved=resolved, table=sizes_table,
                          **target)
-    files = write_plan_files(the_plan, out or f"plan-{cfg.name}") if write else {}
+    files = write_plan_files(the_plan, out) if out is not None else {}
     if json_out:
-        print_json(the_plan.to_dict())
+        print_json({"ecdit_scale_version": __version__, **the_plan.to_dict()})
         if the_plan.launch_note:
             err_console.print(the_plan.launch_note, highlight=False, soft_wrap=True)
         if files:
-            err_console.print(f"wrote {Path(out or f'plan-{cfg.name}')}/: "
+            err_console.print(f"wrote {Path(out)}/: "
                               + ", ".join(files), highlight=False, soft_wrap=True)
         return
     _print_plan(the_plan, files)
@@ -237,6 +244,10 @@ def _print_plan(p, files) -> None:
             console.print(f"launch: bash {script}")
         console.print(f"a short trial on this machine's devices: bash {script} --local --steps N",
                       style="dim")
+    elif not files:
+        console.print("nothing written; add --out DIR for plan.yaml, ds_config.json, launch.sh, "
+                      "hostfile and card.yaml", style="dim")
+
 
 def _print_cluster_table(p) -> None:
     t = p.cluster_table

@@ -6,6 +6,7 @@ torch is imported inside the command only.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,14 +18,22 @@ from ..files import to_plain
 from .common import app, console, err_console, print_json
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @app.command("profile")
 def profile_cmd(
     out: Optional[str] = typer.Option(None, "--out", help="Profile YAML to write (default profile-<device>.yaml)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", metavar="<cpu|cuda>", help="The device to measure."),
     nproc: int = typer.Option(1, "--nproc", help="Processes for all-reduce / all-to-all (gloo on CPU, nccl on CUDA); 1 skips them."),
     quick: bool = typer.Option(False, "--quick", help="A smaller grid and shorter timings (a few seconds on a CPU)."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads (a CPU rank of `launch` runs one)."),
-    dtype: str = typer.Option("", "--dtype", help="fp32, bf16 or fp16 (default: fp32 on CPU, bf16 on CUDA)."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads, 1 to the CPUs available (a CPU rank of `launch` runs one)."),
+    dtype: str = typer.Option("", "--dtype", metavar="<fp32|bf16|fp16>", help="Default: fp32 on CPU, bf16 on CUDA."),
     json_out: bool = typer.Option(False, "--json", help="Print the profile as JSON."),
 ) -> None:
     """Measure GEMMs, SDPA, bandwidth, launch overhead, the optimizer step and collectives."""
@@ -32,6 +41,10 @@ def profile_cmd(
     from ..evaluation.profile import (Settings, check_settings, measure_profile,
                                       profile_accelerator, write_profile)
 
+    cpus = available_cpus()
+    if not 1 <= threads <= cpus:  # torch.set_num_threads(100000) segfaults
+        raise ConfigError(f"--threads {threads}: must be in 1..{cpus} (the CPUs this process "
+                          "may use; more would measure contention, not the device)")
     path = Path(out or f"profile-{device}.yaml")
     if path.is_dir() or not path.parent.is_dir():
         raise ConfigError(f"--out {path}: must be a file in an existing folder")

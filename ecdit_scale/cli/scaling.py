@@ -14,7 +14,10 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..files import check_output_file, check_output_folder, finite_or_none, strict_json
-from .common import app, console, err_console, print_json
+from .common import app, console, err_console, need_train_extra, print_json
+
+# scaling.table.LOSS_COLUMNS, spelled out so that `--help` loads no pandas (a test compares them)
+LOSS_COLUMN_CHOICES = "<heldout_loss|smoothed_loss|final_loss>"
 
 PROGRESS_AFTER_S = 2.0  # fits quicker than this print no progress
 
@@ -42,21 +45,22 @@ def sweep(
     steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
     budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Compute budgets as fractions of --steps (wsd: one annealed run each)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds per configuration (init and data order)."),
-    schedule: str = typer.Option("wsd", "--schedule", help="wsd: a run per budget, cooled down at its end; wsd-branch: the same runs as one launch per group, each smaller budget's cooldown branched off the largest run's stable phase (same losses, fewer steps); constant: budgets read off one constant-lr run."),
+    schedule: str = typer.Option("wsd", "--schedule", metavar="<wsd|wsd-branch|constant>", help="wsd: a run per budget, cooled down at its end; wsd-branch: the same runs as one launch per group, each smaller budget's cooldown branched off the largest run's stable phase (same losses, fewer steps); constant: budgets read off one constant-lr run."),
     cooldown: float = typer.Option(0.2, "--cooldown", help="wsd: share of each run's steps spent decaying the lr."),
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),
-    dataset: str = typer.Option("shapes-stream", "--dataset", help="shapes-stream (never repeats; default), shapes (a fixed set) or emoji."),
+    dataset: str = typer.Option("shapes-stream", "--dataset", metavar="<shapes-stream|shapes|emoji>", help="shapes-stream (never repeats; default), shapes (a fixed set) or emoji."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Finite datasets: use the first N samples."),
     holdout: int = typer.Option(64, "--holdout", help="Held-out samples scored at fixed noise at the end of every run."),
     lr: float = typer.Option(1e-3, "--lr"),
     lr_search: str = typer.Option("", "--lr-search", help="Multipliers of --lr tried per size (e.g. 0.5,1,2): dense model, shortest budget, first seed; the best held-out loss sets the size's lr."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar="<auto|cpu|cuda>", help="Where the runs train."),
     parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle)."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Train the ladder x FFN kinds x seeds; skip finished runs, resume interrupted ones; write runs.csv."""
+    need_train_extra()
     from ..evaluation.sampled_alignment import alignment_of_run
     from ..train.sweep import SweepSpec, run_sweep
 
@@ -115,7 +119,7 @@ def fit(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to save the fit (default: TABLE's folder/fit.yaml)."),
     n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples (of training runs) for the intervals."),
     seed: int = typer.Option(0, "--seed"),
-    loss_column: Optional[str] = typer.Option(None, "--loss-column", help="heldout_loss (the default where every row has it), smoothed_loss or final_loss."),
+    loss_column: Optional[str] = typer.Option(None, "--loss-column", metavar=LOSS_COLUMN_CHOICES, help="Default heldout_loss where every row has it."),
     loss_label: str = typer.Option("", "--loss-label", help="What the loss is, for the report and plan (e.g. 'smoothed training flow-matching loss (32x32 shapes)')."),
     held_out_factor: float = typer.Option(4.0, "--held-out-factor", help="Held-out rows lie at least this factor beyond the largest fitted compute."),
     drop_outliers: bool = typer.Option(False, "--drop-outliers", help="Drop rows whose log residual is > 3.5 robust SDs from their group's median, and refit (reported in the fit)."),
@@ -260,11 +264,11 @@ def report(
 ) -> None:
     """Markdown + self-contained HTML report with plots."""
     from ..scaling.fit import fit_run_table
-    from ..scaling.report import write_report
+    from ..scaling.report import check_report_folder, write_report
     from ..scaling.results import load_fit
     from ..scaling.table import load_run_table
 
-    check_output_folder(out or table.parent / "report", "--out")
+    check_report_folder(out or table.parent / "report")  # before the (maybe slow) fit
     df = load_run_table(table)
     if fit_path is not None:
         result = load_fit(fit_path)  # one line naming the file when it is missing or not a fit

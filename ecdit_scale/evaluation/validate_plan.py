@@ -60,6 +60,23 @@ class PlanComparison:
                 "notes": self.notes}
 
 
+def same_device(accelerator: dict[str, Any], device: str | None) -> bool:
+    """Whether a run on ``device`` ("cpu", or the name torch gives a GPU) ran on the plan's
+    accelerator: a CPU run matches a plan made from a CPU profile (`ecdit-scale profile` names
+    it cpu-HOST), a GPU run the catalog entry of its card. Unknown counts as the same."""
+    name = str(accelerator.get("name") or "")
+    if device is None or not name:
+        return True
+    if device == "cpu" or name.startswith("cpu"):
+        return device == "cpu" and name.startswith("cpu")
+    from ..planner.hardware import accelerator_for_device_name
+
+    try:
+        return accelerator_for_device_name(device).name == name
+    except ConfigError:  # a card the catalog lacks: it is the plan's only if named the same
+        return device == name
+
+
 def _ratio(measured, predicted) -> float | None:
     if isinstance(measured, (int, float)) and isinstance(predicted, (int, float)) and predicted:
         return measured / predicted
@@ -80,6 +97,12 @@ def compare_plan_run(plan_dir: Path, run_dir: Path) -> PlanComparison:
                           "write it with `ecdit-scale plan --out DIR`") from None
     run = read_json(rd.run_json)
     summary = rd.read_summary()
+    planned_model, run_model = plan.get("model"), run.get("model_name")
+    if planned_model != run_model:
+        raise ConfigError(f"validate {plan_dir} {run_dir}: the models differ (the plan is for "
+                          f"{planned_model}, the run trained {run_model}), so its predictions "
+                          "do not apply; validate a run of this plan (bash PLAN/launch.sh "
+                          "--local), or a plan of the run's model")
     knobs = [Knob(name="model", planned=plan.get("model"), run=run.get("model_name")),
              Knob(name="world", planned=cluster.get("world"), run=run.get("world"))]
     knobs += [Knob(name=k, planned=lay.get(k), run=run.get(k), summary=summary.get(k))
@@ -106,7 +129,7 @@ def compare_plan_run(plan_dir: Path, run_dir: Path) -> PlanComparison:
     notes = list(run.get("notes") or [])
     if mem_pred is not None:
         notes.append(f"memory: predicted = {predictions[0]['predicted_as']}")
-    if device not in (accelerator, None) and device == "cpu":
+    if not same_device(plan.get("accelerator") or {}, device):
         notes.append(f"{elsewhere}: the ratios compare devices, not the planner")
     if run.get("plan") and Path(run["plan"]).resolve() != plan_dir.resolve():
         notes.append(f"the run followed the plan at {run['plan']}, not {plan_dir}")

@@ -20,6 +20,7 @@ from typing import Any
 from ..checks import short, string_keys
 from ..errors import ConfigError
 from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
+from .bounds import check_accelerator
 from .device_profile import DeviceProfile
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
@@ -96,6 +97,7 @@ class Accelerator:
         if self.profile is not None and not isinstance(self.profile, DeviceProfile):
             object.__setattr__(self, "profile",
                                DeviceProfile.from_dict(self.profile, where=f"{where}: profile"))
+        check_accelerator(self)  # physical bounds (bounds.py): no near-zero or absurd numbers
 
     @property
     def runs_deepspeed(self) -> bool:

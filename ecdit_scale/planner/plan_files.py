@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 from ..config import ClusterConfig
+from .. import __version__
 from ..files import dump_yaml, write_tree
 from .cards import card_text
 from .deepspeed_config import deepspeed_launch_command
@@ -103,7 +104,8 @@ def plan_files(plan: Plan) -> dict[str, str]:
     """Every file of the plan, rendered in memory (name -> text). A device without a DeepSpeed
     accelerator gets plan.yaml and card.yaml only (``Plan.launch_note`` says why)."""
     files = {
-        "plan.yaml": PLAN_HEADER + dump_yaml(plan.to_dict()),
+        "plan.yaml": PLAN_HEADER + dump_yaml({"ecdit_scale_version": __version__,
+                                              **plan.to_dict()}),
         "ds_config.json": json.dumps(plan.ds_config(), indent=2) + "\n",
         "launch.sh": launch_script(plan),
         "hostfile": hostfile_text(plan.cluster),

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_output
+from ..errors import ConfigError
+from ..files import (MAX_CARRIED_ENTRIES, _link_or_copy, atomic_dir, check_output_folder,
+                     path_kind)
 from ..units import format_number
 from .formulas import NO_SPREAD, Interval, unidentified
 from .report_figures import (FigureBlock, figure_alignment, figure_compute_optimal,
@@ -75,18 +77,56 @@ class _Table:
 
 def write_report(df: pd.DataFrame, fit: ScalingFit, out_dir, *, title: str = DEFAULT_TITLE,
                  expert_load: Mapping[str, np.ndarray] | None = None) -> ReportPaths:
-    """Write out_dir/report.md, out_dir/report.html and out_dir/figures/*.png (all atomic)."""
+    """Write out_dir/report.md, out_dir/report.html and out_dir/figures/*.png and *.svg: the
+    folder appears whole or not at all (files of the user's in an older one are kept)."""
     out_dir = Path(out_dir)
-    figures_dir = out_dir / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    blocks = _blocks(df, fit, figures_dir, title, expert_load)
-    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    with atomic_output(md_path) as tmp:
-        tmp.write_text(_render_markdown(blocks, out_dir))
-    with atomic_output(html_path) as tmp:
-        tmp.write_text(_render_html(blocks, title))
-    figures = tuple(b.path for b in blocks if isinstance(b, FigureBlock))
-    return ReportPaths(markdown=md_path, html=html_path, figures_dir=figures_dir, figures=figures)
+    check_report_folder(out_dir)
+    theirs = _foreign_files(out_dir)
+    with atomic_dir(out_dir) as tmp:  # the folder appears whole (Ctrl-C: the old one stays)
+        for rel in theirs:
+            _link_or_copy(out_dir / rel, tmp / rel)
+        (tmp / "figures").mkdir()
+        blocks = _blocks(df, fit, tmp / "figures", title, expert_load)
+        (tmp / "report.md").write_text(_render_markdown(blocks, tmp))
+        (tmp / "report.html").write_text(_render_html(blocks, title))
+        figures = tuple(out_dir / b.path.relative_to(tmp) for b in blocks
+                        if isinstance(b, FigureBlock))
+    return ReportPaths(markdown=out_dir / "report.md", html=out_dir / "report.html",
+                       figures_dir=out_dir / "figures", figures=figures)
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """Before any work: ``out_dir`` can be replaced as a whole (it is a new name or a real
+    folder below the current one; one line naming it otherwise)."""
+    check_output_folder(out_dir, "--out")
+    if path_kind(out_dir) == "other":  # a symbolic link (even to a folder) is not swapped out
+        raise ConfigError(f"--out {out_dir}: is a link or not a folder; the report folder is "
+                          "replaced as a whole: give a real folder or a new name")
+    here = Path.cwd().resolve()
+    if path_kind(out_dir) == "dir" and out_dir.resolve() in (here, *here.parents):
+        raise ConfigError(f"--out {out_dir}: the report folder is replaced as a whole; the "
+                          "current folder (or one above it) cannot be: give a subfolder")
+
+
+def _written(rel: str) -> bool:
+    """A file of the report folder that this writes (a stale one is dropped)."""
+    return rel in ("report.md", "report.html") or (
+        rel.startswith("figures/") and rel.count("/") == 1 and rel.endswith((".png", ".svg")))
+
+
+def _foreign_files(out_dir: Path) -> list[str]:
+    """The user's own files in an existing report folder: carried into the new one."""
+    if path_kind(out_dir) != "dir":
+        return []
+    found = []
+    for n, path in enumerate(sorted(out_dir.rglob("*"))):
+        if n > MAX_CARRIED_ENTRIES:
+            raise ConfigError(f"--out {out_dir}: holds over {MAX_CARRIED_ENTRIES:,} entries; "
+                              "choose a new or empty folder")
+        rel = path.relative_to(out_dir).as_posix()
+        if (path.is_symlink() or not path.is_dir()) and not _written(rel):
+            found.append(rel)
+    return found
 
 
 def plain_answer(fit: ScalingFit) -> str:
@@ -355,7 +395,8 @@ def _render_markdown(blocks, out_dir: Path) -> str:
                       for row in b.rows]
             lines.append("")
         elif isinstance(b, FigureBlock):
-            lines += [f"![{b.alt}]({b.path.relative_to(out_dir).as_posix()})", ""]
+            png, svg = (p.relative_to(out_dir).as_posix() for p in (b.path, b.svg))
+            lines += [f"![{b.alt}]({png})", f"([SVG]({svg}))", ""]
     return "\n".join(lines)
 
 

@@ -1,13 +1,17 @@
-"""The report's figures: PNG files drawn with matplotlib's object API (`Figure`, Agg canvas),
-never pyplot's global state. Curves are drawn only over the compute the runs cover."""
+"""The report's figures: PNG and SVG files drawn with matplotlib's object API (`Figure`, Agg
+canvas), never pyplot's global state. Curves are drawn only over the compute the runs cover.
+Titles and axis labels are wrapped to their axes, and each file is cut to everything drawn
+(``bbox_inches="tight"``), so no label is clipped."""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..files import atomic_output
@@ -26,7 +30,11 @@ _MAX_LOAD_PANELS = 12
 class FigureBlock:
     id: str
     alt: str
-    path: Path
+    path: Path  # the PNG (embedded in the HTML); the SVG lies beside it
+
+    @property
+    def svg(self) -> Path:
+        return self.path.with_suffix(".svg")
 
 
 def loss_words(fit: ScalingFit) -> str:
@@ -42,10 +50,29 @@ def _color(fit: ScalingFit, group: str) -> str:
     return _EXTRA_COLORS[fit.kinds.index(group) % len(_EXTRA_COLORS)]
 
 
+def _wrap_labels(fig: Figure) -> None:
+    """Wrap each axes' title and axis labels to the axes' own size (at ~0.6 em per character),
+    so that a long label takes two lines instead of running off the figure."""
+    width_in, height_in = fig.get_size_inches()
+    for ax in fig.axes:
+        box = ax.get_position()
+        for text, inches in ((ax.title, box.width * width_in),
+                             (ax.xaxis.label, box.width * width_in),
+                             (ax.yaxis.label, box.height * height_in)):
+            chars = max(12, int(inches * 72 / (0.6 * text.get_fontsize())))
+            if len(text.get_text()) > chars:
+                text.set_text(textwrap.fill(text.get_text(), chars))
+
+
 def _save(fig: Figure, figures_dir: Path, name: str, alt: str) -> FigureBlock:
+    FigureCanvasAgg(fig)  # a renderer for the layout to measure text with
+    _wrap_labels(fig)
+    fig.tight_layout()
     path = figures_dir / f"{name}.png"
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, metadata={"Software": None})
+    for suffix, metadata in ((".png", {"Software": None}), (".svg", {"Date": None})):
+        with atomic_output(path.with_suffix(suffix)) as tmp:
+            fig.savefig(tmp, format=suffix[1:], dpi=_DPI, metadata=metadata,
+                        bbox_inches="tight", pad_inches=0.08)
     return FigureBlock(id=f"fig-{name.replace('_', '-')}", alt=alt, path=path)
 
 
