@@ -63,6 +63,7 @@ def plan(
     tp: Optional[int] = typer.Option(None, "--tp", help="Pin tensor-parallel size (default 1: ecdit_scale.train has no tensor parallelism; pass --tp N for Megatron-style layouts)."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Pin the micro-batch."),
     recompute: Optional[str] = typer.Option(None, "--recompute", help="Pin recompute: none | selective | full."),
+    placement: Optional[str] = typer.Option(None, "--placement", help="Pin the MoE rank order: expert-before-data (DeepSpeed's default) | data-before-expert (default: the search picks)."),
     price: float = typer.Option(2.5, "--price", help="USD per GPU-hour (an assumption; set yours)."),
     top: int = typer.Option(5, "--top", help="How many layouts to list."),
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
@@ -90,6 +91,8 @@ def plan(
     target = target_for_plan(days=days, budget=budget, gpus=gpus, nodes=nodes)
     pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
                         recompute=recompute)
+    if placement is not None:
+        pin["placement"] = placement  # checked by the search (one line naming the choices)
     cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
                                    override=override)
     acc = get_accelerator(gpu)

@@ -66,6 +66,7 @@ from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Precision, Recompute)
 from .flops import expert_slots_per_image
 from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ZERO_BUCKET_ELEMENTS, ParamSplit
+from .placement import Placement, group_shapes, placement_code
 
 # NCCL's cost model, ring algorithm / Simple protocol (NVIDIA/nccl src/graph/tuning.cc: baseLat
 # and hwLat[NVLINK|NET] for Ring/Simple; the numbers of the 2.1x releases, others list up to
@@ -227,28 +228,38 @@ def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
 @dataclass(frozen=True, kw_only=True)
 class CommBreakdown:
     """Per device, per optimizer step (all micro-batches). Seconds are link time (bandwidth +
-    latency); how much of it hides behind compute is decided in ``step_time``."""
+    latency); how much of it hides behind compute is decided in ``step_time``. Each field is a
+    number, or an array with one entry per layout (``comm_arrays``; ``at`` picks one)."""
 
-    a2a_bytes: float  # expert dispatch + combine, forward, backward (and recompute)
-    a2a_s: float
-    tp_bytes: float  # Megatron all-reduces of block outputs
-    tp_s: float
-    grad_reduce_bytes: float  # all-reduce (ZeRO-0/1/2) / reduce-scatter (ZeRO-3) of gradients
-    grad_reduce_s: float
-    grad_reduce_per_micro_s: float  # one occurrence (ZeRO-2/3 reduce every micro-batch)
-    grad_buckets: float  # collective calls (buckets) per occurrence
-    grad_ranks_per_node: float  # m of the non-expert data-parallel ring
-    expert_grad_ranks_per_node: float  # m of the expert-data-parallel ring
-    param_allgather_bytes: float  # ZeRO-1/2: updated bf16 params after the optimizer step
-    param_allgather_s: float
-    zero3_gather_bytes: float  # ZeRO-3: parameter all-gathers in forward and backward
-    zero3_gather_s: float
-    zero3_gather_per_pass_s: float  # one pass (forward or backward) of one micro-batch
+    a2a_bytes: Any  # expert dispatch + combine, forward, backward (and recompute)
+    a2a_s: Any
+    a2a_calls: Any
+    tp_bytes: Any  # Megatron all-reduces of block outputs
+    tp_s: Any
+    grad_reduce_bytes: Any  # all-reduce (ZeRO-0/1/2) / reduce-scatter (ZeRO-3) of gradients
+    grad_reduce_s: Any
+    grad_reduce_per_micro_s: Any  # one occurrence (ZeRO-2/3 reduce every micro-batch)
+    grad_buckets: Any  # buckets per occurrence (the backward's pipeline stages)
+    grad_reduce_calls: Any  # collective calls per occurrence (a bucket: one per group in it)
+    grad_ranks_per_node: Any  # m of the non-expert data-parallel ring
+    expert_grad_ranks_per_node: Any  # m of the expert-data-parallel ring
+    a2a_ranks_per_node: Any  # m of the expert-parallel group
+    param_allgather_bytes: Any  # ZeRO-1/2: updated bf16 params after the optimizer step
+    param_allgather_s: Any
+    param_allgather_calls: Any  # one all_gather_into_tensor per param group
+    zero3_gather_bytes: Any  # ZeRO-3: parameter all-gathers in forward and backward
+    zero3_gather_s: Any
+    zero3_gather_per_pass_s: Any  # one pass (forward or backward) of one micro-batch
 
     @property
-    def total_bytes(self) -> float:
+    def total_bytes(self) -> Any:
         return (self.a2a_bytes + self.tp_bytes + self.grad_reduce_bytes
                 + self.param_allgather_bytes + self.zero3_gather_bytes)
+
+    def at(self, i: int, shape: tuple[int, ...]) -> "CommBreakdown":
+        """Layout ``i`` of a breakdown over layouts."""
+        return CommBreakdown(**{f.name: float(np.broadcast_to(getattr(self, f.name), shape)[i])
+                                for f in fields(self)})
 
     def to_dict(self) -> dict[str, float]:
         out = {f.name: float(getattr(self, f.name)) for f in fields(self)}
@@ -264,84 +275,110 @@ def forward_passes(recompute_code: Any) -> Any:
     return np.where(np.asarray(recompute_code) == RECOMPUTE_FULL_CODE, 2, 1)
 
 
-def _buckets(elements: Any, bucket_elements: Any) -> Any:
-    return np.where(np.asarray(elements) > 0, np.ceil(np.asarray(elements) / bucket_elements), 0)
+def buckets(elements: Any, bucket_elements: Any) -> Any:
+    """Calls that carry ``elements`` in buckets of ``bucket_elements``."""
+    elements = np.asarray(elements, dtype=float)
+    return np.where(elements > 0, np.ceil(elements / bucket_elements), 0)
 
 
 def comm_arrays(cfg: ModelConfig, split: ParamSplit, links: Links, *, dp: Any, ep: Any, tp: Any,
                 zero: Any, micro_batch: Any, grad_accum: Any, recompute_code: Any,
-                precision: Precision,
-                bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
-    """Every CommBreakdown field as arrays over layouts (recompute_code indexes
-    ``memory.RECOMPUTE_ORDER``)."""
-    dp, ep, tp = np.asarray(dp), np.asarray(ep), np.asarray(tp)
+                precision: Precision, placement_code: Any = 0,
+                bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> CommBreakdown:
+    """The collectives of one step as DeepSpeed 0.19.8 issues them, over layouts
+    (``DERIVATIONS.md`` section "Collectives per step"; recompute_code indexes
+    ``memory.RECOMPUTE_ORDER``, placement_code ``placement.PLACEMENT_ORDER``)."""
     zero, mb, ga = np.asarray(zero), np.asarray(micro_batch), np.asarray(grad_accum)
-    G = links.devices_per_node
-    w = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
-    fwd = forward_passes(recompute_code)
-    S, d = cfg.tokens_per_image, cfg.hidden_size
+    g = group_shapes(dp=dp, ep=ep, tp=tp, placement_code=placement_code)
+    node = links.devices_per_node
+    bytes_per_element = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    forwards = forward_passes(recompute_code)
+    tokens, hidden = cfg.tokens_per_image, cfg.hidden_size
+    zeros = 0.0 * g.dp * mb  # broadcasts a scalar term to the layouts' shape
 
-    # expert all-to-all: per MoE layer and forward, dispatch + combine of slots x d each;
-    # the backward sends the gradients of both back (2 more). Inside the ep group only.
-    slots = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
-    a2a_one = w * slots * d * mb  # one all-to-all, bytes per device (before the (n-1)/n)
-    a2a_count = cfg.num_moe_layers * (2 * fwd + 2) * ga
-    a2a_s = all_to_all_seconds(a2a_count * a2a_one, ep, tp, links, calls=a2a_count)
-    a2a_bytes = a2a_count * a2a_one * (ep - 1) / ep
+    # expert all-to-all: dispatch + combine per MoE layer and forward, both again in backward
+    slots_per_image = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
+    a2a_one_bytes = bytes_per_element * slots_per_image * hidden * mb
+    a2a_calls = cfg.num_moe_layers * (2 * forwards + 2) * ga
+    a2a_s = all_to_all_seconds(a2a_calls * a2a_one_bytes, g.ep, g.ep_stride, links,
+                               calls=a2a_calls)
+    a2a_bytes = a2a_calls * a2a_one_bytes * (g.ep - 1) / g.ep
 
-    # tensor parallel: one all-reduce of S x d per attention, cross-attention and FFN/MoE
-    # output in forward, one each for the input gradients in backward (Megatron, Sec. 3).
-    per_block = 2 + (1 if cfg.has_cross_attention else 0)
-    tp_count = cfg.depth * per_block * (fwd + 1) * ga
-    tp_one = w * S * d * mb
-    tp_s = ring_seconds(tp_count * tp_one, tp, 1, links, factor=2.0, calls=tp_count)
-    tp_bytes = tp_count * 2 * (tp - 1) / tp * tp_one
+    # tensor parallel: all-reduce of S x d after attention, cross-attention, FFN (fwd + bwd)
+    tp = np.asarray(tp)
+    tp_calls = cfg.depth * (2 + int(cfg.has_cross_attention)) * (forwards + 1) * ga
+    tp_one_bytes = bytes_per_element * tokens * hidden * mb
+    tp_s = ring_seconds(tp_calls * tp_one_bytes, tp, 1, links, factor=2.0, calls=tp_calls)
+    tp_bytes = tp_calls * 2 * (tp - 1) / tp * tp_one_bytes
 
-    # gradients: non-expert over dp (stride tp), expert over dp/ep (stride ep*tp)
-    e_ne, e_ex = split.non_expert_per_device(tp), split.expert_per_device(ep, tp)
-    g_ne, g_ex = w * e_ne, w * e_ex
-    edp = dp // ep
-    is0, is3 = zero < ZERO_PARTITIONS_OPTIMIZER, zero >= ZERO_PARTITIONS_PARAMETERS
-    bucket = np.where(is0, ZERO0_ALLREDUCE_BUCKET_ELEMENTS, bucket_elements)
-    k_ne, k_ex = _buckets(e_ne, bucket), _buckets(e_ex, bucket)
+    # gradients: non-expert over dp, expert over the expert-data-parallel group
+    non_expert, expert = split.non_expert_per_device(tp), split.expert_per_device(g.ep, tp)
+    non_expert_bytes, expert_bytes = bytes_per_element * non_expert, bytes_per_element * expert
+    zero0 = zero < ZERO_PARTITIONS_OPTIMIZER
+    zero3 = zero >= ZERO_PARTITIONS_PARAMETERS
+    # ZeRO-0: buffered_allreduce_fallback, each group in its own 5e8-element buckets;
+    # ZeRO-1/2: one reduce bucket of both kinds, all-reduced once per process group in it;
+    # ZeRO-3: reduce-scatter buckets per group
+    ne_calls_0, ex_calls_0 = (buckets(non_expert, ZERO0_ALLREDUCE_BUCKET_ELEMENTS),
+                              buckets(expert, ZERO0_ALLREDUCE_BUCKET_ELEMENTS))
+    ipg_buckets = buckets(non_expert + expert, bucket_elements)
+    ne_calls_3, ex_calls_3 = buckets(non_expert, bucket_elements), buckets(expert, bucket_elements)
+    zero12 = ~zero0 & ~zero3
+    ne_calls = np.where(zero0, ne_calls_0, np.where(zero3, ne_calls_3, ipg_buckets))
+    ex_calls = np.where(zero0, ex_calls_0, np.where(zero3, ex_calls_3,
+                                                     np.where(expert > 0, ipg_buckets, 0)))
+    factor = np.where(zero3, 1.0, 2.0)  # reduce-scatter : all-reduce
+    reduce_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, links, factor=2.0,
+                                  calls=ne_calls)
+                     + ring_seconds(expert_bytes, g.edp, g.edp_stride, links, factor=2.0,
+                                    calls=ex_calls))
+    scatter_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, links, factor=1.0,
+                                   calls=ne_calls)
+                      + ring_seconds(expert_bytes, g.edp, g.edp_stride, links, factor=1.0,
+                                     calls=ex_calls))
+    once_s = np.where(zero3, scatter_once_s, reduce_once_s)
+    ring_bytes = (non_expert_bytes * (g.dp - 1) / g.dp + expert_bytes * (g.edp - 1) / g.edp)
+    occurrences = np.where(zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)  # ZeRO-2/3: every backward
+    pipeline_stages = np.where(zero12, ipg_buckets, ne_calls + ex_calls)
 
-    def grad_ring(f: float) -> tuple[Any, Any]:
-        secs = (ring_seconds(g_ne, dp, tp, links, factor=f, calls=k_ne)
-                + ring_seconds(g_ex, edp, ep * tp, links, factor=f, calls=k_ex))
-        return secs, f * (g_ne * (dp - 1) / dp + g_ex * (edp - 1) / edp)
-
-    (ar_s, ar_b), (rs_s, rs_b) = grad_ring(2.0), grad_ring(1.0)
-    red_once, red_bytes_once = np.where(is3, rs_s, ar_s), np.where(is3, rs_b, ar_b)
-    red_times = np.where(zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)  # ZeRO-2/3: every backward
-    # all-gathers of bf16 parameters: ZeRO-1/2 once after the step, ZeRO-3 per block and pass
-    ag_ne = np.where(is3, cfg.depth, _buckets(e_ne, bucket_elements))
-    ag_ex = np.where(is3, np.where(e_ex > 0, cfg.num_moe_layers, 0),
-                     _buckets(e_ex, bucket_elements))
-    ag_once = (ring_seconds(g_ne, dp, tp, links, factor=1.0, calls=ag_ne)
-               + ring_seconds(g_ex, edp, ep * tp, links, factor=1.0, calls=ag_ex))
-    post_step = ~is0 & ~is3
-    gathers = np.where(is3, (fwd + 1) * ga, 0)  # ZeRO-3: every forward and the backward
-    zeros = 0.0 * dp
-    return dict(
-        a2a_bytes=a2a_bytes, a2a_s=a2a_s, tp_bytes=tp_bytes, tp_s=tp_s,
-        grad_reduce_bytes=red_times * red_bytes_once, grad_reduce_s=red_times * red_once,
-        grad_reduce_per_micro_s=red_once, grad_buckets=k_ne + k_ex,
-        grad_ranks_per_node=ranks_per_node(dp, tp, G) + zeros,
-        expert_grad_ranks_per_node=ranks_per_node(edp, ep * tp, G) + zeros,
-        param_allgather_bytes=np.where(post_step, rs_b, 0.0),
-        param_allgather_s=np.where(post_step, ag_once, 0.0),
-        zero3_gather_bytes=gathers * rs_b, zero3_gather_s=gathers * ag_once,
-        zero3_gather_per_pass_s=np.where(is3, ag_once, 0.0),
+    # ZeRO-1/2 after the step: one all_gather_into_tensor per param group (all_gather_dp_groups
+    # ignores allgather_bucket_size); ZeRO-3: one per block and pass
+    gather_ne_calls = np.where(zero3, cfg.depth, 1) * (non_expert > 0)
+    gather_ex_calls = np.where(zero3, cfg.num_moe_layers, 1) * (expert > 0)
+    gather_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, links, factor=1.0,
+                                  calls=gather_ne_calls)
+                     + ring_seconds(expert_bytes, g.edp, g.edp_stride, links, factor=1.0,
+                                    calls=gather_ex_calls))
+    zero3_gathers = np.where(zero3, (forwards + 1) * ga, 0)  # every forward and the backward
+    post_step = np.where(zero12, 1.0, 0.0)
+    allgather_calls = (np.where(g.dp > 1, 1, 0) + np.where((expert > 0) & (g.edp > 1), 1, 0))
+    return CommBreakdown(
+        a2a_bytes=a2a_bytes + zeros, a2a_s=a2a_s + zeros, a2a_calls=a2a_calls + zeros,
+        tp_bytes=tp_bytes + zeros, tp_s=tp_s + zeros,
+        grad_reduce_bytes=occurrences * factor * ring_bytes + zeros,
+        grad_reduce_s=occurrences * once_s + zeros,
+        grad_reduce_per_micro_s=once_s + zeros, grad_buckets=pipeline_stages + zeros,
+        grad_reduce_calls=(np.where(g.dp > 1, ne_calls, 0)
+                           + np.where(g.edp > 1, ex_calls, 0)) + zeros,
+        grad_ranks_per_node=ranks_per_node(g.dp, g.dp_stride, node) + zeros,
+        expert_grad_ranks_per_node=ranks_per_node(g.edp, g.edp_stride, node) + zeros,
+        a2a_ranks_per_node=ranks_per_node(g.ep, g.ep_stride, node) + zeros,
+        param_allgather_bytes=post_step * ring_bytes + zeros,
+        param_allgather_s=post_step * gather_once_s + zeros,
+        param_allgather_calls=post_step * allgather_calls + zeros,
+        zero3_gather_bytes=zero3_gathers * ring_bytes + zeros,
+        zero3_gather_s=zero3_gathers * gather_once_s + zeros,
+        zero3_gather_per_pass_s=np.where(zero3, gather_once_s, 0.0) + zeros,
     )
 
 
 def comm_breakdown(cfg: ModelConfig, layout: Any, acc: Any, *, grad_accum: int,
-                   precision: Precision = Precision.BF16,
-                   devices_per_node: int | None = None) -> CommBreakdown:
+                   precision: Precision = Precision.BF16, devices_per_node: int | None = None,
+                   placement: Placement | str = Placement.EXPERT_BEFORE_DATA) -> CommBreakdown:
     """The communication of one ``ParallelLayout`` (same formulas as the vectorised search)."""
-    arrays = comm_arrays(cfg, ParamSplit.of(cfg), Links.of(acc, devices_per_node),
-                         dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
-                         micro_batch=layout.micro_batch, grad_accum=grad_accum,
-                         recompute_code=RECOMPUTE_ORDER.index(Recompute(layout.recompute)),
-                         precision=precision)
-    return CommBreakdown(**{k: float(v) for k, v in arrays.items()})
+    out = comm_arrays(cfg, ParamSplit.of(cfg), Links.of(acc, devices_per_node),
+                      dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
+                      micro_batch=layout.micro_batch, grad_accum=grad_accum,
+                      recompute_code=RECOMPUTE_ORDER.index(Recompute(layout.recompute)),
+                      precision=precision, placement_code=placement_code(placement))
+    return out.at(0, (1,))
