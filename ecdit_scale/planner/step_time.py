@@ -240,15 +240,17 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: dict[str, Any], tp: Any, ep: A
 
 
 def optimizer_bytes(mem: dict[str, Any], precision: Precision) -> Any:
-    """Bytes the optimizer step and the EMA update move per device: read + write the states
-    (and bf16's fp32 master weights), read the fp32 gradients, write the weights (fp32: read
-    and write them; DeepSpeed's fp32 partition is priced through the params); EMA: read and
-    write it, read the weights."""
+    """Bytes the optimizer step and the EMA update move per device (``DERIVATIONS.md``,
+    "Optimizer and EMA"): read + write the states (and bf16's fp32 master weights), read the
+    fp32 gradients, write the bf16 weights of the partition it updates (DeepSpeed copies the
+    fp32 partition into them; the rest arrive by the all-gather); fp32: read and write the
+    weights (DeepSpeed's fp32 partition is priced through the params). The EMA update reads
+    and writes the fp32 EMA and reads the weights it averages, at their own width."""
     bf16 = Precision(precision) is Precision.BF16
     states_bytes = 2 * (mem["optimizer_states"] + (mem["master_weights"] if bf16 else 0.0))
     grads_bytes = mem["fp32_grads"] if bf16 else 0.0
-    weights_bytes = (1 if bf16 else 2) * mem["params"]
-    ema_bytes = 3 * mem["ema"]
+    weights_bytes = mem["master_weights"] / 2 if bf16 else 2 * mem["params"]
+    ema_bytes = (2 + (0.5 if bf16 else 1.0)) * mem["ema"]
     return states_bytes + grads_bytes + weights_bytes + ema_bytes
 
 
