@@ -246,3 +246,18 @@ def test_placements_build_the_groups_they_price():
             assert sorted(x for r in groups for x in r) == list(range(16))
     assert expert_group_ranks(16, 4, Placement.EXPERT_BEFORE_DATA)[0][0] == [0, 1, 2, 3]
     assert expert_group_ranks(16, 4, Placement.DATA_BEFORE_EXPERT)[0][0] == [0, 4, 8, 12]
+
+
+@pytest.mark.parametrize("zero, ga", [(0, 1), (1, 2), (2, 2)])
+def test_priced_calls_are_the_planned_list(zero, ga):
+    from ecdit_scale.planner.collectives import planned_calls
+
+    lay = ParallelLayout(dp=512, ep=64, tp=1, zero=zero, micro_batch=8 // ga)
+    c = estimate_layout(M64, lay, TRAIN, ClusterConfig(), H100).comm
+    calls = {}
+    for p in planned_calls(M64, lay, grad_accum=ga):
+        calls[p.op] = calls.get(p.op, 0) + p.calls
+    assert c.a2a_calls == calls["all_to_all_single"]
+    reductions = ga if zero == 2 else 1
+    assert reductions * c.grad_reduce_calls == calls["all_reduce"]
+    assert c.param_allgather_calls == calls.get("all_gather_into_tensor", 0)

@@ -1,57 +1,9 @@
 """Communication per training step: which collectives run, how many bytes, how many seconds.
 
-Every formula works on numbers and on numpy arrays (one entry per layout). How much of each
-collective hides behind compute is decided in ``step_time.py``.
-
-Placement (DeepSpeed-MoE's default order): global rank = tp_rank + tp * (ep_rank + ep *
-edp_rank): tensor parallel innermost, then expert parallel, then expert-data parallel. So
-- the tp group is tp consecutive ranks (tp <= devices per node: always inside a node);
-- the ep group is ep ranks at stride tp;
-- the expert-data-parallel group is dp/ep ranks at stride ep*tp;
-- the data-parallel group of non-expert parameters is dp ranks at stride tp.
-A group of n ranks at stride s has m = min(n, G/s) ranks on each node it touches (G devices per
-node) and spans n/m nodes.
-
-Ring collectives (NCCL's ring algorithm). Each rank sends factor x (n-1)/n x bytes (factor 2 for
-all-reduce, 1 for reduce-scatter / all-gather) in factor x (n-1) steps of bytes/n. NCCL orders
-the ring node by node, so of the n hops of a ring only one per node crosses the network, and
-it runs one ring (channel) per NIC. A node's network traffic is therefore one rank's volume,
-spread over the NICs of the m GPUs it has in the group (all groups of one kind run at the same
-time, each on its own GPUs' NICs), while every rank also sends its volume over NVLink:
-    seconds = volume / min(NVLink, m x NIC) per device        (m = 1: one NIC; inside a node:
-                                                               NVLink)
-which is NCCL's bus bandwidth of a multi-node ring (``busBw = nChannels x speedInter`` in
-``src/graph/tuning.cc``). The tree all-reduce NCCL may pick instead has the same bandwidth
-shape (a chain inside the node, a double binary tree between nodes); it only changes latency.
-
-Latency (NCCL's cost model, ``src/graph/tuning.cc``, ring / Simple protocol, the protocol NCCL
-uses for MB-size messages): a collective costs ``base + (steps - inter_steps) x nvlink_hop +
-inter_steps x net_hop`` with steps = factor x (n-1) and inter_steps = factor x (nodes-1); for an
-all-reduce NCCL takes the tree when it is cheaper: ``base + 2 x ((m-1) x nvlink_hop +
-log2(nodes) x net_hop)``. An all-to-all is n-1 concurrent send/receive pairs: one hop.
-
-Message size (an ASSUMPTION until ``ecdit-scale profile --nproc`` measures it): a link moves a
-message of b bytes at bw x b / (b + half) (``half`` = the size that gets half the link), applied
-to what each step moves: bytes/n per ring step, bytes/n per all-to-all peer.
-
-Collectives per optimizer step (DeepSpeed 0.19.8 semantics, bf16 gradients; non-expert ones over
-dp, expert ones over the expert-data-parallel group; one bucket = one collective call):
-- ZeRO-0: the engine all-reduces the gradients after the backward of the last micro-batch
-  (``engine.allreduce_gradients -> buffered_allreduce_fallback``, 5e8-element buckets);
-- ZeRO-1/2 (``reduce_scatter: true``): each ``reduce_bucket_size`` bucket is *all-reduced*
-  (``average_tensor`` with the default ``use_multi_rank_bucket_allreduce: true``) and each rank
-  keeps its partition: ZeRO-1 in the last micro-batch's backward, ZeRO-2 in every backward;
-  after the optimizer step the updated bf16 partitions are all-gathered (``all_gather_dp_groups``,
-  ``allgather_bucket_size`` buckets);
-- ZeRO-3: a reduce-scatter per micro-batch, and parameter all-gathers (one per block and pass)
-  in every forward (twice with full recompute) and backward; no all-gather after the step.
-Expert all-to-all per MoE layer: dispatch + combine in the forward, twice more in the backward,
-again with full recompute; each carries slots x d bf16 per device (slots = f_c x S per image
-for expert choice), (ep-1)/ep of it leaves the device, the off-node share over the device's own
-NIC and the on-node share over NVLink at the same time. With tp > 1 every tp rank exchanges its
-full copy (experts are Megatron-sharded: expert inputs are replicated across the tp group).
-Tensor parallel: an all-reduce of the micro-batch's S x d activations after self-attention,
-cross-attention and FFN/MoE in the forward, and one each in the backward (Megatron).
+Every formula works on numbers and on numpy arrays (one entry per layout); how much of each
+collective hides behind compute is decided in ``step_time.py``. The derivations (placement,
+ring and all-to-all bandwidth, NCCL latency, message size, the collectives DeepSpeed 0.19.8
+issues per step) are in ``DERIVATIONS.md``, sections "Placement" to "Collectives per step".
 """
 
 from __future__ import annotations
@@ -64,6 +16,7 @@ import numpy as np
 
 from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Precision, Recompute)
+from .derivations import assumptions
 from .flops import expert_slots_per_image
 from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ZERO_BUCKET_ELEMENTS, ParamSplit
 from .placement import Placement, group_shapes, placement_code
@@ -85,15 +38,13 @@ NET_HALF_BW_BYTES = 256 * 1024
 ZERO0_ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
 
 COMM_ASSUMPTIONS = (
-    "ranks placed tp innermost, then ep, then expert-data-parallel; a ring with m ranks per "
-    "node runs at min(NVLink, m x NIC) per device (one NCCL ring per NIC)",
-    f"NCCL ring latency {NCCL_BASE_LATENCY_S * 1e6:.1f} us + {NVLINK_HOP_LATENCY_S * 1e6:.1f} us "
-    f"per NVLink step + {NET_HOP_LATENCY_S * 1e6:.1f} us per network step (tree when cheaper "
-    "for all-reduce); one call per DeepSpeed bucket",
-    f"message-size efficiency b / (b + half), half = {NVLINK_HALF_BW_BYTES // 1024} KiB "
-    f"(NVLink), {NET_HALF_BW_BYTES // 1024} KiB (network): assumed, not profiled",
+    *assumptions("Placement"), *assumptions("Bandwidth"),
+    *assumptions("Latency and message size", base_us=NCCL_BASE_LATENCY_S * 1e6,
+                 nvlink_us=NVLINK_HOP_LATENCY_S * 1e6, net_us=NET_HOP_LATENCY_S * 1e6,
+                 nvlink_half_kib=NVLINK_HALF_BW_BYTES // 1024,
+                 net_half_kib=NET_HALF_BW_BYTES // 1024),
+    *assumptions("Collectives per step"),
 )
-
 
 @dataclass(frozen=True, kw_only=True)
 class Links:

@@ -39,7 +39,7 @@ from .memory import (RECOMPUTE_ORDER, MemoryBreakdown, ParamSplit, activation_by
                      ema_bytes, memory_arrays, moe_buffer_bytes_per_sample)
 from .peak import peak_arrays
 from .placement import PLACEMENT_ORDER, Placement
-from .step_time import OVERLAP_RULES, StepTime, step_time_arrays
+from .step_time import COMPUTE_ASSUMPTIONS, OVERLAP_RULES, StepTime, step_time_arrays
 
 MAX_MICRO_BATCH = 256
 ZERO3_MOE_FLAG = "zero3-moe: DeepSpeed-MoE does not support ZeRO-3 (estimate only)"
@@ -47,11 +47,7 @@ TP_FLAG = ("tp>1: needs a Megatron-style tensor-parallel model; ecdit_scale.trai
            "data x expert parallelism only")
 PIN_KEYS = ("dp", "ep", "tp", "zero", "micro_batch", "recompute", "placement", "ema")
 EMA_ORDER = (EMA.NONE, EMA.REPLICATED, EMA.SHARDED)
-STEP_ASSUMPTIONS = (
-    "compute at peak x efficiency (forward, backward, recompute)",
-    *OVERLAP_RULES.values(),
-    *COMM_ASSUMPTIONS,
-)
+STEP_ASSUMPTIONS = (*COMPUTE_ASSUMPTIONS, *OVERLAP_RULES, *COMM_ASSUMPTIONS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,49 +1,10 @@
 """The step-time model: one optimizer step of one layout, term by term (``StepTime``).
 
 The same function prices one plan and the vectorised search (every input may be a numpy array
-with one entry per layout). Seconds per optimizer step, per device:
-
-Compute (hardware FLOPs at ``acc.sustained_flops`` = peak x efficiency; each device does 1/tp
-of its tp group's images, tp groups split the batch):
-    forward_s, backward_s, recompute_s (the forward rerun by activation recomputation).
-
-Communication (link seconds from ``comm.py``), each split into exposed and hidden the way
-DeepSpeed 0.19.8 / Megatron schedule it:
-- expert all-to-all: on the critical path (the expert GEMMs wait for the dispatch, the next
-  block for the combine): all exposed;
-- tensor-parallel all-reduces: on the critical path (Megatron: the next op reads the sum);
-- gradient reduction (``OVERLAP_RULES``):
-  ZeRO-0: all-reduced by the engine after the backward (``_backward_epilogue ->
-  allreduce_gradients``): exposed;
-  ZeRO-1/2 with ``overlap_comm``: a bucket is launched on the reduction stream as soon as the
-  backward has filled it, so the buckets pipeline behind the backward (ZeRO-1 only in the last
-  micro-batch's, ZeRO-2 in every micro-batch's); the epilogue waits for the last one;
-  ZeRO-3: the reduce-scatters and the backward's parameter re-gathers share that pipeline;
-- ZeRO-1/2 parameter all-gather after ``optimizer.step`` (``all_gather_dp_groups``): exposed;
-- ZeRO-3 forward gathers: prefetched one block ahead behind the forward;
-- optimizer step: memory-bound, exposed (bytes of master weights, states, fp32 gradients and
-  parameters it reads and writes / HBM bandwidth).
-
-A pipeline of k equal buckets of total C behind a window W (gradients appear at a uniform rate:
-bucket i is ready at i W / k and the buckets run one after another) ends at
-max(W + C/k, W/k + C); what sticks out past the window is
-    exposed = max(C / k, C - W (k - 1) / k)      (the last bucket is always exposed).
-MFU = model FLOPs per image x global batch / (world x peak x total_s).
-
-With a measured device profile (``acc.profile``, ``ecdit-scale profile``) compute is priced by
-operator class instead (``compute.py``: GEMMs by shape, SDPA, memory-bound bytes), plus
-- launch_s: kernels x the measured per-kernel launch cost; a host that runs the kernels itself
-  (CPU, ``serial``) pays all of it, an asynchronous device only what the kernels' own time
-  cannot hide (``max(0, kernels x launch - device time)`` per micro-batch);
-- engine_s: the measured per-parameter-tensor work of autograd, once per micro-batch's
-  backward, plus what DeepSpeed's engine adds per step at the layout's ZeRO stage where the
-  profile measured it (``evaluation.engine_probe``): per parameter tensor
-  (``deepspeed_engine``) and per parameter the device holds (``deepspeed_engine_per_param``:
-  its passes over gradients and weights);
-- the optimizer at the measured seconds per byte, plus seconds per tensor it steps over.
-Without a profile (the catalog's datasheet entries) compute is today's one constant: hardware
-FLOPs / (peak x efficiency); gemm_s / attention_s / memory_bound_s / launch_s / engine_s /
-kernels are then 0 (not priced separately).
+with one entry per layout): compute (``_datasheet_compute`` or, with a measured device profile,
+``_profiled_compute``), the collectives of ``comm.py`` split into exposed and hidden parts, and
+the optimizer step with the EMA update. Derivations: ``DERIVATIONS.md``, sections "Overlap",
+"Compute" and "Optimizer and EMA".
 """
 
 from __future__ import annotations
@@ -57,21 +18,13 @@ from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, Precision)
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
+from .derivations import assumptions
 from .operators import param_tensor_count
 
 OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
 
-OVERLAP_RULES = {
-    "a2a": "expert all-to-all: on the critical path, exposed",
-    "tp": "tensor-parallel all-reduces: on the critical path, exposed",
-    "grad_reduce": ("gradients: ZeRO-0 all-reduce after the backward, exposed; ZeRO-1/2 "
-                    "(overlap_comm) buckets pipelined behind the backward (ZeRO-1: last "
-                    "micro-batch, ZeRO-2: every one), last bucket exposed; ZeRO-3 "
-                    "reduce-scatter in the same pipeline as the backward's re-gathers"),
-    "param_allgather": "ZeRO-1/2 all-gather of updated parameters after optimizer.step: exposed",
-    "zero3_gather": "ZeRO-3 parameter gathers: prefetched one block ahead behind compute",
-    "optimizer": "optimizer step: memory-bound, exposed",
-}
+OVERLAP_RULES = assumptions("Overlap")
+COMPUTE_ASSUMPTIONS = assumptions("Compute") + assumptions("Optimizer and EMA")
 
 PROFILED_FIELDS = ("gemm_s", "attention_s", "memory_bound_s", "launch_s", "engine_s", "kernels")
 
