@@ -192,6 +192,8 @@ def test_a_precision_the_device_lacks_is_refused():
     (["--params", "97B", "--gpu", "tpu-v5p", "--precision", "fp32"], "lists no fp32 throughput"),
     (["--params", "97B", "--days", "1"], "--days 1: no cluster size (8-128 nodes) finishes"),
     (["--params", "97B", "--budget", "1000"], "the cheapest is 8 nodes"),
+    (["--params", "97B", "--placement", "nope"],
+     "--placement 'nope': choose one of expert-before-data, data-before-expert"),
     (["--params", "97B", "--days", "10", "--nodes", "8"], "--days chooses the node count"),
     (["--params", "97B", "--days", "10", "--budget", "1e6"], "not both"),
     (["--params", "97B", "--days", "0"], "--days = 0.0: must be a finite number > 0"),
