@@ -69,7 +69,8 @@ def test_dense_search_keeps_zero3():
 
 def test_estimate_layout_reproduces_the_search(m64_search):
     best = m64_search.best
-    again = estimate_layout(M64, best.layout, TRAIN, ClusterConfig(nodes=128), H100)
+    again = estimate_layout(M64, best.layout, TRAIN, ClusterConfig(nodes=128), H100,
+                            placement=best.placement, ema=best.ema)
     assert again.step.total_s == pytest.approx(best.step.total_s)
     assert again.comm == best.comm
 

@@ -36,7 +36,12 @@ def plan97():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_97b_default_plan_headline_numbers(plan97):
+@pytest.fixture(scope="module")
+def plan97_default():
+    return make_plan(M64, pin={"placement": "expert-before-data"}, table=False)
+
+
+def test_97b_default_plan_headline_numbers(plan97, plan97_default):
     p = plan97
     assert p.model == "ecdit-m-64e" and p.world == 512  # ClusterConfig(): 64 x 8 h100-sxm
     assert p.training.global_batch == 4096 and p.training.steps == 800_000
@@ -52,10 +57,13 @@ def test_97b_default_plan_headline_numbers(plan97):
     assert p.mfu == pytest.approx(p.flops_per_step.model
                                   / (p.world * H100.peak_bf16_flops * p.step_s))
     assert p.compute_flops == pytest.approx(p.flops_per_step.model * p.training.steps)
-    # launchable: tp = 1; the tensor-parallel alternative is beside it, faster
+    # launchable: tp = 1, and here no tensor-parallel layout is faster (once the expert-data
+    # group sits on NVLink); under DeepSpeed's default placement one is, and stands beside it
     assert p.best.layout.tp == 1 and all(e.layout.tp == 1 for e in p.top)
-    alt = p.tp_alternative
-    assert alt is not None and alt.layout.tp > 1 and alt.step.total_s < p.step_s
+    assert p.tp_alternative is None
+    assert plan97_default.best.layout.tp == 1 and plan97_default.step_s > p.step_s
+    alt = plan97_default.tp_alternative
+    assert alt is not None and alt.layout.tp > 1 and alt.step.total_s < plan97_default.step_s
     assert p.inference.devices == 8 and p.inference.model == p.model
     assert any("assumption" in e for e in p.estimated)  # the price is labelled
 
@@ -64,7 +72,8 @@ def test_plan_to_dict_is_json(plan97):
     d = json.loads(json.dumps(plan97.to_dict()))
     assert d["model"] == "ecdit-m-64e" and d["best"]["layout"]["dp"] == plan97.best.layout.dp
     assert d["params"]["total_params"] == plan97.params.total_params
-    assert d["fastest_with_tensor_parallel"]["layout"]["tp"] == plan97.tp_alternative.layout.tp
+    assert d["fastest_with_tensor_parallel"] is None  # tp = 1 is the fastest
+    assert d["best"]["layout"]["placement"] == plan97.best.placement.value
     assert d["inference"]["latency_s"] == plan97.inference.latency_s
     assert d["scaling_estimate"] is None and d["resolved"] is None  # no scaling model was given
     assert d["estimated"] and d["assumptions"]

@@ -14,7 +14,9 @@ from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
 from ecdit_scale.planner.comm import (Links, all_to_all_seconds, ranks_per_node, ring_latency_s,
                                       ring_seconds)
 from ecdit_scale.planner.hardware import get_accelerator
+from ecdit_scale.planner.memory import ParamSplit
 from ecdit_scale.planner.layouts import estimate_layout, search_layouts
+from ecdit_scale.planner.placement import Placement, expert_group_ranks, group_shapes
 from ecdit_scale.planner.step_time import pipeline_exposed
 
 H100 = get_accelerator("h100-sxm")
@@ -154,9 +156,17 @@ def test_97b_step_terms_add_up(best97):
 
 
 def test_97b_gradient_rings_follow_the_nics(best97):
+    # the search puts the expert-data-parallel group on NVLink (data-before-expert)
+    assert best97.placement is Placement.DATA_BEFORE_EXPERT
     c = best97.comm
     assert c.grad_ranks_per_node == 8  # dp=512 at stride 1
-    assert c.expert_grad_ranks_per_node == 1  # expert-dp at stride ep=64
+    assert c.expert_grad_ranks_per_node == 8  # expert-dp: 8 consecutive ranks, one node
+    assert c.a2a_ranks_per_node == 1  # ep=64 at stride 8: one rank on each of 64 nodes
+    default = estimate_layout(M64, best97.layout, TRAIN, ClusterConfig(), H100,
+                              placement=Placement.EXPERT_BEFORE_DATA).comm
+    assert default.expert_grad_ranks_per_node == 1  # expert-dp at stride ep=64: one NIC
+    assert default.a2a_ranks_per_node == 8  # ep=64 consecutive: 8 nodes of 8
+    assert default.grad_reduce_s > 1.5 * c.grad_reduce_s and default.a2a_s < c.a2a_s
 
 
 def test_zero0_reduces_after_the_backward():
@@ -184,7 +194,8 @@ def test_single_layout_and_search_give_the_same_step():
     cluster = ClusterConfig(nodes=128)
     r = search_layouts(M64, TRAIN, cluster, H100, keep=10_000)
     for est in r.feasible[::41]:
-        one = estimate_layout(M64, est.layout, TRAIN, cluster, H100)
+        one = estimate_layout(M64, est.layout, TRAIN, cluster, H100, placement=est.placement,
+                              ema=est.ema)
         assert one.step == est.step and one.comm == est.comm
 
 
@@ -194,3 +205,59 @@ def test_zero3_gathers_are_prefetched_behind_the_forward():
     assert st.param_allgather_s == 0  # no post-step all-gather under ZeRO-3
     assert 0 < st.zero3_gather_exposed_s < st.zero3_gather_s
     assert 0 < st.grad_reduce_exposed_s <= st.grad_reduce_s
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls as DeepSpeed 0.19.8 issues them
+# ---------------------------------------------------------------------------------------------
+
+
+def test_post_step_all_gather_is_one_call_per_param_group():
+    # all_gather_dp_groups -> all_gather_into_tensor_dp_groups: one call per param group
+    # (shared over dp, experts over expert-dp), whatever allgather_bucket_size says
+    for zero in (1, 2):
+        lay = ParallelLayout(dp=512, ep=64, tp=1, zero=zero, micro_batch=8)
+        c = estimate_layout(M64, lay, TRAIN, ClusterConfig(), H100).comm
+        assert c.param_allgather_calls == 2
+    dense = ParallelLayout(dp=16, ep=1, tp=1, zero=1, micro_batch=8)
+    c = estimate_layout(sizes.get("ecdit-xl"), dense, TRAIN, ClusterConfig(nodes=2), H100).comm
+    assert c.param_allgather_calls == 1
+
+
+def test_zero12_reduce_buckets_hold_both_kinds_and_reduce_once_per_group():
+    lay = ParallelLayout(dp=512, ep=64, tp=1, zero=2, micro_batch=8)
+    c = estimate_layout(M64, lay, TRAIN, ClusterConfig(), H100).comm
+    split = ParamSplit.of(M64)
+    ipg = math.ceil((split.non_expert_per_device(1) + split.expert_per_device(64, 1)) / 2e8)
+    assert c.grad_buckets == ipg and c.grad_reduce_calls == 2 * ipg
+    zero0 = estimate_layout(M64, ParallelLayout(dp=512, ep=64, tp=1, zero=0, micro_batch=8),
+                            TRAIN, ClusterConfig(), H100).comm
+    assert zero0.grad_reduce_calls == (math.ceil(split.non_expert_per_device(1) / 5e8)
+                                       + math.ceil(split.expert_per_device(64, 1) / 5e8))
+
+
+def test_placements_build_the_groups_they_price():
+    for placement in Placement:
+        ep_groups, edp_groups = expert_group_ranks(16, 4, placement)
+        g = group_shapes(dp=16, ep=4, tp=1, placement_code=list(Placement).index(placement))
+        for groups, size, stride in ((ep_groups, g.ep, g.ep_stride),
+                                     (edp_groups, g.edp, g.edp_stride)):
+            assert all(len(r) == size and np.all(np.diff(r) == stride) for r in groups)
+            assert sorted(x for r in groups for x in r) == list(range(16))
+    assert expert_group_ranks(16, 4, Placement.EXPERT_BEFORE_DATA)[0][0] == [0, 1, 2, 3]
+    assert expert_group_ranks(16, 4, Placement.DATA_BEFORE_EXPERT)[0][0] == [0, 4, 8, 12]
+
+
+@pytest.mark.parametrize("zero, ga", [(0, 1), (1, 2), (2, 2)])
+def test_priced_calls_are_the_planned_list(zero, ga):
+    from ecdit_scale.planner.collectives import planned_calls
+
+    lay = ParallelLayout(dp=512, ep=64, tp=1, zero=zero, micro_batch=8 // ga)
+    c = estimate_layout(M64, lay, TRAIN, ClusterConfig(), H100).comm
+    calls = {}
+    for p in planned_calls(M64, lay, grad_accum=ga):
+        calls[p.op] = calls.get(p.op, 0) + p.calls
+    assert c.a2a_calls == calls["all_to_all_single"]
+    reductions = ga if zero == 2 else 1
+    assert reductions * c.grad_reduce_calls == calls["all_reduce"]
+    assert c.param_allgather_calls == calls.get("all_gather_into_tensor", 0)

@@ -13,6 +13,7 @@ from .. import __version__
 from ..config import EMA, FFNKind, Optimizer, Precision, Recompute
 from ..errors import ConfigError
 from ..files import check_output_folder
+from ..planner.placement import Placement
 from ..units import format_amount, format_count, format_duration, format_gib
 from .common import app, choices, console, err_console, print_json
 
@@ -65,6 +66,7 @@ def plan(
     tp: Optional[int] = typer.Option(None, "--tp", help="Pin tensor-parallel size (default 1: ecdit_scale.train has no tensor parallelism; pass --tp N for Megatron-style layouts)."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Pin the micro-batch."),
     recompute: Optional[str] = typer.Option(None, "--recompute", metavar=choices(Recompute), help="Pin activation recomputation."),
+    placement: Optional[str] = typer.Option(None, "--placement", metavar=choices(Placement), help="Pin the MoE rank order: expert-before-data is DeepSpeed's default (default: the search picks)."),
     price: float = typer.Option(2.5, "--price", help="USD per GPU-hour (an assumption; set yours)."),
     top: int = typer.Option(5, "--top", help="How many layouts to list."),
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
@@ -97,6 +99,8 @@ def plan(
     target = target_for_plan(days=days, budget=budget, gpus=gpus, nodes=nodes)
     pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
                         recompute=recompute)
+    if placement is not None:
+        pin["placement"] = placement  # checked by the search (one line naming the choices)
     cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
                                    override=override)
     acc = get_accelerator(gpu)

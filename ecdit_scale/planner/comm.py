@@ -1,57 +1,9 @@
 """Communication per training step: which collectives run, how many bytes, how many seconds.
 
-Every formula works on numbers and on numpy arrays (one entry per layout). How much of each
-collective hides behind compute is decided in ``step_time.py``.
-
-Placement (DeepSpeed-MoE's default order): global rank = tp_rank + tp * (ep_rank + ep *
-edp_rank): tensor parallel innermost, then expert parallel, then expert-data parallel. So
-- the tp group is tp consecutive ranks (tp <= devices per node: always inside a node);
-- the ep group is ep ranks at stride tp;
-- the expert-data-parallel group is dp/ep ranks at stride ep*tp;
-- the data-parallel group of non-expert parameters is dp ranks at stride tp.
-A group of n ranks at stride s has m = min(n, G/s) ranks on each node it touches (G devices per
-node) and spans n/m nodes.
-
-Ring collectives (NCCL's ring algorithm). Each rank sends factor x (n-1)/n x bytes (factor 2 for
-all-reduce, 1 for reduce-scatter / all-gather) in factor x (n-1) steps of bytes/n. NCCL orders
-the ring node by node, so of the n hops of a ring only one per node crosses the network, and
-it runs one ring (channel) per NIC. A node's network traffic is therefore one rank's volume,
-spread over the NICs of the m GPUs it has in the group (all groups of one kind run at the same
-time, each on its own GPUs' NICs), while every rank also sends its volume over NVLink:
-    seconds = volume / min(NVLink, m x NIC) per device        (m = 1: one NIC; inside a node:
-                                                               NVLink)
-which is NCCL's bus bandwidth of a multi-node ring (``busBw = nChannels x speedInter`` in
-``src/graph/tuning.cc``). The tree all-reduce NCCL may pick instead has the same bandwidth
-shape (a chain inside the node, a double binary tree between nodes); it only changes latency.
-
-Latency (NCCL's cost model, ``src/graph/tuning.cc``, ring / Simple protocol, the protocol NCCL
-uses for MB-size messages): a collective costs ``base + (steps - inter_steps) x nvlink_hop +
-inter_steps x net_hop`` with steps = factor x (n-1) and inter_steps = factor x (nodes-1); for an
-all-reduce NCCL takes the tree when it is cheaper: ``base + 2 x ((m-1) x nvlink_hop +
-log2(nodes) x net_hop)``. An all-to-all is n-1 concurrent send/receive pairs: one hop.
-
-Message size (an ASSUMPTION until ``ecdit-scale profile --nproc`` measures it): a link moves a
-message of b bytes at bw x b / (b + half) (``half`` = the size that gets half the link), applied
-to what each step moves: bytes/n per ring step, bytes/n per all-to-all peer.
-
-Collectives per optimizer step (DeepSpeed 0.19.8 semantics, bf16 gradients; non-expert ones over
-dp, expert ones over the expert-data-parallel group; one bucket = one collective call):
-- ZeRO-0: the engine all-reduces the gradients after the backward of the last micro-batch
-  (``engine.allreduce_gradients -> buffered_allreduce_fallback``, 5e8-element buckets);
-- ZeRO-1/2 (``reduce_scatter: true``): each ``reduce_bucket_size`` bucket is *all-reduced*
-  (``average_tensor`` with the default ``use_multi_rank_bucket_allreduce: true``) and each rank
-  keeps its partition: ZeRO-1 in the last micro-batch's backward, ZeRO-2 in every backward;
-  after the optimizer step the updated bf16 partitions are all-gathered (``all_gather_dp_groups``,
-  ``allgather_bucket_size`` buckets);
-- ZeRO-3: a reduce-scatter per micro-batch, and parameter all-gathers (one per block and pass)
-  in every forward (twice with full recompute) and backward; no all-gather after the step.
-Expert all-to-all per MoE layer: dispatch + combine in the forward, twice more in the backward,
-again with full recompute; each carries slots x d bf16 per device (slots = f_c x S per image
-for expert choice), (ep-1)/ep of it leaves the device, the off-node share over the device's own
-NIC and the on-node share over NVLink at the same time. With tp > 1 every tp rank exchanges its
-full copy (experts are Megatron-sharded: expert inputs are replicated across the tp group).
-Tensor parallel: an all-reduce of the micro-batch's S x d activations after self-attention,
-cross-attention and FFN/MoE in the forward, and one each in the backward (Megatron).
+Every formula works on numbers and on numpy arrays (one entry per layout); how much of each
+collective hides behind compute is decided in ``step_time.py``. The derivations (placement,
+ring and all-to-all bandwidth, NCCL latency, message size, the collectives DeepSpeed 0.19.8
+issues per step) are in ``DERIVATIONS.md``, sections "Placement" to "Collectives per step".
 """
 
 from __future__ import annotations
@@ -64,8 +16,10 @@ import numpy as np
 
 from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Precision, Recompute)
+from .derivations import assumptions
 from .flops import expert_slots_per_image
 from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ZERO_BUCKET_ELEMENTS, ParamSplit
+from .placement import Placement, group_shapes, placement_code
 
 # NCCL's cost model, ring algorithm / Simple protocol (NVIDIA/nccl src/graph/tuning.cc: baseLat
 # and hwLat[NVLINK|NET] for Ring/Simple; the numbers of the 2.1x releases, others list up to
@@ -84,15 +38,13 @@ NET_HALF_BW_BYTES = 256 * 1024
 ZERO0_ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
 
 COMM_ASSUMPTIONS = (
-    "ranks placed tp innermost, then ep, then expert-data-parallel; a ring with m ranks per "
-    "node runs at min(NVLink, m x NIC) per device (one NCCL ring per NIC)",
-    f"NCCL ring latency {NCCL_BASE_LATENCY_S * 1e6:.1f} us + {NVLINK_HOP_LATENCY_S * 1e6:.1f} us "
-    f"per NVLink step + {NET_HOP_LATENCY_S * 1e6:.1f} us per network step (tree when cheaper "
-    "for all-reduce); one call per DeepSpeed bucket",
-    f"message-size efficiency b / (b + half), half = {NVLINK_HALF_BW_BYTES // 1024} KiB "
-    f"(NVLink), {NET_HALF_BW_BYTES // 1024} KiB (network): assumed, not profiled",
+    *assumptions("Placement"), *assumptions("Bandwidth"),
+    *assumptions("Latency and message size", base_us=NCCL_BASE_LATENCY_S * 1e6,
+                 nvlink_us=NVLINK_HOP_LATENCY_S * 1e6, net_us=NET_HOP_LATENCY_S * 1e6,
+                 nvlink_half_kib=NVLINK_HALF_BW_BYTES // 1024,
+                 net_half_kib=NET_HALF_BW_BYTES // 1024),
+    *assumptions("Collectives per step"),
 )
-
 
 @dataclass(frozen=True, kw_only=True)
 class Links:
@@ -227,28 +179,38 @@ def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
 @dataclass(frozen=True, kw_only=True)
 class CommBreakdown:
     """Per device, per optimizer step (all micro-batches). Seconds are link time (bandwidth +
-    latency); how much of it hides behind compute is decided in ``step_time``."""
+    latency); how much of it hides behind compute is decided in ``step_time``. Each field is a
+    number, or an array with one entry per layout (``comm_arrays``; ``at`` picks one)."""
 
-    a2a_bytes: float  # expert dispatch + combine, forward, backward (and recompute)
-    a2a_s: float
-    tp_bytes: float  # Megatron all-reduces of block outputs
-    tp_s: float
-    grad_reduce_bytes: float  # all-reduce (ZeRO-0/1/2) / reduce-scatter (ZeRO-3) of gradients
-    grad_reduce_s: float
-    grad_reduce_per_micro_s: float  # one occurrence (ZeRO-2/3 reduce every micro-batch)
-    grad_buckets: float  # collective calls (buckets) per occurrence
-    grad_ranks_per_node: float  # m of the non-expert data-parallel ring
-    expert_grad_ranks_per_node: float  # m of the expert-data-parallel ring
-    param_allgather_bytes: float  # ZeRO-1/2: updated bf16 params after the optimizer step
-    param_allgather_s: float
-    zero3_gather_bytes: float  # ZeRO-3: parameter all-gathers in forward and backward
-    zero3_gather_s: float
-    zero3_gather_per_pass_s: float  # one pass (forward or backward) of one micro-batch
+    a2a_bytes: Any  # expert dispatch + combine, forward, backward (and recompute)
+    a2a_s: Any
+    a2a_calls: Any
+    tp_bytes: Any  # Megatron all-reduces of block outputs
+    tp_s: Any
+    grad_reduce_bytes: Any  # all-reduce (ZeRO-0/1/2) / reduce-scatter (ZeRO-3) of gradients
+    grad_reduce_s: Any
+    grad_reduce_per_micro_s: Any  # one occurrence (ZeRO-2/3 reduce every micro-batch)
+    grad_buckets: Any  # buckets per occurrence (the backward's pipeline stages)
+    grad_reduce_calls: Any  # collective calls per occurrence (a bucket: one per group in it)
+    grad_ranks_per_node: Any  # m of the non-expert data-parallel ring
+    expert_grad_ranks_per_node: Any  # m of the expert-data-parallel ring
+    a2a_ranks_per_node: Any  # m of the expert-parallel group
+    param_allgather_bytes: Any  # ZeRO-1/2: updated bf16 params after the optimizer step
+    param_allgather_s: Any
+    param_allgather_calls: Any  # one all_gather_into_tensor per param group
+    zero3_gather_bytes: Any  # ZeRO-3: parameter all-gathers in forward and backward
+    zero3_gather_s: Any
+    zero3_gather_per_pass_s: Any  # one pass (forward or backward) of one micro-batch
 
     @property
-    def total_bytes(self) -> float:
+    def total_bytes(self) -> Any:
         return (self.a2a_bytes + self.tp_bytes + self.grad_reduce_bytes
                 + self.param_allgather_bytes + self.zero3_gather_bytes)
+
+    def at(self, i: int, shape: tuple[int, ...]) -> "CommBreakdown":
+        """Layout ``i`` of a breakdown over layouts."""
+        return CommBreakdown(**{f.name: float(np.broadcast_to(getattr(self, f.name), shape)[i])
+                                for f in fields(self)})
 
     def to_dict(self) -> dict[str, float]:
         out = {f.name: float(getattr(self, f.name)) for f in fields(self)}
@@ -264,84 +226,110 @@ def forward_passes(recompute_code: Any) -> Any:
     return np.where(np.asarray(recompute_code) == RECOMPUTE_FULL_CODE, 2, 1)
 
 
-def _buckets(elements: Any, bucket_elements: Any) -> Any:
-    return np.where(np.asarray(elements) > 0, np.ceil(np.asarray(elements) / bucket_elements), 0)
+def buckets(elements: Any, bucket_elements: Any) -> Any:
+    """Calls that carry ``elements`` in buckets of ``bucket_elements``."""
+    elements = np.asarray(elements, dtype=float)
+    return np.where(elements > 0, np.ceil(elements / bucket_elements), 0)
 
 
 def comm_arrays(cfg: ModelConfig, split: ParamSplit, links: Links, *, dp: Any, ep: Any, tp: Any,
                 zero: Any, micro_batch: Any, grad_accum: Any, recompute_code: Any,
-                precision: Precision,
-                bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> dict[str, Any]:
-    """Every CommBreakdown field as arrays over layouts (recompute_code indexes
-    ``memory.RECOMPUTE_ORDER``)."""
-    dp, ep, tp = np.asarray(dp), np.asarray(ep), np.asarray(tp)
+                precision: Precision, placement_code: Any = 0,
+                bucket_elements: int = ZERO_BUCKET_ELEMENTS) -> CommBreakdown:
+    """The collectives of one step as DeepSpeed 0.19.8 issues them, over layouts
+    (``DERIVATIONS.md`` section "Collectives per step"; recompute_code indexes
+    ``memory.RECOMPUTE_ORDER``, placement_code ``placement.PLACEMENT_ORDER``)."""
     zero, mb, ga = np.asarray(zero), np.asarray(micro_batch), np.asarray(grad_accum)
-    G = links.devices_per_node
-    w = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
-    fwd = forward_passes(recompute_code)
-    S, d = cfg.tokens_per_image, cfg.hidden_size
+    g = group_shapes(dp=dp, ep=ep, tp=tp, placement_code=placement_code)
+    node = links.devices_per_node
+    bytes_per_element = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    forwards = forward_passes(recompute_code)
+    tokens, hidden = cfg.tokens_per_image, cfg.hidden_size
+    zeros = 0.0 * g.dp * mb  # broadcasts a scalar term to the layouts' shape
 
-    # expert all-to-all: per MoE layer and forward, dispatch + combine of slots x d each;
-    # the backward sends the gradients of both back (2 more). Inside the ep group only.
-    slots = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
-    a2a_one = w * slots * d * mb  # one all-to-all, bytes per device (before the (n-1)/n)
-    a2a_count = cfg.num_moe_layers * (2 * fwd + 2) * ga
-    a2a_s = all_to_all_seconds(a2a_count * a2a_one, ep, tp, links, calls=a2a_count)
-    a2a_bytes = a2a_count * a2a_one * (ep - 1) / ep
+    # expert all-to-all: dispatch + combine per MoE layer and forward, both again in backward
+    slots_per_image = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
+    a2a_one_bytes = bytes_per_element * slots_per_image * hidden * mb
+    a2a_calls = cfg.num_moe_layers * (2 * forwards + 2) * ga
+    a2a_s = all_to_all_seconds(a2a_calls * a2a_one_bytes, g.ep, g.ep_stride, links,
+                               calls=a2a_calls)
+    a2a_bytes = a2a_calls * a2a_one_bytes * (g.ep - 1) / g.ep
 
-    # tensor parallel: one all-reduce of S x d per attention, cross-attention and FFN/MoE
-    # output in forward, one each for the input gradients in backward (Megatron, Sec. 3).
-    per_block = 2 + (1 if cfg.has_cross_attention else 0)
-    tp_count = cfg.depth * per_block * (fwd + 1) * ga
-    tp_one = w * S * d * mb
-    tp_s = ring_seconds(tp_count * tp_one, tp, 1, links, factor=2.0, calls=tp_count)
-    tp_bytes = tp_count * 2 * (tp - 1) / tp * tp_one
+    # tensor parallel: all-reduce of S x d after attention, cross-attention, FFN (fwd + bwd)
+    tp = np.asarray(tp)
+    tp_calls = cfg.depth * (2 + int(cfg.has_cross_attention)) * (forwards + 1) * ga
+    tp_one_bytes = bytes_per_element * tokens * hidden * mb
+    tp_s = ring_seconds(tp_calls * tp_one_bytes, tp, 1, links, factor=2.0, calls=tp_calls)
+    tp_bytes = tp_calls * 2 * (tp - 1) / tp * tp_one_bytes
 
-    # gradients: non-expert over dp (stride tp), expert over dp/ep (stride ep*tp)
-    e_ne, e_ex = split.non_expert_per_device(tp), split.expert_per_device(ep, tp)
-    g_ne, g_ex = w * e_ne, w * e_ex
-    edp = dp // ep
-    is0, is3 = zero < ZERO_PARTITIONS_OPTIMIZER, zero >= ZERO_PARTITIONS_PARAMETERS
-    bucket = np.where(is0, ZERO0_ALLREDUCE_BUCKET_ELEMENTS, bucket_elements)
-    k_ne, k_ex = _buckets(e_ne, bucket), _buckets(e_ex, bucket)
+    # gradients: non-expert over dp, expert over the expert-data-parallel group
+    non_expert, expert = split.non_expert_per_device(tp), split.expert_per_device(g.ep, tp)
+    non_expert_bytes, expert_bytes = bytes_per_element * non_expert, bytes_per_element * expert
+    zero0 = zero < ZERO_PARTITIONS_OPTIMIZER
+    zero3 = zero >= ZERO_PARTITIONS_PARAMETERS
+    # ZeRO-0: buffered_allreduce_fallback, each group in its own 5e8-element buckets;
+    # ZeRO-1/2: one reduce bucket of both kinds, all-reduced once per process group in it;
+    # ZeRO-3: reduce-scatter buckets per group
+    ne_calls_0, ex_calls_0 = (buckets(non_expert, ZERO0_ALLREDUCE_BUCKET_ELEMENTS),
+                              buckets(expert, ZERO0_ALLREDUCE_BUCKET_ELEMENTS))
+    ipg_buckets = buckets(non_expert + expert, bucket_elements)
+    ne_calls_3, ex_calls_3 = buckets(non_expert, bucket_elements), buckets(expert, bucket_elements)
+    zero12 = ~zero0 & ~zero3
+    ne_calls = np.where(zero0, ne_calls_0, np.where(zero3, ne_calls_3, ipg_buckets))
+    ex_calls = np.where(zero0, ex_calls_0, np.where(zero3, ex_calls_3,
+                                                     np.where(expert > 0, ipg_buckets, 0)))
+    factor = np.where(zero3, 1.0, 2.0)  # reduce-scatter : all-reduce
+    reduce_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, links, factor=2.0,
+                                  calls=ne_calls)
+                     + ring_seconds(expert_bytes, g.edp, g.edp_stride, links, factor=2.0,
+                                    calls=ex_calls))
+    scatter_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, links, factor=1.0,
+                                   calls=ne_calls)
+                      + ring_seconds(expert_bytes, g.edp, g.edp_stride, links, factor=1.0,
+                                     calls=ex_calls))
+    once_s = np.where(zero3, scatter_once_s, reduce_once_s)
+    ring_bytes = (non_expert_bytes * (g.dp - 1) / g.dp + expert_bytes * (g.edp - 1) / g.edp)
+    occurrences = np.where(zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)  # ZeRO-2/3: every backward
+    pipeline_stages = np.where(zero12, ipg_buckets, ne_calls + ex_calls)
 
-    def grad_ring(f: float) -> tuple[Any, Any]:
-        secs = (ring_seconds(g_ne, dp, tp, links, factor=f, calls=k_ne)
-                + ring_seconds(g_ex, edp, ep * tp, links, factor=f, calls=k_ex))
-        return secs, f * (g_ne * (dp - 1) / dp + g_ex * (edp - 1) / edp)
-
-    (ar_s, ar_b), (rs_s, rs_b) = grad_ring(2.0), grad_ring(1.0)
-    red_once, red_bytes_once = np.where(is3, rs_s, ar_s), np.where(is3, rs_b, ar_b)
-    red_times = np.where(zero >= ZERO_PARTITIONS_GRADIENTS, ga, 1)  # ZeRO-2/3: every backward
-    # all-gathers of bf16 parameters: ZeRO-1/2 once after the step, ZeRO-3 per block and pass
-    ag_ne = np.where(is3, cfg.depth, _buckets(e_ne, bucket_elements))
-    ag_ex = np.where(is3, np.where(e_ex > 0, cfg.num_moe_layers, 0),
-                     _buckets(e_ex, bucket_elements))
-    ag_once = (ring_seconds(g_ne, dp, tp, links, factor=1.0, calls=ag_ne)
-               + ring_seconds(g_ex, edp, ep * tp, links, factor=1.0, calls=ag_ex))
-    post_step = ~is0 & ~is3
-    gathers = np.where(is3, (fwd + 1) * ga, 0)  # ZeRO-3: every forward and the backward
-    zeros = 0.0 * dp
-    return dict(
-        a2a_bytes=a2a_bytes, a2a_s=a2a_s, tp_bytes=tp_bytes, tp_s=tp_s,
-        grad_reduce_bytes=red_times * red_bytes_once, grad_reduce_s=red_times * red_once,
-        grad_reduce_per_micro_s=red_once, grad_buckets=k_ne + k_ex,
-        grad_ranks_per_node=ranks_per_node(dp, tp, G) + zeros,
-        expert_grad_ranks_per_node=ranks_per_node(edp, ep * tp, G) + zeros,
-        param_allgather_bytes=np.where(post_step, rs_b, 0.0),
-        param_allgather_s=np.where(post_step, ag_once, 0.0),
-        zero3_gather_bytes=gathers * rs_b, zero3_gather_s=gathers * ag_once,
-        zero3_gather_per_pass_s=np.where(is3, ag_once, 0.0),
+    # ZeRO-1/2 after the step: one all_gather_into_tensor per param group (all_gather_dp_groups
+    # ignores allgather_bucket_size); ZeRO-3: one per block and pass
+    gather_ne_calls = np.where(zero3, cfg.depth, 1) * (non_expert > 0)
+    gather_ex_calls = np.where(zero3, cfg.num_moe_layers, 1) * (expert > 0)
+    gather_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, links, factor=1.0,
+                                  calls=gather_ne_calls)
+                     + ring_seconds(expert_bytes, g.edp, g.edp_stride, links, factor=1.0,
+                                    calls=gather_ex_calls))
+    zero3_gathers = np.where(zero3, (forwards + 1) * ga, 0)  # every forward and the backward
+    post_step = np.where(zero12, 1.0, 0.0)
+    allgather_calls = (np.where(g.dp > 1, 1, 0) + np.where((expert > 0) & (g.edp > 1), 1, 0))
+    return CommBreakdown(
+        a2a_bytes=a2a_bytes + zeros, a2a_s=a2a_s + zeros, a2a_calls=a2a_calls + zeros,
+        tp_bytes=tp_bytes + zeros, tp_s=tp_s + zeros,
+        grad_reduce_bytes=occurrences * factor * ring_bytes + zeros,
+        grad_reduce_s=occurrences * once_s + zeros,
+        grad_reduce_per_micro_s=once_s + zeros, grad_buckets=pipeline_stages + zeros,
+        grad_reduce_calls=(np.where(g.dp > 1, ne_calls, 0)
+                           + np.where(g.edp > 1, ex_calls, 0)) + zeros,
+        grad_ranks_per_node=ranks_per_node(g.dp, g.dp_stride, node) + zeros,
+        expert_grad_ranks_per_node=ranks_per_node(g.edp, g.edp_stride, node) + zeros,
+        a2a_ranks_per_node=ranks_per_node(g.ep, g.ep_stride, node) + zeros,
+        param_allgather_bytes=post_step * ring_bytes + zeros,
+        param_allgather_s=post_step * gather_once_s + zeros,
+        param_allgather_calls=post_step * allgather_calls + zeros,
+        zero3_gather_bytes=zero3_gathers * ring_bytes + zeros,
+        zero3_gather_s=zero3_gathers * gather_once_s + zeros,
+        zero3_gather_per_pass_s=np.where(zero3, gather_once_s, 0.0) + zeros,
     )
 
 
 def comm_breakdown(cfg: ModelConfig, layout: Any, acc: Any, *, grad_accum: int,
-                   precision: Precision = Precision.BF16,
-                   devices_per_node: int | None = None) -> CommBreakdown:
+                   precision: Precision = Precision.BF16, devices_per_node: int | None = None,
+                   placement: Placement | str = Placement.EXPERT_BEFORE_DATA) -> CommBreakdown:
     """The communication of one ``ParallelLayout`` (same formulas as the vectorised search)."""
-    arrays = comm_arrays(cfg, ParamSplit.of(cfg), Links.of(acc, devices_per_node),
-                         dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
-                         micro_batch=layout.micro_batch, grad_accum=grad_accum,
-                         recompute_code=RECOMPUTE_ORDER.index(Recompute(layout.recompute)),
-                         precision=precision)
-    return CommBreakdown(**{k: float(v) for k, v in arrays.items()})
+    out = comm_arrays(cfg, ParamSplit.of(cfg), Links.of(acc, devices_per_node),
+                      dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
+                      micro_batch=layout.micro_batch, grad_accum=grad_accum,
+                      recompute_code=RECOMPUTE_ORDER.index(Recompute(layout.recompute)),
+                      precision=precision, placement_code=placement_code(placement))
+    return out.at(0, (1,))

@@ -36,6 +36,7 @@ from typing import Any
 from ..config import Optimizer, Precision, check_zero_stage
 from ..errors import ConfigError
 from .buckets import ZERO_BUCKET_ELEMENTS
+from .placement import DS_CONFIG_KEY
 
 RMSPROP_ALPHA = 0.999  # smoothing of the squared-gradient average (as ecdit_scale.train.worker)
 MOMENTUM = 0.9  # RMSProp / SGD momentum (the paper: "RMSProp with momentum")
@@ -112,12 +113,13 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
                      weight_decay: float = 0.0,
                      steps_per_print: int = 100,
                      bucket_elements: int = ZERO_BUCKET_ELEMENTS,
-                     moe: bool = False) -> dict[str, Any]:
+                     moe: bool = False, data_before_expert: bool = False) -> dict[str, Any]:
     """A DeepSpeed config dict. ``world`` is the data-parallel size (ranks that see different
     samples: dp; equal to the number of processes without tensor parallelism).
     ``client_optimizer``: the caller passes a torch optimizer to ``deepspeed.initialize`` (no
     "optimizer" section); ``scheduler=False`` leaves the learning rate to the caller.
-    ``moe``: the model has expert layers (``zero_section``)."""
+    ``moe``: the model has expert layers (``zero_section``); ``data_before_expert``: their
+    groups in DeepSpeed's data-before-expert rank order (``placement.py``)."""
     for name, value in (("micro_batch", micro_batch), ("grad_accum", grad_accum),
                         ("world", world)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -138,6 +140,8 @@ def deepspeed_config(*, micro_batch: int, grad_accum: int, zero_stage: int,
         "zero_optimization": zero_section(zero_stage, bucket_elements=bucket_elements,
                                           world=world, moe=moe),
     }
+    if moe and data_before_expert:
+        config[DS_CONFIG_KEY] = True
     if scheduler:
         config["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps,

@@ -27,27 +27,27 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (MOE_ZERO_STAGES, ZERO_STAGES, ClusterConfig, ModelConfig, ParallelLayout,
-                      Recompute, TrainingConfig, check_zero_stage, zero_supports_moe)
+from ..config import (EMA, MOE_ZERO_STAGES, ZERO_STAGES, ClusterConfig, ModelConfig,
+                      ParallelLayout, Recompute, TrainingConfig, check_zero_stage,
+                      zero_supports_moe)
 from ..errors import ConfigError
 from ..integers import divisors
 from ..units import format_bytes
 from .comm import COMM_ASSUMPTIONS, CommBreakdown, Links, comm_arrays
 from .flops import flops_per_image, training_flops_per_image
 from .memory import (RECOMPUTE_ORDER, MemoryBreakdown, ParamSplit, activation_bytes_per_sample,
-                     memory_arrays, moe_buffer_bytes_per_sample)
-from .step_time import OVERLAP_RULES, StepTime, step_time_arrays
+                     ema_bytes, memory_arrays, moe_buffer_bytes_per_sample)
+from .peak import peak_arrays
+from .placement import PLACEMENT_ORDER, Placement
+from .step_time import COMPUTE_ASSUMPTIONS, OVERLAP_RULES, StepTime, step_time_arrays
 
 MAX_MICRO_BATCH = 256
 ZERO3_MOE_FLAG = "zero3-moe: DeepSpeed-MoE does not support ZeRO-3 (estimate only)"
 TP_FLAG = ("tp>1: needs a Megatron-style tensor-parallel model; ecdit_scale.train runs "
            "data x expert parallelism only")
-PIN_KEYS = ("dp", "ep", "tp", "zero", "micro_batch", "recompute")
-STEP_ASSUMPTIONS = (
-    "compute at peak x efficiency (forward, backward, recompute)",
-    *OVERLAP_RULES.values(),
-    *COMM_ASSUMPTIONS,
-)
+PIN_KEYS = ("dp", "ep", "tp", "zero", "micro_batch", "recompute", "placement", "ema")
+EMA_ORDER = (EMA.NONE, EMA.REPLICATED, EMA.SHARDED)
+STEP_ASSUMPTIONS = (*COMPUTE_ASSUMPTIONS, *OVERLAP_RULES, *COMM_ASSUMPTIONS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,9 +63,12 @@ class LayoutEstimate:
     step: StepTime
     comm: CommBreakdown
     flags: tuple[str, ...] = ()
+    placement: Placement = Placement.EXPERT_BEFORE_DATA  # rank order of ep and expert-dp groups
+    ema: EMA = EMA.NONE  # where the EMA of the weights lives (none when the run keeps none)
 
     def describe(self) -> str:
-        return describe_layout(self.layout)
+        return (describe_layout(self.layout) + f" placement={self.placement.value}"
+                + (f" ema={self.ema.value}" if self.ema is not EMA.NONE else ""))
 
     def to_dict(self) -> dict[str, Any]:
         lay = self.layout
@@ -73,7 +76,8 @@ class LayoutEstimate:
             "layout": {"dp": lay.dp, "ep": lay.ep, "tp": lay.tp, "zero": lay.zero,
                        "micro_batch": lay.micro_batch, "recompute": lay.recompute.value,
                        "grad_accum": self.grad_accum, "expert_dp": lay.expert_dp,
-                       "world": lay.world},
+                       "world": lay.world, "placement": self.placement.value,
+                       "ema": self.ema.value},
             "memory": self.memory.to_dict(),
             "step": self.step.to_dict(),
             "comm": self.comm.to_dict(),
@@ -159,12 +163,13 @@ def _check_pins(pin: dict[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(f"--{key.replace('_', '-')} {pin[key]!r}: must be an integer >= 1")
     if "zero" in pin:
         check_zero_stage(pin["zero"], name="--zero")
-    if "recompute" in pin:
-        try:
-            pin["recompute"] = Recompute(pin["recompute"])
-        except ValueError:
-            raise ConfigError(f"--recompute {pin['recompute']!r}: choose one of "
-                              f"{', '.join(r.value for r in Recompute)}") from None
+    for key, kind in (("recompute", Recompute), ("placement", Placement), ("ema", EMA)):
+        if key in pin:
+            try:
+                pin[key] = kind(pin[key])
+            except ValueError:
+                raise ConfigError(f"--{key} {pin[key]!r}: choose one of "
+                                  f"{', '.join(r.value for r in kind)}") from None
     return pin
 
 
@@ -262,23 +267,46 @@ class _Columns:
     zero: np.ndarray
     mb: np.ndarray
     rc: np.ndarray  # index into RECOMPUTE_ORDER
+    pl: np.ndarray  # index into placement.PLACEMENT_ORDER
+    em: np.ndarray  # index into EMA_ORDER
 
     def __len__(self) -> int:
         return len(self.dp)
 
 
-def _columns(shapes, zeros, recomputes) -> _Columns:
+def _placements(dp: int, ep: int, placements: list[Placement]) -> list[Placement]:
+    """The placements that differ for this shape: with ep = 1 or ep = dp both orders build
+    the same groups (DeepSpeed's default stands for both)."""
+    return placements if 1 < ep < dp else placements[:1]
+
+
+def _columns(shapes, zeros, recomputes, placements=(Placement.EXPERT_BEFORE_DATA,),
+             emas=(EMA.NONE,)) -> _Columns:
     rc_codes = np.array([RECOMPUTE_ORDER.index(r) for r in recomputes])
+    em_codes = np.array([EMA_ORDER.index(e) for e in emas])
     zeros = np.array(zeros)
-    parts: list[list[np.ndarray]] = [[] for _ in range(6)]
+    parts: list[list[np.ndarray]] = [[] for _ in range(8)]
     for dp, ep, tp, mbs in shapes:
-        z, m, r = np.meshgrid(zeros, np.array(mbs), rc_codes, indexing="ij")
+        pl_codes = np.array([PLACEMENT_ORDER.index(p)
+                             for p in _placements(dp, ep, list(placements))])
+        z, m, r, p, e = np.meshgrid(zeros, np.array(mbs), rc_codes, pl_codes, em_codes,
+                                    indexing="ij")
         n = z.size
-        for col, arr in zip(parts, (np.full(n, dp), np.full(n, ep), np.full(n, tp),
-                                    z.ravel(), m.ravel(), r.ravel())):
+        for col, arr in zip(parts, (np.full(n, dp), np.full(n, ep), np.full(n, tp), z.ravel(),
+                                    m.ravel(), r.ravel(), p.ravel(), e.ravel())):
             col.append(arr)
     cat = [np.concatenate(p).astype(np.int64) for p in parts]
     return _Columns(*cat)
+
+
+def _choices(cfg: ModelConfig, training: TrainingConfig, pin: dict[str, Any]):
+    """(placements, EMAs) the search covers: both rank orders for an MoE model, and where
+    the run keeps an EMA both a sharded one and a replica (the ranking keeps the replica only
+    where it costs nothing); a pin fixes either."""
+    placements = (list(PLACEMENT_ORDER) if cfg.ffn.is_moe else [Placement.EXPERT_BEFORE_DATA])
+    emas = [EMA.NONE] if training.ema is EMA.NONE else [EMA.REPLICATED, EMA.SHARDED]
+    return ([pin["placement"]] if "placement" in pin else placements,
+            [pin["ema"]] if "ema" in pin else emas)
 
 
 class _Evaluator:
@@ -319,11 +347,20 @@ class _Evaluator:
         act = self.act_table(c.tp)[c.rc, c.tp]
         mem = memory_arrays(self.split, act, self.moe_buffer, dp=c.dp, ep=c.ep, tp=c.tp,
                             zero=c.zero, micro_batch=c.mb, optimizer=tr.optimizer,
-                            precision=tr.precision, ema=tr.ema, grad_accum=ga,
+                            precision=tr.precision, ema=EMA.NONE, grad_accum=ga,
                             fused=self.cuda_trainer, compiled=self.cuda_trainer)
+        # the EMA per layout (a search column), then the peak with it
+        non_expert = self.split.non_expert_per_device(c.tp)
+        expert = self.split.expert_per_device(c.ep, c.tp)
+        mem["ema"] = sum(np.where(c.em == code, ema_bytes(non_expert, expert, dp=c.dp,
+                                                          expert_dp=c.dp // c.ep, zero=c.zero,
+                                                          ema=kind), 0.0)
+                         for code, kind in enumerate(EMA_ORDER))
+        peak = peak_arrays(mem, ga)
+        mem["overhead"], mem["total"] = peak["overhead"], peak["total"]
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
-                          precision=tr.precision)
+                          precision=tr.precision, placement_code=c.pl)
         step = step_time_arrays(
             forward_flops=self.forward_flops, backward_flops=self.backward_flops,
             recompute_flops=self.recompute_flops[c.rc], model_flops=self.model_flops, com=com,
@@ -340,13 +377,13 @@ def _estimate(cfg: ModelConfig, c: _Columns, ev: dict, i: int) -> LayoutEstimate
     mem = MemoryBreakdown(**{k: float(np.broadcast_to(ev["mem"][k], c.dp.shape)[i])
                              for k in MemoryBreakdown._PARTS},
                           grad_accum=int(np.broadcast_to(ev["ga"], c.dp.shape)[i]))
-    comm = CommBreakdown(**{k: float(np.broadcast_to(v, c.dp.shape)[i])
-                            for k, v in ev["comm"].items()})
-    step = StepTime(**{k: float(np.broadcast_to(v, c.dp.shape)[i]) for k, v in ev["step"].items()})
+    comm = ev["comm"].at(i, c.dp.shape)
+    step = ev["step"].at(i, c.dp.shape)
     flags = (((ZERO3_MOE_FLAG,) if cfg.ffn.is_moe and not zero_supports_moe(layout.zero) else ())
              + ((TP_FLAG,) if layout.tp > 1 else ()))
     return LayoutEstimate(layout=layout, grad_accum=int(ev["ga"][i]), memory=mem, step=step,
-                          comm=comm, flags=flags)
+                          comm=comm, flags=flags, placement=PLACEMENT_ORDER[int(c.pl[i])],
+                          ema=EMA_ORDER[int(c.em[i])])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,10 +408,10 @@ def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterC
     shapes = enumerate_shapes(cfg, training, cluster, pin)
     zeros = [pin["zero"]] if "zero" in pin else list(moe_zeros)
     recomputes = [pin["recompute"]] if "recompute" in pin else list(RECOMPUTE_ORDER)
-    cols = _columns(shapes, zeros, recomputes)
+    cols = _columns(shapes, zeros, recomputes, *_choices(cfg, training, pin))
     ev = _Evaluator(cfg, training, cluster, acc)(cols)
     mem_total = np.broadcast_to(ev["mem"]["total"], cols.dp.shape)
-    total_s = ev["step"]["total_s"]
+    total_s = np.broadcast_to(ev["step"].total_s, cols.dp.shape)
     fits = mem_total <= acc.memory_bytes
     world = cluster.world
     if not fits.any():
@@ -387,9 +424,12 @@ def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterC
             f"{format_bytes(acc.memory_bytes)}")
     unsupported = ~np.isin(cols.zero, MOE_ZERO_STAGES) & cfg.ffn.is_moe
     # rank by step time; within 0.1% of each other (the model cannot tell them apart) prefer
-    # the larger micro-batch (fewer accumulation steps run faster on real kernels), then memory
+    # the larger micro-batch (fewer accumulation steps run faster on real kernels), then
+    # memory, then DeepSpeed's default placement and an EMA replica (where they cost nothing)
     step_bucket = np.round(np.log(total_s) / 1e-3)
-    order = np.lexsort((mem_total, -cols.mb, total_s, step_bucket, unsupported))
+    sharded = cols.em == EMA_ORDER.index(EMA.SHARDED)
+    order = np.lexsort((cols.pl, sharded, mem_total, -cols.mb, total_s, step_bucket,
+                        unsupported))
     order = order[fits[order]]
     feasible = [_estimate(cfg, cols, ev, int(i)) for i in order[:keep]]
     over = np.flatnonzero(~fits)
@@ -410,15 +450,19 @@ def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterC
 
 
 def estimate_layout(cfg: ModelConfig, layout: ParallelLayout, training: TrainingConfig,
-                    cluster: ClusterConfig, acc) -> LayoutEstimate:
-    """Memory, communication and step time of one layout (fits or not)."""
+                    cluster: ClusterConfig, acc, *,
+                    placement: Placement | str = Placement.EXPERT_BEFORE_DATA,
+                    ema: EMA | str | None = None) -> LayoutEstimate:
+    """Memory, communication and step time of one layout (fits or not), with ``placement``
+    and the EMA ``ema`` (default: as ``training.ema`` says)."""
     if layout.world != cluster.world:
         raise ConfigError(f"layout dp={layout.dp} x tp={layout.tp} = {layout.world} devices, "
                           f"but the cluster has {cluster.world}")
     pin = {"dp": layout.dp, "ep": layout.ep, "tp": layout.tp, "zero": layout.zero,
            "micro_batch": layout.micro_batch, "recompute": layout.recompute}
     shapes = enumerate_shapes(cfg, training, cluster, pin)
-    cols = _columns(shapes, [layout.zero], [layout.recompute])
+    cols = _columns(shapes, [layout.zero], [layout.recompute], [Placement(placement)],
+                    [EMA(ema if ema is not None else training.ema)])
     ev = _Evaluator(cfg, training, cluster, acc)(cols)
     return _estimate(cfg, cols, ev, 0)
 

@@ -1,46 +1,10 @@
 """Memory per device for training: model states (DeepSpeed ZeRO semantics), activations, buffers.
 
-Everything here is plain arithmetic that works on Python numbers *and* numpy arrays, so the
-layout search (``layouts.py``) evaluates thousands of layouts in one vectorised pass with the
-very formulas that ``memory_breakdown`` reports for one layout.
-
-Model states (bytes per parameter; DeepSpeed's mixed-precision recipe, as in its estimators
-``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``):
-
-    bf16 params 2 | bf16 grads 2 | fp32 grad copy 4 | fp32 master weights 4 | optimizer states K
-
-K = 8 for AdamW (two fp32 moments), 8 for RMSProp with momentum (square_avg + momentum buffer),
-4 for SGD with momentum. The fp32 gradient copy is what DeepSpeed makes of each rank's gradient
-partition for the optimizer step (``stage_1_and_2.py``: ``flat_grad_partition.to(fp32)``;
-``stage3.py``: ``_prepare_fp32_grad_for_sub_group``, at most ``sub_group_size`` = 1e9 elements
-at a time). ZeRO-1 partitions master weights, optimizer states and that fp32 copy over the
-data-parallel group; ZeRO-2 also the bf16 gradients; ZeRO-3 also the bf16 parameters.
-fp32 training: params 4, grads 4, no master copy, no fp32 copy.
-
-EMA of the weights (DiT keeps one, decay 0.9999), always fp32, 4 bytes per parameter of the
-weights it averages (``ema_bytes``): ``replicated`` keeps it for every parameter the rank holds
-before ZeRO (non-expert / tp, experts / (ep x tp)); ``sharded`` partitions it with the optimizer
-state (ZeRO >= 1: over dp for non-expert parameters, over dp/ep for experts), each rank updating
-the EMA of the master-weight partition it owns; at ZeRO-0 sharded is replicated.
-
-Which group: non-expert parameters are sharded by tensor parallelism (attention and FFN
-matrices, Megatron-style; embedders, adaLN, router and output head are *replicated* across tp
-ranks) and ZeRO-partitioned over dp. Expert parameters are sharded by ep (each rank holds
-E/ep experts) and by tp (each expert's hidden width), then ZeRO-partitioned over the
-*expert-data-parallel* group of dp/ep ranks (DeepSpeed-MoE), not over dp.
-
-The frozen text encoder is not resident: the project caches caption embeddings, so training
-reads text tokens, not captions.
-
-Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
-Transformer Models", Table 2: sbh(34 + 5as/h) per GPT layer), re-derived for this block from
-what autograd saves in ``ecdit_scale.model`` (see ``block_activations``). Attention is assumed
-to run as flash / memory-efficient SDPA on GPU (PyTorch picks it for bf16), so no S x S score
-matrix is kept; ``flash_attention=False`` adds the softmax output h*S^2 (math attention, no
-recompute). No sequence parallelism: tensors outside the tp-sharded matmuls are replicated
-across tp ranks. Checked against the torch model (``tests/test_memory.py``): within 1% of the
-bytes autograd saves (bf16, CPU), and within 0.2% of what the CUDA allocator holds after the
-forward on an H200 at micro-batch 16 (ecdit-xl, ecdit-xl-8e, dit-xl-2, a 4-block ecdit-m-64e).
+Plain arithmetic on Python numbers *and* numpy arrays, so the layout search (``layouts.py``)
+evaluates thousands of layouts in one vectorised pass with the very formulas that
+``memory_breakdown`` reports for one layout. Derivations (bytes per parameter, which group
+partitions what, the EMA, activations after Korthikanti et al. 2022, the peak):
+``DERIVATIONS.md``, section "Memory".
 """
 
 from __future__ import annotations
@@ -58,6 +22,7 @@ from ..params import count_params
 from .buckets import (ZERO_BUCKET_ELEMENTS, ZERO_BUCKETS, grad_buffer_bytes, optimizer_temp_bytes,
                       zero_bucket_bytes)
 from .peak import CONTEXT_BYTES, FRAGMENTATION, GiB, peak_arrays  # noqa: F401 (re-exported)
+from .derivations import assumptions
 from .flops import expert_slots_per_image
 
 BF16_BYTES = 2
@@ -71,25 +36,8 @@ ZERO3_LIVE_LAYERS = 2  # the layer being computed + the prefetched one (DeepSpee
 
 RECOMPUTE_ORDER = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
 
-ASSUMPTIONS = (
-    f"overhead = {FRAGMENTATION:.0%} fragmentation of all other terms + "
-    f"{CONTEXT_BYTES / GiB:.1f} GiB CUDA context/NCCL/framework",
-    "flash (memory-efficient) attention: no S x S scores are stored",
-    "text-encoder embeddings are precomputed (the frozen encoder is not resident)",
-    "tensor parallel shards attention/FFN/expert matrices (Megatron, no sequence parallelism); "
-    "embedders, adaLN, router and output head are replicated across tp ranks",
-    "expert params: sharded by ep, ZeRO-partitioned over the expert-data-parallel group dp/ep",
-    f"ZeRO buckets: {ZERO_BUCKETS} x {ZERO_BUCKET_ELEMENTS:.0e} elements (ds_config.json), "
-    "allocated at the backward's first gradient and freed before the step; on one "
-    "data-parallel rank one (MoE) or none (dense: a flat copy at the backward's end)",
-    "peak = states held all step (params, master weights, optimizer states, EMA) + the "
-    "largest of the forward's end (activations, MoE buffers and, eager, the stacked expert "
-    "weights, ZeRO-3 gathers, reduce buckets), the backward's end (gradients, reduce buckets "
-    "or the flat all-reduce copy) and the step (gradients, DeepSpeed's fp32 copy, the update's "
-    "temporaries: foreach AdamW/RMSprop per param group, none fused; torch has no fused "
-    "RMSprop); with gradient accumulation the gradients are held through the next "
-    "micro-batch's forward too",
-)
+ASSUMPTIONS = assumptions("Memory", fragmentation=FRAGMENTATION, context_gib=CONTEXT_BYTES / GiB,
+                          buckets=ZERO_BUCKETS, bucket_elements=ZERO_BUCKET_ELEMENTS)
 
 
 

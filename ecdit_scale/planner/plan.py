@@ -24,6 +24,7 @@ from .flops import FlopsBreakdown, flops_per_image, training_flops_per_image
 from .hardware import Accelerator, get_accelerator
 from .inference import InferenceEstimate, estimate_inference
 from .layouts import LayoutEstimate, SearchResult, search_layouts
+from .placement import data_before_expert
 
 
 # (FFN kind, experts, compute FLOPs) -> a mapping with the ScalingEstimate fields, or None when
@@ -154,7 +155,8 @@ class Plan:
                                 zero_stage=lay.zero, precision=tr.precision,
                                 optimizer=tr.optimizer, lr=tr.lr, warmup_steps=tr.warmup_steps,
                                 world=lay.dp, client_optimizer=True,
-                                moe=self.config.ffn.is_moe)
+                                moe=self.config.ffn.is_moe,
+                                data_before_expert=data_before_expert(self.best.placement))
 
     def to_dict(self) -> dict[str, Any]:
         acc, f = self.accelerator, self.flops_per_image
@@ -263,6 +265,8 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
                                     known={cluster.nodes: search.best})
     tp_alt = None if "tp" in pin else _tp_alternative(cfg, training, cluster, acc, pin)
     best = search.best
+    if training.ema is not best.ema:  # the run keeps the EMA where the search put it
+        training = replace(training, ema=best.ema)
     fwd = flops_per_image(cfg)
     tf = training_flops_per_image(cfg, best.layout.recompute)
     gb = training.global_batch

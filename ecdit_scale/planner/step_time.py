@@ -1,49 +1,10 @@
 """The step-time model: one optimizer step of one layout, term by term (``StepTime``).
 
 The same function prices one plan and the vectorised search (every input may be a numpy array
-with one entry per layout). Seconds per optimizer step, per device:
-
-Compute (hardware FLOPs at ``acc.sustained_flops`` = peak x efficiency; each device does 1/tp
-of its tp group's images, tp groups split the batch):
-    forward_s, backward_s, recompute_s (the forward rerun by activation recomputation).
-
-Communication (link seconds from ``comm.py``), each split into exposed and hidden the way
-DeepSpeed 0.19.8 / Megatron schedule it:
-- expert all-to-all: on the critical path (the expert GEMMs wait for the dispatch, the next
-  block for the combine): all exposed;
-- tensor-parallel all-reduces: on the critical path (Megatron: the next op reads the sum);
-- gradient reduction (``OVERLAP_RULES``):
-  ZeRO-0: all-reduced by the engine after the backward (``_backward_epilogue ->
-  allreduce_gradients``): exposed;
-  ZeRO-1/2 with ``overlap_comm``: a bucket is launched on the reduction stream as soon as the
-  backward has filled it, so the buckets pipeline behind the backward (ZeRO-1 only in the last
-  micro-batch's, ZeRO-2 in every micro-batch's); the epilogue waits for the last one;
-  ZeRO-3: the reduce-scatters and the backward's parameter re-gathers share that pipeline;
-- ZeRO-1/2 parameter all-gather after ``optimizer.step`` (``all_gather_dp_groups``): exposed;
-- ZeRO-3 forward gathers: prefetched one block ahead behind the forward;
-- optimizer step: memory-bound, exposed (bytes of master weights, states, fp32 gradients and
-  parameters it reads and writes / HBM bandwidth).
-
-A pipeline of k equal buckets of total C behind a window W (gradients appear at a uniform rate:
-bucket i is ready at i W / k and the buckets run one after another) ends at
-max(W + C/k, W/k + C); what sticks out past the window is
-    exposed = max(C / k, C - W (k - 1) / k)      (the last bucket is always exposed).
-MFU = model FLOPs per image x global batch / (world x peak x total_s).
-
-With a measured device profile (``acc.profile``, ``ecdit-scale profile``) compute is priced by
-operator class instead (``compute.py``: GEMMs by shape, SDPA, memory-bound bytes), plus
-- launch_s: kernels x the measured per-kernel launch cost; a host that runs the kernels itself
-  (CPU, ``serial``) pays all of it, an asynchronous device only what the kernels' own time
-  cannot hide (``max(0, kernels x launch - device time)`` per micro-batch);
-- engine_s: the measured per-parameter-tensor work of autograd, once per micro-batch's
-  backward, plus what DeepSpeed's engine adds per step at the layout's ZeRO stage where the
-  profile measured it (``evaluation.engine_probe``): per parameter tensor
-  (``deepspeed_engine``) and per parameter the device holds (``deepspeed_engine_per_param``:
-  its passes over gradients and weights);
-- the optimizer at the measured seconds per byte, plus seconds per tensor it steps over.
-Without a profile (the catalog's datasheet entries) compute is today's one constant: hardware
-FLOPs / (peak x efficiency); gemm_s / attention_s / memory_bound_s / launch_s / engine_s /
-kernels are then 0 (not priced separately).
+with one entry per layout): compute (``_datasheet_compute`` or, with a measured device profile,
+``_profiled_compute``), the collectives of ``comm.py`` split into exposed and hidden parts, and
+the optimizer step with the EMA update. Derivations: ``DERIVATIONS.md``, sections "Overlap",
+"Compute" and "Optimizer and EMA".
 """
 
 from __future__ import annotations
@@ -57,21 +18,13 @@ from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, Precision)
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
+from .derivations import assumptions
 from .operators import param_tensor_count
 
 OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
 
-OVERLAP_RULES = {
-    "a2a": "expert all-to-all: on the critical path, exposed",
-    "tp": "tensor-parallel all-reduces: on the critical path, exposed",
-    "grad_reduce": ("gradients: ZeRO-0 all-reduce after the backward, exposed; ZeRO-1/2 "
-                    "(overlap_comm) buckets pipelined behind the backward (ZeRO-1: last "
-                    "micro-batch, ZeRO-2: every one), last bucket exposed; ZeRO-3 "
-                    "reduce-scatter in the same pipeline as the backward's re-gathers"),
-    "param_allgather": "ZeRO-1/2 all-gather of updated parameters after optimizer.step: exposed",
-    "zero3_gather": "ZeRO-3 parameter gathers: prefetched one block ahead behind compute",
-    "optimizer": "optimizer step: memory-bound, exposed",
-}
+OVERLAP_RULES = assumptions("Overlap")
+COMPUTE_ASSUMPTIONS = assumptions("Compute") + assumptions("Optimizer and EMA")
 
 PROFILED_FIELDS = ("gemm_s", "attention_s", "memory_bound_s", "launch_s", "engine_s", "kernels")
 
@@ -147,6 +100,11 @@ class StepTime:
         rows.append(("optimizer", self.optimizer_s, self.optimizer_s))
         return rows
 
+    def at(self, i: int, shape: tuple[int, ...]) -> "StepTime":
+        """Layout ``i`` of a StepTime over layouts."""
+        return StepTime(**{f.name: float(np.broadcast_to(getattr(self, f.name), shape)[i])
+                           for f in fields(self)})
+
     def to_dict(self) -> dict[str, float]:
         out = {f.name: float(getattr(self, f.name)) for f in fields(self)}
         if not self.kernels:  # datasheet path: compute not split into operator classes
@@ -160,103 +118,161 @@ class StepTime:
 
 def pipeline_exposed(comm_s: Any, window_s: Any, buckets: Any) -> Any:
     """Exposed seconds of ``buckets`` equal collectives of ``comm_s`` in all, launched as a
-    window of ``window_s`` compute produces them (see the module docstring)."""
-    c, w = np.asarray(comm_s, dtype=float), np.asarray(window_s, dtype=float)
-    k = np.maximum(np.asarray(buckets, dtype=float), 1.0)
-    return np.clip(np.maximum(c / k, c - w * (k - 1) / k), 0.0, c)
+    window of ``window_s`` compute produces them (``DERIVATIONS.md``, "Overlap")."""
+    comm_s, window_s = np.asarray(comm_s, dtype=float), np.asarray(window_s, dtype=float)
+    stages = np.maximum(np.asarray(buckets, dtype=float), 1.0)
+    last_bucket_s = comm_s / stages
+    past_window_s = comm_s - window_s * (stages - 1) / stages
+    return np.clip(np.maximum(last_bucket_s, past_window_s), 0.0, comm_s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Compute:
+    """Compute seconds per step and per micro-batch (the windows communication hides behind)."""
+
+    forward_s: Any
+    backward_s: Any
+    recompute_s: Any
+    micro_forward_s: Any  # one micro-batch's forward
+    micro_backward_s: Any  # one micro-batch's backward (with its recompute)
+    profiled: dict[str, Any]  # StepTime's profiled-only fields; empty on the datasheet path
+
+
+def _datasheet_compute(*, forward_flops: float, backward_flops: float, recompute_flops: Any,
+                       acc: Any, world: int, global_batch: int, tp: Any, micro_batch: Any,
+                       zeros: Any) -> _Compute:
+    """Hardware FLOPs at ``acc.sustained_flops`` (peak x efficiency)."""
+    flops_per_s = acc.sustained_flops
+    images_per_device = global_batch / world  # each device: 1/tp of its tp group's images
+    micro_images = np.asarray(micro_batch) / np.asarray(tp)
+    recompute_flops = np.asarray(recompute_flops)
+    return _Compute(
+        forward_s=forward_flops * images_per_device / flops_per_s + zeros,
+        backward_s=backward_flops * images_per_device / flops_per_s + zeros,
+        recompute_s=recompute_flops * images_per_device / flops_per_s + zeros,
+        micro_forward_s=forward_flops * micro_images / flops_per_s,
+        micro_backward_s=(backward_flops + recompute_flops) * micro_images / flops_per_s,
+        profiled={})
+
+
+def _profiled_compute(*, cfg: Any, acc: Any, mem: dict[str, Any], tp: Any, ep: Any, zero: Any,
+                      micro_batch: Any, grad_accum: Any, recompute_code: Any,
+                      precision: Precision, zeros: Any) -> _Compute:
+    """Operator classes from the measured profile (``compute.py``), plus launch and engine."""
+    prof = acc.profile
+    ops = micro_batch_arrays(cfg, acc, micro_batch=micro_batch, tp=tp,
+                             recompute_code=recompute_code, precision=precision, ep=ep)
+    phases = ("forward", "backward", "recompute")
+    classes = {"gemm_s": "gemm_s", "attention_s": "attention_s", "memory_bound_s": "memory_s"}
+    per_phase = {ph: sum(ops[f"{ph}_{key}"] for key in classes.values()) for ph in phases}
+    micro_forward_s = per_phase["forward"]
+    micro_backward_s = per_phase["backward"] + per_phase["recompute"]
+    kernels = sum(ops[f"{ph}_kernels"] for ph in phases)
+    launch_s = kernels * (prof.launch_s or 0.0)
+    if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
+        launch_s = np.maximum(0.0, launch_s - (micro_forward_s + micro_backward_s))
+    tensors = param_tensor_count(cfg)
+    autograd_s = (prof.engine_s_per_param_tensor or 0.0) * tensors
+    # DeepSpeed's engine per step at the layout's stage: per tensor and per local parameter
+    local_params = mem["params"] / dtype_bytes(precision)
+    deepspeed_s = zeros + 0.0 * np.asarray(zero)
+    for stage in set(prof.deepspeed_engine_s) | set(prof.deepspeed_engine_s_per_param):
+        stage_s = (prof.deepspeed_engine_s.get(stage, 0.0) * tensors
+                   + prof.deepspeed_engine_s_per_param.get(stage, 0.0) * local_params)
+        deepspeed_s = deepspeed_s + np.where(np.asarray(zero) == stage, stage_s, 0.0)
+    ga = np.asarray(grad_accum)
+    profiled = {name: ga * sum(ops[f"{ph}_{key}"] for ph in phases)
+                for name, key in classes.items()}
+    profiled.update(launch_s=ga * launch_s, engine_s=ga * autograd_s + deepspeed_s,
+                    kernels=ga * kernels)
+    return _Compute(forward_s=ga * per_phase["forward"] + zeros,
+                    backward_s=ga * per_phase["backward"] + zeros,
+                    recompute_s=ga * per_phase["recompute"] + zeros,
+                    micro_forward_s=micro_forward_s, micro_backward_s=micro_backward_s,
+                    profiled=profiled)
+
+
+def optimizer_bytes(mem: dict[str, Any], precision: Precision) -> Any:
+    """Bytes the optimizer step and the EMA update move per device (``DERIVATIONS.md``,
+    "Optimizer and EMA"): read + write the states (and bf16's fp32 master weights), read the
+    fp32 gradients, write the bf16 weights of the partition it updates (DeepSpeed copies the
+    fp32 partition into them; the rest arrive by the all-gather); fp32: read and write the
+    weights (DeepSpeed's fp32 partition is priced through the params). The EMA update reads
+    and writes the fp32 EMA and reads the weights it averages, at their own width."""
+    bf16 = Precision(precision) is Precision.BF16
+    states_bytes = 2 * (mem["optimizer_states"] + (mem["master_weights"] if bf16 else 0.0))
+    grads_bytes = mem["fp32_grads"] if bf16 else 0.0
+    weights_bytes = mem["master_weights"] / 2 if bf16 else 2 * mem["params"]
+    ema_bytes = (2 + (0.5 if bf16 else 1.0)) * mem["ema"]
+    return states_bytes + grads_bytes + weights_bytes + ema_bytes
 
 
 def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_flops: Any,
-                     model_flops: float, com: dict[str, Any], mem: dict[str, Any], acc: Any,
+                     model_flops: float, com: Any, mem: dict[str, Any], acc: Any,
                      depth: int, world: int, global_batch: int, tp: Any, zero: Any,
                      micro_batch: Any, grad_accum: Any, recompute_code: Any,
-                     precision: Precision, cfg: Any = None, ep: Any = 1) -> dict[str, Any]:
-    """Every StepTime field as arrays over layouts. ``com`` holds ``comm.comm_arrays``'
-    fields, ``mem`` ``memory.memory_arrays``'; FLOPs are per image. With ``cfg`` and a
-    profiled ``acc``, compute is priced by operator class (module docstring)."""
-    tp, zero = np.asarray(tp), np.asarray(zero)
-    mb, ga = np.asarray(micro_batch), np.asarray(grad_accum)
+                     precision: Precision, cfg: Any = None, ep: Any = 1) -> StepTime:
+    """The StepTime of every layout (fields are arrays over layouts). ``com`` is
+    ``comm.comm_arrays``' CommBreakdown, ``mem`` ``memory.memory_arrays``'; FLOPs are per
+    image. With ``cfg`` and a profiled ``acc``, compute is priced by operator class."""
+    zero, ga = np.asarray(zero), np.asarray(grad_accum)
+    zeros = 0.0 * np.asarray(micro_batch) * zero  # broadcasts scalars to the layouts' shape
     prof = getattr(acc, "profile", None)
-    extra: dict[str, Any] = {}
     if prof is not None and cfg is not None:
-        c = micro_batch_arrays(cfg, acc, micro_batch=mb, tp=tp, recompute_code=recompute_code,
-                               precision=precision, ep=ep)
-        dev = {ph: c[f"{ph}_gemm_s"] + c[f"{ph}_attention_s"] + c[f"{ph}_memory_s"]
-               for ph in ("forward", "backward", "recompute")}
-        t_fwd, t_bwd = dev["forward"], dev["backward"] + dev["recompute"]
-        kernels = c["forward_kernels"] + c["backward_kernels"] + c["recompute_kernels"]
-        launch = kernels * (prof.launch_s or 0.0)
-        if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
-            launch = np.maximum(0.0, launch - (t_fwd + t_bwd))
-        tensors = param_tensor_count(cfg)
-        engine = (prof.engine_s_per_param_tensor or 0.0) * tensors
-        # what DeepSpeed's engine adds per step at the layout's stage: per parameter tensor,
-        # and per parameter the device holds (its passes over gradients and weights)
-        local_params = mem["params"] / dtype_bytes(precision)
-        ds_engine = np.zeros_like(np.asarray(zero, dtype=float))
-        for stage in set(prof.deepspeed_engine_s) | set(prof.deepspeed_engine_s_per_param):
-            sec = (prof.deepspeed_engine_s.get(stage, 0.0) * tensors
-                   + prof.deepspeed_engine_s_per_param.get(stage, 0.0) * local_params)
-            ds_engine = ds_engine + np.where(zero == stage, sec, 0.0)
-        forward_s, backward_s, recompute_s = (ga * dev[ph] for ph in
-                                              ("forward", "backward", "recompute"))
-        extra = dict(
-            gemm_s=ga * sum(c[f"{ph}_gemm_s"] for ph in ("forward", "backward", "recompute")),
-            attention_s=ga * sum(c[f"{ph}_attention_s"]
-                                 for ph in ("forward", "backward", "recompute")),
-            memory_bound_s=ga * sum(c[f"{ph}_memory_s"]
-                                    for ph in ("forward", "backward", "recompute")),
-            launch_s=ga * launch, engine_s=ga * engine + ds_engine + 0.0 * mb,
-            kernels=ga * kernels)
+        compute = _profiled_compute(cfg=cfg, acc=acc, mem=mem, tp=tp, ep=ep, zero=zero,
+                                    micro_batch=micro_batch, grad_accum=ga,
+                                    recompute_code=recompute_code, precision=precision,
+                                    zeros=zeros)
     else:
-        flops_s = acc.sustained_flops
-        per_step = global_batch / (world * flops_s)  # seconds per FLOP-per-image of the step
-        per_micro = mb / tp / flops_s
-        rec = np.asarray(recompute_flops)
-        t_fwd, t_bwd = forward_flops * per_micro, (backward_flops + rec) * per_micro
-        forward_s = forward_flops * per_step + 0.0 * mb
-        backward_s = backward_flops * per_step + 0.0 * mb
-        recompute_s = rec * per_step + 0.0 * mb
+        compute = _datasheet_compute(forward_flops=forward_flops, backward_flops=backward_flops,
+                                     recompute_flops=recompute_flops, acc=acc, world=world,
+                                     global_batch=global_batch, tp=tp, micro_batch=micro_batch,
+                                     zeros=zeros)
 
-    is0 = zero < ZERO_PARTITIONS_OPTIMIZER
-    is2, is3 = zero >= ZERO_PARTITIONS_GRADIENTS, zero >= ZERO_PARTITIONS_PARAMETERS
-    red, k = com["grad_reduce_per_micro_s"], com["grad_buckets"]
-    gat = com["zero3_gather_per_pass_s"]
-    fwd_passes = forward_passes(recompute_code)
-    # backward pipeline: the gradient buckets (and, with ZeRO-3, the backward's gathers,
-    # one per block and pass: the recomputed forward re-gathers too)
-    bwd_gat = np.where(is3, gat * fwd_passes, 0.0)
-    bwd_comm = red + bwd_gat
-    bwd_exposed = pipeline_exposed(bwd_comm, t_bwd, k + np.where(is3, depth * fwd_passes, 0))
-    red_share = np.where(bwd_comm > 0, red / np.where(bwd_comm > 0, bwd_comm, 1.0), 0.0)
-    times = np.where(is2, ga, 1)
-    grad_exposed = np.where(is0, com["grad_reduce_s"], times * bwd_exposed * red_share)
-    z3_exposed = np.where(is3, ga * (pipeline_exposed(gat, t_fwd, depth)
-                                     + bwd_exposed * (1.0 - red_share)), 0.0)
+    zero0 = zero < ZERO_PARTITIONS_OPTIMIZER
+    zero2 = zero >= ZERO_PARTITIONS_GRADIENTS
+    zero3 = zero >= ZERO_PARTITIONS_PARAMETERS
+    # the backward's pipeline: gradient buckets, and with ZeRO-3 the backward's re-gathers
+    # (one per block and forward pass: the recomputed forward gathers again)
+    reduce_per_micro_s = com.grad_reduce_per_micro_s
+    gather_per_pass_s = com.zero3_gather_per_pass_s
+    backward_gather_s = np.where(zero3, gather_per_pass_s * forward_passes(recompute_code), 0.0)
+    backward_comm_s = reduce_per_micro_s + backward_gather_s
+    backward_stages = com.grad_buckets + np.where(zero3, depth * forward_passes(recompute_code), 0)
+    backward_exposed_s = pipeline_exposed(backward_comm_s, compute.micro_backward_s,
+                                          backward_stages)
+    reduce_share = np.where(backward_comm_s > 0,
+                            reduce_per_micro_s / np.where(backward_comm_s > 0, backward_comm_s, 1.0),
+                            0.0)
+    reductions = np.where(zero2, ga, 1)  # ZeRO-2/3 reduce in every backward, ZeRO-1 in the last
+    grad_exposed_s = np.where(zero0, com.grad_reduce_s,
+                              reductions * backward_exposed_s * reduce_share)
+    forward_gather_exposed_s = pipeline_exposed(gather_per_pass_s, compute.micro_forward_s, depth)
+    zero3_exposed_s = np.where(zero3, ga * (forward_gather_exposed_s
+                                            + backward_exposed_s * (1.0 - reduce_share)), 0.0)
 
-    bf16 = Precision(precision) is Precision.BF16
-    # fp32: the update's traffic is priced as the weights' own (DeepSpeed's fp32 partition at
-    # ZeRO-1/2, which the memory counts as master weights, is priced through the params)
-    opt_bytes = (2 * (mem["optimizer_states"] + (mem["master_weights"] if bf16 else 0.0))
-                 + (mem["fp32_grads"] if bf16 else 0.0) + (1 if bf16 else 2) * mem["params"])
-    opt_bytes = opt_bytes + 3 * mem["ema"]  # EMA update: read + write it, read the weights
+    moved_bytes = optimizer_bytes(mem, precision)
     if prof is not None and cfg is not None and prof.optimizer_s_per_byte is not None:
         # ZeRO-0 steps every parameter tensor; ZeRO-1/2/3 a flat partition per param group
-        tensors = np.where(is0, param_tensor_count(cfg), OPTIMIZER_FLAT_GROUPS)
-        optimizer_s = (opt_bytes * prof.optimizer_s_per_byte
-                       + tensors * (prof.optimizer_s_per_tensor or 0.0))
+        stepped_tensors = np.where(zero0, param_tensor_count(cfg), OPTIMIZER_FLAT_GROUPS)
+        optimizer_s = (moved_bytes * prof.optimizer_s_per_byte
+                       + stepped_tensors * (prof.optimizer_s_per_tensor or 0.0))
     else:
-        optimizer_s = opt_bytes / bandwidth(acc)
-    exposed = com["a2a_s"] + com["tp_s"] + grad_exposed + com["param_allgather_s"] + z3_exposed
-    total = (forward_s + backward_s + recompute_s + exposed + optimizer_s
-             + extra.get("launch_s", 0.0) + extra.get("engine_s", 0.0))
-    return dict(
-        forward_s=forward_s, backward_s=backward_s, recompute_s=recompute_s,
-        a2a_s=com["a2a_s"], a2a_exposed_s=com["a2a_s"], tp_s=com["tp_s"],
-        tp_exposed_s=com["tp_s"], grad_reduce_s=com["grad_reduce_s"],
-        grad_reduce_exposed_s=grad_exposed, param_allgather_s=com["param_allgather_s"],
-        param_allgather_exposed_s=com["param_allgather_s"],
-        zero3_gather_s=com["zero3_gather_s"], zero3_gather_exposed_s=z3_exposed,
-        optimizer_s=optimizer_s, total_s=total,
-        mfu=model_flops * global_batch / (world * acc.peak_bf16_flops * total),
-        images_per_s=global_batch / total, **extra)
+        optimizer_s = moved_bytes / bandwidth(acc)
+
+    exposed_comm_s = (com.a2a_s + com.tp_s + grad_exposed_s + com.param_allgather_s
+                      + zero3_exposed_s)
+    overheads_s = compute.profiled.get("launch_s", 0.0) + compute.profiled.get("engine_s", 0.0)
+    total_s = (compute.forward_s + compute.backward_s + compute.recompute_s + exposed_comm_s
+               + optimizer_s + overheads_s)
+    mfu = model_flops * global_batch / (world * acc.peak_bf16_flops * total_s)
+    return StepTime(
+        forward_s=compute.forward_s, backward_s=compute.backward_s,
+        recompute_s=compute.recompute_s,
+        a2a_s=com.a2a_s, a2a_exposed_s=com.a2a_s, tp_s=com.tp_s, tp_exposed_s=com.tp_s,
+        grad_reduce_s=com.grad_reduce_s, grad_reduce_exposed_s=grad_exposed_s + zeros,
+        param_allgather_s=com.param_allgather_s,
+        param_allgather_exposed_s=com.param_allgather_s,
+        zero3_gather_s=com.zero3_gather_s, zero3_gather_exposed_s=zero3_exposed_s + zeros,
+        optimizer_s=optimizer_s + zeros, total_s=total_s + zeros, mfu=mfu + zeros,
+        images_per_s=global_batch / total_s + zeros, **compute.profiled)

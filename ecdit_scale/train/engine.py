@@ -21,6 +21,7 @@ from torch import nn
 from ..config import ModelConfig, Optimizer, Recompute, Schedule
 from ..model import build_model
 from ..planner.deepspeed_config import ADAM_BETAS, MOMENTUM, RMSPROP_ALPHA, deepspeed_defaults
+from ..planner.placement import DS_CONFIG_KEY, Placement
 from .ema import make_ema
 from .grad_norm import use_foreach_grad_norm
 from .expert_parallel import (create_groups, is_expert_param, param_counts, parallelize,
@@ -191,7 +192,11 @@ def setup(rd: RunDir) -> Rank:
         # DeepSpeed would JIT-compile its shared-memory all-reduce (minutes); gloo does it
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if s.device is Device.CUDA else "gloo")
-    ep = create_groups(s.ep) if cfg.ffn.is_moe else single_process()
+    # the rank order the plan chose, as ds_config.json tells DeepSpeed's engine
+    placement = (Placement.DATA_BEFORE_EXPERT
+                 if json.loads(rd.ds_config.read_text()).get(DS_CONFIG_KEY)
+                 else Placement.EXPERT_BEFORE_DATA)
+    ep = create_groups(s.ep, placement) if cfg.ffn.is_moe else single_process()
     clock.mark("process_groups")
     model = build_parallel_model(cfg, s, ep, device=device)
     counts = param_counts(model, ep)

@@ -51,6 +51,8 @@ from deepspeed.moe.layer import MoE as _DeepSpeedMoE  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ..config import FFNKind, ModelConfig  # noqa: E402
+from ..planner.placement import (Placement, data_before_expert,  # noqa: E402
+                                 expert_group_ranks)
 from ..model.moe import Experts, LocalExchange, MoELayer, expert_ffn  # noqa: E402
 from ..model.layers import Mlp  # noqa: E402
 
@@ -75,8 +77,11 @@ class ExpertParallel:
         return range(self.ep_rank * n, (self.ep_rank + 1) * n)
 
 
-def create_groups(ep_size: int) -> ExpertParallel:
-    """Create (once) DeepSpeed's expert-parallel and expert-data-parallel groups of size ep.
+def create_groups(ep_size: int,
+                  placement: Placement | str = Placement.EXPERT_BEFORE_DATA) -> ExpertParallel:
+    """Create (once) DeepSpeed's expert-parallel and expert-data-parallel groups of size ep,
+    in the rank order ``placement`` names (``planner.placement``: the groups the plan prices;
+    DeepSpeed's own lists are checked against them).
 
     Needs an initialised process group (``deepspeed.init_distributed``). Every rank must call it.
     """
@@ -87,7 +92,17 @@ def create_groups(ep_size: int) -> ExpertParallel:
         raise ValueError(f"expert-parallel size {ep_size} must divide the world size {world}")
     name = group_name(ep_size)
     if name not in groups._get_expert_parallel_group_dict():
-        groups._create_expert_and_data_parallel(ep_size)
+        groups._create_expert_and_data_parallel(
+            ep_size, use_data_before_expert_parallel_=data_before_expert(placement))
+    ep_groups, edp_groups = expert_group_ranks(world, ep_size, placement)
+    rank = dist.get_rank()
+    want = (next(g for g in ep_groups if rank in g), next(g for g in edp_groups if rank in g))
+    have = (list(groups._get_expert_parallel_group_ranks(name)),
+            list(groups._get_expert_data_parallel_group_ranks(name)))
+    if have != want:
+        raise RuntimeError(f"rank {rank}: DeepSpeed's {name} groups (expert-parallel, "
+                           f"expert-data-parallel) are {have}, {Placement(placement).value} "
+                           f"names {want} (made earlier in another order?)")
     return ExpertParallel(
         ep_size=ep_size,
         ep_rank=groups._get_expert_parallel_rank(name),
