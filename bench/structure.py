@@ -28,7 +28,8 @@ PACKAGE = "ecdit_scale"
 # planner.hardware sits below the rest of planner). "ecdit_scale" is the package's __init__.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("ecdit_scale", "config", "errors", "files", "units", "checks", "integers")),
-    ("catalog", ("sizes", "params", "planner.hardware", "planner.device_profile")),
+    ("catalog", ("sizes", "params", "planner.hardware", "planner.device_profile",
+                 "planner.derived_profile")),
     ("model, planner, scaling", ("model", "planner", "scaling", "cards")),
     ("datasets", ("datasets",)),
     ("train, evaluation", ("train", "evaluation")),

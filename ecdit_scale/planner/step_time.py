@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
+from ..config import (HALF_PRECISIONS, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, Precision)
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
@@ -209,7 +209,7 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
             launch_s=ga * launch, engine_s=ga * engine + ds_engine + 0.0 * mb,
             kernels=ga * kernels)
     else:
-        flops_s = acc.sustained_flops
+        flops_s = acc.peak_flops_for(Precision(precision).value) * acc.efficiency
         per_step = global_batch / (world * flops_s)  # seconds per FLOP-per-image of the step
         per_micro = mb / tp / flops_s
         rec = np.asarray(recompute_flops)
@@ -234,7 +234,7 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
     z3_exposed = np.where(is3, ga * (pipeline_exposed(gat, t_fwd, depth)
                                      + bwd_exposed * (1.0 - red_share)), 0.0)
 
-    bf16 = Precision(precision) is Precision.BF16
+    bf16 = Precision(precision) in HALF_PRECISIONS
     # fp32: the update's traffic is priced as the weights' own (DeepSpeed's fp32 partition at
     # ZeRO-1/2, which the memory counts as master weights, is priced through the params)
     opt_bytes = (2 * (mem["optimizer_states"] + (mem["master_weights"] if bf16 else 0.0))
