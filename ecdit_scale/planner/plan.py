@@ -290,8 +290,8 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         "override it for your provider",
     ]
     if training.precision.value != "bf16":
-        estimated.append(f"compute is priced at the bf16 peak; a {training.precision.value} "
-                         "run on tensor cores is slower than this estimate")
+        estimated.append(f"compute: {training.precision.value} math at its own datasheet peak, "
+                         f"{acc.peak_flops_for(training.precision.value) / 1e12:g} TFLOP/s")
     if best.flags:
         estimated.append("best layout flagged: " + "; ".join(best.flags))
     return Plan(
