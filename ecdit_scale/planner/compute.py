@@ -75,7 +75,7 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     for mm, nn, kk, cc in shapes:
         flops = 2.0 * mm * nn * kk * cc
         if prof is not None and prof.has_gemm:
-            rate = prof.gemm_rate(mm, nn, kk) * _scale(acc, precision)
+            rate = prof.gemm_rate_memo(mm, nn, kk) * _scale(acc, precision)
             total += float(np.sum(flops / rate))
         else:
             total += float(np.sum(flops)) / _fallback_flops(acc, precision)
