@@ -192,7 +192,8 @@ def term_sources(acc: Any) -> dict[str, str]:
         return {"compute": derived_note(prof),
                 "precision": "GEMM/SDPA rates x datasheet peak of the run's math / bf16 peak",
                 "peaks": ", ".join(f"{k} {v / 1e12:g} TFLOP/s"
-                                   for k, v in getattr(acc, "peak_flops", ())),
+                                   for k, v in getattr(acc, "peak_flops", ()))
+                + (f" ({acc.citations})" if getattr(acc, "citations", "") else ""),
                 **extra}
     return {
         **extra,

@@ -32,6 +32,8 @@ from .layouts import LayoutEstimate, SearchResult, search_layouts
 ScalingModel = Callable[[str, int, float], "Mapping[str, Any] | None"]
 
 
+TRAINER_RUNS = ("bf16", "fp32")  # the precisions ecdit_scale.train launches
+
 @dataclass(frozen=True, kw_only=True)
 class FlopsPerStep:
     model: float  # forward + backward of the global batch: what MFU divides
@@ -127,13 +129,17 @@ class Plan:
 
     @property
     def launchable(self) -> bool:
-        """Whether DeepSpeed can run the plan (else: no launch.sh, hostfile or ds_config.json)."""
-        return self.accelerator.runs_deepspeed
+        """Whether DeepSpeed can run the plan (else: no launch.sh, hostfile or ds_config.json):
+        a DeepSpeed device and a precision the trainer runs (fp16 / tf32 are priced only)."""
+        return self.accelerator.runs_deepspeed and self.training.precision.value in TRAINER_RUNS
 
     @property
     def launch_note(self) -> str | None:
         if self.launchable:
             return None
+        if self.accelerator.runs_deepspeed:
+            return (f"no launch files: ecdit_scale.train runs {' or '.join(TRAINER_RUNS)}, not "
+                    f"{self.training.precision.value}; this plan is for sizing only")
         return (f"no launch files: {self.accelerator.name} has no DeepSpeed accelerator "
                 f"(deepspeed_accelerator: {self.accelerator.deepspeed_accelerator}); this plan "
                 "is for sizing only")
