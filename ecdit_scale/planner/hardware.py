@@ -221,17 +221,18 @@ def accelerator_from_dict(data: Any, *, name: str | None = None,
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _parse(data: Any, *, source: str) -> dict[str, Accelerator]:
+def _parse(data: Any, *, source: str, derive: bool = True) -> dict[str, Accelerator]:
     """A single accelerator mapping (its keys are field names) or a mapping name -> fields."""
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{source}: expected a mapping of accelerator fields, or of names to "
                           "such mappings")
     if set(data) & _FIELDS:
         acc = accelerator_from_dict(data, source=source)
-        return with_derived_profiles({acc.name: acc})
-    return with_derived_profiles({str(key): accelerator_from_dict(value, name=str(key),
-                                                                  source=source)
-                                  for key, value in data.items()})
+        entries = {acc.name: acc}
+    else:
+        entries = {str(key): accelerator_from_dict(value, name=str(key), source=source)
+                   for key, value in data.items()}
+    return with_derived_profiles(entries) if derive else entries
 
 
 def load_accelerators(path: str | os.PathLike) -> dict[str, Accelerator]:
@@ -246,37 +247,34 @@ def save_accelerator(acc: Accelerator, path: str | os.PathLike) -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _catalog() -> dict[str, Accelerator]:
+def _measured_catalog() -> dict[str, Accelerator]:
+    """The catalog as written: datasheet entries, the template with its measured profile."""
     text = importlib.resources.files("ecdit_scale").joinpath("data/hardware.yaml").read_text()
     source = "ecdit_scale/data/hardware.yaml"
-    return _parse(parse_yaml(text, source=source), source=source)
+    return _parse(parse_yaml(text, source=source), source=source, derive=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog() -> dict[str, Accelerator]:
+    return with_derived_profiles(_measured_catalog())
 
 
 @functools.lru_cache(maxsize=64)
 def _derived(peak_bf16_flops: float, bw_bytes_per_s: float) -> DeviceProfile | None:
     """One derived profile per (peak, bandwidth), so that an accelerator read back from YAML
     compares equal to the one written (profiles compare by identity)."""
-    template = _template()
-    if template is None:
+    template = _measured_catalog().get(TEMPLATE_NAME)
+    if template is None or template.profile is None:
         return None
     return derive_profile(template.profile, template_peak_bf16_flops=template.peak_bf16_flops,
                           template_bw_bytes_per_s=TEMPLATE_DATASHEET_BW_BYTES_PER_S,
                           peak_bf16_flops=peak_bf16_flops, bw_bytes_per_s=bw_bytes_per_s)
 
 
-_TEMPLATE: list[Accelerator | None] = []  # the catalog's measured template, once parsed
-
-
-def _template() -> Accelerator | None:
-    return _TEMPLATE[0] if _TEMPLATE else _catalog().get(TEMPLATE_NAME)
-
-
 def with_derived_profiles(entries: dict[str, Accelerator]) -> dict[str, Accelerator]:
     """Every accelerator without a measured profile (but a CPU, which ``profile`` measures)
     gets one derived from the template's measured profile (``derived_profile.py``): no device
     is priced at a flat efficiency. The derived profile is not written back to YAML."""
-    if TEMPLATE_NAME in entries and entries[TEMPLATE_NAME].profile is not None and not _TEMPLATE:
-        _TEMPLATE.append(entries[TEMPLATE_NAME])
     out = {}
     for key, acc in entries.items():
         if acc.profile is None and acc.deepspeed_accelerator != "cpu":
