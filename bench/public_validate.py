@@ -41,6 +41,7 @@ ROWS = ROOT / "bench" / "results" / "public-throughput" / "rows.yaml"
 PRECISIONS = {"fp32": Precision.FP32, "tf32": Precision.TF32, "fp16-amp": Precision.FP16,
               "bf16": Precision.BF16}
 ZERO = {"ddp": 0, "zero2": 2}
+OPTIMISTIC_LIMIT = 1.25  # issue 19: no catalog device more optimistic than this on any row
 
 
 def model_config(row: dict):
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{r['id']:32} {r['split']:8} {r['gpu']:10} {r['published']:9.3g} "
               f"{r['predicted']:9.3g} {r['ratio']:8.2f} {r['datasheet_ratio']:13.2f}")
+    over = [r["id"] for r in out if r.get("ratio", 0.0) > OPTIMISTIC_LIMIT]
+    print(f"more than {OPTIMISTIC_LIMIT}x optimistic: {', '.join(over) if over else 'none'}")
     for split, s in summ.items():
         print(f"{split:8}: {s['rows']} rows, median |pred/pub - 1| = {s['median_abs_err']:.0%}, "
               f"worst = {s['worst_abs_err']:.0%}, most optimistic pred/pub = "
