@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,32 @@ def test_public_validation_prices_every_scored_row():
     for r in held:
         ratio = mod.predict(r) / r["figure"]
         assert 0.1 < ratio < 10
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--attention", "fast"], "attention = 'fast': choose one of flash, mem-efficient, math"),
+    (["--text-encoder", "clip-g"], "text encoder = 'clip-g': choose one of none, t5-xxl"),
+])
+def test_plan_refuses_a_bad_setup_in_one_line(args, needle, capsys, tmp_path, monkeypatch):
+    from conftest import run_main
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(capsys, "plan", "--model", "dit-xl-2", "--no-write", *args)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_plan_prices_the_stated_setup(capsys, tmp_path, monkeypatch):
+    from conftest import run_main
+
+    monkeypatch.chdir(tmp_path)
+    base = ["plan", "--model", "dit-xl-2", "--gpu", "a100", "--gpus", "8", "--global-batch",
+            "256", "--zero", "0", "--micro-batch", "32", "--no-table", "--no-write", "--json"]
+    steps = {}
+    for name, extra in (("latents", []), ("vae", ["--vae-in-loop", "--attention", "math"])):
+        code, out, _ = run_main(capsys, *base, *extra)
+        assert code == 0
+        d = json.loads(out)
+        steps[name] = d["best"]["step"]["forward_s"]
+        if name == "vae":
+            assert "VAE in the loop" in " ".join(d["estimated"])
+    assert steps["vae"] > 1.5 * steps["latents"]
