@@ -29,7 +29,7 @@ PACKAGE = "ecdit_scale"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("ecdit_scale", "config", "errors", "files", "units", "checks", "integers")),
     ("catalog", ("sizes", "params", "planner.hardware", "planner.device_profile",
-                 "planner.bounds")),
+                  "planner.bounds", "planner.derived_profile")),
     ("model, planner, scaling", ("model", "planner", "scaling", "cards")),
     ("datasets", ("datasets",)),
     ("train, evaluation", ("train", "evaluation")),

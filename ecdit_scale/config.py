@@ -17,11 +17,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .files import atomic_write_text, dump_yaml, load_yaml_file, to_plain
-from .checks import check_int as _positive_int
-from .checks import check_number as _number
-from .checks import check_type as _typed
-from .checks import short as _short
-from .checks import string_keys as _string_keys
+from .checks import (check_int as _positive_int, check_number as _number, check_type as _typed,
+                     short as _short, string_keys as _string_keys)
 from .integers import divisor_hint
 
 
@@ -397,9 +394,11 @@ class Optimizer(str, enum.Enum):
     SGD = "sgd"  # momentum only
 
 
-class Precision(str, enum.Enum):
+class Precision(str, enum.Enum):  # the math a run trains in (issue 19: each at its own rate)
     BF16 = "bf16"  # bf16 params/grads, fp32 master weights in the optimizer
-    FP32 = "fp32"
+    FP16 = "fp16"  # AMP fp16: as bf16 in memory (fp32 master weights), with loss scaling
+    TF32 = "tf32"  # fp32 weights and activations, matmuls on TF32 tensor cores
+    FP32 = "fp32"  # fp32 everywhere, matmuls on the fp32 units
 
 
 class EMA(str, enum.Enum):
@@ -415,6 +414,7 @@ class Schedule(str, enum.Enum):  # the learning rate after warm-up
     WSD = "wsd"  # warm-up, stable, then linear decay to 0 over the last cooldown_fraction
 
 
+HALF_PRECISIONS = (Precision.BF16, Precision.FP16)  # 2-byte params, grads and activations
 DIT_EMA_DECAY = 0.9999  # DiT (Peebles & Xie 2023): ema decay 0.9999, updated every step
 
 

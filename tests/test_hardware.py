@@ -98,7 +98,7 @@ def test_user_yaml_with_several_entries(tmp_path):
     (lambda d: d.update(devices_per_node=10**6), "devices_per_node = 1000000: must be an integer in 1..1024"),
     (lambda d: d.update({7: 1}), "field name 7 is not a string"),
     (lambda d: d.update(deepspeed_accelerator="tpu"), "deepspeed_accelerator = 'tpu': choose one"),
-    (lambda d: d.update(precisions=["fp16"]), "precisions"),
+    (lambda d: d.update(precisions=["fp8"]), "precisions"),
     (lambda d: d.update(precisions=[]), "precisions"),
     (lambda d: d.update(precisions="bf16"), "precisions"),
 ])
@@ -134,7 +134,8 @@ def test_deepspeed_accelerator_and_precisions_in_the_catalog():
     # has no TPU accelerator, so a TPU gets a plan without launch files
     for name, acc in catalog().items():
         assert acc.runs_deepspeed == (name != "tpu-v5p")
-        assert acc.precisions and set(acc.precisions) <= {"bf16", "fp32"}
+        assert acc.precisions and set(acc.precisions) <= {"bf16", "fp16", "tf32", "fp32"}
+        assert set(acc.precisions) <= set(dict(acc.peak_flops))  # each at a cited peak
     assert get_accelerator("tpu-v5p").deepspeed_accelerator == "none"
     assert get_accelerator("mi300x").deepspeed_accelerator == "cuda"
     assert get_accelerator("tpu-v5p").precisions == ("bf16",)

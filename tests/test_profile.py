@@ -280,16 +280,23 @@ def test_async_launch_floor_only_where_the_host_falls_behind():
     assert b.step.compute_s + b.step.launch_s == pytest.approx(b.step.kernels * 1e-2)
 
 
-def test_the_catalog_path_is_unchanged_and_says_so():
+def test_a_catalog_device_is_priced_from_a_profile_derived_from_the_h200_and_says_so():
     from ecdit_scale.planner.compute import term_sources
 
-    acc = get_accelerator("h100-sxm")
-    assert acc.profile is None and "datasheet" in term_sources(acc)["compute"]
-    cfg, est = _estimate(acc)
-    t = flops_per_image(cfg)
-    assert est.step.forward_s == pytest.approx(4 * t.forward / acc.sustained_flops)
-    assert "kernels" not in est.step.to_dict()
-    assert set(acc.number_sources().values()) <= {"datasheet", "assumed"}
+    h100, h200 = get_accelerator("h100-sxm"), get_accelerator("h200")
+    assert h100.profile.provenance["derived_from"].startswith("h200 profile")
+    assert "derived" in term_sources(h100)["compute"]
+    assert set(h100.number_sources()[k] for k in ("profile.gemm", "profile.attention")) == {
+        "derived"}
+    # same die: the GEMM grid carries over at ratio 1; a100: x 312 / 989.4
+    assert h100.profile.gemm_flops_per_s == pytest.approx(h200.profile.gemm_flops_per_s)
+    a100 = get_accelerator("a100-80gb")
+    assert a100.profile.gemm_flops_per_s[-1] == pytest.approx(
+        h200.profile.gemm_flops_per_s[-1] * 312 / 989.4)
+    assert a100.profile.memory_bw_bytes_per_s == pytest.approx(
+        h200.profile.memory_bw_bytes_per_s * 2.039 / 4.8)
+    _, est = _estimate(h100)
+    assert est.step.kernels > 0 and est.step.gemm_s > 0  # by operator class, no flat 45%
 
 
 # ---------------------------------------------------------------------------------------------

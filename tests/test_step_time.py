@@ -145,7 +145,8 @@ def test_97b_step_terms_add_up(best97):
     assert best97.layout.zero in (1, 2)
     exposed = sum(x for _, _, x in st.terms())
     assert st.total_s == pytest.approx(exposed, rel=1e-12)
-    assert st.total_s == pytest.approx(st.compute_s + st.exposed_comm_s + st.optimizer_s)
+    assert st.total_s == pytest.approx(st.compute_s + st.exposed_comm_s + st.optimizer_s
+                                       + st.launch_s + st.engine_s)
     # critical-path collectives and the post-step all-gather are exposed in full
     assert st.a2a_exposed_s == st.a2a_s > 0 and st.tp_exposed_s == st.tp_s
     assert st.param_allgather_exposed_s == st.param_allgather_s > 0

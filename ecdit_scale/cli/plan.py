@@ -55,7 +55,11 @@ def plan(
     global_batch: int = typer.Option(4096, "--global-batch", help="Images per optimizer step."),
     steps: int = typer.Option(800_000, "--steps", help="Optimizer steps of the run."),
     optimizer: str = typer.Option("rmsprop", "--optimizer", metavar=choices(Optimizer), help="rmsprop is the paper's."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar=choices(Precision), help="Default bf16, or fp32 on a device that lists no bf16 throughput (e.g. a CPU profile); a precision the device lacks is refused."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar=choices(Precision), help="Each at the device's own rate: fp16 is AMP, tf32 fp32 storage with TF32 GEMMs (default bf16, or fp32 on a device that lists no bf16 throughput, e.g. a CPU profile; a precision the device lacks is refused)."),
+    attention: str = typer.Option("flash", "--attention", metavar="flash|mem-efficient|math", help="Attention kernel (math: scores materialised, as timm's Attention)."),
+    vae_in_loop: bool = typer.Option(False, "--vae-in-loop/--latents", help="Encode images with the SD VAE inside the loop, or train on pre-extracted latents."),
+    text_encoder: str = typer.Option("none", "--text-encoder", metavar="none|t5-xxl", help="Frozen text encoder run inside the loop: none (pre-extracted) or t5-xxl (PixArt's, 120 tokens)."),
+    compiled: bool = typer.Option(False, "--compile/--eager", help="torch.compile (fused elementwise chains; an assumed factor) or eager."),
     ema: str = typer.Option("replicated", "--ema", metavar=choices(EMA), help="EMA of the weights (DiT, decay 0.9999, fp32); sharded: partitioned with the optimizer state."),
     days: Optional[float] = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
@@ -104,6 +108,14 @@ def plan(
     cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
                                    override=override)
     acc = get_accelerator(gpu)
+    from ..planner.run_setup import RunSetup
+
+    setup = RunSetup(attention=attention, vae_in_loop=vae_in_loop, text_encoder=text_encoder,
+                     compiled=compiled)
+    if not setup.is_default:
+        import dataclasses
+
+        acc = dataclasses.replace(acc, setup=setup)
     if precision is None and "bf16" not in acc.precisions:
         import dataclasses
 

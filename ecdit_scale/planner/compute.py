@@ -11,6 +11,13 @@ from a measured device profile (``device_profile.DeviceProfile``); no torch.
   x its forward's bytes.
 - kernels: forward ops + ``BACKWARD_KERNELS_PER_FORWARD`` x as many in the backward.
 
+Precision (issue 19): GEMM and SDPA rates measured in the profile's dtype are scaled by the
+device's datasheet peak of the run's math over that dtype's (``Accelerator.precision_scale``:
+A100 fp32 = 19.5 / 312 of bf16, TF32 = 156 / 312); activations are 2 bytes in bf16/fp16, 4 in
+tf32/fp32. A catalog device never measured carries a profile derived from the measured H200
+one (``derived_profile.py``); the setup the user states (``run_setup.py``: attention kernel,
+frozen VAE / text encoder in the loop, compile) rides on ``acc.setup``.
+
 Where the profile lacks a measurement the term falls back to the datasheet: GEMM and attention
 at peak x ``acc.efficiency``, bandwidth from the catalog (``sources`` says which was used).
 
@@ -25,19 +32,36 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig, Precision
+from ..config import HALF_PRECISIONS, ModelConfig, Precision
+from .derived_profile import derived_note, is_derived
 from .memory import RECOMPUTE_ORDER
 from .operators import BACKWARD_KERNELS_PER_FORWARD, OperatorInventory, operator_inventory
+from .run_setup import COMPILE_FUSION, apply_kernels, frozen_inventory
 
 ATTENTION_BACKWARD_FLOPS_PER_FORWARD = 2.0
 PARTS = ("gemm_s", "attention_s", "memory_s", "kernels")
 
 
 def dtype_bytes(precision: Any) -> int:
-    return 2 if Precision(precision) is Precision.BF16 else 4
+    return 2 if Precision(precision) in HALF_PRECISIONS else 4
 
 
-def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool) -> float:
+def _scale(acc: Any, precision: Any) -> float:
+    """The run's math rate over the profile's measured dtype's, from the datasheet peaks."""
+    prof = acc.profile
+    if precision is None or not hasattr(acc, "precision_scale"):
+        return 1.0
+    return acc.precision_scale(Precision(precision).value, prof.dtype if prof else "bf16")
+
+
+def _fallback_flops(acc: Any, precision: Any) -> float:
+    if precision is None or not hasattr(acc, "peak_flops_for"):
+        return acc.sustained_flops
+    return acc.peak_flops_for(Precision(precision).value) * acc.efficiency
+
+
+def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
+                  precision: Any = None) -> float:
     if not inv.gemms:
         return 0.0
     m, n, k, c, dx = (np.array([getattr(g, f) for g in inv.gemms], dtype=float)
@@ -51,13 +75,15 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool) -> float:
     for mm, nn, kk, cc in shapes:
         flops = 2.0 * mm * nn * kk * cc
         if prof is not None and prof.has_gemm:
-            total += float(np.sum(flops / prof.gemm_rate(mm, nn, kk)))
+            rate = prof.gemm_rate_memo(mm, nn, kk) * _scale(acc, precision)
+            total += float(np.sum(flops / rate))
         else:
-            total += float(np.sum(flops)) / acc.sustained_flops
+            total += float(np.sum(flops)) / _fallback_flops(acc, precision)
     return total
 
 
-def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool) -> float:
+def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
+                       precision: Any = None) -> float:
     if not inv.attention:
         return 0.0
     prof = acc.profile
@@ -66,9 +92,9 @@ def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool) -> f
     for a in inv.attention:
         per_call = a.flops / a.count
         if prof is not None and prof.has_sdpa:
-            rate = float(prof.sdpa_rate(per_call, backward=backward))
+            rate = float(prof.sdpa_rate(per_call, backward=backward)) * _scale(acc, precision)
         else:
-            rate = acc.sustained_flops
+            rate = _fallback_flops(acc, precision)
         total += mult * a.flops / rate
     return total
 
@@ -89,13 +115,22 @@ def bandwidth(acc: Any) -> float:
     return acc.memory_bw_bytes_per_s
 
 
-def price(inv: OperatorInventory, acc: Any, *, backward: bool) -> dict[str, float]:
-    """Seconds (and kernels) of ``inv``'s forward, or of its backward."""
+def price(inv: OperatorInventory, acc: Any, *, backward: bool,
+          precision: Any = None) -> dict[str, float]:
+    """Seconds (and kernels) of ``inv``'s forward, or of its backward, in ``precision``'s math
+    (None: the profile's own dtype)."""
     mem_s = _memory_seconds(inv, acc, backward=backward)
     kernels = inv.forward_kernels * (BACKWARD_KERNELS_PER_FORWARD if backward else 1.0)
-    return {"gemm_s": _gemm_seconds(inv, acc, backward=backward),
-            "attention_s": _attention_seconds(inv, acc, backward=backward),
+    return {"gemm_s": _gemm_seconds(inv, acc, backward=backward, precision=precision),
+            "attention_s": _attention_seconds(inv, acc, backward=backward, precision=precision),
             "memory_s": mem_s, "kernels": kernels}
+
+
+def frozen_precision(precision: Any) -> Precision:
+    """The math frozen encoders run in: the run's, except that fp32 runs convolve in TF32
+    (``torch.backends.cudnn.allow_tf32`` is True by default; matmul's flag is not)."""
+    p = Precision(precision)
+    return Precision.TF32 if p is Precision.FP32 else p
 
 
 @functools.lru_cache(maxsize=4096)
@@ -105,11 +140,20 @@ def micro_batch_terms(cfg: ModelConfig, acc: Any, *, images: int, tp: int, recom
     (cached: a plan's cluster table searches the same model on the same device many times;
     callers must not modify the result). ``ep``: the trainer's expert-parallel layers
     (``operators.operator_inventory``)."""
-    inv = operator_inventory(cfg, images=images, tp=tp, dtype_bytes=dtype_bytes(precision),
-                             ep=ep)
-    return {"forward": price(inv, acc, backward=False),
-            "backward": price(inv, acc, backward=True),
-            "recompute": price(inv.recomputed(recompute), acc, backward=False)}
+    a = dtype_bytes(precision)
+    setup = getattr(acc, "setup", None)
+    inv = apply_kernels(operator_inventory(cfg, images=images, tp=tp, dtype_bytes=a, ep=ep),
+                        setup, dtype_bytes=a)
+    forward = price(inv, acc, backward=False, precision=precision)
+    frozen = frozen_inventory(setup, images=images, resolution=cfg.image_size,
+                              dtype_bytes=dtype_bytes(frozen_precision(precision)))
+    if frozen is not None:  # forward only, no grad: added to the micro-batch's forward
+        extra = price(frozen, acc, backward=False, precision=frozen_precision(precision))
+        forward = {k: forward[k] + extra[k] for k in forward}  # every rank encodes its images
+    return {"forward": forward,
+            "backward": price(inv, acc, backward=True, precision=precision),
+            "recompute": price(inv.recomputed(recompute), acc, backward=False,
+                               precision=precision)}
 
 
 def micro_batch_arrays(cfg: ModelConfig, acc: Any, *, micro_batch: Any, tp: Any,
@@ -140,7 +184,19 @@ def term_sources(acc: Any) -> dict[str, str]:
     if prof is None:
         return {"compute": f"datasheet: hardware FLOPs at {eff}"}
     have = prof.measured()
+    setup = getattr(acc, "setup", None)
+    extra = {} if setup is None else {"setup": setup.describe() + (
+        f" (compile: memory-bound bytes and launches x {COMPILE_FUSION}, an assumption)"
+        if setup.compiled else "")}
+    if is_derived(prof):
+        return {"compute": derived_note(prof),
+                "precision": "GEMM/SDPA rates x datasheet peak of the run's math / bf16 peak",
+                "peaks": ", ".join(f"{k} {v / 1e12:g} TFLOP/s"
+                                   for k, v in getattr(acc, "peak_flops", ()))
+                + (f" ({acc.citations})" if getattr(acc, "citations", "") else ""),
+                **extra}
     return {
+        **extra,
         "gemm": "measured GEMM grid" if have["gemm"] else f"datasheet fallback: {eff}",
         "attention": "measured SDPA" if have["attention"] else f"datasheet fallback: {eff}",
         "memory_bound": ("measured by kind" if have["memory_ops"] else

@@ -32,6 +32,7 @@ the grid's edges. SDPA rate: linear interpolation in log(FLOPs per call), clampe
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,11 +141,30 @@ class DeviceProfile:
                 **{c: c in self.links for c in COLLECTIVES}}
 
     # ---- rates ------------------------------------------------------------------------------
-    def gemm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
-        """FLOP/s of (M, N, K) GEMMs: trilinear in log2 over the measured grid, clamped."""
+    @functools.cached_property
+    def _gemm_grid(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """log2 axes and log rates of the GEMM grid, computed once (a plan prices ~1,000
+        inventories against it)."""
         axes = [np.log2(np.asarray(a, dtype=float)) for a in (self.gemm_m, self.gemm_n, self.gemm_k)]
         grid = np.log(np.asarray(self.gemm_flops_per_s, dtype=float)).reshape(
             [len(a) for a in axes])
+        return axes, grid
+
+    def gemm_rate_memo(self, m: np.ndarray, n: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """``gemm_rate`` of 1-d shape arrays, memoised per (M, N, K): a plan's search prices
+        the same shapes for many layouts (a pure cache; the profile's numbers never change)."""
+        cache = self.__dict__.setdefault("_gemm_rate_cache", {})
+        keys = list(zip(np.asarray(m, dtype=float).tolist(), np.asarray(n, dtype=float).tolist(),
+                        np.asarray(k, dtype=float).tolist()))
+        miss = [key for key in dict.fromkeys(keys) if key not in cache]
+        if miss:
+            cols = [np.array(c) for c in zip(*miss)]
+            cache.update(zip(miss, self.gemm_rate(*cols).tolist()))
+        return np.array([cache[key] for key in keys])
+
+    def gemm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
+        """FLOP/s of (M, N, K) GEMMs: trilinear in log2 over the measured grid, clamped."""
+        axes, grid = self._gemm_grid
         q = [np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k)]
         q = np.broadcast_arrays(*q)
         lo, w = [], []

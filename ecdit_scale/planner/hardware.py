@@ -21,6 +21,7 @@ from ..checks import short, string_keys
 from ..errors import ConfigError
 from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
 from .bounds import check_accelerator
+from .derived_profile import TEMPLATE_DATASHEET_BW_BYTES_PER_S, TEMPLATE_NAME, derive_profile
 from .device_profile import DeviceProfile
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
@@ -32,7 +33,9 @@ MAX_DEVICES_PER_NODE = 1024
 DEEPSPEED_ACCELERATORS = ("cuda", "cpu", "xpu", "xpu.external", "npu", "mps", "hpu", "mlu",
                           "sdaa")
 NO_DEEPSPEED = "none"
-TRAINING_PRECISIONS = ("bf16", "fp32")  # ecdit_scale.config.Precision
+TRAINING_PRECISIONS = ("bf16", "fp16", "tf32", "fp32")  # ecdit_scale.config.Precision
+HALF = ("bf16", "fp16")
+DEFAULT_PRECISIONS = ("bf16", "fp32")  # a YAML that lists none (written before fp16/tf32)
 NUMBER_FIELDS = ("peak_bf16_flops", "memory_bytes", "memory_bw_bytes_per_s",
                  "intra_node_bw_bytes_per_s", "inter_node_bw_bytes_per_s")
 
@@ -51,11 +54,19 @@ class Accelerator:
     efficiency: float = DEFAULT_EFFICIENCY  # assumed sustained fraction of peak
     calibrated_from: str | None = None  # the measurement a calibrated efficiency came from
     deepspeed_accelerator: str = "cuda"  # which DeepSpeed accelerator drives it, or "none"
-    precisions: tuple[str, ...] = TRAINING_PRECISIONS  # training precisions it has throughput for
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS  # training precisions it has throughput for
     # the numeric fields above that were measured on the device (``ecdit-scale profile``);
     # every other number comes from the datasheet named in ``source``
     measured: tuple[str, ...] = ()
     profile: DeviceProfile | None = None  # operator-level measurements (device_profile.py)
+    # dense peak FLOP/s by training precision (datasheet: bf16, fp16, tf32, fp32 tensor/vector
+    # math); bf16 defaults to peak_bf16_flops. Stored as sorted (precision, flops) pairs.
+    peak_flops: Any = ()
+    # the run's stack on this device (planner.run_setup.RunSetup: attention kernel, frozen
+    # encoders, compile); set by `plan` / bench, never read from YAML
+    setup: Any = None
+    # where each datasheet number (notably each peak) comes from, beyond ``source``
+    citations: str = ""
 
     def __post_init__(self) -> None:
         where = f"accelerator {self.name!r}"
@@ -94,10 +105,42 @@ class Accelerator:
             raise ConfigError(f"{where}: measured = {short(m)}: must be a list of "
                               f"{', '.join(NUMBER_FIELDS)}")
         object.__setattr__(self, "measured", tuple(dict.fromkeys(m)))
+        self._check_peaks(where)
+        if self.setup is not None and not hasattr(self.setup, "describe"):
+            raise ConfigError(f"{where}: setup must be a planner.run_setup.RunSetup")
         if self.profile is not None and not isinstance(self.profile, DeviceProfile):
             object.__setattr__(self, "profile",
                                DeviceProfile.from_dict(self.profile, where=f"{where}: profile"))
         check_accelerator(self)  # physical bounds (bounds.py): no near-zero or absurd numbers
+
+    def _check_peaks(self, where: str) -> None:
+        raw = self.peak_flops
+        items = raw.items() if isinstance(raw, dict) else raw
+        try:
+            pairs = {str(k): v for k, v in items}
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: peak_flops = {short(raw)}: must map precisions "
+                              f"({', '.join(TRAINING_PRECISIONS)}) to FLOP/s") from None
+        for k in pairs:
+            if k not in TRAINING_PRECISIONS:
+                raise ConfigError(f"{where}: peak_flops has {k!r}; valid precisions: "
+                                  f"{', '.join(TRAINING_PRECISIONS)}")
+            pairs[k] = _positive_number(where, f"peak_flops.{k}", pairs[k])
+        pairs.setdefault("bf16", self.peak_bf16_flops)
+        object.__setattr__(self, "peak_flops", tuple(sorted(pairs.items())))
+
+    def peak_flops_for(self, precision: Any) -> float:
+        """Dense peak FLOP/s of ``precision``'s math (fp16 at bf16's where not listed; a
+        precision with no listed peak falls back to bf16's, which ``precisions`` refuses)."""
+        p = getattr(precision, "value", precision)
+        peaks = dict(self.peak_flops)
+        if p in peaks:
+            return peaks[p]
+        return peaks["fp16" if p == "bf16" else "bf16"] if p in HALF else peaks["bf16"]
+
+    def precision_scale(self, precision: Any, measured_dtype: str = "bf16") -> float:
+        """Rate of ``precision``'s math relative to the dtype a profile was measured in."""
+        return self.peak_flops_for(precision) / self.peak_flops_for(measured_dtype)
 
     @property
     def runs_deepspeed(self) -> bool:
@@ -114,7 +157,8 @@ class Accelerator:
         out = {f: "measured" if f in self.measured else "datasheet" for f in NUMBER_FIELDS}
         out["efficiency"] = ("calibrated" if self.calibrated_from else "assumed")
         if self.profile is not None:
-            out.update({f"profile.{k}": "measured" if v else "datasheet fallback"
+            got = "derived" if "derived_from" in self.profile.provenance else "measured"
+            out.update({f"profile.{k}": got if v else "datasheet fallback"
                         for k, v in self.profile.measured().items()})
         return out
 
@@ -122,10 +166,14 @@ class Accelerator:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["precisions"] = list(self.precisions)
         out["measured"] = list(self.measured)
+        out["peak_flops"] = dict(self.peak_flops)
+        del out["setup"]  # the run's, not the device's
+        if not self.citations:
+            del out["citations"]
         if not self.measured:
             del out["measured"]
-        if self.profile is None:
-            del out["profile"]
+        if self.profile is None or "derived_from" in self.profile.provenance:
+            del out["profile"]  # a derived profile is derived again on reading
         else:
             out["profile"] = self.profile.to_dict()
         return out
@@ -147,7 +195,7 @@ def _positive_number(where: str, field: str, value: Any) -> float:
 # Reading and writing
 # ---------------------------------------------------------------------------------------------
 
-_FIELDS = {f.name for f in fields(Accelerator)}
+_FIELDS = {f.name for f in fields(Accelerator)} - {"setup"}
 _REQUIRED = {f.name for f in fields(Accelerator) if f.default is dataclasses.MISSING}
 
 
@@ -175,16 +223,18 @@ def accelerator_from_dict(data: Any, *, name: str | None = None,
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _parse(data: Any, *, source: str) -> dict[str, Accelerator]:
+def _parse(data: Any, *, source: str, derive: bool = True) -> dict[str, Accelerator]:
     """A single accelerator mapping (its keys are field names) or a mapping name -> fields."""
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{source}: expected a mapping of accelerator fields, or of names to "
                           "such mappings")
     if set(data) & _FIELDS:
         acc = accelerator_from_dict(data, source=source)
-        return {acc.name: acc}
-    return {str(key): accelerator_from_dict(value, name=str(key), source=source)
-            for key, value in data.items()}
+        entries = {acc.name: acc}
+    else:
+        entries = {str(key): accelerator_from_dict(value, name=str(key), source=source)
+                   for key, value in data.items()}
+    return with_derived_profiles(entries) if derive else entries
 
 
 def load_accelerators(path: str | os.PathLike) -> dict[str, Accelerator]:
@@ -199,10 +249,42 @@ def save_accelerator(acc: Accelerator, path: str | os.PathLike) -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _catalog() -> dict[str, Accelerator]:
+def _measured_catalog() -> dict[str, Accelerator]:
+    """The catalog as written: datasheet entries, the template with its measured profile."""
     text = importlib.resources.files("ecdit_scale").joinpath("data/hardware.yaml").read_text()
     source = "ecdit_scale/data/hardware.yaml"
-    return _parse(parse_yaml(text, source=source), source=source)
+    return _parse(parse_yaml(text, source=source), source=source, derive=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog() -> dict[str, Accelerator]:
+    return with_derived_profiles(_measured_catalog())
+
+
+@functools.lru_cache(maxsize=64)
+def _derived(peak_bf16_flops: float, bw_bytes_per_s: float) -> DeviceProfile | None:
+    """One derived profile per (peak, bandwidth), so that an accelerator read back from YAML
+    compares equal to the one written (profiles compare by identity)."""
+    template = _measured_catalog().get(TEMPLATE_NAME)
+    if template is None or template.profile is None:
+        return None
+    return derive_profile(template.profile, template_peak_bf16_flops=template.peak_bf16_flops,
+                          template_bw_bytes_per_s=TEMPLATE_DATASHEET_BW_BYTES_PER_S,
+                          peak_bf16_flops=peak_bf16_flops, bw_bytes_per_s=bw_bytes_per_s)
+
+
+def with_derived_profiles(entries: dict[str, Accelerator]) -> dict[str, Accelerator]:
+    """Every accelerator without a measured profile (but a CPU, which ``profile`` measures)
+    gets one derived from the template's measured profile (``derived_profile.py``): no device
+    is priced at a flat efficiency. The derived profile is not written back to YAML."""
+    out = {}
+    for key, acc in entries.items():
+        if acc.profile is None and acc.deepspeed_accelerator != "cpu":
+            prof = _derived(acc.peak_bf16_flops, acc.memory_bw_bytes_per_s)
+            if prof is not None:
+                acc = dataclasses.replace(acc, profile=prof)
+        out[key] = acc
+    return out
 
 
 def catalog() -> dict[str, Accelerator]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (EMA, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
+from ..config import (EMA, HALF_PRECISIONS, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, ModelConfig, Optimizer, ParallelLayout,
                       Precision, Recompute, TrainingConfig, check_zero_stage)
 from ..params import count_params
@@ -128,7 +128,7 @@ def ema_bytes(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: An
 def _model_state_arrays(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: Any,
                         optimizer: Optimizer, precision: Precision) -> dict[str, Any]:
     k = OPTIMIZER_STATE_BYTES[Optimizer(optimizer)]
-    bf16 = Precision(precision) is Precision.BF16
+    bf16 = Precision(precision) in HALF_PRECISIONS
     w = BF16_BYTES if bf16 else FP32_BYTES
 
     def both(stage: int) -> Any:
@@ -230,7 +230,7 @@ def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16
     FFN drops the LN output (S d) and the experts' GELU output (slots F) and keeps the experts'
     output once more (slots d). Cross-attention is not recomputed.
     """
-    a = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    a = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
     S, T, d, F = cfg.tokens_per_image, cfg.text_tokens, cfg.hidden_size, cfg.mlp_hidden
     h, E = cfg.num_heads, cfg.ffn.num_experts
     slots = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
@@ -282,7 +282,7 @@ def activation_bytes_per_sample(cfg: ModelConfig, recompute: Recompute | str, *,
     full: keep each block's input (S d) only, plus one block's full set during its backward.
     """
     recompute = Recompute(recompute)
-    a = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    a = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
     b = block_activations(cfg, precision=precision, flash_attention=flash_attention)
     S, T, d = cfg.tokens_per_image, cfg.text_tokens, cfg.hidden_size
     n_moe = cfg.num_moe_layers
@@ -320,7 +320,7 @@ def moe_buffer_bytes_per_sample(cfg: ModelConfig, *, precision: Precision = Prec
     send tensors are saved activations, counted there."""
     if not cfg.ffn.is_moe:
         return 0.0
-    a = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    a = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
     return 2.0 * a * expert_slots_per_image(cfg) * cfg.hidden_size
 
 
@@ -405,7 +405,7 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     non_expert, expert = split.non_expert_per_device(tp), split.expert_per_device(ep, tp)
     states = _model_state_arrays(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero,
                                  optimizer=optimizer, precision=precision)
-    w = BF16_BYTES if Precision(precision) is Precision.BF16 else FP32_BYTES
+    w = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
     out = dict(states)
     out["ema"] = ema_bytes(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero, ema=ema)
     out["activations"] = mb * np.asarray(act_per_sample)

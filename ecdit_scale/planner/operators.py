@@ -3,8 +3,8 @@
 Mirrors ``ecdit_scale.model`` operator by operator, so that the step-time model can price each
 class from a measured device profile (``device_profile.py``):
 
-- GEMMs (M, N, K): Y[M, N] = X[M, K] W[K, N]; a batched matmul (the experts) is ``batch`` GEMMs
-  of one shape. The backward runs dX = dY W^T (M, K, N) and dW = X^T dY (K, N, M), except for
+- GEMMs (M, N, K): Y[M, N] = X[M, K] W[K, N]; a batched matmul (the experts) is one GEMM over
+  all its rows (one kernel: its efficiency is that of the stacked shape). The backward runs dX = dY W^T (M, K, N) and dW = X^T dY (K, N, M), except for
   layers that read data (patch embedding, the first timestep linear): no dX.
 - attention: ``F.scaled_dot_product_attention`` calls (batch, query heads, q_len, kv_len,
   head_dim); SDPA shares each K/V head across its query heads itself (no repeat copy).
@@ -238,9 +238,12 @@ def _moe_ops(cfg: ModelConfig, gemms: list, mem: list, *, tok: float, b: float, 
     groups = tok / group
     per_expert = capacity * groups  # rows each expert GEMM multiplies
     slots = e * per_expert
+    # the experts run as one batched matmul per layer (torch.bmm over the stacked local
+    # experts, each over every token it gathered from the ep group): priced as one GEMM of all
+    # E x per_expert rows, not E small ones (issue 19: 64-row shapes priced ~4x too slow)
     gemms += [Gemm("router", tok, e, d, count=n_moe),
-              Gemm("expert_fc1", per_expert, h / tp, d, count=e * n_moe),
-              Gemm("expert_fc2", per_expert, d, h / tp, count=e * n_moe)]
+              Gemm("expert_fc1", e * per_expert, h / tp, d, count=n_moe),
+              Gemm("expert_fc2", e * per_expert, d, h / tp, count=n_moe)]
     f32 = 4.0
     sd = slots * d * a
     mem += [MemoryOp("router_softmax_cast", (tok * e * a + 2 * tok * e * f32) * n_moe, 2 * n_moe, kind="activation"),

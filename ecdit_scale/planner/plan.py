@@ -33,6 +33,8 @@ from .placement import data_before_expert
 ScalingModel = Callable[[str, int, float], "Mapping[str, Any] | None"]
 
 
+TRAINER_RUNS = ("bf16", "fp32")  # the precisions ecdit_scale.train launches
+
 @dataclass(frozen=True, kw_only=True)
 class FlopsPerStep:
     model: float  # forward + backward of the global batch: what MFU divides
@@ -128,13 +130,17 @@ class Plan:
 
     @property
     def launchable(self) -> bool:
-        """Whether DeepSpeed can run the plan (else: no launch.sh, hostfile or ds_config.json)."""
-        return self.accelerator.runs_deepspeed
+        """Whether DeepSpeed can run the plan (else: no launch.sh, hostfile or ds_config.json):
+        a DeepSpeed device and a precision the trainer runs (fp16 / tf32 are priced only)."""
+        return self.accelerator.runs_deepspeed and self.training.precision.value in TRAINER_RUNS
 
     @property
     def launch_note(self) -> str | None:
         if self.launchable:
             return None
+        if self.accelerator.runs_deepspeed:
+            return (f"no launch files: ecdit_scale.train runs {' or '.join(TRAINER_RUNS)}, not "
+                    f"{self.training.precision.value}; this plan is for sizing only")
         return (f"no launch files: {self.accelerator.name} has no DeepSpeed accelerator "
                 f"(deepspeed_accelerator: {self.accelerator.deepspeed_accelerator}); this plan "
                 "is for sizing only")
@@ -294,8 +300,8 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         "override it for your provider",
     ]
     if training.precision.value != "bf16":
-        estimated.append(f"compute is priced at the bf16 peak; a {training.precision.value} "
-                         "run on tensor cores is slower than this estimate")
+        estimated.append(f"compute: {training.precision.value} math at its own datasheet peak, "
+                         f"{acc.peak_flops_for(training.precision.value) / 1e12:g} TFLOP/s")
     if best.flags:
         estimated.append("best layout flagged: " + "; ".join(best.flags))
     return Plan(

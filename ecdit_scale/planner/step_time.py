@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
+from ..config import (HALF_PRECISIONS, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
                       ZERO_PARTITIONS_PARAMETERS, Precision)
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
@@ -140,9 +140,9 @@ class _Compute:
 
 def _datasheet_compute(*, forward_flops: float, backward_flops: float, recompute_flops: Any,
                        acc: Any, world: int, global_batch: int, tp: Any, micro_batch: Any,
-                       zeros: Any) -> _Compute:
-    """Hardware FLOPs at ``acc.sustained_flops`` (peak x efficiency)."""
-    flops_per_s = acc.sustained_flops
+                       zeros: Any, precision: Precision) -> _Compute:
+    """Hardware FLOPs at the device's peak for ``precision`` times its efficiency."""
+    flops_per_s = acc.peak_flops_for(Precision(precision).value) * acc.efficiency
     images_per_device = global_batch / world  # each device: 1/tp of its tp group's images
     micro_images = np.asarray(micro_batch) / np.asarray(tp)
     recompute_flops = np.asarray(recompute_flops)
@@ -199,7 +199,7 @@ def optimizer_bytes(mem: dict[str, Any], precision: Precision) -> Any:
     fp32 partition into them; the rest arrive by the all-gather); fp32: read and write the
     weights (DeepSpeed's fp32 partition is priced through the params). The EMA update reads
     and writes the fp32 EMA and reads the weights it averages, at their own width."""
-    bf16 = Precision(precision) is Precision.BF16
+    bf16 = Precision(precision) in HALF_PRECISIONS  # fp16 (AMP) keeps fp32 masters too
     states_bytes = 2 * (mem["optimizer_states"] + (mem["master_weights"] if bf16 else 0.0))
     grads_bytes = mem["fp32_grads"] if bf16 else 0.0
     weights_bytes = mem["master_weights"] / 2 if bf16 else 2 * mem["params"]
@@ -227,7 +227,7 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         compute = _datasheet_compute(forward_flops=forward_flops, backward_flops=backward_flops,
                                      recompute_flops=recompute_flops, acc=acc, world=world,
                                      global_batch=global_batch, tp=tp, micro_batch=micro_batch,
-                                     zeros=zeros)
+                                     zeros=zeros, precision=precision)
 
     zero0 = zero < ZERO_PARTITIONS_OPTIMIZER
     zero2 = zero >= ZERO_PARTITIONS_GRADIENTS

@@ -1,0 +1,134 @@
+"""The plan's clock against published training throughputs (issue 19).
+
+    python bench/public_validate.py            # one line per row, then a summary per split
+    python bench/public_validate.py --json     # the same as JSON
+
+Reads ``bench/results/public-throughput/rows.yaml`` (each row: source, setup, figure as
+published; ``split`` fixed before the compute model changed) and prices every scored row
+through the planner's public API: the catalog accelerator of the row's GPU with the row's
+setup (``RunSetup``: attention kernel, VAE / text encoder in the loop, compile), the row's
+precision, and the row's layout pinned (dp = GPUs, ZeRO-0 for DDP / ZeRO-2, micro-batch,
+recompute) through ``layouts.estimate_layout``. Prints predicted / published steps per second,
+marked held-out or used, and per split the median and worst |ratio - 1|. ``context`` rows
+(setup not stated, or a model plan cannot express) are listed, never scored.
+
+The "datasheet" column is what the catalog priced before issue 19 for the same row (bf16 at
+peak x 0.45, no setup): kept as the baseline the issue measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ecdit_scale import sizes  # noqa: E402
+from ecdit_scale.config import (AdaLN, ClusterConfig, Conditioning, EMA, Optimizer,  # noqa: E402
+                                ParallelLayout, Precision, Recompute, TrainingConfig)
+from ecdit_scale.files import load_yaml_file  # noqa: E402
+from ecdit_scale.planner.hardware import get_accelerator  # noqa: E402
+from ecdit_scale.planner.layouts import estimate_layout  # noqa: E402
+from ecdit_scale.planner.run_setup import RunSetup  # noqa: E402
+
+ROWS = ROOT / "bench" / "results" / "public-throughput" / "rows.yaml"
+PRECISIONS = {"fp32": Precision.FP32, "tf32": Precision.TF32, "fp16-amp": Precision.FP16,
+              "bf16": Precision.BF16}
+ZERO = {"ddp": 0, "zero2": 2}
+OPTIMISTIC_LIMIT = 1.25  # issue 19: no catalog device more optimistic than this on any row
+
+
+def model_config(row: dict):
+    """The ladder's DiT-XL/2, or PixArt-XL/2 (DiT-XL/2's trunk with adaLN-single, cross-attention
+    to 120 T5 tokens of 4096-d: Chen et al. 2023, PixArt-alpha, Sec. 2.3), at the row's tokens."""
+    cfg = sizes.get("dit-xl-2")
+    if row["ladder"] == "pixart-xl-2":
+        cfg = dataclasses.replace(cfg, name="pixart-xl-2", adaln=AdaLN.SINGLE,
+                                  conditioning=Conditioning.TEXT, text_dim=4096, text_tokens=120)
+    side = int(round(math.sqrt(row["tokens"]))) * cfg.patch_size
+    return dataclasses.replace(cfg, input_size=side)
+
+
+def setup_of(row: dict) -> RunSetup:
+    return RunSetup(attention=row["attention"], vae_in_loop=bool(row["vae_in_loop"]),
+                    text_encoder=row["text_encoder_in_loop"], compiled=bool(row["compile"]),
+                    frames=int(row.get("frames", 1)), vae_resolution=int(row["resolution"]))
+
+
+def predict(row: dict, *, baseline: bool = False) -> float:
+    """Predicted optimizer steps per second; ``baseline``: the pre-issue-19 datasheet pricing."""
+    cfg = model_config(row)
+    acc = get_accelerator(row["gpu"])
+    precision = PRECISIONS[row["precision"]]
+    if baseline:
+        acc = dataclasses.replace(acc, profile=None, setup=None)
+        precision = Precision.BF16 if precision is not Precision.FP32 else Precision.FP32
+        acc = dataclasses.replace(acc, peak_flops={"bf16": acc.peak_bf16_flops,
+                                                   "fp32": acc.peak_bf16_flops})
+    else:
+        acc = dataclasses.replace(acc, setup=setup_of(row))
+    gpus = int(row["gpus"])
+    per_node = min(gpus, acc.devices_per_node)
+    cluster = ClusterConfig(gpu=acc.name, nodes=gpus // per_node, gpus_per_node=per_node)
+    training = TrainingConfig(global_batch=int(row["global_batch"]), steps=1000,
+                              optimizer=Optimizer.ADAMW, precision=precision, ema=EMA.REPLICATED)
+    layout = ParallelLayout(dp=gpus, ep=1, tp=1, zero=ZERO[row["parallel"]],
+                            micro_batch=int(row["micro_batch"]),
+                            recompute=Recompute(row["recompute"]))
+    est = estimate_layout(cfg, layout, training, cluster, acc)
+    return 1.0 / est.step.total_s
+
+
+def summary(ratios: list[float]) -> dict[str, float]:
+    errs = [abs(r - 1.0) for r in ratios]
+    return {"rows": len(errs), "median_abs_err": statistics.median(errs) if errs else math.nan,
+            "worst_abs_err": max(errs) if errs else math.nan,
+            "most_optimistic": max(ratios) if ratios else math.nan}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+    rows = load_yaml_file(ROWS)["rows"]
+    out, by_split = [], {"held_out": [], "used": []}
+    for row in rows:
+        rec = {"id": row["id"], "split": row["split"], "gpu": row["gpu"],
+               "published": row["figure"], "unit": row["unit"]}
+        if row["split"] != "context":
+            rec["predicted"] = predict(row)
+            rec["datasheet"] = predict(row, baseline=True)
+            rec["ratio"] = rec["predicted"] / row["figure"]
+            rec["datasheet_ratio"] = rec["datasheet"] / row["figure"]
+            by_split[row["split"]].append(rec["ratio"])
+        out.append(rec)
+    summ = {k: summary(v) for k, v in by_split.items()}
+    if args.json:
+        print(json.dumps({"rows": out, "summary": summ}, indent=1))
+        return 0
+    print(f"{'row':32} {'split':8} {'gpu':10} {'published':>9} {'predicted':>9} "
+          f"{'pred/pub':>8} {'datasheet/pub':>13}")
+    for r in out:
+        if "ratio" not in r:
+            print(f"{r['id']:32} {'context':8} {r['gpu']:10} {r['published']:9.3g} "
+                  f"{'-':>9} {'-':>8} {'(not scored)':>13}")
+            continue
+        print(f"{r['id']:32} {r['split']:8} {r['gpu']:10} {r['published']:9.3g} "
+              f"{r['predicted']:9.3g} {r['ratio']:8.2f} {r['datasheet_ratio']:13.2f}")
+    over = [r["id"] for r in out if r.get("ratio", 0.0) > OPTIMISTIC_LIMIT]
+    print(f"more than {OPTIMISTIC_LIMIT}x optimistic: {', '.join(over) if over else 'none'}")
+    for split, s in summ.items():
+        print(f"{split:8}: {s['rows']} rows, median |pred/pub - 1| = {s['median_abs_err']:.0%}, "
+              f"worst = {s['worst_abs_err']:.0%}, most optimistic pred/pub = "
+              f"{s['most_optimistic']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
