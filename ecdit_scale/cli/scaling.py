@@ -216,11 +216,13 @@ def _print_fit(result) -> None:
                   f"{ho.max_abs_relative_error:.2%}" if ho else "impossible (see notes)"
                   if kind in result.held_out_status else "n/a")
     console.print(t)
+    _print_headline(result.headline)
     for kind, base in result.pairs():
         m = result.shared_multiplier(kind, base)
         if m is not None:
             console.print(f"[bold]compute multiplier {kind} over {base}: "
-                          f"{with_ci(m.value, m.interval, '95% CI')}[/] (shared-exponent fit)")
+                          f"{with_ci(m.value, m.interval, '95% CI')}[/] (check: shared-exponent L(C) on "
+                          "the compute frontier)")
     for m in result.multipliers:
         val = with_ci(m.value, m.interval) if m.defined else m.note
         console.print(f"per-group fits, {m.kind} over {m.baseline_kind}: {val}")
@@ -248,6 +250,21 @@ def _print_fit(result) -> None:
                   style="dim", highlight=False)
     for n in result.notes:
         console.print(f"note: {n}", style="dim", highlight=False)
+
+
+def _print_headline(headline) -> None:
+    """The headline comparisons, what the design can detect, and the constancy test."""
+    if headline is None:
+        return
+    console.print("[bold]headline[/] (shared-exponent L(N, D) = E + A/(s_N N)^alpha + "
+                  "B/(s_D D)^beta over every run; multiplier s_N*s_D; bootstrap of seeds "
+                  f"within each size, {headline.n_boot} resamples):", highlight=False)
+    for c in headline.comparisons:
+        console.print(f"  [bold]{c.verdict()}[/]", highlight=False)
+        console.print(f"  constancy: {c.constancy()}", highlight=False)
+    console.print(f"  {headline.power_line()}", highlight=False)
+    for n in headline.notes:
+        console.print(f"  note: {n}", style="dim", highlight=False)
 
 
 @app.command()

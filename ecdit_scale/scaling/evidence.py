@@ -70,16 +70,16 @@ class HeadlineComparison:
                 f"{mdm}")
 
     def constancy(self) -> str:
-        c = self.constant
+        c, who = self.constant, f"{self.variant} over {self.baseline}"
         if c is None:
-            return f"{self.variant}: constancy in size not tested"
+            return f"{who}: constancy in size not tested"
         trend = (f"size trend {self.gamma:+.3f} ± {self.gamma_se:.3f} (log multiplier per "
                  f"log activated parameter; multiplier {self.at_smallest:.3g}x at the smallest "
                  f"size, {self.at_largest:.3g}x at the largest)")
         if c:
-            return (f"{self.variant}: no trend in size detected, {trend}: a constant multiplier "
+            return (f"{who}: no trend in size detected, {trend}: a constant multiplier "
                     "fits these sizes")
-        return (f"{self.variant}: the multiplier changes with size, {trend}: do not carry one "
+        return (f"{who}: the multiplier changes with size, {trend}: do not carry one "
                 "number beyond these sizes")
 
     def to_dict(self) -> dict:
@@ -114,8 +114,10 @@ class HeadlineFit:
     params_range: tuple[float, float] = (math.nan, math.nan)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    def comparison(self, variant: str) -> HeadlineComparison | None:
-        return next((c for c in self.comparisons if c.variant == variant), None)
+    def comparison(self, variant: str, baseline: str | None = None
+                   ) -> HeadlineComparison | None:
+        return next((c for c in self.comparisons if c.variant == variant
+                     and (baseline is None or c.baseline == baseline)), None)
 
     def power_line(self) -> str:
         src = {"seeds": "seed noise measured across repeated seeds",
@@ -175,7 +177,8 @@ def headline_data(df: pd.DataFrame, loss_column: str, groups=None,
 
 
 def fit_headline(data: HeadlineData, *, n_boot: int = 200, seed=0,
-                 level: float = DEFAULT_LEVEL, constancy: bool = True) -> HeadlineFit:
+                 level: float = DEFAULT_LEVEL, constancy: bool = True,
+                 pairs=None) -> HeadlineFit:
     """The headline fit with its intervals, the power of the design and the constancy test."""
     res = fit_headline_law(data, n_boot=n_boot, seed=seed, level=level)
     resid = np.log(data.loss_N) - np.log([res.law.loss(v, n, t) for v, n, t in zip(
@@ -185,27 +188,31 @@ def fit_headline(data: HeadlineData, *, n_boot: int = 200, seed=0,
     if noise.source != "seeds":
         notes.append("no configuration has two seeds: the noise behind the power estimate is "
                      "the fit's residual scatter, and the bootstrap cannot vary")
-    se = log_multiplier_se(data, res.theta, noise.sigma)
-    trend: dict[str, tuple[float, float, float, float]] = {}
+    base = data.variants[0]
+    pairs = list(pairs) if pairs is not None else [(v, base) for v in data.variants[1:]]
+    pairs = [(v, b) for v, b in pairs if v in data.variants and b in data.variants]
+    se = log_multiplier_se(data, res.theta, noise.sigma, pairs)
+    trend: dict = {}
     n_lo, n_hi = float(data.params_N.min()), float(data.params_N.max())
     if constancy and len(data.variants) > 1:
         try:
             dep = fit_headline_law(data, n_boot=0, level=level, size_dependent=True)
-            gse = gamma_se(data, dep.theta, noise.sigma)
-            for v in data.variants[1:]:
-                trend[v] = (dep.law.gamma[v], gse[v], dep.law.multiplier(v, data.variants[0], n_lo),
-                            dep.law.multiplier(v, data.variants[0], n_hi))
+            gse = gamma_se(data, dep.theta, noise.sigma, pairs)
+            for v, b in pairs:
+                g = dep.law.gamma.get(v, 0.0) - dep.law.gamma.get(b, 0.0)
+                trend[(v, b)] = (g, gse[(v, b)], dep.law.multiplier(v, b, n_lo),
+                                 dep.law.multiplier(v, b, n_hi))
         except FitError as exc:
             notes.append(f"constancy test not run: {exc}")
     comps = []
-    for v in data.variants[1:]:
-        g = trend.get(v, (math.nan,) * 4)
+    for v, b in pairs:
+        g = trend.get((v, b), (math.nan,) * 4)
         comps.append(HeadlineComparison(
-            variant=v, baseline=data.variants[0], value=res.law.multiplier(v, data.variants[0]),
-            interval=res.multiplier_interval(v), minimum_detectable=minimum_detectable(se[v]),
-            se_log=se[v], gamma=g[0], gamma_se=g[1], at_smallest=g[2], at_largest=g[3]))
+            variant=v, baseline=b, value=res.law.multiplier(v, b),
+            interval=res.multiplier_interval(v, b),
+            minimum_detectable=minimum_detectable(se[(v, b)]), se_log=se[(v, b)], gamma=g[0],
+            gamma_se=g[1], at_smallest=g[2], at_largest=g[3]))
     return HeadlineFit(law=res.law, comparisons=tuple(comps), noise_sigma=noise.sigma,
                        noise_source=noise.source, level=level, n_boot=n_boot,
                        bootstrap_laws=res.bootstrap_laws, params_range=(n_lo, n_hi),
                        notes=tuple(notes))
-

@@ -72,15 +72,26 @@ def z_detect(alpha_test: float = ALPHA_TEST, power: float = POWER) -> float:
     return nd.inv_cdf(1 - alpha_test / 2) + nd.inv_cdf(power)
 
 
-def log_multiplier_se(data: HeadlineData, theta, sigma: float) -> dict[str, float]:
-    """SE of log(s_N·s_D) of each non-baseline variant (constant-scale model)."""
+def _pick(variants, variant: str, baseline: str, offsets, n_par: int) -> np.ndarray:
+    """c with +1 on variant's and -1 on baseline's constants in each block of per-variant
+    constants (0: log s_N, 1: log s_D, 2: gamma); the baseline, variants[0], has none."""
+    k = len(variants) - 1
+    c = np.zeros(n_par)
+    for name, sign in ((variant, 1.0), (baseline, -1.0)):
+        i = variants.index(name) - 1
+        if i >= 0:
+            for off in offsets:
+                c[5 + off * k + i] += sign
+    return c
+
+
+def log_multiplier_se(data: HeadlineData, theta, sigma: float, pairs) -> dict:
+    """SE of log(s_N·s_D) of variant over baseline, per (variant, baseline) pair."""
     cov = theta_covariance(data, theta, sigma)
-    k = len(data.variants) - 1
     out = {}
-    for i, v in enumerate(data.variants[1:]):
-        c = np.zeros(cov.shape[0])
-        c[5 + i] = c[5 + k + i] = 1.0
-        out[v] = float(math.sqrt(max(c @ cov @ c, 0.0)))
+    for v, b in pairs:
+        c = _pick(data.variants, v, b, (0, 1), cov.shape[0])
+        out[(v, b)] = float(math.sqrt(max(c @ cov @ c, 0.0)))
     return out
 
 
@@ -90,9 +101,11 @@ def minimum_detectable(se_log: float, alpha_test: float = ALPHA_TEST,
     return math.exp(z_detect(alpha_test, power) * se_log) if math.isfinite(se_log) else math.inf
 
 
-def gamma_se(data: HeadlineData, theta_size_dependent, sigma: float) -> dict[str, float]:
-    """SE of each variant's size trend gamma (the size-dependent model)."""
+def gamma_se(data: HeadlineData, theta_size_dependent, sigma: float, pairs) -> dict:
+    """SE of the size trend gamma of variant over baseline (the size-dependent model)."""
     cov = theta_covariance(data, theta_size_dependent, sigma, size_dependent=True)
-    k = len(data.variants) - 1
-    return {v: float(math.sqrt(max(cov[5 + 2 * k + i, 5 + 2 * k + i], 0.0)))
-            for i, v in enumerate(data.variants[1:])}
+    out = {}
+    for v, b in pairs:
+        c = _pick(data.variants, v, b, (2,), cov.shape[0])
+        out[(v, b)] = float(math.sqrt(max(c @ cov @ c, 0.0)))
+    return out

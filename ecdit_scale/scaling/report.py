@@ -96,7 +96,13 @@ def plain_answer(fit: ScalingFit) -> str:
     pairs = fit.pairs()
     if not pairs:
         return "No fit covers expert choice and a baseline, so they cannot be compared."
-    answers = [_answer(fit, kind, base) for kind, base in pairs]
+    answers = []
+    if fit.headline is not None:
+        answers += [f"Headline (one shared-exponent L(N, D) fitted to every run, a scale on N "
+                    f"and on D per variant): {c.verdict()}." for c in fit.headline.comparisons]
+        answers.append(fit.headline.power_line().capitalize() + ".")
+        answers.append("Check, from the compute frontier:")
+    answers += [_answer(fit, kind, base) for kind, base in pairs]
     answers += _robustness(fit)
     if math.isfinite(fit.min_compute_flops):
         answers.append(f"Measured on {format_number(fit.min_compute_flops, 3)}–"
@@ -170,8 +176,10 @@ def _answer(fit: ScalingFit, kind: str, baseline: str) -> str:
     if ci.hi < 1:
         return (f"{who} needs {1 / m.value:.2f}× more compute than {name} for the same loss "
                 f"(multiplier {m.value:.2f}, {band}) {where}.")
+    c = fit.headline.comparison(kind, baseline) if fit.headline is not None else None
+    below = f"; not detectable below {c.minimum_detectable:.3g}×" if c is not None else ""
     return (f"No detectable difference between {who} and {name}: multiplier {m.value:.2f}×, "
-            f"{band} includes 1 {where}.")
+            f"{band} includes 1 {where}{below}.")
 
 
 def _blocks(df, fit, figures_dir, title, expert_load) -> list:
