@@ -71,17 +71,22 @@ def table_grid(df: pd.DataFrame, variant: str = "dense") -> list[GridPoint]:
 
 def planted_table(grid: list[GridPoint], *, law: ChinchillaLaw = CHINCHILLA_LAW,
                   multipliers: dict[str, float] | None = None, noise: float = 0.01,
-                  seed=0, k: float = FLOPS_PER_PARAM_TOKEN, split: float = 0.5) -> pd.DataFrame:
+                  seed=0, k: float = FLOPS_PER_PARAM_TOKEN, split: float = 0.5,
+                  size_trend: dict[str, float] | None = None, n_ref: float = 1e6
+                  ) -> pd.DataFrame:
     """A run table: every grid point for every variant, loss = the variant's law x
     exp(N(0, noise)) per run. A variant with multiplier m has s_N = m^split, s_D = m^(1-split)
-    (so s_N·s_D = m)."""
+    (so s_N·s_D = m); size_trend[variant] = g makes its s_N grow as (N/n_ref)^g (a multiplier
+    that changes with size, for the constancy test)."""
     multipliers = dict(PLANTED_MULTIPLIERS if multipliers is None else multipliers)
     rng = np.random.default_rng(seed)
     rows = []
     for variant, m in multipliers.items():
         s_n, s_d = m ** split, m ** (1 - split)
+        g = (size_trend or {}).get(variant, 0.0)
         for p in grid:
-            true = float(law.loss(s_n * p.active_params, s_d * p.tokens))
+            trend = (p.active_params / n_ref) ** g
+            true = float(law.loss(s_n * trend * p.active_params, s_d * p.tokens))
             loss = true * math.exp(rng.normal(0.0, noise))
             budget = f"{p.level:.3g}" if math.isfinite(p.level) else f"{p.tokens:.3g}"
             rows.append({
