@@ -32,8 +32,9 @@ from .robust import (ALPHA_BOUNDS, HUBER_DELTA, FitError, best_of_starts, multis
                      single_threaded_blas, weighted_huber)
 
 MAX_LOG_SCALE = math.log(1e3)  # a variant's scale on N or D stays within 1/1000..1000
-E_FRACTIONS = (0.3, 0.7, 0.95)
-EXPONENT_STARTS = (0.2, 0.5, 1.0)
+E_FRACTIONS = (0.3, 0.8)
+EXPONENT_STARTS = (0.25, 0.6)
+MAX_LOG_CORRELATION = 0.95  # |corr(log N, log D)| above this: N and D cannot be told apart
 BOOT_STARTS = 3  # bootstrap refits: the point fit plus this many grid starts
 
 
@@ -264,10 +265,10 @@ def fit_headline_law(data: HeadlineData, *, n_boot: int = 200, seed=0,
         return prob.objective(theta, ones)
 
     starts = prob.starts()
-    if size_dependent:  # begin at the constant-scale optimum as well
+    if size_dependent:  # begin at the constant-scale optimum, and a few grid starts
         base = fit_headline_law(data, n_boot=0, level=level)
         warm = np.concatenate([np.array(base.theta), np.zeros(prob.k)])
-        starts.append(warm)
+        starts = [warm, *starts[::2]]
     theta, objective = multistart(point_fun, starts, lower, upper, what="headline L(N, D) fit")
     w_RN = (seed_resamples(data, n_boot, seed) if boot_weights is None
             else np.asarray(boot_weights, float).reshape(-1, len(data.loss_N)))
@@ -300,6 +301,11 @@ def _check(data: HeadlineData) -> None:
         if len(np.unique(data.params_N[sel])) < 2 or len(np.unique(data.tokens_N[sel])) < 2:
             raise FitError(f"headline fit: {v} needs at least 2 sizes and 2 token counts "
                            "to separate a scale on N from one on D")
+    corr = float(np.corrcoef(np.log(data.params_N), np.log(data.tokens_N))[0, 1])
+    if not abs(corr) <= MAX_LOG_CORRELATION:
+        raise FitError(f"headline fit: log params and log tokens move together (correlation "
+                       f"{corr:.3f}); it needs several sizes at each token count, e.g. an "
+                       "IsoFLOP design")
     if len(data.loss_N) < 5 + 2 * (len(data.variants) - 1) + 2:
         raise FitError(f"headline fit: {len(data.loss_N)} rows are too few for "
                        f"{5 + 2 * (len(data.variants) - 1)} constants")
