@@ -68,6 +68,8 @@ def plan(
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
     inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the compute multipliers (default: the reference sweep's)."),
+    flops: Optional[float] = typer.Option(None, "--flops", help="With --fit: spend this compute (FLOPs) as the fit's headline law says (activated parameters and steps at --global-batch)."),
+    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", help="With --fit: as --flops, for GPU-hours of --gpu at the planner's sustained FLOP/s (an estimate)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (default plan-MODEL/); it appears whole."),
     write: bool = typer.Option(True, "--write/--no-write", help="Write the plan files."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml)."),
@@ -90,9 +92,20 @@ def plan(
     target = target_for_plan(days=days, budget=budget, gpus=gpus, nodes=nodes)
     pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
                         recompute=recompute)
+    acc = get_accelerator(gpu)
+    spend = None
+    if flops is not None or gpu_hours is not None:  # compute-optimal plan (scaling.budget)
+        from ..scaling.budget import budget_request
+
+        spend, params, active, steps = budget_request(
+            fit, flops=flops, gpu_hours=gpu_hours, routing=routing, global_batch=global_batch,
+            model=model, sustained_flops=acc.sustained_flops)
+        training = training_for_plan(global_batch=global_batch, steps=steps,
+                                     optimizer=optimizer, precision=precision or "bf16", ema=ema)
+        (err_console if json_out else console).print("\n".join(spend.lines()), markup=False,
+                                                      highlight=False, soft_wrap=True)
     cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
                                    override=override)
-    acc = get_accelerator(gpu)
     if precision is None and "bf16" not in acc.precisions:
         import dataclasses
 

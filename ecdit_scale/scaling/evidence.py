@@ -113,6 +113,8 @@ class HeadlineFit:
     bootstrap_laws: tuple[HeadlineLaw, ...] = ()
     params_range: tuple[float, float] = (math.nan, math.nan)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    flops_per_param_token: float = math.nan  # k in C = k·N·D, measured on the table
+    compute_range: tuple[float, float] = (math.nan, math.nan)  # FLOPs of the table's runs
 
     def comparison(self, variant: str, baseline: str | None = None
                    ) -> HeadlineComparison | None:
@@ -133,7 +135,9 @@ class HeadlineFit:
                 "power": float(self.power), "alpha_test": float(self.alpha_test),
                 "bootstrap_laws": [b.to_dict() for b in self.bootstrap_laws],
                 "params_range": [float(x) for x in self.params_range],
-                "notes": list(self.notes), "power_line": self.power_line()}
+                "notes": list(self.notes), "power_line": self.power_line(),
+                "flops_per_param_token": float(self.flops_per_param_token),
+                "compute_range": [float(x) for x in self.compute_range]}
 
     @classmethod
     def from_dict(cls, d: dict) -> HeadlineFit:
@@ -147,7 +151,10 @@ class HeadlineFit:
                                         for b in d.get("bootstrap_laws") or []),
                    params_range=tuple(float(x) for x in d.get("params_range") or
                                       (math.nan, math.nan)),
-                   notes=tuple(str(n) for n in d.get("notes") or []))
+                   notes=tuple(str(n) for n in d.get("notes") or []),
+                   flops_per_param_token=float(d.get("flops_per_param_token", math.nan)),
+                   compute_range=tuple(float(x) for x in d.get("compute_range") or
+                                       (math.nan, math.nan)))
 
 
 def headline_data(df: pd.DataFrame, loss_column: str, groups=None,
@@ -178,7 +185,7 @@ def headline_data(df: pd.DataFrame, loss_column: str, groups=None,
 
 def fit_headline(data: HeadlineData, *, n_boot: int = 200, seed=0,
                  level: float = DEFAULT_LEVEL, constancy: bool = True,
-                 pairs=None) -> HeadlineFit:
+                 pairs=None, compute_flops=None) -> HeadlineFit:
     """The headline fit with its intervals, the power of the design and the constancy test."""
     res = fit_headline_law(data, n_boot=n_boot, seed=seed, level=level)
     resid = np.log(data.loss_N) - np.log([res.law.loss(v, n, t) for v, n, t in zip(
@@ -215,4 +222,13 @@ def fit_headline(data: HeadlineData, *, n_boot: int = 200, seed=0,
     return HeadlineFit(law=res.law, comparisons=tuple(comps), noise_sigma=noise.sigma,
                        noise_source=noise.source, level=level, n_boot=n_boot,
                        bootstrap_laws=res.bootstrap_laws, params_range=(n_lo, n_hi),
-                       notes=tuple(notes))
+                       notes=tuple(notes), **_compute_fields(data, compute_flops))
+
+
+def _compute_fields(data: HeadlineData, compute_flops) -> dict:
+    """k = median C/(N·D) and the compute range, when the table's compute is given."""
+    if compute_flops is None:
+        return {}
+    C = np.asarray(compute_flops, float)
+    return {"flops_per_param_token": float(np.median(C / (data.params_N * data.tokens_N))),
+            "compute_range": (float(C.min()), float(C.max()))}

@@ -112,7 +112,8 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
     step("headline L(N, D) fit")
     headline = _attempt(notes, "headline L(N, D) fit", fit_headline,
                         headline_data(df, loss_column, df["_group"]), n_boot=n_boot, seed=seed,
-                        level=level, pairs=comparison_pairs(kinds))
+                        level=level, pairs=comparison_pairs(kinds),
+                        compute_flops=df["compute_flops"].to_numpy())
     max_compute_flops = float(df["compute_flops"].max())
     multipliers = _multipliers(power_laws, kinds, max_compute_flops, notes)
     notes += _identification_notes(power_laws, chinchilla, shared, multipliers)
