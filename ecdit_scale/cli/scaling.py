@@ -55,8 +55,32 @@ def sweep(
     parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle)."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
+    design: str = typer.Option("grid", "--design", help="grid: --sizes x --budgets; isoflop: per --flops level, sizes around the expected optimum, each trained for the steps that spend the level."),
+    flops: str = typer.Option("", "--flops", help="isoflop: compute levels in FLOPs, e.g. 1e13,3e13,1e14."),
+    tokens_per_param: float = typer.Option(20.0, "--tokens-per-param", help="isoflop: the prior for the optimum (tokens per activated parameter), unless --prior-fit."),
+    prior_fit: Optional[Path] = typer.Option(None, "--prior-fit", help="isoflop: a fit whose headline law sets the expected optimum."),
+    sizes_per_level: int = typer.Option(5, "--sizes-per-level", help="isoflop: sizes per level (>= 3)."),
+    spread: float = typer.Option(4.0, "--spread", help="isoflop: sizes span optimum/spread..optimum*spread."),
+    lr_grid: str = typer.Option("0.5,1,2", "--lr-grid", help="isoflop: multipliers of --lr searched per size and variant at the middle level."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (size, activated params, steps, FLOPs, variant, seed) without training."),
 ) -> None:
     """Train the ladder x FFN kinds x seeds; skip finished runs, resume interrupted ones; write runs.csv."""
+    if design not in ("grid", "isoflop"):
+        raise ConfigError(f"--design {design!r}: grid or isoflop")
+    if design == "isoflop":
+        from .sweep_isoflop import isoflop_sweep
+
+        isoflop_sweep(flops=flops, variants=_csv_list(variants, "--variants"),
+                      seeds=_numbers(seeds, "--seeds", int, "integers like 0,1"),
+                      tokens_per_param=tokens_per_param, prior_fit=prior_fit,
+                      sizes_per_level=sizes_per_level, spread=spread,
+                      lr_grid=_numbers(lr_grid, "--lr-grid", float, "multipliers like 0.5,1,2"),
+                      dry_run=dry_run, json_out=json_out, micro_batch=micro_batch, nproc=nproc,
+                      lr=lr, dataset=dataset, holdout=holdout, device=device, out=out,
+                      parallel=parallel)
+        return
+    if dry_run:
+        raise ConfigError("--dry-run lists the runs of --design isoflop")
     from ..evaluation.sampled_alignment import alignment_of_run
     from ..train.sweep import SweepSpec, run_sweep
 
