@@ -18,6 +18,7 @@ import pandas as pd
 
 from .evidence import fit_headline, headline_data
 from .formulas import DEFAULT_LEVEL, identification
+from .levels import edge_levels
 from .laws import (MIN_RUNS_POWER_LAW, compute_multiplier, compute_optimal, fit_chinchilla,
                    fit_power_law, flops_per_param_token, predict)
 from .results import (Extrapolation, HeldOutResult, HeldOutRun, Multiplier, ScalingFit,
@@ -114,6 +115,7 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
                         headline_data(df, loss_column, df["_group"]), n_boot=n_boot, seed=seed,
                         level=level, pairs=comparison_pairs(kinds),
                         compute_flops=df["compute_flops"].to_numpy())
+    notes += edge_levels(df, loss_column, df["_group"])
     max_compute_flops = float(df["compute_flops"].max())
     multipliers = _multipliers(power_laws, kinds, max_compute_flops, notes)
     notes += _identification_notes(power_laws, chinchilla, shared, multipliers)

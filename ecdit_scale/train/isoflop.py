@@ -50,6 +50,7 @@ class DesignedRun:
     seed: int
     lr_multiplier: float = 1.0
     synthesised: bool = False
+    target_params: int = 0  # synthesised: the activated-parameter target it was built for
 
     @property
     def flops(self) -> float:
@@ -84,12 +85,13 @@ class _Candidate:
     active_params: int
     flops_per_image: float
     synthesised: bool
+    target: int = 0
 
 
-def _candidate(card: str, cfg: ModelConfig, synthesised: bool) -> _Candidate:
+def _candidate(card: str, cfg: ModelConfig, synthesised: bool, target: int = 0) -> _Candidate:
     return _Candidate(card=card, cfg=cfg, active_params=count_params(cfg).active_params,
                       flops_per_image=training_flops_per_image(cfg, Recompute.NONE).model_flops,
-                      synthesised=synthesised)
+                      synthesised=synthesised, target=target)
 
 
 def ladder(variant: str) -> list[_Candidate]:
@@ -114,7 +116,7 @@ def pick_sizes(targets, variant: str, cards: list[_Candidate]) -> list[_Candidat
                 r = sizes.resolve(int(round(t)), active=True, kind=kind)
                 if not kind == FFNKind.DENSE and r.config.ffn.num_experts != experts:
                     raise ConfigError("expert count differs")
-                best = _candidate(r.config.name, r.config, r.synthesised)
+                best = _candidate(r.config.name, r.config, r.synthesised, int(round(t)))
             except ConfigError:
                 pass  # outside what the rules build: keep the nearest card
         chosen.setdefault(best.card, best)
@@ -160,14 +162,15 @@ def design_isoflop(levels, *, variants, seeds, global_batch: int, sizes_per_leve
                 for seed in seeds:
                     runs.append(DesignedRun("sweep", C, c.card, variant, c.active_params,
                                             c.flops_per_image, steps, global_batch, seed,
-                                            synthesised=c.synthesised))
+                                            synthesised=c.synthesised, target_params=c.target))
                 if C == middle:
                     for m in lr_grid:
                         for seed in seeds[:LR_SEEDS]:
                             runs.append(DesignedRun("lr-search", C, c.card, variant,
                                                     c.active_params, c.flops_per_image, steps,
                                                     global_batch, seed, lr_multiplier=m,
-                                                    synthesised=c.synthesised))
+                                                    synthesised=c.synthesised,
+                                                    target_params=c.target))
     if len(seeds) < LR_SEEDS:
         notes.append(f"{len(seeds)} seed: the learning-rate search wants {LR_SEEDS}")
     prior = ("a prior fit's compute-optimal allocation" if optimum is not None else
