@@ -77,8 +77,8 @@ class HeadlineComparison:
                  f"log activated parameter; multiplier {self.at_smallest:.3g}x at the smallest "
                  f"size, {self.at_largest:.3g}x at the largest)")
         if c:
-            return (f"{who}: no trend in size detected, {trend}: a constant multiplier "
-                    "fits these sizes")
+            return (f"{who}: no trend in size detected, {trend}: these sizes cannot reject "
+                    "a constant multiplier")
         return (f"{who}: the multiplier changes with size, {trend}: do not carry one "
                 "number beyond these sizes")
 
