@@ -186,6 +186,7 @@ def _blocks(df, fit, figures_dir, title, expert_load) -> list:
     df = df.assign(_group=variant_labels(df, known=fit.kinds).to_numpy())
     blocks: list = [_Heading(title, 1), _Paragraph(_summary(df, fit)),
                     _Heading("Answer"), _Paragraph(plain_answer(fit), strong=True)]
+    blocks += _headline_section(df, fit, figures_dir)
     blocks += _sensitivity_section(fit)
     blocks += _multiplier_section(fit)
     blocks += _loss_section(df, fit, figures_dir)
@@ -198,6 +199,22 @@ def _blocks(df, fit, figures_dir, title, expert_load) -> list:
     if fit.notes:
         blocks += [_Heading("Notes")] + [_Paragraph(n) for n in fit.notes]
     return blocks
+
+
+def _headline_section(df, fit, figures_dir) -> list:
+    from .report_headline import figure_isoflop, headline_rows
+
+    if fit.headline is None:
+        return []
+    blocks: list = [_Heading("Headline: one L(N, D) for every variant"),
+                    _Paragraph("L_k(N, D) = E + A/(s_N,k·N)^alpha + B/(s_D,k·D)^beta fitted to "
+                               "every run; the compute multiplier is s_N·s_D. Intervals: "
+                               "bootstrap of seeds within each size. " +
+                               fit.headline.power_line() + "."),
+                    _Table(("comparison", "multiplier (95% CI)", "minimum detectable",
+                            "verdict", "size trend ± SE"), headline_rows(fit))]
+    figure = figure_isoflop(df, fit, figures_dir)
+    return blocks + ([figure] if figure is not None else [])
 
 
 def _summary(df, fit) -> str:

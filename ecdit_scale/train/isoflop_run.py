@@ -1,14 +1,13 @@
 """Train an IsoFLOP design (`train.isoflop`): the learning-rate search first (per size and
 variant, at the middle level, >= 2 seeds), then every run of the design at its size's best
-rate, through the same launcher, resume and records as `sweep` (`train.sweep`). One launch at
-a time; finished runs are skipped and interrupted ones resumed. The run table gets the level
+rate, through the same launcher, resume and records as `sweep` (`train.sweep`), ``parallel`` launches
+at once; finished runs are skipped and interrupted ones resumed. The run table gets the level
 (`flops_level`), the rate each run used and whether the search chose it; `lr-search.csv`
 keeps every search run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from ..config import save_model_config
 from .. import sizes
 from .isoflop import Design, DesignedRun
 from .records import RunDir
-from .sweep import SweepResult, SweepRun, SweepSpec, _train, table_rows
+from .sweep import SweepResult, SweepRun, SweepSpec, _train_all, table_rows
 
 MIN_STEPS = 10  # a sweep run needs at least this many steps (SweepSpec)
 
@@ -45,52 +44,70 @@ def _name(r: DesignedRun) -> str:
 
 
 def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, dataset: str,
-                holdout: int, device: str, out: Path, parallel: int = 1) -> SweepResult:
+                holdout: int, device: str, out: Path, parallel: int = 1,
+                stop_at: float | None = None, on_event=None) -> SweepResult:
+    """Train the design; ``parallel`` launches at once; past ``stop_at`` (a time.monotonic()
+    deadline) no new launch starts. One warm-up for every run, as a sweep's: a quarter of
+    the shortest run, at most 100 steps."""
     from ..scaling.table import save_run_table
     import pandas as pd
 
     out = Path(out)
-    base = SweepSpec(steps=MIN_STEPS, budgets=(1.0,), seeds=(0,), schedule="wsd",
-                     nproc=nproc, micro_batch=micro_batch, dataset=dataset, holdout=holdout,
-                     lr=lr, device=device, out=str(out))
-    result = SweepResult(table_path=out / "runs.csv")
-    result.notes += list(design.notes)
-    if parallel > 1:
-        result.notes.append(f"--parallel {parallel}: an IsoFLOP sweep launches one run at a time")
     runs = [r for r in design.runs if r.steps >= MIN_STEPS]
+    result = SweepResult(table_path=out / "runs.csv", stop_at=stop_at)
+    result.notes += list(design.notes)
     result.notes += [f"{_name(r)}: {r.steps} steps, under {MIN_STEPS}: not trained"
                      for r in design.runs if r.steps < MIN_STEPS]
+    if not runs:
+        return result
+    spec = SweepSpec(steps=min(r.steps for r in runs), budgets=(1.0,), seeds=(0,),
+                     schedule="wsd", nproc=nproc, micro_batch=micro_batch, dataset=dataset,
+                     holdout=holdout, lr=lr, device=device, out=str(out))
     n = len(runs)
 
-    def train(i: int, r: DesignedRun, rate: float, folder: str):
-        spec = dataclasses.replace(base, steps=r.steps)
-        run = SweepRun(card=_card(out, r), run_dir=out / folder / _name(r), steps=r.steps,
-                       seed=r.seed, lr=rate, budgets=(1.0,), budget=1.0)
-        return spec, run, _train(spec, run, result, None, i, n)
+    def sweep_run(r: DesignedRun, rate: float, folder: str) -> SweepRun:
+        return SweepRun(card=_card(out, r), run_dir=out / folder / _name(r), steps=r.steps,
+                        seed=r.seed, lr=rate, budgets=(1.0,), budget=1.0)
 
     search = [r for r in runs if r.purpose == "lr-search"]
-    for i, r in enumerate(search):
-        _, run, ok = train(i, r, lr * r.lr_multiplier, "lr-search")
-        if ok:
-            s = RunDir(run.run_dir).read_summary()
-            result.lr_search.append({"card": r.card, "variant": r.variant, "seed": r.seed,
-                                     "lr": run.lr, "steps": r.steps,
-                                     "heldout_loss": s.get("heldout_loss")})
+    found: dict[int, dict[str, Any]] = {}
+
+    def searched(i: int, run: SweepRun) -> None:
+        r = search[i]
+        s = RunDir(run.run_dir).read_summary()
+        found[i] = {"card": r.card, "variant": r.variant, "seed": r.seed, "lr": run.lr,
+                    "steps": r.steps, "heldout_loss": s.get("heldout_loss")}
+
+    _train_all(spec, [sweep_run(r, lr * r.lr_multiplier, "lr-search") for r in search], result,
+               on_event, 0, n, parallel, searched)
+    result.lr_search = [found[i] for i in sorted(found)]
     if search:
         save_run_table(pd.DataFrame(result.lr_search), out / "lr-search.csv")
     lr_of, notes = best_rates(result.lr_search, lr, [r.lr_multiplier for r in search])
     result.notes += notes
     result.lr_of = {f"{c}/{v}": x for (c, v), x in lr_of.items()}
-    for i, r in enumerate([r for r in runs if r.purpose == "sweep"], start=len(search)):
-        rate, searched = rate_for(r, lr_of, runs, lr)
-        spec, run, ok = train(i, r, rate, "runs")
-        if not ok:
-            continue
-        for row in table_rows(spec, run):
-            row.update(name=_name(r), card=r.card, run_group=_name(r), flops_level=r.level_flops,
-                       lr_searched=searched, step_fraction=1.0)
-            result.rows.append(row)
+    main = [r for r in runs if r.purpose == "sweep"]
+    rates = [rate_for(r, lr_of, runs, lr) for r in main]
+    rows: dict[int, list[dict[str, Any]]] = {}
+
+    def add_rows(i: int, run: SweepRun) -> None:
+        r = main[i]
+        rows[i] = table_rows(spec, run)
+        for row in rows[i]:
+            row.update(name=_name(r), card=r.card, run_group=_name(r),
+                       flops_level=r.level_flops, lr_searched=rates[i][1], step_fraction=1.0)
+        result.rows = [x for k in sorted(rows) for x in rows[k]]
         save_run_table(pd.DataFrame(result.rows), result.table_path)
+
+    def main_run(r: DesignedRun, rate: float) -> SweepRun:
+        """A search run of the same size, level and seed at this rate is this run: reuse it."""
+        twin = next((x for x in search if (x.card, x.level_flops, x.seed) ==
+                     (r.card, r.level_flops, r.seed) and math.isclose(lr * x.lr_multiplier, rate)),
+                    None)
+        return sweep_run(twin, rate, "lr-search") if twin else sweep_run(r, rate, "runs")
+
+    _train_all(spec, [main_run(r, rates[i][0]) for i, r in enumerate(main)], result,
+               on_event, len(search), n, parallel, add_rows)
     return result
 
 
