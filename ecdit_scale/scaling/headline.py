@@ -35,7 +35,7 @@ MAX_LOG_SCALE = math.log(1e3)  # a variant's scale on N or D stays within 1/1000
 E_FRACTIONS = (0.3, 0.8)
 EXPONENT_STARTS = (0.25, 0.6)
 MAX_LOG_CORRELATION = 0.95  # |corr(log N, log D)| above this: N and D cannot be told apart
-BOOT_STARTS = 3  # bootstrap refits: the point fit plus this many grid starts
+BOOT_STARTS = 1  # bootstrap refits: the point fit plus this many grid starts
 
 
 @dataclass(frozen=True)
