@@ -98,8 +98,9 @@ def plain_answer(fit: ScalingFit) -> str:
         return "No fit covers expert choice and a baseline, so they cannot be compared."
     answers = []
     if fit.headline is not None:
-        answers += [f"Headline (one shared-exponent L(N, D) fitted to every run, a scale on N "
-                    f"and on D per variant): {c.verdict()}." for c in fit.headline.comparisons]
+        answers.append("Headline (one shared-exponent L(N, D) fitted to every run, a scale on N "
+                       "and on D per variant): "
+                       + "; ".join(c.verdict() for c in fit.headline.comparisons) + ".")
         answers.append(fit.headline.power_line().capitalize() + ".")
         answers.append("Check, from the compute frontier:")
     answers += [_answer(fit, kind, base) for kind, base in pairs]
