@@ -93,3 +93,24 @@ def test_headline_fit_round_trips_through_a_dict(isoflop_fit):
     back = HeadlineFit.from_dict(isoflop_fit.to_dict())
     assert back.comparisons == isoflop_fit.comparisons
     assert back.law == isoflop_fit.law and len(back.bootstrap_laws) == N_BOOT
+
+
+def test_fit_run_table_leads_with_the_headline_and_saves_it(tmp_path):
+    from ecdit_scale.scaling.fit import fit_run_table
+    from ecdit_scale.scaling.report import plain_answer
+    from ecdit_scale.scaling.results import load_fit, save_fit
+
+    df = planted_table(isoflop_grid(LEVELS, sizes_per_level=4), seed=7,
+                       multipliers={"dense": 1.0, "expert-choice": 1.5})
+    fit = fit_run_table(df.drop(columns=["true_loss"]), n_boot=8, sensitivity=False)
+    c = fit.headline.comparison("expert-choice", "dense")
+    assert abs(c.value / 1.5 - 1) < 0.1 and c.detected
+    assert fit.headline.flops_per_param_token == pytest.approx(6.0)
+    assert not [n for n in fit.notes if "IsoFLOP level" in n]  # every level brackets its optimum
+    assert plain_answer(fit).startswith("Headline (one shared-exponent L(N, D)")
+    again = load_fit(save_fit(fit, tmp_path / "fit.yaml"))
+    assert again.headline.comparisons == fit.headline.comparisons
+    # the check (shared-exponent L(C) on the frontier) round-trips too, and agrees
+    shared = fit.shared_multiplier("expert-choice", "dense").value
+    assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(shared)
+    assert shared == pytest.approx(1.5, rel=0.15)
