@@ -97,6 +97,7 @@ def planted_table(grid: list[GridPoint], *, law: ChinchillaLaw = CHINCHILLA_LAW,
                 "compute_flops": k * p.active_params * p.tokens, "seed": p.seed,
                 "final_loss": loss, "smoothed_loss": loss, "heldout_loss": loss,
                 "true_loss": true, "run_group": f"{p.size}-{variant}-s{p.seed}-{budget}",
-                **({"flops_level": p.level} if math.isfinite(p.level) else {}),
+                **({"flops_level": p.level, "budget": budget} if math.isfinite(p.level)
+                   else {}),
             })
     return pd.DataFrame(rows)

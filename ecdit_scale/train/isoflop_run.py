@@ -2,7 +2,7 @@
 variant, at the middle level, >= 2 seeds), then every run of the design at its size's best
 rate, through the same launcher, resume and records as `sweep` (`train.sweep`), ``parallel`` launches
 at once; finished runs are skipped and interrupted ones resumed. The run table gets the level
-(`flops_level`), the rate each run used and whether the search chose it; `lr-search.csv`
+(`flops_level`, and as `budget`, so the L(C) check takes the best size of each level), the rate each run used and whether the search chose it; `lr-search.csv`
 keeps every search run.
 """
 
@@ -95,7 +95,8 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
         rows[i] = table_rows(spec, run)
         for row in rows[i]:
             row.update(name=_name(r), card=r.card, run_group=_name(r),
-                       flops_level=r.level_flops, lr_searched=rates[i][1], step_fraction=1.0)
+                       flops_level=r.level_flops, budget=f"{r.level_flops:.3g}",
+                       lr_searched=rates[i][1], step_fraction=1.0)
         result.rows = [x for k in sorted(rows) for x in rows[k]]
         save_run_table(pd.DataFrame(result.rows), result.table_path)
 
