@@ -67,7 +67,8 @@ def optimal_params(law: HeadlineLaw, variant: str, compute_flops: float, k: floa
         n = math.exp(x)
         return float(law.loss(variant, n, compute_flops / (k * n)))
 
-    lo, hi = math.log(guess) - SEARCH_DECADES * math.log(10), math.log(guess) + SEARCH_DECADES * math.log(10)
+    half = SEARCH_DECADES * math.log(10)
+    lo, hi = math.log(guess) - half, math.log(guess) + half
     a, b = hi - GOLDEN * (hi - lo), lo + GOLDEN * (hi - lo)
     fa, fb = f(a), f(b)
     for _ in range(200):

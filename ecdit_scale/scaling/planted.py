@@ -90,7 +90,8 @@ def planted_table(grid: list[GridPoint], *, law: ChinchillaLaw = CHINCHILLA_LAW,
             loss = true * math.exp(rng.normal(0.0, noise))
             budget = f"{p.level:.3g}" if math.isfinite(p.level) else f"{p.tokens:.3g}"
             rows.append({
-                "name": f"{p.size}-{variant}-D{p.tokens:.4g}-s{p.seed}", "card": f"{p.size}-{variant}",
+                "name": f"{p.size}-{variant}-D{p.tokens:.4g}-s{p.seed}",
+                "card": f"{p.size}-{variant}",
                 "ffn_kind": variant, "experts": 1 if variant == "dense" else 8,
                 "params": p.active_params, "active_params": p.active_params,
                 "images_seen": p.tokens / 64, "tokens_seen": p.tokens,

@@ -5,7 +5,7 @@ The estimate is the textbook power calculation on the linearised fit (Gauss-Newt
 the derivative of the predicted log loss by the fit's constants at the point fit, and Σ the
 covariance of the rows' log losses,
 
-    Cov(theta) = (JᵀJ)⁻¹ Jᵀ Σ J (JᵀJ)⁻¹            (the sandwich: rows of one run share noise)
+    Cov(theta) = (JᵀJ)⁻¹ Jᵀ Σ J (JᵀJ)⁻¹    (the sandwich: rows of one run share noise)
     SE(log m)  = sqrt(cᵀ Cov c),  c picks log s_N + log s_D of the variant
     m_min      = exp((z_(1-a/2) + z_power) · SE)    (two-sided test at a, e.g. 5%, power 80%)
 

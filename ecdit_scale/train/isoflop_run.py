@@ -1,10 +1,10 @@
 """Train an IsoFLOP design (`train.isoflop`): the learning-rate search first (per size and
 variant, at the middle level, >= 2 seeds), then every run of the design at its size's best
-rate, through the same launcher, resume and records as `sweep` (`train.sweep`), ``parallel`` launches
-at once; finished runs are skipped and interrupted ones resumed. The run table gets the level
-(`flops_level`, and as `budget`, so the L(C) check takes the best size of each level), the rate each run used and whether the search chose it; `lr-search.csv`
-keeps every search run.
-"""
+rate, through the same launcher, resume and records as `sweep` (`train.sweep`), ``parallel``
+launches at once; finished runs are skipped and interrupted ones resumed. The run table gets
+the level (`flops_level`, and as `budget`, so the L(C) check takes the best size of each
+level), the rate each run used and whether the search chose it; `lr-search.csv` keeps every
+search run."""
 
 from __future__ import annotations
 
