@@ -10,7 +10,7 @@ import numpy as np
 from ecdit_scale.scaling.levels import edge_levels
 from ecdit_scale.scaling.planted import isoflop_grid, planted_table
 from ecdit_scale.train.isoflop import design_isoflop
-from ecdit_scale.train.isoflop_run import best_rates, rate_for
+from ecdit_scale.train.isoflop_run import best_rates, extend_grid, rate_for
 
 
 def test_each_level_spends_its_flops_on_sizes_around_the_prior_optimum():
@@ -43,11 +43,11 @@ def test_best_rate_is_the_best_seed_mean_and_an_edge_is_reported():
     rows = [{"card": "a", "variant": "dense", "lr": lr, "heldout_loss": loss}
             for lr, loss in ((1e-3, 0.50), (1e-3, 0.60), (2e-3, 0.52), (2e-3, 0.54),
                              (4e-3, 0.70), (4e-3, 0.71))]
-    best, notes = best_rates(rows, 2e-3, (0.5, 1, 2))
+    best, notes = best_rates(rows)
     assert best == {("a", "dense"): 2e-3} and not notes  # mean 0.53 beats 0.55
     rows[2]["heldout_loss"] = rows[3]["heldout_loss"] = 0.9
-    best, notes = best_rates(rows, 2e-3, (0.5, 1, 2))
-    assert best[("a", "dense")] == 1e-3 and "bottom of the grid" in notes[0]
+    best, notes = best_rates(rows)
+    assert best[("a", "dense")] == 1e-3 and "bottom of the rates searched" in notes[0]
     d = design_isoflop((1e13,), variants=["dense"], seeds=[0], global_batch=16,
                        tokens_per_param=1.0)
     r = d.runs[0]
@@ -66,3 +66,16 @@ def test_fit_flags_a_level_whose_minimum_is_on_an_edge():
     shifted = df.assign(heldout_loss=df["heldout_loss"] * (df["active_params"] / 1e5) ** -0.2)
     notes = edge_levels(shifted, "heldout_loss", shifted["ffn_kind"])
     assert notes and all("largest size" in n for n in notes)
+
+
+def test_a_best_rate_on_an_edge_extends_the_grid_beyond_it():
+    d = design_isoflop((1e13,), variants=["dense"], seeds=[0, 1], global_batch=16,
+                       tokens_per_param=1.0, lr_grid=(0.5, 1.0, 2.0))
+    search = [r for r in d.runs if r.purpose == "lr-search"]
+    card = search[0].card
+    top = extend_grid(search, {(card, "dense"): 2e-3}, 1e-3)  # best at the top (2x)
+    assert {r.lr_multiplier for r in top} == {4.0} and {r.seed for r in top} == {0, 1}
+    assert {r.card for r in top} == {card}
+    low = extend_grid(search, {(card, "dense"): 0.5e-3}, 1e-3)
+    assert {r.lr_multiplier for r in low} == {0.25}
+    assert extend_grid(search, {(card, "dense"): 1e-3}, 1e-3) == []  # bracketed: no more

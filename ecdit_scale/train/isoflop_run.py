@@ -8,6 +8,7 @@ search run."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .records import RunDir
 from .sweep import SweepResult, SweepRun, SweepSpec, _train_all, table_rows
 
 MIN_STEPS = 10  # a sweep run needs at least this many steps (SweepSpec)
+MAX_LR_EXTENSIONS = 2  # grid points added beyond an edge that won, per size and variant
 
 
 def _card(out: Path, r: DesignedRun) -> str:
@@ -70,20 +72,27 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
                         seed=r.seed, lr=rate, budgets=(1.0,), budget=1.0)
 
     search = [r for r in runs if r.purpose == "lr-search"]
-    found: dict[int, dict[str, Any]] = {}
+    batch = list(search)
+    for _ in range(1 + MAX_LR_EXTENSIONS):  # the grid, then steps beyond an edge that won
+        found: dict[int, dict[str, Any]] = {}
 
-    def searched(i: int, run: SweepRun) -> None:
-        r = search[i]
-        s = RunDir(run.run_dir).read_summary()
-        found[i] = {"card": r.card, "variant": r.variant, "seed": r.seed, "lr": run.lr,
-                    "steps": r.steps, "heldout_loss": s.get("heldout_loss")}
+        def searched(i: int, run: SweepRun) -> None:
+            r = batch[i]
+            s = RunDir(run.run_dir).read_summary()
+            found[i] = {"card": r.card, "variant": r.variant, "seed": r.seed, "lr": run.lr,
+                        "steps": r.steps, "heldout_loss": s.get("heldout_loss")}
 
-    _train_all(spec, [sweep_run(r, lr * r.lr_multiplier, "lr-search") for r in search], result,
-               on_event, 0, n, parallel, searched)
-    result.lr_search = [found[i] for i in sorted(found)]
+        _train_all(spec, [sweep_run(r, lr * r.lr_multiplier, "lr-search") for r in batch],
+                   result, on_event, 0, n, parallel, searched)
+        result.lr_search += [found[i] for i in sorted(found)]
+        lr_of, _ = best_rates(result.lr_search)
+        batch = extend_grid(search, lr_of, lr)
+        if not batch:
+            break
+        search += batch
     if search:
         save_run_table(pd.DataFrame(result.lr_search), out / "lr-search.csv")
-    lr_of, notes = best_rates(result.lr_search, lr, [r.lr_multiplier for r in search])
+    lr_of, notes = best_rates(result.lr_search)
     result.notes += notes
     result.lr_of = {f"{c}/{v}": x for (c, v), x in lr_of.items()}
     main = [r for r in runs if r.purpose == "sweep"]
@@ -112,25 +121,48 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
     return result
 
 
-def best_rates(rows: list[dict[str, Any]], lr: float, multipliers
-               ) -> tuple[dict[tuple[str, str], float], list[str]]:
+def best_rates(rows: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], float], list[str]]:
     """Per (card, variant) the rate with the best mean held-out loss over its seeds, and a note
-    for each best rate on an edge of the grid (the optimum may lie beyond it)."""
+    for each best rate on an edge of the rates it searched (the optimum may lie beyond)."""
     by: dict[tuple[str, str], dict[float, list[float]]] = {}
     for r in rows:
         loss = r.get("heldout_loss")
         if loss is not None and math.isfinite(loss):
             by.setdefault((r["card"], r["variant"]), {}).setdefault(r["lr"], []).append(loss)
     best, notes = {}, []
-    grid = sorted({lr * m for m in multipliers})
     for key, losses in by.items():
         rate = min(losses, key=lambda x: np.mean(losses[x]))
         best[key] = rate
-        if len(grid) >= 2 and (math.isclose(rate, grid[0]) or math.isclose(rate, grid[-1])):
+        grid = sorted(losses)
+        if len(grid) >= 2 and rate in (grid[0], grid[-1]):
             notes.append(f"lr search for {key[0]} ({key[1]}): best at the "
-                         f"{'bottom' if math.isclose(rate, grid[0]) else 'top'} of the grid "
-                         f"({rate:.3g}); widen --lr-grid, the optimum may lie beyond it")
+                         f"{'bottom' if rate == grid[0] else 'top'} of the rates searched "
+                         f"({grid[0]:.3g}-{grid[-1]:.3g}); the optimum may lie beyond them")
     return best, notes
+
+
+def extend_grid(search: list[DesignedRun], lr_of, lr: float) -> list[DesignedRun]:
+    """For each (size, variant) whose best rate is an edge of what it has searched, the search
+    runs one grid step beyond that edge (the grid's ratio between neighbours), same seeds and
+    level, so the best rate ends up bracketed."""
+    out = []
+    for (card, variant), best in lr_of.items():
+        mine = [r for r in search if (r.card, r.variant) == (card, variant)]
+        mults = sorted({r.lr_multiplier for r in mine})
+        if len(mults) < 2:
+            continue
+        best_m = best / lr
+        if math.isclose(best_m, mults[-1]):
+            new = mults[-1] * mults[-1] / mults[-2]
+        elif math.isclose(best_m, mults[0]):
+            new = mults[0] * mults[0] / mults[1]
+        else:
+            continue
+        seen = {(r.seed, r.level_flops) for r in mine}
+        base = mine[0]
+        out += [dataclasses.replace(base, seed=seed, level_flops=level, lr_multiplier=new)
+                for seed, level in sorted(seen)]
+    return out
 
 
 def rate_for(r: DesignedRun, lr_of, runs, lr: float) -> tuple[float, bool]:
