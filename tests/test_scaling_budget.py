@@ -78,6 +78,12 @@ def test_plan_fit_flops_prints_the_allocation_and_the_loss_with_its_interval(pla
     far_text = " ".join(far.output.split())
     assert "beyond the largest measured run" in far_text
     assert "fitted loss at this allocation" not in far_text
+    from ecdit_scale.planner.hardware import get_accelerator
+
+    hours = 1e15 / (3600 * get_accelerator("h100-sxm").sustained_flops)  # the same 1e15 FLOPs
+    by_hours = runner.invoke(app, [*args, "--gpu-hours", f"{hours!r}"])
+    assert by_hours.exit_code == 0, by_hours.output
+    assert "compute-optimal allocation of 1e+15 FLOPs" in " ".join(by_hours.output.split())
     bad = runner.invoke(app, [*args, "--flops", "1e15", "--gpu-hours", "3"])
     assert isinstance(bad.exception, ConfigError) and "not both" in str(bad.exception)
     assert not math.isnan(h.flops_per_param_token)
