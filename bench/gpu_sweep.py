@@ -1,7 +1,9 @@
-"""The scaling sweep a reviewer asked for, in one prepared run: >= 5 sizes, dense / token choice
-/ expert choice, 3 seeds, one annealed (wsd) run per budget (its cooldown branched off the
-group's largest run: ``sweep --schedule wsd-branch``) on data that never repeats, scored
-by the held-out loss at fixed noise, a learning-rate search per size; then the fit and report.
+"""The scaling sweep a reviewer asked for, in one prepared run, designed in FLOPs (issue 20): per
+compute level (IsoFLOP, Hoffmann et al. 2022 Approach 2) 4 sizes around the expected optimum,
+each trained for the steps that spend the level; dense / token choice / expert choice, 2 seeds;
+a learning-rate grid per size and variant at the middle level with both seeds; data that never
+repeats, scored by the held-out loss at fixed noise; then the fit (the headline L(N, D), its
+minimum detectable multiplier, the levels whose minimum sits on an edge) and the report.
 
     python bench/gpu_sweep.py --prepare-data bench/.sweep_data  # dev machine, once (~90 s)
     python bench/gpu_sweep.py --out $OUT/gpu-sweep           # CUDA: <= 10 minutes of one GPU
@@ -11,11 +13,11 @@ The GPU machine has no text encoder (no sentence-transformers, no network): the 
 table of the shapes stream (2,772 captions) is encoded once here with --prepare-data and travels
 with the tree (carry ``bench/.sweep_data``; git ignores it). Every run then reads that table.
 
-It calls the product's own ``sweep`` (train/sweep.py, every run through ``ecdit-scale launch``)
-with ``--parallel`` launches at once (small models leave a GPU mostly idle), then ``fit`` and
-``report``. A deadline (``--budget-s``) stops launching new runs in time to fit what is done:
-runs go seed by seed, so a cut sweep still has whole seeds. The sweep resumes: run it again with
-the same --out to finish. Everything goes under --out: runs.csv, lr-search.csv, fit.yaml, the
+It calls the product's own ``sweep --design isoflop`` (train/isoflop.py designs, train/isoflop_run.py
+trains every run through ``ecdit-scale launch``) with ``--parallel`` launches at once (small models
+leave a GPU mostly idle), then ``fit`` and ``report``. A deadline (``--budget-s``) stops launching
+new runs in time to fit what is done. The sweep resumes: run it again with the same --out to
+finish. Everything goes under --out: runs.csv, lr-search.csv, fit.yaml, the
 report (HTML + Markdown + figures) and provenance.json (device, versions, settings, timings).
 The run directories themselves (checkpoints) are deleted at the end unless --keep-runs.
 """
@@ -29,26 +31,23 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA_DIR = ROOT / "bench" / ".sweep_data"
 
-# CUDA: 5 sizes (0.4M-16M active parameters, 35x) x 4 budgets (8x in images) -> ~280x compute
-# lr search 0.5-4x of 1e-3: the CPU reference sweep's search chose the top of 0.5-2x
-# wsd-branch: one launch per (size, variant, seed), the smaller budgets' cooldowns branched off
-# the 640-step run (the separate runs' losses, bit for bit): 15 launches a seed instead of 60,
-# and 752 steps a group instead of 1,200
-CUDA = dict(sizes=("nano", "micro", "tiny", "mini", "small"), variants=("dense", "tc8", "ec8"),
-            budgets=(0.125, 0.25, 0.5, 1.0), seeds=(0, 1, 2), steps=640, micro_batch=32,
-            lr_search=(0.5, 1.0, 2.0, 4.0), holdout=64, parallel=8, schedule="wsd-branch")
-# CPU --quick: the same path at toy scale (2 sizes, 2 budgets, 1 seed, a 2-point lr search)
-CPU_QUICK = dict(sizes=("nano", "micro"), variants=("dense", "ec8"), budgets=(0.5, 1.0),
-                 seeds=(0,), steps=12, micro_batch=4, lr_search=(1.0, 2.0), holdout=8,
-                 parallel=2, schedule="wsd-branch")
-
+# CUDA: levels 1e12-1e13 FLOPs (10x), 4 sizes a level around a prior of 1 token per activated
+# parameter (the CPU reference sweep's smallest size won at 0.03-0.61 tokens per parameter, so the
+# optimum lies at more tokens per parameter than it trained), 3 variants, 2 seeds, lr grid 0.5-4x
+# of 1e-3: ~61k steps of 32 images in all (`sweep --design isoflop ... --dry-run` lists them)
+CUDA = dict(flops=(1e12, 3e12, 1e13), tokens_per_param=1.0, sizes_per_level=4, spread=4.0,
+            variants=("dense", "tc8", "ec8"), seeds=(0, 1), micro_batch=32,
+            lr_grid=(0.5, 1.0, 2.0, 4.0), holdout=64, parallel=8)
+# CPU --quick: the same path at toy scale (three levels, nano/micro, 1 seed, one lr), ~1.5 min
+CPU_QUICK = dict(flops=(1e10, 2e10, 4e10), tokens_per_param=0.01, sizes_per_level=3, spread=2.0,
+                 variants=("dense",), seeds=(0,), micro_batch=4, lr_grid=(1.0,), holdout=8,
+                 parallel=2)
 
 def versions() -> dict:
     import deepspeed
@@ -72,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=540.0,
                     help="stop launching new runs after this many seconds (default 540)")
     ap.add_argument("--parallel", type=int, default=None, help="launches at once")
-    ap.add_argument("--steps", type=int, default=None, help="steps of the largest budget")
     ap.add_argument("--keep-runs", action="store_true")
     args = ap.parse_args(argv)
     from ecdit_scale import sizes
@@ -104,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     from ecdit_scale.scaling.report import write_report
     from ecdit_scale.scaling.results import save_fit
     from ecdit_scale.scaling.table import load_run_table
-    from ecdit_scale.train.sweep import SweepSpec, run_sweep
+    from ecdit_scale.train.isoflop import design_isoflop
+    from ecdit_scale.train.isoflop_run import run_isoflop
 
     settings = dict(CPU_QUICK if args.quick else CUDA)
-    parallel = settings.pop("parallel")
-    parallel = args.parallel or parallel
-    if args.steps:
-        settings["steps"] = args.steps
+    parallel = args.parallel or settings.pop("parallel")
+    settings.pop("parallel", None)
+    holdout, micro_batch = settings.pop("holdout"), settings.pop("micro_batch")
     out = args.out.resolve()
     runs_dir = out / "runs"
     t0 = time.monotonic()
@@ -118,40 +116,37 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {"script": "bench/gpu_sweep.py", "argv": sys.argv[1:], "device": args.device,
                   "caption_table": os.environ.get("ECDIT_SCALE_CACHE", "encoded here"),
                   "versions": versions(), "parallel": parallel, "budget_s": args.budget_s,
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    done_seeds, timings = [], {}
+                  "design": _plain(settings), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    timings = {}
     table = out / "runs.csv"
     try:
-        for seed in settings["seeds"]:  # seed by seed: a deadline leaves whole seeds
-            if time.monotonic() > deadline:
-                print(f"[gpu_sweep] deadline: seed {seed} and later not started", flush=True)
-                break
-            spec = SweepSpec(**{**settings, "seeds": tuple(done_seeds) + (seed,)},
-                             device=args.device, out=str(runs_dir))
-            ts = time.monotonic()
-            res = run_sweep(spec, parallel=parallel, stop_at=deadline,
-                            on_event=lambda state, run, i, n: print(
-                                f"[gpu_sweep] {i + 1}/{n} {state} {run.run_dir.name}", flush=True)
-                            if state != "done" else None)
-            timings[f"seed{seed}_s"] = round(time.monotonic() - ts, 1)
-            if res.failed:
-                print(f"[gpu_sweep] {len(res.failed)} runs failed: {res.failed[:3]}", flush=True)
-            if res.not_started:
-                print(f"[gpu_sweep] deadline: {len(res.not_started)} runs of seed {seed} not "
-                      "started; fitting what is done", flush=True)
-            done_seeds.append(seed)
-            out.mkdir(parents=True, exist_ok=True)
+        levels = settings.pop("flops")
+        design = design_isoflop(levels, global_batch=micro_batch, **settings)
+        for note in design.notes:
+            print(f"[gpu_sweep] design: {note}", flush=True)
+        res = run_isoflop(design, lr=1e-3, nproc=1, micro_batch=micro_batch,
+                          dataset="shapes-stream", holdout=holdout, device=args.device,
+                          out=runs_dir, parallel=parallel, stop_at=deadline,
+                          on_event=lambda state, run, i, n: print(
+                              f"[gpu_sweep] {i + 1}/{n} {state} {run.run_dir.name}", flush=True)
+                          if state not in ("done", "finished") else None)
+        timings["sweep_s"] = round(time.monotonic() - t0, 1)
+        if res.failed:
+            print(f"[gpu_sweep] {len(res.failed)} runs failed: {res.failed[:3]}", flush=True)
+        if res.not_started:
+            print(f"[gpu_sweep] deadline: {len(res.not_started)} runs not started; fitting what "
+                  "is done", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if res.table_path.exists():
             shutil.copyfile(res.table_path, table)
-            if spec.lr_search and (runs_dir / "lr-search.csv").exists():
-                shutil.copyfile(runs_dir / "lr-search.csv", out / "lr-search.csv")
-            provenance.update(seeds_done=done_seeds, lr_per_size=res.lr_of, timings=timings,
-                              sweep=_plain(asdict(spec)), failed=res.failed,
-                              not_started=res.not_started)
-            _write(out / "provenance.json", provenance)
-            if res.not_started:
-                break
+        if (runs_dir / "lr-search.csv").exists():
+            shutil.copyfile(runs_dir / "lr-search.csv", out / "lr-search.csv")
+        provenance.update(lr_per_size=res.lr_of, notes=res.notes, failed=res.failed,
+                          not_started=res.not_started, timings=timings,
+                          runs=[r.to_dict() for r in design.runs])
+        _write(out / "provenance.json", provenance)
         if not table.exists():
-            print("[gpu_sweep] no finished seed: nothing to fit", flush=True)
+            print("[gpu_sweep] no finished run: nothing to fit", flush=True)
             return 1
         tf = time.monotonic()
         df = load_run_table(table)
@@ -169,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             _write(out / "provenance.json", provenance)
     if not args.keep_runs:
         shutil.rmtree(runs_dir, ignore_errors=True)
-    print(f"[gpu_sweep] {len(df)} rows, seeds {done_seeds}, {timings['total_s']} s -> {out}",
-          flush=True)
+    print(f"[gpu_sweep] {len(df)} rows, {timings['total_s']} s -> {out}", flush=True)
     return 0
 
 

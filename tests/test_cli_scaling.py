@@ -158,3 +158,31 @@ def test_drop_outliers_is_explicit_and_reported_and_loss_is_not_extrapolated_pas
     assert "robust standard deviations" in data["outliers"]["rule"]
     assert data["extrapolations"] == []  # 1e20 is 1e5x beyond the largest run
     assert any("100x limit" in n for n in data["notes"])
+
+
+def test_sweep_isoflop_dry_run_lists_the_runs_without_training(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ecdit_scale.cli import app
+    from ecdit_scale.errors import ConfigError
+
+    runner = CliRunner()
+    args = ["sweep", "--design", "isoflop", "--flops", "1e13,1e14", "--tokens-per-param", "1",
+            "--variants", "dense,ec8", "--seeds", "0,1", "--out", str(tmp_path / "s"),
+            "--dry-run", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    design = json.loads(res.stdout)
+    runs = design["runs"]
+    assert {r["variant"] for r in runs} == {"dense", "ec8"} and {r["seed"] for r in runs} == {0, 1}
+    for key in ("card", "active_params", "steps", "flops", "level_flops", "purpose"):
+        assert all(key in r for r in runs)
+    for level in (1e13, 1e14):
+        sizes = {r["active_params"] for r in runs if r["level_flops"] == level
+                 and r["variant"] == "dense" and r["purpose"] == "sweep"}
+        assert len(sizes) >= 3
+    assert not (tmp_path / "s").exists()  # nothing trained, nothing written
+    bad = runner.invoke(app, ["sweep", "--design", "isoflop", "--dry-run"])
+    assert isinstance(bad.exception, ConfigError) and "--flops" in str(bad.exception)

@@ -310,22 +310,6 @@ def test_shared_exponent_fit_recovers_a_known_multiplier():
     assert fit.law.alpha == pytest.approx(alpha, rel=0.1)
 
 
-def test_shared_fit_round_trips_in_the_saved_fit(tmp_path):
-    rng = np.random.default_rng(1)
-    rows = []
-    for kind, mult in (("dense", 1.0), ("expert-choice", 1.5)):
-        for i, c in enumerate(np.geomspace(1e12, 1e14, 6)):
-            loss = 0.3 + 500.0 * (mult * c) ** -0.3 * (1 + rng.normal(0, 0.002))
-            rows.append(dict(name=f"{kind}-{i}", ffn_kind=kind, params=1e6 * (i + 1),
-                             active_params=1e6 * (i + 1), images_seen=c / 1e9, tokens_seen=c / 1e7,
-                             compute_flops=c, final_loss=loss, smoothed_loss=loss))
-    fit = fit_run_table(pd.DataFrame(rows), n_boot=20)
-    again = load_fit(save_fit(fit, tmp_path / "fit.yaml"))
-    assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(
-        fit.shared_multiplier("expert-choice", "dense").value)
-    assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(1.5, rel=0.1)
-
-
 # --- the batched engine, progress, identification -----------------------------------------
 
 

@@ -76,6 +76,8 @@ def plan(
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
     inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
     fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the compute multipliers (default: the reference sweep's)."),
+    flops: Optional[float] = typer.Option(None, "--flops", help="With --fit: spend this compute (FLOPs) as the fit's headline law says (activated parameters and steps at --global-batch)."),
+    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", help="With --fit: as --flops, for GPU-hours of --gpu at the planner's sustained FLOP/s (an estimate)."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the plan folder here: plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (it appears whole). Without --out nothing is written."),
     no_write: bool = typer.Option(False, "--no-write", hidden=True, help="Kept for old scripts: without --out, plan writes nothing anyway."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml); writes nothing unless --out is given."),
@@ -105,8 +107,6 @@ def plan(
                         recompute=recompute)
     if placement is not None:
         pin["placement"] = placement  # checked by the search (one line naming the choices)
-    cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
-                                   override=override)
     acc = get_accelerator(gpu)
     from ..planner.run_setup import RunSetup
 
@@ -116,6 +116,19 @@ def plan(
         import dataclasses
 
         acc = dataclasses.replace(acc, setup=setup)
+    spend = None
+    if flops is not None or gpu_hours is not None:  # compute-optimal plan (scaling.budget)
+        from ..scaling.budget import budget_request
+
+        spend, params, active, steps = budget_request(
+            fit, flops=flops, gpu_hours=gpu_hours, routing=routing, global_batch=global_batch,
+            model=model, sustained_flops=acc.sustained_flops)
+        training = training_for_plan(global_batch=global_batch, steps=steps,
+                                     optimizer=optimizer, precision=precision or "bf16", ema=ema)
+        (err_console if json_out else console).print("\n".join(spend.lines()), markup=False,
+                                                      highlight=False, soft_wrap=True)
+    cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
+                                   override=override)
     if precision is None and "bf16" not in acc.precisions:
         import dataclasses
 

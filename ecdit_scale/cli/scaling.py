@@ -58,8 +58,34 @@ def sweep(
     parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle)."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
+    design: str = typer.Option("grid", "--design", help="grid: --sizes x --budgets; isoflop: per --flops level, sizes around the expected optimum, each trained for the steps that spend the level."),
+    flops: str = typer.Option("", "--flops", help="isoflop: compute levels in FLOPs, e.g. 1e13,3e13,1e14."),
+    tokens_per_param: float = typer.Option(20.0, "--tokens-per-param", help="isoflop: the prior for the optimum (tokens per activated parameter), unless --prior-fit."),
+    prior_fit: Optional[Path] = typer.Option(None, "--prior-fit", help="isoflop: a fit whose headline law sets the expected optimum."),
+    sizes_per_level: int = typer.Option(5, "--sizes-per-level", help="isoflop: sizes per level (>= 3)."),
+    spread: float = typer.Option(4.0, "--spread", help="isoflop: sizes span optimum/spread..optimum*spread."),
+    lr_grid: str = typer.Option("0.5,1,2", "--lr-grid", help="isoflop: multipliers of --lr searched per size and variant at the middle level."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (size, activated params, steps, FLOPs, variant, seed) without training."),
 ) -> None:
     """Train the ladder x FFN kinds x seeds; skip finished runs, resume interrupted ones; write runs.csv."""
+    if design not in ("grid", "isoflop"):
+        raise ConfigError(f"--design {design!r}: grid or isoflop")
+    if design == "isoflop":
+        if not dry_run:
+            need_train_extra()
+        from .sweep_isoflop import isoflop_sweep
+
+        isoflop_sweep(flops=flops, variants=_csv_list(variants, "--variants"),
+                      seeds=_numbers(seeds, "--seeds", int, "integers like 0,1"),
+                      tokens_per_param=tokens_per_param, prior_fit=prior_fit,
+                      sizes_per_level=sizes_per_level, spread=spread,
+                      lr_grid=_numbers(lr_grid, "--lr-grid", float, "multipliers like 0.5,1,2"),
+                      dry_run=dry_run, json_out=json_out, micro_batch=micro_batch, nproc=nproc,
+                      lr=lr, dataset=dataset, holdout=holdout, device=device, out=out,
+                      parallel=parallel)
+        return
+    if dry_run:
+        raise ConfigError("--dry-run lists the runs of --design isoflop")
     need_train_extra()
     from ..evaluation.sampled_alignment import alignment_of_run
     from ..train.sweep import SweepSpec, run_sweep
@@ -220,11 +246,13 @@ def _print_fit(result) -> None:
                   f"{ho.max_abs_relative_error:.2%}" if ho else "impossible (see notes)"
                   if kind in result.held_out_status else "n/a")
     console.print(t)
+    _print_headline(result.headline)
     for kind, base in result.pairs():
         m = result.shared_multiplier(kind, base)
         if m is not None:
             console.print(f"[bold]compute multiplier {kind} over {base}: "
-                          f"{with_ci(m.value, m.interval, '95% CI')}[/] (shared-exponent fit)")
+                          f"{with_ci(m.value, m.interval, '95% CI')}[/] (check: shared-exponent L(C) on "
+                          "the compute frontier)")
     for m in result.multipliers:
         val = with_ci(m.value, m.interval) if m.defined else m.note
         console.print(f"per-group fits, {m.kind} over {m.baseline_kind}: {val}")
@@ -252,6 +280,21 @@ def _print_fit(result) -> None:
                   style="dim", highlight=False)
     for n in result.notes:
         console.print(f"note: {n}", style="dim", highlight=False)
+
+
+def _print_headline(headline) -> None:
+    """The headline comparisons, what the design can detect, and the constancy test."""
+    if headline is None:
+        return
+    console.print("[bold]headline[/] (shared-exponent L(N, D) = E + A/(s_N N)^alpha + "
+                  "B/(s_D D)^beta over every run; multiplier s_N*s_D; bootstrap of seeds "
+                  f"within each size, {headline.n_boot} resamples):", highlight=False)
+    for c in headline.comparisons:
+        console.print(f"  [bold]{c.verdict()}[/]", highlight=False)
+        console.print(f"  constancy: {c.constancy()}", highlight=False)
+    console.print(f"  {headline.power_line()}", highlight=False)
+    for n in headline.notes:
+        console.print(f"  note: {n}", style="dim", highlight=False)
 
 
 @app.command()

@@ -16,7 +16,9 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
+from .evidence import fit_headline, headline_data
 from .formulas import DEFAULT_LEVEL, identification
+from .levels import edge_levels
 from .laws import (MIN_RUNS_POWER_LAW, compute_multiplier, compute_optimal, fit_chinchilla,
                    fit_power_law, flops_per_param_token, predict)
 from .results import (Extrapolation, HeldOutResult, HeldOutRun, Multiplier, ScalingFit,
@@ -67,7 +69,7 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
                          + ", ".join(outliers["dropped"]))
     power_laws, chinchilla, optimal, held_out, status = {}, {}, {}, {}, {}
     n_columns = len(sensitivity_columns(df))
-    step = _Steps(progress, 3 * len(kinds) + 1
+    step = _Steps(progress, 3 * len(kinds) + 2
                   + (len(BUDGET_SUBSETS) * n_columns if sensitivity else 0))
     for i, kind in enumerate(kinds):
         runs = df[df["_group"] == kind]
@@ -108,6 +110,12 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
     step("shared-exponent fit")
     shared = _shared_fit(df, kinds, loss_column, n_boot=n_boot, seed=seed, level=level,
                          notes=notes)
+    step("headline L(N, D) fit")
+    headline = _attempt(notes, "headline L(N, D) fit", fit_headline,
+                        headline_data(df, loss_column, df["_group"]), n_boot=n_boot, seed=seed,
+                        level=level, pairs=comparison_pairs(kinds),
+                        compute_flops=df["compute_flops"].to_numpy())
+    notes += edge_levels(df, loss_column, df["_group"])
     max_compute_flops = float(df["compute_flops"].max())
     multipliers = _multipliers(power_laws, kinds, max_compute_flops, notes)
     notes += _identification_notes(power_laws, chinchilla, shared, multipliers)
@@ -123,7 +131,7 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
         min_compute_flops=float(df["compute_flops"].min()), bootstrap_unit=("run group" if "run_group" in df.columns
                                                            else "training run"),
         n_training_runs={k: int(df.loc[df["_group"] == k, "_run"].nunique()) for k in kinds},
-        held_out_status=status, sensitivity=rows, outliers=outliers,
+        held_out_status=status, sensitivity=rows, outliers=outliers, headline=headline,
     )
     step.done()
     return result

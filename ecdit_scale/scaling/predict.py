@@ -58,6 +58,13 @@ def scaling_estimate(fit_path: str | Path | None, kind: str, experts: int,
 
 
 def _multiplier(fit: ScalingFit, kind: str, baseline: str) -> dict[str, Any] | None:
+    c = fit.headline.comparison(kind, baseline) if fit.headline is not None else None
+    if c is not None:  # the headline L(N, D): with what the design can detect
+        iv = c.interval
+        return {"variant": kind, "baseline": baseline,
+                "value": c.value if c.identified else None,
+                "interval": [iv.lo, iv.hi] if iv is not None and c.identified else None,
+                "note": f"headline L(N, D): {c.verdict()}; {c.constancy()}"}
     m = fit.shared_multiplier(kind, baseline)
     if m is None:
         return None

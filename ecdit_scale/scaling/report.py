@@ -136,7 +136,14 @@ def plain_answer(fit: ScalingFit) -> str:
     pairs = fit.pairs()
     if not pairs:
         return "No fit covers expert choice and a baseline, so they cannot be compared."
-    answers = [_answer(fit, kind, base) for kind, base in pairs]
+    answers = []
+    if fit.headline is not None:
+        answers.append("Headline (one shared-exponent L(N, D) fitted to every run, a scale on N "
+                       "and on D per variant): "
+                       + "; ".join(c.verdict() for c in fit.headline.comparisons) + ".")
+        answers.append(fit.headline.power_line().capitalize() + ".")
+        answers.append("Check, from the compute frontier:")
+    answers += [_answer(fit, kind, base) for kind, base in pairs]
     answers += _robustness(fit)
     if math.isfinite(fit.min_compute_flops):
         answers.append(f"Measured on {format_number(fit.min_compute_flops, 3)}–"
@@ -210,14 +217,17 @@ def _answer(fit: ScalingFit, kind: str, baseline: str) -> str:
     if ci.hi < 1:
         return (f"{who} needs {1 / m.value:.2f}× more compute than {name} for the same loss "
                 f"(multiplier {m.value:.2f}, {band}) {where}.")
+    c = fit.headline.comparison(kind, baseline) if fit.headline is not None else None
+    below = f"; not detectable below {c.minimum_detectable:.3g}×" if c is not None else ""
     return (f"No detectable difference between {who} and {name}: multiplier {m.value:.2f}×, "
-            f"{band} includes 1 {where}.")
+            f"{band} includes 1 {where}{below}.")
 
 
 def _blocks(df, fit, figures_dir, title, expert_load) -> list:
     df = df.assign(_group=variant_labels(df, known=fit.kinds).to_numpy())
     blocks: list = [_Heading(title, 1), _Paragraph(_summary(df, fit)),
                     _Heading("Answer"), _Paragraph(plain_answer(fit), strong=True)]
+    blocks += _headline_section(df, fit, figures_dir)
     blocks += _sensitivity_section(fit)
     blocks += _multiplier_section(fit)
     blocks += _loss_section(df, fit, figures_dir)
@@ -230,6 +240,22 @@ def _blocks(df, fit, figures_dir, title, expert_load) -> list:
     if fit.notes:
         blocks += [_Heading("Notes")] + [_Paragraph(n) for n in fit.notes]
     return blocks
+
+
+def _headline_section(df, fit, figures_dir) -> list:
+    from .report_headline import figure_isoflop, headline_rows
+
+    if fit.headline is None:
+        return []
+    blocks: list = [_Heading("Headline: one L(N, D) for every variant"),
+                    _Paragraph("L_k(N, D) = E + A/(s_N,k·N)^alpha + B/(s_D,k·D)^beta fitted to "
+                               "every run; the compute multiplier is s_N·s_D. Intervals: "
+                               "bootstrap of seeds within each size. " +
+                               fit.headline.power_line() + "."),
+                    _Table(("comparison", "multiplier (95% CI)", "minimum detectable",
+                            "verdict", "size trend ± SE"), headline_rows(fit))]
+    figure = figure_isoflop(df, fit, figures_dir)
+    return blocks + ([figure] if figure is not None else [])
 
 
 def _summary(df, fit) -> str:

@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..files import atomic_write_text, load_yaml_file
+from .evidence import HeadlineFit
 from .runlevel import kind_of
 from .formulas import (DEFAULT_LEVEL, ChinchillaLaw, Interval, PowerLaw, SharedPowerLaw,
                        percentile_interval)
@@ -290,6 +291,7 @@ class ScalingFit:
     held_out_status: dict[str, str] = field(default_factory=dict)  # why a check is impossible
     sensitivity: tuple[SensitivityRow, ...] = ()
     outliers: dict = field(default_factory=dict)  # {"rule", "applied", "dropped"}
+    headline: HeadlineFit | None = None  # shared-exponent L(N, D), a scale per variant
 
     @property
     def compute_range(self) -> float:
@@ -334,6 +336,7 @@ class ScalingFit:
             "held_out_status": dict(self.held_out_status),
             "sensitivity": [r.to_dict() for r in self.sensitivity],
             "outliers": dict(self.outliers),
+            "headline": self.headline.to_dict() if self.headline is not None else None,
         }
 
     @classmethod
@@ -379,6 +382,8 @@ class ScalingFit:
             sensitivity=_parsed("sensitivity", lambda xs: tuple(SensitivityRow.from_dict(x) for x in xs),
                                 d.get("sensitivity") or []),
             outliers=_parsed("outliers", dict, d.get("outliers") or {}),
+            headline=(_parsed("headline", HeadlineFit.from_dict, d["headline"])
+                      if d.get("headline") else None),
         )
 
 
