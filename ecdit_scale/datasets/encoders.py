@@ -210,7 +210,9 @@ def load_text_encoder(path: str | os.PathLike | None = None, device: str = "auto
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(str(p), device=dev).eval().requires_grad_(False)
-            dim = int(model.get_sentence_embedding_dimension() or 0)
+            get_dim = (getattr(model, "get_embedding_dimension", None)
+                       or model.get_sentence_embedding_dimension)  # renamed in v6
+            dim = int(get_dim() or 0)
             limit = int(model.max_seq_length or 512)
             return TokenEncoder(p, name, folder_sha256(p), "sentence-transformers", model, None,
                                 dev, dim, limit)

@@ -108,7 +108,8 @@ def load_image(data: bytes, resolution: int) -> np.ndarray:
 
 def _reason(exc: Exception) -> str:
     """'damaged image (Error: message)', without object addresses (the same on every run)."""
-    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(exc).splitlines()[0] if str(exc) else "")
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", first).strip()
     return f"damaged image ({type(exc).__name__}{': ' + text[:120] if text else ''})"
 
 
