@@ -253,3 +253,38 @@ def test_bad_sources_and_cards_are_refused_in_one_line(image_folder, text_encode
         card_for_data(sizes.get("dit-s-2"), data)
     with pytest.raises(DataError, match="takes 3-channel 32x32 inputs"):
         card_for_data(sizes.get("nano-ec8"), data, strict=True)
+
+
+def test_sources_side_car_captions_truncated_shards_and_bad_patterns(shards, tmp_path):
+    from ecdit_scale.datasets.sources import iter_items
+
+    side = tmp_path / "side"
+    side.mkdir()
+    for name in ("b", "a"):
+        (side / f"{name}.png").write_bytes(_image_bytes(COLOURS[0]))
+    (side / "a.txt").write_text("a red cat\n")
+    items = [item for _, item in iter_items(open_source(str(side)))]
+    assert [(i.key, i.caption) for i in items] == [("a.png", "a red cat"), ("b.png", None)]
+    assert items[1].problem == "no caption (no side-car .txt)"
+
+    whole = (shards / "00001.tar").read_bytes()
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(shards / "00001.tar") as tar:
+        end = tar.getmember("000000004.png").offset_data + 20
+    cut.write_bytes(whole[:end])  # the last sample's image is cut off
+    assert count_items(open_source(str(cut))) == 2
+    got = [item for _, item in iter_items(open_source(str(cut)))]
+    assert [i.key for i in got] == ["cut.tar/000000003", "cut.tar/000000004"]
+    assert got[0].caption == "a blue cat" and got[1].image is None
+    assert got[1].problem == "damaged image (the tar shard ends inside this sample)"
+    # a resumed preparation skips items without reading them
+    assert [item for _, item in iter_items(open_source(str(shards)), lambda i: i == 3)][3:] == [
+        next(item for _, item in iter_items(open_source(str(shards / "00001.tar")))), None]
+
+    with pytest.raises(DataError, match="00002.tar does not exist"):
+        open_source(str(shards / "0000{0..2}.tar"))
+    with pytest.raises(DataError, match="no such file or folder"):
+        open_source(str(tmp_path / "nowhere"))
+    (tmp_path / "x.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match="must be a WebDataset .tar shard"):
+        open_source(str(tmp_path / "x.zip"))

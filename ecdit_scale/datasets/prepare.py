@@ -187,7 +187,7 @@ def _encode_shard(batch: list[tuple[int, Item]], req: PrepareRequest, vae, text,
     keys, captions, pixels, skipped = [], [], [], []
     for _, item in batch:
         tick()
-        problem = ("missing image file" if item.image is None
+        problem = ((item.problem or "missing image file") if item.image is None
                    else item.problem if item.caption is None else "")
         if not problem:
             try:

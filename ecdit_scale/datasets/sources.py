@@ -27,6 +27,7 @@ from . import DataError
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 CAPTION_KEYS = ("text", "caption")  # ImageFolder's field first, then img2dataset's json field
 MAX_CAPTION_BYTES = 1 << 20
+TRUNCATED = "truncated"  # marks the sample a damaged shard ends in
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def _tar_groups(tar_path: Path, wanted: Callable[[], bool]
                 ) -> Iterator[tuple[str, dict[str, bytes] | None]]:
     """(key, {extension: bytes}) per image-bearing sample of one shard, in stream order; the
     bytes are read only when ``wanted()`` says so at the sample's first member. A shard that
-    ends early (truncated download) yields what it held before the damage."""
+    ends early (truncated download) yields the samples before the damage, and the sample it
+    ends in marked ``TRUNCATED`` (a damaged item, named and skipped like a broken image)."""
     try:
         tar = tarfile.open(tar_path, "r:*")
     except (tarfile.TarError, OSError) as exc:
@@ -215,10 +217,14 @@ def _tar_groups(tar_path: Path, wanted: Callable[[], bool]
                     key, exts, data, read = k, set(), {}, wanted()
                 exts.add(ext)
                 if read and (ext in IMAGE_EXTS or ext in (".txt", ".json")):
-                    fh = tar.extractfile(member)
-                    data[ext] = fh.read() if fh is not None else b""
+                    try:
+                        fh = tar.extractfile(member)
+                        data[ext] = fh.read() if fh is not None else b""
+                    except (tarfile.TarError, EOFError, OSError):
+                        data[TRUNCATED] = b""  # the shard ends inside this sample: damaged
+                        break
         except (tarfile.TarError, EOFError, OSError):
-            pass  # truncated: the samples before the damage stand; the broken one is dropped
+            pass  # a damaged header: the samples before it stand
         if key is not None and exts & set(IMAGE_EXTS):
             yield key, (data if read else None)
 
@@ -241,6 +247,8 @@ def _decode_caption(raw: bytes, ext: str) -> tuple[str | None, str]:
 
 
 def _tar_item(key: str, members: dict[str, bytes]) -> Item:
+    if TRUNCATED in members:
+        return Item(key, None, None, "damaged image (the tar shard ends inside this sample)")
     image = next((members[e] for e in IMAGE_EXTS if e in members), None)
     caption, problem = None, "no caption (no .txt or .json)"
     for ext in (".txt", ".json"):
