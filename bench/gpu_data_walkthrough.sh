@@ -66,7 +66,7 @@ PREP_ARGS=(--out "$OUT/prepared" --resolution "$RES" --device "$DEVICE")
 [ -n "${TEXT_ENCODER:-}" ] && PREP_ARGS+=(--text-encoder "$TEXT_ENCODER")
 timeout 300 "$PY" -m ecdit_scale data prepare "$SRC" "${PREP_ARGS[@]}" || { echo "prepare failed: $?"; exit 1; }
 
-if ! "$PY" -m ecdit_scale sweep --help 2>/dev/null | grep -q -- "--data"; then
+if ! "$PY" -m ecdit_scale sweep --help 2>/dev/null | grep -qE -- "--data([^a-z-]|$)"; then
   stage "stop: this build's sweep has no --data yet (issue 21, launch/sweep part); the prepared folder is $OUT/prepared"
   exit 0
 fi
