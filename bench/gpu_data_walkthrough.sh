@@ -30,7 +30,7 @@ stage() { echo "=== $(( $(date +%s) - t0 )) s: $*"; }
 if [ "$MODE" = "--cpu" ]; then
   DEVICE=cpu; PY="${PYTHON:-python}"
   ITEMS=${ITEMS:-256}; RES=${RES:-32}; SIZES=nano,micro; STEPS=8; BUDGETS=0.5,1; SEEDS=0
-  MB=4; PAR=1; SWEEP_TIMEOUT=300
+  MB=4; PAR=1; SWEEP_TIMEOUT=300; WORKERS=1
 else
   DEVICE=cuda; PY=python3
   if ls .whl/*.whl >/dev/null 2>&1; then
@@ -40,7 +40,7 @@ else
     export PYTHONPATH="/tmp/site:$ROOT"
   fi
   ITEMS=${ITEMS:-4096}; RES=${RES:-32}; SIZES=nano,micro,tiny,mini; STEPS=400
-  BUDGETS=0.25,0.5,1; SEEDS=0,1; MB=32; PAR=4; SWEEP_TIMEOUT=420
+  BUDGETS=0.25,0.5,1; SEEDS=0,1; MB=32; PAR=4; SWEEP_TIMEOUT=420; WORKERS=8
 fi
 # with a VAE, images are RES pixels and the model sees RES/8 latents: ask for RES=256
 [ -n "${VAE:-}" ] && [ "$MODE" != "--cpu" ] && RES=${RES_VAE:-256}
@@ -61,7 +61,7 @@ if [ -z "$SRC" ]; then
 fi
 
 stage "data prepare $SRC -> $OUT/prepared (resolution $RES${VAE:+, VAE $VAE})"
-PREP_ARGS=(--out "$OUT/prepared" --resolution "$RES" --device "$DEVICE")
+PREP_ARGS=(--out "$OUT/prepared" --resolution "$RES" --device "$DEVICE" --workers "$WORKERS")
 [ -n "${VAE:-}" ] && PREP_ARGS+=(--vae "$VAE")
 [ -n "${TEXT_ENCODER:-}" ] && PREP_ARGS+=(--text-encoder "$TEXT_ENCODER")
 timeout 300 "$PY" -m ecdit_scale data prepare "$SRC" "${PREP_ARGS[@]}" || { echo "prepare failed: $?"; exit 1; }

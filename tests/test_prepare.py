@@ -205,14 +205,14 @@ def test_interrupted_prepare_resumes_and_loses_nothing(image_folder, text_encode
             raise KeyboardInterrupt
 
     out = tmp_path / "part"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # resumed below with 3 decoding threads
         prepare(_request(image_folder, out, **kw), progress=stop_after_first_shard)
     assert shard_path(out, 0).is_file() and not shard_path(out, 1).exists()
     assert not (out / "manifest.json").exists()
     with pytest.raises(DataError, match="did not finish"):
         open_prepared(out)
     first = shard_path(out, 0).stat().st_ino
-    again = prepare(_request(image_folder, out, **kw))
+    again = prepare(_request(image_folder, out, workers=3, **kw))
     assert (again.shards_kept, again.shards_written) == (1, 2)
     assert shard_path(out, 0).stat().st_ino == first  # kept, not rewritten
     for k in range(3):  # the same arrays and header as the uninterrupted preparation

@@ -28,6 +28,7 @@ def prepare_cmd(
     text_tokens: int = typer.Option(77, "--text-tokens", help="Tokens kept per caption (a card reads its own count, at most this)."),
     shard_size: int = typer.Option(1024, "--shard-size", help="Items per shard (the unit of resuming)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the encoders run."),
+    workers: int = typer.Option(1, "--workers", help="Threads decoding and resizing images (the output is the same for any number)."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Resize, crop and encode images and captions into sharded arrays with a manifest."""
@@ -35,7 +36,7 @@ def prepare_cmd(
 
     req = PrepareRequest(source=source, out=out, resolution=resolution, vae=vae,
                          text_encoder=text_encoder, text_tokens=text_tokens,
-                         shard_size=shard_size, device=device)
+                         shard_size=shard_size, device=device, workers=workers)
     check_request(req)  # before the bar: a refusal is its one line
     with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=json_out) as bar:

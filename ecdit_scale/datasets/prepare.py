@@ -22,6 +22,7 @@ counted, named and skipped. No torch here: the encoders load it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -55,6 +56,7 @@ class PrepareRequest:
     text_tokens: int = TEXT_TOKENS_DEFAULT
     shard_size: int = SHARD_SIZE_DEFAULT
     device: str = "auto"
+    workers: int = 1  # threads decoding images (the output does not depend on it)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ def check_request(req: PrepareRequest) -> None:
         raise DataError(f"--text-tokens {req.text_tokens!r}: must be an integer in 1..4096")
     if not isinstance(req.shard_size, int) or not 1 <= req.shard_size <= 1_000_000:
         raise DataError(f"--shard-size {req.shard_size!r}: must be an integer in 1..1000000")
+    if not isinstance(req.workers, int) or not 1 <= req.workers <= 256:
+        raise DataError(f"--workers {req.workers!r}: must be an integer in 1..256")
     check_output_folder(req.out, "--out")
 
 
@@ -181,22 +185,32 @@ def shard_header(path: Path) -> tuple[dict, dict[str, list[int]]]:
     return meta, shapes
 
 
+def _decode(item: Item, resolution: int) -> np.ndarray | str:
+    """The item's (R, R, 3) pixels, or why it is skipped."""
+    if item.image is None:
+        return item.problem or "missing image file"
+    if item.caption is None:
+        return item.problem
+    try:
+        return load_image(item.image, resolution)
+    except Exception as exc:  # Pillow raises many kinds for a damaged file
+        return _reason(exc)
+
+
 def _encode_shard(batch: list[tuple[int, Item]], req: PrepareRequest, vae, text,
-                  tick: Callable[[], None]) -> tuple[dict, dict]:
-    """The arrays and header of one shard from its items."""
+                  tick: Callable[[], None], pool) -> tuple[dict, dict]:
+    """The arrays and header of one shard from its items (decoded on ``pool``'s threads when
+    there is one: Pillow releases the GIL while it decodes and resizes)."""
     keys, captions, pixels, skipped = [], [], [], []
-    for _, item in batch:
+    items = [item for _, item in batch]
+    decoded = (pool.map(_decode, items, [req.resolution] * len(items)) if pool is not None
+               else (_decode(item, req.resolution) for item in items))
+    for item, result in zip(items, decoded):
         tick()
-        problem = ((item.problem or "missing image file") if item.image is None
-                   else item.problem if item.caption is None else "")
-        if not problem:
-            try:
-                pixels.append(load_image(item.image, req.resolution))
-            except Exception as exc:  # Pillow raises many kinds for a damaged file
-                problem = _reason(exc)
-        if problem:
-            skipped.append([item.key, problem])
+        if isinstance(result, str):
+            skipped.append([item.key, result])
             continue
+        pixels.append(result)
         keys.append(item.key)
         captions.append(item.caption)
     r = req.resolution
@@ -254,6 +268,17 @@ def _manifest(out: Path, settings: dict, source: Source, n_shards: int, vae, tex
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _decoders(workers: int):
+    if workers <= 1:
+        yield None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        yield pool
+
+
 def prepare(req: PrepareRequest, progress: Progress | None = None) -> PrepareResult:
     """Prepare ``req.source`` into ``req.out`` (see the module docstring); resumes an
     interrupted call with the same settings. ``progress(done, total)`` is called as items go."""
@@ -290,17 +315,17 @@ def prepare(req: PrepareRequest, progress: Progress | None = None) -> PrepareRes
             if counter[0] % PROGRESS_EVERY == 0:
                 report(counter[0], n_items)
 
-        for index, item in iter_items(source, wanted):
-            if item is None:
-                continue
-            batch.append((index, item))
-            last = index == n_items - 1 or (index + 1) % req.shard_size == 0
-            if last:
-                arrays, meta = _encode_shard(batch, req, vae, text, tick)
-                _write_shard(shard_path(out, index // req.shard_size), arrays, meta)
-                written += 1
-                report(counter[0], n_items)
-                batch = []
+        with _decoders(req.workers) as pool:
+            for index, item in iter_items(source, wanted):
+                if item is None:
+                    continue
+                batch.append((index, item))
+                if index == n_items - 1 or (index + 1) % req.shard_size == 0:  # shard's last
+                    arrays, meta = _encode_shard(batch, req, vae, text, tick, pool)
+                    _write_shard(shard_path(out, index // req.shard_size), arrays, meta)
+                    written += 1
+                    report(counter[0], n_items)
+                    batch = []
         missing = [k for k in range(n_shards) if not shard_path(out, k).is_file()]
         if missing:  # the source changed under us (fewer items than counted)
             raise DataError(f"source {req.source!r}: changed while it was read (shard {missing[0]} "
