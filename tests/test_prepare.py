@@ -7,6 +7,7 @@ save_pretrained, images drawn with Pillow. Nothing comes from a hub.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -149,21 +150,26 @@ def test_image_folder_to_pixels_to_the_models_batches(image_folder, text_encoder
 
     data = open_prepared(out)
     cfg = card_for_data(sizes.get("nano-ec8"), data)  # 32x32 card -> the data's 16x16
-    assert (cfg.in_channels, cfg.input_size, cfg.vae_downsample) == (3, 16, 1)
+    assert (cfg.in_channels, cfg.input_size, cfg.vae_downsample, cfg.text_dim) == (3, 16, 1, 16)
     split = prepared_splits(data, cfg, holdout=2, seed=0)
     assert (len(split.train), len(split.held)) == (4, 2) and len(split.held_keys) == 2
     assert set(split.held_keys) < {f"train/{i}.png" for i in range(6)}
     # the stored pixels are the source image, in [-1, 1]: image 0 is one colour
     first = [c for c in split.train.captions + split.held.captions]
     assert len(first) == 6
-    assert split.train.text.shape == (4, cfg.text_tokens, cfg.text_dim)  # 16-d -> 384-d
+    assert split.train.text.shape == (4, cfg.text_tokens, 16)
     assert int(split.train.text_len.max()) <= cfg.text_tokens
     images, text = next(batches(split.train, 2, seed=0))
-    assert images.shape == (2, 3, 16, 16) and text.shape == (2, 16, 384)
+    assert images.shape == (2, 3, 16, 16) and text.shape == (2, 16, 16)
     assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
     torch.manual_seed(0)
     loss = rectified_flow_loss(build_model(cfg), images, text).loss
     assert torch.isfinite(loss)
+    wide = dataclasses.replace(cfg, text_dim=384)  # a card file's own width: rows mapped to it
+    held = prepared_splits(data, card_for_data(wide, data, strict=True), holdout=2, seed=0).held
+    assert held.text.shape == (2, 16, 384) and held.captions == split.held.captions
+    norms = held.text.norm(dim=-1), split.held.text.norm(dim=-1)  # an isometry keeps norms
+    assert torch.allclose(*norms, atol=1e-4)
 
 
 def test_webdataset_shards_to_vae_latents(shards, text_encoder_dir, vae_dir, tmp_path):

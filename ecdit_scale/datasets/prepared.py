@@ -5,9 +5,10 @@ and ``sweep --data DIR`` load).
   preparation: refused in one line);
 - ``card_for_data(cfg, data)``: the card with its input shaped by the data: in_channels,
   input_size and vae_downsample follow the prepared arrays, so the token count is
-  (size / patch)^2. A card that cannot take them (class-conditioned, or a patch size that does
-  not divide the data's size) is refused in one line; ``strict=True`` (a card file the user
-  wrote) refuses any difference instead of reshaping;
+  (size / patch)^2, and text_dim follows the text encoder's width. A card that cannot take
+  them (class-conditioned, or a patch size that does not divide the data's size) is refused in
+  one line; ``strict=True`` (a card file the user wrote) refuses an input shape that differs
+  instead of reshaping, and keeps its text width (the token rows are mapped to it);
 - ``prepared_splits(data, cfg, holdout=, seed=)``: the items as ``captioned.CaptionedImages``
   (pixels to [-1, 1], latents as stored; each caption's token rows padded or cut to the card's
   text_tokens and mapped to its text width by ``text_encoder.fit_text_dim``), split by item
@@ -49,6 +50,11 @@ class PreparedData:
     @property
     def vae_downsample(self) -> int:
         return int(self.manifest["inputs"]["vae_downsample"])
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the stored token rows (the text encoder's)."""
+        return int(self.manifest["text"]["dim"])
 
     @property
     def items(self) -> int:
@@ -102,8 +108,10 @@ def card_for_data(cfg: ModelConfig, data: PreparedData, *, strict: bool = False)
         raise DataError(f"{cfg.name}: patch_size {cfg.patch_size} does not divide the data's "
                         f"{data.size}x{data.size} inputs ({where}); prepare at a resolution "
                         f"that is a multiple of {cfg.patch_size * data.vae_downsample}")
+    if strict:
+        return cfg  # its own text width: the rows are mapped to it (``load_arrays``)
     return dataclasses.replace(cfg, in_channels=data.channels, input_size=data.size,
-                               vae_downsample=data.vae_downsample)
+                               vae_downsample=data.vae_downsample, text_dim=data.text_dim)
 
 
 def check_data_fits(cfg: ModelConfig, data: PreparedData) -> None:
