@@ -250,8 +250,12 @@ def test_bad_sources_and_cards_are_refused_in_one_line(image_folder, text_encode
         prepare(_request(image_folder, tmp_path / "mine", resolution=8,
                          text_encoder=str(text_encoder_dir)))
 
-    out = tmp_path / "p"
-    prepare(_request(image_folder, out, resolution=18, text_encoder=str(text_encoder_dir)))
+    out = tmp_path / "p"  # through the CLI: the progress bar, the table, the skipped items
+    r = cli_here("data", "prepare", str(image_folder), "--out", str(out), "--resolution", "18",
+                 "--text-encoder", str(text_encoder_dir), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "6 prepared of 8; 2 skipped" in r.stdout and "1 damaged image" in r.stdout
+    assert "skipped train/broken.png: damaged image (UnidentifiedImageError" in r.stdout
     data = open_prepared(out)
     with pytest.raises(DataError, match="patch_size 4 does not divide the data's 18x18"):
         card_for_data(sizes.get("nano-ec8"), data)
@@ -272,6 +276,10 @@ def test_sources_side_car_captions_truncated_shards_and_bad_patterns(shards, tmp
     items = [item for _, item in iter_items(open_source(str(side)))]
     assert [(i.key, i.caption) for i in items] == [("a.png", "a red cat"), ("b.png", None)]
     assert items[1].problem == "no caption (no side-car .txt)"
+    (side / "metadata.csv").write_text('file_name,text\nb.png,"a cat, blue"\nc.png,a dog\n')
+    items = [item for _, item in iter_items(open_source(str(side)))]  # the metadata rules
+    assert [(i.key, i.caption, i.problem) for i in items] == [
+        ("b.png", "a cat, blue", ""), ("c.png", "a dog", "missing image file")]
 
     whole = (shards / "00001.tar").read_bytes()
     cut = tmp_path / "cut.tar"

@@ -1,9 +1,9 @@
 """Image-caption sources a team brings (``data prepare SRC``), read in one fixed order.
 
-- an image folder in the Hugging Face ImageFolder layout: ``metadata.jsonl`` files whose rows
-  name an image (``file_name``, relative to that file's folder) and its caption (``text``, or
-  ``caption``); without any metadata.jsonl, every image under the folder with a side-car
-  caption (``cat.png`` + ``cat.txt``);
+- an image folder in the Hugging Face ImageFolder layout: ``metadata.jsonl`` (or ``.csv``)
+  files whose rows name an image (``file_name``, relative to that file's folder) and its
+  caption (``text``, or ``caption``); without any metadata file, every image under the folder
+  with a side-car caption (``cat.png`` + ``cat.txt``);
 - WebDataset tar shards as img2dataset writes them (``000000001.jpg`` + ``000000001.txt`` or
   ``.json`` with a ``caption``/``text`` field): one ``.tar``, a brace pattern
   (``shards/{00000..00009}.tar``) or a folder of ``.tar`` files.
@@ -16,6 +16,7 @@ skips it, as it does an image that does not decode. No torch, no numpy.
 
 from __future__ import annotations
 
+import csv
 import json
 import tarfile
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Callable, Iterator
 from . import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 CAPTION_KEYS = ("text", "caption")  # ImageFolder's field first, then img2dataset's json field
 MAX_CAPTION_BYTES = 1 << 20
 TRUNCATED = "truncated"  # marks the sample a damaged shard ends in
@@ -145,23 +147,36 @@ def _caption_of(row: dict) -> str | None:
     return None
 
 
+def _metadata_rows(meta: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a metadata.jsonl (one JSON object a line) or metadata.csv (a
+    header row naming the columns)."""
+    if meta.suffix == ".csv":
+        with open(meta, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            for n, row in enumerate(reader, 2):
+                yield n, row
+        return
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{meta}: line {n} is not JSON; each line must be an object "
+                            'like {"file_name": "a.png", "text": "a caption"}') from None
+        yield n, row
+
+
 def _folder_rows(root: Path) -> list[tuple[str, Path, str | None, str]]:
     """(key, image path, caption, problem) for every item of an image folder, in order."""
-    metas = sorted(root.rglob("metadata.jsonl"))
+    metas = sorted(p for p in root.rglob("metadata.*") if p.name in METADATA_FILES)
     rows: list[tuple[str, Path, str | None, str]] = []
     if metas:
         for meta in metas:
-            for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
+            for n, row in _metadata_rows(meta):
                 where = f"{meta.relative_to(root).as_posix()}:{n}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise DataError(f"{meta}: line {n} is not JSON; each line must be an object "
-                                    'like {"file_name": "a.png", "text": "a caption"}') from None
                 if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-                    raise DataError(f"{meta}: line {n} has no \"file_name\" string")
+                    raise DataError(f"{meta}: line {n} has no \"file_name\"")
                 image = meta.parent / row["file_name"]
                 caption = _caption_of(row)
                 key = image.relative_to(root).as_posix() if image.is_relative_to(root) else where
