@@ -168,6 +168,10 @@ def test_image_folder_to_pixels_to_the_models_batches(image_folder, text_encoder
     wide = dataclasses.replace(cfg, text_dim=384)  # a card file's own width: rows mapped to it
     held = prepared_splits(data, card_for_data(wide, data, strict=True), holdout=2, seed=0).held
     assert held.text.shape == (2, 16, 384) and held.captions == split.held.captions
+    few = prepared_splits(data, cfg, holdout=1, seed=0, limit=3)  # --limit: the first 3 items
+    assert sorted(few.train.captions + few.held.captions) == sorted(
+        ["a red cat", "a green cat", "a blue cat"])
+    assert len(data.describe()["manifest_sha256"]) == 64
     norms = held.text.norm(dim=-1), split.held.text.norm(dim=-1)  # an isometry keeps norms
     assert torch.allclose(*norms, atol=1e-4)
 

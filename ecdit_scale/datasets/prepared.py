@@ -21,6 +21,7 @@ numpy and safetensors only until the arrays become tensors (``prepared_splits``)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,9 @@ class PreparedData:
     def describe(self) -> dict:
         """What a run record keeps about its data."""
         m = self.manifest
-        return {"dir": str(self.root), "source": m["source"]["spec"], "items": self.items,
+        digest = hashlib.sha256((self.root / MANIFEST_FILE).read_bytes()).hexdigest()
+        return {"dir": str(self.root), "manifest_sha256": digest,
+                "source": m["source"]["spec"], "items": self.items,
                 "inputs": m["inputs"], "text_encoder": {k: m["text"][k] for k in ("name", "sha256")},
                 "vae": None if m["vae"] is None else {k: m["vae"][k] for k in ("name", "sha256")}}
 
@@ -177,16 +180,23 @@ class PreparedSplit:
     held_keys: list[str]  # the held-out items by name (for the run record)
 
 
-def prepared_splits(data: PreparedData, cfg: ModelConfig, *, holdout: int, seed: int
-                    ) -> PreparedSplit:
-    """The run's training and held-out items, shaped for ``cfg`` (``check_data_fits`` first)."""
+def prepared_splits(data: PreparedData, cfg: ModelConfig, *, holdout: int, seed: int,
+                    limit: int | None = None) -> PreparedSplit:
+    """The run's training and held-out items, shaped for ``cfg`` (``check_data_fits`` first);
+    ``limit``: only the first N items (source order) before the split, as ``--limit``."""
     import torch
 
     from .batches import holdout_rows, subset
     from .captioned import CaptionedImages, to_unit_range
 
     check_data_fits(cfg, data)
+    if limit is not None and (not isinstance(limit, int) or limit < 2):
+        raise DataError(f"limit = {limit!r}: must be None or an integer >= 2")
     a = load_arrays(data, text_tokens=cfg.text_tokens, text_dim=cfg.text_dim)
+    if limit is not None and limit < len(a.keys):
+        a = PreparedArrays(images=a.images[:limit], is_latent=a.is_latent,
+                           text_NTD=a.text_NTD[:limit], lengths_N=a.lengths_N[:limit],
+                           keys=a.keys[:limit], captions=a.captions[:limit])
     images = torch.from_numpy(a.images) if a.is_latent else to_unit_range(a.images)
     ds = CaptionedImages(images=images, text=torch.from_numpy(a.text_NTD),
                          text_len=torch.from_numpy(a.lengths_N), captions=a.captions)
