@@ -1,0 +1,308 @@
+"""`data prepare`: ImageFolder and WebDataset sources, pixels and a tiny VAE's latents, a tiny
+text encoder, damaged items, resuming, and the prepared folder as the trainer's batches.
+
+Everything is made here in temporary folders: tiny randomly initialised encoders saved with
+save_pretrained, images drawn with Pillow. Nothing comes from a hub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import cli_here
+from ecdit_scale import sizes
+from ecdit_scale.datasets import DataError
+from ecdit_scale.datasets.prepare import (PrepareRequest, load_image, prepare, shard_header,
+                                          shard_path)
+from ecdit_scale.datasets.prepared import card_for_data, open_prepared, prepared_splits
+from ecdit_scale.datasets.sources import count_items, open_source
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+WORDS = "[PAD] [UNK] [CLS] [SEP] [MASK] a red green blue cat dog square circle on the".split()
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 40, 230), (240, 240, 20), (20, 220, 220),
+           (200, 30, 200), (120, 120, 120)]
+
+
+def _image_bytes(colour, size=(24, 20), fmt="PNG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def text_encoder_dir(tmp_path_factory):
+    """A 1-layer, 16-d BERT with a 15-word vocabulary (transformers folder)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-text")
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(path)
+    cfg = BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=80)
+    BertModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """A 2-level AutoencoderKL (downsampling 2, 4 latent channels)."""
+    from diffusers import AutoencoderKL
+
+    path = tmp_path_factory.mktemp("tiny-vae")
+    AutoencoderKL(block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
+                  norm_num_groups=4, sample_size=16,
+                  down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """6 good images (metadata.jsonl), one that does not decode, one without a caption."""
+    root = tmp_path / "images"
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for i, colour in enumerate(COLOURS[:6]):
+        (root / "train" / f"{i}.png").write_bytes(_image_bytes(colour))
+        rows.append({"file_name": f"{i}.png", "text": f"a {WORDS[6 + i % 3]} cat"})
+    (root / "train" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rows.insert(2, {"file_name": "broken.png", "text": "a red dog"})
+    (root / "train" / "quiet.png").write_bytes(_image_bytes(COLOURS[6]))
+    rows.append({"file_name": "quiet.png"})
+    (root / "train" / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return root
+
+
+def _tar(path, samples) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in samples:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """Two img2dataset-style shards: jpg+txt, png+json, webp+txt; one damaged jpg."""
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    _tar(folder / "00000.tar", [
+        ("000000000.jpg", _image_bytes(COLOURS[0], fmt="JPEG")), ("000000000.txt", b"a red square"),
+        ("000000001.png", _image_bytes(COLOURS[1])),
+        ("000000001.json", json.dumps({"caption": "a green circle", "url": "x"}).encode()),
+        ("000000002.jpg", b"\xff\xd8\xff broken"), ("000000002.txt", b"a blue dog")])
+    _tar(folder / "00001.tar", [
+        ("000000003.webp", _image_bytes(COLOURS[2], fmt="WEBP")), ("000000003.txt", b"a blue cat"),
+        ("000000004.png", _image_bytes(COLOURS[3], size=(16, 40))),
+        ("000000004.txt", b"the dog on a square")])
+    return folder
+
+
+def _request(src, out, **kw) -> PrepareRequest:
+    return PrepareRequest(source=str(src), out=str(out), device="cpu", **kw)
+
+
+def test_resize_and_centre_crop_keep_the_middle():
+    from PIL import Image
+
+    img = Image.new("RGB", (48, 16), COLOURS[0])
+    img.paste(Image.new("RGB", (16, 16), COLOURS[1]), (16, 0))
+    img.paste(Image.new("RGB", (16, 16), COLOURS[2]), (32, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    out = load_image(buf.getvalue(), 8)  # 48x16 -> 24x8 -> the middle 8x8: the green stripe
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    assert np.abs(out[:, 2:6].astype(int) - COLOURS[1]).max() <= 2
+    rgba = io.BytesIO()
+    Image.new("RGBA", (10, 10), (0, 0, 0, 0)).save(rgba, format="PNG")
+    assert (load_image(rgba.getvalue(), 4) == 255).all()  # transparent -> white, not black
+
+
+def test_image_folder_to_pixels_to_the_models_batches(image_folder, text_encoder_dir, tmp_path):
+    import torch
+
+    from ecdit_scale.datasets.batches import batches
+    from ecdit_scale.model.diffusion import rectified_flow_loss
+    from ecdit_scale.model.dit import build_model
+
+    out = tmp_path / "prepared"
+    res = prepare(_request(image_folder, out, resolution=16, text_encoder=str(text_encoder_dir),
+                           shard_size=3, text_tokens=8))
+    m = res.manifest
+    assert m["counts"] == {"source_items": 8, "prepared": 6, "skipped": 2,
+                           "skipped_by_reason": {"damaged image": 1, "no caption": 1}}
+    assert [s["key"] for s in m["skipped"]] == ["train/broken.png", "train/quiet.png"]
+    assert m["skipped"][1]["reason"] == 'no caption (no "text" in train/metadata.jsonl:8)'
+    assert m["inputs"] == {"array": "pixels", "channels": 3, "size": 16, "vae_downsample": 1,
+                           "dtype": "uint8", "layout": "NHWC"}
+    assert m["text"]["name"] == text_encoder_dir.name and m["text"]["dim"] == 16
+    assert len(m["text"]["sha256"]) == 64 and len(m["shards"]) == 3
+    assert (res.shards_written, res.shards_kept) == (3, 0)
+
+    data = open_prepared(out)
+    cfg = card_for_data(sizes.get("nano-ec8"), data)  # 32x32 card -> the data's 16x16
+    assert (cfg.in_channels, cfg.input_size, cfg.vae_downsample, cfg.text_dim) == (3, 16, 1, 16)
+    split = prepared_splits(data, cfg, holdout=2, seed=0)
+    assert (len(split.train), len(split.held)) == (4, 2) and len(split.held_keys) == 2
+    assert set(split.held_keys) < {f"train/{i}.png" for i in range(6)}
+    # the stored pixels are the source image, in [-1, 1]: image 0 is one colour
+    first = [c for c in split.train.captions + split.held.captions]
+    assert len(first) == 6
+    assert split.train.text.shape == (4, cfg.text_tokens, 16)
+    assert int(split.train.text_len.max()) <= cfg.text_tokens
+    images, text = next(batches(split.train, 2, seed=0))
+    assert images.shape == (2, 3, 16, 16) and text.shape == (2, 16, 16)
+    assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
+    torch.manual_seed(0)
+    loss = rectified_flow_loss(build_model(cfg), images, text).loss
+    assert torch.isfinite(loss)
+    wide = dataclasses.replace(cfg, text_dim=384)  # a card file's own width: rows mapped to it
+    held = prepared_splits(data, card_for_data(wide, data, strict=True), holdout=2, seed=0).held
+    assert held.text.shape == (2, 16, 384) and held.captions == split.held.captions
+    few = prepared_splits(data, cfg, holdout=1, seed=0, limit=3)  # --limit: the first 3 items
+    assert sorted(few.train.captions + few.held.captions) == sorted(
+        ["a red cat", "a green cat", "a blue cat"])
+    assert len(data.describe()["manifest_sha256"]) == 64
+    norms = held.text.norm(dim=-1), split.held.text.norm(dim=-1)  # an isometry keeps norms
+    assert torch.allclose(*norms, atol=1e-4)
+
+
+def test_webdataset_shards_to_vae_latents(shards, text_encoder_dir, vae_dir, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    one, brace = open_source(str(shards / "00000.tar")), open_source(str(shards / "0000{0,1}.tar"))
+    assert (count_items(one), count_items(brace), count_items(open_source(str(shards)))) == (3, 5, 5)
+    out = tmp_path / "latents"
+    m = prepare(_request(shards / "0000{0,1}.tar", out, resolution=16, vae=str(vae_dir),
+                         text_encoder=str(text_encoder_dir), shard_size=4)).manifest
+    assert m["counts"]["prepared"] == 4 and m["skipped"] == [
+        {"key": "00000.tar/000000002", "reason": m["skipped"][0]["reason"]}]
+    assert m["skipped"][0]["reason"].startswith("damaged image")
+    assert m["inputs"]["array"] == "latents" and m["inputs"]["channels"] == 4
+    assert (m["inputs"]["size"], m["inputs"]["vae_downsample"]) == (8, 2)
+    assert m["vae"]["scaling_factor"] == 0.18215 and len(m["vae"]["sha256"]) == 64
+
+    data = open_prepared(out)
+    cfg = card_for_data(sizes.get("nano-ec8"), data)
+    assert (cfg.in_channels, cfg.input_size, cfg.tokens_per_image) == (4, 8, 4)
+    split = prepared_splits(data, cfg, holdout=1, seed=0)
+    everything = torch.cat([split.train.images, split.held.images])
+    captions = split.train.captions + split.held.captions
+    row = captions.index("a green circle")
+    vae = AutoencoderKL.from_pretrained(str(vae_dir))
+    x = torch.tensor(load_image(_image_bytes(COLOURS[1]), 16)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        want = vae.encode(x.float() / 127.5 - 1).latent_dist.mean * 0.18215
+    assert torch.allclose(everything[row], want[0], atol=1e-5)
+
+
+def test_interrupted_prepare_resumes_and_loses_nothing(image_folder, text_encoder_dir, tmp_path):
+    kw = dict(resolution=8, text_encoder=str(text_encoder_dir), shard_size=3)
+    whole = prepare(_request(image_folder, tmp_path / "whole", **kw))
+
+    def stop_after_first_shard(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):  # resumed below with 3 decoding threads
+        prepare(_request(image_folder, out, **kw), progress=stop_after_first_shard)
+    assert shard_path(out, 0).is_file() and not shard_path(out, 1).exists()
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(DataError, match="did not finish"):
+        open_prepared(out)
+    first = shard_path(out, 0).stat().st_ino
+    again = prepare(_request(image_folder, out, workers=3, **kw))
+    assert (again.shards_kept, again.shards_written) == (1, 2)
+    assert shard_path(out, 0).stat().st_ino == first  # kept, not rewritten
+    for k in range(3):  # the same arrays and header as the uninterrupted preparation
+        got, want = shard_path(out, k), shard_path(tmp_path / "whole", k)
+        assert shard_header(got) == shard_header(want)
+        a, b = load_file(str(got)), load_file(str(want))
+        assert a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
+    assert again.manifest["counts"] == whole.manifest["counts"]
+    assert prepare(_request(image_folder, out, **kw)).shards_written == 0  # complete: nothing
+    with pytest.raises(DataError, match="other settings.*resolution 8 -> 16"):
+        prepare(_request(image_folder, out, **{**kw, "resolution": 16}))
+
+
+def test_bad_sources_and_cards_are_refused_in_one_line(image_folder, text_encoder_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli_here("data", "prepare", str(empty), "--out", str(tmp_path / "o"), "--resolution", "16")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "is empty" in r.stderr and not (tmp_path / "o").exists()
+    r = cli_here("data", "prepare", str(image_folder), "--out", str(tmp_path / "o"),
+                 "--resolution", "3")
+    assert r.returncode == 2 and "--resolution 3: must be an integer in 8..4096" in r.stderr
+    r = cli_here("data", "prepare", str(image_folder), "--out", str(tmp_path / "o"),
+                 "--resolution", "16", "--vae", str(empty))
+    assert r.returncode == 2 and "not a folder with config.json" in r.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="did not write"):
+        prepare(_request(image_folder, tmp_path / "mine", resolution=8,
+                         text_encoder=str(text_encoder_dir)))
+
+    out = tmp_path / "p"  # through the CLI: the progress bar, the table, the skipped items
+    r = cli_here("data", "prepare", str(image_folder), "--out", str(out), "--resolution", "18",
+                 "--text-encoder", str(text_encoder_dir), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "6 prepared of 8; 2 skipped" in r.stdout and "1 damaged image" in r.stdout
+    assert "skipped train/broken.png: damaged image (UnidentifiedImageError" in r.stdout
+    data = open_prepared(out)
+    with pytest.raises(DataError, match="patch_size 4 does not divide the data's 18x18"):
+        card_for_data(sizes.get("nano-ec8"), data)
+    with pytest.raises(DataError, match="conditioned on class, not text"):
+        card_for_data(sizes.get("dit-s-2"), data)
+    with pytest.raises(DataError, match="takes 3-channel 32x32 inputs"):
+        card_for_data(sizes.get("nano-ec8"), data, strict=True)
+
+
+def test_sources_side_car_captions_truncated_shards_and_bad_patterns(shards, tmp_path):
+    from ecdit_scale.datasets.sources import iter_items
+
+    side = tmp_path / "side"
+    side.mkdir()
+    for name in ("b", "a"):
+        (side / f"{name}.png").write_bytes(_image_bytes(COLOURS[0]))
+    (side / "a.txt").write_text("a red cat\n")
+    items = [item for _, item in iter_items(open_source(str(side)))]
+    assert [(i.key, i.caption) for i in items] == [("a.png", "a red cat"), ("b.png", None)]
+    assert items[1].problem == "no caption (no side-car .txt)"
+    (side / "metadata.csv").write_text('file_name,text\nb.png,"a cat, blue"\nc.png,a dog\n')
+    items = [item for _, item in iter_items(open_source(str(side)))]  # the metadata rules
+    assert [(i.key, i.caption, i.problem) for i in items] == [
+        ("b.png", "a cat, blue", ""), ("c.png", "a dog", "missing image file")]
+
+    whole = (shards / "00001.tar").read_bytes()
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(shards / "00001.tar") as tar:
+        end = tar.getmember("000000004.png").offset_data + 20
+    cut.write_bytes(whole[:end])  # the last sample's image is cut off
+    assert count_items(open_source(str(cut))) == 2
+    got = [item for _, item in iter_items(open_source(str(cut)))]
+    assert [i.key for i in got] == ["cut.tar/000000003", "cut.tar/000000004"]
+    assert got[0].caption == "a blue cat" and got[1].image is None
+    assert got[1].problem == "damaged image (the tar shard ends inside this sample)"
+    # a resumed preparation skips items without reading them
+    assert [item for _, item in iter_items(open_source(str(shards)), lambda i: i == 3)][3:] == [
+        next(item for _, item in iter_items(open_source(str(shards / "00001.tar")))), None]
+
+    with pytest.raises(DataError, match="00002.tar does not exist"):
+        open_source(str(shards / "0000{0..2}.tar"))
+    with pytest.raises(DataError, match="no such file or folder"):
+        open_source(str(tmp_path / "nowhere"))
+    (tmp_path / "x.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match="must be a WebDataset .tar shard"):
+        open_source(str(tmp_path / "x.zip"))
