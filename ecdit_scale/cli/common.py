@@ -43,6 +43,13 @@ console = Console(width=_width(sys.stdout, 140))
 err_console = Console(stderr=True, width=_width(sys.stderr, 200))
 
 
+def _set_widths() -> None:
+    """The widths as of this call (``main``), not of the import: COLUMNS and the streams may
+    have changed since (an embedding caller, a test that captures the output)."""
+    console.width = _width(sys.stdout, 140)
+    err_console.width = _width(sys.stderr, 200)
+
+
 def _version_callback(value: bool) -> None:
     if value:
         from .. import __version__
@@ -210,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     Set ECDIT_SCALE_DEBUG=1 to see the traceback instead.
     """
     debug = bool(os.environ.get("ECDIT_SCALE_DEBUG"))
+    _set_widths()
     try:
         command = flags_as_flags(typer.main.get_command(app))
         code = command.main(args=argv, standalone_mode=False, prog_name="ecdit-scale")
