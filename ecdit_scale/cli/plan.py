@@ -283,7 +283,9 @@ def _print_cluster_table(p) -> None:
     tt = Table(title=f"cluster size: the best layout at each size, {p.training.steps:,} steps at "
                      f"${p.cluster.price_per_gpu_hour:g}/GPU-hour \\[estimated]")
     for col in ("nodes", "GPUs", "time", "GPU-hours", "cost $", "step s", "MFU", "layout", ""):
-        tt.add_column(col, justify="left" if col in ("layout", "") else "right")
+        # the marks' column keeps its longest word ("cheapest,") whole at 80 columns
+        tt.add_column(col, justify="left" if col in ("layout", "") else "right",
+                      min_width=9 if col == "" else None)
     for r in t.rows:
         lay = r.best.layout
         tt.add_row(str(r.nodes), f"{r.devices:,}", format_duration(r.cost.days),
