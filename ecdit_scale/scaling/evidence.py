@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from .formulas import DEFAULT_LEVEL, Interval, identification
 from .headline import HeadlineData, HeadlineLaw, fit_headline_law
@@ -162,6 +161,8 @@ def headline_data(df: pd.DataFrame, loss_column: str, groups=None,
     """The run table as the headline fit sees it. groups: each row's variant (default
     ffn_kind); the baseline comes first when present. The stratum is a variant's size (card,
     else its activated params); the unit a seed of it (seed column, else the row's run)."""
+    import pandas as pd  # here: `plan` reads fits without building tables (startup)
+
     group = (df["ffn_kind"] if groups is None else pd.Series(groups, index=df.index)).astype(str)
     names = list(dict.fromkeys(group.tolist()))
     if baseline in names:

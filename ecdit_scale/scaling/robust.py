@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy.optimize import minimize
 
 from .lbfgs import BatchObjective, minimize_batch
 
@@ -174,6 +173,8 @@ def polish(fun: BatchObjective, theta: np.ndarray, f: float, lower, upper, *, ro
     def one(t):
         value, grad = fun(t[None], rows)
         return float(value[0]), grad[0]
+
+    from scipy.optimize import minimize  # here: `plan` reads fits without fitting (startup)
 
     res = minimize(one, theta, jac=True, method="L-BFGS-B", bounds=bounds, options=LBFGS_OPTIONS)
     if np.isfinite(res.fun) and res.fun <= f:

@@ -18,9 +18,12 @@ model, seed and data order, so they are not independent. Here:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HELD_OUT_FACTOR = 4.0  # held-out rows lie at least this far beyond the largest fitted compute
 MIN_RUNS_PER_RESAMPLE = 2  # distinct runs per group a resample needs to show a trend in size
@@ -39,6 +42,8 @@ def variant_labels(df: pd.DataFrame, known: Sequence[str] | None = None) -> pd.S
     kinds = df["ffn_kind"].astype(str)
     if "experts" not in df.columns:
         return kinds
+    import pandas as pd  # here: `plan` imports kind_of without reading tables (startup)
+
     experts = pd.to_numeric(df["experts"], errors="coerce")
     if known is not None:
         labels = [f"{k}-{int(e)}e" if np.isfinite(e) and f"{k}-{int(e)}e" in known else k
