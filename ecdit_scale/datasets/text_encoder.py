@@ -3,6 +3,10 @@ outputs, cached per caption list (``cache.cache_root``/text)."""
 
 from __future__ import annotations
 
+# Shape suffixes: a tensor named x_NTD has dims (N, T, D).
+#   N captions   U unique captions   T text tokens   L tokens of one caption
+#   D encoder width   K the card's text width
+
 import functools
 import hashlib
 import os

@@ -7,6 +7,12 @@ cross-attention and add the label embedding to the timestep embedding.
 
 from __future__ import annotations
 
+# Shape suffixes (torchtitan's convention): a tensor named x_BSD has dims (B, S, D).
+#   B images in the batch   S image tokens per image   T text tokens per caption
+#   D model width           F FFN hidden width         H attention heads   K head dim
+#   E experts               C tokens an expert picks per routing group ((S·f_c)/E)
+#   G routing groups        N tokens (flattened)        P pixels of a patch (p·p·channels)
+
 import torch
 from torch import nn
 

@@ -8,6 +8,12 @@ sends each expert's slots to the rank that owns it, and brings the results back.
 
 from __future__ import annotations
 
+# Shape suffixes (torchtitan's convention): a tensor named x_BSD has dims (B, S, D).
+#   B images in the batch   S image tokens per image   T text tokens per caption
+#   D model width           F FFN hidden width         H attention heads   K head dim
+#   E experts               C tokens an expert picks per routing group ((S·f_c)/E)
+#   G routing groups        N tokens (flattened)        P pixels of a patch (p·p·channels)
+
 import abc
 import math
 from dataclasses import dataclass
