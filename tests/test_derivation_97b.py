@@ -175,6 +175,22 @@ def test_readme_table_is_this_derivation_and_this_plan():
         assert readme_plan == pytest.approx(p[key], abs=6e-4, rel=0.02), key
 
 
+def test_plan_step_line_adds_up_to_the_step():
+    """The printed terms (compute, exposed comm, optimizer, launch/engine) sum to the step:
+    the launch/engine term (0.045 s of 0.341) was once left off the line."""
+    from typer.testing import CliRunner
+
+    from ecdit_scale.cli import app
+
+    res = CliRunner().invoke(app, ["plan", "--params", "97B", "--no-table"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # the line wraps at the console's width
+    line = text[text.index("step time:"):text.index("hidden behind")]
+    parts = [float(v) for v in re.findall(r"(?:compute|comm|optimizer|engine) ([0-9.]+) s", line)]
+    step = float(re.search(r"best: step ([0-9.]+) s", res.output).group(1))
+    assert len(parts) == 4 and sum(parts) == pytest.approx(step, abs=2e-3), line
+
+
 if __name__ == "__main__":  # the README's numbers: python tests/test_derivation_97b.py
     for name, (ep, placement, ema, pin) in CASES.items():
         h, p = hand(ep, placement, ema), planned(pin)
