@@ -47,8 +47,8 @@ NVL_HALF, NET_HALF = 128 * 1024, 256 * 1024
 
 def _catalog():
     acc = get_accelerator("h100-sxm")
-    return dict(peak=acc.peak_bf16_flops, hbm=acc.memory_bw_bytes_per_s,
-                nvlink=acc.intra_node_bw_bytes_per_s, nic=acc.inter_node_bw_bytes_per_s)
+    return {"peak": acc.peak_bf16_flops, "hbm": acc.memory_bw_bytes_per_s,
+            "nvlink": acc.intra_node_bw_bytes_per_s, "nic": acc.inter_node_bw_bytes_per_s}
 
 
 def _eff(message, half):
@@ -77,7 +77,10 @@ def hand(ep: int, placement: str, ema: str) -> dict[str, float]:
     # compute: GEMMs at the grid's m=4096, n=k=4608 point; SDPA at its 4.3e9-FLOP point
     sdpa_fwd = MB * DEPTH * 4 * S * (S + TEXT) * D
     gemm_flops = 3 * (MB * FWD_FLOPS_PER_IMAGE - sdpa_fwd)
-    gemm = gemm_flops / (prof["gemm"]["flops_per_s"][2 * 25 + 3 * 5 + 3] * f)
+    grid = prof["gemm"]  # rates listed m-major, then n, then k
+    at = ((grid["m"].index(4096.0) * len(grid["n"]) + grid["n"].index(4608.0)) * len(grid["k"])
+          + grid["k"].index(4608.0))
+    gemm = gemm_flops / (grid["flops_per_s"][at] * f)
     i = prof["sdpa"]["flops"].index(4294967296.0)
     sdpa = (sdpa_fwd / (prof["sdpa"]["forward_flops_per_s"][i] * f)
             + 2 * sdpa_fwd / (prof["sdpa"]["backward_flops_per_s"][i] * f))
@@ -115,15 +118,18 @@ def hand(ep: int, placement: str, ema: str) -> dict[str, float]:
     part = SHARED_PARAMS / 512 + expert_local / edp  # fp32 partition, elements
     local = SHARED_PARAMS + expert_local
     ema_bytes = 2.5 * 4 * (part if ema == "sharded" else local)
-    moved = 4 * part * (2 * 2 + 2 + 1 + 0.5) + ema_bytes  # RMSProp: 2 states + master
+    # RMSProp with momentum: 2 fp32 states and the fp32 master read and written, the fp32
+    # gradients read, the bf16 weights written; the EMA: fp32 read and written, weights read
+    moved = 4 * part * (2 * 2 + 2 + 1 + 0.5) + ema_bytes
     optimizer = moved * prof["optimizer"]["s_per_byte"] / b
-    return dict(gemm_s=gemm, attention_s=sdpa, memory_bound_s=memory, compute_s=device,
-                engine_s=engine, a2a_s=a2a, grad_reduce_s=reduce, grad_reduce_exposed_s=exposed,
-                param_allgather_s=gather, optimizer_s=optimizer,
-                total_s=device + engine + a2a + exposed + gather + optimizer)
+    return {"gemm_s": gemm, "attention_s": sdpa, "memory_bound_s": memory, "compute_s": device,
+            "engine_s": engine, "a2a_s": a2a, "grad_reduce_s": reduce,
+            "grad_reduce_exposed_s": exposed, "param_allgather_s": gather,
+            "optimizer_s": optimizer,
+            "total_s": device + engine + a2a + exposed + gather + optimizer}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _planned(pin: tuple) -> dict[str, float]:
     training = training_for_plan(global_batch=4096, steps=800_000, optimizer="rmsprop")
     step = make_plan(sizes.get("ecdit-m-64e"), training, pin=dict(pin), table=False).best.step
