@@ -225,7 +225,9 @@ def _print_plan(p, files) -> None:
     comm = ", ".join(f"{names[t]} {x:.3f}" + (f" of {raw:.3f}" if raw > x else "")
                      for t, raw, x in st.terms() if t in names and raw > 0)
     console.print(f"step time: compute {st.compute_s:.3f} s + exposed comm {st.exposed_comm_s:.3f} s "
-                  f"({comm or 'none'}) + optimizer {st.optimizer_s:.3f} s; "
+                  f"({comm or 'none'}) + optimizer {st.optimizer_s:.3f} s"
+                  + (f" + launch/engine {st.launch_s + st.engine_s:.3f} s"
+                     if st.launch_s + st.engine_s > 0 else "") + "; "
                   f"{st.grad_hidden_fraction:.0%} of gradient traffic hidden behind the backward")
     console.print(f"[bold]best:[/] step {p.step_s:.3g} s, MFU {p.mfu:.1%}, "
                   f"{p.images_per_s:,.0f} images/s -> [bold]{format_duration(p.days)}[/], "
