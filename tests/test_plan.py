@@ -406,3 +406,20 @@ def test_a_run_shorter_than_the_papers_warm_up_warms_up_for_the_same_share():
     assert training_for_plan(global_batch=8, steps=10, optimizer="adamw").warmup_steps == 1
     assert training_for_plan(global_batch=8, steps=800_000, optimizer="adamw").warmup_steps \
         == 20_000
+
+
+def test_ema_kind_is_searched_unless_named(capsys):
+    """Without --ema the run keeps an EMA and the search picks its kind (sharded at 97B);
+    naming a kind pins it, and none drops it."""
+    from conftest import run_main
+
+    def ema_of(*args):
+        code, out, _ = run_main(capsys, "plan", "--params", "97B", "--top", "1", "--json", *args)
+        assert code in (0, None)
+        d = json.loads(out)
+        return d["training"]["ema"], d["best"]["layout"]["ema"], d["best"]["memory"]["ema"]
+
+    assert ema_of()[:2] == ("sharded", "sharded")
+    kind, layout_kind, bytes_ = ema_of("--ema", "replicated")
+    assert kind == layout_kind == "replicated" and bytes_ > 20 * 2**30  # a 25.6 GiB replica
+    assert ema_of("--ema", "none")[2] == 0

@@ -60,7 +60,7 @@ def plan(
     vae_in_loop: bool = typer.Option(False, "--vae-in-loop/--latents", help="Encode images with the SD VAE inside the loop, or train on pre-extracted latents."),
     text_encoder: str = typer.Option("none", "--text-encoder", metavar="none|t5-xxl", help="Frozen text encoder run inside the loop: none (pre-extracted) or t5-xxl (PixArt's, 120 tokens)."),
     compiled: bool = typer.Option(False, "--compile/--eager", help="torch.compile (fused elementwise chains; an assumed factor) or eager."),
-    ema: str = typer.Option("replicated", "--ema", metavar=choices(EMA), help="EMA of the weights (DiT, decay 0.9999, fp32); sharded: partitioned with the optimizer state."),
+    ema: Optional[str] = typer.Option(None, "--ema", metavar=choices(EMA), help="EMA of the weights (DiT, decay 0.9999, fp32): none, or pin a replica or one sharded with the optimizer state (default: kept, and the search picks sharded, or a replica where it costs nothing)."),
     days: Optional[float] = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
     sizes_table: bool = typer.Option(True, "--table/--no-table", help="Time and cost at other cluster sizes (1-128 nodes)."),
@@ -100,13 +100,17 @@ def plan(
         check_output_folder(out, "--out")
     check_plan_options(top=top, sampling_steps=sampling_steps,
                        inference_devices=inference_devices)
+    # the run keeps an EMA unless told not to; naming its kind pins it, else the search picks
+    kept_ema = EMA.REPLICATED.value if ema is None else ema
     training = training_for_plan(global_batch=global_batch, steps=steps, optimizer=optimizer,
-                                 precision=precision or "bf16", ema=ema)
+                                 precision=precision or "bf16", ema=kept_ema)
     target = target_for_plan(days=days, budget=budget, gpus=gpus, nodes=nodes)
     pin = pins_for_plan(dp=dp, ep=ep, tp=tp, zero=zero, micro_batch=micro_batch,
                         recompute=recompute)
     if placement is not None:
         pin["placement"] = placement  # checked by the search (one line naming the choices)
+    if ema is not None and ema != EMA.NONE.value:
+        pin["ema"] = ema
     acc = get_accelerator(gpu)
     from ..planner.run_setup import RunSetup
 
@@ -124,7 +128,8 @@ def plan(
             fit, flops=flops, gpu_hours=gpu_hours, routing=routing, global_batch=global_batch,
             model=model, sustained_flops=acc.sustained_flops)
         training = training_for_plan(global_batch=global_batch, steps=steps,
-                                     optimizer=optimizer, precision=precision or "bf16", ema=ema)
+                                     optimizer=optimizer, precision=precision or "bf16",
+                                     ema=kept_ema)
         (err_console if json_out else console).print("\n".join(spend.lines()), markup=False,
                                                       highlight=False, soft_wrap=True)
     cfg, resolved = model_for_plan(model=model, params=params, active=active, routing=routing,
