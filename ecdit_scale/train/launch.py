@@ -175,6 +175,8 @@ def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
     from ..datasets.arrays import dataset_arrays_for
     from ..datasets.kinds import STREAMS
 
+    if s.data is not None:  # a prepared folder holds its arrays already
+        return
     if s.dataset in STREAMS:  # images are drawn by the ranks; the captions are encoded here
         from ..datasets.stream import stream_captions
         from ..datasets.text_encoder import TextEncoder
