@@ -40,7 +40,7 @@ def _csv_list(text: str, option: str) -> tuple[str, ...]:
 
 @app.command()
 def sweep(
-    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="CPU-ladder sizes, comma-separated (nano, micro, tiny, mini, small, base)."),
+    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="Sizes, comma-separated: CPU-ladder names (nano, micro, tiny, mini, small, base), YAML card paths, or parameter targets like 20M,50M (a dense backbone of that size, synthesised)."),
     variants: str = typer.Option("dense,tc8,ec8", "--variants", help="dense, tc8, ec8, tc16, ec16."),
     steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
     budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Compute budgets as fractions of --steps (wsd: one annealed run each)."),
@@ -50,6 +50,7 @@ def sweep(
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),
     dataset: str = typer.Option("shapes-stream", "--dataset", metavar="<shapes-stream|shapes|emoji>", help="shapes-stream (never repeats; default), shapes (a fixed set) or emoji."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A folder written by `ecdit-scale data prepare`: every run trains on it (cards take its input shape; replaces --dataset)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Finite datasets: use the first N samples."),
     holdout: int = typer.Option(64, "--holdout", help="Held-out samples scored at fixed noise at the end of every run."),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -100,7 +101,8 @@ def sweep(
     spec = SweepSpec(sizes=_csv_list(sizes_, "--sizes"), variants=_csv_list(variants, "--variants"),
                      steps=steps, budgets=fracs, seeds=seed_list, schedule=schedule,
                      cooldown_fraction=cooldown, nproc=nproc, micro_batch=micro_batch,
-                     dataset=dataset, data_limit=limit, holdout=holdout, lr=lr,
+                     dataset=dataset, data=None if data is None else str(data),
+                     data_limit=limit, holdout=holdout, lr=lr,
                      lr_search=search, device=device, out=str(out))
     runs = spec.lr_runs() + spec.runs()
     with Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -40,7 +40,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import sizes
 from ..config import Recompute
 from ..errors import ConfigError
 from ..params import count_params
@@ -75,6 +74,7 @@ class SweepSpec:
     nproc: int = 1
     micro_batch: int = 16
     dataset: str = "shapes-stream"
+    data: str | None = None  # a prepared folder (``data prepare``): replaces ``dataset``
     data_limit: int | None = None  # finite datasets only
     lr: float = 1e-3
     lr_search: tuple[float, ...] = ()  # multipliers of lr tried per size (empty: lr for all)
@@ -89,10 +89,13 @@ class SweepSpec:
 
     def __post_init__(self) -> None:
         from ..datasets.kinds import DATASETS, STREAMS
+        from .sweep_cards import resolve_size
 
-        for s in self.sizes:
-            if s not in sizes.CPU_SIZES:
-                raise ConfigError(f"--sizes {s!r}: valid sizes are {', '.join(sizes.CPU_SIZES)}")
+        resolved = tuple(resolve_size(s) for s in self.sizes)
+        labels = [r.label for r in resolved]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"--sizes {','.join(self.sizes)}: a size is named twice")
+        object.__setattr__(self, "_resolved", resolved)
         for v in self.variants:
             if v not in VARIANTS:
                 raise ConfigError(f"--variants {v!r}: valid variants are {', '.join(VARIANTS)}")
@@ -110,15 +113,31 @@ class SweepSpec:
             raise ConfigError(f"--cooldown {self.cooldown_fraction}: a fraction in (0, 1]")
         if any(not (math.isfinite(m) and m > 0) for m in self.lr_search):
             raise ConfigError(f"--lr-search {self.lr_search}: positive multipliers, e.g. 0.5,1,2")
-        if self.dataset not in DATASETS:
+        if self.data is not None:
+            from ..datasets.prepared import open_prepared
+
+            open_prepared(self.data)  # one line now if it is not a prepared folder
+        elif self.dataset not in DATASETS:
             raise ConfigError(f"--dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
-        if self.dataset in STREAMS and self.data_limit is not None:
+        if self.dataset in STREAMS and self.data_limit is not None and self.data is None:
             raise ConfigError(f"--limit {self.data_limit}: {self.dataset} never repeats and has "
                               "no size")
         short = min(budget_steps(self, b) for b in self.budgets)
         if self.schedule != "constant" and short < 5:
             raise ConfigError(f"--budgets {min(self.budgets):g} x --steps {self.steps} = {short} "
                               "steps: a wsd budget run needs at least 5")
+
+    @property
+    def resolved_sizes(self) -> tuple:
+        """The sizes as ``sweep_cards.SweepSize`` (label, and the backbone unless a ladder
+        name), in the order given."""
+        return self._resolved  # set in __post_init__
+
+    def card(self, size, variant: str) -> tuple[str, str]:
+        """(the run's card label, what its launch is given: registry name or card path)."""
+        from .sweep_cards import card_arg
+
+        return f"{size.label}-{variant}", card_arg(size, variant, self.out)
 
     @property
     def global_batch(self) -> int:
@@ -134,26 +153,28 @@ class SweepSpec:
     def runs(self, lr_of: dict[str, float] | None = None) -> list["SweepRun"]:
         """Every training run, smallest first; ``lr_of`` (size -> lr) from the search."""
         out, runs = Path(self.out), []
-        for size in self.sizes:
-            lr = (lr_of or {}).get(size, self.lr)
+        for size in self.resolved_sizes:
+            lr = (lr_of or {}).get(size.label, self.lr)
             for v in self.variants:
                 for seed in self.seeds:
-                    card = f"{size}-{v}"
+                    card, path = self.card(size, v)
                     if self.schedule == "constant":
                         runs.append(SweepRun(card=card, run_dir=out / f"{card}-s{seed}",
-                                             steps=self.steps, seed=seed, lr=lr,
+                                             card_path=path, steps=self.steps, seed=seed, lr=lr,
                                              budgets=tuple(sorted(self.budgets))))
                         continue
                     if self.schedule == "wsd-branch":
                         top = max(self.budgets)
                         runs.append(SweepRun(
                             card=card, run_dir=out / f"{card}-s{seed}-b{top:g}-branched",
+                            card_path=path,
                             steps=budget_steps(self, top), seed=seed, lr=lr, budgets=(1.0,),
                             budget=top, branches=tuple(sorted(
                                 (b, budget_steps(self, b)) for b in self.budgets if b < top))))
                         continue
                     for b in sorted(self.budgets):
                         runs.append(SweepRun(card=card, run_dir=out / f"{card}-s{seed}-b{b:g}",
+                                             card_path=path,
                                              steps=budget_steps(self, b), seed=seed, lr=lr,
                                              budgets=(1.0,), budget=b))
         return runs
@@ -163,10 +184,12 @@ class SweepSpec:
         b = min(self.budgets)
         wsd = self.schedule != "constant"
         steps = budget_steps(self, b) if wsd else self.steps
-        return [SweepRun(card=f"{size}-{LR_SEARCH_VARIANT}", steps=steps, seed=self.seeds[0],
-                         lr=self.lr * m, budgets=(1.0,), budget=b if wsd else 1.0,
-                         run_dir=Path(self.out) / "lr-search" / f"{size}-{LR_SEARCH_VARIANT}-x{m:g}")
-                for size in self.sizes for m in self.lr_search]
+        return [SweepRun(card=self.card(size, LR_SEARCH_VARIANT)[0],
+                         card_path=self.card(size, LR_SEARCH_VARIANT)[1], steps=steps,
+                         seed=self.seeds[0], lr=self.lr * m, budgets=(1.0,),
+                         budget=b if wsd else 1.0, run_dir=Path(self.out) / "lr-search"
+                         / f"{size.label}-{LR_SEARCH_VARIANT}-x{m:g}")
+                for size in self.resolved_sizes for m in self.lr_search]
 
 
 @dataclass(frozen=True)
@@ -179,6 +202,7 @@ class SweepRun:
     budgets: tuple[float, ...] = (1.0,)  # fractions of ``steps`` the table reads off this run
     budget: float = 1.0  # wsd: the run's budget as a fraction of the sweep's --steps
     branches: tuple[tuple[float, int], ...] = ()  # wsd-branch: (budget, steps) branched off
+    card_path: str | None = None  # what the launch is given (None: ``card``, a registry name)
 
     @property
     def branch_steps(self) -> tuple[int, ...]:
@@ -260,6 +284,9 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"--parallel {parallel!r}: an integer >= 1")
     result = SweepResult(table_path=Path(spec.out) / "runs.csv", stop_at=stop_at)
+    from .sweep_cards import write_cards
+
+    write_cards(spec.resolved_sizes, spec.variants, spec.out, spec.data)
     search = spec.lr_runs()
     runs = search + spec.runs()  # the main runs' lr is known once the search is done
     n = len(runs)
@@ -354,8 +381,9 @@ def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event 
 
 
 def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool) -> LaunchRequest:
-    return LaunchRequest(card=run.card, nproc=spec.nproc, steps=run.steps, ep=1, zero=1,
-                         micro_batch=spec.micro_batch, dataset=spec.dataset,
+    return LaunchRequest(card=run.card_path or run.card, nproc=spec.nproc, steps=run.steps,
+                         ep=1, zero=1, micro_batch=spec.micro_batch, dataset=spec.dataset,
+                         data=spec.data,
                          data_limit=spec.data_limit, holdout=spec.holdout,
                          out=str(run.run_dir), lr=run.lr, seed=run.seed,
                          warmup_steps=spec.warmup_steps,
@@ -401,7 +429,8 @@ def chosen_lrs(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, float]:
         if loss is not None and math.isfinite(loss) and (r["size"] not in best
                                                          or loss < best[r["size"]][0]):
             best[r["size"]] = (loss, r["lr"])
-    return {size: best[size][1] if size in best else spec.lr for size in spec.sizes}
+    return {s.label: best[s.label][1] if s.label in best else spec.lr
+            for s in spec.resolved_sizes}
 
 
 def lr_search_notes(spec: SweepSpec, lr_of: dict[str, float]) -> list[str]:
@@ -453,7 +482,8 @@ def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment 
             "dataset": settings.dataset, "train_samples": summary.get("train_samples"),
             "run_group": f"{run.card}-s{run.seed}", "run_dir": str(rd.path),
         })
-    if score_alignment is not None and spec.dataset in ("shapes", "shapes-stream") \
+    if score_alignment is not None and spec.data is None \
+            and spec.dataset in ("shapes", "shapes-stream") \
             and spec.alignment_samples and run.budget == max(spec.budgets):
         rows[-1]["alignment"] = score_alignment(rd, samples=spec.alignment_samples,
                                                 sampling_steps=spec.sampling_steps, seed=run.seed)
