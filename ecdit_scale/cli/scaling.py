@@ -56,7 +56,8 @@ def sweep(
     lr: float = typer.Option(1e-3, "--lr"),
     lr_search: str = typer.Option("", "--lr-search", help="Multipliers of --lr tried per size (e.g. 0.5,1,2): dense model, shortest budget, first seed; the best held-out loss sets the size's lr."),
     device: str = typer.Option("auto", "--device", metavar="<auto|cpu|cuda>", help="Where the runs train."),
-    parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle)."),
+    parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle); on GPUs each launch gets --nproc devices of its own."),
+    hostfile: Optional[Path] = typer.Option(None, "--hostfile", help="DeepSpeed hostfile: runs spread over its hosts (each run its own world of --nproc ranks on one host, started over ssh); every slot kept busy."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
     design: str = typer.Option("grid", "--design", help="grid: --sizes x --budgets; isoflop: per --flops level, sizes around the expected optimum, each trained for the steps that spend the level."),
@@ -103,7 +104,8 @@ def sweep(
                      cooldown_fraction=cooldown, nproc=nproc, micro_batch=micro_batch,
                      dataset=dataset, data=None if data is None else str(data),
                      data_limit=limit, holdout=holdout, lr=lr,
-                     lr_search=search, device=device, out=str(out))
+                     lr_search=search, device=device, out=str(out),
+                     hostfile=None if hostfile is None else str(hostfile))
     runs = spec.lr_runs() + spec.runs()
     with Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console,

@@ -40,6 +40,11 @@ class LaunchRequest(LaunchSettings):
     card: str
     plan: str | None = None  # the plan folder this request was read from (``plan_run``)
     notes: tuple[str, ...] = ()  # where the run departs from the plan, and why
+    # where a sweep places this launch (``sweep_slots``; not settings: the run is the same run
+    # wherever it trains): CUDA device ids on the host ("2,3"), and the host of a one-host
+    # --hostfile reached through ssh (DeepSpeed --include HOST[:ids] --force_multi)
+    devices: str | None = None
+    host: str | None = None
 
 
 @dataclass(frozen=True)

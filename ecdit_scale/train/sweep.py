@@ -47,6 +47,7 @@ from ..planner.flops import training_flops_per_image
 from .launch import launch
 from .request import LaunchRequest
 from .records import RunDir
+from .sweep_lr import chosen_lrs, lr_search_notes, lr_search_row  # noqa: F401 (re-exported)
 
 # (run, samples=, sampling_steps=, seed=) -> GenEval-style score in [0, 1]; the sweep trains,
 # evaluation scores (ecdit_scale.evaluation.sampled_alignment.alignment_of_run)
@@ -76,6 +77,7 @@ class SweepSpec:
     dataset: str = "shapes-stream"
     data: str | None = None  # a prepared folder (``data prepare``): replaces ``dataset``
     data_limit: int | None = None  # finite datasets only
+    hostfile: str | None = None  # runs spread over its hosts, each its own world (sweep_slots)
     lr: float = 1e-3
     lr_search: tuple[float, ...] = ()  # multipliers of lr tried per size (empty: lr for all)
     holdout: int = 64  # held-out samples scored at the end of every run
@@ -287,11 +289,15 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
     from .sweep_cards import write_cards
 
     write_cards(spec.resolved_sizes, spec.variants, spec.out, spec.data)
+    from .sweep_slots import sweep_slots
+
+    slots = sweep_slots(parallel=parallel, nproc=spec.nproc, device=spec.device,
+                        hostfile=spec.hostfile, out=spec.out)
     search = spec.lr_runs()
     runs = search + spec.runs()  # the main runs' lr is known once the search is done
     n = len(runs)
     found: dict[int, dict[str, Any]] = {}
-    _train_all(spec, search, result, on_event, 0, n, parallel,
+    _train_all(spec, search, result, on_event, 0, n, slots,
                lambda i, run: found.__setitem__(i, lr_search_row(run)))
     result.lr_search = [found[i] for i in sorted(found)]
     result.lr_of = chosen_lrs(spec, result.lr_search)
@@ -305,7 +311,7 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
         result.rows = [r for k in sorted(rows) for r in rows[k]]
         save_run_table(pd.DataFrame(result.rows), result.table_path)
 
-    _train_all(spec, spec.runs(result.lr_of), result, on_event, len(search), n, parallel,
+    _train_all(spec, spec.runs(result.lr_of), result, on_event, len(search), n, slots,
                add_rows)
     if on_event and runs:
         on_event("finished", runs[-1], n, n)
@@ -313,23 +319,35 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
 
 
 def _train_all(spec: SweepSpec, runs: list[SweepRun], result: SweepResult,
-               on_event: Event | None, offset: int, n: int, parallel: int,
+               on_event: Event | None, offset: int, n: int, slots: list,
                then: Callable[[int, SweepRun], None]) -> None:
-    """``_train`` each run, ``parallel`` at a time; ``then(i, run)`` (in this thread) after each
-    that succeeded. Ctrl-C reaches only this thread: it is passed to every running launch,
-    which stops at a resumable point, and then raised."""
-    if parallel == 1:
+    """``_train`` each run, one per slot at a time (``sweep_slots``: each launch on devices of
+    its own); ``then(i, run)`` (in this thread) after each that succeeded. Ctrl-C reaches only
+    this thread: it is passed to every running launch, which stops at a resumable point, and
+    then raised."""
+    if len(slots) == 1:
         for i, run in enumerate(runs):
-            if _train(spec, run, result, on_event, offset + i, n):
+            if _train(spec, run, result, on_event, offset + i, n, slots[0]):
                 then(i, run)
         return
+    import queue
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from .process import interrupt_all
 
-    pool = ThreadPoolExecutor(max_workers=parallel)
-    futures = {pool.submit(_train, spec, run, result, on_event, offset + i, n): i
-               for i, run in enumerate(runs)}
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def in_a_slot(run: SweepRun, i: int) -> bool:
+        slot = free.get()
+        try:
+            return _train(spec, run, result, on_event, offset + i, n, slot)
+        finally:
+            free.put(slot)
+
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    futures = {pool.submit(in_a_slot, run, i): i for i, run in enumerate(runs)}
     try:
         for fut in as_completed(futures):
             if fut.result():
@@ -344,7 +362,7 @@ def _train_all(spec: SweepSpec, runs: list[SweepRun], result: SweepResult,
 
 
 def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event | None,
-           i: int, n: int) -> bool:
+           i: int, n: int, slot=None) -> bool:
     """Skip, resume or launch one run; False if it failed (recorded in ``result``)."""
     state = run_state(spec, run)
     if state == "damaged":
@@ -362,14 +380,14 @@ def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event 
         result.not_started.append(name)
         return False
     try:
-        res = launch(launch_request(spec, run, resume=state == "resume"))
+        res = launch(launch_request(spec, run, resume=state == "resume", slot=slot))
     except ConfigError as exc:
         if state != "resume":
             raise
         moved = set_aside(run.run_dir)
         result.notes.append(f"{exc} -> moved {run.run_dir} to {moved}, trained again")
         state = "new"
-        res = launch(launch_request(spec, run, resume=False))
+        res = launch(launch_request(spec, run, resume=False, slot=slot))
     if res.status == "interrupted":  # the signal was for the whole sweep
         raise KeyboardInterrupt
     result.notes += [f"{name}: {n}" for n in res.notes]
@@ -380,9 +398,11 @@ def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event 
     return True
 
 
-def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool) -> LaunchRequest:
-    return LaunchRequest(card=run.card_path or run.card, nproc=spec.nproc, steps=run.steps,
-                         ep=1, zero=1, micro_batch=spec.micro_batch, dataset=spec.dataset,
+def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool, slot=None) -> LaunchRequest:
+    """The launch of one run; ``slot`` (``sweep_slots.Slot``): the devices and host it runs on."""
+    return LaunchRequest(devices=slot and slot.devices, host=slot and slot.host,
+                         hostfile=slot and slot.hostfile, card=run.card_path or run.card,
+                         nproc=spec.nproc, steps=run.steps, ep=1, zero=1, micro_batch=spec.micro_batch, dataset=spec.dataset,
                          data=spec.data,
                          data_limit=spec.data_limit, holdout=spec.holdout,
                          out=str(run.run_dir), lr=run.lr, seed=run.seed,
@@ -411,37 +431,6 @@ def needed_steps(run: SweepRun) -> list[int]:
     """Every step the table reads: each budget's step and its smoothing window."""
     return sorted({s for frac in run.budgets
                    for s in smoothing_window(run.step_of(frac)) if s >= 1})
-
-
-def lr_search_row(run: SweepRun) -> dict[str, Any]:
-    summary = RunDir(run.run_dir).read_summary()
-    return {"size": run.size, "card": run.card, "lr": run.lr, "steps": run.steps,
-            "seed": run.seed, "heldout_loss": summary.get("heldout_loss"),
-            "final_loss": summary.get("final_loss"), "run_dir": str(run.run_dir)}
-
-
-def chosen_lrs(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Each size's learning rate: the search's best held-out loss (lr for sizes not searched
-    or whose search runs all failed)."""
-    best: dict[str, tuple[float, float]] = {}
-    for r in rows:
-        loss = r.get("heldout_loss")
-        if loss is not None and math.isfinite(loss) and (r["size"] not in best
-                                                         or loss < best[r["size"]][0]):
-            best[r["size"]] = (loss, r["lr"])
-    return {s.label: best[s.label][1] if s.label in best else spec.lr
-            for s in spec.resolved_sizes}
-
-
-def lr_search_notes(spec: SweepSpec, lr_of: dict[str, float]) -> list[str]:
-    """A note per size whose best learning rate is at an end of the searched grid: the
-    optimum may lie beyond it."""
-    if len(spec.lr_search) < 2:
-        return []
-    lo, hi = spec.lr * min(spec.lr_search), spec.lr * max(spec.lr_search)
-    return [f"lr search for {size}: best at the {'top' if math.isclose(lr, hi) else 'bottom'} "
-            f"of the grid ({lr:.3g}); the optimum may lie beyond it"
-            for size, lr in lr_of.items() if math.isclose(lr, hi) or math.isclose(lr, lo)]
 
 
 def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment | None" = None,
