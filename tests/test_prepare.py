@@ -418,9 +418,10 @@ def test_sweep_sizes_cards_and_targets_shaped_for_the_data(pixels, tmp_path):
 
     with pytest.raises(ConfigError, match="--sizes '7 apples'"):
         SweepSpec(sizes=("7 apples",))
-    assert [s.devices for s in local_slots(2, 2, 4)] == ["0,1", "2,3"]
-    with pytest.raises(ConfigError, match="--parallel 3 x --nproc 2: this machine has 4"):
-        local_slots(3, 2, 4)
+    assert [s.devices for s in local_slots(2, 2, 4)] == ["0,1", "2,3"]  # one group each
+    assert [s.devices for s in local_slots(3, 1, 2)] == ["0", "1", "0"]  # then shared in turn
+    with pytest.raises(ConfigError, match="--nproc 2: this machine has 1 CUDA devices"):
+        local_slots(1, 2, 1)
 
 
 def test_launcher_places_a_run_on_its_devices_and_host(tmp_path):

@@ -1,8 +1,9 @@
 """Where a sweep's launches run at the same time: its slots.
 
 - CPU: ``--parallel N`` launches share this machine's cores (no placement);
-- CUDA on one machine: one slot per ``--nproc`` local devices (``--parallel`` at most that
-  many), so that each launch has GPUs of its own: a one-rank run sees only its device
+- CUDA on one machine: ``--parallel`` slots dealt over groups of ``--nproc`` local devices,
+  so that with as many launches as groups each launch has GPUs of its own (more launches
+  share them in turn): a one-rank run sees only its device
   (CUDA_VISIBLE_DEVICES), a several-rank run is started on its devices only (DeepSpeed
   ``--include localhost:ids``);
 - ``--hostfile``: every host's slots (``slots=N``) in groups of ``--nproc``; each run is its
@@ -28,14 +29,17 @@ class Slot:
 
 
 def local_slots(parallel: int, nproc: int, gpus: int) -> list[Slot]:
-    """``parallel`` launches on this machine: device groups when it has GPUs (one line if
-    there are not enough of them), else no placement."""
+    """``parallel`` launches on this machine: on GPUs, groups of ``nproc`` devices dealt out in
+    turn (one launch per group; more launches than groups share them, as small models leave
+    a GPU mostly idle); without GPUs, no placement. One line if a launch cannot have
+    ``nproc`` devices."""
     if gpus == 0:
         return [Slot()] * parallel
-    if parallel * nproc > gpus:
-        raise ConfigError(f"--parallel {parallel} x --nproc {nproc}: this machine has {gpus} "
-                          f"CUDA devices; use --parallel <= {max(1, gpus // nproc)}")
-    return [Slot(devices=",".join(str(k * nproc + i) for i in range(nproc)))
+    groups = gpus // nproc
+    if groups == 0:
+        raise ConfigError(f"--nproc {nproc}: this machine has {gpus} CUDA devices; use "
+                          f"--nproc <= {gpus}, or --hostfile for several machines")
+    return [Slot(devices=",".join(str((k % groups) * nproc + i) for i in range(nproc)))
             for k in range(parallel)]
 
 
