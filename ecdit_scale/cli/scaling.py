@@ -73,6 +73,9 @@ def sweep(
     if design not in ("grid", "isoflop"):
         raise ConfigError(f"--design {design!r}: grid or isoflop")
     if design == "isoflop":
+        if data is not None or hostfile is not None:
+            raise ConfigError(f"{'--data' if data is not None else '--hostfile'}: not yet with "
+                              "--design isoflop; use --design grid")
         if not dry_run:
             need_train_extra()
         from .sweep_isoflop import isoflop_sweep
