@@ -430,8 +430,13 @@ def test_launcher_places_a_run_on_its_devices_and_host(tmp_path):
     cmd = deepspeed_launch_command(num_gpus=2, run_dir="r", include="localhost:2,3")
     assert "--include" in cmd and "--num_gpus" not in cmd  # DeepSpeed takes one of them
     cmd = deepspeed_launch_command(num_gpus=1, run_dir="r", hostfile="h", include="node2:0",
-                                   force_multi=True)
+                                   num_nodes=1, force_multi=True)
     assert cmd[cmd.index("--include") + 1] == "node2:0" and "--force_multi" in cmd
+    assert "--num_nodes" not in cmd
+    from deepspeed.launcher.runner import parse_args  # DeepSpeed reads it as meant
+
+    args = parse_args(cmd[1:cmd.index("--module")] + ["--module", "m"])
+    assert (args.include, args.num_nodes, args.num_gpus, args.force_multi) == ("node2:0", -1, -1, True)
 
 
 @pytest.mark.slow

@@ -179,9 +179,11 @@ def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | No
     cmd = list(launcher)
     if hostfile:
         cmd += ["--hostfile", str(hostfile)]
-    if num_nodes is not None:
-        cmd += ["--num_nodes", str(num_nodes)]
-    cmd += ["--include", include] if include else ["--num_gpus", str(num_gpus)]
+    if include:  # DeepSpeed refuses --num_nodes / --num_gpus next to --include
+        cmd += ["--include", include]
+    else:
+        cmd += (["--num_nodes", str(num_nodes)] if num_nodes is not None else []) + [
+            "--num_gpus", str(num_gpus)]
     if force_multi:
         cmd.append("--force_multi")
     if master_port is not None:

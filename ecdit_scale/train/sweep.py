@@ -115,6 +115,10 @@ class SweepSpec:
             raise ConfigError(f"--cooldown {self.cooldown_fraction}: a fraction in (0, 1]")
         if any(not (math.isfinite(m) and m > 0) for m in self.lr_search):
             raise ConfigError(f"--lr-search {self.lr_search}: positive multipliers, e.g. 0.5,1,2")
+        if self.hostfile is not None:
+            from .request import parse_hostfile
+
+            parse_hostfile(self.hostfile)  # one line now, before the first launch
         if self.data is not None:
             from ..datasets.prepared import open_prepared
 
