@@ -388,8 +388,8 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
         raise ConfigError(f"--resume: {rd.path} is still running (rank 0 is pid {pid}); "
                           "stop it first")
     old_flat, new_flat = rd.settings().to_dict(), settings.to_dict()
-    for name in RunSettings.FIXED:
-        if old_flat[name] != new_flat[name]:
+    for name in sorted(RunSettings.FIXED, key=lambda n: n != "data"):  # --data first: it
+        if old_flat[name] != new_flat[name]:  # decides the dataset and the card's shape
             raise ConfigError(f"--resume: {name} was {old_flat[name]!r} in {rd.path}, now "
                               f"{new_flat[name]!r}; resume with the original settings")
     point = rd.resume_point()
