@@ -21,7 +21,9 @@ Two ways to get a compute budget (``schedule``):
   schedule into the data exponent; kept for quick looks.
 
 Data: ``shapes-stream`` by default, drawn fresh for every position, so no run sees an image
-twice. Learning rate: ``lr`` for every size, or with ``lr_search`` (multipliers, e.g. 0.5, 1,
+twice; or a folder written by ``data prepare`` (``data``: every run ``launch --data``). Sizes:
+ladder names, YAML cards or parameter targets (``sweep_cards``); where the launches run at
+once, one per GPU or host slot: ``sweep_slots``. Learning rate: ``lr`` for every size, or with ``lr_search`` (multipliers, e.g. 0.5, 1,
 2) a small search per size: the size's dense model at the smallest budget, seed 0, one run per
 multiplier; the best held-out loss picks that size's learning rate for every run of the size.
 
