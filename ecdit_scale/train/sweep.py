@@ -49,7 +49,7 @@ from ..planner.flops import training_flops_per_image
 from .launch import launch
 from .request import LaunchRequest
 from .records import RunDir
-from .sweep_lr import chosen_lrs, lr_search_notes, lr_search_row  # noqa: F401 (re-exported)
+from .sweep_lr import chosen_lrs, lr_search_notes, lr_search_row
 
 # (run, samples=, sampling_steps=, seed=) -> GenEval-style score in [0, 1]; the sweep trains,
 # evaluation scores (ecdit_scale.evaluation.sampled_alignment.alignment_of_run)
