@@ -13,8 +13,8 @@
 #
 # The GPU machine is offline: carry the wheels the training install needs beyond torch
 # (deepspeed, diffusers, safetensors, braceexpand) in .whl/, as bench/gpu_session.sh does, and
-# any VAE or text encoder as a local folder. Stage 3 needs `sweep --data` (issue 21's second
-# part); a build without it stops after stage 2 and says so. Every stage has its own timeout.
+# any VAE or text encoder as a local folder. Stage 3 places each launch on a GPU of its own
+# (sweep --parallel; with one GPU the launches share it). Every stage has its own timeout.
 # Budget on a GPU: <= 600 s (prepare ~1 min for 4,096 images, sweep <= 420 s, fit/report ~20 s).
 set -u
 OUT="${OUT:?set OUT to the folder for the results}"
@@ -29,7 +29,7 @@ stage() { echo "=== $(( $(date +%s) - t0 )) s: $*"; }
 
 if [ "$MODE" = "--cpu" ]; then
   DEVICE=cpu; PY="${PYTHON:-python}"
-  ITEMS=${ITEMS:-256}; RES=${RES:-32}; SIZES=nano,micro; STEPS=8; BUDGETS=0.5,1; SEEDS=0
+  ITEMS=${ITEMS:-128}; RES=${RES:-16}; SIZES=nano,micro; STEPS=10; BUDGETS=0.5,1; SEEDS=0
   MB=4; PAR=1; SWEEP_TIMEOUT=300; WORKERS=1
 else
   DEVICE=cuda; PY=python3
@@ -66,11 +66,6 @@ PREP_ARGS=(--out "$OUT/prepared" --resolution "$RES" --device "$DEVICE" --worker
 [ -n "${TEXT_ENCODER:-}" ] && PREP_ARGS+=(--text-encoder "$TEXT_ENCODER")
 timeout 300 "$PY" -m ecdit_scale data prepare "$SRC" "${PREP_ARGS[@]}" || { echo "prepare failed: $?"; exit 1; }
 
-if ! "$PY" -m ecdit_scale sweep --help 2>/dev/null | grep -qE -- "--data([^a-z-]|$)"; then
-  stage "stop: this build's sweep has no --data yet (issue 21, launch/sweep part); the prepared folder is $OUT/prepared"
-  exit 0
-fi
-
 stage "sweep --data $OUT/prepared: sizes $SIZES, dense and ec8"
 timeout "$SWEEP_TIMEOUT" "$PY" -m ecdit_scale sweep --data "$OUT/prepared" --sizes "$SIZES" \
   --variants dense,ec8 --steps "$STEPS" --budgets "$BUDGETS" --seeds "$SEEDS" \
@@ -78,7 +73,8 @@ timeout "$SWEEP_TIMEOUT" "$PY" -m ecdit_scale sweep --data "$OUT/prepared" --siz
   || echo "sweep exited $? (a rerun resumes it)"
 
 stage "fit and report"
-timeout 120 "$PY" -m ecdit_scale fit "$OUT/sweep/runs.csv" || echo "fit exited $?"
-timeout 120 "$PY" -m ecdit_scale report "$OUT/sweep/runs.csv" --out "$OUT/report" \
+timeout 120 "$PY" -m ecdit_scale fit "$OUT/sweep/runs.csv" --out "$OUT/fit.yaml" \
+  || echo "fit exited $?"
+timeout 120 "$PY" -m ecdit_scale report "$OUT/sweep/runs.csv" --fit "$OUT/fit.yaml" --out "$OUT/report" \
   || echo "report exited $?"
 stage "done"

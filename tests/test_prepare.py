@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,9 @@ from ecdit_scale.datasets.prepare import (PrepareRequest, load_image, prepare, s
                                           shard_path)
 from ecdit_scale.datasets.prepared import card_for_data, open_prepared, prepared_splits
 from ecdit_scale.datasets.sources import count_items, open_source
+from ecdit_scale.errors import ConfigError
+from ecdit_scale.params import count_params
+from ecdit_scale.train.request import LaunchRequest, check_request, resume_command
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 WORDS = "[PAD] [UNK] [CLS] [SEP] [MASK] a red green blue cat dog square circle on the".split()
@@ -306,3 +310,146 @@ def test_sources_side_car_captions_truncated_shards_and_bad_patterns(shards, tmp
     (tmp_path / "x.zip").write_bytes(b"PK")
     with pytest.raises(DataError, match="must be a WebDataset .tar shard"):
         open_source(str(tmp_path / "x.zip"))
+
+
+# ---------------------------------------------------------------------------------------------
+# launch --data / sweep --data: a prepared folder reaches the trainer (in-process, but for one
+# 2-rank expert-parallel launch, slow); here to share the tiny encoders built above
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def pixels(image_folder, text_encoder_dir, tmp_path):
+    """6 items, 16x16 pixels, 16-d token rows."""
+    out = tmp_path / "pixels"
+    prepare(_request(image_folder, out, resolution=16, text_encoder=str(text_encoder_dir)))
+    return out
+
+
+def test_launch_data_shapes_the_card_and_refuses_one_that_does_not_fit(pixels, tmp_path):
+    req = LaunchRequest(card="nano-ec8", data=str(pixels), nproc=1, holdout=2, steps=4,
+                        out=str(tmp_path / "run"), device="cpu")
+    checked = check_request(req)
+    cfg, s = checked.cfg, checked.settings
+    # the registry card takes the data's shape: 16x16 RGB, (16 / 4)^2 tokens, 16-d text
+    assert (cfg.in_channels, cfg.input_size, cfg.tokens_per_image, cfg.text_dim) == (3, 16, 16, 16)
+    assert s.data == str(pixels.resolve()) and s.dataset == "prepared"
+    assert s.to_dict()["data"] == str(pixels.resolve())  # run.json keeps it; a resume must too
+    assert "--data" in resume_command(req, tmp_path / "run")
+
+    card = tmp_path / "mine.yaml"  # a card the user wrote keeps its own shape: refused
+    card.write_text((Path(__file__).parents[1] / "models" /
+                     "nano-ec8.yaml").read_text())
+    r = cli_here("launch", str(card), "--data", str(pixels), "--out", str(tmp_path / "r2"),
+                 "--device", "cpu")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "takes 3-channel 32x32 inputs" in r.stderr and "holds 3-channel 16x16" in r.stderr
+    assert not (tmp_path / "r2").exists()
+    r = cli_here("launch", "nano-ec8", "--data", str(tmp_path), "--out", str(tmp_path / "r3"))
+    assert r.returncode == 2 and "not a prepared folder (no manifest.json)" in r.stderr
+    with pytest.raises(ConfigError, match="--limit 99: --data .* holds 6 items"):
+        check_request(LaunchRequest(card="nano-ec8", data=str(pixels), data_limit=99,
+                                    holdout=1, out=str(tmp_path / "r4"), device="cpu"))
+
+
+def test_webdataset_latents_feed_a_run_split_by_item(shards, text_encoder_dir, vae_dir, tmp_path):
+    """The tiny VAE's latents through what a worker and `adaptive` load: the same held-out
+    items, named in the record; a training step of the reshaped card on a batch of them."""
+    import torch
+
+    from ecdit_scale.datasets.batches import batches
+    from ecdit_scale.evaluation.runs import held_out_samples
+    from ecdit_scale.model.diffusion import rectified_flow_loss
+    from ecdit_scale.model.dit import build_model
+    from ecdit_scale.train.run_data import load_run_data
+
+    out = tmp_path / "latents"
+    prepare(_request(shards, out, resolution=16, vae=str(vae_dir),
+                     text_encoder=str(text_encoder_dir)))
+    checked = check_request(LaunchRequest(card="nano-dense", data=str(out), holdout=1,
+                                          out=str(tmp_path / "run"), device="cpu"))
+    cfg, s = checked.cfg, checked.settings
+    assert (cfg.in_channels, cfg.input_size, cfg.vae_downsample) == (4, 8, 2)
+    train, held, record = load_run_data(s, cfg)
+    assert (len(train), len(held)) == (3, 1)
+    keys = [k for shard in open_prepared(out).manifest["shards"]
+            for k in shard_header(out / shard["file"])[0]["keys"]]
+    assert record["items"] == 4 and record["train_items"] == 3
+    assert len(record["held_out_items"]) == 1 and record["held_out_items"][0] in keys
+    assert record["vae"]["name"] and len(record["manifest_sha256"]) == 64
+    again = held_out_samples(s, cfg)
+    assert torch.equal(again.images, held.images) and again.captions == held.captions
+    json.dumps(record)  # what data.json holds
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images, text = next(batches(train, 2, seed=0))
+    loss = rectified_flow_loss(model, images, text).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_sweep_sizes_cards_and_targets_shaped_for_the_data(pixels, tmp_path):
+    from ecdit_scale.config import load_model_config
+    from ecdit_scale.train.sweep import SweepSpec, launch_request, run_sweep  # noqa: F401
+    from ecdit_scale.train.sweep_cards import write_cards
+    from ecdit_scale.train.sweep_slots import Slot, local_slots
+
+    card = tmp_path / "my-card.yaml"
+    card.write_text((Path(__file__).parents[1] / "models" /
+                     "micro-dense.yaml").read_text())
+    spec = SweepSpec(sizes=("nano", "2M", str(card)), variants=("dense", "ec8"), steps=10,
+                     budgets=(1.0,), seeds=(0,), data=str(pixels), out=str(tmp_path / "sw"))
+    runs = spec.runs()
+    assert [r.card for r in runs] == ["nano-dense", "nano-ec8", "2M-dense", "2M-ec8",
+                                      "my_card-dense", "my_card-ec8"]
+    assert runs[0].card_path == "nano-dense"  # the registry's; launch shapes it
+    write_cards(spec.resolved_sizes, spec.variants, spec.out, spec.data)
+    two = load_model_config(runs[3].card_path)  # the synthesised backbone, its ec8 variant
+    assert (two.in_channels, two.input_size, two.text_dim) == (3, 16, 16)
+    assert two.ffn.num_experts == 8
+    # 2M: the dense backbone synthesised for 2M parameters (sizes.synthesise: the best on
+    # its width x depth grid, 7% over at this scale), before the data's 16-d text
+    assert 1.8e6 < count_params(spec.resolved_sizes[1].base).total_params < 2.2e6
+    mine = load_model_config(runs[4].card_path)
+    assert mine.hidden_size == load_model_config(str(card)).hidden_size
+    req = launch_request(spec, runs[3], resume=False, slot=Slot(devices="2,3"))
+    assert req.data == str(pixels) and req.devices == "2,3" and req.card == runs[3].card_path
+    check_request(req.__class__(**{**req.__dict__, "devices": None, "device": "cpu"}))
+
+    with pytest.raises(ConfigError, match="--sizes '7 apples'"):
+        SweepSpec(sizes=("7 apples",))
+    assert [s.devices for s in local_slots(2, 2, 4)] == ["0,1", "2,3"]  # one group each
+    assert [s.devices for s in local_slots(3, 1, 2)] == ["0", "1", "0"]  # then shared in turn
+    with pytest.raises(ConfigError, match="--nproc 2: this machine has 1 CUDA devices"):
+        local_slots(1, 2, 1)
+
+
+def test_launcher_places_a_run_on_its_devices_and_host(tmp_path):
+    from ecdit_scale.planner.deepspeed_config import deepspeed_launch_command
+
+    cmd = deepspeed_launch_command(num_gpus=2, run_dir="r", include="localhost:2,3")
+    assert "--include" in cmd and "--num_gpus" not in cmd  # DeepSpeed takes one of them
+    cmd = deepspeed_launch_command(num_gpus=1, run_dir="r", hostfile="h", include="node2:0",
+                                   num_nodes=1, force_multi=True)
+    assert cmd[cmd.index("--include") + 1] == "node2:0" and "--force_multi" in cmd
+    assert "--num_nodes" not in cmd
+    from deepspeed.launcher.runner import parse_args  # DeepSpeed reads it as meant
+
+    args = parse_args(cmd[1:cmd.index("--module")] + ["--module", "m"])
+    assert (args.include, args.num_nodes, args.num_gpus, args.force_multi) == ("node2:0", -1, -1, True)
+
+
+@pytest.mark.slow
+def test_two_rank_expert_choice_launch_on_a_prepared_image_folder(pixels, tmp_path):
+    from ecdit_scale.train.launch import launch
+
+    run = tmp_path / "run"
+    res = launch(LaunchRequest(card="nano-ec8", data=str(pixels), nproc=2, ep=2, steps=3,
+                               micro_batch=2, holdout=2, out=str(run), device="cpu"))
+    assert res.ok, res.message
+    record = json.loads((run / "data.json").read_text())
+    assert record["train_items"] == 4 and len(record["held_out_items"]) == 2
+    assert record["inputs"]["array"] == "pixels" and record["vae"] is None
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_samples"] == 4 and summary["ep"] == 2 and summary["world"] == 2
+    assert summary["heldout_loss"] is not None

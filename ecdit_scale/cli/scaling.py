@@ -40,7 +40,7 @@ def _csv_list(text: str, option: str) -> tuple[str, ...]:
 
 @app.command()
 def sweep(
-    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="CPU-ladder sizes, comma-separated (nano, micro, tiny, mini, small, base)."),
+    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="Sizes, comma-separated: CPU-ladder names (nano, micro, tiny, mini, small, base), YAML card paths, or parameter targets like 20M,50M (a dense backbone of that size, synthesised)."),
     variants: str = typer.Option("dense,tc8,ec8", "--variants", help="dense, tc8, ec8, tc16, ec16."),
     steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
     budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Compute budgets as fractions of --steps (wsd: one annealed run each)."),
@@ -50,12 +50,14 @@ def sweep(
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),
     dataset: str = typer.Option("shapes-stream", "--dataset", metavar="<shapes-stream|shapes|emoji>", help="shapes-stream (never repeats; default), shapes (a fixed set) or emoji."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A folder written by `ecdit-scale data prepare`: every run trains on it (cards take its input shape; replaces --dataset)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Finite datasets: use the first N samples."),
     holdout: int = typer.Option(64, "--holdout", help="Held-out samples scored at fixed noise at the end of every run."),
     lr: float = typer.Option(1e-3, "--lr"),
     lr_search: str = typer.Option("", "--lr-search", help="Multipliers of --lr tried per size (e.g. 0.5,1,2): dense model, shortest budget, first seed; the best held-out loss sets the size's lr."),
     device: str = typer.Option("auto", "--device", metavar="<auto|cpu|cuda>", help="Where the runs train."),
-    parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle)."),
+    parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle); on GPUs each launch gets --nproc devices of its own."),
+    hostfile: Optional[Path] = typer.Option(None, "--hostfile", help="DeepSpeed hostfile: runs spread over its hosts (each run its own world of --nproc ranks on one host, started over ssh); every slot kept busy."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
     design: str = typer.Option("grid", "--design", help="grid: --sizes x --budgets; isoflop: per --flops level, sizes around the expected optimum, each trained for the steps that spend the level."),
@@ -71,6 +73,9 @@ def sweep(
     if design not in ("grid", "isoflop"):
         raise ConfigError(f"--design {design!r}: grid or isoflop")
     if design == "isoflop":
+        if data is not None or hostfile is not None:
+            raise ConfigError(f"{'--data' if data is not None else '--hostfile'}: not yet with "
+                              "--design isoflop; use --design grid")
         if not dry_run:
             need_train_extra()
         from .sweep_isoflop import isoflop_sweep
@@ -100,8 +105,10 @@ def sweep(
     spec = SweepSpec(sizes=_csv_list(sizes_, "--sizes"), variants=_csv_list(variants, "--variants"),
                      steps=steps, budgets=fracs, seeds=seed_list, schedule=schedule,
                      cooldown_fraction=cooldown, nproc=nproc, micro_batch=micro_batch,
-                     dataset=dataset, data_limit=limit, holdout=holdout, lr=lr,
-                     lr_search=search, device=device, out=str(out))
+                     dataset=dataset, data=None if data is None else str(data),
+                     data_limit=limit, holdout=holdout, lr=lr,
+                     lr_search=search, device=device, out=str(out),
+                     hostfile=None if hostfile is None else str(hostfile))
     runs = spec.lr_runs() + spec.runs()
     with Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console,

@@ -142,8 +142,14 @@ def load_run_model(rd: RunDir):
 
 def held_out_samples(s: RunSettings, cfg: ModelConfig):
     """The samples the run kept out of training (a CaptionedImages): its ``holdout`` split of
-    its dataset."""
+    its dataset (a prepared folder's: the same items by name, ``datasets.prepared``)."""
     from ..datasets.batches import run_split
+
+    if s.data is not None:
+        from ..datasets.prepared import open_prepared, prepared_splits
+
+        return prepared_splits(open_prepared(s.data), cfg, holdout=s.holdout, seed=s.seed,
+                               limit=s.data_limit).held
 
     return run_split(s.dataset, cfg, limit=s.data_limit, seed=s.seed, holdout=s.holdout,
                      split="held")

@@ -160,7 +160,8 @@ def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | No
                              hostfile: str | None = None, master_port: int | None = None,
                              master_addr: str | None = None, node_rank: int | None = None,
                              launcher: tuple[str, ...] | list[str] = ("deepspeed",),
-                             worker_args: tuple[str, ...] | list[str] = ()) -> list[str]:
+                             worker_args: tuple[str, ...] | list[str] = (),
+                             include: str | None = None, force_multi: bool = False) -> list[str]:
     """The DeepSpeed launcher command that starts ``ecdit_scale.train.worker`` on every device.
 
     ``num_gpus`` ranks per node (``--num_gpus`` is needed on CPU too: DeepSpeed otherwise counts
@@ -171,13 +172,20 @@ def deepspeed_launch_command(*, num_gpus: int, run_dir: str, num_nodes: int | No
     ``node_rank``: DeepSpeed's multi-node path without ssh (``--no_ssh --node_rank``): the same
     command runs on every node of the hostfile, each with its own rank, all with one
     ``master_addr`` and ``master_port``; without it, DeepSpeed reaches the hosts by ssh (pdsh).
+    ``include`` (``localhost:2,3``, ``host1:0``): only those devices, instead of ``--num_gpus``
+    (DeepSpeed takes one or the other); ``force_multi``: through ssh even for one host (a host
+    of the hostfile that is not this machine: ``sweep --hostfile`` gives each run one host).
     """
     cmd = list(launcher)
     if hostfile:
         cmd += ["--hostfile", str(hostfile)]
-    if num_nodes is not None:
-        cmd += ["--num_nodes", str(num_nodes)]
-    cmd += ["--num_gpus", str(num_gpus)]
+    if include:  # DeepSpeed refuses --num_nodes / --num_gpus next to --include
+        cmd += ["--include", include]
+    else:
+        cmd += (["--num_nodes", str(num_nodes)] if num_nodes is not None else []) + [
+            "--num_gpus", str(num_gpus)]
+    if force_multi:
+        cmd.append("--force_multi")
     if master_port is not None:
         cmd += ["--master_port", str(master_port)]
     if master_addr is not None:

@@ -29,24 +29,7 @@ from .expert_parallel import (create_groups, is_expert_param, param_counts, para
 from .records import Device, RunDir, RunSettings, write_json
 from .request import engine_baseline
 from .regional_compile import compile_blocks
-
-def load_run_data(s: RunSettings, cfg: ModelConfig):
-    """(training data, held-out samples or None when the run keeps none), from one load of
-    the dataset: a CaptionedImages split in two, or for a stream the ShapesStream of steps x
-    global batch positions and its fixed held-out set."""
-    from ..datasets.kinds import STREAMS
-
-    if s.dataset in STREAMS:
-        from ..datasets.stream import ShapesStream
-
-        data = ShapesStream(cfg, seed=s.seed, positions=s.steps * s.global_batch,
-                            holdout=s.holdout)
-        return data, data.held_out() if s.holdout else None
-    from ..datasets.batches import run_splits
-
-    train, held = run_splits(s.dataset, cfg, limit=s.data_limit, seed=s.seed, holdout=s.holdout)
-    return train, held if s.holdout else None
-
+from .run_data import load_run_data  # noqa: F401 (the worker's; no DeepSpeed in it)
 
 def step_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]

@@ -175,6 +175,8 @@ def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
     from ..datasets.arrays import dataset_arrays_for
     from ..datasets.kinds import STREAMS
 
+    if s.data is not None:  # a prepared folder holds its arrays already
+        return
     if s.dataset in STREAMS:  # images are drawn by the ranks; the captions are encoded here
         from ..datasets.stream import stream_captions
         from ..datasets.text_encoder import TextEncoder
@@ -197,7 +199,8 @@ JOIN_WAIT_S = 600  # how long a node other than node 0 waits for node 0's run.js
 
 def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
                      resume_from: str | None, node_rank: int | None = None,
-                     master_addr: str | None = None, master_port: int | None = None) -> list[str]:
+                     master_addr: str | None = None, master_port: int | None = None,
+                     include: str | None = None, force_multi: bool = False) -> list[str]:
     """The ``deepspeed`` launcher command that starts the worker on every rank: the planner's
     builder, run with this Python. With ``node_rank``: DeepSpeed's multi-node path without ssh
     (each node runs this with its own rank; see ``deepspeed_launch_command``)."""
@@ -209,7 +212,7 @@ def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
         hostfile=str(Path(hostfile).resolve()) if hostfile else None,
         num_nodes=s.nodes if hostfile else None,
         master_port=master_port or (MULTI_NODE_PORT if node_rank is not None else free_port()),
-        master_addr=master_addr, node_rank=node_rank,
+        master_addr=master_addr, node_rank=node_rank, include=include, force_multi=force_multi,
         launcher=(sys.executable, "-m", "deepspeed.launcher.runner"), worker_args=worker_args)
 
 
@@ -265,11 +268,16 @@ def launch(req: LaunchRequest, *,
                              f"(nothing trained); continue with: {resume_command(req, rd.path)}"))
     if s.world == 1 and not req.hostfile and req.node_rank is None:
         cmd, env = single_rank_command(s, rd, resume_from=resume_tag)
+        if req.devices:  # the one device a sweep gave this run (``sweep --parallel``)
+            env["CUDA_VISIBLE_DEVICES"] = req.devices
         shown = ["python"] + cmd[1:]
     else:
+        host = req.host or ("localhost" if req.devices else None)
         cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
                                node_rank=req.node_rank,
-                               master_addr=req.master_addr, master_port=req.master_port)
+                               master_addr=req.master_addr, master_port=req.master_port,
+                               include=f"{host}:{req.devices}" if req.devices else req.host,
+                               force_multi=req.host is not None)
         env, shown = launcher_env(s), ["deepspeed"] + cmd[3:]
     rd.update_summary(command=" ".join(shown))
     notes = list(s.notes) + notes

@@ -9,6 +9,8 @@
       predictions.json   the planner's predictions for this run (params, FLOPs, memory)
       metrics.jsonl      one JSON object per optimizer step (appended whole, fsync'd)
       summary.json       the outcome: status, steps, losses, timings, measured params/memory
+      data.json          a --data run: the prepared folder (manifest hash, source, encoders)
+                         and the held-out items by name
       launch.log         the deepspeed launcher's stdout + stderr
       checkpoints/       DeepSpeed checkpoints, one tag per saved step (``step{n}``), with each
                          rank's fp32 EMA of the weights (ema_rank{r}.pt, ``train.ema``)
@@ -198,6 +200,7 @@ class RunDir:
     predictions = property(lambda self: self.path / "predictions.json")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     summary = property(lambda self: self.path / "summary.json")
+    data_json = property(lambda self: self.path / "data.json")  # a --data run's folder, split
     log = property(lambda self: self.path / "launch.log")
     checkpoints = property(lambda self: self.path / "checkpoints")
     checksums = property(lambda self: self.path / "checksums")

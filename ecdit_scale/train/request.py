@@ -40,6 +40,11 @@ class LaunchRequest(LaunchSettings):
     card: str
     plan: str | None = None  # the plan folder this request was read from (``plan_run``)
     notes: tuple[str, ...] = ()  # where the run departs from the plan, and why
+    # where a sweep places this launch (``sweep_slots``; not settings: the run is the same run
+    # wherever it trains): CUDA device ids on the host ("2,3"), and the host of a one-host
+    # --hostfile reached through ssh (DeepSpeed --include HOST[:ids] --force_multi)
+    devices: str | None = None
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,7 @@ def resolve_card(card: str) -> ModelConfig:
     """A registry name (``sizes.get``) or a YAML card path (``config.load_model_config``)."""
     from .. import sizes
 
-    looks_like_file = card.endswith((".yaml", ".yml")) or os.sep in card or Path(card).is_file()
-    if looks_like_file:
+    if is_card_file(card):
         if not Path(card).is_file():
             raise ConfigError(f"card {card!r}: no such file; give a model name "
                               "(`ecdit-scale models list`) or the path of a YAML card")
@@ -148,6 +152,32 @@ def _check_card(cfg: ModelConfig, dataset: str) -> None:
     if cfg.conditioning.value != "text":
         raise ConfigError(f"{cfg.name}: launch trains text-conditioned cards (captions through "
                           f"the MiniLM encoder); this one is {cfg.conditioning.value}-conditioned")
+
+
+PREPARED_DATASET = "prepared"  # run.json's dataset of a --data run (the folder: its data)
+
+
+def is_card_file(card: str) -> bool:
+    """Whether ``card`` names a YAML file (else a registry name): ``resolve_card``'s rule."""
+    return card.endswith((".yaml", ".yml")) or os.sep in card or Path(card).is_file()
+
+
+def data_card(req: LaunchRequest, cfg: ModelConfig) -> tuple[ModelConfig, LaunchRequest]:
+    """A --data run: the card shaped by the prepared folder (a registry card takes its
+    channels, size and text width; a YAML card the user wrote must match them, else one line:
+    ``datasets.prepared.card_for_data``), and the request with the folder as an absolute path
+    and dataset ``prepared`` (what run.json records)."""
+    import dataclasses
+
+    from ..datasets.prepared import card_for_data, open_prepared
+
+    data = open_prepared(req.data)
+    cfg = card_for_data(cfg, data, strict=is_card_file(req.card) or req.plan is not None)
+    if req.data_limit is not None and req.data_limit > data.items:
+        raise ConfigError(f"--limit {req.data_limit}: --data {req.data} holds {data.items} "
+                          f"items; use --limit <= {data.items} or leave it out")
+    return cfg, dataclasses.replace(req, data=str(data.root.resolve()),
+                                    dataset=PREPARED_DATASET)
 
 
 def _check_moe(cfg: ModelConfig, req: LaunchRequest, tc_impl: TCImpl) -> None:
@@ -310,10 +340,13 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
         cfg = override_config(cfg, req.override)
     from ..datasets.kinds import DATASETS
 
-    if req.dataset not in DATASETS:
+    if req.data is not None:  # a prepared folder: the card takes the data's input shape
+        cfg, req = data_card(req, cfg)
+    elif req.dataset not in DATASETS:
         raise ConfigError(f"--dataset {req.dataset!r} is not valid; choose one of "
                           f"{', '.join(DATASETS)}")
-    _check_card(cfg, req.dataset)
+    else:
+        _check_card(cfg, req.dataset)
     check_bounds(req)  # integers only a launch has (the layout and training configs check theirs)
     _choice(Optimizer, req.optimizer, "--optimizer", OPTIMIZERS)
     _choice(EMA, req.ema, "--ema")
@@ -330,7 +363,7 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
     nodes = _world(req, device)
     from ..datasets.kinds import STREAMS
 
-    if req.data_limit is not None and req.dataset in STREAMS:
+    if req.data_limit is not None and req.dataset in STREAMS and req.data is None:
         raise ConfigError(f"--limit {req.data_limit}: dataset {req.dataset!r} is drawn fresh for "
                           "every position and has no size; leave --limit out")
     if req.data_limit is not None and req.data_limit < 2 * req.holdout + 1:
@@ -355,8 +388,8 @@ def check_request(req: LaunchRequest) -> CheckedRequest:
         raise ConfigError(f"--resume: {rd.path} is still running (rank 0 is pid {pid}); "
                           "stop it first")
     old_flat, new_flat = rd.settings().to_dict(), settings.to_dict()
-    for name in RunSettings.FIXED:
-        if old_flat[name] != new_flat[name]:
+    for name in sorted(RunSettings.FIXED, key=lambda n: n != "data"):  # --data first: it
+        if old_flat[name] != new_flat[name]:  # decides the dataset and the card's shape
             raise ConfigError(f"--resume: {name} was {old_flat[name]!r} in {rd.path}, now "
                               f"{new_flat[name]!r}; resume with the original settings")
     point = rd.resume_point()

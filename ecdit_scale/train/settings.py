@@ -180,6 +180,10 @@ class LaunchSettings:
     dataset: str = setting("emoji", "--dataset", "emoji (OpenMoji), shapes (GenEval-style, a "
                            "fixed set), shapes-stream (fresh scenes, never repeated) or latents "
                            "(the paper's latent cards).", record="run", fixed=True)
+    data: str | None = setting(None, "--data", "A folder written by `ecdit-scale data "
+                               "prepare`: train on it (the card's input channels and size "
+                               "follow the data; a YAML card must match them). Replaces "
+                               "--dataset.", record="run", fixed=True, optional=True)
     data_limit: int | None = setting(None, "--limit", "Use only the first N samples.",
                                      record="run", fixed=True)
     holdout: int = setting(64, "--holdout", "Samples kept out of training (held-out loss, "

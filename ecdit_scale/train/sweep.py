@@ -21,7 +21,9 @@ Two ways to get a compute budget (``schedule``):
   schedule into the data exponent; kept for quick looks.
 
 Data: ``shapes-stream`` by default, drawn fresh for every position, so no run sees an image
-twice. Learning rate: ``lr`` for every size, or with ``lr_search`` (multipliers, e.g. 0.5, 1,
+twice; or a folder written by ``data prepare`` (``data``: every run ``launch --data``). Sizes:
+ladder names, YAML cards or parameter targets (``sweep_cards``); where the launches run at
+once, one per GPU or host slot: ``sweep_slots``. Learning rate: ``lr`` for every size, or with ``lr_search`` (multipliers, e.g. 0.5, 1,
 2) a small search per size: the size's dense model at the smallest budget, seed 0, one run per
 multiplier; the best held-out loss picks that size's learning rate for every run of the size.
 
@@ -40,7 +42,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import sizes
 from ..config import Recompute
 from ..errors import ConfigError
 from ..params import count_params
@@ -48,6 +49,7 @@ from ..planner.flops import training_flops_per_image
 from .launch import launch
 from .request import LaunchRequest
 from .records import RunDir
+from .sweep_lr import chosen_lrs, lr_search_notes, lr_search_row
 
 # (run, samples=, sampling_steps=, seed=) -> GenEval-style score in [0, 1]; the sweep trains,
 # evaluation scores (ecdit_scale.evaluation.sampled_alignment.alignment_of_run)
@@ -75,7 +77,9 @@ class SweepSpec:
     nproc: int = 1
     micro_batch: int = 16
     dataset: str = "shapes-stream"
+    data: str | None = None  # a prepared folder (``data prepare``): replaces ``dataset``
     data_limit: int | None = None  # finite datasets only
+    hostfile: str | None = None  # runs spread over its hosts, each its own world (sweep_slots)
     lr: float = 1e-3
     lr_search: tuple[float, ...] = ()  # multipliers of lr tried per size (empty: lr for all)
     holdout: int = 64  # held-out samples scored at the end of every run
@@ -89,10 +93,13 @@ class SweepSpec:
 
     def __post_init__(self) -> None:
         from ..datasets.kinds import DATASETS, STREAMS
+        from .sweep_cards import resolve_size
 
-        for s in self.sizes:
-            if s not in sizes.CPU_SIZES:
-                raise ConfigError(f"--sizes {s!r}: valid sizes are {', '.join(sizes.CPU_SIZES)}")
+        resolved = tuple(resolve_size(s) for s in self.sizes)
+        labels = [r.label for r in resolved]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"--sizes {','.join(self.sizes)}: a size is named twice")
+        object.__setattr__(self, "_resolved", resolved)
         for v in self.variants:
             if v not in VARIANTS:
                 raise ConfigError(f"--variants {v!r}: valid variants are {', '.join(VARIANTS)}")
@@ -110,15 +117,35 @@ class SweepSpec:
             raise ConfigError(f"--cooldown {self.cooldown_fraction}: a fraction in (0, 1]")
         if any(not (math.isfinite(m) and m > 0) for m in self.lr_search):
             raise ConfigError(f"--lr-search {self.lr_search}: positive multipliers, e.g. 0.5,1,2")
-        if self.dataset not in DATASETS:
+        if self.hostfile is not None:
+            from .request import parse_hostfile
+
+            parse_hostfile(self.hostfile)  # one line now, before the first launch
+        if self.data is not None:
+            from ..datasets.prepared import open_prepared
+
+            open_prepared(self.data)  # one line now if it is not a prepared folder
+        elif self.dataset not in DATASETS:
             raise ConfigError(f"--dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
-        if self.dataset in STREAMS and self.data_limit is not None:
+        if self.dataset in STREAMS and self.data_limit is not None and self.data is None:
             raise ConfigError(f"--limit {self.data_limit}: {self.dataset} never repeats and has "
                               "no size")
         short = min(budget_steps(self, b) for b in self.budgets)
         if self.schedule != "constant" and short < 5:
             raise ConfigError(f"--budgets {min(self.budgets):g} x --steps {self.steps} = {short} "
                               "steps: a wsd budget run needs at least 5")
+
+    @property
+    def resolved_sizes(self) -> tuple:
+        """The sizes as ``sweep_cards.SweepSize`` (label, and the backbone unless a ladder
+        name), in the order given."""
+        return self._resolved  # set in __post_init__
+
+    def card(self, size, variant: str) -> tuple[str, str]:
+        """(the run's card label, what its launch is given: registry name or card path)."""
+        from .sweep_cards import card_arg
+
+        return f"{size.label}-{variant}", card_arg(size, variant, self.out)
 
     @property
     def global_batch(self) -> int:
@@ -134,26 +161,28 @@ class SweepSpec:
     def runs(self, lr_of: dict[str, float] | None = None) -> list["SweepRun"]:
         """Every training run, smallest first; ``lr_of`` (size -> lr) from the search."""
         out, runs = Path(self.out), []
-        for size in self.sizes:
-            lr = (lr_of or {}).get(size, self.lr)
+        for size in self.resolved_sizes:
+            lr = (lr_of or {}).get(size.label, self.lr)
             for v in self.variants:
                 for seed in self.seeds:
-                    card = f"{size}-{v}"
+                    card, path = self.card(size, v)
                     if self.schedule == "constant":
                         runs.append(SweepRun(card=card, run_dir=out / f"{card}-s{seed}",
-                                             steps=self.steps, seed=seed, lr=lr,
+                                             card_path=path, steps=self.steps, seed=seed, lr=lr,
                                              budgets=tuple(sorted(self.budgets))))
                         continue
                     if self.schedule == "wsd-branch":
                         top = max(self.budgets)
                         runs.append(SweepRun(
                             card=card, run_dir=out / f"{card}-s{seed}-b{top:g}-branched",
+                            card_path=path,
                             steps=budget_steps(self, top), seed=seed, lr=lr, budgets=(1.0,),
                             budget=top, branches=tuple(sorted(
                                 (b, budget_steps(self, b)) for b in self.budgets if b < top))))
                         continue
                     for b in sorted(self.budgets):
                         runs.append(SweepRun(card=card, run_dir=out / f"{card}-s{seed}-b{b:g}",
+                                             card_path=path,
                                              steps=budget_steps(self, b), seed=seed, lr=lr,
                                              budgets=(1.0,), budget=b))
         return runs
@@ -163,10 +192,12 @@ class SweepSpec:
         b = min(self.budgets)
         wsd = self.schedule != "constant"
         steps = budget_steps(self, b) if wsd else self.steps
-        return [SweepRun(card=f"{size}-{LR_SEARCH_VARIANT}", steps=steps, seed=self.seeds[0],
-                         lr=self.lr * m, budgets=(1.0,), budget=b if wsd else 1.0,
-                         run_dir=Path(self.out) / "lr-search" / f"{size}-{LR_SEARCH_VARIANT}-x{m:g}")
-                for size in self.sizes for m in self.lr_search]
+        return [SweepRun(card=self.card(size, LR_SEARCH_VARIANT)[0],
+                         card_path=self.card(size, LR_SEARCH_VARIANT)[1], steps=steps,
+                         seed=self.seeds[0], lr=self.lr * m, budgets=(1.0,),
+                         budget=b if wsd else 1.0, run_dir=Path(self.out) / "lr-search"
+                         / f"{size.label}-{LR_SEARCH_VARIANT}-x{m:g}")
+                for size in self.resolved_sizes for m in self.lr_search]
 
 
 @dataclass(frozen=True)
@@ -179,6 +210,7 @@ class SweepRun:
     budgets: tuple[float, ...] = (1.0,)  # fractions of ``steps`` the table reads off this run
     budget: float = 1.0  # wsd: the run's budget as a fraction of the sweep's --steps
     branches: tuple[tuple[float, int], ...] = ()  # wsd-branch: (budget, steps) branched off
+    card_path: str | None = None  # what the launch is given (None: ``card``, a registry name)
 
     @property
     def branch_steps(self) -> tuple[int, ...]:
@@ -260,11 +292,18 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"--parallel {parallel!r}: an integer >= 1")
     result = SweepResult(table_path=Path(spec.out) / "runs.csv", stop_at=stop_at)
+    from .sweep_cards import write_cards
+
+    write_cards(spec.resolved_sizes, spec.variants, spec.out, spec.data)
+    from .sweep_slots import sweep_slots
+
+    slots = sweep_slots(parallel=parallel, nproc=spec.nproc, device=spec.device,
+                        hostfile=spec.hostfile, out=spec.out)
     search = spec.lr_runs()
     runs = search + spec.runs()  # the main runs' lr is known once the search is done
     n = len(runs)
     found: dict[int, dict[str, Any]] = {}
-    _train_all(spec, search, result, on_event, 0, n, parallel,
+    _train_all(spec, search, result, on_event, 0, n, slots,
                lambda i, run: found.__setitem__(i, lr_search_row(run)))
     result.lr_search = [found[i] for i in sorted(found)]
     result.lr_of = chosen_lrs(spec, result.lr_search)
@@ -278,7 +317,7 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
         result.rows = [r for k in sorted(rows) for r in rows[k]]
         save_run_table(pd.DataFrame(result.rows), result.table_path)
 
-    _train_all(spec, spec.runs(result.lr_of), result, on_event, len(search), n, parallel,
+    _train_all(spec, spec.runs(result.lr_of), result, on_event, len(search), n, slots,
                add_rows)
     if on_event and runs:
         on_event("finished", runs[-1], n, n)
@@ -286,23 +325,35 @@ def run_sweep(spec: SweepSpec, *, on_event: Event | None = None,
 
 
 def _train_all(spec: SweepSpec, runs: list[SweepRun], result: SweepResult,
-               on_event: Event | None, offset: int, n: int, parallel: int,
+               on_event: Event | None, offset: int, n: int, slots: list,
                then: Callable[[int, SweepRun], None]) -> None:
-    """``_train`` each run, ``parallel`` at a time; ``then(i, run)`` (in this thread) after each
-    that succeeded. Ctrl-C reaches only this thread: it is passed to every running launch,
-    which stops at a resumable point, and then raised."""
-    if parallel == 1:
+    """``_train`` each run, one per slot at a time (``sweep_slots``: each launch on devices of
+    its own); ``then(i, run)`` (in this thread) after each that succeeded. Ctrl-C reaches only
+    this thread: it is passed to every running launch, which stops at a resumable point, and
+    then raised."""
+    if len(slots) == 1:
         for i, run in enumerate(runs):
-            if _train(spec, run, result, on_event, offset + i, n):
+            if _train(spec, run, result, on_event, offset + i, n, slots[0]):
                 then(i, run)
         return
+    import queue
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from .process import interrupt_all
 
-    pool = ThreadPoolExecutor(max_workers=parallel)
-    futures = {pool.submit(_train, spec, run, result, on_event, offset + i, n): i
-               for i, run in enumerate(runs)}
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def in_a_slot(run: SweepRun, i: int) -> bool:
+        slot = free.get()
+        try:
+            return _train(spec, run, result, on_event, offset + i, n, slot)
+        finally:
+            free.put(slot)
+
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    futures = {pool.submit(in_a_slot, run, i): i for i, run in enumerate(runs)}
     try:
         for fut in as_completed(futures):
             if fut.result():
@@ -317,7 +368,7 @@ def _train_all(spec: SweepSpec, runs: list[SweepRun], result: SweepResult,
 
 
 def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event | None,
-           i: int, n: int) -> bool:
+           i: int, n: int, slot=None) -> bool:
     """Skip, resume or launch one run; False if it failed (recorded in ``result``)."""
     state = run_state(spec, run)
     if state == "damaged":
@@ -335,14 +386,14 @@ def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event 
         result.not_started.append(name)
         return False
     try:
-        res = launch(launch_request(spec, run, resume=state == "resume"))
+        res = launch(launch_request(spec, run, resume=state == "resume", slot=slot))
     except ConfigError as exc:
         if state != "resume":
             raise
         moved = set_aside(run.run_dir)
         result.notes.append(f"{exc} -> moved {run.run_dir} to {moved}, trained again")
         state = "new"
-        res = launch(launch_request(spec, run, resume=False))
+        res = launch(launch_request(spec, run, resume=False, slot=slot))
     if res.status == "interrupted":  # the signal was for the whole sweep
         raise KeyboardInterrupt
     result.notes += [f"{name}: {n}" for n in res.notes]
@@ -353,9 +404,12 @@ def _train(spec: SweepSpec, run: SweepRun, result: SweepResult, on_event: Event 
     return True
 
 
-def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool) -> LaunchRequest:
-    return LaunchRequest(card=run.card, nproc=spec.nproc, steps=run.steps, ep=1, zero=1,
-                         micro_batch=spec.micro_batch, dataset=spec.dataset,
+def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool, slot=None) -> LaunchRequest:
+    """The launch of one run; ``slot`` (``sweep_slots.Slot``): the devices and host it runs on."""
+    return LaunchRequest(devices=slot and slot.devices, host=slot and slot.host,
+                         hostfile=slot and slot.hostfile, card=run.card_path or run.card,
+                         nproc=spec.nproc, steps=run.steps, ep=1, zero=1, micro_batch=spec.micro_batch, dataset=spec.dataset,
+                         data=spec.data,
                          data_limit=spec.data_limit, holdout=spec.holdout,
                          out=str(run.run_dir), lr=run.lr, seed=run.seed,
                          warmup_steps=spec.warmup_steps,
@@ -383,36 +437,6 @@ def needed_steps(run: SweepRun) -> list[int]:
     """Every step the table reads: each budget's step and its smoothing window."""
     return sorted({s for frac in run.budgets
                    for s in smoothing_window(run.step_of(frac)) if s >= 1})
-
-
-def lr_search_row(run: SweepRun) -> dict[str, Any]:
-    summary = RunDir(run.run_dir).read_summary()
-    return {"size": run.size, "card": run.card, "lr": run.lr, "steps": run.steps,
-            "seed": run.seed, "heldout_loss": summary.get("heldout_loss"),
-            "final_loss": summary.get("final_loss"), "run_dir": str(run.run_dir)}
-
-
-def chosen_lrs(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Each size's learning rate: the search's best held-out loss (lr for sizes not searched
-    or whose search runs all failed)."""
-    best: dict[str, tuple[float, float]] = {}
-    for r in rows:
-        loss = r.get("heldout_loss")
-        if loss is not None and math.isfinite(loss) and (r["size"] not in best
-                                                         or loss < best[r["size"]][0]):
-            best[r["size"]] = (loss, r["lr"])
-    return {size: best[size][1] if size in best else spec.lr for size in spec.sizes}
-
-
-def lr_search_notes(spec: SweepSpec, lr_of: dict[str, float]) -> list[str]:
-    """A note per size whose best learning rate is at an end of the searched grid: the
-    optimum may lie beyond it."""
-    if len(spec.lr_search) < 2:
-        return []
-    lo, hi = spec.lr * min(spec.lr_search), spec.lr * max(spec.lr_search)
-    return [f"lr search for {size}: best at the {'top' if math.isclose(lr, hi) else 'bottom'} "
-            f"of the grid ({lr:.3g}); the optimum may lie beyond it"
-            for size, lr in lr_of.items() if math.isclose(lr, hi) or math.isclose(lr, lo)]
 
 
 def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment | None" = None,
@@ -453,7 +477,8 @@ def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment 
             "dataset": settings.dataset, "train_samples": summary.get("train_samples"),
             "run_group": f"{run.card}-s{run.seed}", "run_dir": str(rd.path),
         })
-    if score_alignment is not None and spec.dataset in ("shapes", "shapes-stream") \
+    if score_alignment is not None and spec.data is None \
+            and spec.dataset in ("shapes", "shapes-stream") \
             and spec.alignment_samples and run.budget == max(spec.budgets):
         rows[-1]["alignment"] = score_alignment(rd, samples=spec.alignment_samples,
                                                 sampling_steps=spec.sampling_steps, seed=run.seed)

@@ -140,7 +140,9 @@ def run(run_dir: Path, *, resume_from: str | None) -> int:
         if r.ema is not None:
             r.ema.load(rd.checkpoints / resume_from, r.rank)
     t_data = time.perf_counter()
-    data, held = load_run_data(s, r.cfg)
+    data, held, data_record = load_run_data(s, r.cfg)
+    if r.rank == 0 and data_record is not None:  # the prepared folder and its held-out items
+        write_json(rd.data_json, data_record)
     scorer = heldout_loss_for(r, held)
     if r.rank == 0:  # before the first step, so that a run killed later still names them:
         # the engine, device and versions, and where the start-up went (the first step's
