@@ -91,6 +91,15 @@ def test_power_law_noiseless_recovers_exact_constants_in_original_units():
     assert fit.ci == {} and fit.bootstrap_laws == ()
 
 
+def test_compute_for_loss_is_inf_not_an_error_beyond_a_float():
+    # a bootstrap law with a tiny exponent (seen on the CPU IsoFLOP sweep) needs > 1e308 FLOPs
+    law = PowerLaw(E=0.3, A=5.0, alpha=0.001)
+    assert law.compute_flops_for_loss(0.5) == math.inf
+    assert law.compute_flops_for_loss(0.3) == math.inf
+    fit = PowerLaw(E=0.3, A=5.0, alpha=0.5)
+    assert fit.compute_flops_for_loss(0.5) == pytest.approx((0.2 / 5.0) ** -2.0)
+
+
 def test_predict_interval_brackets_point_and_truth(power_law_fit):
     p = predict(power_law_fit, 1e15)
     assert p.interval.lo <= p.loss <= p.interval.hi

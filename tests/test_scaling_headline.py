@@ -114,3 +114,16 @@ def test_fit_run_table_leads_with_the_headline_and_saves_it(tmp_path):
     shared = fit.shared_multiplier("expert-choice", "dense").value
     assert again.shared_multiplier("expert-choice", "dense").value == pytest.approx(shared)
     assert shared == pytest.approx(1.5, rel=0.15)
+
+
+def test_a_scale_at_its_bound_is_named_in_the_notes():
+    from ecdit_scale.scaling.evidence import _bound_notes
+    from ecdit_scale.scaling.headline import HeadlineLaw
+    law = HeadlineLaw(E=0.1, A=1.0, B=1.0, alpha=0.5, beta=0.5,
+                      s_N={"dense": 1.0, "expert-choice": 1000.0},
+                      s_D={"dense": 1.0, "expert-choice": 0.93})
+    notes = _bound_notes(law)
+    assert len(notes) == 1 and "scale on N of expert-choice is at its bound" in notes[0]
+    inside = HeadlineLaw(E=0.1, A=1.0, B=1.0, alpha=0.5, beta=0.5,
+                         s_N={"dense": 1.0, "ec": 1.5}, s_D={"dense": 1.0, "ec": 1.0})
+    assert _bound_notes(inside) == []

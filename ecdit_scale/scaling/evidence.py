@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .formulas import DEFAULT_LEVEL, Interval, identification
-from .headline import HeadlineData, HeadlineLaw, fit_headline_law
+from .headline import MAX_LOG_SCALE, HeadlineData, HeadlineLaw, fit_headline_law
 from .power import (ALPHA_TEST, POWER, gamma_se, log_multiplier_se, minimum_detectable,
                     seed_noise, z_detect)
 from .robust import FitError
@@ -192,7 +192,7 @@ def fit_headline(data: HeadlineData, *, n_boot: int = 200, seed=0,
     resid = np.log(data.loss_N) - np.log([res.law.loss(v, n, t) for v, n, t in zip(
         data.variant_N, data.params_N, data.tokens_N)])
     noise = seed_noise(data, resid)
-    notes = []
+    notes = _bound_notes(res.law)
     if noise.source != "seeds":
         notes.append("no configuration has two seeds: the noise behind the power estimate is "
                      "the fit's residual scatter, and the bootstrap cannot vary")
@@ -224,6 +224,19 @@ def fit_headline(data: HeadlineData, *, n_boot: int = 200, seed=0,
                        noise_source=noise.source, level=level, n_boot=n_boot,
                        bootstrap_laws=res.bootstrap_laws, params_range=(n_lo, n_hi),
                        notes=tuple(notes), **_compute_fields(data, compute_flops))
+
+
+def _bound_notes(law) -> list[str]:
+    """A variant scale at its bound (1/1000 or 1000) is the optimiser's limit, not a measurement:
+    the data do not pin that variant's law, so its multiplier and interval mean nothing."""
+    out = []
+    for axis, scales in (("N", law.s_N), ("D", law.s_D)):
+        for v, s in scales.items():
+            if abs(math.log(s)) >= MAX_LOG_SCALE - 1e-3:
+                out.append(f"headline: the scale on {axis} of {v} is at its bound ({s:.3g}): "
+                           f"the data do not pin {v}'s law, and a multiplier built on it is the "
+                           "bound's")
+    return out
 
 
 def _compute_fields(data: HeadlineData, compute_flops) -> dict:

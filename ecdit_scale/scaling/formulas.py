@@ -59,10 +59,12 @@ class PowerLaw:
         return self.E + self.A * np.power(compute_flops, -self.alpha)
 
     def compute_flops_for_loss(self, loss: float) -> float:
-        """C(L) = ((L - E)/A)^(-1/alpha); inf when L <= E (the loss is never reached)."""
+        """C(L) = ((L - E)/A)^(-1/alpha); inf when L <= E (the loss is never reached) or when
+        C exceeds a float (a bootstrap law with a tiny alpha), computed in log space."""
         if loss <= self.E:
             return math.inf
-        return float(((loss - self.E) / self.A) ** (-1.0 / self.alpha))
+        log_c = -math.log((loss - self.E) / self.A) / self.alpha
+        return math.exp(log_c) if log_c < 709.0 else math.inf
 
     def to_dict(self) -> dict:
         return {"E": float(self.E), "A": float(self.A), "alpha": float(self.alpha)}

@@ -237,8 +237,9 @@ def _blocks(df, fit, figures_dir, title, expert_load) -> list:
         blocks += _expert_load_section(expert_load, figures_dir)
     if "alignment" in df.columns and df["alignment"].notna().any():
         blocks += [_Heading("Alignment"), figure_alignment(df, figures_dir)]
-    if fit.notes:
-        blocks += [_Heading("Notes")] + [_Paragraph(n) for n in fit.notes]
+    notes = list(fit.notes) + (list(fit.headline.notes) if fit.headline is not None else [])
+    if notes:
+        blocks += [_Heading("Notes")] + [_Paragraph(n) for n in notes]
     return blocks
 
 
