@@ -139,7 +139,10 @@ def test_columns_sets_the_width_of_piped_output(monkeypatch):
 # The child holds its import of the CLI (typer, rich, numpy...: the first ~0.3 s of a real start)
 # until the test has sent Ctrl-C. Before that, Python's own start-up is not ours to handle.
 SLOW_START = """
-import builtins, sys, time
+import builtins, signal, sys, time
+# SIGINT as a terminal gives it, whatever the test process does with it: an inherited SIG_IGN
+# is the one way seen to give what one loaded -n 2 run got (exit 0 after the 30 s, no line)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import ecdit_scale.__main__ as entry
 real_import = builtins.__import__
 def held(name, *args, **kwargs):
