@@ -239,13 +239,97 @@ def interrupted_run(session_runs) -> Path:
     return session_runs.get("interrupted")
 
 
+# The tests that take longest (seconds of one test, `pytest -n 2 --durations` on 2 cores), run
+# first and longest first: a long test that starts last keeps one core busy after the other has
+# finished. A name that no longer matches only loses its place in the queue.
+LONG_FIRST = (
+    "test_expert_parallel.py::test_all_to_all_matches",  # 28: a 2-rank spawn, compiled twice
+    "test_collective_trace.py::",  # 33: a 4-rank spawn, 7 configurations
+    "test_launch.py::test_a_cooldown_branch",  # 2 launches
+    "test_engine_ops.py::",  # 16: a spawned rank, 4 engines
+    "test_sweep.py::test_wsd_sweep",  # 3 launches
+    "test_scaling_runlevel.py::test_run_level_intervals_cover",  # 13: 20 bootstrapped fits
+    "test_install.py::test_core_commands_run_without_torch",  # 12: a fit and a report
+    "test_data.py::test_text_encoder",  # 12
+    "test_sweep.py::test_constant_sweep",  # 10: 2 launches
+    "test_validate.py::test_validate_reads_gpu_measurements",
+    "test_bad_input.py::test_json_output_is_strict",  # report refits with 100 resamples
+    "test_validate.py::test_flops_of_a_large_config",
+    "test_trainer_speed.py::test_compiled_blocks",
+    "test_memory.py::test_bf16_zero0",
+    "test_launch.py::test_resume_of_a_damaged_run",
+    "test_profile.py::",
+    "test_cli_scaling.py::test_drop_outliers",
+    "test_scaling_report.py::",
+    "test_scaling_fit.py::",
+    "test_cli_conventions.py::test_ctrl_c_while_starting",
+)
+
+
+def _queue_rank(item) -> tuple[int, int]:
+    """Where ``item`` goes in the queue: the long tests that need no session run (longest first),
+    other slow ones that make their own launches, tests that wait for a session run (made in the
+    background meanwhile), then the quick rest, which fills both cores to the end."""
+    uses_run = bool(set(getattr(item, "fixturenames", ())) & set(FIXTURE_RUNS))
+    if not uses_run:
+        for i, name in enumerate(LONG_FIRST):
+            if name in item.nodeid:
+                return 0, i
+    if item.get_closest_marker("slow") and not uses_run:
+        return 1, 0
+    return (2, 0) if uses_run else (3, 0)
+
+
+def _module_fixture(item) -> str | None:
+    """The first module-scoped fixture that ``item`` uses: its tests go to one
+    xdist worker, so that the fixture (a spawn, a fit) is made once, not once per worker."""
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name in sorted(defs):
+        fixturedef = defs[name][-1]
+        if fixturedef.scope == "module":
+            return f"{item.module.__name__}.{name}"
+    return None
+
+
+def pytest_configure(config):
+    """Under ``-n``: xdist's "load" becomes "loadgroup" in the queue order below (not reordered
+    by group size), so that a module fixture is made by one worker and the long tests start
+    first. With plain "load" the first ~140 tests went to one worker in one chunk."""
+    if getattr(config.option, "numprocesses", None) and config.option.dist == "load":
+        config.option.dist = "loadgroup"
+        config.option.loadscopereorder = False
+    if getattr(config, "workerinput", {}).get("ecdit_loadgroup"):
+        config.option.loadgroup = True  # a worker parses "-n 2" as "load": it is told here
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """Tell each xdist worker that the controller schedules by group (it marks grouped tests)."""
+    node.workerinput["ecdit_loadgroup"] = node.config.option.dist == "loadgroup"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Slow tests that make their own launches first (stable otherwise): a long test that
-    starts last keeps one core busy after the other has finished."""
-    def late(item) -> bool:
-        return not (item.get_closest_marker("slow")
-                    and not set(getattr(item, "fixturenames", ())) & set(FIXTURE_RUNS))
-    items.sort(key=late)
+    items.sort(key=_queue_rank)
+    grouped = config.getvalue("loadgroup") if hasattr(config.option, "loadgroup") else False
+    for item in items:
+        group = _module_fixture(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+            if grouped:
+                _suffix_group(item, group)
+
+
+def _suffix_group(item, group: str) -> None:
+    """What xdist 3.8 does for --dist loadgroup (the scheduler reads the group from the test's id
+    after "@"), which no longer takes with pytest >= 9.1: xdist sets ``item._nodeid``, pytest
+    reads the id from ``item._id``."""
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # an older pytest: xdist's own hook adds the suffix
+        return
+    if "@" not in item.nodeid.rsplit("]", 1)[-1]:
+        item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session")

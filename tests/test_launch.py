@@ -279,30 +279,33 @@ def test_a_cooldown_branch_is_the_shorter_run_even_across_a_resume(tmp_path):
     """``--cooldown-branches 6``: the 6-step wsd run annealed off the 12-step run's stable
     phase (after step 4; ceil(0.2 x 6) = 2 cooldown steps). The run is then cut back to what a
     job killed right after step 4 leaves (records of steps 1-4, the checkpoint of step 2, no
-    branch) and resumed from step 2: the branch's losses and held-out loss are those of a
-    separate 6-step run, and it is written once, whole (the sweep's table equality over a
-    whole group is tests/test_sweep.py)."""
+    branch) and resumed from step 2: the branch's losses, learning rates and held-out loss are
+    those the uninterrupted run wrote, and it is written once, whole. That a branch is the
+    separate shorter run, step by step, is tests/test_sweep.py (wsd-branch against separate
+    wsd runs): two launches here instead of three."""
     common = ("nano-dense", "--nproc", "1", "--micro-batch", "2", "--dataset", "shapes-stream",
               "--holdout", "8", "--schedule", "wsd", "--warmup", "2", "--no-track-memory",
               "--checkpoint-every", "2", "--json")
-    out, alone = tmp_path / "branched", tmp_path / "alone"
+    out = tmp_path / "branched"
     first = cli(*("launch", *common, "--steps", "12", "--cooldown-branches", "6",
                   "--keep-checkpoints", "12", "--out", str(out)))
     assert json.loads(first.stdout)["status"] == "completed", first.stderr[-2000:]
+    whole = [json.loads(x) for x in (out / "branches" / "b6.jsonl").read_text().splitlines()]
+    whole_metrics = metrics(out)
     kill_after_step_4(out)
     resumed = cli("launch", *common, "--steps", "12", "--cooldown-branches", "6", "--out",
                   str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["resumed_from"] == 2  # step 4's save was "cut"
-    res = cli("launch", *common, "--steps", "6", "--out", str(alone))
-    assert res.returncode == 0, res.stderr[-2000:]
     branch = [json.loads(x) for x in (out / "branches" / "b6.jsonl").read_text().splitlines()]
-    single = metrics(alone)
-    assert [r["step"] for r in branch] == [5, 6]
-    assert [r["loss"] for r in branch] == [r["loss"] for r in single[4:]]
-    assert [r["lr"] for r in branch] == [r["lr"] for r in single[4:]]
-    assert branch[-1]["heldout_loss"] == single[-1]["heldout_loss"]
-    assert [r["step"] for r in metrics(out)] == list(range(1, 13))
+    assert [r["step"] for r in whole] == [r["step"] for r in branch] == [5, 6]
+    assert [r["loss"] for r in branch] == [r["loss"] for r in whole]
+    assert [r["lr"] for r in branch] == [r["lr"] for r in whole]
+    assert branch[-1]["lr"] < whole_metrics[4]["lr"]  # annealed: below the stable phase
+    assert branch[-1]["heldout_loss"] == whole[-1]["heldout_loss"] is not None
+    resumed_metrics = metrics(out)
+    assert [r["step"] for r in resumed_metrics] == list(range(1, 13))
+    assert [r["loss"] for r in resumed_metrics] == [r["loss"] for r in whole_metrics]
     run = json.loads((out / "run.json").read_text())
     assert run["cooldown_branches"] == [6] and run["schedule"] == "wsd"
     # the printed resume command repeats the branches

@@ -62,6 +62,14 @@ def test_wsd_sweep_runs_each_budget_on_fresh_data(tmp_path):
             "heldout_loss", "run_group", "seed", "lr"]
     pd.testing.assert_frame_equal(got[cols], want[cols])
     [run_dir] = [p for p in (tmp_path / "br").iterdir() if p.is_dir()]
+    # step by step, the branch is the separate 5-step run (its cooldown steps, learning rates
+    # and held-out loss; tests/test_launch.py checks the branch across a resume)
+    branch = [json.loads(x) for x in (run_dir / "branches" / "b5.jsonl").read_text().splitlines()]
+    alone = {r["step"]: r for r in (json.loads(x) for x in (
+        tmp_path / "sw" / "nano-dense-s1-b0.5" / "metrics.jsonl").read_text().splitlines())}
+    assert branch and branch[-1]["step"] == 5 and branch[-1]["heldout_loss"] is not None
+    for key in ("loss", "lr"):
+        assert [r[key] for r in branch] == [alone[r["step"]][key] for r in branch]
     assert json.loads((run_dir / "run.json").read_text())["cooldown_branches"] == [5]
     assert run_state(branched_spec, branched_spec.runs()[0]) == "done"
     (run_dir / "branches" / "b5.jsonl").unlink()  # a finished run without its branch
