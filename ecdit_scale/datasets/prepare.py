@@ -78,6 +78,8 @@ def check_request(req: PrepareRequest) -> None:
         raise DataError(f"--shard-size {req.shard_size!r}: must be an integer in 1..1000000")
     if not isinstance(req.workers, int) or not 1 <= req.workers <= 256:
         raise DataError(f"--workers {req.workers!r}: must be an integer in 1..256")
+    if "{" not in str(req.source) and not Path(req.source).exists():  # brace patterns: opened later
+        raise DataError(f"source {str(req.source)!r}: no such file or folder")
     check_output_folder(req.out, "--out")
 
 
