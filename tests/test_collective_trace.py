@@ -7,10 +7,11 @@ One launch of 4 ranks covers every configuration (DeepSpeed's start-up is most o
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
 
 import pytest
+
+from ecdit_scale.train.process import free_port
 
 from ecdit_scale import sizes
 from ecdit_scale.config import ParallelLayout, Precision
@@ -30,12 +31,6 @@ CONFIGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
     import torch.multiprocessing as mp
@@ -43,7 +38,7 @@ def traced(tmp_path_factory):
     from ecdit_scale.evaluation.collective_trace import trace_worker
 
     out = tmp_path_factory.mktemp("trace")
-    mp.start_processes(trace_worker, args=(WORLD, _free_port(), str(out), CONFIGS),
+    mp.start_processes(trace_worker, args=(WORLD, free_port(), str(out), CONFIGS),
                        nprocs=WORLD, join=True, start_method="spawn")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 

@@ -7,9 +7,10 @@ CPU accelerator takes bf16) and fp32: the same losses and weights, far fewer ops
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
+
+from ecdit_scale.train.process import free_port
 
 pytest.importorskip("deepspeed")
 
@@ -17,12 +18,6 @@ STEPS = 3
 CLIP = 0.1  # below these models' gradient norms (~0.34), so that clipping acts (launch: 1.0)
 CASES = [("nano-dense", 1, "bf16"), ("nano-dense", 2, "bf16"), ("nano-dense", 1, "fp32"),
          ("nano-ec8", 2, "bf16")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _legacy(ds_config: dict) -> dict:
@@ -124,7 +119,7 @@ def engines(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("engine_ops") / "results.json"
     ckpt = tmp_path_factory.mktemp("engine_ops_checkpoints")
-    mp.start_processes(_worker, args=(_free_port(), str(out), str(ckpt)), nprocs=1, join=True,
+    mp.start_processes(_worker, args=(free_port(), str(out), str(ckpt)), nprocs=1, join=True,
                        start_method="spawn")
     rows = json.loads(out.read_text())
     return {(tuple(r["case"]), r["variant"]): r for r in rows}

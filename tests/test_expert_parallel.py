@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
+
+from ecdit_scale.train.process import free_port
 import torch
 
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _equivalence_worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -106,7 +101,7 @@ def all_to_all(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("all-to-all")
-    mp.start_processes(_equivalence_worker, args=(2, _free_port(), str(out)),
+    mp.start_processes(_equivalence_worker, args=(2, free_port(), str(out)),
                        nprocs=2, join=True, start_method="spawn")
     return out
 

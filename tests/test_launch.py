@@ -314,3 +314,56 @@ def test_a_cooldown_branch_is_the_shorter_run_even_across_a_resume(tmp_path):
     cmd = resume_command(LaunchRequest(card="nano-dense", nproc=1, steps=40, schedule="wsd",
                                        cooldown_branches=(10, 20)), out)
     assert "--cooldown-branches 10,20" in cmd and cmd.endswith("--resume")
+
+
+# ---------------------------------------------------------------------------------------------
+# The rendezvous port
+# ---------------------------------------------------------------------------------------------
+
+
+def test_picked_ports_bind_and_avoid_the_ephemeral_range():
+    import socket
+
+    from ecdit_scale.train.process import ephemeral_range, free_port
+
+    lo, hi = ephemeral_range()
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) > 10 and not any(lo <= p <= hi for p in ports)
+    with socket.socket() as sock:  # free when returned
+        sock.bind(("127.0.0.1", ports.pop()))
+
+
+def test_a_taken_rendezvous_port_is_retried_on_another(tmp_path, monkeypatch):
+    """Rank 0 found the port this process picked taken (EADDRINUSE, no step done): launch
+    starts again on another port; the same failure with a port the user named is reported."""
+    import subprocess
+    import sys
+
+    from ecdit_scale.train import launch as L
+    from ecdit_scale.train.request import LaunchRequest
+
+    started: list[str] = []
+
+    def fake_start(cmd, *, log, env, cwd):
+        started.append(env["MASTER_PORT"])
+        if len(started) == 1:  # as torch's TCPStore says it
+            log.write("torch.distributed.DistNetworkError: The server socket has failed to "
+                      "listen on any local network address. code: -98, name: EADDRINUSE\n")
+            log.flush()
+            return subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+        with open(Path(cmd[cmd.index("--run-dir") + 1]) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 2, "loss": 1.0}) + "\n")
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(L, "start_group", fake_start)
+    monkeypatch.setattr(L, "end_group", lambda proc: proc.wait())
+    monkeypatch.setattr(L, "warm_data_cache", lambda cfg, s: None)
+    res = L.launch(LaunchRequest(card="nano-dense", steps=2, out=str(tmp_path / "run"),
+                                 checkpoints=False))
+    assert res.ok and len(started) == 2 and started[0] != started[1]
+    assert any("rendezvous port was taken" in n for n in res.notes)
+
+    started.clear()
+    res = L.launch(LaunchRequest(card="nano-dense", steps=2, out=str(tmp_path / "pinned"),
+                                 checkpoints=False, master_port=29999))
+    assert not res.ok and len(started) == 1 and "--master-port 29999 is in use" in res.message

@@ -5,10 +5,11 @@ DeepSpeed's multi-node path (no ssh) and give the 1-node run's losses."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
+
+from ecdit_scale.train.process import free_port
 import yaml
 
 from conftest import PLAN_RUN_STEPS, cli_here, make_plan, metrics, run_launch_sh
@@ -139,19 +140,13 @@ def test_plan_launch_sh_runs_the_plan(cpu_plan, plan_run):
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_nodes_over_loopback_match_one_node(tmp_path, cpu_profile, plan_run):
     plan = make_plan(tmp_path / "cpu-2x1", cpu_profile, "--nodes", "2", "--gpus-per-node", "1")
     assert len([x for x in (plan / "hostfile").read_text().splitlines()
                 if x and not x.startswith("#")]) == 2
     out = tmp_path / "run-2x1"
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     nodes = [run_launch_sh(plan, out, env={**env, "NODE_RANK": str(i)}, wait=False)
              for i in (0, 1)]
     results = [p.communicate(timeout=300) for p in nodes]

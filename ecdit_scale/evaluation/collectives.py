@@ -94,7 +94,7 @@ def measure_collectives(s: Any) -> dict[str, Any]:
     """Spawn ``nproc`` fresh interpreters (``python -m ecdit_scale.evaluation.profile``): each
     rank joins a process group, times the collectives, rank 0 writes the result."""
     sizes = collective_sizes(s)
-    from ..train.launch import free_port
+    from ..train.process import free_port
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

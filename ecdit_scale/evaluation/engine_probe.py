@@ -54,7 +54,7 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from ..train.launch import free_port
+    from ..train.process import free_port
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()), DS_ACCELERATOR=device)

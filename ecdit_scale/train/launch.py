@@ -23,7 +23,6 @@ first, so the loss curve is continuous.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any, Callable
 from ..config import ModelConfig, Precision, save_model_config
 from ..errors import ConfigError
 from ..planner.deepspeed_config import WORKER_MODULE, deepspeed_launch_command
-from .process import ForwardSignals, end_group, start_group
+from .process import ADDRESS_IN_USE, ForwardSignals, end_group, free_port, start_group
 from .records import DIVERGED_EXIT, Device, RunDir, RunSettings, read_jsonl, write_json
 from .request import LaunchRequest, check_request, resume_command
 
@@ -187,12 +186,6 @@ def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
     dataset_arrays_for(s.dataset, cfg, limit=s.data_limit, seed=s.seed)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 MULTI_NODE_PORT = 29500  # DeepSpeed's default: every node of a run must use the same port
 JOIN_WAIT_S = 600  # how long a node other than node 0 waits for node 0's run.json
 
@@ -266,34 +259,15 @@ def launch(req: LaunchRequest, *,
                          log=str(rd.log), notes=notes, message=(
                              "interrupted while preparing the data, before any rank started "
                              f"(nothing trained); continue with: {resume_command(req, rd.path)}"))
-    if s.world == 1 and not req.hostfile and req.node_rank is None:
-        cmd, env = single_rank_command(s, rd, resume_from=resume_tag)
-        if req.devices:  # the one device a sweep gave this run (``sweep --parallel``)
-            env["CUDA_VISIBLE_DEVICES"] = req.devices
-        shown = ["python"] + cmd[1:]
-    else:
-        host = req.host or ("localhost" if req.devices else None)
-        cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
-                               node_rank=req.node_rank,
-                               master_addr=req.master_addr, master_port=req.master_port,
-                               include=f"{host}:{req.devices}" if req.devices else req.host,
-                               force_multi=req.host is not None)
-        env, shown = launcher_env(s), ["deepspeed"] + cmd[3:]
-    rd.update_summary(command=" ".join(shown))
     notes = list(s.notes) + notes
     t0 = time.perf_counter()
-    with open(rd.log, "a") as log:
-        log.write(f"$ {' '.join(shown)}\n")
-        log.flush()
-        # the launcher and its ranks in a group of their own; signals to us go to all of it
-        with ForwardSignals() as signals:
-            proc = start_group(cmd, log=log, env=env, cwd=os.getcwd())
-            signals.attach(proc.pid)
-            follow(proc, rd, s, resumed_from or 0, on_progress=on_progress)
-            rc = proc.wait()
-            end_group(proc)  # no rank outlives the launcher
-    if rd.running_pid() is None:  # a rank that died before its end left its pid file
-        rd.worker_pid.unlink(missing_ok=True)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        rc, signals, taken, shown = run_once(req, s, rd, resume_tag, resumed_from,
+                                             on_progress=on_progress)
+        if not taken or attempt == PORT_ATTEMPTS:
+            break
+        notes.append(f"the rendezvous port was taken before rank 0 listened on it "
+                     f"(attempt {attempt}); started again on another port")
     wall = time.perf_counter() - t0
     records = read_jsonl(rd.metrics)
     done = records[-1]["step"] if records else 0
@@ -309,6 +283,9 @@ def launch(req: LaunchRequest, *,
     else:
         status = "failed"
         message = last_error(rd.log)
+        if req.master_port is not None and ADDRESS_IN_USE in message:
+            message = (f"--master-port {req.master_port} is in use on this machine; name another "
+                       f"or leave it out (a free one is picked) (see {rd.log})")
     rd.update_summary(status=status, returncode=rc, launch_wall_s=wall, steps=s.steps,
                       steps_done=done)
     return RunResult(run_dir=str(rd.path), status=status, returncode=rc, steps_done=done,
@@ -316,6 +293,55 @@ def launch(req: LaunchRequest, *,
                      final_loss=records[-1]["loss"] if records else None, wall_s=wall,
                      resumed_from=resumed_from, log=str(rd.log), command=shown, message=message,
                      notes=notes)
+
+
+PORT_ATTEMPTS = 3  # a port this process picked can be taken before rank 0 binds it
+
+
+def run_once(req: LaunchRequest, s: RunSettings, rd: RunDir, resume_tag: str | None,
+             resumed_from: int | None, *, on_progress: Callable[[Progress], None] | None,
+             ) -> tuple[int, ForwardSignals, bool, list[str]]:
+    """Start the ranks once and wait for them: (return code, the signals received, whether it
+    failed only because the rendezvous port this process picked was taken, with no step done:
+    then starting again on another port loses nothing; the command as shown)."""
+    if s.world == 1 and not req.hostfile and req.node_rank is None:
+        cmd, env = single_rank_command(s, rd, resume_from=resume_tag)
+        if req.devices:  # the one device a sweep gave this run (``sweep --parallel``)
+            env["CUDA_VISIBLE_DEVICES"] = req.devices
+        shown = ["python"] + cmd[1:]
+    else:
+        host = req.host or ("localhost" if req.devices else None)
+        cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
+                               node_rank=req.node_rank,
+                               master_addr=req.master_addr, master_port=req.master_port,
+                               include=f"{host}:{req.devices}" if req.devices else req.host,
+                               force_multi=req.host is not None)
+        env, shown = launcher_env(s), ["deepspeed"] + cmd[3:]
+    rd.update_summary(command=" ".join(shown))
+    done_before = len(read_jsonl(rd.metrics))
+    with open(rd.log, "a") as log:
+        log.write(f"$ {' '.join(shown)}\n")
+        log.flush()
+        start = log.tell()
+        # the launcher and its ranks in a group of their own; signals to us go to all of it
+        with ForwardSignals() as signals:
+            proc = start_group(cmd, log=log, env=env, cwd=os.getcwd())
+            signals.attach(proc.pid)
+            follow(proc, rd, s, resumed_from or 0, on_progress=on_progress)
+            rc = proc.wait()
+            end_group(proc)
+    if rd.running_pid() is None:  # a rank that died before its end left its pid file
+        rd.worker_pid.unlink(missing_ok=True)
+    taken = (rc != 0 and signals.received is None and req.master_port is None
+             and len(read_jsonl(rd.metrics)) == done_before
+             and ADDRESS_IN_USE in log_since(rd.log, start))
+    return rc, signals, taken, shown
+
+
+def log_since(path: str | os.PathLike, offset: int) -> str:
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        return f.read()
 
 
 def interrupted_message(req: LaunchRequest, s: RunSettings, rd: RunDir, done: int) -> str:

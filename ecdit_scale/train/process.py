@@ -15,12 +15,51 @@ guard (this file run as a script, ``guard``): it starts the launcher in its grou
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import IO
+
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+LISTEN_PORTS = (20000, 32767)  # below Linux's default ephemeral range (32768-60999)
+ADDRESS_IN_USE = "EADDRINUSE"  # how torch's TCPStore reports a rendezvous port taken
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (gloo opens one per rank pair)."""
+    try:
+        lo, hi = (int(x) for x in open(EPHEMERAL_RANGE_FILE).read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A rendezvous port that is free now and unlikely to be taken before rank 0 listens on it.
+
+    Binding port 0 gets a port from the ephemeral range, the one the kernel also gives every
+    outgoing connection: with gloo runs side by side (a sweep, a test suite), another run's
+    connection can take it between this check and rank 0's listen (EADDRINUSE). So draw ports
+    outside the ephemeral range at random, keep the first one that binds, and fall back to
+    port 0 only if none does. ``launch`` also retries a run whose rendezvous port was taken."""
+    lo, hi = ephemeral_range()
+    candidates = [p for p in range(*LISTEN_PORTS) if not lo <= p <= hi]
+    draw = random.SystemRandom()  # not the global generator: a seeded one repeats its ports
+    for port in draw.sample(candidates, k=min(64, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODE = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as a shell reports
