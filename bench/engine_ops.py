@@ -46,10 +46,10 @@ def one_rank_engine(model: str, *, zero: int, precision: str, steps: int,
                       MASTER_PORT=str(29500 + os.getpid() % 1000), DS_ACCELERATOR="cpu")
     import types
 
-    import torch
-
     import deepspeed
     import deepspeed.ops
+    import torch
+
     from ecdit_scale import sizes
     from ecdit_scale.train import engine as engine_mod
     from ecdit_scale.train.expert_parallel import create_groups, single_process

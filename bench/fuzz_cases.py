@@ -17,9 +17,31 @@ dataloss, json, partial. ``area`` is who fixes it: core, scaling, eval, run.
 
 from __future__ import annotations
 
-from fuzz_files import (ACC, BINARY, DIR, GPU_FILE, LATIN1, MISSING, REF_FIT, REF_TABLE, SMALL, Case,
-                        acc, alias_bomb, big, card, card_variants, fit_file_variants, run_dir,
-                        nano, run_dir_variants, settings_json, table, table_variants, ydump)
+from fuzz_files import (
+    ACC,
+    BINARY,
+    DIR,
+    GPU_FILE,
+    LATIN1,
+    MISSING,
+    REF_FIT,
+    REF_TABLE,
+    SMALL,
+    Case,
+    acc,
+    alias_bomb,
+    big,
+    card,
+    card_variants,
+    fit_file_variants,
+    nano,
+    run_dir,
+    run_dir_variants,
+    settings_json,
+    table,
+    table_variants,
+    ydump,
+)
 from fuzz_hostile import hostile_cases
 
 

@@ -7,9 +7,10 @@ root for files made from checked-in ones (the reference run table and fit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 

@@ -93,9 +93,9 @@ def build(cfg, mode: str, seed: int):
         import deepspeed
 
         from ecdit_scale.planner.deepspeed_config import deepspeed_config
+        from ecdit_scale.train.engine import build_optimizer
         from ecdit_scale.train.expert_parallel import create_groups, param_counts, shard_experts
         from ecdit_scale.train.records import RunSettings
-        from ecdit_scale.train.engine import build_optimizer
 
         ep = create_groups(1)
         model = shard_experts(build_model(cfg), ep)
@@ -138,11 +138,10 @@ def build(cfg, mode: str, seed: int):
 def count_flops(cfg, micro_batch: int, seed: int = 0) -> float:
     """FLOPs of one forward + backward (no optimizer step) of a fresh copy on the GPU."""
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from ecdit_scale.model import build_model, rectified_flow_loss
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     dev = torch.device("cuda", 0)
     model = build_model(cfg).to(dev, torch.bfloat16)

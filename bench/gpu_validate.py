@@ -71,9 +71,8 @@ def point_config(name: str, depth: int | None):
 def run_worker(args) -> None:
     import gc
 
-    import torch
-
     import gpu_measure  # the launch path's engine (bench/gpu_measure.build)
+    import torch
 
     points = json.loads(args.worker)
     device = args.device
@@ -241,8 +240,13 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: torch sees no CUDA device; use --device cpu --quick")
     from ecdit_scale.evaluation.calibrate import gpu_accelerator
-    from ecdit_scale.evaluation.profile import (Settings, device_name, measure_profile,
-                                                profile_accelerator, write_profile)
+    from ecdit_scale.evaluation.profile import (
+        Settings,
+        device_name,
+        measure_profile,
+        profile_accelerator,
+        write_profile,
+    )
 
     t_all = time.perf_counter()
     dev_name = device_name(args.device)

@@ -30,8 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecdit_scale import sizes  # noqa: E402
-from ecdit_scale.config import (AdaLN, ClusterConfig, Conditioning, EMA, Optimizer,  # noqa: E402
-                                ParallelLayout, Precision, Recompute, TrainingConfig)
+from ecdit_scale.config import (  # noqa: E402
+    EMA,
+    AdaLN,
+    ClusterConfig,
+    Conditioning,
+    Optimizer,
+    ParallelLayout,
+    Precision,
+    Recompute,
+    TrainingConfig,
+)
 from ecdit_scale.files import load_yaml_file  # noqa: E402
 from ecdit_scale.planner.hardware import get_accelerator  # noqa: E402
 from ecdit_scale.planner.layouts import estimate_layout  # noqa: E402

@@ -39,8 +39,8 @@ def measure(model: str, zero: int, precision: str, optimizer: str, kernel: str,
             micro_batch: int, ema: str) -> dict:
     """One configuration, in this process."""
     import torch
-
     from engine_ops import one_rank_engine
+
     from ecdit_scale.planner.memory import memory_breakdown
     from ecdit_scale.train import engine as engine_mod
     from ecdit_scale.train import worker
@@ -117,8 +117,8 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(model, int(zero), precision, optimizer, kernel,
                                              int(mb), ema)))
         return
-    import torch
     import deepspeed
+    import torch
 
     print(f"{a.model}, micro-batch {a.micro_batch}: MiB measured / planned per phase (step: the "
           "optimizer's or the EMA update's, the larger); peak: measured / planned, the largest")

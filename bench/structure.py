@@ -53,7 +53,7 @@ class Import:
     lazy: bool       # inside a function body: runs when called, still a dependency
     internal: bool
 
-    def where(self, tree: "Tree") -> str:
+    def where(self, tree: Tree) -> str:
         return f"{tree.rel(self.source)}:{self.line}" + (" (in a function)" if self.lazy else "")
 
 

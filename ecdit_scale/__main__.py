@@ -21,8 +21,8 @@ def main() -> None:
             signal.signal(signal.SIGINT, _interrupted_while_starting)
         except ValueError:  # not the main thread (an embedding caller): leave signals alone
             pass
-    from .cli.common import main as cli_main
     from .cli import app  # noqa: F401  (registers every command)
+    from .cli.common import main as cli_main
 
     if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
         signal.signal(signal.SIGINT, previous)

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .checks import check_int as _positive_int
+from .checks import check_number as _number
+from .checks import check_type as _typed
+from .checks import short as _short
+from .checks import string_keys as _string_keys
 from .errors import ConfigError
 from .files import atomic_write_text, dump_yaml, load_yaml_file, to_plain
-from .checks import (check_int as _positive_int, check_number as _number, check_type as _typed,
-                     short as _short, string_keys as _string_keys)
 from .integers import divisor_hint
-
 
 # ---------------------------------------------------------------------------------------------
 # Enums
@@ -318,7 +320,7 @@ class ModelConfig:
     def num_moe_layers(self) -> int:
         return len(self.moe_block_indices)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ----- serialisation -----
@@ -326,7 +328,7 @@ class ModelConfig:
         return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "config") -> "ModelConfig":
+    def from_dict(cls, data: Any, *, source: str = "config") -> ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of model fields, got {type(data).__name__}")
         _string_keys(data, source)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from session_runs import SessionRun, SessionRuns, shared_root
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from conftest import EC_ARGS, EVERY, ROOT, cli, cli_env
 
 

@@ -8,8 +8,8 @@ import json
 import math
 
 import pytest
-
 from conftest import cli_here
+
 from ecdit_scale.errors import ConfigError
 from ecdit_scale.evaluation.adaptive import SAMPLES_RANGE, TIMESTEPS_RANGE, analyse, check_args
 

@@ -7,9 +7,9 @@ import pytest
 from conftest import cli_here, run_main
 
 from ecdit_scale import sizes
-from ecdit_scale.planner.cards import card_text, export_cards
 from ecdit_scale.config import load_model_config
 from ecdit_scale.params import count_params
+from ecdit_scale.planner.cards import card_text, export_cards
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,6 @@ import pytest
 from conftest import cli_here
 
 
-
 def run_cli(*args):
     return cli_here(*args)  # in process: the commands' own work, not interpreter starts
 

@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_main
 import yaml
+from conftest import run_main
 
 from ecdit_scale import sizes
 from ecdit_scale.config import ClusterConfig, TrainingConfig
 from ecdit_scale.errors import ConfigError
-from ecdit_scale.planner.cluster_table import (ClusterRow, ClusterTable, RunCost, cluster_table,
-                                               mark_rows, pick_row)
+from ecdit_scale.planner.cluster_table import (
+    ClusterRow,
+    ClusterTable,
+    RunCost,
+    cluster_table,
+    mark_rows,
+    pick_row,
+)
 from ecdit_scale.planner.hardware import get_accelerator
 from ecdit_scale.planner.layouts import search_layouts
 from ecdit_scale.planner.plan import make_plan

@@ -11,12 +11,11 @@ from collections import Counter
 
 import pytest
 
-from ecdit_scale.train.process import free_port
-
 from ecdit_scale import sizes
 from ecdit_scale.config import ParallelLayout, Precision
 from ecdit_scale.planner.collectives import planned_calls
 from ecdit_scale.planner.placement import Placement, expert_group_ranks
+from ecdit_scale.train.process import free_port
 
 WORLD = 4
 MIN_ELEMENTS = 64  # below: the scalar all-reduces of the gradient norm (latency only)

@@ -1,8 +1,14 @@
 import pytest
 
 from ecdit_scale import sizes
-from ecdit_scale.config import (FFNConfig, FFNKind, ModelConfig, ParallelLayout, load_model_config,
-                                save_model_config)
+from ecdit_scale.config import (
+    FFNConfig,
+    FFNKind,
+    ModelConfig,
+    ParallelLayout,
+    load_model_config,
+    save_model_config,
+)
 from ecdit_scale.errors import ConfigError
 
 

@@ -8,10 +8,9 @@ import json
 import os
 
 import pytest
-
-from ecdit_scale.train.process import free_port
 import torch
 
+from ecdit_scale.train.process import free_port
 
 
 def _equivalence_worker(rank: int, world: int, port: int, out_dir: str) -> None:

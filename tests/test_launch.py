@@ -11,9 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import EVERY, SHORT_ARGS, STEPS, cli, cli_here, copy_run, metrics
-
 
 # ---------------------------------------------------------------------------------------------
 # A real run

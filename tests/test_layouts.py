@@ -10,8 +10,7 @@ from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
 from ecdit_scale.errors import ConfigError
 from ecdit_scale.planner.comm import comm_breakdown
 from ecdit_scale.planner.hardware import get_accelerator
-from ecdit_scale.planner.layouts import (TP_FLAG, ZERO3_MOE_FLAG, estimate_layout,
-                                         search_layouts)
+from ecdit_scale.planner.layouts import TP_FLAG, ZERO3_MOE_FLAG, estimate_layout, search_layouts
 from ecdit_scale.planner.memory import memory_breakdown
 
 H100 = get_accelerator("h100-sxm")

@@ -9,16 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
-from ecdit_scale.errors import ConfigError
-from ecdit_scale.units import format_bytes
+
 from ecdit_scale import sizes
 from ecdit_scale.config import Optimizer, ParallelLayout, Precision, Recompute, TrainingConfig
+from ecdit_scale.errors import ConfigError
 from ecdit_scale.params import count_params
-from ecdit_scale.planner.memory import (OPTIMIZER_STATE_BYTES, MemoryBreakdown, ParamSplit,
-                                        activation_bytes_per_sample, 
-                                        memory_breakdown, model_state_bytes)
+from ecdit_scale.planner.memory import (
+    OPTIMIZER_STATE_BYTES,
+    MemoryBreakdown,
+    ParamSplit,
+    activation_bytes_per_sample,
+    memory_breakdown,
+    model_state_bytes,
+)
+from ecdit_scale.units import format_bytes
 
 GPU_SETUPS = [(1, 1), (8, 1), (8, 4), (4, 16), (8, 128)]  # (gpus per node, nodes)
 

@@ -1,7 +1,6 @@
 """Analytic parameter counts equal the torch model's, and land near the paper's totals."""
 
 import pytest
-import torch
 
 from ecdit_scale import sizes
 from ecdit_scale.model import build_model

@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import PLAN_RUN_STEPS, cli_here, make_plan, metrics, run_launch_sh
 
 from ecdit_scale.train.process import free_port
-import yaml
-
-from conftest import PLAN_RUN_STEPS, cli_here, make_plan, metrics, run_launch_sh
 
 
 def _plan(plan: Path) -> dict:

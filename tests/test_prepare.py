@@ -16,13 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_here
 from safetensors.numpy import load_file
 
-from conftest import cli_here
 from ecdit_scale import sizes
 from ecdit_scale.datasets import DataError
-from ecdit_scale.datasets.prepare import (PrepareRequest, load_image, prepare, shard_header,
-                                          shard_path)
+from ecdit_scale.datasets.prepare import (
+    PrepareRequest,
+    load_image,
+    prepare,
+    shard_header,
+    shard_path,
+)
 from ecdit_scale.datasets.prepared import card_for_data, open_prepared, prepared_splits
 from ecdit_scale.datasets.sources import count_items, open_source
 from ecdit_scale.errors import ConfigError

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import cli_here
+
 from ecdit_scale import sizes
 from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
 from ecdit_scale.errors import ConfigError
@@ -18,8 +18,11 @@ from ecdit_scale.planner.device_profile import DeviceProfile
 from ecdit_scale.planner.flops import flops_per_image
 from ecdit_scale.planner.hardware import get_accelerator
 from ecdit_scale.planner.layouts import estimate_layout
-from ecdit_scale.planner.operators import (BACKWARD_KERNELS_PER_FORWARD, operator_inventory,
-                                           param_tensor_count)
+from ecdit_scale.planner.operators import (
+    BACKWARD_KERNELS_PER_FORWARD,
+    operator_inventory,
+    param_tensor_count,
+)
 
 CONFIGS = ["nano-dense", "nano-ec8", "nano-tc8", "small-ec16", "dit-s-2", "ecdit-xl-8e",
            "ecdit-xl-32e"]

@@ -17,8 +17,14 @@ from ecdit_scale.planner.compute import micro_batch_terms
 from ecdit_scale.planner.hardware import get_accelerator
 from ecdit_scale.planner.layouts import estimate_layout
 from ecdit_scale.planner.operators import operator_inventory
-from ecdit_scale.planner.run_setup import (COMPILE_FUSION, RunSetup, apply_kernels,
-                                           frozen_inventory, t5_encoder_ops, vae_encoder_ops)
+from ecdit_scale.planner.run_setup import (
+    COMPILE_FUSION,
+    RunSetup,
+    apply_kernels,
+    frozen_inventory,
+    t5_encoder_ops,
+    vae_encoder_ops,
+)
 
 DIT = sizes.get("dit-xl-2")
 

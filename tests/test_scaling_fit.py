@@ -326,9 +326,16 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
     """Every batched refit reaches the optimum scipy's L-BFGS-B finds from the same starts."""
     from scipy.optimize import minimize
 
-    from ecdit_scale.scaling.robust import (LBFGS_OPTIONS, bootstrap_terms, fit_terms,
-                                            grid_starts, huber_terms_objective,
-                                            resample_weights, terms_bounds, thinned)
+    from ecdit_scale.scaling.robust import (
+        LBFGS_OPTIONS,
+        bootstrap_terms,
+        fit_terms,
+        grid_starts,
+        huber_terms_objective,
+        resample_weights,
+        terms_bounds,
+        thinned,
+    )
 
     compute_flops, loss = power_law_data(n_runs=12, seed=5, noise=0.01)
     logx_TN = (np.log(compute_flops) - np.log(compute_flops).mean())[None]

@@ -12,8 +12,7 @@ import pytest
 
 from ecdit_scale.scaling.evidence import HeadlineFit, fit_headline, headline_data
 from ecdit_scale.scaling.headline import seed_resamples
-from ecdit_scale.scaling.planted import (PLANTED_MULTIPLIERS, isoflop_grid, planted_table,
-                                         table_grid)
+from ecdit_scale.scaling.planted import PLANTED_MULTIPLIERS, isoflop_grid, planted_table, table_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "bench" / "results" / "reference-sweep" / "runs.csv"

@@ -11,8 +11,8 @@ import pytest
 
 from ecdit_scale.scaling.fit import fit_run_table
 from ecdit_scale.scaling.formulas import Interval
-from ecdit_scale.scaling.results import Multiplier, ScalingFit
 from ecdit_scale.scaling.report import plain_answer, write_report
+from ecdit_scale.scaling.results import Multiplier, ScalingFit
 
 IMG_TAG = re.compile(r"<img\b[^>]*>")
 

@@ -6,9 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ecdit_scale.scaling.runlevel import (frontier_mask, frontier_weights, held_out_split,
-                                          kind_of, outlier_rows, run_resample_weights,
-                                          variant_labels)
+from ecdit_scale.scaling.runlevel import (
+    frontier_mask,
+    frontier_weights,
+    held_out_split,
+    kind_of,
+    outlier_rows,
+    run_resample_weights,
+    variant_labels,
+)
 from ecdit_scale.scaling.shared import fit_shared_power_law
 
 FRACTIONS = (0.5, 0.75, 1.0)

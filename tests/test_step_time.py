@@ -11,11 +11,16 @@ import pytest
 
 from ecdit_scale import sizes
 from ecdit_scale.config import ClusterConfig, ParallelLayout, TrainingConfig
-from ecdit_scale.planner.comm import (Links, all_to_all_seconds, ranks_per_node, ring_latency_s,
-                                      ring_seconds)
+from ecdit_scale.planner.comm import (
+    Links,
+    all_to_all_seconds,
+    ranks_per_node,
+    ring_latency_s,
+    ring_seconds,
+)
 from ecdit_scale.planner.hardware import get_accelerator
-from ecdit_scale.planner.memory import ParamSplit
 from ecdit_scale.planner.layouts import estimate_layout, search_layouts
+from ecdit_scale.planner.memory import ParamSplit
 from ecdit_scale.planner.placement import Placement, expert_group_ranks, group_shapes
 from ecdit_scale.planner.step_time import pipeline_exposed
 

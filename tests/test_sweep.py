@@ -13,8 +13,16 @@ import pytest
 from ecdit_scale.errors import ConfigError
 from ecdit_scale.evaluation.sampled_alignment import alignment_of_run
 from ecdit_scale.train.records import RunDir, append_jsonl, write_json
-from ecdit_scale.train.sweep import (SweepRun, SweepSpec, chosen_lrs, eval_every, lr_search_notes,
-                                     needed_steps, run_state, run_sweep)
+from ecdit_scale.train.sweep import (
+    SweepRun,
+    SweepSpec,
+    chosen_lrs,
+    eval_every,
+    lr_search_notes,
+    needed_steps,
+    run_state,
+    run_sweep,
+)
 
 TINY = dict(sizes=("nano",), micro_batch=2, alignment_samples=8, sampling_steps=4,
             budgets=(0.5, 1.0), holdout=8)

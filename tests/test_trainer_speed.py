@@ -91,8 +91,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(name, recompute):
 
     from ecdit_scale import sizes
     from ecdit_scale.model import build_model, rectified_flow_loss
-    from ecdit_scale.train.regional_compile import Compile
-    from ecdit_scale.train.regional_compile import compile_blocks, is_compiled
+    from ecdit_scale.train.regional_compile import Compile, compile_blocks, is_compiled
 
     cfg = sizes.get(name).replace(depth=2)
     torch.manual_seed(0)

@@ -7,7 +7,6 @@ import csv
 import json
 
 import pytest
-
 from conftest import ROOT, cli_here
 
 GPU_RESULTS = sorted((ROOT / "bench" / "results").glob("gpu_*.json"))

@@ -6,7 +6,7 @@ the command functions, so `ecdit-scale plan` never loads torch.
 
 from __future__ import annotations
 
-from . import models, plan, scaling, train, evaluate, profile, data  # noqa: F401  (each registers its commands, in help order)
+from . import data, evaluate, models, plan, profile, scaling, train  # noqa: F401  (each registers its commands, in help order)
 from .common import app, main
 
 __all__ = ["app", "main"]

@@ -7,7 +7,7 @@ torch is imported inside the commands only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -20,11 +20,11 @@ from .common import app, console, print_json
 
 @app.command("validate")
 def validate_cmd(
-    runs: List[str] = typer.Argument(..., help="Run directories (from `launch`) or GPU result files (bench/results/*.json)."),
-    calibrate_on: Optional[str] = typer.Option(None, "--calibrate-on", help="Run whose measured efficiency calibrates the step-time predictions (default: the first)."),
-    csv: Optional[str] = typer.Option(None, "--csv", help="CSV path (default: validation.csv in the first run directory)."),
-    save_profile: Optional[str] = typer.Option(None, "--save-profile", help="Save the calibrated accelerator profile (YAML) for `plan --gpu`."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Device profile (`ecdit-scale profile`) for the headline prediction (default: a quick profile of this CPU for CPU runs, the catalog for GPUs)."),
+    runs: list[str] = typer.Argument(..., help="Run directories (from `launch`) or GPU result files (bench/results/*.json)."),
+    calibrate_on: str | None = typer.Option(None, "--calibrate-on", help="Run whose measured efficiency calibrates the step-time predictions (default: the first)."),
+    csv: str | None = typer.Option(None, "--csv", help="CSV path (default: validation.csv in the first run directory)."),
+    save_profile: str | None = typer.Option(None, "--save-profile", help="Save the calibrated accelerator profile (YAML) for `plan --gpu`."),
+    profile: str | None = typer.Option(None, "--profile", help="Device profile (`ecdit-scale profile`) for the headline prediction (default: a quick profile of this CPU for CPU runs, the catalog for GPUs)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Planner predictions next to measurements: parameters, FLOPs, memory, step time.
@@ -55,7 +55,7 @@ def validate_cmd(
 @app.command("adaptive")
 def adaptive_cmd(
     run: str = typer.Argument(..., help="A run directory (from `launch`) of an MoE model."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default RUN/adaptive)."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (default RUN/adaptive)."),
     samples: int = typer.Option(32, "--samples", help="Held-out samples to analyse (1-1024)."),
     timesteps: int = typer.Option(8, "--timesteps", help="Points on the timestep grid in (0, 1) (1-64)."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON summary."),

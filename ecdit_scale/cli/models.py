@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from .. import sizes
-from ..planner.cards import card_dict, export_cards, load_card_or_name
 from ..config import FFNKind
 from ..errors import ConfigError
 from ..params import count_params
+from ..planner.cards import card_dict, export_cards, load_card_or_name
 from ..units import format_count
 from .common import app, choices, console, print_json
 
@@ -33,8 +33,8 @@ def _row(cfg) -> dict[str, Any]:
 
 @models_app.command("list")
 def list_models(
-    family: Optional[str] = typer.Option(None, metavar=choices(sorted({c.family for c in sizes.REGISTRY.values()})), help="Only this family."),
-    kind: Optional[str] = typer.Option(None, metavar=choices(FFNKind), help="Only this FFN kind."),
+    family: str | None = typer.Option(None, metavar=choices(sorted({c.family for c in sizes.REGISTRY.values()})), help="Only this family."),
+    kind: str | None = typer.Option(None, metavar=choices(FFNKind), help="Only this FFN kind."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array instead of a table."),
 ) -> None:
     """All named sizes with total and activated parameters."""
@@ -66,8 +66,8 @@ def _bad_kind(kind: str):
 
 @models_app.command("show")
 def show(
-    name: Optional[str] = typer.Argument(None, help="A model name or a path to a YAML card."),
-    params: Optional[str] = typer.Option(None, "--params", help="Resolve a parameter target instead, e.g. 97B."),
+    name: str | None = typer.Argument(None, help="A model name or a path to a YAML card."),
+    params: str | None = typer.Option(None, "--params", help="Resolve a parameter target instead, e.g. 97B."),
     active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
     kind: str = typer.Option("expert-choice", metavar=choices(FFNKind), help="FFN kind for --params."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -17,7 +16,8 @@ from ..planner.placement import Placement
 from ..units import format_amount, format_count, format_duration, format_gib
 from .common import app, choices, console, err_console, print_json
 
-def _scaling_model(fit: Optional[Path]):
+
+def _scaling_model(fit: Path | None):
     """The planner's scaling model: the scaling fit at ``fit`` (default: the reference
     sweep's). Any way a fit file can be broken becomes one line naming it."""
     import yaml
@@ -43,42 +43,42 @@ def _scaling_model(fit: Optional[Path]):
 
 @app.command()
 def plan(
-    params: Optional[str] = typer.Option(None, "--params", help="Parameter target, e.g. 97B (default when no --model)."),
-    model: Optional[str] = typer.Option(None, "--model", help="A model name or YAML card instead of --params."),
-    override: Optional[str] = typer.Option(None, "--override", help="Change fields of --model, e.g. depth=4,ffn.num_experts=8 (a paper size cut down to one GPU)."),
+    params: str | None = typer.Option(None, "--params", help="Parameter target, e.g. 97B (default when no --model)."),
+    model: str | None = typer.Option(None, "--model", help="A model name or YAML card instead of --params."),
+    override: str | None = typer.Option(None, "--override", help="Change fields of --model, e.g. depth=4,ffn.num_experts=8 (a paper size cut down to one GPU)."),
     active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
-    routing: Optional[str] = typer.Option(None, "--routing", metavar=choices(FFNKind), help="FFN kind of the model (default: the named or synthesised config's)."),
+    routing: str | None = typer.Option(None, "--routing", metavar=choices(FFNKind), help="FFN kind of the model (default: the named or synthesised config's)."),
     gpu: str = typer.Option("h100-sxm", "--gpu", help="Accelerator name from the catalog, or a YAML profile (e.g. one saved by `validate`)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Total devices (default 64 nodes x 8)."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes (default 64)."),
-    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="Devices per node (default: the accelerator's)."),
+    gpus: int | None = typer.Option(None, "--gpus", help="Total devices (default 64 nodes x 8)."),
+    nodes: int | None = typer.Option(None, "--nodes", help="Nodes (default 64)."),
+    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node", help="Devices per node (default: the accelerator's)."),
     global_batch: int = typer.Option(4096, "--global-batch", help="Images per optimizer step."),
     steps: int = typer.Option(800_000, "--steps", help="Optimizer steps of the run."),
     optimizer: str = typer.Option("rmsprop", "--optimizer", metavar=choices(Optimizer), help="rmsprop is the paper's."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar=choices(Precision), help="Each at the device's own rate: fp16 is AMP, tf32 fp32 storage with TF32 GEMMs (default bf16, or fp32 on a device that lists no bf16 throughput, e.g. a CPU profile; a precision the device lacks is refused)."),
+    precision: str | None = typer.Option(None, "--precision", metavar=choices(Precision), help="Each at the device's own rate: fp16 is AMP, tf32 fp32 storage with TF32 GEMMs (default bf16, or fp32 on a device that lists no bf16 throughput, e.g. a CPU profile; a precision the device lacks is refused)."),
     attention: str = typer.Option("flash", "--attention", metavar="flash|mem-efficient|math", help="Attention kernel (math: scores materialised, as timm's Attention)."),
     vae_in_loop: bool = typer.Option(False, "--vae-in-loop/--latents", help="Encode images with the SD VAE inside the loop, or train on pre-extracted latents."),
     text_encoder: str = typer.Option("none", "--text-encoder", metavar="none|t5-xxl", help="Frozen text encoder run inside the loop: none (pre-extracted) or t5-xxl (PixArt's, 120 tokens)."),
     compiled: bool = typer.Option(False, "--compile/--eager", help="torch.compile (fused elementwise chains; an assumed factor) or eager."),
-    ema: Optional[str] = typer.Option(None, "--ema", metavar=choices(EMA), help="EMA of the weights (DiT, decay 0.9999, fp32): none, or pin a replica or one sharded with the optimizer state (default: kept, and the search picks sharded, or a replica where it costs nothing)."),
-    days: Optional[float] = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
-    budget: Optional[float] = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
+    ema: str | None = typer.Option(None, "--ema", metavar=choices(EMA), help="EMA of the weights (DiT, decay 0.9999, fp32): none, or pin a replica or one sharded with the optimizer state (default: kept, and the search picks sharded, or a replica where it costs nothing)."),
+    days: float | None = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
+    budget: float | None = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
     sizes_table: bool = typer.Option(True, "--table/--no-table", help="Time and cost at other cluster sizes (1-128 nodes)."),
-    zero: Optional[int] = typer.Option(None, "--zero", metavar="<0|1|2|3>", help="Pin the ZeRO stage."),
-    dp: Optional[int] = typer.Option(None, "--dp", help="Pin data-parallel size."),
-    ep: Optional[int] = typer.Option(None, "--ep", help="Pin expert-parallel size."),
-    tp: Optional[int] = typer.Option(None, "--tp", help="Pin tensor-parallel size (default 1: ecdit_scale.train has no tensor parallelism; pass --tp N for Megatron-style layouts)."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Pin the micro-batch."),
-    recompute: Optional[str] = typer.Option(None, "--recompute", metavar=choices(Recompute), help="Pin activation recomputation."),
-    placement: Optional[str] = typer.Option(None, "--placement", metavar=choices(Placement), help="Pin the MoE rank order: expert-before-data is DeepSpeed's default (default: the search picks)."),
+    zero: int | None = typer.Option(None, "--zero", metavar="<0|1|2|3>", help="Pin the ZeRO stage."),
+    dp: int | None = typer.Option(None, "--dp", help="Pin data-parallel size."),
+    ep: int | None = typer.Option(None, "--ep", help="Pin expert-parallel size."),
+    tp: int | None = typer.Option(None, "--tp", help="Pin tensor-parallel size (default 1: ecdit_scale.train has no tensor parallelism; pass --tp N for Megatron-style layouts)."),
+    micro_batch: int | None = typer.Option(None, "--micro-batch", help="Pin the micro-batch."),
+    recompute: str | None = typer.Option(None, "--recompute", metavar=choices(Recompute), help="Pin activation recomputation."),
+    placement: str | None = typer.Option(None, "--placement", metavar=choices(Placement), help="Pin the MoE rank order: expert-before-data is DeepSpeed's default (default: the search picks)."),
     price: float = typer.Option(2.5, "--price", help="USD per GPU-hour (an assumption; set yours)."),
     top: int = typer.Option(5, "--top", help="How many layouts to list."),
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
     inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
-    fit: Optional[Path] = typer.Option(None, "--fit", help="Scaling fit for the compute multipliers (default: the reference sweep's)."),
-    flops: Optional[float] = typer.Option(None, "--flops", help="With --fit: spend this compute (FLOPs) as the fit's headline law says (activated parameters and steps at --global-batch)."),
-    gpu_hours: Optional[float] = typer.Option(None, "--gpu-hours", help="With --fit: as --flops, for GPU-hours of --gpu at the planner's sustained FLOP/s (an estimate)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write the plan folder here: plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (it appears whole). Without --out nothing is written."),
+    fit: Path | None = typer.Option(None, "--fit", help="Scaling fit for the compute multipliers (default: the reference sweep's)."),
+    flops: float | None = typer.Option(None, "--flops", help="With --fit: spend this compute (FLOPs) as the fit's headline law says (activated parameters and steps at --global-batch)."),
+    gpu_hours: float | None = typer.Option(None, "--gpu-hours", help="With --fit: as --flops, for GPU-hours of --gpu at the planner's sustained FLOP/s (an estimate)."),
+    out: str | None = typer.Option(None, "--out", help="Write the plan folder here: plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (it appears whole). Without --out nothing is written."),
     no_write: bool = typer.Option(False, "--no-write", hidden=True, help="Kept for old scripts: without --out, plan writes nothing anyway."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml); writes nothing unless --out is given."),
 ) -> None:
@@ -88,8 +88,14 @@ def plan(
     from ..planner.hardware import get_accelerator
     from ..planner.plan import make_plan
     from ..planner.plan_files import write_plan_files
-    from ..planner.request import (check_plan_options, cluster_for_plan, model_for_plan,
-                                   pins_for_plan, target_for_plan, training_for_plan)
+    from ..planner.request import (
+        check_plan_options,
+        cluster_for_plan,
+        model_for_plan,
+        pins_for_plan,
+        target_for_plan,
+        training_for_plan,
+    )
 
     if out is not None and not out.strip():
         raise ConfigError("--out '': give a folder name")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -28,7 +27,7 @@ def available_cpus() -> int:
 
 @app.command("profile")
 def profile_cmd(
-    out: Optional[str] = typer.Option(None, "--out", help="Profile YAML to write (default profile-<device>.yaml)."),
+    out: str | None = typer.Option(None, "--out", help="Profile YAML to write (default profile-<device>.yaml)."),
     device: str = typer.Option("cpu", "--device", metavar="<cpu|cuda>", help="The device to measure."),
     nproc: int = typer.Option(1, "--nproc", help="Processes for all-reduce / all-to-all (gloo on CPU, nccl on CUDA); 1 skips them."),
     quick: bool = typer.Option(False, "--quick", help="A smaller grid and shorter timings (a few seconds on a CPU)."),
@@ -38,8 +37,13 @@ def profile_cmd(
 ) -> None:
     """Measure GEMMs, SDPA, bandwidth, launch overhead, the optimizer step and collectives."""
     from ..errors import ConfigError
-    from ..evaluation.profile import (Settings, check_settings, measure_profile,
-                                      profile_accelerator, write_profile)
+    from ..evaluation.profile import (
+        Settings,
+        check_settings,
+        measure_profile,
+        profile_accelerator,
+        write_profile,
+    )
 
     cpus = available_cpus()
     if not 1 <= threads <= cpus:  # torch.set_num_threads(100000) segfaults

@@ -6,7 +6,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -50,20 +49,20 @@ def sweep(
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),
     dataset: str = typer.Option("shapes-stream", "--dataset", metavar="<shapes-stream|shapes|emoji>", help="shapes-stream (never repeats; default), shapes (a fixed set) or emoji."),
-    data: Optional[Path] = typer.Option(None, "--data", help="A folder written by `ecdit-scale data prepare`: every run trains on it (cards take its input shape; replaces --dataset)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Finite datasets: use the first N samples."),
+    data: Path | None = typer.Option(None, "--data", help="A folder written by `ecdit-scale data prepare`: every run trains on it (cards take its input shape; replaces --dataset)."),
+    limit: int | None = typer.Option(None, "--limit", help="Finite datasets: use the first N samples."),
     holdout: int = typer.Option(64, "--holdout", help="Held-out samples scored at fixed noise at the end of every run."),
     lr: float = typer.Option(1e-3, "--lr"),
     lr_search: str = typer.Option("", "--lr-search", help="Multipliers of --lr tried per size (e.g. 0.5,1,2): dense model, shortest budget, first seed; the best held-out loss sets the size's lr."),
     device: str = typer.Option("auto", "--device", metavar="<auto|cpu|cuda>", help="Where the runs train."),
     parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle); on GPUs each launch gets --nproc devices of its own."),
-    hostfile: Optional[Path] = typer.Option(None, "--hostfile", help="DeepSpeed hostfile: runs spread over its hosts (each run its own world of --nproc ranks on one host, started over ssh); every slot kept busy."),
+    hostfile: Path | None = typer.Option(None, "--hostfile", help="DeepSpeed hostfile: runs spread over its hosts (each run its own world of --nproc ranks on one host, started over ssh); every slot kept busy."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
     design: str = typer.Option("grid", "--design", help="grid: --sizes x --budgets; isoflop: per --flops level, sizes around the expected optimum, each trained for the steps that spend the level."),
     flops: str = typer.Option("", "--flops", help="isoflop: compute levels in FLOPs, e.g. 1e13,3e13,1e14."),
     tokens_per_param: float = typer.Option(20.0, "--tokens-per-param", help="isoflop: the prior for the optimum (tokens per activated parameter), unless --prior-fit."),
-    prior_fit: Optional[Path] = typer.Option(None, "--prior-fit", help="isoflop: a fit whose headline law sets the expected optimum."),
+    prior_fit: Path | None = typer.Option(None, "--prior-fit", help="isoflop: a fit whose headline law sets the expected optimum."),
     sizes_per_level: int = typer.Option(5, "--sizes-per-level", help="isoflop: sizes per level (>= 3)."),
     spread: float = typer.Option(4.0, "--spread", help="isoflop: sizes span optimum/spread..optimum*spread."),
     lr_grid: str = typer.Option("0.5,1,2", "--lr-grid", help="isoflop: multipliers of --lr searched per size and variant at the middle level."),
@@ -149,14 +148,14 @@ def sweep(
 @app.command()
 def fit(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet) with the required columns."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to save the fit (default: TABLE's folder/fit.yaml)."),
+    out: Path | None = typer.Option(None, "--out", help="Where to save the fit (default: TABLE's folder/fit.yaml)."),
     n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples (of training runs) for the intervals."),
     seed: int = typer.Option(0, "--seed"),
-    loss_column: Optional[str] = typer.Option(None, "--loss-column", metavar=LOSS_COLUMN_CHOICES, help="Default heldout_loss where every row has it."),
+    loss_column: str | None = typer.Option(None, "--loss-column", metavar=LOSS_COLUMN_CHOICES, help="Default heldout_loss where every row has it."),
     loss_label: str = typer.Option("", "--loss-label", help="What the loss is, for the report and plan (e.g. 'smoothed training flow-matching loss (32x32 shapes)')."),
     held_out_factor: float = typer.Option(4.0, "--held-out-factor", help="Held-out rows lie at least this factor beyond the largest fitted compute."),
     drop_outliers: bool = typer.Option(False, "--drop-outliers", help="Drop rows whose log residual is > 3.5 robust SDs from their group's median, and refit (reported in the fit)."),
-    extrapolate_to: Optional[float] = typer.Option(None, "--extrapolate-to", help="Compute (FLOPs) at which to predict the loss; refused beyond 100x the largest run."),
+    extrapolate_to: float | None = typer.Option(None, "--extrapolate-to", help="Compute (FLOPs) at which to predict the loss; refused beyond 100x the largest run."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit L(C) = E + A C^-alpha and L(N, D) per FFN kind or variant, with run-level bootstrap
@@ -307,8 +306,8 @@ def _print_headline(headline) -> None:
 @app.command()
 def report(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet)."),
-    fit_path: Optional[Path] = typer.Option(None, "--fit", help="A fit saved by `ecdit-scale fit` (default: TABLE's folder/fit.yaml if there is one, else fit now)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: TABLE's folder/report)."),
+    fit_path: Path | None = typer.Option(None, "--fit", help="A fit saved by `ecdit-scale fit` (default: TABLE's folder/fit.yaml if there is one, else fit now)."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default: TABLE's folder/report)."),
     title: str = typer.Option("EC-DiT scaling report", "--title"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:

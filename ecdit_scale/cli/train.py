@@ -11,13 +11,16 @@ import typing
 from typing import Any, Optional
 
 import typer
-
 from rich.markup import escape
 
 from .common import app, console, err_console, fail, print_json
 
+# typer reads these signatures at run time, where it takes Optional[X] and not X | None
+OPTIONAL_STR = Optional[str]  # noqa: UP045
 
-def launch_cmd(ctx: typer.Context, card: Optional[str], plan: Optional[str], local: bool,
+
+
+def launch_cmd(ctx: typer.Context, card: str | None, plan: str | None, local: bool,
                json_out: bool, **asked: Any) -> None:
     """Train a small config for real with DeepSpeed-MoE (expert parallelism, ZeRO) and record it."""
     from ..errors import ConfigError
@@ -82,9 +85,9 @@ def setting_options(cls: type) -> list[inspect.Parameter]:
     for f, s in declared(cls):
         if not s.cli:
             continue
-        kind = Optional[str] if s.parse else hints[f.name]
+        kind = OPTIONAL_STR if s.parse else hints[f.name]
         if type(None) in typing.get_args(kind):  # typer takes Optional[X], not X | None
-            kind = Optional[next(a for a in typing.get_args(kind) if a is not type(None))]
+            kind = Optional[next(a for a in typing.get_args(kind) if a is not type(None))]  # noqa: UP045, E501
         names = s.option
         if isinstance(f.default, bool) and f.default:
             names = f"{s.option}/--no-{s.option.removeprefix('--')}"
@@ -107,10 +110,10 @@ def _launch_signature() -> inspect.Signature:
     own = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                           annotation=typer.Context),
-        inspect.Parameter("card", kw, annotation=Optional[str], default=typer.Argument(
+        inspect.Parameter("card", kw, annotation=OPTIONAL_STR, default=typer.Argument(
             None, help="A model name (`ecdit-scale models list`) or a YAML card (not with "
             "--plan).")),
-        inspect.Parameter("plan", kw, annotation=Optional[str], default=typer.Option(
+        inspect.Parameter("plan", kw, annotation=OPTIONAL_STR, default=typer.Option(
             None, "--plan", help="A plan folder (`ecdit-scale plan --out DIR`): run exactly "
             "its settings; its launch.sh calls this.")),
         inspect.Parameter("local", kw, annotation=bool, default=typer.Option(
@@ -137,14 +140,19 @@ class _ProgressBar:
     """A rich progress bar fed by ``launch``'s ``on_progress``, on stderr. It appears with the
     first report, so a request refused before any rank starts prints its one line only."""
 
-    def __enter__(self) -> "_ProgressBar":
+    def __enter__(self) -> _ProgressBar:
         self._bar = None
         return self
 
     def update(self, p) -> None:
         if self._bar is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

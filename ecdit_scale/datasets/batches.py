@@ -6,7 +6,7 @@ resumed run reads exactly the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

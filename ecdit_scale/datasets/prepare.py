@@ -26,9 +26,9 @@ import contextlib
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -51,8 +51,8 @@ class PrepareRequest:
     source: str
     out: str
     resolution: int
-    vae: Optional[str] = None
-    text_encoder: Optional[str] = None  # None: the bundled all-MiniLM-L6-v2
+    vae: str | None = None
+    text_encoder: str | None = None  # None: the bundled all-MiniLM-L6-v2
     text_tokens: int = TEXT_TOKENS_DEFAULT
     shard_size: int = SHARD_SIZE_DEFAULT
     device: str = "auto"

@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import json
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from . import DataError
 

@@ -94,7 +94,7 @@ class CaptionTable:
 
     @classmethod
     def build(cls, captions: list[str], *, text_tokens: int, text_dim: int | None,
-              cache_dir=None) -> "CaptionTable":
+              cache_dir=None) -> CaptionTable:
         text, lengths = TextEncoder(cache_dir).encode(captions, text_tokens)
         return cls(index={c: i for i, c in enumerate(captions)},
                    text_CTD=fit_text_dim(text, text_dim or TEXT_DIM), lengths_C=lengths)

@@ -6,12 +6,11 @@ from __future__ import annotations
 # Shape suffixes: a tensor named x_NTD has dims (N, T, D).
 #   N captions   U unique captions   T text tokens   L tokens of one caption
 #   D encoder width   K the card's text width
-
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -40,7 +40,7 @@ class CollectiveTrace:
         self.calls: list[Call] = []
         self._saved: dict[str, Any] = {}
 
-    def __enter__(self) -> "CollectiveTrace":
+    def __enter__(self) -> CollectiveTrace:
         import torch.distributed as dist
 
         for op in TRACED_OPS:

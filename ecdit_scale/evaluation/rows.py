@@ -28,13 +28,12 @@ from typing import Any
 from ..config import ModelConfig, Precision, Recompute
 from ..errors import ConfigError
 from ..params import count_params
-from ..planner.flops import training_flops_per_image
 from ..planner.buckets import recorded_bucket_bytes
+from ..planner.flops import training_flops_per_image
 from ..planner.memory import BF16_BYTES, FP32_BYTES, MemoryBreakdown
 from ..train.launch import planned_memory
 from ..train.records import RunDir, RunSettings, scan_metrics
 from .measure import measured_training_flops
-from .terms import TERMS, read_breakdown
 from .runs import (
     positive_number,
     read_model_config,
@@ -43,6 +42,7 @@ from .runs import (
     read_step_times,
     read_summary,
 )
+from .terms import TERMS, read_breakdown
 
 CONTEXT_NOTE = ("predicted = planner total less its CUDA-context allowance, which neither the "
                 "CPU tensor count nor torch.cuda.max_memory_allocated sees")

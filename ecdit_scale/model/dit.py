@@ -12,7 +12,6 @@ from __future__ import annotations
 #   D model width           F FFN hidden width         H attention heads   K head dim
 #   E experts               C tokens an expert picks per routing group ((S·f_c)/E)
 #   G routing groups        N tokens (flattened)        P pixels of a patch (p·p·channels)
-
 import torch
 from torch import nn
 
@@ -195,7 +194,7 @@ class ECDiT(nn.Module):
         x = x_BSP.reshape(x_BSP.shape[0], g, g, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(x_BSP.shape[0], c, g * p, g * p)
 
-    def set_recompute(self, recompute: Recompute | str) -> "ECDiT":
+    def set_recompute(self, recompute: Recompute | str) -> ECDiT:
         """Activation recomputation for training (``model.recompute``); returns the model.
         Call it before or after ``train.expert_parallel.parallelize``: it is read per forward."""
         policy = Recompute(recompute)

@@ -7,7 +7,6 @@ from __future__ import annotations
 #   D model width           F FFN hidden width         H attention heads   K head dim
 #   E experts               C tokens an expert picks per routing group ((S·f_c)/E)
 #   G routing groups        N tokens (flattened)        P pixels of a patch (p·p·channels)
-
 import math
 
 import torch

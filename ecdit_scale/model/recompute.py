@@ -24,11 +24,15 @@ trainer reads them after the step; ``replay_safe`` restores them after a recompu
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 # The matmuls whose outputs selective recomputation keeps. Linear layers reach the dispatcher
 # as mm / addmm; batched experts as bmm / baddbmm. The attention products are deliberately

@@ -14,7 +14,8 @@ a few GB/s), so that only the meaningless is refused.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import ConfigError
 

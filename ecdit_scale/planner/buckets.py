@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Optimizer, ZERO_PARTITIONS_OPTIMIZER
+from ..config import ZERO_PARTITIONS_OPTIMIZER, Optimizer
 
 ZERO_BUCKET_ELEMENTS = 200_000_000  # reduce/all-gather bucket size written into ds_config.json
 ZERO_BUCKETS = 2  # double-buffered with overlap_comm (dp > 1)

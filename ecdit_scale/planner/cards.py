@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .. import sizes
 from ..config import MAX_NOTES_CHARS, NAME_PATTERN, FFNConfig, ModelConfig, load_model_config

@@ -14,8 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
-                      ZERO_PARTITIONS_PARAMETERS, ModelConfig, Precision, Recompute)
+from ..config import (
+    ZERO_PARTITIONS_GRADIENTS,
+    ZERO_PARTITIONS_OPTIMIZER,
+    ZERO_PARTITIONS_PARAMETERS,
+    ModelConfig,
+    Precision,
+    Recompute,
+)
 from .derivations import assumptions
 from .flops import expert_slots_per_image
 from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ZERO_BUCKET_ELEMENTS, ParamSplit
@@ -61,7 +67,7 @@ class Links:
     net_half_bytes: float = NET_HALF_BW_BYTES
 
     @classmethod
-    def of(cls, acc: Any, devices_per_node: int | None = None) -> "Links":
+    def of(cls, acc: Any, devices_per_node: int | None = None) -> Links:
         """The catalog's links; a profile's measured all-reduce (``ecdit-scale profile
         --nproc N``) replaces the intra-node bandwidth, latency (all of it in the base term,
         measured at N ranks) and half-bandwidth size."""
@@ -207,7 +213,7 @@ class CommBreakdown:
         return (self.a2a_bytes + self.tp_bytes + self.grad_reduce_bytes
                 + self.param_allgather_bytes + self.zero3_gather_bytes)
 
-    def at(self, i: int, shape: tuple[int, ...]) -> "CommBreakdown":
+    def at(self, i: int, shape: tuple[int, ...]) -> CommBreakdown:
         """Layout ``i`` of a breakdown over layouts."""
         return CommBreakdown(**{f.name: float(np.broadcast_to(getattr(self, f.name), shape)[i])
                                 for f in fields(self)})

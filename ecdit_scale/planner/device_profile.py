@@ -236,7 +236,7 @@ class DeviceProfile:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, *, where: str = "profile") -> "DeviceProfile":
+    def from_dict(cls, data: Any, *, where: str = "profile") -> DeviceProfile:
         data = _mapping(data, where)
         known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops", "launch",
                  "optimizer",

@@ -15,7 +15,7 @@ from .. import sizes
 from ..config import ClusterConfig, TrainingConfig
 from ..errors import ConfigError
 from ..files import same_text, write_tree
-from .plan import ScalingModel, Plan, make_plan
+from .plan import Plan, ScalingModel, make_plan
 from .plan_files import PLAN_FILES, PLAN_HEADER, file_mode, plan_files
 from .request import PLAN_EMA
 

@@ -26,7 +26,6 @@ from .flops import expert_slots_per_image, flops_per_image, inference_flops_per_
 from .memory import BF16_BYTES, activation_bytes_per_sample
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class InferenceEstimate:
     model: str

@@ -27,16 +27,32 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (EMA, MOE_ZERO_STAGES, ZERO_STAGES, ClusterConfig, ModelConfig,
-                      ParallelLayout, Recompute, TrainingConfig, check_zero_stage,
-                      zero_supports_moe)
+from ..config import (
+    EMA,
+    MOE_ZERO_STAGES,
+    ZERO_STAGES,
+    ClusterConfig,
+    ModelConfig,
+    ParallelLayout,
+    Recompute,
+    TrainingConfig,
+    check_zero_stage,
+    zero_supports_moe,
+)
 from ..errors import ConfigError
 from ..integers import divisors
 from ..units import format_bytes
 from .comm import COMM_ASSUMPTIONS, CommBreakdown, Links, comm_arrays
 from .flops import flops_per_image, training_flops_per_image
-from .memory import (RECOMPUTE_ORDER, MemoryBreakdown, ParamSplit, activation_bytes_per_sample,
-                     ema_bytes, memory_arrays, moe_buffer_bytes_per_sample)
+from .memory import (
+    RECOMPUTE_ORDER,
+    MemoryBreakdown,
+    ParamSplit,
+    activation_bytes_per_sample,
+    ema_bytes,
+    memory_arrays,
+    moe_buffer_bytes_per_sample,
+)
 from .peak import peak_arrays
 from .placement import PLACEMENT_ORDER, Placement
 from .step_time import COMPUTE_ASSUMPTIONS, OVERLAP_RULES, StepTime, step_time_arrays

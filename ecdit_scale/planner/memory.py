@@ -15,15 +15,31 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (EMA, HALF_PRECISIONS, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
-                      ZERO_PARTITIONS_PARAMETERS, ModelConfig, Optimizer, ParallelLayout,
-                      Precision, Recompute, TrainingConfig, check_zero_stage)
+from ..config import (
+    EMA,
+    HALF_PRECISIONS,
+    ZERO_PARTITIONS_GRADIENTS,
+    ZERO_PARTITIONS_OPTIMIZER,
+    ZERO_PARTITIONS_PARAMETERS,
+    ModelConfig,
+    Optimizer,
+    ParallelLayout,
+    Precision,
+    Recompute,
+    TrainingConfig,
+    check_zero_stage,
+)
 from ..params import count_params
-from .buckets import (ZERO_BUCKET_ELEMENTS, ZERO_BUCKETS, grad_buffer_bytes, optimizer_temp_bytes,
-                      zero_bucket_bytes)
-from .peak import CONTEXT_BYTES, FRAGMENTATION, GiB, peak_arrays  # noqa: F401 (re-exported)
+from .buckets import (
+    ZERO_BUCKET_ELEMENTS,
+    ZERO_BUCKETS,
+    grad_buffer_bytes,
+    optimizer_temp_bytes,
+    zero_bucket_bytes,
+)
 from .derivations import assumptions
 from .flops import expert_slots_per_image
+from .peak import CONTEXT_BYTES, FRAGMENTATION, GiB, peak_arrays  # noqa: F401 (re-exported)
 
 BF16_BYTES = 2
 FP32_BYTES = 4
@@ -64,7 +80,7 @@ class ParamSplit:
     expert_module_params: int  # one MoE layer's Experts module (all E experts)
 
     @classmethod
-    def of(cls, cfg: ModelConfig) -> "ParamSplit":
+    def of(cls, cfg: ModelConfig) -> ParamSplit:
         b = count_params(cfg)
         d, f = cfg.hidden_size, cfg.mlp_hidden
         return cls(

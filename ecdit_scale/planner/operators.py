@@ -108,7 +108,7 @@ class OperatorInventory:
     def memory_bytes(self) -> float:
         return sum(m.bytes for m in self.memory_ops)
 
-    def recomputed(self, recompute: Recompute) -> "OperatorInventory":
+    def recomputed(self, recompute: Recompute) -> OperatorInventory:
         """The operators the backward reruns under ``recompute`` (empty for NONE)."""
         recompute = Recompute(recompute)
         if recompute is Recompute.NONE:

@@ -9,23 +9,23 @@ prints (one object, two renderings). The files are rendered in ``plan_files``. N
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..config import ClusterConfig, ModelConfig, TrainingConfig
 from ..errors import ConfigError
 from ..files import to_plain
 from ..params import ParamBreakdown, count_params
 from ..sizes import Resolved
-from .compute import term_sources
 from .cluster_table import SECONDS_PER_DAY, ClusterTable, cluster_table, pick_row, run_cost
+from .compute import term_sources
 from .deepspeed_config import deepspeed_config
 from .flops import FlopsBreakdown, flops_per_image, training_flops_per_image
 from .hardware import Accelerator, get_accelerator
 from .inference import InferenceEstimate, estimate_inference
 from .layouts import LayoutEstimate, SearchResult, search_layouts
 from .placement import data_before_expert
-
 
 # (FFN kind, experts, compute FLOPs) -> a mapping with the ScalingEstimate fields, or None when
 # the fit has nothing for the kind. The planner never imports ``scaling``; the caller passes
@@ -74,7 +74,7 @@ class ScalingEstimate:
     multipliers: tuple[MultiplierEstimate, ...]
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "the scaling model") -> "ScalingEstimate":
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "the scaling model") -> ScalingEstimate:
         try:
             lo, hi = (float(x) for x in data["measured_compute_flops"])
             ms = tuple(MultiplierEstimate(

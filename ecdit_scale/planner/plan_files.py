@@ -8,8 +8,8 @@ import json
 import shlex
 from pathlib import Path
 
-from ..config import ClusterConfig
 from .. import __version__
+from ..config import ClusterConfig
 from ..files import dump_yaml, write_tree
 from .cards import card_text
 from .deepspeed_config import deepspeed_launch_command

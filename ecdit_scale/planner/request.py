@@ -9,8 +9,18 @@ from typing import Any
 
 from .. import sizes
 from ..checks import check_int, check_number
-from ..config import (EMA, ClusterConfig, FFNConfig, FFNKind, ModelConfig, Optimizer,
-                      Precision, Recompute, TrainingConfig, check_zero_stage)
+from ..config import (
+    EMA,
+    ClusterConfig,
+    FFNConfig,
+    FFNKind,
+    ModelConfig,
+    Optimizer,
+    Precision,
+    Recompute,
+    TrainingConfig,
+    check_zero_stage,
+)
 from ..errors import ConfigError
 from .cards import load_card_or_name, override_config
 from .deepspeed_config import warmup_floor

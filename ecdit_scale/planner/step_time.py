@@ -14,8 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (HALF_PRECISIONS, ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER,
-                      ZERO_PARTITIONS_PARAMETERS, Precision)
+from ..config import (
+    HALF_PRECISIONS,
+    ZERO_PARTITIONS_GRADIENTS,
+    ZERO_PARTITIONS_OPTIMIZER,
+    ZERO_PARTITIONS_PARAMETERS,
+    Precision,
+)
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
 from .derivations import assumptions
@@ -100,7 +105,7 @@ class StepTime:
         rows.append(("optimizer", self.optimizer_s, self.optimizer_s))
         return rows
 
-    def at(self, i: int, shape: tuple[int, ...]) -> "StepTime":
+    def at(self, i: int, shape: tuple[int, ...]) -> StepTime:
         """Layout ``i`` of a StepTime over layouts."""
         return StepTime(**{f.name: float(np.broadcast_to(getattr(self, f.name), shape)[i])
                            for f in fields(self)})

@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .formulas import DEFAULT_LEVEL, Interval, identification
 from .headline import MAX_LOG_SCALE, HeadlineData, HeadlineLaw, fit_headline_law
-from .power import (ALPHA_TEST, POWER, gamma_se, log_multiplier_se, minimum_detectable,
-                    seed_noise, z_detect)
+from .power import (
+    ALPHA_TEST,
+    POWER,
+    gamma_se,
+    log_multiplier_se,
+    minimum_detectable,
+    seed_noise,
+    z_detect,
+)
 from .robust import FitError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IDENTIFIABLE_LIMIT = 3.0  # a design that cannot detect less than 3x cannot rank the variants
 

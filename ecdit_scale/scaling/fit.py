@@ -18,15 +18,39 @@ import pandas as pd
 
 from .evidence import fit_headline, headline_data
 from .formulas import DEFAULT_LEVEL, identification
+from .laws import (
+    MIN_RUNS_POWER_LAW,
+    compute_multiplier,
+    compute_optimal,
+    fit_chinchilla,
+    fit_power_law,
+    flops_per_param_token,
+    predict,
+)
 from .levels import edge_levels
-from .laws import (MIN_RUNS_POWER_LAW, compute_multiplier, compute_optimal, fit_chinchilla,
-                   fit_power_law, flops_per_param_token, predict)
-from .results import (Extrapolation, HeldOutResult, HeldOutRun, Multiplier, ScalingFit,
-                      SensitivityRow, comparison_pairs)
-from .runlevel import (HELD_OUT_FACTOR, OUTLIER_RULE, config_ids, frontier_mask,
-                       frontier_weights, held_out_split, kind_of, outlier_rows, run_ids, run_resample_weights,
-                       variant_labels)
+from .results import (
+    Extrapolation,
+    HeldOutResult,
+    HeldOutRun,
+    Multiplier,
+    ScalingFit,
+    SensitivityRow,
+    comparison_pairs,
+)
 from .robust import MIN_LOG_LOSS_SPREAD, FitError, Progress
+from .runlevel import (
+    HELD_OUT_FACTOR,
+    OUTLIER_RULE,
+    config_ids,
+    frontier_mask,
+    frontier_weights,
+    held_out_split,
+    kind_of,
+    outlier_rows,
+    run_ids,
+    run_resample_weights,
+    variant_labels,
+)
 from .shared import fit_shared_power_law
 from .table import FFN_KINDS, LOSS_COLUMNS, RunTableError, validate_run_table
 

@@ -118,7 +118,7 @@ class SharedPowerLaw:
                 "A": {k: float(v) for k, v in self.A.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SharedPowerLaw":
+    def from_dict(cls, d: dict) -> SharedPowerLaw:
         return cls(E=finite(d, "E"), alpha=finite(d, "alpha"),
                    A={k: finite(d["A"], k) for k in d["A"]})
 

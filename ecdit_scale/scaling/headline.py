@@ -28,8 +28,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .formulas import DEFAULT_LEVEL, Interval, finite, percentile_interval
-from .robust import (ALPHA_BOUNDS, HUBER_DELTA, FitError, best_of_starts, multistart,
-                     single_threaded_blas, weighted_huber)
+from .robust import (
+    ALPHA_BOUNDS,
+    HUBER_DELTA,
+    FitError,
+    best_of_starts,
+    multistart,
+    single_threaded_blas,
+    weighted_huber,
+)
 
 MAX_LOG_SCALE = math.log(1e3)  # a variant's scale on N or D stays within 1/1000..1000
 E_FRACTIONS = (0.3, 0.8)

@@ -15,10 +15,25 @@ import numpy as np
 import pandas as pd
 
 from .formulas import DEFAULT_LEVEL, ChinchillaLaw, Interval, PowerLaw, percentile_interval
-from .results import (ChinchillaFit, ComputeOptimal, HeldOutResult, HeldOutRun, Multiplier,
-                      PowerLawFit, Prediction, PredictionBand)
-from .robust import (FitError, bootstrap_indices, bootstrap_terms, fit_terms, positive_columns,
-                     resample_weights, single_threaded_blas)
+from .results import (
+    ChinchillaFit,
+    ComputeOptimal,
+    HeldOutResult,
+    HeldOutRun,
+    Multiplier,
+    PowerLawFit,
+    Prediction,
+    PredictionBand,
+)
+from .robust import (
+    FitError,
+    bootstrap_indices,
+    bootstrap_terms,
+    fit_terms,
+    positive_columns,
+    resample_weights,
+    single_threaded_blas,
+)
 
 MIN_RUNS_POWER_LAW = 3
 MIN_RUNS_CHINCHILLA = 5

@@ -20,13 +20,19 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..files import (MAX_CARRIED_ENTRIES, _link_or_copy, atomic_dir, check_output_folder,
-                     path_kind)
+from ..files import MAX_CARRIED_ENTRIES, _link_or_copy, atomic_dir, check_output_folder, path_kind
 from ..units import format_number
 from .formulas import NO_SPREAD, Interval, unidentified
-from .report_figures import (FigureBlock, figure_alignment, figure_compute_optimal,
-                             figure_expert_load, figure_held_out, figure_loss, figure_residuals,
-                             loss_words)
+from .report_figures import (
+    FigureBlock,
+    figure_alignment,
+    figure_compute_optimal,
+    figure_expert_load,
+    figure_held_out,
+    figure_loss,
+    figure_residuals,
+    loss_words,
+)
 from .results import ScalingFit
 from .runlevel import variant_labels
 

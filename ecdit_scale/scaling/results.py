@@ -18,9 +18,15 @@ import yaml
 from ..errors import ConfigError
 from ..files import atomic_write_text, load_yaml_file
 from .evidence import HeadlineFit
+from .formulas import (
+    DEFAULT_LEVEL,
+    ChinchillaLaw,
+    Interval,
+    PowerLaw,
+    SharedPowerLaw,
+    percentile_interval,
+)
 from .runlevel import kind_of
-from .formulas import (DEFAULT_LEVEL, ChinchillaLaw, Interval, PowerLaw, SharedPowerLaw,
-                       percentile_interval)
 
 FIT_FORMAT = "ecdit-scale/scaling-fit/v1"
 
@@ -428,7 +434,7 @@ class SharedFit:
                 "level": float(self.level)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SharedFit":
+    def from_dict(cls, d: dict) -> SharedFit:
         return cls(law=SharedPowerLaw.from_dict(d["law"]), n_runs=dict(d["n_runs"]),
                    huber_objective=float(d["huber_objective"]),
                    ci={k: Interval.from_dict(v) for k, v in d["ci"].items()},

@@ -24,8 +24,17 @@ import numpy as np
 
 from .formulas import DEFAULT_LEVEL, SharedPowerLaw, percentile_interval
 from .results import SharedFit
-from .robust import (ALPHA_BOUNDS, HUBER_DELTA, FitError, best_of_starts, check_loss_varies,
-                     multistart, resample_weights, single_threaded_blas, weighted_huber)
+from .robust import (
+    ALPHA_BOUNDS,
+    HUBER_DELTA,
+    FitError,
+    best_of_starts,
+    check_loss_varies,
+    multistart,
+    resample_weights,
+    single_threaded_blas,
+    weighted_huber,
+)
 
 MIN_RUNS_PER_KIND = 2
 E_FRACTIONS = (0.05, 0.3, 0.6, 0.85, 0.97)

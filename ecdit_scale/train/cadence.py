@@ -14,8 +14,9 @@ split: one step body, checkpointer and validator objects that know their cadence
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .peak_memory import MEMORY_EVERY, PeakBytes
 from .records import CHECKPOINT_TAG, COMPLETE_MARKER

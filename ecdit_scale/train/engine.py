@@ -23,13 +23,19 @@ from ..model import build_model
 from ..planner.deepspeed_config import ADAM_BETAS, MOMENTUM, RMSPROP_ALPHA, deepspeed_defaults
 from ..planner.placement import DS_CONFIG_KEY, Placement
 from .ema import make_ema
+from .expert_parallel import (
+    create_groups,
+    is_expert_param,
+    parallelize,
+    param_counts,
+    single_process,
+)
 from .grad_norm import use_foreach_grad_norm
-from .expert_parallel import (create_groups, is_expert_param, param_counts, parallelize,
-                              single_process)
 from .records import Device, RunDir, RunSettings, write_json
-from .request import engine_baseline
 from .regional_compile import compile_blocks
+from .request import engine_baseline
 from .run_data import load_run_data  # noqa: F401 (the worker's; no DeepSpeed in it)
+
 
 def step_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]

@@ -31,7 +31,6 @@ from __future__ import annotations
 #   D model width           F FFN hidden width         H attention heads   K head dim
 #   E experts               C tokens an expert picks per routing group ((S·f_c)/E)
 #   G routing groups        N tokens (flattened)        P pixels of a patch (p·p·channels)
-
 import os
 import re
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
 
 
 def name_deepspeed_accelerator() -> str:
@@ -57,10 +55,9 @@ from deepspeed.moe.layer import MoE as _DeepSpeedMoE  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ..config import FFNKind, ModelConfig  # noqa: E402
-from ..planner.placement import (Placement, data_before_expert,  # noqa: E402
-                                 expert_group_ranks)
-from ..model.moe import Experts, LocalExchange, MoELayer, expert_ffn  # noqa: E402
 from ..model.layers import Mlp  # noqa: E402
+from ..model.moe import Experts, LocalExchange, MoELayer, expert_ffn  # noqa: E402
+from ..planner.placement import Placement, data_before_expert, expert_group_ranks  # noqa: E402
 
 
 def group_name(ep_size: int) -> str:

@@ -13,7 +13,7 @@ determinism and resume are untouched.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -34,7 +34,7 @@ class DeviceFeed:
             return tuple(t.pin_memory().to(self._device, non_blocking=True)
                          .to(self._dtype or t.dtype) for t in batch)
 
-    def __iter__(self) -> "DeviceFeed":
+    def __iter__(self) -> DeviceFeed:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, ...]:

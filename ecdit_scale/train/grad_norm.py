@@ -29,8 +29,10 @@ def foreach_grad_norm_direct(self, gradients, params, norm_type=2):
     its per-tensor norms taken by one ``_foreach_norm``; other norms go to DeepSpeed's."""
     from deepspeed import comm as dist
     from deepspeed.runtime.constants import PIPE_REPLICATED
-    from deepspeed.runtime.utils import is_model_parallel_parameter, \
-        mask_nan_or_inf_with_val_inplace
+    from deepspeed.runtime.utils import (
+        is_model_parallel_parameter,
+        mask_nan_or_inf_with_val_inplace,
+    )
     from deepspeed.runtime.zero.utils import get_norm_dtype
 
     if float(norm_type) != 2.0:

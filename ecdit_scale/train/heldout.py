@@ -69,7 +69,7 @@ class HeldOutLoss:
 
     @classmethod
     def build(cls, images: torch.Tensor, text: torch.Tensor, *, levels: int, rank: int,
-              world: int, chunk: int, device: torch.device) -> "HeldOutLoss":
+              world: int, chunk: int, device: torch.device) -> HeldOutLoss:
         n = images.shape[0]
         if n < 1:
             raise ValueError("no held-out samples to score")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import save_model_config
 from .. import sizes
+from ..config import save_model_config
 from .isoflop import Design, DesignedRun
 from .records import RunDir
 from .sweep import SweepResult, SweepRun, SweepSpec, _train_all, table_rows
@@ -51,8 +51,9 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
     """Train the design; ``parallel`` launches at once; past ``stop_at`` (a time.monotonic()
     deadline) no new launch starts. One warm-up for every run, as a sweep's: a quarter of
     the shortest run, at most 100 steps."""
-    from ..scaling.table import save_run_table
     import pandas as pd
+
+    from ..scaling.table import save_run_table
 
     out = Path(out)
     runs = [r for r in design.runs if r.steps >= MIN_STEPS]

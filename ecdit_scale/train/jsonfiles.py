@@ -14,7 +14,6 @@ from ..errors import ConfigError
 from ..files import atomic_write_text, json_default, read_text_file
 
 
-
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=json_default) + "\n")
 

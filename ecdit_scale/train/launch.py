@@ -26,9 +26,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import ModelConfig, Precision, save_model_config
 from ..errors import ConfigError

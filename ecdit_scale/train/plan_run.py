@@ -98,7 +98,6 @@ def scaled_warmup(plan_warmup: int, plan_steps: int, steps: int, floor: int = 0)
 
 def default_dataset(card: Path) -> str:
     from ..config import load_model_config
-
     from ..datasets.kinds import default_dataset_for
 
     return default_dataset_for(load_model_config(card))

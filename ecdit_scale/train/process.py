@@ -103,7 +103,7 @@ def end_group(proc: subprocess.Popen, *, grace_s: float = 15.0, poll_s: float = 
         time.sleep(poll_s)
 
 
-_ACTIVE: set["ForwardSignals"] = set()  # every ForwardSignals now attached, in any thread
+_ACTIVE: set[ForwardSignals] = set()  # every ForwardSignals now attached, in any thread
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -144,7 +144,7 @@ class ForwardSignals:
         if self.pgid is not None:
             signal_group(self.pgid, signum)
 
-    def __enter__(self) -> "ForwardSignals":
+    def __enter__(self) -> ForwardSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in FORWARDED:
                 self._old[sig] = signal.signal(sig, self._handle)

@@ -40,16 +40,17 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..config import ParallelLayout, TrainingConfig
 from ..errors import ConfigError
 from ..files import atomic_write_text, json_default, to_plain
-from .jsonfiles import (MetricsScan, append_jsonl, read_json, read_jsonl,  # noqa: F401
-                        scan_metrics, write_json)
+from .jsonfiles import MetricsScan, append_jsonl, read_json, read_jsonl, scan_metrics, write_json  # noqa: F401
 from .settings import Device, TCImpl, declared, field_types, recorded  # noqa: F401 (Device,
+
 # TCImpl: their home was here)
 
 CHECKPOINT_TAG = "step{step}"
@@ -135,7 +136,7 @@ class RunSettings(_RecordedSettings):
     def to_dict(self) -> dict[str, Any]:
         return {k: to_plain(getattr(self, k)) for k in self.KEYS}
 
-    def with_steps(self, steps: int) -> "RunSettings":
+    def with_steps(self, steps: int) -> RunSettings:
         return replace(self, training=replace(self.training, steps=steps))
 
     def cooldown_steps(self, steps: int | None = None) -> int:
@@ -155,7 +156,7 @@ class RunSettings(_RecordedSettings):
 
     @classmethod
     def build(cls, *, nodes: int, nproc_per_node: int, micro_batch: int, grad_accum: int,
-              **rest: Any) -> "RunSettings":
+              **rest: Any) -> RunSettings:
         """From flat settings; the layout and training configs validate theirs (ConfigError).
         A run.json older than a config setting (recompute, EMA, schedule) reads as that
         config's default."""
@@ -168,7 +169,7 @@ class RunSettings(_RecordedSettings):
                    grad_accum=grad_accum, **rest)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunSettings":
+    def from_dict(cls, data: dict[str, Any]) -> RunSettings:
         known = set(cls.KEYS) - {"world", "global_batch"}
         return cls.build(**{k: v for k, v in data.items() if k in known})
 
@@ -355,7 +356,7 @@ class RunDir:
             removed.append(tag)
         return removed
 
-    def resume_point(self) -> "ResumePoint":
+    def resume_point(self) -> ResumePoint:
         """Where ``--resume`` continues, and what it had to pass over to get there.
 
         The newest complete checkpoint whose steps all have a readable record in metrics.jsonl.
@@ -401,7 +402,7 @@ class RunDir:
         return ResumePoint(step=step, tag=chosen[1] if chosen else None, notes=notes,
                            scan=scan)
 
-    def apply_resume(self, point: "ResumePoint") -> list[str]:
+    def apply_resume(self, point: ResumePoint) -> list[str]:
         """Keep the metrics of steps <= the resume step; lines that are not records are kept
         in metrics.rejected (never deleted). Returns notes on what moved."""
         scan = point.scan

@@ -50,7 +50,7 @@ def compile_backend(mode: Compile | str) -> str | None:
     return os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND
 
 
-def compile_region(module: "nn.Module", method: str, backend: str) -> None:
+def compile_region(module: nn.Module, method: str, backend: str) -> None:
     """Compile ``module.<method>`` in place, as an instance attribute (parameter names do not
     change). Methods that modules inside it list in ``EAGER_METHODS`` (the all-to-all) are
     wrapped in ``torch.compiler.disable`` first: dynamo breaks the graph there. Done here, not
@@ -65,7 +65,7 @@ def compile_region(module: "nn.Module", method: str, backend: str) -> None:
     setattr(module, method, torch.compile(getattr(module, method), backend=backend))
 
 
-def compile_blocks(model: "nn.Module", mode: Compile | str, *,
+def compile_blocks(model: nn.Module, mode: Compile | str, *,
                    backend: str | None = None) -> int:
     """Compile each block's forward of ``model`` (an ``ECDiT``, perhaps expert-parallel) in
     place; returns how many were wrapped (0 for ``Compile.NONE``). Call it before DeepSpeed
@@ -79,5 +79,5 @@ def compile_blocks(model: "nn.Module", mode: Compile | str, *,
     return len(blocks)
 
 
-def is_compiled(block: "nn.Module") -> bool:
+def is_compiled(block: nn.Module) -> bool:
     return "_forward" in vars(block)

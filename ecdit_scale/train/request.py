@@ -15,17 +15,36 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import (EMA, FFNKind, ModelConfig, Optimizer, Precision, Recompute, Schedule,
-                      load_model_config, zero_supports_moe)
+from ..config import (
+    EMA,
+    FFNKind,
+    ModelConfig,
+    Optimizer,
+    Precision,
+    Recompute,
+    Schedule,
+    load_model_config,
+    zero_supports_moe,
+)
 from ..errors import ConfigError
 from ..files import check_output_folder, read_text_file
 from ..integers import divisors
 from ..planner.cards import override_config
+from ..planner.deepspeed_config import warmup_floor_note
 from .records import ResumePoint, RunDir, RunSettings
 from .regional_compile import Compile
-from ..planner.deepspeed_config import warmup_floor_note
-from .settings import (DEFAULT_LR, Device, LaunchSettings, TCImpl, check_bounds, check_choices,
-                       cli_args, default_warmup, option_of, recorded)
+from .settings import (
+    DEFAULT_LR,
+    Device,
+    LaunchSettings,
+    TCImpl,
+    check_bounds,
+    check_choices,
+    cli_args,
+    default_warmup,
+    option_of,
+    recorded,
+)
 
 OPTIMIZERS = tuple(Optimizer)  # the worker builds each as a torch optimizer (engine.py)
 # config fields that no one setting sets -> what sets them (to name it in an error)

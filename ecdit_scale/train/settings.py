@@ -20,8 +20,9 @@ from __future__ import annotations
 import enum
 import math
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..config import DIT_EMA_DECAY, EMA, Optimizer, Precision, Recompute, Schedule
 from ..planner.deepspeed_config import warmup_floor

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +48,8 @@ from ..errors import ConfigError
 from ..params import count_params
 from ..planner.flops import training_flops_per_image
 from .launch import launch
-from .request import LaunchRequest
 from .records import RunDir
+from .request import LaunchRequest
 from .sweep_lr import chosen_lrs, lr_search_notes, lr_search_row
 
 # (run, samples=, sampling_steps=, seed=) -> GenEval-style score in [0, 1]; the sweep trains,
@@ -158,7 +159,7 @@ class SweepSpec:
         shortest = min(budget_steps(self, b) for b in self.budgets)
         return max(1, min(100, shortest // 4))
 
-    def runs(self, lr_of: dict[str, float] | None = None) -> list["SweepRun"]:
+    def runs(self, lr_of: dict[str, float] | None = None) -> list[SweepRun]:
         """Every training run, smallest first; ``lr_of`` (size -> lr) from the search."""
         out, runs = Path(self.out), []
         for size in self.resolved_sizes:
@@ -187,7 +188,7 @@ class SweepSpec:
                                              budgets=(1.0,), budget=b))
         return runs
 
-    def lr_runs(self) -> list["SweepRun"]:
+    def lr_runs(self) -> list[SweepRun]:
         """The learning-rate search: each size's dense model, shortest budget, seed 0."""
         b = min(self.budgets)
         wsd = self.schedule != "constant"
@@ -240,11 +241,11 @@ class SweepResult:
     stop_at: float | None = None
 
 
-def budget_steps(spec: "SweepSpec", frac: float) -> int:
+def budget_steps(spec: SweepSpec, frac: float) -> int:
     return max(1, round(frac * spec.steps))
 
 
-def run_state(spec: "SweepSpec", run: SweepRun) -> str:
+def run_state(spec: SweepSpec, run: SweepRun) -> str:
     """done | resume | damaged | new.
 
     done: finished, and every step the table reads has a record. damaged: finished, but a
@@ -439,7 +440,7 @@ def needed_steps(run: SweepRun) -> list[int]:
                    for s in smoothing_window(run.step_of(frac)) if s >= 1})
 
 
-def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: "ScoreAlignment | None" = None,
+def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: ScoreAlignment | None = None,
                ) -> list[dict[str, Any]]:
     """One row per budget read off a finished run (wsd: its last step, with the held-out
     loss); the last row carries the alignment score of images sampled from the run when a

@@ -13,8 +13,9 @@ share of peak is n/a (``validate`` measures a CPU's matmul rate when it needs on
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..config import ModelConfig
 from ..errors import ConfigError

@@ -28,20 +28,18 @@ import torch.distributed as dist
 
 from ..files import atomic_write_text, json_default
 from ..model import rectified_flow_loss
-from .engine import Rank, load_run_data, lr_at, setup, step_seed
-from .engine import optimizer_impl
+from .cadence import Checkpointing, Diverged, DivergenceGuard, HeldOutScoring, MemoryTracking
+from .engine import Rank, load_run_data, lr_at, optimizer_impl, setup, step_seed
+from .expert_parallel import deepspeed_topk_layers
 from .feed import device_feed
+from .heldout import timestep_grid
+from .peak_memory import MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes, PhasePeaks, model_state_bytes
+from .records import CHECKPOINT_TAG, DIVERGED_EXIT, RunDir, append_jsonl, write_json
 from .regional_compile import compile_backend
 from .step_profile import StepProfiler, phase
+from .step_stats import StepStats, collect_routing, param_checksums, reduce_stats  # noqa: F401 (worker.X)
 from .throughput import meter_for
-from .cadence import Checkpointing, Diverged, DivergenceGuard, HeldOutScoring, MemoryTracking
-from .expert_parallel import deepspeed_topk_layers
-from .heldout import timestep_grid
-from .peak_memory import (MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes, PhasePeaks,
-                          model_state_bytes)
-from .records import CHECKPOINT_TAG, DIVERGED_EXIT, RunDir, append_jsonl, write_json
-from .step_stats import (StepStats, collect_routing, param_checksums,  # noqa: F401 (worker.X)
-                         reduce_stats)
+
 
 @contextlib.contextmanager
 def marked(r, name: str):
