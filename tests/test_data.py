@@ -350,7 +350,7 @@ def test_cut_down_xl_8e_trains_one_step_on_latents(xl8e, xl8e_latents):
     the activations it keeps are the planner's count (fp32 on CPU: within 1%; seen +0.06%)."""
     from ecdit_scale.config import Precision, Recompute
     from ecdit_scale.model import build_model, rectified_flow_loss
-    from ecdit_scale.planner.memory import activation_bytes_per_sample
+    from ecdit_scale.planner.activations import activation_bytes_per_sample
     from ecdit_scale.train.peak_memory import PeakBytes
 
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ from ecdit_scale import sizes  # noqa: E402
 from ecdit_scale.config import Recompute  # noqa: E402
 from ecdit_scale.model import build_model, rectified_flow_loss  # noqa: E402
 from ecdit_scale.model.moe import LocalExchange, MoELayer  # noqa: E402
+from ecdit_scale.planner.activations import activation_bytes_per_sample, block_activations  # noqa: E402
 from ecdit_scale.planner.flops import training_flops_per_image  # noqa: E402
-from ecdit_scale.planner.memory import activation_bytes_per_sample, block_activations  # noqa: E402
 from ecdit_scale.train.peak_memory import PeakBytes  # noqa: E402
 
 BATCH = 2

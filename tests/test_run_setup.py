@@ -79,11 +79,11 @@ def test_frozen_encoders_add_forward_time_only_and_compile_fuses():
     base = micro_batch_terms(DIT, h100, images=16, tp=1, recompute="none", precision="bf16")
     vae = dataclasses.replace(h100, setup=RunSetup(vae_in_loop=True, text_encoder="t5-xxl"))
     got = micro_batch_terms(DIT, vae, images=16, tp=1, recompute="none", precision="bf16")
-    assert got["forward"]["gemm_s"] > 2 * base["forward"]["gemm_s"]
-    assert got["backward"] == base["backward"]
+    assert got.forward.gemm_s > 2 * base.forward.gemm_s
+    assert got.backward == base.backward
     fused = dataclasses.replace(h100, setup=RunSetup(compiled=True))
     f = micro_batch_terms(DIT, fused, images=16, tp=1, recompute="none", precision="bf16")
-    assert f["forward"]["memory_s"] == pytest.approx(COMPILE_FUSION * base["forward"]["memory_s"])
+    assert f.forward.memory_s == pytest.approx(COMPILE_FUSION * base.forward.memory_s)
     assert frozen_inventory(RunSetup(), images=4, resolution=256, dtype_bytes=2) is None
 
 

@@ -28,6 +28,7 @@ layouts prices the few unique tuples and broadcasts (``micro_batch_arrays``).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,44 @@ from .operators import BACKWARD_KERNELS_PER_FORWARD, OperatorInventory, operator
 from .run_setup import COMPILE_FUSION, apply_kernels, frozen_inventory
 
 ATTENTION_BACKWARD_FLOPS_PER_FORWARD = 2.0
-PARTS = ("gemm_s", "attention_s", "memory_s", "kernels")
+
+
+@dataclass(frozen=True)
+class OperatorSeconds:
+    """One pass (a forward, a backward or a recompute) of a micro-batch on one device, by
+    operator class: seconds, and the kernels it launches. Numbers, or arrays over layouts."""
+
+    gemm_s: Any
+    attention_s: Any
+    memory_s: Any  # the memory-bound ops
+    kernels: Any
+
+    @property
+    def device_s(self) -> Any:
+        """The device's busy time: every operator class, one after the other."""
+        return self.gemm_s + self.attention_s + self.memory_s
+
+    def __add__(self, other: OperatorSeconds) -> OperatorSeconds:
+        return OperatorSeconds(*(getattr(self, f.name) + getattr(other, f.name)
+                                 for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class MicroBatchCost:
+    """A micro-batch's three passes on one device."""
+
+    forward: OperatorSeconds
+    backward: OperatorSeconds
+    recompute: OperatorSeconds  # the forward work the recompute policy repeats
+
+    PHASES = ("forward", "backward", "recompute")
+
+    def passes(self) -> tuple[OperatorSeconds, ...]:
+        return (self.forward, self.backward, self.recompute)
+
+    @property
+    def total(self) -> OperatorSeconds:
+        return self.forward + self.backward + self.recompute
 
 
 def dtype_bytes(precision: Any) -> int:
@@ -116,14 +154,14 @@ def bandwidth(acc: Any) -> float:
 
 
 def price(inv: OperatorInventory, acc: Any, *, backward: bool,
-          precision: Any = None) -> dict[str, float]:
+          precision: Any = None) -> OperatorSeconds:
     """Seconds (and kernels) of ``inv``'s forward, or of its backward, in ``precision``'s math
     (None: the profile's own dtype)."""
-    mem_s = _memory_seconds(inv, acc, backward=backward)
-    kernels = inv.forward_kernels * (BACKWARD_KERNELS_PER_FORWARD if backward else 1.0)
-    return {"gemm_s": _gemm_seconds(inv, acc, backward=backward, precision=precision),
-            "attention_s": _attention_seconds(inv, acc, backward=backward, precision=precision),
-            "memory_s": mem_s, "kernels": kernels}
+    return OperatorSeconds(
+        gemm_s=_gemm_seconds(inv, acc, backward=backward, precision=precision),
+        attention_s=_attention_seconds(inv, acc, backward=backward, precision=precision),
+        memory_s=_memory_seconds(inv, acc, backward=backward),
+        kernels=inv.forward_kernels * (BACKWARD_KERNELS_PER_FORWARD if backward else 1.0))
 
 
 def frozen_precision(precision: Any) -> Precision:
@@ -135,9 +173,8 @@ def frozen_precision(precision: Any) -> Precision:
 
 @functools.lru_cache(maxsize=4096)
 def micro_batch_terms(cfg: ModelConfig, acc: Any, *, images: int, tp: int, recompute: Any,
-                      precision: Any, ep: int | None = None) -> dict[str, dict[str, float]]:
-    """{"forward", "backward", "recompute"} -> priced parts of one micro-batch on one device
-    (cached: a plan's cluster table searches the same model on the same device many times;
+                      precision: Any, ep: int | None = None) -> MicroBatchCost:
+    """The priced passes of one micro-batch on one device (cached: a plan's cluster table searches the same model on the same device many times;
     callers must not modify the result). ``ep``: the trainer's expert-parallel layers
     (``operators.operator_inventory``)."""
     a = dtype_bytes(precision)
@@ -149,32 +186,36 @@ def micro_batch_terms(cfg: ModelConfig, acc: Any, *, images: int, tp: int, recom
                               dtype_bytes=dtype_bytes(frozen_precision(precision)))
     if frozen is not None:  # forward only, no grad: added to the micro-batch's forward
         extra = price(frozen, acc, backward=False, precision=frozen_precision(precision))
-        forward = {k: forward[k] + extra[k] for k in forward}  # every rank encodes its images
-    return {"forward": forward,
-            "backward": price(inv, acc, backward=True, precision=precision),
-            "recompute": price(inv.recomputed(recompute), acc, backward=False,
-                               precision=precision)}
+        forward = forward + extra  # every rank encodes its images
+    return MicroBatchCost(
+        forward=forward, backward=price(inv, acc, backward=True, precision=precision),
+        recompute=price(inv.recomputed(recompute), acc, backward=False, precision=precision))
 
 
 def micro_batch_arrays(cfg: ModelConfig, acc: Any, *, micro_batch: Any, tp: Any,
-                       recompute_code: Any, precision: Any, ep: Any = 1) -> dict[str, np.ndarray]:
-    """``{phase}_{part}`` arrays over layouts (phase: forward/backward/recompute, part:
-    ``PARTS``), pricing each unique (micro-batch, tp, recompute, ep) once: the trainer's
-    operators (its expert-parallel MoE layers at the layout's ep)."""
+                       recompute_code: Any, precision: Any, ep: Any = 1) -> MicroBatchCost:
+    """The MicroBatchCost of every layout (arrays over layouts), pricing each unique
+    (micro-batch, tp, recompute, ep) once: the trainer's operators (its expert-parallel MoE
+    layers at the layout's ep)."""
     mb, tp, rc, ep = np.broadcast_arrays(np.asarray(micro_batch), np.asarray(tp),
                                          np.asarray(recompute_code), np.asarray(ep))
     keys = np.stack([mb.ravel(), tp.ravel(), rc.ravel(), ep.ravel()], axis=1).astype(np.int64)
     uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    names = [f"{ph}_{part}" for ph in ("forward", "backward", "recompute") for part in PARTS]
-    table = np.zeros((len(uniq), len(names)))
+    parts = [f.name for f in fields(OperatorSeconds)]
+    # table[unique layout, pass, part]
+    table = np.zeros((len(uniq), len(MicroBatchCost.PHASES), len(parts)))
     for i, (m, t, r, e) in enumerate(uniq):
-        terms = micro_batch_terms(cfg, acc, images=int(m), tp=int(t),
-                                  recompute=RECOMPUTE_ORDER[int(r)], precision=precision,
-                                  ep=int(e))
-        table[i] = [terms[ph][part] for ph in ("forward", "backward", "recompute")
-                    for part in PARTS]
-    return {name: table[inverse, j].reshape(mb.shape) for j, name in enumerate(names)}
+        cost = micro_batch_terms(cfg, acc, images=int(m), tp=int(t),
+                                 recompute=RECOMPUTE_ORDER[int(r)], precision=precision,
+                                 ep=int(e))
+        table[i] = [[getattr(one, part) for part in parts] for one in cost.passes()]
+
+    def one_pass(j: int) -> OperatorSeconds:
+        return OperatorSeconds(*(table[inverse, j, k].reshape(mb.shape)
+                                 for k in range(len(parts))))
+
+    return MicroBatchCost(*(one_pass(j) for j in range(len(MicroBatchCost.PHASES))))
 
 
 def term_sources(acc: Any) -> dict[str, str]:

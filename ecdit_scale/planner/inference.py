@@ -21,9 +21,10 @@ from typing import Any
 from ..config import ModelConfig, Recompute
 from ..integers import divisors
 from ..params import count_params
+from .activations import activation_bytes_per_sample
 from .comm import Links, all_to_all_seconds, ring_seconds
+from .dtypes import BF16_BYTES
 from .flops import expert_slots_per_image, flops_per_image, inference_flops_per_image
-from .memory import BF16_BYTES, activation_bytes_per_sample
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,7 @@ layout (``estimate_layout``) and the whole search (``search_layouts``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ from .comm import COMM_ASSUMPTIONS, CommBreakdown, Links, comm_arrays
 from .flops import flops_per_image, training_flops_per_image
 from .memory import (
     RECOMPUTE_ORDER,
+    MemoryArrays,
     MemoryBreakdown,
     ParamSplit,
     activation_bytes_per_sample,
@@ -53,7 +55,6 @@ from .memory import (
     memory_arrays,
     moe_buffer_bytes_per_sample,
 )
-from .peak import peak_arrays
 from .placement import PLACEMENT_ORDER, Placement
 from .step_time import COMPUTE_ASSUMPTIONS, OVERLAP_RULES, StepTime, step_time_arrays
 
@@ -309,7 +310,8 @@ def _columns(shapes, zeros, recomputes, placements=(Placement.EXPERT_BEFORE_DATA
                                     indexing="ij")
         n = z.size
         for col, arr in zip(parts, (np.full(n, dp), np.full(n, ep), np.full(n, tp), z.ravel(),
-                                    m.ravel(), r.ravel(), p.ravel(), e.ravel())):
+                                    m.ravel(), r.ravel(), p.ravel(), e.ravel()),
+                            strict=True):
             col.append(arr)
     cat = [np.concatenate(p).astype(np.int64) for p in parts]
     return _Columns(*cat)
@@ -323,6 +325,16 @@ def _choices(cfg: ModelConfig, training: TrainingConfig, pin: dict[str, Any]):
     emas = [EMA.NONE] if training.ema is EMA.NONE else [EMA.REPLICATED, EMA.SHARDED]
     return ([pin["placement"]] if "placement" in pin else placements,
             [pin["ema"]] if "ema" in pin else emas)
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """Columns of layouts, evaluated: arrays over the layouts."""
+
+    grad_accum: np.ndarray
+    memory: MemoryArrays
+    comm: CommBreakdown
+    step: StepTime
 
 
 class _Evaluator:
@@ -356,7 +368,7 @@ class _Evaluator:
             table[:, t] = self._act[t]
         return table
 
-    def __call__(self, c: _Columns) -> dict[str, np.ndarray]:
+    def __call__(self, c: _Columns) -> _Evaluation:
         tr, acc = self.training, self.acc
         world, gb = self.cluster.world, tr.global_batch
         ga = gb // (c.dp * c.mb)
@@ -368,12 +380,10 @@ class _Evaluator:
         # the EMA per layout (a search column), then the peak with it
         non_expert = self.split.non_expert_per_device(c.tp)
         expert = self.split.expert_per_device(c.ep, c.tp)
-        mem["ema"] = sum(np.where(c.em == code, ema_bytes(non_expert, expert, dp=c.dp,
-                                                          expert_dp=c.dp // c.ep, zero=c.zero,
-                                                          ema=kind), 0.0)
-                         for code, kind in enumerate(EMA_ORDER))
-        peak = peak_arrays(mem, ga)
-        mem["overhead"], mem["total"] = peak["overhead"], peak["total"]
+        mem = dataclasses.replace(mem, ema=sum(
+            np.where(c.em == code, ema_bytes(non_expert, expert, dp=c.dp, expert_dp=c.dp // c.ep,
+                                             zero=c.zero, ema=kind), 0.0)
+            for code, kind in enumerate(EMA_ORDER)))
         com = comm_arrays(self.cfg, self.split, self.links, dp=c.dp, ep=c.ep, tp=c.tp,
                           zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
                           precision=tr.precision, placement_code=c.pl)
@@ -383,21 +393,19 @@ class _Evaluator:
             mem=mem, acc=acc, depth=self.cfg.depth, world=world, global_batch=gb, tp=c.tp,
             zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
             precision=tr.precision, cfg=self.cfg, ep=c.ep)
-        return {"ga": ga, "mem": mem, "comm": com, "step": step}
+        return _Evaluation(grad_accum=ga, memory=mem, comm=com, step=step)
 
 
-def _estimate(cfg: ModelConfig, c: _Columns, ev: dict, i: int) -> LayoutEstimate:
+def _estimate(cfg: ModelConfig, c: _Columns, ev: _Evaluation, i: int) -> LayoutEstimate:
     layout = ParallelLayout(dp=int(c.dp[i]), ep=int(c.ep[i]), tp=int(c.tp[i]),
                             zero=int(c.zero[i]), micro_batch=int(c.mb[i]),
                             recompute=RECOMPUTE_ORDER[int(c.rc[i])])
-    mem = MemoryBreakdown(**{k: float(np.broadcast_to(ev["mem"][k], c.dp.shape)[i])
-                             for k in MemoryBreakdown._PARTS},
-                          grad_accum=int(np.broadcast_to(ev["ga"], c.dp.shape)[i]))
-    comm = ev["comm"].at(i, c.dp.shape)
-    step = ev["step"].at(i, c.dp.shape)
+    mem = ev.memory.at(i, c.dp.shape)
+    comm = ev.comm.at(i, c.dp.shape)
+    step = ev.step.at(i, c.dp.shape)
     flags = (((ZERO3_MOE_FLAG,) if cfg.ffn.is_moe and not zero_supports_moe(layout.zero) else ())
              + ((TP_FLAG,) if layout.tp > 1 else ()))
-    return LayoutEstimate(layout=layout, grad_accum=int(ev["ga"][i]), memory=mem, step=step,
+    return LayoutEstimate(layout=layout, grad_accum=int(ev.grad_accum[i]), memory=mem, step=step,
                           comm=comm, flags=flags, placement=PLACEMENT_ORDER[int(c.pl[i])],
                           ema=EMA_ORDER[int(c.em[i])])
 
@@ -426,8 +434,8 @@ def search_layouts(cfg: ModelConfig, training: TrainingConfig, cluster: ClusterC
     recomputes = [pin["recompute"]] if "recompute" in pin else list(RECOMPUTE_ORDER)
     cols = _columns(shapes, zeros, recomputes, *_choices(cfg, training, pin))
     ev = _Evaluator(cfg, training, cluster, acc)(cols)
-    mem_total = np.broadcast_to(ev["mem"]["total"], cols.dp.shape)
-    total_s = np.broadcast_to(ev["step"].total_s, cols.dp.shape)
+    mem_total = np.broadcast_to(ev.memory.total, cols.dp.shape)
+    total_s = np.broadcast_to(ev.step.total_s, cols.dp.shape)
     fits = mem_total <= acc.memory_bytes
     world = cluster.world
     if not fits.any():

@@ -1,8 +1,9 @@
 """Memory per device for training: model states (DeepSpeed ZeRO semantics), activations, buffers.
 
-Plain arithmetic on Python numbers *and* numpy arrays, so the layout search (``layouts.py``)
-evaluates thousands of layouts in one vectorised pass with the very formulas that
-``memory_breakdown`` reports for one layout. Derivations (bytes per parameter, which group
+Activations have their own module (``activations.py``). Plain arithmetic on Python
+numbers *and* numpy arrays, so the layout search (``layouts.py``) evaluates thousands of
+layouts in one vectorised pass with the very formulas that ``memory_breakdown`` reports for
+one layout. Derivations (bytes per parameter, which group
 partitions what, the EMA, activations after Korthikanti et al. 2022, the peak):
 ``DERIVATIONS.md``, section "Memory".
 """
@@ -10,7 +11,7 @@ partitions what, the EMA, activations after Korthikanti et al. 2022, the peak):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from ..config import (
     check_zero_stage,
 )
 from ..params import count_params
+from .activations import activation_bytes_per_sample, moe_buffer_bytes_per_sample
 from .buckets import (
     ZERO_BUCKET_ELEMENTS,
     ZERO_BUCKETS,
@@ -38,12 +40,8 @@ from .buckets import (
     zero_bucket_bytes,
 )
 from .derivations import assumptions
-from .flops import expert_slots_per_image
-from .peak import CONTEXT_BYTES, FRAGMENTATION, GiB, peak_arrays  # noqa: F401 (re-exported)
-
-BF16_BYTES = 2
-FP32_BYTES = 4
-INDEX_BYTES = 8  # int64 routing indices
+from .dtypes import BF16_BYTES, FP32_BYTES
+from .peak import CONTEXT_BYTES, FRAGMENTATION, GiB, Peak, peak_arrays  # noqa: F401 (re-exported)
 
 OPTIMIZER_STATE_BYTES = {Optimizer.ADAMW: 8, Optimizer.RMSPROP: 8, Optimizer.SGD: 4}
 
@@ -116,17 +114,22 @@ class ParamSplit:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelStateBytes:
-    """Bytes per device of parameters, gradients and optimizer state."""
+    """Bytes per device of parameters, gradients and optimizer state (numbers, or arrays over
+    layouts inside ``memory_arrays``)."""
 
-    params: float
-    grads: float
-    fp32_grads: float
-    master_weights: float
-    optimizer_states: float
+    params: Any
+    grads: Any
+    fp32_grads: Any
+    master_weights: Any
+    optimizer_states: Any
 
     @property
     def total(self) -> float:
-        return self.params + self.grads + self.fp32_grads + self.master_weights + self.optimizer_states
+        return (self.params + self.grads + self.fp32_grads + self.master_weights
+                + self.optimizer_states)
+
+
+MODEL_STATE_PARTS = ("params", "grads", "fp32_grads", "master_weights", "optimizer_states")
 
 
 def ema_bytes(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: Any,
@@ -142,7 +145,7 @@ def ema_bytes(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: An
 
 
 def _model_state_arrays(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: Any,
-                        optimizer: Optimizer, precision: Precision) -> dict[str, Any]:
+                        optimizer: Optimizer, precision: Precision) -> ModelStateBytes:
     k = OPTIMIZER_STATE_BYTES[Optimizer(optimizer)]
     bf16 = Precision(precision) in HALF_PRECISIONS
     w = BF16_BYTES if bf16 else FP32_BYTES
@@ -151,12 +154,13 @@ def _model_state_arrays(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any
         return _part(non_expert, dp, zero, stage) + _part(expert, expert_dp, zero, stage)
 
     opt_elems = both(ZERO_PARTITIONS_OPTIMIZER)
-    fp32_copy = np.where(np.asarray(zero) >= ZERO_PARTITIONS_PARAMETERS, np.minimum(opt_elems, ZERO3_SUB_GROUP_ELEMENTS),
+    fp32_copy = np.where(np.asarray(zero) >= ZERO_PARTITIONS_PARAMETERS,
+                         np.minimum(opt_elems, ZERO3_SUB_GROUP_ELEMENTS),
                          opt_elems)
     # DeepSpeed's ZeRO optimizers keep a flat fp32 partition (and its gradient) in fp32 too;
     # only fp32 at ZeRO-0 (the torch optimizer on the weights themselves) has neither
     copies = 1.0 if bf16 else (np.asarray(zero) >= 1) * 1.0
-    return dict(
+    return ModelStateBytes(
         params=w * both(ZERO_PARTITIONS_PARAMETERS),
         grads=w * both(ZERO_PARTITIONS_GRADIENTS),
         fp32_grads=FP32_BYTES * fp32_copy * copies,
@@ -184,160 +188,7 @@ def model_state_bytes(total_params: int, *, num_devices: int, zero_stage: int,
     arrays = _model_state_arrays(float(total_params), float(expert_params) / ep, dp=num_devices,
                                  expert_dp=num_devices // ep, zero=zero_stage,
                                  optimizer=Optimizer(optimizer), precision=Precision(precision))
-    return ModelStateBytes(**{k: float(v) for k, v in arrays.items()})
-
-
-# ---------------------------------------------------------------------------------------------
-# Activations
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class BlockActivations:
-    """Bytes autograd keeps for ONE sample in one block, by part (no recomputation).
-
-    ``*_rep``: replicated across tp ranks; ``*_shard``: divided by tp. ``*_cheap``: the part
-    selective recomputation drops (``ecdit_scale.model.recompute``: every tensor it reruns
-    rather than keeps: LayerNorm and modulate outputs, the self-attention core's output and
-    log-sum-exp, GELU outputs). ``moe_selective_copy_rep``: what selective
-    adds: the experts' output, kept by the checkpoint as well as the copy the combine keeps
-    (after the all-to-all, or DeepSpeed's per-expert stack).
-    """
-
-    attn_rep: float
-    attn_shard: float
-    attn_cheap_rep: float
-    attn_cheap_shard: float
-    cross_rep: float
-    cross_shard: float
-    cross_cheap_shard: float
-    dense_rep: float
-    dense_shard: float
-    dense_cheap_rep: float
-    dense_cheap_shard: float
-    moe_rep: float
-    moe_shard: float
-    moe_cheap_rep: float
-    moe_cheap_shard: float
-    moe_selective_copy_rep: float = 0.0
-
-
-def block_activations(cfg: ModelConfig, *, precision: Precision = Precision.BF16,
-                      flash_attention: bool = True) -> BlockActivations:
-    """What ``ecdit_scale.model.dit.Block.forward`` saves for backward, per sample.
-
-    S image tokens, T text tokens, d width, F = mlp_hidden, h heads, a = activation bytes.
-    Self-attention: LN input, LN output (for modulate's scale gradient), modulated input
-    (q/k/v linear input), q (S d), k and v (S kv each: SDPA shares each KV head across its
-    query heads, ``model.layers.grouped_query_attention``, so nothing h-wide is kept), SDPA
-    output (= out-projection input) + fp32 log-sum-exp (h*S), out-projection output (gate
-    multiply): 4 S d replicated + 2 S d + 2 S kv sharded. Cross-attention: its input S d, q S d,
-    k/v T kv each, output S d (no gate: its projection output is not kept). Dense FFN: LN in/out,
-    modulated, fc1 output (GELU input) S F, GELU output S F, fc2 output (gate). MoE: the same
-    LN/modulate/gate tensors, router softmax S E (fp32), routing indices and gates per slot,
-    and per device after the all-to-all the expert input slots*d, hidden 2 slots*F, expert
-    output slots*d (kept for the combine weights); slots = f_c*S for expert choice, exactly
-    balanced across ranks.
-
-    Selective recompute (``model.recompute``) keeps the inputs and the matmul outputs of its
-    regions. Self-attention keeps the block input, q, k, v (kv_dim wide) and the out-projection
-    output: it drops the LN and modulate outputs (2 S d), the SDPA output and its log-sum-exp. A dense FFN keeps its input,
-    fc1 and fc2 outputs: it drops the LN and modulate outputs (2 S d) and GELU's (S F). An MoE
-    FFN drops the LN output (S d) and the experts' GELU output (slots F) and keeps the experts'
-    output once more (slots d). Cross-attention is not recomputed.
-    """
-    a = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
-    S, T, d, F = cfg.tokens_per_image, cfg.text_tokens, cfg.hidden_size, cfg.mlp_hidden
-    h, E = cfg.num_heads, cfg.ffn.num_experts
-    slots = expert_slots_per_image(cfg) if cfg.ffn.is_moe else 0.0
-    kv = cfg.kv_dim
-    scores = 0.0 if flash_attention else a * h * S * S
-    cross_scores = 0.0 if flash_attention else a * h * S * T
-    cross = cfg.has_cross_attention
-    return BlockActivations(
-        attn_rep=a * 4 * S * d,
-        attn_shard=a * (2 * S * d + 2 * S * kv) + FP32_BYTES * h * S + scores,
-        attn_cheap_rep=a * 2 * S * d,  # LN and modulate outputs
-        attn_cheap_shard=a * S * d + FP32_BYTES * h * S + scores,  # SDPA output, lse
-        cross_rep=a * S * d if cross else 0.0,
-        cross_shard=(a * (2 * S * d + 2 * T * kv) + FP32_BYTES * h * S + cross_scores) if cross else 0.0,
-        cross_cheap_shard=0.0,
-        dense_rep=a * 4 * S * d,
-        dense_shard=a * 2 * S * F,
-        dense_cheap_rep=a * 2 * S * d,  # LN and modulate outputs
-        dense_cheap_shard=a * S * F,  # GELU output
-        moe_rep=(a * (4 * S * d + 2 * slots * d) + FP32_BYTES * S * E
-                 + (INDEX_BYTES + FP32_BYTES) * slots) if slots else 0.0,
-        moe_shard=a * 2 * slots * F,
-        moe_cheap_rep=a * S * d if slots else 0.0,  # LN output
-        moe_cheap_shard=a * slots * F,  # the experts' GELU output
-        moe_selective_copy_rep=a * slots * d,
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ActivationBytes:
-    """Activation bytes per sample (multiply by the micro-batch) on one device."""
-
-    blocks: float  # all blocks (or, with full recompute, their inputs)
-    working_block: float  # full recompute: one block's activations while it is recomputed
-    outside_blocks: float  # embedders, caption MLP, final layer, loss, adaLN vectors
-
-    @property
-    def total(self) -> float:
-        return self.blocks + self.working_block + self.outside_blocks
-
-
-def activation_bytes_per_sample(cfg: ModelConfig, recompute: Recompute | str, *, tp: int = 1,
-                                precision: Precision = Precision.BF16,
-                                flash_attention: bool = True) -> ActivationBytes:
-    """Korthikanti et al. 2022 adapted to this block (see ``block_activations``).
-
-    none: everything every block saves. selective: keep what the matmuls make, rerun the rest
-    (LN, modulate, the self-attention core, GELU; see ``block_activations``).
-    full: keep each block's input (S d) only, plus one block's full set during its backward.
-    """
-    recompute = Recompute(recompute)
-    a = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
-    b = block_activations(cfg, precision=precision, flash_attention=flash_attention)
-    S, T, d = cfg.tokens_per_image, cfg.text_tokens, cfg.hidden_size
-    n_moe = cfg.num_moe_layers
-    n_dense = cfg.depth - n_moe
-
-    def per_block(moe: bool, drop_cheap: bool) -> float:
-        rep = b.attn_rep + b.cross_rep + (b.moe_rep if moe else b.dense_rep)
-        shard = b.attn_shard + b.cross_shard + (b.moe_shard if moe else b.dense_shard)
-        if drop_cheap:
-            rep -= b.attn_cheap_rep + (b.moe_cheap_rep - b.moe_selective_copy_rep if moe
-                                       else b.dense_cheap_rep)
-            shard -= b.attn_cheap_shard + b.cross_cheap_shard + (
-                b.moe_cheap_shard if moe else b.dense_cheap_shard)
-        return rep + shard / tp
-
-    p2c = cfg.patch_size**2 * cfg.out_channels
-    outside = (a * 3 * S * d  # final layer: LN in/out, modulated (linear input)
-               + 2 * FP32_BYTES * S * p2c  # fp32 prediction and target for the MSE loss
-               + a * 8 * d * (cfg.depth + 1))  # adaLN SiLU input + modulation vectors per block
-    if cfg.has_cross_attention:  # caption MLP: input, fc1 out, GELU out, text tokens (shared)
-        outside += a * T * (cfg.text_dim + 3 * d)
-    if recompute is Recompute.FULL:
-        working = max(per_block(True, False) if n_moe else 0.0,
-                      per_block(False, False) if n_dense else 0.0)
-        return ActivationBytes(blocks=a * S * d * cfg.depth, working_block=working,
-                               outside_blocks=outside)
-    drop = recompute is Recompute.SELECTIVE
-    blocks = n_moe * per_block(True, drop) + n_dense * per_block(False, drop)
-    return ActivationBytes(blocks=blocks, working_block=0.0, outside_blocks=outside)
-
-
-def moe_buffer_bytes_per_sample(cfg: ModelConfig, *, precision: Precision = Precision.BF16) -> float:
-    """Transient dispatch/all-to-all buffers of one MoE layer per sample: the gathered send
-    buffer and the combine receive buffer (slots x d each); the dispatched receive and combine
-    send tensors are saved activations, counted there."""
-    if not cfg.ffn.is_moe:
-        return 0.0
-    a = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
-    return 2.0 * a * expert_slots_per_image(cfg) * cfg.hidden_size
+    return ModelStateBytes(**{k: float(getattr(arrays, k)) for k in MODEL_STATE_PARTS})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,20 +228,21 @@ class MemoryBreakdown:
                 + self.master_weights)
 
     @functools.cached_property  # the fields are frozen: computed once per breakdown
-    def _peak(self) -> dict[str, Any]:
-        return peak_arrays({name: getattr(self, name) for name in self._PARTS}, self.grad_accum)
+    def _peak(self) -> Peak:
+        return peak_arrays(self, self.grad_accum)
 
-    forward_peak = property(lambda self: float(self._peak["forward_peak"]),
+    forward_peak = property(lambda self: float(self._peak.forward_peak),
                             doc="Bytes at the end of a micro-batch's forward (no allowance).")
-    backward_peak = property(lambda self: float(self._peak["backward_peak"]),
+    backward_peak = property(lambda self: float(self._peak.backward_peak),
                              doc="Bytes at the backward's end (no allowance).")
-    step_peak = property(lambda self: float(self._peak["step_peak"]),
+    step_peak = property(lambda self: float(self._peak.step_peak),
                          doc="Bytes at the optimizer step (no allowance).")
-    allocated = property(lambda self: float(self._peak["subtotal"]),
+    allocated = property(lambda self: float(self._peak.subtotal),
                          doc="What the CUDA allocator's peak counts: the peak, no allowance.")
-    total = property(lambda self: float(self._peak["total"]), doc="Peak + overhead.")
+    total = property(lambda self: float(self._peak.total), doc="Peak + overhead.")
     peak_phase = property(lambda self: max(
-        (("forward", self.forward_peak), ("backward", self.backward_peak), ("step", self.step_peak)),
+        (("forward", self.forward_peak), ("backward", self.backward_peak),
+         ("step", self.step_peak)),
         key=lambda kv: kv[1])[0])
 
     def to_dict(self) -> dict[str, Any]:
@@ -405,12 +257,49 @@ class MemoryBreakdown:
         return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class MemoryArrays:
+    """MemoryBreakdown's parts as arrays over layouts (``memory_arrays``), and their peak."""
+
+    params: Any
+    grads: Any
+    fp32_grads: Any
+    optimizer_states: Any
+    master_weights: Any
+    ema: Any
+    activations: Any
+    moe_buffers: Any
+    zero3_gather_buffer: Any
+    zero_buckets: Any
+    grad_buffers: Any
+    optimizer_temps: Any
+    grad_accum: Any = 1
+
+    @functools.cached_property  # frozen: computed once (``dataclasses.replace`` starts afresh)
+    def peak(self) -> Peak:
+        return peak_arrays(self, self.grad_accum)
+
+    overhead = property(lambda self: self.peak.overhead, doc="The allowance on the peak.")
+    total = property(lambda self: self.peak.total, doc="Peak + overhead.")
+
+    def at(self, i: int, shape: tuple[int, ...]) -> MemoryBreakdown:
+        """Layout ``i`` of arrays over layouts of ``shape``."""
+
+        def one(x: Any) -> float:
+            return float(np.broadcast_to(x, shape)[i])
+
+        parts = {name: one(getattr(self, name)) for name in MemoryBreakdown._PARTS
+                 if name != "overhead"}
+        return MemoryBreakdown(**parts, overhead=one(self.overhead),
+                               grad_accum=int(np.broadcast_to(self.grad_accum, shape)[i]))
+
+
 def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample: float, *,
                   dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
                   optimizer: Optimizer, precision: Precision,
                   ema: EMA | str = EMA.NONE, grad_accum: Any = 1,
-                  fused: bool = True, compiled: bool = True) -> dict[str, Any]:
-    """Every MemoryBreakdown field (and ``total``) as arrays over layouts.
+                  fused: bool = True, compiled: bool = True) -> MemoryArrays:
+    """Every MemoryBreakdown part as arrays over layouts, and their peak.
 
     ``act_per_sample``: activation bytes per sample for each layout's (recompute, tp).
     ``fused``: the trainer's update kernel where torch has one (CUDA); foreach otherwise.
@@ -422,26 +311,25 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
     states = _model_state_arrays(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero,
                                  optimizer=optimizer, precision=precision)
     w = BF16_BYTES if Precision(precision) in HALF_PRECISIONS else FP32_BYTES
-    out = dict(states)
-    out["ema"] = ema_bytes(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero, ema=ema)
-    out["activations"] = mb * np.asarray(act_per_sample)
-    # + eager: the stacked local expert weights, saved for the backward (compiled: recomputed)
-    out["moe_buffers"] = mb * moe_buffer_per_sample + (0.0 if compiled else w) * expert + 0.0 * dp
-    out["zero3_gather_buffer"] = np.where(
-        zero >= ZERO_PARTITIONS_PARAMETERS, ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp), 0.0)
     moe = split.experts > 0
-    out["zero_buckets"] = zero_bucket_bytes(dp=dp, zero=zero, w=w, moe=moe)
-    out["grad_buffers"] = grad_buffer_bytes(non_expert, expert, dp=dp, zero=zero, w=w, moe=moe)
     largest_group = np.maximum(_part(non_expert, dp, zero, ZERO_PARTITIONS_OPTIMIZER),
                                _part(expert, dp // ep, zero, ZERO_PARTITIONS_OPTIMIZER))
-    out["optimizer_temps"] = optimizer_temp_bytes(
-        largest_group, states["grads"], zero=zero, optimizer=optimizer, fused=fused,
-        # torch steps a param group at a time (shared, experts); bf16 without contiguous
-        # gradients (dense, one rank) flattens to bf16 before the fp32 cast
-        flat_copy=np.where((dp == 1) & (not moe) & (w == BF16_BYTES), states["grads"], 0.0))
-    peak = peak_arrays(out, grad_accum)
-    out["overhead"], out["total"] = peak["overhead"], peak["total"]
-    return out
+    gathered_layers = ZERO3_LIVE_LAYERS * w * split.largest_layer_per_device(ep, tp)
+    return MemoryArrays(
+        **{k: getattr(states, k) for k in MODEL_STATE_PARTS},
+        ema=ema_bytes(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero, ema=ema),
+        activations=mb * np.asarray(act_per_sample),
+        # + eager: the stacked local expert weights, saved for the backward (compiled: recomputed)
+        moe_buffers=mb * moe_buffer_per_sample + (0.0 if compiled else w) * expert + 0.0 * dp,
+        zero3_gather_buffer=np.where(zero >= ZERO_PARTITIONS_PARAMETERS, gathered_layers, 0.0),
+        zero_buckets=zero_bucket_bytes(dp=dp, zero=zero, w=w, moe=moe),
+        grad_buffers=grad_buffer_bytes(non_expert, expert, dp=dp, zero=zero, w=w, moe=moe),
+        optimizer_temps=optimizer_temp_bytes(
+            largest_group, states.grads, zero=zero, optimizer=optimizer, fused=fused,
+            # torch steps a param group at a time (shared, experts); bf16 without contiguous
+            # gradients (dense, one rank) flattens to bf16 before the fp32 cast
+            flat_copy=np.where((dp == 1) & (not moe) & (w == BF16_BYTES), states.grads, 0.0)),
+        grad_accum=grad_accum)
 
 
 def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
@@ -460,5 +348,4 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                            micro_batch=layout.micro_batch, optimizer=training.optimizer,
                            precision=training.precision, ema=training.ema, grad_accum=ga,
                            fused=fused, compiled=compiled)
-    return MemoryBreakdown(**{f.name: float(arrays[f.name]) for f in fields(MemoryBreakdown)
-                              if f.name not in ("assumptions", "grad_accum")}, grad_accum=ga)
+    return arrays.at(0, (1,))

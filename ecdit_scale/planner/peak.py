@@ -8,6 +8,7 @@ Measured phase by phase on CPU through DeepSpeed's own code paths (``bench/step_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,26 +30,38 @@ STEP_PARTS = ("grads", "fp32_grads", "optimizer_temps")
 ACCUMULATED_PARTS = ("grads", "fp32_grads")  # held between micro-batches with accumulation
 
 
-def peak_arrays(parts: dict[str, Any], grad_accum: Any = 1) -> dict[str, Any]:
-    """Peak bytes from the parts (numbers or arrays over layouts): ``forward_peak`` at the end
-    of a micro-batch's forward, ``backward_peak`` at its end, ``step_peak`` at the optimizer
-    step, ``subtotal`` the largest, ``overhead`` the stated allowance on it and ``total``.
+@dataclass(frozen=True)
+class Peak:
+    """Bytes per device at each point of a step where memory peaks (numbers, or arrays over
+    layouts), the largest, the stated allowance on it and the total."""
+
+    forward_peak: Any  # the end of a micro-batch's forward
+    backward_peak: Any  # the end of its backward
+    step_peak: Any  # the optimizer step
+    subtotal: Any  # the largest of the three
+    overhead: Any  # the allowance: fragmentation and the CUDA context
+    total: Any
+
+
+def peak_arrays(parts: Any, grad_accum: Any = 1) -> Peak:
+    """The Peak of ``parts`` (an object with the parts as attributes, numbers or arrays over
+    layouts: a MemoryBreakdown or a MemoryArrays).
 
     DeepSpeed 0.19.8 makes no gradient before the backward (bf16 gradients go into the buckets
     and are freed; the fp32 partition lives from the backward to the step). On an H200
     (bench/results/h200-2026-11-26) ecdit-xl at micro-batch 32 peaks at the forward's end
     (20.2 GiB; this reading 21.1), an 8-block ecdit-xl-32e at the step (29.4; 28.5). With
     accumulation the earlier micro-batches' gradients are held through the later forwards."""
-    persistent = sum(parts[k] for k in PERSISTENT_PARTS)
-    step = sum(parts[k] for k in STEP_PARTS)
-    held = sum(parts[k] for k in ACCUMULATED_PARTS)
-    forward = sum(parts[k] for k in FORWARD_PARTS) + np.where(np.asarray(grad_accum) > 1,
-                                                               held, 0.0)
-    backward = sum(parts[k] for k in BACKWARD_PARTS)
-    out = {"forward_peak": persistent + forward, "backward_peak": persistent + backward,
-           "step_peak": persistent + step}
-    out["subtotal"] = np.maximum(np.maximum(out["forward_peak"], out["backward_peak"]),
-                                 out["step_peak"])
-    out["overhead"] = FRAGMENTATION * out["subtotal"] + CONTEXT_BYTES
-    out["total"] = out["subtotal"] + out["overhead"]
-    return out
+
+    def alive(names: tuple[str, ...]) -> Any:
+        return sum(getattr(parts, name) for name in names)
+
+    persistent = alive(PERSISTENT_PARTS)
+    held = np.where(np.asarray(grad_accum) > 1, alive(ACCUMULATED_PARTS), 0.0)
+    forward_peak = persistent + alive(FORWARD_PARTS) + held
+    backward_peak = persistent + alive(BACKWARD_PARTS)
+    step_peak = persistent + alive(STEP_PARTS)
+    subtotal = np.maximum(np.maximum(forward_peak, backward_peak), step_peak)
+    overhead = FRAGMENTATION * subtotal + CONTEXT_BYTES
+    return Peak(forward_peak=forward_peak, backward_peak=backward_peak, step_peak=step_peak,
+                subtotal=subtotal, overhead=overhead, total=subtotal + overhead)

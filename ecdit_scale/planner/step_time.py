@@ -24,6 +24,7 @@ from ..config import (
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
 from .derivations import assumptions
+from .memory import MemoryArrays
 from .operators import param_tensor_count
 
 OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
@@ -31,7 +32,26 @@ OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group 
 OVERLAP_RULES = assumptions("Overlap")
 COMPUTE_ASSUMPTIONS = assumptions("Compute") + assumptions("Optimizer and EMA")
 
-PROFILED_FIELDS = ("gemm_s", "attention_s", "memory_bound_s", "launch_s", "engine_s", "kernels")
+
+
+@dataclass(frozen=True)
+class ProfiledCompute:
+    """A step's compute by operator class, from a measured or derived profile (arrays over
+    layouts): the classes of forward + backward + recompute, and the overheads added to them."""
+
+    gemm_s: Any
+    attention_s: Any
+    memory_bound_s: Any
+    launch_s: Any  # kernel launches the device time does not hide
+    engine_s: Any  # autograd and DeepSpeed's engine, per tensor and per local parameter
+    kernels: Any  # kernel launches per step
+
+    @property
+    def overheads_s(self) -> Any:
+        return self.launch_s + self.engine_s
+
+
+PROFILED_FIELDS = tuple(f.name for f in fields(ProfiledCompute))
 
 # terms with exposed and hidden parts (name -> StepTime field of the raw seconds)
 COMM_TERMS = ("a2a", "tp", "grad_reduce", "param_allgather", "zero3_gather")
@@ -140,7 +160,7 @@ class _Compute:
     recompute_s: Any
     micro_forward_s: Any  # one micro-batch's forward
     micro_backward_s: Any  # one micro-batch's backward (with its recompute)
-    profiled: dict[str, Any]  # StepTime's profiled-only fields; empty on the datasheet path
+    profiled: ProfiledCompute | None  # None on the datasheet path
 
 
 def _datasheet_compute(*, forward_flops: float, backward_flops: float, recompute_flops: Any,
@@ -157,47 +177,44 @@ def _datasheet_compute(*, forward_flops: float, backward_flops: float, recompute
         recompute_s=recompute_flops * images_per_device / flops_per_s + zeros,
         micro_forward_s=forward_flops * micro_images / flops_per_s,
         micro_backward_s=(backward_flops + recompute_flops) * micro_images / flops_per_s,
-        profiled={})
+        profiled=None)
 
 
-def _profiled_compute(*, cfg: Any, acc: Any, mem: dict[str, Any], tp: Any, ep: Any, zero: Any,
+def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, tp: Any, ep: Any, zero: Any,
                       micro_batch: Any, grad_accum: Any, recompute_code: Any,
                       precision: Precision, zeros: Any) -> _Compute:
     """Operator classes from the measured profile (``compute.py``), plus launch and engine."""
     prof = acc.profile
-    ops = micro_batch_arrays(cfg, acc, micro_batch=micro_batch, tp=tp,
-                             recompute_code=recompute_code, precision=precision, ep=ep)
-    phases = ("forward", "backward", "recompute")
-    classes = {"gemm_s": "gemm_s", "attention_s": "attention_s", "memory_bound_s": "memory_s"}
-    per_phase = {ph: sum(ops[f"{ph}_{key}"] for key in classes.values()) for ph in phases}
-    micro_forward_s = per_phase["forward"]
-    micro_backward_s = per_phase["backward"] + per_phase["recompute"]
-    kernels = sum(ops[f"{ph}_kernels"] for ph in phases)
+    cost = micro_batch_arrays(cfg, acc, micro_batch=micro_batch, tp=tp,
+                              recompute_code=recompute_code, precision=precision, ep=ep)
+    micro_forward_s = cost.forward.device_s
+    micro_backward_s = cost.backward.device_s + cost.recompute.device_s
+    kernels = cost.total.kernels
     launch_s = kernels * (prof.launch_s or 0.0)
     if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
         launch_s = np.maximum(0.0, launch_s - (micro_forward_s + micro_backward_s))
     tensors = param_tensor_count(cfg)
     autograd_s = (prof.engine_s_per_param_tensor or 0.0) * tensors
     # DeepSpeed's engine per step at the layout's stage: per tensor and per local parameter
-    local_params = mem["params"] / dtype_bytes(precision)
+    local_params = mem.params / dtype_bytes(precision)
     deepspeed_s = zeros + 0.0 * np.asarray(zero)
     for stage in set(prof.deepspeed_engine_s) | set(prof.deepspeed_engine_s_per_param):
         stage_s = (prof.deepspeed_engine_s.get(stage, 0.0) * tensors
                    + prof.deepspeed_engine_s_per_param.get(stage, 0.0) * local_params)
         deepspeed_s = deepspeed_s + np.where(np.asarray(zero) == stage, stage_s, 0.0)
     ga = np.asarray(grad_accum)
-    profiled = {name: ga * sum(ops[f"{ph}_{key}"] for ph in phases)
-                for name, key in classes.items()}
-    profiled.update(launch_s=ga * launch_s, engine_s=ga * autograd_s + deepspeed_s,
-                    kernels=ga * kernels)
-    return _Compute(forward_s=ga * per_phase["forward"] + zeros,
-                    backward_s=ga * per_phase["backward"] + zeros,
-                    recompute_s=ga * per_phase["recompute"] + zeros,
+    step = cost.total
+    profiled = ProfiledCompute(gemm_s=ga * step.gemm_s, attention_s=ga * step.attention_s,
+                               memory_bound_s=ga * step.memory_s, launch_s=ga * launch_s,
+                               engine_s=ga * autograd_s + deepspeed_s, kernels=ga * kernels)
+    return _Compute(forward_s=ga * cost.forward.device_s + zeros,
+                    backward_s=ga * cost.backward.device_s + zeros,
+                    recompute_s=ga * cost.recompute.device_s + zeros,
                     micro_forward_s=micro_forward_s, micro_backward_s=micro_backward_s,
                     profiled=profiled)
 
 
-def optimizer_bytes(mem: dict[str, Any], precision: Precision) -> Any:
+def optimizer_bytes(mem: MemoryArrays, precision: Precision) -> Any:
     """Bytes the optimizer step and the EMA update move per device (``DERIVATIONS.md``,
     "Optimizer and EMA"): read + write the states (and bf16's fp32 master weights), read the
     fp32 gradients, write the bf16 weights of the partition it updates (DeepSpeed copies the
@@ -205,15 +222,15 @@ def optimizer_bytes(mem: dict[str, Any], precision: Precision) -> Any:
     weights (DeepSpeed's fp32 partition is priced through the params). The EMA update reads
     and writes the fp32 EMA and reads the weights it averages, at their own width."""
     bf16 = Precision(precision) in HALF_PRECISIONS  # fp16 (AMP) keeps fp32 masters too
-    states_bytes = 2 * (mem["optimizer_states"] + (mem["master_weights"] if bf16 else 0.0))
-    grads_bytes = mem["fp32_grads"] if bf16 else 0.0
-    weights_bytes = mem["master_weights"] / 2 if bf16 else 2 * mem["params"]
-    ema_bytes = (2 + (0.5 if bf16 else 1.0)) * mem["ema"]
+    states_bytes = 2 * (mem.optimizer_states + (mem.master_weights if bf16 else 0.0))
+    grads_bytes = mem.fp32_grads if bf16 else 0.0
+    weights_bytes = mem.master_weights / 2 if bf16 else 2 * mem.params
+    ema_bytes = (2 + (0.5 if bf16 else 1.0)) * mem.ema
     return states_bytes + grads_bytes + weights_bytes + ema_bytes
 
 
 def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_flops: Any,
-                     model_flops: float, com: Any, mem: dict[str, Any], acc: Any,
+                     model_flops: float, com: Any, mem: MemoryArrays, acc: Any,
                      depth: int, world: int, global_batch: int, tp: Any, zero: Any,
                      micro_batch: Any, grad_accum: Any, recompute_code: Any,
                      precision: Precision, cfg: Any = None, ep: Any = 1) -> StepTime:
@@ -247,7 +264,8 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
     backward_exposed_s = pipeline_exposed(backward_comm_s, compute.micro_backward_s,
                                           backward_stages)
     reduce_share = np.where(backward_comm_s > 0,
-                            reduce_per_micro_s / np.where(backward_comm_s > 0, backward_comm_s, 1.0),
+                            reduce_per_micro_s
+                            / np.where(backward_comm_s > 0, backward_comm_s, 1.0),
                             0.0)
     reductions = np.where(zero2, ga, 1)  # ZeRO-2/3 reduce in every backward, ZeRO-1 in the last
     grad_exposed_s = np.where(zero0, com.grad_reduce_s,
@@ -267,7 +285,8 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
 
     exposed_comm_s = (com.a2a_s + com.tp_s + grad_exposed_s + com.param_allgather_s
                       + zero3_exposed_s)
-    overheads_s = compute.profiled.get("launch_s", 0.0) + compute.profiled.get("engine_s", 0.0)
+    profiled = compute.profiled
+    overheads_s = profiled.overheads_s if profiled is not None else 0.0
     total_s = (compute.forward_s + compute.backward_s + compute.recompute_s + exposed_comm_s
                + optimizer_s + overheads_s)
     mfu = model_flops * global_batch / (world * acc.peak_bf16_flops * total_s)
@@ -280,4 +299,5 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         param_allgather_exposed_s=com.param_allgather_s,
         zero3_gather_s=com.zero3_gather_s, zero3_gather_exposed_s=zero3_exposed_s + zeros,
         optimizer_s=optimizer_s + zeros, total_s=total_s + zeros, mfu=mfu + zeros,
-        images_per_s=global_batch / total_s + zeros, **compute.profiled)
+        images_per_s=global_batch / total_s + zeros,
+        **({f: getattr(profiled, f) for f in PROFILED_FIELDS} if profiled is not None else {}))
