@@ -133,7 +133,8 @@ def _build_registry() -> dict[str, ModelConfig]:
     for size in CPU_SIZES:
         reg.append(_cpu(size, FFNConfig(), "CPU ladder, dense baseline."))
         for e in CPU_EXPERTS:
-            reg.append(_cpu(size, expert_choice(e), f"CPU ladder, expert choice f_c=2, {e} experts."))
+            reg.append(_cpu(size, expert_choice(e),
+                            f"CPU ladder, expert choice f_c=2, {e} experts."))
             reg.append(_cpu(size, token_choice(e), f"CPU ladder, GShard top-2 twin, {e} experts."))
     for size in DIT_SIZES:
         for patch in (2, 4, 8):

@@ -149,7 +149,8 @@ def _claim_folder(out: Path, settings: dict) -> None:
         try:
             old = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"--out {out}: {SETTINGS_FILE} is damaged; choose a new folder") from None
+            raise DataError(f"--out {out}: {SETTINGS_FILE} is damaged; "
+                            "choose a new folder") from None
         diff = _differences(old, settings)
         if diff:
             raise DataError(f"--out {out}: holds a preparation with other settings ({diff[0]}"

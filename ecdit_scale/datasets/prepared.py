@@ -67,7 +67,8 @@ class PreparedData:
         digest = hashlib.sha256((self.root / MANIFEST_FILE).read_bytes()).hexdigest()
         return {"dir": str(self.root), "manifest_sha256": digest,
                 "source": m["source"]["spec"], "items": self.items,
-                "inputs": m["inputs"], "text_encoder": {k: m["text"][k] for k in ("name", "sha256")},
+                "inputs": m["inputs"],
+                "text_encoder": {k: m["text"][k] for k in ("name", "sha256")},
                 "vae": None if m["vae"] is None else {k: m["vae"][k] for k in ("name", "sha256")}}
 
 
@@ -85,7 +86,8 @@ def open_prepared(path: str | Path) -> PreparedData:
     try:
         manifest = json.loads(mf.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"--data {path}: manifest.json is damaged; prepare the folder again") from None
+        raise DataError(f"--data {path}: manifest.json is damaged; "
+                        "prepare the folder again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"--data {path}: manifest.json is not of format {FORMAT!r}")
     if manifest["counts"]["prepared"] < 2:

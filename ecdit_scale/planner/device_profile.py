@@ -56,7 +56,8 @@ def _num(where: str, value: Any, *, positive: bool = True) -> float:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or (value <= 0 if positive else value < 0):
-        raise ConfigError(f"{where} = {short(value)}: must be a {'positive' if positive else 'non-negative'} number")
+        raise ConfigError(f"{where} = {short(value)}: must be a "
+                          f"{'positive' if positive else 'non-negative'} number")
     return float(value)
 
 
@@ -145,7 +146,8 @@ class DeviceProfile:
     def _gemm_grid(self) -> tuple[list[np.ndarray], np.ndarray]:
         """log2 axes and log rates of the GEMM grid, computed once (a plan prices ~1,000
         inventories against it)."""
-        axes = [np.log2(np.asarray(a, dtype=float)) for a in (self.gemm_m, self.gemm_n, self.gemm_k)]
+        axes = [np.log2(np.asarray(a, dtype=float))
+                for a in (self.gemm_m, self.gemm_n, self.gemm_k)]
         grid = np.log(np.asarray(self.gemm_flops_per_s, dtype=float)).reshape(
             [len(a) for a in axes])
         return axes, grid
@@ -222,7 +224,8 @@ class DeviceProfile:
         if self.engine_s_per_param_tensor is not None:
             out["engine_s_per_param_tensor"] = self.engine_s_per_param_tensor
         if self.deepspeed_engine_s:
-            out["deepspeed_engine"] = {int(k): v for k, v in sorted(self.deepspeed_engine_s.items())}
+            out["deepspeed_engine"] = {int(k): v
+                                       for k, v in sorted(self.deepspeed_engine_s.items())}
         if self.deepspeed_engine_s_per_param:
             out["deepspeed_engine_per_param"] = {
                 int(k): v for k, v in sorted(self.deepspeed_engine_s_per_param.items())}
@@ -258,7 +261,8 @@ class DeviceProfile:
             rates = _nums(f"{where}.gemm.flops_per_s", gemm.get("flops_per_s"))
             if len(rates) != len(axes[0]) * len(axes[1]) * len(axes[2]):
                 raise ConfigError(f"{where}.gemm.flops_per_s has {len(rates)} entries; the "
-                                  f"m x n x k grid needs {len(axes[0]) * len(axes[1]) * len(axes[2])}")
+                                  "m x n x k grid needs "
+                                  f"{len(axes[0]) * len(axes[1]) * len(axes[2])}")
             for name, ax in zip("mnk", axes):
                 if list(ax) != sorted(set(ax)):
                     raise ConfigError(f"{where}.gemm.{name} must be strictly increasing")
@@ -320,7 +324,8 @@ class DeviceProfile:
                                                           positive=False))
             kw["links"] = links
             n = coll.get("nproc")
-            kw["collective_nproc"] = int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+            kw["collective_nproc"] = (int(n) if isinstance(n, int) and not isinstance(n, bool)
+                                      else None)
             kw["collective_backend"] = str(coll.get("backend")) if coll.get("backend") else None
         kw["provenance"] = _mapping(data.get("provenance"), f"{where}.provenance")
         return cls(**kw)

@@ -173,7 +173,8 @@ def figure_compute_optimal(df, fit, figures_dir) -> FigureBlock:
     ax_n.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="N_opt (active params)")
     ax_d.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="D_opt (tokens)")
     ax_n.legend(fontsize=8)
-    fig.suptitle("Compute-optimal frontier from the Chinchilla fit over the runs' range (dots: runs)")
+    fig.suptitle("Compute-optimal frontier from the Chinchilla fit over the runs' range "
+                 "(dots: runs)")
     fig.tight_layout()
     return _save(fig, figures_dir, "compute_optimal", "Compute-optimal parameters and tokens "
                  "against compute")

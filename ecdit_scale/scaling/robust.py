@@ -284,6 +284,6 @@ def check_loss_varies(loss, *, what: str) -> None:
     log_loss = np.log(np.asarray(loss, dtype=float))
     spread = float(log_loss.max() - log_loss.min())
     if spread < MIN_LOG_LOSS_SPREAD:
-        raise FitError(f"{what}: the loss is {float(np.exp(log_loss[0])):.6g} in all {len(log_loss)} "
-                       f"runs (spread {spread:.1g} in log); a law needs losses that change with "
-                       "compute, so its constants cannot be identified")
+        raise FitError(f"{what}: the loss is {float(np.exp(log_loss[0])):.6g} in all "
+                       f"{len(log_loss)} runs (spread {spread:.1g} in log); a law needs losses "
+                       "that change with compute, so its constants cannot be identified")
