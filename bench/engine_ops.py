@@ -3,9 +3,9 @@
 in bf16 (DeepSpeed 0.19.8's CPU accelerator accepts bf16, so the GPU's bf16 ZeRO path runs
 here too), world 1. One step is profiled (``torch.profiler``) and its aten
 compute ops (``train.step_profile.summarize``'s definition: leaf ops other than views and
-metadata) are counted; in one more step ``train.step_profile.ops_by_source`` attributes each dispatched
-op to the innermost DeepSpeed / torch.optim frame that called it; the rest is the model's
-forward and backward. On CPU a foreach op is one dispatched op but a loop of per-tensor ops
+metadata) are counted; in one more step ``train.step_profile.ops_by_source`` attributes each
+dispatched op to the innermost DeepSpeed / torch.optim frame that called it; the rest is the
+model's forward and backward. On CPU a foreach op is one dispatched op but a loop of per-tensor ops
 under the profiler; on CUDA it is one kernel per chunk of tensors.
 
     python bench/engine_ops.py                       # nano-dense, every stage, both precisions

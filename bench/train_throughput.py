@@ -534,7 +534,8 @@ def run_all(points: list[Point], args, cache: Path | None) -> None:
     for name, c in doc["checks"].items():
         ratio = (f"eager/compiled step time {c['eager_over_compiled_step_s']:.2f}x"
                  if "eager_over_compiled_step_s" in c else
-                 f"DeepSpeed defaults / lean engine step time {c['defaults_over_lean_step_s']:.2f}x")
+                 f"DeepSpeed defaults / lean engine step time "
+                 f"{c['defaults_over_lean_step_s']:.2f}x")
         print(f"{name}: {ratio}; same loss (rtol {c['loss_rtol']}): {c['same_loss']}")
     print(f"wrote {path} ({doc['wall_s']:.0f} s)")
     if not any("error" not in r for r in doc["points"]):

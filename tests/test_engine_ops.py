@@ -128,8 +128,8 @@ def engines(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-zero{c[1]}-{c[2]}")
 def test_trainer_engine_trains_the_same_as_deepspeed_defaults(engines, case):
     """Bitwise on CPU: the settings and the foreach norm change how, not what, is computed
-    (clipping included: the global norm is the same number, and it clips). A checkpoint of the trainer's
-    engine resumes to the same next loss and weights (optimizer state included)."""
+    (clipping included: the global norm is the same number, and it clips). A checkpoint of the
+    trainer's engine resumes to the same next loss and weights (optimizer state included)."""
     ours, theirs = engines[(case, "trainer")], engines[(case, "deepspeed defaults")]
     assert ours["patched"]
     assert ours["losses"] == theirs["losses"]

@@ -112,7 +112,8 @@ def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, 
     # each resume goes on from the newest complete checkpoint the stop before it left
     assert term["checkpoint"] is not None and term["checkpoint"] >= EVERY, term
     assert intr["result"]["status"] == "interrupted"
-    assert intr["result"]["resumed_from"] == term["checkpoint"], (intr["result"], term["checkpoint"])
+    assert intr["result"]["resumed_from"] == term["checkpoint"], (intr["result"],
+                                                                  term["checkpoint"])
     assert intr["ranks_left"] == 0 and intr["summary"]["returncode"] == 130
     assert "--resume" in intr["stderr"].splitlines()[-1]
 

@@ -102,7 +102,8 @@ def test_all_to_all_reruns_only_under_full_recompute(policy, passes):
     for layer in layers:
         layer.exchange = CountingExchange()
     model.zero_grad(set_to_none=True)
-    parts = rectified_flow_loss(model, *_inputs(cfg)[:2], generator=torch.Generator().manual_seed(5))
+    parts = rectified_flow_loss(model, *_inputs(cfg)[:2],
+                                generator=torch.Generator().manual_seed(5))
     stats = model.routing_stats()
     parts.loss.backward()
     assert all(a is b for a, b in zip(model.routing_stats(), stats))

@@ -362,7 +362,8 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
 def test_fit_run_table_reports_progress_in_order():
     calls = []
     df = run_table(n_per_kind=4)
-    fit_run_table(df, n_boot=2, progress=lambda what, done, total: calls.append((what, done, total)))
+    fit_run_table(df, n_boot=2,
+                  progress=lambda what, done, total: calls.append((what, done, total)))
     total = calls[0][2]
     assert [c[1] for c in calls] == list(range(total)) + [total]
     assert calls[-1][0] == "done" and calls[0][0] == "L(C) for dense"

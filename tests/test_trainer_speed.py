@@ -219,7 +219,8 @@ def test_step_statistics_accumulate_on_the_device_and_reduce_once():
     assert out["dropped"] == dropped > 0
     assert out["peak_bytes"] is None and not out["memory_tracked"]
     L = cfg.num_moe_layers
-    assert len(out["tokens_per_expert"]) == L and len(out["experts_per_token"]["per_layer_mean"]) == L
+    assert len(out["tokens_per_expert"]) == L
+    assert len(out["experts_per_token"]["per_layer_mean"]) == L
 
 
 @pytest.mark.gpu
