@@ -308,7 +308,8 @@ def _version(mod: str) -> str | None:
 def _compare(a: dict, b: dict, device: str) -> dict:
     """b's step time over a's, both kernel counts, and whether the first losses agree."""
     k = min(3, len(a["losses"]), len(b["losses"]))
-    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a["losses"][:k], b["losses"][:k])]
+    rel = [abs(x - y) / max(abs(y), 1e-12)
+           for x, y in zip(a["losses"][:k], b["losses"][:k], strict=True)]
     return {"step_s_ratio": b["step_s"]["median"] / a["step_s"]["median"],
             "kernels": [(a.get("profile") or {}).get("kernels"),
                         (b.get("profile") or {}).get("kernels")],

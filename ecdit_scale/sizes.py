@@ -253,7 +253,9 @@ def depth_for_width(d: int) -> int:
     x = math.log(d)
     if x <= xs[0]:
         return DEPTH_ANCHORS[0][1]
-    for (x0, (_, y0)), (x1, (_, y1)) in zip(zip(xs, DEPTH_ANCHORS), zip(xs[1:], DEPTH_ANCHORS[1:])):
+    for (x0, (_, y0)), (x1, (_, y1)) in zip(zip(xs, DEPTH_ANCHORS, strict=True),
+                                            zip(xs[1:], DEPTH_ANCHORS[1:], strict=True),
+                                            strict=False):
         if x <= x1:
             return max(2, round(y0 + (y1 - y0) * (x - x0) / (x1 - x0)))
     return DEPTH_ANCHORS[-1][1]

@@ -309,8 +309,8 @@ def test_shared_exponent_fit_recovers_a_known_multiplier():
     for kind, mult in (("dense", 1.0), ("token-choice", 1.25), ("expert-choice", 2.0)):
         # kind k at compute C behaves like dense at mult * C: A_k = A_dense * mult^-alpha
         loss = E + 900.0 * (mult * C) ** -alpha * np.exp(rng.normal(0, 0.003, len(C)))
-        rows += [(c, l, kind) for c, l in zip(C, loss)]
-    c, l, k = map(np.array, zip(*rows))
+        rows += [(c, l, kind) for c, l in zip(C, loss, strict=True)]
+    c, l, k = map(np.array, zip(*rows, strict=True))
     fit = fit_shared_power_law(c, l, k, n_boot=60, seed=0)
     m = fit.multiplier("expert-choice", "dense")
     assert m.value == pytest.approx(2.0, rel=0.05)
@@ -345,8 +345,8 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
     batched = bootstrap_terms(logx_TN, log_loss_N, resample_weights(idx, 12), theta)
     assert len(batched) == len(idx)
     lower, upper = terms_bounds(1)
-    bounds = list(zip([None, None, lower[2]], [None, None, upper[2]]))
-    for theta_b, rows in zip(batched, idx):
+    bounds = list(zip([None, None, lower[2]], [None, None, upper[2]], strict=True))
+    for theta_b, rows in zip(batched, idx, strict=True):
         x, y = logx_TN[:, rows][None], log_loss_N[rows][None]
 
         def one(t):

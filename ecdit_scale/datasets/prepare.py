@@ -208,7 +208,7 @@ def _encode_shard(batch: list[tuple[int, Item]], req: PrepareRequest, vae, text,
     items = [item for _, item in batch]
     decoded = (pool.map(_decode, items, [req.resolution] * len(items)) if pool is not None
                else (_decode(item, req.resolution) for item in items))
-    for item, result in zip(items, decoded):
+    for item, result in zip(items, decoded, strict=True):
         tick()
         if isinstance(result, str):
             skipped.append([item.key, result])

@@ -169,7 +169,7 @@ def _pad_rows(rows_LD: np.ndarray, lengths_N: np.ndarray, text_tokens: int) -> n
     ``text_tokens`` rows."""
     out = np.zeros((len(lengths_N), text_tokens, rows_LD.shape[1]), np.float32)
     starts = np.concatenate([[0], np.cumsum(lengths_N)[:-1]]).astype(np.int64)
-    for i, (s, n) in enumerate(zip(starts, lengths_N)):
+    for i, (s, n) in enumerate(zip(starts, lengths_N, strict=False)):
         k = min(int(n), text_tokens)
         out[i, :k] = rows_LD[s:s + k]
     return out

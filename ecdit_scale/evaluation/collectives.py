@@ -114,7 +114,7 @@ def measure_collectives(s: Any) -> dict[str, Any]:
             raise ConfigError(f"--nproc {s.nproc}: the collective benchmark did not finish in "
                               f"{COLLECTIVE_TIMEOUT_S} s") from None
         if any(p.returncode for p in procs) or not os.path.isfile(out):
-            tail = next((log.strip().splitlines()[-1] for p, log in zip(procs, logs)
+            tail = next((log.strip().splitlines()[-1] for p, log in zip(procs, logs, strict=True)
                          if p.returncode and log.strip()), "no output")
             raise ConfigError(f"--nproc {s.nproc}: the collective benchmark failed ({tail})")
         raw = json.loads(Path(out).read_text())

@@ -157,11 +157,11 @@ class DeviceProfile:
         the same shapes for many layouts (a pure cache; the profile's numbers never change)."""
         cache = self.__dict__.setdefault("_gemm_rate_cache", {})
         keys = list(zip(np.asarray(m, dtype=float).tolist(), np.asarray(n, dtype=float).tolist(),
-                        np.asarray(k, dtype=float).tolist()))
+                        np.asarray(k, dtype=float).tolist(), strict=True))
         miss = [key for key in dict.fromkeys(keys) if key not in cache]
         if miss:
-            cols = [np.array(c) for c in zip(*miss)]
-            cache.update(zip(miss, self.gemm_rate(*cols).tolist()))
+            cols = [np.array(c) for c in zip(*miss, strict=True)]
+            cache.update(zip(miss, self.gemm_rate(*cols).tolist(), strict=True))
         return np.array([cache[key] for key in keys])
 
     def gemm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
@@ -170,7 +170,7 @@ class DeviceProfile:
         q = [np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k)]
         q = np.broadcast_arrays(*q)
         lo, w = [], []
-        for ax, v in zip(axes, q):
+        for ax, v in zip(axes, q, strict=True):
             if len(ax) == 1:
                 lo.append(np.zeros(v.shape, dtype=int))
                 w.append(np.zeros(v.shape))
@@ -263,7 +263,7 @@ class DeviceProfile:
                 raise ConfigError(f"{where}.gemm.flops_per_s has {len(rates)} entries; the "
                                   "m x n x k grid needs "
                                   f"{len(axes[0]) * len(axes[1]) * len(axes[2])}")
-            for name, ax in zip("mnk", axes):
+            for name, ax in zip("mnk", axes, strict=True):
                 if list(ax) != sorted(set(ax)):
                     raise ConfigError(f"{where}.gemm.{name} must be strictly increasing")
             kw.update(gemm_m=axes[0], gemm_n=axes[1], gemm_k=axes[2], gemm_flops_per_s=rates)

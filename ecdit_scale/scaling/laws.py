@@ -220,7 +220,8 @@ def compute_multiplier(fit: PowerLawFit, baseline: PowerLawFit, *, kind: str = "
     ref = math.nan if reference_compute_flops is None else float(reference_compute_flops)
     value = _ratio(baseline.law, fit.law, loss)
     note = _undefined_note(fit.law, baseline.law, kind, baseline_kind, loss)
-    ratios = [_ratio(y, x, loss) for x, y in zip(fit.bootstrap_laws, baseline.bootstrap_laws)]
+    ratios = [_ratio(y, x, loss)
+              for x, y in zip(fit.bootstrap_laws, baseline.bootstrap_laws, strict=False)]
     ratios = [r for r in ratios if not math.isnan(r)]
     interval = percentile_interval(ratios, fit.level) if not note else None
     return Multiplier(kind=kind, baseline_kind=baseline_kind, loss=float(loss),

@@ -167,7 +167,7 @@ def polish(fun: BatchObjective, theta: np.ndarray, f: float, lower, upper, *, ro
     """Finish problem `row` of a batch with scipy's L-BFGS-B from theta (objective f); the
     better of the two points."""
     bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi)
-              for lo, hi in zip(lower, upper)]
+              for lo, hi in zip(lower, upper, strict=True)]
     rows = np.array([row])
 
     def one(t):
