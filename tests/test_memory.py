@@ -395,7 +395,7 @@ def test_activation_bytes_match_what_autograd_saves(name):
     for b in (2, 8):
         saved: dict[int, int] = {}
 
-        def pack(t):
+        def pack(t, saved=saved):
             s = t.untyped_storage()
             if s.data_ptr() not in weights:
                 saved[s.data_ptr()] = s.nbytes()

@@ -349,7 +349,7 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
     for theta_b, rows in zip(batched, idx, strict=True):
         x, y = logx_TN[:, rows][None], log_loss_N[rows][None]
 
-        def one(t):
+        def one(t, x=x, y=y):
             f, g = huber_terms_objective(t[None], x, y)
             return float(f[0]), g[0]
 

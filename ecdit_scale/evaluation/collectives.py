@@ -67,8 +67,8 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
             x = torch.ones(n, device=device)
             y = torch.empty_like(x)
             reps = max(2, min(100 if not quick else 20, 2**24 // max(b, 1)))
-            res["all_reduce"].append(timed(lambda: dist.all_reduce(x), reps))
-            res["all_to_all"].append(timed(lambda: dist.all_to_all_single(y, x), reps))
+            res["all_reduce"].append(timed(lambda x=x: dist.all_reduce(x), reps))
+            res["all_to_all"].append(timed(lambda x=x, y=y: dist.all_to_all_single(y, x), reps))
         dist.barrier()
     finally:
         dist.destroy_process_group()
