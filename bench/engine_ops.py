@@ -134,7 +134,7 @@ def report(res: dict, top: int) -> None:
           f"({res['aten_compute_ops'] / n:.1f} per param tensor); dispatched {dispatched}, outside "
           f"the model {engine_ops} ({engine_ops / n:.1f} per param tensor), AccumulateGrad "
           f"{res['accumulate_grad']} ({res['accumulate_grad_host_ms']:.1f} ms host, hooks "
-          f"included); losses {['%.6f' % v for v in res['losses']]}")
+          f"included); losses {[format(v, '.6f') for v in res['losses']]}")
     for src, op, count in res["by_op_source"][:top]:
         if count >= n // 2 or top > 12:
             print(f"   {count:6d}  {op:28s} {src}")

@@ -237,10 +237,10 @@ def _ratio(baseline: PowerLaw, law: PowerLaw, loss: float) -> float:
 
 
 def _undefined_note(law, baseline, kind, baseline_kind, loss) -> str:
-    for name, l in ((kind, law), (baseline_kind, baseline)):
-        if loss <= l.E:
+    for name, power_law in ((kind, law), (baseline_kind, baseline)):
+        if loss <= power_law.E:
             return (f"undefined: loss {loss:.4g} is at or below {name}'s irreducible loss "
-                    f"E={l.E:.4g}, so {name} never reaches it")
+                    f"E={power_law.E:.4g}, so {name} never reaches it")
     return ""
 
 
