@@ -3,9 +3,9 @@
 in bf16 (DeepSpeed 0.19.8's CPU accelerator accepts bf16, so the GPU's bf16 ZeRO path runs
 here too), world 1. One step is profiled (``torch.profiler``) and its aten
 compute ops (``train.step_profile.summarize``'s definition: leaf ops other than views and
-metadata) are counted; in one more step ``train.step_profile.ops_by_source`` attributes each dispatched
-op to the innermost DeepSpeed / torch.optim frame that called it; the rest is the model's
-forward and backward. On CPU a foreach op is one dispatched op but a loop of per-tensor ops
+metadata) are counted; in one more step ``train.step_profile.ops_by_source`` attributes each
+dispatched op to the innermost DeepSpeed / torch.optim frame that called it; the rest is the
+model's forward and backward. On CPU a foreach op is one dispatched op but a loop of per-tensor ops
 under the profiler; on CUDA it is one kernel per chunk of tensors.
 
     python bench/engine_ops.py                       # nano-dense, every stage, both precisions
@@ -134,7 +134,7 @@ def report(res: dict, top: int) -> None:
           f"({res['aten_compute_ops'] / n:.1f} per param tensor); dispatched {dispatched}, outside "
           f"the model {engine_ops} ({engine_ops / n:.1f} per param tensor), AccumulateGrad "
           f"{res['accumulate_grad']} ({res['accumulate_grad_host_ms']:.1f} ms host, hooks "
-          f"included); losses {['%.6f' % v for v in res['losses']]}")
+          f"included); losses {[format(v, '.6f') for v in res['losses']]}")
     for src, op, count in res["by_op_source"][:top]:
         if count >= n // 2 or top > 12:
             print(f"   {count:6d}  {op:28s} {src}")

@@ -56,11 +56,13 @@ def card_cases() -> list[Case]:
         mention = ("bad-card.yaml", *fields)
         heavy = cat == "hang"
         expect = "sane" if slug == "ffn.group_size=7" else "error"  # a group may span images
-        out.append(Case(f"models-show/card:{slug}", "core", cat, ("models", "show", "bad-card.yaml"),
-                        files, expect=expect, mention=mention, isolate=heavy, quick=slug in quick))
+        out.append(Case(f"models-show/card:{slug}", "core", cat,
+                        ("models", "show", "bad-card.yaml"), files, expect=expect, mention=mention,
+                        isolate=heavy, quick=slug in quick))
         out.append(Case(f"plan/card:{slug}", "core", cat,
                         ("plan", "--model", "bad-card.yaml", "--no-write"), files, expect=expect,
-                        mention=mention, isolate=heavy, quick=slug in ("int-key", "hidden_size=2^62", "ffn-string")))
+                        mention=mention, isolate=heavy,
+                        quick=slug in ("int-key", "hidden_size=2^62", "ffn-string")))
         if slug in quick:
             out.append(Case(f"launch/card:{slug}", "run", cat,
                             ("launch", "bad-card.yaml", *LAUNCH[2:]), files,
@@ -77,8 +79,9 @@ def card_cases() -> list[Case]:
     # a 3.9 MB notes string is under the YAML size limit: printing it must not take minutes
     out.append(Case("models-show/card:notes-3.9mb", "core", "hang",
                     ("models", "show", "big-notes.yaml"),
-                    (("big-notes.yaml", lambda repo: (card(notes=MISSING) + "notes: " + "x" * 3_900_000
-                                                      + "\n").encode()),),
+                    (("big-notes.yaml",
+                      lambda repo: (card(notes=MISSING) + "notes: " + "x" * 3_900_000
+                                    + "\n").encode()),),
                     expect="sane", mention=("big-notes.yaml", "notes"), isolate=True, quick=True))
     return out
 
@@ -99,7 +102,8 @@ def models_cases() -> list[Case]:
         ("show --params nan", ("models", "show", "--params", "nan"), E, ("nan",)),
         ("show --params inf", ("models", "show", "--params", "inf"), E, ("inf",)),
         ("show --params 1e400", ("models", "show", "--params", "1e400"), E, ("1e400",)),
-        ("show --kind bogus", ("models", "show", "--params", "1B", "--kind", "bogus"), E, ("bogus",)),
+        ("show --kind bogus", ("models", "show", "--params", "1B", "--kind", "bogus"), E,
+         ("bogus",)),
         ("show /etc/passwd", ("models", "show", "/etc/passwd"), E, ("/etc/passwd", "passwd")),
         ("show --json extra", ("models", "show", "nano-ec8", "--json", "--bogus"), E, ("--bogus",)),
     ]
@@ -108,10 +112,12 @@ def models_cases() -> list[Case]:
            for name, argv, exp, m in rows]
     out += [
         Case("models/list --json", "core", "json", ("models", "list", "--json"), expect="json"),
-        Case("models/show --json", "core", "json", ("models", "show", "nano-ec8", "--json"), expect="json"),
+        Case("models/show --json", "core", "json", ("models", "show", "nano-ec8", "--json"),
+             expect="json"),
         Case("models/show --params 97B --json", "core", "json",
              ("models", "show", "--params", "97B", "--json"), expect="json", quick=True),
-        Case("models/export keeps a user's card", "core", "dataloss", ("models", "export", "--out", "cards"),
+        Case("models/export keeps a user's card", "core", "dataloss",
+             ("models", "export", "--out", "cards"),
              (("cards/my-experiment.yaml", card(name="my-experiment")),), expect="sane",
              mention=("my-experiment",), keep=("cards/my-experiment.yaml",), quick=True),
         Case("models/export --check keeps a user's card", "core", "dataloss",
@@ -125,10 +131,11 @@ def models_cases() -> list[Case]:
              mention=("--out", "taken"), keep=("taken",)),
         Case("models/export --out ''", "core", "silent", ("models", "export", "--out", ""),
              mention=("--out", "''"), absent=("nano-ec8.yaml",), quick=True),
-        Case("models/export --json", "core", "json", ("models", "export", "--out", "cards", "--json"),
-             expect="json", quick=True),
-        Case("plans/export keeps a user's file", "core", "dataloss", ("plans", "export", "--out", "p"),
-             (("p/my-notes.md", "mine\n"),), expect="sane", keep=("p/my-notes.md",), mention=("p",)),
+        Case("models/export --json", "core", "json",
+             ("models", "export", "--out", "cards", "--json"), expect="json", quick=True),
+        Case("plans/export keeps a user's file", "core", "dataloss",
+             ("plans", "export", "--out", "p"), (("p/my-notes.md", "mine\n"),), expect="sane",
+             keep=("p/my-notes.md",), mention=("p",)),
         Case("plans/export --out FILE", "core", "partial", ("plans", "export", "--out", "taken"),
              (("taken", "user data\n"),), mention=("taken",), keep=("taken",)),
         Case("plans/export --out ''", "core", "silent", ("plans", "export", "--out", ""),
@@ -156,13 +163,14 @@ def plan_cases() -> list[Case]:
     issue = {("--nodes", "0"), ("--gpus-per-node", "0"), ("--tp", "0"), ("--top", "-3"),
              ("--price", "nan"), ("--price", "inf"), ("--nodes", "abc")}
     for opt, bad in int_opts.items():
-        m = (opt, opt.lstrip("-"), opt.lstrip("-").replace("-", "_"), opt.lstrip("-").replace("-", " "))
+        m = (opt, opt.lstrip("-"), opt.lstrip("-").replace("-", "_"),
+             opt.lstrip("-").replace("-", " "))
         for x in bad:
             out.append(Case(f"plan/{opt} {x}", "core", "silent", (*PLAN, opt, x), mention=m,
                             quick=(opt, x) in issue))
         for x in NOT_INTS:
-            out.append(Case(f"plan/{opt} {x or repr(x)}", "core", "usage", (*PLAN, opt, x), mention=m,
-                            quick=(opt, x) in issue))
+            out.append(Case(f"plan/{opt} {x or repr(x)}", "core", "usage", (*PLAN, opt, x),
+                            mention=m, quick=(opt, x) in issue))
         out.append(Case(f"plan/{opt} huge", "core", "hang", (*PLAN, opt, HUGE), expect="sane",
                         mention=(*m, HUGE)))
     for x in ("nan", "inf", "-inf", "-1", "abc", "", "1e400"):
@@ -183,16 +191,18 @@ def plan_cases() -> list[Case]:
                         mention=(opt, "bogus")))
     out += [
         Case("plan/--model and --params", "core", "message",
-             ("plan", "--model", "nano-ec8", "--params", "1B", "--no-write"), mention=("--model", "--params")),
+             ("plan", "--model", "nano-ec8", "--params", "1B", "--no-write"),
+             mention=("--model", "--params")),
         Case("plan/--model unknown", "core", "message", ("plan", "--model", "nope", "--no-write"),
              mention=("nope",)),
-        Case("plan/--gpus 12 not a multiple", "core", "message", (*PLAN, "--gpus", "12"), mention=("--gpus",)),
+        Case("plan/--gpus 12 not a multiple", "core", "message", (*PLAN, "--gpus", "12"),
+             mention=("--gpus",)),
         Case("plan/--gpus contradicts --nodes", "core", "message",
              (*PLAN, "--gpus", "16", "--nodes", "4"), mention=("--gpus", "--nodes")),
         Case("plan/--zero 3 --ep 8 tiny cluster", "core", "silent",
              (*PLAN, "--gpus", "1", "--ep", "8"), mention=("--ep", "ep")),
-        Case("plan/--json valid", "core", "json", ("plan", "--params", "1B", "--no-write", "--json"),
-             expect="json", quick=True),
+        Case("plan/--json valid", "core", "json",
+             ("plan", "--params", "1B", "--no-write", "--json"), expect="json", quick=True),
         Case("plan/--json tiny", "core", "json",
              ("plan", "--model", "nano-ec8", "--gpus", "1", "--no-write", "--json"), expect="json"),
     ]
@@ -227,7 +237,8 @@ def gpu_cases() -> list[Case]:
                         mention=("gpu.yaml", ACC["name"], *fields), isolate=cat == "hang",
                         quick=slug in ("binary", "peak=nan", "alias-bomb")))
     for name, argv, mention in [
-        ("unknown", ("--gpu", "nope"), ("nope",)), ("empty", ("--gpu", ""), ("--gpu", "accelerator")),
+        ("unknown", ("--gpu", "nope"), ("nope",)),
+        ("empty", ("--gpu", ""), ("--gpu", "accelerator")),
         ("missing file", ("--gpu", "missing.yaml"), ("missing.yaml",)),
         ("a folder", ("--gpu", "adir/"), ("adir",)),
         ("file:NAME unknown", ("--gpu", "gpu.yaml:nope"), ("nope",)),
@@ -302,7 +313,8 @@ def scaling_cases() -> list[Case]:
     for opt, x in opts:
         out.append(Case(f"fit/{opt} {x}", "scaling", "usage" if x == "abc" else "silent",
                         (*fit, opt, x), NANO, mention=(opt, opt.lstrip("-")),
-                        absent=("fit.yaml",), quick=opt == "--extrapolate-to" and x in ("-1", "nan", "0")))
+                        absent=("fit.yaml",),
+                        quick=opt == "--extrapolate-to" and x in ("-1", "nan", "0")))
     out += [
         Case("fit/--n-boot huge", "scaling", "hang", (*fit[:2], "--n-boot", "1000000000"), NANO,
              expect="sane", mention=("--n-boot",), isolate=True),
@@ -315,7 +327,8 @@ def scaling_cases() -> list[Case]:
              quick=True),
         Case("fit/--json small", "scaling", "json", ("fit", "small.csv", "--n-boot", "4", "--json"),
              SMALL, expect="json"),
-        Case("fit/--json nano", "scaling", "json", (*fit, "--json"), NANO, expect="json", quick=True),
+        Case("fit/--json nano", "scaling", "json", (*fit, "--json"), NANO, expect="json",
+             quick=True),
         Case("fit/--json one kind", "scaling", "json", ("fit", "t.csv", "--n-boot", "4", "--json"),
              (("t.csv", table(lambda d: d[d.card.isin(["nano-ec8", "micro-ec8"])])),),
              expect="json"),
@@ -327,7 +340,8 @@ def scaling_cases() -> list[Case]:
     ]
     rep = ("report", "small.csv", "--out", "rep")
     for slug, content in fit_file_variants():
-        out.append(Case(f"report/--fit {slug}", "scaling", "hang" if slug == "alias-bomb" else "traceback",
+        out.append(Case(f"report/--fit {slug}", "scaling",
+                        "hang" if slug == "alias-bomb" else "traceback",
                         (*rep, "--fit", "fit.yaml"), (*SMALL, ("fit.yaml", content)),
                         mention=("fit.yaml", "--fit"), absent=("rep",),
                         quick=slug in ("empty", "partial"), isolate=slug == "alias-bomb"))
@@ -335,14 +349,16 @@ def scaling_cases() -> list[Case]:
         Case("report/--fit missing", "scaling", "silent",
              ("report", "t.csv", "--out", "rep", "--fit", "missing.yaml"), NANO,
              mention=("missing.yaml",), absent=("rep",), quick=True, isolate=True),
-        Case("report/--out FILE", "scaling", "partial", ("report", "small.csv", *ref_fit, "--out", "taken"),
+        Case("report/--out FILE", "scaling", "partial",
+             ("report", "small.csv", *ref_fit, "--out", "taken"),
              (*SMALL, ("taken", "user data\n")), mention=("taken",), keep=("taken",)),
         Case("report/--out FILE/sub", "scaling", "traceback",
              ("report", "small.csv", *ref_fit, "--out", "taken/rep"),
              (*SMALL, ("taken", "user data\n")), mention=("--out", "taken"), keep=("taken",),
              quick=True),
-        Case("report/--json", "scaling", "json", ("report", "small.csv", *ref_fit, "--out", "rep", "--json"),
-             SMALL, expect="json", quick=True),
+        Case("report/--json", "scaling", "json",
+             ("report", "small.csv", *ref_fit, "--out", "rep", "--json"), SMALL, expect="json",
+             quick=True),
         # one kind: what is checked is stdout while report fits (100 resamples: 1.7 s, not 5.4)
         Case("report/--json while fitting", "scaling", "json",
              ("report", "t.csv", "--out", "rep", "--json"),
@@ -360,9 +376,11 @@ def eval_cases() -> list[Case]:
                         mention=("run", *mention), quick=slug in quick, timeout=60))
         out.append(Case(f"adaptive/run:{slug}", "eval", cat, ("adaptive", "run"), files,
                         mention=("run", *mention), isolate=True, timeout=60))
-    gpu = [("malformed", "{"), ("list", "[]"), ("no-configs", "{}"), ("configs-dict", '{"configs": {}}'),
+    gpu = [("malformed", "{"), ("list", "[]"), ("no-configs", "{}"),
+           ("configs-dict", '{"configs": {}}'),
            ("config-no-card", '{"configs": [{"model": "x"}]}'),
-           ("config-bad-card", '{"configs": [{"model": "x", "card": {"name": "x", "hidden_size": -1}}]}'),
+           ("config-bad-card",
+            '{"configs": [{"model": "x", "card": {"name": "x", "hidden_size": -1}}]}'),
            ("config-bad-numbers", '{"configs": [{"model": "x", "card": {"name": "nano-ec8"}, '
                                   '"world": "two", "step_s": "slow"}]}'),
            ("binary", BINARY)]
@@ -375,8 +393,8 @@ def eval_cases() -> list[Case]:
         Case("validate/a file", "eval", "message", ("validate", "notes.txt"),
              (("notes.txt", "hi\n"),), mention=("notes.txt",)),
         Case("validate/--calibrate-on unknown", "eval", "message",
-             ("validate", "run", "--calibrate-on", "nope"), run_dir(), mention=("nope", "--calibrate-on"),
-             timeout=60),
+             ("validate", "run", "--calibrate-on", "nope"), run_dir(),
+             mention=("nope", "--calibrate-on"), timeout=60),
         Case("validate/--csv a folder", "eval", "traceback", ("validate", "run", "--csv", "adir"),
              (*run_dir(), ("adir", DIR)), mention=("adir", "--csv"), timeout=60),
         Case("validate/--csv ''", "eval", "silent", ("validate", "run", "--csv", ""), run_dir(),
@@ -386,20 +404,22 @@ def eval_cases() -> list[Case]:
              mention=("adir", "--save-profile"), timeout=60),
         Case("validate/--json", "eval", "json", ("validate", "run", "--json"), run_dir(),
              expect="json", timeout=60, quick=True),
-        Case("validate/--json gpu file", "eval", "json", ("validate", GPU_FILE, "--json", "--csv", "v.csv"),
-             expect="json", timeout=120),
+        Case("validate/--json gpu file", "eval", "json",
+             ("validate", GPU_FILE, "--json", "--csv", "v.csv"), expect="json", timeout=120),
     ]
     ec_run = run_dir()
     dense = run_dir(settings=settings_json(card="nano-dense", model_name="nano-dense"),
                     card_text=lambda repo: (repo / "models" / "nano-dense.yaml").read_bytes())
-    for opt, x in [("--samples", "0"), ("--samples", "-1"), ("--timesteps", "0"), ("--timesteps", "-1"),
-                   ("--timesteps", "100000000"), ("--samples", "100000000"), ("--timesteps", "abc")]:
+    for opt, x in [("--samples", "0"), ("--samples", "-1"), ("--timesteps", "0"),
+                   ("--timesteps", "-1"), ("--timesteps", "100000000"),
+                   ("--samples", "100000000"), ("--timesteps", "abc")]:
         out.append(Case(f"adaptive/{opt} {x}", "eval", "usage" if x == "abc" else (
             "traceback" if x == "100000000" else "silent"), ("adaptive", "run", opt, x), ec_run,
             mention=(opt, opt.lstrip("-")), isolate=True, timeout=60,
             quick=x == "100000000" and opt == "--timesteps"))
     out += [
-        Case("adaptive/missing", "eval", "message", ("adaptive", "nope"), mention=("nope",), isolate=True),
+        Case("adaptive/missing", "eval", "message", ("adaptive", "nope"), mention=("nope",),
+             isolate=True),
         Case("adaptive/dense run", "eval", "message", ("adaptive", "run"), dense,
              mention=("run", "dense"), isolate=True, timeout=60),
         Case("adaptive/no checkpoint", "eval", "message", ("adaptive", "run"), ec_run,
@@ -439,20 +459,23 @@ def run_cases() -> list[Case]:
                  ("binary", BINARY), ("a folder", DIR)]
     for slug, content in hostfiles:
         files = () if content is None else (("hosts", content),)
-        out.append(Case(f"launch/--hostfile {slug}", "run", "message", (*LAUNCH, "--hostfile", "hosts"),
-                        files, mention=("hosts", "--hostfile"), isolate=True, timeout=30))
+        out.append(Case(f"launch/--hostfile {slug}", "run", "message",
+                        (*LAUNCH, "--hostfile", "hosts"), files, mention=("hosts", "--hostfile"),
+                        isolate=True, timeout=30))
     out += [
         Case("launch/dense --ep 2", "run", "message", ("launch", "nano-dense", "--ep", "2"),
              mention=("--ep",), isolate=True, timeout=30),
         Case("launch/unknown card", "run", "message", ("launch", "nope"), mention=("nope",),
              isolate=True, timeout=30),
         Case("launch/--out a file", "run", "partial", (*LAUNCH[:-1], "taken"),
-             (("taken", "user data\n"),), mention=("taken",), keep=("taken",), isolate=True, timeout=30),
+             (("taken", "user data\n"),), mention=("taken",), keep=("taken",), isolate=True,
+             timeout=30),
         Case("launch/--resume without --out", "run", "message", ("launch", "nano-ec8", "--resume"),
              mention=("--resume", "--out"), isolate=True, timeout=30),
         Case("launch/--resume missing run", "run", "message", (*LAUNCH, "--resume"),
              mention=("--resume", "r"), isolate=True, timeout=30),
-        Case("launch/existing run without --resume", "run", "dataloss", ("launch", "nano-ec8", "--out", "run"),
+        Case("launch/existing run without --resume", "run", "dataloss",
+             ("launch", "nano-ec8", "--out", "run"),
              run_dir(), mention=("run", "--resume"), keep=("run/metrics.jsonl", "run/run.json"),
              isolate=True, timeout=30),
     ]
@@ -462,22 +485,26 @@ def run_cases() -> list[Case]:
     for slug, cat, files, mention in run_dir_variants():
         if slug.startswith(("run.json", "empty-folder", "metrics-garbage")):
             out.append(Case(f"launch/--resume run:{slug}", "run", cat, resume, files,
-                            mention=("run", *mention), keep=tuple(p for p, v in files if v is not DIR),
+                            mention=("run", *mention),
+                            keep=tuple(p for p, v in files if v is not DIR),
                             isolate=True, timeout=30, quick=slug == "run.json-missing-field"))
     sweep = ("sweep", "--sizes", "nano", "--variants", "dense", "--steps", "20", "--out", "sw")
     sweep_opts = [("--sizes", ""), ("--sizes", "bogus"), ("--sizes", ",,"), ("--variants", "bogus"),
                   ("--variants", ""), ("--steps", "0"), ("--steps", "-1"), ("--steps", "5"),
-                  ("--budgets", "abc"), ("--budgets", "0"), ("--budgets", "-1"), ("--budgets", "nan"),
-                  ("--budgets", "2"), ("--budgets", ""), ("--nproc", "0"), ("--nproc", "-1"),
+                  ("--budgets", "abc"), ("--budgets", "0"), ("--budgets", "-1"),
+                  ("--budgets", "nan"), ("--budgets", "2"), ("--budgets", ""),
+                  ("--nproc", "0"), ("--nproc", "-1"),
                   ("--micro-batch", "0"), ("--micro-batch", "-1"), ("--dataset", "bogus"),
-                  ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"), ("--lr", "inf"), ("--seeds", "-1"),
-                  ("--seeds", "0,0"), ("--seeds", "a"), ("--schedule", "cosine"),
+                  ("--lr", "nan"), ("--lr", "-1"), ("--lr", "0"), ("--lr", "inf"),
+                  ("--seeds", "-1"), ("--seeds", "0,0"), ("--seeds", "a"), ("--schedule", "cosine"),
                   ("--cooldown", "0"), ("--lr-search", "0.5,-1"), ("--parallel", "0"),
                   ("--holdout", "-1"), ("--limit", "9")]
     for opt, x in sweep_opts:
         out.append(Case(f"sweep/{opt} {x or repr(x)}", "run", "silent", (*sweep, opt, x),
-                        mention=(opt, opt.lstrip("-"), opt.lstrip("-").replace("-", "_"), x or "''"),
-                        isolate=True, timeout=30, quick=(opt, x) in (("--nproc", "0"), ("--budgets", "nan"))))
+                        mention=(opt, opt.lstrip("-"), opt.lstrip("-").replace("-", "_"),
+                                 x or "''"),
+                        isolate=True, timeout=30,
+                        quick=(opt, x) in (("--nproc", "0"), ("--budgets", "nan"))))
     out.append(Case("sweep/--out a file", "run", "partial", (*sweep[:-1], "taken"),
                     (("taken", "user data\n"),), mention=("taken",), keep=("taken",),
                     isolate=True, timeout=30))

@@ -120,7 +120,8 @@ def judge(case: Case, rc: int | None, stdout: str, stderr: str, cwd: Path,
         return "no-message", f"exit {rc}, empty stderr"
     if len(lines) > 1:
         box = "Usage:" in stderr or "╭" in stderr
-        return ("usage-box" if box else "multiline"), " | ".join(ln.strip() for ln in lines[:3])[:240]
+        return (("usage-box" if box else "multiline"),
+                " | ".join(ln.strip() for ln in lines[:3])[:240])
     if not _mentions(case, lines[0]):
         return "unclear", lines[0][:240]
     if rc != case.exit_code:
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args(argv)
 
-    cases = select(all_cases() + train_cases(), quick=args.quick, skip_slow=args.skip_slow, only=args.only)
+    cases = select(all_cases() + train_cases(), quick=args.quick, skip_slow=args.skip_slow,
+                   only=args.only)
     if args.list:
         for c in cases:
             print(f"{c.area:8} {c.category:10} {c.id}")

@@ -9,8 +9,9 @@ One process, world size 1, NCCL. Default mode: a DeepSpeed engine with ZeRO-1 an
 plain torch AdamW (no JIT-compiled DeepSpeed op), the same model and expert layout as
 ``ecdit-scale launch``. ``--no-deepspeed`` (or deepspeed missing / failing to initialise): bf16
 parameters and a torch AdamW over them, no fp32 master copy; the planner's mixed-precision
-model-state accounting then over-counts (the result file records the mode). Inputs are random tensors of the right
-shapes, so no dataset is needed. Takes well under a minute after start-up on an H100.
+model-state accounting then over-counts (the result file records the mode). Inputs are random
+tensors of the right shapes, so no dataset is needed. Takes well under a minute after start-up on
+an H100.
 """
 
 from __future__ import annotations
@@ -100,11 +101,11 @@ def build(cfg, mode: str, seed: int):
         ep = create_groups(1)
         model = shard_experts(build_model(cfg), ep)
         counts = param_counts(model, ep)
-        s = RunSettings.build(card=cfg.name, model_name=cfg.name, steps=1, nodes=1, nproc_per_node=1,
-                        ep=1, zero=1, micro_batch=1, grad_accum=1, dataset="emoji",
-                        data_limit=None, holdout=0, seed=seed, lr=1e-4, warmup_steps=0,
-                        optimizer="adamw", precision="bf16", device="cuda", checkpoint_every=1,
-                        keep_checkpoints=1, track_memory=False)
+        s = RunSettings.build(card=cfg.name, model_name=cfg.name, steps=1, nodes=1,
+                        nproc_per_node=1, ep=1, zero=1, micro_batch=1, grad_accum=1,
+                        dataset="emoji", data_limit=None, holdout=0, seed=seed, lr=1e-4,
+                        warmup_steps=0, optimizer="adamw", precision="bf16", device="cuda",
+                        checkpoint_every=1, keep_checkpoints=1, track_memory=False)
         ds_cfg = deepspeed_config(micro_batch=1, grad_accum=1, zero_stage=1, precision="bf16",
                                   optimizer="adamw", lr=1e-4, warmup_steps=0, world=1,
                                   client_optimizer=True, scheduler=False)

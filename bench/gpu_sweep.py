@@ -13,12 +13,13 @@ The GPU machine has no text encoder (no sentence-transformers, no network): the 
 table of the shapes stream (2,772 captions) is encoded once here with --prepare-data and travels
 with the tree (carry ``bench/.sweep_data``; git ignores it). Every run then reads that table.
 
-It calls the product's own ``sweep --design isoflop`` (train/isoflop.py designs, train/isoflop_run.py
-trains every run through ``ecdit-scale launch``) with ``--parallel`` launches at once (small models
-leave a GPU mostly idle), then ``fit`` and ``report``. A deadline (``--budget-s``) stops launching
-new runs in time to fit what is done. The sweep resumes: run it again with the same --out to
-finish. Everything goes under --out: runs.csv, lr-search.csv, fit.yaml, the
-report (HTML + Markdown + figures) and provenance.json (device, versions, settings, timings).
+It calls the product's own ``sweep --design isoflop`` (train/isoflop.py designs,
+train/isoflop_run.py trains every run through ``ecdit-scale launch``) with ``--parallel`` launches
+at once (small models leave a GPU mostly idle), then ``fit`` and ``report``. A deadline
+(``--budget-s``) stops launching new runs in time to fit what is done. The sweep resumes: run it
+again with the same --out to finish. Everything goes under --out: runs.csv, lr-search.csv,
+fit.yaml, the report (HTML + Markdown + figures) and provenance.json (device, versions, settings,
+timings).
 The run directories themselves (checkpoints) are deleted at the end unless --keep-runs.
 """
 

@@ -295,7 +295,8 @@ def main() -> None:
         step_pred = pred["profile"]["total_s"]
         err = r["step_s"] / step_pred - 1
         errors.append(err)
-        configs.append({**row, "card": r["card"], "step_s": r["step_s"], "step_s_all": r["step_s_all"],
+        configs.append({**row, "card": r["card"], "step_s": r["step_s"],
+                        "step_s_all": r["step_s_all"],
                         "step_s_spread": {"min": times[0], "max": times[-1],
                                           "p10": times[len(times) // 10],
                                           "p90": times[-1 - len(times) // 10]},

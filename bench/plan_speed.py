@@ -49,8 +49,9 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     best, cold = min(times), times[0]
     label = "operator-level (profile)" if acc.profile is not None else "datasheet"
-    print(f"search ({cfg.name} on {cluster.world:,} {acc.name}, {label} step time): {best:.3f} s for "
-          f"{result.num_evaluated:,} layouts ({result.num_feasible:,} fit), best of {REPEATS}; "
+    print(f"search ({cfg.name} on {cluster.world:,} {acc.name}, {label} step time): "
+          f"{best:.3f} s for {result.num_evaluated:,} layouts ({result.num_feasible:,} fit), "
+          f"best of {REPEATS}; "
           f"{TARGET_S / best:.1f}x under the {TARGET_S:g} s target "
           f"(first call {cold:.3f} s: {TARGET_S / cold:.1f}x)")
     print(f"best layout: {result.best.describe()}, step {result.best.step.total_s:.3f} s, "

@@ -44,7 +44,7 @@ def make_source(folder: Path, n: int, *, distinct: bool, seed: int = 0) -> None:
     rows = []
     for start in range(0, n, 1000):
         pixels, specs = make_shapes(min(1000, n - start), SOURCE_SIZE, seed + start)
-        for j, (px, spec) in enumerate(zip(pixels, specs)):
+        for j, (px, spec) in enumerate(zip(pixels, specs, strict=True)):
             name = f"{start + j:06d}.png"
             Image.fromarray(px).save(folder / name, compress_level=1)
             caption = f"{spec.caption}, image {start + j}" if distinct else spec.caption

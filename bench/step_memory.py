@@ -130,7 +130,8 @@ def main() -> None:
                     if kernel == "fused" and optimizer not in FUSED:
                         continue
                     for ema in a.ema:
-                        one = f"{a.model},{zero},{precision},{optimizer},{kernel},{a.micro_batch},{ema}"
+                        one = (f"{a.model},{zero},{precision},{optimizer},{kernel},"
+                               f"{a.micro_batch},{ema}")
                         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
                         proc = subprocess.run([sys.executable, __file__, "--one", one],
                                               capture_output=True, text=True, env=env)

@@ -235,7 +235,8 @@ def module_cycles(tree: Tree) -> list[str]:
         if imp.source != imp.target:
             graph[imp.source].add(imp.target)
             where.setdefault((imp.source, imp.target), imp)
-    return [" -> ".join(c) + "  [" + ", ".join(where[a, b].where(tree) for a, b in zip(c, c[1:]))
+    return [" -> ".join(c) + "  ["
+            + ", ".join(where[a, b].where(tree) for a, b in zip(c, c[1:], strict=False))
             + "]" for c in _cycles(graph)]
 
 
@@ -244,7 +245,8 @@ def unit_cycles(tree: Tree) -> list[str]:
     graph: dict[str, set[str]] = defaultdict(set)
     for a, b in edges:
         graph[a].add(b)
-    return [" -> ".join(c) + "  [" + ", ".join(edges[a, b][0].where(tree) for a, b in zip(c, c[1:]))
+    return [" -> ".join(c) + "  ["
+            + ", ".join(edges[a, b][0].where(tree) for a, b in zip(c, c[1:], strict=False))
             + "]" for c in _cycles(graph)]
 
 
@@ -338,7 +340,7 @@ def _bad_pairs(tree: Tree) -> set[tuple[str, str]]:
         graph[a].add(b)
     bad = {(a, b) for a, b in edges if _LAYER_OF_UNIT[b] > _LAYER_OF_UNIT[a]}
     for cycle in _cycles(graph):
-        bad |= set(zip(cycle, cycle[1:]))
+        bad |= set(zip(cycle, cycle[1:], strict=False))
     return bad
 
 

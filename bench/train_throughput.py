@@ -308,7 +308,8 @@ def _version(mod: str) -> str | None:
 def _compare(a: dict, b: dict, device: str) -> dict:
     """b's step time over a's, both kernel counts, and whether the first losses agree."""
     k = min(3, len(a["losses"]), len(b["losses"]))
-    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a["losses"][:k], b["losses"][:k])]
+    rel = [abs(x - y) / max(abs(y), 1e-12)
+           for x, y in zip(a["losses"][:k], b["losses"][:k], strict=True)]
     return {"step_s_ratio": b["step_s"]["median"] / a["step_s"]["median"],
             "kernels": [(a.get("profile") or {}).get("kernels"),
                         (b.get("profile") or {}).get("kernels")],
@@ -534,7 +535,8 @@ def run_all(points: list[Point], args, cache: Path | None) -> None:
     for name, c in doc["checks"].items():
         ratio = (f"eager/compiled step time {c['eager_over_compiled_step_s']:.2f}x"
                  if "eager_over_compiled_step_s" in c else
-                 f"DeepSpeed defaults / lean engine step time {c['defaults_over_lean_step_s']:.2f}x")
+                 f"DeepSpeed defaults / lean engine step time "
+                 f"{c['defaults_over_lean_step_s']:.2f}x")
         print(f"{name}: {ratio}; same loss (rtol {c['loss_rtol']}): {c['same_loss']}")
     print(f"wrote {path} ({doc['wall_s']:.0f} s)")
     if not any("error" not in r for r in doc["points"]):

@@ -48,7 +48,8 @@ _TYPE_NAMES = {str: "string", bool: "boolean (true or false)"}
 
 def check_type(name: str, value: Any, kind: type) -> None:
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{name} = {short(value)}: must be a {_TYPE_NAMES.get(kind, kind.__name__)}")
+        raise ConfigError(f"{name} = {short(value)}: must be a "
+                          f"{_TYPE_NAMES.get(kind, kind.__name__)}")
 
 
 def string_keys(data: dict, what: str) -> None:

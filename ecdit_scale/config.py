@@ -163,7 +163,8 @@ class ModelConfig:
 
     name: str
     family: str = "custom"
-    # input: a latent (or pixel) grid input_size x input_size x in_channels, patchified by patch_size
+    # input: a latent (or pixel) grid input_size x input_size x in_channels, patchified by
+    # patch_size
     input_size: int = 32
     in_channels: int = 4
     patch_size: int = 2
@@ -254,8 +255,9 @@ class ModelConfig:
             if ffn.kind is FFNKind.EXPERT_CHOICE and group * ffn.capacity_factor < ffn.num_experts:
                 raise ConfigError(
                     f"expert-choice capacity C = {group} tokens x f_c {ffn.capacity_factor} / "
-                    f"{ffn.num_experts} experts = {self.expert_capacity_raw:.3g} is below one token "
-                    f"per expert; raise ffn.group_size or capacity_factor, or use fewer experts"
+                    f"{ffn.num_experts} experts = {self.expert_capacity_raw:.3g} is below one "
+                    f"token per expert; raise ffn.group_size or capacity_factor, or use fewer "
+                    f"experts"
                 )
 
     # ----- derived quantities (named for what they return) -----
@@ -310,7 +312,8 @@ class ModelConfig:
 
     def is_moe_block(self, index: int) -> bool:
         ffn = self.ffn
-        return ffn.is_moe and index >= ffn.moe_offset and (index - ffn.moe_offset) % ffn.moe_every == 0
+        return (ffn.is_moe and index >= ffn.moe_offset
+                and (index - ffn.moe_offset) % ffn.moe_every == 0)
 
     @property
     def moe_block_indices(self) -> tuple[int, ...]:
@@ -330,7 +333,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> ModelConfig:
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of model fields, got {type(data).__name__}")
+            raise ConfigError(f"{source}: expected a mapping of model fields, got "
+                              f"{type(data).__name__}")
         _string_keys(data, source)
         data = dict(data)
         for derived in DERIVED_CARD_KEYS:  # cards carry derived numbers; recomputed, never read
@@ -339,7 +343,8 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
-                f"{source}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
+                f"{source}: unknown field(s) {', '.join(unknown)}; valid fields: "
+                f"{', '.join(sorted(known))}"
             )
         if "name" not in data:
             raise ConfigError(f"{source}: missing required field 'name'")

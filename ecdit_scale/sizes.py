@@ -133,7 +133,8 @@ def _build_registry() -> dict[str, ModelConfig]:
     for size in CPU_SIZES:
         reg.append(_cpu(size, FFNConfig(), "CPU ladder, dense baseline."))
         for e in CPU_EXPERTS:
-            reg.append(_cpu(size, expert_choice(e), f"CPU ladder, expert choice f_c=2, {e} experts."))
+            reg.append(_cpu(size, expert_choice(e),
+                            f"CPU ladder, expert choice f_c=2, {e} experts."))
             reg.append(_cpu(size, token_choice(e), f"CPU ladder, GShard top-2 twin, {e} experts."))
     for size in DIT_SIZES:
         for patch in (2, 4, 8):
@@ -252,7 +253,9 @@ def depth_for_width(d: int) -> int:
     x = math.log(d)
     if x <= xs[0]:
         return DEPTH_ANCHORS[0][1]
-    for (x0, (_, y0)), (x1, (_, y1)) in zip(zip(xs, DEPTH_ANCHORS), zip(xs[1:], DEPTH_ANCHORS[1:])):
+    for (x0, (_, y0)), (x1, (_, y1)) in zip(zip(xs, DEPTH_ANCHORS, strict=True),
+                                            zip(xs[1:], DEPTH_ANCHORS[1:], strict=True),
+                                            strict=False):
         if x <= x1:
             return max(2, round(y0 + (y1 - y0) * (x - x0) / (x1 - x0)))
     return DEPTH_ANCHORS[-1][1]

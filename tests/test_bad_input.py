@@ -35,11 +35,13 @@ CATEGORIES = ("traceback", "hang", "silent", "usage", "message", "dataloss", "js
 
 
 def run_in_process(case: Case, tmp_path: Path, monkeypatch) -> tuple[str, str, int, str, str]:
-    """Run ``ecdit-scale ARGS`` in this process, in ``tmp_path``: (outcome, detail, rc, out, err)."""
+    """Run ``ecdit-scale ARGS`` in this process, in ``tmp_path``:
+    (outcome, detail, rc, out, err)."""
     from ecdit_scale import cli
 
     materialize(case, tmp_path, ROOT)
-    snapshot = {rel: (tmp_path / rel).read_bytes() for rel in case.keep if (tmp_path / rel).is_file()}
+    snapshot = {rel: (tmp_path / rel).read_bytes()
+                for rel in case.keep if (tmp_path / rel).is_file()}
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ECDIT_SCALE_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["ecdit-scale", *case.args(ROOT)])
@@ -72,7 +74,8 @@ def check(case: Case, tmp_path: Path, monkeypatch) -> None:
 
 
 def cases_of(category: str) -> list:
-    return [pytest.param(c, id=c.id) for c in ALL if c.category == category and c.quick and not c.slow]
+    return [pytest.param(c, id=c.id)
+            for c in ALL if c.category == category and c.quick and not c.slow]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,15 +160,16 @@ def test_the_scan_is_at_least_as_large_as_the_reviewers():
 
 
 def _case(**kw) -> Case:
-    return Case(**{"id": "t", "area": "core", "category": "silent", "argv": ("plan", "--nodes", "0"),
-                   "mention": ("--nodes",), **kw})
+    return Case(**{"id": "t", "area": "core", "category": "silent",
+                   "argv": ("plan", "--nodes", "0"), "mention": ("--nodes",), **kw})
 
 
 @pytest.mark.parametrize("rc, out, err, expected", [
     (2, "", "error: --nodes 0: must be >= 1\n", "ok"),
     (0, "plan ...", "", "silent"),
     (1, "", "Traceback (most recent call last):\n  File ...\nValueError: x\n", "traceback"),
-    (2, "", "Usage: ecdit-scale plan [OPTIONS]\nTry 'ecdit-scale plan --help'\n╭─ Error ─╮\n", "usage-box"),
+    (2, "", "Usage: ecdit-scale plan [OPTIONS]\nTry 'ecdit-scale plan --help'\n╭─ Error ─╮\n",
+     "usage-box"),
     (2, "", "error: cannot convert float NaN to integer\n", "unclear"),
     (1, "", "error: --nodes 0: must be >= 1\n", "exit-code"),
     (2, "", "", "no-message"),

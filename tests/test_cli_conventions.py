@@ -38,8 +38,9 @@ def test_help_shows_flags_as_flags_and_lists_choices(capsys, monkeypatch):
     code, out, _ = run_main(capsys, "plan", "--help")
     assert code in (0, None)
     assert "<bool>" not in out
-    for choice in ("<dense|token-choice|expert-choice>", "<adamw|rmsprop|sgd>", "<bf16|fp16|tf32|fp32>",
-                   "<none|replicated|sharded>", "<none|selective|full>", "<0|1|2|3>"):
+    for choice in ("<dense|token-choice|expert-choice>", "<adamw|rmsprop|sgd>",
+                   "<bf16|fp16|tf32|fp32>", "<none|replicated|sharded>", "<none|selective|full>",
+                   "<0|1|2|3>"):
         assert choice in out, choice
     code, out, _ = run_main(capsys, "models", "list", "--help")
     assert "<bool>" not in out and "<dense|token-choice|expert-choice>" in out

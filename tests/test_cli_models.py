@@ -39,7 +39,8 @@ def test_show_json_has_params_and_flops():
     assert out.returncode == 0, out.stderr
     card = json.loads(out.stdout)
     assert set(card["flops_per_image"]) == {"forward", "backward", "forward_macs"}
-    assert card["summary"]["params"]["total_params"] == count_params(sizes.get("ecdit-m-64e")).total_params
+    assert (card["summary"]["params"]["total_params"]
+            == count_params(sizes.get("ecdit-m-64e")).total_params)
 
 
 def test_show_params_target_and_card_path(tmp_path):
@@ -87,7 +88,8 @@ def _alias_bomb() -> str:
     ("name: broken\nffn: {kind: {a: 1}}\n", "ffn.kind"),
     ("name: broken\nffn: {2: 1}\n", "ffn: field name 2 is not a string"),
     ("name: broken\nffn: {kind: expert-choice, aux_loss_coef: x}\n", "ffn.aux_loss_coef = 'x'"),
-    (f"name: broken\nhidden_size: {2**62}\n", "hidden_size = 4611686018427387904: must be an integer in 1..1048576"),
+    (f"name: broken\nhidden_size: {2**62}\n",
+     "hidden_size = 4611686018427387904: must be an integer in 1..1048576"),
     ("name: broken\nmlp_ratio: .nan\n", "mlp_ratio = nan"),
     ("name: broken\ncond_dropout: x\n", "cond_dropout = 'x'"),
     ("name: broken\nqkv_bias: 3\n", "qkv_bias = 3: must be a boolean"),
@@ -120,7 +122,8 @@ def test_checked_in_cards_are_fresh():
     for name, cfg in sizes.REGISTRY.items():
         path = ROOT / "models" / f"{name}.yaml"
         assert path.is_file(), f"missing card {path}; run `ecdit-scale models export`"
-        assert path.read_text() == card_text(cfg), f"stale card {path}; run `ecdit-scale models export`"
+        assert path.read_text() == card_text(cfg), (f"stale card {path}; "
+                                                    "run `ecdit-scale models export`")
         assert load_model_config(path) == cfg
     assert len(list((ROOT / "models").glob("*.yaml"))) == len(sizes.REGISTRY)
 

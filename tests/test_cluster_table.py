@@ -43,7 +43,8 @@ def a_layout():
 
 def _table(a_layout, costs: dict[int, tuple[float, float]]) -> ClusterTable:
     rows = [ClusterRow(cluster=ClusterConfig(nodes=n), best=a_layout,
-                       cost=RunCost(days=d, gpu_hours=0.0, cost_usd=c)) for n, (d, c) in costs.items()]
+                       cost=RunCost(days=d, gpu_hours=0.0, cost_usd=c))
+            for n, (d, c) in costs.items()]
     return ClusterTable(rows=mark_rows(rows), accelerator="h100-sxm")
 
 
@@ -126,7 +127,7 @@ def test_97b_table_has_8_to_128_nodes_and_the_plan_row_is_the_plan():
     # more nodes are never slower: one all-gather per param group after the step, not a
     # ring latency per bucket (the 0.13 s that made 128 nodes slower than 64)
     steps = [r.best.step.total_s for r in t.rows]
-    assert all(b <= a for a, b in zip(steps, steps[1:]))
+    assert all(b <= a for a, b in zip(steps, steps[1:], strict=False))
     for r in t.rows:
         beaten = any(o.cost.days < r.cost.days and o.cost.cost_usd < r.cost.cost_usd
                      for o in t.rows)
@@ -203,8 +204,10 @@ def test_a_precision_the_device_lacks_is_refused():
     (["--params", "97B", "--days", "10", "--nodes", "8"], "--days chooses the node count"),
     (["--params", "97B", "--days", "10", "--budget", "1e6"], "not both"),
     (["--params", "97B", "--days", "0"], "--days = 0.0: must be a finite number > 0"),
-    (["--params", "97B", "--ema", "mirror"], "--ema 'mirror': choose one of none, replicated, sharded"),
-    (["--params", "97B", "--precision", "fp8"], "--precision 'fp8': choose one of bf16, fp16, tf32, fp32"),
+    (["--params", "97B", "--ema", "mirror"],
+     "--ema 'mirror': choose one of none, replicated, sharded"),
+    (["--params", "97B", "--precision", "fp8"],
+     "--precision 'fp8': choose one of bf16, fp16, tf32, fp32"),
 ])
 def test_plan_refusals_are_one_line_and_exit_2(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -220,7 +223,8 @@ def test_plan_prints_the_table_and_json_holds_it(capsys, tmp_path):
     code, out, _ = run_main(capsys, "plan", "--model", "small-ec8", "--nodes", "1",
                             "--global-batch", "256", "--out", str(tmp_path / "p"), "--json")
     printed = json.loads(out)
-    assert code == 0 and [r["nodes"] for r in printed["cluster_table"]["rows"]] == [1, 2, 4, 8, 16, 32]
+    assert code == 0
+    assert [r["nodes"] for r in printed["cluster_table"]["rows"]] == [1, 2, 4, 8, 16, 32]
     # an EMA was asked for (the default); the search keeps it sharded, which costs less
     assert printed["training"]["ema"] == "sharded" and printed["training"]["ema_decay"] == 0.9999
     assert printed["best"]["memory"]["ema"] > 0

@@ -67,7 +67,7 @@ def test_recorded_collectives_are_the_planners(traced, index):
 def test_both_placements_build_the_planned_groups_and_train_alike(traced):
     for rank in range(WORLD):
         by_order = {}
-        for c, r in zip(CONFIGS[:2], traced[rank][:2]):
+        for c, r in zip(CONFIGS[:2], traced[rank][:2], strict=True):
             ep_groups, edp_groups = expert_group_ranks(WORLD, c["ep"], c["placement"])
             assert r["ep_ranks"] == next(g for g in ep_groups if rank in g)
             assert r["edp_ranks"] == next(g for g in edp_groups if rank in g)

@@ -109,7 +109,8 @@ def test_divisors_and_their_hint():
 
 
 @pytest.mark.parametrize("changes, needle", [
-    (dict(hidden_size=2**62), "hidden_size = 4611686018427387904: must be an integer in 1..1048576"),
+    (dict(hidden_size=2**62),
+     "hidden_size = 4611686018427387904: must be an integer in 1..1048576"),
     (dict(depth=10**6), "depth = 1000000: must be an integer in 1..4096"),
     (dict(mlp_ratio=float("inf")), "mlp_ratio = inf: must be a finite number"),
     (dict(mlp_ratio="4"), "mlp_ratio = '4'"),

@@ -321,7 +321,8 @@ def test_latents_have_unit_variance_and_spatial_correlation():
 def test_latents_captions_go_through_the_same_text_path(xl8e_latents, cache):
     """The latents' captions are the shapes dataset's for one seed, and their embeddings are
     MiniLM's (the same cached encoder output), mapped isometrically to the card's width."""
-    shapes = build_dataset("shapes", image_size=16, text_tokens=77, limit=4, seed=3, cache_dir=cache)
+    shapes = build_dataset("shapes", image_size=16, text_tokens=77, limit=4, seed=3,
+                           cache_dir=cache)
     native = build_dataset("latents", image_size=256, text_tokens=77, limit=4, seed=3,
                            cache_dir=cache)
     wide = xl8e_latents
@@ -364,7 +365,8 @@ def test_cut_down_xl_8e_trains_one_step_on_latents(xl8e, xl8e_latents):
     with mode:
         parts = rectified_flow_loss(model, images, text, generator=torch.Generator().manual_seed(1))
         kept = mode.current - base
-    predicted = 2 * activation_bytes_per_sample(xl8e, Recompute.NONE, precision=Precision.FP32).total
+    predicted = 2 * activation_bytes_per_sample(xl8e, Recompute.NONE,
+                                                precision=Precision.FP32).total
     assert kept == pytest.approx(predicted, rel=0.01)
     parts.loss.backward()
     assert torch.isfinite(parts.loss)

@@ -68,7 +68,7 @@ def _worker(rank: int, port: int, out: str, ckpt: str) -> None:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
         c = torch.randn(2, cfg.text_tokens, cfg.text_dim, generator=g)
-        def build(variant):
+        def build(variant, cfg=cfg, s=s, ep=ep):
             net = engine_mod.build_parallel_model(cfg, s, ep)
             ds_config = make_ds_config(s, cfg)
             assert ds_config["gradient_clipping"] == 1.0
@@ -88,7 +88,7 @@ def _worker(rank: int, port: int, out: str, ckpt: str) -> None:
             tag = f"{name}-{zero}-{precision}"
             if variant == "trainer":  # the last step again, from a checkpoint
                 eng.save_checkpoint(ckpt, tag=tag)
-            ops = ops_by_source(lambda: losses.append(
+            ops = ops_by_source(lambda losses=losses, r=r, x=x, c=c: losses.append(
                 float(worker.train_step(r, STEPS, x, c).sums[0])))
             resumed = None
             if variant == "trainer":
@@ -128,8 +128,8 @@ def engines(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-zero{c[1]}-{c[2]}")
 def test_trainer_engine_trains_the_same_as_deepspeed_defaults(engines, case):
     """Bitwise on CPU: the settings and the foreach norm change how, not what, is computed
-    (clipping included: the global norm is the same number, and it clips). A checkpoint of the trainer's
-    engine resumes to the same next loss and weights (optimizer state included)."""
+    (clipping included: the global norm is the same number, and it clips). A checkpoint of the
+    trainer's engine resumes to the same next loss and weights (optimizer state included)."""
     ours, theirs = engines[(case, "trainer")], engines[(case, "deepspeed defaults")]
     assert ours["patched"]
     assert ours["losses"] == theirs["losses"]

@@ -90,7 +90,8 @@ def _compare(rank: int, world: int, kind: str, ep, out_dir: str) -> None:
     out["compiled_graphs"] = counters["stats"]["unique_graphs"]
     out["compiled_out_err"] = float((y_comp - y_par).abs().max())
     out["compiled_grad_err"] = max(
-        float((a.grad - b.grad).abs().max()) for a, b in zip(par.parameters(), comp.parameters()))
+        float((a.grad - b.grad).abs().max())
+        for a, b in zip(par.parameters(), comp.parameters(), strict=True))
     with open(os.path.join(out_dir, f"{kind}-rank{rank}.json"), "w") as fh:
         json.dump(out, fh)
 

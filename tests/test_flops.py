@@ -1,4 +1,5 @@
-"""Analytic FLOPs equal what FlopCounterMode counts on the torch model, and DiT's published Gflops."""
+"""Analytic FLOPs equal what FlopCounterMode counts on the torch model, and DiT's
+published Gflops."""
 
 import functools
 import subprocess
@@ -54,7 +55,8 @@ def measured_training_flops_per_image(cfg, *, checkpoint_blocks=False) -> float:
             block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
     x, _, cond = _inputs(cfg)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
-        rectified_flow_loss(model, x, cond, generator=torch.Generator().manual_seed(1)).loss.backward()
+        rectified_flow_loss(model, x, cond,
+                            generator=torch.Generator().manual_seed(1)).loss.backward()
     return fc.get_total_flops() / BATCH
 
 

@@ -112,7 +112,8 @@ def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, 
     # each resume goes on from the newest complete checkpoint the stop before it left
     assert term["checkpoint"] is not None and term["checkpoint"] >= EVERY, term
     assert intr["result"]["status"] == "interrupted"
-    assert intr["result"]["resumed_from"] == term["checkpoint"], (intr["result"], term["checkpoint"])
+    assert intr["result"]["resumed_from"] == term["checkpoint"], (intr["result"],
+                                                                  term["checkpoint"])
     assert intr["ranks_left"] == 0 and intr["summary"]["returncode"] == 130
     assert "--resume" in intr["stderr"].splitlines()[-1]
 
@@ -124,7 +125,7 @@ def test_signals_and_kill_stop_every_rank_and_resume_finishes_the_curve(ec_run, 
     assert final["result"]["resumed_from"] == kill["checkpoint"] >= intr["result"]["resumed_from"]
     resumed, reference = metrics(interrupted_run), metrics(ec_run)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
-    for a, b in zip(resumed, reference):
+    for a, b in zip(resumed, reference, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
     # and the held-out loss of the last step (same weights, same fixed problems)
     assert resumed[-1]["heldout_loss"] == pytest.approx(reference[-1]["heldout_loss"], rel=1e-6)
@@ -193,7 +194,7 @@ def test_resume_of_a_damaged_run_falls_back_and_loses_no_metric(short_run, tmp_p
     # steps 5 and 6, trained again from step4, are the uninterrupted run's; 7 and 8 extend it
     resumed, reference = metrics(out), metrics(short_run)
     assert [r["step"] for r in resumed] == list(range(1, 9))
-    for a, b in zip(resumed, reference):
+    for a, b in zip(resumed, reference, strict=False):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
     # the EMA was restored with the weights: at step 6 it is the uninterrupted run's again
     import torch

@@ -327,7 +327,8 @@ def test_bf16_zero0_step_memory_matches_the_planner_phase_by_phase(tmp_path):
     assert measured["step"] == pytest.approx(planned["step"], rel=0.01)
     assert max(measured.values()) == pytest.approx(max(planned.values()), rel=0.01)
     parts = res["planner_parts_bytes"]
-    assert parts["optimizer_temps"] > 0 and parts["grad_buffers"] > 0 and parts["master_weights"] > 0
+    assert (parts["optimizer_temps"] > 0 and parts["grad_buffers"] > 0
+            and parts["master_weights"] > 0)
 
 
 def test_tensors_in_reaches_a_list_shared_at_two_depths():
@@ -394,7 +395,7 @@ def test_activation_bytes_match_what_autograd_saves(name):
     for b in (2, 8):
         saved: dict[int, int] = {}
 
-        def pack(t):
+        def pack(t, saved=saved):
             s = t.untyped_storage()
             if s.data_ptr() not in weights:
                 saved[s.data_ptr()] = s.nbytes()

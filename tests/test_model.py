@@ -191,7 +191,7 @@ def test_grouped_query_attention_equals_repeated_kv(heads, kv_heads, masked):
     torch.testing.assert_close(out, ref)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    for a, b in zip(grads, grads_ref):
+    for a, b in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(a, b)
 
 

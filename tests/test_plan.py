@@ -317,10 +317,12 @@ def test_scaling_model_gets_kind_experts_and_compute_and_becomes_typed():
     d = p.to_dict()["scaling_estimate"]
     assert d["estimated"] is True and d["multipliers"][1]["value"] is None
     assert "loss" not in p.to_dict() and "predicted_loss" not in p.to_dict()
-    assert make_plan(SMALL, cluster=ONE_NODE, scaling_model=lambda k, e, c: None).scaling_estimate is None
+    assert make_plan(SMALL, cluster=ONE_NODE,
+                     scaling_model=lambda k, e, c: None).scaling_estimate is None
 
 
-@pytest.mark.parametrize("bad", [{"kind": "x"}, {**_scaling("x", 8, 1.0), "beyond_factor": float("nan")},
+@pytest.mark.parametrize("bad", [{"kind": "x"},
+                                 {**_scaling("x", 8, 1.0), "beyond_factor": float("nan")},
                                  {**_scaling("x", 8, 1.0), "measured_compute_flops": [1.0]}])
 def test_a_broken_scaling_estimate_is_one_config_error(bad):
     with pytest.raises(ConfigError, match="scaling estimate"):

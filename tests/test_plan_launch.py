@@ -149,7 +149,7 @@ def test_two_nodes_over_loopback_match_one_node(tmp_path, cpu_profile, plan_run)
     nodes = [run_launch_sh(plan, out, env={**env, "NODE_RANK": str(i)}, wait=False)
              for i in (0, 1)]
     results = [p.communicate(timeout=300) for p in nodes]
-    for p, (stdout, stderr) in zip(nodes, results):
+    for p, (stdout, stderr) in zip(nodes, results, strict=True):
         assert p.returncode == 0, stderr[-3000:]
         assert "--no_ssh" in json.loads(stdout)["command"]
     run = json.loads((out / "run.json").read_text())

@@ -190,7 +190,8 @@ def test_webdataset_shards_to_vae_latents(shards, text_encoder_dir, vae_dir, tmp
     from diffusers import AutoencoderKL
 
     one, brace = open_source(str(shards / "00000.tar")), open_source(str(shards / "0000{0,1}.tar"))
-    assert (count_items(one), count_items(brace), count_items(open_source(str(shards)))) == (3, 5, 5)
+    assert (count_items(one), count_items(brace),
+            count_items(open_source(str(shards)))) == (3, 5, 5)
     out = tmp_path / "latents"
     m = prepare(_request(shards / "0000{0,1}.tar", out, resolution=16, vae=str(vae_dir),
                          text_encoder=str(text_encoder_dir), shard_size=4)).manifest
@@ -441,7 +442,8 @@ def test_launcher_places_a_run_on_its_devices_and_host(tmp_path):
     from deepspeed.launcher.runner import parse_args  # DeepSpeed reads it as meant
 
     args = parse_args(cmd[1:cmd.index("--module")] + ["--module", "m"])
-    assert (args.include, args.num_nodes, args.num_gpus, args.force_multi) == ("node2:0", -1, -1, True)
+    assert ((args.include, args.num_nodes, args.num_gpus, args.force_multi)
+            == ("node2:0", -1, -1, True))
 
 
 @pytest.mark.slow

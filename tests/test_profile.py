@@ -387,7 +387,7 @@ def test_cpu_validation_profile_only(ec_run, short_run, measured_profile, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout)["rows"]
     assert [r["name"] for r in rows] == [run.name for run in runs]
-    for r, other in zip(rows, reversed(rows)):
+    for r, other in zip(rows, reversed(rows), strict=True):
         assert "profile" in r["step_s_source"] and r["calibrated_on"] == other["name"]
         assert 0 < r["step_s_predicted"] < 10 and math.isfinite(r["step_s_loo"])
         assert r["step_s_error"] == pytest.approx(r["step_s_measured"] / r["step_s_predicted"] - 1)

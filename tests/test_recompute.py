@@ -52,7 +52,7 @@ def test_policies_give_the_same_loss_and_gradients(name, autocast):
     for policy in (Recompute.SELECTIVE, Recompute.FULL):
         loss, grads = results[policy]
         torch.testing.assert_close(loss, loss0, rtol=1e-6, atol=0)
-        for g, g0 in zip(grads, grads0):
+        for g, g0 in zip(grads, grads0, strict=True):
             torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-7)
     assert any(g.abs().sum() > 0 for g in grads0[-4:])  # the test sees real gradients
 
@@ -102,10 +102,11 @@ def test_all_to_all_reruns_only_under_full_recompute(policy, passes):
     for layer in layers:
         layer.exchange = CountingExchange()
     model.zero_grad(set_to_none=True)
-    parts = rectified_flow_loss(model, *_inputs(cfg)[:2], generator=torch.Generator().manual_seed(5))
+    parts = rectified_flow_loss(model, *_inputs(cfg)[:2],
+                                generator=torch.Generator().manual_seed(5))
     stats = model.routing_stats()
     parts.loss.backward()
-    assert all(a is b for a, b in zip(model.routing_stats(), stats))
+    assert all(a is b for a, b in zip(model.routing_stats(), stats, strict=True))
     for layer in layers:
         assert (layer.exchange.dispatches, layer.exchange.combines) == (passes, passes)
 

@@ -309,9 +309,9 @@ def test_shared_exponent_fit_recovers_a_known_multiplier():
     for kind, mult in (("dense", 1.0), ("token-choice", 1.25), ("expert-choice", 2.0)):
         # kind k at compute C behaves like dense at mult * C: A_k = A_dense * mult^-alpha
         loss = E + 900.0 * (mult * C) ** -alpha * np.exp(rng.normal(0, 0.003, len(C)))
-        rows += [(c, l, kind) for c, l in zip(C, loss)]
-    c, l, k = map(np.array, zip(*rows))
-    fit = fit_shared_power_law(c, l, k, n_boot=60, seed=0)
+        rows += [(c, value, kind) for c, value in zip(C, loss, strict=True)]
+    c, losses, k = map(np.array, zip(*rows, strict=True))
+    fit = fit_shared_power_law(c, losses, k, n_boot=60, seed=0)
     m = fit.multiplier("expert-choice", "dense")
     assert m.value == pytest.approx(2.0, rel=0.05)
     assert m.interval.contains(2.0)
@@ -345,11 +345,11 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
     batched = bootstrap_terms(logx_TN, log_loss_N, resample_weights(idx, 12), theta)
     assert len(batched) == len(idx)
     lower, upper = terms_bounds(1)
-    bounds = list(zip([None, None, lower[2]], [None, None, upper[2]]))
-    for theta_b, rows in zip(batched, idx):
+    bounds = list(zip([None, None, lower[2]], [None, None, upper[2]], strict=True))
+    for theta_b, rows in zip(batched, idx, strict=True):
         x, y = logx_TN[:, rows][None], log_loss_N[rows][None]
 
-        def one(t):
+        def one(t, x=x, y=y):
             f, g = huber_terms_objective(t[None], x, y)
             return float(f[0]), g[0]
 
@@ -362,7 +362,8 @@ def test_batched_bootstrap_matches_one_scipy_fit_per_resample():
 def test_fit_run_table_reports_progress_in_order():
     calls = []
     df = run_table(n_per_kind=4)
-    fit_run_table(df, n_boot=2, progress=lambda what, done, total: calls.append((what, done, total)))
+    fit_run_table(df, n_boot=2,
+                  progress=lambda what, done, total: calls.append((what, done, total)))
     total = calls[0][2]
     assert [c[1] for c in calls] == list(range(total)) + [total]
     assert calls[-1][0] == "done" and calls[0][0] == "L(C) for dense"
@@ -472,5 +473,5 @@ def test_unreadable_csv_is_one_line_naming_the_file(tmp_path, text, needle):
 def test_every_row_longer_than_the_header_is_an_error_not_dropped_data(tmp_path):
     df = run_table(n_per_kind=3)
     lines = df.to_csv(index=False).splitlines()
-    path = write(tmp_path / "runs.csv", "\n".join([lines[0]] + [l + ",x" for l in lines[1:]]))
+    path = write(tmp_path / "runs.csv", "\n".join([lines[0]] + [ln + ",x" for ln in lines[1:]]))
     assert "not a well-formed CSV" in str(pytest.raises(RunTableError, load_run_table, path).value)

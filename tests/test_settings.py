@@ -55,7 +55,7 @@ def test_the_resume_command_gives_back_the_request():
     assert args[:3] == ["ecdit-scale", "launch", "nano-ec8"] and args[-1] == "--resume"
     got = parsed(args[3:])
     got["cooldown_branches"] = tuple(int(n) for n in got["cooldown_branches"].split(","))
-    for f, s in declared():
+    for f, _ in declared():
         want = "runs/x" if f.name == "out" else True if f.name == "resume" else \
             getattr(req, f.name)
         assert got[f.name] == want, f.name

@@ -111,10 +111,10 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(name, recompute):
             loss.loss.backward()
             losses.append(loss.loss.detach())
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-        for (n, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        for (n, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)
     if cfg.ffn.is_moe:  # the routing statistics the trainer reads come out of the graph
-        for a, b in zip(eager.routing_stats(), compiled.routing_stats()):
+        for a, b in zip(eager.routing_stats(), compiled.routing_stats(), strict=True):
             assert torch.equal(a.tokens_per_expert, b.tokens_per_expert)
     compiled.load_state_dict(eager.state_dict())  # a checkpoint of either loads into the other
 
@@ -219,7 +219,8 @@ def test_step_statistics_accumulate_on_the_device_and_reduce_once():
     assert out["dropped"] == dropped > 0
     assert out["peak_bytes"] is None and not out["memory_tracked"]
     L = cfg.num_moe_layers
-    assert len(out["tokens_per_expert"]) == L and len(out["experts_per_token"]["per_layer_mean"]) == L
+    assert len(out["tokens_per_expert"]) == L
+    assert len(out["experts_per_token"]["per_layer_mean"]) == L
 
 
 @pytest.mark.gpu

@@ -72,7 +72,8 @@ def test_validate_table_and_default_csv(ec_run):
 
 @pytest.mark.skipif(not GPU_RESULTS, reason="no bench/results/gpu_*.json")
 def test_validate_reads_gpu_measurements(tmp_path):
-    proc = cli_here("validate", *map(str, GPU_RESULTS), "--csv", str(tmp_path / "gpu.csv"), "--json")
+    proc = cli_here("validate", *map(str, GPU_RESULTS), "--csv", str(tmp_path / "gpu.csv"),
+                    "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["rows"] and all(r["kind"] == "gpu-bench" for r in report["rows"])
@@ -164,8 +165,8 @@ def test_row_errors():
 def _settings(**overrides) -> dict:
     from ecdit_scale.train.records import RunSettings
 
-    s = RunSettings.build(card="nano-ec8", model_name="nano-ec8", steps=6, nodes=1, nproc_per_node=2,
-                    ep=2, zero=2, micro_batch=4, grad_accum=1, dataset="shapes",
+    s = RunSettings.build(card="nano-ec8", model_name="nano-ec8", steps=6, nodes=1,
+                    nproc_per_node=2, ep=2, zero=2, micro_batch=4, grad_accum=1, dataset="shapes",
                     data_limit=64, holdout=8, seed=0, lr=1e-3, warmup_steps=0,
                     optimizer="adamw", precision="fp32", device="cpu", checkpoint_every=3,
                     keep_checkpoints=2, track_memory=True)

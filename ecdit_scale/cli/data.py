@@ -18,15 +18,32 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("prepare")
 def prepare_cmd(
-    source: str = typer.Argument(..., help="An ImageFolder (metadata.jsonl or .txt side-cars), a WebDataset .tar, a brace pattern (shards/{000..009}.tar) or a folder of .tar shards."),
-    out: str = typer.Option(..., "--out", help="Folder to write (shards, manifest.json); rerun the same command to resume."),
-    resolution: int = typer.Option(..., "--resolution", help="Image side R in pixels: shorter side resized to R, centre crop R x R."),
-    vae: str | None = typer.Option(None, "--vae", help="A diffusers AutoencoderKL folder: store its latents x scaling factor (default: keep pixels)."),
-    text_encoder: str | None = typer.Option(None, "--text-encoder", help="A sentence-transformers or transformers folder (default: the bundled all-MiniLM-L6-v2)."),
-    text_tokens: int = typer.Option(77, "--text-tokens", help="Tokens kept per caption (a card reads its own count, at most this)."),
-    shard_size: int = typer.Option(1024, "--shard-size", help="Items per shard (the unit of resuming)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the encoders run."),
-    workers: int = typer.Option(1, "--workers", help="Threads decoding and resizing images (the output is the same for any number)."),
+    source: str = typer.Argument(...,
+                                 help="An ImageFolder (metadata.jsonl or .txt side-cars), a "
+                                      "WebDataset .tar, a brace pattern "
+                                      "(shards/{000..009}.tar) or a folder of .tar shards."),
+    out: str = typer.Option(..., "--out",
+                            help="Folder to write (shards, manifest.json); "
+                                 "rerun the same command to resume."),
+    resolution: int = typer.Option(..., "--resolution",
+                                   help="Image side R in pixels: shorter side "
+                                        "resized to R, centre crop R x R."),
+    vae: str | None = typer.Option(None, "--vae",
+                                   help="A diffusers AutoencoderKL folder: store its "
+                                        "latents x scaling factor (default: keep pixels)."),
+    text_encoder: str | None = typer.Option(None, "--text-encoder",
+                                            help="A sentence-transformers or transformers folder "
+                                                 "(default: the bundled all-MiniLM-L6-v2)."),
+    text_tokens: int = typer.Option(77, "--text-tokens",
+                                    help="Tokens kept per caption (a card "
+                                         "reads its own count, at most this)."),
+    shard_size: int = typer.Option(1024, "--shard-size",
+                                   help="Items per shard (the unit of resuming)."),
+    device: str = typer.Option("auto", "--device",
+                               help="auto, cpu or cuda: where the encoders run."),
+    workers: int = typer.Option(1, "--workers",
+                                help="Threads decoding and resizing images (the "
+                                     "output is the same for any number)."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Resize, crop and encode images and captions into sharded arrays with a manifest."""

@@ -20,11 +20,22 @@ from .common import app, console, print_json
 
 @app.command("validate")
 def validate_cmd(
-    runs: list[str] = typer.Argument(..., help="Run directories (from `launch`) or GPU result files (bench/results/*.json)."),
-    calibrate_on: str | None = typer.Option(None, "--calibrate-on", help="Run whose measured efficiency calibrates the step-time predictions (default: the first)."),
-    csv: str | None = typer.Option(None, "--csv", help="CSV path (default: validation.csv in the first run directory)."),
-    save_profile: str | None = typer.Option(None, "--save-profile", help="Save the calibrated accelerator profile (YAML) for `plan --gpu`."),
-    profile: str | None = typer.Option(None, "--profile", help="Device profile (`ecdit-scale profile`) for the headline prediction (default: a quick profile of this CPU for CPU runs, the catalog for GPUs)."),
+    runs: list[str] = typer.Argument(...,
+                                     help="Run directories (from `launch`) or GPU "
+                                          "result files (bench/results/*.json)."),
+    calibrate_on: str | None = typer.Option(None, "--calibrate-on",
+                                            help="Run whose measured efficiency calibrates the "
+                                                 "step-time predictions (default: the first)."),
+    csv: str | None = typer.Option(None, "--csv",
+                                   help="CSV path (default: validation.csv "
+                                        "in the first run directory)."),
+    save_profile: str | None = typer.Option(None, "--save-profile",
+                                            help="Save the calibrated accelerator "
+                                                 "profile (YAML) for `plan --gpu`."),
+    profile: str | None = typer.Option(None, "--profile",
+                                       help="Device profile (`ecdit-scale profile`) for the "
+                                            "headline prediction (default: a quick profile of "
+                                            "this CPU for CPU runs, the catalog for GPUs)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Planner predictions next to measurements: parameters, FLOPs, memory, step time.
@@ -57,7 +68,8 @@ def adaptive_cmd(
     run: str = typer.Argument(..., help="A run directory (from `launch`) of an MoE model."),
     out: str | None = typer.Option(None, "--out", help="Output folder (default RUN/adaptive)."),
     samples: int = typer.Option(32, "--samples", help="Held-out samples to analyse (1-1024)."),
-    timesteps: int = typer.Option(8, "--timesteps", help="Points on the timestep grid in (0, 1) (1-64)."),
+    timesteps: int = typer.Option(8, "--timesteps",
+                                  help="Points on the timestep grid in (0, 1) (1-64)."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON summary."),
 ) -> None:
     """Adaptive compute of expert choice: experts per token by layer, timestep, caption length."""
@@ -116,7 +128,8 @@ def render_validation(report) -> None:
         t.add_column(col, justify="right")
     for r in report.rows:
         t.add_row(
-            escape(r.name), pair(r.params_predicted, r.params_measured, r.params_error, format_count),
+            escape(r.name),
+            pair(r.params_predicted, r.params_measured, r.params_error, format_count),
             pair(r.flops_predicted, r.flops_measured, r.flops_error, lambda x: f"{x:.4g}"),
             pair(r.memory_predicted, r.memory_measured, r.memory_error, format_bytes),
             pair(r.states_predicted, r.states_measured, r.states_error, format_bytes),

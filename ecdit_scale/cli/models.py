@@ -33,7 +33,10 @@ def _row(cfg) -> dict[str, Any]:
 
 @models_app.command("list")
 def list_models(
-    family: str | None = typer.Option(None, metavar=choices(sorted({c.family for c in sizes.REGISTRY.values()})), help="Only this family."),
+    family: str | None = typer.Option(None,
+                                      metavar=choices(sorted({c.family
+                                                              for c in sizes.REGISTRY.values()})),
+                                      help="Only this family."),
     kind: str | None = typer.Option(None, metavar=choices(FFNKind), help="Only this FFN kind."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array instead of a table."),
 ) -> None:
@@ -67,9 +70,11 @@ def _bad_kind(kind: str):
 @models_app.command("show")
 def show(
     name: str | None = typer.Argument(None, help="A model name or a path to a YAML card."),
-    params: str | None = typer.Option(None, "--params", help="Resolve a parameter target instead, e.g. 97B."),
+    params: str | None = typer.Option(None, "--params",
+                                      help="Resolve a parameter target instead, e.g. 97B."),
     active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
-    kind: str = typer.Option("expert-choice", metavar=choices(FFNKind), help="FFN kind for --params."),
+    kind: str = typer.Option("expert-choice", metavar=choices(FFNKind),
+                             help="FFN kind for --params."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """One config: its fields, exact parameter breakdown and FLOPs per image."""
@@ -121,7 +126,8 @@ def _print_card(card: dict[str, Any]) -> None:
     table.add_column("params", justify="right")
     for key in ("embedders", "self_attention", "cross_attention", "ffn", "experts", "router",
                 "adaln", "output_head", "text_encoder"):
-        label = key + ("" if key != "text_encoder" or p["text_encoder_counted"] else " (not counted)")
+        label = key + ("" if key != "text_encoder" or p["text_encoder_counted"]
+                       else " (not counted)")
         table.add_row(label, f"{p[key]:,}")
     table.add_row("total", f"{p['total_params']:,}", style="bold")
     table.add_row("activated per token", f"{p['active_params']:,}", style="bold")
@@ -140,9 +146,13 @@ def _print_card(card: dict[str, Any]) -> None:
 
 @models_app.command("export")
 def export(
-    out: str = typer.Option(str(DEFAULT_CARDS_DIR), "--out", help="Folder for the YAML cards (it appears whole; files you put there stay)."),
+    out: str = typer.Option(str(DEFAULT_CARDS_DIR), "--out",
+                            help="Folder for the YAML cards (it appears "
+                                 "whole; files you put there stay)."),
     check: bool = typer.Option(False, "--check", help="Only report stale or missing cards."),
-    json_out: bool = typer.Option(False, "--json", help="Print the cards written, unchanged, removed (or stale) as JSON."),
+    json_out: bool = typer.Option(False, "--json",
+                                  help="Print the cards written, unchanged, "
+                                       "removed (or stale) as JSON."),
 ) -> None:
     """Write one YAML card per named size (the checked-in models/ folder)."""
     result = export_cards(out, check=check)
@@ -153,7 +163,8 @@ def export(
         print_json({"out": out, **result.to_dict()})
         return
     if check:
-        console.print(f"{len(result.written) + len(result.unchanged)} cards up to date in {escape(out)}")
+        console.print(f"{len(result.written) + len(result.unchanged)} cards up to date in "
+                      f"{escape(out)}")
         return
     console.print(f"wrote {len(result.written)} card(s), {len(result.unchanged)} unchanged, "
                   f"{len(result.removed)} removed in {escape(out)}")

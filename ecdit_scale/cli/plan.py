@@ -43,44 +43,101 @@ def _scaling_model(fit: Path | None):
 
 @app.command()
 def plan(
-    params: str | None = typer.Option(None, "--params", help="Parameter target, e.g. 97B (default when no --model)."),
-    model: str | None = typer.Option(None, "--model", help="A model name or YAML card instead of --params."),
-    override: str | None = typer.Option(None, "--override", help="Change fields of --model, e.g. depth=4,ffn.num_experts=8 (a paper size cut down to one GPU)."),
+    params: str | None = typer.Option(None, "--params",
+                                      help="Parameter target, e.g. 97B (default when no --model)."),
+    model: str | None = typer.Option(None, "--model",
+                                     help="A model name or YAML card instead of --params."),
+    override: str | None = typer.Option(None, "--override",
+                                        help="Change fields of --model, e.g. "
+                                             "depth=4,ffn.num_experts=8 (a "
+                                             "paper size cut down to one GPU)."),
     active: bool = typer.Option(False, "--active", help="--params counts activated parameters."),
-    routing: str | None = typer.Option(None, "--routing", metavar=choices(FFNKind), help="FFN kind of the model (default: the named or synthesised config's)."),
-    gpu: str = typer.Option("h100-sxm", "--gpu", help="Accelerator name from the catalog, or a YAML profile (e.g. one saved by `validate`)."),
+    routing: str | None = typer.Option(None, "--routing", metavar=choices(FFNKind),
+                                       help="FFN kind of the model (default: the "
+                                            "named or synthesised config's)."),
+    gpu: str = typer.Option("h100-sxm", "--gpu",
+                            help="Accelerator name from the catalog, or a YAML "
+                                 "profile (e.g. one saved by `validate`)."),
     gpus: int | None = typer.Option(None, "--gpus", help="Total devices (default 64 nodes x 8)."),
     nodes: int | None = typer.Option(None, "--nodes", help="Nodes (default 64)."),
-    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node", help="Devices per node (default: the accelerator's)."),
+    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node",
+                                             help="Devices per node (default: the accelerator's)."),
     global_batch: int = typer.Option(4096, "--global-batch", help="Images per optimizer step."),
     steps: int = typer.Option(800_000, "--steps", help="Optimizer steps of the run."),
-    optimizer: str = typer.Option("rmsprop", "--optimizer", metavar=choices(Optimizer), help="rmsprop is the paper's."),
-    precision: str | None = typer.Option(None, "--precision", metavar=choices(Precision), help="Each at the device's own rate: fp16 is AMP, tf32 fp32 storage with TF32 GEMMs (default bf16, or fp32 on a device that lists no bf16 throughput, e.g. a CPU profile; a precision the device lacks is refused)."),
-    attention: str = typer.Option("flash", "--attention", metavar="flash|mem-efficient|math", help="Attention kernel (math: scores materialised, as timm's Attention)."),
-    vae_in_loop: bool = typer.Option(False, "--vae-in-loop/--latents", help="Encode images with the SD VAE inside the loop, or train on pre-extracted latents."),
-    text_encoder: str = typer.Option("none", "--text-encoder", metavar="none|t5-xxl", help="Frozen text encoder run inside the loop: none (pre-extracted) or t5-xxl (PixArt's, 120 tokens)."),
-    compiled: bool = typer.Option(False, "--compile/--eager", help="torch.compile (fused elementwise chains; an assumed factor) or eager."),
-    ema: str | None = typer.Option(None, "--ema", metavar=choices(EMA), help="EMA of the weights (DiT, decay 0.9999, fp32): none, or pin a replica or one sharded with the optimizer state (default: kept, and the search picks sharded, or a replica where it costs nothing)."),
-    days: float | None = typer.Option(None, "--days", help="Pick the cheapest cluster size that finishes within D days."),
-    budget: float | None = typer.Option(None, "--budget", help="Pick the fastest cluster size that costs at most this many USD."),
-    sizes_table: bool = typer.Option(True, "--table/--no-table", help="Time and cost at other cluster sizes (1-128 nodes)."),
-    zero: int | None = typer.Option(None, "--zero", metavar="<0|1|2|3>", help="Pin the ZeRO stage."),
+    optimizer: str = typer.Option("rmsprop", "--optimizer", metavar=choices(Optimizer),
+                                  help="rmsprop is the paper's."),
+    precision: str | None = typer.Option(None, "--precision", metavar=choices(Precision),
+                                         help="Each at the device's own rate: fp16 is AMP, "
+                                              "tf32 fp32 storage with TF32 GEMMs (default "
+                                              "bf16, or fp32 on a device that lists no "
+                                              "bf16 throughput, e.g. a CPU profile; a "
+                                              "precision the device lacks is refused)."),
+    attention: str = typer.Option("flash", "--attention", metavar="flash|mem-efficient|math",
+                                  help="Attention kernel (math: scores "
+                                       "materialised, as timm's Attention)."),
+    vae_in_loop: bool = typer.Option(False, "--vae-in-loop/--latents",
+                                     help="Encode images with the SD VAE inside the "
+                                          "loop, or train on pre-extracted latents."),
+    text_encoder: str = typer.Option("none", "--text-encoder", metavar="none|t5-xxl",
+                                     help="Frozen text encoder run inside the loop: none "
+                                          "(pre-extracted) or t5-xxl (PixArt's, 120 tokens)."),
+    compiled: bool = typer.Option(False, "--compile/--eager",
+                                  help="torch.compile (fused elementwise "
+                                       "chains; an assumed factor) or eager."),
+    ema: str | None = typer.Option(None, "--ema", metavar=choices(EMA),
+                                   help="EMA of the weights (DiT, decay 0.9999, fp32): none, "
+                                        "or pin a replica or one sharded with the optimizer "
+                                        "state (default: kept, and the search picks sharded, "
+                                        "or a replica where it costs nothing)."),
+    days: float | None = typer.Option(None, "--days",
+                                      help="Pick the cheapest cluster size "
+                                           "that finishes within D days."),
+    budget: float | None = typer.Option(None, "--budget",
+                                        help="Pick the fastest cluster size that "
+                                             "costs at most this many USD."),
+    sizes_table: bool = typer.Option(True, "--table/--no-table",
+                                     help="Time and cost at other cluster sizes (1-128 nodes)."),
+    zero: int | None = typer.Option(None, "--zero", metavar="<0|1|2|3>",
+                                    help="Pin the ZeRO stage."),
     dp: int | None = typer.Option(None, "--dp", help="Pin data-parallel size."),
     ep: int | None = typer.Option(None, "--ep", help="Pin expert-parallel size."),
-    tp: int | None = typer.Option(None, "--tp", help="Pin tensor-parallel size (default 1: ecdit_scale.train has no tensor parallelism; pass --tp N for Megatron-style layouts)."),
+    tp: int | None = typer.Option(None, "--tp",
+                                  help="Pin tensor-parallel size (default 1: "
+                                       "ecdit_scale.train has no tensor parallelism; "
+                                       "pass --tp N for Megatron-style layouts)."),
     micro_batch: int | None = typer.Option(None, "--micro-batch", help="Pin the micro-batch."),
-    recompute: str | None = typer.Option(None, "--recompute", metavar=choices(Recompute), help="Pin activation recomputation."),
-    placement: str | None = typer.Option(None, "--placement", metavar=choices(Placement), help="Pin the MoE rank order: expert-before-data is DeepSpeed's default (default: the search picks)."),
-    price: float = typer.Option(2.5, "--price", help="USD per GPU-hour (an assumption; set yours)."),
+    recompute: str | None = typer.Option(None, "--recompute", metavar=choices(Recompute),
+                                         help="Pin activation recomputation."),
+    placement: str | None = typer.Option(None, "--placement", metavar=choices(Placement),
+                                         help="Pin the MoE rank order: expert-before-data is "
+                                              "DeepSpeed's default (default: the search picks)."),
+    price: float = typer.Option(2.5, "--price",
+                                help="USD per GPU-hour (an assumption; set yours)."),
     top: int = typer.Option(5, "--top", help="How many layouts to list."),
-    sampling_steps: int = typer.Option(50, "--sampling-steps", help="Inference estimate: sampling steps."),
-    inference_devices: int = typer.Option(8, "--inference-devices", help="Inference estimate: devices (the paper: 8 H100)."),
-    fit: Path | None = typer.Option(None, "--fit", help="Scaling fit for the compute multipliers (default: the reference sweep's)."),
-    flops: float | None = typer.Option(None, "--flops", help="With --fit: spend this compute (FLOPs) as the fit's headline law says (activated parameters and steps at --global-batch)."),
-    gpu_hours: float | None = typer.Option(None, "--gpu-hours", help="With --fit: as --flops, for GPU-hours of --gpu at the planner's sustained FLOP/s (an estimate)."),
-    out: str | None = typer.Option(None, "--out", help="Write the plan folder here: plan.yaml, ds_config.json, launch.sh, hostfile, card.yaml (it appears whole). Without --out nothing is written."),
-    no_write: bool = typer.Option(False, "--no-write", hidden=True, help="Kept for old scripts: without --out, plan writes nothing anyway."),
-    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same object as plan.yaml); writes nothing unless --out is given."),
+    sampling_steps: int = typer.Option(50, "--sampling-steps",
+                                       help="Inference estimate: sampling steps."),
+    inference_devices: int = typer.Option(8, "--inference-devices",
+                                          help="Inference estimate: devices (the paper: 8 H100)."),
+    fit: Path | None = typer.Option(None, "--fit",
+                                    help="Scaling fit for the compute multipliers "
+                                         "(default: the reference sweep's)."),
+    flops: float | None = typer.Option(None, "--flops",
+                                       help="With --fit: spend this compute (FLOPs) as "
+                                            "the fit's headline law says (activated "
+                                            "parameters and steps at --global-batch)."),
+    gpu_hours: float | None = typer.Option(None, "--gpu-hours",
+                                           help="With --fit: as --flops, for GPU-hours of --gpu at "
+                                                "the planner's sustained FLOP/s (an estimate)."),
+    out: str | None = typer.Option(None, "--out",
+                                   help="Write the plan folder here: plan.yaml, "
+                                        "ds_config.json, launch.sh, hostfile, card.yaml (it "
+                                        "appears whole). Without --out nothing is written."),
+    no_write: bool = typer.Option(False, "--no-write", hidden=True,
+                                  help="Kept for old scripts: without "
+                                       "--out, plan writes nothing anyway."),
+    json_out: bool = typer.Option(False, "--json",
+                                  help="Print the plan as JSON (the same object as "
+                                       "plan.yaml); writes nothing unless --out is given."),
 ) -> None:
     """Plan a training run: FLOPs, memory, layouts, step time, days, cost, DeepSpeed config.
 
@@ -186,12 +243,15 @@ def _print_plan(p, files) -> None:
     f = p.flops_per_image
     console.print(f"FLOPs per image: forward {f.forward:.4g}, backward {f.backward:.4g} "
                   f"(forward MACs {f.forward_macs:.4g}); per step: model "
-                  f"{p.flops_per_step.model:.4g}, hardware {p.flops_per_step.hardware:.4g} \\[exact]")
+                  f"{p.flops_per_step.model:.4g}, hardware {p.flops_per_step.hardware:.4g} "
+                  "\\[exact]")
     tr = p.training
     console.print(f"run: {tr.steps:,} steps x {tr.global_batch} images on "
                   f"{p.cluster.nodes} x {p.cluster.gpus_per_node} {escape(p.accelerator.name)} "
                   f"({p.world} devices), optimizer {tr.optimizer.value} (lr {tr.lr:g}, warm-up "
-                  f"{tr.warmup_steps:,} step{'' if tr.warmup_steps == 1 else 's'}), {tr.precision.value}, EMA {tr.ema.value}" + (f" (decay {tr.ema_decay:g})" if tr.ema.value != "none" else ""))
+                  f"{tr.warmup_steps:,} step{'' if tr.warmup_steps == 1 else 's'}), "
+                  f"{tr.precision.value}, EMA {tr.ema.value}"
+                  + (f" (decay {tr.ema_decay:g})" if tr.ema.value != "none" else ""))
     why = warmup_floor_note(tr.optimizer, tr.warmup_steps, tr.steps)
     if why:
         console.print(f"note: {why}")
@@ -213,7 +273,8 @@ def _print_plan(p, files) -> None:
         mem["peak_phase"]]
     mt.add_row("peak: " + phase, format_gib(mem["allocated"]))
     mt.add_row("total (peak + overhead)",
-               f"{format_gib(mem['total'])} of {format_gib(p.accelerator.memory_bytes)}", style="bold")
+               f"{format_gib(mem['total'])} of {format_gib(p.accelerator.memory_bytes)}",
+               style="bold")
     console.print(mt)
 
     lt = Table(title=f"top layouts of {p.search.num_feasible:,} that fit "
@@ -224,8 +285,8 @@ def _print_plan(p, files) -> None:
     for e in p.top:
         L, s = e.layout, e.step
         lt.add_row(str(L.dp), str(L.ep), str(L.tp), str(L.zero), str(L.micro_batch),
-                   str(e.grad_accum), L.recompute.value, format_gib(e.memory.total), f"{s.total_s:.3g}",
-                   f"{s.a2a_s:.3g}", f"{s.mfu:.1%}", f"{s.images_per_s:,.0f}")
+                   str(e.grad_accum), L.recompute.value, format_gib(e.memory.total),
+                   f"{s.total_s:.3g}", f"{s.a2a_s:.3g}", f"{s.mfu:.1%}", f"{s.images_per_s:,.0f}")
     console.print(lt)
     if p.search.rejected:
         reasons = "; ".join(f"{n:,} {r}" for r, n in list(p.search.rejected.items())[:4])
@@ -235,8 +296,8 @@ def _print_plan(p, files) -> None:
              "param_allgather": "parameter all-gather", "zero3_gather": "ZeRO-3 gathers"}
     comm = ", ".join(f"{names[t]} {x:.3f}" + (f" of {raw:.3f}" if raw > x else "")
                      for t, raw, x in st.terms() if t in names and raw > 0)
-    console.print(f"step time: compute {st.compute_s:.3f} s + exposed comm {st.exposed_comm_s:.3f} s "
-                  f"({comm or 'none'}) + optimizer {st.optimizer_s:.3f} s"
+    console.print(f"step time: compute {st.compute_s:.3f} s + exposed comm "
+                  f"{st.exposed_comm_s:.3f} s ({comm or 'none'}) + optimizer {st.optimizer_s:.3f} s"
                   + (f" + launch/engine {st.launch_s + st.engine_s:.3f} s"
                      if st.launch_s + st.engine_s > 0 else "") + "; "
                   f"{st.grad_hidden_fraction:.0%} of gradient traffic hidden behind the backward")
@@ -249,12 +310,12 @@ def _print_plan(p, files) -> None:
     if tp_alt is not None:
         s2 = tp_alt.step
         console.print(f"with tensor parallelism ({tp_alt.describe()}): step {s2.total_s:.3f} s, "
-                      f"MFU {s2.mfu:.1%}, {p.training.steps * s2.total_s / 86400:,.1f} days — needs a "
-                      "Megatron-style model; rerun with --tp to plan it", style="dim")
+                      f"MFU {s2.mfu:.1%}, {p.training.steps * s2.total_s / 86400:,.1f} days — "
+                      "needs a Megatron-style model; rerun with --tp to plan it", style="dim")
     console.print(f"inference: {infer.steps} sampling steps with CFG on {infer.devices} "
-                  f"{escape(p.accelerator.name)} (ep={infer.ep}, tp={infer.tp}): {infer.latency_s:.2f} s "
-                  f"per batch of {infer.batch}, {infer.bound}-bound, {format_gib(infer.memory_bytes_per_device)}"
-                  f" per device \\[estimated]")
+                  f"{escape(p.accelerator.name)} (ep={infer.ep}, tp={infer.tp}): "
+                  f"{infer.latency_s:.2f} s per batch of {infer.batch}, {infer.bound}-bound, "
+                  f"{format_gib(infer.memory_bytes_per_device)} per device \\[estimated]")
     if scaling:
         lo, hi = scaling.measured_compute_flops
         for m in scaling.multipliers:
@@ -322,16 +383,21 @@ app.add_typer(plans_app, name="plans")
 
 @plans_app.command("export")
 def export_plans(
-    out: str = typer.Option("plans", "--out", help="Folder for the example plans (it appears whole; files you put there stay)."),
+    out: str = typer.Option("plans", "--out",
+                            help="Folder for the example plans (it appears "
+                                 "whole; files you put there stay)."),
     check: bool = typer.Option(False, "--check", help="Only report stale files."),
-    json_out: bool = typer.Option(False, "--json", help="Print the files written (or stale) as JSON."),
+    json_out: bool = typer.Option(False, "--json",
+                                  help="Print the files written (or stale) as JSON."),
 ) -> None:
-    """Regenerate the example plans (M-64E on the default cluster, XL-32E on H200, a small one-node run)."""
+    ("Regenerate the example plans (M-64E on the default cluster, XL-32E on H200, a small "
+     "one-node run).")
     from ..planner.examples import EXAMPLES, export_examples
 
     changed = export_examples(out, check=check, scaling_model=_scaling_model(None))
     if check and changed:
-        raise ConfigError(f"{len(changed)} stale plan file(s), e.g. {changed[0]}; run `ecdit-scale plans export`")
+        raise ConfigError(f"{len(changed)} stale plan file(s), e.g. {changed[0]}; run "
+                          "`ecdit-scale plans export`")
     if json_out:
         print_json({"out": out, "examples": [ex.name for ex in EXAMPLES],
                     ("stale" if check else "written"): changed})

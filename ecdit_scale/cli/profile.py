@@ -27,12 +27,20 @@ def available_cpus() -> int:
 
 @app.command("profile")
 def profile_cmd(
-    out: str | None = typer.Option(None, "--out", help="Profile YAML to write (default profile-<device>.yaml)."),
-    device: str = typer.Option("cpu", "--device", metavar="<cpu|cuda>", help="The device to measure."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes for all-reduce / all-to-all (gloo on CPU, nccl on CUDA); 1 skips them."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller grid and shorter timings (a few seconds on a CPU)."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads, 1 to the CPUs available (a CPU rank of `launch` runs one)."),
-    dtype: str = typer.Option("", "--dtype", metavar="<fp32|bf16|fp16>", help="Default: fp32 on CPU, bf16 on CUDA."),
+    out: str | None = typer.Option(None, "--out",
+                                   help="Profile YAML to write (default profile-<device>.yaml)."),
+    device: str = typer.Option("cpu", "--device", metavar="<cpu|cuda>",
+                               help="The device to measure."),
+    nproc: int = typer.Option(1, "--nproc",
+                              help="Processes for all-reduce / all-to-all (gloo "
+                                   "on CPU, nccl on CUDA); 1 skips them."),
+    quick: bool = typer.Option(False, "--quick",
+                               help="A smaller grid and shorter timings (a few seconds on a CPU)."),
+    threads: int = typer.Option(1, "--threads",
+                                help="CPU threads, 1 to the CPUs available "
+                                     "(a CPU rank of `launch` runs one)."),
+    dtype: str = typer.Option("", "--dtype", metavar="<fp32|bf16|fp16>",
+                              help="Default: fp32 on CPU, bf16 on CUDA."),
     json_out: bool = typer.Option(False, "--json", help="Print the profile as JSON."),
 ) -> None:
     """Measure GEMMs, SDPA, bandwidth, launch overhead, the optimizer step and collectives."""
@@ -74,7 +82,8 @@ def render_profile(acc, path: Path) -> None:
     t.add_row("GEMM, best / worst of grid", f"{max(p.gemm_flops_per_s) / 1e9:,.1f} / "
                                             f"{min(p.gemm_flops_per_s) / 1e9:,.2f} GFLOP/s")
     t.add_row("SDPA forward, largest call", f"{p.sdpa_forward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
-    t.add_row("SDPA backward, largest call", f"{p.sdpa_backward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
+    t.add_row("SDPA backward, largest call",
+              f"{p.sdpa_backward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
     t.add_row("copy bandwidth", f"{p.memory_bw_bytes_per_s / 1e9:,.1f} GB/s")
     t.add_row(f"kernel launch ({p.launch_mode})", f"{p.launch_s * 1e6:.2f} us")
     t.add_row("optimizer (AdamW)", f"{p.optimizer_s_per_byte * 1e12:.2f} ps/byte + "

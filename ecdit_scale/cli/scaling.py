@@ -39,36 +39,83 @@ def _csv_list(text: str, option: str) -> tuple[str, ...]:
 
 @app.command()
 def sweep(
-    sizes_: str = typer.Option("nano,micro,tiny", "--sizes", help="Sizes, comma-separated: CPU-ladder names (nano, micro, tiny, mini, small, base), YAML card paths, or parameter targets like 20M,50M (a dense backbone of that size, synthesised)."),
-    variants: str = typer.Option("dense,tc8,ec8", "--variants", help="dense, tc8, ec8, tc16, ec16."),
+    sizes_: str = typer.Option("nano,micro,tiny", "--sizes",
+                               help="Sizes, comma-separated: CPU-ladder names (nano, micro, tiny, "
+                                    "mini, small, base), YAML card paths, or parameter targets "
+                                    "like 20M,50M (a dense backbone of that size, synthesised)."),
+    variants: str = typer.Option("dense,tc8,ec8", "--variants",
+                                 help="dense, tc8, ec8, tc16, ec16."),
     steps: int = typer.Option(300, "--steps", help="Steps of the largest budget."),
-    budgets: str = typer.Option("0.25,0.5,1", "--budgets", help="Compute budgets as fractions of --steps (wsd: one annealed run each)."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds per configuration (init and data order)."),
-    schedule: str = typer.Option("wsd", "--schedule", metavar="<wsd|wsd-branch|constant>", help="wsd: a run per budget, cooled down at its end; wsd-branch: the same runs as one launch per group, each smaller budget's cooldown branched off the largest run's stable phase (same losses, fewer steps); constant: budgets read off one constant-lr run."),
-    cooldown: float = typer.Option(0.2, "--cooldown", help="wsd: share of each run's steps spent decaying the lr."),
+    budgets: str = typer.Option("0.25,0.5,1", "--budgets",
+                                help="Compute budgets as fractions of "
+                                     "--steps (wsd: one annealed run each)."),
+    seeds: str = typer.Option("0,1,2", "--seeds",
+                              help="Seeds per configuration (init and data order)."),
+    schedule: str = typer.Option("wsd", "--schedule", metavar="<wsd|wsd-branch|constant>",
+                                 help="wsd: a run per budget, cooled down at its end; "
+                                      "wsd-branch: the same runs as one launch per group, "
+                                      "each smaller budget's cooldown branched off the "
+                                      "largest run's stable phase (same losses, fewer steps); "
+                                      "constant: budgets read off one constant-lr run."),
+    cooldown: float = typer.Option(0.2, "--cooldown",
+                                   help="wsd: share of each run's steps spent decaying the lr."),
     nproc: int = typer.Option(1, "--nproc", help="Ranks per run."),
     micro_batch: int = typer.Option(16, "--micro-batch"),
-    dataset: str = typer.Option("shapes-stream", "--dataset", metavar="<shapes-stream|shapes|emoji>", help="shapes-stream (never repeats; default), shapes (a fixed set) or emoji."),
-    data: Path | None = typer.Option(None, "--data", help="A folder written by `ecdit-scale data prepare`: every run trains on it (cards take its input shape; replaces --dataset)."),
-    limit: int | None = typer.Option(None, "--limit", help="Finite datasets: use the first N samples."),
-    holdout: int = typer.Option(64, "--holdout", help="Held-out samples scored at fixed noise at the end of every run."),
+    dataset: str = typer.Option("shapes-stream", "--dataset",
+                                metavar="<shapes-stream|shapes|emoji>",
+                                help="shapes-stream (never repeats; default), "
+                                     "shapes (a fixed set) or emoji."),
+    data: Path | None = typer.Option(None, "--data",
+                                     help="A folder written by `ecdit-scale data "
+                                          "prepare`: every run trains on it (cards "
+                                          "take its input shape; replaces --dataset)."),
+    limit: int | None = typer.Option(None, "--limit",
+                                     help="Finite datasets: use the first N samples."),
+    holdout: int = typer.Option(64, "--holdout",
+                                help="Held-out samples scored at fixed "
+                                     "noise at the end of every run."),
     lr: float = typer.Option(1e-3, "--lr"),
-    lr_search: str = typer.Option("", "--lr-search", help="Multipliers of --lr tried per size (e.g. 0.5,1,2): dense model, shortest budget, first seed; the best held-out loss sets the size's lr."),
-    device: str = typer.Option("auto", "--device", metavar="<auto|cpu|cuda>", help="Where the runs train."),
-    parallel: int = typer.Option(1, "--parallel", help="Launches at once (small models leave a GPU or a many-core CPU mostly idle); on GPUs each launch gets --nproc devices of its own."),
-    hostfile: Path | None = typer.Option(None, "--hostfile", help="DeepSpeed hostfile: runs spread over its hosts (each run its own world of --nproc ranks on one host, started over ssh); every slot kept busy."),
+    lr_search: str = typer.Option("", "--lr-search",
+                                  help="Multipliers of --lr tried per size (e.g. "
+                                       "0.5,1,2): dense model, shortest budget, first "
+                                       "seed; the best held-out loss sets the size's lr."),
+    device: str = typer.Option("auto", "--device", metavar="<auto|cpu|cuda>",
+                               help="Where the runs train."),
+    parallel: int = typer.Option(1, "--parallel",
+                                 help="Launches at once (small models leave a GPU or "
+                                      "a many-core CPU mostly idle); on GPUs each "
+                                      "launch gets --nproc devices of its own."),
+    hostfile: Path | None = typer.Option(None, "--hostfile",
+                                         help="DeepSpeed hostfile: runs spread over its hosts "
+                                              "(each run its own world of --nproc ranks on one "
+                                              "host, started over ssh); every slot kept busy."),
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Folder of the runs and runs.csv."),
     json_out: bool = typer.Option(False, "--json"),
-    design: str = typer.Option("grid", "--design", help="grid: --sizes x --budgets; isoflop: per --flops level, sizes around the expected optimum, each trained for the steps that spend the level."),
-    flops: str = typer.Option("", "--flops", help="isoflop: compute levels in FLOPs, e.g. 1e13,3e13,1e14."),
-    tokens_per_param: float = typer.Option(20.0, "--tokens-per-param", help="isoflop: the prior for the optimum (tokens per activated parameter), unless --prior-fit."),
-    prior_fit: Path | None = typer.Option(None, "--prior-fit", help="isoflop: a fit whose headline law sets the expected optimum."),
-    sizes_per_level: int = typer.Option(5, "--sizes-per-level", help="isoflop: sizes per level (>= 3)."),
-    spread: float = typer.Option(4.0, "--spread", help="isoflop: sizes span optimum/spread..optimum*spread."),
-    lr_grid: str = typer.Option("0.5,1,2", "--lr-grid", help="isoflop: multipliers of --lr searched per size and variant at the middle level."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (size, activated params, steps, FLOPs, variant, seed) without training."),
+    design: str = typer.Option("grid", "--design",
+                               help="grid: --sizes x --budgets; isoflop: per --flops "
+                                    "level, sizes around the expected optimum, each "
+                                    "trained for the steps that spend the level."),
+    flops: str = typer.Option("", "--flops",
+                              help="isoflop: compute levels in FLOPs, e.g. 1e13,3e13,1e14."),
+    tokens_per_param: float = typer.Option(20.0, "--tokens-per-param",
+                                           help="isoflop: the prior for the optimum (tokens per "
+                                                "activated parameter), unless --prior-fit."),
+    prior_fit: Path | None = typer.Option(None, "--prior-fit",
+                                          help="isoflop: a fit whose headline "
+                                               "law sets the expected optimum."),
+    sizes_per_level: int = typer.Option(5, "--sizes-per-level",
+                                        help="isoflop: sizes per level (>= 3)."),
+    spread: float = typer.Option(4.0, "--spread",
+                                 help="isoflop: sizes span optimum/spread..optimum*spread."),
+    lr_grid: str = typer.Option("0.5,1,2", "--lr-grid",
+                                help="isoflop: multipliers of --lr searched per "
+                                     "size and variant at the middle level."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="List the runs (size, activated params, steps, "
+                                      "FLOPs, variant, seed) without training."),
 ) -> None:
-    """Train the ladder x FFN kinds x seeds; skip finished runs, resume interrupted ones; write runs.csv."""
+    ("Train the ladder x FFN kinds x seeds; skip finished runs, resume interrupted ones; "
+     "write runs.csv.")
     if design not in ("grid", "isoflop"):
         raise ConfigError(f"--design {design!r}: grid or isoflop")
     if design == "isoflop":
@@ -109,7 +156,8 @@ def sweep(
                      lr_search=search, device=device, out=str(out),
                      hostfile=None if hostfile is None else str(hostfile))
     runs = spec.lr_runs() + spec.runs()
-    with Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    with Progress(TextColumn("[bold]sweep"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   disable=json_out) as bar:
         task = bar.add_task("", total=len(runs))
@@ -148,14 +196,27 @@ def sweep(
 @app.command()
 def fit(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet) with the required columns."),
-    out: Path | None = typer.Option(None, "--out", help="Where to save the fit (default: TABLE's folder/fit.yaml)."),
-    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples (of training runs) for the intervals."),
+    out: Path | None = typer.Option(None, "--out",
+                                    help="Where to save the fit (default: "
+                                         "TABLE's folder/fit.yaml)."),
+    n_boot: int = typer.Option(200, "--n-boot",
+                               help="Bootstrap resamples (of training runs) for the intervals."),
     seed: int = typer.Option(0, "--seed"),
-    loss_column: str | None = typer.Option(None, "--loss-column", metavar=LOSS_COLUMN_CHOICES, help="Default heldout_loss where every row has it."),
-    loss_label: str = typer.Option("", "--loss-label", help="What the loss is, for the report and plan (e.g. 'smoothed training flow-matching loss (32x32 shapes)')."),
-    held_out_factor: float = typer.Option(4.0, "--held-out-factor", help="Held-out rows lie at least this factor beyond the largest fitted compute."),
-    drop_outliers: bool = typer.Option(False, "--drop-outliers", help="Drop rows whose log residual is > 3.5 robust SDs from their group's median, and refit (reported in the fit)."),
-    extrapolate_to: float | None = typer.Option(None, "--extrapolate-to", help="Compute (FLOPs) at which to predict the loss; refused beyond 100x the largest run."),
+    loss_column: str | None = typer.Option(None, "--loss-column", metavar=LOSS_COLUMN_CHOICES,
+                                           help="Default heldout_loss where every row has it."),
+    loss_label: str = typer.Option("", "--loss-label",
+                                   help="What the loss is, for the report and plan (e.g. "
+                                        "'smoothed training flow-matching loss (32x32 shapes)')."),
+    held_out_factor: float = typer.Option(4.0, "--held-out-factor",
+                                          help="Held-out rows lie at least this factor "
+                                               "beyond the largest fitted compute."),
+    drop_outliers: bool = typer.Option(False, "--drop-outliers",
+                                       help="Drop rows whose log residual is > 3.5 "
+                                            "robust SDs from their group's median, "
+                                            "and refit (reported in the fit)."),
+    extrapolate_to: float | None = typer.Option(None, "--extrapolate-to",
+                                                help="Compute (FLOPs) at which to predict the "
+                                                     "loss; refused beyond 100x the largest run."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit L(C) = E + A C^-alpha and L(N, D) per FFN kind or variant, with run-level bootstrap
@@ -257,8 +318,8 @@ def _print_fit(result) -> None:
         m = result.shared_multiplier(kind, base)
         if m is not None:
             console.print(f"[bold]compute multiplier {kind} over {base}: "
-                          f"{with_ci(m.value, m.interval, '95% CI')}[/] (check: shared-exponent L(C) on "
-                          "the compute frontier)")
+                          f"{with_ci(m.value, m.interval, '95% CI')}[/] (check: shared-exponent "
+                          "L(C) on the compute frontier)")
     for m in result.multipliers:
         val = with_ci(m.value, m.interval) if m.defined else m.note
         console.print(f"per-group fits, {m.kind} over {m.baseline_kind}: {val}")
@@ -275,9 +336,9 @@ def _print_fit(result) -> None:
     for e in result.extrapolations:
         p = e.prediction
         iv = f" (CI {p.interval.lo:.4g}-{p.interval.hi:.4g})" if p.interval else ""
-        console.print(f"extrapolated {e.kind} loss at {p.compute_flops:.3g} FLOPs: {p.loss:.4g}{iv} "
-                      f"\\[estimated; {p.compute_flops / result.max_compute_flops:.2g}x beyond the "
-                      "largest run]")
+        console.print(f"extrapolated {e.kind} loss at {p.compute_flops:.3g} FLOPs: "
+                      f"{p.loss:.4g}{iv} \\[estimated; "
+                      f"{p.compute_flops / result.max_compute_flops:.2g}x beyond the largest run]")
     for kind, why in result.held_out_status.items():
         console.print(f"held-out check for {kind}: {why}", style="yellow", highlight=False)
     o = result.outliers or {}
@@ -306,8 +367,11 @@ def _print_headline(headline) -> None:
 @app.command()
 def report(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet)."),
-    fit_path: Path | None = typer.Option(None, "--fit", help="A fit saved by `ecdit-scale fit` (default: TABLE's folder/fit.yaml if there is one, else fit now)."),
-    out: Path | None = typer.Option(None, "--out", help="Report folder (default: TABLE's folder/report)."),
+    fit_path: Path | None = typer.Option(None, "--fit",
+                                         help="A fit saved by `ecdit-scale fit` (default: TABLE's "
+                                              "folder/fit.yaml if there is one, else fit now)."),
+    out: Path | None = typer.Option(None, "--out",
+                                    help="Report folder (default: TABLE's folder/report)."),
     title: str = typer.Option("EC-DiT scaling report", "--title"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:

@@ -205,7 +205,7 @@ def _print_result(result) -> None:
             f"{summary.get('median_step_s', float('nan')):.3f} s/step"
             + _mean_rate(summary), highlight=False)
         if summary.get("heldout_loss") is not None:
-            console.print(f"held-out loss {summary['heldout_loss']:.4f} ({summary['heldout_what']})",
-                          highlight=False)
+            console.print(f"held-out loss {summary['heldout_loss']:.4f} "
+                          f"({summary['heldout_what']})", highlight=False)
         console.print(f"run directory: {result.run_dir}  (next: ecdit-scale validate "
                       f"{result.run_dir})", highlight=False)

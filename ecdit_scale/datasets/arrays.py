@@ -1,7 +1,7 @@
 """A dataset as numpy arrays (images or latents, caption token embeddings, captions), without
 torch: what ``batches.build_dataset`` wraps as tensors for a trainer, and what ``launch``
-renders and encodes once before the ranks start (``train.launch.warm_data_cache``), so that the launching process
-never has to load torch."""
+renders and encodes once before the ranks start (``train.launch.warm_data_cache``), so that the
+launching process never has to load torch."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""A dataset as the trainer sees it: images in [-1, 1] (or latents) with their captions' token embeddings,
-a fixed held-out split, and batches that are a pure function of (seed, step, rank), so that a
-resumed run reads exactly the batches an uninterrupted one would have.
+"""A dataset as the trainer sees it: images in [-1, 1] (or latents) with their captions' token
+embeddings, a fixed held-out split, and batches that are a pure function of (seed, step, rank), so
+that a resumed run reads exactly the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ class TokenEncoder:
         with torch.inference_mode():
             for i in range(0, len(unique), self.batch_size):
                 chunk = unique[i:i + self.batch_size]
-                for c, tok in zip(chunk, self._encode_chunk(chunk, text_tokens)):
+                for c, tok in zip(chunk, self._encode_chunk(chunk, text_tokens), strict=True):
                     rows[c] = tok
         out = [rows[c] for c in captions]
         return out, np.array([len(t) for t in out], dtype=np.int64)

@@ -39,7 +39,8 @@ def _smooth(x_CHW: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     r = len(kernel) // 2
     out = x_CHW
     for axis in (-2, -1):
-        out = sum(w * np.roll(out, shift, axis=axis) for shift, w in zip(range(-r, r + 1), kernel))
+        out = sum(w * np.roll(out, shift, axis=axis)
+                  for shift, w in zip(range(-r, r + 1), kernel, strict=True))
     return out
 
 

@@ -149,7 +149,8 @@ def _claim_folder(out: Path, settings: dict) -> None:
         try:
             old = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"--out {out}: {SETTINGS_FILE} is damaged; choose a new folder") from None
+            raise DataError(f"--out {out}: {SETTINGS_FILE} is damaged; "
+                            "choose a new folder") from None
         diff = _differences(old, settings)
         if diff:
             raise DataError(f"--out {out}: holds a preparation with other settings ({diff[0]}"
@@ -207,7 +208,7 @@ def _encode_shard(batch: list[tuple[int, Item]], req: PrepareRequest, vae, text,
     items = [item for _, item in batch]
     decoded = (pool.map(_decode, items, [req.resolution] * len(items)) if pool is not None
                else (_decode(item, req.resolution) for item in items))
-    for item, result in zip(items, decoded):
+    for item, result in zip(items, decoded, strict=True):
         tick()
         if isinstance(result, str):
             skipped.append([item.key, result])

@@ -67,7 +67,8 @@ class PreparedData:
         digest = hashlib.sha256((self.root / MANIFEST_FILE).read_bytes()).hexdigest()
         return {"dir": str(self.root), "manifest_sha256": digest,
                 "source": m["source"]["spec"], "items": self.items,
-                "inputs": m["inputs"], "text_encoder": {k: m["text"][k] for k in ("name", "sha256")},
+                "inputs": m["inputs"],
+                "text_encoder": {k: m["text"][k] for k in ("name", "sha256")},
                 "vae": None if m["vae"] is None else {k: m["vae"][k] for k in ("name", "sha256")}}
 
 
@@ -85,7 +86,8 @@ def open_prepared(path: str | Path) -> PreparedData:
     try:
         manifest = json.loads(mf.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"--data {path}: manifest.json is damaged; prepare the folder again") from None
+        raise DataError(f"--data {path}: manifest.json is damaged; "
+                        "prepare the folder again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"--data {path}: manifest.json is not of format {FORMAT!r}")
     if manifest["counts"]["prepared"] < 2:
@@ -167,7 +169,7 @@ def _pad_rows(rows_LD: np.ndarray, lengths_N: np.ndarray, text_tokens: int) -> n
     ``text_tokens`` rows."""
     out = np.zeros((len(lengths_N), text_tokens, rows_LD.shape[1]), np.float32)
     starts = np.concatenate([[0], np.cumsum(lengths_N)[:-1]]).astype(np.int64)
-    for i, (s, n) in enumerate(zip(starts, lengths_N)):
+    for i, (s, n) in enumerate(zip(starts, lengths_N, strict=False)):
         k = min(int(n), text_tokens)
         out[i, :k] = rows_LD[s:s + k]
     return out

@@ -136,10 +136,11 @@ def sample_scene(rng: np.random.Generator) -> SceneSpec:
     if task == "two_object":
         c0 = int(rng.integers(1, 4))
         counts = (c0, int(rng.integers(1, 5 - c0)))
-        groups = tuple(ShapeGroup(c, s, n) for c, s, n in zip(colours, shapes, counts))
+        groups = tuple(ShapeGroup(c, s, n) for c, s, n in zip(colours, shapes, counts, strict=True))
         return SceneSpec(groups, task=task)
     relation = list(Relation)[rng.integers(len(Relation))]
-    return SceneSpec(tuple(ShapeGroup(c, s) for c, s in zip(colours, shapes)), relation, task)
+    return SceneSpec(tuple(ShapeGroup(c, s) for c, s in zip(colours, shapes, strict=True)),
+                     relation, task)
 
 
 def _layout_cells(spec: SceneSpec, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -156,7 +157,7 @@ def render_scene(spec: SceneSpec, image_size: int, rng: np.random.Generator) -> 
     draw = ImageDraw.Draw(im)
     cell, margin = image_size / 2, max(1, image_size // 32)
     objects = [g for g in spec.objects for _ in range(g.count)]
-    for g, (row, col) in zip(objects, _layout_cells(spec, rng)):
+    for g, (row, col) in zip(objects, _layout_cells(spec, rng), strict=True):
         lo_x, lo_y = int(col * cell) + margin, int(row * cell) + margin
         room = int(cell) - 2 * margin
         size = min(room, max(3, int(cell * rng.uniform(0.6, 0.85))))

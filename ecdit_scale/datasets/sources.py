@@ -128,8 +128,14 @@ def _entries(source: Source, wanted: Callable[[int], bool]) -> Iterator[tuple[in
             yield i, (_folder_item(key, image_path, caption, problem) if wanted(i) else None)
         return
     index = 0
+
+    def wanted_now() -> bool:
+        # called by _tar_groups as it reaches each sample: it must read the index then (the
+        # loop below advances it), so it is not bound to a value here
+        return wanted(index)
+
     for tar_path in source.paths:
-        for key, members in _tar_groups(tar_path, lambda: wanted(index)):
+        for key, members in _tar_groups(tar_path, wanted_now):
             if members is not None:
                 yield index, _tar_item(f"{tar_path.name}/{key}", members)
             else:

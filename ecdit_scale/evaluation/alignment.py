@@ -129,4 +129,5 @@ def geneval_score(images, specs) -> float:
     images = list(images)
     if len(images) != len(specs) or not images:
         raise SpecError(f"{len(images)} images for {len(specs)} specs: need equal, non-zero counts")
-    return float(np.mean([alignment_score(im, s).score for im, s in zip(images, specs)]))
+    return float(np.mean([alignment_score(im, s).score
+                          for im, s in zip(images, specs, strict=True)]))

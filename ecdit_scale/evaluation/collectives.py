@@ -67,8 +67,8 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
             x = torch.ones(n, device=device)
             y = torch.empty_like(x)
             reps = max(2, min(100 if not quick else 20, 2**24 // max(b, 1)))
-            res["all_reduce"].append(timed(lambda: dist.all_reduce(x), reps))
-            res["all_to_all"].append(timed(lambda: dist.all_to_all_single(y, x), reps))
+            res["all_reduce"].append(timed(lambda x=x: dist.all_reduce(x), reps))
+            res["all_to_all"].append(timed(lambda x=x, y=y: dist.all_to_all_single(y, x), reps))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -114,7 +114,7 @@ def measure_collectives(s: Any) -> dict[str, Any]:
             raise ConfigError(f"--nproc {s.nproc}: the collective benchmark did not finish in "
                               f"{COLLECTIVE_TIMEOUT_S} s") from None
         if any(p.returncode for p in procs) or not os.path.isfile(out):
-            tail = next((log.strip().splitlines()[-1] for p, log in zip(procs, logs)
+            tail = next((log.strip().splitlines()[-1] for p, log in zip(procs, logs, strict=True)
                          if p.returncode and log.strip()), "no output")
             raise ConfigError(f"--nproc {s.nproc}: the collective benchmark failed ({tail})")
         raw = json.loads(Path(out).read_text())

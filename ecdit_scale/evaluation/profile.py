@@ -119,7 +119,7 @@ def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
             for k in ks:
                 a = torch.randn(m, k, device=s.device, dtype=dt)
                 b = torch.randn(k, n, device=s.device, dtype=dt)
-                rates.append(2.0 * m * n * k / timer(lambda: torch.mm(a, b)))
+                rates.append(2.0 * m * n * k / timer(lambda a=a, b=b: torch.mm(a, b)))
     return {"m": ms, "n": ns, "k": ks, "flops_per_s": rates}
 
 
@@ -136,9 +136,9 @@ def measure_sdpa(s: Settings, timer: Timer) -> dict[str, list]:
         g = torch.randn(1, bh, q_len, hd, device=s.device, dtype=dt)
         flops = 4.0 * bh * q_len * kv_len * hd
         with torch.no_grad():
-            fwd = timer(lambda: F.scaled_dot_product_attention(q, k, v))
+            fwd = timer(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
 
-        def both():
+        def both(q=q, k=k, v=v, g=g):
             F.scaled_dot_product_attention(q, k, v).backward(g)
 
         bwd = max(timer(both) - fwd, 1e-9)

@@ -67,7 +67,7 @@ def sample(model: ECDiT, cond: torch.Tensor, *, steps: int = 20, guidance: float
     if use_cfg and mask is not None:
         mask = torch.cat([mask, torch.ones_like(mask)])
     ts = torch.linspace(1.0, 0.0, steps + 1, device=dev)
-    for t0, t1 in zip(ts[:-1], ts[1:]):
+    for t0, t1 in zip(ts[:-1], ts[1:], strict=True):
         t_B = t0.expand(B)
         if use_cfg:
             v = model(torch.cat([x, x]), torch.cat([t_B, t_B]), torch.cat([cond, null]), mask)

@@ -9,9 +9,10 @@
   policy: mm / addmm, and the experts' bmm / baddbmm, are cached; everything else is rerun in
   backward). So the backward reruns only LayerNorm, adaLN modulate, the attention core (QK^T,
   softmax, AV: the one matmul work redone, ``planner.flops.recompute_flops_per_image``) and
-  GELU; no linear layer runs twice. The regions are: (1) norm1 -> modulate -> self-attention; (2) for a dense
-  FFN, norm2 -> modulate -> fc1 -> GELU -> fc2; for an MoE FFN, norm2 -> modulate, and the
-  experts on their slots (between the dispatch and combine all-to-alls, never across them).
+  GELU; no linear layer runs twice. The regions are: (1) norm1 -> modulate -> self-attention;
+  (2) for a dense FFN, norm2 -> modulate -> fc1 -> GELU -> fc2; for an MoE FFN, norm2 -> modulate,
+  and the experts on their slots (between the dispatch and combine all-to-alls, never across
+  them).
   Cross-attention is not checkpointed: its SDPA output would be traded for its projection
   output, no memory gained. The bytes each policy keeps are ``planner.memory.block_activations``.
 - ``none``: plain autograd.

@@ -27,7 +27,8 @@ from ..config import ZERO_PARTITIONS_OPTIMIZER, Optimizer
 
 ZERO_BUCKET_ELEMENTS = 200_000_000  # reduce/all-gather bucket size written into ds_config.json
 ZERO_BUCKETS = 2  # double-buffered with overlap_comm (dp > 1)
-ALLREDUCE_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's ZeRO-0 all-reduce bucket (MEMORY_OPT_ALLREDUCE_SIZE)
+# DeepSpeed's ZeRO-0 all-reduce bucket (MEMORY_OPT_ALLREDUCE_SIZE)
+ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
 FOREACH_TEMP_STATES = {Optimizer.ADAMW: 1, Optimizer.RMSPROP: 1, Optimizer.SGD: 0}
 FUSED_KERNELS = (Optimizer.ADAMW, Optimizer.SGD)  # torch has no fused RMSprop
 
@@ -62,7 +63,8 @@ def optimizer_temp_bytes(opt_elems: Any, grads: Any, *, zero: Any, optimizer: Op
     partition (in bf16 through a flat bf16 copy, ``flat_copy``) and frees them before the
     step, whose temporaries then take their place: the larger of the two counts."""
     zero = np.asarray(zero)
-    k = 0 if fused and Optimizer(optimizer) in FUSED_KERNELS else FOREACH_TEMP_STATES[Optimizer(optimizer)]
+    k = (0 if fused and Optimizer(optimizer) in FUSED_KERNELS
+         else FOREACH_TEMP_STATES[Optimizer(optimizer)])
     temp = 4.0 * k * np.asarray(opt_elems)
     return np.where(zero == 0, temp, np.maximum(np.asarray(flat_copy),
                                                 temp - np.asarray(grads)))

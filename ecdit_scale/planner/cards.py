@@ -47,7 +47,8 @@ def card_dict(cfg: ModelConfig) -> dict[str, Any]:
         summary["reported_active"] = reported_active
         summary["reported_active_error"] = round(b.active_params / reported_active - 1, 6)
     card["summary"] = summary
-    card["flops_per_image"] = {k: flops.to_dict()[k] for k in ("forward", "backward", "forward_macs")}
+    card["flops_per_image"] = {k: flops.to_dict()[k]
+                               for k in ("forward", "backward", "forward_macs")}
     return card
 
 

@@ -56,7 +56,8 @@ def _num(where: str, value: Any, *, positive: bool = True) -> float:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or (value <= 0 if positive else value < 0):
-        raise ConfigError(f"{where} = {short(value)}: must be a {'positive' if positive else 'non-negative'} number")
+        raise ConfigError(f"{where} = {short(value)}: must be a "
+                          f"{'positive' if positive else 'non-negative'} number")
     return float(value)
 
 
@@ -145,7 +146,8 @@ class DeviceProfile:
     def _gemm_grid(self) -> tuple[list[np.ndarray], np.ndarray]:
         """log2 axes and log rates of the GEMM grid, computed once (a plan prices ~1,000
         inventories against it)."""
-        axes = [np.log2(np.asarray(a, dtype=float)) for a in (self.gemm_m, self.gemm_n, self.gemm_k)]
+        axes = [np.log2(np.asarray(a, dtype=float))
+                for a in (self.gemm_m, self.gemm_n, self.gemm_k)]
         grid = np.log(np.asarray(self.gemm_flops_per_s, dtype=float)).reshape(
             [len(a) for a in axes])
         return axes, grid
@@ -155,11 +157,11 @@ class DeviceProfile:
         the same shapes for many layouts (a pure cache; the profile's numbers never change)."""
         cache = self.__dict__.setdefault("_gemm_rate_cache", {})
         keys = list(zip(np.asarray(m, dtype=float).tolist(), np.asarray(n, dtype=float).tolist(),
-                        np.asarray(k, dtype=float).tolist()))
+                        np.asarray(k, dtype=float).tolist(), strict=True))
         miss = [key for key in dict.fromkeys(keys) if key not in cache]
         if miss:
-            cols = [np.array(c) for c in zip(*miss)]
-            cache.update(zip(miss, self.gemm_rate(*cols).tolist()))
+            cols = [np.array(c) for c in zip(*miss, strict=True)]
+            cache.update(zip(miss, self.gemm_rate(*cols).tolist(), strict=True))
         return np.array([cache[key] for key in keys])
 
     def gemm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
@@ -168,7 +170,7 @@ class DeviceProfile:
         q = [np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k)]
         q = np.broadcast_arrays(*q)
         lo, w = [], []
-        for ax, v in zip(axes, q):
+        for ax, v in zip(axes, q, strict=True):
             if len(ax) == 1:
                 lo.append(np.zeros(v.shape, dtype=int))
                 w.append(np.zeros(v.shape))
@@ -222,7 +224,8 @@ class DeviceProfile:
         if self.engine_s_per_param_tensor is not None:
             out["engine_s_per_param_tensor"] = self.engine_s_per_param_tensor
         if self.deepspeed_engine_s:
-            out["deepspeed_engine"] = {int(k): v for k, v in sorted(self.deepspeed_engine_s.items())}
+            out["deepspeed_engine"] = {int(k): v
+                                       for k, v in sorted(self.deepspeed_engine_s.items())}
         if self.deepspeed_engine_s_per_param:
             out["deepspeed_engine_per_param"] = {
                 int(k): v for k, v in sorted(self.deepspeed_engine_s_per_param.items())}
@@ -258,8 +261,9 @@ class DeviceProfile:
             rates = _nums(f"{where}.gemm.flops_per_s", gemm.get("flops_per_s"))
             if len(rates) != len(axes[0]) * len(axes[1]) * len(axes[2]):
                 raise ConfigError(f"{where}.gemm.flops_per_s has {len(rates)} entries; the "
-                                  f"m x n x k grid needs {len(axes[0]) * len(axes[1]) * len(axes[2])}")
-            for name, ax in zip("mnk", axes):
+                                  "m x n x k grid needs "
+                                  f"{len(axes[0]) * len(axes[1]) * len(axes[2])}")
+            for name, ax in zip("mnk", axes, strict=True):
                 if list(ax) != sorted(set(ax)):
                     raise ConfigError(f"{where}.gemm.{name} must be strictly increasing")
             kw.update(gemm_m=axes[0], gemm_n=axes[1], gemm_k=axes[2], gemm_flops_per_s=rates)
@@ -320,7 +324,8 @@ class DeviceProfile:
                                                           positive=False))
             kw["links"] = links
             n = coll.get("nproc")
-            kw["collective_nproc"] = int(n) if isinstance(n, int) and not isinstance(n, bool) else None
+            kw["collective_nproc"] = (int(n) if isinstance(n, int) and not isinstance(n, bool)
+                                      else None)
             kw["collective_backend"] = str(coll.get("backend")) if coll.get("backend") else None
         kw["provenance"] = _mapping(data.get("provenance"), f"{where}.provenance")
         return cls(**kw)

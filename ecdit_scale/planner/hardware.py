@@ -91,7 +91,8 @@ class Accelerator:
             raise ConfigError(f"{where}: calibrated_from must be a string or null")
         valid = DEEPSPEED_ACCELERATORS + (NO_DEEPSPEED,)
         if self.deepspeed_accelerator not in valid:
-            raise ConfigError(f"{where}: deepspeed_accelerator = {short(self.deepspeed_accelerator)}"
+            raise ConfigError(f"{where}: deepspeed_accelerator = "
+                              f"{short(self.deepspeed_accelerator)}"
                               f": choose one of {', '.join(valid)}")
         p = self.precisions
         if (isinstance(p, str) or not isinstance(p, (list, tuple)) or not p

@@ -112,7 +112,8 @@ def estimate_inference(cfg: ModelConfig, acc, *, devices: int = 8, steps: int = 
         activations_bytes_per_device=acts, memory_bytes_per_device=mem,
         fits=mem <= acc.memory_bytes,
         assumptions=(
-            f"efficiency {acc.efficiency:.2f} of peak ({'calibrated' if acc.calibrated_from else 'assumed'})",
+            f"efficiency {acc.efficiency:.2f} of peak "
+            f"({'calibrated' if acc.calibrated_from else 'assumed'})",
             f"experts over ep={ep} devices, attention/FFN matrices over tp={tp} (other devices "
             "hold replicas)",
             "collectives priced by planner.comm (NCCL latency, message-size efficiency); "

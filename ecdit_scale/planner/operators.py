@@ -4,8 +4,9 @@ Mirrors ``ecdit_scale.model`` operator by operator, so that the step-time model 
 class from a measured device profile (``device_profile.py``):
 
 - GEMMs (M, N, K): Y[M, N] = X[M, K] W[K, N]; a batched matmul (the experts) is one GEMM over
-  all its rows (one kernel: its efficiency is that of the stacked shape). The backward runs dX = dY W^T (M, K, N) and dW = X^T dY (K, N, M), except for
-  layers that read data (patch embedding, the first timestep linear): no dX.
+  all its rows (one kernel: its efficiency is that of the stacked shape). The backward runs
+  dX = dY W^T (M, K, N) and dW = X^T dY (K, N, M), except for layers that read data (patch
+  embedding, the first timestep linear): no dX.
 - attention: ``F.scaled_dot_product_attention`` calls (batch, query heads, q_len, kv_len,
   head_dim); SDPA shares each K/V head across its query heads itself (no repeat copy).
 - memory-bound operators: bytes read + written (norms, adaLN modulate, GELU, gates and residuals,
@@ -65,9 +66,9 @@ class AttentionCall:
 
 @dataclass(frozen=True)
 class MemoryOp:
-    """``kind`` (``device_profile.MEMORY_KINDS``) picks the measured throughput: copy (layout copies, gathers, scatters, repeats),
-    elementwise (add, mul, modulate), activation (GELU, SiLU, softmax: transcendental), norm
-    (LayerNorm)."""
+    """``kind`` (``device_profile.MEMORY_KINDS``) picks the measured throughput: copy (layout
+    copies, gathers, scatters, repeats), elementwise (add, mul, modulate), activation (GELU, SiLU,
+    softmax: transcendental), norm (LayerNorm)."""
 
     name: str
     bytes: float  # read + written per forward, all layers
@@ -163,10 +164,12 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
     mem: list[MemoryOp] = []
 
     # ---- embedders (outside the blocks) ----
-    gemms.append(Gemm("patch_embed", tok, d, cfg.in_channels * p * p, input_grad=False, block=False))
+    gemms.append(Gemm("patch_embed", tok, d, cfg.in_channels * p * p, input_grad=False,
+                      block=False))
     gemms.append(Gemm("timestep_fc1", b, d, cfg.timestep_freq_dim, input_grad=False, block=False))
     gemms.append(Gemm("timestep_fc2", b, d, d, block=False))
-    mem.append(MemoryOp("embed_elementwise", 3 * x, 6, block=False, selective=False, kind="elementwise"))
+    mem.append(MemoryOp("embed_elementwise", 3 * x, 6, block=False, selective=False,
+                        kind="elementwise"))
     if cfg.conditioning is Conditioning.TEXT:
         gemms.append(Gemm("caption_fc1", txt, d, cfg.text_dim, input_grad=False, block=False))
         gemms.append(Gemm("caption_fc2", txt, d, d, block=False))
@@ -180,7 +183,8 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
               Gemm("attn_proj", tok, d, d / tp, count=depth)]
     attn.append(AttentionCall("self_attention", b, heads, s, s, hd, count=depth))
     mem += [MemoryOp("norm1", 2 * x * depth, 1 * depth, kind="norm"),
-            MemoryOp("modulate1", 4 * x * depth, 3 * depth, kind="elementwise"),  # (1 + scale), *, + shift
+            # (1 + scale), *, + shift
+            MemoryOp("modulate1", 4 * x * depth, 3 * depth, kind="elementwise"),
             MemoryOp("attn_out_copy", 2 * x / tp * depth, 1 * depth, kind="copy"),
             MemoryOp("gate_residual1", 5 * x * depth, 2 * depth, kind="elementwise")]
     if cfg.has_cross_attention:
@@ -194,7 +198,8 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
         gemms.append(Gemm("adaln_modulation", b, 6 * d, d, count=depth))
         mem.append(MemoryOp("adaln_silu", 2 * b * d * a * depth, 1 * depth, kind="activation"))
     else:
-        mem.append(MemoryOp("adaln_table", 2 * b * 6 * d * a * depth, 1 * depth, kind="elementwise"))
+        mem.append(MemoryOp("adaln_table", 2 * b * 6 * d * a * depth, 1 * depth,
+                            kind="elementwise"))
 
     # ---- blocks: FFN ----
     mem += [MemoryOp("norm2", 2 * x * depth, 1 * depth, kind="norm"),
@@ -203,7 +208,8 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
     if n_dense:
         gemms += [Gemm("mlp_fc1", tok, h / tp, d, count=n_dense),
                   Gemm("mlp_fc2", tok, d, h / tp, count=n_dense)]
-        mem.append(MemoryOp("mlp_gelu", 2 * tok * h / tp * a * n_dense, 1 * n_dense, kind="activation"))
+        mem.append(MemoryOp("mlp_gelu", 2 * tok * h / tp * a * n_dense, 1 * n_dense,
+                            kind="activation"))
     if n_moe:
         _moe_ops(cfg, gemms, mem, tok=tok, b=b, tp=tp, a=a, n_moe=n_moe)
         if ep is not None:  # read and write every local expert's 4 tensors, per MoE layer
@@ -246,13 +252,16 @@ def _moe_ops(cfg: ModelConfig, gemms: list, mem: list, *, tok: float, b: float, 
               Gemm("expert_fc2", e * per_expert, d, h / tp, count=n_moe)]
     f32 = 4.0
     sd = slots * d * a
-    mem += [MemoryOp("router_softmax_cast", (tok * e * a + 2 * tok * e * f32) * n_moe, 2 * n_moe, kind="activation"),
-            MemoryOp("routing_topk", (tok * e * f32 + 2 * slots * 8) * n_moe, 2 * n_moe, kind="activation"),
+    mem += [MemoryOp("router_softmax_cast", (tok * e * a + 2 * tok * e * f32) * n_moe, 2 * n_moe,
+                     kind="activation"),
+            MemoryOp("routing_topk", (tok * e * f32 + 2 * slots * 8) * n_moe, 2 * n_moe,
+                     kind="activation"),
             MemoryOp("dispatch_gather", 2 * sd * n_moe, 1 * n_moe, kind="copy"),
             MemoryOp("expert_major_copy", 2 * sd * n_moe, 1 * n_moe, kind="copy"),
             MemoryOp("expert_gelu", 2 * slots * h / tp * a * n_moe, 1 * n_moe, kind="activation"),
             MemoryOp("combine_copy_weight", 4 * sd * n_moe, 3 * n_moe, kind="elementwise"),
-            MemoryOp("combine_scatter_add", (2 * sd + 2 * tok * d * a) * n_moe, 2 * n_moe, kind="copy"),
+            MemoryOp("combine_scatter_add", (2 * sd + 2 * tok * d * a) * n_moe, 2 * n_moe,
+                     kind="copy"),
             MemoryOp("routing_stats", (slots * 8 * 3 + tok * 8) * n_moe, 4 * n_moe,
                      selective=False, kind="copy")]
     if cfg.ffn.kind is FFNKind.TOKEN_CHOICE:  # top-k over experts, one-hot, cumsum, index_put

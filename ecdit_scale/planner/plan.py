@@ -74,7 +74,8 @@ class ScalingEstimate:
     multipliers: tuple[MultiplierEstimate, ...]
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "the scaling model") -> ScalingEstimate:
+    def from_mapping(cls, data: Mapping[str, Any], *,
+                     source: str = "the scaling model") -> ScalingEstimate:
         try:
             lo, hi = (float(x) for x in data["measured_compute_flops"])
             ms = tuple(MultiplierEstimate(
@@ -87,7 +88,8 @@ class ScalingEstimate:
                       measured_compute_flops=(lo, hi), beyond_factor=float(data["beyond_factor"]),
                       statistics=str(data["statistics"]), multipliers=ms)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ConfigError(f"{source}: not a scaling estimate ({type(exc).__name__}: {exc})") from None
+            raise ConfigError(f"{source}: not a scaling estimate "
+                              f"({type(exc).__name__}: {exc})") from None
         numbers = [lo, hi, est.beyond_factor]
         for m in ms:
             numbers += [x for x in (m.value, *(m.interval or ())) if x is not None]

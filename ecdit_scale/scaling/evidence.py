@@ -201,7 +201,7 @@ def fit_headline(data: HeadlineData, *, n_boot: int = 200, seed=0,
     """The headline fit with its intervals, the power of the design and the constancy test."""
     res = fit_headline_law(data, n_boot=n_boot, seed=seed, level=level)
     resid = np.log(data.loss_N) - np.log([res.law.loss(v, n, t) for v, n, t in zip(
-        data.variant_N, data.params_N, data.tokens_N)])
+        data.variant_N, data.params_N, data.tokens_N, strict=True)])
     noise = seed_noise(data, resid)
     notes = _bound_notes(res.law)
     if noise.source != "seeds":

@@ -152,8 +152,8 @@ def fit_run_table(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
         extrapolations=_extrapolations(power_laws, extrapolate_to_flops, max_compute_flops, notes),
         notes=tuple(notes), shared=shared,
         loss_label=loss_label or default_loss_label(loss_column),
-        min_compute_flops=float(df["compute_flops"].min()), bootstrap_unit=("run group" if "run_group" in df.columns
-                                                           else "training run"),
+        min_compute_flops=float(df["compute_flops"].min()),
+        bootstrap_unit=("run group" if "run_group" in df.columns else "training run"),
         n_training_runs={k: int(df.loc[df["_group"] == k, "_run"].nunique()) for k in kinds},
         held_out_status=status, sensitivity=rows, outliers=outliers, headline=headline,
     )

@@ -153,7 +153,8 @@ def identification(value: float, interval: Interval | None) -> str:
     if what == NO_SPREAD:
         return f"not identified: {what}"
     if what.startswith("0 in every"):
-        return f"not identified: the fit puts it at its bound 0 ({format_number(value, 3)}) {what[2:]}"
+        return (f"not identified: the fit puts it at its bound 0 ({format_number(value, 3)}) "
+                f"{what[2:]}")
     return f"not identified: the data are consistent with {what}"
 
 

@@ -210,9 +210,10 @@ class _Problem:
         return HeadlineLaw(
             E=math.exp(theta[0]), A=math.exp(theta[1] + alpha * self.ref[0]),
             B=math.exp(theta[3] + beta * self.ref[1]), alpha=alpha, beta=beta,
-            s_N={base: 1.0, **{n: math.exp(x) for n, x in zip(names, u)}},
-            s_D={base: 1.0, **{n: math.exp(x) for n, x in zip(names, v)}},
-            gamma=({n: float(x) for n, x in zip(names, g)} if self.size_dependent else {}),
+            s_N={base: 1.0, **{n: math.exp(x) for n, x in zip(names, u, strict=True)}},
+            s_D={base: 1.0, **{n: math.exp(x) for n, x in zip(names, v, strict=True)}},
+            gamma=({n: float(x) for n, x in zip(names, g, strict=True)}
+                   if self.size_dependent else {}),
             n_ref=math.exp(self.ref[0]))
 
 

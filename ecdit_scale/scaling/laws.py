@@ -220,7 +220,8 @@ def compute_multiplier(fit: PowerLawFit, baseline: PowerLawFit, *, kind: str = "
     ref = math.nan if reference_compute_flops is None else float(reference_compute_flops)
     value = _ratio(baseline.law, fit.law, loss)
     note = _undefined_note(fit.law, baseline.law, kind, baseline_kind, loss)
-    ratios = [_ratio(y, x, loss) for x, y in zip(fit.bootstrap_laws, baseline.bootstrap_laws)]
+    ratios = [_ratio(y, x, loss)
+              for x, y in zip(fit.bootstrap_laws, baseline.bootstrap_laws, strict=False)]
     ratios = [r for r in ratios if not math.isnan(r)]
     interval = percentile_interval(ratios, fit.level) if not note else None
     return Multiplier(kind=kind, baseline_kind=baseline_kind, loss=float(loss),
@@ -236,10 +237,10 @@ def _ratio(baseline: PowerLaw, law: PowerLaw, loss: float) -> float:
 
 
 def _undefined_note(law, baseline, kind, baseline_kind, loss) -> str:
-    for name, l in ((kind, law), (baseline_kind, baseline)):
-        if loss <= l.E:
+    for name, power_law in ((kind, law), (baseline_kind, baseline)):
+        if loss <= power_law.E:
             return (f"undefined: loss {loss:.4g} is at or below {name}'s irreducible loss "
-                    f"E={l.E:.4g}, so {name} never reaches it")
+                    f"E={power_law.E:.4g}, so {name} never reaches it")
     return ""
 
 

@@ -48,7 +48,8 @@ def minimize_batch(fun: BatchObjective, theta0_BP: np.ndarray, lower_P: np.ndarr
     y_hist = np.zeros((n, memory, p))
     rho = np.zeros((n, memory))  # 0 marks an empty slot; the newest pair is at index -1
     active = np.isfinite(f)
-    group = np.zeros(n, dtype=int) if group_B is None else np.unique(group_B, return_inverse=True)[1]
+    group = (np.zeros(n, dtype=int) if group_B is None
+             else np.unique(group_B, return_inverse=True)[1])
     found = np.full(group.max() + 1 if n else 0, np.inf)  # best finished optimum per group
     for _ in range(max_iter):
         rows = np.flatnonzero(active)

@@ -38,7 +38,7 @@ class SeedNoise:
 
 def seed_noise(data: HeadlineData, residual_N: np.ndarray | None = None) -> SeedNoise:
     """Pooled SD of log loss over seeds of each configuration (variant, size, tokens)."""
-    keys = [f"{s}|{t:.6g}" for s, t in zip(data.stratum_N, data.tokens_N)]
+    keys = [f"{s}|{t:.6g}" for s, t in zip(data.stratum_N, data.tokens_N, strict=True)]
     log_loss = np.log(data.loss_N)
     ss, dof = 0.0, 0
     for key in dict.fromkeys(keys):

@@ -37,7 +37,8 @@ def scaling_estimate(fit_path: str | Path | None, kind: str, experts: int,
     if path is None:
         return None
     if not path.is_file():
-        raise ConfigError(f"--fit {path}: no such file; write one with `ecdit-scale fit TABLE --out FILE`")
+        raise ConfigError(f"--fit {path}: no such file; write one with "
+                          "`ecdit-scale fit TABLE --out FILE`")
     fit = load_fit(path)  # ConfigError naming the file and field when it is not a fit
     pairs = [(k, b) for k, b in fit.pairs() if kind_of(k) == kind]
     same_experts = [(k, b) for k, b in pairs if k == kind or k.endswith(f"-{experts}e")]
@@ -75,7 +76,8 @@ def _multiplier(fit: ScalingFit, kind: str, baseline: str) -> dict[str, Any] | N
                 "note": identification(m.value, iv) if why else m.note}
     return {"variant": kind, "baseline": baseline, "value": m.value,
             "interval": [iv.lo, iv.hi] if iv is not None else None,
-            "note": "shared-exponent fit: the same at every loss" + _sensitivity(fit, kind, baseline)}
+            "note": ("shared-exponent fit: the same at every loss"
+                     + _sensitivity(fit, kind, baseline))}
 
 
 def _sensitivity(fit: ScalingFit, kind: str, baseline: str) -> str:

@@ -153,7 +153,8 @@ def plain_answer(fit: ScalingFit) -> str:
     answers += _robustness(fit)
     if math.isfinite(fit.min_compute_flops):
         answers.append(f"Measured on {format_number(fit.min_compute_flops, 3)}–"
-                       f"{format_number(fit.max_compute_flops, 3)} FLOPs ({fit.compute_range:.3g}x), "
+                       f"{format_number(fit.max_compute_flops, 3)} FLOPs "
+                       f"({fit.compute_range:.3g}x), "
                        f"{loss_words(fit)}; intervals from a bootstrap of {_unit(fit)}.")
     return " ".join(answers)
 
@@ -337,8 +338,9 @@ def _held_out_section(fit, figures_dir) -> list:
     rows = []
     for kind, h in fit.held_out.items():
         for r in h.runs:
-            rows.append((kind, r.name, format_number(r.compute_flops, 3), format_number(r.actual_loss),
-                         _ci(r.predicted_loss, r.interval), f"{100 * r.relative_error:+.2f}%"))
+            rows.append((kind, r.name, format_number(r.compute_flops, 3),
+                         format_number(r.actual_loss), _ci(r.predicted_loss, r.interval),
+                         f"{100 * r.relative_error:+.2f}%"))
     text = ("Each group is refitted without every training run that comes within 4x of its "
             "largest compute; the rows at least 4x beyond the largest fitted compute are then "
             "predicted; held-out extrapolation error = (predicted - actual) / actual.")
@@ -382,7 +384,8 @@ def _chinchilla_section(df, fit, figures_dir) -> list:
     opt_rows = [(k, format_number(o.flops_per_param_token),
                  _ci(o.params_exponent, o.ci.get("params_exponent")),
                  _ci(o.tokens_exponent, o.ci.get("tokens_exponent")),
-                 format_number(float(o.params_opt(c_max)), 3), format_number(float(o.tokens_opt(c_max)), 3))
+                 format_number(float(o.params_opt(c_max)), 3),
+                 format_number(float(o.tokens_opt(c_max)), 3))
                 for k, o in fit.compute_optimal.items()]
     return [
         _Heading("Chinchilla fit and compute-optimal allocation"),
@@ -401,7 +404,8 @@ def _expert_load_section(expert_load, figures_dir) -> list:
     for name, counts in expert_load.items():
         x = np.asarray(counts, dtype=float).ravel()
         mean = x.mean() if x.size else math.nan
-        rows.append((str(name), str(x.size), format_number(mean), format_number(x.max() / mean if mean else math.nan),
+        rows.append((str(name), str(x.size), format_number(mean),
+                     format_number(x.max() / mean if mean else math.nan),
                      format_number(x.std() / mean if mean else math.nan), f"{np.mean(x == 0):.1%}"))
     return [_Heading("Expert load"),
             _Paragraph("Per run: the distribution of tokens per expert (or experts per token); "

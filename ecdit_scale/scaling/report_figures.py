@@ -173,7 +173,8 @@ def figure_compute_optimal(df, fit, figures_dir) -> FigureBlock:
     ax_n.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="N_opt (active params)")
     ax_d.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="D_opt (tokens)")
     ax_n.legend(fontsize=8)
-    fig.suptitle("Compute-optimal frontier from the Chinchilla fit over the runs' range (dots: runs)")
+    fig.suptitle("Compute-optimal frontier from the Chinchilla fit over the runs' range "
+                 "(dots: runs)")
     fig.tight_layout()
     return _save(fig, figures_dir, "compute_optimal", "Compute-optimal parameters and tokens "
                  "against compute")
@@ -185,7 +186,7 @@ def figure_expert_load(expert_load, figures_dir) -> FigureBlock:
     nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows))
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=False):
         ax.hist(np.asarray(expert_load[name], dtype=float).ravel(), bins=20, color="tab:green")
         ax.set_title(str(name), fontsize=9)
         ax.set_xlabel("experts per token", fontsize=8)

@@ -33,7 +33,7 @@ def figure_isoflop(df, fit: ScalingFit, figures_dir) -> FigureBlock | None:
     fig = Figure(figsize=(4.2 * len(groups), 4))
     axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=True))
     k = h.flops_per_param_token
-    for ax, g in zip(axes, groups):
+    for ax, g in zip(axes, groups, strict=True):
         rows = df[df["_group"] == g]
         for i, (level, at) in enumerate(rows.groupby("flops_level")):
             means = at.groupby("active_params")[fit.loss_column].mean()

@@ -314,7 +314,8 @@ class ScalingFit:
 
     def shared_multiplier(self, kind: str, baseline_kind: str) -> Multiplier | None:
         """The shared-exponent fit's multiplier (the same at every loss)."""
-        if self.shared is None or kind not in self.shared.law.A or baseline_kind not in self.shared.law.A:
+        if (self.shared is None or kind not in self.shared.law.A
+                or baseline_kind not in self.shared.law.A):
             return None
         return self.shared.multiplier(kind, baseline_kind)
 
@@ -379,13 +380,17 @@ class ScalingFit:
             notes=listed("notes", str),
             shared=_parsed("shared", SharedFit.from_dict, d["shared"]) if d.get("shared") else None,
             loss_label=str(d.get("loss_label", "")),
-            min_compute_flops=_parsed("min_compute_flops", float, d.get("min_compute_flops", math.nan)),
+            min_compute_flops=_parsed("min_compute_flops", float,
+                                      d.get("min_compute_flops", math.nan)),
             bootstrap_unit=str(d.get("bootstrap_unit", "row")),
-            n_training_runs=_parsed("n_training_runs", lambda m: {str(k): int(v) for k, v in m.items()},
+            n_training_runs=_parsed("n_training_runs",
+                                    lambda m: {str(k): int(v) for k, v in m.items()},
                                     d.get("n_training_runs") or {}),
-            held_out_status=_parsed("held_out_status", lambda m: {str(k): str(v) for k, v in m.items()},
+            held_out_status=_parsed("held_out_status",
+                                    lambda m: {str(k): str(v) for k, v in m.items()},
                                     d.get("held_out_status") or {}),
-            sensitivity=_parsed("sensitivity", lambda xs: tuple(SensitivityRow.from_dict(x) for x in xs),
+            sensitivity=_parsed("sensitivity",
+                                lambda xs: tuple(SensitivityRow.from_dict(x) for x in xs),
                                 d.get("sensitivity") or []),
             outliers=_parsed("outliers", dict, d.get("outliers") or {}),
             headline=(_parsed("headline", HeadlineFit.from_dict, d["headline"])
@@ -494,10 +499,12 @@ def load_fit(path) -> ScalingFit:
     path = Path(path)
     where = f"scaling fit {path}"
     if not path.is_file():
-        raise ConfigError(f"{where}: no such file; write one with `ecdit-scale fit TABLE --out FILE`")
+        raise ConfigError(f"{where}: no such file; write one with "
+                          "`ecdit-scale fit TABLE --out FILE`")
     data = load_yaml_file(path, what="scaling fit")
     if data is None:
-        raise ConfigError(f"{where}: empty file; write a fit with `ecdit-scale fit TABLE --out FILE`")
+        raise ConfigError(f"{where}: empty file; write a fit with "
+                          "`ecdit-scale fit TABLE --out FILE`")
     try:
         return ScalingFit.from_dict(data)
     except FitFileError as exc:

@@ -167,7 +167,7 @@ def polish(fun: BatchObjective, theta: np.ndarray, f: float, lower, upper, *, ro
     """Finish problem `row` of a batch with scipy's L-BFGS-B from theta (objective f); the
     better of the two points."""
     bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi)
-              for lo, hi in zip(lower, upper)]
+              for lo, hi in zip(lower, upper, strict=True)]
     rows = np.array([row])
 
     def one(t):
@@ -284,6 +284,6 @@ def check_loss_varies(loss, *, what: str) -> None:
     log_loss = np.log(np.asarray(loss, dtype=float))
     spread = float(log_loss.max() - log_loss.min())
     if spread < MIN_LOG_LOSS_SPREAD:
-        raise FitError(f"{what}: the loss is {float(np.exp(log_loss[0])):.6g} in all {len(log_loss)} "
-                       f"runs (spread {spread:.1g} in log); a law needs losses that change with "
-                       "compute, so its constants cannot be identified")
+        raise FitError(f"{what}: the loss is {float(np.exp(log_loss[0])):.6g} in all "
+                       f"{len(log_loss)} runs (spread {spread:.1g} in log); a law needs losses "
+                       "that change with compute, so its constants cannot be identified")

@@ -47,13 +47,13 @@ def variant_labels(df: pd.DataFrame, known: Sequence[str] | None = None) -> pd.S
     experts = pd.to_numeric(df["experts"], errors="coerce")
     if known is not None:
         labels = [f"{k}-{int(e)}e" if np.isfinite(e) and f"{k}-{int(e)}e" in known else k
-                  for k, e in zip(kinds, experts)]
+                  for k, e in zip(kinds, experts, strict=True)]
         return pd.Series(labels, index=df.index)
     split = any(experts[kinds == k].nunique(dropna=True) > 1 for k in kinds.unique())
     if not split:
         return kinds
     labels = [k if k == "dense" or not np.isfinite(e) else f"{k}-{int(e)}e"
-              for k, e in zip(kinds, experts)]
+              for k, e in zip(kinds, experts, strict=True)]
     return pd.Series(labels, index=df.index)
 
 
@@ -127,7 +127,7 @@ def run_resample_weights(runs_N, group_N, n_boot: int, seed, *,
     while len(out) < n_boot and redrawn < 50 * max(n_boot, 1):
         counts: dict[str, int] = {}
         ok = True
-        for runs, k in zip(per_group, need):
+        for runs, k in zip(per_group, need, strict=True):
             drawn = rng.choice(runs, size=len(runs))
             ok &= len(np.unique(drawn)) >= k
             for r in drawn:

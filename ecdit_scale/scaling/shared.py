@@ -82,7 +82,8 @@ def _bounds(n_kinds: int) -> tuple[np.ndarray, np.ndarray]:
 def _law(theta, kinds, x_ref) -> SharedPowerLaw:
     e, alpha = theta[0], theta[1]
     return SharedPowerLaw(E=math.exp(e), alpha=float(alpha),
-                          A={k: math.exp(theta[2 + i] + alpha * x_ref) for i, k in enumerate(kinds)})
+                          A={k: math.exp(theta[2 + i] + alpha * x_ref)
+                             for i, k in enumerate(kinds)})
 
 
 def _resamples(groups: list[np.ndarray], n_boot: int, seed) -> np.ndarray:

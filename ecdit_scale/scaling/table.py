@@ -168,7 +168,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
                             "needs one value per column of the header") from None
     if df.columns.duplicated().any():
         dup = sorted(set(df.columns[df.columns.duplicated()]))
-        raise RunTableError(f"run table {path}: column {', '.join(dup)} appears twice in the header")
+        raise RunTableError(f"run table {path}: column {', '.join(dup)} appears twice in the "
+                            "header")
     return df
 
 

@@ -299,10 +299,12 @@ class DeepSpeedTopK(nn.Module):
         ffn = cfg.ffn
         self.coef = ffn.aux_loss_coef
         self.num_experts = ffn.num_experts
-        self.moe = _DeepSpeedMoE(hidden_size=cfg.hidden_size, expert=Mlp(cfg.hidden_size, cfg.mlp_hidden),
-                       num_experts=ffn.num_experts, ep_size=ep.ep_size, k=ffn.top_k,
-                       capacity_factor=ffn.capacity_factor, eval_capacity_factor=ffn.capacity_factor,
-                       min_capacity=4, drop_tokens=ffn.drop_tokens, use_rts=False)
+        self.moe = _DeepSpeedMoE(hidden_size=cfg.hidden_size,
+                                 expert=Mlp(cfg.hidden_size, cfg.mlp_hidden),
+                                 num_experts=ffn.num_experts, ep_size=ep.ep_size, k=ffn.top_k,
+                                 capacity_factor=ffn.capacity_factor,
+                                 eval_capacity_factor=ffn.capacity_factor,
+                                 min_capacity=4, drop_tokens=ffn.drop_tokens, use_rts=False)
         self.l_aux = None
         self.exp_counts = None
 

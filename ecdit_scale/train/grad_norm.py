@@ -38,7 +38,8 @@ def foreach_grad_norm_direct(self, gradients, params, norm_type=2):
     if float(norm_type) != 2.0:
         return type(self).get_grad_norm_direct(self, gradients, params, norm_type)
     grads = []
-    for g, p in zip((g for g in gradients if not getattr(g, "_zero_padding", False)), params):
+    param_gradients = (g for g in gradients if not getattr(g, "_zero_padding", False))
+    for g, p in zip(param_gradients, params, strict=False):
         if hasattr(p, PIPE_REPLICATED) and p.ds_pipe_replicated:
             continue
         if is_model_parallel_parameter(p) or self.model_parallel_rank == 0:

@@ -77,7 +77,8 @@ class HeldOutLoss:
         sample, level = idx // levels, idx % levels
         grid = torch.tensor(timestep_grid(levels), dtype=torch.float32)
         shape = tuple(images.shape[1:])
-        eps = torch.stack([pair_noise(shape, int(i), int(j)) for i, j in zip(sample, level)])
+        eps = torch.stack([pair_noise(shape, int(i), int(j))
+                           for i, j in zip(sample, level, strict=True)])
         rows = torch.from_numpy(sample)
         return cls(x0=images[rows].to(device), eps=eps.to(device),
                    t=grid[torch.from_numpy(level)].to(device),

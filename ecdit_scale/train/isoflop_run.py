@@ -77,7 +77,7 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
     for _ in range(1 + MAX_LR_EXTENSIONS):  # the grid, then steps beyond an edge that won
         found: dict[int, dict[str, Any]] = {}
 
-        def searched(i: int, run: SweepRun) -> None:
+        def searched(i: int, run: SweepRun, *, batch=batch, found=found) -> None:
             r = batch[i]
             s = RunDir(run.run_dir).read_summary()
             found[i] = {"card": r.card, "variant": r.variant, "seed": r.seed, "lr": run.lr,

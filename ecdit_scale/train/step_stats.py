@@ -94,7 +94,8 @@ def reduce_stats(st: StepStats, world: int, micro_steps: int, peak: int,
         "memory_tracked": peak_v >= 0,
     }
     if peak_v >= 0:  # each phase's peak (max over ranks): where in the step the peak falls
-        out["peak_bytes_by_phase"] = {n: int(v) for n, v in zip(PHASES, peaks_v[1:]) if v >= 0}
+        out["peak_bytes_by_phase"] = {n: int(v) for n, v in zip(PHASES, peaks_v[1:], strict=True)
+                                      if v >= 0}
     if routed:
         counts = flat[4:].long()
         L, E = st.tokens_per_expert.shape

@@ -23,9 +23,10 @@ Two ways to get a compute budget (``schedule``):
 Data: ``shapes-stream`` by default, drawn fresh for every position, so no run sees an image
 twice; or a folder written by ``data prepare`` (``data``: every run ``launch --data``). Sizes:
 ladder names, YAML cards or parameter targets (``sweep_cards``); where the launches run at
-once, one per GPU or host slot: ``sweep_slots``. Learning rate: ``lr`` for every size, or with ``lr_search`` (multipliers, e.g. 0.5, 1,
-2) a small search per size: the size's dense model at the smallest budget, seed 0, one run per
-multiplier; the best held-out loss picks that size's learning rate for every run of the size.
+once, one per GPU or host slot: ``sweep_slots``. Learning rate: ``lr`` for every size, or with
+``lr_search`` (multipliers, e.g. 0.5, 1, 2) a small search per size: the size's dense model at
+the smallest budget, seed 0, one run per multiplier; the best held-out loss picks that size's
+learning rate for every run of the size.
 
 Finished runs are skipped, interrupted ones resumed from their last complete checkpoint, and
 the table is rewritten atomically after every run, so an interrupted sweep loses nothing; a
@@ -409,7 +410,8 @@ def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool, slot=None) -
     """The launch of one run; ``slot`` (``sweep_slots.Slot``): the devices and host it runs on."""
     return LaunchRequest(devices=slot and slot.devices, host=slot and slot.host,
                          hostfile=slot and slot.hostfile, card=run.card_path or run.card,
-                         nproc=spec.nproc, steps=run.steps, ep=1, zero=1, micro_batch=spec.micro_batch, dataset=spec.dataset,
+                         nproc=spec.nproc, steps=run.steps, ep=1, zero=1,
+                         micro_batch=spec.micro_batch, dataset=spec.dataset,
                          data=spec.data,
                          data_limit=spec.data_limit, holdout=spec.holdout,
                          out=str(run.run_dir), lr=run.lr, seed=run.seed,
@@ -462,7 +464,8 @@ def table_rows(spec: SweepSpec, run: SweepRun, score_alignment: ScoreAlignment |
     for budget, step, recs in reads:
         window = [recs[s]["flow_loss"] for s in smoothing_window(step) if s in recs]
         if step not in recs or not window:
-            raise ConfigError(f"{rd.path}: metrics.jsonl has no step {step}; rerun the sweep to resume it")
+            raise ConfigError(f"{rd.path}: metrics.jsonl has no step {step}; "
+                              "rerun the sweep to resume it")
         images = step * gb
         heldout = recs[step].get("heldout_loss")
         rows.append({
