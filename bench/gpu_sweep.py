@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ecdit_scale.errors import ConfigError
     from ecdit_scale.scaling.fit import fit_run_table
+    from ecdit_scale.scaling.fit_file import save_fit
     from ecdit_scale.scaling.report import write_report
-    from ecdit_scale.scaling.results import save_fit
     from ecdit_scale.scaling.table import load_run_table
     from ecdit_scale.train.isoflop import design_isoflop
     from ecdit_scale.train.isoflop_run import run_isoflop

@@ -27,7 +27,8 @@ PACKAGE = "ecdit_scale"
 # top-level module or a subpackage (named relative to ecdit_scale; the longest name wins, so
 # planner.hardware sits below the rest of planner). "ecdit_scale" is the package's __init__.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("ecdit_scale", "config", "errors", "files", "units", "checks", "integers")),
+    ("foundation", ("ecdit_scale", "config", "zero", "errors", "files", "units", "checks",
+                    "integers")),
     ("catalog", ("sizes", "params", "planner.hardware", "planner.device_profile",
                   "planner.bounds", "planner.derived_profile")),
     ("model, planner, scaling", ("model", "planner", "scaling", "cards")),

@@ -23,6 +23,7 @@ from .checks import string_keys as _string_keys
 from .errors import ConfigError
 from .files import atomic_write_text, dump_yaml, load_yaml_file, to_plain
 from .integers import divisor_hint
+from .zero import check_zero_stage
 
 # ---------------------------------------------------------------------------------------------
 # Enums
@@ -63,31 +64,6 @@ def _enum(cls: type[enum.Enum], value: Any, what: str) -> Any:
     except (ValueError, TypeError):
         valid = ", ".join(m.value for m in cls)
         raise ConfigError(f"{what}: {value!r} is not valid; choose one of {valid}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# ZeRO: the one definition of the stages and what they allow
-# ---------------------------------------------------------------------------------------------
-
-
-ZERO_STAGES = (0, 1, 2, 3)
-# The stage from which ZeRO partitions each model state over the data-parallel group.
-ZERO_PARTITIONS_OPTIMIZER = 1  # optimizer states, master weights, fp32 gradient copy
-ZERO_PARTITIONS_GRADIENTS = 2
-ZERO_PARTITIONS_PARAMETERS = 3
-MOE_ZERO_STAGES = (0, 1, 2)  # DeepSpeed-MoE refuses ZeRO-3 (stage 3 partitions expert params)
-
-
-def check_zero_stage(stage: Any, *, name: str = "zero") -> int:
-    """``stage`` as an int if it is a ZeRO stage (0-3), else a ConfigError naming ``name``."""
-    if isinstance(stage, bool) or not isinstance(stage, int) or stage not in ZERO_STAGES:
-        raise ConfigError(f"{name} = {_short(stage)}: ZeRO stage must be 0, 1, 2 or 3")
-    return stage
-
-
-def zero_supports_moe(stage: int) -> bool:
-    """Whether DeepSpeed-MoE runs with this ZeRO stage (it refuses ZeRO-3)."""
-    return check_zero_stage(stage) in MOE_ZERO_STAGES
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_layout_requires_ep_to_divide_dp():
 
 
 def test_zero_stage_rule():
-    from ecdit_scale.config import ZERO_STAGES, check_zero_stage, zero_supports_moe
+    from ecdit_scale.zero import ZERO_STAGES, check_zero_stage, zero_supports_moe
 
     assert [check_zero_stage(s) for s in ZERO_STAGES] == [0, 1, 2, 3]
     assert [zero_supports_moe(s) for s in ZERO_STAGES] == [True, True, True, False]

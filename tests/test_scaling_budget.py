@@ -13,9 +13,10 @@ from ecdit_scale.errors import ConfigError
 from ecdit_scale.scaling import planted
 from ecdit_scale.scaling.allocation import allocate, optimal_params
 from ecdit_scale.scaling.evidence import fit_headline, headline_data
+from ecdit_scale.scaling.fit_file import save_fit
 from ecdit_scale.scaling.headline import HeadlineLaw
 from ecdit_scale.scaling.planted import CHINCHILLA_LAW, isoflop_grid, planted_table
-from ecdit_scale.scaling.results import ScalingFit, save_fit
+from ecdit_scale.scaling.results import ScalingFit
 
 LEVELS = (1e11, 1e12, 1e13)
 

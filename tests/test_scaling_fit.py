@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ecdit_scale.scaling.fit import compute_frontier, fit_run_table
+from ecdit_scale.scaling.fit_file import load_fit, save_fit
 from ecdit_scale.scaling.formulas import ChinchillaLaw, PowerLaw
 from ecdit_scale.scaling.laws import (
     compute_multiplier,
@@ -18,7 +19,7 @@ from ecdit_scale.scaling.laws import (
     held_out_check,
     predict,
 )
-from ecdit_scale.scaling.results import ChinchillaFit, ScalingFit, load_fit, save_fit
+from ecdit_scale.scaling.results import ChinchillaFit, ScalingFit
 from ecdit_scale.scaling.robust import FitError, bootstrap_indices
 from ecdit_scale.scaling.shared import fit_shared_power_law
 from ecdit_scale.scaling.table import (

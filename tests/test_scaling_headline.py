@@ -96,8 +96,8 @@ def test_headline_fit_round_trips_through_a_dict(isoflop_fit):
 
 def test_fit_run_table_leads_with_the_headline_and_saves_it(tmp_path):
     from ecdit_scale.scaling.fit import fit_run_table
+    from ecdit_scale.scaling.fit_file import load_fit, save_fit
     from ecdit_scale.scaling.report import plain_answer
-    from ecdit_scale.scaling.results import load_fit, save_fit
 
     df = planted_table(isoflop_grid(LEVELS, sizes_per_level=4), seed=7,
                        multipliers={"dense": 1.0, "expert-choice": 1.5})

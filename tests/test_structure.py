@@ -9,6 +9,7 @@ catches what it should.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -173,3 +174,11 @@ def test_the_script_exits_1_on_a_broken_rule_and_2_without_a_package(fake, tmp_p
     assert "NO " in capsys.readouterr().out
     assert structure.main(["--root", str(tmp_path)]) == 2
     assert "no ecdit_scale/ folder" in capsys.readouterr().err
+
+
+def test_ruff_is_clean():
+    """``ruff check`` with the configuration in pyproject.toml (``[tool.ruff]``)."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "ecdit_scale",
+                           "tests", "bench"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]

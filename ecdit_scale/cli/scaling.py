@@ -222,8 +222,8 @@ def fit(
     """Fit L(C) = E + A C^-alpha and L(N, D) per FFN kind or variant, with run-level bootstrap
     intervals, a held-out check and a sensitivity table."""
     from ..scaling.fit import fit_run_table
+    from ..scaling.fit_file import save_fit
     from ..scaling.report import plain_answer
-    from ..scaling.results import save_fit
     from ..scaling.table import load_run_table
 
     if not 0 <= n_boot <= MAX_BOOT:
@@ -377,8 +377,8 @@ def report(
 ) -> None:
     """Markdown + self-contained HTML report with plots."""
     from ..scaling.fit import fit_run_table
+    from ..scaling.fit_file import load_fit
     from ..scaling.report import check_report_folder, write_report
-    from ..scaling.results import load_fit
     from ..scaling.table import load_run_table
 
     check_report_folder(out or table.parent / "report")  # before the (maybe slow) fit

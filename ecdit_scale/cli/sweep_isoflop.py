@@ -15,7 +15,7 @@ from .common import console, err_console, print_json
 def _optimum_from_fit(path: Path):
     """optimum(variant, C, k): the compute-optimal activated params of a fit's headline law."""
     from ..scaling.allocation import optimal_params
-    from ..scaling.results import load_fit
+    from ..scaling.fit_file import load_fit
     from ..scaling.runlevel import kind_of
 
     fit = load_fit(path)

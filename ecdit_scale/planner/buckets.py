@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ZERO_PARTITIONS_OPTIMIZER, Optimizer
+from ..config import Optimizer
+from ..zero import ZERO_PARTITIONS_OPTIMIZER
 
 ZERO_BUCKET_ELEMENTS = 200_000_000  # reduce/all-gather bucket size written into ds_config.json
 ZERO_BUCKETS = 2  # double-buffered with overlap_comm (dp > 1)

@@ -14,14 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (
-    ZERO_PARTITIONS_GRADIENTS,
-    ZERO_PARTITIONS_OPTIMIZER,
-    ZERO_PARTITIONS_PARAMETERS,
-    ModelConfig,
-    Precision,
-    Recompute,
-)
+from ..config import ModelConfig, Precision, Recompute
+from ..zero import ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER, ZERO_PARTITIONS_PARAMETERS
 from .derivations import assumptions
 from .flops import expert_slots_per_image
 from .memory import BF16_BYTES, FP32_BYTES, RECOMPUTE_ORDER, ZERO_BUCKET_ELEMENTS, ParamSplit

@@ -174,9 +174,9 @@ def frozen_precision(precision: Any) -> Precision:
 @functools.lru_cache(maxsize=4096)
 def micro_batch_terms(cfg: ModelConfig, acc: Any, *, images: int, tp: int, recompute: Any,
                       precision: Any, ep: int | None = None) -> MicroBatchCost:
-    """The priced passes of one micro-batch on one device (cached: a plan's cluster table searches the same model on the same device many times;
-    callers must not modify the result). ``ep``: the trainer's expert-parallel layers
-    (``operators.operator_inventory``)."""
+    """The priced passes of one micro-batch on one device (cached: a plan's cluster table
+    searches the same model on the same device many times). ``ep``: the trainer's
+    expert-parallel layers (``operators.operator_inventory``)."""
     a = dtype_bytes(precision)
     setup = getattr(acc, "setup", None)
     inv = apply_kernels(operator_inventory(cfg, images=images, tp=tp, dtype_bytes=a, ep=ep),

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Optimizer, Precision, check_zero_stage
+from ..config import Optimizer, Precision
 from ..errors import ConfigError
+from ..zero import check_zero_stage
 from .buckets import ZERO_BUCKET_ELEMENTS
 from .placement import DS_CONFIG_KEY
 

@@ -28,21 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (
-    EMA,
-    MOE_ZERO_STAGES,
-    ZERO_STAGES,
-    ClusterConfig,
-    ModelConfig,
-    ParallelLayout,
-    Recompute,
-    TrainingConfig,
-    check_zero_stage,
-    zero_supports_moe,
-)
+from ..config import EMA, ClusterConfig, ModelConfig, ParallelLayout, Recompute, TrainingConfig
 from ..errors import ConfigError
 from ..integers import divisors
 from ..units import format_bytes
+from ..zero import MOE_ZERO_STAGES, ZERO_STAGES, check_zero_stage, zero_supports_moe
 from .comm import COMM_ASSUMPTIONS, CommBreakdown, Links, comm_arrays
 from .flops import flops_per_image, training_flops_per_image
 from .memory import (

@@ -19,18 +19,20 @@ import numpy as np
 from ..config import (
     EMA,
     HALF_PRECISIONS,
-    ZERO_PARTITIONS_GRADIENTS,
-    ZERO_PARTITIONS_OPTIMIZER,
-    ZERO_PARTITIONS_PARAMETERS,
     ModelConfig,
     Optimizer,
     ParallelLayout,
     Precision,
     Recompute,
     TrainingConfig,
-    check_zero_stage,
 )
 from ..params import count_params
+from ..zero import (
+    ZERO_PARTITIONS_GRADIENTS,
+    ZERO_PARTITIONS_OPTIMIZER,
+    ZERO_PARTITIONS_PARAMETERS,
+    check_zero_stage,
+)
 from .activations import activation_bytes_per_sample, moe_buffer_bytes_per_sample
 from .buckets import (
     ZERO_BUCKET_ELEMENTS,

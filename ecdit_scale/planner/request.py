@@ -19,9 +19,9 @@ from ..config import (
     Precision,
     Recompute,
     TrainingConfig,
-    check_zero_stage,
 )
 from ..errors import ConfigError
+from ..zero import check_zero_stage
 from .cards import load_card_or_name, override_config
 from .deepspeed_config import warmup_floor
 from .hardware import Accelerator

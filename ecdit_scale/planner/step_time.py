@@ -14,13 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import (
-    HALF_PRECISIONS,
-    ZERO_PARTITIONS_GRADIENTS,
-    ZERO_PARTITIONS_OPTIMIZER,
-    ZERO_PARTITIONS_PARAMETERS,
-    Precision,
-)
+from ..config import HALF_PRECISIONS, Precision
+from ..zero import ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER, ZERO_PARTITIONS_PARAMETERS
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
 from .derivations import assumptions

@@ -16,7 +16,7 @@ from .. import sizes
 from ..config import FFNKind
 from ..errors import ConfigError
 from .allocation import EXTRAPOLATION_FACTOR, Allocation, allocate
-from .results import load_fit
+from .fit_file import load_fit
 from .runlevel import kind_of
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .fit_file import load_fit
 from .formulas import identification, unidentified
-from .results import ScalingFit, load_fit
+from .results import ScalingFit
 from .runlevel import kind_of
 
 REFERENCE_FIT = "reference_fit.yaml"

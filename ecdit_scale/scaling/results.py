@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ..errors import ConfigError
-from ..files import atomic_write_text, load_yaml_file
 from .evidence import HeadlineFit
 from .formulas import (
     DEFAULT_LEVEL,
@@ -480,32 +476,3 @@ def _opt_to_dict(interval: Interval | None) -> dict | None:
 
 def _opt_interval(d: dict | None) -> Interval | None:
     return None if d is None else Interval.from_dict(d)
-
-
-
-# ---------------------------------------------------------------------------------------
-# Saved fits
-# ---------------------------------------------------------------------------------------
-
-
-def save_fit(fit: ScalingFit, path) -> Path:
-    """Write the fit as YAML, atomically (temp file + os.replace)."""
-    text = yaml.safe_dump(fit.to_dict(), sort_keys=False, default_flow_style=None, width=100)
-    return atomic_write_text(path, text)
-
-
-def load_fit(path) -> ScalingFit:
-    """Read a fit written by save_fit; ConfigError naming the file (and field) otherwise."""
-    path = Path(path)
-    where = f"scaling fit {path}"
-    if not path.is_file():
-        raise ConfigError(f"{where}: no such file; write one with "
-                          "`ecdit-scale fit TABLE --out FILE`")
-    data = load_yaml_file(path, what="scaling fit")
-    if data is None:
-        raise ConfigError(f"{where}: empty file; write a fit with "
-                          "`ecdit-scale fit TABLE --out FILE`")
-    try:
-        return ScalingFit.from_dict(data)
-    except FitFileError as exc:
-        raise ConfigError(f"{where}: not a fit written by `ecdit-scale fit` ({exc})") from None

@@ -24,13 +24,13 @@ from ..config import (
     Recompute,
     Schedule,
     load_model_config,
-    zero_supports_moe,
 )
 from ..errors import ConfigError
 from ..files import check_output_folder, read_text_file
 from ..integers import divisors
 from ..planner.cards import override_config
 from ..planner.deepspeed_config import warmup_floor_note
+from ..zero import zero_supports_moe
 from .records import ResumePoint, RunDir, RunSettings
 from .regional_compile import Compile
 from .settings import (

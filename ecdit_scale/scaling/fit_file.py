@@ -1,0 +1,35 @@
+"""Saved fits: ``ecdit-scale fit --out FILE`` writes one, ``report``, ``plan --fit`` and
+``sweep --design isoflop --fit`` read it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+from ..files import atomic_write_text, load_yaml_file
+from .results import FitFileError, ScalingFit
+
+
+def save_fit(fit: ScalingFit, path) -> Path:
+    """Write the fit as YAML, atomically (temp file + os.replace)."""
+    text = yaml.safe_dump(fit.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+    return atomic_write_text(path, text)
+
+
+def load_fit(path) -> ScalingFit:
+    """Read a fit written by save_fit; ConfigError naming the file (and field) otherwise."""
+    path = Path(path)
+    where = f"scaling fit {path}"
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file; write one with "
+                          "`ecdit-scale fit TABLE --out FILE`")
+    data = load_yaml_file(path, what="scaling fit")
+    if data is None:
+        raise ConfigError(f"{where}: empty file; write a fit with "
+                          "`ecdit-scale fit TABLE --out FILE`")
+    try:
+        return ScalingFit.from_dict(data)
+    except FitFileError as exc:
+        raise ConfigError(f"{where}: not a fit written by `ecdit-scale fit` ({exc})") from None
