@@ -359,9 +359,9 @@ def scaling_cases() -> list[Case]:
         Case("report/--json", "scaling", "json",
              ("report", "small.csv", *ref_fit, "--out", "rep", "--json"), SMALL, expect="json",
              quick=True),
-        # one kind: what is checked is stdout while report fits (100 resamples: 1.7 s, not 5.4)
+        # one kind: what is checked is stdout while report fits (20 resamples)
         Case("report/--json while fitting", "scaling", "json",
-             ("report", "t.csv", "--out", "rep", "--json"),
+             ("report", "t.csv", "--out", "rep", "--n-boot", "20", "--json"),
              (("t.csv", table(lambda d: d[d.card.isin(["nano-ec8", "micro-ec8"])])),),
              expect="json", quick=True, timeout=120),
     ]

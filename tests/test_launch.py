@@ -284,7 +284,7 @@ def test_a_cooldown_branch_is_the_shorter_run_even_across_a_resume(tmp_path):
     wsd runs): two launches here instead of three."""
     common = ("nano-dense", "--nproc", "1", "--micro-batch", "2", "--dataset", "shapes-stream",
               "--holdout", "8", "--schedule", "wsd", "--warmup", "2", "--no-track-memory",
-              "--checkpoint-every", "2", "--json")
+              "--checkpoint-every", "2", "--zero", "0", "--json")  # (one rank: ZeRO-0)
     out = tmp_path / "branched"
     first = cli(*("launch", *common, "--steps", "12", "--cooldown-branches", "6",
                   "--keep-checkpoints", "12", "--out", str(out)))

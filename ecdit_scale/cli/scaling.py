@@ -193,6 +193,15 @@ def sweep(
         raise typer.Exit(1)
 
 
+REPORT_BOOT = 100  # resamples when `report` fits the table itself
+
+
+def _check_n_boot(n_boot: int) -> None:
+    if not 0 <= n_boot <= MAX_BOOT:
+        raise ConfigError(f"--n-boot {n_boot}: must be in 0..{MAX_BOOT} (200 gives stable 95% "
+                          "intervals)")
+
+
 @app.command()
 def fit(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet) with the required columns."),
@@ -226,9 +235,7 @@ def fit(
     from ..scaling.report import plain_answer
     from ..scaling.table import load_run_table
 
-    if not 0 <= n_boot <= MAX_BOOT:
-        raise ConfigError(f"--n-boot {n_boot}: must be in 0..{MAX_BOOT} (200 gives stable 95% "
-                          "intervals)")
+    _check_n_boot(n_boot)
     if not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed}: must be an integer in 0..{2**32 - 1}")
     if out is not None and not str(out).strip() or out is not None and out.is_dir():
@@ -373,6 +380,9 @@ def report(
     out: Path | None = typer.Option(None, "--out",
                                     help="Report folder (default: TABLE's folder/report)."),
     title: str = typer.Option("EC-DiT scaling report", "--title"),
+    n_boot: int = typer.Option(REPORT_BOOT, "--n-boot",
+                               help="Bootstrap resamples when the report fits TABLE itself (no "
+                                    "saved fit); `fit --out` saves one to reuse."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Markdown + self-contained HTML report with plots."""
@@ -381,6 +391,7 @@ def report(
     from ..scaling.report import check_report_folder, write_report
     from ..scaling.table import load_run_table
 
+    _check_n_boot(n_boot)
     check_report_folder(out or table.parent / "report")  # before the (maybe slow) fit
     df = load_run_table(table)
     if fit_path is not None:
@@ -388,9 +399,9 @@ def report(
     elif (table.parent / "fit.yaml").is_file():
         result = load_fit(table.parent / "fit.yaml")
     else:
-        err_console.print(f"no fit at {table.parent / 'fit.yaml'}: fitting now (n_boot=100)",
-                          highlight=False)
-        result = fit_run_table(df, n_boot=100, progress=stderr_progress("report"))
+        err_console.print(f"no fit at {table.parent / 'fit.yaml'}: fitting now "
+                          f"(n_boot={n_boot})", highlight=False)
+        result = fit_run_table(df, n_boot=n_boot, progress=stderr_progress("report"))
     paths = write_report(df, result, out or table.parent / "report", title=title,
                          expert_load=_expert_load(df))
     if json_out:

@@ -410,7 +410,10 @@ def launch_request(spec: SweepSpec, run: SweepRun, *, resume: bool, slot=None) -
     """The launch of one run; ``slot`` (``sweep_slots.Slot``): the devices and host it runs on."""
     return LaunchRequest(devices=slot and slot.devices, host=slot and slot.host,
                          hostfile=slot and slot.hostfile, card=run.card_path or run.card,
-                         nproc=spec.nproc, steps=run.steps, ep=1, zero=1,
+                         nproc=spec.nproc, steps=run.steps, ep=1,
+                         # one rank: nothing for ZeRO to partition (and its optimizer wrapper
+                         # costs a second at every start); several: the optimizer state
+                         zero=0 if spec.nproc == 1 else 1,
                          micro_batch=spec.micro_batch, dataset=spec.dataset,
                          data=spec.data,
                          data_limit=spec.data_limit, holdout=spec.holdout,
