@@ -32,7 +32,8 @@ def _worker(rank: int, port: int, out: str, ckpt: str) -> None:
     import types
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
+                      TORCHDYNAMO_DISABLE="1")  # as launch sets it for a run that compiles nothing
     import torch
 
     torch.set_num_threads(1)

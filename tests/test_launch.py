@@ -366,3 +366,60 @@ def test_a_taken_rendezvous_port_is_retried_on_another(tmp_path, monkeypatch):
     res = L.launch(LaunchRequest(card="nano-dense", steps=2, out=str(tmp_path / "pinned"),
                                  checkpoints=False, master_port=29999))
     assert not res.ok and len(started) == 1 and "--master-port 29999 is in use" in res.message
+
+
+# ---------------------------------------------------------------------------------------------
+# The ranks of a one-node run (train/local_ranks.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _ranks_script(tmp_path: Path, body: str) -> list[str]:
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text("import json, os, sys, time\nrank = int(os.environ['RANK'])\n" + body)
+    return [sys.executable, str(script)]
+
+
+def test_each_rank_gets_the_launchers_environment(tmp_path):
+    from ecdit_scale.train.local_ranks import run
+
+    keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK", "CROSS_SIZE",
+            "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES"]
+    cmd = _ranks_script(tmp_path, f"json.dump({{k: os.environ.get(k) for k in {keys}}}, "
+                                  f"open(r'{tmp_path}/env%d.json' % rank, 'w'))\n")
+    assert run(cmd, nproc=3, master_addr="127.0.0.1", master_port=23456, devices="4,5,6") == 0
+    for rank in range(3):
+        env = json.loads((tmp_path / f"env{rank}.json").read_text())
+        assert env == {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "3",
+                       "LOCAL_SIZE": "3", "CROSS_RANK": "0", "CROSS_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "23456",
+                       "CUDA_VISIBLE_DEVICES": "4,5,6"}
+
+
+def test_a_failed_rank_ends_the_others_and_gives_its_code(tmp_path):
+    import time
+
+    from ecdit_scale.train.local_ranks import run
+
+    cmd = _ranks_script(tmp_path, "if rank == 1:\n    sys.exit(7)\ntime.sleep(60)\n")
+    t0 = time.monotonic()
+    assert run(cmd, nproc=3, master_addr="127.0.0.1", master_port=23456, devices=None) == 7
+    assert time.monotonic() - t0 < 30  # the sleeping ranks were ended, not waited for
+
+
+def test_a_signal_to_the_rank_launcher_ends_every_rank(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = _ranks_script(tmp_path, f"open(r'{tmp_path}/up' + str(rank), 'w').close()\n"
+                                  "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "ecdit_scale.train.local_ranks", "--nproc",
+                             "2", "--master-port", "23456", "--", *cmd])
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("up*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM

@@ -1,5 +1,5 @@
 """``ecdit-scale launch``: check the request, prepare the run directory, start the
-``deepspeed`` launcher, follow the run's metrics, and return a RunResult.
+ranks, follow the run's metrics, and return a RunResult.
 
 Every check runs before anything starts (``request.check_request``), so a bad request costs a
 second and one line of error (ConfigError). Then:
@@ -7,12 +7,13 @@ second and one line of error (ConfigError). Then:
 1. the run directory gets card.yaml, run.json, ds_config.json (the planner's
    ``deepspeed_config``), predictions.json (the planner's parameter, FLOP and memory numbers);
 2. the dataset cache is filled once here, so the ranks do not all render and encode it;
-3. ``deepspeed --num_gpus N --no_local_rank --master_port P --module ecdit_scale.train.worker``
-   starts the ranks (``--num_gpus`` is needed on CPU too: DeepSpeed otherwise counts NUMA nodes);
-   with ``--hostfile`` it starts ``--nproc`` ranks on every host of the file; a one-rank local
-   run starts the worker itself with the environment the launcher would give it
-   (``single_rank_command``); the launcher (or worker) and the ranks form one process group
-   (``process``), which SIGINT/SIGTERM reach as a whole;
+3. the ranks start: on one node, ``local_ranks`` gives each rank the environment DeepSpeed's
+   per-node launcher would (a one-rank run starts the worker itself: ``single_rank_command``);
+   over several nodes (``--hostfile``, ``--node-rank``) ``deepspeed --num_gpus N
+   --no_local_rank --master_port P --module ecdit_scale.train.worker`` starts ``--nproc``
+   ranks on every host (``--num_gpus`` is needed on CPU too: DeepSpeed otherwise counts NUMA
+   nodes); the launcher (or worker) and the ranks form one process group (``process``), which
+   SIGINT/SIGTERM reach as a whole;
 4. ``on_progress`` (the CLI draws a bar with it) follows metrics.jsonl until the launcher exits.
 
 Resume: ``resume=True`` continues from the newest complete checkpoint
@@ -36,6 +37,7 @@ from ..errors import ConfigError
 from ..planner.deepspeed_config import WORKER_MODULE, deepspeed_launch_command
 from .process import ADDRESS_IN_USE, ForwardSignals, end_group, free_port, start_group
 from .records import DIVERGED_EXIT, Device, RunDir, RunSettings, read_jsonl, write_json
+from .regional_compile import Compile
 from .request import LaunchRequest, check_request, resume_command
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -187,6 +189,7 @@ def warm_data_cache(cfg: ModelConfig, s: RunSettings) -> None:
     dataset_arrays_for(s.dataset, cfg, limit=s.data_limit, seed=s.seed)
 
 
+LOCAL_RANKS_MODULE = "ecdit_scale.train.local_ranks"
 MULTI_NODE_PORT = 29500  # DeepSpeed's default: every node of a run must use the same port
 JOIN_WAIT_S = 600  # how long a node other than node 0 waits for node 0's run.json
 
@@ -227,6 +230,20 @@ def single_rank_command(s: RunSettings, rd: RunDir, *,
     return cmd, env
 
 
+def local_ranks_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
+                        devices: str | None, master_port: int) -> list[str]:
+    """The ranks of a one-node run, started by ``local_ranks`` (DeepSpeed's per-node launcher's
+    job without DeepSpeed's two launcher interpreters; see that module)."""
+    cmd = [sys.executable, "-m", LOCAL_RANKS_MODULE, "--nproc", str(s.nproc_per_node),
+           "--master-port", str(master_port)]
+    if devices:
+        cmd += ["--devices", devices]
+    cmd += ["--", sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
+    if resume_from is not None:
+        cmd += ["--resume-from", resume_from]
+    return cmd
+
+
 def launcher_env(s: RunSettings) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -237,6 +254,11 @@ def launcher_env(s: RunSettings) -> dict[str, str]:
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     if s.device is Device.CPU:  # even where CUDA is visible: the user asked for CPU
         env["DS_ACCELERATOR"] = "cpu"
+    if Compile(s.compile) is Compile.NONE:
+        # nothing is compiled: with dynamo off, the torch.compile decorators libraries apply
+        # at import (DeepSpeed's Muon kernels, loaded by its ZeRO optimizer check) do not load
+        # inductor; 1.5 s of CPU at each rank's start, the same losses bit for bit
+        env.setdefault("TORCHDYNAMO_DISABLE", "1")
     return env
 
 
@@ -305,11 +327,16 @@ def run_once(req: LaunchRequest, s: RunSettings, rd: RunDir, resume_tag: str | N
     """Start the ranks once and wait for them: (return code, the signals received, whether it
     failed only because the rendezvous port this process picked was taken, with no step done:
     then starting again on another port loses nothing; the command as shown)."""
-    if s.world == 1 and not req.hostfile and req.node_rank is None:
+    one_node = not req.hostfile and req.node_rank is None and req.host is None
+    if s.world == 1 and one_node:
         cmd, env = single_rank_command(s, rd, resume_from=resume_tag)
         if req.devices:  # the one device a sweep gave this run (``sweep --parallel``)
             env["CUDA_VISIBLE_DEVICES"] = req.devices
         shown = ["python"] + cmd[1:]
+    elif one_node and s.nodes == 1:
+        cmd = local_ranks_command(s, rd, resume_from=resume_tag, devices=req.devices,
+                                  master_port=req.master_port or free_port())
+        env, shown = launcher_env(s), ["python"] + cmd[1:]
     else:
         host = req.host or ("localhost" if req.devices else None)
         cmd = launcher_command(s, rd, hostfile=req.hostfile, resume_from=resume_tag,
