@@ -12,6 +12,7 @@ because dispatch pads every expert to its fixed capacity.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from ..config import ModelConfig
@@ -54,9 +55,11 @@ def measured_training_flops(cfg: ModelConfig, *, images: int = 2) -> float:
     return float(counter.get_total_flops())
 
 
+@functools.lru_cache(maxsize=8)
 def cpu_matmul_flops_per_s(n: int = CPU_MATMUL_N, seconds: float = 0.5, threads: int = 1) -> float:
     """Peak-like fp32 FLOP/s of this CPU: best of repeated n x n ``torch.mm`` on ``threads``
-    threads (the ranks of a CPU run use one thread each)."""
+    threads (the ranks of a CPU run use one thread each). Measured once per process: each
+    ``validate`` of a CPU run calibrates against it, and the machine does not change."""
     import torch
 
     old = torch.get_num_threads()
