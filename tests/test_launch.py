@@ -45,6 +45,10 @@ def test_run_directory_records(ec_run):
     assert summary["status"] == "completed" and summary["steps_done"] == STEPS
     assert summary["params"]["model_params"] == count_params(cfg).model_params
     assert summary["optimizer_impl"] == "foreach"  # under ZeRO-2, ep 2
+    from ecdit_scale import __version__
+
+    assert (summary["ecdit_scale_version"], summary["deepspeed_version"]) == (
+        __version__, __import__("deepspeed").__version__)  # what trained it
     # where the start-up went, by phase, and the device named from the start
     assert set(summary["startup_s"]) >= {"process_groups", "model", "deepspeed_engine", "ema",
                                          "data"}
