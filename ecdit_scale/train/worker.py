@@ -149,7 +149,8 @@ def run(run_dir: Path, *, resume_from: str | None) -> int:
 
         from .. import __version__
 
-        rd.update_summary(ecdit_scale_version=__version__, engine=r.engine_variant, device=s.device.value,
+        rd.update_summary(ecdit_scale_version=__version__, engine=r.engine_variant,
+                          device=s.device.value,
                           device_name=(torch.cuda.get_device_name(r.device) if r.on_gpu
                                        else "cpu"), torch_version=torch.__version__,
                           deepspeed_version=deepspeed.__version__,
