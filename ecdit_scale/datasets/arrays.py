@@ -17,6 +17,9 @@ from .latents import LATENTS_DEFAULT_COUNT, make_latents
 from .shapes import SceneSpec, make_shapes
 from .text_encoder import MAX_TEXT_TOKENS, TEXT_DIM, TextEncoder, fit_text_dim
 
+# Shape suffixes: a tensor named text_NTD has dims (N, T, D).
+#   N items   T text tokens per caption   D embedding width
+
 IMAGE_SIZE_RANGE = (16, 128)
 LATENT_IMAGE_SIZE_RANGE = (64, 1024)  # pixels the latents stand for (8..128 latent pixels)
 TEXT_DIM_RANGE = (1, 16384)

@@ -17,6 +17,9 @@ from .arrays import dataset_arrays
 from .captioned import CaptionedImages, to_unit_range
 from .kinds import STREAMS, check_dataset_fits
 
+# Shape suffixes: a tensor named text_NTD has dims (N, T, D).
+#   N items   T text tokens per caption   D embedding width
+
 HOLDOUT_SEED_OFFSET = 7919  # the held-out split uses its own stream, not the batch order's
 
 

@@ -21,6 +21,9 @@ import numpy as np
 from .kinds import LATENT_CHANNELS, VAE_DOWNSAMPLE
 from .shapes import sample_scene
 
+# Shape suffixes: a tensor named x_CHW has dims (C, H, W).
+#   C latent channels   H, W height and width
+
 SD_VAE_SCALE = 0.18215  # what the paper's latents are multiplied by (unit variance)
 SMOOTHING_SIGMA = 1.0  # latent pixels
 LATENTS_DEFAULT_COUNT = 256  # limit=None: enough for throughput and memory runs

@@ -33,6 +33,10 @@ from . import DataError
 from .prepare import FORMAT, MANIFEST_FILE, SETTINGS_FILE
 from .text_encoder import fit_text_dim
 
+# Shape suffixes: a tensor named text_NTD has dims (N, T, D).
+#   N items   T text tokens per caption   D embedding width   L token rows of a
+#   shard (all items' tokens, unpadded)
+
 
 @dataclass(frozen=True)
 class PreparedData:

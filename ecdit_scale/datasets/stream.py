@@ -29,6 +29,9 @@ from ..config import ModelConfig
 from .shapes import SceneSpec, all_scene_specs, render_scene, sample_scene
 from .text_encoder import TEXT_DIM, TextEncoder, fit_text_dim
 
+# Shape suffixes: a tensor named text_CTD has dims (C, T, D).
+#   C distinct captions   T text tokens per caption   D embedding width
+
 BLOCK = 1024  # positions whose specs come from one generator
 STREAM_TAG = 0x5EED  # keeps the stream's generators apart from the finite shapes set's
 EVAL_STREAM_SEED = 977_351  # the held-out stream: one for every run

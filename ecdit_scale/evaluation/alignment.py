@@ -28,6 +28,9 @@ from ..datasets.shapes import (
     draw_shape,
 )
 
+# Shape suffixes: a tensor named mask_HW has dims (H, W).
+#   H, W pixel rows and columns   K reference colours   3 RGB
+
 
 @dataclass(frozen=True)
 class Blob:

@@ -13,6 +13,9 @@ import torch.nn.functional as F
 
 from .dit import ECDiT
 
+# Shape suffixes: a tensor named x0_BCHW has dims (B, C, H, W).
+#   B images   C latent or pixel channels   H, W height and width
+
 
 def logit_normal_timesteps(batch: int, *, mean: float = 0.0, std: float = 1.0,
                            generator: torch.Generator | None = None,

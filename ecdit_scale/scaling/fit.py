@@ -54,6 +54,9 @@ from .runlevel import (
 from .shared import fit_shared_power_law
 from .table import FFN_KINDS, LOSS_COLUMNS, RunTableError, validate_run_table
 
+# Shape suffixes: a tensor named w_RN has dims (R, N).
+#   R bootstrap resamples   N rows of the run table
+
 MIN_RUNS_FOR_INTERVALS = 5  # below this a resample of distinct runs is nearly the data itself
 
 T = TypeVar("T")

@@ -38,6 +38,11 @@ from .robust import (
     weighted_huber,
 )
 
+# Shape suffixes: an array named x_RN has dims (R, N).
+#   N rows of the run table   K variants   R bootstrap resamples   S starts per
+#   resample   B problems minimised in one batch   P fitted parameters (s_N and s_D
+#   are the scales on N and on D, not shapes)
+
 MAX_LOG_SCALE = math.log(1e3)  # a variant's scale on N or D stays within 1/1000..1000
 E_FRACTIONS = (0.3, 0.8)
 EXPONENT_STARTS = (0.25, 0.6)

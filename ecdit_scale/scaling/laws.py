@@ -35,6 +35,9 @@ from .robust import (
     single_threaded_blas,
 )
 
+# Shape suffixes: an array named x_RN has dims (R, N).
+#   N rows of the run table   T terms of the law   B problems minimised in one batch
+
 MIN_RUNS_POWER_LAW = 3
 MIN_RUNS_CHINCHILLA = 5
 

@@ -19,6 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+# Shape suffixes: an array named theta_BP has dims (B, P).
+#   B problems minimised together   P parameters of each
+
 # fun(theta_BP, rows_B) -> (objective_B, gradient_BP) for the problems `rows` of the batch
 BatchObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 

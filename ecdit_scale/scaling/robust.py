@@ -23,6 +23,10 @@ import numpy as np
 
 from .lbfgs import BatchObjective, minimize_batch
 
+# Shape suffixes: an array named x_RN has dims (R, N).
+#   N rows of the run table   B problems minimised in one batch (starts, resamples)
+#   T terms of a law   R bootstrap resamples   S starts per problem   P fitted parameters
+
 try:  # L-BFGS on 3-7 parameters: BLAS threads only contend (10-40x slower on busy CPUs)
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover - optional dependency

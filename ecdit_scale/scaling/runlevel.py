@@ -25,6 +25,9 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+# Shape suffixes: an array named x_RN has dims (R, N).
+#   N rows of the run table   R bootstrap resamples (beats_NN: row against row)
+
 HELD_OUT_FACTOR = 4.0  # held-out rows lie at least this far beyond the largest fitted compute
 MIN_RUNS_PER_RESAMPLE = 2  # distinct runs per group a resample needs to show a trend in size
 OUTLIER_Z = 3.5  # robust z of a log residual beyond which --drop-outliers drops a row

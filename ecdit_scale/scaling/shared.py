@@ -36,6 +36,10 @@ from .robust import (
     weighted_huber,
 )
 
+# Shape suffixes: an array named x_RN has dims (R, N).
+#   N rows of the run table   K FFN kinds   R bootstrap resamples   S starts per
+#   resample   B problems minimised in one batch   P fitted parameters
+
 MIN_RUNS_PER_KIND = 2
 E_FRACTIONS = (0.05, 0.3, 0.6, 0.85, 0.97)
 ALPHAS = (0.05, 0.2, 0.5, 1.0)

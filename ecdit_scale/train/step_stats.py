@@ -17,6 +17,9 @@ from torch import nn
 from .expert_parallel import deepspeed_topk_layers, is_expert_param
 from .peak_memory import PHASES
 
+# Shape suffixes: a tensor named ept_LN has dims (L, N).
+#   L MoE layers   N tokens   K experts-per-token counts (0..E)
+
 
 @dataclasses.dataclass
 class StepStats:
