@@ -79,3 +79,25 @@ def test_a_best_rate_on_an_edge_extends_the_grid_beyond_it():
     low = extend_grid(search, {(card, "dense"): 0.5e-3}, 1e-3)
     assert {r.lr_multiplier for r in low} == {0.25}
     assert extend_grid(search, {(card, "dense"): 1e-3}, 1e-3) == []  # bracketed: no more
+
+
+def test_run_isoflop_gives_every_launch_a_slot(tmp_path, monkeypatch):
+    """The launches of an IsoFLOP sweep go through the sweep's slots (one per --parallel), as a
+    sweep's do: each search run and each main run reaches ``_train`` with a slot."""
+    from ecdit_scale.train import sweep
+    from ecdit_scale.train.isoflop_run import run_isoflop
+    from ecdit_scale.train.sweep_slots import Slot
+
+    got = []
+
+    def fake_train(spec, run, result, on_event, i, n, slot):  # no launch: wiring only
+        got.append((run.run_dir.name, slot))
+        return False
+
+    monkeypatch.setattr(sweep, "_train", fake_train)
+    d = design_isoflop((1e13,), variants=["dense"], seeds=[0, 1], global_batch=16,
+                       lr_grid=(0.5, 1.0, 2.0))
+    run_isoflop(d, lr=1e-3, nproc=1, micro_batch=2, dataset="shapes-stream", holdout=8,
+                device="cpu", out=tmp_path, parallel=2)
+    assert got and all(isinstance(slot, Slot) for _, slot in got)
+    assert any("-x0.5" in name for name, _ in got)  # the learning-rate search ran through them

@@ -67,6 +67,9 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
                      schedule="wsd", nproc=nproc, micro_batch=micro_batch, dataset=dataset,
                      holdout=holdout, lr=lr, device=device, out=str(out))
     n = len(runs)
+    from .sweep_slots import sweep_slots
+
+    slots = sweep_slots(parallel=parallel, nproc=nproc, device=device, hostfile=None, out=out)
 
     def sweep_run(r: DesignedRun, rate: float, folder: str) -> SweepRun:
         return SweepRun(card=_card(out, r), run_dir=out / folder / _name(r), steps=r.steps,
@@ -84,7 +87,7 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
                         "steps": r.steps, "heldout_loss": s.get("heldout_loss")}
 
         _train_all(spec, [sweep_run(r, lr * r.lr_multiplier, "lr-search") for r in batch],
-                   result, on_event, 0, n, parallel, searched)
+                   result, on_event, 0, n, slots, searched)
         result.lr_search += [found[i] for i in sorted(found)]
         lr_of, _ = best_rates(result.lr_search)
         batch = extend_grid(search, lr_of, lr)
@@ -118,7 +121,7 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
         return sweep_run(twin, rate, "lr-search") if twin else sweep_run(r, rate, "runs")
 
     _train_all(spec, [main_run(r, rates[i][0]) for i, r in enumerate(main)], result,
-               on_event, len(search), n, parallel, add_rows)
+               on_event, len(search), n, slots, add_rows)
     return result
 
 
