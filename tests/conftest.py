@@ -242,17 +242,17 @@ def interrupted_run(session_runs) -> Path:
 # first and longest first: a long test that starts last keeps one core busy after the other has
 # finished. A name that no longer matches only loses its place in the queue.
 LONG_FIRST = (
-    "test_expert_parallel.py::test_all_to_all_matches",  # 28: a 2-rank spawn, compiled twice
-    "test_collective_trace.py::",  # 33: a 4-rank spawn, 7 configurations
+    "test_expert_parallel.py::test_all_to_all_matches",  # 36: a 2-rank spawn, eager + compiled
+    "test_collective_trace.py::",  # 31: a 4-rank spawn, 7 configurations
     "test_launch.py::test_a_cooldown_branch",  # 2 launches
-    "test_engine_ops.py::",  # 16: a spawned rank, 4 engines
+    "test_engine_ops.py::",  # 11: a spawned rank, 8 engines
     "test_sweep.py::test_wsd_sweep",  # 3 launches
-    "test_scaling_runlevel.py::test_run_level_intervals_cover",  # 13: 20 bootstrapped fits
-    "test_install.py::test_core_commands_run_without_torch",  # 12: a fit and a report
+    "test_scaling_runlevel.py::test_run_level_intervals_cover",  # 6: 10 bootstrapped fits
+    "test_install.py::test_core_commands_run_without_torch",  # 17: a fit and a report
     "test_data.py::test_text_encoder",  # 12
     "test_sweep.py::test_constant_sweep",  # 10: 2 launches
     "test_validate.py::test_validate_reads_gpu_measurements",
-    "test_bad_input.py::test_json_output_is_strict",  # report refits with 100 resamples
+    "test_bad_input.py::test_json_output_is_strict",  # report refits (20 resamples)
     "test_validate.py::test_flops_of_a_large_config",
     "test_trainer_speed.py::test_compiled_blocks",
     "test_memory.py::test_bf16_zero0",
