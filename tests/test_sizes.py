@@ -58,3 +58,40 @@ def test_bad_targets(bad, needle):
 def test_unknown_name_suggests():
     with pytest.raises(ConfigError, match="did you mean"):
         sizes.get("m-64e")
+
+
+@pytest.mark.parametrize("target, kind, active", [(3.3e6, "expert-choice", True),
+                                                   (2e7, "dense", False),
+                                                   (1.5e11, "token-choice", False)])
+def test_synthesis_counts_few_depths_and_finds_what_building_every_one_finds(target, kind,
+                                                                             active):
+    """The search counts 2 x moe_every depths per width and extrapolates the rest (blocks
+    repeat with the MoE period); building and counting every candidate finds the same config."""
+    import math
+
+    from ecdit_scale.config import FFNKind
+    from ecdit_scale.errors import ConfigError
+    from ecdit_scale.sizes import (
+        SMALL_LIMIT,
+        SYNTH_TOLERANCE,
+        _candidate,
+        _measure,
+        depth_for_width,
+        synthesise,
+    )
+
+    kind = FFNKind(kind)
+    best = None
+    step = 32 if target < SMALL_LIMIT else 128
+    for d in range(step * 2, (4096 if target < SMALL_LIMIT else 16384) + 1, step):
+        rule = depth_for_width(d)
+        for depth in range(max(2, rule // 2), rule * 3 // 2 + 1):
+            try:
+                cfg = _candidate(target, d, depth, kind, active)
+            except ConfigError:
+                continue
+            score = (max(abs(math.log(_measure(cfg, active) / target)), SYNTH_TOLERANCE),
+                     abs(math.log(depth / rule)))
+            if best is None or score < best[0]:
+                best = (score, cfg)
+    assert synthesise.__wrapped__(target, active=active, kind=kind) == best[1]
