@@ -251,6 +251,7 @@ LONG_FIRST = (
     "test_install.py::test_core_commands_run_without_torch",  # 17: a fit and a report
     "test_data.py::test_text_encoder",  # 12
     "test_sweep.py::test_constant_sweep",  # 10: 2 launches
+    "test_prepare.py::test_two_rank",  # 8: a 2-rank launch each
     "test_validate.py::test_validate_reads_gpu_measurements",
     "test_bad_input.py::test_json_output_is_strict",  # report refits (20 resamples)
     "test_validate.py::test_flops_of_a_large_config",

@@ -448,15 +448,28 @@ def test_launcher_places_a_run_on_its_devices_and_host(tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_expert_choice_launch_on_a_prepared_image_folder(pixels, tmp_path):
+    _two_rank_launch(pixels, tmp_path / "run", items=6, array="pixels", vae=False)
+
+
+@pytest.mark.slow
+def test_two_rank_expert_choice_launch_on_webdataset_shards_as_latents(
+        shards, text_encoder_dir, vae_dir, tmp_path):
+    """The WebDataset shard through the tiny VAE: the EC card takes its 4-channel latents."""
+    out = tmp_path / "latents"
+    prepare(_request(shards, out, resolution=16, vae=str(vae_dir),
+                     text_encoder=str(text_encoder_dir)))
+    _two_rank_launch(out, tmp_path / "run", items=4, array="latents", vae=True)
+
+
+def _two_rank_launch(data: Path, run: Path, *, items: int, array: str, vae: bool) -> None:
     from ecdit_scale.train.launch import launch
 
-    run = tmp_path / "run"
-    res = launch(LaunchRequest(card="nano-ec8", data=str(pixels), nproc=2, ep=2, steps=3,
+    res = launch(LaunchRequest(card="nano-ec8", data=str(data), nproc=2, ep=2, steps=3,
                                micro_batch=2, holdout=2, out=str(run), device="cpu"))
     assert res.ok, res.message
     record = json.loads((run / "data.json").read_text())
-    assert record["train_items"] == 4 and len(record["held_out_items"]) == 2
-    assert record["inputs"]["array"] == "pixels" and record["vae"] is None
+    assert record["train_items"] == items - 2 and len(record["held_out_items"]) == 2
+    assert record["inputs"]["array"] == array and (record["vae"] is not None) == vae
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["train_samples"] == 4 and summary["ep"] == 2 and summary["world"] == 2
-    assert summary["heldout_loss"] is not None
+    assert summary["train_samples"] == items - 2 and summary["ep"] == 2
+    assert summary["world"] == 2 and summary["heldout_loss"] is not None
