@@ -43,8 +43,11 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None,
                     help="a profile of this CPU (default: OUT/cpu-profile.yaml, made once)")
     ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    ap.add_argument("--matrix", type=Path, default=MATRIX,
+                    help="the held-out launches (default: the first matrix, "
+                         "results/cpu-heldout-matrix/matrix.yaml)")
     args = ap.parse_args()
-    matrix = yaml.safe_load(MATRIX.read_text())
+    matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
     load_before = os.getloadavg()[0]
     for name in names:
