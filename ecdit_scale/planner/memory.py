@@ -11,7 +11,7 @@ partitions what, the EMA, activations after Korthikanti et al. 2022, the peak):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -131,7 +131,7 @@ class ModelStateBytes:
                 + self.optimizer_states)
 
 
-MODEL_STATE_PARTS = ("params", "grads", "fp32_grads", "master_weights", "optimizer_states")
+MODEL_STATE_PARTS = tuple(f.name for f in fields(ModelStateBytes))
 
 
 def ema_bytes(non_expert: Any, expert: Any, *, dp: Any, expert_dp: Any, zero: Any,

@@ -35,6 +35,7 @@ from typing import Any
 from ..config import ModelConfig, Precision, save_model_config
 from ..errors import ConfigError
 from ..planner.deepspeed_config import WORKER_MODULE, deepspeed_launch_command
+from .local_ranks import rank_env
 from .process import ADDRESS_IN_USE, ForwardSignals, end_group, free_port, start_group
 from .records import DIVERGED_EXIT, Device, RunDir, RunSettings, read_jsonl, write_json
 from .regional_compile import Compile
@@ -213,21 +214,21 @@ def launcher_command(s: RunSettings, rd: RunDir, *, hostfile: str | None,
         launcher=(sys.executable, "-m", "deepspeed.launcher.runner"), worker_args=worker_args)
 
 
+def worker_command(rd: RunDir, resume_from: str | None) -> list[str]:
+    """One rank's command: the worker on the run directory (from a checkpoint tag, or fresh)."""
+    cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
+    return cmd + (["--resume-from", resume_from] if resume_from is not None else [])
+
+
 def single_rank_command(s: RunSettings, rd: RunDir, *,
                         resume_from: str | None) -> tuple[list[str], dict[str, str]]:
     """A one-rank local run: the worker itself, with the environment DeepSpeed's launcher
-    would give its only rank (``deepspeed.launcher.launch``: RANK, LOCAL_RANK, WORLD_SIZE,
-    LOCAL_SIZE, CROSS_RANK/SIZE, MASTER_ADDR/PORT). The runner and launcher processes in
-    between start two more interpreters that import DeepSpeed and poll once a second: about
-    4 of a nano run's 10 s on a CPU, for nothing one rank needs. The worker's training is the
-    same DeepSpeed engine either way; several ranks and several nodes go through the launcher."""
-    cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
-    if resume_from is not None:
-        cmd += ["--resume-from", resume_from]
-    env = launcher_env(s)
-    env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1", CROSS_RANK="0",
-               CROSS_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    return cmd, env
+    would give its only rank (``local_ranks.rank_env``). The worker's training is the same
+    DeepSpeed engine either way; several ranks on one node start through ``local_ranks``,
+    several nodes through DeepSpeed's runner."""
+    env = rank_env(launcher_env(s), rank=0, nproc=1, master_addr="127.0.0.1",
+                   master_port=free_port(), devices=None)
+    return worker_command(rd, resume_from), env
 
 
 def local_ranks_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
@@ -238,10 +239,7 @@ def local_ranks_command(s: RunSettings, rd: RunDir, *, resume_from: str | None,
            "--master-port", str(master_port)]
     if devices:
         cmd += ["--devices", devices]
-    cmd += ["--", sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", str(rd.path.resolve())]
-    if resume_from is not None:
-        cmd += ["--resume-from", resume_from]
-    return cmd
+    return cmd + ["--", *worker_command(rd, resume_from)]
 
 
 def launcher_env(s: RunSettings) -> dict[str, str]:
