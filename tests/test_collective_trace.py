@@ -10,6 +10,7 @@ import json
 from collections import Counter
 
 import pytest
+from spawned import start_ranks
 
 from ecdit_scale import sizes
 from ecdit_scale.config import ParallelLayout, Precision
@@ -32,13 +33,10 @@ CONFIGS = [
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     from ecdit_scale.evaluation.collective_trace import trace_worker
 
     out = tmp_path_factory.mktemp("trace")
-    mp.start_processes(trace_worker, args=(WORLD, free_port(), str(out), CONFIGS),
-                       nprocs=WORLD, join=True, start_method="spawn")
+    start_ranks(trace_worker, (WORLD, free_port(), str(out), CONFIGS), WORLD)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from spawned import start_ranks
 
 from ecdit_scale.train.process import free_port
 
@@ -116,12 +117,9 @@ def _worker(rank: int, port: int, out: str, ckpt: str) -> None:
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory) -> dict:
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("engine_ops") / "results.json"
     ckpt = tmp_path_factory.mktemp("engine_ops_checkpoints")
-    mp.start_processes(_worker, args=(free_port(), str(out), str(ckpt)), nprocs=1, join=True,
-                       start_method="spawn")
+    start_ranks(_worker, (free_port(), str(out), str(ckpt)), 1)
     rows = json.loads(out.read_text())
     return {(tuple(r["case"]), r["variant"]): r for r in rows}
 

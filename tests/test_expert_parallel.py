@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from spawned import start_ranks
 
 from ecdit_scale.train.process import free_port
 
@@ -102,11 +103,8 @@ def _compare(rank: int, world: int, kind: str, ep, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def all_to_all(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("all-to-all")
-    mp.start_processes(_equivalence_worker, args=(2, free_port(), str(out)),
-                       nprocs=2, join=True, start_method="spawn")
+    start_ranks(_equivalence_worker, (2, free_port(), str(out)), 2)
     return out
 
 

@@ -43,6 +43,8 @@ def test_run_directory_records(ec_run):
     assert pred["flops"]["model_flops_per_step"] > 0 and pred["memory"]["total"] > 0
     summary = json.loads((ec_run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps_done"] == STEPS
+    # two CPU ranks: forked from local_ranks after its one import of torch and DeepSpeed
+    assert "[local_ranks] 2 ranks forked after importing" in (ec_run / "launch.log").read_text()
     assert summary["params"]["model_params"] == count_params(cfg).model_params
     assert summary["optimizer_impl"] == "foreach"  # under ZeRO-2, ep 2
     from ecdit_scale import __version__
@@ -427,3 +429,72 @@ def test_a_signal_to_the_rank_launcher_ends_every_rank(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+class _FakeWorker:
+    """What ``local_ranks.fork_rank`` needs of the worker module: a file and ``main``."""
+    __file__ = "fake_worker.py"
+
+    def __init__(self, body):
+        self.main = body
+
+
+def test_a_forked_rank_gets_its_environment_argv_and_default_signals(tmp_path):
+    import signal
+
+    from ecdit_scale.train.local_ranks import fork_rank
+
+    def body(args):
+        import sys
+
+        out = {"env": dict(os.environ), "argv": sys.argv, "args": args,
+               "term": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+               "int": signal.getsignal(signal.SIGINT) is signal.default_int_handler}
+        (tmp_path / "seen.json").write_text(json.dumps(out))
+        os._exit(0)
+
+    old = signal.signal(signal.SIGTERM, lambda *_: None)  # what local_ranks has set
+    try:
+        rank = fork_rank(_FakeWorker(body), ["--run-dir", "x"], {"RANK": "1", "A": "b"})
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert rank.wait() == 0
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["env"] == {"RANK": "1", "A": "b"} and seen["args"] == ["--run-dir", "x"]
+    assert seen["argv"] == ["fake_worker.py", "--run-dir", "x"] and seen["term"] and seen["int"]
+
+
+def _exit_7(args):
+    raise SystemExit(7)
+
+
+def _raise(args):
+    raise ValueError("boom")
+
+
+def _terminated(args):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("main, code", [(_exit_7, 7), (_raise, 1), (_terminated, -15)])
+def test_a_forked_rank_ends_with_its_code(main, code):
+    from ecdit_scale.train.local_ranks import fork_rank
+
+    rank = fork_rank(_FakeWorker(main), [], dict(os.environ))
+    assert rank.wait() == code and rank.poll() == code
+
+
+def test_only_a_cpu_worker_command_is_forked(monkeypatch):
+    import sys
+
+    from ecdit_scale.train.local_ranks import WORKER_MODULE, worker_args
+
+    cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", "r"]
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    assert worker_args(cmd) == ["--run-dir", "r"]
+    assert worker_args(["/other/python", *cmd[1:]]) is None
+    assert worker_args([sys.executable, "script.py"]) is None
+    monkeypatch.delenv("DS_ACCELERATOR")  # a GPU run: its ranks start as processes of their own
+    assert worker_args(cmd) is None
