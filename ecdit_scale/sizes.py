@@ -169,7 +169,9 @@ def get(name: str) -> ModelConfig:
 # ---------------------------------------------------------------------------------------------
 
 _SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-MIN_TARGET, MAX_TARGET = 1e6, 200e9
+# 50K: a width of 32 at depth 2 on the CPU recipe (~60K, most of it the text and timestep
+# embeddings): the sizes below the CPU ladder that an IsoFLOP level of ~1e11 FLOPs needs
+MIN_TARGET, MAX_TARGET = 50e3, 200e9
 
 
 def parse_count(text: str | float | int) -> int:
@@ -184,7 +186,7 @@ def parse_count(text: str | float | int) -> int:
     value = float(m.group(1)) * _SUFFIX[m.group(2)]
     if not MIN_TARGET <= value <= MAX_TARGET:
         raise ConfigError(
-            f"--params {text!r} = {value:.3g} parameters: targets must lie between 1M and 200B"
+            f"--params {text!r} = {value:.3g} parameters: targets must lie between 50K and 200B"
         )
     return int(value)
 
@@ -299,7 +301,7 @@ def synthesise(target: float, *, active: bool = False,
     small = target < SMALL_LIMIT
     step = 32 if small else 128
     best: tuple[float, float, int, int] | None = None
-    for d in range(step * 2, (4096 if small else 16384) + 1, step):
+    for d in range(step if small else step * 2, (4096 if small else 16384) + 1, step):
         rule = depth_for_width(d)
         depths = range(max(2, rule // 2), rule * 3 // 2 + 1)
         try:

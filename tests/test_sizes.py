@@ -41,6 +41,20 @@ def test_resolve_hits_any_target_within_3_percent(target, active):
     assert abs(r.relative_error) < 0.03, (r.config.name, r.achieved)
 
 
+@pytest.mark.parametrize("kind", ["dense", "expert-choice"])
+def test_sizes_below_the_cpu_ladder_are_synthesised(kind):
+    """What an IsoFLOP level of ~1e11 FLOPs needs: activated sizes from ~100K, below nano
+    (402K), at width 32 (one head) and depth >= 2, each counted exactly."""
+    from ecdit_scale.params import count_params
+
+    for target in (100e3, 200e3):
+        r = sizes.resolve(int(target), active=True, kind=kind)
+        assert r.synthesised and r.config.hidden_size == 32 and r.config.depth >= 2
+        assert abs(r.relative_error) < 0.25 and r.achieved == count_params(r.config).active_params
+        assert r.achieved < count_params(sizes.get(f"nano-{'dense' if kind == 'dense' else 'ec8'}")
+                                         ).active_params
+
+
 def test_resolve_dense_kind():
     r = sizes.resolve("5B", kind="dense")
     assert r.config.ffn.kind is FFNKind.DENSE and abs(r.relative_error) < 0.03
@@ -48,8 +62,8 @@ def test_resolve_dense_kind():
 
 @pytest.mark.parametrize("bad, needle", [("97X", "not a parameter count"),
                                          ("-1", "not a parameter count"),
-                                         ("0.5M", "between 1M and 200B"),
-                                         ("900B", "between 1M and 200B")])
+                                         ("20K", "between 50K and 200B"),
+                                         ("900B", "between 50K and 200B")])
 def test_bad_targets(bad, needle):
     with pytest.raises(ConfigError, match=needle):
         sizes.resolve(bad)
@@ -60,7 +74,8 @@ def test_unknown_name_suggests():
         sizes.get("m-64e")
 
 
-@pytest.mark.parametrize("target, kind, active", [(3.3e6, "expert-choice", True),
+@pytest.mark.parametrize("target, kind, active", [(1.2e5, "expert-choice", True),
+                                                   (3.3e6, "expert-choice", True),
                                                    (2e7, "dense", False),
                                                    (1.5e11, "token-choice", False)])
 def test_synthesis_counts_few_depths_and_finds_what_building_every_one_finds(target, kind,
@@ -83,7 +98,8 @@ def test_synthesis_counts_few_depths_and_finds_what_building_every_one_finds(tar
     kind = FFNKind(kind)
     best = None
     step = 32 if target < SMALL_LIMIT else 128
-    for d in range(step * 2, (4096 if target < SMALL_LIMIT else 16384) + 1, step):
+    for d in range(step if target < SMALL_LIMIT else step * 2,
+                   (4096 if target < SMALL_LIMIT else 16384) + 1, step):
         rule = depth_for_width(d)
         for depth in range(max(2, rule // 2), rule * 3 // 2 + 1):
             try:
