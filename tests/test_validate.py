@@ -109,6 +109,18 @@ def test_measured_flops_match_the_planner():
         assert measured == pytest.approx(_planner_flops(cfg), rel=1e-12), name
 
 
+@pytest.mark.parametrize("name, depth", [("nano-ec8", 9), ("nano-tc8", 8)])
+def test_a_count_carried_from_two_shallow_depths_is_the_whole_count(name, depth):
+    """Blocks repeat with the MoE period: the count of a deep model from two shallow ones is
+    its whole count exactly, for either parity of the depth."""
+    from ecdit_scale import sizes
+    from ecdit_scale.evaluation.measure import _counted_depths, measured_training_flops
+
+    cfg = sizes.get(name).replace(depth=depth)
+    assert _counted_depths(cfg)[1] < depth  # carried, not counted whole
+    assert measured_training_flops(cfg) == measured_training_flops(cfg, whole=True)
+
+
 def test_fake_tensor_count_equals_a_count_on_the_real_model():
     """The count on fake tensors is the count a real forward + backward gives (token choice:
     the kind whose routing has data-dependent shapes)."""
