@@ -101,3 +101,44 @@ def test_run_isoflop_gives_every_launch_a_slot(tmp_path, monkeypatch):
                 device="cpu", out=tmp_path, parallel=2)
     assert got and all(isinstance(slot, Slot) for _, slot in got)
     assert any("-x0.5" in name for name, _ in got)  # the learning-rate search ran through them
+
+
+def test_a_diverged_rate_brackets_the_search():
+    """A rate that diverged (no held-out loss) was searched and lost: the best finite rate
+    below it is not "at the top of the rates searched"."""
+    rows = [{"card": "a", "variant": "dense", "lr": lr, "heldout_loss": loss}
+            for lr, loss in ((1e-3, 0.5), (2e-3, 0.4), (4e-3, None), (4e-3, float("nan")))]
+    best, notes = best_rates(rows)
+    assert best == {("a", "dense"): 2e-3} and not notes
+    assert best_rates(rows[2:]) == ({}, [])  # every rate diverged: no best
+
+
+def test_a_main_run_that_diverges_is_trained_again_at_half_its_rate(tmp_path, monkeypatch):
+    from ecdit_scale.train import isoflop_run, sweep
+    from ecdit_scale.train.isoflop_run import run_isoflop
+
+    launched = []
+
+    def fake_train(spec, run, result, on_event, i, n, slot):  # no launch: wiring only
+        launched.append((run.run_dir.name, run.lr))
+        if "-x" in run.run_dir.name:  # the search: every rate finite, 1e-3 best
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / "summary.json").write_text(
+                '{"status": "completed", "heldout_loss": %s}' % (1 + abs(run.lr - 1e-3)))
+            return True
+        diverged = "-lr" not in run.run_dir.name and run.seed == 1
+        result.failed += [f"{run.run_dir.name}: diverged"] if diverged else []
+        return not diverged
+
+    monkeypatch.setattr(sweep, "_train", fake_train)
+    monkeypatch.setattr(isoflop_run, "_diverged", lambda run: run.seed == 1
+                        and "-lr" not in run.run_dir.name)
+    monkeypatch.setattr(isoflop_run, "table_rows", lambda spec, run: [{"lr": run.lr}])
+    d = design_isoflop((1e12, 1e13), variants=["dense"], seeds=[0, 1], global_batch=16,
+                       sizes_per_level=3, lr_grid=(0.5, 1.0, 2.0))
+    res = run_isoflop(d, lr=1e-3, nproc=1, micro_batch=2, dataset="shapes-stream",
+                      holdout=8, device="cpu", out=tmp_path)
+    again = [(name, lr) for name, lr in launched if "-lr" in name]
+    assert again and all(lr == 5e-4 for _, lr in again)
+    assert all(name.endswith("-lr0.0005") and "-s1" in name for name, _ in again)
+    assert not res.failed and any("trained again at 0.0005" in n for n in res.notes)

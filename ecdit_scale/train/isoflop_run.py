@@ -71,9 +71,9 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
 
     slots = sweep_slots(parallel=parallel, nproc=nproc, device=device, hostfile=None, out=out)
 
-    def sweep_run(r: DesignedRun, rate: float, folder: str) -> SweepRun:
-        return SweepRun(card=_card(out, r), run_dir=out / folder / _name(r), steps=r.steps,
-                        seed=r.seed, lr=rate, budgets=(1.0,), budget=1.0)
+    def sweep_run(r: DesignedRun, rate: float, folder: str, tail: str = "") -> SweepRun:
+        return SweepRun(card=_card(out, r), run_dir=out / folder / (_name(r) + tail),
+                        steps=r.steps, seed=r.seed, lr=rate, budgets=(1.0,), budget=1.0)
 
     search = [r for r in runs if r.purpose == "lr-search"]
     batch = list(search)
@@ -120,22 +120,41 @@ def run_isoflop(design: Design, *, lr: float, nproc: int, micro_batch: int, data
                     None)
         return sweep_run(twin, rate, "lr-search") if twin else sweep_run(r, rate, "runs")
 
-    _train_all(spec, [main_run(r, rates[i][0]) for i, r in enumerate(main)], result,
-               on_event, len(search), n, slots, add_rows)
+    first = [main_run(r, rates[i][0]) for i, r in enumerate(main)]
+    _train_all(spec, first, result, on_event, len(search), n, slots, add_rows)
+    # a run that diverged at its size's searched rate (searched at the middle level: a longer
+    # run may not take it) is trained again, once, at half that rate, in a folder of its own
+    again = [i for i, run in enumerate(first) if _diverged(run)]
+    for i in again:
+        rates[i] = (rates[i][0] / 2, False)
+        result.notes.append(f"{first[i].run_dir.name} diverged at lr {2 * rates[i][0]:.3g}: "
+                            f"trained again at {rates[i][0]:.3g}")
+        result.failed = [f for f in result.failed
+                         if not f.startswith(f"{first[i].run_dir.name}:")]
+    _train_all(spec, [sweep_run(main[i], rates[i][0], "runs", f"-lr{rates[i][0]:.3g}")
+                      for i in again], result, on_event, len(search), n, slots,
+               lambda j, run: add_rows(again[j], run))
     return result
+
+
+def _diverged(run: SweepRun) -> bool:
+    return RunDir(run.run_dir).read_summary().get("status") == "diverged"
 
 
 def best_rates(rows: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], float], list[str]]:
     """Per (card, variant) the rate with the best mean held-out loss over its seeds, and a note
     for each best rate on an edge of the rates it searched (the optimum may lie beyond)."""
     by: dict[tuple[str, str], dict[float, list[float]]] = {}
-    for r in rows:
+    for r in rows:  # a rate that diverged (no held-out loss) searched, and lost
         loss = r.get("heldout_loss")
-        if loss is not None and math.isfinite(loss):
-            by.setdefault((r["card"], r["variant"]), {}).setdefault(r["lr"], []).append(loss)
+        ok = loss is not None and math.isfinite(loss)
+        by.setdefault((r["card"], r["variant"]), {}).setdefault(r["lr"], []).append(
+            loss if ok else math.inf)
     best, notes = {}, []
     for key, losses in by.items():
         rate = min(losses, key=lambda x: np.mean(losses[x]))
+        if not math.isfinite(np.mean(losses[rate])):
+            continue  # every rate diverged: no best
         best[key] = rate
         grid = sorted(losses)
         if len(grid) >= 2 and rate in (grid[0], grid[-1]):
