@@ -158,46 +158,22 @@ def measure_bandwidth(s: Settings, timer: Timer) -> float:
     return 2 * n * 4 / timer(lambda: b.copy_(a))
 
 
-COLD_TENSOR_ELEMENTS = 2**19  # CPU: 2 MiB fp32 tensors, an activation of the ladder's models
-COLD_SET_BYTES = {False: 256 * 2**20, True: 64 * 2**20}  # CPU working set (quick: True)
-
-
 def measure_memory_kinds(s: Settings, timer: Timer) -> dict[str, float]:
-    """Bytes / s of each memory-bound kind (``device_profile.MEMORY_KINDS``) on activation-sized
-    tensors: copy (read + write), elementwise add (2 reads + write), tanh-GELU (read + write),
-    LayerNorm without affine (read + write).
-
-    On a CPU each op runs over a working set larger than the caches (``COLD_SET_BYTES`` of
-    2 MiB tensors, one op per tensor in turn) and allocates its output, as a training step's
-    ops do: the previous measurement on one cache-resident 0.5 MiB tensor, written into a
-    preallocated output, ran 2-4x faster than a step's ops (issue 19: the CPU held-out
-    matrices' memory-bound term missed 2-8x)."""
+    """Bytes / s of each memory-bound kind (``device_profile.MEMORY_KINDS``) on an activation-sized
+    tensor: copy (read + write), elementwise add (2 reads + write), tanh-GELU (read + write),
+    LayerNorm without affine (read + write)."""
     torch = timer.torch
     import torch.nn.functional as F
 
     dt = _dtype(torch, s.torch_dtype_name)
-    if s.device != "cpu":
-        n = 2**24
-        x = torch.randn(n // 256, 256, device=s.device, dtype=dt)
-        y, out = torch.randn_like(x), torch.empty_like(x)
-        nbytes = x.numel() * x.element_size()
-        return {"copy": 2 * nbytes / timer(lambda: out.copy_(x)),
-                "elementwise": 3 * nbytes / timer(lambda: torch.add(x, y, out=out)),
-                "activation": 2 * nbytes / timer(lambda: F.gelu(x, approximate="tanh")),
-                "norm": 2 * nbytes / timer(lambda: F.layer_norm(x, (256,)))}
-    count = max(2, COLD_SET_BYTES[s.quick] // (COLD_TENSOR_ELEMENTS * dt.itemsize))
-    xs = [torch.empty(COLD_TENSOR_ELEMENTS // 256, 256, dtype=dt).uniform_(-2, 2)
-          for _ in range(count)]
-    pairs = list(zip(xs, xs[1:] + xs[:1], strict=True))
-    nbytes = sum(x.numel() * x.element_size() for x in xs)
-
-    def each(op):
-        return lambda: [op(x) for x in xs]  # outputs freed as the next op runs
-
-    return {"copy": 2 * nbytes / timer(each(torch.clone), batches=3),
-            "elementwise": 3 * nbytes / timer(lambda: [torch.add(x, y) for x, y in pairs]),
-            "activation": 2 * nbytes / timer(each(lambda x: F.gelu(x, approximate="tanh"))),
-            "norm": 2 * nbytes / timer(each(lambda x: F.layer_norm(x, (256,))))}
+    n = 2**17 if s.device == "cpu" else 2**24
+    x = torch.randn(n // 256, 256, device=s.device, dtype=dt)
+    y, out = torch.randn_like(x), torch.empty_like(x)
+    nbytes = x.numel() * x.element_size()
+    return {"copy": 2 * nbytes / timer(lambda: out.copy_(x)),
+            "elementwise": 3 * nbytes / timer(lambda: torch.add(x, y, out=out)),
+            "activation": 2 * nbytes / timer(lambda: F.gelu(x, approximate="tanh")),
+            "norm": 2 * nbytes / timer(lambda: F.layer_norm(x, (256,)))}
 
 
 LAUNCH_LAYERS, LAUNCH_WIDTH = 16, 8
