@@ -24,6 +24,23 @@ def headline_rows(fit: ScalingFit) -> tuple[tuple[str, ...], ...]:
     return tuple(rows)
 
 
+def _short_count_ticks(axis) -> None:
+    """A log axis of counts labelled 1, 2 and 5 per decade as 100K, 200K, 1M: matplotlib's own
+    labels for a span under two decades put every minor tick's "n x 10^k" side by side, and they
+    overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def short(x, _pos) -> str:
+        for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if x >= scale:
+                return f"{x / scale:g}{unit}"
+        return f"{x:g}"
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(short))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def figure_isoflop(df, fit: ScalingFit, figures_dir) -> FigureBlock | None:
     """Loss against activated parameters, one panel per variant, a curve per level."""
     h = fit.headline
@@ -48,6 +65,7 @@ def figure_isoflop(df, fit: ScalingFit, figures_dir) -> FigureBlock | None:
                 lo, hi = np.percentile(band, [2.5, 97.5], axis=0)
                 ax.fill_between(N, lo, hi, color=_color(fit, g), alpha=0.12 * shade)
         ax.set_xscale("log")
+        _short_count_ticks(ax.xaxis)
         ax.set_yscale("log")
         ax.set_title(g)
         ax.set_xlabel("activated parameters")
