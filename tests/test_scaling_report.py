@@ -139,3 +139,20 @@ def test_every_image_renders_in_headless_chromium(report, tmp_path):
     n_images = len(paths.figures)
     assert f'data-images-total="{n_images}"' in body
     assert f'data-images-loaded="{n_images}"' in body
+
+
+def test_isoflop_size_axis_is_labelled_short_and_once_per_tick():
+    """A span under two decades of sizes: labels 100K, 200K, 500K, 1M on the major ticks and
+    none on the minor ones (matplotlib's own "n x 10^k" minor labels overlapped)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    from ecdit_scale.scaling.report_headline import _short_count_ticks
+
+    ax = Figure().subplots()
+    ax.plot([8e4, 9.8e5], [1, 2])
+    ax.set_xscale("log")
+    _short_count_ticks(ax.xaxis)
+    fmt = ax.xaxis.get_major_formatter()
+    assert [fmt(x, 0) for x in (1e5, 2e5, 5e5, 1e6, 50)] == ["100K", "200K", "500K", "1M", "50"]
+    assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)
