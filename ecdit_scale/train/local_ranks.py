@@ -16,10 +16,12 @@ standard library alone:
 - SIGINT or SIGTERM here is passed to every rank as SIGTERM, as DeepSpeed's launcher does.
 
 On CPU (``DS_ACCELERATOR=cpu``), when the command is the worker, this process imports what
-every rank imports first (torch, DeepSpeed, dynamo, the worker: ~4 CPU seconds) once and forks
-the ranks from it, instead of each rank importing it again: a 2-rank CPU run starts ~4 CPU s
-sooner, a 4-rank one ~12. Only on CPU: on a GPU node an import may initialise CUDA, which a
-forked process cannot use. Each forked rank gets the same environment and signal dispositions
+every rank imports first (torch, DeepSpeed, dynamo, the worker) once and forks the ranks from
+it, instead of each rank importing it again. Measured on 2 cores (README): a 4-step 2-rank
+nano-ec8 run costs ~1.5 CPU s less (copy-on-write takes back part of the import), but ~1 s
+more wall time on idle cores, since the one import runs before any rank starts: it pays where
+the cores are busy. Only on CPU: on a GPU node an import may initialise CUDA, which a forked
+process cannot use. Each forked rank gets the same environment and signal dispositions
 as an exec'd one; where a thread was started by the imports, the ranks are exec'd as before.
 
 Several nodes (a hostfile, ``--node-rank``) still go through DeepSpeed's runner, which is what
@@ -39,7 +41,7 @@ import threading
 import time
 import traceback
 
-WORKER_MODULE = "ecdit_scale.train.worker"
+from ..planner.deepspeed_config import WORKER_MODULE
 
 POLL_S = 0.05
 GRACE_S = 15.0
