@@ -491,6 +491,9 @@ def test_only_a_cpu_worker_command_is_forked(monkeypatch):
 
     from ecdit_scale.train.local_ranks import WORKER_MODULE, worker_args
 
+    from ecdit_scale.planner import deepspeed_config
+
+    assert WORKER_MODULE == deepspeed_config.WORKER_MODULE  # one name, kept in two places
     cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", "r"]
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     assert worker_args(cmd) == ["--run-dir", "r"]

@@ -41,7 +41,9 @@ import threading
 import time
 import traceback
 
-from ..planner.deepspeed_config import WORKER_MODULE
+# planner.deepspeed_config.WORKER_MODULE, not imported from there: that import costs 0.25 s
+# (numpy) at every start of this launcher (tests/test_launch.py checks the two agree)
+WORKER_MODULE = "ecdit_scale.train.worker"
 
 POLL_S = 0.05
 GRACE_S = 15.0
