@@ -489,9 +489,8 @@ def test_a_forked_rank_ends_with_its_code(main, code):
 def test_only_a_cpu_worker_command_is_forked(monkeypatch):
     import sys
 
-    from ecdit_scale.train.local_ranks import WORKER_MODULE, worker_args
-
     from ecdit_scale.planner import deepspeed_config
+    from ecdit_scale.train.local_ranks import WORKER_MODULE, worker_args
 
     assert WORKER_MODULE == deepspeed_config.WORKER_MODULE  # one name, kept in two places
     cmd = [sys.executable, "-u", "-m", WORKER_MODULE, "--run-dir", "r"]
