@@ -465,17 +465,79 @@ def test_breakdown_on_cuda_attributes_each_kernel_to_the_op_that_launched_it():
         ev("aten::copy_", 2500, 2510, bwd, [("copy_kernel", 7)]),
         ev("aten::_fused_adamw_", 3200, 3800, optr, [("fused_adamw", 50)]),
         ev("aten::norm", 3950, 3960, stp, [("reduce_kernel", 3)]),
+        # expert parallelism's all-to-all in the forward: NCCL's kernel is communication
+        ev("c10d::alltoall_base_", 600, 620, fwd, [("ncclDevKernel_SendRecv", 20)]),
         ev("sm90_xmma_gemm_bf16", 30, 330, device=DeviceType.CUDA),
         ev("ecdit::forward", 0, 950, device=DeviceType.CUDA, annotation=True),
     ]
     b = breakdown(events, on_gpu=True)
     assert b["parts_ms"] == pytest.approx({
-        "forward/model": 0.44, "backward/model": 0.801, "backward/hooks": 0.005,
+        "forward/model": 0.46, "backward/model": 0.801, "backward/hooks": 0.005,
         "backward/engine": 0.007, "step/optimizer": 0.05, "step/engine": 0.003, "ema": 0.0,
         "outside": 0.0})
     assert b["model_ms"] == pytest.approx({"gemm": 0.9, "attention": 0.301,
-                                           "memory_bound": 0.04})
-    assert b["kernels"]["forward/model"] == 3 and b["model_kernels"] == 3 + 3
+                                           "memory_bound": 0.04, "comm": 0.02})
+    assert b["kernels"]["forward/model"] == 4 and b["model_kernels"] == 4 + 3
     assert b["memory_bound_top_ms"] == [("triton_poi_fused_0", 0.04)]
     s = summarize(events, on_gpu=True)
     assert s["kernels"] == 1 and s["device_busy_ms"] == pytest.approx(0.3)  # no mirror
+
+
+class _Ev:
+    """The fields of a profiler event ``breakdown`` reads (CPU)."""
+
+    def __init__(self, name, start_us, dur_us, parent=None):
+        from torch.autograd import DeviceType
+
+        self.name, self.device_type, self.cpu_parent = name, DeviceType.CPU, parent
+        self.cpu_children, self.kernels = [], []
+        self.time_range = type("R", (), {"start": start_us, "end": start_us + dur_us,
+                                         "elapsed_us": lambda _self, d=dur_us: d})()
+        if parent is not None:
+            parent.cpu_children.append(self)
+
+
+def test_breakdown_counts_the_models_collectives_as_comm_not_memory_bound():
+    """gloo runs a collective on its own thread ("gloo:<name>", no parent) while the caller
+    waits: those starting in the forward or backward are the model's communication (the
+    all-to-all), not memory-bound time; one in the step (a gradient reduce) is not the model's."""
+    from ecdit_scale.train.step_profile import PHASE_MARK, breakdown
+
+    fwd, bwd = _Ev(PHASE_MARK + "forward", 0, 100_000), _Ev(PHASE_MARK + "backward", 100_000,
+                                                              200_000)
+    step = _Ev(PHASE_MARK + "step", 300_000, 50_000)
+    node = _Ev("autograd::engine::evaluate_function: MmBackward0", 120_000, 150_000)
+    events = [fwd, bwd, step, node,
+              _Ev("aten::mm", 1_000, 30_000),  # a forward GEMM: 30 ms
+              _Ev("c10d::alltoall_base_", 40_000, 100),
+              _Ev("gloo:all_to_all", 40_050, 20_000),  # forward all-to-all: 20 ms
+              _Ev("aten::mm", 121_000, 60_000, parent=node),  # a backward GEMM: 60 ms
+              _Ev("gloo:all_to_all", 200_000, 25_000),  # backward all-to-all: 25 ms
+              _Ev("gloo:all_reduce", 310_000, 30_000)]  # the engine's reduce, in the step
+    b = breakdown(events, on_gpu=False)
+    m = b["model_ms"]
+    assert m["gemm"] == pytest.approx(90.0) and m["comm"] == pytest.approx(45.0)
+    # forward 100 + backward node 150, less GEMMs and the model's collectives
+    assert m["memory_bound"] == pytest.approx(100.0 + 150.0 - 90.0 - 45.0)
+    assert sum(m.values()) == pytest.approx(250.0)
+
+
+def test_terms_carry_the_models_comm_and_read_old_breakdowns_without_it():
+    from types import SimpleNamespace
+
+    from ecdit_scale.evaluation.terms import TERMS, measured_terms, predicted_terms
+
+    assert "comm" in TERMS
+    parts = {"step/optimizer": 10.0, "ema": 0.0}
+    old = {"model_ms": {"gemm": 50.0, "attention": 5.0, "memory_bound": 30.0},
+           "parts_ms": parts, "model_kernels": 100}
+    t = measured_terms(old, 0.2)
+    assert t["comm"] == 0.0 and t["rest"] == pytest.approx(0.2 - 0.095)
+    new = {**old, "model_ms": {**old["model_ms"], "comm": 20.0}}
+    assert measured_terms(new, 0.2)["comm"] == pytest.approx(0.02)
+    st = SimpleNamespace(kernels=100, launch_s=0.001, gemm_s=0.05, attention_s=0.005,
+                         memory_bound_s=0.03, optimizer_s=0.01, a2a_exposed_s=0.015,
+                         tp_exposed_s=0.002, total_s=0.2)
+    p = predicted_terms(st, serial=True)
+    assert p["comm"] == pytest.approx(0.017) and p["memory_bound"] == pytest.approx(0.031)
+    assert p["rest"] == pytest.approx(0.2 - 0.05 - 0.005 - 0.031 - 0.017 - 0.01)

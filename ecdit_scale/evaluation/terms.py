@@ -9,6 +9,11 @@ term that makes it:
 - gemm, attention, memory_bound: the model's forward and backward (recomputation included) by
   operator class, measured as the device time of their kernels (CUDA) or their host time (CPU,
   where the model's per-op launch cost is counted with the memory-bound ops: ``serial``);
+- comm: the collectives the model itself issues inside its forward and backward (expert
+  parallelism's all-to-all, tensor parallelism's reductions): measured as gloo's collective
+  time (CPU: the transfer and the wait for the other ranks) or NCCL's kernels (CUDA); the
+  model's all-to-all and tensor-parallel terms as exposed in the step. A profiled step from
+  before this split has none (0: its memory-bound ops include it);
 - optimizer: the optimizer step and the EMA update (the model prices both as bytes moved);
 - rest: the measured step (median, unprofiled) less the four above: what the engine does
   around the backward and the step, launch gaps where the device waits for the host, exposed
@@ -25,9 +30,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-TERMS = ("gemm", "attention", "memory_bound", "optimizer", "rest")
+TERMS = ("gemm", "attention", "memory_bound", "comm", "optimizer", "rest")
 TERM_LABELS = {"gemm": "GEMM", "attention": "attention", "memory_bound": "memory-bound",
-               "optimizer": "optimizer + EMA", "rest": "rest (engine, launch gaps, comm)"}
+               "comm": "model's all-to-all", "optimizer": "optimizer + EMA",
+               "rest": "rest (engine, launch gaps, grad comm)"}
 PROFILE_FILE = re.compile(r"profile_step(\d+)\.json$")
 
 
@@ -41,6 +47,7 @@ def predicted_terms(st: Any, *, serial: bool = False) -> dict[str, float] | None
     launch = float(st.launch_s) if serial else 0.0
     known = {"gemm": float(st.gemm_s), "attention": float(st.attention_s),
              "memory_bound": float(st.memory_bound_s) + launch,
+             "comm": float(st.a2a_exposed_s) + float(st.tp_exposed_s),
              "optimizer": float(st.optimizer_s)}
     return {**known, "rest": float(st.total_s) - sum(known.values()),
             "kernels": float(st.kernels)}
@@ -58,6 +65,7 @@ def measured_terms(breakdown: dict[str, Any], step_s: float) -> dict[str, float]
     model, parts = breakdown["model_ms"], breakdown["parts_ms"]
     out = {c: _number(model[c], f"model_ms.{c}") / 1e3
            for c in ("gemm", "attention", "memory_bound")}
+    out["comm"] = _number(model.get("comm", 0.0), "model_ms.comm") / 1e3
     out["optimizer"] = (_number(parts["step/optimizer"], "parts_ms.step/optimizer")
                         + _number(parts.get("ema", 0.0), "parts_ms.ema")) / 1e3
     out["rest"] = step_s - sum(out.values())

@@ -54,7 +54,12 @@ ATTENTION_WORDS = ("scaled_dot_product", "flash_attention", "efficient_attention
 PARTS = ("forward/model", "backward/model", "backward/hooks", "backward/engine",
          "step/optimizer", "step/engine", "ema", "outside")
 MODEL_PARTS = ("forward/model", "backward/model")
-CLASSES = ("gemm", "attention", "memory_bound")
+CLASSES = ("gemm", "attention", "memory_bound", "comm")
+# collectives the model itself issues (expert parallelism's all-to-all, tensor parallelism's
+# reductions): on CPU gloo records its work as "gloo:<collective>" events, on CUDA NCCL's
+# kernels carry "nccl" in their names; their time (the transfer and any wait for the other
+# ranks) is the model's communication, not its memory-bound ops
+COMM_WORDS = ("gloo:", "nccl", "c10d::")
 
 
 def phase(name: str):
@@ -70,8 +75,10 @@ def _aten(name: str) -> str | None:
 
 
 def op_class(names: list[str]) -> str:
-    """gemm / attention / memory_bound for an op and its ancestors' names (attention wins:
-    its inner matmuls are attention's)."""
+    """gemm / attention / comm / memory_bound for an op and its ancestors' names (attention
+    wins: its inner matmuls are attention's; a collective's copies are the collective's)."""
+    if any(n.startswith(COMM_WORDS) or "nccl" in n.lower() for n in names):
+        return "comm"
     if any(w in n for n in names for w in ATTENTION_WORDS):
         return "attention"
     if any(_aten(n) in GEMM_OPS for n in names):
@@ -179,6 +186,12 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
             if aten not in METADATA_OPS and not any(c.name.startswith("aten::")
                                                     for c in e.cpu_children):
                 counts[part] += 1  # leaf compute ops stand for kernels (``summarize``)
+        # gloo runs each collective on its own thread ("gloo:<name>", no parent) while the
+        # calling thread waits: the model's collectives are those that start in its forward
+        # or backward
+        model["comm"] = sum(e.time_range.elapsed_us() / 1e3 for e in cpu
+                            if e.name.startswith("gloo:") and e.cpu_parent is None
+                            and phase_at(e.time_range.start) in ("forward", "backward"))
         opt = sum(e.time_range.elapsed_us() / 1e3 for e in cpu
                   if e.name.startswith("Optimizer.step#")
                   and phase_at(e.time_range.start) == "step")
@@ -190,7 +203,7 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
         parts["ema"] = wall.get("ema", 0.0)
         parts["outside"] = 0.0  # (the host's time outside the phases is the step's rest)
         model["memory_bound"] = max(0.0, parts["forward/model"] + parts["backward/model"]
-                                    - model["gemm"] - model["attention"])
+                                    - model["gemm"] - model["attention"] - model["comm"])
     return {"basis": basis, "phase_wall_ms": wall, "parts_ms": parts, "model_ms": model,
             "kernels": counts, "model_kernels": sum(counts[p] for p in MODEL_PARTS),
             # CUDA: kernels by name; CPU: outermost ops (the rest of the class is host time
