@@ -244,8 +244,7 @@ def test_optimizer_term_is_priced_at_the_runs_optimizers_rate_for_its_tensor_siz
     import dataclasses
 
     from ecdit_scale.planner.operators import param_tensor_count
-    from ecdit_scale.planner.step_time import (OPTIMIZER_FLAT_GROUPS,
-                                               fp32_optimizer_bytes_per_param)
+    from ecdit_scale.planner.step_time import OPTIMIZER_FLAT_GROUPS, fp32_optimizer_bytes_per_param
 
     assert fp32_optimizer_bytes_per_param("adamw") == 24  # states 2 x 8, weights 2 x 4
     assert fp32_optimizer_bytes_per_param("sgd") == 16

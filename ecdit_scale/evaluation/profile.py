@@ -41,7 +41,6 @@ from ..planner.device_profile import DeviceProfile
 from ..planner.hardware import Accelerator, save_accelerator
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     device: str = "cpu"
