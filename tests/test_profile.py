@@ -181,6 +181,22 @@ def test_profile_yaml_round_trip_and_bad_fields():
         DeviceProfile.from_dict({"deepspeed_engine_per_param": {"x": 1e-9}})
     with pytest.raises(ConfigError, match=r"deepspeed_engine_per_param\.1"):
         DeviceProfile.from_dict({"deepspeed_engine_per_param": {1: "fast"}})
+    by_opt = _profile(optimizer_elements=(1e4, 1e6), optimizer_kernels="foreach",
+                      optimizer_s_per_byte_by={"adamw": (1e-10, 4e-10), "sgd": (4e-11, 4e-11)})
+    back = DeviceProfile.from_dict(by_opt.to_dict())
+    assert back.to_dict() == by_opt.to_dict() and back.optimizer_kernels == "foreach"
+    assert back.optimizer_rate("sgd", 1e5) == pytest.approx(4e-11)
+    assert back.optimizer_rate("adamw", 1e5) == pytest.approx(2e-10)  # halfway in log-log
+    assert back.optimizer_rate("adamw", 1e9) == pytest.approx(4e-10)  # clamped
+    assert back.optimizer_rate("rmsprop", 1e5) == 1e-10  # not measured: AdamW's single rate
+    bad = {"s_per_byte": 1e-10, "by_size": {"elements": [1, 2], "adamw": [1e-10]}}
+    with pytest.raises(ConfigError, match="adamw has 1 rates for 2 sizes"):
+        DeviceProfile.from_dict({"optimizer": bad})
+    with pytest.raises(ConfigError, match="by_size: unknown optimizer.*valid: elements, adamw"):
+        DeviceProfile.from_dict({"optimizer": {"s_per_byte": 1e-10, "by_size": {
+            "elements": [1], "lion": [1e-10]}}})
+    with pytest.raises(ConfigError, match="optimizer.kernels = 'magic'"):
+        DeviceProfile.from_dict({"optimizer": {"s_per_byte": 1e-10, "kernels": "magic"}})
 
 
 def _estimate(acc, *, micro_batch=4, zero=1, world=1, name="nano-ec8"):
@@ -219,6 +235,49 @@ def test_profiled_step_is_the_sum_of_hand_priced_operators():
     assert st.forward_s + st.backward_s + st.recompute_s == pytest.approx(gemm + attn + mem)
     assert st.total_s == pytest.approx(st.compute_s + st.launch_s + st.engine_s
                                        + st.optimizer_s + st.exposed_comm_s)
+
+
+def test_optimizer_term_is_priced_at_the_runs_optimizers_rate_for_its_tensor_size():
+    """The step's optimizer bytes (``optimizer_bytes``) at the rate the profile measured for
+    the run's optimizer, at the size of the tensors it steps: ZeRO-0 every parameter tensor,
+    ZeRO-1/2 one flat partition per param group."""
+    import dataclasses
+
+    from ecdit_scale.planner.operators import param_tensor_count
+    from ecdit_scale.planner.step_time import OPTIMIZER_FLAT_GROUPS, fp32_optimizer_bytes_per_param
+
+    assert fp32_optimizer_bytes_per_param("adamw") == 24  # states 2 x 8, weights 2 x 4
+    assert fp32_optimizer_bytes_per_param("sgd") == 16
+    h100 = get_accelerator("h100-sxm")
+    curves = {"adamw": (1e-10, 4e-10), "rmsprop": (2e-10, 8e-10), "sgd": (5e-11, 2e-10)}
+    prof = _profile(optimizer_s_per_tensor=0.0, optimizer_elements=(1e3, 1e6),
+                    optimizer_s_per_byte_by=curves)
+    acc = dataclasses.replace(h100, profile=prof)
+    cfg = sizes.get("nano-dense")
+    for zero in (0, 1):
+        layout = ParallelLayout(dp=1, ep=1, tp=1, zero=zero, micro_batch=4)
+        for name in curves:
+            training = TrainingConfig(global_batch=4, optimizer=name, precision="fp32",
+                                      ema="none")
+            est = estimate_layout(cfg, layout, training,
+                                  ClusterConfig(gpu=acc.name, nodes=1, gpus_per_node=1), acc)
+            params = est.memory.params / 4  # fp32 weights, one rank
+            rate = prof.optimizer_rate(name, params)  # a dense model: one param group
+            assert est.step.optimizer_s == pytest.approx(
+                fp32_optimizer_bytes_per_param(name) * params * rate), (zero, name)
+            assert curves[name][0] < rate < curves[name][1]
+    # ZeRO-0 pays per tensor stepped, ZeRO-1/2 per flat partition
+    per_tensor = dataclasses.replace(acc, profile=dataclasses.replace(
+        prof, optimizer_s_per_tensor=1e-3))
+    training = TrainingConfig(global_batch=4, optimizer="adamw", precision="fp32", ema="none")
+    extra = []
+    for zero in (0, 1):
+        layout = ParallelLayout(dp=1, ep=1, tp=1, zero=zero, micro_batch=4)
+        a, b = (estimate_layout(cfg, layout, training, ClusterConfig(
+            gpu=acc.name, nodes=1, gpus_per_node=1), x).step.optimizer_s
+            for x in (per_tensor, acc))
+        extra.append(a - b)
+    assert extra == pytest.approx([1e-3 * param_tensor_count(cfg), 1e-3 * OPTIMIZER_FLAT_GROUPS])
 
 
 def test_deepspeed_engine_term_prices_the_layouts_zero_stage():
@@ -325,6 +384,10 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     assert acc.number_sources()["peak_bf16_flops"] == "measured"
     assert acc.number_sources()["inter_node_bw_bytes_per_s"] == "datasheet"
     assert max(p.gemm_flops_per_s) == acc.peak_bf16_flops
+    # the optimizers as the CPU trainer steps them (foreach), each at its own rate per byte
+    assert p.optimizer_kernels == "foreach" and set(p.optimizer_s_per_byte_by) == {
+        "adamw", "rmsprop", "sgd"}
+    assert all(len(c) == len(p.optimizer_elements) for c in p.optimizer_s_per_byte_by.values())
     # no --precision: a CPU profile lists no bf16 throughput, so the plan is fp32 and says so
     # (the README's `profile ... && plan --gpu cpu.yaml` used to stop at a bf16 refusal)
     proc = cli_here("plan", "--model", "nano-ec8", "--gpu", str(measured_profile),

@@ -86,8 +86,13 @@ def render_profile(acc, path: Path) -> None:
               f"{p.sdpa_backward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
     t.add_row("copy bandwidth", f"{p.memory_bw_bytes_per_s / 1e9:,.1f} GB/s")
     t.add_row(f"kernel launch ({p.launch_mode})", f"{p.launch_s * 1e6:.2f} us")
-    t.add_row("optimizer (AdamW)", f"{p.optimizer_s_per_byte * 1e12:.2f} ps/byte + "
-                                   f"{(p.optimizer_s_per_tensor or 0) * 1e6:.1f} us/tensor")
+    t.add_row(f"optimizer (AdamW{', ' + p.optimizer_kernels if p.optimizer_kernels else ''})",
+              f"{p.optimizer_s_per_byte * 1e12:.2f} ps/byte + "
+              f"{(p.optimizer_s_per_tensor or 0) * 1e6:.1f} us/tensor")
+    for name, curve in sorted(p.optimizer_s_per_byte_by.items()):
+        t.add_row(f"optimizer ({name}), {p.optimizer_elements[0]:.0e}-"
+                  f"{p.optimizer_elements[-1]:.0e} elements per tensor",
+                  " / ".join(f"{r * 1e12:.0f}" for r in curve) + " ps/byte")
     t.add_row("autograd per parameter tensor", f"{p.engine_s_per_param_tensor * 1e6:.1f} us")
     if p.deepspeed_engine_s:
         t.add_row("DeepSpeed engine per tensor", ", ".join(

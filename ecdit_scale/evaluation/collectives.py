@@ -47,11 +47,14 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def timed(fn, reps: int) -> float:
-        """Median of 3 batches; every rank runs the same number of calls (no deadlock)."""
-        fn()
+        """Median of 7 batches (3 quick) after 3 warm-up calls; every rank runs the same
+        number of calls (no deadlock). A small message's time on a shared CPU moves with the
+        scheduler: three batches let two profiles of one machine differ 2x in latency."""
+        for _ in range(3):
+            fn()
         sync()
         out = []
-        for _ in range(3):
+        for _ in range(3 if quick else 7):
             dist.barrier()
             t0 = time.perf_counter()
             for _ in range(reps):

@@ -3,15 +3,19 @@ and write it as a hardware profile (``planner.device_profile.DeviceProfile`` und
 accelerator entry) that ``plan --gpu PROFILE.yaml`` and ``validate --profile`` read.
 
 Measured (each timed after a warm-up, the median of repeated batches):
-- GEMM: ``torch.mm`` over a grid of (M, N, K) covering the model families' shapes;
+- GEMM: ``torch.mm`` over a grid of (M, N, K) covering the model families' shapes, its
+  operands rotated through a working set past the last-level cache (cold, as a step meets
+  them);
 - SDPA: ``F.scaled_dot_product_attention`` forward and forward + backward (the trainer's path:
   default backend, (batch, heads, q_len, head_dim) layout), self- and cross-attention lengths;
 - memory bandwidth: a large tensor copy, (read + write) bytes / s;
 - memory-bound kinds: copy, elementwise add, tanh-GELU, LayerNorm on activation-sized tensors;
 - kernel launch: host seconds per counted kernel of a tiny residual network's forward +
   backward (CPU: the host runs the kernels, ``serial``; CUDA: enqueued, ``async``);
-- optimizer: AdamW over one tensor and over many (seconds per byte as the step-time model
-  counts AdamW's bytes: 28 per fp32 parameter; seconds per extra tensor);
+- optimizer: AdamW, RMSProp and SGD as the trainer steps them (foreach on CPU, fused on CUDA)
+  over one tensor of each of a few sizes, from cache-resident to past the last-level cache
+  (seconds per byte as the step-time model counts each one's bytes), and AdamW over many small
+  tensors (seconds per extra tensor);
 - engine: autograd's work per parameter tensor (AccumulateGrad and its backward node), from a
   backward over many small tensors vs one tensor of the same size;
 - with ``nproc > 1``: all-reduce and all-to-all over message sizes between ``nproc`` local
@@ -35,8 +39,6 @@ from typing import Any
 from ..errors import ConfigError
 from ..planner.device_profile import DeviceProfile
 from ..planner.hardware import Accelerator, save_accelerator
-
-ADAMW_BYTES_PER_PARAM_FP32 = 28  # step_time: 2 x states (8) + grads (4) + 2 x params (4)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,17 +111,43 @@ def _dtype(torch, name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def gemm_working_set_bytes(device: str) -> int:
+    """The bytes a GEMM's operands rotate through while timed: past the last-level cache (CPU:
+    tens of MiB; an H100 / H200: 50 MiB of L2), as in a training step, where each layer's
+    weights and activations come from memory, not from the previous call."""
+    return 128 * 2**20 if device == "cpu" else 256 * 2**20
+
+
 def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
+    """``torch.mm`` over the grid, each call on the next of a set of operand pairs that
+    together exceed the last-level cache (``gemm_working_set_bytes``): a step meets a GEMM's
+    operands cold, and a repeated call on one pair keeps them in cache (on this 2-core CPU,
+    4-25% faster at the small shapes)."""
     torch = timer.torch
     dt = _dtype(torch, s.torch_dtype_name)
     ms, ns, ks = s.grid()
+    size = torch.tensor([], dtype=dt).element_size()
+    # one random buffer, sliced into each shape's operand pairs (views: nothing allocated per
+    # shape); the largest shapes' two pairs may overrun it and get a buffer of their own
+    pool = torch.randn(gemm_working_set_bytes(s.device) // size, device=s.device, dtype=dt)
     rates = []
     for m in ms:
         for n in ns:
             for k in ks:
-                a = torch.randn(m, k, device=s.device, dtype=dt)
-                b = torch.randn(k, n, device=s.device, dtype=dt)
-                rates.append(2.0 * m * n * k / timer(lambda a=a, b=b: torch.mm(a, b)))
+                per_pair = m * k + k * n
+                pairs = max(2, pool.numel() // per_pair)
+                buf = pool if pairs * per_pair <= pool.numel() else torch.randn(
+                    pairs * per_pair, device=s.device, dtype=dt)
+                ops = [(buf[i * per_pair:i * per_pair + m * k].view(m, k),
+                        buf[i * per_pair + m * k:(i + 1) * per_pair].view(k, n))
+                       for i in range(pairs)]
+                turn = iter(range(2**62))
+
+                def call(ops=ops, turn=turn):
+                    a, b = ops[next(turn) % len(ops)]
+                    torch.mm(a, b)
+
+                rates.append(2.0 * m * n * k / timer(call))
     return {"m": ms, "n": ns, "k": ks, "flops_per_s": rates}
 
 
@@ -203,22 +231,50 @@ def measure_launch(s: Settings, timer: Timer) -> float:
     return timer(step) / counted
 
 
-def measure_optimizer(s: Settings, timer: Timer) -> tuple[float, float]:
-    """(seconds per byte, seconds per extra tensor) of a torch AdamW step (fp32)."""
-    torch = timer.torch
-    total = (1 if s.quick else 4) * 2**20 if s.device == "cpu" else 64 * 2**20
-    tensors = 64 if s.quick else 256
+def optimizer_sizes(s: Settings) -> list[int]:
+    """fp32 elements the optimizer is timed at stepping: from cache-resident to well past the
+    last-level cache (a ZeRO partition of a large model)."""
+    if s.device == "cpu":
+        return [2**16, 2**20, 2**22] if s.quick else [2**16, 2**18, 2**20, 2**22, 2**24]
+    return [2**20, 2**24] if s.quick else [2**20, 2**23, 2**26]
 
-    def timed(parts: int) -> float:
-        ps = [torch.nn.Parameter(torch.randn(total // parts, device=s.device))
-              for _ in range(parts)]
+
+def measure_optimizer(s: Settings, timer: Timer) -> dict[str, Any]:
+    """Each optimizer as the trainer steps it (``train.engine.torch_optimizer``: its class,
+    hyperparameters and kernels, fp32 states) over one tensor of each size of
+    ``optimizer_sizes``: seconds per byte as ``step_time.optimizer_bytes`` counts an fp32
+    step's bytes. AdamW's seconds per extra tensor: the largest size split into many tensors,
+    against one."""
+    torch = timer.torch
+
+    from ..config import Optimizer
+    from ..planner.step_time import fp32_optimizer_bytes_per_param
+    from ..train.engine import optimizer_impl, torch_optimizer
+    from ..train.records import Device
+
+    device = Device(s.device)
+    impl = {}
+
+    def timed(optimizer: Optimizer, elements: int, parts: int = 1) -> float:
+        ps = [torch.nn.Parameter(torch.randn(elements, device=s.device)) for _ in range(parts)]
         for p in ps:
             p.grad = torch.randn_like(p)
-        opt = torch.optim.AdamW(ps, lr=1e-4, foreach=s.device != "cpu")
+        opt = torch_optimizer(ps, optimizer, lr=1e-4, device=device)
+        impl[optimizer] = optimizer_impl(opt)
         return timer(opt.step)
 
-    one, many = timed(1), timed(tensors)
-    return one / (ADAMW_BYTES_PER_PARAM_FP32 * total), max(0.0, (many - one) / (tensors - 1))
+    sizes = optimizer_sizes(s)
+    curves = {o.value: [timed(o, n) / (fp32_optimizer_bytes_per_param(o) * n) for n in sizes]
+              for o in Optimizer}
+    # the largest size again, split into many tensors: the same bytes in the same working set,
+    # so the difference is what each extra tensor costs
+    parts, adamw = (64 if s.quick else 256), Optimizer.ADAMW
+    one = curves[adamw.value][-1] * fp32_optimizer_bytes_per_param(adamw) * sizes[-1]
+    per_tensor = (timed(adamw, sizes[-1] // parts, parts) - one) / (parts - 1)
+    mid = min(range(len(sizes)), key=lambda i: abs(sizes[i] - 2**22))
+    return {"s_per_byte": curves[adamw.value][mid], "s_per_tensor": max(0.0, per_tensor),
+            "elements": [float(n) for n in sizes], "by_size": curves,
+            "kernels": impl[adamw]}
 
 
 def measure_engine(s: Settings, timer: Timer) -> float:
@@ -301,7 +357,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
     finally:
         torch.set_num_threads(old)
     gemm, sdpa = got["GEMM grid"], got["SDPA"]
-    opt_byte, opt_tensor = got["optimizer step"]
+    opt = got["optimizer step"]
     engine = got.get("DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2") or {}
     return DeviceProfile(
         dtype=s.torch_dtype_name, gemm_m=tuple(map(float, gemm["m"])),
@@ -312,7 +368,10 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         memory_bw_bytes_per_s=got["memory bandwidth"],
         memory_kind_bw=got["memory-bound kinds"], launch_s=got["kernel launch"],
         launch_mode="serial" if s.device == "cpu" else "async",
-        optimizer_s_per_byte=opt_byte, optimizer_s_per_tensor=opt_tensor,
+        optimizer_s_per_byte=opt["s_per_byte"], optimizer_s_per_tensor=opt["s_per_tensor"],
+        optimizer_elements=tuple(opt["elements"]),
+        optimizer_s_per_byte_by={k: tuple(v) for k, v in opt["by_size"].items()},
+        optimizer_kernels=opt["kernels"],
         engine_s_per_param_tensor=got["autograd per parameter tensor"],
         deepspeed_engine_s={k: v[0] for k, v in engine.items()},
         deepspeed_engine_s_per_param={k: v[1] for k, v in engine.items()},
@@ -339,8 +398,9 @@ def provenance(s: Settings, wall_s: float) -> dict[str, Any]:
             "measured_in_s": round(wall_s, 2),
             "settings": {"device": s.device, "quick": s.quick, "threads": s.threads,
                          "nproc": s.nproc, "dtype": s.torch_dtype_name, "head_dim": s.head_dim,
-                         "optimizer": "torch AdamW, foreach" if s.device != "cpu"
-                         else "torch AdamW, foreach=False (the CPU trainer's)"}}
+                         "gemm_working_set_mib": gemm_working_set_bytes(s.device) // 2**20,
+                         "optimizer": "the trainer's torch optimizers "
+                                      "(train.engine.torch_optimizer)"}}
 
 
 def profile_accelerator(s: Settings, prof: DeviceProfile) -> Accelerator:

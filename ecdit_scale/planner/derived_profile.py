@@ -46,6 +46,8 @@ def derive_profile(template: DeviceProfile, *, template_peak_bf16_flops: float,
         memory_kind_bw={k: v * b for k, v in t.memory_kind_bw.items()},
         optimizer_s_per_byte=(None if t.optimizer_s_per_byte is None
                               else t.optimizer_s_per_byte / b),
+        optimizer_s_per_byte_by={k: tuple(x / b for x in v)
+                                 for k, v in t.optimizer_s_per_byte_by.items()},
         deepspeed_engine_s_per_param={k: v / b for k, v in
                                       t.deepspeed_engine_s_per_param.items()},
         links={},  # collectives follow the device's own links (comm.py), never the template's

@@ -14,7 +14,9 @@ the datasheet and the plan says so):
     launch: {seconds: 6.0e-6, mode: async}   # host seconds per counted kernel (a tiny module
                                      # network's forward + backward / its kernels as
                                      # operators.py counts them); serial = host runs it (CPU)
-    optimizer: {s_per_byte: ..., s_per_tensor: ...}   # bytes as step_time counts them
+    optimizer: {s_per_byte: ..., s_per_tensor: ...,     # bytes as step_time counts them
+                by_size: {elements: [...], adamw: [...], rmsprop: [...], sgd: [...]},
+                kernels: foreach}                  # seconds per byte at each tensor size
     engine_s_per_param_tensor: 2.0e-5  # autograd / engine work per parameter tensor per pass
     deepspeed_engine: {0: 1.5e-5, 1: 2.0e-6, 2: 3.0e-5}   # seconds per parameter tensor
                                      # DeepSpeed's engine adds to a step, by ZeRO stage
@@ -45,6 +47,8 @@ from ..errors import ConfigError
 LAUNCH_MODES = ("async", "serial")
 # memory-bound operator kinds, each with its measured throughput (``operators.MemoryOp.kind``)
 MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
+OPTIMIZER_NAMES = ("adamw", "rmsprop", "sgd")  # ``config.Optimizer`` values
+OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
 COLLECTIVES = ("all_reduce", "all_to_all")
 
 
@@ -110,8 +114,15 @@ class DeviceProfile:
     memory_kind_bw: dict[str, float] = field(default_factory=dict)
     launch_s: float | None = None
     launch_mode: str = "async"
-    optimizer_s_per_byte: float | None = None
+    optimizer_s_per_byte: float | None = None  # AdamW's (the one profiles before 2026-12-06 have)
     optimizer_s_per_tensor: float | None = None
+    # seconds per byte (as ``step_time.optimizer_bytes`` counts them) of each optimizer as the
+    # trainer runs it (``train.engine.torch_optimizer``: foreach on CPU, fused on CUDA), at
+    # each size of ``optimizer_elements`` (fp32 elements a step updates: one that stays in
+    # cache runs faster per byte than one that streams from memory)
+    optimizer_elements: tuple[float, ...] = ()
+    optimizer_s_per_byte_by: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    optimizer_kernels: str | None = None  # "foreach" / "fused" / "for-loop": what was timed
     engine_s_per_param_tensor: float | None = None
     deepspeed_engine_s: dict[int, float] = field(default_factory=dict)  # by ZeRO stage
     # what the engine's passes over gradients and weights add, per parameter, by ZeRO stage
@@ -120,6 +131,18 @@ class DeviceProfile:
     collective_backend: str | None = None
     links: dict[str, LinkFit] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def optimizer_rate(self, optimizer: Any, elements: Any = None) -> Any:
+        """Seconds per byte of ``optimizer`` (an ``Optimizer`` or its value) stepping
+        ``elements`` fp32 elements: its own curve where the profile has one (log-log interpolation,
+        clamped to the measured sizes), else AdamW's single rate (None: not measured)."""
+        name = getattr(optimizer, "value", optimizer)
+        curve = self.optimizer_s_per_byte_by.get(name)
+        if curve is None or elements is None:
+            return self.optimizer_s_per_byte
+        x = np.log2(np.asarray(self.optimizer_elements, dtype=float))
+        q = np.log2(np.maximum(np.asarray(elements, dtype=float), 1.0))
+        return np.exp(np.interp(q, x, np.log(np.asarray(curve, dtype=float))))
 
     # ---- what was measured ------------------------------------------------------------------
     @property
@@ -221,6 +244,12 @@ class DeviceProfile:
         if self.optimizer_s_per_byte is not None:
             out["optimizer"] = {"s_per_byte": self.optimizer_s_per_byte,
                                 "s_per_tensor": self.optimizer_s_per_tensor or 0.0}
+            if self.optimizer_s_per_byte_by:
+                out["optimizer"]["by_size"] = {
+                    "elements": list(self.optimizer_elements),
+                    **{k: list(v) for k, v in sorted(self.optimizer_s_per_byte_by.items())}}
+            if self.optimizer_kernels:
+                out["optimizer"]["kernels"] = self.optimizer_kernels
         if self.engine_s_per_param_tensor is not None:
             out["engine_s_per_param_tensor"] = self.engine_s_per_param_tensor
         if self.deepspeed_engine_s:
@@ -296,6 +325,28 @@ class DeviceProfile:
             kw["optimizer_s_per_byte"] = _opt(opt, "s_per_byte", f"{where}.optimizer")
             kw["optimizer_s_per_tensor"] = _opt(opt, "s_per_tensor", f"{where}.optimizer",
                                                 positive=False)
+            by = dict(_mapping(opt.get("by_size"), f"{where}.optimizer.by_size"))
+            if by:
+                w = f"{where}.optimizer.by_size"
+                elements = _nums(f"{w}.elements", by.pop("elements", None))
+                if list(elements) != sorted(set(elements)):
+                    raise ConfigError(f"{w}.elements must be strictly increasing")
+                bad = sorted(map(str, set(by) - set(OPTIMIZER_NAMES)))
+                if bad:
+                    raise ConfigError(f"{w}: unknown optimizer(s) {', '.join(bad)}; valid: "
+                                      f"elements, {', '.join(OPTIMIZER_NAMES)}")
+                curves = {k: _nums(f"{w}.{k}", v) for k, v in by.items()}
+                for k, v in curves.items():
+                    if len(v) != len(elements):
+                        raise ConfigError(f"{w}.{k} has {len(v)} rates for "
+                                          f"{len(elements)} sizes")
+                kw["optimizer_elements"] = elements
+                kw["optimizer_s_per_byte_by"] = curves
+            kernels = opt.get("kernels")
+            if kernels is not None and kernels not in OPTIMIZER_KERNELS:
+                raise ConfigError(f"{where}.optimizer.kernels = {short(kernels)}: choose "
+                                  f"{', '.join(OPTIMIZER_KERNELS)}")
+            kw["optimizer_kernels"] = kernels
         kw["engine_s_per_param_tensor"] = _opt(data, "engine_s_per_param_tensor", where,
                                                positive=False)
         for name, attr in (("deepspeed_engine", "deepspeed_engine_s"),

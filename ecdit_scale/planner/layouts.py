@@ -382,7 +382,7 @@ class _Evaluator:
             recompute_flops=self.recompute_flops[c.rc], model_flops=self.model_flops, com=com,
             mem=mem, acc=acc, depth=self.cfg.depth, world=world, global_batch=gb, tp=c.tp,
             zero=c.zero, micro_batch=c.mb, grad_accum=ga, recompute_code=c.rc,
-            precision=tr.precision, cfg=self.cfg, ep=c.ep)
+            precision=tr.precision, cfg=self.cfg, ep=c.ep, optimizer=tr.optimizer)
         return _Evaluation(grad_accum=ga, memory=mem, comm=com, step=step)
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from ..config import HALF_PRECISIONS, Precision
+from ..config import HALF_PRECISIONS, Optimizer, Precision
 from ..zero import ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER, ZERO_PARTITIONS_PARAMETERS
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
 from .derivations import assumptions
-from .memory import MemoryArrays
+from .dtypes import FP32_BYTES
+from .memory import OPTIMIZER_STATE_BYTES, MemoryArrays
 from .operators import param_tensor_count
 
 OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
@@ -209,6 +210,12 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, tp: Any, ep: Any
                     profiled=profiled)
 
 
+def fp32_optimizer_bytes_per_param(optimizer: Any) -> float:
+    """``optimizer_bytes`` per parameter of an fp32 run with no EMA: read + write the states
+    and the weights (``profile`` converts a timed optimizer step to seconds per byte with it)."""
+    return 2.0 * OPTIMIZER_STATE_BYTES[Optimizer(optimizer)] + 2.0 * FP32_BYTES
+
+
 def optimizer_bytes(mem: MemoryArrays, precision: Precision) -> Any:
     """Bytes the optimizer step and the EMA update move per device (``DERIVATIONS.md``,
     "Optimizer and EMA"): read + write the states (and bf16's fp32 master weights), read the
@@ -228,7 +235,8 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
                      model_flops: float, com: Any, mem: MemoryArrays, acc: Any,
                      depth: int, world: int, global_batch: int, tp: Any, zero: Any,
                      micro_batch: Any, grad_accum: Any, recompute_code: Any,
-                     precision: Precision, cfg: Any = None, ep: Any = 1) -> StepTime:
+                     precision: Precision, cfg: Any = None, ep: Any = 1,
+                     optimizer: Any = Optimizer.ADAMW) -> StepTime:
     """The StepTime of every layout (fields are arrays over layouts). ``com`` is
     ``comm.comm_arrays``' CommBreakdown, ``mem`` ``memory.memory_arrays``'; FLOPs are per
     image. With ``cfg`` and a profiled ``acc``, compute is priced by operator class."""
@@ -270,10 +278,16 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
                                             + backward_exposed_s * (1.0 - reduce_share)), 0.0)
 
     moved_bytes = optimizer_bytes(mem, precision)
-    if prof is not None and cfg is not None and prof.optimizer_s_per_byte is not None:
-        # ZeRO-0 steps every parameter tensor; ZeRO-1/2/3 a flat partition per param group
+    if prof is not None and cfg is not None and prof.optimizer_rate(optimizer) is not None:
+        # ZeRO-0 steps every parameter tensor; ZeRO-1/2/3 a flat partition per param group.
+        # The rate per byte is the one at the elements of a param group: the trainer's
+        # multi-tensor (foreach / fused) kernels run each update op over all of a group's
+        # tensors before the next op, so that is the working set a step streams through
         stepped_tensors = np.where(zero0, param_tensor_count(cfg), OPTIMIZER_FLAT_GROUPS)
-        optimizer_s = (moved_bytes * prof.optimizer_s_per_byte
+        elements = mem.optimizer_states / OPTIMIZER_STATE_BYTES[Optimizer(optimizer)]
+        groups = OPTIMIZER_FLAT_GROUPS if cfg.ffn.is_moe else 1  # shared (+ expert) params
+        rate = prof.optimizer_rate(optimizer, elements / groups)
+        optimizer_s = (moved_bytes * rate
                        + stepped_tensors * (prof.optimizer_s_per_tensor or 0.0))
     else:
         optimizer_s = moved_bytes / bandwidth(acc)

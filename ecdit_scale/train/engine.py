@@ -93,13 +93,20 @@ def build_optimizer(model: nn.Module, s: RunSettings) -> torch.optim.Optimizer:
         {"params": [p for p in model.parameters() if p.requires_grad], "name": "shared",
          "lr": s.lr, "weight_decay": 0.0})
     groups = [g for g in groups if g["params"]]
-    cls = OPTIMIZER_CLASSES[s.optimizer]
-    kernels = optimizer_kernels(cls, s.device)
-    if s.optimizer is Optimizer.RMSPROP:  # the paper: RMSProp with momentum
-        return cls(groups, lr=s.lr, alpha=RMSPROP_ALPHA, eps=1e-8, momentum=MOMENTUM, **kernels)
-    if s.optimizer is Optimizer.SGD:
-        return cls(groups, lr=s.lr, momentum=MOMENTUM, **kernels)
-    return cls(groups, lr=s.lr, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0, **kernels)
+    return torch_optimizer(groups, s.optimizer, lr=s.lr, device=s.device)
+
+
+def torch_optimizer(params: Any, optimizer: Optimizer, *, lr: float,
+                    device: Device) -> torch.optim.Optimizer:
+    """The torch optimizer the trainer steps with: its class, hyperparameters and kernels
+    (``optimizer_kernels``); ``profile`` times the same object."""
+    cls = OPTIMIZER_CLASSES[Optimizer(optimizer)]
+    kernels = optimizer_kernels(cls, device)
+    if optimizer is Optimizer.RMSPROP:  # the paper: RMSProp with momentum
+        return cls(params, lr=lr, alpha=RMSPROP_ALPHA, eps=1e-8, momentum=MOMENTUM, **kernels)
+    if optimizer is Optimizer.SGD:
+        return cls(params, lr=lr, momentum=MOMENTUM, **kernels)
+    return cls(params, lr=lr, betas=ADAM_BETAS, eps=1e-8, weight_decay=0.0, **kernels)
 
 
 def build_parallel_model(cfg: ModelConfig, s: RunSettings, ep,

@@ -55,11 +55,12 @@ PARTS = ("forward/model", "backward/model", "backward/hooks", "backward/engine",
          "step/optimizer", "step/engine", "ema", "outside")
 MODEL_PARTS = ("forward/model", "backward/model")
 CLASSES = ("gemm", "attention", "memory_bound", "comm")
-# collectives the model itself issues (expert parallelism's all-to-all, tensor parallelism's
-# reductions): on CPU gloo records its work as "gloo:<collective>" events, on CUDA NCCL's
-# kernels carry "nccl" in their names; their time (the transfer and any wait for the other
-# ranks) is the model's communication, not its memory-bound ops
-COMM_WORDS = ("gloo:", "nccl", "c10d::")
+# the collective the model itself issues: expert parallelism's all-to-all (gloo records its
+# work as a "gloo:all_to_all" event on its own thread; on CUDA it is a c10d op whose NCCL
+# kernels the op launched). Its time (the transfer and any wait for the other ranks) is the
+# model's communication, not its memory-bound ops. DeepSpeed's gradient reductions run from
+# the backward's hooks, concurrently on gloo's threads: not the model's, and not counted here.
+COMM_WORDS = ("alltoall", "all_to_all")
 
 
 def phase(name: str):
@@ -77,7 +78,7 @@ def _aten(name: str) -> str | None:
 def op_class(names: list[str]) -> str:
     """gemm / attention / comm / memory_bound for an op and its ancestors' names (attention
     wins: its inner matmuls are attention's; a collective's copies are the collective's)."""
-    if any(n.startswith(COMM_WORDS) or "nccl" in n.lower() for n in names):
+    if any(w in n for n in names for w in COMM_WORDS):
         return "comm"
     if any(w in n for n in names for w in ATTENTION_WORDS):
         return "attention"
@@ -187,10 +188,10 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
                                                     for c in e.cpu_children):
                 counts[part] += 1  # leaf compute ops stand for kernels (``summarize``)
         # gloo runs each collective on its own thread ("gloo:<name>", no parent) while the
-        # calling thread waits: the model's collectives are those that start in its forward
+        # calling thread waits: the model's all-to-alls are those that start in its forward
         # or backward
         model["comm"] = sum(e.time_range.elapsed_us() / 1e3 for e in cpu
-                            if e.name.startswith("gloo:") and e.cpu_parent is None
+                            if e.name.startswith("gloo:all_to_all") and e.cpu_parent is None
                             and phase_at(e.time_range.start) in ("forward", "backward"))
         opt = sum(e.time_range.elapsed_us() / 1e3 for e in cpu
                   if e.name.startswith("Optimizer.step#")
