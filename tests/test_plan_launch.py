@@ -188,7 +188,7 @@ def test_validate_sets_the_profiled_step_beside_the_prediction_term_by_term(plan
     assert proc.returncode == 0, proc.stderr[-2000:]
     [row] = json.loads(proc.stdout)["rows"]
     meas, pred = row["terms_measured"], row["terms_predicted"]
-    terms = ("gemm", "attention", "memory_bound", "optimizer", "rest")
+    terms = ("gemm", "attention", "memory_bound", "comm", "optimizer", "rest")
     assert set(terms) < set(meas) and set(terms) < set(pred)
     assert sum(meas[t] for t in terms) == pytest.approx(row["step_s_measured"])
     assert sum(pred[t] for t in terms) == pytest.approx(row["step_s_predicted"])
