@@ -111,11 +111,14 @@ def _dtype(torch, name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def gemm_working_set_bytes(device: str) -> int:
+def gemm_working_set_bytes(device: str, quick: bool = False) -> int:
     """The bytes a GEMM's operands rotate through while timed: past the last-level cache (CPU:
     tens of MiB; an H100 / H200: 50 MiB of L2), as in a training step, where each layer's
-    weights and activations come from memory, not from the previous call."""
-    return 128 * 2**20 if device == "cpu" else 256 * 2**20
+    weights and activations come from memory, not from the previous call. ``quick``: a
+    smaller set (the quick profile is a smoke measurement)."""
+    if device == "cpu":
+        return (48 if quick else 128) * 2**20
+    return 256 * 2**20
 
 
 def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
@@ -129,7 +132,8 @@ def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
     size = torch.tensor([], dtype=dt).element_size()
     # one random buffer, sliced into each shape's operand pairs (views: nothing allocated per
     # shape); the largest shapes' two pairs may overrun it and get a buffer of their own
-    pool = torch.randn(gemm_working_set_bytes(s.device) // size, device=s.device, dtype=dt)
+    pool = torch.randn(gemm_working_set_bytes(s.device, s.quick) // size, device=s.device,
+                       dtype=dt)
     rates = []
     for m in ms:
         for n in ns:
@@ -235,7 +239,7 @@ def optimizer_sizes(s: Settings) -> list[int]:
     """fp32 elements the optimizer is timed at stepping: from cache-resident to well past the
     last-level cache (a ZeRO partition of a large model)."""
     if s.device == "cpu":
-        return [2**16, 2**20, 2**22] if s.quick else [2**16, 2**18, 2**20, 2**22, 2**24]
+        return [2**16, 2**21] if s.quick else [2**16, 2**18, 2**20, 2**22, 2**24]
     return [2**20, 2**24] if s.quick else [2**20, 2**23, 2**26]
 
 
@@ -398,7 +402,8 @@ def provenance(s: Settings, wall_s: float) -> dict[str, Any]:
             "measured_in_s": round(wall_s, 2),
             "settings": {"device": s.device, "quick": s.quick, "threads": s.threads,
                          "nproc": s.nproc, "dtype": s.torch_dtype_name, "head_dim": s.head_dim,
-                         "gemm_working_set_mib": gemm_working_set_bytes(s.device) // 2**20,
+                         "gemm_working_set_mib": gemm_working_set_bytes(s.device, s.quick)
+                         // 2**20,
                          "optimizer": "the trainer's torch optimizers "
                                       "(train.engine.torch_optimizer)"}}
 
