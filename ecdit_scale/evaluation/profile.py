@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import os
 import platform
 import statistics
@@ -142,14 +143,12 @@ def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
                 pairs = max(2, pool.numel() // per_pair)
                 buf = pool if pairs * per_pair <= pool.numel() else torch.randn(
                     pairs * per_pair, device=s.device, dtype=dt)
-                ops = [(buf[i * per_pair:i * per_pair + m * k].view(m, k),
-                        buf[i * per_pair + m * k:(i + 1) * per_pair].view(k, n))
-                       for i in range(pairs)]
-                turn = iter(range(2**62))
+                ops = itertools.cycle([(buf[i * per_pair:i * per_pair + m * k].view(m, k),
+                                        buf[i * per_pair + m * k:(i + 1) * per_pair].view(k, n))
+                                       for i in range(pairs)])
 
-                def call(ops=ops, turn=turn):
-                    a, b = ops[next(turn) % len(ops)]
-                    torch.mm(a, b)
+                def call(ops=ops):
+                    torch.mm(*next(ops))
 
                 rates.append(2.0 * m * n * k / timer(call))
     return {"m": ms, "n": ns, "k": ks, "flops_per_s": rates}
@@ -268,13 +267,13 @@ def measure_optimizer(s: Settings, timer: Timer) -> dict[str, Any]:
         return timer(opt.step)
 
     sizes = optimizer_sizes(s)
-    curves = {o.value: [timed(o, n) / (fp32_optimizer_bytes_per_param(o) * n) for n in sizes]
-              for o in Optimizer}
+    times = {o: [timed(o, n) for n in sizes] for o in Optimizer}
+    curves = {o.value: [t / (fp32_optimizer_bytes_per_param(o) * n)
+                        for t, n in zip(times[o], sizes, strict=True)] for o in Optimizer}
     # the largest size again, split into many tensors: the same bytes in the same working set,
     # so the difference is what each extra tensor costs
     parts, adamw = (64 if s.quick else 256), Optimizer.ADAMW
-    one = curves[adamw.value][-1] * fp32_optimizer_bytes_per_param(adamw) * sizes[-1]
-    per_tensor = (timed(adamw, sizes[-1] // parts, parts) - one) / (parts - 1)
+    per_tensor = (timed(adamw, sizes[-1] // parts, parts) - times[adamw][-1]) / (parts - 1)
     mid = min(range(len(sizes)), key=lambda i: abs(sizes[i] - 2**22))
     return {"s_per_byte": curves[adamw.value][mid], "s_per_tensor": max(0.0, per_tensor),
             "elements": [float(n) for n in sizes], "by_size": curves,

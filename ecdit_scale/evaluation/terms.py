@@ -9,11 +9,11 @@ term that makes it:
 - gemm, attention, memory_bound: the model's forward and backward (recomputation included) by
   operator class, measured as the device time of their kernels (CUDA) or their host time (CPU,
   where the model's per-op launch cost is counted with the memory-bound ops: ``serial``);
-- comm: the collectives the model itself issues inside its forward and backward (expert
-  parallelism's all-to-all, tensor parallelism's reductions): measured as gloo's collective
-  time (CPU: the transfer and the wait for the other ranks) or NCCL's kernels (CUDA); the
-  model's all-to-all and tensor-parallel terms as exposed in the step. A profiled step from
-  before this split has none (0: its memory-bound ops include it);
+- comm: the all-to-all the model itself issues inside its forward and backward (expert
+  parallelism): measured as gloo's all-to-all time (CPU: the transfer and the wait for the
+  other ranks) or its NCCL kernels (CUDA); predicted, the model's all-to-all and
+  tensor-parallel terms as exposed in the step. A profiled step from before this split has
+  none (0: its memory-bound ops include it);
 - optimizer: the optimizer step and the EMA update (the model prices both as bytes moved);
 - rest: the measured step (median, unprofiled) less the four above: what the engine does
   around the backward and the step, launch gaps where the device waits for the host, exposed

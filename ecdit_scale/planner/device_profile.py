@@ -42,12 +42,13 @@ from typing import Any
 import numpy as np
 
 from ..checks import short
+from ..config import Optimizer
 from ..errors import ConfigError
 
 LAUNCH_MODES = ("async", "serial")
 # memory-bound operator kinds, each with its measured throughput (``operators.MemoryOp.kind``)
 MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
-OPTIMIZER_NAMES = ("adamw", "rmsprop", "sgd")  # ``config.Optimizer`` values
+OPTIMIZER_NAMES = tuple(o.value for o in Optimizer)
 OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
 COLLECTIVES = ("all_reduce", "all_to_all")
 
@@ -74,6 +75,13 @@ def _nums(where: str, value: Any) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"{where} = {short(value)}: must be a non-empty list of numbers")
     return tuple(_num(f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def _log_log(q: Any, xs: Any, ys: Any) -> np.ndarray:
+    """``ys`` over ``xs`` interpolated at ``q`` linearly in log-log space, clamped to the ends
+    (a measured rate curve read between its points)."""
+    x, y = np.log(np.asarray(xs, dtype=float)), np.log(np.asarray(ys, dtype=float))
+    return np.exp(np.interp(np.log(np.maximum(np.asarray(q, dtype=float), 1.0)), x, y))
 
 
 def _mapping(data: Any, where: str) -> dict:
@@ -140,9 +148,7 @@ class DeviceProfile:
         curve = self.optimizer_s_per_byte_by.get(name)
         if curve is None or elements is None:
             return self.optimizer_s_per_byte
-        x = np.log2(np.asarray(self.optimizer_elements, dtype=float))
-        q = np.log2(np.maximum(np.asarray(elements, dtype=float), 1.0))
-        return np.exp(np.interp(q, x, np.log(np.asarray(curve, dtype=float))))
+        return _log_log(elements, self.optimizer_elements, curve)
 
     # ---- what was measured ------------------------------------------------------------------
     @property
@@ -219,11 +225,8 @@ class DeviceProfile:
 
     def sdpa_rate(self, flops: Any, *, backward: bool = False) -> np.ndarray:
         """FLOP/s of an SDPA call of ``flops`` (forward products), forward or backward."""
-        x = np.log(np.asarray(self.sdpa_flops, dtype=float))
-        y = np.log(np.asarray(self.sdpa_backward_flops_per_s if backward
-                              else self.sdpa_forward_flops_per_s, dtype=float))
-        q = np.log(np.maximum(np.asarray(flops, dtype=float), 1.0))
-        return np.exp(np.interp(q, x, y))
+        return _log_log(flops, self.sdpa_flops, self.sdpa_backward_flops_per_s if backward
+                        else self.sdpa_forward_flops_per_s)
 
     # ---- YAML -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
