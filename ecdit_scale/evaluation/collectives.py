@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..planner.device_profile import LinkFit
+from ..train.cpu_allocator import keep_large_allocations
 
 COLLECTIVE_TIMEOUT_S = 120
 
@@ -39,6 +40,8 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    if device == "cpu":  # as the trainer's ranks run (engine.setup)
+        keep_large_allocations()
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         torch.cuda.set_device(rank)

@@ -38,6 +38,8 @@ import sys
 import time
 from typing import Any
 
+from ..train.cpu_allocator import keep_large_allocations
+
 PROBE_WIDTH = 32
 PROBE_LAYERS = {True: 48, False: 128}  # quick / full: 2 tensors (weight, bias) per layer
 # the large toy: (layers, width), larger than the caches: ~16.8M parameters (67 MB) on a CPU,
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.device == "cpu":  # as the trainer's ranks run (engine.setup)
+        keep_large_allocations()
     res = measure_stage(args.device, args.zero, args.quick)
     print(json.dumps(res) if args.json else
           f"ZeRO-{res['zero']} {res['precision']} on {res['device']}: "

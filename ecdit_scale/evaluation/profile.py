@@ -40,6 +40,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..planner.device_profile import DeviceProfile
 from ..planner.hardware import Accelerator, save_accelerator
+from ..train.cpu_allocator import keep_large_allocations
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,8 +328,10 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
 
     check_settings(s)
     old = torch.get_num_threads()
+    allocator = "CUDA caching allocator"
     if s.device == "cpu":
         torch.set_num_threads(s.threads)
+        allocator = keep_large_allocations()  # as the trainer's ranks run (engine.setup)
     try:
         timer = Timer(s.device, s.quick, s.threads)
         t0 = time.perf_counter()
@@ -381,7 +384,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {},
-        provenance=provenance(s, wall))
+        provenance=provenance(s, wall, allocator))
 
 
 def device_name(device: str) -> str:
@@ -392,13 +395,13 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def provenance(s: Settings, wall_s: float) -> dict[str, Any]:
+def provenance(s: Settings, wall_s: float, allocator: str = "") -> dict[str, Any]:
     import torch
 
     return {"device": device_name(s.device), "host": platform.node(),
             "torch": str(torch.__version__), "cuda": torch.version.cuda,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "measured_in_s": round(wall_s, 2),
+            "measured_in_s": round(wall_s, 2), "allocator": allocator,
             "settings": {"device": s.device, "quick": s.quick, "threads": s.threads,
                          "nproc": s.nproc, "dtype": s.torch_dtype_name, "head_dim": s.head_dim,
                          "gemm_working_set_mib": gemm_working_set_bytes(s.device, s.quick)

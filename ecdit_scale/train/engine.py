@@ -22,6 +22,7 @@ from ..config import ModelConfig, Optimizer, Recompute, Schedule
 from ..model import build_model
 from ..planner.deepspeed_config import ADAM_BETAS, MOMENTUM, RMSPROP_ALPHA, deepspeed_defaults
 from ..planner.placement import DS_CONFIG_KEY, Placement
+from .cpu_allocator import keep_large_allocations
 from .ema import make_ema
 from .expert_parallel import (
     create_groups,
@@ -144,6 +145,7 @@ class Rank:
     startup_s: dict[str, float] = dataclasses.field(default_factory=dict)  # setup, by phase
     phases: Any = None  # peak_memory.PhasePeaks: memory by phase of the step (the worker's)
     engine_variant: str = "lean"  # or "deepspeed-defaults" ($ECDIT_SCALE_ENGINE, A/B only)
+    allocator: str = "device's"  # CPU: what cpu_allocator set for host tensors
 
     @property
     def on_gpu(self) -> bool:
@@ -180,11 +182,13 @@ def setup(rd: RunDir) -> Rank:
     clock = PhaseClock()
     s, cfg = rd.settings(), rd.model_config()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    allocator = "CUDA caching allocator"
     if s.device is Device.CUDA:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        allocator = keep_large_allocations()  # before the first large tensor
         # DeepSpeed would JIT-compile its shared-memory all-reduce (minutes); gloo does it
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if s.device is Device.CUDA else "gloo")
@@ -218,4 +222,4 @@ def setup(rd: RunDir) -> Rank:
     return Rank(rd=rd, s=s, cfg=cfg, engine=engine, ep=ep, counts=counts, device=device,
                 rank=dist.get_rank(), world=dist.get_world_size(), dp_rank=dp_rank, ema=ema,
                 startup_s=clock.phases,
-                engine_variant="deepspeed-defaults" if baseline else "lean")
+                engine_variant="deepspeed-defaults" if baseline else "lean", allocator=allocator)

@@ -150,6 +150,7 @@ def run(run_dir: Path, *, resume_from: str | None) -> int:
         from .. import __version__
 
         rd.update_summary(ecdit_scale_version=__version__, engine=r.engine_variant,
+                          allocator=r.allocator,
                           device=s.device.value,
                           device_name=(torch.cuda.get_device_name(r.device) if r.on_gpu
                                        else "cpu"), torch_version=torch.__version__,
