@@ -181,6 +181,12 @@ def test_profile_yaml_round_trip_and_bad_fields():
         DeviceProfile.from_dict({"deepspeed_engine_per_param": {"x": 1e-9}})
     with pytest.raises(ConfigError, match=r"deepspeed_engine_per_param\.1"):
         DeviceProfile.from_dict({"deepspeed_engine_per_param": {1: "fast"}})
+    micro = _profile(deepspeed_micro_s={2: 3e-6}, deepspeed_micro_s_per_param={0: 0.0, 2: 5e-9})
+    back = DeviceProfile.from_dict(micro.to_dict())
+    assert back.deepspeed_micro_s_per_param == {0: 0.0, 2: 5e-9}
+    assert back.to_dict() == micro.to_dict()
+    with pytest.raises(ConfigError, match="deepspeed_engine_micro: key 'z' is not a ZeRO"):
+        DeviceProfile.from_dict({"deepspeed_engine_micro": {"z": 1e-9}})
     by_opt = _profile(optimizer_elements=(1e4, 1e6), optimizer_kernels="foreach",
                       optimizer_s_per_byte_by={"adamw": (1e-10, 4e-10), "sgd": (4e-11, 4e-11)})
     back = DeviceProfile.from_dict(by_opt.to_dict())
@@ -199,10 +205,10 @@ def test_profile_yaml_round_trip_and_bad_fields():
         DeviceProfile.from_dict({"optimizer": {"s_per_byte": 1e-10, "kernels": "magic"}})
 
 
-def _estimate(acc, *, micro_batch=4, zero=1, world=1, name="nano-ec8"):
+def _estimate(acc, *, micro_batch=4, zero=1, world=1, name="nano-ec8", grad_accum=1):
     cfg = sizes.get(name)
     layout = ParallelLayout(dp=world, ep=1, tp=1, zero=zero, micro_batch=micro_batch)
-    training = TrainingConfig(global_batch=micro_batch * world, optimizer="adamw",
+    training = TrainingConfig(global_batch=micro_batch * world * grad_accum, optimizer="adamw",
                               precision="fp32")
     return cfg, estimate_layout(cfg, layout, training,
                                 ClusterConfig(gpu=acc.name, nodes=1, gpus_per_node=world), acc)
@@ -304,6 +310,27 @@ def test_deepspeed_engine_term_prices_the_layouts_zero_stage():
     assert f.step.engine_s == pytest.approx(a.step.engine_s)
 
 
+def test_engine_work_per_micro_step_is_priced_once_per_further_micro_step():
+    """ZeRO-2's hooks run in every backward: an accumulating step pays the probe's per-micro
+    part (ga - 1) times more, at the layout's stage only; a step of one micro-step pays none."""
+    import dataclasses
+
+    h100 = get_accelerator("h100-sxm")
+    plain = dataclasses.replace(h100, profile=_profile())
+    micro = dataclasses.replace(h100, profile=_profile(deepspeed_micro_s={2: 1e-4},
+                                                       deepspeed_micro_s_per_param={2: 1e-9}))
+    cfg = sizes.get("mini-dense")
+    tensors, params = param_tensor_count(cfg), count_params(cfg).model_params
+    for ga in (1, 2, 4):
+        _, a = _estimate(plain, zero=2, grad_accum=ga, name="mini-dense")
+        _, b = _estimate(micro, zero=2, grad_accum=ga, name="mini-dense")
+        _, c = _estimate(micro, zero=1, grad_accum=ga, name="mini-dense")
+        assert b.step.engine_s - a.step.engine_s == pytest.approx(
+            (ga - 1) * (1e-4 * tensors + 1e-9 * params))
+        assert c.step.engine_s == pytest.approx(
+            _estimate(plain, zero=1, grad_accum=ga, name="mini-dense")[1].step.engine_s)
+
+
 def test_engine_cost_splits_into_per_tensor_and_per_parameter_parts():
     from ecdit_scale.evaluation.engine_probe import split_engine_cost
 
@@ -326,8 +353,27 @@ def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
 
     got = probe("cpu", quick=True, stages=(1,))
     assert set(got) == {1}
-    per_tensor, per_param = got[1]
+    per_tensor, per_param, micro_tensor, micro_param = got[1]
     assert 0.0 <= per_tensor < 1e-2 and 0.0 <= per_param < 1e-6
+    assert 0.0 <= micro_tensor < 1e-2 and 0.0 <= micro_param < 1e-6
+
+
+def test_a_further_micro_step_is_the_difference_of_two_steps():
+    from ecdit_scale.evaluation.engine_probe import further_micro_step, split_engine_cost
+
+    a, b, m_a, m_b = 2e-6, 1e-8, 1e-6, 5e-9  # per step, and per further micro-step
+    toys = {"small": {"tensors": 256, "params": 135_168, "plain": 0.01},
+            "large": {"tensors": 8, "params": 16_785_408, "plain": 0.1}}
+    one, two = {}, {}
+    for name, t in toys.items():
+        base = {"tensors": t["tensors"], "params": t["params"]}
+        one[name] = {**base, "plain_step_s": t["plain"],
+                     "engine_step_s": t["plain"] + t["tensors"] * a + t["params"] * b}
+        two[name] = {**base, "plain_step_s": 2 * t["plain"],
+                     "engine_step_s": one[name]["engine_step_s"] + t["plain"]
+                     + t["tensors"] * m_a + t["params"] * m_b}
+    assert split_engine_cost(*(further_micro_step(two[n], one[n]) for n in toys)) == \
+        pytest.approx((m_a, m_b))
 
 
 def test_async_launch_floor_only_where_the_host_falls_behind():

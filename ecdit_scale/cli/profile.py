@@ -101,6 +101,11 @@ def render_profile(acc, path: Path) -> None:
         t.add_row("DeepSpeed engine per parameter", ", ".join(
             f"ZeRO-{k} {v * 1e9:.2f} ns"
             for k, v in sorted(p.deepspeed_engine_s_per_param.items())))
+    if p.deepspeed_micro_s or p.deepspeed_micro_s_per_param:
+        t.add_row("DeepSpeed engine per further micro-step", ", ".join(
+            f"ZeRO-{k} {p.deepspeed_micro_s.get(k, 0.0) * 1e6:.1f} us/tensor + "
+            f"{p.deepspeed_micro_s_per_param.get(k, 0.0) * 1e9:.2f} ns/param"
+            for k in sorted(set(p.deepspeed_micro_s) | set(p.deepspeed_micro_s_per_param))))
     for name, fit in p.links.items():
         t.add_row(f"{name} ({p.collective_nproc} x {p.collective_backend})",
                   f"{fit.bw_bytes_per_s / 1e9:.2f} GB/s, {fit.latency_s * 1e6:.0f} us, "

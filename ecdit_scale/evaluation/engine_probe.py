@@ -82,8 +82,8 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         torch.manual_seed(0)
         return nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)]).to(dev)
 
-    def measure(layers: int, width: int, repeats: int) -> dict[str, float]:
-        ds = deepspeed_config(micro_batch=PROBE_BATCH, grad_accum=1, zero_stage=zero,
+    def measure(layers: int, width: int, repeats: int, ga: int = 1) -> dict[str, float]:
+        ds = deepspeed_config(micro_batch=PROBE_BATCH, grad_accum=ga, zero_stage=zero,
                               precision=Precision.BF16 if bf16 else Precision.FP32,
                               optimizer=Optimizer.ADAMW, lr=1e-4, warmup_steps=0, world=1,
                               client_optimizer=True, scheduler=False)
@@ -97,19 +97,21 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         dtype = torch.bfloat16 if bf16 else torch.float32
         x = torch.randn(PROBE_BATCH, width, device=dev, dtype=dtype)
 
-        def engine_step() -> None:
-            loss = engine(x).float().pow(2).mean()
-            engine.backward(loss)
-            engine.step()
+        def engine_step() -> None:  # ga micro-steps; the engine steps on the last
+            for _ in range(ga):
+                loss = engine(x).float().pow(2).mean()
+                engine.backward(loss)
+                engine.step()
 
         plain = toy(layers, width)  # fp32 weights: the optimizer's bytes are the master's
         opt = build_optimizer(plain, s)
         xf = x.float()
 
         def plain_step() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = plain(xf).float().pow(2).mean()
-            loss.backward()
+            for _ in range(ga):  # autograd accumulates into .grad
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = plain(xf).float().pow(2).mean()
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0, foreach=True)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -133,13 +135,30 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         return statistics.median(out)
 
     repeats = 5 if quick else 15
-    small = measure(PROBE_LAYERS[quick], PROBE_WIDTH, repeats)
     layers, width = LARGE_TOY[device]
-    large = measure(layers, width // 2 if quick else width, 5)  # quick: a quarter (tests)
+    width = width // 2 if quick else width  # quick: a quarter (tests)
+    small = measure(PROBE_LAYERS[quick], PROBE_WIDTH, repeats)
+    large = measure(layers, width, 5)
     per_tensor, per_param = split_engine_cost(small, large)
+    # a step of two micro-steps: what the engine adds per further micro-step (ZeRO-2's hooks
+    # reduce and copy gradients in every backward; ZeRO-0/1 only at the boundary)
+    small2 = measure(PROBE_LAYERS[quick], PROBE_WIDTH, repeats, ga=2)
+    large2 = measure(layers, width, 5, ga=2)
+    micro_tensor, micro_param = split_engine_cost(*(further_micro_step(two, one) for two, one
+                                                    in ((small2, small), (large2, large))))
     return {"zero": zero, "device": device, "precision": "bf16" if bf16 else "fp32",
             "small": small, "large": large, "s_per_param_tensor": per_tensor,
-            "s_per_param": per_param, "deepspeed": deepspeed.__version__}
+            "s_per_param": per_param, "small_ga2": small2, "large_ga2": large2,
+            "micro_s_per_param_tensor": micro_tensor, "micro_s_per_param": micro_param,
+            "deepspeed": deepspeed.__version__}
+
+
+def further_micro_step(two: dict[str, float], one: dict[str, float]) -> dict[str, float]:
+    """The toy's times of one further micro-step (a step of two less a step of one), for
+    ``split_engine_cost``: the engine's extra over plain torch there is what each further
+    micro-step of an accumulating step adds."""
+    return {**one, "engine_step_s": two["engine_step_s"] - one["engine_step_s"],
+            "plain_step_s": two["plain_step_s"] - one["plain_step_s"]}
 
 
 def split_engine_cost(small: dict[str, float], large: dict[str, float]) -> tuple[float, float]:
@@ -162,11 +181,11 @@ def split_engine_cost(small: dict[str, float], large: dict[str, float]) -> tuple
 
 
 def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
-          timeout_s: float = 45.0) -> dict[int, tuple[float, float]]:
-    """(seconds per parameter tensor, seconds per parameter) the engine adds to a step, by ZeRO
-    stage, each stage in a process of its own; a stage that fails or times out is left out
-    (the model then prices no engine term for it)."""
-    out: dict[int, tuple[float, float]] = {}
+          timeout_s: float = 90.0) -> dict[int, tuple[float, float, float, float]]:
+    """(seconds per parameter tensor, seconds per parameter) the engine adds to a step, then
+    the same for each further micro-step, by ZeRO stage, each stage in a process of its own; a
+    stage that fails or times out is left out (the model then prices no engine term for it)."""
+    out: dict[int, tuple[float, float, float, float]] = {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for zero in stages:
         cmd = [sys.executable, "-m", "ecdit_scale.evaluation.engine_probe", "--device", device,
@@ -179,7 +198,8 @@ def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode == 0 and lines:
             res = json.loads(lines[-1])
-            out[zero] = (float(res["s_per_param_tensor"]), float(res["s_per_param"]))
+            out[zero] = (float(res["s_per_param_tensor"]), float(res["s_per_param"]),
+                         float(res["micro_s_per_param_tensor"]), float(res["micro_s_per_param"]))
     return out
 
 
@@ -196,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(res) if args.json else
           f"ZeRO-{res['zero']} {res['precision']} on {res['device']}: "
           f"{res['s_per_param_tensor'] * 1e6:.1f} us per parameter tensor + "
-          f"{res['s_per_param'] * 1e9:.2f} ns per parameter (engine / plain: small toy "
+          f"{res['s_per_param'] * 1e9:.2f} ns per parameter, and per further micro-step "
+          f"{res['micro_s_per_param_tensor'] * 1e6:.1f} us + "
+          f"{res['micro_s_per_param'] * 1e9:.2f} ns (engine / plain: small toy "
           f"{res['small']['engine_step_s'] * 1e3:.2f} / {res['small']['plain_step_s'] * 1e3:.2f}"
           f" ms, large {res['large']['engine_step_s'] * 1e3:.1f} / "
           f"{res['large']['plain_step_s'] * 1e3:.1f} ms)", flush=True)

@@ -381,6 +381,8 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         engine_s_per_param_tensor=got["autograd per parameter tensor"],
         deepspeed_engine_s={k: v[0] for k, v in engine.items()},
         deepspeed_engine_s_per_param={k: v[1] for k, v in engine.items()},
+        deepspeed_micro_s={k: v[2] for k, v in engine.items()},
+        deepspeed_micro_s_per_param={k: v[3] for k, v in engine.items()},
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {},

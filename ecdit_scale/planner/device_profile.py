@@ -24,6 +24,10 @@ the datasheet and the plan says so):
                                      # (evaluation.engine_probe: the trainer's engine vs
                                      # plain torch on a many-small-layer and a
                                      # few-large-layer toy model)
+    deepspeed_engine_micro: {0: 1e-6, 1: 1e-6, 2: 2.5e-5}  # seconds per parameter tensor,
+    deepspeed_engine_micro_per_param: {2: 5e-9}   # and per parameter, each further
+                                     # micro-step of an accumulating step adds (ZeRO-2's
+                                     # hooks reduce in every backward; the probe at 2 vs 1)
     collectives: {nproc: 2, backend: nccl, all_reduce: {latency_s, bw_bytes_per_s, half_bytes},
                   all_to_all: {...}}
     provenance: {device: ..., torch: ..., date: ..., settings: ...}
@@ -51,6 +55,9 @@ MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
 OPTIMIZER_NAMES = tuple(o.value for o in Optimizer)
 OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
 COLLECTIVES = ("all_reduce", "all_to_all")
+# the YAML key and the field of the engine's cost per further micro-step
+ENGINE_MICRO_FIELDS = (("deepspeed_engine_micro", "deepspeed_micro_s"),
+                       ("deepspeed_engine_micro_per_param", "deepspeed_micro_s_per_param"))
 
 
 def _num(where: str, value: Any, *, positive: bool = True) -> float:
@@ -135,6 +142,9 @@ class DeviceProfile:
     deepspeed_engine_s: dict[int, float] = field(default_factory=dict)  # by ZeRO stage
     # what the engine's passes over gradients and weights add, per parameter, by ZeRO stage
     deepspeed_engine_s_per_param: dict[int, float] = field(default_factory=dict)
+    # what each further micro-step of an accumulating step adds (per tensor, per parameter)
+    deepspeed_micro_s: dict[int, float] = field(default_factory=dict)
+    deepspeed_micro_s_per_param: dict[int, float] = field(default_factory=dict)
     collective_nproc: int | None = None
     collective_backend: str | None = None
     links: dict[str, LinkFit] = field(default_factory=dict)
@@ -261,6 +271,9 @@ class DeviceProfile:
         if self.deepspeed_engine_s_per_param:
             out["deepspeed_engine_per_param"] = {
                 int(k): v for k, v in sorted(self.deepspeed_engine_s_per_param.items())}
+        for key, attr in ENGINE_MICRO_FIELDS:
+            if getattr(self, attr):
+                out[key] = {int(k): v for k, v in sorted(getattr(self, attr).items())}
         if self.links:
             out["collectives"] = {"nproc": self.collective_nproc,
                                   "backend": self.collective_backend,
@@ -276,6 +289,7 @@ class DeviceProfile:
         known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops", "launch",
                  "optimizer",
                  "engine_s_per_param_tensor", "deepspeed_engine", "deepspeed_engine_per_param",
+                 *(key for key, _ in ENGINE_MICRO_FIELDS),
                  "collectives", "measured",
                  "provenance"}
         unknown = sorted(map(str, set(data) - known))
@@ -353,7 +367,8 @@ class DeviceProfile:
         kw["engine_s_per_param_tensor"] = _opt(data, "engine_s_per_param_tensor", where,
                                                positive=False)
         for name, attr in (("deepspeed_engine", "deepspeed_engine_s"),
-                           ("deepspeed_engine_per_param", "deepspeed_engine_s_per_param")):
+                           ("deepspeed_engine_per_param", "deepspeed_engine_s_per_param"),
+                           *ENGINE_MICRO_FIELDS):
             eng = _mapping(data.get(name), f"{where}.{name}")
             stages = {}
             for key, value in eng.items():

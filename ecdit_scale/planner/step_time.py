@@ -193,12 +193,17 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, tp: Any, ep: Any
     autograd_s = (prof.engine_s_per_param_tensor or 0.0) * tensors
     # DeepSpeed's engine per step at the layout's stage: per tensor and per local parameter
     local_params = mem.params / dtype_bytes(precision)
-    deepspeed_s = zeros + 0.0 * np.asarray(zero)
-    for stage in set(prof.deepspeed_engine_s) | set(prof.deepspeed_engine_s_per_param):
-        stage_s = (prof.deepspeed_engine_s.get(stage, 0.0) * tensors
-                   + prof.deepspeed_engine_s_per_param.get(stage, 0.0) * local_params)
-        deepspeed_s = deepspeed_s + np.where(np.asarray(zero) == stage, stage_s, 0.0)
+    # and per further micro-step of an accumulating step (ZeRO-2's hooks run in every backward)
     ga = np.asarray(grad_accum)
+    deepspeed_s = zeros + 0.0 * np.asarray(zero)
+    for stage in (set(prof.deepspeed_engine_s) | set(prof.deepspeed_engine_s_per_param)
+                  | set(prof.deepspeed_micro_s) | set(prof.deepspeed_micro_s_per_param)):
+        stage_s = (prof.deepspeed_engine_s.get(stage, 0.0) * tensors
+                   + prof.deepspeed_engine_s_per_param.get(stage, 0.0) * local_params
+                   + (ga - 1) * (prof.deepspeed_micro_s.get(stage, 0.0) * tensors
+                                 + prof.deepspeed_micro_s_per_param.get(stage, 0.0)
+                                 * local_params))
+        deepspeed_s = deepspeed_s + np.where(np.asarray(zero) == stage, stage_s, 0.0)
     step = cost.total
     profiled = ProfiledCompute(gemm_s=ga * step.gemm_s, attention_s=ga * step.attention_s,
                                memory_bound_s=ga * step.memory_s, launch_s=ga * launch_s,
