@@ -1,4 +1,4 @@
-"""Large CPU tensors with glibc's default thresholds against the trainer's (``train.cpu_allocator``).
+"""Large CPU tensors under glibc's default thresholds and the trainer's (``train.cpu_allocator``).
 
     python bench/cpu_allocator.py
 
