@@ -3,8 +3,8 @@
 glibc serves an allocation above its mmap threshold (dynamic, at most 32 MiB on 64-bit) with a
 new ``mmap`` and unmaps it on ``free``, so every such tensor is page-faulted in again at first
 touch. A training step allocates the same large tensors every step (each MoE layer's stack of
-expert weights, the activations of a big micro-batch); on the project's 2-core VM an 81 MiB
-``torch.stack`` runs at 3.5 GB/s that way and at 21 GB/s into reused heap memory
+expert weights, the activations of a big micro-batch); on the project's 2-core VM a 96 MiB
+``torch.stack`` runs at 3.7 GB/s that way and at 19 GB/s into reused heap memory
 (``bench/cpu_allocator.py`` measures both in one run). So each CPU rank, and the CPU profile
 that prices it, raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB once at
 start (``mallopt``; the same as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, which
