@@ -137,13 +137,14 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
     repeats = 5 if quick else 15
     layers, width = LARGE_TOY[device]
     width = width // 2 if quick else width  # quick: a quarter (tests)
+    large_repeats = 3 if quick else 9  # the further micro-step is a difference of two
     small = measure(PROBE_LAYERS[quick], PROBE_WIDTH, repeats)
-    large = measure(layers, width, 5)
+    large = measure(layers, width, large_repeats)
     per_tensor, per_param = split_engine_cost(small, large)
     # a step of two micro-steps: what the engine adds per further micro-step (ZeRO-2's hooks
     # reduce and copy gradients in every backward; ZeRO-0/1 only at the boundary)
     small2 = measure(PROBE_LAYERS[quick], PROBE_WIDTH, repeats, ga=2)
-    large2 = measure(layers, width, 5, ga=2)
+    large2 = measure(layers, width, large_repeats, ga=2)
     micro_tensor, micro_param = split_engine_cost(*(further_micro_step(two, one) for two, one
                                                     in ((small2, small), (large2, large))))
     return {"zero": zero, "device": device, "precision": "bf16" if bf16 else "fp32",
