@@ -501,3 +501,33 @@ def test_cpu_validation_profile_only(ec_run, short_run, measured_profile, tmp_pa
         assert 0 < r["step_s_predicted"] < 10 and math.isfinite(r["step_s_loo"])
         assert r["step_s_error"] == pytest.approx(r["step_s_measured"] / r["step_s_predicted"] - 1)
         assert r["step_s_loo_error"] == pytest.approx(r["step_s_measured"] / r["step_s_loo"] - 1)
+
+
+def test_a_memory_bound_op_larger_than_its_kinds_timed_call_runs_at_most_at_copy_bandwidth():
+    """The kinds are timed on one tensor (in cache on a CPU); an op that moves more per kernel
+    than that call did streams from memory: priced at min(kind, large-copy bandwidth)."""
+    import dataclasses
+
+    from ecdit_scale.planner.compute import price
+    from ecdit_scale.planner.operators import MemoryOp, OperatorInventory
+
+    kinds = {"copy": 8e10, "elementwise": 8e10, "activation": 4e9, "norm": 1e10}
+    acc = dataclasses.replace(get_accelerator("h100-sxm"), profile=_profile(
+        memory_bw_bytes_per_s=2e10, memory_kind_bw=kinds, memory_ops_tensor_bytes=2**20))
+    ops = (MemoryOp("small_add", 3 * 2**20, 1), MemoryOp("big_add", 3 * 2**20 + 3, 1),
+           MemoryOp("big_gelu", 64 * 2**20, 1, kind="activation"),
+           MemoryOp("big_copy", 4 * 2**21, 2, kind="copy"))  # 4 MiB a kernel
+    inv = OperatorInventory(images=1, tp=1, gemms=(), attention=(), memory_ops=ops,
+                            param_tensors=0)
+    seconds = {op.name: price(dataclasses.replace(inv, memory_ops=(op,)), acc,
+                              backward=False).memory_s for op in ops}
+    assert seconds["small_add"] == pytest.approx(3 * 2**20 / 8e10)  # the call timed: in cache
+    assert seconds["big_add"] == pytest.approx((3 * 2**20 + 3) / 2e10)  # past it: from memory
+    assert seconds["big_gelu"] == pytest.approx(64 * 2**20 / 4e9)  # slower than memory anyway
+    assert seconds["big_copy"] == pytest.approx(4 * 2**21 / 2e10)
+    old = dataclasses.replace(acc, profile=_profile(memory_bw_bytes_per_s=2e10,
+                                                    memory_kind_bw=kinds))
+    assert price(dataclasses.replace(inv, memory_ops=(ops[1],)), old,
+                 backward=False).memory_s == pytest.approx((3 * 2**20 + 3) / 8e10)
+    back = DeviceProfile.from_dict(acc.profile.to_dict())
+    assert back.memory_ops_tensor_bytes == 2**20 and back.to_dict() == acc.profile.to_dict()

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..planner.compute import dtype_bytes
 from ..planner.device_profile import DeviceProfile
 from ..planner.hardware import Accelerator, save_accelerator
 from ..train.cpu_allocator import keep_large_allocations
@@ -190,6 +191,12 @@ def measure_bandwidth(s: Settings, timer: Timer) -> float:
     return 2 * n * 4 / timer(lambda: b.copy_(a))
 
 
+def memory_kind_elements(device: str) -> int:
+    """Elements of the tensor each memory-bound kind is timed on (0.5 MiB in fp32 on a CPU,
+    32 MiB in bf16 on a GPU)."""
+    return 2**17 if device == "cpu" else 2**24
+
+
 def measure_memory_kinds(s: Settings, timer: Timer) -> dict[str, float]:
     """Bytes / s of each memory-bound kind (``device_profile.MEMORY_KINDS``) on an activation-sized
     tensor: copy (read + write), elementwise add (2 reads + write), tanh-GELU (read + write),
@@ -198,7 +205,7 @@ def measure_memory_kinds(s: Settings, timer: Timer) -> dict[str, float]:
     import torch.nn.functional as F
 
     dt = _dtype(torch, s.torch_dtype_name)
-    n = 2**17 if s.device == "cpu" else 2**24
+    n = memory_kind_elements(s.device)
     x = torch.randn(n // 256, 256, device=s.device, dtype=dt)
     y, out = torch.randn_like(x), torch.empty_like(x)
     nbytes = x.numel() * x.element_size()
@@ -372,7 +379,10 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         sdpa_forward_flops_per_s=tuple(sdpa["forward_flops_per_s"]),
         sdpa_backward_flops_per_s=tuple(sdpa["backward_flops_per_s"]),
         memory_bw_bytes_per_s=got["memory bandwidth"],
-        memory_kind_bw=got["memory-bound kinds"], launch_s=got["kernel launch"],
+        memory_kind_bw=got["memory-bound kinds"],
+        memory_ops_tensor_bytes=float(memory_kind_elements(s.device)
+                                      * dtype_bytes(s.torch_dtype_name)),
+        launch_s=got["kernel launch"],
         launch_mode="serial" if s.device == "cpu" else "async",
         optimizer_s_per_byte=opt["s_per_byte"], optimizer_s_per_tensor=opt["s_per_tensor"],
         optimizer_elements=tuple(opt["elements"]),

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..config import HALF_PRECISIONS, ModelConfig, Precision
 from .derived_profile import derived_note, is_derived
+from .device_profile import MEMORY_KIND_TRAFFIC
 from .memory import RECOMPUTE_ORDER
 from .operators import BACKWARD_KERNELS_PER_FORWARD, OperatorInventory, operator_inventory
 from .run_setup import COMPILE_FUSION, apply_kernels, frozen_inventory
@@ -139,11 +140,21 @@ def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
 
 def _memory_seconds(inv: OperatorInventory, acc: Any, *, backward: bool = False) -> float:
     """Bytes of each memory-bound op (forward, or its backward's) / the measured throughput of
-    its kind (the copy bandwidth, or the datasheet's, where the kind was not measured)."""
+    its kind (the copy bandwidth, or the datasheet's, where the kind was not measured). An op
+    that moves more bytes per kernel than its kind's timed call (``memory_ops_tensor_bytes``)
+    streams from memory, as that call, timed in cache, did not: it runs at no more than the
+    profile's large-copy bandwidth."""
     prof, bw = acc.profile, bandwidth(acc)
     kinds = prof.memory_kind_bw if prof is not None else {}
-    return sum(op.bytes * (op.backward_factor if backward else 1.0) / kinds.get(op.kind, bw)
-               for op in inv.memory_ops)
+    timed = prof.memory_ops_tensor_bytes if prof is not None else None
+    total = 0.0
+    for op in inv.memory_ops:
+        rate = kinds.get(op.kind, bw)
+        if timed is not None and op.kernels > 0 and \
+                op.bytes / op.kernels > timed * MEMORY_KIND_TRAFFIC.get(op.kind, 2.0):
+            rate = min(rate, bw)
+        total += op.bytes * (op.backward_factor if backward else 1.0) / rate
+    return total
 
 
 def bandwidth(acc: Any) -> float:

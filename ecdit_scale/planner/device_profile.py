@@ -11,6 +11,9 @@ the datasheet and the plan says so):
     memory_bw_bytes_per_s: 3.0e12    # large copy: (read + write) bytes / s
     memory_ops: {copy: ..., elementwise: ..., activation: ..., norm: ...}  # bytes / s by kind,
                                      # at activation-sized tensors (MEMORY_KINDS)
+    memory_ops_tensor_bytes: 524288  # the input tensor they were timed on: an op that moves
+                                     # more per kernel than its kind's call did runs at no
+                                     # more than memory_bw_bytes_per_s
     launch: {seconds: 6.0e-6, mode: async}   # host seconds per counted kernel (a tiny module
                                      # network's forward + backward / its kernels as
                                      # operators.py counts them); serial = host runs it (CPU)
@@ -52,6 +55,8 @@ from ..errors import ConfigError
 LAUNCH_MODES = ("async", "serial")
 # memory-bound operator kinds, each with its measured throughput (``operators.MemoryOp.kind``)
 MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
+# bytes each kind's timed call moves, per byte of its input tensor (profile.measure_memory_kinds)
+MEMORY_KIND_TRAFFIC = {"copy": 2.0, "elementwise": 3.0, "activation": 2.0, "norm": 2.0}
 OPTIMIZER_NAMES = tuple(o.value for o in Optimizer)
 OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
 COLLECTIVES = ("all_reduce", "all_to_all")
@@ -127,6 +132,7 @@ class DeviceProfile:
     sdpa_backward_flops_per_s: tuple[float, ...] = ()
     memory_bw_bytes_per_s: float | None = None
     memory_kind_bw: dict[str, float] = field(default_factory=dict)
+    memory_ops_tensor_bytes: float | None = None  # the tensor the kinds were timed on
     launch_s: float | None = None
     launch_mode: str = "async"
     optimizer_s_per_byte: float | None = None  # AdamW's (the one profiles before 2026-12-06 have)
@@ -252,6 +258,8 @@ class DeviceProfile:
             out["memory_bw_bytes_per_s"] = self.memory_bw_bytes_per_s
         if self.memory_kind_bw:
             out["memory_ops"] = dict(self.memory_kind_bw)
+        if self.memory_ops_tensor_bytes is not None:
+            out["memory_ops_tensor_bytes"] = self.memory_ops_tensor_bytes
         if self.launch_s is not None:
             out["launch"] = {"seconds": self.launch_s, "mode": self.launch_mode}
         if self.optimizer_s_per_byte is not None:
@@ -286,7 +294,8 @@ class DeviceProfile:
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "profile") -> DeviceProfile:
         data = _mapping(data, where)
-        known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops", "launch",
+        known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops",
+                 "memory_ops_tensor_bytes", "launch",
                  "optimizer",
                  "engine_s_per_param_tensor", "deepspeed_engine", "deepspeed_engine_per_param",
                  *(key for key, _ in ENGINE_MICRO_FIELDS),
@@ -329,6 +338,7 @@ class DeviceProfile:
             raise ConfigError(f"{where}.memory_ops: unknown kind(s) {', '.join(bad)}; valid: "
                               f"{', '.join(MEMORY_KINDS)}")
         kw["memory_kind_bw"] = {k: _num(f"{where}.memory_ops.{k}", v) for k, v in kinds.items()}
+        kw["memory_ops_tensor_bytes"] = _opt(data, "memory_ops_tensor_bytes", where)
         launch = _mapping(data.get("launch"), f"{where}.launch")
         if launch:
             kw["launch_s"] = _opt(launch, "seconds", f"{where}.launch")
