@@ -20,6 +20,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # of 2 threads each spin against each other (the suite took 12% more CPU). Tests that
     # measure threads set their own; an OMP_NUM_THREADS the user gave is kept.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# glibc's thresholds as the CPU ranks set them (train.cpu_allocator) are process-wide and for
+# good: `profile`, run in a worker by cli_here, would leave that worker with them for every
+# later test. The suite keeps glibc's defaults (its launches too; speed is not under test);
+# test_cpu_allocator runs the setting in processes of its own.
+os.environ.setdefault("ECDIT_SCALE_MALLOC", "default")
 STEPS, EVERY = 20, 5  # steps, and a checkpoint every EVERY steps
 EC_ARGS = ("nano-ec8", "--nproc", "2", "--ep", "2", "--zero", "2", "--steps", str(STEPS),
            "--micro-batch", "4", "--checkpoint-every", str(EVERY), "--limit", "256", "--seed", "0")

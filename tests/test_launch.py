@@ -56,6 +56,7 @@ def test_run_directory_records(ec_run):
                                          "data"}
     assert all(v >= 0 for v in summary["startup_s"].values())
     assert summary["device_name"] == "cpu" and summary["deepspeed_version"]
+    assert "ECDIT_SCALE_MALLOC=default" in summary["allocator"]  # the suite's (conftest)
     # achieved model FLOP/s per device: the planner's FLOPs of the global batch / world / step;
     # a CPU has no datasheet peak
     for r in metrics(ec_run):
