@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..planner.compute import dtype_bytes
-from ..planner.device_profile import DeviceProfile
+from ..planner.device_profile import MEMORY_KIND_TRAFFIC, DeviceProfile
 from ..planner.hardware import Accelerator, save_accelerator
 from ..train.cpu_allocator import keep_large_allocations
 
@@ -191,10 +191,10 @@ def measure_bandwidth(s: Settings, timer: Timer) -> float:
     return 2 * n * 4 / timer(lambda: b.copy_(a))
 
 
-def memory_kind_elements(device: str) -> int:
-    """Elements of the tensor each memory-bound kind is timed on (0.5 MiB in fp32 on a CPU,
-    32 MiB in bf16 on a GPU)."""
-    return 2**17 if device == "cpu" else 2**24
+def memory_kind_tensor_bytes(s: Settings) -> int:
+    """Bytes of the tensor each memory-bound kind is timed on (2^17 elements on a CPU: 0.5 MiB
+    in fp32; 2^24 on a GPU: 32 MiB in bf16); the profile records it."""
+    return (2**17 if s.device == "cpu" else 2**24) * dtype_bytes(s.torch_dtype_name)
 
 
 def measure_memory_kinds(s: Settings, timer: Timer) -> dict[str, float]:
@@ -205,14 +205,15 @@ def measure_memory_kinds(s: Settings, timer: Timer) -> dict[str, float]:
     import torch.nn.functional as F
 
     dt = _dtype(torch, s.torch_dtype_name)
-    n = memory_kind_elements(s.device)
-    x = torch.randn(n // 256, 256, device=s.device, dtype=dt)
+    nbytes = memory_kind_tensor_bytes(s)
+    x = torch.randn(nbytes // dtype_bytes(s.torch_dtype_name) // 256, 256, device=s.device,
+                    dtype=dt)
     y, out = torch.randn_like(x), torch.empty_like(x)
-    nbytes = x.numel() * x.element_size()
-    return {"copy": 2 * nbytes / timer(lambda: out.copy_(x)),
-            "elementwise": 3 * nbytes / timer(lambda: torch.add(x, y, out=out)),
-            "activation": 2 * nbytes / timer(lambda: F.gelu(x, approximate="tanh")),
-            "norm": 2 * nbytes / timer(lambda: F.layer_norm(x, (256,)))}
+    calls = {"copy": lambda: out.copy_(x), "elementwise": lambda: torch.add(x, y, out=out),
+             "activation": lambda: F.gelu(x, approximate="tanh"),
+             "norm": lambda: F.layer_norm(x, (256,))}
+    return {kind: MEMORY_KIND_TRAFFIC[kind] * nbytes / timer(call)
+            for kind, call in calls.items()}
 
 
 LAUNCH_LAYERS, LAUNCH_WIDTH = 16, 8
@@ -380,8 +381,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         sdpa_backward_flops_per_s=tuple(sdpa["backward_flops_per_s"]),
         memory_bw_bytes_per_s=got["memory bandwidth"],
         memory_kind_bw=got["memory-bound kinds"],
-        memory_ops_tensor_bytes=float(memory_kind_elements(s.device)
-                                      * dtype_bytes(s.torch_dtype_name)),
+        memory_ops_tensor_bytes=float(memory_kind_tensor_bytes(s)),
         launch_s=got["kernel launch"],
         launch_mode="serial" if s.device == "cpu" else "async",
         optimizer_s_per_byte=opt["s_per_byte"], optimizer_s_per_tensor=opt["s_per_tensor"],

@@ -60,9 +60,12 @@ MEMORY_KIND_TRAFFIC = {"copy": 2.0, "elementwise": 3.0, "activation": 2.0, "norm
 OPTIMIZER_NAMES = tuple(o.value for o in Optimizer)
 OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
 COLLECTIVES = ("all_reduce", "all_to_all")
-# the YAML key and the field of the engine's cost per further micro-step
-ENGINE_MICRO_FIELDS = (("deepspeed_engine_micro", "deepspeed_micro_s"),
-                       ("deepspeed_engine_micro_per_param", "deepspeed_micro_s_per_param"))
+# DeepSpeed's engine cost by ZeRO stage: the YAML key and the field (per tensor and per
+# parameter a step adds, then each further micro-step of an accumulating step)
+ENGINE_FIELDS = (("deepspeed_engine", "deepspeed_engine_s"),
+                 ("deepspeed_engine_per_param", "deepspeed_engine_s_per_param"),
+                 ("deepspeed_engine_micro", "deepspeed_micro_s"),
+                 ("deepspeed_engine_micro_per_param", "deepspeed_micro_s_per_param"))
 
 
 def _num(where: str, value: Any, *, positive: bool = True) -> float:
@@ -273,13 +276,7 @@ class DeviceProfile:
                 out["optimizer"]["kernels"] = self.optimizer_kernels
         if self.engine_s_per_param_tensor is not None:
             out["engine_s_per_param_tensor"] = self.engine_s_per_param_tensor
-        if self.deepspeed_engine_s:
-            out["deepspeed_engine"] = {int(k): v
-                                       for k, v in sorted(self.deepspeed_engine_s.items())}
-        if self.deepspeed_engine_s_per_param:
-            out["deepspeed_engine_per_param"] = {
-                int(k): v for k, v in sorted(self.deepspeed_engine_s_per_param.items())}
-        for key, attr in ENGINE_MICRO_FIELDS:
+        for key, attr in ENGINE_FIELDS:
             if getattr(self, attr):
                 out[key] = {int(k): v for k, v in sorted(getattr(self, attr).items())}
         if self.links:
@@ -297,8 +294,7 @@ class DeviceProfile:
         known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops",
                  "memory_ops_tensor_bytes", "launch",
                  "optimizer",
-                 "engine_s_per_param_tensor", "deepspeed_engine", "deepspeed_engine_per_param",
-                 *(key for key, _ in ENGINE_MICRO_FIELDS),
+                 "engine_s_per_param_tensor", *(key for key, _ in ENGINE_FIELDS),
                  "collectives", "measured",
                  "provenance"}
         unknown = sorted(map(str, set(data) - known))
@@ -376,9 +372,7 @@ class DeviceProfile:
             kw["optimizer_kernels"] = kernels
         kw["engine_s_per_param_tensor"] = _opt(data, "engine_s_per_param_tensor", where,
                                                positive=False)
-        for name, attr in (("deepspeed_engine", "deepspeed_engine_s"),
-                           ("deepspeed_engine_per_param", "deepspeed_engine_s_per_param"),
-                           *ENGINE_MICRO_FIELDS):
+        for name, attr in ENGINE_FIELDS:
             eng = _mapping(data.get(name), f"{where}.{name}")
             stages = {}
             for key, value in eng.items():
