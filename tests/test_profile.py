@@ -407,6 +407,20 @@ def test_a_catalog_device_is_priced_from_a_profile_derived_from_the_h200_and_say
     assert est.step.kernels > 0 and est.step.gemm_s > 0  # by operator class, no flat 45%
 
 
+def test_a_derived_profile_scales_every_per_parameter_engine_cost_by_bandwidth():
+    from ecdit_scale.planner.derived_profile import derive_profile
+
+    template = _profile(deepspeed_engine_s={2: 1e-5}, deepspeed_engine_s_per_param={2: 4e-9},
+                        deepspeed_micro_s={2: 2e-6}, deepspeed_micro_s_per_param={2: 1e-9})
+    half = derive_profile(template, template_peak_bf16_flops=1e15, template_bw_bytes_per_s=4e12,
+                          peak_bf16_flops=1e15, bw_bytes_per_s=2e12)
+    # passes over gradients and weights: half the bandwidth, twice the seconds per parameter
+    assert half.deepspeed_engine_s_per_param == {2: pytest.approx(8e-9)}
+    assert half.deepspeed_micro_s_per_param == {2: pytest.approx(2e-9)}
+    # host-side work per tensor carries over unchanged
+    assert half.deepspeed_engine_s == {2: 1e-5} and half.deepspeed_micro_s == {2: 2e-6}
+
+
 # ---------------------------------------------------------------------------------------------
 # `ecdit-scale profile` and validate
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ with the ratio of the two devices' datasheet figures for the resource that bound
 
 - GEMM grid and SDPA rates: x peak_bf16(device) / peak_bf16(template) -- the H200's measured
   fraction of peak at each shape is kept (its efficiencies are the template);
-- memory-bound throughputs by kind, the copy bandwidth and the optimizer's seconds per byte:
+- memory-bound throughputs by kind, the copy bandwidth, the optimizer's seconds per byte and
+  DeepSpeed's engine work per parameter (per step and per further micro-step):
   x datasheet HBM bandwidth(device) / datasheet HBM bandwidth(template) (4.8 TB/s, H200 SXM
   datasheet; the profile measured 4.26 TB/s copy = 89% of it, kept for the device);
 - kernel launch, per-tensor optimizer and autograd/engine work: host-side, carried unchanged.
@@ -50,6 +51,8 @@ def derive_profile(template: DeviceProfile, *, template_peak_bf16_flops: float,
                                  for k, v in t.optimizer_s_per_byte_by.items()},
         deepspeed_engine_s_per_param={k: v / b for k, v in
                                       t.deepspeed_engine_s_per_param.items()},
+        deepspeed_micro_s_per_param={k: v / b for k, v in
+                                     t.deepspeed_micro_s_per_param.items()},
         links={},  # collectives follow the device's own links (comm.py), never the template's
         collective_nproc=None, collective_backend=None,
         provenance={"derived_from": f"{template_name} profile "
