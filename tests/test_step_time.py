@@ -267,3 +267,47 @@ def test_priced_calls_are_the_planned_list(zero, ga):
     reductions = ga if zero == 2 else 1
     assert reductions * c.grad_reduce_calls == calls["all_reduce"]
     assert c.param_allgather_calls == calls.get("all_gather_into_tensor", 0)
+
+
+def _profiled_links(**fits):
+    import dataclasses
+
+    from ecdit_scale.planner.device_profile import DeviceProfile, LinkFit
+
+    prof = DeviceProfile(links={k: LinkFit(**v) for k, v in fits.items()})
+    return dataclasses.replace(H100, profile=prof)
+
+
+def test_a_measured_all_gather_prices_the_post_step_gather_and_nothing_else():
+    ar = dict(latency_s=1e-3, bw_bytes_per_s=2e9, half_bytes=0.0)
+    only_ar = _profiled_links(all_reduce=ar)
+    both = _profiled_links(all_reduce=ar, all_gather=dict(latency_s=3e-3, bw_bytes_per_s=1e9,
+                                                          half_bytes=0.0))
+    links = Links.of(both)
+    assert links.intra_node_bw == 2e9 and links.gathering().intra_node_bw == 1e9
+    assert links.gathering().base_latency_s == 3e-3
+    assert Links.of(only_ar).gathering() == Links.of(only_ar)  # older profiles: as before
+    # 2 ranks, ZeRO-1 dense: one all-gather of the whole model (fp32: 4 bytes a parameter)
+    cfg = sizes.get("micro-dense")
+    lay = ParallelLayout(dp=2, ep=1, tp=1, zero=1, micro_batch=4)
+    train = TrainingConfig(global_batch=8, precision="fp32")
+    cluster = ClusterConfig(nodes=1, gpus_per_node=2)
+    old = estimate_layout(cfg, lay, train, cluster, only_ar).comm
+    new = estimate_layout(cfg, lay, train, cluster, both).comm
+    volume = 0.5 * 4 * ParamSplit.of(cfg).non_expert_per_device(1)  # (n-1)/n of the bytes
+    assert new.param_allgather_s == pytest.approx(3e-3 + volume / 1e9)
+    assert old.param_allgather_s == pytest.approx(1e-3 + volume / 2e9)
+    assert new.grad_reduce_s == old.grad_reduce_s  # the reduction keeps the all-reduce's link
+
+
+def test_link_fit_recovers_each_collectives_bandwidth():
+    from ecdit_scale.evaluation.collectives import MEASURED, fit_link
+
+    sizes_ = [64 * 16**i for i in range(6)]
+    n = 2
+    for name, per_byte in MEASURED.items():
+        factor = per_byte * (n - 1) / n
+        times = [2e-4 + factor * b / 1.5e9 for b in sizes_]
+        fit = fit_link(sizes_, times, factor=factor)
+        assert fit.bw_bytes_per_s == pytest.approx(1.5e9, rel=1e-9), name
+        assert fit.latency_s == pytest.approx(2e-4) and fit.half_bytes == pytest.approx(0.0)

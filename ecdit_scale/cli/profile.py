@@ -32,7 +32,7 @@ def profile_cmd(
     device: str = typer.Option("cpu", "--device", metavar="<cpu|cuda>",
                                help="The device to measure."),
     nproc: int = typer.Option(1, "--nproc",
-                              help="Processes for all-reduce / all-to-all (gloo "
+                              help="Processes for all-reduce / all-to-all / all-gather (gloo "
                                    "on CPU, nccl on CUDA); 1 skips them."),
     quick: bool = typer.Option(False, "--quick",
                                help="A smaller grid and shorter timings (a few seconds on a CPU)."),

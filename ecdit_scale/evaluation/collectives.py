@@ -1,5 +1,5 @@
-"""All-reduce and all-to-all between ``nproc`` local processes (gloo on CPU, nccl on CUDA) for
-``ecdit-scale profile --nproc N``: each rank is a fresh interpreter
+"""All-reduce, all-to-all and all-gather between ``nproc`` local processes (gloo on CPU, nccl on
+CUDA) for ``ecdit-scale profile --nproc N``: each rank is a fresh interpreter
 (``python -m ecdit_scale.evaluation.collectives RANK ARGS``) that joins a process group and
 times the collectives over message sizes, every rank the same number of calls; rank 0 writes
 the times, and ``fit_link`` turns them into latency + bytes / bandwidth.
@@ -22,10 +22,18 @@ from ..planner.device_profile import LinkFit
 from ..train.cpu_allocator import keep_large_allocations
 
 COLLECTIVE_TIMEOUT_S = 120
+# each collective timed, and the bytes a rank's link carries per message byte, less the
+# (n - 1) / n every ring and all-to-all has: all-reduce 2, all-to-all 1, all-gather 1 (its
+# message is the gathered output; each rank sends its 1/n and receives the other n - 1)
+MEASURED = {"all_reduce": 2.0, "all_to_all": 1.0, "all_gather": 1.0}
 
 
 def collective_sizes(s: Any) -> list[int]:
-    top = (4 if s.quick else 16) * 2**20 if s.device == "cpu" else 256 * 2**20
+    """Message sizes from 64 B by factors of 16. The largest reaches what DeepSpeed's buckets
+    carry in a run on the device (a CPU run's reduce bucket holds every gradient, tens to
+    hundreds of MiB): gloo's bandwidth at 64 MiB is ~60% of its 4 MiB bandwidth, once the
+    message no longer fits the last-level cache."""
+    top = (4 if s.quick else 64) * 2**20 if s.device == "cpu" else 256 * 2**20
     sizes, b = [], 64
     while b <= top:
         sizes.append(b)
@@ -36,9 +44,13 @@ def collective_sizes(s: Any) -> list[int]:
 def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: list[int],
                        out: str, quick: bool) -> None:
     """One rank of ``measure_collectives``."""
+    import warnings
+
     import torch
     import torch.distributed as dist
 
+    # torch 2.13 names all_gather_into_tensor deprecated; DeepSpeed 0.19.8 calls it
+    warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(1)
     if device == "cpu":  # as the trainer's ranks run (engine.setup)
         keep_large_allocations()
@@ -66,15 +78,19 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
             out.append((time.perf_counter() - t0) / reps)
         return statistics.median(out)
 
-    res: dict[str, list[float]] = {"all_reduce": [], "all_to_all": []}
+    res: dict[str, list[float]] = {name: [] for name in MEASURED}
     try:
         for b in sizes:
             n = max(nproc, b // 4 // nproc * nproc)
             x = torch.ones(n, device=device)
             y = torch.empty_like(x)
+            part = x[: n // nproc]  # all-gather: each rank's share of a message of b bytes
             reps = max(2, min(100 if not quick else 20, 2**24 // max(b, 1)))
             res["all_reduce"].append(timed(lambda x=x: dist.all_reduce(x), reps))
             res["all_to_all"].append(timed(lambda x=x, y=y: dist.all_to_all_single(y, x), reps))
+            # DeepSpeed's ZeRO-1/2 post-step gather (all_gather_dp_groups) and ZeRO-3's
+            res["all_gather"].append(
+                timed(lambda y=y, part=part: dist.all_gather_into_tensor(y, part), reps))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -125,8 +141,8 @@ def measure_collectives(s: Any) -> dict[str, Any]:
             raise ConfigError(f"--nproc {s.nproc}: the collective benchmark failed ({tail})")
         raw = json.loads(Path(out).read_text())
     n = s.nproc
-    links = {"all_reduce": fit_link(sizes, raw["all_reduce"], factor=2 * (n - 1) / n),
-             "all_to_all": fit_link(sizes, raw["all_to_all"], factor=(n - 1) / n)}
+    links = {name: fit_link(sizes, raw[name], factor=per_byte * (n - 1) / n)
+             for name, per_byte in MEASURED.items()}
     return {"links": links, "sizes": sizes, "times": raw}
 
 

@@ -18,7 +18,7 @@ Measured (each timed after a warm-up, the median of repeated batches):
   tensors (seconds per extra tensor);
 - engine: autograd's work per parameter tensor (AccumulateGrad and its backward node), from a
   backward over many small tensors vs one tensor of the same size;
-- with ``nproc > 1``: all-reduce and all-to-all over message sizes between ``nproc`` local
+- with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between ``nproc`` local
   processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
 torch is imported here only; progress goes to an optional ``report(message)`` callback.
 """
@@ -363,7 +363,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             got[name] = fn()
         coll = None
         if s.nproc > 1:
-            report(f"all-reduce / all-to-all over {s.nproc} processes")
+            report(f"all-reduce / all-to-all / all-gather over {s.nproc} processes")
             from .collectives import measure_collectives
 
             coll = measure_collectives(s)

@@ -60,20 +60,35 @@ class Links:
     nvlink_half_bytes: float = NVLINK_HALF_BW_BYTES
     net_half_bytes: float = NET_HALF_BW_BYTES
 
+    # the all-gathers' own links where the profile measured them (``gathering``); None: the
+    # same links as every other collective
+    gather: Links | None = None
+
     @classmethod
     def of(cls, acc: Any, devices_per_node: int | None = None) -> Links:
         """The catalog's links; a profile's measured all-reduce (``ecdit-scale profile
         --nproc N``) replaces the intra-node bandwidth, latency (all of it in the base term,
-        measured at N ranks) and half-bandwidth size."""
+        measured at N ranks) and half-bandwidth size, and its measured all-gather does the
+        same for the all-gathers (gloo's runs at about half the all-reduce's bus bandwidth)."""
         links = cls(intra_node_bw=acc.intra_node_bw_bytes_per_s,
                     nic_bw=acc.inter_node_bw_bytes_per_s,
                     devices_per_node=devices_per_node or acc.devices_per_node)
-        fit = getattr(getattr(acc, "profile", None), "links", {}).get("all_reduce")
-        if fit is None:
+        fits = getattr(getattr(acc, "profile", None), "links", {})
+        if fits.get("all_reduce") is None:
             return links
-        return dataclasses.replace(links, intra_node_bw=fit.bw_bytes_per_s,
+        gather = fits.get("all_gather")
+        return dataclasses.replace(
+            links._measured(fits["all_reduce"]),
+            gather=None if gather is None else links._measured(gather))
+
+    def _measured(self, fit: Any) -> Links:
+        return dataclasses.replace(self, intra_node_bw=fit.bw_bytes_per_s,
                                    base_latency_s=fit.latency_s, nvlink_hop_s=0.0,
                                    nvlink_half_bytes=fit.half_bytes)
+
+    def gathering(self) -> Links:
+        """The links an all-gather runs over."""
+        return self.gather or self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,9 +311,10 @@ def comm_arrays(cfg: ModelConfig, split: ParamSplit, links: Links, *, dp: Any, e
     # ignores allgather_bucket_size); ZeRO-3: one per block and pass
     gather_ne_calls = np.where(zero3, cfg.depth, 1) * (non_expert > 0)
     gather_ex_calls = np.where(zero3, cfg.num_moe_layers, 1) * (expert > 0)
-    gather_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, links, factor=1.0,
+    gathers = links.gathering()
+    gather_once_s = (ring_seconds(non_expert_bytes, g.dp, g.dp_stride, gathers, factor=1.0,
                                   calls=gather_ne_calls)
-                     + ring_seconds(expert_bytes, g.edp, g.edp_stride, links, factor=1.0,
+                     + ring_seconds(expert_bytes, g.edp, g.edp_stride, gathers, factor=1.0,
                                     calls=gather_ex_calls))
     zero3_gathers = np.where(zero3, (forwards + 1) * ga, 0)  # every forward and the backward
     post_step = np.where(zero12, 1.0, 0.0)

@@ -32,7 +32,9 @@ the datasheet and the plan says so):
                                      # micro-step of an accumulating step adds (ZeRO-2's
                                      # hooks reduce in every backward; the probe at 2 vs 1)
     collectives: {nproc: 2, backend: nccl, all_reduce: {latency_s, bw_bytes_per_s, half_bytes},
-                  all_to_all: {...}}
+                  all_to_all: {...}, all_gather: {...}}   # all_gather: into one tensor, as
+                                     # DeepSpeed's ZeRO gathers run (absent: priced as the
+                                     # all-reduce's link, the profiles before 2026-12-06)
     provenance: {device: ..., torch: ..., date: ..., settings: ...}
 
 GEMM rate at (M, N, K): trilinear interpolation of the measured grid in log2 space, clamped at
@@ -59,7 +61,7 @@ MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
 MEMORY_KIND_TRAFFIC = {"copy": 2.0, "elementwise": 3.0, "activation": 2.0, "norm": 2.0}
 OPTIMIZER_NAMES = tuple(o.value for o in Optimizer)
 OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
-COLLECTIVES = ("all_reduce", "all_to_all")
+COLLECTIVES = ("all_reduce", "all_to_all", "all_gather")
 # DeepSpeed's engine cost by ZeRO stage: the YAML key and the field (per tensor and per
 # parameter a step adds, then each further micro-step of an accumulating step)
 ENGINE_FIELDS = (("deepspeed_engine", "deepspeed_engine_s"),
