@@ -22,6 +22,7 @@ from ecdit_scale.planner.operators import (
     BACKWARD_KERNELS_PER_FORWARD,
     operator_inventory,
     param_tensor_count,
+    trainer_param_tensors,
 )
 
 CONFIGS = ["nano-dense", "nano-ec8", "nano-tc8", "small-ec16", "dit-s-2", "ecdit-xl-8e",
@@ -59,6 +60,23 @@ def test_parameter_tensors_match_the_torch_model(name):
 
     cfg = sizes.get(name)
     assert param_tensor_count(cfg) == len(list(build_model(cfg, device="meta").parameters()))
+
+
+@pytest.mark.parametrize("name, ep", [("nano-ec8", 1), ("nano-ec8", 2), ("nano-tc16", 4),
+                                      ("nano-dense", 1)])
+def test_trainer_tensor_count_is_the_expert_parallel_models(name, ep):
+    """Each local expert of the trainer's MoE layers is 4 tensors of its own: the planner's
+    per-tensor engine and optimizer work counts them at the layout's ep."""
+    pytest.importorskip("deepspeed")
+    from ecdit_scale.model import build_model
+    from ecdit_scale.train.expert_parallel import ExpertParallel, group_name, parallelize
+
+    cfg = sizes.get(name)
+    ep_rank0 = ExpertParallel(ep_size=ep, ep_rank=0, expert_dp_size=1, group_name=group_name(ep),
+                              group=None)
+    model = parallelize(build_model(cfg), cfg, ep_rank0)
+    assert trainer_param_tensors(cfg, ep) == len(list(model.parameters()))
+    assert operator_inventory(cfg, images=2, ep=ep).param_tensors == trainer_param_tensors(cfg, ep)
 
 
 @pytest.mark.parametrize("ep", [1, 2])
@@ -237,7 +255,9 @@ def test_profiled_step_is_the_sum_of_hand_priced_operators():
     assert st.memory_bound_s == pytest.approx(mem)
     assert st.kernels == pytest.approx(kernels)
     assert st.launch_s == pytest.approx(kernels * 5e-6)  # serial: the host pays every launch
-    assert st.engine_s == pytest.approx(2e-5 * param_tensor_count(cfg))
+    # per tensor of the trainer's model: 4 per local expert (ep 1: all 8) in each MoE layer
+    tensors = param_tensor_count(cfg) + cfg.num_moe_layers * 4 * (cfg.ffn.num_experts - 1)
+    assert st.engine_s == pytest.approx(2e-5 * tensors)
     assert st.forward_s + st.backward_s + st.recompute_s == pytest.approx(gemm + attn + mem)
     assert st.total_s == pytest.approx(st.compute_s + st.launch_s + st.engine_s
                                        + st.optimizer_s + st.exposed_comm_s)
@@ -297,7 +317,7 @@ def test_deepspeed_engine_term_prices_the_layouts_zero_stage():
     _, b = _estimate(eng, zero=1)
     _, c = _estimate(eng, zero=2)
     _, d = _estimate(eng, zero=0)  # not measured at ZeRO-0: no term
-    tensors = param_tensor_count(cfg)
+    tensors = trainer_param_tensors(cfg, 1)
     assert b.step.engine_s - a.step.engine_s == pytest.approx(1e-4 * tensors)
     assert b.step.total_s - a.step.total_s == pytest.approx(1e-4 * tensors)
     assert c.step.engine_s == pytest.approx(a.step.engine_s)

@@ -23,6 +23,9 @@ selective recompute: attention products and the cheap elementwise ops).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ..config import AdaLN, Conditioning, FFNKind, ModelConfig, Recompute
 
@@ -124,9 +127,20 @@ class OperatorInventory:
             memory_ops=tuple(filter(keep, self.memory_ops)), param_tensors=0)
 
 
+def trainer_param_tensors(cfg: ModelConfig, ep: Any) -> Any:
+    """Parameter tensors of the trained model on one rank at expert-parallel size ``ep`` (a
+    number or an array over layouts): ``train.expert_parallel`` holds each of a MoE layer's
+    E/ep local experts in 4 tensors of its own (DeepSpeed checkpoints and reduces experts one
+    by one), and so does DeepSpeed's own MoE layer; each tensor gets its own AccumulateGrad,
+    engine hook and, without ZeRO, optimizer work."""
+    local = cfg.ffn.num_experts // np.asarray(ep) if cfg.num_moe_layers else 1
+    return param_tensor_count(cfg) + cfg.num_moe_layers * 4 * (local - 1)
+
+
 def param_tensor_count(cfg: ModelConfig) -> int:
     """Parameter tensors of ``build_model(cfg)`` (each gets its own AccumulateGrad and optimizer
-    work per step); an expert layer holds its local experts in 4 tensors whatever ep is."""
+    work per step); its expert layers hold all their experts in 4 batched tensors (the trainer's
+    hold each local expert apart: ``trainer_param_tensors``)."""
     attn = 3 + (3 if cfg.qkv_bias else 0) + 2  # q, k, v weights (+ biases), proj weight + bias
     per_block = attn * (2 if cfg.has_cross_attention else 1)
     per_block += 2 if cfg.adaln is AdaLN.ZERO else 1  # adaLN linear, or the scale-shift table
@@ -227,7 +241,9 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
                         block=False, selective=False, kind="elementwise"))
     gemms = [g for g in gemms if g.count > 0]
     return OperatorInventory(images=images, tp=tp, gemms=tuple(gemms), attention=tuple(attn),
-                             memory_ops=tuple(mem), param_tensors=param_tensor_count(cfg))
+                             memory_ops=tuple(mem),
+                             param_tensors=(param_tensor_count(cfg) if ep is None
+                                            else int(trainer_param_tensors(cfg, ep))))
 
 
 def _moe_ops(cfg: ModelConfig, gemms: list, mem: list, *, tok: float, b: float, tp: int,

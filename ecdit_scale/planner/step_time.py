@@ -21,7 +21,7 @@ from .compute import bandwidth, dtype_bytes, micro_batch_arrays
 from .derivations import assumptions
 from .dtypes import FP32_BYTES
 from .memory import OPTIMIZER_STATE_BYTES, MemoryArrays
-from .operators import param_tensor_count
+from .operators import trainer_param_tensors
 
 OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
 
@@ -189,7 +189,7 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, tp: Any, ep: Any
     launch_s = kernels * (prof.launch_s or 0.0)
     if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
         launch_s = np.maximum(0.0, launch_s - (micro_forward_s + micro_backward_s))
-    tensors = param_tensor_count(cfg)
+    tensors = trainer_param_tensors(cfg, ep)  # the trainer's: E/ep x 4 per MoE layer
     autograd_s = (prof.engine_s_per_param_tensor or 0.0) * tensors
     # DeepSpeed's engine per step at the layout's stage: per tensor and per local parameter
     local_params = mem.params / dtype_bytes(precision)
@@ -288,7 +288,8 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         # The rate per byte is the one at the elements of a param group: the trainer's
         # multi-tensor (foreach / fused) kernels run each update op over all of a group's
         # tensors before the next op, so that is the working set a step streams through
-        stepped_tensors = np.where(zero0, param_tensor_count(cfg), OPTIMIZER_FLAT_GROUPS)
+        stepped_tensors = np.where(zero0, trainer_param_tensors(cfg, ep),
+                                   OPTIMIZER_FLAT_GROUPS)
         elements = mem.optimizer_states / OPTIMIZER_STATE_BYTES[Optimizer(optimizer)]
         groups = OPTIMIZER_FLAT_GROUPS if cfg.ffn.is_moe else 1  # shared (+ expert) params
         rate = prof.optimizer_rate(optimizer, elements / groups)
