@@ -73,8 +73,7 @@ def measure(model: str, zero: int, precision: str, optimizer: str, kernel: str,
     peaks = r.phases.by_phase
     r.phases.end()
 
-    mem = memory_breakdown(cfg, s.layout, s.training, fused=kernel == "fused",
-                           compiled=False).to_dict()
+    mem = memory_breakdown(cfg, s.layout, s.training, fused=kernel == "fused").to_dict()
     predicted = {k: mem[f"{k}_peak"] for k in ("forward", "backward", "step")}
     return {"model": model, "zero": zero, "precision": precision, "optimizer": optimizer,
             "kernel": engine_mod.optimizer_impl(eng.optimizer), "ema": ema,

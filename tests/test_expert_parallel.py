@@ -11,6 +11,7 @@ import pytest
 import torch
 from spawned import start_ranks
 
+from ecdit_scale import sizes
 from ecdit_scale.train.process import free_port
 
 
@@ -157,3 +158,74 @@ def test_checkpoint_consolidates_to_the_single_device_model(ec_run):
     for rank, first in ((0, 0), (1, 4)):
         key = "blocks.1.ffn.experts.deepspeed_moe.experts.deepspeed_experts.1.w_in_DF"
         assert sums[rank]["expert"][key][0] == pytest.approx(float(w[first + 1].sum()), rel=1e-9)
+
+
+def _sharded(name="nano-ec8", ep=2):
+    from ecdit_scale.model import build_model
+    from ecdit_scale.train.expert_parallel import (
+        DeepSpeedExperts,
+        ExpertParallel,
+        group_name,
+        parallelize,
+    )
+
+    cfg = sizes.get(name)
+    torch.manual_seed(0)
+    rank0 = ExpertParallel(ep_size=ep, ep_rank=0, expert_dp_size=1, group_name=group_name(ep),
+                           group=None)
+    model = parallelize(build_model(cfg), cfg, rank0)
+    return cfg, [m for m in model.modules() if isinstance(m, DeepSpeedExperts)]
+
+
+def test_the_experts_weights_stack_as_a_view_and_train_as_a_copy_would():
+    """The trainer's expert layers stack their local experts' weights for the batched GEMMs
+    without copying them (the planner prices no copy), with the values and gradients of
+    ``torch.stack``."""
+    from ecdit_scale.model.moe import expert_ffn
+    from ecdit_scale.train.expert_parallel import _BATCHED
+
+    cfg, layers = _sharded()
+    layer = layers[0]
+    x = torch.randn(cfg.ffn.num_experts // 2, 6, cfg.hidden_size)
+    views = layer.stacked_weights()
+    names = list(_BATCHED)
+    for name, v in zip(names, views, strict=True):
+        first = getattr(layer.local_experts[0], name)
+        assert v.data_ptr() == first.data_ptr()  # no copy
+        assert torch.equal(v, torch.stack([getattr(e, name) for e in layer.local_experts]))
+    layer(x).square().sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad(set_to_none=True)
+    copies = [torch.stack([getattr(e, name) for e in layer.local_experts]) for name in names]
+    expert_ffn(x, *copies).square().sum().backward()
+    for got, want in zip(grads, [p.grad for p in layer.parameters()], strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_experts_stay_a_view_under_deepspeeds_layout_and_after_a_move():
+    """DeepSpeed's ZeRO-1/2 optimizer puts a param group in one flat buffer in module order,
+    each tensor padded to its alignment (stage_1_and_2.py: param_alignment): the experts stay
+    evenly spaced. Tensors moved one by one (``.to``) are laid out again at the next stack."""
+    from ecdit_scale.train.expert_parallel import _BATCHED, evenly_spaced, expert_stacking
+
+    cfg, layers = _sharded()
+    params = [p for layer in layers for p in layer.parameters()]
+    pad = [(-p.numel()) % 4 for p in params]  # fp32: 16 bytes
+    flat = torch.zeros(sum(p.numel() + k for p, k in zip(params, pad, strict=True)))
+    at = 0
+    for p, k in zip(params, pad, strict=True):
+        flat[at:at + p.numel()].copy_(p.detach().reshape(-1))
+        p.data = flat[at:at + p.numel()].view_as(p)
+        at += p.numel() + k
+    holder = torch.nn.ModuleList(layers)
+    assert expert_stacking(holder) == "view"
+    for p in params:  # each tensor moved on its own
+        p.data = p.data.clone()
+    assert expert_stacking(holder) == "copy"
+    stacked = layers[0].stacked_weights()  # laid out again: a view
+    assert expert_stacking(torch.nn.ModuleList(layers[:1])) == "view"
+    assert stacked[0].data_ptr() == layers[0].local_experts[0].w_in_DF.data_ptr()
+    tensors = [e.w_in_DF for e in layers[0].local_experts]
+    assert evenly_spaced(tensors) is not None
+    tensors[0], tensors[1] = tensors[1], tensors[0]  # out of order: not evenly spaced
+    assert evenly_spaced(tensors) is None and len(_BATCHED) == 4

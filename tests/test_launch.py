@@ -57,6 +57,8 @@ def test_run_directory_records(ec_run):
     assert all(v >= 0 for v in summary["startup_s"].values())
     assert summary["device_name"] == "cpu" and summary["deepspeed_version"]
     assert "ECDIT_SCALE_MALLOC=default" in summary["allocator"]  # the suite's (conftest)
+    # ZeRO-2 laid the experts out in its flat buffer; their stack stays a view (no copy)
+    assert summary["expert_stacking"] == "view"
     # achieved model FLOP/s per device: the planner's FLOPs of the global batch / world / step;
     # a CPU has no datasheet peak
     for r in metrics(ec_run):

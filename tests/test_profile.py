@@ -79,28 +79,6 @@ def test_trainer_tensor_count_is_the_expert_parallel_models(name, ep):
     assert operator_inventory(cfg, images=2, ep=ep).param_tensors == trainer_param_tensors(cfg, ep)
 
 
-@pytest.mark.parametrize("ep", [1, 2])
-def test_the_trainers_expert_layers_stack_their_local_weights_every_forward(ep):
-    """train.expert_parallel.DeepSpeedExperts holds each local expert in tensors of its own
-    and stacks them for the batched GEMMs at every forward: read + write of the E/ep local
-    experts' weights and biases per MoE layer, nothing in the backward (a split into views).
-    The model as build_model makes it (experts batched) has no such copy."""
-    pytest.importorskip("torch")
-    from ecdit_scale.model import build_model
-    from ecdit_scale.model.moe import Experts
-
-    cfg = sizes.get("nano-ec8")
-    model = build_model(cfg, device="meta")
-    expert_bytes = sum(p.numel() * 2 for m in model.modules() if isinstance(m, Experts)
-                       for p in m.parameters())  # bf16, every MoE layer
-    [op] = [m for m in operator_inventory(cfg, images=2, ep=ep).memory_ops
-            if m.name == "expert_weight_stack"]
-    assert op.bytes == pytest.approx(2 * expert_bytes / ep) and op.backward_factor == 0.0
-    assert op.kernels == 4 * cfg.num_moe_layers and op.block and op.selective
-    assert not [m for m in operator_inventory(cfg, images=2).memory_ops
-                if m.name == "expert_weight_stack"]
-
-
 def test_recompute_reruns_the_blocks_or_only_their_cheap_parts():
     inv = operator_inventory(sizes.get("nano-ec8"), images=2)
     full, sel, none = (inv.recomputed(r) for r in ("full", "selective", "none"))
@@ -245,9 +223,7 @@ def test_profiled_step_is_the_sum_of_hand_priced_operators():
     dx_flops = sum(g.flops for g in inv.gemms if g.input_grad)
     gemm = (inv.gemm_flops + dx_flops + inv.gemm_flops) / 2e9
     attn = inv.attention_flops / 1e9 + 2 * inv.attention_flops / 5e8
-    # forward bytes, and the backward's: twice the forward's but for the expert weight stack
-    stack = sum(op.bytes for op in inv.memory_ops if op.name == "expert_weight_stack")
-    mem = (3 * inv.memory_bytes - 2 * stack) / 1e10
+    mem = 3 * inv.memory_bytes / 1e10  # forward bytes, and twice them in the backward
     kernels = inv.forward_kernels * (1 + BACKWARD_KERNELS_PER_FORWARD)
     st = est.step
     assert st.gemm_s == pytest.approx(gemm)

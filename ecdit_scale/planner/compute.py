@@ -6,9 +6,8 @@ from a measured device profile (``device_profile.DeviceProfile``); no torch.
 - attention: forward FLOPs / measured SDPA forward rate; backward 2 x forward FLOPs (dQ, dK, dV
   and the recomputed scores) at the measured SDPA backward rate.
 - memory-bound: bytes / the measured throughput of the op's kind (copy, elementwise,
-  activation, norm; else the copy bandwidth); the backward moves each op's
-  ``backward_factor`` (``operators.BACKWARD_BYTES_PER_FORWARD`` unless the op says otherwise)
-  x its forward's bytes.
+  activation, norm; else the copy bandwidth); the backward moves
+  ``operators.BACKWARD_BYTES_PER_FORWARD`` x each op's forward bytes.
 - kernels: forward ops + ``BACKWARD_KERNELS_PER_FORWARD`` x as many in the backward.
 
 Precision (issue 19): GEMM and SDPA rates measured in the profile's dtype are scaled by the
@@ -37,7 +36,12 @@ from ..config import HALF_PRECISIONS, ModelConfig, Precision
 from .derived_profile import derived_note, is_derived
 from .device_profile import MEMORY_KIND_TRAFFIC
 from .memory import RECOMPUTE_ORDER
-from .operators import BACKWARD_KERNELS_PER_FORWARD, OperatorInventory, operator_inventory
+from .operators import (
+    BACKWARD_BYTES_PER_FORWARD,
+    BACKWARD_KERNELS_PER_FORWARD,
+    OperatorInventory,
+    operator_inventory,
+)
 from .run_setup import COMPILE_FUSION, apply_kernels, frozen_inventory
 
 ATTENTION_BACKWARD_FLOPS_PER_FORWARD = 2.0
@@ -153,7 +157,7 @@ def _memory_seconds(inv: OperatorInventory, acc: Any, *, backward: bool = False)
         if timed is not None and op.kernels > 0 and \
                 op.bytes / op.kernels > timed * MEMORY_KIND_TRAFFIC.get(op.kind, 2.0):
             rate = min(rate, bw)
-        total += op.bytes * (op.backward_factor if backward else 1.0) / rate
+        total += op.bytes * (BACKWARD_BYTES_PER_FORWARD if backward else 1.0) / rate
     return total
 
 

@@ -366,7 +366,7 @@ class _Evaluator:
         mem = memory_arrays(self.split, act, self.moe_buffer, dp=c.dp, ep=c.ep, tp=c.tp,
                             zero=c.zero, micro_batch=c.mb, optimizer=tr.optimizer,
                             precision=tr.precision, ema=EMA.NONE, grad_accum=ga,
-                            fused=self.cuda_trainer, compiled=self.cuda_trainer)
+                            fused=self.cuda_trainer)
         # the EMA per layout (a search column), then the peak with it
         non_expert = self.split.non_expert_per_device(c.tp)
         expert = self.split.expert_per_device(c.ep, c.tp)

@@ -211,7 +211,7 @@ class MemoryBreakdown:
     master_weights: float
     ema: float  # fp32 EMA of the weights (replicated or sharded with the optimizer state)
     activations: float  # saved for backward, whole micro-batch
-    moe_buffers: float  # dispatch + all-to-all buffers of one MoE layer + stacked expert weights
+    moe_buffers: float  # dispatch + all-to-all buffers of one MoE layer
     zero3_gather_buffer: float  # gathered full layers (ZeRO-3 only)
     zero_buckets: float  # gradient reduce buckets (allocated in the backward)
     grad_buffers: float  # flat gradient copy at the backward's end (all-reduce / one-rank bucket)
@@ -300,12 +300,11 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
                   dp: Any, ep: Any, tp: Any, zero: Any, micro_batch: Any,
                   optimizer: Optimizer, precision: Precision,
                   ema: EMA | str = EMA.NONE, grad_accum: Any = 1,
-                  fused: bool = True, compiled: bool = True) -> MemoryArrays:
+                  fused: bool = True) -> MemoryArrays:
     """Every MemoryBreakdown part as arrays over layouts, and their peak.
 
     ``act_per_sample``: activation bytes per sample for each layout's (recompute, tp).
     ``fused``: the trainer's update kernel where torch has one (CUDA); foreach otherwise.
-    ``compiled``: blocks under torch.compile (the trainer's CUDA default); eager otherwise.
     """
     dp, ep, tp = np.asarray(dp), np.asarray(ep), np.asarray(tp)
     zero, mb = np.asarray(zero), np.asarray(micro_batch)
@@ -321,8 +320,9 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
         **{k: getattr(states, k) for k in MODEL_STATE_PARTS},
         ema=ema_bytes(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero, ema=ema),
         activations=mb * np.asarray(act_per_sample),
-        # + eager: the stacked local expert weights, saved for the backward (compiled: recomputed)
-        moe_buffers=mb * moe_buffer_per_sample + (0.0 if compiled else w) * expert + 0.0 * dp,
+        # the stacked local expert weights hold no memory of their own: eager, a strided
+        # view of the experts' buffer (train.expert_parallel); compiled, recomputed
+        moe_buffers=mb * moe_buffer_per_sample + 0.0 * dp,
         zero3_gather_buffer=np.where(zero >= ZERO_PARTITIONS_PARAMETERS, gathered_layers, 0.0),
         zero_buckets=zero_bucket_bytes(dp=dp, zero=zero, w=w, moe=moe),
         grad_buffers=grad_buffer_bytes(non_expert, expert, dp=dp, zero=zero, w=w, moe=moe),
@@ -336,8 +336,7 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
 
 def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                      training: TrainingConfig | None = None, *,
-                     flash_attention: bool = True, fused: bool = True,
-                     compiled: bool = True) -> MemoryBreakdown:
+                     flash_attention: bool = True, fused: bool = True) -> MemoryBreakdown:
     """Peak bytes per device of one layout (the same formulas the search vectorises)."""
     training = training or TrainingConfig()
     ga = max(1, training.global_batch // (layout.dp * layout.micro_batch))
@@ -349,5 +348,5 @@ def memory_breakdown(cfg: ModelConfig, layout: ParallelLayout,
                            dp=layout.dp, ep=layout.ep, tp=layout.tp, zero=layout.zero,
                            micro_batch=layout.micro_batch, optimizer=training.optimizer,
                            precision=training.precision, ema=training.ema, grad_accum=ga,
-                           fused=fused, compiled=compiled)
+                           fused=fused)
     return arrays.at(0, (1,))

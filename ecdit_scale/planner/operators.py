@@ -79,9 +79,6 @@ class MemoryOp:
     block: bool = True
     selective: bool = True
     kind: str = "elementwise"
-    # backward bytes per forward byte (an elementwise backward reads the gradient and the
-    # input); 0 for an op whose backward moves nothing (a stack's is a split into views)
-    backward_factor: float = BACKWARD_BYTES_PER_FORWARD
 
 
 @dataclass(frozen=True)
@@ -161,9 +158,9 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
                        dtype_bytes: int = 2, ep: int | None = None) -> OperatorInventory:
     """The forward of ``images`` images on one device (see the module docstring). ``ep``: the
     trainer's expert-parallel MoE layers (``train.expert_parallel.DeepSpeedExperts``), which
-    hold each local expert in tensors of its own and stack them for the batched expert GEMMs
-    at every forward (``expert_weight_stack``); None: the model as ``build_model`` makes it
-    (the experts already batched)."""
+    hold each local expert in tensors of its own (``trainer_param_tensors``) and stack them
+    for the batched expert GEMMs as a strided view of one buffer, copying nothing; None: the
+    model as ``build_model`` makes it (the experts already batched)."""
     d, s, t = cfg.hidden_size, cfg.tokens_per_image, cfg.text_tokens
     h, kv, hd, p = cfg.mlp_hidden, cfg.kv_dim, cfg.head_dim, cfg.patch_size
     b = float(images)
@@ -226,11 +223,6 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
                             kind="activation"))
     if n_moe:
         _moe_ops(cfg, gemms, mem, tok=tok, b=b, tp=tp, a=a, n_moe=n_moe)
-        if ep is not None:  # read and write every local expert's 4 tensors, per MoE layer
-            local = cfg.ffn.num_experts / ep
-            weights = local * (2 * d * h / tp + h / tp + d) * a
-            mem.append(MemoryOp("expert_weight_stack", 2 * weights * n_moe, 4 * n_moe,
-                                kind="copy", backward_factor=0.0))
 
     # ---- final layer ----
     gemms += [Gemm("final_adaln", b, 2 * d, d, block=False) if cfg.adaln is AdaLN.ZERO

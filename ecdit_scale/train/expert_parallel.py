@@ -204,6 +204,63 @@ class _Path(nn.Module):
     """An empty container: DeepSpeed's checkpoint code parses the key path of expert tensors."""
 
 
+class _StridedStack(torch.autograd.Function):
+    """``torch.stack`` of equal tensors that lie ``step`` elements apart in one storage,
+    without the copy: the stacked tensor is a strided view of that storage, and the backward
+    hands each tensor its slice of the gradient (as ``stack``'s backward does)."""
+
+    @staticmethod
+    def forward(ctx, step: int, *tensors: torch.Tensor) -> torch.Tensor:
+        t0 = tensors[0]
+        return t0.as_strided((len(tensors), *t0.shape), (step, *t0.stride()),
+                             t0.storage_offset())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (None, *grad.unbind(0))
+
+
+def evenly_spaced(tensors: list[torch.Tensor]) -> int | None:
+    """Elements between consecutive tensors of ``tensors`` (equal shapes and dtypes, each
+    contiguous) where they sit at one step in one storage, without overlapping; else None."""
+    t0 = tensors[0]
+    if len(tensors) == 1:
+        return t0.numel()
+    if not t0.is_contiguous():
+        return None
+    size = t0.element_size()
+    first = t0.data_ptr()
+    step = tensors[1].data_ptr() - first
+    if step < t0.numel() * size or step % size:
+        return None
+    if any(t.data_ptr() != first + i * step for i, t in enumerate(tensors)):
+        return None
+    if tensors[-1].untyped_storage().data_ptr() != t0.untyped_storage().data_ptr():
+        return None
+    return step // size
+
+
+def owns_its_storage(t: torch.Tensor) -> bool:
+    return t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+def lay_out_contiguously(experts: nn.ModuleList) -> None:
+    """Put every parameter of ``experts`` into one buffer, expert after expert (each expert's
+    tensors in registration order, the order DeepSpeed flattens a param group in), each
+    parameter a view of it: the same tensor of consecutive experts then sits one expert's
+    size apart, and ``DeepSpeedExperts.forward`` stacks them without a copy."""
+    params = list(experts.parameters())
+    flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype,
+                       device=params[0].device)
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            view = flat[offset:offset + p.numel()].view_as(p)
+            view.copy_(p)
+            p.data = view
+            offset += p.numel()
+
+
 class DeepSpeedExperts(_DeepSpeedMoE):
     """This rank's E/ep experts of one MoE layer, registered as a DeepSpeed ``MoE``.
 
@@ -233,6 +290,7 @@ class DeepSpeedExperts(_DeepSpeedMoE):
             for i, expert in enumerate(local):
                 for name, batched in _BATCHED.items():
                     getattr(expert, name).copy_(getattr(experts, batched)[offset + i])
+        lay_out_contiguously(local)
         self.deepspeed_moe = _Path()
         self.deepspeed_moe.experts = _Path()
         self.deepspeed_moe.experts.deepspeed_experts = local
@@ -246,12 +304,29 @@ class DeepSpeedExperts(_DeepSpeedMoE):
 
     def forward(self, x_END: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """The local experts as two batched matmuls (``model.moe.expert_ffn``) over their
-        weights stacked for this call: a stack per weight instead of three kernels per expert
-        (E = 32: ~100 launches down to ~7 per forward); the copy is a few percent of the
-        matmuls' time at the slots per expert a training micro-batch gives."""
-        experts = self.local_experts
-        stacked = [torch.stack([getattr(e, name) for e in experts]) for name in _BATCHED]
-        return expert_ffn(x_END, *stacked)
+        weights stacked for this call (``stacked_weights``): a stack per weight instead of three
+        kernels per expert (E = 32: ~100 launches down to ~7 per forward)."""
+        return expert_ffn(x_END, *self.stacked_weights())
+
+    # kept out of compiled regions (``regional_compile``): the view is built eagerly, and the
+    # compiled graph takes it as an input (a copy inside the graph would be a real one)
+    EAGER_METHODS = ("stacked_weights",)
+
+    def stacked_weights(self) -> list[torch.Tensor]:
+        """Each weight of the local experts stacked, (E/ep, ...), copying nothing where the
+        experts' tensors lie evenly spaced in one buffer, as ``lay_out_contiguously`` puts
+        them and DeepSpeed's ZeRO-1/2, bf16 and fp16 optimizers keep them (their flat buffer
+        holds a param group in module order): a strided view then (``_StridedStack``)."""
+        return [self._stack([getattr(e, name) for e in self.local_experts]) for name in _BATCHED]
+
+    def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        step = evenly_spaced(tensors)
+        if step is None and all(owns_its_storage(p) for p in self.local_experts.parameters()):
+            lay_out_contiguously(self.local_experts)  # moved one by one (``.to``): again
+            step = evenly_spaced(tensors)
+        if step is None:
+            return torch.stack(tensors)
+        return _StridedStack.apply(step, *tensors)
 
     def set_deepspeed_parallelism(self, use_data_before_expert_parallel_: bool = False) -> None:
         """Called by ``deepspeed.initialize``; the groups already exist (``create_groups``)."""
@@ -260,6 +335,18 @@ class DeepSpeedExperts(_DeepSpeedMoE):
         if self.expert_group_name not in groups._get_expert_parallel_group_dict():
             groups._create_expert_and_data_parallel(
                 self.ep_size, use_data_before_expert_parallel_=use_data_before_expert_parallel_)
+
+
+def expert_stacking(model: nn.Module) -> str | None:
+    """How the model's expert layers stack their local experts' weights as it now holds
+    them (after DeepSpeed laid its parameters out): "view" where every layer's stack copies
+    nothing, "copy" where one would copy; None without such layers."""
+    layers = [m for m in model.modules() if isinstance(m, DeepSpeedExperts)]
+    if not layers:
+        return None
+    even = all(evenly_spaced([getattr(e, name) for e in layer.local_experts]) is not None
+               for layer in layers for name in _BATCHED)
+    return "view" if even else "copy"
 
 
 def shard_experts(model: nn.Module, ep: ExpertParallel) -> nn.Module:

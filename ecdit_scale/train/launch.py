@@ -113,12 +113,10 @@ def make_ds_config(s: RunSettings, cfg: ModelConfig) -> dict[str, Any]:
 
 def planned_memory(cfg: ModelConfig, s: RunSettings):
     """The planner's memory for a run's layout, with the trainer's kernels on its device:
-    CUDA updates with fused optimizers and compiles its blocks as the run says; a CPU runs
-    foreach updates."""
+    CUDA updates with fused optimizers, a CPU with foreach ones."""
     from ..planner.memory import memory_breakdown
 
-    return memory_breakdown(cfg, s.layout, s.training, fused=s.device is Device.CUDA,
-                            compiled=s.compile != "none")
+    return memory_breakdown(cfg, s.layout, s.training, fused=s.device is Device.CUDA)
 
 
 def predictions(cfg: ModelConfig, s: RunSettings) -> dict[str, Any]:

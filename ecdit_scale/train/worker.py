@@ -30,7 +30,7 @@ from ..files import atomic_write_text, json_default
 from ..model import rectified_flow_loss
 from .cadence import Checkpointing, Diverged, DivergenceGuard, HeldOutScoring, MemoryTracking
 from .engine import Rank, load_run_data, lr_at, optimizer_impl, setup, step_seed
-from .expert_parallel import deepspeed_topk_layers
+from .expert_parallel import deepspeed_topk_layers, expert_stacking
 from .feed import device_feed
 from .heldout import timestep_grid
 from .peak_memory import MEMORY_WHAT_CPU, MEMORY_WHAT_CUDA, PeakBytes, PhasePeaks, model_state_bytes
@@ -151,6 +151,7 @@ def run(run_dir: Path, *, resume_from: str | None) -> int:
 
         rd.update_summary(ecdit_scale_version=__version__, engine=r.engine_variant,
                           allocator=r.allocator,
+                          expert_stacking=expert_stacking(r.engine.module),
                           device=s.device.value,
                           device_name=(torch.cuda.get_device_name(r.device) if r.on_gpu
                                        else "cpu"), torch_version=torch.__version__,
