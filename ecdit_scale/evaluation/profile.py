@@ -18,8 +18,8 @@ Measured (each timed after a warm-up, the median of repeated batches):
   tensors (seconds per extra tensor);
 - engine: autograd's work per parameter tensor (AccumulateGrad and its backward node), from a
   backward over many small tensors vs one tensor of the same size;
-- with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between ``nproc`` local
-  processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
+- with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between
+  ``nproc`` local processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
 torch is imported here only; progress goes to an optional ``report(message)`` callback.
 """
 
