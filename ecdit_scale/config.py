@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import os
 import re
@@ -291,8 +292,9 @@ class ModelConfig:
         return (ffn.is_moe and index >= ffn.moe_offset
                 and (index - ffn.moe_offset) % ffn.moe_every == 0)
 
-    @property
+    @functools.cached_property
     def moe_block_indices(self) -> tuple[int, ...]:
+        """Computed once per config (a plan's search asks ~35,000 times)."""
         return tuple(i for i in range(self.depth) if self.is_moe_block(i))
 
     @property
