@@ -4,7 +4,8 @@ summary.json exists is kept, so an interrupted pass resumes), profile this CPU o
 ``profile --nproc 2``, and print ``validate --profile``'s profile-only error per run
 (measured / predicted - 1) with the mean and worst |error|, and the term that misses most.
 
-    python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml] [--only NAME,...]
+    python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml | --profile-each]
+                                       [--only NAME,...]
 
 Step times are wall clock: run it on an otherwise idle machine (it prints the load average it
 saw). Each run profiles one step (``ECDIT_SCALE_PROFILE_STEP``) so that validate's term table
@@ -37,12 +38,20 @@ def cli(*args: str, env: dict | None = None, json_out: bool = True) -> dict | No
     return json.loads(proc.stdout) if json_out else None
 
 
+def own_profile(out: Path, name: str) -> Path:
+    return out / f"{name}.profile.yaml"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="where the runs go")
     ap.add_argument("--profile", type=Path, default=None,
                     help="a profile of this CPU (default: OUT/cpu-profile.yaml, made once)")
     ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    ap.add_argument("--profile-each", action="store_true",
+                    help="profile the CPU (profile --nproc 2) right before each launch and "
+                         "price each run by its own profile (OUT/NAME.profile.yaml): the "
+                         "VM's speed drifts by up to 1.5x within an hour")
     ap.add_argument("--matrix", type=Path, default=MATRIX,
                     help="the held-out launches (default: the first matrix, "
                          "results/cpu-heldout-matrix/matrix.yaml)")
@@ -53,20 +62,28 @@ def main() -> None:
     for name in names:
         run = args.out / name
         if not (run / "summary.json").is_file():
+            if args.profile_each:  # measured just before the launch; the run is not seen
+                print(f"profiling before {name} ...", file=sys.stderr, flush=True)
+                cli("profile", "--nproc", "2", "--out", str(own_profile(args.out, name)))
             print(f"launching {name} ...", file=sys.stderr, flush=True)
             cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
                 env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
-    profile = args.profile or args.out / "cpu-profile.yaml"
-    if not profile.is_file():
-        print("profiling this CPU (profile --nproc 2) ...", file=sys.stderr, flush=True)
-        cli("profile", "--nproc", "2", "--out", str(profile))
-    report = cli("validate", *(str(args.out / n) for n in names), "--profile", str(profile),
-                 "--csv", str(args.out / "validation.csv"))
+    if args.profile_each:  # each run against the profile taken just before it
+        rows = [cli("validate", str(args.out / n), "--profile",
+                    str(own_profile(args.out, n)))["rows"][0] for n in names]
+        profile = "each run's own, taken right before it (OUT/NAME.profile.yaml)"
+    else:
+        profile = args.profile or args.out / "cpu-profile.yaml"
+        if not profile.is_file():
+            print("profiling this CPU (profile --nproc 2) ...", file=sys.stderr, flush=True)
+            cli("profile", "--nproc", "2", "--out", str(profile))
+        rows = cli("validate", *(str(args.out / n) for n in names), "--profile", str(profile),
+                   "--csv", str(args.out / "validation.csv"))["rows"]
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}")
     print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}")
     errors = []
-    for r in report["rows"]:
+    for r in rows:
         errors.append(r["step_s_error"])
         print(f"{r['name']:<30} {r['step_s_measured'] * 1e3:>8.1f}ms "
               f"{r['step_s_predicted'] * 1e3:>8.1f}ms {r['step_s_error']:>+8.1%}")
