@@ -320,8 +320,8 @@ def memory_arrays(split: ParamSplit, act_per_sample: Any, moe_buffer_per_sample:
         **{k: getattr(states, k) for k in MODEL_STATE_PARTS},
         ema=ema_bytes(non_expert, expert, dp=dp, expert_dp=dp // ep, zero=zero, ema=ema),
         activations=mb * np.asarray(act_per_sample),
-        # the stacked local expert weights hold no memory of their own: eager, a strided
-        # view of the experts' buffer (train.expert_parallel); compiled, recomputed
+        # the stacked local expert weights hold no memory of their own: a strided view of
+        # the experts' buffer (train.expert_parallel), built outside any compiled region
         moe_buffers=mb * moe_buffer_per_sample + 0.0 * dp,
         zero3_gather_buffer=np.where(zero >= ZERO_PARTITIONS_PARAMETERS, gathered_layers, 0.0),
         zero_buckets=zero_bucket_bytes(dp=dp, zero=zero, w=w, moe=moe),

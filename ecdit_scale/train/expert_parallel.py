@@ -317,7 +317,11 @@ class DeepSpeedExperts(_DeepSpeedMoE):
         experts' tensors lie evenly spaced in one buffer, as ``lay_out_contiguously`` puts
         them and DeepSpeed's ZeRO-1/2, bf16 and fp16 optimizers keep them (their flat buffer
         holds a param group in module order): a strided view then (``_StridedStack``)."""
-        return [self._stack([getattr(e, name) for e in self.local_experts]) for name in _BATCHED]
+        return [self._stack(self.expert_tensors(name)) for name in _BATCHED]
+
+    def expert_tensors(self, name: str) -> list[torch.Tensor]:
+        """The local experts' tensors of one weight (a key of ``_BATCHED``), expert by expert."""
+        return [getattr(e, name) for e in self.local_experts]
 
     def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         step = evenly_spaced(tensors)
@@ -344,7 +348,7 @@ def expert_stacking(model: nn.Module) -> str | None:
     layers = [m for m in model.modules() if isinstance(m, DeepSpeedExperts)]
     if not layers:
         return None
-    even = all(evenly_spaced([getattr(e, name) for e in layer.local_experts]) is not None
+    even = all(evenly_spaced(layer.expert_tensors(name)) is not None
                for layer in layers for name in _BATCHED)
     return "view" if even else "copy"
 

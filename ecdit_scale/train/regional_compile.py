@@ -52,9 +52,10 @@ def compile_backend(mode: Compile | str) -> str | None:
 
 def compile_region(module: nn.Module, method: str, backend: str) -> None:
     """Compile ``module.<method>`` in place, as an instance attribute (parameter names do not
-    change). Methods that modules inside it list in ``EAGER_METHODS`` (the all-to-all) are
-    wrapped in ``torch.compiler.disable`` first: dynamo breaks the graph there. Done here, not
-    with a decorator, so that a run without compile never imports dynamo (~2 s per rank)."""
+    change). Methods that modules inside it list in ``EAGER_METHODS`` (the all-to-all, the
+    expert weights' strided view) are wrapped in ``torch.compiler.disable`` first: dynamo breaks
+    the graph there. Done here, not with a decorator, so that a run without compile never
+    imports dynamo (~2 s per rank)."""
     import torch
 
     for m in module.modules():
