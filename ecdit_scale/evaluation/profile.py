@@ -124,11 +124,22 @@ def gemm_working_set_bytes(device: str, quick: bool = False) -> int:
     return 256 * 2**20
 
 
-def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
-    """``torch.mm`` over the grid, each call on the next of a set of operand pairs that
-    together exceed the last-level cache (``gemm_working_set_bytes``): a step meets a GEMM's
-    operands cold, and a repeated call on one pair keeps them in cache (on this 2-core CPU,
-    4-25% faster at the small shapes)."""
+# problems per torch.bmm call in the batched-GEMM grid: the local experts a MoE layer multiplies
+# at once (E / ep: 16 / 2 = 8 on the ladder's 16-expert configs), fewer at the largest M so
+# that a call's rows never pass the GEMM grid's largest M
+BMM_BATCH = 8
+
+
+def bmm_batch(m: int, ms: list[int]) -> int:
+    return max(1, min(BMM_BATCH, max(ms) // m))
+
+
+def _grid_rates(s: Settings, timer: Timer, batch_of: Callable[[int], int] | None) -> list[float]:
+    """FLOP/s at every (M, N, K) of the grid, m-major: ``torch.mm`` (``batch_of`` None), or
+    ``torch.bmm`` of ``batch_of(M)`` problems of that shape. Each call runs on the next of a
+    set of operands that together exceed the last-level cache (``gemm_working_set_bytes``): a
+    step meets a GEMM's operands cold, and a repeated call on one pair keeps them in cache (on
+    this 2-core CPU, 4-25% faster at the small shapes)."""
     torch = timer.torch
     dt = _dtype(torch, s.torch_dtype_name)
     ms, ns, ks = s.grid()
@@ -139,21 +150,41 @@ def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
                        dtype=dt)
     rates = []
     for m in ms:
+        b = 1 if batch_of is None else batch_of(m)
+        lead = () if batch_of is None else (b,)
         for n in ns:
             for k in ks:
-                per_pair = m * k + k * n
+                per_pair = b * (m * k + k * n)
                 pairs = max(2, pool.numel() // per_pair)
                 buf = pool if pairs * per_pair <= pool.numel() else torch.randn(
                     pairs * per_pair, device=s.device, dtype=dt)
-                ops = itertools.cycle([(buf[i * per_pair:i * per_pair + m * k].view(m, k),
-                                        buf[i * per_pair + m * k:(i + 1) * per_pair].view(k, n))
-                                       for i in range(pairs)])
+                split = b * m * k
+                ops = itertools.cycle(
+                    [(buf[i * per_pair:i * per_pair + split].view(*lead, m, k),
+                      buf[i * per_pair + split:(i + 1) * per_pair].view(*lead, k, n))
+                     for i in range(pairs)])
+                fn = torch.mm if batch_of is None else torch.bmm
 
-                def call(ops=ops):
-                    torch.mm(*next(ops))
+                def call(ops=ops, fn=fn):
+                    fn(*next(ops))
 
-                rates.append(2.0 * m * n * k / timer(call))
-    return {"m": ms, "n": ns, "k": ks, "flops_per_s": rates}
+                rates.append(2.0 * b * m * n * k / timer(call))
+    return rates
+
+
+def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
+    """``torch.mm`` over the grid (``_grid_rates``)."""
+    ms, ns, ks = s.grid()
+    return {"m": ms, "n": ns, "k": ks, "flops_per_s": _grid_rates(s, timer, None)}
+
+
+def measure_bmm(s: Settings, timer: Timer) -> dict[str, list]:
+    """``torch.bmm`` over the same grid, (M, N, K) being each problem's shape, ``bmm_batch(M)``
+    problems a call: the rate of the experts' batched matmuls, which a single GEMM of all
+    their rows does not give (each expert's few rows at a small micro-batch)."""
+    ms, ns, ks = s.grid()
+    return {"m": ms, "n": ns, "k": ks, "batch": [bmm_batch(m, ms) for m in ms],
+            "flops_per_s": _grid_rates(s, timer, lambda m: bmm_batch(m, ms))}
 
 
 def measure_sdpa(s: Settings, timer: Timer) -> dict[str, list]:
@@ -345,6 +376,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         t0 = time.perf_counter()
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("GEMM grid", lambda: measure_gemm(s, timer)),
+            ("batched GEMM grid", lambda: measure_bmm(s, timer)),
             ("SDPA", lambda: measure_sdpa(s, timer)),
             ("memory bandwidth", lambda: measure_bandwidth(s, timer)),
             ("memory-bound kinds", lambda: measure_memory_kinds(s, timer)),
@@ -370,13 +402,16 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
-    gemm, sdpa = got["GEMM grid"], got["SDPA"]
+    gemm, bmm, sdpa = got["GEMM grid"], got["batched GEMM grid"], got["SDPA"]
     opt = got["optimizer step"]
     engine = got.get("DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2") or {}
     return DeviceProfile(
         dtype=s.torch_dtype_name, gemm_m=tuple(map(float, gemm["m"])),
         gemm_n=tuple(map(float, gemm["n"])), gemm_k=tuple(map(float, gemm["k"])),
-        gemm_flops_per_s=tuple(gemm["flops_per_s"]), sdpa_flops=tuple(sdpa["flops"]),
+        gemm_flops_per_s=tuple(gemm["flops_per_s"]),
+        bmm_m=tuple(map(float, bmm["m"])), bmm_n=tuple(map(float, bmm["n"])),
+        bmm_k=tuple(map(float, bmm["k"])), bmm_batch=tuple(map(float, bmm["batch"])),
+        bmm_flops_per_s=tuple(bmm["flops_per_s"]), sdpa_flops=tuple(sdpa["flops"]),
         sdpa_forward_flops_per_s=tuple(sdpa["forward_flops_per_s"]),
         sdpa_backward_flops_per_s=tuple(sdpa["backward_flops_per_s"]),
         memory_bw_bytes_per_s=got["memory bandwidth"],

@@ -105,23 +105,33 @@ def _fallback_flops(acc: Any, precision: Any) -> float:
 
 def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
                   precision: Any = None) -> float:
+    """Each GEMM's FLOPs / the profile's rate at its shape. A batched GEMM (``Gemm.batch`` > 1:
+    the experts' bmm) runs at the measured bmm rate of one problem's shape where the profile
+    has one; else it is priced as one GEMM of all its problems' rows (no bmm measured: the
+    derived GPU profiles, profiles before 2026-12-06)."""
     if not inv.gemms:
         return 0.0
-    m, n, k, c, dx = (np.array([getattr(g, f) for g in inv.gemms], dtype=float)
-                      for f in ("m", "n", "k", "count", "input_grad"))
+    m, n, k, c, dx, b = (np.array([getattr(g, f) for g in inv.gemms], dtype=float)
+                         for f in ("m", "n", "k", "count", "input_grad", "batch"))
     prof = acc.profile
+    if prof is None or not prof.has_gemm:
+        flops = 2.0 * m * n * k * b * c * ((1.0 + dx) if backward else 1.0)
+        return float(np.sum(flops)) / _fallback_flops(acc, precision)
+    batched = np.flatnonzero((b > 1) & prof.has_bmm)
+    rows = m * b  # one GEMM of all the problems' rows, but where bmm was measured
+    rows[batched] = m[batched]
     if backward:  # dX = dY W^T (M, K, N) where needed, dW = X^T dY (K, N, M)
-        shapes = [(m, k, n, c * dx), (k, n, m, c)]
+        shapes = [(rows, k, n, c * dx), (k, n, rows, c)]
     else:
-        shapes = [(m, n, k, c)]
+        shapes = [(rows, n, k, c)]
+    scale = _scale(acc, precision)
     total = 0.0
     for mm, nn, kk, cc in shapes:
-        flops = 2.0 * mm * nn * kk * cc
-        if prof is not None and prof.has_gemm:
-            rate = prof.gemm_rate_memo(mm, nn, kk) * _scale(acc, precision)
-            total += float(np.sum(flops / rate))
-        else:
-            total += float(np.sum(flops)) / _fallback_flops(acc, precision)
+        rate = prof.gemm_rate_memo(mm, nn, kk)
+        if batched.size:
+            rate[batched] = prof.gemm_rate_memo(mm[batched], nn[batched], kk[batched],
+                                                batched=True)
+        total += float(np.sum(2.0 * m * n * k * b * cc / (rate * scale)))
     return total
 
 
@@ -254,6 +264,8 @@ def term_sources(acc: Any) -> dict[str, str]:
     return {
         **extra,
         "gemm": "measured GEMM grid" if have["gemm"] else f"datasheet fallback: {eff}",
+        "batched_gemm": ("measured bmm grid, at each expert's rows" if have["batched_gemm"]
+                         else "not measured: the experts' bmm as one GEMM of all their rows"),
         "attention": "measured SDPA" if have["attention"] else f"datasheet fallback: {eff}",
         "memory_bound": ("measured by kind" if have["memory_ops"] else
                          "measured copy bandwidth" if have["memory_bandwidth"]

@@ -40,6 +40,7 @@ def derive_profile(template: DeviceProfile, *, template_peak_bf16_flops: float,
     t = template
     scaled = dict(
         gemm_flops_per_s=tuple(x * f for x in t.gemm_flops_per_s),
+        bmm_flops_per_s=tuple(x * f for x in t.bmm_flops_per_s),
         sdpa_forward_flops_per_s=tuple(x * f for x in t.sdpa_forward_flops_per_s),
         sdpa_backward_flops_per_s=tuple(x * f for x in t.sdpa_backward_flops_per_s),
         memory_bw_bytes_per_s=(None if t.memory_bw_bytes_per_s is None

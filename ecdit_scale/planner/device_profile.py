@@ -7,6 +7,9 @@ the datasheet and the plan says so):
 
     dtype: bf16                      # the precision the GEMMs/SDPA were timed in
     gemm: {m: [...], n: [...], k: [...], flops_per_s: [...]}   # full grid, m-major, flat
+    bmm: {m: [...], n: [...], k: [...], batch: [...], flops_per_s: [...]}   # torch.bmm of
+                                     # batch[i] (M, K) x (K, N) problems at each m[i], FLOP/s
+                                     # of the whole call (the experts' batched matmuls)
     sdpa: {flops: [...], forward_flops_per_s: [...], backward_flops_per_s: [...]}
     memory_bw_bytes_per_s: 3.0e12    # large copy: (read + write) bytes / s
     memory_ops: {copy: ..., elementwise: ..., activation: ..., norm: ...}  # bytes / s by kind,
@@ -38,7 +41,7 @@ the datasheet and the plan says so):
     provenance: {device: ..., torch: ..., date: ..., settings: ...}
 
 GEMM rate at (M, N, K): trilinear interpolation of the measured grid in log2 space, clamped at
-the grid's edges. SDPA rate: linear interpolation in log(FLOPs per call), clamped.
+the grid's edges; the batched-GEMM rate at one problem's (M, N, K) likewise over the bmm grid. SDPA rate: linear interpolation in log(FLOPs per call), clamped.
 """
 
 from __future__ import annotations
@@ -101,6 +104,66 @@ def _log_log(q: Any, xs: Any, ys: Any) -> np.ndarray:
     return np.exp(np.interp(np.log(np.maximum(np.asarray(q, dtype=float), 1.0)), x, y))
 
 
+def _log_grid(ms: Any, ns: Any, ks: Any, rates: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    axes = [np.log2(np.asarray(a, dtype=float)) for a in (ms, ns, ks)]
+    grid = np.log(np.asarray(rates, dtype=float)).reshape([len(a) for a in axes])
+    return axes, grid
+
+
+def _trilinear(axes: list[np.ndarray], grid: np.ndarray, m: Any, n: Any, k: Any) -> np.ndarray:
+    """exp of the trilinear interpolation of ``grid`` (log rates over log2 axes) at (m, n, k),
+    clamped at the grid's edges."""
+    q = [np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k)]
+    q = np.broadcast_arrays(*q)
+    lo, w = [], []
+    for ax, v in zip(axes, q, strict=True):
+        if len(ax) == 1:
+            lo.append(np.zeros(v.shape, dtype=int))
+            w.append(np.zeros(v.shape))
+            continue
+        vc = np.clip(v, ax[0], ax[-1])
+        i = np.clip(np.searchsorted(ax, vc, side="right") - 1, 0, len(ax) - 2)
+        lo.append(i)
+        w.append((vc - ax[i]) / (ax[i + 1] - ax[i]))
+    out = np.zeros(q[0].shape)
+    for corner in range(8):
+        bits = [(corner >> j) & 1 for j in range(3)]
+        idx, weight = [], np.ones(q[0].shape)
+        for j, bit in enumerate(bits):
+            size = grid.shape[j]
+            if size == 1 and bit:
+                weight = weight * 0.0
+                idx.append(lo[j])
+                continue
+            idx.append(np.minimum(lo[j] + bit, size - 1))
+            weight = weight * (w[j] if bit else 1.0 - w[j])
+        out = out + weight * grid[tuple(idx)]
+    return np.exp(out)
+
+
+def _mnk_grid(data: dict, key: str, where: str) -> dict[str, tuple[float, ...]]:
+    """A measured (m, n, k) grid's axes and its m-major flat rates, checked."""
+    part = _mapping(data.get(key), f"{where}.{key}")
+    if not part:
+        return {}
+    axes = [_nums(f"{where}.{key}.{a}", part.get(a)) for a in ("m", "n", "k")]
+    rates = _nums(f"{where}.{key}.flops_per_s", part.get("flops_per_s"))
+    if len(rates) != len(axes[0]) * len(axes[1]) * len(axes[2]):
+        raise ConfigError(f"{where}.{key}.flops_per_s has {len(rates)} entries; the "
+                          f"m x n x k grid needs {len(axes[0]) * len(axes[1]) * len(axes[2])}")
+    for name, ax in zip("mnk", axes, strict=True):
+        if list(ax) != sorted(set(ax)):
+            raise ConfigError(f"{where}.{key}.{name} must be strictly increasing")
+    out = {"m": axes[0], "n": axes[1], "k": axes[2], "flops_per_s": rates}
+    if key == "bmm":
+        batch = _nums(f"{where}.bmm.batch", part.get("batch"))
+        if len(batch) != len(axes[0]):
+            raise ConfigError(f"{where}.bmm.batch has {len(batch)} entries; one per m "
+                              f"({len(axes[0])}) is needed")
+        out["batch"] = batch
+    return out
+
+
 def _mapping(data: Any, where: str) -> dict:
     if data is None:
         return {}
@@ -132,6 +195,13 @@ class DeviceProfile:
     gemm_n: tuple[float, ...] = ()
     gemm_k: tuple[float, ...] = ()
     gemm_flops_per_s: tuple[float, ...] = ()
+    # torch.bmm over the same kind of grid, (M, N, K) being one problem's shape; bmm_batch: the
+    # problems per call at each M (profile.measure_bmm)
+    bmm_m: tuple[float, ...] = ()
+    bmm_n: tuple[float, ...] = ()
+    bmm_k: tuple[float, ...] = ()
+    bmm_batch: tuple[float, ...] = ()
+    bmm_flops_per_s: tuple[float, ...] = ()
     sdpa_flops: tuple[float, ...] = ()
     sdpa_forward_flops_per_s: tuple[float, ...] = ()
     sdpa_backward_flops_per_s: tuple[float, ...] = ()
@@ -177,12 +247,17 @@ class DeviceProfile:
         return bool(self.gemm_flops_per_s)
 
     @property
+    def has_bmm(self) -> bool:
+        return bool(self.bmm_flops_per_s)
+
+    @property
     def has_sdpa(self) -> bool:
         return bool(self.sdpa_flops)
 
     def measured(self) -> dict[str, bool]:
         """Each term the step-time model can price from this profile: measured or not."""
-        return {"gemm": self.has_gemm, "attention": self.has_sdpa,
+        return {"gemm": self.has_gemm, "batched_gemm": self.has_bmm,
+                "attention": self.has_sdpa,
                 "memory_bandwidth": self.memory_bw_bytes_per_s is not None,
                 "memory_ops": bool(self.memory_kind_bw),
                 "launch": self.launch_s is not None,
@@ -196,53 +271,36 @@ class DeviceProfile:
     def _gemm_grid(self) -> tuple[list[np.ndarray], np.ndarray]:
         """log2 axes and log rates of the GEMM grid, computed once (a plan prices ~1,000
         inventories against it)."""
-        axes = [np.log2(np.asarray(a, dtype=float))
-                for a in (self.gemm_m, self.gemm_n, self.gemm_k)]
-        grid = np.log(np.asarray(self.gemm_flops_per_s, dtype=float)).reshape(
-            [len(a) for a in axes])
-        return axes, grid
+        return _log_grid(self.gemm_m, self.gemm_n, self.gemm_k, self.gemm_flops_per_s)
 
-    def gemm_rate_memo(self, m: np.ndarray, n: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """``gemm_rate`` of 1-d shape arrays, memoised per (M, N, K): a plan's search prices
-        the same shapes for many layouts (a pure cache; the profile's numbers never change)."""
-        cache = self.__dict__.setdefault("_gemm_rate_cache", {})
+    @functools.cached_property
+    def _bmm_grid(self) -> tuple[list[np.ndarray], np.ndarray]:
+        return _log_grid(self.bmm_m, self.bmm_n, self.bmm_k, self.bmm_flops_per_s)
+
+    def gemm_rate_memo(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, *,
+                       batched: bool = False) -> np.ndarray:
+        """``gemm_rate`` (``bmm_rate`` where ``batched``) of 1-d shape arrays, memoised per
+        (M, N, K): a plan's search prices the same shapes for many layouts (a pure cache; the
+        profile's numbers never change)."""
+        cache = self.__dict__.setdefault("_bmm_rate_cache" if batched else "_gemm_rate_cache",
+                                         {})
         keys = list(zip(np.asarray(m, dtype=float).tolist(), np.asarray(n, dtype=float).tolist(),
                         np.asarray(k, dtype=float).tolist(), strict=True))
         miss = [key for key in dict.fromkeys(keys) if key not in cache]
         if miss:
             cols = [np.array(c) for c in zip(*miss, strict=True)]
-            cache.update(zip(miss, self.gemm_rate(*cols).tolist(), strict=True))
+            rate = self.bmm_rate if batched else self.gemm_rate
+            cache.update(zip(miss, rate(*cols).tolist(), strict=True))
         return np.array([cache[key] for key in keys])
 
     def gemm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
         """FLOP/s of (M, N, K) GEMMs: trilinear in log2 over the measured grid, clamped."""
-        axes, grid = self._gemm_grid
-        q = [np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k)]
-        q = np.broadcast_arrays(*q)
-        lo, w = [], []
-        for ax, v in zip(axes, q, strict=True):
-            if len(ax) == 1:
-                lo.append(np.zeros(v.shape, dtype=int))
-                w.append(np.zeros(v.shape))
-                continue
-            vc = np.clip(v, ax[0], ax[-1])
-            i = np.clip(np.searchsorted(ax, vc, side="right") - 1, 0, len(ax) - 2)
-            lo.append(i)
-            w.append((vc - ax[i]) / (ax[i + 1] - ax[i]))
-        out = np.zeros(q[0].shape)
-        for corner in range(8):
-            bits = [(corner >> j) & 1 for j in range(3)]
-            idx, weight = [], np.ones(q[0].shape)
-            for j, bit in enumerate(bits):
-                size = grid.shape[j]
-                if size == 1 and bit:
-                    weight = weight * 0.0
-                    idx.append(lo[j])
-                    continue
-                idx.append(np.minimum(lo[j] + bit, size - 1))
-                weight = weight * (w[j] if bit else 1.0 - w[j])
-            out = out + weight * grid[tuple(idx)]
-        return np.exp(out)
+        return _trilinear(*self._gemm_grid, m, n, k)
+
+    def bmm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
+        """FLOP/s of a batched GEMM whose every problem is (M, N, K): trilinear in log2 over the
+        measured bmm grid, clamped."""
+        return _trilinear(*self._bmm_grid, m, n, k)
 
     def sdpa_rate(self, flops: Any, *, backward: bool = False) -> np.ndarray:
         """FLOP/s of an SDPA call of ``flops`` (forward products), forward or backward."""
@@ -255,6 +313,10 @@ class DeviceProfile:
         if self.has_gemm:
             out["gemm"] = {"m": list(self.gemm_m), "n": list(self.gemm_n), "k": list(self.gemm_k),
                            "flops_per_s": list(self.gemm_flops_per_s)}
+        if self.has_bmm:
+            out["bmm"] = {"m": list(self.bmm_m), "n": list(self.bmm_n), "k": list(self.bmm_k),
+                          "batch": list(self.bmm_batch),
+                          "flops_per_s": list(self.bmm_flops_per_s)}
         if self.has_sdpa:
             out["sdpa"] = {"flops": list(self.sdpa_flops),
                            "forward_flops_per_s": list(self.sdpa_forward_flops_per_s),
@@ -293,7 +355,7 @@ class DeviceProfile:
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "profile") -> DeviceProfile:
         data = _mapping(data, where)
-        known = {"dtype", "gemm", "sdpa", "memory_bw_bytes_per_s", "memory_ops",
+        known = {"dtype", "gemm", "bmm", "sdpa", "memory_bw_bytes_per_s", "memory_ops",
                  "memory_ops_tensor_bytes", "launch",
                  "optimizer",
                  "engine_s_per_param_tensor", *(key for key, _ in ENGINE_FIELDS),
@@ -308,18 +370,8 @@ class DeviceProfile:
         if dtype not in ("bf16", "fp32", "fp16"):
             raise ConfigError(f"{where}.dtype = {short(dtype)}: choose bf16, fp16 or fp32")
         kw["dtype"] = dtype
-        gemm = _mapping(data.get("gemm"), f"{where}.gemm")
-        if gemm:
-            axes = [_nums(f"{where}.gemm.{a}", gemm.get(a)) for a in ("m", "n", "k")]
-            rates = _nums(f"{where}.gemm.flops_per_s", gemm.get("flops_per_s"))
-            if len(rates) != len(axes[0]) * len(axes[1]) * len(axes[2]):
-                raise ConfigError(f"{where}.gemm.flops_per_s has {len(rates)} entries; the "
-                                  "m x n x k grid needs "
-                                  f"{len(axes[0]) * len(axes[1]) * len(axes[2])}")
-            for name, ax in zip("mnk", axes, strict=True):
-                if list(ax) != sorted(set(ax)):
-                    raise ConfigError(f"{where}.gemm.{name} must be strictly increasing")
-            kw.update(gemm_m=axes[0], gemm_n=axes[1], gemm_k=axes[2], gemm_flops_per_s=rates)
+        for key in ("gemm", "bmm"):
+            kw.update({f"{key}_{f}": v for f, v in _mnk_grid(data, key, where).items()})
         sdpa = _mapping(data.get("sdpa"), f"{where}.sdpa")
         if sdpa:
             parts = [_nums(f"{where}.sdpa.{a}", sdpa.get(a))

@@ -161,6 +161,8 @@ class Accelerator:
             got = "derived" if "derived_from" in self.profile.provenance else "measured"
             out.update({f"profile.{k}": got if v else "datasheet fallback"
                         for k, v in self.profile.measured().items()})
+            if not self.profile.has_bmm:  # not the datasheet: the GEMM grid at all the rows
+                out["profile.batched_gemm"] = "not measured: one GEMM of all the rows"
         return out
 
     def to_dict(self) -> dict[str, Any]:

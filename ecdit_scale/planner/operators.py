@@ -39,14 +39,15 @@ class Gemm:
     m: float
     n: float
     k: float
-    count: float = 1.0  # GEMMs of this shape per forward (layers x experts)
+    count: float = 1.0  # GEMMs (or batched GEMMs) of this shape per forward (layers)
     input_grad: bool = True  # False: reads data, so the backward skips dX
     block: bool = True
     selective: bool = False
+    batch: float = 1.0  # problems one call multiplies (torch.bmm); m, n, k: each problem's
 
     @property
     def flops(self) -> float:
-        return 2.0 * self.m * self.n * self.k * self.count
+        return 2.0 * self.m * self.n * self.k * self.batch * self.count
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
         mem.append(MemoryOp("mlp_gelu", 2 * tok * h / tp * a * n_dense, 1 * n_dense,
                             kind="activation"))
     if n_moe:
-        _moe_ops(cfg, gemms, mem, tok=tok, b=b, tp=tp, a=a, n_moe=n_moe)
+        _moe_ops(cfg, gemms, mem, tok=tok, b=b, tp=tp, a=a, n_moe=n_moe, ep=ep)
 
     # ---- final layer ----
     gemms += [Gemm("final_adaln", b, 2 * d, d, block=False) if cfg.adaln is AdaLN.ZERO
@@ -239,25 +240,28 @@ def operator_inventory(cfg: ModelConfig, *, images: int, tp: int = 1,
 
 
 def _moe_ops(cfg: ModelConfig, gemms: list, mem: list, *, tok: float, b: float, tp: int,
-             a: float, n_moe: int) -> None:
-    """Router, dispatch (gather), E expert GEMMs of C x groups tokens, combine (scatter-add).
+             a: float, n_moe: int, ep: int | None = None) -> None:
+    """Router, dispatch (gather), the experts' batched GEMMs, combine (scatter-add).
 
     Expert choice: C = S f_c / E per routing group; token choice without dropping pads every
-    expert to the whole group (the model computes every slot, filled or not)."""
+    expert to the whole group (the model computes every slot, filled or not). The experts run
+    as one batched matmul per weight (torch.bmm over the stacked local experts): E / ep
+    problems, each of the rows one expert gathered from its ep group (ep x C x groups; ep None:
+    the model's own E experts of C x groups). Priced at that per-problem shape where the
+    profile measured bmm (``compute._gemm_seconds``); else as one GEMM of all the rows."""
     d, h, e = cfg.hidden_size, cfg.mlp_hidden, cfg.ffn.num_experts
     group = cfg.routing_group_tokens
     capacity = cfg.expert_capacity
     if cfg.ffn.kind is FFNKind.TOKEN_CHOICE and not cfg.ffn.drop_tokens:
         capacity = group
     groups = tok / group
-    per_expert = capacity * groups  # rows each expert GEMM multiplies
+    per_expert = capacity * groups  # rows each expert multiplies, from this device's tokens
     slots = e * per_expert
-    # the experts run as one batched matmul per layer (torch.bmm over the stacked local
-    # experts, each over every token it gathered from the ep group): priced as one GEMM of all
-    # E x per_expert rows, not E small ones (issue 19: 64-row shapes priced ~4x too slow)
+    group_ranks = 1 if ep is None else ep
+    local, rows = e / group_ranks, per_expert * group_ranks
     gemms += [Gemm("router", tok, e, d, count=n_moe),
-              Gemm("expert_fc1", e * per_expert, h / tp, d, count=n_moe),
-              Gemm("expert_fc2", e * per_expert, d, h / tp, count=n_moe)]
+              Gemm("expert_fc1", rows, h / tp, d, count=n_moe, batch=local),
+              Gemm("expert_fc2", rows, d, h / tp, count=n_moe, batch=local)]
     f32 = 4.0
     sd = slots * d * a
     mem += [MemoryOp("router_softmax_cast", (tok * e * a + 2 * tok * e * f32) * n_moe, 2 * n_moe,
