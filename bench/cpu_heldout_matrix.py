@@ -5,7 +5,11 @@ summary.json exists is kept, so an interrupted pass resumes), profile this CPU o
 (measured / predicted - 1) with the mean and worst |error|, and the term that misses most.
 
     python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml | --profile-each]
-                                       [--only NAME,...]
+                                       [--only NAME,...] [--without-profile-part PART]
+
+``--without-profile-part bmm`` prices the same runs by the same profiles with that part of each
+profile removed (a copy under OUT/without-PART/): the model as it was before the change that
+part feeds, against the same launches and the same measurements.
 
 Step times are wall clock: run it on an otherwise idle machine (it prints the load average it
 saw). Each run profiles one step (``ECDIT_SCALE_PROFILE_STEP``) so that validate's term table
@@ -42,6 +46,24 @@ def own_profile(out: Path, name: str) -> Path:
     return out / f"{name}.profile.yaml"
 
 
+def without(profile: Path, part: str, out: Path) -> Path:
+    """``profile`` (an accelerator file, the profile under its ``profile:`` key), or a copy of it
+    under OUT/without-PART/ with that part of the profile removed."""
+    if not part:
+        return profile
+    acc = yaml.safe_load(profile.read_text())
+    prof = acc.get("profile", acc)
+    if part not in prof:
+        sys.exit(f"error: --without-profile-part {part!r}: {profile} has no such part; it has "
+                 f"{', '.join(sorted(prof))}")
+    del prof[part]
+    prof.get("measured", {}).pop({"bmm": "batched_gemm"}.get(part, part), None)
+    copy = out / f"without-{part}" / profile.name
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_text(yaml.safe_dump(acc, sort_keys=False))
+    return copy
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="where the runs go")
@@ -55,6 +77,9 @@ def main() -> None:
     ap.add_argument("--matrix", type=Path, default=MATRIX,
                     help="the held-out launches (default: the first matrix, "
                          "results/cpu-heldout-matrix/matrix.yaml)")
+    ap.add_argument("--without-profile-part", default="", metavar="PART",
+                    help="price by copies of the profiles without this top-level part (e.g. "
+                         "bmm): the model before the change that part feeds")
     args = ap.parse_args()
     matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
@@ -68,19 +93,23 @@ def main() -> None:
             print(f"launching {name} ...", file=sys.stderr, flush=True)
             cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
                 env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
+    part = args.without_profile_part
     if args.profile_each:  # each run against the profile taken just before it
         rows = [cli("validate", str(args.out / n), "--profile",
-                    str(own_profile(args.out, n)))["rows"][0] for n in names]
+                    str(without(own_profile(args.out, n), part, args.out)))["rows"][0]
+                for n in names]
         profile = "each run's own, taken right before it (OUT/NAME.profile.yaml)"
     else:
         profile = args.profile or args.out / "cpu-profile.yaml"
         if not profile.is_file():
             print("profiling this CPU (profile --nproc 2) ...", file=sys.stderr, flush=True)
             cli("profile", "--nproc", "2", "--out", str(profile))
-        rows = cli("validate", *(str(args.out / n) for n in names), "--profile", str(profile),
+        rows = cli("validate", *(str(args.out / n) for n in names), "--profile",
+                   str(without(Path(profile), part, args.out)),
                    "--csv", str(args.out / "validation.csv"))["rows"]
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on "
-          f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}")
+          f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}"
+          + (f", without its {part}" if part else ""))
     print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}")
     errors = []
     for r in rows:

@@ -157,6 +157,16 @@ def test_profile_yaml_round_trip_and_bad_fields():
     with pytest.raises(ConfigError, match="needs 8"):
         DeviceProfile.from_dict({**p.to_dict(), "gemm": {"m": [1, 2], "n": [1, 2], "k": [1, 2],
                                                          "flops_per_s": [1.0]}})
+    batched = _profile(bmm_m=(16.0, 256.0), bmm_n=(16.0, 256.0), bmm_k=(16.0, 256.0),
+                       bmm_batch=(8.0, 8.0), bmm_flops_per_s=(5e8,) * 8)
+    back = DeviceProfile.from_dict(batched.to_dict())
+    assert back.to_dict() == batched.to_dict() and back.has_bmm and not p.has_bmm
+    assert back.bmm_rate(64, 64, 64) == pytest.approx(5e8)
+    assert batched.measured()["batched_gemm"] and not p.measured()["batched_gemm"]
+    with pytest.raises(ConfigError, match="bmm.batch has 1 entries; one per m"):
+        DeviceProfile.from_dict({"bmm": {**batched.to_dict()["bmm"], "batch": [8]}})
+    with pytest.raises(ConfigError, match="bmm.flops_per_s has 1 entries"):
+        DeviceProfile.from_dict({"bmm": {**batched.to_dict()["bmm"], "flops_per_s": [1.0]}})
     with pytest.raises(ConfigError, match="launch.mode"):
         DeviceProfile.from_dict({"launch": {"seconds": 1e-6, "mode": "sometimes"}})
     with pytest.raises(ConfigError, match="memory_ops: unknown kind"):
@@ -237,6 +247,102 @@ def test_profiled_step_is_the_sum_of_hand_priced_operators():
     assert st.forward_s + st.backward_s + st.recompute_s == pytest.approx(gemm + attn + mem)
     assert st.total_s == pytest.approx(st.compute_s + st.launch_s + st.engine_s
                                        + st.optimizer_s + st.exposed_comm_s)
+
+
+@pytest.mark.parametrize("ep", [1, 2, 4])
+def test_the_experts_run_as_one_batched_matmul_of_e_over_ep_problems(ep):
+    cfg = sizes.get("micro-ec16")
+    inv = operator_inventory(cfg, images=4, dtype_bytes=4, ep=ep)
+    model = operator_inventory(cfg, images=4, dtype_bytes=4)  # build_model's experts: ep None
+    tok = 4 * cfg.tokens_per_image
+    per_expert = cfg.expert_capacity * tok / cfg.routing_group_tokens
+    e = cfg.ffn.num_experts
+    for name in ("expert_fc1", "expert_fc2"):
+        g = next(x for x in inv.gemms if x.name == name)
+        assert (g.batch, g.m) == (e / ep, ep * per_expert)  # each expert: its group's rows
+        assert g.flops == next(x for x in model.gemms if x.name == name).flops
+    assert inv.gemm_flops == model.gemm_flops
+
+
+def _expert_gemm_seconds(prof, ep: int, *, backward: bool = False) -> float:
+    import dataclasses
+
+    from ecdit_scale.planner.compute import price
+
+    cfg = sizes.get("micro-ec16")
+    inv = operator_inventory(cfg, images=2, dtype_bytes=4, ep=ep)
+    experts = dataclasses.replace(inv, gemms=tuple(g for g in inv.gemms
+                                                   if g.name.startswith("expert_")),
+                                  attention=(), memory_ops=())
+    acc = dataclasses.replace(get_accelerator("h100-sxm"), profile=prof)
+    return price(experts, acc, backward=backward, precision="fp32").gemm_s
+
+
+def test_the_experts_batched_matmuls_are_priced_at_one_experts_shape_where_bmm_was_measured():
+    # GEMM and bmm grids whose rate rises with every dimension (x2 per axis step of 16x)
+    rising = tuple(1e9 * 2 ** (i + j + k) for i in range(2) for j in range(2) for k in range(2))
+    axes = dict(bmm_m=(16.0, 256.0), bmm_n=(16.0, 256.0), bmm_k=(16.0, 256.0),
+                bmm_batch=(8.0, 8.0))
+    plain = _profile(gemm_flops_per_s=rising)
+    batched = _profile(gemm_flops_per_s=rising, bmm_flops_per_s=rising, **axes)
+    cfg = sizes.get("micro-ec16")
+    rows = cfg.expert_capacity * 2 * cfg.tokens_per_image / cfg.routing_group_tokens  # 16
+    e, d, h = cfg.ffn.num_experts, cfg.hidden_size, cfg.mlp_hidden
+    flops = 2.0 * e * rows * d * h * cfg.num_moe_layers  # per weight, all experts
+    for ep in (1, 2):
+        m = ep * rows  # one problem's rows: what its expert gathered from the ep group
+        want = flops / batched.bmm_rate(m, h, d) + flops / batched.bmm_rate(m, d, h)
+        assert _expert_gemm_seconds(batched, ep) == pytest.approx(want)
+        # without a bmm measurement: one GEMM of all E x rows, whatever ep
+        whole = flops / plain.gemm_rate(e * rows, h, d) + flops / plain.gemm_rate(e * rows, d, h)
+        assert _expert_gemm_seconds(plain, ep) == pytest.approx(whole)
+    # the backward's dW contracts over each expert's rows: bmm at K = rows, not all of them
+    dw1 = flops / batched.bmm_rate(d, h, rows)
+    dx1 = flops / batched.bmm_rate(rows, d, h)
+    dw2 = flops / batched.bmm_rate(h, d, rows)
+    dx2 = flops / batched.bmm_rate(rows, h, d)
+    assert _expert_gemm_seconds(batched, 1, backward=True) == pytest.approx(dw1 + dx1 + dw2 + dx2)
+    # small problems are slower per FLOP on this grid, so ep 2's larger ones price faster
+    assert _expert_gemm_seconds(batched, 2) < _expert_gemm_seconds(batched, 1)
+    assert _expert_gemm_seconds(plain, 2) == pytest.approx(_expert_gemm_seconds(plain, 1))
+
+
+def test_flash_attention_pads_the_head_dim_to_its_kernel_sizes_on_a_gpu_only():
+    import dataclasses
+
+    from ecdit_scale.planner.compute import flash_head_dim, price
+    from ecdit_scale.planner.run_setup import RunSetup
+
+    assert [flash_head_dim(h) for h in (16, 32, 33, 64, 72, 96, 100, 256, 300)] == [
+        32, 32, 64, 64, 96, 96, 128, 256, 300]
+    cfg = sizes.get("dit-xl-2")  # 16 heads of 72
+    assert cfg.head_dim == 72
+    inv = operator_inventory(cfg, images=8, dtype_bytes=2)
+
+    def attention_s(prof, kernel, precision="bf16"):
+        acc = dataclasses.replace(get_accelerator("h100-sxm"), profile=prof,
+                                  setup=RunSetup(attention=kernel))
+        return price(inv, acc, backward=False, precision=precision).attention_s
+
+    flat = dict(sdpa_forward_flops_per_s=(1e9, 1e9), sdpa_backward_flops_per_s=(1e9, 1e9))
+    gpu = _profile(launch_mode="async", sdpa_head_dim=64.0, **flat)
+    cpu = _profile(launch_mode="serial", sdpa_head_dim=64.0, **flat)
+    # the 96 kernel computes a third more than the FLOPs counted at 72
+    assert attention_s(gpu, "flash") == pytest.approx(attention_s(gpu, "mem-efficient") * 96 / 72)
+    assert attention_s(cpu, "flash") == pytest.approx(attention_s(cpu, "mem-efficient"))
+    assert attention_s(gpu, "flash", "fp32") == pytest.approx(attention_s(gpu, "mem-efficient",
+                                                                          "fp32"))
+    # a profile timed at a padded head dim already paid for its own padding
+    at_48 = _profile(launch_mode="async", sdpa_head_dim=48.0, **flat)
+    assert attention_s(at_48, "flash") == pytest.approx(
+        attention_s(at_48, "mem-efficient") * (96 / 72) / (64 / 48))
+    # the head dim round-trips, and a profile without its key reads its recorded settings
+    assert DeviceProfile.from_dict(gpu.to_dict()).sdpa_head_dim == 64.0
+    old = gpu.to_dict()
+    del old["sdpa"]["head_dim"]
+    assert DeviceProfile.from_dict(old).sdpa_head_dim is None
+    old["provenance"] = {"settings": {"head_dim": 128}}
+    assert DeviceProfile.from_dict(old).sdpa_head_dim == 128.0
 
 
 def test_optimizer_term_is_priced_at_the_runs_optimizers_rate_for_its_tensor_size():

@@ -4,7 +4,8 @@ from a measured device profile (``device_profile.DeviceProfile``); no torch.
 - GEMM: 2MNK / rate(M, N, K), the rate interpolated from the profile's measured GEMM grid;
   the backward prices dX (M, K, N) and dW (K, N, M) by their own shapes.
 - attention: forward FLOPs / measured SDPA forward rate; backward 2 x forward FLOPs (dQ, dK, dV
-  and the recomputed scores) at the measured SDPA backward rate.
+  and the recomputed scores) at the measured SDPA backward rate. On a GPU the flash kernel
+  computes the head dim rounded up to its compiled sizes (``flash_head_dim``): 72 runs as 96.
 - memory-bound: bytes / the measured throughput of the op's kind (copy, elementwise,
   activation, norm; else the copy bandwidth); the backward moves
   ``operators.BACKWARD_BYTES_PER_FORWARD`` x each op's forward bytes.
@@ -45,6 +46,8 @@ from .operators import (
 from .run_setup import COMPILE_FUSION, apply_kernels, frozen_inventory
 
 ATTENTION_BACKWARD_FLOPS_PER_FORWARD = 2.0
+# the head dims FlashAttention-2 compiles kernels for (``flash_head_dim``)
+FLASH_HEAD_DIMS = (32, 64, 96, 128, 160, 192, 224, 256)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,32 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     return total
 
 
+def flash_head_dim(head_dim: float) -> float:
+    """The head dim FlashAttention-2's kernels compute for ``head_dim``: the next of their
+    compiled sizes (Dao-AILab/flash-attention csrc/flash_attn/src/static_switch.h
+    HEADDIM_SWITCH, vendored by torch's flash SDPA backend); beyond 256 flash does not run and
+    nothing is padded. DiT-XL/2's 72 runs the 96 kernel: a third more work per FLOP counted."""
+    for size in FLASH_HEAD_DIMS:
+        if head_dim <= size:
+            return float(size)
+    return float(head_dim)
+
+
+def _flash_padding(acc: Any, precision: Any, head_dim: float) -> float:
+    """Work per counted attention FLOP over the profile's own (1 where nothing pads): on a GPU
+    profile, where SDPA runs the flash kernel (flash attention stated, or none: torch's
+    default for a half-precision run), both the run's and the measured head dims are priced
+    at their padded sizes."""
+    prof = acc.profile
+    setup = getattr(acc, "setup", None)
+    half = precision is None or Precision(precision) in HALF_PRECISIONS
+    if (prof is None or not prof.pads_flash_head_dim or not half
+            or (setup is not None and setup.attention.value != "flash")):
+        return 1.0
+    measured = prof.sdpa_head_dim or head_dim
+    return (flash_head_dim(head_dim) / head_dim) / (flash_head_dim(measured) / measured)
+
+
 def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
                        precision: Any = None) -> float:
     if not inv.attention:
@@ -143,12 +172,13 @@ def _attention_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     mult = ATTENTION_BACKWARD_FLOPS_PER_FORWARD if backward else 1.0
     total = 0.0
     for a in inv.attention:
-        per_call = a.flops / a.count
+        work = a.flops * _flash_padding(acc, precision, a.head_dim)  # what the kernel computes
         if prof is not None and prof.has_sdpa:
-            rate = float(prof.sdpa_rate(per_call, backward=backward)) * _scale(acc, precision)
+            rate = float(prof.sdpa_rate(work / a.count, backward=backward)) * _scale(acc,
+                                                                                   precision)
         else:
             rate = _fallback_flops(acc, precision)
-        total += mult * a.flops / rate
+        total += mult * work / rate
     return total
 
 

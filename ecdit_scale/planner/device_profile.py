@@ -10,7 +10,8 @@ the datasheet and the plan says so):
     bmm: {m: [...], n: [...], k: [...], batch: [...], flops_per_s: [...]}   # torch.bmm of
                                      # batch[i] (M, K) x (K, N) problems at each m[i], FLOP/s
                                      # of the whole call (the experts' batched matmuls)
-    sdpa: {flops: [...], forward_flops_per_s: [...], backward_flops_per_s: [...]}
+    sdpa: {flops: [...], forward_flops_per_s: [...], backward_flops_per_s: [...],
+           head_dim: 64}             # head_dim: what it was timed at
     memory_bw_bytes_per_s: 3.0e12    # large copy: (read + write) bytes / s
     memory_ops: {copy: ..., elementwise: ..., activation: ..., norm: ...}  # bytes / s by kind,
                                      # at activation-sized tensors (MEMORY_KINDS)
@@ -41,7 +42,8 @@ the datasheet and the plan says so):
     provenance: {device: ..., torch: ..., date: ..., settings: ...}
 
 GEMM rate at (M, N, K): trilinear interpolation of the measured grid in log2 space, clamped at
-the grid's edges; the batched-GEMM rate at one problem's (M, N, K) likewise over the bmm grid. SDPA rate: linear interpolation in log(FLOPs per call), clamped.
+the grid's edges; the batched-GEMM rate at one problem's (M, N, K) likewise over the bmm grid.
+SDPA rate: linear interpolation in log(FLOPs per call), clamped.
 """
 
 from __future__ import annotations
@@ -205,6 +207,7 @@ class DeviceProfile:
     sdpa_flops: tuple[float, ...] = ()
     sdpa_forward_flops_per_s: tuple[float, ...] = ()
     sdpa_backward_flops_per_s: tuple[float, ...] = ()
+    sdpa_head_dim: float | None = None  # the head dim SDPA was timed at
     memory_bw_bytes_per_s: float | None = None
     memory_kind_bw: dict[str, float] = field(default_factory=dict)
     memory_ops_tensor_bytes: float | None = None  # the tensor the kinds were timed on
@@ -253,6 +256,13 @@ class DeviceProfile:
     @property
     def has_sdpa(self) -> bool:
         return bool(self.sdpa_flops)
+
+    @property
+    def pads_flash_head_dim(self) -> bool:
+        """A GPU's profile (launches run ahead of the device: CUDA's, and every profile derived
+        from the H200's): torch's flash SDPA kernel pads the head dim there
+        (``compute.flash_head_dim``); a CPU's SDPA does not."""
+        return self.launch_mode == "async"
 
     def measured(self) -> dict[str, bool]:
         """Each term the step-time model can price from this profile: measured or not."""
@@ -321,6 +331,8 @@ class DeviceProfile:
             out["sdpa"] = {"flops": list(self.sdpa_flops),
                            "forward_flops_per_s": list(self.sdpa_forward_flops_per_s),
                            "backward_flops_per_s": list(self.sdpa_backward_flops_per_s)}
+            if self.sdpa_head_dim is not None:
+                out["sdpa"]["head_dim"] = self.sdpa_head_dim
         if self.memory_bw_bytes_per_s is not None:
             out["memory_bw_bytes_per_s"] = self.memory_bw_bytes_per_s
         if self.memory_kind_bw:
@@ -381,6 +393,12 @@ class DeviceProfile:
                                   "lists must have the same length")
             kw.update(sdpa_flops=parts[0], sdpa_forward_flops_per_s=parts[1],
                       sdpa_backward_flops_per_s=parts[2])
+            # the head dim it was timed at: its own key, else the settings the profile records
+            settings = _mapping(data.get("provenance"), f"{where}.provenance").get("settings")
+            head_dim = sdpa.get("head_dim", (settings or {}).get("head_dim")
+                                if isinstance(settings, dict) else None)
+            if head_dim is not None:
+                kw["sdpa_head_dim"] = _num(f"{where}.sdpa.head_dim", head_dim)
         kw["memory_bw_bytes_per_s"] = _opt(data, "memory_bw_bytes_per_s", where)
         kinds = _mapping(data.get("memory_ops"), f"{where}.memory_ops")
         bad = sorted(map(str, set(kinds) - set(MEMORY_KINDS)))

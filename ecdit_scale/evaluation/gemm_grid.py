@@ -1,0 +1,89 @@
+"""The GEMM and batched-GEMM grids a device profile times (``profile.measure_profile``):
+``torch.mm`` and ``torch.bmm`` over the settings' (M, N, K) grid, each call on operands
+rotated past the last-level cache."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+# Settings and Timer are ``profile``'s (not imported: profile imports this module)
+Settings = Timer = Any
+
+
+def torch_dtype(torch, name: str):
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def gemm_working_set_bytes(device: str, quick: bool = False) -> int:
+    """The bytes a GEMM's operands rotate through while timed: past the last-level cache (CPU:
+    tens of MiB; an H100 / H200: 50 MiB of L2), as in a training step, where each layer's
+    weights and activations come from memory, not from the previous call. ``quick``: a
+    smaller set (the quick profile is a smoke measurement)."""
+    if device == "cpu":
+        return (48 if quick else 128) * 2**20
+    return 256 * 2**20
+
+
+# problems per torch.bmm call in the batched-GEMM grid: the local experts a MoE layer multiplies
+# at once (E / ep: 16 / 2 = 8 on the ladder's 16-expert configs), fewer at the largest M so
+# that a call's rows never pass the GEMM grid's largest M
+BMM_BATCH = 8
+
+
+def bmm_batch(m: int, ms: list[int]) -> int:
+    return max(1, min(BMM_BATCH, max(ms) // m))
+
+
+def _grid_rates(s: Settings, timer: Timer, batch_of: Callable[[int], int] | None) -> list[float]:
+    """FLOP/s at every (M, N, K) of the grid, m-major: ``torch.mm`` (``batch_of`` None), or
+    ``torch.bmm`` of ``batch_of(M)`` problems of that shape. Each call runs on the next of a
+    set of operands that together exceed the last-level cache (``gemm_working_set_bytes``): a
+    step meets a GEMM's operands cold, and a repeated call on one pair keeps them in cache (on
+    this 2-core CPU, 4-25% faster at the small shapes)."""
+    torch = timer.torch
+    dt = torch_dtype(torch, s.torch_dtype_name)
+    ms, ns, ks = s.grid()
+    size = torch.tensor([], dtype=dt).element_size()
+    # one random buffer, sliced into each shape's operand pairs (views: nothing allocated per
+    # shape); the largest shapes' two pairs may overrun it and get a buffer of their own
+    pool = torch.randn(gemm_working_set_bytes(s.device, s.quick) // size, device=s.device,
+                       dtype=dt)
+    rates = []
+    for m in ms:
+        b = 1 if batch_of is None else batch_of(m)
+        lead = () if batch_of is None else (b,)
+        for n in ns:
+            for k in ks:
+                per_pair = b * (m * k + k * n)
+                pairs = max(2, pool.numel() // per_pair)
+                buf = pool if pairs * per_pair <= pool.numel() else torch.randn(
+                    pairs * per_pair, device=s.device, dtype=dt)
+                split = b * m * k
+                ops = itertools.cycle(
+                    [(buf[i * per_pair:i * per_pair + split].view(*lead, m, k),
+                      buf[i * per_pair + split:(i + 1) * per_pair].view(*lead, k, n))
+                     for i in range(pairs)])
+                fn = torch.mm if batch_of is None else torch.bmm
+
+                def call(ops=ops, fn=fn):
+                    fn(*next(ops))
+
+                rates.append(2.0 * b * m * n * k / timer(call))
+    return rates
+
+
+def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
+    """``torch.mm`` over the grid (``_grid_rates``)."""
+    ms, ns, ks = s.grid()
+    return {"m": ms, "n": ns, "k": ks, "flops_per_s": _grid_rates(s, timer, None)}
+
+
+def measure_bmm(s: Settings, timer: Timer) -> dict[str, list]:
+    """``torch.bmm`` over the same grid, (M, N, K) being each problem's shape, ``bmm_batch(M)``
+    problems a call: the rate of the experts' batched matmuls, which a single GEMM of all
+    their rows does not give (each expert's few rows at a small micro-batch)."""
+    ms, ns, ks = s.grid()
+    return {"m": ms, "n": ns, "k": ks, "batch": [bmm_batch(m, ms) for m in ms],
+            "flops_per_s": _grid_rates(s, timer, lambda m: bmm_batch(m, ms))}
