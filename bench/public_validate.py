@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_yaml_file(ROWS)["rows"]
     out, by_split = [], {"held_out": [], "used": []}
     for row in rows:
-        rec = {"id": row["id"], "split": row["split"], "gpu": row["gpu"],
+        rec = {"id": row["id"], "split": row["split"], "gpu": row.get("gpu", "-"),
                "published": row["figure"], "unit": row["unit"]}
         if row["split"] != "context":
             rec["predicted"] = predict(row)
