@@ -79,6 +79,29 @@ def test_request_from_plan_takes_every_setting_of_the_plan(cpu_plan):
     assert s.warmup_steps == 1000 and not s.notes
 
 
+def test_a_plan_launch_compiles_what_the_plan_priced(cpu_plan):
+    import shutil
+
+    from ecdit_scale.files import load_yaml_file
+    from ecdit_scale.train.plan_run import request_from_plan
+
+    assert _plan(cpu_plan)["launch"]["compile"] == "none"  # planned eager (the default)
+    req = request_from_plan(cpu_plan, steps=40, out=str(cpu_plan / "never-run"))
+    assert req.compile == "none" and not req.notes  # not the launch's CUDA default (block)
+    asked = request_from_plan(cpu_plan, steps=40, out=str(cpu_plan / "never-run"),
+                              compile="block")
+    assert asked.compile == "block" and "priced compile none" in " ".join(asked.notes)
+    # a plan written before the key existed: the launch decides, as it did then
+    old = cpu_plan.parent / "old-plan"
+    shutil.copytree(cpu_plan, old)
+    data = load_yaml_file(old / "plan.yaml", what="plan")
+    del data["launch"]["compile"]
+    import yaml
+
+    (old / "plan.yaml").write_text(yaml.safe_dump(data))
+    assert request_from_plan(old, steps=40, out=str(old / "never-run")).compile is None
+
+
 @pytest.mark.parametrize("args, words", [
     (("--lr", "0.1"), "--lr is decided by the plan"),
     (("--nproc", "1"), "--nproc is decided by the plan"),

@@ -148,6 +148,13 @@ class Plan:
                 "is for sizing only")
 
     @property
+    def launch_compile(self) -> str:
+        """What ``launch --plan`` compiles: what the step time priced (``plan --compile``:
+        each block, else nothing), so that the run is the run the plan timed."""
+        setup = self.accelerator.setup
+        return "block" if setup is not None and setup.compiled else "none"
+
+    @property
     def model(self) -> str:
         return self.config.name
 
@@ -186,7 +193,8 @@ class Plan:
                             **({"number_sources": acc.number_sources(),
                                 "profile_provenance": acc.profile.provenance}
                                if acc.profile is not None else {})},
-            "launch": {"launchable": self.launchable, "note": self.launch_note},
+            "launch": {"launchable": self.launchable, "note": self.launch_note,
+                       "compile": self.launch_compile},
             "best": self.best.to_dict(),
             "step_s": self.step_s,
             "mfu": self.mfu,

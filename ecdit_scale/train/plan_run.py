@@ -10,7 +10,10 @@ change is stated in the run's record (``RunSettings.notes``):
   floor (RMSProp: 1,000 steps, so a short trial ends before the peak lr rather than diverging);
 - on CPU a bf16 plan runs in fp32 (the CPU path trains in fp32; the record says fp32);
 - ``--local``: the plan's world as ranks of this machine instead of the hostfile's nodes; a
-  one-host hostfile is run on this machine too (its host name is a placeholder).
+  one-host hostfile is run on this machine too (its host name is a placeholder);
+- ``--compile``: the plan compiles what it priced (plan.yaml's ``launch.compile``: ``none``
+  unless planned with ``--compile``); a launch may ask otherwise, and its record says so. A plan
+  written before 2026-12-06 has no such key and runs the launch default (block on CUDA).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class PlanSpec:
     training: dict[str, Any]
     layout: dict[str, Any]
     predictions: dict[str, Any]  # step_s, memory of the best layout (for ``validate``)
+    compile: str | None = None  # what the plan priced ("none" / "block"); None: not recorded
 
     @property
     def world(self) -> int:
@@ -82,7 +86,8 @@ def read_plan(plan_dir: str | Path) -> PlanSpec:
                     hostfile=hostfile if hostfile.is_file() else None, nodes=nodes,
                     gpus_per_node=per_node, training=dict(training), layout=layout,
                     predictions={"step_s": data.get("step_s"),
-                                 "memory": best.get("memory"), "step": best.get("step")})
+                                 "memory": best.get("memory"), "step": best.get("step")},
+                    compile=data.get("launch", {}).get("compile"))
 
 
 def scaled_warmup(plan_warmup: int, plan_steps: int, steps: int, floor: int = 0) -> int:
@@ -122,6 +127,11 @@ def request_from_plan(plan_dir: str | Path, *, steps: int | None = None, local: 
         if why and scaled != warmup:
             notes.append(why)
         warmup = scaled
+    if rest.get("compile") is None:
+        rest["compile"] = spec.compile  # what the step time priced (None: the launch default)
+    elif spec.compile is not None and rest["compile"] != spec.compile:
+        notes.append(f"--compile {rest['compile']}: the plan priced compile {spec.compile}; its "
+                     "step time is not this run's")
     one_host = spec.nodes == 1
     if local or one_host or spec.hostfile is None:
         nproc, hostfile = spec.world, None
