@@ -207,11 +207,13 @@ def _hand_made_run(root):
     return run
 
 
-def test_validate_reads_a_hand_made_run(tmp_path):
+def test_validate_reads_a_hand_made_run(tmp_path, cpu_profile):
     from ecdit_scale.evaluation.validate import validate
 
     run = _hand_made_run(tmp_path)
-    report = validate([run])
+    # priced by the tests' CPU profile: the files are the subject here, and measuring this
+    # CPU's quick profile (test_validate_table_and_default_csv does) takes ~9 s
+    report = validate([run], profile=str(cpu_profile))
     (row,) = report.rows
     assert row.params_error == 0.0 and row.flops_error == 0.0
     assert row.step_s_measured == pytest.approx(0.095)  # median of steps 3..6 (0.08..0.11)

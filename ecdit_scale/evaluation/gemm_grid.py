@@ -36,9 +36,12 @@ def bmm_batch(m: int, ms: list[int]) -> int:
     return max(1, min(BMM_BATCH, max(ms) // m))
 
 
-def _grid_rates(s: Settings, timer: Timer, batch_of: Callable[[int], int] | None) -> list[float]:
+def _grid_rates(s: Settings, timer: Timer, batch_of: Callable[[int], int] | None,
+                single: list[float] | None = None) -> list[float]:
     """FLOP/s at every (M, N, K) of the grid, m-major: ``torch.mm`` (``batch_of`` None), or
-    ``torch.bmm`` of ``batch_of(M)`` problems of that shape. Each call runs on the next of a
+    ``torch.bmm`` of ``batch_of(M)`` problems of that shape, where an M of one problem takes
+    ``single``'s rate (the ``torch.mm`` grid's: a bmm of one problem is that GEMM, and the
+    largest M, the slowest to time, is the one). Each call runs on the next of a
     set of operands that together exceed the last-level cache (``gemm_working_set_bytes``): a
     step meets a GEMM's operands cold, and a repeated call on one pair keeps them in cache (on
     this 2-core CPU, 4-25% faster at the small shapes)."""
@@ -51,9 +54,12 @@ def _grid_rates(s: Settings, timer: Timer, batch_of: Callable[[int], int] | None
     pool = torch.randn(gemm_working_set_bytes(s.device, s.quick) // size, device=s.device,
                        dtype=dt)
     rates = []
-    for m in ms:
+    for i_m, m in enumerate(ms):
         b = 1 if batch_of is None else batch_of(m)
         lead = () if batch_of is None else (b,)
+        if batch_of is not None and b == 1 and single is not None:
+            rates += single[i_m * len(ns) * len(ks):(i_m + 1) * len(ns) * len(ks)]
+            continue
         for n in ns:
             for k in ks:
                 per_pair = b * (m * k + k * n)
@@ -80,10 +86,13 @@ def measure_gemm(s: Settings, timer: Timer) -> dict[str, list]:
     return {"m": ms, "n": ns, "k": ks, "flops_per_s": _grid_rates(s, timer, None)}
 
 
-def measure_bmm(s: Settings, timer: Timer) -> dict[str, list]:
+def measure_bmm(s: Settings, timer: Timer, gemm: dict[str, list] | None = None
+                ) -> dict[str, list]:
     """``torch.bmm`` over the same grid, (M, N, K) being each problem's shape, ``bmm_batch(M)``
     problems a call: the rate of the experts' batched matmuls, which a single GEMM of all
-    their rows does not give (each expert's few rows at a small micro-batch)."""
+    their rows does not give (each expert's few rows at a small micro-batch). ``gemm``: this
+    device's ``measure_gemm``, whose rates a one-problem M reuses."""
     ms, ns, ks = s.grid()
+    single = gemm["flops_per_s"] if gemm is not None else None
     return {"m": ms, "n": ns, "k": ks, "batch": [bmm_batch(m, ms) for m in ms],
-            "flops_per_s": _grid_rates(s, timer, lambda m: bmm_batch(m, ms))}
+            "flops_per_s": _grid_rates(s, timer, lambda m: bmm_batch(m, ms), single)}

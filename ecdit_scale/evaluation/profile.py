@@ -299,7 +299,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         t0 = time.perf_counter()
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("GEMM grid", lambda: measure_gemm(s, timer)),
-            ("batched GEMM grid", lambda: measure_bmm(s, timer)),
+            ("batched GEMM grid", lambda: measure_bmm(s, timer, got["GEMM grid"])),
             ("SDPA", lambda: measure_sdpa(s, timer)),
             ("memory bandwidth", lambda: measure_bandwidth(s, timer)),
             ("memory-bound kinds", lambda: measure_memory_kinds(s, timer)),
