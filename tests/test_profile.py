@@ -536,6 +536,14 @@ def measured_profile(tmp_path_factory):
     return path
 
 
+def test_profile_table_shows_the_batched_gemm_grid(measured_profile, capsys):
+    from ecdit_scale.cli.profile import render_profile
+
+    render_profile(get_accelerator(str(measured_profile)), measured_profile)
+    out = capsys.readouterr().out
+    assert "batched GEMM (bmm), best / worst of grid" in out and "GEMM, best / worst" in out
+
+
 def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path):
     acc = get_accelerator(str(measured_profile))
     p = acc.profile

@@ -320,19 +320,21 @@ def test_validate_cli_corrupt_run_is_one_line(tmp_path):
     (b'{"breakdown": {"model_ms": {}, "parts_ms": {}}}', "passed over: no gemm"),
     (b'{"step": 3}', "no breakdown (profiled before it existed)"),
 ])
-def test_a_damaged_profiled_step_is_passed_over_and_said_so(tmp_path, content, why):
+def test_a_damaged_profiled_step_is_passed_over_and_said_so(tmp_path, content, why,
+                                                          cpu_profile):
     """The profiled step is a diagnostic: a damaged one costs its term table, not the run's
-    validation; the newest of several is the one read."""
+    validation; the newest of several is the one read. (Priced by the tests' CPU profile: the
+    files are the subject, not a quick profile of this CPU.)"""
     from ecdit_scale.evaluation.terms import read_breakdown
     from ecdit_scale.evaluation.validate import validate
 
     run = _hand_made_run(tmp_path)
     (run / "profile_step2.json").write_text('{"breakdown": {}}')  # older: not read
     (run / "profile_step12.json").write_bytes(content)
-    (row,) = validate([run]).rows
+    (row,) = validate([run], profile=str(cpu_profile)).rows
     assert row.breakdown is None and row.terms_measured is None
     assert why in row.breakdown_note and "profile_step12.json" in row.breakdown_note
     assert read_breakdown(tmp_path / "nowhere") == (None, "no profiled step "
                                                           "(ECDIT_SCALE_PROFILE_STEP)")
-    proc = cli_here("validate", str(run))
+    proc = cli_here("validate", str(run), "--profile", str(cpu_profile))
     assert proc.returncode == 0 and ("passed over" in proc.stdout) == ("passed over" in why)

@@ -81,6 +81,10 @@ def render_profile(acc, path: Path) -> None:
     t.add_column("value", justify="right")
     t.add_row("GEMM, best / worst of grid", f"{max(p.gemm_flops_per_s) / 1e9:,.1f} / "
                                             f"{min(p.gemm_flops_per_s) / 1e9:,.2f} GFLOP/s")
+    if p.has_bmm:
+        t.add_row("batched GEMM (bmm), best / worst of grid",
+                  f"{max(p.bmm_flops_per_s) / 1e9:,.1f} / {min(p.bmm_flops_per_s) / 1e9:,.2f} "
+                  "GFLOP/s")
     t.add_row("SDPA forward, largest call", f"{p.sdpa_forward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
     t.add_row("SDPA backward, largest call",
               f"{p.sdpa_backward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
