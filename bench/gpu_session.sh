@@ -8,7 +8,7 @@
 #   PLANS=none OUT=dir bash bench/gpu_session.sh   one plan run instead of four (~150 s less)
 #
 # Every stage has its own timeout and the stages after a failed one still run. What comes back:
-# session.log, profile.yaml, train_throughput_<device>.json, plan_runs.tgz,
+# session.log, profile.yaml, sdpa_head_dims.json, train_throughput_<device>.json, plan_runs.tgz,
 # throughput_runs.tgz (run folders without checkpoints) and validation.csv (every run against
 # the profile, term by term). Budget on a GPU: <= 600 s (about 520; plan runs start until
 # LAST_PLAN_AT=470 s, validate gets what is left of 585 s).
@@ -45,6 +45,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 stage "profile"
 timeout 200 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
   --out "$OUT/profile.yaml" || echo "profile failed: $?"
+
+# the flash kernel's head-dim padding the plan prices (DiT-XL/2's 72 as 96): ~10 s
+stage "SDPA at head dims 64, 72, 96, 128"
+timeout 40 "$PY" bench/sdpa_head_dims.py --device "$DEVICE" --out "$OUT/sdpa_head_dims.json" \
+  || echo "sdpa_head_dims failed: $?"
 
 stage "train_throughput"
 timeout 260 "$PY" bench/train_throughput.py --out /tmp/tt "${TT_ARGS[@]}" || echo "train_throughput exited $?"
