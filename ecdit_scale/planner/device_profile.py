@@ -395,8 +395,8 @@ class DeviceProfile:
                       sdpa_backward_flops_per_s=parts[2])
             # the head dim it was timed at: its own key, else the settings the profile records
             settings = _mapping(data.get("provenance"), f"{where}.provenance").get("settings")
-            head_dim = sdpa.get("head_dim", (settings or {}).get("head_dim")
-                                if isinstance(settings, dict) else None)
+            recorded = settings.get("head_dim") if isinstance(settings, dict) else None
+            head_dim = sdpa.get("head_dim", recorded)
             if head_dim is not None:
                 kw["sdpa_head_dim"] = _num(f"{where}.sdpa.head_dim", head_dim)
         kw["memory_bw_bytes_per_s"] = _opt(data, "memory_bw_bytes_per_s", where)

@@ -159,10 +159,11 @@ class Accelerator:
         out["efficiency"] = ("calibrated" if self.calibrated_from else "assumed")
         if self.profile is not None:
             got = "derived" if "derived_from" in self.profile.provenance else "measured"
-            out.update({f"profile.{k}": got if v else "datasheet fallback"
+            # an unmeasured part falls back to the datasheet, but for the batched GEMMs,
+            # which fall back to the GEMM grid at all their rows
+            unmeasured = {"batched_gemm": "not measured: one GEMM of all the rows"}
+            out.update({f"profile.{k}": got if v else unmeasured.get(k, "datasheet fallback")
                         for k, v in self.profile.measured().items()})
-            if not self.profile.has_bmm:  # not the datasheet: the GEMM grid at all the rows
-                out["profile.batched_gemm"] = "not measured: one GEMM of all the rows"
         return out
 
     def to_dict(self) -> dict[str, Any]:
