@@ -30,6 +30,10 @@ def gemm_working_set_bytes(device: str, quick: bool = False) -> int:
 # at once (E / ep: 16 / 2 = 8 on the ladder's 16-expert configs), fewer at the largest M so
 # that a call's rows never pass the GEMM grid's largest M
 BMM_BATCH = 8
+# operand pairs a shape cycles through: more than the calls a Timer makes (at most 3 batches
+# of 1,000 and two warm-ups), so that no call meets the operands of an earlier one; building
+# a view per pair for every pair that fits the buffer cost ~1.5 s of a quick profile
+MAX_PAIRS = 4096
 
 
 def bmm_batch(m: int, ms: list[int]) -> int:
@@ -66,10 +70,13 @@ def _grid_rates(s: Settings, timer: Timer, batch_of: Callable[[int], int] | None
                 pairs = max(2, pool.numel() // per_pair)
                 buf = pool if pairs * per_pair <= pool.numel() else torch.randn(
                     pairs * per_pair, device=s.device, dtype=dt)
+                # no more pairs than the timer makes calls, spread over the whole buffer
+                pairs = min(pairs, MAX_PAIRS)
+                stride = buf.numel() // pairs
                 split = b * m * k
                 ops = itertools.cycle(
-                    [(buf[i * per_pair:i * per_pair + split].view(*lead, m, k),
-                      buf[i * per_pair + split:(i + 1) * per_pair].view(*lead, k, n))
+                    [(buf[i * stride:i * stride + split].view(*lead, m, k),
+                      buf[i * stride + split:i * stride + per_pair].view(*lead, k, n))
                      for i in range(pairs)])
                 fn = torch.mm if batch_of is None else torch.bmm
 
