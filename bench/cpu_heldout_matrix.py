@@ -83,6 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)  # profile --out wants an existing folder
     load_before = os.getloadavg()[0]
     for name in names:
         run = args.out / name
