@@ -6,10 +6,13 @@ summary.json exists is kept, so an interrupted pass resumes), profile this CPU o
 
     python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml | --profile-each]
                                        [--only NAME,...] [--without-profile-part PART]
+                                       [--gemm-from-m M]
 
 ``--without-profile-part bmm`` prices the same runs by the same profiles with that part of each
 profile removed (a copy under OUT/without-PART/): the model as it was before the change that
-part feeds, against the same launches and the same measurements.
+part feeds, against the same launches and the same measurements. ``--gemm-from-m 16`` does the
+same with each profile's GEMM and bmm grids cut to M >= 16, the CPU grid's edge before it
+reached one-row GEMMs (its 4x steps stay: the profiles hold no 8x grid to go back to).
 
 Step times are wall clock: run it on an otherwise idle machine (it prints the load average it
 saw). Each run profiles one step (``ECDIT_SCALE_PROFILE_STEP``) so that validate's term table
@@ -46,19 +49,33 @@ def own_profile(out: Path, name: str) -> Path:
     return out / f"{name}.profile.yaml"
 
 
-def without(profile: Path, part: str, out: Path) -> Path:
+def without(profile: Path, part: str, out: Path, from_m: int = 0) -> Path:
     """``profile`` (an accelerator file, the profile under its ``profile:`` key), or a copy of it
-    under OUT/without-PART/ with that part of the profile removed."""
-    if not part:
+    under OUT/without-PART/ with that part of the profile removed and (``from_m``) its GEMM and
+    bmm grids cut to M >= from_m (the grid before it reached one-row GEMMs)."""
+    if not part and not from_m:
         return profile
     acc = yaml.safe_load(profile.read_text())
     prof = acc.get("profile", acc)
-    if part not in prof:
+    if part and part not in prof:
         sys.exit(f"error: --without-profile-part {part!r}: {profile} has no such part; it has "
                  f"{', '.join(sorted(prof))}")
-    del prof[part]
+    prof.pop(part, None)
     prof.pop("measured", None)  # a summary to_dict writes and from_dict never reads
-    copy = out / f"without-{part}" / profile.name
+    for grid in (prof.get(g) for g in ("gemm", "bmm")):
+        if grid and from_m:
+            per_m = len(grid["n"]) * len(grid["k"])
+            keep = [i for i, m in enumerate(grid["m"]) if m >= from_m]
+            if not keep:
+                sys.exit(f"error: --gemm-from-m {from_m}: {profile}'s grid stops at M "
+                         f"{max(grid['m'])}")
+            grid["flops_per_s"] = [r for i in keep
+                                   for r in grid["flops_per_s"][i * per_m:(i + 1) * per_m]]
+            for key in ("m", "batch"):
+                if key in grid:
+                    grid[key] = [grid[key][i] for i in keep]
+    copy = out / "-".join(["without"] + [part] * bool(part)
+                          + [f"m-below-{from_m}"] * bool(from_m)) / profile.name
     copy.parent.mkdir(exist_ok=True)
     copy.write_text(yaml.safe_dump(acc, sort_keys=False))
     return copy
@@ -80,6 +97,9 @@ def main() -> None:
     ap.add_argument("--without-profile-part", default="", metavar="PART",
                     help="price by copies of the profiles without this top-level part (e.g. "
                          "bmm): the model before the change that part feeds")
+    ap.add_argument("--gemm-from-m", type=int, default=0, metavar="M",
+                    help="price by copies of the profiles whose GEMM and bmm grids start at "
+                         "M (16: the CPU grid before it reached one-row GEMMs)")
     args = ap.parse_args()
     matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
@@ -97,7 +117,8 @@ def main() -> None:
     part = args.without_profile_part
     if args.profile_each:  # each run against the profile taken just before it
         rows = [cli("validate", str(args.out / n), "--profile",
-                    str(without(own_profile(args.out, n), part, args.out)))["rows"][0]
+                    str(without(own_profile(args.out, n), part, args.out,
+                                args.gemm_from_m)))["rows"][0]
                 for n in names]
         profile = "each run's own, taken right before it (OUT/NAME.profile.yaml)"
     else:
@@ -106,11 +127,12 @@ def main() -> None:
             print("profiling this CPU (profile --nproc 2) ...", file=sys.stderr, flush=True)
             cli("profile", "--nproc", "2", "--out", str(profile))
         rows = cli("validate", *(str(args.out / n) for n in names), "--profile",
-                   str(without(Path(profile), part, args.out)),
+                   str(without(Path(profile), part, args.out, args.gemm_from_m)),
                    "--csv", str(args.out / "validation.csv"))["rows"]
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}"
-          + (f", without its {part}" if part else ""))
+          + (f", without its {part}" if part else "")
+          + (f", its GEMM grids cut to M >= {args.gemm_from_m}" if args.gemm_from_m else ""))
     print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}")
     errors = []
     for r in rows:
