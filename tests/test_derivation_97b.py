@@ -81,7 +81,12 @@ def hand(ep: int, placement: str, ema: str) -> dict[str, float]:
     grid = prof["gemm"]  # rates listed m-major, then n, then k
     at = ((grid["m"].index(4096.0) * len(grid["n"]) + grid["n"].index(4608.0)) * len(grid["k"])
           + grid["k"].index(4608.0))
-    gemm = gemm_flops / (grid["flops_per_s"][at] * f)
+    # + each block's adaLN modulation, Linear(d, 6d) at M = 8 rows, streams its 6d x d weights
+    # (and its 8-row input and output) in the forward, dX and dW: the roofline floor, at the
+    # profile's copy bandwidth x the HBM ratio
+    adaln_bytes = 3 * DEPTH * 2 * (D * 6 * D + MB * D + MB * 6 * D)
+    gemm = (gemm_flops / (grid["flops_per_s"][at] * f)
+            + adaln_bytes / (PROFILE["profile"]["memory_bw_bytes_per_s"] * b))
     i = prof["sdpa"]["flops"].index(4294967296.0)
     sdpa = (sdpa_fwd / (prof["sdpa"]["forward_flops_per_s"][i] * f)
             + 2 * sdpa_fwd / (prof["sdpa"]["backward_flops_per_s"][i] * f))

@@ -307,6 +307,31 @@ def test_the_experts_batched_matmuls_are_priced_at_one_experts_shape_where_bmm_w
     assert _expert_gemm_seconds(plain, 2) == pytest.approx(_expert_gemm_seconds(plain, 1))
 
 
+def test_a_gemm_takes_no_less_than_its_bytes_at_the_copy_bandwidth():
+    """Below the grid's smallest M the rate is clamped at that M's; a one-row GEMM (the adaLN
+    modulation at micro-batch 1) streams its weights whatever its FLOPs: the roofline floor."""
+    import dataclasses
+
+    from ecdit_scale.planner.compute import price
+    from ecdit_scale.planner.operators import Gemm, OperatorInventory
+
+    prof = _profile(memory_bw_bytes_per_s=1e9)  # grid from M = 16, rates 1-8 GFLOP/s
+    acc = dataclasses.replace(get_accelerator("h100-sxm"), profile=prof)
+
+    def seconds(m, n, k, backward=False):
+        inv = OperatorInventory(images=1, tp=1, gemms=(Gemm("g", m, n, k),), attention=(),
+                                memory_ops=(), param_tensors=0)
+        return price(inv, acc, backward=backward, precision="fp32").gemm_s
+
+    weights = 4096 * 4096 * 4.0
+    one_row = (weights + 2 * 4096 * 4.0) / 1e9  # 67 ms, against 8.4 ms of FLOPs at 4 GFLOP/s
+    assert seconds(1, 4096, 4096) == pytest.approx(one_row)
+    assert 2 * 4096 * 4096 / prof.gemm_rate(1, 4096, 4096)[()] < one_row / 5
+    assert seconds(1, 4096, 4096, backward=True) == pytest.approx(2 * one_row)  # dX and dW
+    # a large GEMM is priced by its rate: its bytes take 0.8 ms of its 4.2 ms
+    assert seconds(256, 256, 256) == pytest.approx(2 * 256**3 / 8e9)
+
+
 def test_flash_attention_pads_the_head_dim_to_its_kernel_sizes_on_a_gpu_only():
     import dataclasses
 

@@ -111,7 +111,11 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     """Each GEMM's FLOPs / the profile's rate at its shape. A batched GEMM (``Gemm.batch`` > 1:
     the experts' bmm) runs at the measured bmm rate of one problem's shape where the profile
     has one; else it is priced as one GEMM of all its problems' rows (no bmm measured: the
-    derived GPU profiles, profiles before 2026-12-06)."""
+    derived GPU profiles, profiles before 2026-12-06). No GEMM takes less than its operands'
+    and result's bytes at the profile's copy bandwidth (a roofline floor): below a grid's
+    smallest M the rate is clamped at that M's, and a GEMM of a few rows (the adaLN
+    modulation at M = micro-batch, 6d x d weights per block) streams its weights whatever its
+    FLOPs; the GPU grids measured so far start at M = 64."""
     if not inv.gemms:
         return 0.0
     m, n, k, c, dx, b = (np.array([getattr(g, f) for g in inv.gemms], dtype=float)
@@ -127,14 +131,20 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
         shapes = [(rows, k, n, c * dx), (k, n, rows, c)]
     else:
         shapes = [(rows, n, k, c)]
+    # each problem's own (M, N, K), for the bytes: the experts' weights are b matrices
+    problems = [(m, k, n), (k, n, m)] if backward else [(m, n, k)]
     scale = _scale(acc, precision)
+    elem = (dtype_bytes(precision) if precision is not None
+            else {"fp32": 4, "tf32": 4}.get(prof.dtype, 2))
+    bw = bandwidth(acc)
     total = 0.0
-    for mm, nn, kk, cc in shapes:
+    for (mm, nn, kk, cc), (pm, pn, pk) in zip(shapes, problems, strict=True):
         rate = prof.gemm_rate_memo(mm, nn, kk)
         if batched.size:
             rate[batched] = prof.gemm_rate_memo(mm[batched], nn[batched], kk[batched],
                                                 batched=True)
-        total += float(np.sum(2.0 * m * n * k * b * cc / (rate * scale)))
+        floor = b * (pm * pk + pk * pn + pm * pn) * elem / bw
+        total += float(np.sum(cc * np.maximum(2.0 * m * n * k * b / (rate * scale), floor)))
     return total
 
 
