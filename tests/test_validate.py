@@ -63,8 +63,9 @@ def test_cpu_runs_with_an_ema_measure_it_and_meet_the_planned_peak(short_run, pl
 
 
 @pytest.mark.slow
-def test_validate_table_and_default_csv(ec_run):
-    proc = cli_here("validate", str(ec_run))
+def test_validate_table_and_default_csv(ec_run, cpu_profile):
+    # priced by the tests' CPU profile: measuring a quick one is test_validate_cpu_run's
+    proc = cli_here("validate", str(ec_run), "--profile", str(cpu_profile))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Predicted" in proc.stdout and "calibration" in proc.stdout
     assert (ec_run / "validation.csv").is_file()
