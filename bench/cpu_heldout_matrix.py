@@ -133,15 +133,30 @@ def main() -> None:
           f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}"
           + (f", without its {part}" if part else "")
           + (f", its GEMM grids cut to M >= {args.gemm_from_m}" if args.gemm_from_m else ""))
-    print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}")
-    errors = []
+    print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}   own steps p10 / p90")
+    errors, inside = [], 0
     for r in rows:
         errors.append(r["step_s_error"])
+        lo, hi = own_spread(args.out / r["name"])
+        inside += lo <= r["step_s_predicted"] / r["step_s_measured"] <= hi
         print(f"{r['name']:<30} {r['step_s_measured'] * 1e3:>8.1f}ms "
-              f"{r['step_s_predicted'] * 1e3:>8.1f}ms {r['step_s_error']:>+8.1%}")
+              f"{r['step_s_predicted'] * 1e3:>8.1f}ms {r['step_s_error']:>+8.1%}   "
+              f"{lo - 1:+.0%} / {hi - 1:+.0%}")
     absolute = [abs(e) for e in errors]
     print(f"held out: {len(errors)} runs, mean |error| {statistics.mean(absolute):.1%}, "
           f"worst {max(absolute):.1%} (target: mean <= 15%, worst <= 30%)")
+    print(f"{inside} of {len(rows)} predictions lie within their run's own steps' p10-p90 "
+          "(the steps the median is taken over, each / the median): the run's own noise")
+
+
+def own_spread(run: Path) -> tuple[float, float]:
+    """p10 and p90 of a run's timed steps (after the first two, the profiled one left out) over
+    their median: how far the run's own steps scatter around the step time validate uses."""
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    times = [s["step_s"] for s in steps if s["step"] > 2 and s["step"] != int(PROFILED_STEP)]
+    deciles = statistics.quantiles(times, n=10)
+    median = statistics.median(times)
+    return deciles[0] / median, deciles[-1] / median
 
 
 if __name__ == "__main__":
