@@ -583,6 +583,7 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     # the grid reaches one-row GEMMs (the adaLN modulation at micro-batch 1), measured, not
     # clamped to the next M's rate: a one-row GEMM streams its weights for 2 FLOPs per element
     assert p.gemm_m[0] == 1 and p.bmm_m[0] == 1
+    assert p.gemm_k[0] == 1 and p.bmm_k[0] == 1  # a weight gradient contracts over those rows
     big = max(p.gemm_n)
     assert p.gemm_rate(1, big, big)[()] < 0.5 * p.gemm_rate(p.gemm_m[1], big, big)[()]
     # the optimizers as the CPU trainer steps them (foreach), each at its own rate per byte

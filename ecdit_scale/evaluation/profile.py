@@ -61,19 +61,21 @@ class Settings:
         """GEMM (M, N, K) points. M reaches 1: a step multiplies one row per image (the adaLN
         modulation at M = micro-batch) and a few rows per expert, and a rate is clamped below
         the grid's edge, not extrapolated (M = 16's rate priced a one-row CPU GEMM 6-11x too
-        fast). Points 4x apart where a step's shapes lie: the rate rises steeply there, and a
-        straight line in log space between points 8x apart priced 64-row CPU GEMMs 1.4-1.8x
-        too slow (bench/results/cpu-heldout-matrix-15). The quick grid, a smoke measurement,
-        keeps its 8x steps and adds the one-row edge."""
+        fast). K reaches 1 too: a weight gradient contracts over those rows (an expert's dW
+        at K = 8 ran at about half the K = 16 rate it was priced at). Points 4x apart where a
+        step's shapes lie: the rate rises steeply there, and a straight line in log space
+        between points 8x apart priced 64-row CPU GEMMs 1.4-1.8x too slow
+        (bench/results/cpu-heldout-matrix-15). The quick grid, a smoke measurement, keeps its
+        8x steps and adds the one-row edges."""
         if self.device == "cpu":
             if self.quick:
-                return [1, 16, 128, 1024, 4096], [16, 128, 512], [16, 128, 512]
+                return [1, 16, 128, 1024, 4096], [16, 128, 512], [1, 16, 128, 512]
             return ([1, 4, 16, 64, 256, 1024, 8192], [16, 64, 256, 1024, 2048],
-                    [16, 64, 256, 1024, 2048])
+                    [1, 4, 16, 64, 256, 1024, 2048])
         if self.quick:
-            return [1, 64, 1024, 16384], [64, 1152, 4608], [64, 1152, 4608]
+            return [1, 64, 1024, 16384], [64, 1152, 4608], [1, 64, 1152, 4608]
         return ([1, 16, 64, 256, 1024, 4096, 32768], [64, 256, 1152, 4608, 9216],
-                [64, 256, 1152, 4608, 9216])
+                [1, 16, 64, 256, 1152, 4608, 9216])
 
     def sdpa_shapes(self) -> list[tuple[int, int, int, int]]:
         """(batch x heads, q_len, kv_len, head_dim) points."""
