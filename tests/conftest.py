@@ -156,6 +156,13 @@ PLAN_RUN_ARGS = ("--steps", str(PLAN_RUN_STEPS), "--limit", "256", "--checkpoint
                  "--json")
 
 
+# a profile `ecdit-scale profile --nproc 2` measured on the 2-core CI machine's kind of VM
+# (matrix 15, 2026-12-06): operator classes, launch costs and gloo collectives, for tests that
+# need a profile-priced step (term tables) without measuring this CPU again
+RECORDED_CPU_PROFILE = (ROOT / "bench" / "results" / "cpu-heldout-matrix-15" / "profiles"
+                        / "smalltc8-w1-z1-mb16-sel.profile.yaml")
+
+
 @pytest.fixture(scope="session")
 def cpu_profile(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("profiles") / "cpu-2core.yaml"

@@ -207,7 +207,11 @@ def test_validate_sets_the_profiled_step_beside_the_prediction_term_by_term(plan
     parts = b["parts_ms"]
     for part in ("forward/model", "backward/model", "backward/hooks", "step/optimizer", "ema"):
         assert parts[part] > 0, part  # ZeRO-2 hooks, RMSProp's own range, the sharded EMA
-    proc = cli_here("validate", str(plan_run), "--json")
+    # priced by a recorded profile of this kind of CPU (measuring a quick one on this machine
+    # is test_validate_cpu_run's)
+    from conftest import RECORDED_CPU_PROFILE
+
+    proc = cli_here("validate", str(plan_run), "--profile", str(RECORDED_CPU_PROFILE), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     [row] = json.loads(proc.stdout)["rows"]
     meas, pred = row["terms_measured"], row["terms_predicted"]
@@ -218,6 +222,6 @@ def test_validate_sets_the_profiled_step_beside_the_prediction_term_by_term(plan
     assert meas["optimizer"] == pytest.approx((parts["step/optimizer"] + parts["ema"]) / 1e3)
     assert meas["gemm"] > 0 and pred["gemm"] > 0 and meas["kernels"] == b["model_kernels"] > 0
     assert row["gemm_s_measured"] == meas["gemm"] and row["kernels_predicted"] == pred["kernels"]
-    table = cli_here("validate", str(plan_run))
+    table = cli_here("validate", str(plan_run), "--profile", str(RECORDED_CPU_PROFILE))
     assert table.returncode == 0 and "Step time by term" in table.stdout
     assert "host time" in table.stdout  # the basis of a CPU run's terms is named
