@@ -82,6 +82,8 @@ def test_request_from_plan_takes_every_setting_of_the_plan(cpu_plan):
 def test_a_plan_launch_compiles_what_the_plan_priced(cpu_plan):
     import shutil
 
+    import yaml
+
     from ecdit_scale.files import load_yaml_file
     from ecdit_scale.train.plan_run import request_from_plan
 
@@ -96,8 +98,6 @@ def test_a_plan_launch_compiles_what_the_plan_priced(cpu_plan):
     shutil.copytree(cpu_plan, old)
     data = load_yaml_file(old / "plan.yaml", what="plan")
     del data["launch"]["compile"]
-    import yaml
-
     (old / "plan.yaml").write_text(yaml.safe_dump(data))
     assert request_from_plan(old, steps=40, out=str(old / "never-run")).compile is None
 

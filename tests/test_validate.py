@@ -213,7 +213,7 @@ def test_validate_reads_a_hand_made_run(tmp_path, cpu_profile):
 
     run = _hand_made_run(tmp_path)
     # priced by the tests' CPU profile: the files are the subject here, and measuring this
-    # CPU's quick profile (test_validate_table_and_default_csv does) takes ~9 s
+    # CPU's quick profile (test_validate_cpu_run does) takes ~9 s
     report = validate([run], profile=str(cpu_profile))
     (row,) = report.rows
     assert row.params_error == 0.0 and row.flops_error == 0.0

@@ -134,8 +134,7 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     # each problem's own (M, N, K), for the bytes: the experts' weights are b matrices
     problems = [(m, k, n), (k, n, m)] if backward else [(m, n, k)]
     scale = _scale(acc, precision)
-    elem = (dtype_bytes(precision) if precision is not None
-            else {"fp32": 4, "tf32": 4}.get(prof.dtype, 2))
+    elem = dtype_bytes(precision if precision is not None else prof.dtype)
     bw = bandwidth(acc)
     total = 0.0
     for (mm, nn, kk, cc), (pm, pn, pk) in zip(shapes, problems, strict=True):
