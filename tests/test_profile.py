@@ -249,6 +249,63 @@ def test_profiled_step_is_the_sum_of_hand_priced_operators():
                                        + st.optimizer_s + st.exposed_comm_s)
 
 
+HOST = {"dense": {"none": 7e-6, "selective": 3e-5, "full": 2e-5},
+        "expert-choice": {"none": 9e-6, "selective": 4e-5, "full": 2.5e-5}}
+
+
+def test_the_models_host_cost_per_kernel_round_trips_and_refuses_bad_entries():
+    from ecdit_scale.planner.device_profile import RECOMPUTE_POLICIES
+    from ecdit_scale.planner.memory import RECOMPUTE_ORDER
+
+    assert RECOMPUTE_POLICIES == tuple(r.value for r in RECOMPUTE_ORDER)  # codes index both
+    p = _profile(host_s_per_kernel=HOST)
+    back = DeviceProfile.from_dict(p.to_dict())
+    assert back.host_s_per_kernel == HOST and back.to_dict() == p.to_dict()
+    assert p.measured()["host"] and not _profile().measured()["host"]
+    with pytest.raises(ConfigError, match="host: unknown FFN kind 'moe'; valid: dense"):
+        DeviceProfile.from_dict({"host": {"moe": {"none": 1e-6}}})
+    with pytest.raises(ConfigError, match="host.dense: unknown recompute policy half"):
+        DeviceProfile.from_dict({"host": {"dense": {"half": 1e-6}}})
+    with pytest.raises(ConfigError, match=r"host\.dense\.full = -1"):
+        DeviceProfile.from_dict({"host": {"dense": {"full": -1}}})
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_the_host_pays_the_models_own_cost_per_kernel_at_the_layouts_recompute(recompute):
+    import dataclasses
+
+    from ecdit_scale.config import Recompute
+
+    h100 = get_accelerator("h100-sxm")
+    cfg = sizes.get("nano-ec8")
+    layout = ParallelLayout(dp=1, ep=1, tp=1, zero=1, micro_batch=4,
+                            recompute=Recompute(recompute))
+    training = TrainingConfig(global_batch=4, optimizer="adamw", precision="fp32")
+    cluster = ClusterConfig(gpu="h100-sxm", nodes=1, gpus_per_node=1)
+
+    def step(prof):
+        return estimate_layout(cfg, layout, training, cluster,
+                               dataclasses.replace(h100, profile=prof)).step
+
+    timed, untimed = step(_profile(host_s_per_kernel=HOST)), step(_profile())
+    assert timed.kernels == untimed.kernels
+    assert timed.launch_s == pytest.approx(timed.kernels * HOST["expert-choice"][recompute])
+    assert untimed.launch_s == pytest.approx(untimed.kernels * 5e-6)  # the launch probe's
+    # a model of a kind the probe did not time: the launch probe's
+    other = {"dense": HOST["dense"]}
+    assert step(_profile(host_s_per_kernel=other)).launch_s == pytest.approx(untimed.launch_s)
+    assert timed.total_s - untimed.total_s == pytest.approx(timed.launch_s - untimed.launch_s)
+
+
+def test_host_probe_subtracts_what_is_priced_apart():
+    from ecdit_scale.evaluation.host_probe import host_seconds_per_kernel
+
+    assert host_seconds_per_kernel(0.010, 0.004, 600) == pytest.approx(1e-5)
+    assert host_seconds_per_kernel(0.003, 0.004, 600) == 0.0  # priced above the measurement
+    with pytest.raises(ValueError, match="kernels = 0"):
+        host_seconds_per_kernel(0.01, 0.0, 0)
+
+
 @pytest.mark.parametrize("ep", [1, 2, 4])
 def test_the_experts_run_as_one_batched_matmul_of_e_over_ep_problems(ep):
     cfg = sizes.get("micro-ec16")
@@ -584,6 +641,12 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     # clamped to the next M's rate: a one-row GEMM streams its weights for 2 FLOPs per element
     assert p.gemm_m[0] == 1 and p.bmm_m[0] == 1
     assert p.gemm_k[0] == 1 and p.bmm_k[0] == 1  # a weight gradient contracts over those rows
+    # the model's own code per kernel, for every FFN kind and recompute policy; the recompute
+    # wrappers run in Python on the host (selective: a dispatch mode over every op)
+    assert set(p.host_s_per_kernel) == {"dense", "expert-choice", "token-choice"}
+    for kind, policies in p.host_s_per_kernel.items():
+        assert list(policies) == ["none", "selective", "full"], kind
+        assert policies["selective"] > policies["none"] > 0, (kind, policies)
     big = max(p.gemm_n)
     assert p.gemm_rate(1, big, big)[()] < 0.5 * p.gemm_rate(p.gemm_m[1], big, big)[()]
     # the optimizers as the CPU trainer steps them (foreach), each at its own rate per byte

@@ -90,6 +90,9 @@ def render_profile(acc, path: Path) -> None:
               f"{p.sdpa_backward_flops_per_s[-1] / 1e9:,.1f} GFLOP/s")
     t.add_row("copy bandwidth", f"{p.memory_bw_bytes_per_s / 1e9:,.1f} GB/s")
     t.add_row(f"kernel launch ({p.launch_mode})", f"{p.launch_s * 1e6:.2f} us")
+    for kind, policies in p.host_s_per_kernel.items():
+        t.add_row(f"model's host cost per kernel, {kind} (recompute none / selective / full)",
+                  " / ".join(f"{policies[r] * 1e6:.1f}" for r in policies) + " us")
     t.add_row(f"optimizer (AdamW{', ' + p.optimizer_kernels if p.optimizer_kernels else ''})",
               f"{p.optimizer_s_per_byte * 1e12:.2f} ps/byte + "
               f"{(p.optimizer_s_per_tensor or 0) * 1e6:.1f} us/tensor")

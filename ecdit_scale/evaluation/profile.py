@@ -25,6 +25,7 @@ torch is imported here only; progress goes to an optional ``report(message)`` ca
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import os
@@ -338,7 +339,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
     gemm, bmm, sdpa = got["GEMM grid"], got["batched GEMM grid"], got["SDPA"]
     opt = got["optimizer step"]
     engine = got.get("DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2") or {}
-    return DeviceProfile(
+    prof = DeviceProfile(
         dtype=s.torch_dtype_name, gemm_m=tuple(map(float, gemm["m"])),
         gemm_n=tuple(map(float, gemm["n"])), gemm_k=tuple(map(float, gemm["k"])),
         gemm_flops_per_s=tuple(gemm["flops_per_s"]),
@@ -366,6 +367,19 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {},
         provenance=provenance(s, wall, allocator))
+    # the model's own code per kernel, its device time priced by the profile measured above
+    report("the model's host cost per kernel, by FFN kind and recompute policy")
+    from .host_probe import measure_host
+
+    t0 = time.perf_counter()
+    if s.device == "cpu":
+        torch.set_num_threads(s.threads)
+    try:
+        host = measure_host(s, timer, profile_accelerator(s, prof))
+    finally:
+        torch.set_num_threads(old)
+    return dataclasses.replace(prof, host_s_per_kernel=host, provenance=provenance(
+        s, wall + time.perf_counter() - t0, allocator))
 
 
 def device_name(device: str) -> str:

@@ -62,6 +62,9 @@ def check_profile(where: str, profile: Any) -> None:
     for kind, bw in sorted(profile.memory_kind_bw.items()):
         _check(where, f"profile.memory_ops.{kind}", bw, PROFILE_BANDWIDTH)
     _check(where, "profile.launch.seconds", profile.launch_s, PROFILE_SECONDS)
+    for kind, policies in sorted(profile.host_s_per_kernel.items()):
+        for policy, seconds in sorted(policies.items()):
+            _check(where, f"profile.host.{kind}.{policy}", seconds, PROFILE_SECONDS)
     _check(where, "profile.engine_s_per_param_tensor", profile.engine_s_per_param_tensor,
            PROFILE_SECONDS)
     for name, fit in sorted(profile.links.items()):

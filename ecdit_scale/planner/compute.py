@@ -311,6 +311,9 @@ def term_sources(acc: Any) -> dict[str, str]:
                          else "datasheet bandwidth"),
         "launch": (f"measured {prof.launch_s * 1e6:.1f} us per kernel ({prof.launch_mode})"
                    if have["launch"] else "not measured: no launch floor"),
+        "host": ("the model's own code timed per kernel, by FFN kind and recompute policy "
+                 "(in place of launch's)" if have["host"]
+                 else "not measured: launch's per-kernel cost for the model's code"),
         "optimizer": ("measured optimizer step" if have["optimizer"]
                       else "datasheet bandwidth"),
         "engine": ("measured per parameter tensor" if have["engine"]

@@ -21,6 +21,10 @@ the datasheet and the plan says so):
     launch: {seconds: 6.0e-6, mode: async}   # host seconds per counted kernel (a tiny module
                                      # network's forward + backward / its kernels as
                                      # operators.py counts them); serial = host runs it (CPU)
+    host: {dense: {none: 8e-6, selective: 3.8e-5, full: 2.3e-5},   # host seconds per counted
+           expert-choice: {...}, token-choice: {...}}   # kernel of the model's own code, by
+                                     # FFN kind and recompute policy (evaluation.host_probe);
+                                     # in place of launch's where present
     optimizer: {s_per_byte: ..., s_per_tensor: ...,     # bytes as step_time counts them
                 by_size: {elements: [...], adamw: [...], rmsprop: [...], sgd: [...]},
                 kernels: foreach}                  # seconds per byte at each tensor size
@@ -60,6 +64,8 @@ from ..config import Optimizer
 from ..errors import ConfigError
 
 LAUNCH_MODES = ("async", "serial")
+FFN_KINDS = ("dense", "expert-choice", "token-choice")  # config.FFNKind's values
+RECOMPUTE_POLICIES = ("none", "selective", "full")  # memory.RECOMPUTE_ORDER's, in its order
 # memory-bound operator kinds, each with its measured throughput (``operators.MemoryOp.kind``)
 MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
 # bytes each kind's timed call moves, per byte of its input tensor (profile.measure_memory_kinds)
@@ -213,6 +219,8 @@ class DeviceProfile:
     memory_ops_tensor_bytes: float | None = None  # the tensor the kinds were timed on
     launch_s: float | None = None
     launch_mode: str = "async"
+    # host seconds per counted kernel of the model's own code, {FFN kind: {recompute: s}}
+    host_s_per_kernel: dict[str, dict[str, float]] = field(default_factory=dict)
     optimizer_s_per_byte: float | None = None  # AdamW's (the one profiles before 2026-12-06 have)
     optimizer_s_per_tensor: float | None = None
     # seconds per byte (as ``step_time.optimizer_bytes`` counts them) of each optimizer as the
@@ -244,6 +252,16 @@ class DeviceProfile:
             return self.optimizer_s_per_byte
         return _log_log(elements, self.optimizer_elements, curve)
 
+    def kernel_host_s(self, ffn_kind: str, recompute_code: Any) -> Any:
+        """Host seconds per counted kernel for a model of ``ffn_kind`` at each recompute policy
+        of ``recompute_code`` (indices into ``RECOMPUTE_POLICIES``; a number or an array over
+        layouts): the model's own code where the profile timed it (``host``), else the launch
+        probe's (0 where neither was measured)."""
+        launch = self.launch_s or 0.0
+        per_policy = self.host_s_per_kernel.get(ffn_kind, {})
+        table = np.array([per_policy.get(p, launch) for p in RECOMPUTE_POLICIES])
+        return table[np.asarray(recompute_code, dtype=int)]
+
     # ---- what was measured ------------------------------------------------------------------
     @property
     def has_gemm(self) -> bool:
@@ -271,6 +289,7 @@ class DeviceProfile:
                 "memory_bandwidth": self.memory_bw_bytes_per_s is not None,
                 "memory_ops": bool(self.memory_kind_bw),
                 "launch": self.launch_s is not None,
+                "host": bool(self.host_s_per_kernel),
                 "optimizer": self.optimizer_s_per_byte is not None,
                 "engine": self.engine_s_per_param_tensor is not None,
                 "deepspeed_engine": bool(self.deepspeed_engine_s),
@@ -341,6 +360,8 @@ class DeviceProfile:
             out["memory_ops_tensor_bytes"] = self.memory_ops_tensor_bytes
         if self.launch_s is not None:
             out["launch"] = {"seconds": self.launch_s, "mode": self.launch_mode}
+        if self.host_s_per_kernel:
+            out["host"] = {k: dict(v) for k, v in self.host_s_per_kernel.items()}
         if self.optimizer_s_per_byte is not None:
             out["optimizer"] = {"s_per_byte": self.optimizer_s_per_byte,
                                 "s_per_tensor": self.optimizer_s_per_tensor or 0.0}
@@ -368,7 +389,7 @@ class DeviceProfile:
     def from_dict(cls, data: Any, *, where: str = "profile") -> DeviceProfile:
         data = _mapping(data, where)
         known = {"dtype", "gemm", "bmm", "sdpa", "memory_bw_bytes_per_s", "memory_ops",
-                 "memory_ops_tensor_bytes", "launch",
+                 "memory_ops_tensor_bytes", "launch", "host",
                  "optimizer",
                  "engine_s_per_param_tensor", *(key for key, _ in ENGINE_FIELDS),
                  "collectives", "measured",
@@ -415,6 +436,7 @@ class DeviceProfile:
                 raise ConfigError(f"{where}.launch.mode = {short(mode)}: choose "
                                   f"{' or '.join(LAUNCH_MODES)}")
             kw["launch_mode"] = mode
+        kw["host_s_per_kernel"] = _host(data.get("host"), f"{where}.host")
         opt = _mapping(data.get("optimizer"), f"{where}.optimizer")
         if opt:
             kw["optimizer_s_per_byte"] = _opt(opt, "s_per_byte", f"{where}.optimizer")
@@ -474,3 +496,20 @@ class DeviceProfile:
             kw["collective_backend"] = str(coll.get("backend")) if coll.get("backend") else None
         kw["provenance"] = _mapping(data.get("provenance"), f"{where}.provenance")
         return cls(**kw)
+
+
+def _host(data: Any, where: str) -> dict[str, dict[str, float]]:
+    """The ``host`` part: {FFN kind: {recompute policy: seconds per kernel}}."""
+    out = {}
+    for kind, policies in _mapping(data, where).items():
+        if kind not in FFN_KINDS:
+            raise ConfigError(f"{where}: unknown FFN kind {short(kind)}; valid: "
+                              f"{', '.join(FFN_KINDS)}")
+        policies = _mapping(policies, f"{where}.{kind}")
+        bad = sorted(map(str, set(policies) - set(RECOMPUTE_POLICIES)))
+        if bad:
+            raise ConfigError(f"{where}.{kind}: unknown recompute policy {', '.join(bad)}; "
+                              f"valid: {', '.join(RECOMPUTE_POLICIES)}")
+        out[kind] = {p: _num(f"{where}.{kind}.{p}", v, positive=False)
+                     for p, v in policies.items()}
+    return out

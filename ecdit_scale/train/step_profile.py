@@ -54,6 +54,7 @@ ATTENTION_WORDS = ("scaled_dot_product", "flash_attention", "efficient_attention
 PARTS = ("forward/model", "backward/model", "backward/hooks", "backward/engine",
          "step/optimizer", "step/engine", "ema", "outside")
 MODEL_PARTS = ("forward/model", "backward/model")
+ENGINE_PARTS = ("backward/hooks", "backward/engine", "step/engine")
 CLASSES = ("gemm", "attention", "memory_bound", "comm")
 # the collective the model itself issues: expert parallelism's all-to-all (gloo records its
 # work as a "gloo:all_to_all" event on its own thread; on CUDA it is a c10d op whose NCCL
@@ -148,6 +149,7 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
     model = dict.fromkeys(CLASSES, 0.0)
     counts = dict.fromkeys(PARTS, 0)
     heavy: collections.Counter = collections.Counter()  # the model's memory-bound work, by name
+    engine: collections.Counter = collections.Counter()  # the engine's parts, by outermost op
     if on_gpu:  # each kernel is attached to the innermost op or range that launched it
         basis = "device time of the kernels each part's ops launched"
         for e in cpu:
@@ -178,6 +180,8 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
             if aten is None:
                 continue
             part = part_of(names, ph)
+            if part in ENGINE_PARTS and not any(_aten(n) for n in names[1:]):
+                engine[f"{part} {e.name}"] += ms
             if part in MODEL_PARTS and not any(_aten(n) for n in names[1:]):  # outermost op
                 cls = op_class(names)
                 if cls != "memory_bound":
@@ -209,7 +213,22 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
             "kernels": counts, "model_kernels": sum(counts[p] for p in MODEL_PARTS),
             # CUDA: kernels by name; CPU: outermost ops (the rest of the class is host time
             # between ops)
-            "memory_bound_top_ms": [(k, round(v, 4)) for k, v in heavy.most_common(10)]}
+            "memory_bound_top_ms": [(k, round(v, 4)) for k, v in heavy.most_common(10)],
+            # CPU: the engine's outermost aten ops by part (gloo's collectives run on threads
+            # of their own: ``comm_ms``)
+            "engine_top_ms": [(k, round(v, 4)) for k, v in engine.most_common(12)],
+            "comm_ms": _gloo_ms(cpu, phase_at) if not on_gpu else {}}
+
+
+def _gloo_ms(cpu, phase_at) -> dict[str, float]:
+    """gloo's collectives (each on a thread of its own, no parent) by phase and name, ms: the
+    transfer and the wait for the other ranks."""
+    out: collections.Counter = collections.Counter()
+    for e in cpu:
+        if e.name.startswith("gloo:") and e.cpu_parent is None:
+            out[f"{phase_at(e.time_range.start)} {e.name.split('(')[0]}"] += \
+                e.time_range.elapsed_us() / 1e3
+    return {k: round(v, 3) for k, v in out.most_common()}
 
 
 def profile_step_from_env() -> int | None:
