@@ -12,6 +12,9 @@ Measured (each timed after a warm-up, the median of repeated batches):
 - memory-bound kinds: copy, elementwise add, tanh-GELU, LayerNorm on activation-sized tensors;
 - kernel launch: host seconds per counted kernel of a tiny residual network's forward +
   backward (CPU: the host runs the kernels, ``serial``; CUDA: enqueued, ``async``);
+- the model's own host cost per kernel (``host_probe``): forward + backward of the model's
+  code at a size where its compute is negligible, for each FFN kind and recompute policy, less
+  what the rest of this profile prices (its recompute wrappers run in Python on the host);
 - optimizer: AdamW, RMSProp and SGD as the trainer steps them (foreach on CPU, fused on CUDA)
   over one tensor of each of a few sizes, from cache-resident to past the last-level cache
   (seconds per byte as the step-time model counts each one's bytes), and AdamW over many small
@@ -20,7 +23,7 @@ Measured (each timed after a warm-up, the median of repeated batches):
   backward over many small tensors vs one tensor of the same size;
 - with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between
   ``nproc`` local processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
-torch is imported here only; progress goes to an optional ``report(message)`` callback.
+torch is imported here (and in the probes) only; progress goes to an optional ``report(message)`` callback.
 """
 
 from __future__ import annotations
