@@ -6,7 +6,7 @@ summary.json exists is kept, so an interrupted pass resumes), profile this CPU o
 
     python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml | --profile-each]
                                        [--only NAME,...] [--without-profile-part PART]
-                                       [--gemm-from-m M]
+                                       [--gemm-from-m M] [--engine-from-toy]
 
 ``--without-profile-part bmm`` prices the same runs by the same profiles with that part of each
 profile removed (a copy under OUT/without-PART/): the model as it was before the change that
@@ -49,11 +49,14 @@ def own_profile(out: Path, name: str) -> Path:
     return out / f"{name}.profile.yaml"
 
 
-def without(profile: Path, part: str, out: Path, from_m: int = 0) -> Path:
+def without(profile: Path, part: str, out: Path, from_m: int = 0,
+            engine_from_toy: bool = False) -> Path:
     """``profile`` (an accelerator file, the profile under its ``profile:`` key), or a copy of it
-    under OUT/without-PART/ with that part of the profile removed and (``from_m``) its GEMM and
-    bmm grids cut to M >= from_m (the grid before it reached one-row GEMMs)."""
-    if not part and not from_m:
+    under OUT/without-PART/ with that part of the profile removed, (``from_m``) its GEMM and
+    bmm grids cut to M >= from_m (the grid before it reached one-row GEMMs), and
+    (``engine_from_toy``) DeepSpeed's engine costs as the probe's old toy priced them (kept in
+    the profile's provenance since 2026-12-06)."""
+    if not part and not from_m and not engine_from_toy:
         return profile
     acc = yaml.safe_load(profile.read_text())
     prof = acc.get("profile", acc)
@@ -62,6 +65,12 @@ def without(profile: Path, part: str, out: Path, from_m: int = 0) -> Path:
                  f"{', '.join(sorted(prof))}")
     prof.pop(part, None)
     prof.pop("measured", None)  # a summary to_dict writes and from_dict never reads
+    if engine_from_toy:
+        toy = prof.get("provenance", {}).get("engine_toy")
+        if not toy:
+            sys.exit(f"error: --engine-from-toy: {profile} records no engine_toy (profiled "
+                     "before 2026-12-06, or without the engine probe)")
+        prof.update(toy)
     for grid in (prof.get(g) for g in ("gemm", "bmm")):
         if grid and from_m:
             per_m = len(grid["n"]) * len(grid["k"])
@@ -75,7 +84,8 @@ def without(profile: Path, part: str, out: Path, from_m: int = 0) -> Path:
                 if key in grid:
                     grid[key] = [grid[key][i] for i in keep]
     copy = out / "-".join(["without"] + [part] * bool(part)
-                          + [f"m-below-{from_m}"] * bool(from_m)) / profile.name
+                          + [f"m-below-{from_m}"] * bool(from_m)
+                          + ["engine-from-model"] * engine_from_toy) / profile.name
     copy.parent.mkdir(exist_ok=True)
     copy.write_text(yaml.safe_dump(acc, sort_keys=False))
     return copy
@@ -100,6 +110,10 @@ def main() -> None:
     ap.add_argument("--gemm-from-m", type=int, default=0, metavar="M",
                     help="price by copies of the profiles whose GEMM and bmm grids start at "
                          "M (16: the CPU grid before it reached one-row GEMMs)")
+    ap.add_argument("--engine-from-toy", action="store_true",
+                    help="price by copies of the profiles whose DeepSpeed engine costs are the "
+                         "old toy's (provenance.engine_toy): the model before the engine probe "
+                         "timed the model's own code")
     args = ap.parse_args()
     matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
@@ -118,7 +132,7 @@ def main() -> None:
     if args.profile_each:  # each run against the profile taken just before it
         rows = [cli("validate", str(args.out / n), "--profile",
                     str(without(own_profile(args.out, n), part, args.out,
-                                args.gemm_from_m)))["rows"][0]
+                                args.gemm_from_m, args.engine_from_toy)))["rows"][0]
                 for n in names]
         profile = "each run's own, taken right before it (OUT/NAME.profile.yaml)"
     else:
@@ -127,12 +141,14 @@ def main() -> None:
             print("profiling this CPU (profile --nproc 2) ...", file=sys.stderr, flush=True)
             cli("profile", "--nproc", "2", "--out", str(profile))
         rows = cli("validate", *(str(args.out / n) for n in names), "--profile",
-                   str(without(Path(profile), part, args.out, args.gemm_from_m)),
+                   str(without(Path(profile), part, args.out, args.gemm_from_m,
+                               args.engine_from_toy)),
                    "--csv", str(args.out / "validation.csv"))["rows"]
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}"
           + (f", without its {part}" if part else "")
-          + (f", its GEMM grids cut to M >= {args.gemm_from_m}" if args.gemm_from_m else ""))
+          + (f", its GEMM grids cut to M >= {args.gemm_from_m}" if args.gemm_from_m else "")
+          + (", its engine costs the old toy's" if args.engine_from_toy else ""))
     print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}   own steps p10 / p90")
     errors, inside = [], 0
     for r in rows:

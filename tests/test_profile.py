@@ -537,9 +537,12 @@ def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
 
     got = probe("cpu", quick=True, stages=(1,))
     assert set(got) == {1}
-    per_tensor, per_param, micro_tensor, micro_param = got[1]
+    # the model's own code's four, then the toy's (for the record)
+    assert len(got[1]) == 8
+    per_tensor, per_param, micro_tensor, micro_param = got[1][:4]
     assert 0.0 <= per_tensor < 1e-2 and 0.0 <= per_param < 1e-6
     assert 0.0 <= micro_tensor < 1e-2 and 0.0 <= micro_param < 1e-6
+    assert all(0.0 <= v < 1e-2 for v in got[1][4:])
 
 
 def test_a_further_micro_step_is_the_difference_of_two_steps():

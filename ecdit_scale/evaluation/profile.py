@@ -23,7 +23,8 @@ Measured (each timed after a warm-up, the median of repeated batches):
   backward over many small tensors vs one tensor of the same size;
 - with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between
   ``nproc`` local processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
-torch is imported here (and in the probes) only; progress goes to an optional ``report(message)`` callback.
+torch is imported here (and in the probes) only; progress goes to an optional
+``report(message)`` callback.
 """
 
 from __future__ import annotations
@@ -369,7 +370,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {},
-        provenance=provenance(s, wall, allocator))
+        provenance={**provenance(s, wall, allocator), **engine_toy(engine)})
     # the model's own code per kernel, its device time priced by the profile measured above
     report("the model's host cost per kernel, by FFN kind and recompute policy")
     from .host_probe import measure_host
@@ -381,8 +382,21 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         host = measure_host(s, timer, profile_accelerator(s, prof))
     finally:
         torch.set_num_threads(old)
-    return dataclasses.replace(prof, host_s_per_kernel=host, provenance=provenance(
-        s, wall + time.perf_counter() - t0, allocator))
+    return dataclasses.replace(prof, host_s_per_kernel=host, provenance={
+        **provenance(s, wall + time.perf_counter() - t0, allocator), **engine_toy(engine)})
+
+
+def engine_toy(engine: dict[int, tuple[float, ...]]) -> dict[str, Any]:
+    """The DeepSpeed engine's costs as the probe's toy of many Linear(32, 32) layers priced
+    them (``engine_probe.probe``'s last four of each stage), for the record: the profile prices
+    the model's own code's (``bench/cpu_heldout_matrix.py --engine-from-toy`` prices the toy's)."""
+    if not engine:
+        return {}
+    return {"engine_toy": {key: {k: v[4 + i] for k, v in sorted(engine.items())}
+                           for i, key in enumerate(("deepspeed_engine",
+                                                    "deepspeed_engine_per_param",
+                                                    "deepspeed_engine_micro",
+                                                    "deepspeed_engine_micro_per_param"))}}
 
 
 def device_name(device: str) -> str:
