@@ -62,6 +62,7 @@ import numpy as np
 from ..checks import short
 from ..config import Optimizer
 from ..errors import ConfigError
+from .interpolation import log_grid, log_log, trilinear
 
 LAUNCH_MODES = ("async", "serial")
 FFN_KINDS = ("dense", "expert-choice", "token-choice")  # config.FFNKind's values
@@ -103,50 +104,6 @@ def _nums(where: str, value: Any) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"{where} = {short(value)}: must be a non-empty list of numbers")
     return tuple(_num(f"{where}[{i}]", v) for i, v in enumerate(value))
-
-
-def _log_log(q: Any, xs: Any, ys: Any) -> np.ndarray:
-    """``ys`` over ``xs`` interpolated at ``q`` linearly in log-log space, clamped to the ends
-    (a measured rate curve read between its points)."""
-    x, y = np.log(np.asarray(xs, dtype=float)), np.log(np.asarray(ys, dtype=float))
-    return np.exp(np.interp(np.log(np.maximum(np.asarray(q, dtype=float), 1.0)), x, y))
-
-
-def _log_grid(ms: Any, ns: Any, ks: Any, rates: Any) -> tuple[list[np.ndarray], np.ndarray]:
-    axes = [np.log2(np.asarray(a, dtype=float)) for a in (ms, ns, ks)]
-    grid = np.log(np.asarray(rates, dtype=float)).reshape([len(a) for a in axes])
-    return axes, grid
-
-
-def _trilinear(axes: list[np.ndarray], grid: np.ndarray, m: Any, n: Any, k: Any) -> np.ndarray:
-    """exp of the trilinear interpolation of ``grid`` (log rates over log2 axes) at (m, n, k),
-    clamped at the grid's edges."""
-    q = [np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k)]
-    q = np.broadcast_arrays(*q)
-    lo, w = [], []
-    for ax, v in zip(axes, q, strict=True):
-        if len(ax) == 1:
-            lo.append(np.zeros(v.shape, dtype=int))
-            w.append(np.zeros(v.shape))
-            continue
-        vc = np.clip(v, ax[0], ax[-1])
-        i = np.clip(np.searchsorted(ax, vc, side="right") - 1, 0, len(ax) - 2)
-        lo.append(i)
-        w.append((vc - ax[i]) / (ax[i + 1] - ax[i]))
-    out = np.zeros(q[0].shape)
-    for corner in range(8):
-        bits = [(corner >> j) & 1 for j in range(3)]
-        idx, weight = [], np.ones(q[0].shape)
-        for j, bit in enumerate(bits):
-            size = grid.shape[j]
-            if size == 1 and bit:
-                weight = weight * 0.0
-                idx.append(lo[j])
-                continue
-            idx.append(np.minimum(lo[j] + bit, size - 1))
-            weight = weight * (w[j] if bit else 1.0 - w[j])
-        out = out + weight * grid[tuple(idx)]
-    return np.exp(out)
 
 
 def _mnk_grid(data: dict, key: str, where: str) -> dict[str, tuple[float, ...]]:
@@ -250,7 +207,7 @@ class DeviceProfile:
         curve = self.optimizer_s_per_byte_by.get(name)
         if curve is None or elements is None:
             return self.optimizer_s_per_byte
-        return _log_log(elements, self.optimizer_elements, curve)
+        return log_log(elements, self.optimizer_elements, curve)
 
     def kernel_host_s(self, ffn_kind: str, recompute_code: Any) -> Any:
         """Host seconds per counted kernel for a model of ``ffn_kind`` at each recompute policy
@@ -300,11 +257,11 @@ class DeviceProfile:
     def _gemm_grid(self) -> tuple[list[np.ndarray], np.ndarray]:
         """log2 axes and log rates of the GEMM grid, computed once (a plan prices ~1,000
         inventories against it)."""
-        return _log_grid(self.gemm_m, self.gemm_n, self.gemm_k, self.gemm_flops_per_s)
+        return log_grid(self.gemm_m, self.gemm_n, self.gemm_k, self.gemm_flops_per_s)
 
     @functools.cached_property
     def _bmm_grid(self) -> tuple[list[np.ndarray], np.ndarray]:
-        return _log_grid(self.bmm_m, self.bmm_n, self.bmm_k, self.bmm_flops_per_s)
+        return log_grid(self.bmm_m, self.bmm_n, self.bmm_k, self.bmm_flops_per_s)
 
     def gemm_rate_memo(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, *,
                        batched: bool = False) -> np.ndarray:
@@ -324,16 +281,16 @@ class DeviceProfile:
 
     def gemm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
         """FLOP/s of (M, N, K) GEMMs: trilinear in log2 over the measured grid, clamped."""
-        return _trilinear(*self._gemm_grid, m, n, k)
+        return trilinear(*self._gemm_grid, m, n, k)
 
     def bmm_rate(self, m: Any, n: Any, k: Any) -> np.ndarray:
         """FLOP/s of a batched GEMM whose every problem is (M, N, K): trilinear in log2 over the
         measured bmm grid, clamped."""
-        return _trilinear(*self._bmm_grid, m, n, k)
+        return trilinear(*self._bmm_grid, m, n, k)
 
     def sdpa_rate(self, flops: Any, *, backward: bool = False) -> np.ndarray:
         """FLOP/s of an SDPA call of ``flops`` (forward products), forward or backward."""
-        return _log_log(flops, self.sdpa_flops, self.sdpa_backward_flops_per_s if backward
+        return log_log(flops, self.sdpa_flops, self.sdpa_backward_flops_per_s if backward
                         else self.sdpa_forward_flops_per_s)
 
     # ---- YAML -------------------------------------------------------------------------------

@@ -160,8 +160,10 @@ class Accelerator:
         if self.profile is not None:
             got = "derived" if "derived_from" in self.profile.provenance else "measured"
             # an unmeasured part falls back to the datasheet, but for the batched GEMMs,
-            # which fall back to the GEMM grid at all their rows
-            unmeasured = {"batched_gemm": "not measured: one GEMM of all the rows"}
+            # which fall back to the GEMM grid at all their rows, and the model's host cost
+            # per kernel, to the launch probe's
+            unmeasured = {"batched_gemm": "not measured: one GEMM of all the rows",
+                          "host": "not measured: the launch probe's cost per kernel"}
             out.update({f"profile.{k}": got if v else unmeasured.get(k, "datasheet fallback")
                         for k, v in self.profile.measured().items()})
         return out
