@@ -91,18 +91,23 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         torch.manual_seed(0)
         return nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)]).to(dev)
 
-    def measure(layers: int, width: int, repeats: int, ga: int = 1) -> dict[str, float]:
-        ds = deepspeed_config(micro_batch=PROBE_BATCH, grad_accum=ga, zero_stage=zero,
+    def engine_for(model: nn.Module, settings: Any, micro_batch: int, ga: int) -> Any:
+        """``model`` in the trainer's DeepSpeed engine at this stage (world 1), with its
+        optimizer and clipping norm."""
+        ds = deepspeed_config(micro_batch=micro_batch, grad_accum=ga, zero_stage=zero,
                               precision=Precision.BF16 if bf16 else Precision.FP32,
                               optimizer=Optimizer.ADAMW, lr=1e-4, warmup_steps=0, world=1,
                               client_optimizer=True, scheduler=False)
         ds.update(steps_per_print=10**9, wall_clock_breakdown=False)
         if not bf16:
             ds.pop("bf16", None)
-        model = toy(layers, width)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, s),
-                                               config=ds)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=build_optimizer(model, settings), config=ds)
         use_foreach_grad_norm(engine.optimizer)
+        return engine
+
+    def measure(layers: int, width: int, repeats: int, ga: int = 1) -> dict[str, float]:
+        engine = engine_for(toy(layers, width), s, PROBE_BATCH, ga)
         dtype = torch.bfloat16 if bf16 else torch.float32
         x = torch.randn(PROBE_BATCH, width, device=dev, dtype=dtype)
 
@@ -144,17 +149,7 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         cfg = probe_config(FFNKind.DENSE)
         ms = types.SimpleNamespace(**vars(s), seed=0, recompute=Recompute.NONE, tc_impl="ecdit",
                                    compile="none")
-        ds = deepspeed_config(micro_batch=PROBE_IMAGES, grad_accum=ga, zero_stage=zero,
-                              precision=Precision.BF16 if bf16 else Precision.FP32,
-                              optimizer=Optimizer.ADAMW, lr=1e-4, warmup_steps=0, world=1,
-                              client_optimizer=True, scheduler=False)
-        ds.update(steps_per_print=10**9, wall_clock_breakdown=False)
-        if not bf16:
-            ds.pop("bf16", None)
-        model = build_parallel_model(cfg, ms, ep, device=dev)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, ms),
-                                               config=ds)
-        use_foreach_grad_norm(engine.optimizer)
+        engine = engine_for(build_parallel_model(cfg, ms, ep, device=dev), ms, PROBE_IMAGES, ga)
         dtype = torch.bfloat16 if bf16 else torch.float32
         x = torch.randn(PROBE_IMAGES, cfg.in_channels, cfg.input_size, cfg.input_size,
                         device=dev, dtype=dtype)
