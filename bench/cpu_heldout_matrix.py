@@ -85,7 +85,7 @@ def without(profile: Path, part: str, out: Path, from_m: int = 0,
                     grid[key] = [grid[key][i] for i in keep]
     copy = out / "-".join(["without"] + [part] * bool(part)
                           + [f"m-below-{from_m}"] * bool(from_m)
-                          + ["engine-from-model"] * engine_from_toy) / profile.name
+                          + ["engine-from-toy"] * engine_from_toy) / profile.name
     copy.parent.mkdir(exist_ok=True)
     copy.write_text(yaml.safe_dump(acc, sort_keys=False))
     return copy
