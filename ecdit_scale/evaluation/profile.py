@@ -300,6 +300,9 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"--dtype {s.dtype!r}: choose fp32, bf16 or fp16")
 
 
+ENGINE_STEP = "DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2"
+
+
 def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None) -> DeviceProfile:
     import torch
 
@@ -325,8 +328,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         if not s.quick:  # three fresh processes (DeepSpeed's state is process-wide): ~10-25 s
             from .engine_probe import probe
 
-            steps.append(("DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2",
-                          lambda: probe(s.device)))
+            steps.append((ENGINE_STEP, lambda: probe(s.device)))
         got: dict[str, Any] = {}
         for name, fn in steps:
             report(name)
@@ -337,13 +339,26 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             from .collectives import measure_collectives
 
             coll = measure_collectives(s)
+        # the model's own code per kernel, its device time priced by the profile measured above
+        report("the model's host cost per kernel, by FFN kind and recompute policy")
+        from .host_probe import measure_host
+
+        prof = _assemble(s, got, coll)
+        host = measure_host(s, timer, profile_accelerator(s, prof))
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
+    engine = got.get(ENGINE_STEP) or {}
+    return dataclasses.replace(prof, host_s_per_kernel=host, provenance={
+        **provenance(s, wall, allocator), **engine_toy(engine)})
+
+
+def _assemble(s: Settings, got: dict[str, Any], coll: dict[str, Any] | None) -> DeviceProfile:
+    """The profile of the measurements in ``got`` (by step name) and ``coll`` (collectives)."""
     gemm, bmm, sdpa = got["GEMM grid"], got["batched GEMM grid"], got["SDPA"]
     opt = got["optimizer step"]
-    engine = got.get("DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2") or {}
-    prof = DeviceProfile(
+    engine = got.get(ENGINE_STEP) or {}
+    return DeviceProfile(
         dtype=s.torch_dtype_name, gemm_m=tuple(map(float, gemm["m"])),
         gemm_n=tuple(map(float, gemm["n"])), gemm_k=tuple(map(float, gemm["k"])),
         gemm_flops_per_s=tuple(gemm["flops_per_s"]),
@@ -369,21 +384,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         deepspeed_micro_s_per_param={k: v[3] for k, v in engine.items()},
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
-        links=coll["links"] if coll else {},
-        provenance={**provenance(s, wall, allocator), **engine_toy(engine)})
-    # the model's own code per kernel, its device time priced by the profile measured above
-    report("the model's host cost per kernel, by FFN kind and recompute policy")
-    from .host_probe import measure_host
-
-    t0 = time.perf_counter()
-    if s.device == "cpu":
-        torch.set_num_threads(s.threads)
-    try:
-        host = measure_host(s, timer, profile_accelerator(s, prof))
-    finally:
-        torch.set_num_threads(old)
-    return dataclasses.replace(prof, host_s_per_kernel=host, provenance={
-        **provenance(s, wall + time.perf_counter() - t0, allocator), **engine_toy(engine)})
+        links=coll["links"] if coll else {})
 
 
 def engine_toy(engine: dict[int, tuple[float, ...]]) -> dict[str, Any]:

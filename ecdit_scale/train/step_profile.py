@@ -180,9 +180,10 @@ def breakdown(events, *, on_gpu: bool) -> dict[str, Any] | None:
             if aten is None:
                 continue
             part = part_of(names, ph)
-            if part in ENGINE_PARTS and not any(_aten(n) for n in names[1:]):
+            outermost = not any(_aten(n) for n in names[1:])
+            if part in ENGINE_PARTS and outermost:
                 engine[f"{part} {e.name}"] += ms
-            if part in MODEL_PARTS and not any(_aten(n) for n in names[1:]):  # outermost op
+            if part in MODEL_PARTS and outermost:
                 cls = op_class(names)
                 if cls != "memory_bound":
                     model[cls] += ms
