@@ -193,6 +193,27 @@ def test_profile_yaml_round_trip_and_bad_fields():
     assert back.to_dict() == micro.to_dict()
     with pytest.raises(ConfigError, match="deepspeed_engine_micro: key 'z' is not a ZeRO"):
         DeviceProfile.from_dict({"deepspeed_engine_micro": {"z": 1e-9}})
+    by_setting = _profile(deepspeed_engine_s={1: 2e-6}, deepspeed_engine_by_setting={
+        "moe": {"deepspeed_engine_s": {1: 3e-5}, "deepspeed_engine_s_per_param": {1: 2e-9}},
+        "dp": {"deepspeed_micro_s": {2: 4e-5}}})
+    back = DeviceProfile.from_dict(by_setting.to_dict())
+    assert back.to_dict() == by_setting.to_dict()
+    assert back.deepspeed_engine_by_setting["moe"]["deepspeed_engine_s"] == {1: 3e-5}
+    have = back.measured()
+    assert have["deepspeed_engine_moe"] and not have["deepspeed_engine_moe-dp"]
+    # a setting's own numbers where measured, the dense one-rank engine's elsewhere
+    assert back.engine_costs("moe")["deepspeed_engine_s"] == {1: 3e-5}
+    assert back.engine_costs("moe-dp")["deepspeed_engine_s"] == {1: 2e-6}
+    assert back.engine_costs("")["deepspeed_engine_s"] == {1: 2e-6}
+    with pytest.raises(ValueError, match="engine setting 'zero-3'"):
+        back.engine_costs("zero-3")
+    with pytest.raises(ConfigError, match="setting 'fast'; valid: moe, dp, moe-dp"):
+        DeviceProfile.from_dict({"deepspeed_engine_by_setting": {"fast": {}}})
+    with pytest.raises(ConfigError, match=r"by_setting\.dp: unknown field\(s\) engine"):
+        DeviceProfile.from_dict({"deepspeed_engine_by_setting": {"dp": {"engine": {}}}})
+    with pytest.raises(ConfigError, match=r"by_setting\.moe\.deepspeed_engine\.1 = -1"):
+        DeviceProfile.from_dict({"deepspeed_engine_by_setting": {
+            "moe": {"deepspeed_engine": {1: -1}}}})
     by_opt = _profile(optimizer_elements=(1e4, 1e6), optimizer_kernels="foreach",
                       optimizer_s_per_byte_by={"adamw": (1e-10, 4e-10), "sgd": (4e-11, 4e-11)})
     back = DeviceProfile.from_dict(by_opt.to_dict())
@@ -494,6 +515,33 @@ def test_deepspeed_engine_term_prices_the_layouts_zero_stage():
     assert f.step.engine_s == pytest.approx(a.step.engine_s)
 
 
+def test_deepspeed_engine_term_prices_the_settings_the_run_gets():
+    """An MoE model and a data-parallel run get other ZeRO settings than a dense model on one
+    rank (contiguous gradients, overlap_comm): each is priced by its own measured numbers,
+    and by the dense one-rank engine's where its setting was not measured."""
+    import dataclasses
+
+    h100 = get_accelerator("h100-sxm")
+    settings = {"moe": 1e-4, "dp": 2e-4, "moe-dp": 3e-4}
+    eng = dataclasses.replace(h100, profile=_profile(
+        deepspeed_engine_s={1: 1e-5}, deepspeed_engine_by_setting={
+            k: {"deepspeed_engine_s": {1: v}} for k, v in settings.items()}))
+    base = dataclasses.replace(h100, profile=_profile())
+    for name, world, per_tensor in (("nano-dense", 1, 1e-5), ("nano-ec8", 1, 1e-4),
+                                    ("nano-dense", 2, 2e-4), ("nano-ec8", 2, 3e-4)):
+        cfg, a = _estimate(base, zero=1, world=world, name=name)
+        _, b = _estimate(eng, zero=1, world=world, name=name)
+        assert b.step.engine_s - a.step.engine_s == pytest.approx(
+            per_tensor * trainer_param_tensors(cfg, 1)), (name, world)
+    # the MoE setting measured at ZeRO-1 only: ZeRO-2 falls back to the dense one-rank engine
+    partial = dataclasses.replace(h100, profile=_profile(
+        deepspeed_engine_s={1: 1e-5, 2: 5e-5},
+        deepspeed_engine_by_setting={"moe": {"deepspeed_engine_s": {1: 1e-4}}}))
+    cfg, a = _estimate(base, zero=2)
+    _, b = _estimate(partial, zero=2)
+    assert b.step.engine_s - a.step.engine_s == pytest.approx(5e-5 * trainer_param_tensors(cfg, 1))
+
+
 def test_engine_work_per_micro_step_is_priced_once_per_further_micro_step():
     """ZeRO-2's hooks run in every backward: an accumulating step pays the probe's per-micro
     part (ga - 1) times more, at the layout's stage only; a step of one micro-step pays none."""
@@ -537,12 +585,13 @@ def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
 
     got = probe("cpu", quick=True, stages=(1,))
     assert set(got) == {1}
-    # the model's own code's four, then the toy's (for the record)
-    assert len(got[1]) == 8
-    per_tensor, per_param, micro_tensor, micro_param = got[1][:4]
+    # the model's own code's four (dense, one rank), each other setting's, the toy's (the record)
+    assert set(got[1]) == {"", "moe", "dp", "moe-dp", "toy"}
+    assert all(len(v) == 4 for v in got[1].values())
+    per_tensor, per_param, micro_tensor, micro_param = got[1][""]
     assert 0.0 <= per_tensor < 1e-2 and 0.0 <= per_param < 1e-6
     assert 0.0 <= micro_tensor < 1e-2 and 0.0 <= micro_param < 1e-6
-    assert all(0.0 <= v < 1e-2 for v in got[1][4:])
+    assert all(0.0 <= v < 1e-2 for k, four in got[1].items() if k for v in four)
 
 
 def test_a_further_micro_step_is_the_difference_of_two_steps():
@@ -598,7 +647,10 @@ def test_a_derived_profile_scales_every_per_parameter_engine_cost_by_bandwidth()
     from ecdit_scale.planner.derived_profile import derive_profile
 
     template = _profile(deepspeed_engine_s={2: 1e-5}, deepspeed_engine_s_per_param={2: 4e-9},
-                        deepspeed_micro_s={2: 2e-6}, deepspeed_micro_s_per_param={2: 1e-9})
+                        deepspeed_micro_s={2: 2e-6}, deepspeed_micro_s_per_param={2: 1e-9},
+                        deepspeed_engine_by_setting={"moe": {
+                            "deepspeed_engine_s": {2: 3e-5},
+                            "deepspeed_engine_s_per_param": {2: 6e-9}}})
     half = derive_profile(template, template_peak_bf16_flops=1e15, template_bw_bytes_per_s=4e12,
                           peak_bf16_flops=1e15, bw_bytes_per_s=2e12)
     # passes over gradients and weights: half the bandwidth, twice the seconds per parameter
@@ -606,6 +658,10 @@ def test_a_derived_profile_scales_every_per_parameter_engine_cost_by_bandwidth()
     assert half.deepspeed_micro_s_per_param == {2: pytest.approx(2e-9)}
     # host-side work per tensor carries over unchanged
     assert half.deepspeed_engine_s == {2: 1e-5} and half.deepspeed_micro_s == {2: 2e-6}
+    # in every setting
+    moe = half.deepspeed_engine_by_setting["moe"]
+    assert moe["deepspeed_engine_s_per_param"] == {2: pytest.approx(1.2e-8)}
+    assert moe["deepspeed_engine_s"] == {2: 3e-5}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,8 +690,9 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     acc = get_accelerator(str(measured_profile))
     p = acc.profile
     # --quick measures all but DeepSpeed's engine (three fresh processes; the full profile does)
-    assert all(v for k, v in p.measured().items() if k != "deepspeed_engine"), p.measured()
-    assert not p.measured()["deepspeed_engine"]
+    engine = {k for k in p.measured() if k.startswith("deepspeed_engine")}
+    assert all(v for k, v in p.measured().items() if k not in engine), p.measured()
+    assert engine and not any(p.measured()[k] for k in engine)
     assert p.provenance["settings"]["quick"] and p.provenance["torch"]
     assert acc.number_sources()["peak_bf16_flops"] == "measured"
     assert acc.number_sources()["inter_node_bw_bytes_per_s"] == "datasheet"

@@ -14,6 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..files import to_plain
+from ..planner.device_profile import ENGINE_SETTING_NAMES
 from .common import app, console, err_console, print_json
 
 
@@ -113,6 +114,13 @@ def render_profile(acc, path: Path) -> None:
             f"ZeRO-{k} {p.deepspeed_micro_s.get(k, 0.0) * 1e6:.1f} us/tensor + "
             f"{p.deepspeed_micro_s_per_param.get(k, 0.0) * 1e9:.2f} ns/param"
             for k in sorted(set(p.deepspeed_micro_s) | set(p.deepspeed_micro_s_per_param))))
+    for setting, fields in p.deepspeed_engine_by_setting.items():
+        per_tensor = fields.get("deepspeed_engine_s", {})
+        per_param = fields.get("deepspeed_engine_s_per_param", {})
+        t.add_row(f"DeepSpeed engine, {ENGINE_SETTING_NAMES[setting]}", ", ".join(
+            f"ZeRO-{k} {per_tensor.get(k, 0.0) * 1e6:.1f} us/tensor + "
+            f"{per_param.get(k, 0.0) * 1e9:.2f} ns/param"
+            for k in sorted(set(per_tensor) | set(per_param))))
     for name, fit in p.links.items():
         t.add_row(f"{name} ({p.collective_nproc} x {p.collective_backend})",
                   f"{fit.bw_bytes_per_s / 1e9:.2f} GB/s, {fit.latency_s * 1e6:.0f} us, "

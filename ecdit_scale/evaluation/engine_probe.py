@@ -44,8 +44,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from ..planner.device_profile import ENGINE_SETTINGS, setting_flags
 from ..train.cpu_allocator import keep_large_allocations
 
 PROBE_WIDTH = 32
@@ -74,7 +76,7 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
     import deepspeed.ops
 
     from ..config import Optimizer, Precision, Recompute
-    from ..planner.deepspeed_config import deepspeed_config
+    from ..planner.deepspeed_config import deepspeed_config, zero_section
     from ..train.engine import build_optimizer, use_foreach_grad_norm
     from ..train.expert_parallel import single_process
     from ..train.records import Device
@@ -91,13 +93,19 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         torch.manual_seed(0)
         return nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)]).to(dev)
 
-    def engine_for(model: nn.Module, settings: Any, micro_batch: int, ga: int) -> Any:
+    def engine_for(model: nn.Module, settings: Any, micro_batch: int, ga: int,
+                   setting: str = "") -> Any:
         """``model`` in the trainer's DeepSpeed engine at this stage (world 1), with its
-        optimizer and clipping norm."""
+        optimizer and clipping norm, its ZeRO section as a run of ``setting`` gets it
+        (``ENGINE_SETTINGS``; "": a dense model on one rank)."""
+        moe, dp = setting_flags(setting)
         ds = deepspeed_config(micro_batch=micro_batch, grad_accum=ga, zero_stage=zero,
                               precision=Precision.BF16 if bf16 else Precision.FP32,
                               optimizer=Optimizer.ADAMW, lr=1e-4, warmup_steps=0, world=1,
-                              client_optimizer=True, scheduler=False)
+                              client_optimizer=True, scheduler=False, moe=moe)
+        # several data-parallel ranks' settings (overlap_comm, contiguous gradients) in this
+        # world-1 engine: its per-tensor and per-byte work, not the traffic (priced apart)
+        ds["zero_optimization"] = zero_section(zero, world=2 if dp else 1, moe=moe)
         ds.update(steps_per_print=10**9, wall_clock_breakdown=False)
         if not bf16:
             ds.pop("bf16", None)
@@ -106,8 +114,9 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         use_foreach_grad_norm(engine.optimizer)
         return engine
 
-    def measure(layers: int, width: int, repeats: int, ga: int = 1) -> dict[str, float]:
-        engine = engine_for(toy(layers, width), s, PROBE_BATCH, ga)
+    def measure(layers: int, width: int, repeats: int, ga: int = 1,
+                setting: str = "") -> dict[str, float]:
+        engine = engine_for(toy(layers, width), s, PROBE_BATCH, ga, setting)
         dtype = torch.bfloat16 if bf16 else torch.float32
         x = torch.randn(PROBE_BATCH, width, device=dev, dtype=dtype)
 
@@ -130,26 +139,27 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        t_engine, t_plain = timed(engine_step, repeats), timed(plain_step, repeats)
+        t_engine, t_plain = timed_pair(engine_step, plain_step, repeats)
         return {"tensors": 2 * layers, "params": layers * (width * width + width),
                 "engine_step_s": t_engine, "plain_step_s": t_plain}
 
-    def measure_model(repeats: int, ga: int = 1) -> dict[str, float]:
+    def measure_model(repeats: int, ga: int = 1, setting: str = "") -> dict[str, float]:
         """The trainer's own model (``host_probe.probe_config``: the dense nano card at the host
         probe's size, built as the trainer builds it) through the engine and through plain
         torch: its tensors, hooks and modules as the engine meets them, at a size where its
-        compute is small. Dense, so that its DeepSpeed config is the large toy's (a MoE model's
-        ZeRO-2 copies every gradient into a contiguous buffer; a dense one at world 1 does not:
-        ``deepspeed_config(moe=)``)."""
+        compute is small: the dense card, or the expert-choice one for an MoE ``setting``
+        (its expert parameters in a param group of their own, as the trainer builds it)."""
         from ..config import FFNKind
         from ..model.diffusion import rectified_flow_loss
         from ..train.engine import build_parallel_model
         from .host_probe import PROBE_IMAGES, probe_config
 
-        cfg = probe_config(FFNKind.DENSE)
+        cfg = probe_config(FFNKind.EXPERT_CHOICE if setting_flags(setting)[0]
+                           else FFNKind.DENSE)
         ms = types.SimpleNamespace(**vars(s), seed=0, recompute=Recompute.NONE, tc_impl="ecdit",
                                    compile="none")
-        engine = engine_for(build_parallel_model(cfg, ms, ep, device=dev), ms, PROBE_IMAGES, ga)
+        engine = engine_for(build_parallel_model(cfg, ms, ep, device=dev), ms, PROBE_IMAGES, ga,
+                            setting)
         dtype = torch.bfloat16 if bf16 else torch.float32
         x = torch.randn(PROBE_IMAGES, cfg.in_channels, cfg.input_size, cfg.input_size,
                         device=dev, dtype=dtype)
@@ -176,29 +186,35 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
 
         params = list(plain.parameters())
-        t_engine, t_plain = timed(engine_step, repeats), timed(plain_step, repeats)
+        t_engine, t_plain = timed_pair(engine_step, plain_step, repeats)
         return {"tensors": len(params), "params": sum(p.numel() for p in params),
                 "engine_step_s": t_engine, "plain_step_s": t_plain}
 
-    def timed(fn, repeats: int) -> float:
+    def timed_pair(engine_fn, plain_fn, repeats: int) -> tuple[float, float]:
+        """Median seconds of the engine's step and plain torch's, timed alternately: the
+        difference is what the probe keeps, and a VM's speed drifts between two runs of
+        repeats (on this 2-core CPU a dense ZeRO-1 engine's per-tensor cost came out 0-15 us
+        from one profile to the next when each side was timed in a block of its own)."""
         for _ in range(3):
-            fn()
-        out = []
+            engine_fn()
+            plain_fn()
+        out: tuple[list[float], list[float]] = ([], [])
         for _ in range(repeats):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            out.append(time.perf_counter() - t0)
-        return statistics.median(out)
+            for fn, times in ((engine_fn, out[0]), (plain_fn, out[1])):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(out[0]), statistics.median(out[1])
 
     repeats = 5 if quick else 15
     layers, width = LARGE_TOY[device]
     width = width // 2 if quick else width  # quick: a quarter (tests)
     large_repeats = 3 if quick else 9  # the further micro-step is a difference of two
-    ep = single_process()  # a dense model: no expert groups
+    ep = single_process()  # one process: every expert here, in the trainer's expert groups
     small = measure_model(repeats)
     large = measure(layers, width, large_repeats)
     per_tensor, per_param = split_engine_cost(small, large)
@@ -208,6 +224,10 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
     large2 = measure(layers, width, large_repeats, ga=2)
     micro_tensor, micro_param = split_engine_cost(*(further_micro_step(two, one) for two, one
                                                     in ((small2, small), (large2, large))))
+    by_setting = measure_settings(
+        zero, [per_tensor, per_param, micro_tensor, micro_param], (large, large2),
+        lambda ga, setting: measure_model(repeats, ga, setting),
+        lambda ga, setting: measure(layers, width, large_repeats, ga, setting))
     # the toy the probe used before 2026-12-06 (a chain of Linear(32, 32) layers), for the
     # record: on a CPU it priced the real model's engine 1.7-4x low at ZeRO-1/2
     chain, chain2 = (measure(PROBE_LAYERS[quick], PROBE_WIDTH, repeats, ga=g) for g in (1, 2))
@@ -217,7 +237,40 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
             "small": small, "large": large, "s_per_param_tensor": per_tensor,
             "s_per_param": per_param, "small_ga2": small2, "large_ga2": large2,
             "micro_s_per_param_tensor": micro_tensor, "micro_s_per_param": micro_param,
+            "settings": by_setting,
             "toy": chain, "toy_split": list(toy_split), "deepspeed": deepspeed.__version__}
+
+
+def measure_settings(zero: int, base: list[float], large: tuple[dict, dict],
+                     measure_model: Callable[[int, str], dict],
+                     measure_large: Callable[[int, str], dict]) -> dict[str, list[float]]:
+    """{setting: [s per tensor, s per parameter, the same per further micro-step]} for each
+    of ``ENGINE_SETTINGS``, solved as the dense one-rank ones (``base``) are, from the small
+    model of that setting's kind (``measure_model(ga, setting)``) and the large toy under that
+    setting's ZeRO section (``measure_large(ga, setting)``; ``large``: its times, one and two
+    micro-steps, under the dense one-rank section). At ZeRO-0 there is no ZeRO section: the
+    settings differ in the model only, "dp" is the dense one-rank engine and "moe-dp" the
+    "moe" one."""
+    out: dict[str, list[float]] = {}
+    larges: dict[tuple[bool, bool], tuple[dict, dict]] = {}
+    for setting in ENGINE_SETTINGS:
+        moe, dp = setting_flags(setting)
+        if zero == 0 and dp:
+            out[setting] = out["moe"] if moe else list(base)
+            continue
+        one, two = measure_model(1, setting), measure_model(2, setting)
+        # the large toy (dense) under the setting's ZeRO section: MoE and data-parallel runs
+        # both turn contiguous gradients on, only data-parallel ones overlap_comm
+        flags = (dp, moe or dp)
+        if zero == 0:
+            larges[flags] = large
+        elif flags not in larges:
+            larges[flags] = (measure_large(1, setting), measure_large(2, setting))
+        big, big2 = larges[flags]
+        out[setting] = [*split_engine_cost(one, big),
+                        *split_engine_cost(further_micro_step(two, one),
+                                           further_micro_step(big2, big))]
+    return out
 
 
 def further_micro_step(two: dict[str, float], one: dict[str, float]) -> dict[str, float]:
@@ -248,13 +301,14 @@ def split_engine_cost(small: dict[str, float], large: dict[str, float]) -> tuple
 
 
 def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
-          timeout_s: float = 90.0) -> dict[int, tuple[float, ...]]:
-    """(seconds per parameter tensor, seconds per parameter) the engine adds to a step, then
-    the same for each further micro-step, by ZeRO stage, each stage in a process of its own,
-    followed by the same four as the toy of many Linear(32, 32) layers priced them (the probe
-    before 2026-12-06, kept for the record); a stage that fails or times out is left out (the
-    model then prices no engine term for it)."""
-    out: dict[int, tuple[float, ...]] = {}
+          timeout_s: float = 150.0) -> dict[int, dict[str, tuple[float, ...]]]:
+    """By ZeRO stage, each in a process of its own: {"": (seconds per parameter tensor,
+    seconds per parameter) the engine adds to a step, then the same for each further
+    micro-step, for a dense model on one rank; each of ``ENGINE_SETTINGS``: the same four in
+    that setting; "toy": the same four as the toy of many Linear(32, 32) layers priced them
+    (the probe before 2026-12-06, kept for the record)}. A stage that fails or times out is
+    left out (the model then prices no engine term for it)."""
+    out: dict[int, dict[str, tuple[float, ...]]] = {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for zero in stages:
         cmd = [sys.executable, "-m", "ecdit_scale.evaluation.engine_probe", "--device", device,
@@ -267,9 +321,10 @@ def probe(device: str, *, quick: bool = False, stages: tuple[int, ...] = STAGES,
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode == 0 and lines:
             res = json.loads(lines[-1])
-            out[zero] = (float(res["s_per_param_tensor"]), float(res["s_per_param"]),
-                         float(res["micro_s_per_param_tensor"]), float(res["micro_s_per_param"]),
-                         *map(float, res["toy_split"]))
+            out[zero] = {"": tuple(float(res[k]) for k in (
+                "s_per_param_tensor", "s_per_param", "micro_s_per_param_tensor",
+                "micro_s_per_param")), "toy": tuple(map(float, res["toy_split"])),
+                **{k: tuple(map(float, v)) for k, v in res["settings"].items()}}
     return out
 
 

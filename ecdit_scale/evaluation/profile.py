@@ -43,7 +43,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..planner.compute import dtype_bytes
-from ..planner.device_profile import MEMORY_KIND_TRAFFIC, DeviceProfile
+from ..planner.device_profile import (
+    ENGINE_FIELDS,
+    ENGINE_SETTINGS,
+    MEMORY_KIND_TRAFFIC,
+    DeviceProfile,
+)
 from ..planner.hardware import Accelerator, save_accelerator
 from ..train.cpu_allocator import keep_large_allocations
 from .gemm_grid import gemm_working_set_bytes, measure_bmm, measure_gemm, torch_dtype
@@ -378,26 +383,25 @@ def _assemble(s: Settings, got: dict[str, Any], coll: dict[str, Any] | None) -> 
         optimizer_s_per_byte_by={k: tuple(v) for k, v in opt["by_size"].items()},
         optimizer_kernels=opt["kernels"],
         engine_s_per_param_tensor=got["autograd per parameter tensor"],
-        deepspeed_engine_s={k: v[0] for k, v in engine.items()},
-        deepspeed_engine_s_per_param={k: v[1] for k, v in engine.items()},
-        deepspeed_micro_s={k: v[2] for k, v in engine.items()},
-        deepspeed_micro_s_per_param={k: v[3] for k, v in engine.items()},
+        **{attr: {k: v[""][i] for k, v in engine.items()}
+           for i, (_, attr) in enumerate(ENGINE_FIELDS)},
+        deepspeed_engine_by_setting={
+            setting: {attr: {k: v[setting][i] for k, v in engine.items() if setting in v}
+                      for i, (_, attr) in enumerate(ENGINE_FIELDS)}
+            for setting in ENGINE_SETTINGS if any(setting in v for v in engine.values())},
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {})
 
 
-def engine_toy(engine: dict[int, tuple[float, ...]]) -> dict[str, Any]:
+def engine_toy(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any]:
     """The DeepSpeed engine's costs as the probe's toy of many Linear(32, 32) layers priced
-    them (``engine_probe.probe``'s last four of each stage), for the record: the profile prices
+    them (``engine_probe.probe``'s "toy" of each stage), for the record: the profile prices
     the model's own code's (``bench/cpu_heldout_matrix.py --engine-from-toy`` prices the toy's)."""
     if not engine:
         return {}
-    return {"engine_toy": {key: {k: v[4 + i] for k, v in sorted(engine.items())}
-                           for i, key in enumerate(("deepspeed_engine",
-                                                    "deepspeed_engine_per_param",
-                                                    "deepspeed_engine_micro",
-                                                    "deepspeed_engine_micro_per_param"))}}
+    return {"engine_toy": {key: {k: v["toy"][i] for k, v in sorted(engine.items())}
+                           for i, (key, _) in enumerate(ENGINE_FIELDS)}}
 
 
 def device_name(device: str) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import HALF_PRECISIONS, ModelConfig, Precision
 from .derived_profile import derived_note, is_derived
-from .device_profile import MEMORY_KIND_TRAFFIC
+from .device_profile import ENGINE_SETTINGS, MEMORY_KIND_TRAFFIC
 from .memory import RECOMPUTE_ORDER
 from .operators import (
     BACKWARD_BYTES_PER_FORWARD,
@@ -318,4 +318,10 @@ def term_sources(acc: Any) -> dict[str, str]:
                       else "datasheet bandwidth"),
         "engine": ("measured per parameter tensor" if have["engine"]
                    else "not measured: no per-parameter overhead"),
+        "deepspeed_engine": (
+            "measured by ZeRO stage, " + (
+                "in each setting a run gets (MoE model, data-parallel ranks)"
+                if all(have[f"deepspeed_engine_{s}"] for s in ENGINE_SETTINGS)
+                else "a dense model's on one rank for every run")
+            if have["deepspeed_engine"] else "not measured: no engine term"),
     }

@@ -54,6 +54,11 @@ def derive_profile(template: DeviceProfile, *, template_peak_bf16_flops: float,
                                       t.deepspeed_engine_s_per_param.items()},
         deepspeed_micro_s_per_param={k: v / b for k, v in
                                      t.deepspeed_micro_s_per_param.items()},
+        deepspeed_engine_by_setting={
+            setting: {attr: ({k: v / b for k, v in stages.items()}
+                             if attr.endswith("per_param") else dict(stages))
+                      for attr, stages in fields.items()}
+            for setting, fields in t.deepspeed_engine_by_setting.items()},
         links={},  # collectives follow the device's own links (comm.py), never the template's
         collective_nproc=None, collective_backend=None,
         provenance={"derived_from": f"{template_name} profile "

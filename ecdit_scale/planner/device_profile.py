@@ -39,6 +39,11 @@ the datasheet and the plan says so):
     deepspeed_engine_micro_per_param: {2: 5e-9}   # and per parameter, each further
                                      # micro-step of an accumulating step adds (ZeRO-2's
                                      # hooks reduce in every backward; the probe at 2 vs 1)
+    deepspeed_engine_by_setting: {moe: {deepspeed_engine: {...}, ...}, dp: {...},
+                                  moe-dp: {...}}   # the same four where a run gets other
+                                     # ZeRO settings than a dense model on one rank: an MoE
+                                     # model, several data-parallel ranks, both (absent: the
+                                     # dense one-rank numbers, profiles before 2026-12-06)
     collectives: {nproc: 2, backend: nccl, all_reduce: {latency_s, bw_bytes_per_s, half_bytes},
                   all_to_all: {...}, all_gather: {...}}   # all_gather: into one tensor, as
                                      # DeepSpeed's ZeRO gathers run (absent: priced as the
@@ -53,7 +58,6 @@ SDPA rate: linear interpolation in log(FLOPs per call), clamped.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +67,7 @@ from ..checks import short
 from ..config import Optimizer
 from ..errors import ConfigError
 from .interpolation import log_grid, log_log, trilinear
+from .profile_fields import mapping, mnk_grid, number, numbers, optional_number, zero_stages
 
 LAUNCH_MODES = ("async", "serial")
 FFN_KINDS = ("dense", "expert-choice", "token-choice")  # config.FFNKind's values
@@ -80,61 +85,25 @@ ENGINE_FIELDS = (("deepspeed_engine", "deepspeed_engine_s"),
                  ("deepspeed_engine_per_param", "deepspeed_engine_s_per_param"),
                  ("deepspeed_engine_micro", "deepspeed_micro_s"),
                  ("deepspeed_engine_micro_per_param", "deepspeed_micro_s_per_param"))
+# the engine's settings a run gets besides a dense model's on one rank (``deepspeed_config.
+# zero_section``): an MoE model (contiguous gradients; its experts in a param group of their
+# own), several data-parallel ranks (contiguous gradients and overlap_comm), both
+ENGINE_SETTINGS = ("moe", "dp", "moe-dp")
+ENGINE_SETTING_NAMES = {"moe": "MoE model, one rank", "dp": "dense model, data-parallel ranks",
+                        "moe-dp": "MoE model, data-parallel ranks"}
 
 
-def _num(where: str, value: Any, *, positive: bool = True) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (value <= 0 if positive else value < 0):
-        raise ConfigError(f"{where} = {short(value)}: must be a "
-                          f"{'positive' if positive else 'non-negative'} number")
-    return float(value)
+def setting_flags(setting: str) -> tuple[bool, bool]:
+    """(an MoE model, several data-parallel ranks) of an engine setting ("" = neither)."""
+    if setting and setting not in ENGINE_SETTINGS:
+        raise ValueError(f"engine setting {setting!r}: choose one of {ENGINE_SETTINGS}")
+    return setting.startswith("moe"), setting.endswith("dp")
 
 
-def _opt(data: dict, key: str, where: str, *, positive: bool = True) -> float | None:
-    value = data.get(key)
-    return None if value is None else _num(f"{where}.{key}", value, positive=positive)
-
-
-def _nums(where: str, value: Any) -> tuple[float, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(f"{where} = {short(value)}: must be a non-empty list of numbers")
-    return tuple(_num(f"{where}[{i}]", v) for i, v in enumerate(value))
-
-
-def _mnk_grid(data: dict, key: str, where: str) -> dict[str, tuple[float, ...]]:
-    """A measured (m, n, k) grid's axes and its m-major flat rates, checked."""
-    part = _mapping(data.get(key), f"{where}.{key}")
-    if not part:
-        return {}
-    axes = [_nums(f"{where}.{key}.{a}", part.get(a)) for a in ("m", "n", "k")]
-    rates = _nums(f"{where}.{key}.flops_per_s", part.get("flops_per_s"))
-    if len(rates) != len(axes[0]) * len(axes[1]) * len(axes[2]):
-        raise ConfigError(f"{where}.{key}.flops_per_s has {len(rates)} entries; the "
-                          f"m x n x k grid needs {len(axes[0]) * len(axes[1]) * len(axes[2])}")
-    for name, ax in zip("mnk", axes, strict=True):
-        if list(ax) != sorted(set(ax)):
-            raise ConfigError(f"{where}.{key}.{name} must be strictly increasing")
-    out = {"m": axes[0], "n": axes[1], "k": axes[2], "flops_per_s": rates}
-    if key == "bmm":
-        batch = _nums(f"{where}.bmm.batch", part.get("batch"))
-        if len(batch) != len(axes[0]):
-            raise ConfigError(f"{where}.bmm.batch has {len(batch)} entries; one per m "
-                              f"({len(axes[0])}) is needed")
-        out["batch"] = batch
-    return out
-
-
-def _mapping(data: Any, where: str) -> dict:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, not {type(data).__name__}")
-    return data
+def engine_setting(moe: bool, data_parallel: bool) -> str:
+    """The engine setting of a run: an MoE model or not, more than one data-parallel rank or
+    not ("" = a dense model on one rank)."""
+    return "-".join(["moe"] * moe + ["dp"] * data_parallel)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +163,10 @@ class DeviceProfile:
     # what each further micro-step of an accumulating step adds (per tensor, per parameter)
     deepspeed_micro_s: dict[int, float] = field(default_factory=dict)
     deepspeed_micro_s_per_param: dict[int, float] = field(default_factory=dict)
+    # the same four in each other setting a run can get ({setting: {field: {stage: s}}}, the
+    # fields' names as above): an MoE model's, a data-parallel run's (``ENGINE_SETTINGS``)
+    deepspeed_engine_by_setting: dict[str, dict[str, dict[int, float]]] = field(
+        default_factory=dict)
     collective_nproc: int | None = None
     collective_backend: str | None = None
     links: dict[str, LinkFit] = field(default_factory=dict)
@@ -208,6 +181,16 @@ class DeviceProfile:
         if curve is None or elements is None:
             return self.optimizer_s_per_byte
         return log_log(elements, self.optimizer_elements, curve)
+
+    def engine_costs(self, setting: str) -> dict[str, dict[int, float]]:
+        """{field: {ZeRO stage: seconds}} of DeepSpeed's engine in ``setting``
+        (``engine_setting``) for each of ``ENGINE_FIELDS``' fields: that setting's where the
+        profile measured it, else the dense one-rank engine's (every profile before
+        2026-12-06)."""
+        setting_flags(setting)
+        own = self.deepspeed_engine_by_setting.get(setting, {})
+        return {attr: {**getattr(self, attr), **own.get(attr, {})}
+                for _, attr in ENGINE_FIELDS}
 
     def kernel_host_s(self, ffn_kind: str, recompute_code: Any) -> Any:
         """Host seconds per counted kernel for a model of ``ffn_kind`` at each recompute policy
@@ -250,6 +233,8 @@ class DeviceProfile:
                 "optimizer": self.optimizer_s_per_byte is not None,
                 "engine": self.engine_s_per_param_tensor is not None,
                 "deepspeed_engine": bool(self.deepspeed_engine_s),
+                **{f"deepspeed_engine_{setting}": setting in self.deepspeed_engine_by_setting
+                   for setting in ENGINE_SETTINGS},
                 **{c: c in self.links for c in COLLECTIVES}}
 
     # ---- rates ------------------------------------------------------------------------------
@@ -333,6 +318,11 @@ class DeviceProfile:
         for key, attr in ENGINE_FIELDS:
             if getattr(self, attr):
                 out[key] = {int(k): v for k, v in sorted(getattr(self, attr).items())}
+        if self.deepspeed_engine_by_setting:
+            out["deepspeed_engine_by_setting"] = {
+                setting: {key: {int(k): v for k, v in sorted(fields[attr].items())}
+                          for key, attr in ENGINE_FIELDS if fields.get(attr)}
+                for setting, fields in self.deepspeed_engine_by_setting.items()}
         if self.links:
             out["collectives"] = {"nproc": self.collective_nproc,
                                   "backend": self.collective_backend,
@@ -344,12 +334,12 @@ class DeviceProfile:
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "profile") -> DeviceProfile:
-        data = _mapping(data, where)
+        data = mapping(data, where)
         known = {"dtype", "gemm", "bmm", "sdpa", "memory_bw_bytes_per_s", "memory_ops",
                  "memory_ops_tensor_bytes", "launch", "host",
                  "optimizer",
                  "engine_s_per_param_tensor", *(key for key, _ in ENGINE_FIELDS),
-                 "collectives", "measured",
+                 "deepspeed_engine_by_setting", "collectives", "measured",
                  "provenance"}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
@@ -361,10 +351,10 @@ class DeviceProfile:
             raise ConfigError(f"{where}.dtype = {short(dtype)}: choose bf16, fp16 or fp32")
         kw["dtype"] = dtype
         for key in ("gemm", "bmm"):
-            kw.update({f"{key}_{f}": v for f, v in _mnk_grid(data, key, where).items()})
-        sdpa = _mapping(data.get("sdpa"), f"{where}.sdpa")
+            kw.update({f"{key}_{f}": v for f, v in mnk_grid(data, key, where).items()})
+        sdpa = mapping(data.get("sdpa"), f"{where}.sdpa")
         if sdpa:
-            parts = [_nums(f"{where}.sdpa.{a}", sdpa.get(a))
+            parts = [numbers(f"{where}.sdpa.{a}", sdpa.get(a))
                      for a in ("flops", "forward_flops_per_s", "backward_flops_per_s")]
             if len({len(p) for p in parts}) != 1 or list(parts[0]) != sorted(set(parts[0])):
                 raise ConfigError(f"{where}.sdpa: flops (strictly increasing) and the two rate "
@@ -372,44 +362,44 @@ class DeviceProfile:
             kw.update(sdpa_flops=parts[0], sdpa_forward_flops_per_s=parts[1],
                       sdpa_backward_flops_per_s=parts[2])
             # the head dim it was timed at: its own key, else the settings the profile records
-            settings = _mapping(data.get("provenance"), f"{where}.provenance").get("settings")
+            settings = mapping(data.get("provenance"), f"{where}.provenance").get("settings")
             recorded = settings.get("head_dim") if isinstance(settings, dict) else None
             head_dim = sdpa.get("head_dim", recorded)
             if head_dim is not None:
-                kw["sdpa_head_dim"] = _num(f"{where}.sdpa.head_dim", head_dim)
-        kw["memory_bw_bytes_per_s"] = _opt(data, "memory_bw_bytes_per_s", where)
-        kinds = _mapping(data.get("memory_ops"), f"{where}.memory_ops")
+                kw["sdpa_head_dim"] = number(f"{where}.sdpa.head_dim", head_dim)
+        kw["memory_bw_bytes_per_s"] = optional_number(data, "memory_bw_bytes_per_s", where)
+        kinds = mapping(data.get("memory_ops"), f"{where}.memory_ops")
         bad = sorted(map(str, set(kinds) - set(MEMORY_KINDS)))
         if bad:
             raise ConfigError(f"{where}.memory_ops: unknown kind(s) {', '.join(bad)}; valid: "
                               f"{', '.join(MEMORY_KINDS)}")
-        kw["memory_kind_bw"] = {k: _num(f"{where}.memory_ops.{k}", v) for k, v in kinds.items()}
-        kw["memory_ops_tensor_bytes"] = _opt(data, "memory_ops_tensor_bytes", where)
-        launch = _mapping(data.get("launch"), f"{where}.launch")
+        kw["memory_kind_bw"] = {k: number(f"{where}.memory_ops.{k}", v) for k, v in kinds.items()}
+        kw["memory_ops_tensor_bytes"] = optional_number(data, "memory_ops_tensor_bytes", where)
+        launch = mapping(data.get("launch"), f"{where}.launch")
         if launch:
-            kw["launch_s"] = _opt(launch, "seconds", f"{where}.launch")
+            kw["launch_s"] = optional_number(launch, "seconds", f"{where}.launch")
             mode = launch.get("mode", "async")
             if mode not in LAUNCH_MODES:
                 raise ConfigError(f"{where}.launch.mode = {short(mode)}: choose "
                                   f"{' or '.join(LAUNCH_MODES)}")
             kw["launch_mode"] = mode
         kw["host_s_per_kernel"] = _host(data.get("host"), f"{where}.host")
-        opt = _mapping(data.get("optimizer"), f"{where}.optimizer")
+        opt = mapping(data.get("optimizer"), f"{where}.optimizer")
         if opt:
-            kw["optimizer_s_per_byte"] = _opt(opt, "s_per_byte", f"{where}.optimizer")
-            kw["optimizer_s_per_tensor"] = _opt(opt, "s_per_tensor", f"{where}.optimizer",
-                                                positive=False)
-            by = dict(_mapping(opt.get("by_size"), f"{where}.optimizer.by_size"))
+            kw["optimizer_s_per_byte"] = optional_number(opt, "s_per_byte", f"{where}.optimizer")
+            kw["optimizer_s_per_tensor"] = optional_number(
+                opt, "s_per_tensor", f"{where}.optimizer", positive=False)
+            by = dict(mapping(opt.get("by_size"), f"{where}.optimizer.by_size"))
             if by:
                 w = f"{where}.optimizer.by_size"
-                elements = _nums(f"{w}.elements", by.pop("elements", None))
+                elements = numbers(f"{w}.elements", by.pop("elements", None))
                 if list(elements) != sorted(set(elements)):
                     raise ConfigError(f"{w}.elements must be strictly increasing")
                 bad = sorted(map(str, set(by) - set(OPTIMIZER_NAMES)))
                 if bad:
                     raise ConfigError(f"{w}: unknown optimizer(s) {', '.join(bad)}; valid: "
                                       f"elements, {', '.join(OPTIMIZER_NAMES)}")
-                curves = {k: _nums(f"{w}.{k}", v) for k, v in by.items()}
+                curves = {k: numbers(f"{w}.{k}", v) for k, v in by.items()}
                 for k, v in curves.items():
                     if len(v) != len(elements):
                         raise ConfigError(f"{w}.{k} has {len(v)} rates for "
@@ -421,52 +411,60 @@ class DeviceProfile:
                 raise ConfigError(f"{where}.optimizer.kernels = {short(kernels)}: choose "
                                   f"{', '.join(OPTIMIZER_KERNELS)}")
             kw["optimizer_kernels"] = kernels
-        kw["engine_s_per_param_tensor"] = _opt(data, "engine_s_per_param_tensor", where,
+        kw["engine_s_per_param_tensor"] = optional_number(data, "engine_s_per_param_tensor", where,
                                                positive=False)
         for name, attr in ENGINE_FIELDS:
-            eng = _mapping(data.get(name), f"{where}.{name}")
-            stages = {}
-            for key, value in eng.items():
-                stage = int(key) if str(key) in ("0", "1", "2", "3") else None
-                if stage is None:
-                    raise ConfigError(f"{where}.{name}: key {short(key)} is not a ZeRO "
-                                      "stage (0-3)")
-                stages[stage] = _num(f"{where}.{name}.{key}", value, positive=False)
-            kw[attr] = stages
-        coll = _mapping(data.get("collectives"), f"{where}.collectives")
+            kw[attr] = zero_stages(data, name, where)
+        by_setting = mapping(data.get("deepspeed_engine_by_setting"),
+                              f"{where}.deepspeed_engine_by_setting")
+        kw["deepspeed_engine_by_setting"] = {}
+        for setting, fields in by_setting.items():
+            w = f"{where}.deepspeed_engine_by_setting.{setting}"
+            if setting not in ENGINE_SETTINGS:
+                raise ConfigError(f"{where}.deepspeed_engine_by_setting: setting "
+                                  f"{short(setting)}; valid: {', '.join(ENGINE_SETTINGS)}")
+            fields = mapping(fields, w)
+            unknown = sorted(map(str, set(fields) - {key for key, _ in ENGINE_FIELDS}))
+            if unknown:
+                raise ConfigError(f"{w}: unknown field(s) {', '.join(unknown)}; valid fields: "
+                                  f"{', '.join(key for key, _ in ENGINE_FIELDS)}")
+            kw["deepspeed_engine_by_setting"][setting] = {
+                attr: zero_stages(fields, key, w) for key, attr in ENGINE_FIELDS if key in fields}
+        coll = mapping(data.get("collectives"), f"{where}.collectives")
         if coll:
             links = {}
             for name in COLLECTIVES:
-                part = _mapping(coll.get(name), f"{where}.collectives.{name}")
+                part = mapping(coll.get(name), f"{where}.collectives.{name}")
                 if part:
                     w = f"{where}.collectives.{name}"
-                    links[name] = LinkFit(latency_s=_num(f"{w}.latency_s", part.get("latency_s"),
+                    links[name] = LinkFit(latency_s=number(f"{w}.latency_s", part.get("latency_s"),
                                                          positive=False),
-                                          bw_bytes_per_s=_num(f"{w}.bw_bytes_per_s",
+                                          bw_bytes_per_s=number(f"{w}.bw_bytes_per_s",
                                                               part.get("bw_bytes_per_s")),
-                                          half_bytes=_num(f"{w}.half_bytes", part.get("half_bytes"),
-                                                          positive=False))
+                                          half_bytes=number(f"{w}.half_bytes",
+                                                            part.get("half_bytes"),
+                                                            positive=False))
             kw["links"] = links
             n = coll.get("nproc")
             kw["collective_nproc"] = (int(n) if isinstance(n, int) and not isinstance(n, bool)
                                       else None)
             kw["collective_backend"] = str(coll.get("backend")) if coll.get("backend") else None
-        kw["provenance"] = _mapping(data.get("provenance"), f"{where}.provenance")
+        kw["provenance"] = mapping(data.get("provenance"), f"{where}.provenance")
         return cls(**kw)
 
 
 def _host(data: Any, where: str) -> dict[str, dict[str, float]]:
     """The ``host`` part: {FFN kind: {recompute policy: seconds per kernel}}."""
     out = {}
-    for kind, policies in _mapping(data, where).items():
+    for kind, policies in mapping(data, where).items():
         if kind not in FFN_KINDS:
             raise ConfigError(f"{where}: unknown FFN kind {short(kind)}; valid: "
                               f"{', '.join(FFN_KINDS)}")
-        policies = _mapping(policies, f"{where}.{kind}")
+        policies = mapping(policies, f"{where}.{kind}")
         bad = sorted(map(str, set(policies) - set(RECOMPUTE_POLICIES)))
         if bad:
             raise ConfigError(f"{where}.{kind}: unknown recompute policy {', '.join(bad)}; "
                               f"valid: {', '.join(RECOMPUTE_POLICIES)}")
-        out[kind] = {p: _num(f"{where}.{kind}.{p}", v, positive=False)
+        out[kind] = {p: number(f"{where}.{kind}.{p}", v, positive=False)
                      for p, v in policies.items()}
     return out

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..files import atomic_write_text, dump_yaml, load_yaml_file, parse_yaml
 from .bounds import check_accelerator
 from .derived_profile import TEMPLATE_DATASHEET_BW_BYTES_PER_S, TEMPLATE_NAME, derive_profile
-from .device_profile import DeviceProfile
+from .device_profile import ENGINE_SETTINGS, DeviceProfile
 
 # An ASSUMPTION, not a vendor number: the fraction of dense peak that large bf16 transformer
 # training sustains (model FLOPs utilisation of well-tuned runs is typically 35-55%).
@@ -163,7 +163,9 @@ class Accelerator:
             # which fall back to the GEMM grid at all their rows, and the model's host cost
             # per kernel, to the launch probe's
             unmeasured = {"batched_gemm": "not measured: one GEMM of all the rows",
-                          "host": "not measured: the launch probe's cost per kernel"}
+                          "host": "not measured: the launch probe's cost per kernel",
+                          **{f"deepspeed_engine_{setting}": "not measured: the dense "
+                             "one-rank engine's" for setting in ENGINE_SETTINGS}}
             out.update({f"profile.{k}": got if v else unmeasured.get(k, "datasheet fallback")
                         for k, v in self.profile.measured().items()})
         return out

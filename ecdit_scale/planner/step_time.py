@@ -19,6 +19,7 @@ from ..zero import ZERO_PARTITIONS_GRADIENTS, ZERO_PARTITIONS_OPTIMIZER, ZERO_PA
 from .comm import forward_passes
 from .compute import bandwidth, dtype_bytes, micro_batch_arrays
 from .derivations import assumptions
+from .device_profile import engine_setting
 from .dtypes import FP32_BYTES
 from .memory import OPTIMIZER_STATE_BYTES, MemoryArrays
 from .operators import trainer_param_tensors
@@ -176,7 +177,8 @@ def _datasheet_compute(*, forward_flops: float, backward_flops: float, recompute
         profiled=None)
 
 
-def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, tp: Any, ep: Any, zero: Any,
+def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, world: int, tp: Any, ep: Any,
+                      zero: Any,
                       micro_batch: Any, grad_accum: Any, recompute_code: Any,
                       precision: Precision, zeros: Any) -> _Compute:
     """Operator classes from the measured profile (``compute.py``), plus launch and engine."""
@@ -197,15 +199,21 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, tp: Any, ep: Any
     local_params = mem.params / dtype_bytes(precision)
     # and per further micro-step of an accumulating step (ZeRO-2's hooks run in every backward)
     ga = np.asarray(grad_accum)
+    # in the ZeRO settings the layout's run gets: an MoE model's and a data-parallel run's
+    # differ from a dense one-rank run's (contiguous gradients, overlap_comm)
+    data_parallel = np.asarray(world) // np.asarray(tp) > 1
     deepspeed_s = zeros + 0.0 * np.asarray(zero)
-    for stage in (set(prof.deepspeed_engine_s) | set(prof.deepspeed_engine_s_per_param)
-                  | set(prof.deepspeed_micro_s) | set(prof.deepspeed_micro_s_per_param)):
-        stage_s = (prof.deepspeed_engine_s.get(stage, 0.0) * tensors
-                   + prof.deepspeed_engine_s_per_param.get(stage, 0.0) * local_params
-                   + (ga - 1) * (prof.deepspeed_micro_s.get(stage, 0.0) * tensors
-                                 + prof.deepspeed_micro_s_per_param.get(stage, 0.0)
-                                 * local_params))
-        deepspeed_s = deepspeed_s + np.where(np.asarray(zero) == stage, stage_s, 0.0)
+    for dp_flag in (False, True):
+        costs = prof.engine_costs(engine_setting(cfg.ffn.is_moe, dp_flag))
+        per_tensor, per_param = costs["deepspeed_engine_s"], costs["deepspeed_engine_s_per_param"]
+        micro, micro_param = costs["deepspeed_micro_s"], costs["deepspeed_micro_s_per_param"]
+        for stage in set(per_tensor) | set(per_param) | set(micro) | set(micro_param):
+            stage_s = (per_tensor.get(stage, 0.0) * tensors
+                       + per_param.get(stage, 0.0) * local_params
+                       + (ga - 1) * (micro.get(stage, 0.0) * tensors
+                                     + micro_param.get(stage, 0.0) * local_params))
+            deepspeed_s = deepspeed_s + np.where((np.asarray(zero) == stage)
+                                                 & (data_parallel == dp_flag), stage_s, 0.0)
     step = cost.total
     profiled = ProfiledCompute(gemm_s=ga * step.gemm_s, attention_s=ga * step.attention_s,
                                memory_bound_s=ga * step.memory_s, launch_s=ga * launch_s,
@@ -251,8 +259,8 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
     zeros = 0.0 * np.asarray(micro_batch) * zero  # broadcasts scalars to the layouts' shape
     prof = getattr(acc, "profile", None)
     if prof is not None and cfg is not None:
-        compute = _profiled_compute(cfg=cfg, acc=acc, mem=mem, tp=tp, ep=ep, zero=zero,
-                                    micro_batch=micro_batch, grad_accum=ga,
+        compute = _profiled_compute(cfg=cfg, acc=acc, mem=mem, world=world, tp=tp, ep=ep,
+                                    zero=zero, micro_batch=micro_batch, grad_accum=ga,
                                     recompute_code=recompute_code, precision=precision,
                                     zeros=zeros)
     else:
