@@ -22,7 +22,17 @@ few large Linear layers):
     engine - plain = tensors x s_per_param_tensor + params x s_per_param
 
 solved from the two, per ZeRO stage, one fresh process per stage (DeepSpeed keeps
-process-wide state). On this 2-core CPU the per-parameter part is ~4.5 ns at ZeRO-0 and ~10 ns
+process-wide state). Then again in each other setting a run can get (``ENGINE_SETTINGS``):
+the trainer's DeepSpeed config turns contiguous gradients on for every MoE model, and
+overlap_comm too with more than one data-parallel rank (``deepspeed_config.zero_section``), and
+an MoE model's experts are a param group of their own. Timed in the dense one-rank settings
+only, one-rank nano-ec16 and nano-tc16 runs were priced 27-39% fast at ZeRO-1/2 where
+nano-dense was within 5% and plain torch's forward + backward of all three within 12%; the
+profiled step of nano-ec16 at ZeRO-1 spent 456 engine kernels in its backward against
+nano-dense's 108. So each setting has its own split: the small model of its kind (the
+expert-choice nano card for an MoE setting) against the large toy under its ZeRO section, the
+data-parallel ones in this world-1 engine (their per-tensor and per-byte work; their traffic
+is the collectives' term). On this 2-core CPU the per-parameter part is ~4.5 ns at ZeRO-0 and ~10 ns
 at ZeRO-1/2 (fp32, one thread): 1.4 s of a 132.9M-parameter model's step, which the per-tensor
 part alone priced at under a millisecond.
 
