@@ -202,9 +202,10 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
 
     def timed_pair(engine_fn, plain_fn, repeats: int) -> tuple[float, float]:
         """Median seconds of the engine's step and plain torch's, timed alternately: the
-        difference is what the probe keeps, and a VM's speed drifts between two runs of
+        difference is what the probe keeps, and a VM's speed drifts between two blocks of
         repeats (on this 2-core CPU a dense ZeRO-1 engine's per-tensor cost came out 0-15 us
-        from one profile to the next when each side was timed in a block of its own)."""
+        from one profile to the next when each side was timed in a block of its own; 10-21
+        us over the 13 profiles of bench/results/cpu-heldout-matrix-19, timed alternately)."""
         for _ in range(3):
             engine_fn()
             plain_fn()
