@@ -583,15 +583,60 @@ def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
     """One ZeRO stage of ``evaluation.engine_probe`` in its own process, as profile runs it."""
     from ecdit_scale.evaluation.engine_probe import probe
 
-    got = probe("cpu", quick=True, stages=(1,))
-    assert set(got) == {1}
+    # ZeRO-0: the cheapest stage (its data-parallel settings are its one-rank ones; which
+    # settings measure what is tested apart, in test_engine_settings_...)
+    got = probe("cpu", quick=True, stages=(0,))
+    assert set(got) == {0}
     # the model's own code's four (dense, one rank), each other setting's, the toy's (the record)
-    assert set(got[1]) == {"", "moe", "dp", "moe-dp", "toy"}
-    assert all(len(v) == 4 for v in got[1].values())
-    per_tensor, per_param, micro_tensor, micro_param = got[1][""]
+    assert set(got[0]) == {"", "moe", "dp", "moe-dp", "toy"}
+    assert all(len(v) == 4 for v in got[0].values())
+    per_tensor, per_param, micro_tensor, micro_param = got[0][""]
     assert 0.0 <= per_tensor < 1e-2 and 0.0 <= per_param < 1e-6
     assert 0.0 <= micro_tensor < 1e-2 and 0.0 <= micro_param < 1e-6
-    assert all(0.0 <= v < 1e-2 for k, four in got[1].items() if k for v in four)
+    assert all(0.0 <= v < 1e-2 for k, four in got[0].items() if k for v in four)
+    assert got[0]["dp"] == got[0][""] and got[0]["moe-dp"] == got[0]["moe"]
+
+
+def test_engine_settings_time_each_model_and_zero_section_once():
+    """Each setting is solved from its own small model against the large toy under its own
+    ZeRO section; the toy is timed once per section (MoE: contiguous gradients; data-parallel:
+    contiguous gradients and overlap_comm), and at ZeRO-0 (no section) not again."""
+    from ecdit_scale.evaluation.engine_probe import measure_settings, split_engine_cost
+
+    def run(tensors, params, extra, ga):
+        plain = 0.01 * ga
+        return {"tensors": tensors, "params": params, "plain_step_s": plain,
+                "engine_step_s": plain + extra * ga}
+
+    per_tensor = {"moe": 3e-5, "dp": 5e-5, "moe-dp": 4e-5}
+    calls: list[tuple[str, int, str]] = []
+
+    def small(ga, setting):
+        calls.append(("small", ga, setting))
+        return run(200, 10_000, 200 * per_tensor[setting] + 10_000 * 2e-9, ga)
+
+    def large(ga, setting):
+        calls.append(("large", ga, setting))
+        return run(8, 16_000_000, 16_000_000 * 2e-9, ga)  # the same under either section
+
+    base_large = (run(8, 16_000_000, 0.02, 1), run(8, 16_000_000, 0.02, 2))
+    got = measure_settings(1, [1e-5, 1e-9, 0.0, 0.0], base_large, small, large)
+    assert set(got) == {"moe", "dp", "moe-dp"}
+    for setting, four in got.items():
+        assert four[0] == pytest.approx(per_tensor[setting], rel=1e-3)
+        assert four[1] == pytest.approx(2e-9, rel=2e-2)
+        # each further micro-step costs what the first did (the fakes scale with ga)
+        assert four[2:] == pytest.approx(four[:2], rel=1e-6)
+    assert sorted(c for c in calls if c[0] == "large") == [
+        ("large", 1, "dp"), ("large", 1, "moe"), ("large", 2, "dp"), ("large", 2, "moe")]
+    assert {c[2] for c in calls if c[0] == "small"} == {"moe", "dp", "moe-dp"}
+    calls.clear()
+    zero0 = measure_settings(0, [1e-5, 1e-9, 2e-6, 0.0], base_large, small, large)
+    assert not [c for c in calls if c[0] == "large"]
+    assert {c[2] for c in calls} == {"moe"}
+    assert zero0["dp"] == [1e-5, 1e-9, 2e-6, 0.0] and zero0["moe-dp"] == zero0["moe"]
+    assert zero0["moe"][:2] == pytest.approx(list(split_engine_cost(
+        small(1, "moe"), base_large[0])))
 
 
 def test_a_further_micro_step_is_the_difference_of_two_steps():
