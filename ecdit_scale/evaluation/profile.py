@@ -21,6 +21,9 @@ Measured (each timed after a warm-up, the median of repeated batches):
   tensors (seconds per extra tensor);
 - engine: autograd's work per parameter tensor (AccumulateGrad and its backward node), from a
   backward over many small tensors vs one tensor of the same size;
+- DeepSpeed's engine (full profile only, ``engine_probe``): what it adds to a step over plain
+  torch, per parameter tensor and per parameter, by ZeRO stage and engine setting (a dense or
+  an MoE model, one rank's or data-parallel ranks' ZeRO settings);
 - with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between
   ``nproc`` local processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
 torch is imported here (and in the probes) only; progress goes to an optional
@@ -330,7 +333,8 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             ("optimizer step", lambda: measure_optimizer(s, timer)),
             ("autograd per parameter tensor", lambda: measure_engine(s, timer)),
         ]
-        if not s.quick:  # three fresh processes (DeepSpeed's state is process-wide): ~10-25 s
+        if not s.quick:  # three fresh processes (DeepSpeed's state is process-wide), each
+            # stage in four engine settings: ~60-75 s on a 2-core CPU
             from .engine_probe import probe
 
             steps.append((ENGINE_STEP, lambda: probe(s.device)))
