@@ -33,7 +33,7 @@ else
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:$ROOT"
-  TT_ARGS=(--budget-s 240)
+  TT_ARGS=(--budget-s 180)  # 60 s of it went to the profile's engine settings (2026-12-06)
   PLAN_MODEL=(--override depth=8); MB=32; STEPS=20; PLAN_TIMEOUT=80; PROFILE_ARGS=()
 fi
 export PYTHON="$PY"  # launch.sh runs this Python
@@ -43,7 +43,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 "$PY" -c "import sys, torch, deepspeed; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'deepspeed', deepspeed.__version__)" || exit 1
 
 stage "profile"
-timeout 200 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
+# its DeepSpeed engine probe times four engine settings per ZeRO stage since 2026-12-06 (about
+# 2.5x its earlier time on a 2-core CPU; not yet timed on a GPU)
+timeout 260 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
   --out "$OUT/profile.yaml" || echo "profile failed: $?"
 
 # the flash kernel's head-dim padding the plan prices (DiT-XL/2's 72 as 96): ~10 s
