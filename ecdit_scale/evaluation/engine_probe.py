@@ -112,9 +112,10 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         ds = deepspeed_config(micro_batch=micro_batch, grad_accum=ga, zero_stage=zero,
                               precision=Precision.BF16 if bf16 else Precision.FP32,
                               optimizer=Optimizer.ADAMW, lr=1e-4, warmup_steps=0, world=1,
-                              client_optimizer=True, scheduler=False, moe=moe)
-        # several data-parallel ranks' settings (overlap_comm, contiguous gradients) in this
-        # world-1 engine: its per-tensor and per-byte work, not the traffic (priced apart)
+                              client_optimizer=True, scheduler=False)
+        # the setting's ZeRO section; several data-parallel ranks' (overlap_comm, contiguous
+        # gradients) in this world-1 engine: their per-tensor and per-byte work, not the
+        # traffic (priced apart)
         ds["zero_optimization"] = zero_section(zero, world=2 if dp else 1, moe=moe)
         ds.update(steps_per_print=10**9, wall_clock_breakdown=False)
         if not bf16:
@@ -124,41 +125,49 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
         use_foreach_grad_norm(engine.optimizer)
         return engine
 
+    def engine_vs_plain(engine: Any, plain: nn.Module, opt: Any, loss: Callable[..., Any],
+                        inputs: tuple, ga: int, repeats: int) -> dict[str, float]:
+        """``timed_pair`` of ``ga`` micro-steps of ``loss(model, *inputs)`` through the engine
+        (it steps on the last) and through plain torch (autograd accumulates into .grad; bf16
+        autocast on fp32 inputs where the engine runs bf16; the trainer's clipping norm), and
+        ``plain``'s tensors and parameters."""
+        plain_inputs = tuple(t.float() for t in inputs)
+
+        def engine_step() -> None:
+            for _ in range(ga):
+                engine.backward(loss(engine, *inputs))
+                engine.step()
+
+        def plain_step() -> None:
+            for _ in range(ga):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = loss(plain, *plain_inputs)
+                out.backward()
+            torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        params = list(plain.parameters())
+        t_engine, t_plain = timed_pair(engine_step, plain_step, repeats)
+        return {"tensors": len(params), "params": sum(p.numel() for p in params),
+                "engine_step_s": t_engine, "plain_step_s": t_plain}
+
     def measure(layers: int, width: int, repeats: int, ga: int = 1,
                 setting: str = "") -> dict[str, float]:
         engine = engine_for(toy(layers, width), s, PROBE_BATCH, ga, setting)
         dtype = torch.bfloat16 if bf16 else torch.float32
         x = torch.randn(PROBE_BATCH, width, device=dev, dtype=dtype)
-
-        def engine_step() -> None:  # ga micro-steps; the engine steps on the last
-            for _ in range(ga):
-                loss = engine(x).float().pow(2).mean()
-                engine.backward(loss)
-                engine.step()
-
         plain = toy(layers, width)  # fp32 weights: the optimizer's bytes are the master's
-        opt = build_optimizer(plain, s)
-        xf = x.float()
-
-        def plain_step() -> None:
-            for _ in range(ga):  # autograd accumulates into .grad
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = plain(xf).float().pow(2).mean()
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0, foreach=True)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        t_engine, t_plain = timed_pair(engine_step, plain_step, repeats)
-        return {"tensors": 2 * layers, "params": layers * (width * width + width),
-                "engine_step_s": t_engine, "plain_step_s": t_plain}
+        return engine_vs_plain(engine, plain, build_optimizer(plain, s),
+                               lambda model, x: model(x).float().pow(2).mean(), (x,), ga,
+                               repeats)
 
     def measure_model(repeats: int, ga: int = 1, setting: str = "") -> dict[str, float]:
-        """The trainer's own model (``host_probe.probe_config``: the dense nano card at the host
-        probe's size, built as the trainer builds it) through the engine and through plain
-        torch: its tensors, hooks and modules as the engine meets them, at a size where its
-        compute is small: the dense card, or the expert-choice one for an MoE ``setting``
-        (its expert parameters in a param group of their own, as the trainer builds it)."""
+        """The trainer's own model (``host_probe.probe_config``, built as the trainer builds
+        it) through the engine and through plain torch: its tensors, hooks and modules as the
+        engine meets them, at a size where its compute is small. The dense nano card, or the
+        expert-choice one for an MoE ``setting`` (its experts in a param group of their
+        own)."""
         from ..config import FFNKind
         from ..model.diffusion import rectified_flow_loss
         from ..train.engine import build_parallel_model
@@ -175,30 +184,12 @@ def measure_stage(device: str, zero: int, quick: bool) -> dict[str, Any]:
                         device=dev, dtype=dtype)
         cond = torch.randn(PROBE_IMAGES, cfg.text_tokens, cfg.text_dim, device=dev, dtype=dtype)
         gen = torch.Generator(device=dev)
-
-        def engine_step() -> None:
-            for _ in range(ga):
-                engine.backward(rectified_flow_loss(engine, x, cond,
-                                                    generator=gen.manual_seed(0)).loss)
-                engine.step()
-
         plain = build_parallel_model(cfg, ms, ep, device=dev)
-        opt = build_optimizer(plain, ms)
-        xf, cf = x.float(), cond.float()
-
-        def plain_step() -> None:
-            for _ in range(ga):
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = rectified_flow_loss(plain, xf, cf, generator=gen.manual_seed(0)).loss
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0, foreach=True)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        params = list(plain.parameters())
-        t_engine, t_plain = timed_pair(engine_step, plain_step, repeats)
-        return {"tensors": len(params), "params": sum(p.numel() for p in params),
-                "engine_step_s": t_engine, "plain_step_s": t_plain}
+        return engine_vs_plain(
+            engine, plain, build_optimizer(plain, ms),
+            lambda model, x, cond: rectified_flow_loss(model, x, cond,
+                                                       generator=gen.manual_seed(0)).loss,
+            (x, cond), ga, repeats)
 
     def timed_pair(engine_fn, plain_fn, repeats: int) -> tuple[float, float]:
         """Median seconds of the engine's step and plain torch's, timed alternately: the
@@ -273,11 +264,9 @@ def measure_settings(zero: int, base: list[float], large: tuple[dict, dict],
         # the large toy (dense) under the setting's ZeRO section: MoE and data-parallel runs
         # both turn contiguous gradients on, only data-parallel ones overlap_comm
         flags = (dp, moe or dp)
-        if zero == 0:
-            larges[flags] = large
-        elif flags not in larges:
+        if zero > 0 and flags not in larges:
             larges[flags] = (measure_large(1, setting), measure_large(2, setting))
-        big, big2 = larges[flags]
+        big, big2 = large if zero == 0 else larges[flags]
         out[setting] = [*split_engine_cost(one, big),
                         *split_engine_cost(further_micro_step(two, one),
                                            further_micro_step(big2, big))]

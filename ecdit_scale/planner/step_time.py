@@ -178,8 +178,7 @@ def _datasheet_compute(*, forward_flops: float, backward_flops: float, recompute
 
 
 def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, world: int, tp: Any, ep: Any,
-                      zero: Any,
-                      micro_batch: Any, grad_accum: Any, recompute_code: Any,
+                      zero: Any, micro_batch: Any, grad_accum: Any, recompute_code: Any,
                       precision: Precision, zeros: Any) -> _Compute:
     """Operator classes from the measured profile (``compute.py``), plus launch and engine."""
     prof = acc.profile
