@@ -7,6 +7,7 @@ summary.json exists is kept, so an interrupted pass resumes), profile this CPU o
     python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml | --profile-each]
                                        [--only NAME,...] [--without-profile-part PART]
                                        [--gemm-from-m M] [--engine-from-toy]
+                                       [--engine-dp-world1]
 
 ``--without-profile-part bmm`` prices the same runs by the same profiles with that part of each
 profile removed (a copy under OUT/without-PART/): the model as it was before the change that
@@ -50,13 +51,14 @@ def own_profile(out: Path, name: str) -> Path:
 
 
 def without(profile: Path, part: str, out: Path, from_m: int = 0,
-            engine_from_toy: bool = False) -> Path:
+            engine_from_toy: bool = False, engine_dp_world1: bool = False) -> Path:
     """``profile`` (an accelerator file, the profile under its ``profile:`` key), or a copy of it
     under OUT/without-PART/ with that part of the profile removed, (``from_m``) its GEMM and
-    bmm grids cut to M >= from_m (the grid before it reached one-row GEMMs), and
+    bmm grids cut to M >= from_m (the grid before it reached one-row GEMMs),
     (``engine_from_toy``) DeepSpeed's engine costs as the probe's old toy priced them (kept in
-    the profile's provenance since 2026-12-06)."""
-    if not part and not from_m and not engine_from_toy:
+    the profile's provenance since 2026-12-06), and (``engine_dp_world1``) the data-parallel
+    settings' engine costs as a world-1 engine priced them (kept since 2026-12-07)."""
+    if not part and not from_m and not engine_from_toy and not engine_dp_world1:
         return profile
     acc = yaml.safe_load(profile.read_text())
     prof = acc.get("profile", acc)
@@ -71,6 +73,12 @@ def without(profile: Path, part: str, out: Path, from_m: int = 0,
             sys.exit(f"error: --engine-from-toy: {profile} records no engine_toy (profiled "
                      "before 2026-12-06, or without the engine probe)")
         prof.update(toy)
+    if engine_dp_world1:
+        world1 = prof.get("provenance", {}).get("engine_dp_world1")
+        if not world1:
+            sys.exit(f"error: --engine-dp-world1: {profile} records no engine_dp_world1 "
+                     "(profiled before 2026-12-07, with --nproc 1, or without the engine probe)")
+        prof.setdefault("deepspeed_engine_by_setting", {}).update(world1)
     for grid in (prof.get(g) for g in ("gemm", "bmm")):
         if grid and from_m:
             per_m = len(grid["n"]) * len(grid["k"])
@@ -85,7 +93,8 @@ def without(profile: Path, part: str, out: Path, from_m: int = 0,
                     grid[key] = [grid[key][i] for i in keep]
     copy = out / "-".join(["without"] + [part] * bool(part)
                           + [f"m-below-{from_m}"] * bool(from_m)
-                          + ["engine-from-toy"] * engine_from_toy) / profile.name
+                          + ["engine-from-toy"] * engine_from_toy
+                          + ["engine-dp-world1"] * engine_dp_world1) / profile.name
     copy.parent.mkdir(exist_ok=True)
     copy.write_text(yaml.safe_dump(acc, sort_keys=False))
     return copy
@@ -114,6 +123,10 @@ def main() -> None:
                     help="price by copies of the profiles whose DeepSpeed engine costs are the "
                          "old toy's (provenance.engine_toy): the model before the engine probe "
                          "timed the model's own code")
+    ap.add_argument("--engine-dp-world1", action="store_true",
+                    help="price by copies of the profiles whose data-parallel engine settings "
+                         "are a world-1 engine's (provenance.engine_dp_world1): the model before "
+                         "the probe timed them on several ranks")
     args = ap.parse_args()
     matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
@@ -132,7 +145,8 @@ def main() -> None:
     if args.profile_each:  # each run against the profile taken just before it
         rows = [cli("validate", str(args.out / n), "--profile",
                     str(without(own_profile(args.out, n), part, args.out,
-                                args.gemm_from_m, args.engine_from_toy)))["rows"][0]
+                                args.gemm_from_m, args.engine_from_toy,
+                                args.engine_dp_world1)))["rows"][0]
                 for n in names]
         profile = "each run's own, taken right before it (OUT/NAME.profile.yaml)"
     else:
@@ -142,13 +156,15 @@ def main() -> None:
             cli("profile", "--nproc", "2", "--out", str(profile))
         rows = cli("validate", *(str(args.out / n) for n in names), "--profile",
                    str(without(Path(profile), part, args.out, args.gemm_from_m,
-                               args.engine_from_toy)),
+                               args.engine_from_toy, args.engine_dp_world1)),
                    "--csv", str(args.out / "validation.csv"))["rows"]
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}"
           + (f", without its {part}" if part else "")
           + (f", its GEMM grids cut to M >= {args.gemm_from_m}" if args.gemm_from_m else "")
-          + (", its engine costs the old toy's" if args.engine_from_toy else ""))
+          + (", its engine costs the old toy's" if args.engine_from_toy else "")
+          + (", its data-parallel engine costs a world-1 engine's" if args.engine_dp_world1
+             else ""))
     print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}   own steps p10 / p90")
     errors, inside = [], 0
     for r in rows:

@@ -597,6 +597,26 @@ def test_engine_probe_measures_the_trainers_engine_against_plain_torch():
     assert got[0]["dp"] == got[0][""] and got[0]["moe-dp"] == got[0]["moe"]
 
 
+def test_engine_probe_times_the_data_parallel_settings_on_two_ranks():
+    """``engine_probe.measure_ranks`` as profile --nproc 2 runs it: a 2-rank engine per
+    setting, its steps timed less their collectives (which ZeRO-0 issues too: DeepSpeed
+    all-reduces the gradients), plain torch beside it."""
+    from ecdit_scale.evaluation.engine_probe import DP_SETTINGS, measure_ranks
+
+    got = measure_ranks("cpu", 0, True, 2, timeout_s=150)
+    assert got is not None and got["world"] == 2 and set(got["settings"]) == set(DP_SETTINGS)
+    assert all(len(v) == 4 and all(0.0 <= x < 1e-2 for x in v)
+               for v in got["settings"].values())
+    # each model and setting: one and two micro-steps; the large toy once for both settings
+    assert sorted((r["setting"], r["ga"], r["params"] > 10**6) for r in got["runs"]) == sorted(
+        [(s, ga, False) for s in DP_SETTINGS for ga in (1, 2)]
+        + [("dp", 1, True), ("dp", 2, True)])
+    large = [r for r in got["runs"] if r["params"] > 10**6]
+    # the large toy's gradients (MBs) cross gloo every step: time the engine step excludes
+    assert all(r["collectives_s"] > 0 for r in large)
+    assert all(r["engine_step_s"] > 0 and r["plain_step_s"] > 0 for r in got["runs"])
+
+
 def test_engine_settings_time_each_model_and_zero_section_once():
     """Each setting is solved from its own small model against the large toy under its own
     ZeRO section; the toy is timed once per section (MoE: contiguous gradients; data-parallel:
@@ -637,6 +657,15 @@ def test_engine_settings_time_each_model_and_zero_section_once():
     assert zero0["dp"] == [1e-5, 1e-9, 2e-6, 0.0] and zero0["moe-dp"] == zero0["moe"]
     assert zero0["moe"][:2] == pytest.approx(list(split_engine_cost(
         small(1, "moe"), base_large[0])))
+    # on several ranks (no world-1 base): the data-parallel settings only, ZeRO-0 included
+    # (it reduces the gradients there), the toy once per ZeRO section
+    for zero in (0, 1):
+        calls.clear()
+        ranks = measure_settings(zero, None, None, small, large, settings=("dp", "moe-dp"))
+        assert set(ranks) == {"dp", "moe-dp"}
+        assert ranks["dp"][0] == pytest.approx(per_tensor["dp"], rel=1e-3)
+        assert sorted(c for c in calls if c[0] == "large") == [("large", 1, "dp"),
+                                                               ("large", 2, "dp")]
 
 
 def test_a_further_micro_step_is_the_difference_of_two_steps():

@@ -114,10 +114,14 @@ def render_profile(acc, path: Path) -> None:
             f"ZeRO-{k} {p.deepspeed_micro_s.get(k, 0.0) * 1e6:.1f} us/tensor + "
             f"{p.deepspeed_micro_s_per_param.get(k, 0.0) * 1e9:.2f} ns/param"
             for k in sorted(set(p.deepspeed_micro_s) | set(p.deepspeed_micro_s_per_param))))
+    on_ranks = p.provenance.get("engine_dp_world1", {})  # timed on nproc ranks too
     for setting, fields in p.deepspeed_engine_by_setting.items():
         per_tensor = fields.get("deepspeed_engine_s", {})
         per_param = fields.get("deepspeed_engine_s_per_param", {})
-        t.add_row(f"DeepSpeed engine, {ENGINE_SETTING_NAMES[setting]}", ", ".join(
+        where = (f" (on {p.provenance.get('settings', {}).get('nproc')} ranks, less "
+                 "their collectives)"
+                 if setting in on_ranks else "")
+        t.add_row(f"DeepSpeed engine, {ENGINE_SETTING_NAMES[setting]}{where}", ", ".join(
             f"ZeRO-{k} {per_tensor.get(k, 0.0) * 1e6:.1f} us/tensor + "
             f"{per_param.get(k, 0.0) * 1e9:.2f} ns/param"
             for k in sorted(set(per_tensor) | set(per_param))))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -31,14 +32,22 @@ class Call:
     group_size: int
     dtype: str
     numel: int
+    seconds: float = 0.0  # wall time in the call (``timed`` traces only)
 
 
 class CollectiveTrace:
-    """``with CollectiveTrace() as t:`` records every traced collective into ``t.calls``."""
+    """``with CollectiveTrace() as t:`` records every traced collective into ``t.calls``;
+    ``timed``: each with the wall seconds it took, an asynchronous one waited for in the call
+    (what a step spends in its collectives, ``seconds``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timed: bool = False) -> None:
         self.calls: list[Call] = []
+        self.timed = timed
         self._saved: dict[str, Any] = {}
+
+    @property
+    def seconds(self) -> float:
+        return sum(c.seconds for c in self.calls)
 
     def __enter__(self) -> CollectiveTrace:
         import torch.distributed as dist
@@ -87,11 +96,16 @@ class CollectiveTrace:
             # the local input: (output, input) ops list it second, in-place ops first
             tensor = tensors[-1] if op in INPUT_LAST and tensors else \
                 (tensors[0] if tensors else None)
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            if self.timed and hasattr(result, "wait"):
+                result.wait()  # an asynchronous call's work (waiting again later is a no-op)
             if tensor is not None:
                 self.calls.append(Call(op=op, group_size=dist.get_world_size(group),
                                        dtype=str(tensor.dtype).removeprefix("torch."),
-                                       numel=int(tensor.numel())))
-            return fn(*args, **kwargs)
+                                       numel=int(tensor.numel()),
+                                       seconds=time.perf_counter() - t0 if self.timed else 0.0))
+            return result
 
         return traced
 

@@ -54,6 +54,7 @@ from ..planner.device_profile import (
 )
 from ..planner.hardware import Accelerator, save_accelerator
 from ..train.cpu_allocator import keep_large_allocations
+from .engine_probe import DP_SETTINGS
 from .gemm_grid import gemm_working_set_bytes, measure_bmm, measure_gemm, torch_dtype
 
 
@@ -334,10 +335,11 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             ("autograd per parameter tensor", lambda: measure_engine(s, timer)),
         ]
         if not s.quick:  # three fresh processes (DeepSpeed's state is process-wide), each
-            # stage in four engine settings: ~60-75 s on a 2-core CPU
+            # stage in four engine settings, and with nproc > 1 the data-parallel ones again
+            # on nproc ranks: ~80-95 s on a 2-core CPU
             from .engine_probe import probe
 
-            steps.append((ENGINE_STEP, lambda: probe(s.device)))
+            steps.append((ENGINE_STEP, lambda: probe(s.device, ranks=s.nproc)))
         got: dict[str, Any] = {}
         for name, fn in steps:
             report(name)
@@ -359,7 +361,7 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         torch.set_num_threads(old)
     engine = got.get(ENGINE_STEP) or {}
     return dataclasses.replace(prof, host_s_per_kernel=host, provenance={
-        **provenance(s, wall, allocator), **engine_toy(engine)})
+        **provenance(s, wall, allocator), **engine_toy(engine), **engine_dp_world1(engine)})
 
 
 def _assemble(s: Settings, got: dict[str, Any], coll: dict[str, Any] | None) -> DeviceProfile:
@@ -406,6 +408,20 @@ def engine_toy(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any
         return {}
     return {"engine_toy": {key: {k: v["toy"][i] for k, v in sorted(engine.items())}
                            for i, (key, _) in enumerate(ENGINE_FIELDS)}}
+
+
+def engine_dp_world1(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any]:
+    """The data-parallel settings' engine costs as a world-1 engine priced them, where the
+    probe timed them on several ranks too (``engine_probe.probe``'s "world1:SETTING"), for the
+    record (``bench/cpu_heldout_matrix.py --engine-dp-world1`` prices by them)."""
+    out: dict[str, Any] = {}
+    for setting in DP_SETTINGS:
+        stages = {k: v[f"world1:{setting}"] for k, v in sorted(engine.items())
+                  if f"world1:{setting}" in v}
+        if stages:
+            out[setting] = {key: {k: v[i] for k, v in stages.items()}
+                            for i, (key, _) in enumerate(ENGINE_FIELDS)}
+    return {"engine_dp_world1": out} if out else {}
 
 
 def device_name(device: str) -> str:
