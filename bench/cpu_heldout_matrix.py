@@ -7,7 +7,7 @@ summary.json exists is kept, so an interrupted pass resumes), profile this CPU o
     python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml | --profile-each]
                                        [--only NAME,...] [--without-profile-part PART]
                                        [--gemm-from-m M] [--engine-from-toy]
-                                       [--engine-dp-world1]
+                                       [--engine-dp-world1] [--repeats N]
 
 ``--without-profile-part bmm`` prices the same runs by the same profiles with that part of each
 profile removed (a copy under OUT/without-PART/): the model as it was before the change that
@@ -16,7 +16,10 @@ same with each profile's GEMM and bmm grids cut to M >= 16, the CPU grid's edge 
 reached one-row GEMMs (its 4x steps stay: the profiles hold no 8x grid to go back to).
 
 Step times are wall clock: run it on an otherwise idle machine (it prints the load average it
-saw). Each run profiles one step (``ECDIT_SCALE_PROFILE_STEP``) so that validate's term table
+saw). ``--repeats 3`` launches each run three times back to back (OUT/NAME, OUT/NAME.r2, ...)
+and takes the median of the launches' step times: on this 2-core VM two launches of the same
+2-rank run a minute apart measured 706 and 873 ms a step (base-dense, ZeRO-1, 2026-12-06).
+Each run profiles one step (``ECDIT_SCALE_PROFILE_STEP``) so that validate's term table
 says which term misses. This is a measurement, not a test.
 """
 
@@ -57,7 +60,7 @@ def without(profile: Path, part: str, out: Path, from_m: int = 0,
     bmm grids cut to M >= from_m (the grid before it reached one-row GEMMs),
     (``engine_from_toy``) DeepSpeed's engine costs as the probe's old toy priced them (kept in
     the profile's provenance since 2026-12-06), and (``engine_dp_world1``) the data-parallel
-    settings' engine costs as a world-1 engine priced them (kept since 2026-12-07)."""
+    settings' engine costs as a world-1 engine priced them (kept since 2026-12-06)."""
     if not part and not from_m and not engine_from_toy and not engine_dp_world1:
         return profile
     acc = yaml.safe_load(profile.read_text())
@@ -77,7 +80,7 @@ def without(profile: Path, part: str, out: Path, from_m: int = 0,
         world1 = prof.get("provenance", {}).get("engine_dp_world1")
         if not world1:
             sys.exit(f"error: --engine-dp-world1: {profile} records no engine_dp_world1 "
-                     "(profiled before 2026-12-07, with --nproc 1, or without the engine probe)")
+                     "(profiled before 2026-12-06, with --nproc 1, or without the engine probe)")
         prof.setdefault("deepspeed_engine_by_setting", {}).update(world1)
     for grid in (prof.get(g) for g in ("gemm", "bmm")):
         if grid and from_m:
@@ -123,6 +126,8 @@ def main() -> None:
                     help="price by copies of the profiles whose DeepSpeed engine costs are the "
                          "old toy's (provenance.engine_toy): the model before the engine probe "
                          "timed the model's own code")
+    ap.add_argument("--repeats", type=int, default=1, metavar="N",
+                    help="launch each run N times and take the median launch's step time")
     ap.add_argument("--engine-dp-world1", action="store_true",
                     help="price by copies of the profiles whose data-parallel engine settings "
                          "are a world-1 engine's (provenance.engine_dp_world1): the model before "
@@ -133,20 +138,25 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)  # profile --out wants an existing folder
     load_before = os.getloadavg()[0]
     for name in names:
-        run = args.out / name
-        if not (run / "summary.json").is_file():
-            if args.profile_each:  # measured just before the launch; the run is not seen
+        launches = run_dirs(args.out, name, args.repeats)
+        for i, run in enumerate(launches):
+            if (run / "summary.json").is_file():
+                continue
+            if args.profile_each and not own_profile(args.out, name).is_file():
+                # measured just before the first launch; the run is not seen
                 print(f"profiling before {name} ...", file=sys.stderr, flush=True)
                 cli("profile", "--nproc", "2", "--out", str(own_profile(args.out, name)))
-            print(f"launching {name} ...", file=sys.stderr, flush=True)
+            print(f"launching {name} ({i + 1} of {len(launches)}) ...", file=sys.stderr,
+                  flush=True)
             cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
                 env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
     part = args.without_profile_part
+    kw = dict(from_m=args.gemm_from_m, engine_from_toy=args.engine_from_toy,
+              engine_dp_world1=args.engine_dp_world1)
     if args.profile_each:  # each run against the profile taken just before it
-        rows = [cli("validate", str(args.out / n), "--profile",
-                    str(without(own_profile(args.out, n), part, args.out,
-                                args.gemm_from_m, args.engine_from_toy,
-                                args.engine_dp_world1)))["rows"][0]
+        rows = [median_launch(cli("validate", *map(str, run_dirs(args.out, n, args.repeats)),
+                                  "--profile", str(without(own_profile(args.out, n), part,
+                                                           args.out, **kw)))["rows"])
                 for n in names]
         profile = "each run's own, taken right before it (OUT/NAME.profile.yaml)"
     else:
@@ -154,10 +164,12 @@ def main() -> None:
         if not profile.is_file():
             print("profiling this CPU (profile --nproc 2) ...", file=sys.stderr, flush=True)
             cli("profile", "--nproc", "2", "--out", str(profile))
-        rows = cli("validate", *(str(args.out / n) for n in names), "--profile",
-                   str(without(Path(profile), part, args.out, args.gemm_from_m,
-                               args.engine_from_toy, args.engine_dp_world1)),
-                   "--csv", str(args.out / "validation.csv"))["rows"]
+        every = cli("validate", *(str(d) for n in names for d in run_dirs(args.out, n,
+                                                                          args.repeats)),
+                    "--profile", str(without(Path(profile), part, args.out, **kw)),
+                    "--csv", str(args.out / "validation.csv"))["rows"]
+        rows = [median_launch(every[i * args.repeats:(i + 1) * args.repeats])
+                for i in range(len(names))]
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} cores; runs in {args.out}; profile {profile}"
           + (f", without its {part}" if part else "")
@@ -165,20 +177,36 @@ def main() -> None:
           + (", its engine costs the old toy's" if args.engine_from_toy else "")
           + (", its data-parallel engine costs a world-1 engine's" if args.engine_dp_world1
              else ""))
-    print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}   own steps p10 / p90")
+    print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}   own steps p10 / p90"
+          + ("   launches (each / the median)" if args.repeats > 1 else ""))
     errors, inside = [], 0
     for r in rows:
         errors.append(r["step_s_error"])
         lo, hi = own_spread(args.out / r["name"])
         inside += lo <= r["step_s_predicted"] / r["step_s_measured"] <= hi
-        print(f"{r['name']:<30} {r['step_s_measured'] * 1e3:>8.1f}ms "
+        print(f"{r['name'].split('.r')[0]:<30} {r['step_s_measured'] * 1e3:>8.1f}ms "
               f"{r['step_s_predicted'] * 1e3:>8.1f}ms {r['step_s_error']:>+8.1%}   "
-              f"{lo - 1:+.0%} / {hi - 1:+.0%}")
+              f"{lo - 1:+.0%} / {hi - 1:+.0%}"
+              + (" " * 10 + " ".join(f"{t / r['step_s_measured']:.2f}" for t in r["launches"])
+                 if args.repeats > 1 else ""))
     absolute = [abs(e) for e in errors]
     print(f"held out: {len(errors)} runs, mean |error| {statistics.mean(absolute):.1%}, "
           f"worst {max(absolute):.1%} (target: mean <= 15%, worst <= 30%)")
     print(f"{inside} of {len(rows)} predictions lie within their run's own steps' p10-p90 "
           "(the steps the median is taken over, each / the median): the run's own noise")
+
+
+def run_dirs(out: Path, name: str, repeats: int) -> list[Path]:
+    """The launches of run ``name``: OUT/NAME, then OUT/NAME.r2 ... OUT/NAME.rN."""
+    return [out / name] + [out / f"{name}.r{i}" for i in range(2, repeats + 1)]
+
+
+def median_launch(rows: list[dict]) -> dict:
+    """validate's row of the launch with the median step time (of an odd count; the lower
+    middle of an even one), with every launch's step time ("launches")."""
+    times = [r["step_s_measured"] for r in rows]
+    middle = sorted(rows, key=lambda r: r["step_s_measured"])[(len(rows) - 1) // 2]
+    return {**middle, "launches": times}
 
 
 def own_spread(run: Path) -> tuple[float, float]:
