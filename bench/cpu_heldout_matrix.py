@@ -133,6 +133,8 @@ def main() -> None:
                          "are a world-1 engine's (provenance.engine_dp_world1): the model before "
                          "the probe timed them on several ranks")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats {args.repeats}: must be at least 1")
     matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)  # profile --out wants an existing folder

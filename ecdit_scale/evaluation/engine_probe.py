@@ -233,11 +233,11 @@ def measure_stage(device: str, zero: int, quick: bool, world: int = 1, rank: int
     def timed_pair(engine_fn, plain_fn, repeats: int) -> tuple[float, float, float]:
         """Median seconds of the engine's step and plain torch's (each less the seconds its
         function returns), and of what the engine's returned (its collectives), timed
-        alternately: the difference is what the probe keeps, and a
-        VM's speed drifts between two blocks of repeats (on this 2-core CPU a dense ZeRO-1
-        engine's per-tensor cost came out 0-15 us from one profile to the next when each
-        side was timed in a block of its own; 10-21 us over the 13 profiles of
-        bench/results/cpu-heldout-matrix-19, timed alternately)."""
+        alternately: the difference is what the probe keeps, and a VM's speed drifts between
+        two blocks of repeats (on this 2-core CPU a dense ZeRO-1 engine's per-tensor cost came
+        out 0-15 us from one profile to the next when each side was timed in a block of its
+        own; 10-21 us over the 13 profiles of bench/results/cpu-heldout-matrix-19, timed
+        alternately)."""
         for _ in range(3):
             engine_fn()
             plain_fn()
