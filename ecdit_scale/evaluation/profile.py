@@ -404,24 +404,28 @@ def engine_toy(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any
     """The DeepSpeed engine's costs as the probe's toy of many Linear(32, 32) layers priced
     them (``engine_probe.probe``'s "toy" of each stage), for the record: the profile prices
     the model's own code's (``bench/cpu_heldout_matrix.py --engine-from-toy`` prices the toy's)."""
-    if not engine:
-        return {}
-    return {"engine_toy": {key: {k: v["toy"][i] for k, v in sorted(engine.items())}
-                           for i, (key, _) in enumerate(ENGINE_FIELDS)}}
+    toy = _engine_record(engine, "toy")
+    return {"engine_toy": toy} if toy else {}
 
 
 def engine_dp_world1(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any]:
     """The data-parallel settings' engine costs as a world-1 engine priced them, where the
     probe timed them on several ranks too (``engine_probe.probe``'s "world1:SETTING"), for the
     record (``bench/cpu_heldout_matrix.py --engine-dp-world1`` prices by them)."""
-    out: dict[str, Any] = {}
-    for setting in DP_SETTINGS:
-        stages = {k: v[f"world1:{setting}"] for k, v in sorted(engine.items())
-                  if f"world1:{setting}" in v}
-        if stages:
-            out[setting] = {key: {k: v[i] for k, v in stages.items()}
-                            for i, (key, _) in enumerate(ENGINE_FIELDS)}
+    out = {setting: record for setting in DP_SETTINGS
+           if (record := _engine_record(engine, f"world1:{setting}"))}
     return {"engine_dp_world1": out} if out else {}
+
+
+def _engine_record(engine: dict[int, dict[str, tuple[float, ...]]],
+                   label: str) -> dict[str, dict[int, float]]:
+    """{profile key of ``ENGINE_FIELDS``: {ZeRO stage: seconds}} of the probe's ``label``
+    costs, for the stages that have them ({} where none does)."""
+    stages = {k: v[label] for k, v in sorted(engine.items()) if label in v}
+    if not stages:
+        return {}
+    return {key: {k: four[i] for k, four in stages.items()}
+            for i, (key, _) in enumerate(ENGINE_FIELDS)}
 
 
 def device_name(device: str) -> str:
