@@ -417,15 +417,11 @@ def engine_dp_world1(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[st
     return {"engine_dp_world1": out} if out else {}
 
 
-def _engine_record(engine: dict[int, dict[str, tuple[float, ...]]],
-                   label: str) -> dict[str, dict[int, float]]:
-    """{profile key of ``ENGINE_FIELDS``: {ZeRO stage: seconds}} of the probe's ``label``
-    costs, for the stages that have them ({} where none does)."""
+def _engine_record(engine: dict[int, dict[str, tuple[float, ...]]], label: str) -> dict:
+    """{``ENGINE_FIELDS`` key: {ZeRO stage: seconds}} of the probe's ``label`` costs ({}: none)."""
     stages = {k: v[label] for k, v in sorted(engine.items()) if label in v}
-    if not stages:
-        return {}
     return {key: {k: four[i] for k, four in stages.items()}
-            for i, (key, _) in enumerate(ENGINE_FIELDS)}
+            for i, (key, _) in enumerate(ENGINE_FIELDS)} if stages else {}
 
 
 def device_name(device: str) -> str:
