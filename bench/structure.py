@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("ecdit_scale", "config", "zero", "errors", "files", "units", "checks",
                     "integers")),
     ("catalog", ("sizes", "params", "planner.hardware", "planner.device_profile",
-                  "planner.interpolation", "planner.profile_fields",
+                  "planner.interpolation", "planner.profile_fields", "planner.rank_sync",
                   "planner.bounds", "planner.derived_profile")),
     ("model, planner, scaling", ("model", "planner", "scaling", "cards")),
     ("datasets", ("datasets",)),

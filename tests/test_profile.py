@@ -758,6 +758,7 @@ def test_profile_table_shows_the_batched_gemm_grid(measured_profile, capsys):
     out = capsys.readouterr().out
     words = out.split()  # the table may wrap the label at the console's width
     assert "batched" in words and "(bmm)," in words and "GFLOP/s" in words
+    assert "meeting" in words  # the ranks' drift apart over compute, measured on 2 ranks
 
 
 def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path):
@@ -769,6 +770,9 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     assert engine and not any(p.measured()[k] for k in engine)
     assert p.provenance["settings"]["quick"] and p.provenance["torch"]
     assert acc.number_sources()["peak_bf16_flops"] == "measured"
+    # the ranks meeting after compute, at each measured segment (2 ranks: excess > 0)
+    assert len(p.sync.segment_s) == 2 and list(p.sync.segment_s) == sorted(p.sync.segment_s)
+    assert all(e > 0 for e in p.sync.excess_s) and all(w > 0 for w in p.sync.wait_s)
     assert acc.number_sources()["inter_node_bw_bytes_per_s"] == "datasheet"
     assert max(p.gemm_flops_per_s) == acc.peak_bf16_flops
     # the grid reaches one-row GEMMs (the adaLN modulation at micro-batch 1), measured, not
@@ -884,3 +888,44 @@ def test_a_memory_bound_op_larger_than_its_kinds_timed_call_runs_at_most_at_copy
                  backward=False).memory_s == pytest.approx((3 * 2**20 + 3) / 8e10)
     back = DeviceProfile.from_dict(acc.profile.to_dict())
     assert back.memory_ops_tensor_bytes == 2**20 and back.to_dict() == acc.profile.to_dict()
+
+
+def test_ranks_meeting_after_compute_are_priced_at_each_all_to_all_and_the_reduce():
+    """A profile's ``sync`` (ranks drift apart over compute; the step waits for the last):
+    an expert-parallel step pays it at every all-to-all and once at the gradients' reduction,
+    each at its share of the step's compute; one rank, or a profile without it, pays none."""
+    import dataclasses
+
+    from ecdit_scale.planner.device_profile import LinkFit
+    from ecdit_scale.planner.rank_sync import SyncFit
+
+    sync = SyncFit(segment_s=(1e-3, 10e-3), excess_s=(2e-4, 1e-3), wait_s=(6e-4, 9e-4))
+    excess, wait = sync.at(np.array([0.5e-3, 1e-3, 5.5e-3, 20e-3]))
+    assert excess == pytest.approx([1e-4, 2e-4, 6e-4, 2e-3])  # in proportion beyond the ends
+    assert wait == pytest.approx([6e-4, 6e-4, 7.5e-4, 9e-4])
+    link = LinkFit(latency_s=4e-4, bw_bytes_per_s=1e9, half_bytes=0.0)
+    h100 = get_accelerator("h100-sxm")
+    plain = _profile(links={"all_to_all": link, "all_reduce": link, "all_gather": link})
+    with_sync = dataclasses.replace(plain, sync=sync)
+    cfg = sizes.get("micro-ec16")
+    training = TrainingConfig(global_batch=16, optimizer="adamw", precision="fp32", ema="none")
+    for world, ep in ((2, 2), (2, 1), (1, 1)):
+        layout = ParallelLayout(dp=world, ep=ep, tp=1, zero=1, micro_batch=16 // world)
+        a, b = (estimate_layout(cfg, layout, training, ClusterConfig(
+            gpu=h100.name, nodes=1, gpus_per_node=world),
+            dataclasses.replace(h100, profile=p)).step for p in (with_sync, plain))
+        assert b.sync_s == 0.0
+        calls = cfg.num_moe_layers * 4 if ep > 1 else 0  # dispatch, combine; both backward
+        meetings = calls + 1 if world > 1 else 0
+        if meetings:
+            e, w = sync.at(a.compute_s / meetings)
+            assert a.sync_s == pytest.approx(meetings * e + calls * (w - 4e-4))
+            assert a.sync_a2a_s == pytest.approx(calls * (e + w - 4e-4))
+        else:
+            assert a.sync_s == 0.0
+        assert a.total_s == pytest.approx(b.total_s + a.sync_s)
+    back = DeviceProfile.from_dict(with_sync.to_dict())
+    assert back.sync == sync and back.measured()["sync"]
+    with pytest.raises(ConfigError, match=r"sync: segment_s \(strictly increasing\)"):
+        DeviceProfile.from_dict({"sync": {"segment_s": [2e-3, 1e-3], "excess_s": [1e-4, 2e-4],
+                                          "wait_s": [1e-4, 1e-4]}})

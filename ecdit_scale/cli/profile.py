@@ -129,6 +129,12 @@ def render_profile(acc, path: Path) -> None:
         t.add_row(f"{name} ({p.collective_nproc} x {p.collective_backend})",
                   f"{fit.bw_bytes_per_s / 1e9:.2f} GB/s, {fit.latency_s * 1e6:.0f} us, "
                   f"half at {fit.half_bytes / 1024:.0f} KiB")
+    if p.sync is not None:
+        t.add_row(f"ranks meeting after compute ({p.collective_nproc} x "
+                  f"{p.collective_backend}): the last's lead over the mean; its own wait",
+                  ", ".join(f"{s * 1e3:.1f} ms: {e * 1e6:.0f} us; {w * 1e6:.0f} us"
+                            for s, e, w in zip(p.sync.segment_s, p.sync.excess_s,
+                                               p.sync.wait_s, strict=True)))
     console.print(t)
     console.print(f"measured in {p.provenance.get('measured_in_s')} s; wrote {path} "
                   f"(use: ecdit-scale plan --gpu {path} ...)", highlight=False, markup=False)

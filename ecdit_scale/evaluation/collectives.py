@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..planner.device_profile import LinkFit
+from ..planner.rank_sync import SyncFit
 from ..train.cpu_allocator import keep_large_allocations
 
 COLLECTIVE_TIMEOUT_S = 120
@@ -91,11 +92,73 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
             # DeepSpeed's ZeRO-1/2 post-step gather (all_gather_dp_groups) and ZeRO-3's
             res["all_gather"].append(
                 timed(lambda y=y, part=part: dist.all_gather_into_tensor(y, part), reps))
+        if device == "cpu":
+            res["sync"] = _sync_waits(rank, nproc, quick)
         dist.barrier()
     finally:
         dist.destroy_process_group()
     if rank == 0:
         Path(out).write_text(json.dumps(res))
+
+
+# compute between two collectives, seconds: what the ranks' drift apart is measured over
+SYNC_SEGMENTS_S = {False: (0.5e-3, 2e-3, 8e-3, 32e-3), True: (2e-3, 8e-3)}
+SYNC_SECONDS = {False: 0.6, True: 0.2}  # compute per segment length
+
+
+def _sync_waits(rank: int, nproc: int, quick: bool) -> list[list[float]] | None:
+    """Ranks that run the same ops between two collectives do not reach the second at once: a
+    CPU's ranks share its cores with each other's communication threads and the OS. Each
+    segment of a model-like op mix (GEMM, GELU, GEMM, layer norm at a CPU model's width),
+    then a small all-to-all, whose wait every rank records. For N ranks, per collective:
+
+        excess = max over ranks of the wait - the mean wait   (= the last arrival less the
+                 mean arrival: what the step loses to the ranks' drift per synchronisation)
+        wait   = the smallest wait (the last to arrive only waits for the transfer itself,
+                 which after a stretch of compute includes waking gloo's threads)
+
+    Returns [segment_s, excess_s, wait_s] per segment length on rank 0 (None elsewhere)."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(rank)
+    a, w1, w2 = (torch.randn(*shape, generator=g) for shape in ((64, 96), (96, 384), (384, 96)))
+
+    def unit() -> torch.Tensor:
+        return F.layer_norm(F.gelu(a @ w1) @ w2 + a, (96,))
+
+    for _ in range(20):
+        unit()
+    t0 = time.perf_counter()
+    for _ in range(100):
+        unit()
+    per = torch.tensor([(time.perf_counter() - t0) / 100], dtype=torch.float64)
+    dist.broadcast(per, 0)  # rank 0's rate sets every rank's counts: the same calls on each
+    x = torch.zeros(256)
+    y = torch.empty_like(x)
+    out = []
+    for target in SYNC_SEGMENTS_S[quick]:
+        reps = max(1, round(target / float(per)))
+        iters = max(8, int(SYNC_SECONDS[quick] / target))
+        for _ in range(3):
+            dist.all_to_all_single(y, x)
+        segs, waits = [], []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                unit()
+            t1 = time.perf_counter()
+            dist.all_to_all_single(y, x)
+            segs.append(t1 - t0)
+            waits.append(time.perf_counter() - t1)
+        mine = torch.tensor([segs, waits], dtype=torch.float64)
+        every = [torch.empty_like(mine) for _ in range(nproc)]
+        dist.all_gather(every, mine)
+        seg, wait = torch.stack(every).unbind(1)  # (ranks, iters) each
+        out.append([float(seg.mean()), float((wait.max(0).values - wait.mean(0)).mean()),
+                    float(wait.min(0).values.mean())])
+    return out if rank == 0 else None
 
 
 def fit_link(sizes: list[int], times: list[float], *, factor: float) -> LinkFit:
@@ -143,7 +206,11 @@ def measure_collectives(s: Any) -> dict[str, Any]:
     n = s.nproc
     links = {name: fit_link(sizes, raw[name], factor=per_byte * (n - 1) / n)
              for name, per_byte in MEASURED.items()}
-    return {"links": links, "sizes": sizes, "times": raw}
+    sync = raw.get("sync")
+    return {"links": links, "sizes": sizes, "times": raw,
+            "sync": SyncFit(segment_s=tuple(r[0] for r in sync),
+                            excess_s=tuple(r[1] for r in sync), wait_s=tuple(r[2] for r in sync))
+            if sync else None}
 
 
 if __name__ == "__main__":  # one rank of measure_collectives

@@ -397,7 +397,7 @@ def _assemble(s: Settings, got: dict[str, Any], coll: dict[str, Any] | None) -> 
             for setting in ENGINE_SETTINGS if any(setting in v for v in engine.values())},
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
-        links=coll["links"] if coll else {})
+        links=coll["links"] if coll else {}, sync=coll.get("sync") if coll else None)
 
 
 def engine_toy(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ term that makes it:
 - comm: the all-to-all the model itself issues inside its forward and backward (expert
   parallelism): measured as gloo's all-to-all time (CPU: the transfer and the wait for the
   other ranks) or its NCCL kernels (CUDA); predicted, the model's all-to-all and
-  tensor-parallel terms as exposed in the step. A profiled step from before this split has
+  tensor-parallel terms as exposed in the step, with the ranks' meeting at each all-to-all
+  (``StepTime.sync_a2a_s``). A profiled step from before this split has
   none (0: its memory-bound ops include it);
 - optimizer: the optimizer step and the EMA update (the model prices both as bytes moved);
 - rest: the measured step (median, unprofiled) less the four above: what the engine does
@@ -47,7 +48,7 @@ def predicted_terms(st: Any, *, serial: bool = False) -> dict[str, float] | None
     launch = float(st.launch_s) if serial else 0.0
     known = {"gemm": float(st.gemm_s), "attention": float(st.attention_s),
              "memory_bound": float(st.memory_bound_s) + launch,
-             "comm": float(st.a2a_exposed_s) + float(st.tp_exposed_s),
+             "comm": float(st.a2a_exposed_s) + float(st.tp_exposed_s) + float(st.sync_a2a_s),
              "optimizer": float(st.optimizer_s)}
     return {**known, "rest": float(st.total_s) - sum(known.values()),
             "kernels": float(st.kernels)}

@@ -68,6 +68,7 @@ from ..config import Optimizer
 from ..errors import ConfigError
 from .interpolation import log_grid, log_log, trilinear
 from .profile_fields import mapping, mnk_grid, number, numbers, optional_number, zero_stages
+from .rank_sync import SyncFit
 
 LAUNCH_MODES = ("async", "serial")
 FFN_KINDS = ("dense", "expert-choice", "token-choice")  # config.FFNKind's values
@@ -170,6 +171,7 @@ class DeviceProfile:
     collective_nproc: int | None = None
     collective_backend: str | None = None
     links: dict[str, LinkFit] = field(default_factory=dict)
+    sync: SyncFit | None = None  # measured on a CPU's ranks (collective_nproc of them)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def optimizer_rate(self, optimizer: Any, elements: Any = None) -> Any:
@@ -235,7 +237,7 @@ class DeviceProfile:
                 "deepspeed_engine": bool(self.deepspeed_engine_s),
                 **{f"deepspeed_engine_{setting}": setting in self.deepspeed_engine_by_setting
                    for setting in ENGINE_SETTINGS},
-                **{c: c in self.links for c in COLLECTIVES}}
+                **{c: c in self.links for c in COLLECTIVES}, "sync": self.sync is not None}
 
     # ---- rates ------------------------------------------------------------------------------
     @functools.cached_property
@@ -327,6 +329,8 @@ class DeviceProfile:
             out["collectives"] = {"nproc": self.collective_nproc,
                                   "backend": self.collective_backend,
                                   **{k: v.to_dict() for k, v in self.links.items()}}
+        if self.sync is not None:
+            out["sync"] = self.sync.to_dict()
         out["measured"] = self.measured()
         if self.provenance:
             out["provenance"] = dict(self.provenance)
@@ -339,7 +343,7 @@ class DeviceProfile:
                  "memory_ops_tensor_bytes", "launch", "host",
                  "optimizer",
                  "engine_s_per_param_tensor", *(key for key, _ in ENGINE_FIELDS),
-                 "deepspeed_engine_by_setting", "collectives", "measured",
+                 "deepspeed_engine_by_setting", "collectives", "sync", "measured",
                  "provenance"}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
@@ -449,6 +453,14 @@ class DeviceProfile:
             kw["collective_nproc"] = (int(n) if isinstance(n, int) and not isinstance(n, bool)
                                       else None)
             kw["collective_backend"] = str(coll.get("backend")) if coll.get("backend") else None
+        sync = mapping(data.get("sync"), f"{where}.sync")
+        if sync:
+            parts = [numbers(f"{where}.sync.{a}", sync.get(a))
+                     for a in ("segment_s", "excess_s", "wait_s")]
+            if len({len(p) for p in parts}) != 1 or list(parts[0]) != sorted(set(parts[0])):
+                raise ConfigError(f"{where}.sync: segment_s (strictly increasing), excess_s and "
+                                  "wait_s must have the same length")
+            kw["sync"] = SyncFit(segment_s=parts[0], excess_s=parts[1], wait_s=parts[2])
         kw["provenance"] = mapping(data.get("provenance"), f"{where}.provenance")
         return cls(**kw)
 

@@ -164,6 +164,7 @@ class Accelerator:
             # per kernel, to the launch probe's
             unmeasured = {"batched_gemm": "not measured: one GEMM of all the rows",
                           "host": "not measured: the launch probe's cost per kernel",
+                          "sync": "not measured: no wait for a late rank priced",
                           **{f"deepspeed_engine_{setting}": "not measured: the dense "
                              "one-rank engine's" for setting in ENGINE_SETTINGS}}
             out.update({f"profile.{k}": got if v else unmeasured.get(k, "datasheet fallback")

@@ -23,6 +23,7 @@ from .device_profile import engine_setting
 from .dtypes import FP32_BYTES
 from .memory import OPTIMIZER_STATE_BYTES, MemoryArrays
 from .operators import trainer_param_tensors
+from .rank_sync import sync_seconds
 
 OPTIMIZER_FLAT_GROUPS = 2  # DeepSpeed ZeRO: one flat partition per param group (shared, experts)
 
@@ -84,6 +85,10 @@ class StepTime:
     launch_s: float = 0.0
     engine_s: float = 0.0
     kernels: float = 0.0  # kernel launches per step (forward, backward, recompute)
+    # ranks meeting at collectives after compute (a profile's ``sync``, measured on a CPU's
+    # ranks; 0 without one): waiting for the last rank, and the all-to-alls' own wake-up
+    sync_s: float = 0.0
+    sync_a2a_s: float = 0.0  # the part of sync_s at the model's all-to-alls
 
     @property
     def compute_s(self) -> float:
@@ -120,6 +125,8 @@ class StepTime:
         rows += [(t, getattr(self, f"{t}_s"), getattr(self, f"{t}_exposed_s"))
                  for t in COMM_TERMS]
         rows.append(("optimizer", self.optimizer_s, self.optimizer_s))
+        if self.sync_s:
+            rows.append(("sync", self.sync_s, self.sync_s))
         return rows
 
     def at(self, i: int, shape: tuple[int, ...]) -> StepTime:
@@ -132,6 +139,8 @@ class StepTime:
         if not self.kernels:  # datasheet path: compute not split into operator classes
             for name in PROFILED_FIELDS:
                 del out[name]
+        if not self.sync_s:  # a profile without ``sync`` (every GPU's): nothing to say
+            del out["sync_s"], out["sync_a2a_s"]
         out.update(compute_s=self.compute_s, exposed_comm_s=self.exposed_comm_s,
                    hidden_comm_s=self.hidden_comm_s, grad_sync_s=self.grad_sync_s,
                    grad_hidden_fraction=self.grad_hidden_fraction)
@@ -311,8 +320,10 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
                       + zero3_exposed_s)
     profiled = compute.profiled
     overheads_s = profiled.overheads_s if profiled is not None else 0.0
-    total_s = (compute.forward_s + compute.backward_s + compute.recompute_s + exposed_comm_s
-               + optimizer_s + overheads_s)
+    compute_s = compute.forward_s + compute.backward_s + compute.recompute_s
+    sync_s, sync_a2a_s = sync_seconds(prof, compute_s, np.where(np.asarray(ep) > 1,
+                                                                com.a2a_calls, 0.0), world)
+    total_s = compute_s + exposed_comm_s + optimizer_s + overheads_s + sync_s
     mfu = model_flops * global_batch / (world * acc.peak_bf16_flops * total_s)
     return StepTime(
         forward_s=compute.forward_s, backward_s=compute.backward_s,
@@ -323,5 +334,6 @@ def step_time_arrays(*, forward_flops: float, backward_flops: float, recompute_f
         param_allgather_exposed_s=com.param_allgather_s,
         zero3_gather_s=com.zero3_gather_s, zero3_gather_exposed_s=zero3_exposed_s + zeros,
         optimizer_s=optimizer_s + zeros, total_s=total_s + zeros, mfu=mfu + zeros,
+        sync_s=sync_s + zeros, sync_a2a_s=sync_a2a_s + zeros,
         images_per_s=global_batch / total_s + zeros,
         **({f: getattr(profiled, f) for f in PROFILED_FIELDS} if profiled is not None else {}))
