@@ -299,7 +299,9 @@ def _print_plan(p, files) -> None:
     console.print(f"step time: compute {st.compute_s:.3f} s + exposed comm "
                   f"{st.exposed_comm_s:.3f} s ({comm or 'none'}) + optimizer {st.optimizer_s:.3f} s"
                   + (f" + launch/engine {st.launch_s + st.engine_s:.3f} s"
-                     if st.launch_s + st.engine_s > 0 else "") + "; "
+                     if st.launch_s + st.engine_s > 0 else "")
+                  + (f" + waiting for the last rank {st.sync_s:.3f} s" if st.sync_s else "")
+                  + "; "
                   f"{st.grad_hidden_fraction:.0%} of gradient traffic hidden behind the backward")
     console.print(f"[bold]best:[/] step {p.step_s:.3g} s, MFU {p.mfu:.1%}, "
                   f"{p.images_per_s:,.0f} images/s -> [bold]{format_duration(p.days)}[/], "
