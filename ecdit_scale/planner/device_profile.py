@@ -67,7 +67,15 @@ from ..checks import short
 from ..config import Optimizer
 from ..errors import ConfigError
 from .interpolation import log_grid, log_log, trilinear
-from .profile_fields import mapping, mnk_grid, number, numbers, optional_number, zero_stages
+from .profile_fields import (
+    aligned_lists,
+    mapping,
+    mnk_grid,
+    number,
+    numbers,
+    optional_number,
+    zero_stages,
+)
 from .rank_sync import SyncFit
 
 LAUNCH_MODES = ("async", "serial")
@@ -357,12 +365,9 @@ class DeviceProfile:
         for key in ("gemm", "bmm"):
             kw.update({f"{key}_{f}": v for f, v in mnk_grid(data, key, where).items()})
         sdpa = mapping(data.get("sdpa"), f"{where}.sdpa")
-        if sdpa:
-            parts = [numbers(f"{where}.sdpa.{a}", sdpa.get(a))
-                     for a in ("flops", "forward_flops_per_s", "backward_flops_per_s")]
-            if len({len(p) for p in parts}) != 1 or list(parts[0]) != sorted(set(parts[0])):
-                raise ConfigError(f"{where}.sdpa: flops (strictly increasing) and the two rate "
-                                  "lists must have the same length")
+        parts = aligned_lists(data, "sdpa", ("flops", "forward_flops_per_s",
+                                             "backward_flops_per_s"), where)
+        if parts:
             kw.update(sdpa_flops=parts[0], sdpa_forward_flops_per_s=parts[1],
                       sdpa_backward_flops_per_s=parts[2])
             # the head dim it was timed at: its own key, else the settings the profile records
@@ -453,13 +458,8 @@ class DeviceProfile:
             kw["collective_nproc"] = (int(n) if isinstance(n, int) and not isinstance(n, bool)
                                       else None)
             kw["collective_backend"] = str(coll.get("backend")) if coll.get("backend") else None
-        sync = mapping(data.get("sync"), f"{where}.sync")
-        if sync:
-            parts = [numbers(f"{where}.sync.{a}", sync.get(a))
-                     for a in ("segment_s", "excess_s", "wait_s")]
-            if len({len(p) for p in parts}) != 1 or list(parts[0]) != sorted(set(parts[0])):
-                raise ConfigError(f"{where}.sync: segment_s (strictly increasing), excess_s and "
-                                  "wait_s must have the same length")
+        parts = aligned_lists(data, "sync", ("segment_s", "excess_s", "wait_s"), where)
+        if parts:
             kw["sync"] = SyncFit(segment_s=parts[0], excess_s=parts[1], wait_s=parts[2])
         kw["provenance"] = mapping(data.get("provenance"), f"{where}.provenance")
         return cls(**kw)

@@ -73,3 +73,17 @@ def mapping(data: Any, where: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, not {type(data).__name__}")
     return data
+
+
+def aligned_lists(data: dict, key: str, names: tuple[str, ...],
+                  where: str) -> list[tuple[float, ...]] | None:
+    """The lists ``names`` under ``data[key]`` (None where the key is absent), checked: the
+    first strictly increasing (the axis the others are measured along), all the same length."""
+    part = mapping(data.get(key), f"{where}.{key}")
+    if not part:
+        return None
+    lists = [numbers(f"{where}.{key}.{a}", part.get(a)) for a in names]
+    if len({len(v) for v in lists}) != 1 or list(lists[0]) != sorted(set(lists[0])):
+        raise ConfigError(f"{where}.{key}: {names[0]} (strictly increasing) and "
+                          f"{' and '.join(names[1:])} must have the same length")
+    return lists
