@@ -2,7 +2,9 @@
 CUDA) for ``ecdit-scale profile --nproc N``: each rank is a fresh interpreter
 (``python -m ecdit_scale.evaluation.collectives RANK ARGS``) that joins a process group and
 times the collectives over message sizes, every rank the same number of calls; rank 0 writes
-the times, and ``fit_link`` turns them into latency + bytes / bandwidth.
+the times, and ``fit_link`` turns them into latency + bytes / bandwidth. On CPU the ranks then
+time how they meet at a collective after a stretch of compute (``_sync_waits``: the profile's
+``sync``, ``planner.rank_sync``).
 """
 
 from __future__ import annotations
