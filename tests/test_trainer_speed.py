@@ -389,7 +389,14 @@ def test_breakdown_splits_a_profiled_step_by_part_and_class():
     attention are their outermost ops, memory-bound is the rest of the model's time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ecdit_scale.train.step_profile import MODEL_PARTS, PARTS, breakdown, phase, summarize
+    from ecdit_scale.train.step_profile import (
+        MODEL_PARTS,
+        PARTS,
+        breakdown,
+        op_class,
+        phase,
+        summarize,
+    )
 
     model = _Attn()
     opt = torch.optim.AdamW(model.parameters(), foreach=True)
@@ -420,8 +427,13 @@ def test_breakdown_splits_a_profiled_step_by_part_and_class():
     assert k["forward/model"] >= 5  # 2 addmm, sdpa, gelu, square, mean
     assert k["outside"] >= 1 and k["ema"] >= 1 and k["step/optimizer"] >= 1
     assert b["model_kernels"] == k["forward/model"] + k["backward/model"]
+    # the ten heaviest memory-bound ops by host time: which ten moves with the machine's load
+    # (aten::square, 4x32x16 elements, once fell out of them with the suite running), so the
+    # test holds what does not: each listed op is memory-bound, GEMMs are not listed
     heavy = dict(b["memory_bound_top_ms"])
-    assert {"aten::gelu", "aten::square"} <= set(heavy) and "aten::addmm" not in heavy
+    assert heavy and "aten::addmm" not in heavy
+    assert all(op_class([name]) == "memory_bound" for name in heavy), heavy
+    assert op_class(["aten::gelu"]) == op_class(["aten::square"]) == "memory_bound"
     # the summary carries it; a step without the worker's marks has none
     assert summarize(p.events(), on_gpu=False)["breakdown"] == b
     with profile(activities=[ProfilerActivity.CPU]) as q:
