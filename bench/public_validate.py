@@ -2,6 +2,7 @@
 
     python bench/public_validate.py            # one line per row, then a summary per split
     python bench/public_validate.py --json     # the same as JSON
+    python bench/public_validate.py --write    # and record the ratios for ``plan``
 
 Reads ``bench/results/public-throughput/rows.yaml`` (each row: source, setup, figure as
 published; ``split`` fixed before the compute model changed) and prices every scored row
@@ -11,6 +12,11 @@ precision, and the row's layout pinned (dp = GPUs, ZeRO-0 for DDP / ZeRO-2, micr
 recompute) through ``layouts.estimate_layout``. Prints predicted / published steps per second,
 marked held-out or used, and per split the median and worst |ratio - 1|. ``context`` rows
 (setup not stated, or a model plan cannot express) are listed, never scored.
+
+``--write`` records each scored row's predicted / published in the package's
+``ecdit_scale/data/public_check.yaml``, which ``plan`` reads to say how far its clock has been
+from published runs on the plan's device (``planner/public_check.py``); a test fails when the
+file no longer matches this pricing, so rerun ``--write`` after any change to the model.
 
 The "datasheet" column is what the catalog priced before issue 19 for the same row (bf16 at
 peak x 0.45, no setup): kept as the baseline the issue measured.
@@ -41,12 +47,14 @@ from ecdit_scale.config import (  # noqa: E402
     Recompute,
     TrainingConfig,
 )
-from ecdit_scale.files import load_yaml_file  # noqa: E402
+from ecdit_scale.files import atomic_write_text, dump_yaml, load_yaml_file  # noqa: E402
 from ecdit_scale.planner.hardware import get_accelerator  # noqa: E402
 from ecdit_scale.planner.layouts import estimate_layout  # noqa: E402
 from ecdit_scale.planner.run_setup import RunSetup  # noqa: E402
 
 ROWS = ROOT / "bench" / "results" / "public-throughput" / "rows.yaml"
+CHECK = ROOT / "ecdit_scale" / "data" / "public_check.yaml"
+CHECK_DIGITS = 4  # ratios as written; the test compares at this precision
 PRECISIONS = {"fp32": Precision.FP32, "tf32": Precision.TF32, "fp16-amp": Precision.FP16,
               "bf16": Precision.BF16}
 ZERO = {"ddp": 0, "zero2": 2}
@@ -101,12 +109,10 @@ def summary(ratios: list[float]) -> dict[str, float]:
             "most_optimistic": max(ratios) if ratios else math.nan}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = ap.parse_args(argv)
-    rows = load_yaml_file(ROWS)["rows"]
-    out, by_split = [], {"held_out": [], "used": []}
+def price_rows(rows: list[dict]) -> list[dict]:
+    """Each row's record: published, and for a scored row predicted, the datasheet baseline
+    and their ratios to the published figure."""
+    out = []
     for row in rows:
         rec = {"id": row["id"], "split": row["split"], "gpu": row.get("gpu", "-"),
                "published": row["figure"], "unit": row["unit"]}
@@ -115,9 +121,40 @@ def main(argv: list[str] | None = None) -> int:
             rec["datasheet"] = predict(row, baseline=True)
             rec["ratio"] = rec["predicted"] / row["figure"]
             rec["datasheet_ratio"] = rec["datasheet"] / row["figure"]
-            by_split[row["split"]].append(rec["ratio"])
         out.append(rec)
+    return out
+
+
+def check_rows(out: list[dict]) -> list[dict]:
+    """The scored rows as ``data/public_check.yaml`` records them."""
+    return [{"id": r["id"], "gpu": r["gpu"], "split": r["split"], "published": r["published"],
+             "predicted": round(r["predicted"], CHECK_DIGITS),
+             "ratio": round(r["ratio"], CHECK_DIGITS)} for r in out if "ratio" in r]
+
+
+def write_check(out: list[dict]) -> Path:
+    head = ("# Written by `python bench/public_validate.py --write`: each scored row of\n"
+            "# bench/results/public-throughput/rows.yaml (sources and setups there) priced\n"
+            "# by this planner; ratio = predicted / published optimizer steps per second\n"
+            "# (> 1: optimistic). `plan` reads it (planner/public_check.py);\n"
+            "# tests/test_public_check.py checks it.\n")
+    return atomic_write_text(CHECK, head + dump_yaml({"rows": check_rows(out)}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--write", action="store_true",
+                    help=f"record the ratios in {CHECK.relative_to(ROOT)} for plan")
+    args = ap.parse_args(argv)
+    out = price_rows(load_yaml_file(ROWS)["rows"])
+    by_split: dict[str, list[float]] = {"held_out": [], "used": []}
+    for rec in out:
+        if "ratio" in rec:
+            by_split[rec["split"]].append(rec["ratio"])
     summ = {k: summary(v) for k, v in by_split.items()}
+    if args.write:
+        print(f"wrote {write_check(out).relative_to(ROOT)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"rows": out, "summary": summ}, indent=1))
         return 0

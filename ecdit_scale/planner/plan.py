@@ -26,6 +26,7 @@ from .hardware import Accelerator, get_accelerator
 from .inference import InferenceEstimate, estimate_inference
 from .layouts import LayoutEstimate, SearchResult, search_layouts
 from .placement import data_before_expert
+from .public_check import clock_note
 
 # (FFN kind, experts, compute FLOPs) -> a mapping with the ScalingEstimate fields, or None when
 # the fit has nothing for the kind. The planner never imports ``scaling``; the caller passes
@@ -309,6 +310,8 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         f"cost_usd: price_per_gpu_hour = ${cluster.price_per_gpu_hour:g} is an assumption; "
         "override it for your provider",
     ]
+    if acc.profile is not None:  # priced by operator class, as the public rows were
+        estimated.append(clock_note(acc.name))
     if training.precision.value != "bf16":
         estimated.append(f"compute: {training.precision.value} math at its own datasheet peak, "
                          f"{acc.peak_flops_for(training.precision.value) / 1e12:g} TFLOP/s")

@@ -1,0 +1,71 @@
+"""The plan's note on how far its clock has been from published training runs."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from ecdit_scale.errors import ConfigError
+from ecdit_scale.files import load_yaml_file
+from ecdit_scale.planner.public_check import PublicRow, clock_note, parse_check, public_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _public_validate():
+    spec = importlib.util.spec_from_file_location("public_validate",
+                                                  ROOT / "bench" / "public_validate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_packaged_ratios_are_this_models_pricing_of_the_public_rows():
+    """Stale after any change to the pricing: rerun `python bench/public_validate.py --write`."""
+    mod = _public_validate()
+    fresh = mod.check_rows(mod.price_rows(load_yaml_file(mod.ROWS)["rows"]))
+    packaged = {r.id: r for r in public_rows()}
+    assert [r["id"] for r in fresh] == list(packaged)
+    for row in fresh:
+        assert packaged[row["id"]].gpu == row["gpu"] and packaged[row["id"]].split == row["split"]
+        assert packaged[row["id"]].ratio == pytest.approx(row["ratio"], abs=1e-4), \
+            f"{row['id']}: rerun `python bench/public_validate.py --write`"
+
+
+ROWS = (PublicRow("a", "gpu-a", "held_out", 0.5), PublicRow("b", "gpu-a", "used", 1.5),
+        PublicRow("c", "gpu-b", "used", 2.0))
+
+
+def test_the_note_gives_the_range_overall_and_on_the_plans_device_both_ways():
+    note = clock_note("gpu-a", ROWS)
+    assert "prices 3 DiT-class training runs (1 held out) at 0.50-2.00x" in note
+    assert "median |error| 50%" in note
+    assert "on gpu-a, 2 runs at 0.50-1.50x: its step time may be up to 1.50x optimistic or " \
+           "2.00x pessimistic" in note
+    assert "on gpu-b, 1 run at 2.00x: its step time may be up to 2.00x optimistic" in \
+        clock_note("gpu-b", ROWS)
+    assert "none was published on cpu-x" in clock_note("cpu-x", ROWS)
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({}, "non-empty 'rows'"),
+    ({"rows": [{"id": "a", "gpu": "g", "split": "used", "ratio": 0}]}, "row 0"),
+    ({"rows": [{"id": "a", "gpu": "g", "ratio": 1.0}]}, "needs id, gpu, split"),
+])
+def test_a_damaged_check_file_is_named_in_one_line(data, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_check(data, source="x.yaml")
+
+
+def test_plan_says_how_far_its_clock_was_from_published_runs_on_its_device(capsys, tmp_path,
+                                                                           monkeypatch):
+    from conftest import run_main
+
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_main(capsys, "plan", "--model", "dit-xl-2", "--gpu", "a100", "--gpus", "8",
+                            "--no-table", "--no-write", "--json")
+    assert code == 0
+    notes = [n for n in json.loads(out)["estimated"] if "against published runs" in n]
+    a100 = [r for r in public_rows() if r.gpu == "a100-80gb"]
+    assert len(notes) == 1 and f"on a100-80gb, {len(a100)} runs at " in notes[0]
