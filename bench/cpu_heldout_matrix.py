@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from ecdit_scale.evaluation.terms import TERMS
+
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = ROOT / "bench" / "results" / "cpu-heldout-matrix" / "matrix.yaml"
 PROFILED_STEP = "12"
@@ -196,6 +198,7 @@ def main() -> None:
           f"worst {max(absolute):.1%} (target: mean <= 15%, worst <= 30%)")
     print(f"{inside} of {len(rows)} predictions lie within their run's own steps' p10-p90 "
           "(the steps the median is taken over, each / the median): the run's own noise")
+    print_terms(rows)
 
 
 def run_dirs(out: Path, name: str, repeats: int) -> list[Path]:
@@ -205,10 +208,27 @@ def run_dirs(out: Path, name: str, repeats: int) -> list[Path]:
 
 def median_launch(rows: list[dict]) -> dict:
     """validate's row of the launch with the median step time (of an odd count; the lower
-    middle of an even one), with every launch's step time ("launches")."""
+    middle of an even one), with every launch's step time ("launches") and, per term of the
+    profiled steps, the median over the launches ("terms_measured")."""
     times = [r["step_s_measured"] for r in rows]
     middle = sorted(rows, key=lambda r: r["step_s_measured"])[(len(rows) - 1) // 2]
-    return {**middle, "launches": times}
+    measured = {t: statistics.median(r[f"{t}_s_measured"] for r in rows)
+                for t in TERMS if all(r.get(f"{t}_s_measured") is not None for r in rows)}
+    return {**middle, "launches": times, "terms_measured": measured}
+
+
+def print_terms(rows: list[dict]) -> None:
+    """Each run's terms in ms, predicted -> measured, the measured one the median over its
+    launches' profiled steps: one profiled step of one launch scatters by 20-60% per term on
+    this VM (matrix 22: nano-ec8's model all-to-all 1.9-9.5 ms over three launches)."""
+    if not any(r["terms_measured"] for r in rows):
+        return
+    print("terms (ms), predicted -> measured (median over the launches' profiled steps; "
+          "host time with the profiler's cost; rest = the median step less the others)")
+    for r in rows:
+        print(f"{r['name'].split('.r')[0]:<30} " + " ".join(
+            f"{t} {(r.get(f'{t}_s_predicted') or 0.0) * 1e3:.1f}->{v * 1e3:.1f}"
+            for t, v in r["terms_measured"].items()))
 
 
 def own_spread(run: Path) -> tuple[float, float]:
