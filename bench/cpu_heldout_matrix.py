@@ -36,6 +36,10 @@ from pathlib import Path
 import yaml
 
 from ecdit_scale.evaluation.terms import TERMS
+from ecdit_scale.files import atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_speed_check import speed_check  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRIX = ROOT / "bench" / "results" / "cpu-heldout-matrix" / "matrix.yaml"
@@ -150,17 +154,21 @@ def main() -> None:
                 # measured just before the first launch; the run is not seen
                 print(f"profiling before {name} ...", file=sys.stderr, flush=True)
                 cli("profile", "--nproc", "2", "--out", str(own_profile(args.out, name)))
+                record_speed(args.out, own_profile(args.out, name).name)
             print(f"launching {name} ({i + 1} of {len(launches)}) ...", file=sys.stderr,
                   flush=True)
+            record_speed(args.out, run.name)
             cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
                 env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
     part = args.without_profile_part
     kw = dict(from_m=args.gemm_from_m, engine_from_toy=args.engine_from_toy,
               engine_dp_world1=args.engine_dp_world1)
     if args.profile_each:  # each run against the profile taken just before it
+        speeds = read_speeds(args.out)
         rows = [median_launch(cli("validate", *map(str, run_dirs(args.out, n, args.repeats)),
                                   "--profile", str(without(own_profile(args.out, n), part,
-                                                           args.out, **kw)))["rows"])
+                                                           args.out, **kw)))["rows"],
+                              speeds, own_profile(args.out, n).name)
                 for n in names]
         profile = "each run's own, taken right before it (OUT/NAME.profile.yaml)"
     else:
@@ -198,6 +206,7 @@ def main() -> None:
           f"worst {max(absolute):.1%} (target: mean <= 15%, worst <= 30%)")
     print(f"{inside} of {len(rows)} predictions lie within their run's own steps' p10-p90 "
           "(the steps the median is taken over, each / the median): the run's own noise")
+    print_at_speed(rows)
     print_terms(rows)
 
 
@@ -206,15 +215,56 @@ def run_dirs(out: Path, name: str, repeats: int) -> list[Path]:
     return [out / name] + [out / f"{name}.r{i}" for i in range(2, repeats + 1)]
 
 
-def median_launch(rows: list[dict]) -> dict:
+SPEEDS = "speed.json"  # OUT/speed.json: cpu_speed_check's seconds, by profile or launch name
+
+
+def read_speeds(out: Path) -> dict[str, float]:
+    path = out / SPEEDS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_speed(out: Path, key: str) -> None:
+    """Time the speed check now (after a profile, before a launch) and keep it under ``key``."""
+    speeds = read_speeds(out)
+    speeds[key] = speed_check()
+    atomic_write_text(out / SPEEDS, json.dumps(speeds, indent=1))
+
+
+def median_launch(rows: list[dict], speeds: dict[str, float] | None = None,
+                  profile_key: str = "") -> dict:
     """validate's row of the launch with the median step time (of an odd count; the lower
-    middle of an even one), with every launch's step time ("launches") and, per term of the
-    profiled steps, the median over the launches ("terms_measured")."""
+    middle of an even one), with every launch's step time ("launches"), per term of the
+    profiled steps the median over the launches ("terms_measured"), and where the speed check
+    timed the profile and every launch, the error at each launch's speed ("at_speed_error":
+    the median over launches of measured / (predicted x the check's seconds at that launch /
+    its seconds right after the profile) - 1)."""
+    speeds = speeds or {}
+    at_speed = None
+    keys = [Path(r["source"]).name for r in rows]
+    if profile_key in speeds and all(k in speeds for k in keys):
+        at_speed = statistics.median(
+            r["step_s_measured"] / (r["step_s_predicted"] * speeds[k] / speeds[profile_key])
+            for r, k in zip(rows, keys, strict=True)) - 1.0
     times = [r["step_s_measured"] for r in rows]
     middle = sorted(rows, key=lambda r: r["step_s_measured"])[(len(rows) - 1) // 2]
     measured = {t: statistics.median(r[f"{t}_s_measured"] for r in rows)
                 for t in TERMS if all(r.get(f"{t}_s_measured") is not None for r in rows)}
-    return {**middle, "launches": times, "terms_measured": measured}
+    return {**middle, "launches": times, "terms_measured": measured, "at_speed_error": at_speed}
+
+
+def print_at_speed(rows: list[dict]) -> None:
+    """Each run's error with its prediction scaled by the machine's speed at each launch
+    (``cpu_speed_check``), where every launch of the run was checked."""
+    known = [r for r in rows if r["at_speed_error"] is not None]
+    if not known:
+        return
+    print("at each launch's speed (the prediction x the speed check's seconds before that "
+          "launch / right after the profile; median over the launches):")
+    for r in known:
+        print(f"{r['name'].split('.r')[0]:<30} {r['at_speed_error']:>+8.1%}")
+    absolute = [abs(r["at_speed_error"]) for r in known]
+    print(f"at launch speed: {len(known)} runs, mean |error| {statistics.mean(absolute):.1%}, "
+          f"worst {max(absolute):.1%}")
 
 
 def print_terms(rows: list[dict]) -> None:
