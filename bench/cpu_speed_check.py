@@ -8,6 +8,12 @@ GELU, layer norm, adds: the op classes of a DiT block, one thread as each traine
 right after the profile and right before each launch; the ratio says how much slower or
 faster the machine is at that launch than when it was profiled.
 
+Judged on matrix 23 (2026-12-07): scaling each launch's prediction by this ratio made the
+errors worse (mean 11.8% -> 16.5%, worst 32.8% -> 59.5%). The check read 0.056-0.099 s over
+the hour and moved by up to 30% between two checks a minute apart, where six idle back-to-back
+checks agree within 4%: after a profile or a launch it times the machine's recovery, not the
+speed the next launch meets. The bench prints the scaled errors as a record, not a correction.
+
     python bench/cpu_speed_check.py            # prints the seconds of the mix (median of 15)
 """
 
