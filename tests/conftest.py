@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -28,6 +29,15 @@ os.environ.setdefault("ECDIT_SCALE_MALLOC", "default")
 STEPS, EVERY = 20, 5  # steps, and a checkpoint every EVERY steps
 EC_ARGS = ("nano-ec8", "--nproc", "2", "--ep", "2", "--zero", "2", "--steps", str(STEPS),
            "--micro-batch", "4", "--checkpoint-every", str(EVERY), "--limit", "256", "--seed", "0")
+
+def bench_module(name: str):
+    """``bench/NAME.py`` loaded as a module (bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
 
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)

@@ -1,8 +1,6 @@
 """The plan's note on how far its clock has been from published training runs."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,15 +8,11 @@ from ecdit_scale.errors import ConfigError
 from ecdit_scale.files import load_yaml_file
 from ecdit_scale.planner.public_check import PublicRow, clock_note, parse_check, public_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _public_validate():
-    spec = importlib.util.spec_from_file_location("public_validate",
-                                                  ROOT / "bench" / "public_validate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import bench_module
+
+    return bench_module("public_validate")
 
 
 def test_the_packaged_ratios_are_this_models_pricing_of_the_public_rows():

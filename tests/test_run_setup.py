@@ -4,9 +4,7 @@ rate (issue 19). Pure-python and cheap: one or two layouts priced per test."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -96,11 +94,11 @@ def test_bad_setup_names_the_value(kw, named):
 
 
 def test_public_validation_prices_every_scored_row():
-    path = Path(__file__).resolve().parents[1] / "bench" / "public_validate.py"
-    spec = importlib.util.spec_from_file_location("public_validate", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import bench_module
+
     from ecdit_scale.files import load_yaml_file
+
+    mod = bench_module("public_validate")
 
     rows = load_yaml_file(mod.ROWS)["rows"]
     scored = [r for r in rows if r["split"] != "context"]

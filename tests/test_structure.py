@@ -8,7 +8,6 @@ catches what it should.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -20,12 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_structure():
-    path = ROOT / "bench" / "structure.py"
-    spec = importlib.util.spec_from_file_location("bench_structure", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    from conftest import bench_module
+
+    return bench_module("structure")
 
 
 structure = _load_structure()
