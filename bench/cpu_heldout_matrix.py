@@ -21,6 +21,13 @@ and takes the median of the launches' step times: on this 2-core VM two launches
 2-rank run a minute apart measured 706 and 873 ms a step (base-dense, ZeRO-1, 2026-12-06).
 Each run profiles one step (``ECDIT_SCALE_PROFILE_STEP``) so that validate's term table
 says which term misses. This is a measurement, not a test.
+
+Before each profile and each launch it flushes the page cache's dirty pages (``sync``, its
+seconds kept in OUT/settle.json): DeepSpeed writes a launch's checkpoint without fsync (1.3 GB
+for a base card on 2 ranks), and the kernel writes it back ~30 s later (``dirty_expire``), on
+this 2-core VM during the next launch's first steps. Matrix 23's base-ec8 at ep 2 measured
+1,088 ms a step in its first launch and 1,334 and 1,271 in the two that followed one another,
+the slow launches' steps 3-9 slowest and the extra time in the step's wait for the other rank.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -153,10 +161,12 @@ def main() -> None:
             if args.profile_each and not own_profile(args.out, name).is_file():
                 # measured just before the first launch; the run is not seen
                 print(f"profiling before {name} ...", file=sys.stderr, flush=True)
+                settle(args.out, own_profile(args.out, name).name)
                 cli("profile", "--nproc", "2", "--out", str(own_profile(args.out, name)))
                 record_speed(args.out, own_profile(args.out, name).name)
             print(f"launching {name} ({i + 1} of {len(launches)}) ...", file=sys.stderr,
                   flush=True)
+            settle(args.out, run.name)
             record_speed(args.out, run.name)
             cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
                 env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
@@ -216,6 +226,20 @@ def run_dirs(out: Path, name: str, repeats: int) -> list[Path]:
 
 
 SPEEDS = "speed.json"  # OUT/speed.json: cpu_speed_check's seconds, by profile or launch name
+
+
+SETTLES = "settle.json"  # OUT/settle.json: seconds each flush took, by profile or launch name
+
+
+def settle(out: Path, key: str) -> None:
+    """Flush dirty pages before a timed profile or launch (see the module) and keep how long
+    that took under ``key``: the writeback a previous launch left."""
+    t0 = time.perf_counter()
+    os.sync()
+    path = out / SETTLES
+    settles = json.loads(path.read_text()) if path.is_file() else {}
+    settles[key] = time.perf_counter() - t0
+    atomic_write_text(path, json.dumps(settles, indent=1))
 
 
 def read_speeds(out: Path) -> dict[str, float]:
