@@ -25,9 +25,10 @@ says which term misses. This is a measurement, not a test.
 Before each profile and each launch it flushes the page cache's dirty pages (``sync``, its
 seconds kept in OUT/settle.json): DeepSpeed writes a launch's checkpoint without fsync (1.3 GB
 for a base card on 2 ranks), and the kernel writes it back ~30 s later (``dirty_expire``), on
-this 2-core VM during the next launch's first steps. Matrix 23's base-ec8 at ep 2 measured
-1,088 ms a step in its first launch and 1,334 and 1,271 in the two that followed one another,
-the slow launches' steps 3-9 slowest and the extra time in the step's wait for the other rank.
+this 2-core VM possibly during the next launch's first steps (matrix 23's base-ec8 at ep 2:
+1,088 ms a step in its first launch, 1,334 and 1,271 in the two that followed). It was not
+the drift: in matrix 24 the flushes took 0.0-0.84 s and the launches spread as before
+(base-tc8: 1.38, 1.21, 1.09 s). Kept, so that no launch pays for the one before it.
 """
 
 from __future__ import annotations
