@@ -227,9 +227,18 @@ def run_dirs(out: Path, name: str, repeats: int) -> list[Path]:
 
 
 SPEEDS = "speed.json"  # OUT/speed.json: cpu_speed_check's seconds, by profile or launch name
-
-
 SETTLES = "settle.json"  # OUT/settle.json: seconds each flush took, by profile or launch name
+
+
+def read_seconds(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def keep_seconds(path: Path, key: str, seconds: float) -> None:
+    """Add ``key``: ``seconds`` to the JSON record at ``path`` (written atomically)."""
+    record = read_seconds(path)
+    record[key] = seconds
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def settle(out: Path, key: str) -> None:
@@ -237,22 +246,16 @@ def settle(out: Path, key: str) -> None:
     that took under ``key``: the writeback a previous launch left."""
     t0 = time.perf_counter()
     os.sync()
-    path = out / SETTLES
-    settles = json.loads(path.read_text()) if path.is_file() else {}
-    settles[key] = time.perf_counter() - t0
-    atomic_write_text(path, json.dumps(settles, indent=1))
+    keep_seconds(out / SETTLES, key, time.perf_counter() - t0)
 
 
 def read_speeds(out: Path) -> dict[str, float]:
-    path = out / SPEEDS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_seconds(out / SPEEDS)
 
 
 def record_speed(out: Path, key: str) -> None:
     """Time the speed check now (after a profile, before a launch) and keep it under ``key``."""
-    speeds = read_speeds(out)
-    speeds[key] = speed_check()
-    atomic_write_text(out / SPEEDS, json.dumps(speeds, indent=1))
+    keep_seconds(out / SPEEDS, key, speed_check())
 
 
 def median_launch(rows: list[dict], speeds: dict[str, float] | None = None,

@@ -30,6 +30,7 @@ STEPS, EVERY = 20, 5  # steps, and a checkpoint every EVERY steps
 EC_ARGS = ("nano-ec8", "--nproc", "2", "--ep", "2", "--zero", "2", "--steps", str(STEPS),
            "--micro-batch", "4", "--checkpoint-every", str(EVERY), "--limit", "256", "--seed", "0")
 
+
 def bench_module(name: str):
     """``bench/NAME.py`` loaded as a module (bench scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
