@@ -20,6 +20,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "LD_PRELOAD"),
     ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "user's glibc malloc settings"),
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, "user's glibc malloc settings"),
+    ({"MALLOC_ARENA_MAX": "4"}, "user's glibc malloc settings"),
 ])
 def test_a_users_choice_is_left_alone(monkeypatch, env, says):
     def refuse(*_a, **_k):
@@ -29,21 +30,35 @@ def test_a_users_choice_is_left_alone(monkeypatch, env, says):
     assert says in keep_large_allocations(env)
 
 
-# bytes glibc holds in mmapped chunks (mallinfo2.hblkhd) while a 48 MiB buffer is alive
+# bytes glibc holds in mmapped chunks (mallinfo2.hblkhd) while a buffer of MiB is alive,
+# allocated on the main thread or (as gloo's threads allocate) on a thread of its own
 CHILD = r"""
-import ctypes, sys
-from ecdit_scale.train.cpu_allocator import keep_large_allocations
+import ctypes, sys, threading
+from ecdit_scale.train import cpu_allocator
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
                 "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-if sys.argv[1] == "kept":
-    assert keep_large_allocations({}).startswith("glibc, mmap threshold")
+mode, mib, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode == "kept":
+    assert cpu_allocator.keep_large_allocations({}).startswith("glibc, mmap threshold")
+elif mode == "thresholds":  # the thresholds alone, as before the one arena
+    libc.mallopt(cpu_allocator.M_MMAP_THRESHOLD, ctypes.c_int(1 << 30))
+    libc.mallopt(cpu_allocator.M_TRIM_THRESHOLD, ctypes.c_int((1 << 31) - 1))
 libc.malloc.restype = ctypes.c_void_p
-p = libc.malloc(48 << 20)
-print(libc.mallinfo2().hblkhd)
-libc.free(ctypes.c_void_p(p))
+out = []
+def alloc():
+    p = libc.malloc(mib << 20)
+    out.append(libc.mallinfo2().hblkhd)
+    libc.free(ctypes.c_void_p(p))
+if where == "thread":
+    t = threading.Thread(target=alloc)
+    t.start()
+    t.join()
+else:
+    alloc()
+print(out[0])
 """
 
 
@@ -53,10 +68,14 @@ def test_a_large_allocation_comes_from_the_heap_once_set():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
            and k not in ("LD_PRELOAD", "GLIBC_TUNABLES", "ECDIT_SCALE_MALLOC")}
 
-    def mapped(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True,
-                             text=True, check=True, env=env)
+    def mapped(mode: str, mib: int, where: str = "main") -> int:
+        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(mib), where],
+                             capture_output=True, text=True, check=True, env=env)
         return int(out.stdout.strip())
 
-    assert mapped("default") >= 48 << 20  # glibc maps it
-    assert mapped("kept") < 48 << 20  # the heap serves it
+    assert mapped("default", 48) >= 48 << 20  # glibc maps it
+    assert mapped("kept", 48) < 48 << 20  # the heap serves it
+    # on another thread (gloo's): that thread's own arena, whose heaps stop at 64 MiB, maps a
+    # larger one whatever the threshold; with one arena the main heap serves it too
+    assert mapped("thresholds", 96, "thread") >= 96 << 20
+    assert mapped("kept", 96, "thread") < 96 << 20

@@ -11,6 +11,17 @@ start (``mallopt``; the same as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRES
 would have to be set before the process starts). The cost: freed memory stays in the process
 instead of going back to the system, so resident memory stays near its peak.
 
+The thresholds hold for glibc's main arena only. A thread of its own gets another arena, whose
+heaps are at most 64 MiB each: a larger tensor allocated there is mapped afresh and unmapped
+on free whatever the threshold. gloo's collectives run on such threads, and its all-gather
+allocates a temporary the size of its output on every call: a ZeRO-1/2 rank of base-ec8 on two
+ranks page-faulted 324 MiB in every optimizer step that way (the whole model's fp32 gather),
+and its collectives took 510-750 ms a step. So a rank also keeps to one arena
+(``M_ARENA_MAX`` 1, as ``MALLOC_ARENA_MAX=1``): every thread's tensors come from the main
+heap, the faults stop after the first steps, and the same step's collectives took 350-540 ms
+(``bench/cpu_allocator.py`` times gloo's all-gather both ways in one run). A rank runs one
+compute thread, so the one arena's lock is not contended.
+
 Left alone where the user chose an allocator: ``LD_PRELOAD`` (jemalloc, tcmalloc), glibc's own
 variables, or ``ECDIT_SCALE_MALLOC=default``; and off glibc (macOS, musl), which has no
 ``mallopt``.
@@ -24,10 +35,12 @@ import platform
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 1 << 30
 TRIM_THRESHOLD_BYTES = (1 << 31) - 1  # mallopt takes an int
 OPT_OUT = "ECDIT_SCALE_MALLOC"
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                 "MALLOC_ARENA_MAX")
 
 
 def keep_large_allocations(environ: dict[str, str] | None = None) -> str:
@@ -45,10 +58,12 @@ def keep_large_allocations(environ: dict[str, str] | None = None) -> str:
     try:
         libc = ctypes.CDLL("libc.so.6")
         ok = (libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD_BYTES)) == 1
-              and libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(TRIM_THRESHOLD_BYTES)) == 1)
+              and libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(TRIM_THRESHOLD_BYTES)) == 1
+              and libc.mallopt(M_ARENA_MAX, ctypes.c_int(1)) == 1)
     except (OSError, AttributeError):
         ok = False
     if not ok:
         return "glibc default (mallopt refused the thresholds)"
     return (f"glibc, mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB, trim threshold "
-            f"{TRIM_THRESHOLD_BYTES >> 20} MiB (large tensors reuse heap memory)")
+            f"{TRIM_THRESHOLD_BYTES >> 20} MiB, one arena (large tensors reuse heap memory, "
+            "on every thread)")
