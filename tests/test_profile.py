@@ -744,15 +744,11 @@ def test_a_derived_profile_scales_every_per_parameter_engine_cost_by_bandwidth()
 
 
 @pytest.fixture(scope="module")
-def measured_profile(session_runs):
-    """A quick 2-rank profile of this CPU, made once for all the workers (read only)."""
-    def make(out):
-        out.mkdir(parents=True, exist_ok=True)
-        proc = cli_here("profile", "--quick", "--nproc", "2", "--out", str(out / "cpu.yaml"),
-                        "--json")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    return session_runs.once("quick-cpu-profile", make) / "cpu.yaml"
+def measured_profile(tmp_path_factory):
+    path = tmp_path_factory.mktemp("profile") / "cpu.yaml"
+    proc = cli_here("profile", "--quick", "--nproc", "2", "--out", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return path
 
 
 def test_profile_table_shows_the_batched_gemm_grid(measured_profile, capsys):
