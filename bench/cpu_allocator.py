@@ -85,11 +85,8 @@ dist.destroy_process_group()
 
 
 def gather(mode: str) -> dict:
-    import warnings
-
     from ecdit_scale.train.process import free_port
 
-    warnings.filterwarnings("ignore")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            "PYTHONWARNINGS": "ignore"}
     env.pop("ECDIT_SCALE_MALLOC", None)

@@ -16,11 +16,11 @@ heaps are at most 64 MiB each: a larger tensor allocated there is mapped afresh 
 on free whatever the threshold. gloo's collectives run on such threads, and its all-gather
 allocates a temporary the size of its output on every call: a ZeRO-1/2 rank of base-ec8 on two
 ranks page-faulted 324 MiB in every optimizer step that way (the whole model's fp32 gather),
-and its collectives took 510-750 ms a step. So a rank also keeps to one arena
-(``M_ARENA_MAX`` 1, as ``MALLOC_ARENA_MAX=1``): every thread's tensors come from the main
-heap, the faults stop after the first steps, and the same step's collectives took 350-540 ms
-(``bench/cpu_allocator.py`` times gloo's all-gather both ways in one run). A rank runs one
-compute thread, so the one arena's lock is not contended.
+and its collectives took a median 583 ms a step (timed by hand, 2026-12-07). So a rank also
+keeps to one arena (``M_ARENA_MAX`` 1, as ``MALLOC_ARENA_MAX=1``): every thread's tensors come
+from the main heap, the faults stop after the first steps, and the same step's collectives
+took a median 356-400 ms (two runs). ``bench/cpu_allocator.py`` times gloo's all-gather both
+ways in one run. A rank runs one compute thread, so the one arena's lock is not contended.
 
 Left alone where the user chose an allocator: ``LD_PRELOAD`` (jemalloc, tcmalloc), glibc's own
 variables, or ``ECDIT_SCALE_MALLOC=default``; and off glibc (macOS, musl), which has no
