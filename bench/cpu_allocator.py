@@ -50,17 +50,13 @@ print(json.dumps(out))
 
 
 GATHER = r"""
-import ctypes, json, resource, sys, time
+import json, resource, sys, time
 import torch, torch.distributed as dist
-from ecdit_scale.train import cpu_allocator
+from ecdit_scale.train.cpu_allocator import keep_large_allocations
 torch.set_num_threads(1)
 mode, rank, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-if mode == "kept":
-    cpu_allocator.keep_large_allocations()
-elif mode == "thresholds":
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(cpu_allocator.M_MMAP_THRESHOLD, ctypes.c_int(cpu_allocator.MMAP_THRESHOLD_BYTES))
-    libc.mallopt(cpu_allocator.M_TRIM_THRESHOLD, ctypes.c_int(cpu_allocator.TRIM_THRESHOLD_BYTES))
+if mode != "default":  # "thresholds": as the ranks ran before the one arena
+    keep_large_allocations(one_arena=mode == "kept")
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 out = {}

@@ -34,18 +34,16 @@ def test_a_users_choice_is_left_alone(monkeypatch, env, says):
 # allocated on the main thread or (as gloo's threads allocate) on a thread of its own
 CHILD = r"""
 import ctypes, sys, threading
-from ecdit_scale.train import cpu_allocator
+from ecdit_scale.train.cpu_allocator import keep_large_allocations
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
                 "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 mode, mib, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-if mode == "kept":
-    assert cpu_allocator.keep_large_allocations({}).startswith("glibc, mmap threshold")
-elif mode == "thresholds":  # the thresholds alone, as before the one arena
-    libc.mallopt(cpu_allocator.M_MMAP_THRESHOLD, ctypes.c_int(1 << 30))
-    libc.mallopt(cpu_allocator.M_TRIM_THRESHOLD, ctypes.c_int((1 << 31) - 1))
+if mode != "default":  # "thresholds": the thresholds alone, as before the one arena
+    assert keep_large_allocations({}, one_arena=mode == "kept").startswith(
+        "glibc, mmap threshold")
 libc.malloc.restype = ctypes.c_void_p
 out = []
 def alloc():

@@ -43,9 +43,11 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP
                  "MALLOC_ARENA_MAX")
 
 
-def keep_large_allocations(environ: dict[str, str] | None = None) -> str:
+def keep_large_allocations(environ: dict[str, str] | None = None, *,
+                           one_arena: bool = True) -> str:
     """Set glibc's thresholds for this process (see the module); return what was done, as the
-    run records it."""
+    run records it. ``one_arena=False``: the thresholds alone, as the ranks ran before
+    2026-12-07 (``bench/cpu_allocator.py`` and its test compare the two)."""
     env = os.environ if environ is None else environ
     if env.get(OPT_OUT, "").strip().lower() == "default":
         return f"glibc default ({OPT_OUT}=default)"
@@ -59,11 +61,12 @@ def keep_large_allocations(environ: dict[str, str] | None = None) -> str:
         libc = ctypes.CDLL("libc.so.6")
         ok = (libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD_BYTES)) == 1
               and libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(TRIM_THRESHOLD_BYTES)) == 1
-              and libc.mallopt(M_ARENA_MAX, ctypes.c_int(1)) == 1)
+              and (not one_arena or libc.mallopt(M_ARENA_MAX, ctypes.c_int(1)) == 1))
     except (OSError, AttributeError):
         ok = False
     if not ok:
         return "glibc default (mallopt refused the thresholds)"
     return (f"glibc, mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB, trim threshold "
-            f"{TRIM_THRESHOLD_BYTES >> 20} MiB, one arena (large tensors reuse heap memory, "
-            "on every thread)")
+            f"{TRIM_THRESHOLD_BYTES >> 20} MiB, " + ("one arena (large tensors reuse heap memory, "
+                                                     "on every thread)" if one_arena else
+                                                     "one arena per thread"))
