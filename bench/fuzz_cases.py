@@ -20,6 +20,7 @@ from __future__ import annotations
 from fuzz_files import (
     ACC,
     BINARY,
+    CPU_PROFILE_FILE,
     DIR,
     GPU_FILE,
     LATIN1,
@@ -403,6 +404,9 @@ def eval_cases() -> list[Case]:
              ("validate", "run", "--save-profile", "adir"), (*run_dir(), ("adir", DIR)),
              mention=("adir", "--save-profile"), timeout=60),
         Case("validate/--json", "eval", "json", ("validate", "run", "--json"), run_dir(),
+             expect="json", timeout=60),  # a quick profile of this CPU: ~8 s, so not quick
+        Case("validate/--json --profile", "eval", "json",
+             ("validate", "run", "--json", "--profile", CPU_PROFILE_FILE), run_dir(),
              expect="json", timeout=60, quick=True),
         Case("validate/--json gpu file", "eval", "json",
              ("validate", GPU_FILE, "--json", "--csv", "v.csv"), expect="json", timeout=120),

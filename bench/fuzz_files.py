@@ -17,6 +17,10 @@ import yaml
 REF_TABLE = "{repo}/bench/results/reference-sweep/runs.csv"
 REF_FIT = "{repo}/bench/results/reference-sweep/fit.yaml"
 GPU_FILE = "{repo}/bench/results/gpu_nvidia-h200.json"
+# a measured CPU profile (matrix 15's, the tests' RECORDED_CPU_PROFILE): validate without one
+# measures this CPU first (~8 s)
+CPU_PROFILE_FILE = ("{repo}/bench/results/cpu-heldout-matrix-15/profiles/"
+                    "smalltc8-w1-z1-mb16-sel.profile.yaml")
 DIR = object()  # a file spec: make a folder here
 FileSpec = Any  # str | bytes | DIR | Callable[[Path], bytes] (called with the repo root)
 

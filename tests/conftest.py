@@ -181,6 +181,19 @@ def cpu_profile(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def measured_profile(session_runs) -> Path:
+    """A quick 2-rank profile of this CPU (``profile --quick --nproc 2``: what ``validate``
+    measures when given no profile), made once for all the workers (read only)."""
+    def make(out):
+        out.mkdir(parents=True, exist_ok=True)
+        proc = cli_here("profile", "--quick", "--nproc", "2", "--out", str(out / "cpu.yaml"),
+                        "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return session_runs.once("quick-cpu-profile", make) / "cpu.yaml"
+
+
 def make_plan(out: Path, profile: Path, *cluster: str, run=cli_here) -> Path:
     """``plan`` with PLAN_ARGS on ``profile`` into ``out`` (``run=cli`` in a subprocess: what a
     background thread must use)."""
@@ -303,56 +316,13 @@ def _queue_rank(item) -> tuple[int, int]:
     return (2, 0) if uses_run else (3, 0)
 
 
-def _module_fixture(item) -> str | None:
-    """The first module-scoped fixture that ``item`` uses: its tests go to one
-    xdist worker, so that the fixture (a spawn, a fit) is made once, not once per worker."""
-    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-    for name in sorted(defs):
-        fixturedef = defs[name][-1]
-        if fixturedef.scope == "module":
-            return f"{item.module.__name__}.{name}"
-    return None
-
-
-def pytest_configure(config):
-    """Under ``-n``: xdist's "load" becomes "loadgroup" in the queue order below (not reordered
-    by group size), so that a module fixture is made by one worker and the long tests start
-    first. With plain "load" the first ~140 tests went to one worker in one chunk."""
-    if getattr(config.option, "numprocesses", None) and config.option.dist == "load":
-        config.option.dist = "loadgroup"
-        config.option.loadscopereorder = False
-    if getattr(config, "workerinput", {}).get("ecdit_loadgroup"):
-        config.option.loadgroup = True  # a worker parses "-n 2" as "load": it is told here
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):
-    """Tell each xdist worker that the controller schedules by group (it marks grouped tests)."""
-    node.workerinput["ecdit_loadgroup"] = node.config.option.dist == "loadgroup"
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    """The queue order above. pyproject runs xdist with ``--dist worksteal``, which may split a
+    module's tests between the workers (and a worker may run them between other modules' tests,
+    which tears a module fixture down): a fixture that spawns ranks, measures or fits is
+    made once for all the workers with ``session_runs.once`` instead."""
     items.sort(key=_queue_rank)
-    grouped = config.getvalue("loadgroup") if hasattr(config.option, "loadgroup") else False
-    for item in items:
-        group = _module_fixture(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-            if grouped:
-                _suffix_group(item, group)
-
-
-def _suffix_group(item, group: str) -> None:
-    """What xdist 3.8 does for --dist loadgroup (the scheduler reads the group from the test's id
-    after "@"), which no longer takes with pytest >= 9.1: xdist sets ``item._nodeid``, pytest
-    reads the id from ``item._id``."""
-    try:
-        from _pytest.nodeid import coerce_node_id
-    except ImportError:  # an older pytest: xdist's own hook adds the suffix
-        return
-    if "@" not in item.nodeid.rsplit("]", 1)[-1]:
-        item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,13 @@ class SessionRuns:
         self.ensure(key, wait=True)
         return self.path(key)
 
+    def once(self, key: str, make: Callable[[Path], None]) -> Path:
+        """The folder of ``key``, made by ``make(folder)`` once for all the workers (a test
+        module's fixture that every worker running one of its tests would otherwise make
+        again), or waited for; not started in the background."""
+        self.runs.setdefault(key, SessionRun(key, lambda out, deps: make(out)))
+        return self.get(key)
+
     def start_background(self, keys: list[str]) -> threading.Thread | None:
         """Make ``keys`` (and their dependencies) in a daemon thread, skipping those another
         worker is making; errors are left for the tests that need the run to report."""

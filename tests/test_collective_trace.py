@@ -32,11 +32,15 @@ CONFIGS = [
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory):
+def traced(session_runs):
+    """The ranks' recorded calls, traced once for all the workers."""
     from ecdit_scale.evaluation.collective_trace import trace_worker
 
-    out = tmp_path_factory.mktemp("trace")
-    start_ranks(trace_worker, (WORLD, free_port(), str(out), CONFIGS), WORLD)
+    def make(out):
+        out.mkdir(parents=True, exist_ok=True)
+        start_ranks(trace_worker, (WORLD, free_port(), str(out), CONFIGS), WORLD)
+
+    out = session_runs.once("collective-trace", make)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

@@ -103,10 +103,13 @@ def _compare(rank: int, world: int, kind: str, ep, out_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def all_to_all(tmp_path_factory):
-    out = tmp_path_factory.mktemp("all-to-all")
-    start_ranks(_equivalence_worker, (2, free_port(), str(out)), 2)
-    return out
+def all_to_all(session_runs):
+    """Both kinds' comparisons, made once for all the workers."""
+    def make(out):
+        out.mkdir(parents=True, exist_ok=True)
+        start_ranks(_equivalence_worker, (2, free_port(), str(out)), 2)
+
+    return session_runs.once("all-to-all", make)
 
 
 @pytest.mark.slow

@@ -743,14 +743,6 @@ def test_a_derived_profile_scales_every_per_parameter_engine_cost_by_bandwidth()
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def measured_profile(tmp_path_factory):
-    path = tmp_path_factory.mktemp("profile") / "cpu.yaml"
-    proc = cli_here("profile", "--quick", "--nproc", "2", "--out", str(path), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return path
-
-
 def test_profile_table_shows_the_batched_gemm_grid(measured_profile, capsys):
     from ecdit_scale.cli.profile import render_profile
 

@@ -1,5 +1,6 @@
 """Scaling reports: Markdown + self-contained HTML whose every figure renders in a browser."""
 
+import json
 import math
 import re
 import shutil
@@ -11,7 +12,7 @@ import pytest
 
 from ecdit_scale.scaling.fit import fit_run_table
 from ecdit_scale.scaling.formulas import Interval
-from ecdit_scale.scaling.report import plain_answer, write_report
+from ecdit_scale.scaling.report import ReportPaths, plain_answer, write_report
 from ecdit_scale.scaling.results import Multiplier, ScalingFit
 
 IMG_TAG = re.compile(r"<img\b[^>]*>")
@@ -40,13 +41,20 @@ def sweep_table(seed=0) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    df = sweep_table()
-    fit = fit_run_table(df, n_boot=12, seed=0, extrapolate_to_flops=1e21)
-    rng = np.random.default_rng(0)
-    load = {"tiny-ec8": rng.poisson(64, size=8), "small-ec16": rng.poisson(32, size=16)}
-    out_dir = tmp_path_factory.mktemp("report")
-    return out_dir, write_report(df, fit, out_dir, title="Test sweep", expert_load=load)
+def report(session_runs):
+    """The report of a planted sweep, written once for all the workers (read only)."""
+    def make(out_dir):
+        df = sweep_table()
+        fit = fit_run_table(df, n_boot=12, seed=0, extrapolate_to_flops=1e21)
+        rng = np.random.default_rng(0)
+        load = {"tiny-ec8": rng.poisson(64, size=8), "small-ec16": rng.poisson(32, size=16)}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = write_report(df, fit, out_dir, title="Test sweep", expert_load=load)
+        (out_dir.parent / "scaling-report.paths.json").write_text(json.dumps(paths.to_dict()))
+
+    out_dir = session_runs.once("scaling-report", make)
+    paths = json.loads((out_dir.parent / "scaling-report.paths.json").read_text())
+    return out_dir, ReportPaths.from_dict(paths)
 
 
 def test_report_writes_markdown_html_and_figures(report):

@@ -12,13 +12,21 @@ from conftest import ROOT, cli_here
 GPU_RESULTS = sorted((ROOT / "bench" / "results").glob("gpu_*.json"))
 
 
+def strict_json(text: str):
+    def refuse(name):
+        raise AssertionError(f"{name} in --json output")
+    return json.loads(text, parse_constant=refuse)
+
+
 @pytest.mark.slow
-def test_validate_cpu_run(ec_run, tmp_path):
+def test_validate_cpu_run(ec_run, measured_profile, tmp_path):
+    """A 2-rank ep 2 ZeRO-2 run, its headline priced from a quick profile of this CPU (the one
+    `validate` measures when given none: the next test)."""
     out_csv, profile = tmp_path / "v.csv", tmp_path / "cpu.yaml"
-    proc = cli_here("validate", str(ec_run), "--csv", str(out_csv), "--save-profile", str(profile),
-               "--json")
+    proc = cli_here("validate", str(ec_run), "--profile", str(measured_profile), "--csv",
+                    str(out_csv), "--save-profile", str(profile), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = strict_json(proc.stdout)
     (row,) = report["rows"]
     assert row["params_error"] == 0.0  # exact: count_params vs numel (x ep for experts)
     assert abs(row["flops_error"]) < 0.01  # planner vs FlopCounterMode
@@ -41,6 +49,32 @@ def test_validate_cpu_run(ec_run, tmp_path):
     acc = get_accelerator(str(profile))
     assert acc.efficiency == pytest.approx(min(1.0, cal["efficiency"]))
     assert acc.calibrated_from == str(ec_run)
+
+
+def test_without_a_profile_validate_measures_this_cpu_with_the_runs_ranks(ec_run, short_run,
+                                                                          monkeypatch):
+    """No --profile: CPU rows are priced from one quick profile of this CPU, measured with 2
+    ranks when a run had several (gloo's collectives), else 1. The measurement itself is
+    `profile --quick` (the ``measured_profile`` fixture runs it)."""
+    from conftest import RECORDED_CPU_PROFILE
+
+    from ecdit_scale.evaluation import profile
+    from ecdit_scale.planner.hardware import get_accelerator
+
+    asked = []
+
+    def quick(nproc):
+        asked.append(nproc)
+        return get_accelerator(str(RECORDED_CPU_PROFILE))
+
+    monkeypatch.setattr(profile, "quick_cpu_profile", quick)
+    for runs, ranks in (([short_run], 1), ([short_run, ec_run], 2)):
+        asked.clear()
+        proc = cli_here("validate", *map(str, runs), "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = strict_json(proc.stdout)["rows"]
+        assert asked == [ranks]  # once for all the CPU rows
+        assert all(r["step_s_source"].startswith("quick profile of this CPU") for r in rows)
 
 
 def test_cpu_runs_with_an_ema_measure_it_and_meet_the_planned_peak(short_run, plan_run):

@@ -124,7 +124,8 @@ class ECDiT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg, i, num_local_experts=num_local_experts) for i in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
-        self.initialize_weights()
+        if self.pos_embed.device.type != "meta":  # meta tensors hold no values to set
+            self.initialize_weights()
 
     # ----- initialisation (DiT / PixArt): zero the gates so every block starts as identity ----
     def initialize_weights(self) -> None:
