@@ -8,7 +8,8 @@ difference and with the observed one, for its false-positive rate and its power.
 Then what one matrix meeting both bars (mean |error| <= 15% and worst <= 30%, as matrix 26 did
 after the one-arena change) can say: how often 13 runs drawn from matrices 21-25's own errors
 (the old model's, heavy tail and all: resampled) or from the normal law above meet both, and
-matrix 26's spread and bias beside theirs.
+the spread and bias of matrices 26 and 27 (the one-arena model) beside theirs, and how often
+13 runs resampled from those two matrices' own errors meet both bars.
 
     python bench/matrix_power.py
 """
@@ -24,6 +25,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 ROW = re.compile(r"^(\S+-mb(\d+)\S*)\s+[\d.]+ms\s+[\d.]+ms\s+([+-][\d.]+)%")
 DRAWS = 100_000
+ONE_ARENA = (26, 27)  # the matrices run since each CPU rank keeps to one malloc arena
 
 
 def errors(matrix: int) -> list[tuple[int, float]]:
@@ -68,16 +70,24 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
     print(f"both bars on 13 runs: matrices 21-25's errors resampled {rate(resampled):.2f}, "
           f"normal (bias {bias:+.1f}%, sd {sd:.1f}) {rate(rng.normal(bias, sd, (DRAWS, 13))):.2f}"
           f"; met by {sum(passes(errors(m)) for m in range(21, 26))} of matrices 21-25")
-    if (RESULTS / "cpu-heldout-matrix-26" / "result-profile-each.txt").is_file():
-        runs = errors(26)
-        m26, sd26 = [e for _, e in runs], statistics.stdev(e for _, e in runs)
-        print(f"matrix 26: {len(m26)} runs, median error {statistics.median(m26):+.1f}%, sd "
-              f"{sd26:.1f} points, mean |error| {statistics.mean(map(abs, m26)):.1f}%, worst "
-              f"{max(map(abs, m26)):.1f}%, both bars {'met' if passes(runs) else 'missed'}")
+    since = [m for m in ONE_ARENA if (RESULTS / f"cpu-heldout-matrix-{m}" /
+                                      "result-profile-each.txt").is_file()]
+    for m in since:
+        runs = errors(m)
+        e, sd_m = [x for _, x in runs], statistics.stdev(x for _, x in runs)
+        print(f"matrix {m}: {len(e)} runs, median error {statistics.median(e):+.1f}%, sd "
+              f"{sd_m:.1f} points, mean |error| {statistics.mean(map(abs, e)):.1f}%, worst "
+              f"{max(map(abs, e)):.1f}%, both bars {'met' if passes(runs) else 'missed'}")
         # its sd against the old model's: how often 13 resampled runs spread as little
         sds = resampled.std(axis=1, ddof=1)
-        print(f"  13 runs of matrices 21-25 spread as little (sd <= {sd26:.1f}) in "
-              f"{np.mean(sds <= sd26):.2f} of draws")
+        print(f"  13 runs of matrices 21-25 spread as little (sd <= {sd_m:.1f}) in "
+              f"{np.mean(sds <= sd_m):.2f} of draws")
+    if len(since) > 1:  # the one-arena model's own errors, resampled the same way
+        now = np.array([x for m in since for _, x in errors(m)])
+        print(f"matrices {since[0]}-{since[-1]} (one model since the one-arena change): "
+              f"{len(now)} runs, median {np.median(now):+.1f}%, sd {now.std(ddof=1):.1f}; "
+              f"13 of them resampled meet both bars {rate(rng.choice(now, (DRAWS, 13))):.2f} "
+              f"of the time")
 
 
 def passes(runs: list[tuple[int, float]]) -> bool:
