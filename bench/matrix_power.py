@@ -61,7 +61,8 @@ def main() -> None:
 
 
 def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: float) -> None:
-    """How often 13 runs meet both bars under the old model's errors, against matrix 26."""
+    """How often 13 runs meet both bars under the old model's errors, against the matrices run
+    since the one-arena change."""
     def rate(draws: np.ndarray) -> float:
         a = np.abs(draws)
         return float(np.mean((a.mean(axis=1) <= 15) & (a.max(axis=1) <= 30)))
@@ -70,21 +71,19 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
     print(f"both bars on 13 runs: matrices 21-25's errors resampled {rate(resampled):.2f}, "
           f"normal (bias {bias:+.1f}%, sd {sd:.1f}) {rate(rng.normal(bias, sd, (DRAWS, 13))):.2f}"
           f"; met by {sum(passes(errors(m)) for m in range(21, 26))} of matrices 21-25")
-    since = [m for m in ONE_ARENA if (RESULTS / f"cpu-heldout-matrix-{m}" /
-                                      "result-profile-each.txt").is_file()]
-    for m in since:
-        runs = errors(m)
+    since = {m: errors(m) for m in ONE_ARENA
+             if (RESULTS / f"cpu-heldout-matrix-{m}" / "result-profile-each.txt").is_file()}
+    sds = resampled.std(axis=1, ddof=1)  # to set each matrix's spread against the old model's
+    for m, runs in since.items():
         e, sd_m = [x for _, x in runs], statistics.stdev(x for _, x in runs)
         print(f"matrix {m}: {len(e)} runs, median error {statistics.median(e):+.1f}%, sd "
               f"{sd_m:.1f} points, mean |error| {statistics.mean(map(abs, e)):.1f}%, worst "
               f"{max(map(abs, e)):.1f}%, both bars {'met' if passes(runs) else 'missed'}")
-        # its sd against the old model's: how often 13 resampled runs spread as little
-        sds = resampled.std(axis=1, ddof=1)
         print(f"  13 runs of matrices 21-25 spread as little (sd <= {sd_m:.1f}) in "
               f"{np.mean(sds <= sd_m):.2f} of draws")
     if len(since) > 1:  # the one-arena model's own errors, resampled the same way
-        now = np.array([x for m in since for _, x in errors(m)])
-        print(f"matrices {since[0]}-{since[-1]} (one model since the one-arena change): "
+        now = np.array([x for runs in since.values() for _, x in runs])
+        print(f"matrices {min(since)}-{max(since)} (one model since the one-arena change): "
               f"{len(now)} runs, median {np.median(now):+.1f}%, sd {now.std(ddof=1):.1f}; "
               f"13 of them resampled meet both bars {rate(rng.choice(now, (DRAWS, 13))):.2f} "
               f"of the time")

@@ -101,6 +101,13 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def strict_json(text: str):
+    """``text`` parsed as strict JSON: NaN, Infinity and -Infinity are refused."""
+    def reject(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+    return json.loads(text, parse_constant=reject)
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_here
+from conftest import cli_here, strict_json
 
 
 def run_cli(*args):
@@ -70,12 +70,6 @@ def one_line_error(out, *needles):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     for needle in needles:
         assert needle in out.stderr, (needle, out.stderr)
-
-
-def strict_json(text: str):
-    def reject(name):
-        raise ValueError(f"non-strict JSON constant {name}")
-    return json.loads(text, parse_constant=reject)
 
 
 def test_report_json_without_a_fit_prints_only_json_on_stdout(tmp_path):

@@ -161,7 +161,8 @@ def test_core_commands_run_without_torch_and_training_ones_say_what_to_install(t
     saved fit rather than a refit)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import pandas as pd
-    from test_cli_scaling import strict_json, synthetic_table
+    from conftest import strict_json
+    from test_cli_scaling import synthetic_table
 
     table = synthetic_table(tmp_path / "runs.csv")
     df = pd.read_csv(table)

@@ -7,15 +7,9 @@ import csv
 import json
 
 import pytest
-from conftest import ROOT, cli_here
+from conftest import ROOT, cli_here, strict_json
 
 GPU_RESULTS = sorted((ROOT / "bench" / "results").glob("gpu_*.json"))
-
-
-def strict_json(text: str):
-    def refuse(name):
-        raise AssertionError(f"{name} in --json output")
-    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.mark.slow
