@@ -7,7 +7,14 @@ summary.json exists is kept, so an interrupted pass resumes), profile this CPU o
     python bench/cpu_heldout_matrix.py --out DIR [--profile P.yaml | --profile-each]
                                        [--only NAME,...] [--without-profile-part PART]
                                        [--gemm-from-m M] [--engine-from-toy]
-                                       [--engine-dp-world1] [--repeats N]
+                                       [--engine-dp-world1] [--repeats N | --passes N]
+
+``--passes 3`` (matrix 28 on) spreads each run's launches and its profiles over the hour: three
+passes over the matrix, each after one profile of its own, one launch per run per pass; a run's
+error is the median of its launches against the median of the passes' predictions (each pass's
+profile alone beside it). ``--profile-each --repeats 3`` (matrices 21-27) profiled right before
+a run and launched it three times back to back: one moment of the VM's speed, which drifts by
+up to 1.5x within an hour, for the profile and all three launches together.
 
 ``--without-profile-part bmm`` prices the same runs by the same profiles with that part of each
 profile removed (a copy under OUT/without-PART/): the model as it was before the change that
@@ -147,14 +154,25 @@ def main() -> None:
                     help="price by copies of the profiles whose data-parallel engine settings "
                          "are a world-1 engine's (provenance.engine_dp_world1): the model before "
                          "the probe timed them on several ranks")
+    ap.add_argument("--passes", type=int, default=0, metavar="N",
+                    help="N passes over the matrix, each after a profile of its own "
+                         "(OUT/passK.profile.yaml), each run launched once per pass: a run's "
+                         "prediction is the median over the N profiles, its measurement the "
+                         "median over its N launches")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error(f"--repeats {args.repeats}: must be at least 1")
+    if args.passes < 0 or (args.passes and (args.profile_each or args.profile
+                                            or args.repeats > 1)):
+        ap.error(f"--passes {args.passes}: a count of at least 1, without --profile-each, "
+                 "--profile or --repeats (each pass has its own profile and one launch per run)")
     matrix = yaml.safe_load(args.matrix.read_text())
     names = [n for n in matrix["runs"] if not args.only or n in args.only.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)  # profile --out wants an existing folder
     load_before = os.getloadavg()[0]
-    for name in names:
+    if args.passes:
+        launch_passes(args.out, matrix, names, args.passes)
+    for name in names if not args.passes else []:
         launches = run_dirs(args.out, name, args.repeats)
         for i, run in enumerate(launches):
             if (run / "summary.json").is_file():
@@ -174,7 +192,11 @@ def main() -> None:
     part = args.without_profile_part
     kw = dict(from_m=args.gemm_from_m, engine_from_toy=args.engine_from_toy,
               engine_dp_world1=args.engine_dp_world1)
-    if args.profile_each:  # each run against the profile taken just before it
+    if args.passes:
+        rows = [price_passes(args.out, n, args.passes, part, kw) for n in names]
+        profile = (f"one per pass ({args.passes} passes, OUT/passK.profile.yaml); each run "
+                   "priced by the median over them")
+    elif args.profile_each:  # each run against the profile taken just before it
         speeds = read_speeds(args.out)
         rows = [median_launch(cli("validate", *map(str, run_dirs(args.out, n, args.repeats)),
                                   "--profile", str(without(own_profile(args.out, n), part,
@@ -200,8 +222,9 @@ def main() -> None:
           + (", its engine costs the old toy's" if args.engine_from_toy else "")
           + (", its data-parallel engine costs a world-1 engine's" if args.engine_dp_world1
              else ""))
+    many = args.repeats > 1 or args.passes > 1
     print(f"{'run':<30} {'measured':>10} {'predicted':>10} {'error':>8}   own steps p10 / p90"
-          + ("   launches (each / the median)" if args.repeats > 1 else ""))
+          + ("   launches (each / the median)" if many else ""))
     errors, inside = [], 0
     for r in rows:
         errors.append(r["step_s_error"])
@@ -211,14 +234,81 @@ def main() -> None:
               f"{r['step_s_predicted'] * 1e3:>8.1f}ms {r['step_s_error']:>+8.1%}   "
               f"{lo - 1:+.0%} / {hi - 1:+.0%}"
               + (" " * 10 + " ".join(f"{t / r['step_s_measured']:.2f}" for t in r["launches"])
-                 if args.repeats > 1 else ""))
+                 if many else ""))
     absolute = [abs(e) for e in errors]
     print(f"held out: {len(errors)} runs, mean |error| {statistics.mean(absolute):.1%}, "
           f"worst {max(absolute):.1%} (target: mean <= 15%, worst <= 30%)")
     print(f"{inside} of {len(rows)} predictions lie within their run's own steps' p10-p90 "
           "(the steps the median is taken over, each / the median): the run's own noise")
     print_at_speed(rows)
+    print_passes(rows)
     print_terms(rows)
+
+
+def pass_profile(out: Path, k: int) -> Path:
+    return out / f"pass{k}.profile.yaml"
+
+
+def launch_passes(out: Path, matrix: dict, names: list[str], passes: int) -> None:
+    """``--passes``: pass k profiles the CPU (unless OUT/passK.profile.yaml exists), then
+    launches each run once more (OUT/NAME for the first pass, OUT/NAME.rK after), so that a
+    run's launches and its profiles spread over the hour the matrix takes, where
+    ``--profile-each`` meets the VM's speed of one moment (matrix 27's micro-dense: profiled
+    and launched three times back to back at a speed check of 0.107 s, 39% slower than its
+    prediction; the same launch measured 1% from it on the same code a day later)."""
+    for k in range(1, passes + 1):
+        todo = [n for n in names if not (run_dirs(out, n, k)[-1] / "summary.json").is_file()]
+        if todo and not pass_profile(out, k).is_file():
+            print(f"profiling before pass {k} ...", file=sys.stderr, flush=True)
+            settle(out, pass_profile(out, k).name)
+            cli("profile", "--nproc", "2", "--out", str(pass_profile(out, k)))
+            record_speed(out, pass_profile(out, k).name)
+        for name in todo:
+            run = run_dirs(out, name, k)[-1]
+            print(f"launching {name} (pass {k} of {passes}) ...", file=sys.stderr, flush=True)
+            settle(out, run.name)
+            record_speed(out, run.name)
+            cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
+                env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
+
+
+def price_passes(out: Path, name: str, passes: int, part: str, kw: dict) -> dict:
+    """Run ``name``'s row under ``--passes``: its launches priced by every pass's profile; the
+    prediction the median over the profiles (the profile that gives it prices the terms), the
+    measurement the median over the launches. Kept beside it: the first pass alone (its
+    profile and its launch: a one-moment snapshot) and each launch against its own pass's
+    profile (the median of those errors)."""
+    launches = run_dirs(out, name, passes)
+    by_profile = [cli("validate", *map(str, launches), "--profile",
+                      str(without(pass_profile(out, k), part, out, **kw)))["rows"]
+                  for k in range(1, passes + 1)]
+    middle = sorted(by_profile, key=lambda rows: rows[0]["step_s_predicted"])[(passes - 1) // 2]
+    row = median_launch(middle)
+    own = [by_profile[k][k]["step_s_measured"] / by_profile[k][k]["step_s_predicted"] - 1.0
+           for k in range(passes)]
+    return {**row, "first_pass_error": own[0], "own_pass_error": statistics.median(own),
+            "predictions": [rows[0]["step_s_predicted"] for rows in by_profile]}
+
+
+def print_passes(rows: list[dict]) -> None:
+    """Under ``--passes``: each run's error as one moment would have measured it (the first
+    pass's profile and launch) and each launch against its own pass's profile, beside the
+    medians' error above."""
+    if not rows or "first_pass_error" not in rows[0]:
+        return
+    print("the same launches read other ways: the first pass alone (its profile, its launch); "
+          "each launch against its own pass's profile (median); the passes' predictions / "
+          "their median")
+    for r in rows:
+        mid = statistics.median(r["predictions"])
+        print(f"{r['name'].split('.r')[0]:<30} {r['first_pass_error']:>+8.1%} "
+              f"{r['own_pass_error']:>+8.1%}   "
+              + " ".join(f"{p / mid:.2f}" for p in r["predictions"]))
+    for key, label in (("first_pass_error", "first pass alone"),
+                       ("own_pass_error", "each launch, own pass")):
+        absolute = [abs(r[key]) for r in rows]
+        print(f"{label}: {len(rows)} runs, mean |error| {statistics.mean(absolute):.1%}, "
+              f"worst {max(absolute):.1%}")
 
 
 def run_dirs(out: Path, name: str, repeats: int) -> list[Path]:
