@@ -10,8 +10,16 @@ Two readings of runs already launched, nothing launched here:
   ``cpu_heldout_matrix.py --repeats 1``): each run's step time there over OUT's (the median of
   OUT's launches), and both against OUT's own-profile prediction.
 
+- ``--per-kernel FIT... --on OUT...``: what the misses have in common. Fitted on the
+  ``--profile-each`` matrices FIT (weighted least squares on measured / predicted - 1), one
+  number of seconds per kernel the step-time model counts (``StepTime.kernels``) that the
+  trainer spends over its price, then applied unchanged to the ``--passes`` matrices OUT
+  (OUT/passK.profile.yaml; each run's median prediction over the passes, its median launch):
+  their errors with and without it. A reading for the next change, not part of the model.
+
     python bench/matrix_drift.py --spread /work/runs/m27
     python bench/matrix_drift.py --relaunch /work/runs/m27 /work/runs/m27b
+    python bench/matrix_drift.py --per-kernel /work/runs/m2{2,3,4,5} --on /work/runs/m2{8,9}
 
 Step times are ``validate``'s (the run's median timed step, the profiled one left out);
 predictions are ``validate --profile``'s (``evaluation.predict.profile_prediction``).
@@ -98,6 +106,54 @@ def relaunch(out: Path, again: Path) -> None:
               f"worst {a.max():.1%}")
 
 
+def own_profile_rows(out: Path) -> list[tuple[float, float, float]]:
+    """(measured, predicted, kernels) of each run of a --profile-each matrix."""
+    rows = []
+    for n in runs_with_profiles(out):
+        st = profile_prediction(row_from_run(out / n), get_accelerator(str(out / f"{n}{SUFFIX}")))
+        rows.append((measured(out, n), st.total_s, float(st.kernels)))
+    return rows
+
+
+def passes_rows(out: Path) -> list[tuple[str, float, float, float]]:
+    """(name, measured, predicted, kernels) of each run of a --passes matrix: the median
+    launch, the median prediction over the passes' profiles."""
+    accs = [get_accelerator(str(p)) for p in sorted(out.glob(f"pass*{SUFFIX}"))]
+    if not accs:
+        sys.exit(f"error: {out}: no passK{SUFFIX} files (a --passes matrix's folder)")
+    names = sorted(d.name for d in out.iterdir()
+                   if d.is_dir() and ".r" not in d.name and (d / "summary.json").is_file())
+    rows = []
+    for n in names:
+        row = row_from_run(out / n)
+        st = sorted((profile_prediction(row, a) for a in accs),
+                    key=lambda x: x.total_s)[(len(accs) - 1) // 2]
+        rows.append((n, measured(out, n), st.total_s, float(st.kernels)))
+    return rows
+
+
+def per_kernel(fit: list[Path], on: list[Path]) -> None:
+    data = [r for out in fit for r in own_profile_rows(out)]
+    meas, pred, kern = (np.array(c) for c in zip(*data, strict=True))
+    w = 1.0 / meas  # relative errors: each run counts alike
+    s = float(np.sum(w * w * kern * (meas - pred)) / np.sum(w * w * kern * kern))
+    print(f"fitted on {len(data)} runs of {', '.join(p.name for p in fit)}: "
+          f"{s * 1e6:.1f} us per counted kernel over the model's price")
+    for out in on:
+        print(f"{out.name} (--passes): error with the model as it is -> with {s * 1e6:.1f} us "
+              "per kernel added")
+        e0, e1 = [], []
+        for n, m, p, k in passes_rows(out):
+            e0.append(m / p - 1)
+            e1.append(m / (p + s * k) - 1)
+            print(f"  {n:<34} kernels {k:6.0f} +{s * k * 1e3:5.1f}ms  {e0[-1]:+7.1%} -> "
+                  f"{e1[-1]:+7.1%}")
+        for label, e in (("as it is", e0), ("per kernel added", e1)):
+            a = np.abs(e)
+            print(f"  {label:<17} mean |error| {a.mean():.1%}, worst {a.max():.1%}, median "
+                  f"{np.median(e):+.1%}, sd {np.std(e, ddof=1):.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = ap.add_mutually_exclusive_group(required=True)
@@ -105,11 +161,19 @@ def main() -> None:
                        help="a --profile-each matrix's folder: each run by every profile")
     group.add_argument("--relaunch", type=Path, nargs=2, metavar=("OUT", "OUT2"),
                        help="a matrix's folder and the same matrix launched again")
+    group.add_argument("--per-kernel", type=Path, nargs="+", metavar="FIT",
+                       help="--profile-each matrices' folders to fit the per-kernel excess on")
+    ap.add_argument("--on", type=Path, nargs="+", default=[], metavar="OUT",
+                    help="with --per-kernel: --passes matrices' folders to apply it to")
     args = ap.parse_args()
+    if args.on and not args.per_kernel:
+        ap.error("--on goes with --per-kernel")
     if args.spread:
         spread(args.spread)
-    else:
+    elif args.relaunch:
         relaunch(*args.relaunch)
+    else:
+        per_kernel(args.per_kernel, args.on)
 
 
 if __name__ == "__main__":
