@@ -101,9 +101,13 @@ def relaunch(out: Path, again: Path) -> None:
     print(f"again / then: median {np.median(r):.3f}, sd of the log ratio "
           f"{np.log(r).std():.1%}, range {r.min():.2f}-{r.max():.2f}")
     for label, e in (("then", then_err), ("again", again_err)):
-        a = np.abs(e)
-        print(f"against the own-profile predictions, {label}: mean |error| {a.mean():.1%}, "
-              f"worst {a.max():.1%}")
+        print_errors(f"against the own-profile predictions, {label}: ", e)
+
+
+def print_errors(prefix: str, errors: list[float]) -> None:
+    a = np.abs(errors)
+    print(f"{prefix}mean |error| {a.mean():.1%}, worst {a.max():.1%}, median "
+          f"{np.median(errors):+.1%}, sd {np.std(errors, ddof=1):.1%}")
 
 
 def own_profile_rows(out: Path) -> list[tuple[float, float, float]]:
@@ -149,9 +153,7 @@ def per_kernel(fit: list[Path], on: list[Path]) -> None:
             print(f"  {n:<34} kernels {k:6.0f} +{s * k * 1e3:5.1f}ms  {e0[-1]:+7.1%} -> "
                   f"{e1[-1]:+7.1%}")
         for label, e in (("as it is", e0), ("per kernel added", e1)):
-            a = np.abs(e)
-            print(f"  {label:<17} mean |error| {a.mean():.1%}, worst {a.max():.1%}, median "
-                  f"{np.median(e):+.1%}, sd {np.std(e, ddof=1):.1%}")
+            print_errors(f"  {label:<17} ", e)
 
 
 def main() -> None:
