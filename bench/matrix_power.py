@@ -8,8 +8,8 @@ difference and with the observed one, for its false-positive rate and its power.
 Then what one matrix meeting both bars (mean |error| <= 15% and worst <= 30%, as matrix 26 did
 after the one-arena change) can say: how often 13 runs drawn from matrices 21-25's own errors
 (the old model's, heavy tail and all: resampled) or from the normal law above meet both, and
-the spread and bias of matrices 26 and 27 (the one-arena model) beside theirs, and how often
-13 runs resampled from those two matrices' own errors meet both bars.
+the spread and bias of matrices 26-29 (the one-arena model; 28-29 measured in three passes)
+beside theirs, and how often 13 runs resampled from those matrices' own errors meet both bars.
 
     python bench/matrix_power.py
 """
@@ -25,12 +25,21 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 ROW = re.compile(r"^(\S+-mb(\d+)\S*)\s+[\d.]+ms\s+[\d.]+ms\s+([+-][\d.]+)%")
 DRAWS = 100_000
-ONE_ARENA = (26, 27)  # the matrices run since each CPU rank keeps to one malloc arena
+# the matrices run since each CPU rank keeps to one malloc arena (28-29 measured in three passes)
+ONE_ARENA = (26, 27, 28, 29)
+RESULT_FILES = ("result-profile-each.txt", "result-passes.txt")
+
+
+def result_file(matrix: int) -> Path | None:
+    """A matrix's scored result: ``--profile-each``'s or (matrix 28 on) ``--passes``'."""
+    found = [RESULTS / f"cpu-heldout-matrix-{matrix}" / name for name in RESULT_FILES]
+    return next((f for f in found if f.is_file()), None)
 
 
 def errors(matrix: int) -> list[tuple[int, float]]:
-    """(micro-batch, signed error %) of each run of a matrix's result-profile-each.txt."""
-    text = (RESULTS / f"cpu-heldout-matrix-{matrix}" / "result-profile-each.txt").read_text()
+    """(micro-batch, signed error %) of each run of a matrix's scored result (the runs' first
+    table: under ``--passes`` the medians' errors, not the first pass's)."""
+    text = result_file(matrix).read_text()
     return [(int(m.group(2)), float(m.group(3)))
             for m in map(ROW.match, text.splitlines()) if m]
 
@@ -71,8 +80,7 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
     print(f"both bars on 13 runs: matrices 21-25's errors resampled {rate(resampled):.2f}, "
           f"normal (bias {bias:+.1f}%, sd {sd:.1f}) {rate(rng.normal(bias, sd, (DRAWS, 13))):.2f}"
           f"; met by {sum(passes(errors(m)) for m in range(21, 26))} of matrices 21-25")
-    since = {m: errors(m) for m in ONE_ARENA
-             if (RESULTS / f"cpu-heldout-matrix-{m}" / "result-profile-each.txt").is_file()}
+    since = {m: errors(m) for m in ONE_ARENA if result_file(m) is not None}
     sds = resampled.std(axis=1, ddof=1)  # to set each matrix's spread against the old model's
     for m, runs in since.items():
         e, sd_m = [x for _, x in runs], statistics.stdev(x for _, x in runs)
