@@ -172,23 +172,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     if args.passes:
         launch_passes(args.out, matrix, names, args.passes)
-    for name in names if not args.passes else []:
-        launches = run_dirs(args.out, name, args.repeats)
-        for i, run in enumerate(launches):
-            if (run / "summary.json").is_file():
-                continue
-            if args.profile_each and not own_profile(args.out, name).is_file():
-                # measured just before the first launch; the run is not seen
-                print(f"profiling before {name} ...", file=sys.stderr, flush=True)
-                settle(args.out, own_profile(args.out, name).name)
-                cli("profile", "--nproc", "2", "--out", str(own_profile(args.out, name)))
-                record_speed(args.out, own_profile(args.out, name).name)
-            print(f"launching {name} ({i + 1} of {len(launches)}) ...", file=sys.stderr,
-                  flush=True)
-            settle(args.out, run.name)
-            record_speed(args.out, run.name)
-            cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
-                env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
+    else:
+        launch_repeats(args.out, matrix, names, args.repeats, args.profile_each)
     part = args.without_profile_part
     kw = dict(from_m=args.gemm_from_m, engine_from_toy=args.engine_from_toy,
               engine_dp_world1=args.engine_dp_world1)
@@ -249,6 +234,37 @@ def pass_profile(out: Path, k: int) -> Path:
     return out / f"pass{k}.profile.yaml"
 
 
+def profile_now(out: Path, path: Path, what: str) -> None:
+    """Profile this CPU into ``path`` (flushed first, the speed check kept after it)."""
+    print(f"profiling before {what} ...", file=sys.stderr, flush=True)
+    settle(out, path.name)
+    cli("profile", "--nproc", "2", "--out", str(path))
+    record_speed(out, path.name)
+
+
+def launch_now(out: Path, matrix: dict, name: str, run: Path, what: str) -> None:
+    """Launch run ``name`` into ``run`` (flushed and speed-checked first), profiling one step."""
+    print(f"launching {name} ({what}) ...", file=sys.stderr, flush=True)
+    settle(out, run.name)
+    record_speed(out, run.name)
+    cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
+        env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
+
+
+def launch_repeats(out: Path, matrix: dict, names: list[str], repeats: int,
+                   profile_each: bool) -> None:
+    """Each run's launches back to back (``--repeats``), with ``--profile-each`` its own
+    profile measured just before its first launch (the run is not seen)."""
+    for name in names:
+        launches = run_dirs(out, name, repeats)
+        for i, run in enumerate(launches):
+            if (run / "summary.json").is_file():
+                continue
+            if profile_each and not own_profile(out, name).is_file():
+                profile_now(out, own_profile(out, name), name)
+            launch_now(out, matrix, name, run, f"{i + 1} of {len(launches)}")
+
+
 def launch_passes(out: Path, matrix: dict, names: list[str], passes: int) -> None:
     """``--passes``: pass k profiles the CPU (unless OUT/passK.profile.yaml exists), then
     launches each run once more (OUT/NAME for the first pass, OUT/NAME.rK after), so that a
@@ -259,17 +275,9 @@ def launch_passes(out: Path, matrix: dict, names: list[str], passes: int) -> Non
     for k in range(1, passes + 1):
         todo = [n for n in names if not (run_dirs(out, n, k)[-1] / "summary.json").is_file()]
         if todo and not pass_profile(out, k).is_file():
-            print(f"profiling before pass {k} ...", file=sys.stderr, flush=True)
-            settle(out, pass_profile(out, k).name)
-            cli("profile", "--nproc", "2", "--out", str(pass_profile(out, k)))
-            record_speed(out, pass_profile(out, k).name)
+            profile_now(out, pass_profile(out, k), f"pass {k}")
         for name in todo:
-            run = run_dirs(out, name, k)[-1]
-            print(f"launching {name} (pass {k} of {passes}) ...", file=sys.stderr, flush=True)
-            settle(out, run.name)
-            record_speed(out, run.name)
-            cli("launch", *matrix["runs"][name], *matrix["common"], "--out", str(run),
-                env={"ECDIT_SCALE_PROFILE_STEP": PROFILED_STEP})
+            launch_now(out, matrix, name, run_dirs(out, name, k)[-1], f"pass {k} of {passes}")
 
 
 def price_passes(out: Path, name: str, passes: int, part: str, kw: dict) -> dict:

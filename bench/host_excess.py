@@ -42,6 +42,7 @@ def main() -> None:
     import torch
 
     from ecdit_scale.config import FFNKind, Precision, Recompute
+    from ecdit_scale.errors import ConfigError
     from ecdit_scale.evaluation.host_probe import probe_config
     from ecdit_scale.model.diffusion import rectified_flow_loss
     from ecdit_scale.model.dit import build_model
@@ -52,8 +53,6 @@ def main() -> None:
 
     torch.set_num_threads(1)
     keep_large_allocations()  # as the trainer's ranks run
-    from ecdit_scale.errors import ConfigError
-
     try:
         acc = get_accelerator(args.profile)
     except ConfigError as exc:
