@@ -318,6 +318,77 @@ def test_the_host_pays_the_models_own_cost_per_kernel_at_the_layouts_recompute(r
     assert timed.total_s - untimed.total_s == pytest.approx(timed.launch_s - untimed.launch_s)
 
 
+TRAINER = {1: 2e-6, 2: 1.5e-5}
+
+
+def test_the_trainers_cost_per_kernel_round_trips_and_refuses_bad_entries():
+    p = _profile(trainer_s_per_kernel=TRAINER)
+    back = DeviceProfile.from_dict(p.to_dict())
+    assert back.trainer_s_per_kernel == TRAINER and back.to_dict() == p.to_dict()
+    assert p.measured()["trainer"] and not _profile().measured()["trainer"]
+    with pytest.raises(ConfigError, match="trainer_s_per_kernel: key 'two' is not a number of"):
+        DeviceProfile.from_dict({"trainer_s_per_kernel": {"two": 1e-6}})
+    with pytest.raises(ConfigError, match="trainer_s_per_kernel: key 0 is not a number of"):
+        DeviceProfile.from_dict({"trainer_s_per_kernel": {0: 1e-6}})
+    with pytest.raises(ConfigError, match=r"trainer_s_per_kernel\.2 = -1"):
+        DeviceProfile.from_dict({"trainer_s_per_kernel": {2: -1}})
+
+
+def test_the_trainers_cost_is_the_largest_measured_rank_count_not_above_the_layouts():
+    p = _profile(trainer_s_per_kernel=TRAINER)
+    assert p.trainer_host_s(1) == pytest.approx(2e-6)
+    assert list(p.trainer_host_s(np.array([1, 2, 3, 512]))) == pytest.approx(
+        [2e-6, 1.5e-5, 1.5e-5, 1.5e-5])
+    assert _profile(trainer_s_per_kernel={2: 1e-5}).trainer_host_s(1) == pytest.approx(1e-5)
+    assert _profile().trainer_host_s(np.array([1, 8])).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_the_step_pays_the_trainers_cost_on_every_counted_kernel_at_its_rank_count(world):
+    import dataclasses
+
+    h100 = get_accelerator("h100-sxm")
+    cfg = sizes.get("nano-ec8")
+    layout = ParallelLayout(dp=world, ep=world, tp=1, zero=1, micro_batch=4)
+    training = TrainingConfig(global_batch=4 * world, optimizer="adamw", precision="fp32")
+    cluster = ClusterConfig(gpu="h100-sxm", nodes=1, gpus_per_node=world)
+
+    def step(prof):
+        return estimate_layout(cfg, layout, training, cluster,
+                               dataclasses.replace(h100, profile=prof)).step
+
+    charged = step(_profile(host_s_per_kernel=HOST, trainer_s_per_kernel=TRAINER))
+    plain = step(_profile(host_s_per_kernel=HOST))
+    assert charged.kernels == plain.kernels
+    assert charged.launch_s - plain.launch_s == pytest.approx(charged.kernels * TRAINER[world])
+    assert charged.total_s - plain.total_s == pytest.approx(charged.kernels * TRAINER[world])
+
+
+def test_the_trainer_probe_keeps_the_launchs_step_over_its_price_per_kernel(monkeypatch, tmp_path):
+    from ecdit_scale.evaluation import trainer_probe
+    from ecdit_scale.evaluation.host_probe import PROBE_SIZE
+
+    args = trainer_probe.launch_args(2, tmp_path / "r")
+    assert args[:2] == ["launch", "nano-ec8"] and args[args.index("--ep") + 1] == "2"
+    assert args[args.index("--override") + 1] == ",".join(f"{k}={v}"
+                                                           for k, v in PROBE_SIZE.items())
+    assert trainer_probe.rank_counts(1) == [1] and trainer_probe.rank_counts(4) == [1, 4]
+
+    class Row:
+        step_s_measured = 0.030
+
+    class Step:
+        total_s, kernels = 0.021, 600.0
+
+    monkeypatch.setattr("ecdit_scale.evaluation.rows.row_from_run", lambda _: Row())
+    monkeypatch.setattr("ecdit_scale.evaluation.predict.profile_prediction",
+                        lambda row, acc: Step())
+    got = trainer_probe.residual(tmp_path, None)
+    assert got["s_per_kernel"] == pytest.approx(0.009 / 600)
+    Step.total_s = 0.040  # priced above the measurement: nothing to add
+    assert trainer_probe.residual(tmp_path, None)["s_per_kernel"] == 0.0
+
+
 def test_host_probe_subtracts_what_is_priced_apart():
     from ecdit_scale.evaluation.host_probe import host_seconds_per_kernel
 
@@ -757,7 +828,7 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     acc = get_accelerator(str(measured_profile))
     p = acc.profile
     # --quick measures all but DeepSpeed's engine (three fresh processes; the full profile does)
-    engine = {k for k in p.measured() if k.startswith("deepspeed_engine")}
+    engine = {k for k in p.measured() if k.startswith("deepspeed_engine") or k == "trainer"}
     assert all(v for k, v in p.measured().items() if k not in engine), p.measured()
     assert engine and not any(p.measured()[k] for k in engine)
     assert p.provenance["settings"]["quick"] and p.provenance["torch"]

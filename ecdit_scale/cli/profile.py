@@ -94,6 +94,9 @@ def render_profile(acc, path: Path) -> None:
     for kind, policies in p.host_s_per_kernel.items():
         t.add_row(f"model's host cost per kernel, {kind} (recompute none / selective / full)",
                   " / ".join(f"{policies[r] * 1e6:.1f}" for r in policies) + " us")
+    for ranks, seconds in sorted(p.trainer_s_per_kernel.items()):
+        t.add_row(f"trainer's steps over the rest, per kernel, {ranks} rank(s)",
+                  f"{seconds * 1e6:.1f} us")
     t.add_row(f"optimizer (AdamW{', ' + p.optimizer_kernels if p.optimizer_kernels else ''})",
               f"{p.optimizer_s_per_byte * 1e12:.2f} ps/byte + "
               f"{(p.optimizer_s_per_tensor or 0) * 1e6:.1f} us/tensor")

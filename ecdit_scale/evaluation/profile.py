@@ -24,6 +24,9 @@ Measured (each timed after a warm-up, the median of repeated batches):
 - DeepSpeed's engine (full profile only, ``engine_probe``): what it adds to a step over plain
   torch, per parameter tensor and per parameter, by ZeRO stage and engine setting (a dense or
   an MoE model, one rank's or data-parallel ranks' ZeRO settings);
+- the trainer itself (full profile only, ``trainer_probe``): ``ecdit-scale launch`` at the
+  host probe's size on one rank and on ``nproc``, each launch's step less what everything
+  above prices for it, per counted kernel;
 - with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between
   ``nproc`` local processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
 torch is imported here (and in the probes) only; progress goes to an optional
@@ -54,7 +57,7 @@ from ..planner.device_profile import (
 )
 from ..planner.hardware import Accelerator, save_accelerator
 from ..train.cpu_allocator import keep_large_allocations
-from .engine_probe import DP_SETTINGS
+from .engine_record import engine_dp_world1, engine_toy
 from .gemm_grid import gemm_working_set_bytes, measure_bmm, measure_gemm, torch_dtype
 
 
@@ -355,13 +358,22 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         from .host_probe import measure_host
 
         prof = _assemble(s, got, coll)
-        host = measure_host(s, timer, profile_accelerator(s, prof))
+        prof = dataclasses.replace(prof, host_s_per_kernel=measure_host(
+            s, timer, profile_accelerator(s, prof)))
+        trainer, trainer_record = {}, {}
+        if not s.quick:  # the trainer itself on 1 and nproc ranks, priced by all of the above:
+            # two launches, ~30 s on a 2-core CPU
+            from .trainer_probe import measure_trainer
+
+            trainer, trainer_record = measure_trainer(s.nproc, profile_accelerator(s, prof),
+                                                      report)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
     engine = got.get(ENGINE_STEP) or {}
-    return dataclasses.replace(prof, host_s_per_kernel=host, provenance={
-        **provenance(s, wall, allocator), **engine_toy(engine), **engine_dp_world1(engine)})
+    return dataclasses.replace(prof, trainer_s_per_kernel=trainer, provenance={
+        **provenance(s, wall, allocator), **engine_toy(engine), **engine_dp_world1(engine),
+        **trainer_record})
 
 
 def _assemble(s: Settings, got: dict[str, Any], coll: dict[str, Any] | None) -> DeviceProfile:
@@ -398,30 +410,6 @@ def _assemble(s: Settings, got: dict[str, Any], coll: dict[str, Any] | None) -> 
         collective_nproc=s.nproc if coll else None,
         collective_backend=("nccl" if s.device == "cuda" else "gloo") if coll else None,
         links=coll["links"] if coll else {}, sync=coll.get("sync") if coll else None)
-
-
-def engine_toy(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any]:
-    """The DeepSpeed engine's costs as the probe's toy of many Linear(32, 32) layers priced
-    them (``engine_probe.probe``'s "toy" of each stage), for the record: the profile prices
-    the model's own code's (``bench/cpu_heldout_matrix.py --engine-from-toy`` prices the toy's)."""
-    toy = _engine_record(engine, "toy")
-    return {"engine_toy": toy} if toy else {}
-
-
-def engine_dp_world1(engine: dict[int, dict[str, tuple[float, ...]]]) -> dict[str, Any]:
-    """The data-parallel settings' engine costs as a world-1 engine priced them, where the
-    probe timed them on several ranks too (``engine_probe.probe``'s "world1:SETTING"), for the
-    record (``bench/cpu_heldout_matrix.py --engine-dp-world1`` prices by them)."""
-    out = {setting: record for setting in DP_SETTINGS
-           if (record := _engine_record(engine, f"world1:{setting}"))}
-    return {"engine_dp_world1": out} if out else {}
-
-
-def _engine_record(engine: dict[int, dict[str, tuple[float, ...]]], label: str) -> dict:
-    """{``ENGINE_FIELDS`` key: {ZeRO stage: seconds}} of the probe's ``label`` costs ({}: none)."""
-    stages = {k: v[label] for k, v in sorted(engine.items()) if label in v}
-    return {key: {k: four[i] for k, four in stages.items()}
-            for i, (key, _) in enumerate(ENGINE_FIELDS)} if stages else {}
 
 
 def device_name(device: str) -> str:

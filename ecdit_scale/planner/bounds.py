@@ -65,6 +65,8 @@ def check_profile(where: str, profile: Any) -> None:
     for kind, policies in sorted(profile.host_s_per_kernel.items()):
         for policy, seconds in sorted(policies.items()):
             _check(where, f"profile.host.{kind}.{policy}", seconds, PROFILE_SECONDS)
+    for ranks, seconds in sorted(profile.trainer_s_per_kernel.items()):
+        _check(where, f"profile.trainer_s_per_kernel.{ranks}", seconds, PROFILE_SECONDS)
     _check(where, "profile.engine_s_per_param_tensor", profile.engine_s_per_param_tensor,
            PROFILE_SECONDS)
     for name, fit in sorted(profile.links.items()):

@@ -25,6 +25,9 @@ the datasheet and the plan says so):
            expert-choice: {...}, token-choice: {...}}   # kernel of the model's own code, by
                                      # FFN kind and recompute policy (evaluation.host_probe);
                                      # in place of launch's where present
+    trainer_s_per_kernel: {1: 1.2e-5, 2: 2.6e-5}   # host seconds per counted kernel the
+                                     # trainer's own launches took over all else here, by
+                                     # ranks (evaluation.trainer_probe); added to host's
     optimizer: {s_per_byte: ..., s_per_tensor: ...,     # bytes as step_time counts them
                 by_size: {elements: [...], adamw: [...], rmsprop: [...], sgd: [...]},
                 kernels: foreach}                  # seconds per byte at each tensor size
@@ -69,6 +72,8 @@ from ..errors import ConfigError
 from .interpolation import log_grid, log_log, trilinear
 from .profile_fields import (
     aligned_lists,
+    by_kind_and_policy,
+    by_ranks,
     mapping,
     mnk_grid,
     number,
@@ -156,6 +161,10 @@ class DeviceProfile:
     launch_mode: str = "async"
     # host seconds per counted kernel of the model's own code, {FFN kind: {recompute: s}}
     host_s_per_kernel: dict[str, dict[str, float]] = field(default_factory=dict)
+    # what the trainer's own steps took over everything else this profile prices, per counted
+    # kernel, {ranks: s} (``evaluation.trainer_probe``: the trainer launched at the host
+    # probe's size on one rank and on the profile's nproc)
+    trainer_s_per_kernel: dict[int, float] = field(default_factory=dict)
     optimizer_s_per_byte: float | None = None  # AdamW's (the one profiles before 2026-12-06 have)
     optimizer_s_per_tensor: float | None = None
     # seconds per byte (as ``step_time.optimizer_bytes`` counts them) of each optimizer as the
@@ -212,6 +221,18 @@ class DeviceProfile:
         table = np.array([per_policy.get(p, launch) for p in RECOMPUTE_POLICIES])
         return table[np.asarray(recompute_code, dtype=int)]
 
+    def trainer_host_s(self, world: Any) -> Any:
+        """The trainer's host seconds per counted kernel over the rest of the profile's price
+        at ``world`` ranks (a number or an array over layouts): the value measured at the
+        largest rank count not above it, else at the smallest measured (0 where the profile
+        did not launch the trainer)."""
+        if not self.trainer_s_per_kernel:
+            return 0.0 * np.asarray(world)
+        ranks = np.array(sorted(self.trainer_s_per_kernel), dtype=float)
+        values = np.array([self.trainer_s_per_kernel[int(r)] for r in ranks])
+        i = np.searchsorted(ranks, np.asarray(world, dtype=float), side="right") - 1
+        return values[np.clip(i, 0, len(ranks) - 1)]
+
     # ---- what was measured ------------------------------------------------------------------
     @property
     def has_gemm(self) -> bool:
@@ -240,6 +261,7 @@ class DeviceProfile:
                 "memory_ops": bool(self.memory_kind_bw),
                 "launch": self.launch_s is not None,
                 "host": bool(self.host_s_per_kernel),
+                "trainer": bool(self.trainer_s_per_kernel),
                 "optimizer": self.optimizer_s_per_byte is not None,
                 "engine": self.engine_s_per_param_tensor is not None,
                 "deepspeed_engine": bool(self.deepspeed_engine_s),
@@ -314,6 +336,9 @@ class DeviceProfile:
             out["launch"] = {"seconds": self.launch_s, "mode": self.launch_mode}
         if self.host_s_per_kernel:
             out["host"] = {k: dict(v) for k, v in self.host_s_per_kernel.items()}
+        if self.trainer_s_per_kernel:
+            out["trainer_s_per_kernel"] = {int(k): v for k, v in
+                                           sorted(self.trainer_s_per_kernel.items())}
         if self.optimizer_s_per_byte is not None:
             out["optimizer"] = {"s_per_byte": self.optimizer_s_per_byte,
                                 "s_per_tensor": self.optimizer_s_per_tensor or 0.0}
@@ -348,7 +373,7 @@ class DeviceProfile:
     def from_dict(cls, data: Any, *, where: str = "profile") -> DeviceProfile:
         data = mapping(data, where)
         known = {"dtype", "gemm", "bmm", "sdpa", "memory_bw_bytes_per_s", "memory_ops",
-                 "memory_ops_tensor_bytes", "launch", "host",
+                 "memory_ops_tensor_bytes", "launch", "host", "trainer_s_per_kernel",
                  "optimizer",
                  "engine_s_per_param_tensor", *(key for key, _ in ENGINE_FIELDS),
                  "deepspeed_engine_by_setting", "collectives", "sync", "measured",
@@ -392,7 +417,10 @@ class DeviceProfile:
                 raise ConfigError(f"{where}.launch.mode = {short(mode)}: choose "
                                   f"{' or '.join(LAUNCH_MODES)}")
             kw["launch_mode"] = mode
-        kw["host_s_per_kernel"] = _host(data.get("host"), f"{where}.host")
+        kw["host_s_per_kernel"] = by_kind_and_policy(data.get("host"), f"{where}.host",
+                                                     FFN_KINDS, RECOMPUTE_POLICIES)
+        kw["trainer_s_per_kernel"] = by_ranks(data.get("trainer_s_per_kernel"),
+                                               f"{where}.trainer_s_per_kernel")
         opt = mapping(data.get("optimizer"), f"{where}.optimizer")
         if opt:
             kw["optimizer_s_per_byte"] = optional_number(opt, "s_per_byte", f"{where}.optimizer")
@@ -463,20 +491,3 @@ class DeviceProfile:
             kw["sync"] = SyncFit(segment_s=parts[0], excess_s=parts[1], wait_s=parts[2])
         kw["provenance"] = mapping(data.get("provenance"), f"{where}.provenance")
         return cls(**kw)
-
-
-def _host(data: Any, where: str) -> dict[str, dict[str, float]]:
-    """The ``host`` part: {FFN kind: {recompute policy: seconds per kernel}}."""
-    out = {}
-    for kind, policies in mapping(data, where).items():
-        if kind not in FFN_KINDS:
-            raise ConfigError(f"{where}: unknown FFN kind {short(kind)}; valid: "
-                              f"{', '.join(FFN_KINDS)}")
-        policies = mapping(policies, f"{where}.{kind}")
-        bad = sorted(map(str, set(policies) - set(RECOMPUTE_POLICIES)))
-        if bad:
-            raise ConfigError(f"{where}.{kind}: unknown recompute policy {', '.join(bad)}; "
-                              f"valid: {', '.join(RECOMPUTE_POLICIES)}")
-        out[kind] = {p: number(f"{where}.{kind}.{p}", v, positive=False)
-                     for p, v in policies.items()}
-    return out

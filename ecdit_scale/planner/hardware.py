@@ -161,10 +161,11 @@ class Accelerator:
             got = "derived" if "derived_from" in self.profile.provenance else "measured"
             # an unmeasured part falls back to the datasheet, but for the batched GEMMs,
             # which fall back to the GEMM grid at all their rows, and the model's host cost
-            # per kernel, to the launch probe's
+            # per kernel, to the launch probe's, and the trainer's own steps, not charged
             unmeasured = {"batched_gemm": "not measured: one GEMM of all the rows",
                           "host": "not measured: the launch probe's cost per kernel",
                           "sync": "not measured: no wait for a late rank priced",
+                          "trainer": "not measured: nothing charged over the other probes",
                           **{f"deepspeed_engine_{setting}": "not measured: the dense "
                              "one-rank engine's" for setting in ENGINE_SETTINGS}}
             out.update({f"profile.{k}": got if v else unmeasured.get(k, "datasheet fallback")

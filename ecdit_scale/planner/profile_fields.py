@@ -87,3 +87,32 @@ def aligned_lists(data: dict, key: str, names: tuple[str, ...],
         raise ConfigError(f"{where}.{key}: {names[0]} (strictly increasing) and "
                           f"{' and '.join(names[1:])} must have the same length")
     return lists
+
+
+def by_ranks(data: Any, where: str) -> dict[int, float]:
+    """{ranks: seconds}: each key a positive whole number of ranks."""
+    out = {}
+    for ranks, seconds in mapping(data, where).items():
+        if isinstance(ranks, bool) or not str(ranks).isdigit() or int(ranks) < 1:
+            raise ConfigError(f"{where}: key {short(ranks)} is not a number of ranks "
+                              "(a whole number >= 1)")
+        out[int(ranks)] = number(f"{where}.{ranks}", seconds, positive=False)
+    return out
+
+
+def by_kind_and_policy(data: Any, where: str, kinds: tuple[str, ...],
+                       policies_known: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The profile's ``host`` part: {FFN kind: {recompute policy: seconds per kernel}}."""
+    out = {}
+    for kind, policies in mapping(data, where).items():
+        if kind not in kinds:
+            raise ConfigError(f"{where}: unknown FFN kind {short(kind)}; valid: "
+                              f"{', '.join(kinds)}")
+        policies = mapping(policies, f"{where}.{kind}")
+        bad = sorted(map(str, set(policies) - set(policies_known)))
+        if bad:
+            raise ConfigError(f"{where}.{kind}: unknown recompute policy {', '.join(bad)}; "
+                              f"valid: {', '.join(policies_known)}")
+        out[kind] = {p: number(f"{where}.{kind}.{p}", v, positive=False)
+                     for p, v in policies.items()}
+    return out

@@ -197,8 +197,10 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, world: int, tp: 
     micro_backward_s = cost.backward.device_s + cost.recompute.device_s
     kernels = cost.total.kernels
     # the host's cost per kernel: the model's own code at the layout's recompute policy where
-    # the profile timed it (``evaluation.host_probe``), else the launch probe's
-    launch_s = kernels * prof.kernel_host_s(cfg.ffn.kind.value, recompute_code)
+    # the profile timed it, plus what the trainer's own steps took over the profile's price at
+    # the layout's rank count (``evaluation.trainer_probe``; 0 where it did not launch them)
+    launch_s = kernels * (prof.kernel_host_s(cfg.ffn.kind.value, recompute_code)
+                          + prof.trainer_host_s(world))
     if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
         launch_s = np.maximum(0.0, launch_s - (micro_forward_s + micro_backward_s))
     tensors = trainer_param_tensors(cfg, ep)  # the trainer's: E/ep x 4 per MoE layer

@@ -1,0 +1,146 @@
+"""What the trainer's own steps take over everything else a profile prices, per counted kernel.
+
+The profile's other probes each time one part of a step apart: the operators, the model's
+own code in plain torch (``host_probe``), autograd per tensor, DeepSpeed's engine over plain
+torch (``engine_probe``), the optimizer, the collectives. A launch is more than their sum, and
+on this 2-core CPU it was more by a cost per kernel: priced by those probes alone, held-out
+matrices 26-29 (52 launches) were optimistic by a median +12.4%, most where the step is
+host-bound, and by more on two ranks than on one. One constant of 18.0 us per counted kernel,
+fitted on matrices 22-25, took the later matrices 28 and 29 inside the issue's bars (bench/
+results/cpu-heldout-matrix-29/per-kernel.txt). Plain torch's forward + backward of the same
+cards priced within a few us per kernel (bench/host_excess.py), so the cost is in what runs
+around the model: the engine step, the rank processes sharing the host, the trainer's loop.
+
+That constant was this VM's, fitted on runs. So ``profile`` measures it on the user's device
+without a run of theirs: it launches the trainer (``ecdit-scale launch``, the trainer's own
+processes, engine and loop) at the host probe's size (``host_probe.PROBE_SIZE``: compute
+negligible beside the host's work) on one rank and on the profile's ``--nproc`` ranks
+(expert-choice nano card, ep = ranks, ZeRO-1, micro-batch 1, AdamW, the trainer's defaults
+otherwise), prices each launch with the profile measured so far (``validate``'s own
+``predict.profile_prediction``), and keeps
+
+    max(0, measured median step - predicted step) / kernels the step-time model counts
+
+per rank count: ``DeviceProfile.trainer_s_per_kernel``, which the step-time model charges on
+every counted kernel of a layout at that many ranks (``step_time._profiled_compute``). It is a
+cost per kernel measured at one size and on one model, charged at every size and model: what
+the launches' misses do not scale with the kernels (a cost per step, per byte) is not in it.
+Each launch's measurement, prediction and kernels stay in the profile's provenance.
+
+    python -m ecdit_scale.evaluation.trainer_probe --device cpu --nproc 2 --profile P.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .host_probe import PROBE_CARDS, PROBE_SIZE
+
+PROBE_STEPS = 40  # the median step is taken after the first two (``rows.row_from_run``)
+PROBE_MICRO_BATCH = 1
+PROBE_ZERO = 1
+LAUNCH_TIMEOUT_S = 600
+
+
+def probe_card() -> str:
+    from ..config import FFNKind
+
+    return PROBE_CARDS[FFNKind.EXPERT_CHOICE]
+
+
+def launch_args(ranks: int, out: Path) -> list[str]:
+    """``ecdit-scale launch``'s arguments for the probe's launch on ``ranks`` ranks."""
+    override = ",".join(f"{k}={v}" for k, v in PROBE_SIZE.items())
+    return ["launch", probe_card(), "--override", override, "--nproc", str(ranks),
+            "--ep", str(ranks), "--zero", str(PROBE_ZERO), "--micro-batch",
+            str(PROBE_MICRO_BATCH), "--steps", str(PROBE_STEPS), "--limit", "512",
+            "--no-checkpoints", "--no-track-memory", "--seed", "0", "--out", str(out), "--json"]
+
+
+def launch(ranks: int, out: Path) -> Path:
+    """Launch the probe's run into ``out`` (a fresh child process: DeepSpeed's state is
+    process-wide) and return it; a failed launch is one ConfigError naming its last line."""
+    cmd = [sys.executable, "-m", "ecdit_scale", *launch_args(ranks, out)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+                              env={**os.environ, "ECDIT_SCALE_PROFILE_STEP": ""})
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"the trainer probe's launch on {ranks} rank(s) took over "
+                          f"{LAUNCH_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        raise ConfigError(f"the trainer probe's launch on {ranks} rank(s) failed "
+                          f"(exit {done.returncode}): {last}")
+    return out
+
+
+def residual(run_dir: Path, acc: Any) -> dict[str, float]:
+    """The launch in ``run_dir`` priced by ``acc``'s profile: its measured median step, the
+    predicted step, the kernels the step-time model counts and the host seconds per kernel
+    over the prediction (0 where the prediction already covers the measurement)."""
+    from .predict import profile_prediction
+    from .rows import row_from_run
+
+    row = row_from_run(run_dir)
+    if not row.step_s_measured:
+        raise ConfigError(f"{run_dir}: the trainer probe's launch recorded no step time")
+    st = profile_prediction(row, acc)
+    kernels = float(st.kernels)
+    if kernels <= 0:
+        raise ConfigError(f"{run_dir}: the step-time model counts no kernels for the probe")
+    measured, predicted = float(row.step_s_measured), float(st.total_s)
+    return {"measured_s": measured, "predicted_s": predicted, "kernels": kernels,
+            "s_per_kernel": max(0.0, measured - predicted) / kernels}
+
+
+def rank_counts(nproc: int) -> list[int]:
+    return sorted({1, nproc})
+
+
+def measure_trainer(nproc: int, acc: Any,
+                    report: Any = lambda _: None) -> tuple[dict[int, float], dict[str, Any]]:
+    """({ranks: host seconds per counted kernel}, {ranks: each launch's record}) for the
+    profile in ``acc`` (its ``trainer_s_per_kernel`` must be empty: the launches are priced
+    without it)."""
+    if acc.profile is None or acc.profile.trainer_s_per_kernel:
+        raise ValueError("the trainer probe prices its launches by a profile without its term")
+    out: dict[int, float] = {}
+    record: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ecdit-trainer-probe-") as tmp:
+        for ranks in rank_counts(nproc):
+            report(f"the trainer's own step at the probe's size on {ranks} rank(s)")
+            got = residual(launch(ranks, Path(tmp) / f"ranks{ranks}"), acc)
+            out[ranks] = got["s_per_kernel"]
+            record[str(ranks)] = got
+    return out, {"trainer_probe": {"card": probe_card(), "size": dict(PROBE_SIZE),
+                                   "steps": PROBE_STEPS, "micro_batch": PROBE_MICRO_BATCH,
+                                   "zero": PROBE_ZERO, "launches": record}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--profile", required=True, help="an accelerator file from `profile`")
+    args = ap.parse_args()
+    from ..planner.hardware import get_accelerator
+
+    acc = get_accelerator(args.profile)
+    if acc.profile is None:
+        sys.exit(f"error: {args.profile}: no measured profile in it")
+    acc = dataclasses.replace(acc, profile=dataclasses.replace(acc.profile,
+                                                               trainer_s_per_kernel={}))
+    values, record = measure_trainer(args.nproc, acc, lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"trainer_s_per_kernel": values, **record}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
