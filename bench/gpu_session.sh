@@ -44,8 +44,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 
 stage "profile"
 # its DeepSpeed engine probe times four engine settings per ZeRO stage since 2026-12-06 (about
-# 2.5x its earlier time on a 2-core CPU; not yet timed on a GPU)
-timeout 260 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
+# 2.5x its earlier time on a 2-core CPU; not yet timed on a GPU), and since 2026-12-07 it
+# launches the trainer once per rank count at a tiny size (~16 s for two on a 2-core CPU)
+timeout 300 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
   --out "$OUT/profile.yaml" || echo "profile failed: $?"
 
 # the flash kernel's head-dim padding the plan prices (DiT-XL/2's 72 as 96): ~10 s

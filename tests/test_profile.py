@@ -389,6 +389,25 @@ def test_the_trainer_probe_keeps_the_launchs_step_over_its_price_per_kernel(monk
     assert trainer_probe.residual(tmp_path, None)["s_per_kernel"] == 0.0
 
 
+def test_a_failed_trainer_probe_loses_only_its_own_term(monkeypatch):
+    import dataclasses
+
+    from ecdit_scale.evaluation import trainer_probe
+
+    def fail(ranks, out):
+        raise ConfigError(f"the trainer probe's launch on {ranks} rank(s) failed (exit 1): boom")
+
+    monkeypatch.setattr(trainer_probe, "launch", fail)
+    acc = dataclasses.replace(get_accelerator("h100-sxm"), profile=_profile())
+    said = []
+    values, record = trainer_probe.trainer_term(2, acc, said.append)
+    assert values == {} and "exit 1): boom" in record["trainer_probe"]["failed"]
+    assert said[-1].startswith("the trainer probe failed, its term is not charged")
+    with pytest.raises(ValueError, match="without its term"):  # never priced by itself
+        trainer_probe.measure_trainer(2, dataclasses.replace(
+            acc, profile=_profile(trainer_s_per_kernel=TRAINER)))
+
+
 def test_host_probe_subtracts_what_is_priced_apart():
     from ecdit_scale.evaluation.host_probe import host_seconds_per_kernel
 

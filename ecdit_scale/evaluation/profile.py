@@ -362,11 +362,10 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             s, timer, profile_accelerator(s, prof)))
         trainer, trainer_record = {}, {}
         if not s.quick:  # the trainer itself on 1 and nproc ranks, priced by all of the above:
-            # two launches, ~30 s on a 2-core CPU
-            from .trainer_probe import measure_trainer
+            # two launches, ~16 s on a 2-core CPU; a failed launch loses only this term
+            from .trainer_probe import trainer_term
 
-            trainer, trainer_record = measure_trainer(s.nproc, profile_accelerator(s, prof),
-                                                      report)
+            trainer, trainer_record = trainer_term(s.nproc, profile_accelerator(s, prof), report)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)

@@ -126,6 +126,17 @@ def measure_trainer(nproc: int, acc: Any,
                                    "zero": PROBE_ZERO, "launches": record}}
 
 
+def trainer_term(nproc: int, acc: Any,
+                 report: Any = lambda _: None) -> tuple[dict[int, float], dict[str, Any]]:
+    """``measure_trainer``, where a failed launch loses only this term: the profile is kept
+    without it (nothing charged) and its provenance says why."""
+    try:
+        return measure_trainer(nproc, acc, report)
+    except ConfigError as exc:
+        report(f"the trainer probe failed, its term is not charged: {exc}")
+        return {}, {"trainer_probe": {"failed": str(exc)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nproc", type=int, default=1)
