@@ -362,6 +362,14 @@ def test_the_step_pays_the_trainers_cost_on_every_counted_kernel_at_its_rank_cou
     assert charged.kernels == plain.kernels
     assert charged.launch_s - plain.launch_s == pytest.approx(charged.kernels * TRAINER[world])
     assert charged.total_s - plain.total_s == pytest.approx(charged.kernels * TRAINER[world])
+    # the term tables put it with the rest (it runs around the ops), not with the ops' launches
+    from ecdit_scale.evaluation.terms import predicted_terms
+
+    got, base = predicted_terms(charged, serial=True), predicted_terms(plain, serial=True)
+    assert charged.trainer_s == pytest.approx(charged.kernels * TRAINER[world])
+    assert got["memory_bound"] == pytest.approx(base["memory_bound"])
+    assert got["rest"] - base["rest"] == pytest.approx(charged.trainer_s)
+    assert "trainer_s" in charged.to_dict() and "trainer_s" not in plain.to_dict()
 
 
 def test_the_trainer_probe_keeps_the_launchs_step_over_its_price_per_kernel(monkeypatch, tmp_path):
