@@ -365,7 +365,8 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             # two launches, ~16 s on a 2-core CPU; a failed launch loses only this term
             from .trainer_probe import trainer_term
 
-            trainer, trainer_record = trainer_term(s.nproc, profile_accelerator(s, prof), report)
+            trainer, trainer_record = trainer_term(s.nproc, profile_accelerator(s, prof),
+                                                   report, s.device)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)

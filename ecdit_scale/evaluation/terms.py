@@ -42,11 +42,10 @@ def predicted_terms(st: Any, *, serial: bool = False) -> dict[str, float] | None
     """The profile prediction's terms (seconds per step), or None for a datasheet prediction
     (compute not split by operator class). ``serial``: a host that runs its ops itself (a
     CPU) pays each op's launch cost inside the op, where the profiled step's host time sees
-    it, so the launch term joins the memory-bound ops' (nearly all the ops), but for the
-    trainer probe's part (``StepTime.trainer_s``), which runs around the ops: the rest's."""
+    it, so the launch term joins the memory-bound ops' (nearly all the ops)."""
     if not st.kernels:
         return None
-    launch = float(st.launch_s) - float(st.trainer_s) if serial else 0.0
+    launch = float(st.launch_s) if serial else 0.0
     known = {"gemm": float(st.gemm_s), "attention": float(st.attention_s),
              "memory_bound": float(st.memory_bound_s) + launch,
              "comm": float(st.a2a_exposed_s) + float(st.tp_exposed_s) + float(st.sync_a2a_s),

@@ -8,8 +8,13 @@ matrices 26-29 (52 launches) were optimistic by a median +12.4%, most where the 
 host-bound, and by more on two ranks than on one. One constant of 18.0 us per counted kernel,
 fitted on matrices 22-25, took the later matrices 28 and 29 inside the issue's bars (bench/
 results/cpu-heldout-matrix-29/per-kernel.txt). Plain torch's forward + backward of the same
-cards priced within a few us per kernel (bench/host_excess.py), so the cost is in what runs
-around the model: the engine step, the rank processes sharing the host, the trainer's loop.
+cards priced within a few us per kernel (bench/host_excess.py), so the cost is in the trainer
+and not in the model's code as such: its engine, its loop, its rank processes sharing the host.
+Where a profiled step sees it: inside the ops. In matrices 30-31 the term tables, with this
+cost charged on the ops' launches (the memory-bound ops' term on a CPU), put predicted and
+measured memory-bound ops and "rest" on both sides (the rest over its measurement in 9 of 26
+runs, the memory-bound ops under in 14); charged to the rest instead, 21 and 25 of 26. So each
+op's host work costs more in the trainer's ranks than in the single-process host probe.
 
 That constant was this VM's, fitted on runs. So ``profile`` measures it on the user's device
 without a run of theirs: it launches the trainer (``ecdit-scale launch``, the trainer's own
@@ -57,22 +62,25 @@ def probe_card() -> str:
     return PROBE_CARDS[FFNKind.EXPERT_CHOICE]
 
 
-def launch_args(ranks: int, out: Path) -> list[str]:
-    """``ecdit-scale launch``'s arguments for the probe's launch on ``ranks`` ranks."""
+def launch_args(ranks: int, out: Path, device: str = "cpu") -> list[str]:
+    """``ecdit-scale launch``'s arguments for the probe's launch on ``ranks`` ranks of
+    ``device`` (the profile's)."""
     override = ",".join(f"{k}={v}" for k, v in PROBE_SIZE.items())
-    return ["launch", probe_card(), "--override", override, "--nproc", str(ranks),
+    return ["launch", probe_card(), "--override", override, "--device", device,
+            "--nproc", str(ranks),
             "--ep", str(ranks), "--zero", str(PROBE_ZERO), "--micro-batch",
             str(PROBE_MICRO_BATCH), "--steps", str(PROBE_STEPS), "--limit", "512",
             "--no-checkpoints", "--no-track-memory", "--seed", "0", "--out", str(out), "--json"]
 
 
-def launch(ranks: int, out: Path) -> Path:
+def launch(ranks: int, out: Path, device: str = "cpu") -> Path:
     """Launch the probe's run into ``out`` (a fresh child process: DeepSpeed's state is
     process-wide) and return it; a failed launch is one ConfigError naming its last line."""
-    cmd = [sys.executable, "-m", "ecdit_scale", *launch_args(ranks, out)]
+    cmd = [sys.executable, "-m", "ecdit_scale", *launch_args(ranks, out, device)]
+    env = {k: v for k, v in os.environ.items() if k != "ECDIT_SCALE_PROFILE_STEP"}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
-                              env={**os.environ, "ECDIT_SCALE_PROFILE_STEP": ""})
+                              env=env)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"the trainer probe's launch on {ranks} rank(s) took over "
                           f"{LAUNCH_TIMEOUT_S} s") from None
@@ -106,11 +114,11 @@ def rank_counts(nproc: int) -> list[int]:
     return sorted({1, nproc})
 
 
-def measure_trainer(nproc: int, acc: Any,
-                    report: Any = lambda _: None) -> tuple[dict[int, float], dict[str, Any]]:
-    """({ranks: host seconds per counted kernel}, {ranks: each launch's record}) for the
-    profile in ``acc`` (its ``trainer_s_per_kernel`` must be empty: the launches are priced
-    without it)."""
+def measure_trainer(nproc: int, acc: Any, report: Any = lambda _: None,
+                    device: str = "cpu") -> tuple[dict[int, float], dict[str, Any]]:
+    """({ranks: host seconds per counted kernel}, {ranks: each launch's record}) on
+    ``device`` for the profile in ``acc`` (its ``trainer_s_per_kernel`` must be empty: the
+    launches are priced without it)."""
     if acc.profile is None or acc.profile.trainer_s_per_kernel:
         raise ValueError("the trainer probe prices its launches by a profile without its term")
     out: dict[int, float] = {}
@@ -118,7 +126,7 @@ def measure_trainer(nproc: int, acc: Any,
     with tempfile.TemporaryDirectory(prefix="ecdit-trainer-probe-") as tmp:
         for ranks in rank_counts(nproc):
             report(f"the trainer's own step at the probe's size on {ranks} rank(s)")
-            got = residual(launch(ranks, Path(tmp) / f"ranks{ranks}"), acc)
+            got = residual(launch(ranks, Path(tmp) / f"ranks{ranks}", device), acc)
             out[ranks] = got["s_per_kernel"]
             record[str(ranks)] = got
     return out, {"trainer_probe": {"card": probe_card(), "size": dict(PROBE_SIZE),
@@ -126,12 +134,12 @@ def measure_trainer(nproc: int, acc: Any,
                                    "zero": PROBE_ZERO, "launches": record}}
 
 
-def trainer_term(nproc: int, acc: Any,
-                 report: Any = lambda _: None) -> tuple[dict[int, float], dict[str, Any]]:
+def trainer_term(nproc: int, acc: Any, report: Any = lambda _: None,
+                 device: str = "cpu") -> tuple[dict[int, float], dict[str, Any]]:
     """``measure_trainer``, where a failed launch loses only this term: the profile is kept
     without it (nothing charged) and its provenance says why."""
     try:
-        return measure_trainer(nproc, acc, report)
+        return measure_trainer(nproc, acc, report, device)
     except ConfigError as exc:
         report(f"the trainer probe failed, its term is not charged: {exc}")
         return {}, {"trainer_probe": {"failed": str(exc)}}
@@ -140,6 +148,7 @@ def trainer_term(nproc: int, acc: Any,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--profile", required=True, help="an accelerator file from `profile`")
     args = ap.parse_args()
     from ..planner.hardware import get_accelerator
@@ -149,7 +158,8 @@ def main() -> None:
         sys.exit(f"error: {args.profile}: no measured profile in it")
     acc = dataclasses.replace(acc, profile=dataclasses.replace(acc.profile,
                                                                trainer_s_per_kernel={}))
-    values, record = measure_trainer(args.nproc, acc, lambda m: print(m, file=sys.stderr))
+    values, record = measure_trainer(args.nproc, acc, lambda m: print(m, file=sys.stderr),
+                                     args.device)
     print(json.dumps({"trainer_s_per_kernel": values, **record}, indent=1))
 
 

@@ -41,9 +41,6 @@ class ProfiledCompute:
     attention_s: Any
     memory_bound_s: Any
     launch_s: Any  # kernel launches the device time does not hide
-    # the part of launch_s that is the profile's trainer probe's (what runs around the
-    # model's ops: a profiled step sees it outside them)
-    trainer_s: Any
     engine_s: Any  # autograd and DeepSpeed's engine, per tensor and per local parameter
     kernels: Any  # kernel launches per step
 
@@ -86,7 +83,6 @@ class StepTime:
     attention_s: float = 0.0
     memory_bound_s: float = 0.0
     launch_s: float = 0.0
-    trainer_s: float = 0.0  # of launch_s, the trainer probe's part
     engine_s: float = 0.0
     kernels: float = 0.0  # kernel launches per step (forward, backward, recompute)
     # ranks meeting at collectives after compute (a profile's ``sync``, measured on a CPU's
@@ -145,8 +141,6 @@ class StepTime:
                 del out[name]
         if not self.sync_s:  # a profile without ``sync`` (every GPU's): nothing to say
             del out["sync_s"], out["sync_a2a_s"]
-        if not self.trainer_s:  # nor without the trainer probe's term
-            out.pop("trainer_s", None)
         out.update(compute_s=self.compute_s, exposed_comm_s=self.exposed_comm_s,
                    hidden_comm_s=self.hidden_comm_s, grad_sync_s=self.grad_sync_s,
                    grad_hidden_fraction=self.grad_hidden_fraction)
@@ -205,14 +199,10 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, world: int, tp: 
     # the host's cost per kernel: the model's own code at the layout's recompute policy where
     # the profile timed it, plus what the trainer's own steps took over the profile's price at
     # the layout's rank count (``evaluation.trainer_probe``; 0 where it did not launch them)
-    host = prof.kernel_host_s(cfg.ffn.kind.value, recompute_code)
-    trainer = prof.trainer_host_s(world)
-    launch_s = kernels * (host + trainer)
+    launch_s = kernels * (prof.kernel_host_s(cfg.ffn.kind.value, recompute_code)
+                          + prof.trainer_host_s(world))
     if prof.launch_mode != "serial":  # asynchronous: only what the device time cannot hide
         launch_s = np.maximum(0.0, launch_s - (micro_forward_s + micro_backward_s))
-    trainer_s = launch_s * np.divide(trainer, host + trainer,
-                                     out=np.zeros(np.broadcast(trainer, host).shape),
-                                     where=(host + trainer) > 0)
     tensors = trainer_param_tensors(cfg, ep)  # the trainer's: E/ep x 4 per MoE layer
     autograd_s = (prof.engine_s_per_param_tensor or 0.0) * tensors
     # DeepSpeed's engine per step at the layout's stage: per tensor and per local parameter
@@ -237,7 +227,6 @@ def _profiled_compute(*, cfg: Any, acc: Any, mem: MemoryArrays, world: int, tp: 
     step = cost.total
     profiled = ProfiledCompute(gemm_s=ga * step.gemm_s, attention_s=ga * step.attention_s,
                                memory_bound_s=ga * step.memory_s, launch_s=ga * launch_s,
-                               trainer_s=ga * trainer_s,
                                engine_s=ga * autograd_s + deepspeed_s, kernels=ga * kernels)
     return _Compute(forward_s=ga * cost.forward.device_s + zeros,
                     backward_s=ga * cost.backward.device_s + zeros,
