@@ -9,7 +9,8 @@ Then what one matrix meeting both bars (mean |error| <= 15% and worst <= 30%, as
 after the one-arena change) can say: how often 13 runs drawn from matrices 21-25's own errors
 (the old model's, heavy tail and all: resampled) or from the normal law above meet both, and
 the spread and bias of matrices 26-29 (the one-arena model; 28-29 measured in three passes)
-beside theirs, and how often 13 runs resampled from those matrices' own errors meet both bars.
+beside theirs, and how often 13 runs resampled from those matrices' own errors meet both bars;
+and the same for matrices 30-31 (the trainer probe's model) with and without the probe.
 
     python bench/matrix_power.py
 """
@@ -27,6 +28,10 @@ ROW = re.compile(r"^(\S+-mb(\d+)\S*)\s+[\d.]+ms\s+[\d.]+ms\s+([+-][\d.]+)%")
 DRAWS = 100_000
 # the matrices run since each CPU rank keeps to one malloc arena (28-29 measured in three passes)
 ONE_ARENA = (26, 27, 28, 29)
+# the matrices run since the profile launches the trainer (evaluation/trainer_probe.py), each
+# also priced without it on the same launches and profiles
+TRAINER_PROBE = (30, 31)
+WITHOUT_PROBE = "result-passes-without-trainer.txt"
 RESULT_FILES = ("result-profile-each.txt", "result-passes.txt")
 
 
@@ -36,10 +41,12 @@ def result_file(matrix: int) -> Path | None:
     return next((f for f in found if f.is_file()), None)
 
 
-def errors(matrix: int) -> list[tuple[int, float]]:
-    """(micro-batch, signed error %) of each run of a matrix's scored result (the runs' first
-    table: under ``--passes`` the medians' errors, not the first pass's)."""
-    text = result_file(matrix).read_text()
+def errors(matrix: int, name: str = "") -> list[tuple[int, float]]:
+    """(micro-batch, signed error %) of each run of a matrix's scored result, or of its file
+    ``name`` (the runs' first table: under ``--passes`` the medians' errors, not the first
+    pass's)."""
+    path = RESULTS / f"cpu-heldout-matrix-{matrix}" / name if name else result_file(matrix)
+    text = path.read_text()
     return [(int(m.group(2)), float(m.group(3)))
             for m in map(ROW.match, text.splitlines()) if m]
 
@@ -95,6 +102,15 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
               f"{len(now)} runs, median {np.median(now):+.1f}%, sd {now.std(ddof=1):.1f}; "
               f"13 of them resampled meet both bars {rate(rng.choice(now, (DRAWS, 13))):.2f} "
               f"of the time")
+
+    for label, name in (("with the trainer probe", ""), ("the same launches without it",
+                                                         WITHOUT_PROBE)):
+        got = np.array([x for m in TRAINER_PROBE for _, x in errors(m, name)])
+        print(f"matrices {TRAINER_PROBE[0]}-{TRAINER_PROBE[-1]} {label}: {len(got)} runs, "
+              f"median {np.median(got):+.1f}%, sd {got.std(ddof=1):.1f}; 13 of them resampled "
+              f"meet both bars {rate(rng.choice(got, (DRAWS, 13))):.2f} of the time (never "
+              f"worse than their worst), 13 from a normal law of that median and sd "
+              f"{rate(rng.normal(np.median(got), got.std(ddof=1), (DRAWS, 13))):.2f}")
 
 
 def passes(runs: list[tuple[int, float]]) -> bool:
