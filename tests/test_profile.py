@@ -371,6 +371,8 @@ def test_the_trainer_probe_keeps_the_launchs_step_over_its_price_per_kernel(monk
     args = trainer_probe.launch_args(2, tmp_path / "r")
     assert args[:2] == ["launch", "nano-ec8"] and args[args.index("--ep") + 1] == "2"
     assert args[args.index("--device") + 1] == "cpu"
+    three = trainer_probe.launch_args(3, tmp_path / "r")  # 3 does not divide its 8 experts
+    assert three[three.index("--ep") + 1] == "1" and three[three.index("--nproc") + 1] == "3"
     assert args[args.index("--override") + 1] == ",".join(f"{k}={v}"
                                                            for k, v in PROBE_SIZE.items())
     assert trainer_probe.rank_counts(1) == [1] and trainer_probe.rank_counts(4) == [1, 4]

@@ -20,9 +20,9 @@ That constant was this VM's, fitted on runs. So ``profile`` measures it on the u
 without a run of theirs: it launches the trainer (``ecdit-scale launch``, the trainer's own
 processes, engine and loop) at the host probe's size (``host_probe.PROBE_SIZE``: compute
 negligible beside the host's work) on one rank and on the profile's ``--nproc`` ranks
-(expert-choice nano card, ep = ranks, ZeRO-1, micro-batch 1, AdamW, the trainer's defaults
-otherwise), prices each launch with the profile measured so far (``validate``'s own
-``predict.profile_prediction``), and keeps
+(expert-choice nano card, ep = ranks where they divide its experts, ZeRO-1, micro-batch 1,
+AdamW, the trainer's defaults otherwise), prices each launch with the profile measured so
+far (``validate``'s own ``predict.profile_prediction``), and keeps
 
     max(0, measured median step - predicted step) / kernels the step-time model counts
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,10 +66,14 @@ def probe_card() -> str:
 def launch_args(ranks: int, out: Path, device: str = "cpu") -> list[str]:
     """``ecdit-scale launch``'s arguments for the probe's launch on ``ranks`` ranks of
     ``device`` (the profile's)."""
+    from ..planner.cards import load_card_or_name
+
     override = ",".join(f"{k}={v}" for k, v in PROBE_SIZE.items())
+    # expert parallelism over the ranks where it divides the experts (else over a divisor)
+    ep = math.gcd(ranks, load_card_or_name(probe_card()).ffn.num_experts)
     return ["launch", probe_card(), "--override", override, "--device", device,
             "--nproc", str(ranks),
-            "--ep", str(ranks), "--zero", str(PROBE_ZERO), "--micro-batch",
+            "--ep", str(ep), "--zero", str(PROBE_ZERO), "--micro-batch",
             str(PROBE_MICRO_BATCH), "--steps", str(PROBE_STEPS), "--limit", "512",
             "--no-checkpoints", "--no-track-memory", "--seed", "0", "--out", str(out), "--json"]
 
