@@ -48,19 +48,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..config import FFNKind
 from ..errors import ConfigError
 from .host_probe import PROBE_CARDS, PROBE_SIZE
 
 PROBE_STEPS = 40  # the median step is taken after the first two (``rows.row_from_run``)
 PROBE_MICRO_BATCH = 1
 PROBE_ZERO = 1
+PROBE_CARD = PROBE_CARDS[FFNKind.EXPERT_CHOICE]  # the host probe's expert-choice card
 LAUNCH_TIMEOUT_S = 600
-
-
-def probe_card() -> str:
-    from ..config import FFNKind
-
-    return PROBE_CARDS[FFNKind.EXPERT_CHOICE]
 
 
 def launch_args(ranks: int, out: Path, device: str = "cpu") -> list[str]:
@@ -70,8 +66,8 @@ def launch_args(ranks: int, out: Path, device: str = "cpu") -> list[str]:
 
     override = ",".join(f"{k}={v}" for k, v in PROBE_SIZE.items())
     # expert parallelism over the ranks where it divides the experts (else over a divisor)
-    ep = math.gcd(ranks, load_card_or_name(probe_card()).ffn.num_experts)
-    return ["launch", probe_card(), "--override", override, "--device", device,
+    ep = math.gcd(ranks, load_card_or_name(PROBE_CARD).ffn.num_experts)
+    return ["launch", PROBE_CARD, "--override", override, "--device", device,
             "--nproc", str(ranks),
             "--ep", str(ep), "--zero", str(PROBE_ZERO), "--micro-batch",
             str(PROBE_MICRO_BATCH), "--steps", str(PROBE_STEPS), "--limit", "512",
@@ -134,7 +130,7 @@ def measure_trainer(nproc: int, acc: Any, report: Any = lambda _: None,
             got = residual(launch(ranks, Path(tmp) / f"ranks{ranks}", device), acc)
             out[ranks] = got["s_per_kernel"]
             record[str(ranks)] = got
-    return out, {"trainer_probe": {"card": probe_card(), "size": dict(PROBE_SIZE),
+    return out, {"trainer_probe": {"card": PROBE_CARD, "size": dict(PROBE_SIZE),
                                    "steps": PROBE_STEPS, "micro_batch": PROBE_MICRO_BATCH,
                                    "zero": PROBE_ZERO, "launches": record}}
 
