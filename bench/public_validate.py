@@ -3,6 +3,7 @@
     python bench/public_validate.py            # one line per row, then a summary per split
     python bench/public_validate.py --json     # the same as JSON
     python bench/public_validate.py --write    # and record the ratios for ``plan``
+    python bench/public_validate.py --terms    # and each row's predicted step term by term
 
 Reads ``bench/results/public-throughput/rows.yaml`` (each row: source, setup, figure as
 published; ``split`` fixed before the compute model changed) and prices every scored row
@@ -12,6 +13,10 @@ precision, and the row's layout pinned (dp = GPUs, ZeRO-0 for DDP / ZeRO-2, micr
 recompute) through ``layouts.estimate_layout``. Prints predicted / published steps per second,
 marked held-out or used, and per split the median and worst |ratio - 1|. ``context`` rows
 (setup not stated, or a model plan cannot express) are listed, never scored.
+
+``--terms`` prints each scored row's predicted step by term (the model's own operator
+classes, the frozen encoders' share, overheads, exposed communication) beside the published
+step and the gap between them: where a miss would have to sit, not a fit of it.
 
 ``--write`` records each scored row's predicted / published in the package's
 ``ecdit_scale/data/public_check.yaml``, which ``plan`` reads to say how far its clock has been
@@ -80,6 +85,11 @@ def setup_of(row: dict) -> RunSetup:
 
 def predict(row: dict, *, baseline: bool = False) -> float:
     """Predicted optimizer steps per second; ``baseline``: the pre-issue-19 datasheet pricing."""
+    return 1.0 / predict_step(row, baseline=baseline).total_s
+
+
+def predict_step(row: dict, *, baseline: bool = False):
+    """The planner's StepTime for the row (see ``predict``)."""
     cfg = model_config(row)
     acc = get_accelerator(row["gpu"])
     precision = PRECISIONS[row["precision"]]
@@ -98,8 +108,41 @@ def predict(row: dict, *, baseline: bool = False) -> float:
     layout = ParallelLayout(dp=gpus, ep=1, tp=1, zero=ZERO[row["parallel"]],
                             micro_batch=int(row["micro_batch"]),
                             recompute=Recompute(row["recompute"]))
-    est = estimate_layout(cfg, layout, training, cluster, acc)
-    return 1.0 / est.step.total_s
+    return estimate_layout(cfg, layout, training, cluster, acc).step
+
+
+TERM_COLUMNS = ("gemm", "attention", "memory-bound", "encoders", "launch+engine", "optimizer",
+                "exposed comm")
+
+
+def row_terms(row: dict) -> dict[str, float]:
+    """The row's predicted step in seconds by term. "encoders": what the VAE / T5 in the loop
+    add (the step priced with them less the step priced without); the operator classes are
+    those of the step without them, so the terms add up to the step."""
+    st = predict_step(row)
+    bare = predict_step(dict(row, vae_in_loop=False, text_encoder_in_loop="none"))
+    return {"gemm": bare.gemm_s, "attention": bare.attention_s,
+            "memory-bound": bare.memory_bound_s, "encoders": st.total_s - bare.total_s,
+            "launch+engine": bare.launch_s + bare.engine_s, "optimizer": bare.optimizer_s,
+            "exposed comm": bare.exposed_comm_s + bare.sync_s,
+            "other": bare.total_s - (bare.gemm_s + bare.attention_s + bare.memory_bound_s
+                                     + bare.launch_s + bare.engine_s + bare.optimizer_s
+                                     + bare.exposed_comm_s + bare.sync_s),
+            "predicted": st.total_s}
+
+
+def print_terms(rows: list[dict]) -> None:
+    print("\npredicted step by term (s); published = 1 / the published steps/s; gap = published "
+          "- predicted (> 0: the model is optimistic by that much time)")
+    print(f"{'row':30} " + " ".join(f"{c:>13}" for c in TERM_COLUMNS)
+          + f" {'predicted':>9} {'published':>9} {'gap':>7}")
+    for row in rows:
+        if row["split"] == "context":
+            continue
+        t = row_terms(row)
+        pub = 1.0 / row["figure"]
+        print(f"{row['id']:30} " + " ".join(f"{t[c]:13.3f}" for c in TERM_COLUMNS)
+              + f" {t['predicted']:9.3f} {pub:9.3f} {pub - t['predicted']:+7.3f}")
 
 
 def summary(ratios: list[float]) -> dict[str, float]:
@@ -146,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--write", action="store_true",
                     help=f"record the ratios in {CHECK.relative_to(ROOT)} for plan")
+    ap.add_argument("--terms", action="store_true",
+                    help="also print each row's predicted step term by term")
     args = ap.parse_args(argv)
-    out = price_rows(load_yaml_file(ROWS)["rows"])
+    rows = load_yaml_file(ROWS)["rows"]
+    out = price_rows(rows)
     by_split: dict[str, list[float]] = {"held_out": [], "used": []}
     for rec in out:
         if "ratio" in rec:
@@ -156,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         print(f"wrote {write_check(out).relative_to(ROOT)}", file=sys.stderr)
     if args.json:
+        if args.terms:
+            for rec, row in zip(out, rows, strict=True):
+                if "ratio" in rec:
+                    rec["terms_s"] = row_terms(row)
         print(json.dumps({"rows": out, "summary": summ}, indent=1))
         return 0
     print(f"{'row':32} {'split':8} {'gpu':10} {'published':>9} {'predicted':>9} "
@@ -173,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{split:8}: {s['rows']} rows, median |pred/pub - 1| = {s['median_abs_err']:.0%}, "
               f"worst = {s['worst_abs_err']:.0%}, most optimistic pred/pub = "
               f"{s['most_optimistic']:.2f}")
+    if args.terms:
+        print_terms(rows)
     return 0
 
 

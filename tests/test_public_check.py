@@ -27,6 +27,18 @@ def test_the_packaged_ratios_are_this_models_pricing_of_the_public_rows():
             f"{row['id']}: rerun `python bench/public_validate.py --write`"
 
 
+def test_the_term_table_adds_up_to_each_rows_step_and_prices_the_encoders_apart():
+    mod = _public_validate()
+    rows = {r["id"]: r for r in load_yaml_file(mod.ROWS)["rows"]}
+    for rid in ("opensora-pixart-256-t5", "fastdit-ckpt-amp-latents"):
+        t = mod.row_terms(rows[rid])
+        assert t["predicted"] == pytest.approx(1.0 / mod.predict(rows[rid]))
+        parts = sum(v for k, v in t.items() if k != "predicted")
+        assert parts == pytest.approx(t["predicted"]) and abs(t["other"]) < 1e-9
+    assert mod.row_terms(rows["fastdit-ckpt-amp-latents"])["encoders"] == 0.0  # latents
+    assert mod.row_terms(rows["opensora-pixart-256-t5"])["encoders"] > 0.1  # VAE + T5-XXL
+
+
 ROWS = (PublicRow("a", "gpu-a", "held_out", 0.5), PublicRow("b", "gpu-a", "used", 1.5),
         PublicRow("c", "gpu-b", "used", 2.0))
 
