@@ -300,6 +300,32 @@ def test_a_measured_all_gather_prices_the_post_step_gather_and_nothing_else():
     assert new.grad_reduce_s == old.grad_reduce_s  # the reduction keeps the all-reduce's link
 
 
+def test_a_measured_all_to_all_prices_the_experts_exchange_and_nothing_else():
+    """The profile's own all-to-all fit, not its all-reduce's (before 2026-12-07 the
+    all-to-alls took the all-reduce's latency: 0.4-1.3 ms for gloo's 0.1-0.4 ms on 2 CPU ranks,
+    while rank_sync already counted each all-to-all's wake-up beyond the all-to-all's own)."""
+    ar = dict(latency_s=1e-3, bw_bytes_per_s=2e9, half_bytes=0.0)
+    a2a = dict(latency_s=2e-4, bw_bytes_per_s=1e9, half_bytes=0.0)
+    only_ar = _profiled_links(all_reduce=ar)
+    both = _profiled_links(all_reduce=ar, all_to_all=a2a)
+    links = Links.of(both)
+    assert links.exchanging().base_latency_s == 2e-4 and links.exchanging().intra_node_bw == 1e9
+    assert links.exchanging().nvlink_hop_s == 0.0  # all of the measured latency in one term
+    assert Links.of(only_ar).exchanging() == Links.of(only_ar)  # older profiles: as before
+    # 2 ranks, ep 2: the experts' exchange takes the all-to-all's link; the reduction does not
+    cfg = sizes.get("micro-ec8")
+    lay = ParallelLayout(dp=2, ep=2, tp=1, zero=1, micro_batch=4)
+    train = TrainingConfig(global_batch=8, precision="fp32")
+    cluster = ClusterConfig(nodes=1, gpus_per_node=2)
+    old = estimate_layout(cfg, lay, train, cluster, only_ar).comm
+    new = estimate_layout(cfg, lay, train, cluster, both).comm
+    calls, volume = new.a2a_calls, new.a2a_bytes  # what leaves a rank: (n-1)/n of its bytes
+    assert calls > 0 and old.a2a_calls == calls
+    assert new.a2a_s == pytest.approx(calls * 2e-4 + volume / 1e9)
+    assert old.a2a_s == pytest.approx(calls * 1e-3 + volume / 2e9)
+    assert new.grad_reduce_s == old.grad_reduce_s  # the reduction keeps the all-reduce's link
+
+
 def test_link_fit_recovers_each_collectives_bandwidth():
     from ecdit_scale.evaluation.collectives import MEASURED, fit_link
 

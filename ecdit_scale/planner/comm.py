@@ -60,26 +60,29 @@ class Links:
     nvlink_half_bytes: float = NVLINK_HALF_BW_BYTES
     net_half_bytes: float = NET_HALF_BW_BYTES
 
-    # the all-gathers' own links where the profile measured them (``gathering``); None: the
-    # same links as every other collective
+    # the all-gathers' and the all-to-alls' own links where the profile measured them
+    # (``gathering``, ``exchanging``); None: the same links as the all-reduces
     gather: Links | None = None
+    exchange: Links | None = None
 
     @classmethod
     def of(cls, acc: Any, devices_per_node: int | None = None) -> Links:
         """The catalog's links; a profile's measured all-reduce (``ecdit-scale profile
         --nproc N``) replaces the intra-node bandwidth, latency (all of it in the base term,
-        measured at N ranks) and half-bandwidth size, and its measured all-gather does the
-        same for the all-gathers (gloo's runs at about half the all-reduce's bus bandwidth)."""
+        measured at N ranks) and half-bandwidth size, and its measured all-gather and
+        all-to-all do the same for the all-gathers (gloo's run at about half the all-reduce's
+        bus bandwidth) and the all-to-alls (gloo's latency on 2 CPU ranks: 0.1-0.4 ms against
+        the all-reduce's 0.4-1.3 ms)."""
         links = cls(intra_node_bw=acc.intra_node_bw_bytes_per_s,
                     nic_bw=acc.inter_node_bw_bytes_per_s,
                     devices_per_node=devices_per_node or acc.devices_per_node)
         fits = getattr(getattr(acc, "profile", None), "links", {})
-        if fits.get("all_reduce") is None:
-            return links
-        gather = fits.get("all_gather")
+        measured = (links if fits.get("all_reduce") is None
+                    else links._measured(fits["all_reduce"]))
+        gather, exchange = fits.get("all_gather"), fits.get("all_to_all")
         return dataclasses.replace(
-            links._measured(fits["all_reduce"]),
-            gather=None if gather is None else links._measured(gather))
+            measured, gather=None if gather is None else links._measured(gather),
+            exchange=None if exchange is None else links._measured(exchange))
 
     def _measured(self, fit: Any) -> Links:
         return dataclasses.replace(self, intra_node_bw=fit.bw_bytes_per_s,
@@ -89,6 +92,10 @@ class Links:
     def gathering(self) -> Links:
         """The links an all-gather runs over."""
         return self.gather or self
+
+    def exchanging(self) -> Links:
+        """The links an all-to-all runs over."""
+        return self.exchange or self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +179,9 @@ def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
     """``calls`` all-to-alls, each device holding ``bytes_ / calls`` per call: each of the n-1
     peers gets 1/n of it; the off-node peers' share leaves over the device's own NIC while
     the on-node peers' share goes over NVLink (concurrently; the slower sets the time), both
-    derated for the per-peer message; one hop of latency per call."""
+    derated for the per-peer message; one hop of latency per call. Over the all-to-all's own
+    measured links where a profile timed it (``Links.exchanging``)."""
+    links = links.exchanging()
     n = np.asarray(size, dtype=float)
     m = ranks_per_node(size, stride, links.devices_per_node)
     b = np.asarray(bytes_, dtype=float)
