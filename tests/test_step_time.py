@@ -278,24 +278,32 @@ def _profiled_links(**fits):
     return dataclasses.replace(H100, profile=prof)
 
 
+AR_FIT = dict(latency_s=1e-3, bw_bytes_per_s=2e9, half_bytes=0.0)
+
+
+def _two_rank_comm(card: str, ep: int, **fits):
+    """(before, after): the comm of a 2-rank ZeRO-1 fp32 step at micro-batch 4 priced with the
+    all-reduce fit alone, and with ``fits`` measured beside it."""
+    lay = ParallelLayout(dp=2, ep=ep, tp=1, zero=1, micro_batch=4)
+    train = TrainingConfig(global_batch=8, precision="fp32")
+    cluster = ClusterConfig(nodes=1, gpus_per_node=2)
+    return tuple(estimate_layout(sizes.get(card), lay, train, cluster,
+                                 _profiled_links(all_reduce=AR_FIT, **extra)).comm
+                 for extra in ({}, fits))
+
+
 def test_a_measured_all_gather_prices_the_post_step_gather_and_nothing_else():
-    ar = dict(latency_s=1e-3, bw_bytes_per_s=2e9, half_bytes=0.0)
-    only_ar = _profiled_links(all_reduce=ar)
-    both = _profiled_links(all_reduce=ar, all_gather=dict(latency_s=3e-3, bw_bytes_per_s=1e9,
-                                                          half_bytes=0.0))
-    links = Links.of(both)
+    only_ar = _profiled_links(all_reduce=AR_FIT)
+    links = Links.of(_profiled_links(all_reduce=AR_FIT, all_gather=dict(
+        latency_s=3e-3, bw_bytes_per_s=1e9, half_bytes=0.0)))
     assert links.intra_node_bw == 2e9 and links.gathering().intra_node_bw == 1e9
     assert links.gathering().base_latency_s == 3e-3
     assert Links.of(only_ar).gathering() == Links.of(only_ar)  # older profiles: as before
     # 2 ranks, ZeRO-1 dense: one all-gather of the whole model (fp32: 4 bytes a parameter)
-    cfg = sizes.get("micro-dense")
-    lay = ParallelLayout(dp=2, ep=1, tp=1, zero=1, micro_batch=4)
-    train = TrainingConfig(global_batch=8, precision="fp32")
-    cluster = ClusterConfig(nodes=1, gpus_per_node=2)
-    old = estimate_layout(cfg, lay, train, cluster, only_ar).comm
-    new = estimate_layout(cfg, lay, train, cluster, both).comm
-    volume = 0.5 * 4 * ParamSplit.of(cfg).non_expert_per_device(1)  # (n-1)/n of the bytes
-    assert new.param_allgather_s == pytest.approx(3e-3 + volume / 1e9)
+    old, new = _two_rank_comm("micro-dense", 1, all_gather=dict(
+        latency_s=3e-3, bw_bytes_per_s=1e9, half_bytes=0.0))
+    volume = 0.5 * 4 * ParamSplit.of(sizes.get("micro-dense")).non_expert_per_device(1)
+    assert new.param_allgather_s == pytest.approx(3e-3 + volume / 1e9)  # (n-1)/n of the bytes
     assert old.param_allgather_s == pytest.approx(1e-3 + volume / 2e9)
     assert new.grad_reduce_s == old.grad_reduce_s  # the reduction keeps the all-reduce's link
 
@@ -304,21 +312,14 @@ def test_a_measured_all_to_all_prices_the_experts_exchange_and_nothing_else():
     """The profile's own all-to-all fit, not its all-reduce's (before 2026-12-07 the
     all-to-alls took the all-reduce's latency: 0.4-1.3 ms for gloo's 0.1-0.4 ms on 2 CPU ranks,
     while rank_sync already counted each all-to-all's wake-up beyond the all-to-all's own)."""
-    ar = dict(latency_s=1e-3, bw_bytes_per_s=2e9, half_bytes=0.0)
     a2a = dict(latency_s=2e-4, bw_bytes_per_s=1e9, half_bytes=0.0)
-    only_ar = _profiled_links(all_reduce=ar)
-    both = _profiled_links(all_reduce=ar, all_to_all=a2a)
-    links = Links.of(both)
+    only_ar = _profiled_links(all_reduce=AR_FIT)
+    links = Links.of(_profiled_links(all_reduce=AR_FIT, all_to_all=a2a))
     assert links.exchanging().base_latency_s == 2e-4 and links.exchanging().intra_node_bw == 1e9
     assert links.exchanging().nvlink_hop_s == 0.0  # all of the measured latency in one term
     assert Links.of(only_ar).exchanging() == Links.of(only_ar)  # older profiles: as before
     # 2 ranks, ep 2: the experts' exchange takes the all-to-all's link; the reduction does not
-    cfg = sizes.get("micro-ec8")
-    lay = ParallelLayout(dp=2, ep=2, tp=1, zero=1, micro_batch=4)
-    train = TrainingConfig(global_batch=8, precision="fp32")
-    cluster = ClusterConfig(nodes=1, gpus_per_node=2)
-    old = estimate_layout(cfg, lay, train, cluster, only_ar).comm
-    new = estimate_layout(cfg, lay, train, cluster, both).comm
+    old, new = _two_rank_comm("micro-ec8", 2, all_to_all=a2a)
     calls, volume = new.a2a_calls, new.a2a_bytes  # what leaves a rank: (n-1)/n of its bytes
     assert calls > 0 and old.a2a_calls == calls
     assert new.a2a_s == pytest.approx(calls * 2e-4 + volume / 1e9)
