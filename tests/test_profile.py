@@ -1014,3 +1014,21 @@ def test_ranks_meeting_after_compute_are_priced_at_each_all_to_all_and_the_reduc
     with pytest.raises(ConfigError, match=r"sync: segment_s \(strictly increasing\)"):
         DeviceProfile.from_dict({"sync": {"segment_s": [2e-3, 1e-3], "excess_s": [1e-4, 2e-4],
                                           "wait_s": [1e-4, 1e-4]}})
+
+
+def test_the_timed_collectives_are_kept_beside_their_fits_and_survive_the_yaml():
+    from ecdit_scale.evaluation.collectives import fit_link
+    from ecdit_scale.evaluation.profile import collective_table
+
+    sizes_ = [64, 1024, 16384]
+    times = {"all_reduce": [1e-3, 1.1e-3, 2e-3], "all_to_all": [2e-4, 3e-4, 1e-3],
+             "all_gather": [4e-4, 5e-4, 1.5e-3], "sync": [[1e-3, 1e-4, 5e-4]]}
+    links = {k: fit_link(sizes_, times[k], factor=0.5) for k in ("all_reduce", "all_to_all",
+                                                                  "all_gather")}
+    table = collective_table({"links": links, "sizes": sizes_, "times": times})["collective_times"]
+    assert table == {"bytes": sizes_, "all_reduce": times["all_reduce"],
+                     "all_to_all": times["all_to_all"], "all_gather": times["all_gather"]}
+    assert collective_table(None) == {}  # one process: nothing timed
+    prof = _profile(links=links, provenance={"collective_times": table})
+    back = DeviceProfile.from_dict(prof.to_dict(), where="p")
+    assert back.provenance["collective_times"] == table and back.links == prof.links

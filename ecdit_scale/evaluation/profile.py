@@ -373,7 +373,17 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
     engine = got.get(ENGINE_STEP) or {}
     return dataclasses.replace(prof, trainer_s_per_kernel=trainer, provenance={
         **provenance(s, wall, allocator), **engine_toy(engine), **engine_dp_world1(engine),
-        **trainer_record})
+        **trainer_record, **collective_table(coll)})
+
+
+def collective_table(coll: dict[str, Any] | None) -> dict[str, Any]:
+    """Each collective's timed seconds per call at each message size, as measured (the links
+    are fitted to them): kept so that a later model can price calls at the sizes timed."""
+    if not coll:
+        return {}
+    return {"collective_times": {"bytes": [int(b) for b in coll["sizes"]],
+                                 **{name: [float(t) for t in coll["times"][name]]
+                                    for name in coll["links"]}}}
 
 
 def _assemble(s: Settings, got: dict[str, Any], coll: dict[str, Any] | None) -> DeviceProfile:
