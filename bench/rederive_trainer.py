@@ -7,7 +7,7 @@ priced them. To price held-out runs by the model before a change (a git worktree
 commit), the term must be the older model's too. This keeps each probe launch's measured step and
 kernel count from the profile's provenance and prices the probe's layout again, here: the layout
 comes from a run of the probe's configuration (launched into OUT/probe-ranksN when absent; only
-its configuration is read, never its step time).
+its configuration is priced; its own step time is not used).
 
     python bench/rederive_trainer.py --out DIR P1.yaml [P2.yaml ...]
     PYTHONPATH=WORKTREE python WORKTREE/bench/rederive_trainer.py ...   # the older model's
@@ -19,17 +19,16 @@ old and new values per rank count.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ecdit_scale.evaluation.predict import profile_prediction  # noqa: E402
-from ecdit_scale.evaluation.rows import row_from_run  # noqa: E402
-from ecdit_scale.evaluation.trainer_probe import launch  # noqa: E402
-from ecdit_scale.evaluation.validate import Profiles  # noqa: E402
+from ecdit_scale.evaluation.trainer_probe import launch, residual  # noqa: E402
 from ecdit_scale.files import atomic_write_text, dump_yaml, load_yaml_file  # noqa: E402
+from ecdit_scale.planner.hardware import get_accelerator  # noqa: E402
 
 
 def probe_run(out: Path, ranks: int) -> Path:
@@ -45,14 +44,12 @@ def rederive(path: Path, out: Path) -> Path:
     data = load_yaml_file(path)
     prof = data["profile"]
     launches = prof["provenance"]["trainer_probe"]["launches"]
-    bare = dict(data, profile={k: v for k, v in prof.items() if k != "trainer_s_per_kernel"})
-    tmp = out / f".bare-{path.name}"
-    atomic_write_text(tmp, dump_yaml(bare))
+    acc = get_accelerator(str(path))  # priced without its trainer term, as the probe prices
+    acc = dataclasses.replace(acc, profile=dataclasses.replace(acc.profile,
+                                                               trainer_s_per_kernel={}))
     new, records = {}, {}
     for ranks, rec in sorted(launches.items(), key=lambda kv: int(kv[0])):
-        row = row_from_run(probe_run(out, int(ranks)))
-        acc, _ = Profiles(str(tmp), [row]).for_row(row)
-        predicted = float(profile_prediction(row, acc).total_s)
+        predicted = residual(probe_run(out, int(ranks)), acc)["predicted_s"]
         kernels = float(rec["kernels"])
         new[int(ranks)] = max(0.0, float(rec["measured_s"]) - predicted) / kernels
         records[ranks] = dict(rec, predicted_s=predicted, s_per_kernel=new[int(ranks)])
@@ -60,7 +57,6 @@ def rederive(path: Path, out: Path) -> Path:
         print(f"{path.name}: {ranks} rank(s): {old * 1e6:.1f} -> {new[int(ranks)] * 1e6:.1f} "
               f"us per kernel (measured {rec['measured_s'] * 1e3:.1f} ms, predicted "
               f"{rec['predicted_s'] * 1e3:.1f} -> {predicted * 1e3:.1f} ms)")
-    tmp.unlink()
     provenance = dict(prof["provenance"], trainer_probe=dict(
         prof["provenance"]["trainer_probe"], launches=records,
         rederived=f"bench/rederive_trainer.py from {path}, by the step-time model at "
