@@ -334,3 +334,15 @@ def read_text_file(path: str | os.PathLike, *, what: str = "file",
 def load_yaml_file(path: str | os.PathLike, *, what: str = "file") -> Any:
     text = read_text_file(path, what=what, max_bytes=MAX_YAML_BYTES)
     return parse_yaml(text, source=str(path))
+
+
+def load_json_file(path: str | os.PathLike, *, what: str = "file") -> Any:
+    """A JSON file of ours (Python's reading: Infinity and NaN allowed), with the YAML files'
+    size limit and one-line errors naming the file and the line."""
+    text = read_text_file(path, what=what, max_bytes=MAX_YAML_BYTES)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: malformed JSON at line {exc.lineno}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None

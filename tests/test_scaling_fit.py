@@ -233,9 +233,11 @@ def test_fit_run_table_per_kind_with_notes_and_multiplier(table_fit):
     assert all(e.prediction.interval is not None for e in fit.extrapolations)
 
 
-def test_fit_round_trips_through_yaml(tmp_path, table_fit):
+@pytest.mark.parametrize("name", ["fit.yaml", "fit.json"])
+def test_fit_round_trips_through_yaml_and_json(tmp_path, table_fit, name):
     fit = table_fit
-    path = save_fit(fit, tmp_path / "fit.yaml")
+    path = save_fit(fit, tmp_path / name)
+    assert path.read_text().startswith("{") == name.endswith(".json")
     loaded = load_fit(path)
     assert isinstance(loaded, ScalingFit)
     # the shared fit's multipliers hold loss = NaN (the same at every loss), and NaN != NaN
@@ -243,7 +245,20 @@ def test_fit_round_trips_through_yaml(tmp_path, table_fit):
     assert len(loaded.sensitivity) == len(fit.sensitivity) > 0
     assert predict(loaded.power_laws["dense"], 1e20) == predict(fit.power_laws["dense"], 1e20)
     assert json.dumps(loaded.to_dict()) == json.dumps(fit.to_dict())
-    assert [p.name for p in tmp_path.iterdir()] == ["fit.yaml"]  # no temp files left
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temp files left
+
+
+def test_the_packaged_reference_fit_is_the_reference_sweeps_fit():
+    """plan quotes ecdit_scale/data/reference_fit.json: the sweep's committed fit.yaml, as
+    JSON (read in milliseconds where the YAML took 0.1 s of every plan)."""
+    from pathlib import Path
+
+    from ecdit_scale.scaling.predict import reference_fit_path
+
+    sweep = Path(__file__).parents[1] / "bench/results/reference-sweep/fit.yaml"
+    packaged = reference_fit_path()
+    assert packaged is not None and packaged.name == "reference_fit.json"
+    assert json.dumps(load_fit(packaged).to_dict()) == json.dumps(load_fit(sweep).to_dict())
 
 
 # --- run-table validation -------------------------------------------------------------------
@@ -431,6 +446,8 @@ def write(path, text):
 @pytest.mark.parametrize("text, needle", [
     ("", "empty file"),
     ("a: [1, 2\n", "malformed YAML"),
+    ('{"a": [1, 2\n', "malformed JSON at line 2"),
+    ('"just words"\n', "not a mapping"),
     ("just words\n", "not a mapping"),
     ("format: something-else\n", "field format"),
     ("format: ecdit-scale/scaling-fit/v1\nloss_column: smoothed_loss\n", "missing field 'level'"),
@@ -438,7 +455,8 @@ def write(path, text):
 def test_bad_fit_files_are_one_line_naming_the_file(tmp_path, text, needle):
     from ecdit_scale.errors import ConfigError
 
-    path = write(tmp_path / "fit.yaml", text)
+    path = write(tmp_path / ("fit.json" if "JSON" in needle or text.startswith('"') else
+                             "fit.yaml"), text)
     message = str(pytest.raises(ConfigError, load_fit, path).value)
     assert str(path) in message and needle in message and "\n" not in message
 

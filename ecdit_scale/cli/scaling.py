@@ -206,7 +206,8 @@ def _check_n_boot(n_boot: int) -> None:
 def fit(
     table: Path = typer.Argument(..., help="Run table (CSV or Parquet) with the required columns."),
     out: Path | None = typer.Option(None, "--out",
-                                    help="Where to save the fit (default: "
+                                    help="Where to save the fit: YAML, or JSON "
+                                         "where the name ends in .json (default: "
                                          "TABLE's folder/fit.yaml)."),
     n_boot: int = typer.Option(200, "--n-boot",
                                help="Bootstrap resamples (of training runs) for the intervals."),

@@ -20,7 +20,7 @@ from .formulas import identification, unidentified
 from .results import ScalingFit
 from .runlevel import kind_of
 
-REFERENCE_FIT = "reference_fit.yaml"
+REFERENCE_FIT = "reference_fit.json"
 
 
 def reference_fit_path() -> Path | None:
