@@ -11,8 +11,9 @@ after the one-arena change) can say: how often 13 runs drawn from matrices 21-25
 the spread and bias of matrices 26-29 (the one-arena model; 28-29 measured in three passes)
 beside theirs, and how often 13 runs resampled from those matrices' own errors meet both bars;
 and the same for matrices 30-31 (the trainer probe's model) with and without the probe, and
-for matrix 32 (the all-to-alls priced by their own fit) with and without that change, pooled
-with 30-31 as each was scored.
+for matrices 32 (the all-to-alls priced by their own fit) and 33 (each collective call priced
+at the calls the profile timed) with and without their change, pooled with 30-31 as each was
+scored.
 
     python bench/matrix_power.py
 """
@@ -34,10 +35,15 @@ ONE_ARENA = (26, 27, 28, 29)
 # also priced without it on the same launches and profiles
 TRAINER_PROBE = (30, 31)
 WITHOUT_PROBE = "result-passes-without-trainer.txt"
-# the matrix chosen before the all-to-alls were priced by the profile's own all-to-all fit,
-# also priced by the model before it (trainer term re-derived: bench/rederive_trainer.py)
-A2A_FIT = 32
-WITHOUT_A2A_FIT = "result-passes-without-a2a-fit.txt"
+# the matrices chosen before a change to how the collectives are priced, each also priced by
+# the model before it (trainer term re-derived: bench/rederive_trainer.py): (matrix, the
+# change, the model before it, the file of the same launches scored by the model before)
+COLLECTIVE_CHANGES = (
+    (32, "with the all-to-all's own fit", "the same launches by the all-reduce's fit",
+     "result-passes-without-a2a-fit.txt"),
+    (33, "with each call priced at the calls timed", "the same launches by the two-point fits",
+     "result-passes-without-timed-calls.txt"),
+)
 RESULT_FILES = ("result-profile-each.txt", "result-passes.txt")
 
 
@@ -117,16 +123,18 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
               f"meet both bars {rate(rng.choice(got, (DRAWS, 13))):.2f} of the time (never "
               f"worse than their worst), 13 from a normal law of that median and sd "
               f"{rate(rng.normal(np.median(got), got.std(ddof=1), (DRAWS, 13))):.2f}")
-    if result_file(A2A_FIT) is None:
-        return
-    for label, name in (("with the all-to-all's own fit", ""),
-                        ("the same launches by the all-reduce's fit", WITHOUT_A2A_FIT)):
-        got = np.array([x for _, x in errors(A2A_FIT, name)])
-        print(f"matrix {A2A_FIT} {label}: {len(got)} runs, median {np.median(got):+.1f}%, sd "
-              f"{got.std(ddof=1):.1f}, mean |error| {np.abs(got).mean():.1f}%, worst "
-              f"{np.abs(got).max():.1f}%")
-    now = np.array([x for m in (*TRAINER_PROBE, A2A_FIT) for _, x in errors(m)])
-    print(f"matrices {TRAINER_PROBE[0]}-{A2A_FIT} as each was scored: {len(now)} runs, median "
+    scored = list(TRAINER_PROBE)
+    for matrix, change, before, before_file in COLLECTIVE_CHANGES:
+        if result_file(matrix) is None:
+            break
+        scored.append(matrix)
+        for label, name in ((change, ""), (before, before_file)):
+            got = np.array([x for _, x in errors(matrix, name)])
+            print(f"matrix {matrix} {label}: {len(got)} runs, median {np.median(got):+.1f}%, sd "
+                  f"{got.std(ddof=1):.1f}, mean |error| {np.abs(got).mean():.1f}%, worst "
+                  f"{np.abs(got).max():.1f}%")
+    now = np.array([x for m in scored for _, x in errors(m)])
+    print(f"matrices {scored[0]}-{scored[-1]} as each was scored: {len(now)} runs, median "
           f"{np.median(now):+.1f}%, sd {now.std(ddof=1):.1f}; 13 from a normal law of that "
           f"median and sd meet both bars "
           f"{rate(rng.normal(np.median(now), now.std(ddof=1), (DRAWS, 13))):.2f} of the time")

@@ -1017,18 +1017,34 @@ def test_ranks_meeting_after_compute_are_priced_at_each_all_to_all_and_the_reduc
 
 
 def test_the_timed_collectives_are_kept_beside_their_fits_and_survive_the_yaml():
+    """The calls timed reach the links as measured (link volume per call: message bytes x
+    the collective's bytes per byte x (n - 1) / n) and as read back from the profile file."""
     from ecdit_scale.evaluation.collectives import fit_link
     from ecdit_scale.evaluation.profile import collective_table
+    from ecdit_scale.planner.device_profile import COLLECTIVE_VOLUME
 
     sizes_ = [64, 1024, 16384]
     times = {"all_reduce": [1e-3, 1.1e-3, 2e-3], "all_to_all": [2e-4, 3e-4, 1e-3],
              "all_gather": [4e-4, 5e-4, 1.5e-3], "sync": [[1e-3, 1e-4, 5e-4]]}
-    links = {k: fit_link(sizes_, times[k], factor=0.5) for k in ("all_reduce", "all_to_all",
-                                                                  "all_gather")}
+    links = {k: fit_link(sizes_, times[k], factor=per_byte / 2)
+             for k, per_byte in COLLECTIVE_VOLUME.items()}  # 2 ranks
+    assert links["all_reduce"].timed == ((64.0, 1024.0, 16384.0), tuple(times["all_reduce"]))
+    assert links["all_to_all"].timed == ((32.0, 512.0, 8192.0), tuple(times["all_to_all"]))
     table = collective_table({"links": links, "sizes": sizes_, "times": times})["collective_times"]
     assert table == {"bytes": sizes_, "all_reduce": times["all_reduce"],
                      "all_to_all": times["all_to_all"], "all_gather": times["all_gather"]}
     assert collective_table(None) == {}  # one process: nothing timed
-    prof = _profile(links=links, provenance={"collective_times": table})
+    prof = _profile(links=links, collective_nproc=2, provenance={"collective_times": table})
     back = DeviceProfile.from_dict(prof.to_dict(), where="p")
     assert back.provenance["collective_times"] == table and back.links == prof.links
+    # a profile from before the table, or without its rank count: the fits alone
+    data = prof.to_dict()
+    del data["provenance"]
+    assert all(f.timed is None for f in DeviceProfile.from_dict(data, where="p").links.values())
+    data = prof.to_dict()
+    data["collectives"]["nproc"] = None
+    assert all(f.timed is None for f in DeviceProfile.from_dict(data, where="p").links.values())
+    data = prof.to_dict()
+    data["provenance"]["collective_times"]["all_to_all"] = [2e-4, 3e-4]
+    with pytest.raises(ConfigError, match=r"p\.provenance\.collective_times: bytes"):
+        DeviceProfile.from_dict(data, where="p")

@@ -4,6 +4,7 @@ same numbers from the single-layout path and the vectorised search."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -327,12 +328,71 @@ def test_a_measured_all_to_all_prices_the_experts_exchange_and_nothing_else():
     assert new.grad_reduce_s == old.grad_reduce_s  # the reduction keeps the all-reduce's link
 
 
+# an all-to-all timed on 2 ranks (made-up times shaped like gloo's on this VM: ~0.23 ms up to
+# 16 KB, while the line through the two largest sizes meets the axis at ~1 ms, so that the
+# two-point fit reads a half-bandwidth size of ~1.3 MB, as one of matrix 32's profiles did)
+A2A_SIZES = (64.0, 1024.0, 16384.0, 262144.0, 4194304.0, 67108864.0)
+A2A_TIMES = (2.36e-4, 2.3e-4, 2.5e-4, 4.1e-4, 3.6e-3, 4.2e-2)
+
+
+def test_timed_calls_price_each_call_at_its_size_where_the_fit_cannot():
+    """A call is priced at the calls the profile timed (linear between them, the smallest's
+    time below them, the last two's slope beyond), so each timed call costs what it took; the
+    two-point fit, whose half-bandwidth size reproduces the large messages' intercept, prices a
+    small call at that intercept."""
+    from ecdit_scale.evaluation.collectives import fit_link
+
+    fit = fit_link(list(A2A_SIZES), list(A2A_TIMES), factor=0.5)
+    assert fit.half_bytes > 1e6  # the fit's size term: about a millisecond on every call
+    timed = Links.of(_profiled_links(all_reduce=AR_FIT, all_to_all=dataclasses.asdict(fit)))
+    links = timed.exchanging()
+    volume = np.array(fit.timed_volume)
+    assert links.timed_call_s(volume) == pytest.approx(A2A_TIMES)  # each timed call as timed
+    assert links.timed_call_s(1.0) == pytest.approx(A2A_TIMES[0])  # below: the smallest's
+    slope = (A2A_TIMES[-1] - A2A_TIMES[-2]) / (volume[-1] - volume[-2])
+    assert links.timed_call_s(2 * volume[-1]) == pytest.approx(A2A_TIMES[-1] + volume[-1] * slope)
+    mid = (volume[2] + volume[3]) / 2
+    assert links.timed_call_s(mid) == pytest.approx((A2A_TIMES[2] + A2A_TIMES[3]) / 2)
+    # the fit alone (as before): the smallest timed call costs ~5x what it took
+    untimed = dataclasses.replace(fit, timed_volume=(), timed_s=())
+    fitted = Links.of(_profiled_links(all_reduce=AR_FIT, all_to_all=dataclasses.asdict(untimed)))
+    assert all_to_all_seconds(2 * volume[0], 2, 1, fitted) > 4 * A2A_TIMES[0]
+    assert all_to_all_seconds(2 * volume[0], 2, 1, timed) == pytest.approx(A2A_TIMES[0])
+    # a step's all-to-alls: calls x the timed cost at each call's volume; nothing else moves
+    old, new = _two_rank_comm("micro-ec8", 2, all_to_all=dataclasses.asdict(untimed))
+    _, with_table = _two_rank_comm("micro-ec8", 2, all_to_all=dataclasses.asdict(fit))
+    calls = with_table.a2a_calls
+    per_call = with_table.a2a_bytes / calls
+    assert with_table.a2a_s == pytest.approx(
+        calls * np.interp(per_call, volume, A2A_TIMES))
+    assert with_table.a2a_s < new.a2a_s and with_table.grad_reduce_s == new.grad_reduce_s
+
+
+def test_timed_calls_price_rings_within_a_node_and_leave_groups_across_nodes_to_the_fit():
+    """An all-reduce's, reduce-scatter's and all-gather's call at its link volume; a group
+    that spans nodes crosses a NIC the profile did not time: the fit prices it, as before."""
+    sizes_ = [64.0, 4096.0, 262144.0]
+    table = dict(latency_s=5e-4, bw_bytes_per_s=1e9, half_bytes=0.0,
+                 timed_volume=tuple(sizes_), timed_s=(5e-4, 6e-4, 1.5e-3))
+    links = Links.of(_profiled_links(all_reduce=table), devices_per_node=2)
+    # 2 ranks, all-reduce (factor 2): volume per call = 2 x 1/2 x bytes / calls
+    assert ring_seconds(3 * 4096.0, 2, 1, links, factor=2.0, calls=3) == pytest.approx(3 * 6e-4)
+    # reduce-scatter of 8 KiB: the volume of a 4 KiB all-reduce
+    assert ring_seconds(8192.0, 2, 1, links, factor=1.0) == pytest.approx(6e-4)
+    assert ring_seconds(8192.0, 1, 1, links, factor=1.0) == 0.0  # one rank: nothing
+    across = ring_seconds(8192.0, 4, 1, links, factor=2.0)  # 2 nodes of 2
+    untimed = Links.of(_profiled_links(all_reduce={**table, "timed_volume": (), "timed_s": ()}),
+                       devices_per_node=2)
+    assert across == pytest.approx(ring_seconds(8192.0, 4, 1, untimed, factor=2.0))
+
+
 def test_link_fit_recovers_each_collectives_bandwidth():
-    from ecdit_scale.evaluation.collectives import MEASURED, fit_link
+    from ecdit_scale.evaluation.collectives import fit_link
+    from ecdit_scale.planner.device_profile import COLLECTIVE_VOLUME
 
     sizes_ = [64 * 16**i for i in range(6)]
     n = 2
-    for name, per_byte in MEASURED.items():
+    for name, per_byte in COLLECTIVE_VOLUME.items():
         factor = per_byte * (n - 1) / n
         times = [2e-4 + factor * b / 1.5e9 for b in sizes_]
         fit = fit_link(sizes_, times, factor=factor)

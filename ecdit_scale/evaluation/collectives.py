@@ -20,15 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..planner.device_profile import LinkFit
+from ..planner.device_profile import COLLECTIVE_VOLUME, LinkFit
 from ..planner.rank_sync import SyncFit
 from ..train.cpu_allocator import keep_large_allocations
 
 COLLECTIVE_TIMEOUT_S = 120
-# each collective timed, and the bytes a rank's link carries per message byte, less the
-# (n - 1) / n every ring and all-to-all has: all-reduce 2, all-to-all 1, all-gather 1 (its
-# message is the gathered output; each rank sends its 1/n and receives the other n - 1)
-MEASURED = {"all_reduce": 2.0, "all_to_all": 1.0, "all_gather": 1.0}
 
 
 def collective_sizes(s: Any) -> list[int]:
@@ -81,7 +77,7 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
             out.append((time.perf_counter() - t0) / reps)
         return statistics.median(out)
 
-    res: dict[str, list[float]] = {name: [] for name in MEASURED}
+    res: dict[str, list[float]] = {name: [] for name in COLLECTIVE_VOLUME}
     try:
         for b in sizes:
             n = max(nproc, b // 4 // nproc * nproc)
@@ -165,7 +161,8 @@ def _sync_waits(rank: int, nproc: int, quick: bool) -> list[list[float]] | None:
 
 def fit_link(sizes: list[int], times: list[float], *, factor: float) -> LinkFit:
     """latency = the smallest message's time; bandwidth from the two largest; half_bytes such
-    that ``comm.py``'s message-size term reproduces the intercept of the large-message line.
+    that ``comm.py``'s message-size term reproduces the intercept of the large-message line;
+    and the calls timed (link volume, seconds), by which ``comm.py`` prices a call.
     ``factor``: the bytes a rank's link carries per message byte and per (n - 1) peers:
     all-reduce 2 (n-1)/n, all-to-all (n-1)/n; given as the (n - 1)-free part times (n - 1)."""
     (b1, t1), (b2, t2) = (sizes[-2], times[-2]), (sizes[-1], times[-1])
@@ -174,7 +171,8 @@ def fit_link(sizes: list[int], times: list[float], *, factor: float) -> LinkFit:
     latency = max(min(times[0], intercept if intercept > 0 else times[0]), 0.0)
     bw = factor / slope
     half = max(0.0, (intercept - latency)) * bw / max(factor, 1e-9)
-    return LinkFit(latency_s=latency, bw_bytes_per_s=bw, half_bytes=half)
+    return LinkFit(latency_s=latency, bw_bytes_per_s=bw, half_bytes=half,
+                   timed_volume=tuple(b * factor for b in sizes), timed_s=tuple(times))
 
 
 def measure_collectives(s: Any) -> dict[str, Any]:
@@ -207,7 +205,7 @@ def measure_collectives(s: Any) -> dict[str, Any]:
         raw = json.loads(Path(out).read_text())
     n = s.nproc
     links = {name: fit_link(sizes, raw[name], factor=per_byte * (n - 1) / n)
-             for name, per_byte in MEASURED.items()}
+             for name, per_byte in COLLECTIVE_VOLUME.items()}
     sync = raw.get("sync")
     return {"links": links, "sizes": sizes, "times": raw,
             "sync": SyncFit(segment_s=tuple(r[0] for r in sync),

@@ -64,6 +64,9 @@ class Links:
     # (``gathering``, ``exchanging``); None: the same links as the all-reduces
     gather: Links | None = None
     exchange: Links | None = None
+    # the calls a profile timed on these links (``LinkFit.timed``: link volume per call and
+    # seconds, ascending): a call within one node is priced at them (``timed_call_s``)
+    timed: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
     def of(cls, acc: Any, devices_per_node: int | None = None) -> Links:
@@ -87,7 +90,31 @@ class Links:
     def _measured(self, fit: Any) -> Links:
         return dataclasses.replace(self, intra_node_bw=fit.bw_bytes_per_s,
                                    base_latency_s=fit.latency_s, nvlink_hop_s=0.0,
-                                   nvlink_half_bytes=fit.half_bytes)
+                                   nvlink_half_bytes=fit.half_bytes,
+                                   timed=getattr(fit, "timed", None))
+
+    def timed_call_s(self, volume: Any) -> Any:
+        """Seconds of one call that puts ``volume`` bytes on each rank's link, read off the
+        calls the profile timed: linear between them, the smallest call's time below them
+        (latency), the last two's slope beyond them (bandwidth)."""
+        v, t = (np.asarray(a, dtype=float) for a in self.timed)
+        x = np.asarray(volume, dtype=float)
+        slope = max((t[-1] - t[-2]) / (v[-1] - v[-2]), 0.0)
+        return np.where(x > v[-1], t[-1] + (x - v[-1]) * slope, np.interp(x, v, t))
+
+    def timed_where(self, fitted: Any, volume: Any, size: Any, stride: Any,
+                    calls: Any) -> Any:
+        """``fitted`` seconds of ``calls`` calls, or, where the links hold timed calls and the
+        group is on one node (the NIC was not timed), the timed calls' seconds at each call's
+        ``volume`` bytes per rank's link."""
+        if self.timed is None:
+            return fitted
+        n = np.asarray(size, dtype=float)
+        calls = np.asarray(calls, dtype=float)
+        timed = calls * self.timed_call_s(np.asarray(volume, dtype=float)
+                                          / np.maximum(calls, 1.0))
+        one_node = nodes_spanned(size, stride, self.devices_per_node) <= 1
+        return np.where((n > 1) & one_node, timed, fitted)
 
     def gathering(self) -> Links:
         """The links an all-gather runs over."""
@@ -168,10 +195,15 @@ def ring_bandwidth_s(bytes_: Any, size: Any, stride: Any, links: Links, *, facto
 def ring_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *, factor: float,
                  calls: Any = 1) -> Any:
     """``calls`` ring collectives carrying ``bytes_`` per device in all: bandwidth + latency.
-    factor 2 for all-reduce, 1 for reduce-scatter / all-gather."""
+    factor 2 for all-reduce, 1 for reduce-scatter / all-gather. On links a profile timed, a
+    call within one node costs what the timed calls cost at its link volume
+    (``Links.timed_where``)."""
     calls = np.asarray(calls, dtype=float)
-    return (ring_bandwidth_s(bytes_, size, stride, links, factor=factor, calls=calls)
-            + calls * ring_latency_s(size, stride, links, factor=factor))
+    fitted = (ring_bandwidth_s(bytes_, size, stride, links, factor=factor, calls=calls)
+              + calls * ring_latency_s(size, stride, links, factor=factor))
+    n = np.asarray(size, dtype=float)
+    volume = factor * (n - 1) / np.maximum(n, 1.0) * np.asarray(bytes_, dtype=float)
+    return links.timed_where(fitted, volume, size, stride, calls)
 
 
 def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
@@ -180,7 +212,8 @@ def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
     peers gets 1/n of it; the off-node peers' share leaves over the device's own NIC while
     the on-node peers' share goes over NVLink (concurrently; the slower sets the time), both
     derated for the per-peer message; one hop of latency per call. Over the all-to-all's own
-    measured links where a profile timed it (``Links.exchanging``)."""
+    measured links where a profile timed it (``Links.exchanging``), a call within one node at
+    what the timed all-to-alls cost at its link volume (``Links.timed_where``)."""
     links = links.exchanging()
     n = np.asarray(size, dtype=float)
     m = ranks_per_node(size, stride, links.devices_per_node)
@@ -192,7 +225,8 @@ def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
     inter = b * (n - m) / n / (links.nic_bw * link_efficiency(peer, links.net_half_bytes))
     hop = np.where(m < n, links.net_hop_s, links.nvlink_hop_s)
     latency = np.where(n > 1, calls * (links.base_latency_s + hop), 0.0)
-    return np.maximum(intra, inter) + latency
+    return links.timed_where(np.maximum(intra, inter) + latency, b * (n - 1) / n, size, stride,
+                             calls)
 
 
 # ---------------------------------------------------------------------------------------------
