@@ -8,9 +8,9 @@
 #   PLANS=none OUT=dir bash bench/gpu_session.sh   one plan run instead of four (~150 s less)
 #
 # Every stage has its own timeout and the stages after a failed one still run. What comes back:
-# session.log, profile.yaml, sdpa_head_dims.json, train_throughput_<device>.json, plan_runs.tgz,
-# throughput_runs.tgz (run folders without checkpoints) and validation.csv (every run against
-# the profile, term by term). Budget on a GPU: <= 600 s (about 520; plan runs start until
+# session.log, profile.yaml, sdpa_head_dims.json, gemm_precisions.json,
+# train_throughput_<device>.json, plan_runs.tgz, throughput_runs.tgz (run folders without
+# checkpoints) and validation.csv (every run against the profile, term by term). Budget on a GPU: <= 600 s (about 520; plan runs start until
 # LAST_PLAN_AT=470 s, validate gets what is left of 585 s).
 set -u
 OUT="${OUT:?set OUT to the folder for the results}"
@@ -53,6 +53,12 @@ timeout 300 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}"
 stage "SDPA at head dims 64, 72, 96, 128"
 timeout 40 "$PY" bench/sdpa_head_dims.py --device "$DEVICE" --out "$OUT/sdpa_head_dims.json" \
   || echo "sdpa_head_dims failed: $?"
+
+# each precision's GEMM rate over bf16's against the datasheet ratio the plan prices (issue 19:
+# DiT#22's fp32 and TF32 rows miss in opposite directions): ~10 s
+stage "GEMMs in bf16, fp16, TF32, fp32"
+timeout 40 "$PY" bench/gemm_precisions.py --device "$DEVICE" --out "$OUT/gemm_precisions.json" \
+  || echo "gemm_precisions failed: $?"
 
 stage "train_throughput"
 timeout 260 "$PY" bench/train_throughput.py --out /tmp/tt "${TT_ARGS[@]}" || echo "train_throughput exited $?"

@@ -1,9 +1,10 @@
 """What a scaling fit learned, as typed results, and how a fit is saved and read back.
 
 Every result is a frozen dataclass with to_dict/from_dict; `save_fit` writes a ScalingFit as
-YAML (or JSON) atomically and `load_fit` reads it back, naming the file and the field when it is not a
-fit (a ConfigError, one line). The laws themselves are in `formulas`; how they are fitted is
-in `robust` (the engine), `laws` (per kind) and `shared` (one exponent for every kind).
+YAML (or JSON) atomically and `load_fit` reads it back, naming the file and the field when it
+is not a fit (a ConfigError, one line). The laws themselves are in `formulas`; how they are
+fitted is in `robust` (the engine), `laws` (per kind) and `shared` (one exponent for every
+kind).
 """
 
 from __future__ import annotations
