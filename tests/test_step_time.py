@@ -398,3 +398,18 @@ def test_link_fit_recovers_each_collectives_bandwidth():
         fit = fit_link(sizes_, times, factor=factor)
         assert fit.bw_bytes_per_s == pytest.approx(1.5e9, rel=1e-9), name
         assert fit.latency_s == pytest.approx(2e-4) and fit.half_bytes == pytest.approx(0.0)
+
+
+def test_the_plans_note_says_how_its_collectives_are_priced():
+    from ecdit_scale.planner.plan import comm_label
+
+    assert comm_label(H100).startswith("topology-aware NCCL")  # the catalog's model
+    fit = dict(latency_s=2e-4, bw_bytes_per_s=1e9, half_bytes=0.0)
+    timed = dict(fit, timed_volume=(32.0, 512.0), timed_s=(2e-4, 3e-4))
+    for links, how in (({"all_to_all": fit}, "fitted to the calls it timed"),
+                       ({"all_to_all": timed}, "each call at the calls it timed")):
+        acc = _profiled_links(**links)
+        acc = dataclasses.replace(acc, profile=dataclasses.replace(
+            acc.profile, collective_backend="gloo", collective_nproc=2))
+        label = comm_label(acc)
+        assert "(gloo on 2 ranks: " in label and how in label and label.endswith("across nodes")

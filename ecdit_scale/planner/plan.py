@@ -243,6 +243,20 @@ def check_precision(training: TrainingConfig, acc: Accelerator) -> None:
                           f"{' or '.join(acc.precisions)}")
 
 
+def comm_label(acc: Any) -> str:
+    """How the plan prices the collectives, for its notes: the catalog's NCCL model, or what a
+    profile measured (``comm.Links.of``)."""
+    nccl = "topology-aware NCCL collectives (bandwidth, latency, message size)"
+    prof = acc.profile
+    if prof is None or not prof.links:
+        return nccl
+    how = ("each call at the calls it timed" if any(f.timed for f in prof.links.values())
+           else "latency, bandwidth and message size fitted to the calls it timed")
+    return (f"the collectives the profile measured ({prof.collective_backend or 'its backend'}"
+            f" on {prof.collective_nproc or '?'} ranks: {how}) within a node, {nccl} across "
+            "nodes")
+
+
 def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
               cluster: ClusterConfig | None = None, acc: Accelerator | None = None, *,
               pin: dict[str, Any] | None = None, top: int = 5, sampling_steps: int = 50,
@@ -303,8 +317,8 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         compute_label = ("compute by operator class from the measured profile (" + "; ".join(
             f"{k}: {v}" for k, v in term_sources(acc).items()) + ")")
     estimated = [
-        f"step_s, mfu, images_per_s, days, gpu_hours: {compute_label} plus topology-aware NCCL "
-        "collectives (bandwidth, latency, message size) with DeepSpeed's overlap per collective",
+        f"step_s, mfu, images_per_s, days, gpu_hours: {compute_label} plus {comm_label(acc)} "
+        "with DeepSpeed's overlap per collective",
         "memory: DeepSpeed model-state accounting plus derived activations and a 10% + 1.5 GiB "
         "allowance",
         f"cost_usd: price_per_gpu_hour = ${cluster.price_per_gpu_hour:g} is an assumption; "
