@@ -981,7 +981,7 @@ def test_ranks_meeting_after_compute_are_priced_at_each_all_to_all_and_the_reduc
     each at its share of the step's compute; one rank, or a profile without it, pays none."""
     import dataclasses
 
-    from ecdit_scale.planner.device_profile import LinkFit
+    from ecdit_scale.planner.link_fit import LinkFit
     from ecdit_scale.planner.rank_sync import SyncFit
 
     sync = SyncFit(segment_s=(1e-3, 10e-3), excess_s=(2e-4, 1e-3), wait_s=(6e-4, 9e-4))
@@ -1021,7 +1021,7 @@ def test_the_timed_collectives_are_kept_beside_their_fits_and_survive_the_yaml()
     the collective's bytes per byte x (n - 1) / n) and as read back from the profile file."""
     from ecdit_scale.evaluation.collectives import fit_link
     from ecdit_scale.evaluation.profile import collective_table
-    from ecdit_scale.planner.device_profile import COLLECTIVE_VOLUME
+    from ecdit_scale.planner.link_fit import COLLECTIVE_VOLUME
 
     sizes_ = [64, 1024, 16384]
     times = {"all_reduce": [1e-3, 1.1e-3, 2e-3], "all_to_all": [2e-4, 3e-4, 1e-3],

@@ -273,7 +273,8 @@ def test_priced_calls_are_the_planned_list(zero, ga):
 def _profiled_links(**fits):
     import dataclasses
 
-    from ecdit_scale.planner.device_profile import DeviceProfile, LinkFit
+    from ecdit_scale.planner.device_profile import DeviceProfile
+    from ecdit_scale.planner.link_fit import LinkFit
 
     prof = DeviceProfile(links={k: LinkFit(**v) for k, v in fits.items()})
     return dataclasses.replace(H100, profile=prof)
@@ -388,7 +389,7 @@ def test_timed_calls_price_rings_within_a_node_and_leave_groups_across_nodes_to_
 
 def test_link_fit_recovers_each_collectives_bandwidth():
     from ecdit_scale.evaluation.collectives import fit_link
-    from ecdit_scale.planner.device_profile import COLLECTIVE_VOLUME
+    from ecdit_scale.planner.link_fit import COLLECTIVE_VOLUME
 
     sizes_ = [64 * 16**i for i in range(6)]
     n = 2

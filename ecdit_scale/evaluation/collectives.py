@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..planner.device_profile import COLLECTIVE_VOLUME, LinkFit
+from ..planner.link_fit import COLLECTIVE_VOLUME, LinkFit
 from ..planner.rank_sync import SyncFit
 from ..train.cpu_allocator import keep_large_allocations
 

@@ -60,7 +60,6 @@ SDPA rate: linear interpolation in log(FLOPs per call), clamped.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +70,7 @@ from ..checks import short
 from ..config import Optimizer
 from ..errors import ConfigError
 from .interpolation import log_grid, log_log, trilinear
+from .link_fit import COLLECTIVES, LinkFit, timed_links
 from .profile_fields import (
     aligned_lists,
     by_kind_and_policy,
@@ -93,11 +93,6 @@ MEMORY_KINDS = ("copy", "elementwise", "activation", "norm")
 MEMORY_KIND_TRAFFIC = {"copy": 2.0, "elementwise": 3.0, "activation": 2.0, "norm": 2.0}
 OPTIMIZER_NAMES = tuple(o.value for o in Optimizer)
 OPTIMIZER_KERNELS = ("fused", "foreach", "for-loop")
-# each collective a profile times, and the bytes a rank's link carries per message byte, less
-# the (n - 1) / n every ring and all-to-all has: all-reduce 2, all-to-all 1, all-gather 1 (its
-# message is the gathered output; each rank sends its 1/n and receives the other n - 1)
-COLLECTIVE_VOLUME = {"all_reduce": 2.0, "all_to_all": 1.0, "all_gather": 1.0}
-COLLECTIVES = tuple(COLLECTIVE_VOLUME)
 # DeepSpeed's engine cost by ZeRO stage: the YAML key and the field (per tensor and per
 # parameter a step adds, then each further micro-step of an accumulating step)
 ENGINE_FIELDS = (("deepspeed_engine", "deepspeed_engine_s"),
@@ -123,28 +118,6 @@ def engine_setting(moe: bool, data_parallel: bool) -> str:
     """The engine setting of a run: an MoE model or not, more than one data-parallel rank or
     not ("" = a dense model on one rank)."""
     return "-".join(["moe"] * moe + ["dp"] * data_parallel)
-
-
-@dataclass(frozen=True, kw_only=True)
-class LinkFit:
-    """One collective: time(bytes) = latency + bytes / (bw x bytes / (bytes + half)); and,
-    where the profile kept them (``provenance.collective_times``), the calls it timed: link
-    volume per call (message bytes x ``COLLECTIVE_VOLUME`` x (n - 1) / n at the profiled n,
-    ascending) and seconds per call, which ``comm.py`` prices a call by instead of the fit."""
-
-    latency_s: float
-    bw_bytes_per_s: float
-    half_bytes: float
-    timed_volume: tuple[float, ...] = ()
-    timed_s: tuple[float, ...] = ()
-
-    @property
-    def timed(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.timed_volume, self.timed_s) if len(self.timed_s) >= 2 else None
-
-    def to_dict(self) -> dict[str, float]:
-        return {"latency_s": self.latency_s, "bw_bytes_per_s": self.bw_bytes_per_s,
-                "half_bytes": self.half_bytes}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -508,23 +481,3 @@ class DeviceProfile:
             kw["links"] = timed_links(kw["links"], kw["provenance"], kw.get("collective_nproc"),
                                       f"{where}.provenance")
         return cls(**kw)
-
-
-def timed_links(links: dict[str, LinkFit], provenance: dict, nproc: int | None,
-                where: str) -> dict[str, LinkFit]:
-    """``links`` with the calls the profile timed (``provenance.collective_times``: message
-    bytes, strictly increasing, and each collective's seconds per call at them) where it kept
-    them at a known rank count; a profile without them is priced by its fits alone."""
-    table = mapping(provenance.get("collective_times"), f"{where}.collective_times")
-    names = tuple(name for name in links if name in table)
-    if not names or not nproc or nproc < 2:
-        return links
-    sizes, *times = aligned_lists(provenance, "collective_times", ("bytes", *names), where)
-    if len(sizes) < 2:
-        return links
-    out = dict(links)
-    for name, seconds in zip(names, times, strict=True):
-        per_byte = COLLECTIVE_VOLUME[name] * (nproc - 1) / nproc
-        out[name] = dataclasses.replace(links[name], timed_s=seconds,
-                                        timed_volume=tuple(b * per_byte for b in sizes))
-    return out
