@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "integers")),
     ("catalog", ("sizes", "params", "planner.hardware", "planner.device_profile",
                   "planner.interpolation", "planner.profile_fields", "planner.rank_sync",
-                  "planner.bounds", "planner.derived_profile")),
+                  "planner.link_fit", "planner.bounds", "planner.derived_profile")),
     ("model, planner, scaling", ("model", "planner", "scaling", "cards")),
     ("datasets", ("datasets",)),
     ("train, evaluation", ("train", "evaluation")),
