@@ -12,8 +12,8 @@ the spread and bias of matrices 26-29 (the one-arena model; 28-29 measured in th
 beside theirs, and how often 13 runs resampled from those matrices' own errors meet both bars;
 and the same for matrices 30-31 (the trainer probe's model) with and without the probe, and
 for matrices 32 (the all-to-alls priced by their own fit) and 33 (each collective call priced
-at the calls the profile timed) with and without their change, pooled with 30-31 as each was
-scored.
+at the calls the profile timed) with and without their change, and matrix 34 (a replication
+of the model as shipped), pooled with 30-31 as each was scored.
 
     python bench/matrix_power.py
 """
@@ -44,6 +44,8 @@ COLLECTIVE_CHANGES = (
     (33, "with each call priced at the calls timed", "the same launches by the two-point fits",
      "result-passes-without-timed-calls.txt"),
 )
+# matrices chosen to replicate the model as shipped, nothing changed (profiles made by it)
+REPLICATIONS = (34,)
 RESULT_FILES = ("result-profile-each.txt", "result-passes.txt")
 
 
@@ -133,6 +135,14 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
             print(f"matrix {matrix} {label}: {len(got)} runs, median {np.median(got):+.1f}%, sd "
                   f"{got.std(ddof=1):.1f}, mean |error| {np.abs(got).mean():.1f}%, worst "
                   f"{np.abs(got).max():.1f}%")
+    for matrix in REPLICATIONS:
+        if result_file(matrix) is None:
+            break
+        scored.append(matrix)
+        got = np.array([x for _, x in errors(matrix)])
+        print(f"matrix {matrix} (a replication, nothing changed): {len(got)} runs, median "
+              f"{np.median(got):+.1f}%, sd {got.std(ddof=1):.1f}, mean |error| "
+              f"{np.abs(got).mean():.1f}%, worst {np.abs(got).max():.1f}%")
     now = np.array([x for m in scored for _, x in errors(m)])
     print(f"matrices {scored[0]}-{scored[-1]} as each was scored: {len(now)} runs, median "
           f"{np.median(now):+.1f}%, sd {now.std(ddof=1):.1f}; 13 from a normal law of that "
