@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_device import pick_device  # noqa: E402
 
 from ecdit_scale.errors import ConfigError  # noqa: E402
 from ecdit_scale.files import atomic_write_text  # noqa: E402
@@ -78,11 +81,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cuda", "cpu"):
-        sys.exit(f"error: --device {device!r}: choose cuda or cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device here; use --device cpu")
+    device = pick_device(torch, args.device)
     entry = args.gpu or catalog_name(torch, device)
     try:
         acc = get_accelerator(entry) if entry else None

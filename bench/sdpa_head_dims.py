@@ -20,6 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_device import pick_device  # noqa: E402
 
 from ecdit_scale.planner.compute import flash_head_dim  # noqa: E402
 
@@ -57,11 +60,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cuda", "cpu"):
-        sys.exit(f"error: --device {device!r}: choose cuda or cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device here; use --device cpu")
+    device = pick_device(torch, args.device)
     bh, seq, reps = (256, 4096, 10) if device == "cuda" else (8, 256, 5)
     rows = []
     for d in HEAD_DIMS:
