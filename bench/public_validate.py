@@ -136,32 +136,35 @@ def print_terms(rows: list[dict]) -> None:
           "- predicted (> 0: the model is optimistic by that much time)")
     print(f"{'row':30} " + " ".join(f"{c:>13}" for c in TERM_COLUMNS)
           + f" {'predicted':>9} {'published':>9} {'gap':>7}")
+    steps = {}
     for row in rows:
         if row["split"] == "context":
             continue
         t = row_terms(row)
+        steps[row["id"]] = t["predicted"]
         pub = 1.0 / row["figure"]
         print(f"{row['id']:30} " + " ".join(f"{t[c]:13.3f}" for c in TERM_COLUMNS)
               + f" {t['predicted']:9.3f} {pub:9.3f} {pub - t['predicted']:+7.3f}")
-    print_source_gaps(rows)
+    print_source_gaps(rows, steps)
 
 
-def print_source_gaps(rows: list[dict]) -> None:
+def print_source_gaps(rows: list[dict], steps: dict[str, float]) -> None:
     """Whether a source's misses are one time per step: its used rows' median gap (published -
-    predicted step) added to each of its held-out rows. An exploration printed beside the
-    model, never part of it (the plan cannot know a stack's unpublished cost per step)."""
+    predicted step, ``steps`` by row id) added to each of its held-out rows. An exploration
+    printed beside the model, never part of it (the plan cannot know a stack's unpublished
+    cost per step)."""
     scored = [r for r in rows if r["split"] != "context"]
     gaps: dict[str, list[float]] = {}
     for r in scored:
         if r["split"] == "used":
-            gaps.setdefault(source_of(r), []).append(1.0 / r["figure"] - predict_step(r).total_s)
+            gaps.setdefault(source_of(r), []).append(1.0 / r["figure"] - steps[r["id"]])
     print("\nif each source's misses were one time per step: its used rows' median gap added to "
           "its held-out rows (exploration, not the model)")
     for r in scored:
         if r["split"] != "held_out" or source_of(r) not in gaps:
             continue
         gap = statistics.median(gaps[source_of(r)])
-        step = predict_step(r).total_s
+        step = steps[r["id"]]
         print(f"{r['id']:30} source {source_of(r):9} gap {gap:+.3f} s from "
               f"{len(gaps[source_of(r)])} used row(s): pred/pub {1 / (r['figure'] * step):.2f}"
               f" -> {1 / (r['figure'] * (step + gap)):.2f}")

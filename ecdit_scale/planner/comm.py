@@ -91,7 +91,7 @@ class Links:
         return dataclasses.replace(self, intra_node_bw=fit.bw_bytes_per_s,
                                    base_latency_s=fit.latency_s, nvlink_hop_s=0.0,
                                    nvlink_half_bytes=fit.half_bytes,
-                                   timed=getattr(fit, "timed", None))
+                                   timed=fit.timed)
 
     def timed_call_s(self, volume: Any) -> Any:
         """Seconds of one call that puts ``volume`` bytes on each rank's link, read off the
@@ -104,11 +104,10 @@ class Links:
 
     def timed_where(self, fitted: Any, volume: Any, size: Any, stride: Any,
                     calls: Any) -> Any:
-        """``fitted`` seconds of ``calls`` calls, or, where the links hold timed calls and the
-        group is on one node (the NIC was not timed), the timed calls' seconds at each call's
-        ``volume`` bytes per rank's link."""
-        if self.timed is None:
-            return fitted
+        """``fitted`` seconds of ``calls`` calls, or, where the group is on one node (the NIC
+        was not timed), the timed calls' seconds at each call's ``volume`` bytes per rank's
+        link. Only for links that hold timed calls (the callers check, sparing the search's
+        catalog pricing the volume)."""
         n = np.asarray(size, dtype=float)
         calls = np.asarray(calls, dtype=float)
         timed = calls * self.timed_call_s(np.asarray(volume, dtype=float)
@@ -201,6 +200,8 @@ def ring_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *, factor: f
     calls = np.asarray(calls, dtype=float)
     fitted = (ring_bandwidth_s(bytes_, size, stride, links, factor=factor, calls=calls)
               + calls * ring_latency_s(size, stride, links, factor=factor))
+    if links.timed is None:
+        return fitted
     n = np.asarray(size, dtype=float)
     volume = factor * (n - 1) / np.maximum(n, 1.0) * np.asarray(bytes_, dtype=float)
     return links.timed_where(fitted, volume, size, stride, calls)
@@ -225,8 +226,10 @@ def all_to_all_seconds(bytes_: Any, size: Any, stride: Any, links: Links, *,
     inter = b * (n - m) / n / (links.nic_bw * link_efficiency(peer, links.net_half_bytes))
     hop = np.where(m < n, links.net_hop_s, links.nvlink_hop_s)
     latency = np.where(n > 1, calls * (links.base_latency_s + hop), 0.0)
-    return links.timed_where(np.maximum(intra, inter) + latency, b * (n - 1) / n, size, stride,
-                             calls)
+    fitted = np.maximum(intra, inter) + latency
+    if links.timed is None:
+        return fitted
+    return links.timed_where(fitted, b * (n - 1) / n, size, stride, calls)
 
 
 # ---------------------------------------------------------------------------------------------
