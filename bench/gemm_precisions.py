@@ -1,6 +1,7 @@
-"""GEMMs in each precision's math: does a run in TF32, FP32 or FP16 get the bf16 rate scaled by
-the datasheet peaks, as the plan prices it (``hardware.precision_scale``: the profile's bf16
-GEMM rate x peak of the run's math / bf16 peak, one efficiency for every math)?
+"""GEMMs in each precision's math: does a run in TF32, FP32 or FP16 get the rate the plan prices
+it at (``compute.gemm_flops_per_s``: the profile's bf16 GEMM rate x peak of the run's math /
+bf16 peak for the tensor-core maths; for fp32 on the CUDA cores, the fp32 peak x the fraction
+cuBLAS SGEMM reached on an A100 at that size, a public measurement, ``planner/vector_gemm.py``)?
 
     python bench/gemm_precisions.py [--device cuda|cpu] [--gpu CATALOG_NAME] [--out r.json]
 
@@ -9,8 +10,9 @@ EC-DiT-M's (micro-batch 8: 2,048 rows of d = 3,072) in bf16, fp16, TF32 (fp32 te
 ``torch.backends.cuda.matmul.allow_tf32``) and fp32 (without it: the CUDA cores), and prints
 each one's TFLOP/s, its rate over bf16's at the same shape, and the plan's ratio for the
 device's catalog entry (``--gpu``; default: read off the CUDA device's name). The public rows
-this tests: DiT#22's fp32 run (priced 1.7x slow) and TF32 run (1.6x fast), on A100s
-(bench/results/public-throughput). On a CPU only bf16 and fp32 are timed and the catalog has no
+this tests: DiT#22's fp32 run (priced 1.18x fast since the SGEMM curve; 1.7x slow before) and
+TF32 run (1.6x fast), on A100s (bench/results/public-throughput); on Hopper, whether the A100's
+SGEMM fraction of peak holds there. On a CPU only bf16 and fp32 are timed and the catalog has no
 entry to compare with. A measurement, printed; not a test.
 """
 
@@ -30,6 +32,7 @@ from bench_device import pick_device  # noqa: E402
 
 from ecdit_scale.errors import ConfigError  # noqa: E402
 from ecdit_scale.files import atomic_write_text  # noqa: E402
+from ecdit_scale.planner.compute import gemm_flops_per_s  # noqa: E402
 from ecdit_scale.planner.hardware import get_accelerator  # noqa: E402
 
 # (label, M, N, K): a block's attention projection, MLP up and MLP down
@@ -96,7 +99,8 @@ def main() -> int:
         for math, r in rate.items():
             rows.append({"shape": label, "m": m, "n": n, "k": k, "math": math,
                          "flops_per_s": r, "over_bf16": r / rate["bf16"],
-                         "planned_over_bf16": (acc.precision_scale(math, "bf16")
+                         "planned_over_bf16": (gemm_flops_per_s(acc, m, n, k, math)
+                                               / gemm_flops_per_s(acc, m, n, k, "bf16")
                                                if acc is not None else None)})
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"GEMMs on {name} ({torch.__version__}); plan's ratios from "

@@ -44,7 +44,48 @@ def test_each_precision_at_its_own_datasheet_peak():
     gemm = {p: _step(a100, p).step.gemm_s for p in ("bf16", "fp16", "tf32", "fp32")}
     assert gemm["fp16"] == pytest.approx(gemm["bf16"])
     assert gemm["tf32"] == pytest.approx(2 * gemm["bf16"])  # 312 / 156
-    assert gemm["fp32"] == pytest.approx(16 * gemm["bf16"])  # 312 / 19.5
+    # fp32 runs on the CUDA cores, at the SGEMM curve's fraction of 19.5 TFLOP/s (about 0.9 at
+    # DiT-XL/2's shapes), not at the tensor cores' fraction: faster than 16x bf16's
+    assert 8 * gemm["bf16"] < gemm["fp32"] < 16 * gemm["bf16"]
+    mi300x = get_accelerator("mi300x")  # fp32 matrix cores: priced like bf16, by the peaks
+    fp32, bf16 = (_step(mi300x, p).step.gemm_s for p in ("fp32", "bf16"))
+    assert fp32 == pytest.approx(1307.4 / 163.4 * bf16, rel=1e-3)  # bar the byte floors
+
+
+def test_an_fp32_gemm_on_cuda_cores_runs_at_the_published_sgemm_curve():
+    from ecdit_scale.planner.compute import gemm_flops_per_s
+    from ecdit_scale.planner.vector_gemm import PUBLISHED_TFLOPS, vector_fraction
+
+    a100 = get_accelerator("a100-80gb")
+    assert a100.fp32_gemm == "vector" and get_accelerator("mi300x").fp32_gemm == "matrix"
+    # at a published size the curve is within that size's neighbours' published rates
+    for i in range(1, len(PUBLISHED_TFLOPS) - 1):
+        s, _ = PUBLISHED_TFLOPS[i]
+        near = [t for _, t in PUBLISHED_TFLOPS[i - 1:i + 2]]
+        got = float(vector_fraction(s, s, s)) * 19.5
+        assert min(near) - 1e-9 <= got <= max(near) + 1e-9
+    # a non-square problem reads the square of the same FLOPs; beyond the ends it is held
+    assert vector_fraction(8192, 1152, 1152) == pytest.approx(
+        vector_fraction(*(3 * [(8192 * 1152 * 1152) ** (1 / 3)])))
+    assert vector_fraction(64, 64, 64) == vector_fraction(256, 256, 256)
+    assert vector_fraction(10**5, 10**4, 10**4) == vector_fraction(3200, 3200, 3200)
+    rate = gemm_flops_per_s(a100, 8192, 4608, 1152, "fp32")
+    assert rate == pytest.approx(19.5e12 * float(vector_fraction(8192, 4608, 1152)))
+    assert 0.85 < rate / 19.5e12 < 0.97  # what cuBLAS reaches at 2,000-3,000 square
+    # bf16 and TF32 stay the profile's tensor-core rates x the datasheet ratio
+    assert gemm_flops_per_s(a100, 8192, 4608, 1152, "tf32") == pytest.approx(
+        gemm_flops_per_s(a100, 8192, 4608, 1152, "bf16") / 2)
+
+
+def test_fp32_gemm_units_are_checked_and_kept_only_where_they_differ(tmp_path):
+    from ecdit_scale.planner.hardware import accelerator_from_dict
+
+    fields = get_accelerator("a100-80gb").to_dict()
+    assert fields["fp32_gemm"] == "vector"
+    assert "fp32_gemm" not in get_accelerator("mi300x").to_dict()  # the default is not written
+    assert accelerator_from_dict(fields).fp32_gemm == "vector"
+    with pytest.raises(ConfigError, match=r"fp32_gemm = 'simd': choose vector or matrix"):
+        accelerator_from_dict({**fields, "fp32_gemm": "simd"})
 
 
 def test_amp_memory_follows_bf16_and_tf32_follows_fp32():

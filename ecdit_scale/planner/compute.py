@@ -13,10 +13,13 @@ from a measured device profile (``device_profile.DeviceProfile``); no torch.
 
 Precision (issue 19): GEMM and SDPA rates measured in the profile's dtype are scaled by the
 device's datasheet peak of the run's math over that dtype's (``Accelerator.precision_scale``:
-A100 fp32 = 19.5 / 312 of bf16, TF32 = 156 / 312); activations are 2 bytes in bf16/fp16, 4 in
-tf32/fp32. A catalog device never measured carries a profile derived from the measured H200
-one (``derived_profile.py``); the setup the user states (``run_setup.py``: attention kernel,
-frozen VAE / text encoder in the loop, compile) rides on ``acc.setup``.
+A100 fp32 = 19.5 / 312 of bf16, TF32 = 156 / 312), but an fp32 GEMM on NVIDIA's CUDA cores
+(``Accelerator.fp32_gemm`` = vector) runs at the fraction of the fp32 peak that cuBLAS SGEMM
+reaches on an A100 at its size (``vector_gemm``, a public measurement), not at the tensor
+cores' fraction; activations are 2 bytes in bf16/fp16, 4 in tf32/fp32. A catalog device never
+measured carries a profile derived from the measured H200 one (``derived_profile.py``); the
+setup the user states (``run_setup.py``: attention kernel, frozen VAE / text encoder in the
+loop, compile) rides on ``acc.setup``.
 
 Where the profile lacks a measurement the term falls back to the datasheet: GEMM and attention
 at peak x ``acc.efficiency``, bandwidth from the catalog (``sources`` says which was used).
@@ -44,6 +47,8 @@ from .operators import (
     operator_inventory,
 )
 from .run_setup import COMPILE_FUSION, apply_kernels, frozen_inventory
+from .vector_gemm import SOURCE as VECTOR_SOURCE
+from .vector_gemm import vector_fraction
 
 ATTENTION_BACKWARD_FLOPS_PER_FORWARD = 2.0
 # the head dims FlashAttention-2 compiles kernels for (``flash_head_dim``)
@@ -115,7 +120,8 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     and result's bytes at the profile's copy bandwidth (a roofline floor): below a grid's
     smallest M the rate is clamped at that M's, and a GEMM of a few rows (the adaLN
     modulation at M = micro-batch, 6d x d weights per block) streams its weights whatever its
-    FLOPs; the GPU grids measured so far start at M = 64."""
+    FLOPs; the GPU grids measured so far start at M = 64. An fp32 run's GEMMs on a GPU's
+    vector units are priced at the published SGEMM curve instead (``_gemm_rates``)."""
     if not inv.gemms:
         return 0.0
     m, n, k, c, dx, b = (np.array([getattr(g, f) for g in inv.gemms], dtype=float)
@@ -124,7 +130,8 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     if prof is None or not prof.has_gemm:
         flops = 2.0 * m * n * k * b * c * ((1.0 + dx) if backward else 1.0)
         return float(np.sum(flops)) / _fallback_flops(acc, precision)
-    batched = np.flatnonzero((b > 1) & prof.has_bmm)
+    # a batched SGEMM on the vector units is read off the curve at all its problems' rows
+    batched = np.flatnonzero((b > 1) & prof.has_bmm & (not _vector_fp32(acc, precision)))
     rows = m * b  # one GEMM of all the problems' rows, but where bmm was measured
     rows[batched] = m[batched]
     if backward:  # dX = dY W^T (M, K, N) where needed, dW = X^T dY (K, N, M)
@@ -133,18 +140,47 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
         shapes = [(rows, n, k, c)]
     # each problem's own (M, N, K), for the bytes: the experts' weights are b matrices
     problems = [(m, k, n), (k, n, m)] if backward else [(m, n, k)]
-    scale = _scale(acc, precision)
     elem = dtype_bytes(precision if precision is not None else prof.dtype)
     bw = bandwidth(acc)
     total = 0.0
     for (mm, nn, kk, cc), (pm, pn, pk) in zip(shapes, problems, strict=True):
-        rate = prof.gemm_rate_memo(mm, nn, kk)
-        if batched.size:
-            rate[batched] = prof.gemm_rate_memo(mm[batched], nn[batched], kk[batched],
-                                                batched=True)
+        rate = _gemm_rates(acc, mm, nn, kk, precision, batched)
         floor = b * (pm * pk + pk * pn + pm * pn) * elem / bw
-        total += float(np.sum(cc * np.maximum(2.0 * m * n * k * b / (rate * scale), floor)))
+        total += float(np.sum(cc * np.maximum(2.0 * m * n * k * b / rate, floor)))
     return total
+
+
+def _gemm_rates(acc: Any, m: Any, n: Any, k: Any, precision: Any,
+                batched: Any = None) -> Any:
+    """FLOP/s of (M, N, K) GEMMs in ``precision``'s math (arrays; ``batched``: the indices
+    timed as the profile's bmm): the profile's measured rate x the datasheet ratio of the
+    maths, but an fp32 run on a GPU whose fp32 is vector math (``Accelerator.fp32_gemm``) and
+    whose profile measured a tensor-core math, at the published SGEMM curve (``vector_gemm``)."""
+    prof = acc.profile
+    if _vector_fp32(acc, precision):
+        return acc.peak_flops_for("fp32") * vector_fraction(m, n, k)
+    rate = prof.gemm_rate_memo(m, n, k)
+    if batched is not None and batched.size:
+        rate[batched] = prof.gemm_rate_memo(m[batched], n[batched], k[batched], batched=True)
+    return rate * _scale(acc, precision)
+
+
+def _vector_fp32(acc: Any, precision: Any) -> bool:
+    """Whether ``precision``'s GEMMs run on the fp32 vector units of a device whose profile
+    timed a tensor-core math (so that nothing in it measured them)."""
+    return (precision is not None and Precision(precision) is Precision.FP32
+            and getattr(acc, "fp32_gemm", "matrix") == "vector"
+            and acc.profile.dtype in ("bf16", "fp16"))
+
+
+def gemm_flops_per_s(acc: Any, m: int, n: int, k: int, precision: Any) -> float:
+    """The rate the plan prices one (M, N, K) GEMM at in ``precision``'s math on ``acc`` (no
+    roofline floor): what ``bench/gemm_precisions.py`` sets its measurements beside."""
+    prof = acc.profile
+    if prof is None or not prof.has_gemm:
+        return _fallback_flops(acc, precision)
+    arr = [np.array([float(x)]) for x in (m, n, k)]
+    return float(_gemm_rates(acc, *arr, precision)[0])
 
 
 def flash_head_dim(head_dim: float) -> float:
@@ -282,8 +318,9 @@ def micro_batch_arrays(cfg: ModelConfig, acc: Any, *, micro_batch: Any, tp: Any,
     return MicroBatchCost(*(one_pass(j) for j in range(len(MicroBatchCost.PHASES))))
 
 
-def term_sources(acc: Any) -> dict[str, str]:
-    """Where each compute term's rate comes from, for a plan's notes."""
+def term_sources(acc: Any, precision: Any = None) -> dict[str, str]:
+    """Where each compute term's rate comes from, for a plan's notes (``precision``: the
+    run's, where its GEMMs are priced otherwise than the profile's)."""
     prof = acc.profile
     eff = f"peak x {acc.efficiency:.2f} ({'calibrated' if acc.calibrated_from else 'assumed'})"
     if prof is None:
@@ -293,6 +330,10 @@ def term_sources(acc: Any) -> dict[str, str]:
     extra = {} if setup is None else {"setup": setup.describe() + (
         f" (compile: memory-bound bytes and launches x {COMPILE_FUSION}, an assumption)"
         if setup.compiled else "")}
+    if _vector_fp32(acc, precision):
+        extra["fp32_gemm"] = ("fp32 GEMMs on the CUDA cores at the fraction of the fp32 peak "
+                              f"cuBLAS SGEMM reaches by size ({VECTOR_SOURCE}); not measured "
+                              "on this device")
     if is_derived(prof):
         return {"compute": derived_note(prof),
                 "precision": "GEMM/SDPA rates x datasheet peak of the run's math / bf16 peak",

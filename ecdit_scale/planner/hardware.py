@@ -35,6 +35,7 @@ DEEPSPEED_ACCELERATORS = ("cuda", "cpu", "xpu", "xpu.external", "npu", "mps", "h
 NO_DEEPSPEED = "none"
 TRAINING_PRECISIONS = ("bf16", "fp16", "tf32", "fp32")  # ecdit_scale.config.Precision
 HALF = ("bf16", "fp16")
+FP32_GEMM_UNITS = ("vector", "matrix")  # Accelerator.fp32_gemm
 DEFAULT_PRECISIONS = ("bf16", "fp32")  # a YAML that lists none (written before fp16/tf32)
 NUMBER_FIELDS = ("peak_bf16_flops", "memory_bytes", "memory_bw_bytes_per_s",
                  "intra_node_bw_bytes_per_s", "inter_node_bw_bytes_per_s")
@@ -67,6 +68,10 @@ class Accelerator:
     setup: Any = None
     # where each datasheet number (notably each peak) comes from, beyond ``source``
     citations: str = ""
+    # what fp32's peak counts: "vector" (CUDA cores: an fp32 GEMM runs at the published SGEMM
+    # curve's fraction of it, planner.vector_gemm) or "matrix" (matrix units, priced like the
+    # tensor-core maths: the profile's measured fraction of peak)
+    fp32_gemm: str = "matrix"
 
     def __post_init__(self) -> None:
         where = f"accelerator {self.name!r}"
@@ -107,6 +112,9 @@ class Accelerator:
                               f"{', '.join(NUMBER_FIELDS)}")
         object.__setattr__(self, "measured", tuple(dict.fromkeys(m)))
         self._check_peaks(where)
+        if self.fp32_gemm not in FP32_GEMM_UNITS:
+            raise ConfigError(f"{where}: fp32_gemm = {short(self.fp32_gemm)}: choose "
+                              f"{' or '.join(FP32_GEMM_UNITS)}")
         if self.setup is not None and not hasattr(self.setup, "describe"):
             raise ConfigError(f"{where}: setup must be a planner.run_setup.RunSetup")
         if self.profile is not None and not isinstance(self.profile, DeviceProfile):
@@ -180,6 +188,8 @@ class Accelerator:
         del out["setup"]  # the run's, not the device's
         if not self.citations:
             del out["citations"]
+        if self.fp32_gemm == "matrix":  # the default: files written before it read the same
+            del out["fp32_gemm"]
         if not self.measured:
             del out["measured"]
         if self.profile is None or "derived_from" in self.profile.provenance:

@@ -315,7 +315,7 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
     compute_label = f"compute at {acc.efficiency:.0%} of peak ({eff_label})"
     if acc.profile is not None:
         compute_label = ("compute by operator class from the measured profile (" + "; ".join(
-            f"{k}: {v}" for k, v in term_sources(acc).items()) + ")")
+            f"{k}: {v}" for k, v in term_sources(acc, training.precision).items()) + ")")
     estimated = [
         f"step_s, mfu, images_per_s, days, gpu_hours: {compute_label} plus {comm_label(acc)} "
         "with DeepSpeed's overlap per collective",
