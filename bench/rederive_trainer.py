@@ -11,6 +11,11 @@ its configuration is priced; its own step time is not used).
 
     python bench/rederive_trainer.py --out DIR P1.yaml [P2.yaml ...]
     PYTHONPATH=WORKTREE python WORKTREE/bench/rederive_trainer.py ...   # the older model's
+    python bench/rederive_trainer.py --launch first --out DIR P1.yaml ...  # one launch's
+
+``--launch first`` keeps only each rank count's first probe launch (the probe launched once per
+rank count until 2026-12-08; since then three times, ``launches[N]["each"]``, and keeps the
+median): the single-launch reading, from the same profile.
 
 Writes DIR/<name of each profile> with the re-derived values and a provenance note, and prints
 old and new values per rank count.
@@ -40,7 +45,7 @@ def probe_run(out: Path, ranks: int) -> Path:
     return run
 
 
-def rederive(path: Path, out: Path) -> Path:
+def rederive(path: Path, out: Path, which: str = "median") -> Path:
     data = load_yaml_file(path)
     prof = data["profile"]
     launches = prof["provenance"]["trainer_probe"]["launches"]
@@ -49,6 +54,8 @@ def rederive(path: Path, out: Path) -> Path:
                                                                trainer_s_per_kernel={}))
     new, records = {}, {}
     for ranks, rec in sorted(launches.items(), key=lambda kv: int(kv[0])):
+        if which == "first" and rec.get("each"):
+            rec = {k: v for k, v in rec["each"][0].items()}
         predicted = residual(probe_run(out, int(ranks)), acc)["predicted_s"]
         kernels = float(rec["kernels"])
         new[int(ranks)] = max(0.0, float(rec["measured_s"]) - predicted) / kernels
@@ -59,8 +66,8 @@ def rederive(path: Path, out: Path) -> Path:
               f"{rec['predicted_s'] * 1e3:.1f} -> {predicted * 1e3:.1f} ms)")
     provenance = dict(prof["provenance"], trainer_probe=dict(
         prof["provenance"]["trainer_probe"], launches=records,
-        rederived=f"bench/rederive_trainer.py from {path}, by the step-time model at "
-                  f"{ROOT}"))
+        rederived=f"bench/rederive_trainer.py --launch {which} from {path}, by the step-time "
+                  f"model at {ROOT}"))
     prof = dict(prof, trainer_s_per_kernel=new, provenance=provenance)
     target = out / path.name
     atomic_write_text(target, dump_yaml(dict(data, profile=prof)))
@@ -70,11 +77,13 @@ def rederive(path: Path, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="folder for the re-derived copies")
+    ap.add_argument("--launch", choices=("median", "first"), default="median",
+                    help="each rank count's median probe launch (as recorded) or its first only")
     ap.add_argument("profiles", nargs="+", type=Path)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for p in args.profiles:
-        rederive(p, args.out)
+        rederive(p, args.out, args.launch)
 
 
 if __name__ == "__main__":

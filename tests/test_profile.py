@@ -411,6 +411,42 @@ def test_a_failed_trainer_probe_loses_only_its_own_term(monkeypatch):
             acc, profile=_profile(trainer_s_per_kernel=TRAINER)))
 
 
+def test_the_trainer_probe_keeps_the_median_of_interleaved_launches(monkeypatch):
+    import dataclasses
+
+    from ecdit_scale.evaluation import trainer_probe
+
+    order = []
+    measured = iter([0.030, 0.050, 0.024, 0.070, 0.027, 0.040])  # 1, 2, 1, 2, 1, 2 ranks
+
+    def launch(ranks, out, device):
+        order.append(ranks)
+        return out
+
+    def residual(run, acc):
+        m = next(measured)
+        return {"measured_s": m, "predicted_s": 0.021, "kernels": 600.0,
+                "s_per_kernel": max(0.0, m - 0.021) / 600}
+
+    monkeypatch.setattr(trainer_probe, "launch", launch)
+    monkeypatch.setattr(trainer_probe, "residual", residual)
+    acc = dataclasses.replace(get_accelerator("h100-sxm"), profile=_profile())
+    values, record = trainer_probe.measure_trainer(2, acc)
+    assert order == [1, 2, 1, 2, 1, 2]  # interleaved, so both rank counts span the same minute
+    assert values[1] == pytest.approx((0.027 - 0.021) / 600)  # the median of 30, 24, 27 ms
+    assert values[2] == pytest.approx((0.050 - 0.021) / 600)  # of 50, 70, 40 ms
+    launches = record["trainer_probe"]["launches"]
+    assert record["trainer_probe"]["repeats"] == 3
+    # the record reads as one launch's (bench/rederive_trainer.py), each launch kept in order
+    assert launches["2"]["measured_s"] == 0.050 and launches["2"]["kernels"] == 600.0
+    assert [x["measured_s"] for x in launches["1"]["each"]] == [0.030, 0.024, 0.027]
+    # the first launch of each rank count is the one launch the probe made before
+    first = {r: launches[r]["each"][0]["s_per_kernel"] for r in launches}
+    assert first["1"] == pytest.approx((0.030 - 0.021) / 600)
+    even = trainer_probe.median_record(launches["1"]["each"][:2])
+    assert even["measured_s"] == pytest.approx(0.027)
+
+
 def test_host_probe_subtracts_what_is_priced_apart():
     from ecdit_scale.evaluation.host_probe import host_seconds_per_kernel
 

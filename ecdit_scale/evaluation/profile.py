@@ -25,8 +25,8 @@ Measured (each timed after a warm-up, the median of repeated batches):
   torch, per parameter tensor and per parameter, by ZeRO stage and engine setting (a dense or
   an MoE model, one rank's or data-parallel ranks' ZeRO settings);
 - the trainer itself (full profile only, ``trainer_probe``): ``ecdit-scale launch`` at the
-  host probe's size on one rank and on ``nproc``, each launch's step less what everything
-  above prices for it, per counted kernel;
+  host probe's size on one rank and on ``nproc``, three times each, interleaved, the median
+  launch's step less what everything above prices for it, per counted kernel;
 - with ``nproc > 1``: all-reduce, all-to-all and all-gather over message sizes between
   ``nproc`` local processes (gloo on CPU, nccl on CUDA), fitted to latency + bytes / bandwidth.
 torch is imported here (and in the probes) only; progress goes to an optional

@@ -26,11 +26,20 @@ far (``validate``'s own ``predict.profile_prediction``), and keeps
 
     max(0, measured median step - predicted step) / kernels the step-time model counts
 
-per rank count: ``DeviceProfile.trainer_s_per_kernel``, which the step-time model charges on
-every counted kernel of a layout at that many ranks (``step_time._profiled_compute``). It is a
-cost per kernel measured at one size and on one model, charged at every size and model: what
-the launches' misses do not scale with the kernels (a cost per step, per byte) is not in it.
+per rank count, launched ``PROBE_REPEATS`` times, interleaved (1, N, 1, N, ... ranks), keeping
+each rank count's median: ``DeviceProfile.trainer_s_per_kernel``, which the step-time model
+charges on every counted kernel of a layout at that many ranks (``step_time._profiled_compute``).
+It is a cost per kernel measured at one size and on one model, charged at every size and model:
+what the launches' misses do not scale with the kernels (a cost per step, per byte) is not in it.
 Each launch's measurement, prediction and kernels stay in the profile's provenance.
+
+Why three launches: one launch times ~40 steps, under a second of stepping, and this VM's speed
+drifts within minutes. In matrix 34 the one reading of the one-rank cost ranged 6.1-16.0 us per
+kernel across the three passes' profiles (4.5-33.7 in matrix 33's hour), the passes'
+predictions of one run spread by up to 1.4x, and the sign of the matrix's error followed the
+reading. The median of three launches ~20 s apart samples about a minute of the VM; the first
+launch of each rank count is the single launch the probe made before (same arguments, same
+place in the profile), so both readings come from one profile (``launches[N]["each"]``).
 
     python -m ecdit_scale.evaluation.trainer_probe --device cpu --nproc 2 --profile P.yaml
 """
@@ -53,6 +62,7 @@ from ..errors import ConfigError
 from .host_probe import PROBE_CARDS, PROBE_SIZE
 
 PROBE_STEPS = 40  # the median step is taken after the first two (``rows.row_from_run``)
+PROBE_REPEATS = 3  # launches per rank count, interleaved; their median residual is kept
 PROBE_MICRO_BATCH = 1
 PROBE_ZERO = 1
 PROBE_CARD = PROBE_CARDS[FFNKind.EXPERT_CHOICE]  # the host probe's expert-choice card
@@ -115,24 +125,48 @@ def rank_counts(nproc: int) -> list[int]:
     return sorted({1, nproc})
 
 
+def launch_order(nproc: int, repeats: int = PROBE_REPEATS) -> list[tuple[int, int]]:
+    """(ranks, repeat) in launch order: each round launches every rank count once."""
+    return [(ranks, i) for i in range(repeats) for ranks in rank_counts(nproc)]
+
+
+def median_record(launches: list[dict[str, float]]) -> dict[str, Any]:
+    """One rank count's launches as one record: the median measured step and residual (the
+    prediction and kernels are the same for every launch of one profile), each launch kept."""
+    measured = sorted(x["measured_s"] for x in launches)
+    per_kernel = sorted(x["s_per_kernel"] for x in launches)
+    mid = len(launches) // 2
+    if len(launches) % 2:
+        med_measured, med_per_kernel = measured[mid], per_kernel[mid]
+    else:
+        med_measured = (measured[mid - 1] + measured[mid]) / 2
+        med_per_kernel = (per_kernel[mid - 1] + per_kernel[mid]) / 2
+    return {"measured_s": med_measured, "predicted_s": launches[0]["predicted_s"],
+            "kernels": launches[0]["kernels"], "s_per_kernel": med_per_kernel,
+            "each": [dict(x) for x in launches]}
+
+
 def measure_trainer(nproc: int, acc: Any, report: Any = lambda _: None,
-                    device: str = "cpu") -> tuple[dict[int, float], dict[str, Any]]:
+                    device: str = "cpu",
+                    repeats: int = PROBE_REPEATS) -> tuple[dict[int, float], dict[str, Any]]:
     """({ranks: host seconds per counted kernel}, {ranks: each launch's record}) on
     ``device`` for the profile in ``acc`` (its ``trainer_s_per_kernel`` must be empty: the
-    launches are priced without it)."""
+    launches are priced without it): the median of ``repeats`` launches per rank count."""
     if acc.profile is None or acc.profile.trainer_s_per_kernel:
         raise ValueError("the trainer probe prices its launches by a profile without its term")
-    out: dict[int, float] = {}
-    record: dict[str, Any] = {}
+    got: dict[int, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ecdit-trainer-probe-") as tmp:
-        for ranks in rank_counts(nproc):
-            report(f"the trainer's own step at the probe's size on {ranks} rank(s)")
-            got = residual(launch(ranks, Path(tmp) / f"ranks{ranks}", device), acc)
-            out[ranks] = got["s_per_kernel"]
-            record[str(ranks)] = got
+        for ranks, i in launch_order(nproc, repeats):
+            report(f"the trainer's own step at the probe's size on {ranks} rank(s), launch "
+                   f"{i + 1} of {repeats}")
+            run = launch(ranks, Path(tmp) / f"ranks{ranks}-{i + 1}", device)
+            got.setdefault(ranks, []).append(residual(run, acc))
+    record = {str(ranks): median_record(launches) for ranks, launches in got.items()}
+    out = {ranks: record[str(ranks)]["s_per_kernel"] for ranks in got}
     return out, {"trainer_probe": {"card": PROBE_CARD, "size": dict(PROBE_SIZE),
                                    "steps": PROBE_STEPS, "micro_batch": PROBE_MICRO_BATCH,
-                                   "zero": PROBE_ZERO, "launches": record}}
+                                   "zero": PROBE_ZERO, "repeats": repeats,
+                                   "launches": record}}
 
 
 def trainer_term(nproc: int, acc: Any, report: Any = lambda _: None,
