@@ -11,9 +11,10 @@ after the one-arena change) can say: how often 13 runs drawn from matrices 21-25
 the spread and bias of matrices 26-29 (the one-arena model; 28-29 measured in three passes)
 beside theirs, and how often 13 runs resampled from those matrices' own errors meet both bars;
 and the same for matrices 30-31 (the trainer probe's model) with and without the probe, and
-for matrices 32 (the all-to-alls priced by their own fit) and 33 (each collective call priced
-at the calls the profile timed) with and without their change, and matrix 34 (a replication
-of the model as shipped), pooled with 30-31 as each was scored.
+for matrices 32 (the all-to-alls priced by their own fit), 33 (each collective call priced
+at the calls the profile timed) and 35 (the trainer probe's median of three launches) with and
+without their change, and matrix 34 (a replication of the model as shipped), pooled with 30-31
+as each was scored.
 
     python bench/matrix_power.py
 """
@@ -35,14 +36,18 @@ ONE_ARENA = (26, 27, 28, 29)
 # also priced without it on the same launches and profiles
 TRAINER_PROBE = (30, 31)
 WITHOUT_PROBE = "result-passes-without-trainer.txt"
-# the matrices chosen before a change to how the collectives are priced, each also priced by
-# the model before it (trainer term re-derived: bench/rederive_trainer.py): (matrix, the
-# change, the model before it, the file of the same launches scored by the model before)
-COLLECTIVE_CHANGES = (
+# the matrices chosen before a change to the model (how the collectives are priced, 32-33; how
+# the trainer probe reads its launches, 35), each also priced by the model before it (trainer
+# term re-derived: bench/rederive_trainer.py): (matrix, the change, the model before it, the
+# file of the same launches scored by the model before)
+MODEL_CHANGES = (
     (32, "with the all-to-all's own fit", "the same launches by the all-reduce's fit",
      "result-passes-without-a2a-fit.txt"),
     (33, "with each call priced at the calls timed", "the same launches by the two-point fits",
      "result-passes-without-timed-calls.txt"),
+    (35, "with the median of three probe launches",
+     "the same launches by each rank count's first probe launch",
+     "result-passes-first-probe-launch.txt"),
 )
 # matrices chosen to replicate the model as shipped, nothing changed (profiles made by it)
 REPLICATIONS = (34,)
@@ -126,9 +131,9 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
               f"worse than their worst), 13 from a normal law of that median and sd "
               f"{rate(rng.normal(np.median(got), got.std(ddof=1), (DRAWS, 13))):.2f}")
     scored = list(TRAINER_PROBE)
-    for matrix, change, before, before_file in COLLECTIVE_CHANGES:
+    for matrix, change, before, before_file in MODEL_CHANGES:
         if result_file(matrix) is None:
-            break
+            continue
         scored.append(matrix)
         for label, name in ((change, ""), (before, before_file)):
             got = np.array([x for _, x in errors(matrix, name)])
@@ -137,14 +142,14 @@ def both_bars(rng: np.random.Generator, pooled: np.ndarray, bias: float, sd: flo
                   f"{np.abs(got).max():.1f}%")
     for matrix in REPLICATIONS:
         if result_file(matrix) is None:
-            break
+            continue
         scored.append(matrix)
         got = np.array([x for _, x in errors(matrix)])
         print(f"matrix {matrix} (a replication, nothing changed): {len(got)} runs, median "
               f"{np.median(got):+.1f}%, sd {got.std(ddof=1):.1f}, mean |error| "
               f"{np.abs(got).mean():.1f}%, worst {np.abs(got).max():.1f}%")
     now = np.array([x for m in scored for _, x in errors(m)])
-    print(f"matrices {scored[0]}-{scored[-1]} as each was scored: {len(now)} runs, median "
+    print(f"matrices {min(scored)}-{max(scored)} as each was scored: {len(now)} runs, median "
           f"{np.median(now):+.1f}%, sd {now.std(ddof=1):.1f}; 13 from a normal law of that "
           f"median and sd meet both bars "
           f"{rate(rng.normal(np.median(now), now.std(ddof=1), (DRAWS, 13))):.2f} of the time")
