@@ -10,7 +10,7 @@ EC-DiT-M's (micro-batch 8: 2,048 rows of d = 3,072) in bf16, fp16, TF32 (fp32 te
 ``torch.backends.cuda.matmul.allow_tf32``) and fp32 (without it: the CUDA cores), and prints
 each one's TFLOP/s, its rate over bf16's at the same shape, and the plan's ratio for the
 device's catalog entry (``--gpu``; default: read off the CUDA device's name). The public rows
-this tests: DiT#22's fp32 run (priced 1.18x fast since the SGEMM curve; 1.7x slow before) and
+this tests: DiT#22's fp32 run (priced 1.16x fast since the SGEMM curve; 1.7x slow before) and
 TF32 run (1.6x fast), on A100s (bench/results/public-throughput); on Hopper, whether the A100's
 SGEMM fraction of peak holds there. On a CPU only bf16 and fp32 are timed and the catalog has no
 entry to compare with. A measurement, printed; not a test.

@@ -72,6 +72,11 @@ def test_an_fp32_gemm_on_cuda_cores_runs_at_the_published_sgemm_curve():
     rate = gemm_flops_per_s(a100, 8192, 4608, 1152, "fp32")
     assert rate == pytest.approx(19.5e12 * float(vector_fraction(8192, 4608, 1152)))
     assert 0.85 < rate / 19.5e12 < 0.97  # what cuBLAS reaches at 2,000-3,000 square
+    # a GEMM of a few hundred rows is no faster in fp32 than in bf16 (both launch-bound)
+    assert gemm_flops_per_s(a100, 256, 256, 256, "fp32") == pytest.approx(
+        gemm_flops_per_s(a100, 256, 256, 256, "bf16"))
+    assert gemm_flops_per_s(a100, 256, 256, 256, "fp32") < 19.5e12 * float(
+        vector_fraction(256, 256, 256))
     # bf16 and TF32 stay the profile's tensor-core rates x the datasheet ratio
     assert gemm_flops_per_s(a100, 8192, 4608, 1152, "tf32") == pytest.approx(
         gemm_flops_per_s(a100, 8192, 4608, 1152, "bf16") / 2)

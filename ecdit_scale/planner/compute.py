@@ -157,9 +157,11 @@ def _gemm_rates(acc: Any, m: Any, n: Any, k: Any, precision: Any,
     maths, but an fp32 run on a GPU whose fp32 is vector math (``Accelerator.fp32_gemm``) and
     whose profile measured a tensor-core math, at the published SGEMM curve (``vector_gemm``)."""
     prof = acc.profile
-    if _vector_fp32(acc, precision):
-        return acc.peak_flops_for("fp32") * vector_fraction(m, n, k)
     rate = prof.gemm_rate_memo(m, n, k)
+    if _vector_fp32(acc, precision):  # never faster than the same GEMM in bf16: at a few
+        # hundred rows both are launch-bound, and the curve was timed without the launch
+        return np.minimum(acc.peak_flops_for("fp32") * vector_fraction(m, n, k),
+                          rate * _scale(acc, Precision.BF16))
     if batched is not None and batched.size:
         rate[batched] = prof.gemm_rate_memo(m[batched], n[batched], k[batched], batched=True)
     return rate * _scale(acc, precision)

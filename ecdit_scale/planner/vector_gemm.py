@@ -13,8 +13,10 @@ the A100 as measured, the Hopper and Blackwell parts by the same fraction of the
 peak (not measured on them: ``bench/gemm_precisions.py`` times it when a GPU is lent).
 
 A problem of shape (M, N, K) is read off the square curve at the cube root of M x N x K (the
-square of the same FLOPs); between published sizes the fraction is interpolated linearly in
-log size, below the smallest and above the largest it is held at the end point. The published
+square of the same FLOPs; ``compute._gemm_rates`` never prices it above the same GEMM's bf16
+rate, which binds at a few hundred rows, where both are launch-bound); between published sizes
+the fraction is interpolated linearly in log size, below the smallest and above the largest it
+is held at the end point. The published
 points scatter (2,304: 97.5%, 2,688: 85.5%), so each is replaced by the median of it and its
 two neighbours before interpolating.
 """
