@@ -34,7 +34,10 @@ else
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:$ROOT"
   TT_ARGS=(--budget-s 180)  # 60 s of it went to the profile's engine settings (2026-12-06)
-  PLAN_MODEL=(--override depth=8); MB=32; STEPS=20; PLAN_TIMEOUT=80; PROFILE_ARGS=()
+  # one trainer-probe launch: a GPU launch costs ~20-30 s of the lease and the card's speed does
+  # not drift as this 2-core VM's does (the three launches a CPU profile makes since 2026-12-08)
+  PLAN_MODEL=(--override depth=8); MB=32; STEPS=20; PLAN_TIMEOUT=80
+  PROFILE_ARGS=(--trainer-launches 1)
 fi
 export PYTHON="$PY"  # launch.sh runs this Python
 
@@ -45,7 +48,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 stage "profile"
 # its DeepSpeed engine probe times four engine settings per ZeRO stage since 2026-12-06 (about
 # 2.5x its earlier time on a 2-core CPU; not yet timed on a GPU), and since 2026-12-07 it
-# launches the trainer once per rank count at a tiny size (~16 s for two on a 2-core CPU)
+# launches the trainer at a tiny size (here once per rank count: PROFILE_ARGS)
 timeout 300 "$PY" -m ecdit_scale profile --device "$DEVICE" "${PROFILE_ARGS[@]}" \
   --out "$OUT/profile.yaml" || echo "profile failed: $?"
 

@@ -445,6 +445,11 @@ def test_the_trainer_probe_keeps_the_median_of_interleaved_launches(monkeypatch)
     assert first["1"] == pytest.approx((0.030 - 0.021) / 600)
     even = trainer_probe.median_record(launches["1"]["each"][:2])
     assert even["measured_s"] == pytest.approx(0.027)
+    order.clear()  # profile --trainer-launches 1 (the GPU session's): one of each, as before
+    measured = iter([0.030, 0.050])
+    values, record = trainer_probe.trainer_term(2, acc, device="cpu", repeats=1)
+    assert order == [1, 2] and record["trainer_probe"]["repeats"] == 1
+    assert values[2] == pytest.approx((0.050 - 0.021) / 600)
 
 
 def test_host_probe_subtracts_what_is_priced_apart():
@@ -930,6 +935,7 @@ def test_profile_command_writes_a_profile_plan_reads(measured_profile, tmp_path)
     (("--threads", "0"), "--threads 0"),
     (("--nproc", "0"), "--nproc 0"),
     (("--dtype", "int8"), "--dtype 'int8'"),
+    (("--trainer-launches", "0"), "--trainer-launches 0: must be in 1..9"),
     (("--out", "/nonexistent/dir/p.yaml"), "--out"),
 ])
 def test_profile_bad_input_is_one_line(args, match, tmp_path):

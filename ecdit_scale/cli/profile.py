@@ -42,6 +42,9 @@ def profile_cmd(
                                      "(a CPU rank of `launch` runs one)."),
     dtype: str = typer.Option("", "--dtype", metavar="<fp32|bf16|fp16>",
                               help="Default: fp32 on CPU, bf16 on CUDA."),
+    trainer_launches: int = typer.Option(
+        3, "--trainer-launches", help="Launches of the trainer probe per rank count (their "
+        "median is kept; a full profile only)."),
     json_out: bool = typer.Option(False, "--json", help="Print the profile as JSON."),
 ) -> None:
     """Measure GEMMs, SDPA, bandwidth, launch overhead, the optimizer step and collectives."""
@@ -61,7 +64,8 @@ def profile_cmd(
     path = Path(out or f"profile-{device}.yaml")
     if path.is_dir() or not path.parent.is_dir():
         raise ConfigError(f"--out {path}: must be a file in an existing folder")
-    s = Settings(device=device, quick=quick, threads=threads, nproc=nproc, dtype=dtype)
+    s = Settings(device=device, quick=quick, threads=threads, nproc=nproc, dtype=dtype,
+                 trainer_launches=trainer_launches)
     check_settings(s)  # before the spinner: a refusal is its one line, no blank line above it
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=json_out) as bar:

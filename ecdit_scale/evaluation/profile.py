@@ -69,6 +69,7 @@ class Settings:
     nproc: int = 1
     dtype: str = ""  # "" = fp32 on CPU, bf16 on CUDA
     head_dim: int = 64
+    trainer_launches: int = 3  # the trainer probe's launches per rank count (their median)
 
     @property
     def torch_dtype_name(self) -> str:
@@ -310,9 +311,13 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"--nproc {s.nproc}: must be in 1..{limit} on this {s.device}")
     if s.torch_dtype_name not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"--dtype {s.dtype!r}: choose fp32, bf16 or fp16")
+    if not 1 <= s.trainer_launches <= MAX_TRAINER_LAUNCHES:
+        raise ConfigError(f"--trainer-launches {s.trainer_launches}: must be in "
+                          f"1..{MAX_TRAINER_LAUNCHES}")
 
 
 ENGINE_STEP = "DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2"
+MAX_TRAINER_LAUNCHES = 9
 
 
 def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None) -> DeviceProfile:
@@ -362,11 +367,12 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
             s, timer, profile_accelerator(s, prof)))
         trainer, trainer_record = {}, {}
         if not s.quick:  # the trainer itself on 1 and nproc ranks, priced by all of the above:
-            # two launches, ~16 s on a 2-core CPU; a failed launch loses only this term
+            # trainer_launches of each, ~8 s a launch on a 2-core CPU; a failed launch loses
+            # only this term
             from .trainer_probe import trainer_term
 
             trainer, trainer_record = trainer_term(s.nproc, profile_accelerator(s, prof),
-                                                   report, s.device)
+                                                   report, s.device, s.trainer_launches)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)

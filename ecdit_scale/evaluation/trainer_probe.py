@@ -40,6 +40,10 @@ predictions of one run spread by up to 1.4x, and the sign of the matrix's error 
 reading. The median of three launches ~20 s apart samples about a minute of the VM; the first
 launch of each rank count is the single launch the probe made before (same arguments, same
 place in the profile), so both readings come from one profile (``launches[N]["each"]``).
+Matrix 35 (chosen before this was built): the passes' spread narrowed, 1.135x against 1.174x by
+the first launch alone; the error did not (17.6% / 33.0% against 18.3% / 35.4%). ``profile
+--trainer-launches N`` sets the count (the GPU session's script makes one: a GPU launch costs
+~20-30 s of a 600 s lease).
 
     python -m ecdit_scale.evaluation.trainer_probe --device cpu --nproc 2 --profile P.yaml
 """
@@ -169,12 +173,12 @@ def measure_trainer(nproc: int, acc: Any, report: Any = lambda _: None,
                                    "launches": record}}
 
 
-def trainer_term(nproc: int, acc: Any, report: Any = lambda _: None,
-                 device: str = "cpu") -> tuple[dict[int, float], dict[str, Any]]:
+def trainer_term(nproc: int, acc: Any, report: Any = lambda _: None, device: str = "cpu",
+                 repeats: int = PROBE_REPEATS) -> tuple[dict[int, float], dict[str, Any]]:
     """``measure_trainer``, where a failed launch loses only this term: the profile is kept
     without it (nothing charged) and its provenance says why."""
     try:
-        return measure_trainer(nproc, acc, report, device)
+        return measure_trainer(nproc, acc, report, device, repeats)
     except ConfigError as exc:
         report(f"the trainer probe failed, its term is not charged: {exc}")
         return {}, {"trainer_probe": {"failed": str(exc)}}
