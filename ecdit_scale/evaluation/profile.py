@@ -59,6 +59,7 @@ from ..planner.hardware import Accelerator, save_accelerator
 from ..train.cpu_allocator import keep_large_allocations
 from .engine_record import engine_dp_world1, engine_toy
 from .gemm_grid import gemm_working_set_bytes, measure_bmm, measure_gemm, torch_dtype
+from .trainer_probe import check_launches
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -311,13 +312,10 @@ def check_settings(s: Settings) -> None:
         raise ConfigError(f"--nproc {s.nproc}: must be in 1..{limit} on this {s.device}")
     if s.torch_dtype_name not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"--dtype {s.dtype!r}: choose fp32, bf16 or fp16")
-    if not 1 <= s.trainer_launches <= MAX_TRAINER_LAUNCHES:
-        raise ConfigError(f"--trainer-launches {s.trainer_launches}: must be in "
-                          f"1..{MAX_TRAINER_LAUNCHES}")
+    check_launches(s.trainer_launches)
 
 
 ENGINE_STEP = "DeepSpeed engine per parameter tensor and parameter, ZeRO 0-2"
-MAX_TRAINER_LAUNCHES = 9
 
 
 def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None) -> DeviceProfile:
@@ -366,9 +364,8 @@ def measure_profile(s: Settings, report: Callable[[str], None] = lambda _: None)
         prof = dataclasses.replace(prof, host_s_per_kernel=measure_host(
             s, timer, profile_accelerator(s, prof)))
         trainer, trainer_record = {}, {}
-        if not s.quick:  # the trainer itself on 1 and nproc ranks, priced by all of the above:
-            # trainer_launches of each, ~8 s a launch on a 2-core CPU; a failed launch loses
-            # only this term
+        if not s.quick:  # the trainer on 1 and nproc ranks, trainer_launches of each, priced by
+            # all of the above (~8 s a launch on a 2-core CPU; a failure loses only this term)
             from .trainer_probe import trainer_term
 
             trainer, trainer_record = trainer_term(s.nproc, profile_accelerator(s, prof),

@@ -67,6 +67,7 @@ from .host_probe import PROBE_CARDS, PROBE_SIZE
 
 PROBE_STEPS = 40  # the median step is taken after the first two (``rows.row_from_run``)
 PROBE_REPEATS = 3  # launches per rank count, interleaved; their median residual is kept
+MAX_LAUNCHES = 9  # profile --trainer-launches
 PROBE_MICRO_BATCH = 1
 PROBE_ZERO = 1
 PROBE_CARD = PROBE_CARDS[FFNKind.EXPERT_CHOICE]  # the host probe's expert-choice card
@@ -86,6 +87,12 @@ def launch_args(ranks: int, out: Path, device: str = "cpu") -> list[str]:
             "--ep", str(ep), "--zero", str(PROBE_ZERO), "--micro-batch",
             str(PROBE_MICRO_BATCH), "--steps", str(PROBE_STEPS), "--limit", "512",
             "--no-checkpoints", "--no-track-memory", "--seed", "0", "--out", str(out), "--json"]
+
+
+def check_launches(n: int) -> None:
+    """``profile --trainer-launches``: one line where it is no count in 1..MAX_LAUNCHES."""
+    if not 1 <= n <= MAX_LAUNCHES:
+        raise ConfigError(f"--trainer-launches {n}: must be in 1..{MAX_LAUNCHES}")
 
 
 def launch(ranks: int, out: Path, device: str = "cpu") -> Path:
