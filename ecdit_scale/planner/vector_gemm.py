@@ -19,6 +19,11 @@ the fraction is interpolated linearly in log size, below the smallest and above 
 is held at the end point. The published
 points scatter (2,304: 97.5%, 2,688: 85.5%), so each is replaced by the median of it and its
 two neighbours before interpolating.
+
+Checked against two timings the curve does not use, a 10240-cube fp32 matmul on an A100 with
+TF32 off: 0.11 s (pytorch/pytorch#40800, the TF32 note of torch's CUDA docs, "on GA100") and
+0.113 s (PaddlePaddle/Paddle#30612): 19.5 and 19.0 TFLOP/s. The curve, held at 94.7% past 3200,
+prices it at 0.116 s: 6% and 3% slow.
 """
 
 from __future__ import annotations
