@@ -55,7 +55,7 @@ def rederive(path: Path, out: Path, which: str = "median") -> Path:
     new, records = {}, {}
     for ranks, rec in sorted(launches.items(), key=lambda kv: int(kv[0])):
         if which == "first" and rec.get("each"):
-            rec = {k: v for k, v in rec["each"][0].items()}
+            rec = dict(rec["each"][0])
         predicted = residual(probe_run(out, int(ranks)), acc)["predicted_s"]
         kernels = float(rec["kernels"])
         new[int(ranks)] = max(0.0, float(rec["measured_s"]) - predicted) / kernels

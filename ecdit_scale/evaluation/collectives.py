@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..planner.link_fit import COLLECTIVE_VOLUME, LinkFit
+from ..planner.link_fit import COLLECTIVES, LinkFit, link_factor
 from ..planner.rank_sync import SyncFit
 from ..train.cpu_allocator import keep_large_allocations
 
@@ -77,7 +77,7 @@ def _collective_worker(rank: int, nproc: int, port: int, device: str, sizes: lis
             out.append((time.perf_counter() - t0) / reps)
         return statistics.median(out)
 
-    res: dict[str, list[float]] = {name: [] for name in COLLECTIVE_VOLUME}
+    res: dict[str, list[float]] = {name: [] for name in COLLECTIVES}
     try:
         for b in sizes:
             n = max(nproc, b // 4 // nproc * nproc)
@@ -204,8 +204,8 @@ def measure_collectives(s: Any) -> dict[str, Any]:
             raise ConfigError(f"--nproc {s.nproc}: the collective benchmark failed ({tail})")
         raw = json.loads(Path(out).read_text())
     n = s.nproc
-    links = {name: fit_link(sizes, raw[name], factor=per_byte * (n - 1) / n)
-             for name, per_byte in COLLECTIVE_VOLUME.items()}
+    links = {name: fit_link(sizes, raw[name], factor=link_factor(name, n))
+             for name in COLLECTIVES}
     sync = raw.get("sync")
     return {"links": links, "sizes": sizes, "times": raw,
             "sync": SyncFit(segment_s=tuple(r[0] for r in sync),

@@ -55,6 +55,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,16 +145,9 @@ def launch_order(nproc: int, repeats: int = PROBE_REPEATS) -> list[tuple[int, in
 def median_record(launches: list[dict[str, float]]) -> dict[str, Any]:
     """One rank count's launches as one record: the median measured step and residual (the
     prediction and kernels are the same for every launch of one profile), each launch kept."""
-    measured = sorted(x["measured_s"] for x in launches)
-    per_kernel = sorted(x["s_per_kernel"] for x in launches)
-    mid = len(launches) // 2
-    if len(launches) % 2:
-        med_measured, med_per_kernel = measured[mid], per_kernel[mid]
-    else:
-        med_measured = (measured[mid - 1] + measured[mid]) / 2
-        med_per_kernel = (per_kernel[mid - 1] + per_kernel[mid]) / 2
-    return {"measured_s": med_measured, "predicted_s": launches[0]["predicted_s"],
-            "kernels": launches[0]["kernels"], "s_per_kernel": med_per_kernel,
+    return {"measured_s": statistics.median(x["measured_s"] for x in launches),
+            "predicted_s": launches[0]["predicted_s"], "kernels": launches[0]["kernels"],
+            "s_per_kernel": statistics.median(x["s_per_kernel"] for x in launches),
             "each": [dict(x) for x in launches]}
 
 

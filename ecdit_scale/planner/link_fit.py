@@ -15,6 +15,12 @@ COLLECTIVE_VOLUME = {"all_reduce": 2.0, "all_to_all": 1.0, "all_gather": 1.0}
 COLLECTIVES = tuple(COLLECTIVE_VOLUME)
 
 
+def link_factor(name: str, nproc: int) -> float:
+    """The bytes one rank's link carries per message byte of collective ``name`` on ``nproc``
+    ranks: ``COLLECTIVE_VOLUME`` x (n - 1) / n."""
+    return COLLECTIVE_VOLUME[name] * (nproc - 1) / nproc
+
+
 @dataclass(frozen=True, kw_only=True)
 class LinkFit:
     """One collective: time(bytes) = latency + bytes / (bw x bytes / (bytes + half)); and,
@@ -51,7 +57,7 @@ def timed_links(links: dict[str, LinkFit], provenance: dict, nproc: int | None,
         return links
     out = dict(links)
     for name, seconds in zip(names, times, strict=True):
-        per_byte = COLLECTIVE_VOLUME[name] * (nproc - 1) / nproc
+        per_byte = link_factor(name, nproc)
         out[name] = dataclasses.replace(links[name], timed_s=seconds,
                                         timed_volume=tuple(b * per_byte for b in sizes))
     return out
