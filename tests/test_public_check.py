@@ -54,6 +54,13 @@ def test_the_note_gives_the_range_overall_and_on_the_plans_device_both_ways():
     assert "none was published on cpu-x" in clock_note("cpu-x", ROWS)
 
 
+def test_the_note_turns_the_devices_ratios_into_the_runs_length():
+    assert "were it as far off as they were, the run would take 5.0-15.0 days, not 10.0" in \
+        clock_note("gpu-a", ROWS, days=10.0)
+    assert "the run would take 20.0 days, not 10.0" in clock_note("gpu-b", ROWS, days=10.0)
+    assert "days" not in clock_note("cpu-x", ROWS, days=10.0)
+
+
 @pytest.mark.parametrize("data, needle", [
     ({}, "non-empty 'rows'"),
     ({"rows": [{"id": "a", "gpu": "g", "split": "used", "ratio": 0}]}, "row 0"),

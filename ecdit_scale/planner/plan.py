@@ -325,7 +325,7 @@ def make_plan(cfg: ModelConfig, training: TrainingConfig | None = None,
         "override it for your provider",
     ]
     if acc.profile is not None:  # priced by operator class, as the public rows were
-        estimated.append(clock_note(acc.name))
+        estimated.append(clock_note(acc.name, days=cost.days))
     if training.precision.value != "bf16":
         estimated.append(f"compute: {training.precision.value} math at its own datasheet peak, "
                          f"{acc.peak_flops_for(training.precision.value) / 1e12:g} TFLOP/s")

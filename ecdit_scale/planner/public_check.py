@@ -62,9 +62,11 @@ def _span(rows: list[PublicRow]) -> str:
     return f"{lo:.2f}-{hi:.2f}x" if len(rows) > 1 else f"{lo:.2f}x"
 
 
-def clock_note(gpu: str, rows: tuple[PublicRow, ...] | None = None) -> str:
+def clock_note(gpu: str, rows: tuple[PublicRow, ...] | None = None,
+               days: float | None = None) -> str:
     """One line for the plan's notes: predicted / published over every scored public run, and
-    over those on ``gpu`` (or that none was published on it)."""
+    over those on ``gpu`` (or that none was published on it); with the plan's ``days``, the
+    run's length at those runs' ratios (a ratio r means the run takes r x the plan's time)."""
     rows = public_rows() if rows is None else rows
     all_rows = list(rows)
     held = sum(r.split == "held_out" for r in all_rows)
@@ -78,5 +80,10 @@ def clock_note(gpu: str, rows: tuple[PublicRow, ...] | None = None) -> str:
     lo, hi = min(r.ratio for r in mine), max(r.ratio for r in mine)
     sides = ([f"{hi:.2f}x optimistic"] if hi > 1 else []) + \
         ([f"{1 / lo:.2f}x pessimistic"] if lo < 1 else [])
+    length = ""
+    if days is not None:
+        span = f"{days * lo:.1f}-{days * hi:.1f}" if len(mine) > 1 else f"{days * hi:.1f}"
+        length = (f"; were it as far off as they were, the run would take {span} days, not "
+                  f"{days:.1f} (GPU-hours and cost alike)")
     return (f"{line}; on {gpu}, {len(mine)} run{'s' if len(mine) > 1 else ''} at {_span(mine)}: "
-            f"its step time may be up to {' or '.join(sides)} ({ROWS_DOC})")
+            f"its step time may be up to {' or '.join(sides)}{length} ({ROWS_DOC})")
