@@ -48,7 +48,6 @@ from ecdit_scale.files import atomic_write_text  # noqa: E402
 # 2, timestep MLP 4, t_block 2, caption MLP 4, final layer 3)
 TENSORS = {"dit-xl-2": 291, "pixart-xl-2": 435}
 WIDTH = 32  # each Linear is WIDTH x WIDTH: the time is the host's, not the arithmetic's
-PORT = 29533
 
 
 def _import_colossalai(src: Path) -> type:
@@ -100,12 +99,12 @@ def _model(torch, tensors: int, device: str):
     return Stack().to(device)
 
 
-def _rank(rank: int, world: int, src: str, tensors: int, mode: str, steps: int, device: str,
-          out: str) -> None:
+def _rank(rank: int, world: int, port: int, src: str, tensors: int, mode: str, steps: int,
+          device: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(PORT))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo" if device == "cpu" else "nccl", rank=rank, world_size=world)
     if device == "cuda":
         torch.cuda.set_device(rank)
@@ -167,8 +166,11 @@ def launch(src: Path, tensors: int, mode: str, steps: int, nproc: int, device: s
            tmp: Path) -> dict:
     import torch.multiprocessing as mp
 
+    from ecdit_scale.train.process import free_port
+
     out = tmp / f"{mode}-{tensors}.json"
-    mp.spawn(_rank, args=(nproc, str(src), tensors, mode, steps, device, str(out)), nprocs=nproc)
+    mp.spawn(_rank, args=(nproc, free_port(), str(src), tensors, mode, steps, device, str(out)),
+             nprocs=nproc)
     return json.loads(out.read_text())
 
 

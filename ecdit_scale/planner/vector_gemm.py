@@ -16,9 +16,8 @@ A problem of shape (M, N, K) is read off the square curve at the cube root of M 
 square of the same FLOPs; ``compute._gemm_rates`` never prices it above the same GEMM's bf16
 rate, which binds at a few hundred rows, where both are launch-bound); between published sizes
 the fraction is interpolated linearly in log size, below the smallest and above the largest it
-is held at the end point. The published
-points scatter (2,304: 97.5%, 2,688: 85.5%), so each is replaced by the median of it and its
-two neighbours before interpolating.
+is held at the end point. The published points scatter (2,304: 97.5%, 2,688: 85.5%), so each
+is replaced by the median of it and its two neighbours before interpolating.
 
 Checked against two timings the curve does not use, a 10240-cube fp32 matmul on an A100 with
 TF32 off: 0.11 s (pytorch/pytorch#40800, the TF32 note of torch's CUDA docs, "on GA100") and
