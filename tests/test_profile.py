@@ -519,6 +519,41 @@ def test_the_experts_batched_matmuls_are_priced_at_one_experts_shape_where_bmm_w
     assert _expert_gemm_seconds(plain, 2) == pytest.approx(_expert_gemm_seconds(plain, 1))
 
 
+def test_an_fp32_expert_bmm_on_cuda_cores_is_no_faster_than_the_same_bmm_in_bf16():
+    """fp32 on a GPU's vector units reads the SGEMM curve at all of a batched GEMM's rows, but
+    is capped at what bf16 would take: the measured bmm rate at one problem's rows where the
+    profile has one (not the faster one-GEMM-of-all-rows rate)."""
+    import dataclasses
+
+    from ecdit_scale.planner.compute import price
+
+    rising = tuple(1e9 * 2 ** (i + j + k) for i in range(2) for j in range(2) for k in range(2))
+    axes = dict(bmm_m=(16.0, 256.0), bmm_n=(16.0, 256.0), bmm_k=(16.0, 256.0),
+                bmm_batch=(8.0, 8.0))
+    # a tensor-core (bf16) profile whose rates are far below any SGEMM rate, so the cap binds;
+    # bytes at a bandwidth that makes no roofline floor bind
+    fast = {"memory_bw_bytes_per_s": 1e14}
+    bmm = _profile(dtype="bf16", gemm_flops_per_s=rising, bmm_flops_per_s=rising, **axes, **fast)
+    plain = _profile(dtype="bf16", gemm_flops_per_s=rising, **fast)
+    cfg = sizes.get("micro-ec16")
+    inv = operator_inventory(cfg, images=2, dtype_bytes=2, ep=1)
+    experts = dataclasses.replace(inv, gemms=tuple(g for g in inv.gemms
+                                                   if g.name.startswith("expert_")),
+                                  attention=(), memory_ops=())
+    a100 = get_accelerator("a100-80gb")
+    assert a100.fp32_gemm == "vector"
+    for prof in (bmm, plain):
+        acc = dataclasses.replace(a100, profile=prof)
+        for backward in (False, True):
+            fp32 = price(experts, acc, backward=backward, precision="fp32").gemm_s
+            bf16 = price(experts, acc, backward=backward, precision="bf16").gemm_s
+            assert fp32 == pytest.approx(bf16)
+    # and the batched bf16 time is the slower one on this grid (one problem's rows)
+    acc_b, acc_p = (dataclasses.replace(a100, profile=p) for p in (bmm, plain))
+    assert (price(experts, acc_b, backward=False, precision="fp32").gemm_s
+            > price(experts, acc_p, backward=False, precision="fp32").gemm_s)
+
+
 def test_a_gemm_takes_no_less_than_its_bytes_at_the_copy_bandwidth():
     """Below the grid's smallest M the rate is clamped at that M's; a one-row GEMM (the adaLN
     modulation at micro-batch 1) streams its weights whatever its FLOPs: the roofline floor."""

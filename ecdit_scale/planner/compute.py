@@ -130,40 +130,46 @@ def _gemm_seconds(inv: OperatorInventory, acc: Any, *, backward: bool,
     if prof is None or not prof.has_gemm:
         flops = 2.0 * m * n * k * b * c * ((1.0 + dx) if backward else 1.0)
         return float(np.sum(flops)) / _fallback_flops(acc, precision)
-    # a batched SGEMM on the vector units is read off the curve at all its problems' rows
-    batched = np.flatnonzero((b > 1) & prof.has_bmm & (not _vector_fp32(acc, precision)))
-    rows = m * b  # one GEMM of all the problems' rows, but where bmm was measured
+    batched = np.flatnonzero((b > 1) & prof.has_bmm)
+    whole = m * b  # one GEMM of all the problems' rows, but where bmm was measured
+    rows = whole.copy()
     rows[batched] = m[batched]
+    # a batched SGEMM on the vector units is read off the curve at all its problems' rows
     if backward:  # dX = dY W^T (M, K, N) where needed, dW = X^T dY (K, N, M)
         shapes = [(rows, k, n, c * dx), (k, n, rows, c)]
+        curves = [(whole, k, n), (k, n, whole)]
     else:
         shapes = [(rows, n, k, c)]
+        curves = [(whole, n, k)]
     # each problem's own (M, N, K), for the bytes: the experts' weights are b matrices
     problems = [(m, k, n), (k, n, m)] if backward else [(m, n, k)]
     elem = dtype_bytes(precision if precision is not None else prof.dtype)
     bw = bandwidth(acc)
     total = 0.0
-    for (mm, nn, kk, cc), (pm, pn, pk) in zip(shapes, problems, strict=True):
-        rate = _gemm_rates(acc, mm, nn, kk, precision, batched)
+    for (mm, nn, kk, cc), curve, (pm, pn, pk) in zip(shapes, curves, problems, strict=True):
+        rate = _gemm_rates(acc, mm, nn, kk, precision, batched, curve)
         floor = b * (pm * pk + pk * pn + pm * pn) * elem / bw
         total += float(np.sum(cc * np.maximum(2.0 * m * n * k * b / rate, floor)))
     return total
 
 
 def _gemm_rates(acc: Any, m: Any, n: Any, k: Any, precision: Any,
-                batched: Any = None) -> Any:
+                batched: Any = None, curve: Any = None) -> Any:
     """FLOP/s of (M, N, K) GEMMs in ``precision``'s math (arrays; ``batched``: the indices
     timed as the profile's bmm): the profile's measured rate x the datasheet ratio of the
     maths, but an fp32 run on a GPU whose fp32 is vector math (``Accelerator.fp32_gemm``) and
-    whose profile measured a tensor-core math, at the published SGEMM curve (``vector_gemm``)."""
+    whose profile measured a tensor-core math, at the published SGEMM curve (``vector_gemm``)
+    read at ``curve``'s shapes (a batched problem's all rows; default the GEMMs' own)."""
     prof = acc.profile
     rate = prof.gemm_rate_memo(m, n, k)
-    if _vector_fp32(acc, precision):  # never faster than the same GEMM in bf16: at a few
-        # hundred rows both are launch-bound, and the curve was timed without the launch
-        return np.minimum(acc.peak_flops_for("fp32") * vector_fraction(m, n, k),
-                          rate * _scale(acc, Precision.BF16))
     if batched is not None and batched.size:
         rate[batched] = prof.gemm_rate_memo(m[batched], n[batched], k[batched], batched=True)
+    if _vector_fp32(acc, precision):  # never faster than the same GEMM in bf16, batched where
+        # bf16 would run batched: at a few hundred rows both are launch-bound, and the curve
+        # was timed without the launch
+        cm, cn, ck = curve if curve is not None else (m, n, k)
+        return np.minimum(acc.peak_flops_for("fp32") * vector_fraction(cm, cn, ck),
+                          rate * _scale(acc, Precision.BF16))
     return rate * _scale(acc, precision)
 
 
